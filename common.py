@@ -1,0 +1,833 @@
+"""What the toolkit's scripts share: errors, running commands, config, state files, tasks, LLM, git.
+
+Read top to bottom: each section only uses the ones above it.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime as dt
+import difflib
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import filelock
+import git as gitpython
+
+TOOLKIT_DIR = Path(__file__).resolve().parent
+IS_WINDOWS = os.name == "nt"
+
+# --------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------
+
+
+class UserError(Exception):
+    """Something the user must fix: printed as one line, exit 1."""
+
+    exit_code = 1
+
+
+class UsageError(UserError):
+    """Bad command line or bad configuration: exit 2."""
+
+    exit_code = 2
+
+
+class CommandError(UserError):
+    """A command failed. Carries everything needed to report it."""
+
+    def __init__(self, argv: Sequence[str], returncode: int | None, stdout: str, stderr: str,
+                 message: str | None = None):
+        self.argv, self.returncode, self.stdout, self.stderr = list(argv), returncode, stdout, stderr
+        if message is None:
+            lines = (stderr.strip() or stdout.strip()).splitlines()
+            message = lines[-1] if lines else "no output"
+        super().__init__(f"`{' '.join(self.argv[:4])}{' ...' if len(self.argv) > 4 else ''}` "
+                         f"failed (exit {returncode}): {message}")
+
+
+class GitError(CommandError):
+    pass
+
+
+class BdError(CommandError):
+    pass
+
+
+def run_main(main_func, argv: Sequence[str] | None) -> int:
+    """The one wrapper around each script's main: user errors become one line on stderr."""
+    try:
+        return main_func(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+# --------------------------------------------------------------------------------------------
+# Running commands
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Completed:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run(*argv: str | os.PathLike, cwd: str | os.PathLike | None = None, check: bool = True,
+        timeout: float | None = None, env: dict[str, str] | None = None,
+        error: type[CommandError] = CommandError) -> Completed:
+    """Run one command from an argument list (never a shell), capturing text output as UTF-8."""
+    args = [os.fspath(a) for a in argv]
+    try:
+        proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, encoding="utf-8",
+                              errors="replace", timeout=timeout, env=env,
+                              stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise error(args, None, "", "", f"command not found: {args[0]}") from None
+    except subprocess.TimeoutExpired:
+        raise error(args, None, "", "", f"timed out after {timeout} s") from None
+    result = Completed(args, proc.returncode, proc.stdout, proc.stderr)
+    if check and proc.returncode != 0:
+        raise error(args, proc.returncode, proc.stdout, proc.stderr)
+    return result
+
+
+def git(*args: str | os.PathLike, cwd: str | os.PathLike, check: bool = True,
+        env: dict[str, str] | None = None) -> Completed:
+    return run("git", *args, cwd=cwd, check=check, env=env, error=GitError)
+
+
+def failpoint(name: str) -> None:
+    """Test-only: exit at once, as if killed, when DISPATCH_FAILPOINT names this step."""
+    if os.environ.get("DISPATCH_FAILPOINT") == name:
+        os._exit(77)
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+
+CONFIG_FILE_NAME = "dispatch_config.json"
+
+
+@dataclasses.dataclass
+class Config:
+    """Every key of dispatch_config.json. None means "computed" (see resolve_config)."""
+
+    repo_path: str | None = None
+    main_branch: str = "main"
+    task_backend: str = "auto"
+    bd_command: str = "bd"
+    task_queue_file: str = "task_queue.json"
+    task_prefix: str | None = None
+    suggested_tasks_file: str = "suggested_tasks.txt"
+    # LLM
+    llm_api: str = "ollama"
+    llm_url: str | None = None
+    llm_model: str = "qwen2.5-coder:7b"
+    llm_timeout_secs: float = 300
+    llm_retries: int = 2
+    llm_temperature: float = 0
+    llm_keep_alive: str = "10m"
+    llm_num_ctx: int = 8192
+    prompt_max_files: int = 300
+    # Dispatcher
+    max_workers: int = 2
+    poll_interval_secs: float = 2
+    actor: str | None = None
+    avoid_file_overlap: bool = True
+    breaker_failures: int = 3
+    breaker_pause_secs: float = 300
+    branch_template: str = "work/{task_id}"
+    worktree_root: str | None = None
+    worktree_setup_command: list[str] | None = None
+    worker_command: list[str] | None = None
+    worker_model: str | None = None
+    worker_instructions: str | None = None
+    worker_followups_file: str = "followups.txt"
+    worker_timeout_secs: float = 1800
+    worker_kill_grace_secs: float = 10
+    commit_leftover_changes: bool = True
+    auto_ingest_suggestions: bool = True
+    max_attempts: int = 2
+    delete_merged_branches: bool = True
+    # Merge queue
+    merge_slot: bool = True
+    merge_gate_command: list[str] | None = None
+    merge_gate_timeout_secs: float = 900
+    on_conflict: str = "assign_back"
+    auto_retry_merge_on_conflict_close: bool = True
+    max_merge_retries: int = 3
+
+    # Filled in by resolve_config, never read from the file.
+    root: Path = dataclasses.field(default=Path("."), repr=False)
+    source: str = dataclasses.field(default="defaults", repr=False)
+
+    def path(self, name: str) -> Path:
+        """A toolkit file: relative names live in the main working tree's root."""
+        return self.root / getattr(self, name)
+
+
+CHOICES = {
+    "task_backend": ("auto", "bd", "json"),
+    "llm_api": ("ollama", "openai"),
+    "on_conflict": ("assign_back", "auto_rebase"),
+}
+_INTERNAL_FIELDS = {"root", "source"}
+CONFIG_KEYS = [f for f in dataclasses.fields(Config) if f.name not in _INTERNAL_FIELDS]
+
+
+def _type_ok(value: Any, annotation: str) -> bool:
+    if value is None:
+        return "None" in annotation
+    if annotation.startswith("bool"):
+        return isinstance(value, bool)
+    if annotation.startswith("int"):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation.startswith("float"):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation.startswith("str"):
+        return isinstance(value, str)
+    if annotation.startswith("list[str]"):
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    raise AssertionError(annotation)
+
+
+def _type_name(annotation: str) -> str:
+    base = annotation.split(" | ")[0]
+    return {"list[str]": "a list of strings", "str": "a string", "int": "a whole number",
+            "float": "a number", "bool": "true or false"}[base] + (" or null" if "None" in annotation else "")
+
+
+def parse_config(text: str, source: str) -> Config:
+    """Validate a config file's text; every problem is a UsageError naming the key."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{source}: must be a JSON object of settings")
+    known = {f.name: f for f in CONFIG_KEYS}
+    for key, value in data.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UsageError(f"{source}: unknown key {key!r}{hint}")
+        annotation = known[key].type
+        if not _type_ok(value, annotation):
+            raise UsageError(f"{source}: {key!r} must be {_type_name(annotation)}, got {json.dumps(value)}")
+        if key in CHOICES and value not in CHOICES[key]:
+            raise UsageError(f"{source}: {key!r} must be one of {', '.join(CHOICES[key])}, got {value!r}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            raise UsageError(f"{source}: {key!r} must not be negative")
+    data.pop("root", None)
+    return Config(**data, source=source)
+
+
+def find_main_root(start: Path) -> Path:
+    """The main working tree of the repository containing `start` (also from a linked worktree)."""
+    try:
+        repo = gitpython.Repo(start, search_parent_directories=True)
+    except (gitpython.InvalidGitRepositoryError, gitpython.NoSuchPathError):
+        raise UserError(f"{start} is not inside a git repository (cd into one, or set repo_path)") from None
+    common_dir = Path(repo.common_dir).resolve()
+    if repo.bare or common_dir.name != ".git":
+        raise UserError(f"{start}: bare or unusual repositories are not supported (git dir {common_dir})")
+    return common_dir.parent
+
+
+def default_llm_url() -> str:
+    """OLLAMA_HOST as Ollama reads it: maybe without a scheme, maybe the bind-all address."""
+    host = os.environ.get("OLLAMA_HOST", "").strip()
+    if not host:
+        return "http://127.0.0.1:11434"
+    if "://" not in host:
+        host = "http://" + host
+    scheme, rest = host.split("://", 1)
+    hostport = rest.split("/", 1)[0]
+    if hostport.startswith("0.0.0.0") or hostport.startswith("[::]"):
+        hostport = "127.0.0.1" + hostport[len("0.0.0.0") if hostport.startswith("0.0.0.0") else 4:]
+    if ":" not in hostport.rsplit("]", 1)[-1]:
+        hostport += ":11434"
+    return f"{scheme}://{hostport}"
+
+
+def load_config(config_path: str | None, cwd: Path | None = None) -> Config:
+    """Find, parse and complete the configuration (see README, "Configuration")."""
+    cwd = Path(cwd or Path.cwd())
+    if config_path:
+        path = Path(config_path)
+        if not path.is_file():
+            raise UsageError(f"config file not found: {path}")
+        config = parse_config(path.read_text(encoding="utf-8"), str(path))
+        return resolve_config(config, cwd)
+    try:
+        root = find_main_root(cwd)
+    except UserError:
+        root = None
+    for candidate in ([root / CONFIG_FILE_NAME] if root else []) + [TOOLKIT_DIR / CONFIG_FILE_NAME]:
+        if candidate.is_file():
+            config = parse_config(candidate.read_text(encoding="utf-8"), str(candidate))
+            return resolve_config(config, cwd)
+    return resolve_config(Config(), cwd)
+
+
+def resolve_config(config: Config, cwd: Path) -> Config:
+    """Fill in the computed defaults and make the repository ready for the toolkit's files."""
+    base = Path(config.source).parent if config.source != "defaults" else cwd
+    start = (base / config.repo_path) if config.repo_path else cwd
+    config.root = find_main_root(start.resolve())
+    config.task_prefix = config.task_prefix or re.sub(r"[^A-Za-z0-9]+", "-", config.root.name).strip("-").lower() or "task"
+    config.llm_url = (config.llm_url or default_llm_url()).rstrip("/")
+    config.actor = config.actor or f"dispatch@{socket.gethostname()}"
+    config.worker_model = config.worker_model or config.llm_model
+    config.worktree_root = str((config.root / config.worktree_root) if config.worktree_root
+                               else config.root.parent / f"{config.root.name}.worktrees")
+    exclude_toolkit_files(config)
+    return config
+
+
+def exclude_toolkit_files(config: Config) -> None:
+    """Keep the toolkit's files out of `git status` for every worktree (never edits .gitignore)."""
+    names = [config.task_queue_file, config.task_queue_file + ".lock", config.suggested_tasks_file,
+             config.suggested_tasks_file + ".ingesting", rejected_suggestions_name(config.suggested_tasks_file),
+             ".dispatch_*", ".current_task.txt", ".aider*"]
+    patterns = ["/" + n if "/" not in n.strip("/") and not n.startswith(".") else n for n in names]
+    exclude = config.root / ".git" / "info" / "exclude"
+    existing = exclude.read_text(encoding="utf-8").splitlines() if exclude.exists() else []
+    missing = [p for p in patterns if p not in existing]
+    if missing:
+        exclude.parent.mkdir(parents=True, exist_ok=True)
+        with locked(exclude.with_name("exclude.dispatch.lock"), "git exclude file"):
+            existing = exclude.read_text(encoding="utf-8").splitlines() if exclude.exists() else []
+            lines = existing + ["# dispatch toolkit files"] * (not existing or existing[-1] != "# dispatch toolkit files") + \
+                [p for p in patterns if p not in existing]
+            atomic_write_text(exclude, "\n".join(lines) + "\n")
+
+
+def rejected_suggestions_name(suggested: str) -> str:
+    path = PurePosixPath(suggested)
+    return str(path.with_name(f"{path.stem}.rejected{path.suffix or '.txt'}"))
+
+
+# --------------------------------------------------------------------------------------------
+# State files: locks and atomic writes
+# --------------------------------------------------------------------------------------------
+
+LOCK_NOTICE_SECS = 2.0
+
+
+@contextlib.contextmanager
+def locked(path: Path, what: str, timeout: float = -1) -> Iterator[None]:
+    """Hold a file lock; say so on stderr when another process keeps us waiting."""
+    lock = filelock.FileLock(str(path))
+    try:
+        lock.acquire(timeout=LOCK_NOTICE_SECS if timeout < 0 or timeout > LOCK_NOTICE_SECS else timeout)
+    except filelock.Timeout:
+        if 0 <= timeout <= LOCK_NOTICE_SECS:
+            raise
+        print(f"waiting for the {what} lock ({path}), held by another process...", file=sys.stderr)
+        lock.acquire(timeout=timeout if timeout < 0 else timeout - LOCK_NOTICE_SECS)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a temp file beside `path`, then os.replace: readers see the old or the new file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    for attempt in range(20):
+        try:
+            os.replace(tmp, path)
+            return
+        except PermissionError:
+            # Windows refuses while another process has the target open: it is brief.
+            if attempt == 19:
+                tmp.unlink(missing_ok=True)
+                raise
+            time.sleep(0.05)
+
+
+def read_json_file(path: Path, default: Any) -> Any:
+    """A state file's content; a missing file is `default`, a corrupt one is an error naming it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return default
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text; fix or move it (it was left untouched)") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is corrupt (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+                        "fix or move it (it was left untouched)") from None
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# --------------------------------------------------------------------------------------------
+# Untrusted text: paths and titles
+# --------------------------------------------------------------------------------------------
+
+# cmd.exe treats these specially; a file name with one could escape into a command line.
+_CMD_SPECIAL = set('&|<>^%"') | {chr(c) for c in range(32)} | {"\x7f"}
+
+
+def check_repo_path(raw: str) -> str:
+    """A relative file path inside the repository, normalized, or a UserError naming the problem."""
+    text = raw.strip().replace("\\", "/")
+    if not text:
+        raise UserError("empty file path")
+    if bad := sorted(set(text) & _CMD_SPECIAL):
+        raise UserError(f"file path {raw!r} contains the character {bad[0]!r}")
+    if text.startswith("/") or re.match(r"^[A-Za-z]:", text):
+        raise UserError(f"file path {raw!r} is absolute; give a path relative to the repository")
+    parts = [p for p in PurePosixPath(text).parts if p != "."]
+    if not parts:
+        raise UserError(f"file path {raw!r} names no file")
+    if ".." in parts:
+        raise UserError(f"file path {raw!r} leaves the repository (..)")
+    if parts[0].lower() == ".git":
+        raise UserError(f"file path {raw!r} is inside .git")
+    if any(p.startswith("-") for p in parts):
+        raise UserError(f"file path {raw!r} begins with '-' (it would become a command-line option)")
+    return "/".join(parts)
+
+
+def normalize_title(title: str) -> str:
+    """For duplicate detection: case and whitespace folded."""
+    return " ".join(title.split()).casefold()
+
+
+def cut_at_word(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[:limit + 1].rsplit(" ", 1)[0]
+    return (cut if len(cut) >= limit // 2 else text[:limit]).rstrip()
+
+
+# --------------------------------------------------------------------------------------------
+# Tasks: one model, two stores
+# --------------------------------------------------------------------------------------------
+
+BLOCKING_DEP_TYPES = ("blocks", "conditional-blocks", "waits-for")
+STATUSES = ("open", "in_progress", "blocked", "deferred", "closed")
+FILE_LABEL = "file:"
+SUGGESTION_LABEL = "suggestion:"
+_TASK_FIELDS = ("id", "title", "description", "status", "priority", "issue_type", "labels", "assignee",
+                "dependencies", "created_at", "updated_at", "closed_at", "close_reason", "notes")
+
+
+@dataclasses.dataclass
+class Task:
+    id: str
+    title: str
+    description: str = ""
+    status: str = "open"
+    priority: int = 2
+    issue_type: str = "task"
+    labels: list[str] = dataclasses.field(default_factory=list)
+    assignee: str = ""
+    dependencies: list[dict] = dataclasses.field(default_factory=list)
+    created_at: str = ""
+    updated_at: str = ""
+    closed_at: str = ""
+    close_reason: str = ""
+    notes: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Task":
+        """From a task_queue.json entry or any bd output shape (list edges or show's linked issues)."""
+        if not isinstance(data, dict) or not isinstance(data.get("id"), str) or not isinstance(data.get("title"), str):
+            raise ValueError("a task needs a string 'id' and 'title'")
+        deps = []
+        for dep in data.get("dependencies") or []:
+            target = dep.get("depends_on_id") or dep.get("id")
+            kind = dep.get("type") or dep.get("dependency_type") or "blocks"
+            if target:
+                deps.append({"depends_on_id": target, "type": kind})
+        priority = data.get("priority", 2)
+        return cls(
+            id=data["id"], title=data["title"], description=data.get("description") or "",
+            status=data.get("status") or "open",
+            priority=priority if isinstance(priority, int) and not isinstance(priority, bool) else 2,
+            issue_type=data.get("issue_type") or "task", labels=list(data.get("labels") or []),
+            assignee=data.get("assignee") or "", dependencies=deps,
+            created_at=data.get("created_at") or "", updated_at=data.get("updated_at") or "",
+            closed_at=data.get("closed_at") or "", close_reason=data.get("close_reason") or "",
+            notes=data.get("notes") or "")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def files(self) -> list[str]:
+        return [label[len(FILE_LABEL):] for label in self.labels if label.startswith(FILE_LABEL)]
+
+    def deps_of(self, *types: str) -> list[str]:
+        return [d["depends_on_id"] for d in self.dependencies if d["type"] in types]
+
+
+@dataclasses.dataclass
+class NewTask:
+    """What a caller gives to create a task. `deps` are (type, id) pairs, read the way
+    `bd create --deps type:id` reads them: "blocks:ID" is reversed (the new task blocks ID)."""
+
+    title: str
+    description: str = ""
+    priority: int = 2
+    issue_type: str = "task"
+    labels: Sequence[str] = ()
+    deps: Sequence[tuple[str, str]] = ()
+
+
+class PartialCreateError(UserError):
+    """Creating several tasks failed part-way: says which were created."""
+
+    def __init__(self, created: list[Task], cause: Exception):
+        self.created = created
+        ids = ", ".join(t.id for t in created) or "none"
+        super().__init__(f"{cause} (tasks created before the failure: {ids})")
+
+
+def _entry_is_ready(entry: dict, by_id: dict[str, dict]) -> bool:
+    """bd's notion of ready: open, not an epic, no open blocker, parent not blocked."""
+    if entry.get("status", "open") != "open" or entry.get("issue_type") == "epic":
+        return False
+    for dep in entry.get("dependencies") or ():
+        target = by_id.get(dep.get("depends_on_id"))
+        if target is None:
+            continue  # a dangling reference could never be closed; it does not block
+        kind, status = dep.get("type", "blocks"), target.get("status", "open")
+        if kind in BLOCKING_DEP_TYPES and status != "closed":
+            return False
+        if kind == "parent-child" and status in ("blocked", "deferred"):
+            return False
+    return True
+
+
+class JsonTaskStore:
+    """The embedded store: task_queue.json, changed only under its lock by atomic replace."""
+
+    name = "json"
+
+    def __init__(self, path: Path, prefix: str):
+        self.path, self.prefix = path, prefix
+        self.lock_path = path.with_name(path.name + ".lock")
+        # The parsed file and the stat it was read at: parsing 10,000 tasks costs more than
+        # anything else, and os.replace gives every new version a new inode, so a stat that
+        # still matches means nobody has written since.
+        self._cache: tuple[tuple, dict] | None = None
+
+    def _stat_key(self) -> tuple | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _load(self) -> dict:
+        key = self._stat_key()
+        if key is not None and self._cache and self._cache[0] == key:
+            return self._cache[1]
+        data = read_json_file(self.path, {"tasks": []})
+        if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
+            raise UserError(f"{self.path} is corrupt: expected an object with a \"tasks\" list; "
+                            "fix or move it (it was left untouched)")
+        for i, entry in enumerate(data["tasks"]):
+            if not isinstance(entry, dict) or not isinstance(entry.get("id"), str) or not isinstance(entry.get("title"), str):
+                raise UserError(f"{self.path} is corrupt: task #{i + 1} needs a string \"id\" and \"title\"; "
+                                "fix or move it (it was left untouched)")
+        self._cache = (key, data) if key else None
+        return data
+
+    def _save(self, data: dict) -> None:
+        text = json.dumps(data, ensure_ascii=False)
+        # One task a line, so the file stays readable and diffable. `}, {"id"` cannot occur
+        # inside a JSON string (its quotes would be escaped), so this only splits between tasks.
+        text = text.replace('"tasks": [{"id"', '"tasks": [\n{"id"').replace('}, {"id"', '},\n{"id"')
+        atomic_write_text(self.path, text + "\n")
+        self._cache = (self._stat_key(), data)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[list[dict]]:
+        with locked(self.lock_path, "task queue"):
+            data = self._load()
+            try:
+                yield data["tasks"]
+            except BaseException:
+                self._cache = None  # the entries may be half-changed: read the file again
+                raise
+            self._save(data)
+
+    def _entries(self) -> list[dict]:
+        with locked(self.lock_path, "task queue"):
+            return self._load()["tasks"]
+
+    @staticmethod
+    def _find(entries: list[dict], task_id: str) -> dict:
+        for entry in entries:
+            if entry["id"] == task_id:
+                return entry
+        raise UserError(f"no task with id {task_id!r}")
+
+    def _update(self, task_id: str, note: str = "", **changes: Any) -> Task:
+        with self._transaction() as entries:
+            entry = self._find(entries, task_id)
+            entry.update(changes, updated_at=now_iso())
+            if note:
+                entry["notes"] = f"{entry['notes']}\n{note}" if entry.get("notes") else note
+            return Task.from_dict(entry)
+
+    # The store interface; BdTaskStore offers the same.
+    def create(self, title: str, description: str = "", **fields: Any) -> Task:
+        return self.create_many([NewTask(title, description, **fields)])[0]
+
+    def create_many(self, specs: Sequence[NewTask]) -> list[Task]:
+        """All or nothing: one transaction."""
+        with self._transaction() as entries:
+            pattern = re.compile(re.escape(self.prefix) + r"-(\d+)$")
+            highest = max((int(m.group(1)) for e in entries if (m := pattern.match(e["id"]))), default=0)
+            stamp, created = now_iso(), []
+            for spec in specs:
+                highest += 1
+                task = Task(id=f"{self.prefix}-{highest}", title=spec.title, description=spec.description,
+                            priority=spec.priority, issue_type=spec.issue_type, labels=list(spec.labels),
+                            created_at=stamp, updated_at=stamp)
+                for kind, target in spec.deps:
+                    other = self._find(entries, target)
+                    if kind == "blocks":
+                        other.setdefault("dependencies", []).append({"depends_on_id": task.id, "type": "blocks"})
+                    else:
+                        task.dependencies.append({"depends_on_id": target,
+                                                  "type": "blocks" if kind == "blocked-by" else kind})
+                entries.append({k: v for k, v in task.to_dict().items() if v not in ("", [], None)})
+                created.append(task)
+            return created
+
+    def get(self, task_id: str) -> Task:
+        return Task.from_dict(self._find(self._entries(), task_id))
+
+    def list(self, statuses: Sequence[str] | None = None) -> list[Task]:
+        return [Task.from_dict(e) for e in self._entries() if statuses is None or e.get("status", "open") in statuses]
+
+    def ready(self, limit: int | None = None) -> list[Task]:
+        entries = self._entries()
+        by_id = {e["id"]: e for e in entries}
+        ready = sorted((e for e in entries if _entry_is_ready(e, by_id)),
+                       key=lambda e: (e.get("priority", 2), e.get("created_at", ""), e["id"]))
+        return [Task.from_dict(e) for e in ready[:limit]]
+
+    def claim(self, task_id: str, actor: str) -> bool:
+        with self._transaction() as entries:
+            entry = self._find(entries, task_id)
+            if entry.get("status", "open") != "open" or entry.get("assignee") not in (None, "", actor):
+                return False
+            entry.update(status="in_progress", assignee=actor, updated_at=now_iso())
+            return True
+
+    def release(self, task_id: str, note: str = "") -> Task:
+        return self._update(task_id, note, status="open", assignee="")
+
+    def set_status(self, task_id: str, status: str, note: str = "") -> Task:
+        return self._update(task_id, note, status=status)
+
+    def close(self, task_id: str, reason: str = "") -> Task:
+        return self._update(task_id, status="closed", closed_at=now_iso(), close_reason=reason)
+
+    def reopen(self, task_id: str) -> Task:
+        return self._update(task_id, status="open", closed_at="", close_reason="", assignee="")
+
+    def add_dependency(self, task_id: str, depends_on: str, kind: str = "blocks") -> None:
+        with self._transaction() as entries:
+            self._find(entries, depends_on)
+            entry = self._find(entries, task_id)
+            deps = entry.setdefault("dependencies", [])
+            if not any(d.get("depends_on_id") == depends_on and d.get("type") == kind for d in deps):
+                deps.append({"depends_on_id": depends_on, "type": kind})
+
+    def add_note(self, task_id: str, text: str) -> Task:
+        return self._update(task_id, text)
+
+
+# Dolt allows one writer at a time; beads' own tests retry these with backoff.
+_BD_LOCK_ERRORS = ("one writer at a time", "database is locked", "locked by another dolt process")
+_BD_RETRIES = 10
+
+
+class BdTaskStore:
+    """Tasks in beads, through the `bd` CLI (see shared/bd-contract.md)."""
+
+    name = "bd"
+
+    def __init__(self, command: str, root: Path, actor: str):
+        resolved = shutil.which(command)
+        if not resolved:
+            raise UserError(f"task_backend is \"bd\" but the bd command {command!r} was not found on PATH; "
+                            "install beads (see README) or set task_backend to \"json\"")
+        self.executable, self.root, self.actor = resolved, root, actor
+        # npm installs bd as a .cmd wrapper on Windows: its arguments pass through cmd.exe.
+        self.through_cmd = IS_WINDOWS and resolved.lower().endswith((".cmd", ".bat"))
+
+    def _call(self, *args: str) -> Any:
+        argv = [self.executable, *args, "--json"]
+        if self.through_cmd and (bad := [a for a in args if set(a) & _CMD_SPECIAL or "!" in a]):
+            raise UserError(f"bd resolves to a cmd.exe wrapper ({self.executable}) and the text {bad[0][:40]!r} "
+                            "would reach cmd.exe; set bd_command to the real bd.exe")
+        env = {k: v for k, v in os.environ.items() if k != "BD_JSON_ENVELOPE"}
+        delay = 0.5
+        for attempt in range(_BD_RETRIES + 1):
+            result = run(*argv, cwd=self.root, check=False, env=env, error=BdError)
+            if result.returncode == 0:
+                return _unwrap_bd_json(result.stdout, argv)
+            message = _bd_error_message(result)
+            if attempt < _BD_RETRIES and any(m in message.lower() for m in _BD_LOCK_ERRORS):
+                time.sleep(delay)
+                delay = min(delay * 2, 8)
+                continue
+            raise BdError(argv, result.returncode, result.stdout, result.stderr, message)
+        raise AssertionError("unreachable")
+
+    def _tasks(self, *args: str) -> list[Task]:
+        out = self._call(*args)
+        return [Task.from_dict(item) for item in (out if isinstance(out, list) else [out])]
+
+    def create(self, title: str, description: str = "", **fields: Any) -> Task:
+        return self.create_many([NewTask(title, description, **fields)])[0]
+
+    def create_many(self, specs: Sequence[NewTask]) -> list[Task]:
+        """One `bd create` each; a failure part-way says which were created."""
+        created: list[Task] = []
+        for spec in specs:
+            args = ["create", spec.title, "-p", str(spec.priority), "-t", spec.issue_type]
+            if spec.description:
+                args += ["-d", spec.description]
+            if spec.labels:
+                args += ["-l", ",".join(spec.labels)]
+            if spec.deps:
+                args += ["--deps", ",".join(f"{kind}:{target}" for kind, target in spec.deps)]
+            try:
+                created.append(self._tasks(*args)[0])
+            except UserError as exc:
+                if not created:
+                    raise
+                raise PartialCreateError(created, exc) from exc
+        return created
+
+    def get(self, task_id: str) -> Task:
+        tasks = self._tasks("show", task_id)
+        if not tasks:
+            raise UserError(f"no task with id {task_id!r}")
+        return tasks[0]
+
+    def list(self, statuses: Sequence[str] | None = None) -> list[Task]:
+        tasks = self._tasks("list", "--limit", "0", "--status", ",".join(statuses) if statuses else "all")
+        return [t for t in tasks if statuses is None or t.status in statuses]
+
+    def ready(self, limit: int | None = None) -> list[Task]:
+        # Epics are never work; ask for everything so a limit is not used up by them.
+        return [t for t in self._tasks("ready", "--limit", "0") if t.issue_type != "epic"][:limit]
+
+    def claim(self, task_id: str, actor: str) -> bool:
+        try:
+            claimed = self._tasks("update", task_id, "--claim", "--actor", actor)
+        except BdError as exc:
+            if "already claimed" in str(exc).lower() or "cannot claim" in str(exc).lower():
+                return False
+            raise
+        return bool(claimed) and claimed[0].assignee == actor
+
+    def release(self, task_id: str, note: str = "") -> Task:
+        return self._tasks("update", task_id, "-s", "open", "-a", "", *(["--append-notes", note] if note else []))[0]
+
+    def set_status(self, task_id: str, status: str, note: str = "") -> Task:
+        return self._tasks("update", task_id, "-s", status, *(["--append-notes", note] if note else []))[0]
+
+    def close(self, task_id: str, reason: str = "") -> Task:
+        return self._tasks("close", task_id, *(["-r", reason] if reason else []))[0]
+
+    def reopen(self, task_id: str) -> Task:
+        return self._tasks("reopen", task_id)[0]
+
+    def add_dependency(self, task_id: str, depends_on: str, kind: str = "blocks") -> None:
+        self._call("dep", "add", task_id, depends_on, "-t", kind)
+
+    def add_note(self, task_id: str, text: str) -> Task:
+        return self._tasks("update", task_id, "--append-notes", text)[0]
+
+
+def _unwrap_bd_json(stdout: str, argv: list[str]) -> Any:
+    try:
+        data = json.loads(stdout) if stdout.strip() else []
+    except json.JSONDecodeError:
+        raise BdError(argv, 0, stdout, "", "bd printed output that is not JSON") from None
+    if isinstance(data, dict) and "data" in data and "schema_version" in data:
+        data = data["data"]
+    return data
+
+
+def _bd_error_message(result: Completed) -> str:
+    for stream in (result.stdout, result.stderr):
+        with contextlib.suppress(json.JSONDecodeError, AttributeError):
+            data = json.loads(stream)
+            if isinstance(data, dict) and data.get("error"):
+                return str(data["error"])
+    return (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1]
+
+
+def open_task_store(config: Config):
+    """The configured backend; "auto" means bd when bd is installed and the repo has .beads/."""
+    backend = config.task_backend
+    if backend == "auto":
+        backend = "bd" if shutil.which(config.bd_command) and (config.root / ".beads").is_dir() else "json"
+    if backend == "bd":
+        return BdTaskStore(config.bd_command, config.root, config.actor)
+    return JsonTaskStore(config.path("task_queue_file"), config.task_prefix)
+
+
+def suggestion_hash(text: str) -> str:
+    return hashlib.sha256(" ".join(text.split()).encode("utf-8")).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def add_common_options(parser, subcommand: bool = False) -> None:
+    """Options every script has; on a subcommand they may also follow its name."""
+    default = {"default": argparse.SUPPRESS} if subcommand else {}
+    parser.add_argument("--config", metavar="PATH", **default,
+                        help=f"settings file (default: {CONFIG_FILE_NAME} in the repository's main "
+                             "root, else the one beside the scripts)")
+    parser.add_argument("--json", action="store_true", **default, help="print the result as JSON for scripts")

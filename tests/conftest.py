@@ -1,0 +1,123 @@
+"""Fixtures: real git repositories, the task stores, and the three doubles (LLM, agent, bd)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+sys.path.insert(0, str(ROOT))
+
+import common  # noqa: E402
+
+REAL_BD = os.environ.get("DISPATCH_REAL_BD") or shutil.which("bd-real") or ""
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_environment(tmp_path_factory):
+    """No developer setting may change results, and nothing may reach real state or a real LLM."""
+    home = tmp_path_factory.mktemp("home")
+    gitconfig = home / "gitconfig"
+    gitconfig.write_text("[user]\n\tname = Test\n\temail = test@example.com\n[init]\n\tdefaultBranch = main\n"
+                         "[advice]\n\tdetachedHead = false\n", encoding="utf-8")
+    templates = home / "git-templates"
+    templates.mkdir()
+    saved = dict(os.environ)
+    os.environ.update({
+        "GIT_CONFIG_GLOBAL": str(gitconfig), "GIT_CONFIG_NOSYSTEM": "1", "GIT_TEMPLATE_DIR": str(templates),
+        "GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "test@example.com",
+        "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "test@example.com",
+        # Port 9 refuses connections: a test that forgets to start the fake LLM fails fast.
+        "OLLAMA_HOST": "127.0.0.1:9",
+    })
+    for name in ("BD_JSON_ENVELOPE", "BEADS_DIR", "BEADS_ACTOR", "DISPATCH_FAILPOINT", "OPENAI_API_KEY"):
+        os.environ.pop(name, None)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def commit_file(repo: Path, name: str, text: str, message: str | None = None) -> str:
+    path = repo / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    git(repo, "add", name)
+    git(repo, "commit", "-q", "-m", message or f"edit {name}")
+    return git(repo, "rev-parse", "HEAD")
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    """A real repository with one commit on main."""
+    path = tmp_path / "proj"
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    commit_file(path, "README.md", "# proj\n", "initial commit")
+    return path
+
+
+@pytest.fixture
+def make_config(tmp_path, repo):
+    """Write a config file for `repo` with the given settings; returns its path."""
+    def make(**settings) -> Path:
+        path = tmp_path / "dispatch_config.json"
+        path.write_text(json.dumps({"repo_path": str(repo), **settings}), encoding="utf-8")
+        return path
+    return make
+
+
+def install_fake_bd(bin_dir: Path) -> Path:
+    """Put the stand-in on PATH as `bd`, run by this interpreter."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    if os.name == "nt":
+        exe = bin_dir / "bd.cmd"
+        exe.write_text(f'@"{sys.executable}" "{TESTS / "fake_bd.py"}" %*\n', encoding="utf-8")
+    else:
+        exe = bin_dir / "bd"
+        exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{TESTS / "fake_bd.py"}" "$@"\n', encoding="utf-8")
+        exe.chmod(exe.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return exe
+
+
+def init_real_bd(repo: Path) -> None:
+    subprocess.run([REAL_BD, "init", "--prefix", "proj", "--quiet", "--skip-hooks"], cwd=repo, check=True,
+                   capture_output=True, text=True)
+
+
+BACKENDS = ["json", "fake-bd", pytest.param("real-bd", marks=pytest.mark.skipif(
+    not REAL_BD, reason="real bd not built (scripts/install_bd.sh builds it; needs Go)"))]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, tmp_path, repo, monkeypatch):
+    """Settings that select one task backend for `repo` (the stand-in and real bd go on PATH)."""
+    if request.param == "json":
+        return {"task_backend": "json", "task_prefix": "proj"}
+    if request.param == "fake-bd":
+        install_fake_bd(tmp_path / "bin")
+        monkeypatch.setenv("PATH", str(tmp_path / "bin") + os.pathsep + os.environ["PATH"])
+        subprocess.run(["bd", "init", "--prefix", "proj"], cwd=repo, check=True)
+        return {"task_backend": "bd"}
+    init_real_bd(repo)
+    return {"task_backend": "bd", "bd_command": REAL_BD}
+
+
+@pytest.fixture
+def config(make_config, backend) -> common.Config:
+    return common.load_config(str(make_config(**backend)))
+
+
+@pytest.fixture
+def store(config):
+    return common.open_task_store(config)

@@ -1,0 +1,337 @@
+"""A stand-in for the beads `bd` CLI, following shared/bd-contract.md (tests only).
+
+It keeps its data in .beads/stand_in.json and prints the contract's JSON shapes, errors and exit
+codes. Like Dolt, it admits one writer at a time: a writer that cannot get the database within
+FAKE_BD_LOCK_WAIT seconds (default 1) fails with "database is locked", which callers must retry.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import random
+import string
+import sys
+from pathlib import Path
+
+import filelock
+
+BLOCKING = ("blocks", "conditional-blocks", "waits-for")
+ISSUE_ORDER = ("id", "title", "description", "notes", "status", "priority", "issue_type", "assignee",
+               "owner", "created_at", "created_by", "updated_at", "started_at", "closed_at", "close_reason")
+# Errors of these commands go to stdout as JSON; create and queries print theirs on stderr.
+STDOUT_ERRORS = ("show", "update", "close", "reopen", "dep", "comment", "label")
+
+
+class BdFailure(Exception):
+    pass
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def find_beads_dir(start: Path) -> Path | None:
+    if os.environ.get("BEADS_DIR"):
+        return Path(os.environ["BEADS_DIR"])
+    for folder in [start, *start.parents]:
+        if (folder / ".beads").is_dir():
+            return folder / ".beads"
+        dotgit = folder / ".git"
+        if dotgit.is_file():
+            # A linked worktree: fall back to the main checkout's database.
+            gitdir = Path(dotgit.read_text(encoding="utf-8").split("gitdir:", 1)[1].strip())
+            main = (folder / gitdir).resolve().parent.parent.parent
+            return main / ".beads" if (main / ".beads").is_dir() else None
+    return None
+
+
+class Db:
+    def __init__(self, beads: Path):
+        self.path = beads / "stand_in.json"
+        self.lock = filelock.FileLock(str(beads / "stand_in.lock"))
+
+    def __enter__(self):
+        try:
+            self.lock.acquire(timeout=float(os.environ.get("FAKE_BD_LOCK_WAIT", "1")))
+        except filelock.Timeout:
+            raise BdFailure("database is locked (one writer at a time): retry") from None
+        self.data = json.loads(self.path.read_text(encoding="utf-8"))
+        return self
+
+    def save(self):
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def __exit__(self, *exc):
+        self.lock.release()
+
+    def issue(self, issue_id: str) -> dict:
+        for issue in self.data["issues"]:
+            if issue["id"] == issue_id:
+                return issue
+        raise BdFailure(f"no issue found matching {issue_id!r}")
+
+    def edges(self, issue_id: str) -> list[dict]:
+        return [e for e in self.data["deps"] if e["issue_id"] == issue_id]
+
+    def new_id(self) -> str:
+        taken = {i["id"] for i in self.data["issues"]}
+        length = 3
+        while True:
+            candidate = self.data["prefix"] + "-" + "".join(random.choices(string.ascii_lowercase + string.digits, k=length))
+            if candidate not in taken:
+                return candidate
+            length += 1
+
+    def is_ready(self, issue: dict) -> bool:
+        if issue["status"] != "open":
+            return False
+        for edge in self.edges(issue["id"]):
+            target = next((i for i in self.data["issues"] if i["id"] == edge["depends_on_id"]), None)
+            if target is None:
+                continue
+            if edge["type"] in BLOCKING and target["status"] != "closed":
+                return False
+            if edge["type"] == "parent-child" and (target["status"] == "blocked" or not self.is_unblocked(target)):
+                return False
+        return True
+
+    def is_unblocked(self, issue: dict) -> bool:
+        return not self.open_blockers(issue)
+
+    def open_blockers(self, issue: dict) -> list[str]:
+        ids = {i["id"]: i for i in self.data["issues"]}
+        return [e["depends_on_id"] for e in self.edges(issue["id"])
+                if e["type"] in BLOCKING and e["depends_on_id"] in ids and ids[e["depends_on_id"]]["status"] != "closed"]
+
+
+def plain(issue: dict) -> dict:
+    """bd's Issue: fields in struct order, empty ones left out, priority always there."""
+    out = {k: issue[k] for k in ISSUE_ORDER if issue.get(k) not in (None, "", []) or k == "priority"}
+    if issue.get("labels"):
+        out["labels"] = sorted(issue["labels"])
+    return out
+
+
+def with_counts(db: Db, issue: dict) -> dict:
+    out = plain(issue)
+    edges = db.edges(issue["id"])
+    if edges:
+        out["dependencies"] = edges
+    out["dependency_count"] = sum(1 for e in edges if e["type"] in BLOCKING)
+    out["dependent_count"] = sum(1 for e in db.data["deps"] if e["depends_on_id"] == issue["id"] and e["type"] in BLOCKING)
+    out["comment_count"] = sum(1 for c in db.data["comments"] if c["issue_id"] == issue["id"])
+    return out
+
+
+def details(db: Db, issue: dict) -> dict:
+    out = plain(issue)
+    linked = []
+    for edge in db.edges(issue["id"]):
+        target = next((i for i in db.data["issues"] if i["id"] == edge["depends_on_id"]), None)
+        if target:
+            linked.append({**plain(target), "dependency_type": edge["type"]})
+    if linked:
+        out["dependencies"] = linked
+    out["dependent_count"] = sum(1 for e in db.data["deps"] if e["depends_on_id"] == issue["id"])
+    out["dependency_count"] = len(linked)
+    out["comment_count"] = sum(1 for c in db.data["comments"] if c["issue_id"] == issue["id"])
+    return out
+
+
+def print_object(obj: dict) -> None:
+    print(json.dumps({**obj, "schema_version": 1}, indent=2, sort_keys=True))
+
+
+def print_array(items: list) -> None:
+    print(json.dumps(items, indent=2))
+
+
+def actor(args) -> str:
+    return args.actor or os.environ.get("BEADS_ACTOR") or os.environ.get("USER") or "unknown"
+
+
+def parse(argv: list[str]):
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true")
+    common.add_argument("--actor")
+    parser = argparse.ArgumentParser(prog="bd", parents=[common])
+    parser.add_argument("-C", dest="chdir")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("init", parents=[common])
+    p.add_argument("--prefix", required=True)
+    p.add_argument("--quiet", action="store_true")
+    p = sub.add_parser("create", parents=[common])
+    p.add_argument("title")
+    p.add_argument("-d", "--description", default="")
+    p.add_argument("-p", "--priority", type=int, default=2)
+    p.add_argument("-t", "--type", default="task")
+    p.add_argument("-l", "--labels", default="")
+    p.add_argument("--deps", default="")
+    p = sub.add_parser("ready", parents=[common])
+    p.add_argument("--limit", type=int, default=10)
+    p.add_argument("--claim", action="store_true")
+    p = sub.add_parser("list", parents=[common])
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--status", default="")
+    p = sub.add_parser("show", parents=[common])
+    p.add_argument("ids", nargs="+")
+    p = sub.add_parser("update", parents=[common])
+    p.add_argument("id")
+    p.add_argument("--claim", action="store_true")
+    p.add_argument("-s", "--status")
+    p.add_argument("-a", "--assignee")
+    p.add_argument("--append-notes")
+    p = sub.add_parser("close", parents=[common])
+    p.add_argument("id")
+    p.add_argument("-r", "--reason", default="")
+    p.add_argument("--force", action="store_true")
+    p = sub.add_parser("reopen", parents=[common])
+    p.add_argument("id")
+    p = sub.add_parser("dep", parents=[common])
+    p.add_argument("action", choices=["add"])
+    p.add_argument("issue")
+    p.add_argument("depends_on")
+    p.add_argument("-t", "--type", default="blocks")
+    p = sub.add_parser("comment", parents=[common])
+    p.add_argument("id")
+    p.add_argument("text")
+    p = sub.add_parser("label", parents=[common])
+    p.add_argument("action", choices=["add"])
+    p.add_argument("id")
+    p.add_argument("label")
+    return parser.parse_args(argv)
+
+
+def ready_list(db: Db) -> list[dict]:
+    ready = [i for i in db.data["issues"] if db.is_ready(i)]
+    return sorted(ready, key=lambda i: (i["priority"], i["created_at"]))
+
+
+def command(args, db: Db) -> None:
+    who = actor(args)
+    if args.cmd == "create":
+        issue = {"id": db.new_id(), "title": args.title, "description": args.description, "status": "open",
+                 "priority": args.priority, "issue_type": args.type, "created_at": now(), "created_by": who,
+                 "updated_at": now(), "labels": [l for l in args.labels.split(",") if l]}
+        for spec in filter(None, args.deps.split(",")):
+            kind, _, target = spec.rpartition(":")
+            db.issue(target)
+            if kind in ("", "blocks"):  # reversed: the NEW issue blocks the target
+                db.data["deps"].append(edge(target, issue["id"], "blocks", who))
+            else:
+                db.data["deps"].append(edge(issue["id"], target, "blocks" if kind == "blocked-by" else kind, who))
+        db.data["issues"].append(issue)
+        db.save()
+        print_object(plain(issue))
+    elif args.cmd == "ready":
+        items = ready_list(db)
+        if args.claim:
+            items = items[:1]
+            for issue in items:
+                issue.update(status="in_progress", assignee=who, started_at=now(), updated_at=now())
+            db.save()
+            print_array([plain(i) for i in items])
+            return
+        print_array([with_counts(db, i) for i in items[:args.limit or None]])
+    elif args.cmd == "list":
+        wanted = [s for s in args.status.split(",") if s]
+        items = [i for i in db.data["issues"]
+                 if ("all" in wanted) or (i["status"] in wanted if wanted else i["status"] != "closed")]
+        print_array([with_counts(db, i) for i in items[:args.limit or None]])
+    elif args.cmd == "show":
+        found = [i for i in db.data["issues"] if i["id"] in args.ids]
+        if not found:
+            raise BdFailure("no issues found matching the provided IDs")
+        print_array([details(db, i) for i in found])
+    elif args.cmd == "update":
+        issue = db.issue(args.id)
+        if args.claim:
+            if issue.get("assignee") and issue["assignee"] != who:
+                raise BdFailure(f"issue already claimed by {issue['assignee']}")
+            if issue["status"] != "open" and not (issue["status"] == "in_progress" and issue.get("assignee") == who):
+                raise BdFailure(f"cannot claim {args.id}: status is {issue['status']}")
+            issue.update(status="in_progress", assignee=who, started_at=now())
+        if args.status:
+            issue["status"] = args.status
+            if args.status != "closed":
+                issue.pop("closed_at", None)
+        if args.assignee is not None:
+            issue["assignee"] = args.assignee
+        if args.append_notes:
+            issue["notes"] = (issue["notes"] + "\n" + args.append_notes) if issue.get("notes") else args.append_notes
+        issue["updated_at"] = now()
+        db.save()
+        print_array([plain(issue)])
+    elif args.cmd == "close":
+        issue = db.issue(args.id)
+        if (blockers := db.open_blockers(issue)) and not args.force:
+            raise BdFailure(f"cannot close {args.id}: blocked by open issues {blockers} (use --force)")
+        issue.update(status="closed", closed_at=now(), close_reason=args.reason, updated_at=now())
+        db.save()
+        print_array([plain(issue)])
+    elif args.cmd == "reopen":
+        issue = db.issue(args.id)
+        issue.update(status="open", updated_at=now())
+        issue.pop("closed_at", None)
+        issue.pop("close_reason", None)
+        db.save()
+        print_array([plain(issue)])
+    elif args.cmd == "dep":
+        db.issue(args.issue)
+        db.issue(args.depends_on)
+        db.data["deps"].append(edge(args.issue, args.depends_on, args.type, who))
+        db.save()
+        print_object({"issue_id": args.issue, "depends_on_id": args.depends_on, "type": args.type, "status": "added"})
+    elif args.cmd == "comment":
+        db.issue(args.id)
+        comment = {"id": str(len(db.data["comments"]) + 1), "issue_id": args.id, "author": who,
+                   "text": args.text, "created_at": now()}
+        db.data["comments"].append(comment)
+        db.save()
+        print_object(comment)
+    elif args.cmd == "label":
+        issue = db.issue(args.id)
+        issue.setdefault("labels", [])
+        if args.label not in issue["labels"]:
+            issue["labels"].append(args.label)
+        db.save()
+        print_array([{"issue_id": args.id, "label": args.label, "status": "added"}])
+
+
+def edge(issue_id: str, depends_on: str, kind: str, who: str) -> dict:
+    return {"issue_id": issue_id, "depends_on_id": depends_on, "type": kind, "created_at": now(),
+            "created_by": who, "metadata": "{}"}
+
+
+def main(argv: list[str]) -> int:
+    args = parse(argv)
+    cwd = Path(args.chdir).resolve() if args.chdir else Path.cwd()
+    if args.cmd == "init":
+        beads = cwd / ".beads"
+        beads.mkdir(exist_ok=True)
+        (beads / "stand_in.json").write_text(json.dumps({"prefix": args.prefix, "issues": [], "deps": [],
+                                                         "comments": []}), encoding="utf-8")
+        return 0
+    beads = find_beads_dir(cwd)
+    if beads is None or not (beads / "stand_in.json").exists():
+        print("Error: no beads database found", file=sys.stderr)
+        return 1
+    try:
+        with Db(beads) as db:
+            command(args, db)
+    except BdFailure as exc:
+        error = json.dumps({"error": str(exc), "schema_version": 1}, indent=2)
+        if args.json:
+            print(error, file=sys.stdout if args.cmd in STDOUT_ERRORS else sys.stderr)
+        else:
+            print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

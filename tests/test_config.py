@@ -1,0 +1,113 @@
+"""Configuration: lookup, validation errors, computed defaults, the repository's exclude file."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import common
+from conftest import ROOT, git
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{\n  "max_workers": 2,\n  "main_branch": "main"\n  "x": 1\n}', "invalid JSON at line 4, column 3"),
+    ('{"max_worker": 3}', "unknown key 'max_worker' (did you mean 'max_workers'?)"),
+    ('{"max_workers": "3"}', "'max_workers' must be a whole number, got \"3\""),
+    ('{"worker_command": "aider --yes"}', "'worker_command' must be a list of strings or null"),
+    ('{"avoid_file_overlap": 1}', "'avoid_file_overlap' must be true or false"),
+    ('{"task_backend": "sqlite"}', "'task_backend' must be one of auto, bd, json"),
+    ('[1, 2]', "must be a JSON object"),
+])
+def test_bad_config_exits_2_with_one_line(tmp_path, repo, text, message):
+    path = tmp_path / "bad.json"
+    path.write_text(text, encoding="utf-8")
+    proc = subprocess.run([sys.executable, str(ROOT / "tasks.py"), "--config", str(path), "list"],
+                          cwd=repo, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert message in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_config_in_the_main_root_wins_over_the_shipped_one(repo):
+    (repo / common.CONFIG_FILE_NAME).write_text(json.dumps({"max_workers": 7}), encoding="utf-8")
+    sub = repo / "sub"
+    sub.mkdir()
+    config = common.load_config(None, cwd=sub)
+    assert config.max_workers == 7 and config.root == repo
+
+
+def test_files_live_in_the_main_root_even_from_a_worktree(repo, tmp_path):
+    git(repo, "worktree", "add", "-q", "-b", "side", str(tmp_path / "wt"))
+    config = common.load_config(None, cwd=tmp_path / "wt")
+    assert config.root == repo
+    assert config.path("task_queue_file") == repo / "task_queue.json"
+    assert config.task_prefix == "proj"
+    assert config.worktree_root == str(repo.parent / "proj.worktrees")
+
+
+def test_toolkit_files_are_excluded_without_touching_gitignore(repo):
+    common.load_config(None, cwd=repo)
+    for name in ("task_queue.json", "suggested_tasks.txt", ".dispatch_state.json", ".dispatch_logs/events.jsonl",
+                 ".current_task.txt", ".aider.chat.history.md"):
+        (repo / name).parent.mkdir(exist_ok=True)
+        (repo / name).write_text("x", encoding="utf-8")
+    assert git(repo, "status", "--porcelain") == ""
+    assert not (repo / ".gitignore").exists()
+    # followups.txt is written by agents and must NOT be ignored (Aider refuses ignored files).
+    proc = subprocess.run(["git", "check-ignore", "-q", "followups.txt"], cwd=repo)
+    assert proc.returncode == 1
+    common.load_config(None, cwd=repo)
+    exclude = (repo / ".git/info/exclude").read_text(encoding="utf-8")
+    assert exclude.count("/task_queue.json\n") == 1
+
+
+@pytest.mark.parametrize("host, url", [
+    ("", "http://127.0.0.1:11434"),
+    ("0.0.0.0:11434", "http://127.0.0.1:11434"),
+    ("0.0.0.0", "http://127.0.0.1:11434"),
+    ("gpu-box:8080", "http://gpu-box:8080"),
+    ("https://ollama.example", "https://ollama.example:11434"),
+])
+def test_llm_url_follows_ollama_host(monkeypatch, repo, host, url):
+    monkeypatch.setenv("OLLAMA_HOST", host)
+    assert common.load_config(None, cwd=repo).llm_url == url
+
+
+def test_explicit_llm_url_wins(make_config, monkeypatch):
+    monkeypatch.setenv("OLLAMA_HOST", "elsewhere:1")
+    assert common.load_config(str(make_config(llm_url="http://127.0.0.1:5000/"))).llm_url == "http://127.0.0.1:5000"
+
+
+def test_outside_a_repository_is_a_clear_error(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "tasks.py"), "list"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 1 and "is not inside a git repository" in proc.stderr
+
+
+def test_shipped_config_is_valid_and_shows_the_defaults():
+    shipped = json.loads((ROOT / common.CONFIG_FILE_NAME).read_text(encoding="utf-8"))
+    defaults = common.Config()
+    assert shipped == {k: getattr(defaults, k) for k in shipped}
+    computed = {"repo_path", "task_prefix", "llm_url", "actor", "worker_model", "worktree_root"}
+    assert set(shipped) == {f.name for f in common.CONFIG_KEYS} - computed
+
+
+def test_readme_table_lists_every_key():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    missing = [f.name for f in common.CONFIG_KEYS if f"| `{f.name}` |" not in readme]
+    assert missing == []
+
+
+@pytest.mark.parametrize("raw, problem", [
+    ("../etc/passwd", "leaves the repository"), ("/etc/passwd", "absolute"), ("C:/x.py", "absolute"),
+    (".git/config", "inside .git"), ("--output=x", "begins with '-'"), ("a&b.py", "'&'"),
+    ("a\nb.py", "'\\n'"), ('say"hi".py', "'\"'"), ("", "empty"),
+])
+def test_check_repo_path_refuses_unsafe_paths(raw, problem):
+    with pytest.raises(common.UserError) as err:
+        common.check_repo_path(raw)
+    assert problem in str(err.value)
+
+
+def test_check_repo_path_normalizes():
+    assert common.check_repo_path("./src\\app.py") == "src/app.py"

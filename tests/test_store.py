@@ -1,0 +1,232 @@
+"""The behaviour every task store must have: run against the JSON store, the bd stand-in and real bd."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import common
+from conftest import ROOT, install_fake_bd
+
+HOSTILE_TITLES = [
+    'Fix "quoted" and \'single\' titles',
+    "Run $(rm -rf ~) never",
+    "Backticks `id` stay text",
+    "Semicolon; echo pwned & del /q *",
+    "100% of ^carets | pipes <redirects>",
+]
+
+
+def test_create_get_and_list(store):
+    task = store.create("Add a CSV export", "Export the table", priority=1, labels=["file:report.py"])
+    assert task.status == "open" and task.priority == 1
+    got = store.get(task.id)
+    assert (got.title, got.description, got.files) == ("Add a CSV export", "Export the table", ["report.py"])
+    assert [t.id for t in store.list(["open"])] == [task.id]
+    assert store.list(["closed"]) == []
+
+
+@pytest.mark.parametrize("title", HOSTILE_TITLES)
+def test_hostile_titles_are_stored_verbatim(store, title):
+    task = store.create(title, "line one\nline two $(whoami)")
+    got = store.get(task.id)
+    assert got.title == title
+    assert got.description == "line one\nline two $(whoami)"
+
+
+def test_ready_orders_by_priority_then_age_and_skips_epics(store):
+    low = store.create("low", priority=3)
+    high = store.create("high", priority=0)
+    store.create("an epic", issue_type="epic")
+    mid = store.create("mid", priority=2)
+    assert [t.id for t in store.ready()] == [high.id, mid.id, low.id]
+
+
+def test_blocking_dependency_holds_a_task_until_its_blocker_closes(store):
+    first = store.create("first")
+    second = store.create("second", deps=[("blocked-by", first.id)])
+    informational = store.create("found later", deps=[("discovered-from", first.id)])
+    assert {t.id for t in store.ready()} == {first.id, informational.id}
+    store.close(first.id, "done")
+    assert {t.id for t in store.ready()} == {second.id, informational.id}
+
+
+def test_add_dependency_blocks(store):
+    a, b = store.create("a"), store.create("b")
+    store.add_dependency(b.id, a.id, "blocks")
+    assert [t.id for t in store.ready()] == [a.id]
+    assert b.id in {t.id for t in store.list(["open"])}
+    assert store.get(b.id).deps_of("blocks") == [a.id]
+
+
+def test_claim_is_exclusive_and_release_returns_the_task(store):
+    task = store.create("claim me")
+    assert store.claim(task.id, "worker-a") is True
+    assert store.claim(task.id, "worker-b") is False
+    claimed = store.get(task.id)
+    assert (claimed.status, claimed.assignee) == ("in_progress", "worker-a")
+    assert task.id not in {t.id for t in store.ready()}
+    store.release(task.id, "attempt 1 failed: no commits")
+    released = store.get(task.id)
+    assert (released.status, released.assignee) == ("open", "")
+    assert "attempt 1 failed" in released.notes
+    assert store.claim(task.id, "worker-b") is True
+
+
+def test_block_close_reopen_and_notes(store):
+    task = store.create("block me")
+    store.set_status(task.id, "blocked", "needs a decision")
+    blocked = store.get(task.id)
+    assert blocked.status == "blocked" and "needs a decision" in blocked.notes
+    assert store.ready() == []
+    store.close(task.id, "won't do")
+    closed = store.get(task.id)
+    assert closed.status == "closed" and closed.close_reason == "won't do"
+    store.reopen(task.id)
+    assert store.get(task.id).status == "open"
+    store.add_note(task.id, "second thought")
+    assert "second thought" in store.get(task.id).notes
+
+
+def test_unknown_id_is_a_clear_error(store):
+    with pytest.raises(common.UserError, match="no"):
+        store.get("proj-does-not-exist")
+
+
+# ---- JSON store specifics ------------------------------------------------------------------
+
+def json_store(tmp_path: Path) -> common.JsonTaskStore:
+    return common.JsonTaskStore(tmp_path / "task_queue.json", "proj")
+
+
+def test_hand_written_minimal_file_is_valid(tmp_path):
+    (tmp_path / "task_queue.json").write_text(json.dumps({"tasks": [
+        {"id": "x-1", "title": "minimal"}, {"id": "x-2", "title": "custom", "status": "review"}]}), encoding="utf-8")
+    store = json_store(tmp_path)
+    assert [t.id for t in store.ready()] == ["x-1"]
+    assert store.get("x-2").status == "review"
+    created = store.create("next")
+    assert created.id == "proj-1"
+    assert json.loads((tmp_path / "task_queue.json").read_text(encoding="utf-8"))["tasks"][1]["status"] == "review"
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("{not json", "corrupt (line 1"),
+    ('{"tasks": {}}', 'expected an object with a "tasks" list'),
+    ('{"tasks": [{"title": "no id"}]}', 'task #1 needs a string "id"'),
+])
+def test_corrupt_queue_is_refused_and_left_untouched(tmp_path, content, problem):
+    path = tmp_path / "task_queue.json"
+    path.write_text(content, encoding="utf-8")
+    store = json_store(tmp_path)
+    with pytest.raises(common.UserError, match=problem.replace("(", r"\(")):
+        store.create("would be lost")
+    assert path.read_text(encoding="utf-8") == content
+
+
+def test_corrupt_queue_through_the_cli_is_one_line_exit_1(repo, make_config):
+    (repo / "task_queue.json").write_text("{broken", encoding="utf-8")
+    proc = subprocess.run([sys.executable, str(ROOT / "tasks.py"), "--config",
+                           str(make_config(task_backend="json")), "list"], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and "task_queue.json is corrupt" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# ---- Concurrency ---------------------------------------------------------------------------
+
+CREATOR = """
+import sys
+sys.path.insert(0, {root!r})
+import common
+store = common.open_task_store(common.load_config({config!r}))
+for i in range({count}):
+    store.create(f"task {{sys.argv[1]}}-{{i}}")
+"""
+
+CLAIMER = """
+import sys
+sys.path.insert(0, {root!r})
+import common
+store = common.open_task_store(common.load_config({config!r}))
+won = []
+while True:
+    ready = store.ready()
+    if not ready:
+        break
+    for task in ready:
+        if store.claim(task.id, "claimer-" + sys.argv[1]):
+            won.append(task.id)
+print(" ".join(won))
+"""
+
+
+def run_parallel(script: str, n: int, env: dict | None = None) -> list[str]:
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, **(env or {})}) for i in range(n)]
+    outputs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        outputs.append(out)
+    return outputs
+
+
+def test_eight_processes_creating_at_once_make_unique_tasks(make_config, repo):
+    config_path = str(make_config(task_backend="json", task_prefix="proj"))
+    run_parallel(CREATOR.format(root=str(ROOT), config=config_path, count=50), 8)
+    data = json.loads((repo / "task_queue.json").read_text(encoding="utf-8"))
+    ids = [t["id"] for t in data["tasks"]]
+    assert len(ids) == 400 and len(set(ids)) == 400
+    assert {t["title"] for t in data["tasks"]} == {f"task {p}-{i}" for p in range(8) for i in range(50)}
+
+
+def test_concurrent_bd_writers_retry_lock_errors(make_config, repo, tmp_path, monkeypatch):
+    install_fake_bd(tmp_path / "bin")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin") + os.pathsep + os.environ["PATH"])
+    subprocess.run(["bd", "init", "--prefix", "proj"], cwd=repo, check=True)
+    config_path = str(make_config(task_backend="bd"))
+    # No waiting for the database: every overlap surfaces as Dolt's "database is locked".
+    run_parallel(CREATOR.format(root=str(ROOT), config=config_path, count=4), 8, {"FAKE_BD_LOCK_WAIT": "0"})
+    store = common.open_task_store(common.load_config(config_path))
+    titles = [t.title for t in store.list(None)]
+    assert sorted(titles) == sorted(f"task {p}-{i}" for p in range(8) for i in range(4))
+
+
+def test_eight_claimers_never_claim_a_task_twice(make_config, repo):
+    config_path = str(make_config(task_backend="json", task_prefix="proj"))
+    store = common.open_task_store(common.load_config(config_path))
+    created = {store.create(f"t{i}").id for i in range(20)}
+    wins = [w for out in run_parallel(CLAIMER.format(root=str(ROOT), config=config_path), 8) for w in out.split()]
+    assert sorted(wins) == sorted(created)
+
+
+def test_missing_bd_with_bd_backend_is_a_clear_error(make_config, monkeypatch):
+    monkeypatch.setenv("PATH", "")
+    config = common.load_config(str(make_config(task_backend="bd")))
+    with pytest.raises(common.UserError, match="bd command 'bd' was not found on PATH"):
+        common.open_task_store(config)
+
+
+def test_bd_error_json_and_envelope_are_understood(config, store, monkeypatch):
+    if store.name != "bd":
+        pytest.skip("bd only")
+    monkeypatch.setenv("BD_JSON_ENVELOPE", "1")  # the store must not pass it on
+    task = store.create("x")
+    with pytest.raises(common.BdError) as err:
+        store.close("proj-nope", "x")
+    assert "no issue found" in str(err.value) or "not found" in str(err.value)
+    assert store.get(task.id).title == "x"
+    assert common._unwrap_bd_json('{"schema_version": 1, "data": [{"id": "a"}]}', []) == [{"id": "a"}]
+
+
+def test_auto_backend_picks_bd_only_with_a_beads_folder(make_config, repo, tmp_path, monkeypatch):
+    install_fake_bd(tmp_path / "bin")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin") + os.pathsep + os.environ["PATH"])
+    assert common.open_task_store(common.load_config(str(make_config()))).name == "json"
+    subprocess.run(["bd", "init", "--prefix", "proj"], cwd=repo, check=True)
+    assert common.open_task_store(common.load_config(str(make_config()))).name == "bd"
