@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import filelock
+import requests
 import git as gitpython
 
 TOOLKIT_DIR = Path(__file__).resolve().parent
@@ -695,8 +696,10 @@ class BdTaskStore:
         # npm installs bd as a .cmd wrapper on Windows: its arguments pass through cmd.exe.
         self.through_cmd = IS_WINDOWS and resolved.lower().endswith((".cmd", ".bat"))
 
-    def _call(self, *args: str) -> Any:
-        argv = [self.executable, *args, "--json"]
+    def _call(self, *args: str, actor: str | None = None) -> Any:
+        # Every call runs as the store's actor: real bd refuses to release a claim held by
+        # another actor, and claims must be this dispatcher's own.
+        argv = [self.executable, *args, "--actor", actor or self.actor, "--json"]
         if self.through_cmd and (bad := [a for a in args if set(a) & _CMD_SPECIAL or "!" in a]):
             raise UserError(f"bd resolves to a cmd.exe wrapper ({self.executable}) and the text {bad[0][:40]!r} "
                             "would reach cmd.exe; set bd_command to the real bd.exe")
@@ -714,8 +717,8 @@ class BdTaskStore:
             raise BdError(argv, result.returncode, result.stdout, result.stderr, message)
         raise AssertionError("unreachable")
 
-    def _tasks(self, *args: str) -> list[Task]:
-        out = self._call(*args)
+    def _tasks(self, *args: str, actor: str | None = None) -> list[Task]:
+        out = self._call(*args, actor=actor)
         return [Task.from_dict(item) for item in (out if isinstance(out, list) else [out])]
 
     def create(self, title: str, description: str = "", **fields: Any) -> Task:
@@ -756,7 +759,7 @@ class BdTaskStore:
 
     def claim(self, task_id: str, actor: str) -> bool:
         try:
-            claimed = self._tasks("update", task_id, "--claim", "--actor", actor)
+            claimed = self._tasks("update", task_id, "--claim", actor=actor)
         except BdError as exc:
             if "already claimed" in str(exc).lower() or "cannot claim" in str(exc).lower():
                 return False
@@ -797,7 +800,9 @@ def _bd_error_message(result: Completed) -> str:
         with contextlib.suppress(json.JSONDecodeError, AttributeError):
             data = json.loads(stream)
             if isinstance(data, dict) and data.get("error"):
-                return str(data["error"])
+                # Batch commands (update, close) put each id's own reason under "failed".
+                details = [f"{f.get('id')}: {f.get('error')}" for f in data.get("failed") or [] if isinstance(f, dict)]
+                return "; ".join([str(data["error"])] + details)
     return (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1]
 
 
@@ -831,3 +836,129 @@ def add_common_options(parser, subcommand: bool = False) -> None:
                         help=f"settings file (default: {CONFIG_FILE_NAME} in the repository's main "
                              "root, else the one beside the scripts)")
     parser.add_argument("--json", action="store_true", **default, help="print the result as JSON for scripts")
+
+
+# --------------------------------------------------------------------------------------------
+# LLM: Ollama's /api/chat or an OpenAI-compatible /v1/chat/completions, asking for JSON
+# --------------------------------------------------------------------------------------------
+
+
+class LLMError(UserError):
+    pass
+
+
+class LLMRetryable(LLMError):
+    """A reply worth asking again for: HTTP 5xx, a timeout, a body that is not JSON."""
+
+
+@dataclasses.dataclass
+class LLMReply:
+    content: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class LLMClient:
+    """One chat request at a time, with the JSON schema the reply must follow."""
+
+    def __init__(self, config: Config, model: str | None = None):
+        self.config = config
+        self.model = model or config.llm_model
+        self.url = config.llm_url
+        self.session = requests.Session()
+        self.session.trust_env = False  # a proxy setting must not capture a loopback server
+        self._openai_format = "json_schema"
+
+    def chat(self, messages: list[dict], schema: dict) -> LLMReply:
+        if self.config.llm_api == "ollama":
+            return self._ollama(messages, schema)
+        return self._openai(messages, schema)
+
+    def _post(self, path: str, body: dict) -> requests.Response:
+        url = self.url + path
+        try:
+            return self.session.post(url, json=body, timeout=self.config.llm_timeout_secs)
+        except requests.ConnectionError:
+            hint = "is `ollama serve` running" if self.config.llm_api == "ollama" else "is the server running"
+            raise LLMError(f"cannot reach the LLM server at {self.url} ({hint} at that address?)") from None
+        except requests.Timeout:
+            raise LLMRetryable(f"the LLM server at {self.url} did not answer within "
+                               f"{self.config.llm_timeout_secs:g} s (llm_timeout_secs)") from None
+
+    def _check(self, response: requests.Response) -> dict:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict):  # OpenAI style
+            error = error.get("message") or json.dumps(error)
+        if response.status_code == 404 and error and "not found" in str(error):
+            pull = f" (run `ollama pull {self.model}`)" if self.config.llm_api == "ollama" else ""
+            raise LLMError(f"model {self.model!r} not found on {self.url}{pull}")
+        if response.status_code >= 500:
+            raise LLMRetryable(f"the LLM server answered HTTP {response.status_code}: {error or response.text[:200]}")
+        if response.status_code >= 400:
+            raise LLMError(f"the LLM server refused the request (HTTP {response.status_code}): "
+                           f"{error or response.text[:200]}")
+        if error:  # Ollama reports a failure during generation as an "error" under 200
+            raise LLMRetryable(f"the LLM server reported an error: {error}")
+        if not isinstance(body, dict):
+            raise LLMRetryable(f"the LLM server answered with a body that is not JSON: {response.text[:120]!r}")
+        return body
+
+    def _ollama(self, messages: list[dict], schema: dict) -> LLMReply:
+        body = self._check(self._post("/api/chat", {
+            "model": self.model, "messages": messages, "stream": False, "format": schema,
+            "options": {"temperature": self.config.llm_temperature, "num_ctx": self.config.llm_num_ctx},
+            "keep_alive": self.config.llm_keep_alive}))
+        content = (body.get("message") or {}).get("content")
+        if not isinstance(content, str):
+            raise LLMRetryable("the LLM server's reply has no message content")
+        return LLMReply(content, body.get("prompt_eval_count") or 0, body.get("eval_count") or 0)
+
+    def _openai(self, messages: list[dict], schema: dict) -> LLMReply:
+        def request(response_format: dict) -> requests.Response:
+            return self._post("/v1/chat/completions", {
+                "model": self.model, "messages": messages, "temperature": self.config.llm_temperature,
+                "response_format": response_format, "stream": False})
+
+        formats = {"json_schema": {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}},
+                   "json_object": {"type": "json_object", "schema": schema}}
+        response = request(formats[self._openai_format])
+        if self._openai_format == "json_schema" and response.status_code in (400, 422, 500):
+            # llama.cpp's server rejects the json_schema form; it takes a schema in json_object.
+            retry = request(formats["json_object"])
+            if retry.status_code < 400:
+                self._openai_format, response = "json_object", retry
+        body = self._check(response)
+        try:
+            content = body["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise LLMRetryable("the LLM server's reply has no choices[0].message.content") from None
+        usage = body.get("usage") or {}
+        return LLMReply(content or "", usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+
+
+def extract_json(text: str) -> Any:
+    """The JSON in a local model's reply: after <think> blocks, inside fences, before prose."""
+    text = re.sub(r"<think>.*?</think>", "", text, flags=re.DOTALL).strip()
+    if fence := re.search(r"```(?:json)?\s*(.*?)```", text, flags=re.DOTALL):
+        text = fence.group(1).strip()
+    starts = [i for i in (text.find("{"), text.find("[")) if i >= 0]
+    if not starts:
+        raise ValueError("the reply contains no JSON")
+    try:
+        value, _ = json.JSONDecoder().raw_decode(text[min(starts):])
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"the reply is not valid JSON ({exc.msg} at character {exc.pos})") from None
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Git
+# --------------------------------------------------------------------------------------------
+
+
+def tracked_files(root: Path) -> list[str]:
+    return git("ls-files", "-z", cwd=root).stdout.split("\0")[:-1]

@@ -91,7 +91,7 @@ def install_fake_bd(bin_dir: Path) -> Path:
 
 
 def init_real_bd(repo: Path) -> None:
-    subprocess.run([REAL_BD, "init", "--prefix", "proj", "--quiet", "--skip-hooks"], cwd=repo, check=True,
+    subprocess.run([REAL_BD, "init", "--prefix", "proj", "--quiet", "--skip-hooks", "--skip-agents", "--non-interactive"], cwd=repo, check=True,
                    capture_output=True, text=True)
 
 
@@ -121,3 +121,11 @@ def config(make_config, backend) -> common.Config:
 @pytest.fixture
 def store(config):
     return common.open_task_store(config)
+
+
+@pytest.fixture
+def fake_llm():
+    """A loopback server speaking the real Ollama and OpenAI chat APIs, with scripted replies."""
+    from fake_llm import FakeLLM
+    with FakeLLM() as server:
+        yield server

@@ -63,12 +63,12 @@ def test_add_dependency_blocks(store):
     assert store.get(b.id).deps_of("blocks") == [a.id]
 
 
-def test_claim_is_exclusive_and_release_returns_the_task(store):
+def test_claim_is_exclusive_and_release_returns_the_task(store, config):
     task = store.create("claim me")
-    assert store.claim(task.id, "worker-a") is True
+    assert store.claim(task.id, config.actor) is True
     assert store.claim(task.id, "worker-b") is False
     claimed = store.get(task.id)
-    assert (claimed.status, claimed.assignee) == ("in_progress", "worker-a")
+    assert (claimed.status, claimed.assignee) == ("in_progress", config.actor)
     assert task.id not in {t.id for t in store.ready()}
     store.release(task.id, "attempt 1 failed: no commits")
     released = store.get(task.id)
