@@ -869,6 +869,18 @@ class LLMClient:
         self.session.trust_env = False  # a proxy setting must not capture a loopback server
         self._openai_format = "json_schema"
 
+    def available_models(self) -> list[str]:
+        """The models the server has (Ollama's /api/tags, or /v1/models)."""
+        path = "/api/tags" if self.config.llm_api == "ollama" else "/v1/models"
+        try:
+            response = self.session.get(self.url + path, timeout=min(self.config.llm_timeout_secs, 10))
+        except (requests.ConnectionError, requests.Timeout):
+            hint = "is `ollama serve` running" if self.config.llm_api == "ollama" else "is the server running"
+            raise LLMError(f"cannot reach the LLM server at {self.url} ({hint} at that address?)") from None
+        body = self._check(response)
+        items = body.get("models") if self.config.llm_api == "ollama" else body.get("data")
+        return [m.get("name") or m.get("id") for m in items or [] if isinstance(m, dict)]
+
     def chat(self, messages: list[dict], schema: dict) -> LLMReply:
         if self.config.llm_api == "ollama":
             return self._ollama(messages, schema)

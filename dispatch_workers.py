@@ -1,0 +1,1145 @@
+#!/usr/bin/env python3
+"""Run ready tasks in parallel agent workers, each in its own git worktree, and merge their branches."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import filelock
+import psutil
+
+import common
+import ingest_suggested_tasks
+
+EPILOG = """\
+How it works:
+  Each ready task is claimed, gets a branch (work/<id>) and a worktree beside the repository,
+  and a worker: the agent command (Aider by default) with the task in a message file. A worker
+  is judged from git, not its exit code: commits ahead of main mean work to merge. Finished
+  branches merge into main one at a time behind the merge slot (.dispatch_merge.lock), without
+  touching your checkout beyond a fast-forward. A conflict files a task "Resolve merge conflict:
+  <branch>", which runs in the branch's own worktree; once it is closed, the merge is retried.
+
+  Everything the dispatcher knows is in .dispatch_state.json and
+  .dispatch_pending_merge_retries.json: kill it at any moment and start it again, and it adopts
+  live workers, finishes dead ones and carries on. Ctrl-C once: start nothing new, let running
+  workers finish. Twice: end the workers now (their branches are kept for the next run).
+
+examples:
+  py dispatch_workers.py --demo             a scratch repository, a scripted agent, real merges
+  py dispatch_workers.py                    run until nothing is ready or running
+  py dispatch_workers.py --max-workers 4 --watch
+  py dispatch_workers.py --dry-run          what would start now, and why others wait
+  py dispatch_workers.py --status --json    the state of a running dispatcher
+
+exit codes: 0 every task it ran was merged; 1 some task ended blocked or a merge is waiting
+(the summary says why); 2 bad usage or configuration; 130 interrupted.
+"""
+
+CONFLICT_TITLE = "Resolve merge conflict: {branch}"
+GATE_TITLE = "Fix failing checks: {branch}"
+CONFLICT_LABEL = "merge-conflict"
+GATE_LABEL = "merge-gate"
+MODEL_LABEL = "model:"
+WORKER_POLL_SECS = 0.05  # a worker's exit is noticed within this, so a slot refills at once
+MERGE_SHORT = 10
+MARKER_BLOCK = re.compile(r"^<<<<<<<(?: .*)?\n(?:.*\n)*?^=======\n(?:.*\n)*?^>>>>>>>(?: .*)?$", re.MULTILINE)
+AIDER_COMMAND = ["aider", "--message-file", "{message_file}", "--yes-always", "--no-gitignore",
+                 "--no-check-update", "--no-analytics", "--no-show-model-warnings", "--no-pretty"]
+STANDING_INSTRUCTIONS = """\
+Instructions:
+- Keep to the files named above unless the task clearly needs more.
+- When done, make your edits, commit them, then stop. Do not ask for more input.
+- Write follow-up ideas for later tasks, one a line, to {followups} at the repository root."""
+
+
+# --------------------------------------------------------------------------------------------
+# Process trees: start a worker in its own group, and end the whole group
+# --------------------------------------------------------------------------------------------
+
+
+def start_process(argv: list[str], cwd: Path, env: dict, log_path: Path) -> subprocess.Popen:
+    """Output goes to a file, not a pipe: it survives us, and no grandchild can hang us on it."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        kwargs = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if common.IS_WINDOWS
+                  else {"start_new_session": True})
+        return subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, **kwargs)
+
+
+def process_start_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def is_same_process_alive(pid: int | None, start_time: float | None) -> bool:
+    """Alive AND the same process: a recycled pid belongs to someone else and is never signalled."""
+    if not pid or start_time is None:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        return abs(proc.create_time() - start_time) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def kill_tree(pid: int, grace: float, proc: subprocess.Popen | None = None) -> None:
+    """End a worker and everything it started: the one path for timeouts, Ctrl-C and shutdown."""
+    if common.IS_WINDOWS:
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True)
+    else:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if proc is not None:
+                proc.poll()  # reap our child, or its zombie keeps the group alive
+            try:
+                os.killpg(pid, 0)
+            except (ProcessLookupError, PermissionError):
+                break
+            time.sleep(0.05)
+        else:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    if proc is not None:
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+# --------------------------------------------------------------------------------------------
+# State files
+# --------------------------------------------------------------------------------------------
+
+
+class StateFile:
+    """A JSON state file, always replaced atomically under its lock."""
+
+    def __init__(self, path: Path, default: dict):
+        self.path, self.default = path, default
+        self.lock = path.with_name(path.name + ".lock")
+
+    def read(self) -> dict:
+        with common.locked(self.lock, self.path.name):
+            data = common.read_json_file(self.path, None)
+        return data if isinstance(data, dict) else json.loads(json.dumps(self.default))
+
+    def write(self, data: dict) -> None:
+        with common.locked(self.lock, self.path.name):
+            common.atomic_write_text(self.path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def state_files(config: common.Config) -> tuple[StateFile, StateFile]:
+    return (StateFile(config.root / ".dispatch_state.json", {"dispatcher": None, "workers": [], "merge_queue": [],
+                                                             "attempts": {}}),
+            StateFile(config.root / ".dispatch_pending_merge_retries.json", {}))
+
+
+# --------------------------------------------------------------------------------------------
+# Git plumbing the dispatcher needs
+# --------------------------------------------------------------------------------------------
+
+
+def git_out(cwd: Path, *args: str) -> str:
+    return common.git(*args, cwd=cwd).stdout.strip()
+
+
+def rev_parse(root: Path, rev: str) -> str | None:
+    result = common.git("rev-parse", "-q", "--verify", rev + "^{commit}", cwd=root, check=False)
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def is_ancestor(root: Path, commit: str, of: str) -> bool:
+    return common.git("merge-base", "--is-ancestor", commit, of, cwd=root, check=False).returncode == 0
+
+
+def branch_name(template: str, task_id: str) -> str:
+    """The template with the task id, made a valid ref name whatever the id contains."""
+    name = template.replace("{task_id}", task_id)
+    name = re.sub(r"[^A-Za-z0-9._/-]+", "-", name)
+    name = re.sub(r"\.{2,}|/{2,}|@\{", "-", name).strip("/.-")
+    return re.sub(r"\.lock$", "-lock", name) or "work"
+
+
+def checkout_of_branch(root: Path, branch: str) -> Path | None:
+    """The worktree where `branch` is checked out, if any."""
+    current = None
+    for line in git_out(root, "worktree", "list", "--porcelain").splitlines():
+        if line.startswith("worktree "):
+            current = Path(line[len("worktree "):])
+        elif line == f"branch refs/heads/{branch}":
+            return current
+    return None
+
+
+def merge_tree(root: Path, ours: str, theirs: str) -> tuple[str | None, list[str], str]:
+    """`git merge-tree --write-tree`: (tree, [], "") when clean; (None, files, messages) on conflict."""
+    result = common.git("-c", "core.quotePath=false", "merge-tree", "--write-tree", "--name-only", ours, theirs,
+                        cwd=root, check=False)
+    if result.returncode not in (0, 1):
+        raise common.GitError(result.argv, result.returncode, result.stdout, result.stderr)
+    lines = result.stdout.split("\n")
+    if result.returncode == 0:
+        return lines[0].strip(), [], ""
+    blank = lines.index("") if "" in lines else len(lines)
+    files = list(dict.fromkeys(lines[1:blank]))
+    return None, files, "\n".join(line for line in lines[blank + 1:] if line.startswith("CONFLICT"))
+
+
+def new_marker_files(root: Path, main: str, branch: str) -> list[str]:
+    """Files in which the branch has more complete conflict-marker blocks than main has."""
+    base = git_out(root, "merge-base", main, branch)
+    changed = git_out(root, "-c", "core.quotePath=false", "diff", "--name-only", "--diff-filter=AM", base, branch)
+    found = []
+    for name in filter(None, changed.splitlines()):
+        branch_text = common.git("show", f"{branch}:{name}", cwd=root, check=False).stdout
+        if "<<<<<<<" not in branch_text:
+            continue
+        main_text = common.git("show", f"{main}:{name}", cwd=root, check=False).stdout
+        if len(MARKER_BLOCK.findall(branch_text)) > len(MARKER_BLOCK.findall(main_text)):
+            found.append(name)
+    return found
+
+
+def clear_interrupted_git_state(worktree: Path) -> None:
+    """What a killed agent leaves: a stale index.lock, a rebase or merge in progress."""
+    gitdir = Path(git_out(worktree, "rev-parse", "--absolute-git-dir"))
+    (gitdir / "index.lock").unlink(missing_ok=True)
+    if (gitdir / "rebase-merge").exists() or (gitdir / "rebase-apply").exists():
+        common.git("rebase", "--abort", cwd=worktree, check=False)
+    if (gitdir / "MERGE_HEAD").exists():
+        common.git("merge", "--abort", cwd=worktree, check=False)
+
+
+def commit_everything(worktree: Path, message: str) -> bool:
+    """Commit all changes in the worktree (ignored files stay out); False when there were none."""
+    if not git_out(worktree, "status", "--porcelain"):
+        return False
+    common.git("add", "-A", cwd=worktree)
+    common.failpoint("during_leftover_commit")
+    common.git("commit", "-q", "--no-verify", "-m", message, cwd=worktree)
+    return True
+
+
+def remove_worktree(root: Path, worktree: Path) -> None:
+    common.git("worktree", "remove", "--force", "--force", str(worktree), cwd=root, check=False)
+    if worktree.exists():
+        shutil.rmtree(worktree, ignore_errors=True)
+    common.git("worktree", "prune", cwd=root, check=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Workers
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Worker:
+    """One agent run: the record kept in .dispatch_state.json, and the process when it is ours."""
+
+    slot: int
+    task_id: str
+    title: str
+    branch: str
+    worktree: str
+    base: str
+    attempt: int
+    started_at: float
+    deadline: float | None
+    kind: str = "task"  # or "conflict": a conflict or fix task working on another task's branch
+    pid: int | None = None
+    pid_start_time: float | None = None
+    proc: subprocess.Popen | None = dataclasses.field(default=None, repr=False)
+    timed_out: bool = False
+
+    def record(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "proc"}
+
+    @classmethod
+    def from_record(cls, data: dict) -> "Worker":
+        names = {f.name for f in dataclasses.fields(cls)} - {"proc"}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def has_exited(self) -> bool:
+        if self.proc is not None:
+            return self.proc.poll() is not None
+        return not is_same_process_alive(self.pid, self.pid_start_time)
+
+
+def worker_argv(config: common.Config, task: common.Task, message_file: Path, branch: str,
+                worktree: Path) -> tuple[list[str], dict]:
+    """The agent's command line and environment, from argument lists only: no shell ever sees them."""
+    model = next((label[len(MODEL_LABEL):] for label in task.labels if label.startswith(MODEL_LABEL)),
+                 config.worker_model)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:/@-]*", model or ""):
+        model = config.worker_model
+    files = []
+    for raw in task.files:
+        try:
+            files.append(common.check_repo_path(raw))
+        except common.UserError:
+            pass  # an unsafe name never reaches the command line; the message still lists it
+    env = {**os.environ, "DISPATCH_TASK_ID": task.id, "DISPATCH_BRANCH": branch, "DISPATCH_WORKTREE": str(worktree)}
+    template = config.worker_command
+    if template is None:
+        if config.llm_api == "ollama":
+            template = AIDER_COMMAND + ["--model", "ollama_chat/{model}", "{files}"]
+            env["OLLAMA_API_BASE"] = config.llm_url
+        else:
+            template = AIDER_COMMAND + ["--model", "openai/{model}", "--openai-api-base", "{llm_url}/v1", "{files}"]
+            env.setdefault("OPENAI_API_KEY", "sk-local-placeholder")
+    values = {"{message_file}": str(message_file), "{task_id}": task.id, "{branch}": branch,
+              "{worktree}": str(worktree), "{model}": model, "{llm_url}": config.llm_url}
+    argv = []
+    for arg in template:
+        if arg == "{files}":
+            argv.extend(files)
+            continue
+        for key, value in values.items():
+            arg = arg.replace(key, value)
+        argv.append(arg)
+    return argv, env
+
+
+def task_message(config: common.Config, task: common.Task) -> str:
+    parts = [f"Task {task.id}: {task.title}", task.description.strip()]
+    if task.files:
+        parts.append("Files to change: " + ", ".join(task.files))
+    parts.append(STANDING_INSTRUCTIONS.format(followups=config.worker_followups_file))
+    if config.worker_instructions:
+        parts.append(read_instructions(config))
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def read_instructions(config: common.Config) -> str:
+    text = config.worker_instructions or ""
+    if text.startswith("@"):
+        path = config.root / common.check_repo_path(text[1:])
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise common.UsageError(f"worker_instructions: cannot read {path}: {exc}") from None
+    return text
+
+
+# --------------------------------------------------------------------------------------------
+# The dispatcher
+# --------------------------------------------------------------------------------------------
+
+
+class Dispatcher:
+    """Owns the workers, the merge queue and the pending merges of one repository."""
+
+    def __init__(self, config: common.Config, store, max_workers: int, watch: bool = False,
+                 out=print):
+        self.config, self.store, self.max_workers, self.watch, self.say = config, store, max_workers, watch, out
+        self.root = config.root
+        self.state_file, self.pending_file = state_files(config)
+        self.logs = config.root / ".dispatch_logs"
+        self.workers: dict[int, Worker] = {}
+        self.state = self.state_file.read()
+        self.pending = self.pending_file.read()
+        self.summary = {"merged": [], "released": [], "blocked": [], "waiting": []}
+        self.failures_in_a_row = 0
+        self.breaker_until: float | None = None
+        self.stopping = False
+        self.interrupts = 0
+        self.next_poll = 0.0
+        self.told_waiting: set[str] = set()
+        self.file_scope: dict[str, list[str]] = {}  # task id -> its files, for running workers
+
+    # ---- bookkeeping ----------------------------------------------------------------------
+
+    def event(self, name: str, task_id: str | None = None, **fields) -> None:
+        self.logs.mkdir(exist_ok=True)
+        line = json.dumps({"ts": common.now_iso(), "event": name, "task_id": task_id, **fields}, ensure_ascii=False)
+        with open(self.logs / "events.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+
+    def save_state(self) -> None:
+        self.state["workers"] = [w.record() for w in self.workers.values()]
+        self.state_file.write(self.state)
+
+    def save_pending(self) -> None:
+        self.pending_file.write(self.pending)
+
+    def block(self, task_id: str, reason: str) -> None:
+        self.store.set_status(task_id, "blocked", reason)
+        self.summary["blocked"].append({"id": task_id, "reason": reason})
+        self.event("blocked", task_id, reason=reason)
+        self.say(f"{task_id}: blocked: {reason}")
+
+    # ---- start, reconcile -----------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        """After a crash or restart: adopt live workers, finish dead ones, release the orphaned."""
+        for record in self.state.get("workers", []):
+            worker = Worker.from_record(record)
+            self.workers[worker.slot] = worker
+            if is_same_process_alive(worker.pid, worker.pid_start_time):
+                self.event("adopted", worker.task_id, pid=worker.pid)
+                self.say(f"{worker.task_id}: adopted running worker (pid {worker.pid})")
+        accounted = ({w.task_id for w in self.workers.values()} | {e["task_id"] for e in self.state["merge_queue"]}
+                     | {p["task_id"] for p in self.pending.values()} | set(self.pending))
+        for task in self.store.list(["in_progress"]):
+            if task.assignee == self.config.actor and task.id not in accounted:
+                self.store.release(task.id, "released: the dispatcher restarted with no worker or merge for it")
+                self.event("released", task.id, reason="no record after restart")
+                self.say(f"{task.id}: released (no worker or merge recorded for it)")
+        self.prune_stray_worktrees()
+
+    def prune_stray_worktrees(self) -> None:
+        root = Path(self.config.worktree_root)
+        known = ({w.worktree for w in self.workers.values()} | {e["worktree"] for e in self.state["merge_queue"]}
+                 | {p["worktree"] for p in self.pending.values()})
+        if root.is_dir():
+            for path in root.iterdir():
+                if path.is_dir() and str(path) not in known and path.name != ".gate":
+                    # Nothing of value can be here: a worker's work is recorded before it starts.
+                    remove_worktree(self.root, path)
+        common.git("worktree", "prune", cwd=self.root, check=False)
+
+    def fill_slots(self) -> None:
+        free = [s for s in range(1, self.max_workers + 1) if s not in self.workers]
+        if not free or self.stopping or self.breaker_tripped():
+            return
+        for task in self.store.ready(limit=max(50, 4 * self.max_workers)):
+            if not free:
+                break
+            if self.why_waiting(task) is None and self.store.claim(task.id, self.config.actor):
+                self.event("claimed", task.id)
+                common.failpoint("after_claim")
+                self.start_worker(free.pop(0), self.store.get(task.id))
+
+    def why_waiting(self, task: common.Task) -> str | None:
+        """None when the task may start now; else the reason it waits."""
+        if (CONFLICT_LABEL in task.labels or GATE_LABEL in task.labels) and task.id not in self.pending:
+            return "its merge has not been recorded yet"
+        if task.id in self.pending and self.pending[task.id]["branch"] in {w.branch for w in self.workers.values()}:
+            return "its branch is in use"
+        if self.config.avoid_file_overlap and task.files:
+            for worker in self.workers.values():
+                running = set(self.task_files(worker.task_id))
+                if overlap := running & set(task.files):
+                    return f"{', '.join(sorted(overlap))} is being changed by {worker.task_id}"
+        return None
+
+    def task_files(self, task_id: str) -> list[str]:
+        if task_id not in self.file_scope:
+            self.file_scope[task_id] = self.store.get(task_id).files  # an adopted worker's task
+        return self.file_scope[task_id]
+
+    def start_worker(self, slot: int, task: common.Task) -> None:
+        conflict = self.pending.get(task.id)
+        attempt = self.state["attempts"].get(task.id, 0) + 1
+        self.file_scope[task.id] = task.files
+        try:
+            if conflict:
+                branch, worktree = conflict["branch"], Path(conflict["worktree"])
+                self.prepare_conflict_worktree(task, conflict)
+            else:
+                branch = branch_name(self.config.branch_template, task.id)
+                worktree = Path(self.config.worktree_root) / branch_name("{task_id}", task.id)
+                self.add_worktree(branch, worktree)
+            common.failpoint("after_worktree")
+            if self.config.worktree_setup_command:
+                common.run(*self.config.worktree_setup_command, cwd=worktree)
+            message_file = worktree / ".current_task.txt"
+            message_file.write_text(task_message(self.config, task), encoding="utf-8")
+            argv, env = worker_argv(self.config, task, message_file, branch, worktree)
+        except common.UserError as exc:
+            self.attempt_failed(task.id, f"could not prepare the worktree: {exc}")
+            return
+        now = time.time()
+        timeout = self.config.worker_timeout_secs
+        worker = Worker(slot=slot, task_id=task.id, title=task.title, branch=branch, worktree=str(worktree),
+                        base=git_out(worktree, "rev-parse", "HEAD"), attempt=attempt, started_at=now,
+                        deadline=now + timeout if timeout else None, kind="conflict" if conflict else "task")
+        self.workers[slot] = worker
+        self.save_state()  # recorded before it runs: a crash never leaves an unknown agent
+        worker.proc = start_process(argv, worktree, env, self.logs / f"{branch_name('{task_id}', task.id)}.log")
+        worker.pid, worker.pid_start_time = worker.proc.pid, process_start_time(worker.proc.pid)
+        self.save_state()
+        self.event("worker_started", task.id, slot=slot, pid=worker.pid, branch=branch, attempt=attempt)
+        self.say(f"{task.id}: started worker {slot} on {branch} (attempt {attempt}): {task.title}")
+
+    def add_worktree(self, branch: str, worktree: Path) -> None:
+        if worktree.exists():
+            remove_worktree(self.root, worktree)
+        main = self.config.main_branch
+        if rev_parse(self.root, f"refs/heads/{branch}"):
+            if is_ancestor(self.root, branch, main):
+                common.git("branch", "-D", branch, cwd=self.root)  # merged work: start afresh from main
+            else:
+                common.git("worktree", "add", "-q", str(worktree), branch, cwd=self.root)
+                return  # unmerged work of an earlier attempt: continue from it
+        common.git("worktree", "add", "-q", "-b", branch, str(worktree), main, cwd=self.root)
+
+    def prepare_conflict_worktree(self, task: common.Task, conflict: dict) -> None:
+        """Merge main into the branch and commit the conflicts, so the agent starts clean."""
+        worktree, branch = Path(conflict["worktree"]), conflict["branch"]
+        if not worktree.exists():
+            common.git("worktree", "add", "-q", str(worktree), branch, cwd=self.root)
+        clear_interrupted_git_state(worktree)
+        result = common.git("merge", "--no-ff", "--no-commit", "--no-edit", self.config.main_branch, cwd=worktree,
+                            check=False)
+        if result.returncode == 0 and not git_out(worktree, "status", "--porcelain"):
+            return  # nothing to merge: main is already in the branch
+        common.git("add", "-A", cwd=worktree)  # markers, and the branch's side of what has none
+        original = conflict["task_id"]
+        message = (f"dispatch: merge {self.config.main_branch} into {branch}, conflicts left for {task.id}\n\n"
+                   f"Conflicted files: {', '.join(conflict['files']) or 'none'}\n"
+                   f"This branch: {original}\nResolve task: {task.title}")
+        common.git("commit", "-q", "--no-verify", "-m", message, cwd=worktree)
+
+    # ---- watching workers ------------------------------------------------------------------
+
+    def check_workers(self) -> bool:
+        """Finish every worker that exited or outlived its deadline; True if any did."""
+        changed = False
+        for worker in list(self.workers.values()):
+            if worker.has_exited():
+                self.event("worker_exited", worker.task_id, code=worker.proc.returncode if worker.proc else None)
+                self.finish_worker(worker)
+                changed = True
+            elif worker.deadline and time.time() > worker.deadline:
+                self.say(f"{worker.task_id}: worker outlived worker_timeout_secs; ending its process tree")
+                self.end_worker(worker)
+                worker.timed_out = True
+                self.event("worker_timed_out", worker.task_id)
+                self.finish_worker(worker)
+                changed = True
+        return changed
+
+    def end_worker(self, worker: Worker) -> None:
+        if worker.proc is not None or is_same_process_alive(worker.pid, worker.pid_start_time):
+            kill_tree(worker.pid, self.config.worker_kill_grace_secs, worker.proc)
+
+    def finish_worker(self, worker: Worker) -> None:
+        """Judge an ended worker from git and send its branch on: merge queue, retry or block."""
+        common.failpoint("after_worker_exit")
+        if worker.proc is not None and not common.IS_WINDOWS:
+            kill_tree(worker.pid, 0.2, worker.proc)  # what it left running would hold the worktree
+        worktree, task_id = Path(worker.worktree), worker.task_id
+        why = "timed out" if worker.timed_out else "exited"
+        if worktree.exists():
+            clear_interrupted_git_state(worktree)
+            self.collect_followups(worker)
+            if self.config.commit_leftover_changes and commit_everything(
+                    worktree, f"dispatch: uncommitted work of {task_id} (worker {why})"):
+                self.event("leftover_committed", task_id)
+        tip = rev_parse(self.root, f"refs/heads/{worker.branch}")
+        commits = int(git_out(self.root, "rev-list", "--count", f"{worker.base}..{tip}")) if tip else 0
+        del self.workers[worker.slot]
+        if worker.kind == "conflict":
+            self.finish_conflict_worker(worker, commits)
+        elif commits and not worker.timed_out:
+            self.event("commits_found", task_id, commits=commits)
+            self.failures_in_a_row = 0
+            self.queue_merge(worker, "close", "")
+        elif commits:
+            self.event("commits_found", task_id, commits=commits)
+            self.queue_merge(worker, "release", f"attempt {worker.attempt} timed out; its commits were merged")
+        else:
+            self.event("no_commits", task_id)
+            self.failures_in_a_row += 1
+            remove_worktree(self.root, worktree)
+            if not rev_parse(self.root, f"refs/heads/{worker.branch}") or is_ancestor(
+                    self.root, worker.branch, self.config.main_branch):
+                common.git("branch", "-D", worker.branch, cwd=self.root, check=False)
+            self.attempt_failed(task_id, f"attempt {worker.attempt} {why} with no commits; log tail: "
+                                         f"{self.log_tail(task_id)}")
+        self.save_state()
+
+    def finish_conflict_worker(self, worker: Worker, commits: int) -> None:
+        """A resolve/fix task's worker: close it when the branch now merges cleanly."""
+        conflict = self.pending.get(worker.task_id)
+        main = self.config.main_branch
+        clean = bool(conflict) and merge_tree(self.root, main, worker.branch)[0] is not None and \
+            not new_marker_files(self.root, main, worker.branch)
+        if clean:
+            self.store.close(worker.task_id, f"{worker.branch} now merges cleanly")
+            self.event("closed", worker.task_id)
+            self.say(f"{worker.task_id}: resolved; {worker.branch} merges cleanly now")
+        else:
+            self.event("no_commits" if not commits else "merge_conflict", worker.task_id)
+            self.attempt_failed(worker.task_id, f"attempt {worker.attempt}: {worker.branch} still does not merge "
+                                                f"cleanly; log tail: {self.log_tail(worker.task_id)}",
+                                keep_worktree=True)
+
+    def attempt_failed(self, task_id: str, note: str, keep_worktree: bool = False) -> None:
+        attempts = self.state["attempts"].get(task_id, 0) + 1
+        self.state["attempts"][task_id] = attempts
+        if attempts >= self.config.max_attempts:
+            self.block(task_id, f"{note} (after {attempts} attempts)")
+        else:
+            self.store.release(task_id, note)
+            self.summary["released"].append(task_id)
+            self.event("released", task_id, reason=note)
+            self.say(f"{task_id}: released for another attempt: {note[:120]}")
+        self.save_state()
+
+    def log_tail(self, task_id: str, lines: int = 5) -> str:
+        path = self.logs / f"{branch_name('{task_id}', task_id)}.log"
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return "(no log)"
+        return " | ".join(text.strip().splitlines()[-lines:])[-400:] or "(empty log)"
+
+    def collect_followups(self, worker: Worker) -> None:
+        """The agent's follow-up ideas go to suggested_tasks.txt, never to main."""
+        name = common.check_repo_path(self.config.worker_followups_file)
+        path = Path(worker.worktree) / name
+        if path.is_symlink() or not path.is_file():
+            path.unlink(missing_ok=True) if path.is_symlink() else None
+            return
+        lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+        lines = [line for line in lines if line and not line.startswith("#")]
+        if lines:
+            suggestions = self.config.path("suggested_tasks_file")
+            with open(suggestions, "a", encoding="utf-8") as fh:
+                fh.write("".join(f"[from:{worker.task_id}] {line}\n" for line in lines))
+            self.event("followups_collected", worker.task_id, count=len(lines))
+        tracked = common.git("ls-files", "--error-unmatch", "--", name, cwd=worker.worktree, check=False)
+        if tracked.returncode == 0:
+            common.git("rm", "-q", "-f", "--", name, cwd=worker.worktree)
+            common.git("commit", "-q", "--no-verify", "-m", f"dispatch: keep {name} of {worker.task_id} off main",
+                       "--", name, cwd=worker.worktree)
+        else:
+            path.unlink()
+        if lines and self.config.auto_ingest_suggestions:
+            result = ingest_suggested_tasks.ingest(self.config, self.store)
+            if result.created:
+                self.say(f"{worker.task_id}: follow-ups became {', '.join(result.created)}")
+
+    # ---- the merge queue -------------------------------------------------------------------
+
+    def queue_merge(self, worker: Worker, outcome: str, note: str) -> None:
+        entry = {"task_id": worker.task_id, "title": worker.title, "branch": worker.branch,
+                 "worktree": worker.worktree, "outcome": outcome, "note": note, "retries": 0,
+                 "queued_at": time.time()}
+        self.state["merge_queue"].append(entry)
+        self.save_state()
+        self.event("merge_queued", worker.task_id, branch=worker.branch)
+
+    def process_merge_queue(self) -> bool:
+        """Merge queued branches in order; True if main moved or the queue changed."""
+        progressed = False
+        for entry in list(self.state["merge_queue"]):
+            if entry.get("retry_at", 0) > time.time():
+                continue
+            progressed |= self.merge(entry)
+        return progressed
+
+    def merge_slot(self):
+        if self.config.merge_slot:
+            return common.locked(self.root / ".dispatch_merge.lock", "merge slot")
+        return _null_context()
+
+    def merge(self, entry: dict) -> bool:
+        root, main = self.root, self.config.main_branch
+        with self.merge_slot():
+            tip = rev_parse(root, f"refs/heads/{entry['branch']}")
+            if tip is None:
+                self.drop_entry(entry)
+                self.block(entry["task_id"], f"its branch {entry['branch']} is gone")
+                return True
+            if is_ancestor(root, tip, main):  # merged before a crash: only the bookkeeping is left
+                self.finish_merge(entry, rev_parse(root, main))
+                return True
+            task = self.store.get(entry["task_id"])
+            if task.status != "in_progress" or task.assignee != self.config.actor:
+                self.drop_entry(entry)
+                self.summary["waiting"].append({"id": task.id, "reason": f"not merged: the task is now {task.status}"
+                                                f" ({task.assignee or 'unassigned'}); branch {entry['branch']} kept"})
+                self.event("stale_branch", task.id, branch=entry["branch"])
+                self.say(f"{task.id}: not merged: the task changed meanwhile ({task.status}); branch kept")
+                remove_worktree(root, Path(entry["worktree"]))
+                return True
+            while True:
+                base = rev_parse(root, main)
+                if marked := new_marker_files(root, base, tip):
+                    return self.on_conflict(entry, marked, base, "the branch adds conflict markers")
+                tree, conflicted, messages = merge_tree(root, base, tip)
+                if tree is None:
+                    return self.on_conflict(entry, conflicted, base, messages)
+                commit = git_out(root, "commit-tree", tree, "-p", base, "-p", tip, "-m",
+                                 f"Merge {entry['branch']}: {entry['title']} ({entry['task_id']})")
+                if self.config.merge_gate_command:
+                    passed, output = self.run_gate(commit)
+                    if rev_parse(root, main) != base:
+                        continue  # main moved while the gate ran: recompute and gate again
+                    if not passed:
+                        return self.on_conflict(entry, [], base, output, kind="gate")
+                common.failpoint("during_merge")
+                outcome = self.advance_main(base, commit)
+                if outcome == "moved":
+                    continue
+                if outcome != "ok":
+                    entry["retry_at"] = time.time() + self.config.poll_interval_secs
+                    if entry["task_id"] not in self.told_waiting:
+                        self.told_waiting.add(entry["task_id"])
+                        self.say(f"{entry['task_id']}: merge waits: {outcome}")
+                    entry["waiting"] = outcome
+                    self.save_state()
+                    return False
+                self.finish_merge(entry, commit)
+                return True
+
+    def advance_main(self, old: str, new: str) -> str:
+        """Move main from `old` to `new` only: "ok", "moved" (someone else moved it) or why it waits."""
+        main = self.config.main_branch
+        checkout = checkout_of_branch(self.root, main)
+        if checkout is None:
+            result = common.git("update-ref", f"refs/heads/{main}", new, old, cwd=self.root, check=False)
+            return "ok" if result.returncode == 0 else "moved"
+        # Main is checked out (usually in the user's own folder): a fast-forward there keeps
+        # the user's uncommitted changes, and refuses if it would overwrite any.
+        result = common.git("merge", "--ff-only", "--no-edit", "-q", new, cwd=checkout, check=False)
+        if result.returncode == 0:
+            return "ok"
+        if rev_parse(self.root, main) != old:
+            return "moved"
+        files = [line.strip() for line in (result.stderr + result.stdout).splitlines() if line.startswith("\t")]
+        return (f"your uncommitted changes in {checkout} to {', '.join(files) or 'some files'} would be "
+                "overwritten; commit or stash them and the merge will go ahead")
+
+    def finish_merge(self, entry: dict, commit: str) -> None:
+        task_id = entry["task_id"]
+        self.event("merged", task_id, branch=entry["branch"], commit=commit)
+        self.say(f"{task_id}: merged {entry['branch']} into {self.config.main_branch} ({commit[:MERGE_SHORT]})")
+        task = self.store.get(task_id)
+        if entry["outcome"] == "close":
+            if task.status != "closed":
+                self.store.close(task_id, f"merged into {self.config.main_branch} as {commit[:MERGE_SHORT]}")
+                self.event("closed", task_id)
+            self.summary["merged"].append(task_id)
+            self.state["attempts"].pop(task_id, None)
+        elif task.status == "in_progress":
+            self.attempt_failed(task_id, entry["note"])
+        remove_worktree(self.root, Path(entry["worktree"]))
+        if self.config.delete_merged_branches:
+            common.git("branch", "-D", entry["branch"], cwd=self.root, check=False)
+        self.drop_entry(entry)
+
+    def drop_entry(self, entry: dict) -> None:
+        self.state["merge_queue"] = [e for e in self.state["merge_queue"] if e["branch"] != entry["branch"]]
+        self.save_state()
+
+    def run_gate(self, commit: str) -> tuple[bool, str]:
+        gate = Path(self.config.worktree_root) / ".gate"
+        if not gate.exists():
+            common.git("worktree", "add", "-q", "--detach", str(gate), commit, cwd=self.root)
+            if self.config.worktree_setup_command:
+                common.run(*self.config.worktree_setup_command, cwd=gate)
+        else:
+            common.git("checkout", "-q", "--detach", "-f", commit, cwd=gate)
+            common.git("clean", "-q", "-fd", cwd=gate)
+        log = self.logs / "gate.log"
+        log.unlink(missing_ok=True)
+        proc = start_process(list(self.config.merge_gate_command), gate, dict(os.environ), log)
+        try:
+            code = proc.wait(timeout=self.config.merge_gate_timeout_secs)
+        except subprocess.TimeoutExpired:
+            kill_tree(proc.pid, self.config.worker_kill_grace_secs, proc)
+            code = None
+        common.failpoint("during_gate")
+        output = log.read_text(encoding="utf-8", errors="replace")[-2000:]
+        if code == 0:
+            return True, output
+        what = "timed out" if code is None else f"exited {code}"
+        return False, f"merge_gate_command {what}; output tail:\n{output}"
+
+    def on_conflict(self, entry: dict, files: list[str], main_commit: str, detail: str, kind: str = "conflict") -> bool:
+        """The branch cannot merge as it is: rebase it, or hand it back as a task."""
+        task_id, branch = entry["task_id"], entry["branch"]
+        self.event("merge_conflict" if kind == "conflict" else "gate_failed", task_id, files=files)
+        if kind == "conflict" and self.config.on_conflict == "auto_rebase" and not entry.get("rebased"):
+            entry["rebased"] = True
+            self.save_state()
+            worktree = Path(entry["worktree"])
+            result = common.git("rebase", "-q", self.config.main_branch, cwd=worktree, check=False)
+            if result.returncode == 0:
+                self.say(f"{task_id}: rebased {branch} onto {self.config.main_branch}; merging again")
+                return True
+            common.git("rebase", "--abort", cwd=worktree, check=False)
+            self.say(f"{task_id}: rebase of {branch} conflicts too; handing it back as a task")
+        retries = entry.get("retries", 0) + 1
+        if retries > self.config.max_merge_retries:
+            self.drop_entry(entry)
+            remove_worktree(self.root, Path(entry["worktree"]))
+            self.block(task_id, f"{branch} still does not merge after {self.config.max_merge_retries} "
+                                f"conflict or check tasks; branch kept")
+            return True
+        followup = self.file_conflict_task(entry, kind, files, main_commit, detail)
+        self.pending[followup.id] = {"kind": kind, "branch": branch, "task_id": task_id,
+                                     "worktree": entry["worktree"], "main_commit": main_commit, "files": files,
+                                     "created_at": common.now_iso(), "retries": retries,
+                                     "outcome": entry["outcome"], "note": entry.get("note", "")}
+        self.save_pending()
+        self.drop_entry(entry)
+        self.say(f"{task_id}: {'merge conflict' if kind == 'conflict' else 'checks failed'} on {branch}"
+                 + (f" in {', '.join(files)}" if files else "") + f"; filed {followup.id}")
+        return True
+
+    def file_conflict_task(self, entry: dict, kind: str, files: list[str], main_commit: str, detail: str):
+        """One open task per branch and kind: a crash between filing and recording never makes two."""
+        branch = entry["branch"]
+        title = (CONFLICT_TITLE if kind == "conflict" else GATE_TITLE).format(branch=branch)
+        for task in self.store.list(["open", "in_progress", "blocked"]):
+            if task.title == title:
+                return task
+        original = self.store.get(entry["task_id"])
+        if kind == "conflict":
+            what = (f"Branch {branch} (task {original.id}: {original.title}) does not merge into "
+                    f"{self.config.main_branch} at {main_commit[:MERGE_SHORT]}.\n\nConflicted files: "
+                    f"{', '.join(files)}\n{detail}\n\nThe dispatcher has merged {self.config.main_branch} into the "
+                    "branch and committed the conflict markers. Resolve every conflict (keep the intent of both "
+                    "sides), remove all markers, commit, then stop.")
+        else:
+            what = (f"Merging branch {branch} (task {original.id}: {original.title}) into "
+                    f"{self.config.main_branch} at {main_commit[:MERGE_SHORT]} fails the checks.\n\n{detail}\n\n"
+                    "Make the checks pass on this branch, commit, then stop.")
+        labels = [CONFLICT_LABEL if kind == "conflict" else GATE_LABEL] + [common.FILE_LABEL + f for f in files]
+        task = self.store.create(title, what, priority=original.priority, labels=labels,
+                                 deps=[("discovered-from", original.id)])
+        common.failpoint("after_conflict_task")
+        return task
+
+    def check_pending(self) -> bool:
+        """Retry a merge once its conflict or fix task is closed; block it if that task is blocked."""
+        changed = False
+        busy = {w.task_id for w in self.workers.values()}
+        for followup_id, pending in list(self.pending.items()):
+            if followup_id in busy:
+                continue
+            followup = self.store.get(followup_id)
+            if followup.status == "closed" and self.config.auto_retry_merge_on_conflict_close:
+                if not any(e["branch"] == pending["branch"] for e in self.state["merge_queue"]):
+                    self.state["merge_queue"].insert(0, {
+                        "task_id": pending["task_id"], "title": self.store.get(pending["task_id"]).title,
+                        "branch": pending["branch"], "worktree": pending["worktree"],
+                        "outcome": pending.get("outcome", "close"), "note": pending.get("note", ""),
+                        "retries": pending["retries"], "queued_at": time.time()})
+                    self.save_state()
+                del self.pending[followup_id]
+                self.save_pending()
+                self.event("merge_queued", pending["task_id"], branch=pending["branch"], after=followup_id)
+                changed = True
+            elif followup.status == "blocked":
+                del self.pending[followup_id]
+                self.save_pending()
+                remove_worktree(self.root, Path(pending["worktree"]))
+                self.block(pending["task_id"], f"{followup_id} ({followup.title}) is blocked: "
+                                               f"{followup.notes.splitlines()[-1] if followup.notes else ''}")
+                changed = True
+        return changed
+
+    def close_finished_epics(self) -> None:
+        tasks = self.store.list(None)
+        for epic in (t for t in tasks if t.issue_type == "epic" and t.status != "closed"):
+            children = [t for t in tasks if epic.id in t.deps_of("discovered-from")]
+            if children and all(t.status == "closed" for t in children):
+                self.store.close(epic.id, "all its subtasks are closed")
+                self.event("closed", epic.id)
+                self.say(f"{epic.id}: epic closed (all {len(children)} subtasks closed)")
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    def breaker_tripped(self) -> bool:
+        if self.failures_in_a_row < self.config.breaker_failures:
+            return False
+        if self.breaker_until is None:
+            self.breaker_until = time.time() + self.config.breaker_pause_secs
+            self.say(f"stopped starting workers: {self.failures_in_a_row} attempts in a row ended with no commits "
+                     "(the agent or its model is likely down; see .dispatch_logs/)"
+                     + (f"; trying again in {self.config.breaker_pause_secs:g} s" if self.watch else ""))
+        if self.watch and time.time() >= self.breaker_until:
+            self.failures_in_a_row, self.breaker_until = 0, None
+            return False
+        return True
+
+    def run(self) -> dict:
+        self.reconcile()
+        self.close_finished_epics()
+        while True:
+            changed = self.check_workers()
+            if self.interrupts >= 2:
+                for worker in list(self.workers.values()):
+                    self.end_worker(worker)
+                self.say("stopped: workers ended; their branches are kept for the next run")
+                raise KeyboardInterrupt
+            changed |= self.process_merge_queue()
+            changed |= self.check_pending()
+            if changed:
+                self.close_finished_epics()
+            if changed or time.time() >= self.next_poll:
+                self.fill_slots()
+                self.next_poll = time.time() + self.config.poll_interval_secs
+            mergeable = [e for e in self.state["merge_queue"] if e.get("retry_at", 0) <= time.time()]
+            if not self.workers and not mergeable and not changed and not self.watch:
+                if not self.state["merge_queue"] or self.stopping or not self.store.ready(limit=1):
+                    break
+            if self.stopping and not self.workers and not mergeable:
+                break
+            time.sleep(WORKER_POLL_SECS)
+        for entry in self.state["merge_queue"]:
+            self.summary["waiting"].append({"id": entry["task_id"], "reason": entry.get("waiting", "in the merge queue")})
+        for followup_id, pending in self.pending.items():
+            self.summary["waiting"].append({"id": pending["task_id"], "reason": f"waits for {followup_id}"})
+        if self.breaker_tripped():
+            self.summary["waiting"].append({"id": None, "reason": "the breaker stopped new workers"})
+        return self.summary
+
+    def interrupt(self, *_):
+        self.interrupts += 1
+        if self.interrupts == 1:
+            self.stopping = True
+            self.say("Ctrl-C: starting nothing new; running workers will finish and merge. Ctrl-C again to stop now.")
+
+
+class _null_context:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# Preflight, status, dry run, demo
+# --------------------------------------------------------------------------------------------
+
+
+def preflight(config: common.Config) -> None:
+    """Everything a worker needs, checked before any starts; each failure is one line."""
+    if rev_parse(config.root, f"refs/heads/{config.main_branch}") is None:
+        raise common.UserError(f"the repository has no branch {config.main_branch!r} (set main_branch)")
+    version = git_out(config.root, "version")
+    numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
+    if numbers < (2, 38):
+        raise common.UserError(f"{version} is too old: merging without a checkout needs git 2.38 or newer")
+    command = config.worker_command or AIDER_COMMAND
+    if not shutil.which(command[0]):
+        raise common.UserError(f"the worker command {command[0]!r} was not found on PATH"
+                               + (" (install Aider: pipx install aider-chat)" if config.worker_command is None else ""))
+    followups = common.check_repo_path(config.worker_followups_file)
+    if common.git("check-ignore", "-q", "--", followups, cwd=config.root, check=False).returncode == 0:
+        raise common.UserError(f"{followups} is ignored by git, and Aider refuses to edit ignored files; "
+                               "remove it from .gitignore / .git/info/exclude")
+    if config.worker_instructions:
+        read_instructions(config)
+    if config.worker_command is None:
+        models = common.LLMClient(config).available_models()
+        if config.worker_model not in models and f"{config.worker_model}:latest" not in models:
+            raise common.UserError(f"model {config.worker_model!r} not found on {config.llm_url}"
+                                   + (f" (run `ollama pull {config.worker_model}`)" if config.llm_api == "ollama" else ""))
+
+
+def status(config: common.Config, store) -> dict:
+    state_file, pending_file = state_files(config)
+    state, pending = state_file.read(), pending_file.read()
+    dispatcher = state.get("dispatcher")
+    if dispatcher and not is_same_process_alive(dispatcher.get("pid"), dispatcher.get("pid_start_time")):
+        dispatcher = None
+    counts: dict[str, int] = {}
+    for task in store.list(None):
+        counts[task.status] = counts.get(task.status, 0) + 1
+    iso = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t else None  # noqa: E731
+    return {
+        "dispatcher": {"pid": dispatcher["pid"], "started_at": dispatcher["started_at"]} if dispatcher else None,
+        "workers": [{"slot": w["slot"], "task_id": w["task_id"], "title": w["title"], "branch": w["branch"],
+                     "worktree": w["worktree"], "pid": w.get("pid"), "started_at": iso(w["started_at"]),
+                     "deadline": iso(w.get("deadline"))} for w in state.get("workers", [])],
+        "merge_queue": [{k: e.get(k) for k in ("task_id", "branch", "outcome", "waiting")}
+                        for e in state.get("merge_queue", [])],
+        "pending_merges": [{"followup_task": k, **v} for k, v in pending.items()],
+        "counts": counts,
+    }
+
+
+def dry_run(config: common.Config, store, max_workers: int) -> list[dict]:
+    dispatcher = Dispatcher(config, store, max_workers, out=lambda *_: None)
+    for record in dispatcher.state.get("workers", []):
+        worker = Worker.from_record(record)
+        dispatcher.workers[worker.slot] = worker
+    free = max_workers - len(dispatcher.workers)
+    plan = []
+    for task in store.ready(limit=max(50, 4 * max_workers)):
+        reason = dispatcher.why_waiting(task)
+        if reason is None and free <= 0:
+            reason = "all worker slots are busy"
+        plan.append({"id": task.id, "title": task.title, "start": reason is None, "reason": reason})
+        if reason is None:
+            free -= 1
+    return plan
+
+
+def run_demo(args) -> int:
+    """A scratch repository, a handful of tasks, the bundled scripted agent, the real dispatcher."""
+    folder = Path(tempfile.mkdtemp(prefix="dispatch-demo-"))
+    repo = folder / "demo-repo"
+    repo.mkdir()
+    for argv in (["init", "-q", "-b", "main"], ["config", "user.name", "Demo"],
+                 ["config", "user.email", "demo@example.com"]):
+        common.git(*argv, cwd=repo)
+    (repo / "README.md").write_text("# Demo project\n", encoding="utf-8")
+    (repo / "settings.ini").write_text("[ui]\ncolor=blue\n", encoding="utf-8")
+    common.git("add", "-A", cwd=repo)
+    common.git("commit", "-q", "-m", "Initial commit", cwd=repo)
+    agent = Path(__file__).resolve().parent / "scripts" / "demo_agent.py"
+    config_path = folder / "dispatch_config.json"
+    config_path.write_text(json.dumps({
+        "repo_path": str(repo), "task_backend": "json", "max_workers": 2, "poll_interval_secs": 0.2,
+        "worker_timeout_secs": 60, "worker_command": [sys.executable, str(agent), "{message_file}", "{files}"],
+    }, indent=2), encoding="utf-8")
+    config = common.load_config(str(config_path))
+    store = common.open_task_store(config)
+    demo_tasks = [
+        ("Make the UI red", "AGENT: sleep 1\nAGENT: replace settings.ini color=blue color=red", [], 1),
+        ("Make the UI green", "AGENT: sleep 1\nAGENT: replace settings.ini color=blue color=green", [], 1),
+        ("Add a greeting", "AGENT: sleep 1\nAGENT: append hello.txt Hello from the crew", ["hello.txt"], 2),
+        ("Add a farewell", "AGENT: sleep 1\nAGENT: append bye.txt Goodbye", ["bye.txt"], 2),
+        ("Start a changelog", "AGENT: append CHANGELOG.md - first release\n"
+                              "AGENT: followup Document the release process -- files: RELEASING.md",
+         ["CHANGELOG.md"], 2),
+    ]
+    for title, description, files, priority in demo_tasks:
+        store.create(title, description, priority=priority, labels=[common.FILE_LABEL + f for f in files])
+    print(f"Demo repository: {repo}\nTasks:")
+    for task in store.list(None):
+        print(f"  {task.id}  {task.title}")
+    print("\nDispatching with 2 workers (the scripted agent: scripts/demo_agent.py)...\n")
+    code = main(["--config", str(config_path)] + (["--json"] if args.json else []))
+    print("\nTasks now:")
+    for task in store.list(None):
+        print(f"  {task.id}  {task.status:<8} {task.title}")
+    print(f"\ngit log --graph --oneline ({repo}):")
+    print(git_out(repo, "log", "--graph", "--oneline", config.main_branch))
+    print(f"\nThe repository stays in {folder} for you to look at.")
+    return code
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dispatch_workers.py", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_common_options(parser)
+    run = parser.add_argument_group("running")
+    run.add_argument("--max-workers", type=int, metavar="N", help="parallel workers (default: max_workers, 2)")
+    run.add_argument("--watch", action="store_true", help="keep polling for new tasks until Ctrl-C")
+    look = parser.add_argument_group("looking")
+    look.add_argument("--dry-run", action="store_true", help="list what would start now and why others wait")
+    look.add_argument("--status", action="store_true", help="print the current state (also while one runs)")
+    look.add_argument("--demo", action="store_true",
+                      help="build a scratch repository with tasks and run the dispatcher on it with a "
+                           "scripted agent (needs no Ollama, Aider or bd)")
+    return parser
+
+
+def print_summary(summary: dict, as_json: bool) -> None:
+    if as_json:
+        common.print_json(summary)
+        return
+    print(f"\nmerged: {', '.join(summary['merged']) or 'none'}")
+    if summary["released"]:
+        print(f"released for another attempt: {', '.join(summary['released'])}")
+    for item in summary["blocked"]:
+        print(f"blocked: {item['id']}: {item['reason']}")
+    for item in summary["waiting"]:
+        print(f"waiting: {item['id'] or '-'}: {item['reason']}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.max_workers is not None and args.max_workers < 1:
+        raise common.UsageError("--max-workers must be at least 1")
+    if args.demo:
+        return run_demo(args)
+    config = common.load_config(args.config)
+    store = common.open_task_store(config)
+    max_workers = args.max_workers or config.max_workers
+    if args.status:
+        result = status(config, store)
+        if args.json:
+            common.print_json(result)
+        else:
+            d = result["dispatcher"]
+            print(f"dispatcher: {'pid ' + str(d['pid']) + ' since ' + d['started_at'] if d else 'not running'}")
+            for w in result["workers"]:
+                print(f"  worker {w['slot']}: {w['task_id']} on {w['branch']} (pid {w['pid']}, until {w['deadline']})")
+            for e in result["merge_queue"]:
+                print(f"  merge queue: {e['task_id']} ({e['branch']})" + (f": {e['waiting']}" if e["waiting"] else ""))
+            for p in result["pending_merges"]:
+                print(f"  pending: {p['task_id']} waits for {p['followup_task']} ({p['kind']})")
+            print("  tasks: " + ", ".join(f"{k} {v}" for k, v in sorted(result["counts"].items())))
+        return 0
+    if args.dry_run:
+        plan = dry_run(config, store, max_workers)
+        if args.json:
+            common.print_json(plan)
+        else:
+            for item in plan:
+                print(f"{'start' if item['start'] else 'wait '} {item['id']}  {item['title']}"
+                      + (f"  ({item['reason']})" if item["reason"] else ""))
+            if not plan:
+                print("nothing is ready")
+        return 0
+
+    preflight(config)
+    lock = filelock.FileLock(str(config.root / ".dispatch.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        other = (state_files(config)[0].read().get("dispatcher") or {})
+        raise common.UserError(f"another dispatcher is running on this repository (pid {other.get('pid', '?')}, "
+                               f"started {other.get('started_at', '?')}); see --status") from None
+    say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else (lambda msg: print(msg, flush=True))
+    try:
+        dispatcher = Dispatcher(config, store, max_workers, args.watch, say)
+        dispatcher.state["dispatcher"] = {"pid": os.getpid(), "started_at": common.now_iso(),
+                                          "pid_start_time": process_start_time(os.getpid())}
+        dispatcher.save_state()
+        previous = signal.signal(signal.SIGINT, dispatcher.interrupt)
+        try:
+            summary = dispatcher.run()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            dispatcher.state["dispatcher"] = None
+            dispatcher.save_state()
+    finally:
+        lock.release()
+    print_summary(summary, args.json)
+    if dispatcher.interrupts:
+        return 130
+    return 1 if summary["blocked"] or summary["waiting"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(common.run_main(main, None))
