@@ -97,6 +97,18 @@ def is_same_process_alive(pid: int | None, start_time: float | None) -> bool:
         return False
 
 
+def group_alive(pgid: int) -> bool:
+    """Whether any living process remains in a process group (POSIX); zombies are dead already,
+    however late their reaper (PID 1 in a container may be slow) collects them."""
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(proc.pid) == pgid:
+                return True
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return False
+
+
 def kill_tree(pid: int, grace: float, proc: subprocess.Popen | None = None) -> None:
     """End a worker and everything it started: the one path for timeouts, Ctrl-C and shutdown."""
     if common.IS_WINDOWS:
@@ -109,10 +121,8 @@ def kill_tree(pid: int, grace: float, proc: subprocess.Popen | None = None) -> N
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             if proc is not None:
-                proc.poll()  # reap our child, or its zombie keeps the group alive
-            try:
-                os.killpg(pid, 0)
-            except (ProcessLookupError, PermissionError):
+                proc.poll()  # reap our child
+            if not group_alive(pid):
                 break
             time.sleep(0.05)
         else:
@@ -357,9 +367,10 @@ class Dispatcher:
         self.root = config.root
         self.state_file, self.pending_file = state_files(config)
         self.logs = config.root / ".dispatch_logs"
-        self.workers: dict[int, Worker] = {}
         self.state = self.state_file.read()
         self.pending = self.pending_file.read()
+        # Workers recorded by an earlier run are ours until reconcile() has looked at them.
+        self.workers: dict[int, Worker] = {w.slot: w for w in map(Worker.from_record, self.state["workers"])}
         self.summary = {"merged": [], "released": [], "blocked": [], "waiting": []}
         self.failures_in_a_row = 0
         self.breaker_until: float | None = None
@@ -394,9 +405,7 @@ class Dispatcher:
 
     def reconcile(self) -> None:
         """After a crash or restart: adopt live workers, finish dead ones, release the orphaned."""
-        for record in self.state.get("workers", []):
-            worker = Worker.from_record(record)
-            self.workers[worker.slot] = worker
+        for worker in self.workers.values():
             if is_same_process_alive(worker.pid, worker.pid_start_time):
                 self.event("adopted", worker.task_id, pid=worker.pid)
                 self.say(f"{worker.task_id}: adopted running worker (pid {worker.pid})")
@@ -982,18 +991,18 @@ def status(config: common.Config, store) -> dict:
 
 def dry_run(config: common.Config, store, max_workers: int) -> list[dict]:
     dispatcher = Dispatcher(config, store, max_workers, out=lambda *_: None)
-    for record in dispatcher.state.get("workers", []):
-        worker = Worker.from_record(record)
-        dispatcher.workers[worker.slot] = worker
     free = max_workers - len(dispatcher.workers)
-    plan = []
+    plan, starting = [], {}  # starting: file -> the task this plan starts on it
     for task in store.ready(limit=max(50, 4 * max_workers)):
         reason = dispatcher.why_waiting(task)
+        if reason is None and config.avoid_file_overlap and (shared := [f for f in task.files if f in starting]):
+            reason = f"{shared[0]} will be changed by {starting[shared[0]]}"
         if reason is None and free <= 0:
             reason = "all worker slots are busy"
         plan.append({"id": task.id, "title": task.title, "start": reason is None, "reason": reason})
         if reason is None:
             free -= 1
+            starting.update({f: task.id for f in task.files})
     return plan
 
 

@@ -1,0 +1,56 @@
+"""Helpers for the dispatcher tests: run it, read what it recorded, count what reached main."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT, git
+
+AGENT = ROOT / "scripts" / "demo_agent.py"
+AGENT_COMMAND = [sys.executable, str(AGENT), "{message_file}", "{files}"]
+
+
+def dispatch(cfg: Path, *args: str, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    """The dispatcher as a user runs it: a separate process."""
+    return subprocess.run([sys.executable, str(ROOT / "dispatch_workers.py"), "--config", str(cfg), *args],
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def events(repo: Path, name: str | None = None) -> list[dict]:
+    path = repo / ".dispatch_logs" / "events.jsonl"
+    if not path.exists():
+        return []
+    found = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [e for e in found if name is None or e["event"] == name]
+
+
+def merge_subjects(repo: Path) -> list[str]:
+    """Subjects of the merge commits on main, oldest first."""
+    return git(repo, "log", "--merges", "--first-parent", "--reverse", "--format=%s", "main").splitlines()
+
+
+def merges_of(repo: Path, task_id: str) -> int:
+    return sum(1 for s in merge_subjects(repo) if s.endswith(f"({task_id})"))
+
+
+def add_task(store, title: str, *cues: str, files=(), **fields):
+    description = "\n".join(f"AGENT: {cue}" for cue in cues)
+    return store.create(title, description, labels=[f"file:{f}" for f in files], **fields)
+
+
+def main_file(repo: Path, name: str) -> str | None:
+    result = subprocess.run(["git", "show", f"main:{name}"], cwd=repo, capture_output=True, text=True)
+    return result.stdout if result.returncode == 0 else None
+
+
+def assert_clean_finish(repo: Path, worktree_root: Path) -> None:
+    """No worktree left but the main one, fsck clean, nothing pending."""
+    listing = git(repo, "worktree", "list", "--porcelain")
+    assert listing.count("worktree ") == 1, listing
+    subprocess.run(["git", "fsck", "--no-progress"], cwd=repo, check=True, capture_output=True)
+    pending = repo / ".dispatch_pending_merge_retries.json"
+    assert not pending.exists() or json.loads(pending.read_text(encoding="utf-8")) == {}
+    assert not worktree_root.exists() or [p for p in worktree_root.iterdir() if p.name != ".gate"] == []

@@ -1,0 +1,364 @@
+"""dispatch_workers.py with a scripted agent: real git, worktrees, subprocesses and file locks."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import common
+import dispatch_workers
+from conftest import git
+from dispatch_helpers import (AGENT_COMMAND, add_task, assert_clean_finish, dispatch, events, main_file,
+                              merge_subjects, merges_of)
+
+posix_only = pytest.mark.skipif(os.name == "nt", reason="uses POSIX signals and sh")
+
+
+@pytest.fixture
+def dispatch_config(make_config, backend):
+    """Settings for a dispatcher run with the scripted agent on the current backend."""
+    def make(**settings) -> Path:
+        base = {**backend, "worker_command": AGENT_COMMAND, "poll_interval_secs": 0.1, "worker_timeout_secs": 60,
+                "worker_kill_grace_secs": 1, "max_workers": 2}
+        return make_config(**{**base, **settings})
+    return make
+
+
+@pytest.fixture
+def json_dispatch(make_config):
+    """The same, on the JSON store only (for tests whose subject is not the store)."""
+    def make(**settings):
+        cfg = make_config(**{"task_backend": "json", "task_prefix": "proj", "worker_command": AGENT_COMMAND,
+                             "poll_interval_secs": 0.1, "worker_timeout_secs": 60, "worker_kill_grace_secs": 1,
+                             "max_workers": 2, **settings})
+        config = common.load_config(str(cfg))
+        return cfg, config, common.open_task_store(config)
+    return make
+
+
+def test_parallel_workers_on_distinct_files_are_all_merged(dispatch_config, repo, tmp_path):
+    cfg = dispatch_config()
+    config = common.load_config(str(cfg))
+    store = common.open_task_store(config)
+    tasks = [add_task(store, f"Write {name}", "sleep 1", f"append {name} hello from {name}", files=[name])
+             for name in ("a.txt", "b.txt", "c.txt")]
+    proc = dispatch(cfg, "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert sorted(summary["merged"]) == sorted(t.id for t in tasks)
+    for task in tasks:
+        assert store.get(task.id).status == "closed"
+        assert merges_of(repo, task.id) == 1
+    assert main_file(repo, "a.txt") == "hello from a.txt\n"
+    # Two ran at once: the second started before the first exited.
+    log = [e["event"] for e in events(repo) if e["event"] in ("worker_started", "worker_exited")]
+    assert log[:2] == ["worker_started", "worker_started"]
+    assert git(repo, "branch", "--list", "work/*") == ""
+    assert_clean_finish(repo, Path(config.worktree_root))
+    # The user's checkout was fast-forwarded with main.
+    assert (repo / "c.txt").read_text(encoding="utf-8") == "hello from c.txt\n"
+
+
+def test_a_worker_that_commits_then_hangs_is_ended_merged_released_then_blocked(json_dispatch, repo):
+    cfg, config, store = json_dispatch(worker_timeout_secs=2, max_attempts=2)
+    task = add_task(store, "Slow one", "append slow.txt progress", "hang")
+    started = time.monotonic()
+    proc = dispatch(cfg, "--json")
+    assert time.monotonic() - started < 60
+    assert proc.returncode == 1
+    assert len(events(repo, "worker_timed_out")) == 2
+    assert merges_of(repo, task.id) == 2  # the partial work of each attempt reached main
+    assert main_file(repo, "slow.txt") == "progress\nprogress\n"
+    final = store.get(task.id)
+    assert final.status == "blocked" and "timed out" in final.notes
+    assert json.loads(proc.stdout)["blocked"][0]["id"] == task.id
+
+
+@posix_only
+def test_a_grandchild_holding_on_does_not_hang_the_dispatcher(json_dispatch, repo):
+    cfg, config, store = json_dispatch(worker_timeout_secs=1, max_attempts=1)
+    add_task(store, "Spawner", "grandchild")
+    started = time.monotonic()
+    proc = dispatch(cfg, timeout=60)
+    assert time.monotonic() - started < 20, "the dispatcher waited for the grandchild"
+    assert proc.returncode == 1
+    pid = events(repo, "worker_started")[0]["pid"]
+    assert not dispatch_workers.group_alive(pid)  # the whole group, sleep 60 included, is gone
+
+
+def test_a_crash_without_commits_is_released_then_blocked(dispatch_config, repo):
+    cfg = dispatch_config(max_attempts=2)
+    store = common.open_task_store(common.load_config(str(cfg)))
+    task = add_task(store, "Crasher", "crash")
+    proc = dispatch(cfg)
+    assert proc.returncode == 1
+    final = store.get(task.id)
+    assert final.status == "blocked"
+    assert "no commits" in final.notes and "the agent crashed" in final.notes
+    assert len(events(repo, "released")) == 1 and len(events(repo, "blocked")) == 1
+    assert git(repo, "branch", "--list", "work/*") == ""
+
+
+def test_uncommitted_changes_are_committed_and_merged(json_dispatch, repo):
+    cfg, config, store = json_dispatch()
+    task = add_task(store, "Forgetful", "uncommitted notes.txt left behind")
+    assert dispatch(cfg).returncode == 0
+    assert main_file(repo, "notes.txt") == "left behind\n"
+    subjects = git(repo, "log", "--format=%s", "main")
+    assert f"dispatch: uncommitted work of {task.id} (worker exited)" in subjects
+    assert main_file(repo, ".current_task.txt") is None and main_file(repo, ".aider.chat.history.md") is None
+
+
+def test_followups_are_ingested_and_never_reach_main(dispatch_config, repo):
+    cfg = dispatch_config()
+    store = common.open_task_store(common.load_config(str(cfg)))
+    task = add_task(store, "Has ideas", "append x.txt x", "followup Add caching -- speed up -- files: cache.py",
+                    files=["x.txt"])
+    assert dispatch(cfg).returncode == 0
+    followup = next(t for t in store.list(None) if t.title == "Add caching")
+    assert followup.deps_of("discovered-from") == [task.id]
+    assert followup.files == ["cache.py"]
+    assert followup.status == "closed"  # ingested at once, then dispatched and merged too
+    assert main_file(repo, "followups.txt") is None
+    assert not (repo / "suggested_tasks.txt").exists()
+
+
+def test_committed_followups_file_is_removed_from_the_branch(json_dispatch, repo):
+    cfg, config, store = json_dispatch(auto_ingest_suggestions=False)
+    add_task(store, "Commits ideas", "append followups.txt Idea committed by the agent")
+    assert dispatch(cfg).returncode == 0
+    assert main_file(repo, "followups.txt") is None
+    assert "Idea committed by the agent" in (repo / "suggested_tasks.txt").read_text(encoding="utf-8")
+
+
+def test_tasks_sharing_a_file_never_run_at_once(json_dispatch, repo):
+    cfg, config, store = json_dispatch()
+    first = add_task(store, "First on shared", "sleep 1", "append shared.txt one", files=["shared.txt"])
+    second = add_task(store, "Second on shared", "sleep 1", "append shared.txt two", files=["shared.txt"])
+    other = add_task(store, "Elsewhere", "sleep 1", "append other.txt x", files=["other.txt"])
+    plan = dispatch_workers.dry_run(config, store, 2)
+    assert [(p["id"], p["start"]) for p in plan] == [(first.id, True), (second.id, False), (other.id, True)]
+    assert plan[1]["reason"] == f"shared.txt will be changed by {first.id}"
+    assert dispatch(cfg).returncode == 0
+    timeline = [(e["event"], e["task_id"]) for e in events(repo) if e["event"] in ("worker_started", "worker_exited")]
+    assert timeline.index(("worker_started", second.id)) > timeline.index(("worker_exited", first.id))
+    assert main_file(repo, "shared.txt") == "one\ntwo\n"
+
+
+def test_epics_are_never_dispatched_and_close_with_their_subtasks(dispatch_config, repo):
+    cfg = dispatch_config()
+    store = common.open_task_store(common.load_config(str(cfg)))
+    epic = store.create("Big goal", "the whole thing", issue_type="epic")
+    subs = [store.create(f"Part {i}", f"AGENT: append part{i}.txt x", labels=[f"file:part{i}.txt"],
+                         deps=[("discovered-from", epic.id)]) for i in range(2)]
+    assert dispatch(cfg).returncode == 0
+    assert all(store.get(s.id).status == "closed" for s in subs)
+    assert store.get(epic.id).status == "closed"
+    assert epic.id not in {e["task_id"] for e in events(repo, "worker_started")}
+
+
+@posix_only
+def test_a_second_dispatcher_is_refused(json_dispatch, repo):
+    cfg, config, store = json_dispatch()
+    add_task(store, "Sleeper", "sleep 4", "append s.txt s")
+    first = subprocess.Popen([sys.executable, str(dispatch_workers.__file__), "--config", str(cfg)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not events(repo, "worker_started") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        second = dispatch(cfg)
+        assert second.returncode == 1
+        assert f"another dispatcher is running on this repository (pid {first.pid}" in second.stderr
+    finally:
+        assert first.wait(timeout=60) == 0
+
+
+def test_the_breaker_stops_new_workers_when_every_attempt_fails(json_dispatch, repo):
+    cfg, config, store = json_dispatch(breaker_failures=2, max_attempts=5, max_workers=1)
+    for i in range(4):
+        add_task(store, f"Doomed {i}", "crash")
+    proc = dispatch(cfg, "--json")
+    assert proc.returncode == 1
+    assert len(events(repo, "worker_started")) == 2
+    assert "attempts in a row ended with no commits" in proc.stderr
+    assert {"id": None, "reason": "the breaker stopped new workers"} in json.loads(proc.stdout)["waiting"]
+
+
+@pytest.mark.parametrize("failpoint", ["after_claim", "after_worktree", "after_worker_exit",
+                                       "during_leftover_commit", "during_merge"])
+def test_killed_at_each_step_then_restarted_finishes_every_task_once(json_dispatch, repo, failpoint):
+    cfg, config, store = json_dispatch()
+    tasks = [add_task(store, f"Task {i}", f"append f{i}.txt line {i}", f"uncommitted u{i}.txt left {i}",
+                      files=[f"f{i}.txt"]) for i in range(3)]
+    killed = dispatch(cfg, env={"DISPATCH_FAILPOINT": failpoint})
+    assert killed.returncode == 77, killed.stderr
+    # A killed dispatcher leaves its worker running: wait for it, as a user would wait to restart.
+    for _ in range(100):
+        if not any(dispatch_workers.is_same_process_alive(w.get("pid"), w.get("pid_start_time"))
+                   for w in json.loads((repo / ".dispatch_state.json").read_text())["workers"]):
+            break
+        time.sleep(0.1)
+    again = dispatch(cfg)
+    assert again.returncode == 0, again.stdout + again.stderr
+    for i, task in enumerate(tasks):
+        assert store.get(task.id).status == "closed"
+        assert merges_of(repo, task.id) == 1
+        assert main_file(repo, f"f{i}.txt") == f"line {i}\n"
+        assert main_file(repo, f"u{i}.txt") == f"left {i}\n"
+    assert_clean_finish(repo, Path(config.worktree_root))
+
+
+@posix_only
+def test_a_live_worker_is_adopted_after_the_dispatcher_is_killed(json_dispatch, repo):
+    cfg, config, store = json_dispatch()
+    task = add_task(store, "Long runner", "sleep 3", "append long.txt done")
+    first = subprocess.Popen([sys.executable, str(dispatch_workers.__file__), "--config", str(cfg)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not events(repo, "worker_started") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.kill()
+    first.wait()
+    again = dispatch(cfg)
+    assert again.returncode == 0, again.stderr
+    assert [e["task_id"] for e in events(repo, "adopted")] == [task.id]
+    assert len(events(repo, "worker_started")) == 1  # not run twice
+    assert merges_of(repo, task.id) == 1 and store.get(task.id).status == "closed"
+
+
+@posix_only
+def test_first_ctrl_c_lets_running_workers_finish_and_starts_nothing_new(json_dispatch, repo):
+    cfg, config, store = json_dispatch(max_workers=1)
+    first = add_task(store, "Running", "sleep 2", "append r.txt r")
+    later = add_task(store, "Not yet", "append n.txt n")
+    proc = subprocess.Popen([sys.executable, str(dispatch_workers.__file__), "--config", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not events(repo, "worker_started"):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "starting nothing new" in out
+    assert store.get(first.id).status == "closed" and merges_of(repo, first.id) == 1
+    assert store.get(later.id).status == "open"
+
+
+@posix_only
+def test_second_ctrl_c_ends_workers_and_keeps_their_branches(json_dispatch, repo):
+    cfg, config, store = json_dispatch()
+    task = add_task(store, "Stubborn", "append partial.txt partial", "hang")
+    proc = subprocess.Popen([sys.executable, str(dispatch_workers.__file__), "--config", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not events(repo, "worker_started"):
+        time.sleep(0.05)
+    time.sleep(1.5)  # let the agent commit
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert not dispatch_workers.group_alive(events(repo, "worker_started")[0]["pid"])
+    assert git(repo, "branch", "--list", "--format=%(refname:short)", f"work/{task.id}") == f"work/{task.id}"
+    # The next run finishes what was left: the committed work is merged.
+    cfg2, *_ = json_dispatch(max_attempts=1)
+    assert dispatch(cfg2).returncode == 0
+    assert main_file(repo, "partial.txt") == "partial\n"
+
+
+def test_task_text_reaches_the_agent_verbatim_and_never_a_shell(json_dispatch, repo):
+    cfg, config, store = json_dispatch()
+    title = 'Quote " \' $(touch /tmp/pwned) `touch /tmp/pwned2` ; rm -rf ~ & echo %PATH% | more'
+    task = store.create(title, "line one\n$(whoami)\nAGENT: copy-message message.txt\nAGENT: argv argv.json",
+                        labels=["file:src/app.py", "file:--evil", "file:a&b.py"])
+    assert dispatch(cfg).returncode == 0
+    message = main_file(repo, "message.txt")
+    assert message.startswith(f"Task {task.id}: {title}\n\nline one\n$(whoami)\n")
+    argv = json.loads(main_file(repo, "argv.json"))
+    assert argv[1:] == ["src/app.py"]  # unsafe file names never reach the command line
+    assert not Path("/tmp/pwned").exists() and not Path("/tmp/pwned2").exists()
+
+
+def test_worker_environment_and_placeholders(json_dispatch, repo):
+    cfg, config, store = json_dispatch(worker_command=[sys.executable, "-c",
+        "import os, sys, json, subprocess; open('env.json', 'w').write(json.dumps([sys.argv[1:], "
+        "{k: v for k, v in os.environ.items() if k.startswith('DISPATCH_')}])); "
+        "subprocess.run(['git', 'add', 'env.json']); subprocess.run(['git', 'commit', '-qm', 'env'])",
+        "{task_id}", "{branch}", "{model}", "{files}"], worker_model="tiny:1b")
+    task = store.create("Env", labels=["file:a.py", "model:qwen3:8b"])
+    assert dispatch(cfg).returncode == 0
+    args, env = json.loads(main_file(repo, "env.json"))
+    assert args == [task.id, f"work/{task.id}", "qwen3:8b", "a.py"]
+    assert env["DISPATCH_TASK_ID"] == task.id and env["DISPATCH_BRANCH"] == f"work/{task.id}"
+    assert env["DISPATCH_WORKTREE"].endswith(task.id)
+
+
+def test_default_aider_command(make_config, repo):
+    config = common.load_config(str(make_config(llm_api="openai", llm_url="http://127.0.0.1:8080")))
+    task = common.Task(id="proj-1", title="t", labels=["file:a.py", "file:b/c.py"])
+    argv, env = dispatch_workers.worker_argv(config, task, Path("/w/.current_task.txt"), "work/proj-1", Path("/w"))
+    assert argv == ["aider", "--message-file", "/w/.current_task.txt", "--yes-always", "--no-gitignore",
+                    "--no-check-update", "--no-analytics", "--no-show-model-warnings", "--no-pretty",
+                    "--model", "openai/qwen2.5-coder:7b", "--openai-api-base", "http://127.0.0.1:8080/v1",
+                    "a.py", "b/c.py"]
+    assert env["OPENAI_API_KEY"]
+    config = common.load_config(str(make_config()))
+    argv, env = dispatch_workers.worker_argv(config, task, Path("/w/m"), "b", Path("/w"))
+    assert "ollama_chat/qwen2.5-coder:7b" in argv and env["OLLAMA_API_BASE"] == "http://127.0.0.1:9"
+
+
+def test_preflight_names_what_is_missing(make_config, repo, fake_llm, monkeypatch):
+    cfg = make_config(task_backend="json", worker_command=["no-such-agent-xyz"])
+    proc = dispatch(cfg)
+    assert proc.returncode == 1 and "worker command 'no-such-agent-xyz' was not found" in proc.stderr
+    (repo / ".gitignore").write_text("followups.txt\n", encoding="utf-8")
+    proc = dispatch(make_config(task_backend="json", worker_command=AGENT_COMMAND))
+    assert proc.returncode == 1 and "followups.txt is ignored by git" in proc.stderr
+    (repo / ".gitignore").unlink()
+    bin_dir = repo.parent / "bin"  # an `aider` on PATH, so the check reaches the model
+    bin_dir.mkdir()
+    (bin_dir / "aider").write_text("#!/bin/sh\n", encoding="utf-8")
+    (bin_dir / "aider").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    config = common.load_config(str(make_config(llm_url=fake_llm.url, worker_model="missing:7b")))
+    with pytest.raises(common.UserError, match="model 'missing:7b' not found .*ollama pull missing:7b"):
+        dispatch_workers.preflight(config)
+    dispatch_workers.preflight(common.load_config(str(make_config(llm_url=fake_llm.url))))  # all there
+
+
+def test_status_while_running_and_after(json_dispatch, repo):
+    cfg, config, store = json_dispatch()
+    task = add_task(store, "Visible", "sleep 2", "append v.txt v")
+    proc = subprocess.Popen([sys.executable, str(dispatch_workers.__file__), "--config", str(cfg)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not events(repo, "worker_started"):
+        time.sleep(0.05)
+    status = json.loads(dispatch(cfg, "--status", "--json").stdout)
+    assert status["dispatcher"]["pid"] == proc.pid
+    assert [w["task_id"] for w in status["workers"]] == [task.id]
+    assert status["counts"] == {"in_progress": 1}
+    assert proc.wait(timeout=60) == 0
+    status = json.loads(dispatch(cfg, "--status", "--json").stdout)
+    assert status["dispatcher"] is None and status["workers"] == [] and status["counts"] == {"closed": 1}
+
+
+def test_branch_names_are_valid_refs():
+    assert dispatch_workers.branch_name("work/{task_id}", "proj-1") == "work/proj-1"
+    assert dispatch_workers.branch_name("work/{task_id}", "a b..c~^:?*[\\x.lock") == "work/a-b-c-x-lock"
+    for name in ("work/proj-1", dispatch_workers.branch_name("w/{task_id}", "..@{x}//y.lock")):
+        assert subprocess.run(["git", "check-ref-format", "--branch", name], capture_output=True).returncode == 0
+
+
+def test_demo_runs_end_to_end(capsys):
+    assert dispatch_workers.main(["--demo"]) == 0
+    out = capsys.readouterr().out
+    assert "closed   Resolve merge conflict: work/demo-repo-2" in out
+    assert "Merge work/demo-repo-2: Make the UI green (demo-repo-2)" in out  # merged after the conflict
+    assert "closed   Document the release process" in out  # the follow-up was ingested and run
+    assert out.count("  closed   ") == 7 and "blocked" not in out
