@@ -116,10 +116,17 @@ def git(*args: str | os.PathLike, cwd: str | os.PathLike, check: bool = True,
     return run("git", *args, cwd=cwd, check=check, env=env, error=GitError)
 
 
+_failpoint_hits: dict[str, int] = {}
+
+
 def failpoint(name: str) -> None:
-    """Test-only: exit at once, as if killed, when DISPATCH_FAILPOINT names this step."""
-    if os.environ.get("DISPATCH_FAILPOINT") == name:
-        os._exit(77)
+    """Test-only: exit at once, as if killed, when DISPATCH_FAILPOINT names this step
+    ("step", or "step:N" for the Nth time this process reaches it)."""
+    wanted, _, nth = os.environ.get("DISPATCH_FAILPOINT", "").partition(":")
+    if wanted == name:
+        _failpoint_hits[name] = _failpoint_hits.get(name, 0) + 1
+        if _failpoint_hits[name] == int(nth or 1):
+            os._exit(77)
 
 
 # --------------------------------------------------------------------------------------------

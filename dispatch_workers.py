@@ -914,6 +914,9 @@ class Dispatcher:
             if self.stopping and not self.workers and not mergeable:
                 break
             time.sleep(WORKER_POLL_SECS)
+        gate = Path(self.config.worktree_root) / ".gate"
+        if gate.exists():
+            remove_worktree(self.root, gate)
         for entry in self.state["merge_queue"]:
             self.summary["waiting"].append({"id": entry["task_id"], "reason": entry.get("waiting", "in the merge queue")})
         for followup_id, pending in self.pending.items():

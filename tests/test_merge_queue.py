@@ -1,0 +1,313 @@
+"""The merge queue: merge slot, conflict tasks, retries, rebase, the gate, and crash safety."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+import common
+import dispatch_workers
+from conftest import commit_file, git
+from dispatch_helpers import (AGENT_COMMAND, add_task, assert_clean_finish, dispatch, events, main_file,
+                              merge_subjects, merges_of)
+
+
+@pytest.fixture
+def setup(make_config, backend):
+    """(config path, config, store) for the scripted agent on the current backend."""
+    def make(**settings):
+        cfg = make_config(**{**backend, "worker_command": AGENT_COMMAND, "poll_interval_secs": 0.1,
+                             "worker_timeout_secs": 60, "worker_kill_grace_secs": 1, "max_workers": 2, **settings})
+        config = common.load_config(str(cfg))
+        return cfg, config, common.open_task_store(config)
+    return make
+
+
+@pytest.fixture
+def json_setup(make_config):
+    def make(**settings):
+        cfg = make_config(**{"task_backend": "json", "task_prefix": "proj", "worker_command": AGENT_COMMAND,
+                             "poll_interval_secs": 0.1, "worker_timeout_secs": 60, "worker_kill_grace_secs": 1,
+                             "max_workers": 2, **settings})
+        config = common.load_config(str(cfg))
+        return cfg, config, common.open_task_store(config)
+    return make
+
+
+def run_in_process(config, store, on_message=None, max_workers=2) -> dict:
+    """Run the dispatcher in this process, seeing each progress line as it is said."""
+    said = []
+
+    def out(message: str) -> None:
+        said.append(message)
+        if on_message:
+            on_message(message)
+
+    summary = dispatch_workers.Dispatcher(config, store, max_workers, out=out).run()
+    summary["said"] = said
+    return summary
+
+
+def conflicting_pair(store):
+    """Two tasks that change the same line differently (no file labels, so they run together)."""
+    red = add_task(store, "Make it red", "sleep 0.5", "replace settings.ini color=blue color=red", priority=1)
+    green = add_task(store, "Make it green", "sleep 0.5", "replace settings.ini color=blue color=green", priority=1)
+    return red, green
+
+
+def test_ten_branches_merge_in_queue_order(json_setup, repo):
+    cfg, config, store = json_setup(max_workers=1)
+    tasks = [add_task(store, f"Step {i}", f"append step{i}.txt {i}") for i in range(10)]
+    assert dispatch(cfg).returncode == 0
+    queued = [e["task_id"] for e in events(repo, "merge_queued")]
+    assert queued == [t.id for t in tasks]
+    assert [s.rsplit("(", 1)[1].rstrip(")") for s in merge_subjects(repo)] == queued
+
+
+def test_merge_keeps_the_users_uncommitted_changes(json_setup, repo):
+    cfg, config, store = json_setup()
+    (repo / "README.md").write_text("# proj\nmy unsaved edit\n", encoding="utf-8")
+    (repo / "scratch.txt").write_text("untracked notes\n", encoding="utf-8")
+    task = add_task(store, "Add a file", "append feature.txt new")
+    assert dispatch(cfg).returncode == 0
+    assert merges_of(repo, task.id) == 1
+    assert (repo / "README.md").read_text(encoding="utf-8") == "# proj\nmy unsaved edit\n"
+    assert (repo / "scratch.txt").read_text(encoding="utf-8") == "untracked notes\n"
+    assert (repo / "feature.txt").read_text(encoding="utf-8") == "new\n"
+
+
+def test_a_fast_forward_that_would_overwrite_the_users_change_waits(json_setup, repo):
+    cfg, config, store = json_setup()
+    before = git(repo, "rev-parse", "main")
+    (repo / "README.md").write_text("# proj\nthe user's own edit\n", encoding="utf-8")
+    task = add_task(store, "Edit the readme", "append README.md agent line")
+    proc = dispatch(cfg, "--json")
+    assert proc.returncode == 1
+    waiting = json.loads(proc.stdout)["waiting"]
+    assert waiting[0]["id"] == task.id and "README.md would be overwritten" in waiting[0]["reason"]
+    assert git(repo, "rev-parse", "main") == before
+    assert (repo / "README.md").read_text(encoding="utf-8") == "# proj\nthe user's own edit\n"
+    # Once the user has committed their edit, the next run merges (main only moves forward).
+    git(repo, "commit", "-qam", "user edit")
+    proc = dispatch(cfg)
+    if proc.returncode:  # the user's commit and the branch touch the same line: a conflict task
+        assert "Resolve merge conflict" in proc.stdout
+    else:
+        assert merges_of(repo, task.id) == 1
+    assert "the user's own edit" in (repo / "README.md").read_text(encoding="utf-8")
+
+
+def test_conflict_becomes_a_task_the_agent_resolves_then_the_branch_merges(setup, repo):
+    commit_file(repo, "settings.ini", "[ui]\ncolor=blue\n")
+    cfg, config, store = setup()
+    red, green = conflicting_pair(store)
+    proc = dispatch(cfg, "--json")
+    assert proc.returncode == 0, proc.stderr
+    conflict = next(t for t in store.list(None) if t.title.startswith("Resolve merge conflict: "))
+    loser = red if conflict.title.endswith(red.id) else green
+    assert conflict.title == f"Resolve merge conflict: work/{loser.id}"
+    assert conflict.status == "closed" and "merge-conflict" in conflict.labels
+    assert "file:settings.ini" in conflict.labels and conflict.deps_of("discovered-from") == [loser.id]
+    assert "settings.ini" in conflict.description and loser.title in conflict.description
+    for task in (red, green):
+        assert store.get(task.id).status == "closed" and merges_of(repo, task.id) == 1
+    assert main_file(repo, "settings.ini") in ("[ui]\ncolor=red\ncolor=green\n", "[ui]\ncolor=green\ncolor=red\n")
+    assert "dispatch: merge main into" in git(repo, "log", "--format=%s", "main")
+    assert_clean_finish(repo, Path(config.worktree_root))
+
+
+def test_conflict_task_closed_by_hand_retries_the_merge(json_setup, repo):
+    commit_file(repo, "settings.ini", "[ui]\ncolor=blue\n")
+    cfg, config, store = json_setup()
+    red, green = conflicting_pair(store)
+    filed = []
+
+    def human_takes_the_conflict(message):
+        if "; filed " in message:
+            filed.append(message.rsplit(" ", 1)[1])
+            store.claim(filed[-1], "a-human")  # so the dispatcher leaves it to them
+
+    summary = run_in_process(config, store, human_takes_the_conflict)
+    [conflict_id] = filed
+    pending = json.loads((repo / ".dispatch_pending_merge_retries.json").read_text(encoding="utf-8"))
+    assert set(pending) == {conflict_id}
+    entry = pending[conflict_id]
+    assert entry["kind"] == "conflict" and entry["files"] == ["settings.ini"]
+    assert set(entry) >= {"kind", "branch", "task_id", "worktree", "main_commit", "files", "created_at", "retries"}
+    assert summary["waiting"] == [{"id": entry["task_id"], "reason": f"waits for {conflict_id}"}]
+    # The human resolves it in the branch's worktree and closes the task with tasks.py.
+    worktree = Path(entry["worktree"])
+    git(worktree, "merge", "-q", "main", "-X", "ours", "-m", "merge main, keep mine")
+    commit_file(worktree, "settings.ini", "[ui]\ncolor=purple\n", "settle on purple")
+    store.close(conflict_id, "resolved by hand")
+    summary = run_in_process(config, store)
+    assert summary["merged"] == [entry["task_id"]] and summary["waiting"] == []
+    assert main_file(repo, "settings.ini") == "[ui]\ncolor=purple\n"
+    assert json.loads((repo / ".dispatch_pending_merge_retries.json").read_text(encoding="utf-8")) == {}
+
+
+def test_a_modify_delete_conflict_keeps_the_branch_version(json_setup, repo):
+    commit_file(repo, "old.txt", "line\n")
+    cfg, config, store = json_setup()
+    editor = add_task(store, "Extend old.txt", "sleep 1", "append old.txt more")
+
+    def someone_deletes_the_file(message):
+        if message.startswith(f"{editor.id}: started worker"):
+            git(repo, "rm", "-q", "old.txt")
+            git(repo, "commit", "-qm", "remove old.txt")
+
+    summary = run_in_process(config, store, someone_deletes_the_file)
+    conflict = next(t for t in store.list(None) if t.title.startswith("Resolve merge conflict"))
+    assert "modify/delete" in conflict.description and "old.txt" in conflict.description
+    assert summary["merged"] == [editor.id] and conflict.status == "closed"
+    assert main_file(repo, "old.txt") == "line\nmore\n"
+
+
+def test_auto_rebase_merges_what_a_rebase_makes_clean(json_setup, repo):
+    commit_file(repo, "f.txt", "v0\n")
+    cfg, config, store = json_setup(on_conflict="auto_rebase")
+    # Both make the same first change; the second branch then changes it again. A merge
+    # conflicts (v0 -> v1 against v0 -> v2); a rebase drops the already-applied commit.
+    same = add_task(store, "To v1", "replace f.txt v0 v1", priority=1)
+    further = add_task(store, "To v1 then v2", "sleep 1", "replace f.txt v0 v1", "replace f.txt v1 v2", priority=1)
+    assert dispatch(cfg).returncode == 0
+    assert merges_of(repo, same.id) == 1 and merges_of(repo, further.id) == 1
+    assert main_file(repo, "f.txt") == "v2\n"
+    assert not any(t.title.startswith("Resolve") for t in store.list(None))
+
+
+def test_auto_rebase_falls_back_to_a_conflict_task(json_setup, repo):
+    commit_file(repo, "settings.ini", "[ui]\ncolor=blue\n")
+    cfg, config, store = json_setup(on_conflict="auto_rebase")
+    conflicting_pair(store)
+    proc = dispatch(cfg)
+    assert proc.returncode == 0
+    assert "rebase of work/" in proc.stdout and "conflicts too" in proc.stdout
+    assert any(t.title.startswith("Resolve merge conflict") for t in store.list(None))
+
+
+GATE = [sys.executable, "-c", "import pathlib, sys; sys.exit(1 if 'bad' in pathlib.Path('f.txt').read_text() else 0)"]
+
+
+def test_a_failing_gate_leaves_main_alone_and_files_a_fix_task(json_setup, repo):
+    commit_file(repo, "f.txt", "ok\n")
+    cfg, config, store = json_setup(merge_gate_command=GATE)
+    before = git(repo, "rev-parse", "main")
+    task = add_task(store, "Break it", "append f.txt bad")
+    filed = []
+    summary = run_in_process(config, store, lambda m: "; filed " in m and (
+        filed.append(m.rsplit(" ", 1)[1]) or store.claim(filed[-1], "a-human")))
+    assert git(repo, "rev-parse", "main") == before
+    fix = store.get(filed[0])
+    assert fix.title == f"Fix failing checks: work/{task.id}" and "merge-gate" in fix.labels
+    assert "merge_gate_command exited 1" in fix.description
+    pending = json.loads((repo / ".dispatch_pending_merge_retries.json").read_text(encoding="utf-8"))
+    assert pending[fix.id]["kind"] == "gate"
+    assert summary["waiting"][0]["id"] == task.id
+
+
+def test_a_passing_gate_merges_and_main_moving_during_the_gate_is_recomputed(json_setup, repo, tmp_path):
+    commit_file(repo, "f.txt", "ok\n")
+    flag = tmp_path / "moved-once"
+    # The first gate run moves main behind the dispatcher's back, as another tool might.
+    gate = [sys.executable, "-c",
+            "import pathlib, subprocess, sys\n"
+            f"flag = pathlib.Path({str(flag)!r})\n"
+            "if not flag.exists():\n"
+            "    flag.write_text('x')\n"
+            f"    root = {str(repo)!r}\n"
+            "    pathlib.Path(root, 'other.txt').write_text('someone else\\n')\n"
+            "    subprocess.run(['git', 'add', 'other.txt'], cwd=root, check=True)\n"
+            "    subprocess.run(['git', 'commit', '-qm', 'someone else'], cwd=root, check=True)\n"
+            "sys.exit(0)\n"]
+    cfg, config, store = json_setup(merge_gate_command=gate)
+    task = add_task(store, "Good change", "append f.txt fine")
+    assert dispatch(cfg).returncode == 0
+    assert merges_of(repo, task.id) == 1
+    assert main_file(repo, "other.txt") == "someone else\n" and main_file(repo, "f.txt") == "ok\nfine\n"
+    assert git(repo, "log", "-1", "--format=%s", "main^1") == "someone else"
+
+
+def test_a_stale_branch_is_never_merged(json_setup, repo):
+    cfg, config, store = json_setup()
+    task = add_task(store, "Soon closed", "sleep 1", "append stale.txt x")
+    summary = run_in_process(config, store, lambda m: "started worker" in m and store.close(task.id, "not needed"))
+    assert main_file(repo, "stale.txt") is None and merges_of(repo, task.id) == 0
+    assert git(repo, "branch", "--list", "--format=%(refname:short)", f"work/{task.id}") == f"work/{task.id}"
+    assert "not merged: the task is now closed" in summary["waiting"][0]["reason"]
+
+
+def test_new_marker_blocks_are_refused_but_existing_marker_lines_merge(json_setup, repo):
+    commit_file(repo, "docs.md", "How conflicts look:\n<<<<<<< ours\nx\n=======\ny\n>>>>>>> theirs\n")
+    cfg, config, store = json_setup(max_workers=1)
+    fine = add_task(store, "Edit the docs", "append docs.md More docs.")
+    marked = store.create("Leave markers", "AGENT: append bad.txt <<<<<<< HEAD\nAGENT: append bad.txt a\n"
+                                           "AGENT: append bad.txt =======\nAGENT: append bad.txt b\n"
+                                           "AGENT: append bad.txt >>>>>>> other")
+    filed = []
+    run_in_process(config, store, lambda m: "; filed " in m and (
+        filed.append(m.rsplit(" ", 1)[1]) or store.claim(filed[-1], "a-human")))
+    assert merges_of(repo, fine.id) == 1 and main_file(repo, "docs.md").endswith("More docs.\n")
+    assert merges_of(repo, marked.id) == 0 and main_file(repo, "bad.txt") is None
+    conflict = store.get(filed[0])
+    assert conflict.title == f"Resolve merge conflict: work/{marked.id}" and "file:bad.txt" in conflict.labels
+
+
+def test_main_moved_between_merge_and_advance_is_recomputed(json_setup, repo, monkeypatch):
+    cfg, config, store = json_setup()
+    task = add_task(store, "Racing", "append race.txt mine")
+    real_advance = dispatch_workers.Dispatcher.advance_main
+    moved = []
+
+    def someone_else_moves_main_first(self, old, new):
+        if not moved:
+            moved.append(commit_file(repo, "theirs.txt", "theirs\n", "someone else's commit"))
+        return real_advance(self, old, new)
+
+    monkeypatch.setattr(dispatch_workers.Dispatcher, "advance_main", someone_else_moves_main_first)
+    summary = run_in_process(config, store)
+    assert summary["merged"] == [task.id]
+    assert git(repo, "rev-parse", "main^1") == moved[0]  # their commit kept, ours on top
+    assert main_file(repo, "theirs.txt") == "theirs\n" and main_file(repo, "race.txt") == "mine\n"
+
+
+def test_main_not_checked_out_advances_by_compare_and_swap(json_setup, repo):
+    git(repo, "checkout", "-q", "-b", "elsewhere")
+    cfg, config, store = json_setup()
+    task = add_task(store, "Detached", "append d.txt d")
+    assert dispatch(cfg).returncode == 0
+    assert merges_of(repo, task.id) == 1 and not (repo / "d.txt").exists()  # the checkout untouched
+
+
+@pytest.mark.parametrize("failpoint", ["during_merge", "after_conflict_task", "during_gate"])
+def test_killed_during_merging_then_restarted_merges_everything_once(json_setup, repo, failpoint):
+    commit_file(repo, "settings.ini", "[ui]\ncolor=blue\n")
+    gate = [sys.executable, "-c", "import sys; sys.exit(0)"]
+    cfg, config, store = json_setup(merge_gate_command=gate)
+    red, green = conflicting_pair(store)
+    other = add_task(store, "Unrelated", "append u.txt u")
+    for nth in (1, 2, 3):  # die at the step's first, then second, then third occurrence in a run
+        dispatch(cfg, env={"DISPATCH_FAILPOINT": f"{failpoint}:{nth}"})
+    proc = dispatch(cfg)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for task in (red, green, other):
+        assert store.get(task.id).status == "closed" and merges_of(repo, task.id) == 1
+    conflicts = [t for t in store.list(None) if t.title.startswith("Resolve merge conflict")]
+    assert len(conflicts) == 1
+    assert_clean_finish(repo, Path(config.worktree_root))
+
+
+def test_merge_conflicts_past_max_merge_retries_block_the_task(json_setup, repo):
+    commit_file(repo, "settings.ini", "[ui]\ncolor=blue\n")
+    cfg, config, store = json_setup(max_merge_retries=1)
+    red, green = conflicting_pair(store)
+    filed = []
+    run_in_process(config, store, lambda m: "; filed " in m and (
+        filed.append(m.rsplit(" ", 1)[1]) or store.claim(filed[-1], "a-human")))
+    store.close(filed[0], "closed without resolving")
+    summary = run_in_process(config, store)
+    loser = next(b for b in summary["blocked"])
+    assert "still does not merge after 1 conflict or check tasks" in loser["reason"]
+    assert git(repo, "branch", "--list", "--format=%(refname:short)", f"work/{loser['id']}") == f"work/{loser['id']}"
