@@ -52,7 +52,7 @@ GATE_TITLE = "Fix failing checks: {branch}"
 CONFLICT_LABEL = "merge-conflict"
 GATE_LABEL = "merge-gate"
 MODEL_LABEL = "model:"
-WORKER_POLL_SECS = 0.05  # a worker's exit is noticed within this, so a slot refills at once
+WORKER_POLL_SECS = 0.01  # a worker's exit is noticed within this, so a slot refills at once
 MERGE_SHORT = 10
 MARKER_BLOCK = re.compile(r"^<<<<<<<(?: .*)?\n(?:.*\n)*?^=======\n(?:.*\n)*?^>>>>>>>(?: .*)?$", re.MULTILINE)
 AIDER_COMMAND = ["aider", "--message-file", "{message_file}", "--yes-always", "--no-gitignore",
@@ -254,9 +254,9 @@ def commit_everything(worktree: Path, message: str) -> bool:
 
 def remove_worktree(root: Path, worktree: Path) -> None:
     common.git("worktree", "remove", "--force", "--force", str(worktree), cwd=root, check=False)
-    if worktree.exists():
+    if worktree.exists():  # not a worktree git knows (any more): remove what is left
         shutil.rmtree(worktree, ignore_errors=True)
-    common.git("worktree", "prune", cwd=root, check=False)
+        common.git("worktree", "prune", cwd=root, check=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -448,10 +448,14 @@ class Dispatcher:
         if task.id in self.pending and self.pending[task.id]["branch"] in {w.branch for w in self.workers.values()}:
             return "its branch is in use"
         if self.config.avoid_file_overlap and task.files:
-            for worker in self.workers.values():
-                running = set(self.task_files(worker.task_id))
-                if overlap := running & set(task.files):
-                    return f"{', '.join(sorted(overlap))} is being changed by {worker.task_id}"
+            # A finished branch holds its files until it is merged: a task started from a main
+            # without those changes would only make a conflict.
+            holders = ([(w.task_id, "is being changed by") for w in self.workers.values()]
+                       + [(e["task_id"], "waits to merge from") for e in self.state["merge_queue"]]
+                       + [(p["task_id"], "waits to merge from") for p in self.pending.values()])
+            for holder, how in holders:
+                if holder != task.id and (overlap := set(self.task_files(holder)) & set(task.files)):
+                    return f"{', '.join(sorted(overlap))} {how} {holder}"
         return None
 
     def task_files(self, task_id: str) -> list[str]:
@@ -900,11 +904,13 @@ class Dispatcher:
                     self.end_worker(worker)
                 self.say("stopped: workers ended; their branches are kept for the next run")
                 raise KeyboardInterrupt
-            changed |= self.process_merge_queue()
-            changed |= self.check_pending()
             if changed:
+                self.fill_slots()  # a freed slot is refilled before anything else
+            merged = self.process_merge_queue() | self.check_pending()
+            if merged:
                 self.close_finished_epics()
-            if changed or time.time() >= self.next_poll:
+            changed |= merged
+            if merged or time.time() >= self.next_poll:
                 self.fill_slots()
                 self.next_poll = time.time() + self.config.poll_interval_secs
             mergeable = [e for e in self.state["merge_queue"] if e.get("retry_at", 0) <= time.time()]

@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Benchmark the dispatcher with the scripted agent; prints figures (it asserts no times).
+
+  latency      branch entering the merge queue -> main moving, small repo vs 20,000 files
+  overhead     40 tasks, 1 worker, vs the same git steps by hand (3 interleaved rounds)
+  parallelism  24 tasks, 4 workers, agents that sleep 2 s: makespan vs the ideal
+  refill       a worker's exit -> the next worker's start (from events.jsonl)
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import common  # noqa: E402
+import dispatch_workers  # noqa: E402
+
+AGENT = [sys.executable, str(ROOT / "scripts" / "demo_agent.py"), "{message_file}", "{files}"]
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def make_repo(folder: Path, files: int = 1) -> Path:
+    repo = folder / "repo"
+    repo.mkdir(parents=True)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.name", "Bench")
+    git(repo, "config", "user.email", "bench@example.com")
+    for i in range(files):
+        sub = repo / f"d{i // 1000}"
+        sub.mkdir(exist_ok=True)
+        (sub / f"f{i}.txt").write_text(f"file {i}\n", encoding="utf-8")
+    (repo / "README.md").write_text("bench\n", encoding="utf-8")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "initial")
+    return repo
+
+
+def run_dispatcher(repo: Path, tasks: list[tuple[str, str]], workers: int) -> tuple[float, list[dict]]:
+    config_path = repo.parent / "dispatch_config.json"
+    config_path.write_text(json.dumps({"repo_path": str(repo), "task_backend": "json", "max_workers": workers,
+                                       "poll_interval_secs": 0.2, "worker_command": AGENT}), encoding="utf-8")
+    config = common.load_config(str(config_path))
+    store = common.open_task_store(config)
+    for title, description in tasks:
+        store.create(title, description)
+    start = time.perf_counter()
+    summary = dispatch_workers.Dispatcher(config, store, workers, out=lambda *_: None).run()
+    elapsed = time.perf_counter() - start
+    assert len(summary["merged"]) == len(tasks), summary
+    events_file = repo / ".dispatch_logs" / "events.jsonl"
+    return elapsed, [json.loads(line) for line in events_file.read_text(encoding="utf-8").splitlines()]
+
+
+def ts(event: dict) -> float:
+    return dt.datetime.strptime(event["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc).timestamp()
+
+
+def merge_latencies(events: list[dict]) -> list[float]:
+    queued = {e["task_id"]: ts(e) for e in events if e["event"] == "merge_queued"}
+    return [ts(e) - queued[e["task_id"]] for e in events if e["event"] == "merged"]
+
+
+def bench_latency(tmp: Path) -> None:
+    for label, files in (("small (1 file)", 1), ("large (20,000 files)", 20_000)):
+        repo = make_repo(tmp / f"latency-{files}", files)
+        tasks = [(f"Edit {i}", f"AGENT: append note{i}.txt line") for i in range(6)]
+        _, events = run_dispatcher(repo, tasks, 1)
+        lat = merge_latencies(events)
+        print(f"merge latency, {label}: median {statistics.median(lat) * 1000:.0f} ms, "
+              f"max {max(lat) * 1000:.0f} ms over {len(lat)} merges")
+
+
+def baseline(repo: Path, count: int) -> float:
+    """The same git steps a careful person would script, with the same agent."""
+    start = time.perf_counter()
+    for i in range(count):
+        wt = repo.parent / f"wt{i}"
+        git(repo, "worktree", "add", "-q", "-b", f"b{i}", str(wt), "main")
+        message = wt / ".current_task.txt"
+        message.write_text(f"Task {i}\n\nAGENT: append f{i}.txt line\n", encoding="utf-8")
+        subprocess.run([a.replace("{message_file}", str(message)) for a in AGENT if a != "{files}"], cwd=wt,
+                       check=True, capture_output=True)
+        git(repo, "merge", "-q", "--no-ff", "-m", f"Merge b{i}", f"b{i}")
+        git(repo, "worktree", "remove", "--force", str(wt))
+        git(repo, "branch", "-D", f"b{i}")
+    return time.perf_counter() - start
+
+
+def bench_overhead(tmp: Path, count: int = 40, rounds: int = 3) -> None:
+    ours, theirs = [], []
+    for r in range(rounds):
+        repo = make_repo(tmp / f"overhead-d{r}")
+        ours.append(run_dispatcher(repo, [(f"T{i}", f"AGENT: append f{i}.txt line") for i in range(count)], 1)[0])
+        theirs.append(baseline(make_repo(tmp / f"overhead-b{r}"), count))
+    print(f"overhead, {count} tasks, 1 worker: dispatcher min {min(ours):.1f} s, by hand min {min(theirs):.1f} s, "
+          f"ratio {min(ours) / min(theirs):.2f}x (target <= 1.3x)")
+
+
+def bench_parallelism(tmp: Path, count: int = 24, workers: int = 4, sleep: float = 2.0) -> None:
+    repo = make_repo(tmp / "parallel")
+    tasks = [(f"P{i}", f"AGENT: sleep {sleep}\nAGENT: append p{i}.txt line") for i in range(count)]
+    makespan, events = run_dispatcher(repo, tasks, workers)
+    merge_time = sum(merge_latencies(events))
+    ideal = (count / workers) * sleep + merge_time / workers
+    print(f"parallelism, {count} tasks, {workers} workers, {sleep:g} s agents: makespan {makespan:.1f} s, "
+          f"ideal {ideal:.1f} s ({count // workers} rounds x {sleep:g} s + merges), ratio {makespan / ideal:.2f}x "
+          "(target <= 1.15x)")
+    refill = []
+    exits = [ts(e) for e in events if e["event"] == "worker_exited"]
+    starts = sorted(ts(e) for e in events if e["event"] == "worker_started")
+    for exited in exits:
+        later = [s - exited for s in starts if s >= exited]
+        if later:
+            refill.append(later[0])
+    print(f"slot refill (worker exit -> next start): median {statistics.median(refill) * 1000:.0f} ms, "
+          f"max {max(refill) * 1000:.0f} ms (target < 100 ms)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=["latency", "overhead", "parallelism"], action="append")
+    args = parser.parse_args()
+    chosen = args.only or ["latency", "overhead", "parallelism"]
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder)
+        if "latency" in chosen:
+            bench_latency(tmp)
+        if "overhead" in chosen:
+            bench_overhead(tmp)
+        if "parallelism" in chosen:
+            bench_parallelism(tmp)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
