@@ -666,8 +666,18 @@ class JsonTaskStore:
     def set_status(self, task_id: str, status: str, note: str = "") -> Task:
         return self._update(task_id, note, status=status)
 
-    def close(self, task_id: str, reason: str = "") -> Task:
-        return self._update(task_id, status="closed", closed_at=now_iso(), close_reason=reason)
+    def close(self, task_id: str, reason: str = "", force: bool = False) -> Task:
+        with self._transaction() as entries:
+            entry = self._find(entries, task_id)
+            by_id = {e["id"]: e for e in entries}
+            blockers = [d.get("depends_on_id") for d in entry.get("dependencies") or ()
+                        if d.get("type", "blocks") in BLOCKING_DEP_TYPES
+                        and by_id.get(d.get("depends_on_id"), {"status": "closed"}).get("status") != "closed"]
+            if blockers and not force:
+                raise UserError(f"cannot close {task_id}: it is blocked by open tasks {', '.join(blockers)} "
+                                "(use --force to close it anyway)")
+            entry.update(status="closed", closed_at=now_iso(), close_reason=reason, updated_at=now_iso())
+            return Task.from_dict(entry)
 
     def reopen(self, task_id: str) -> Task:
         return self._update(task_id, status="open", closed_at="", close_reason="", assignee="")
@@ -779,8 +789,8 @@ class BdTaskStore:
     def set_status(self, task_id: str, status: str, note: str = "") -> Task:
         return self._tasks("update", task_id, "-s", status, *(["--append-notes", note] if note else []))[0]
 
-    def close(self, task_id: str, reason: str = "") -> Task:
-        return self._tasks("close", task_id, *(["-r", reason] if reason else []))[0]
+    def close(self, task_id: str, reason: str = "", force: bool = False) -> Task:
+        return self._tasks("close", task_id, *(["-r", reason] if reason else []), *(["--force"] if force else []))[0]
 
     def reopen(self, task_id: str) -> Task:
         return self._tasks("reopen", task_id)[0]
@@ -803,9 +813,11 @@ def _unwrap_bd_json(stdout: str, argv: list[str]) -> Any:
 
 
 def _bd_error_message(result: Completed) -> str:
+    # The JSON error may follow a line of text ("Error updating ID: ...") in the same stream.
     for stream in (result.stdout, result.stderr):
+        start = stream.find("{")
         with contextlib.suppress(json.JSONDecodeError, AttributeError):
-            data = json.loads(stream)
+            data = json.loads(stream[start:]) if start >= 0 else None
             if isinstance(data, dict) and data.get("error"):
                 # Batch commands (update, close) put each id's own reason under "failed".
                 details = [f"{f.get('id')}: {f.get('error')}" for f in data.get("failed") or [] if isinstance(f, dict)]

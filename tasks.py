@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("close", parents=[shared], help="close a task")
     p.add_argument("id")
     p.add_argument("-r", "--reason", default="")
+    p.add_argument("--force", action="store_true", help="close it even while open tasks block it")
     sub.add_parser("reopen", parents=[shared], help="reopen a closed task").add_argument("id")
     p = sub.add_parser("block", parents=[shared], help="set a task blocked, with the reason")
     p.add_argument("id")
@@ -77,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = [store.create(args.title, description, priority=args.priority,
                                labels=[common.FILE_LABEL + f for f in files])]
     elif args.command == "close":
-        result = [store.close(args.id, args.reason)]
+        result = [store.close(args.id, args.reason, force=args.force)]
     elif args.command == "reopen":
         result = [store.reopen(args.id)]
     elif args.command == "block":

@@ -20,12 +20,27 @@ import filelock
 BLOCKING = ("blocks", "conditional-blocks", "waits-for")
 ISSUE_ORDER = ("id", "title", "description", "notes", "status", "priority", "issue_type", "assignee",
                "owner", "created_at", "created_by", "updated_at", "started_at", "closed_at", "close_reason")
-# Errors of these commands go to stdout as JSON; create and queries print theirs on stderr.
-STDOUT_ERRORS = ("show", "update", "close", "reopen", "dep", "comment", "label")
+# Where errors go, as the real bd 1.3.0 prints them with --json: `show`, `dep`, `comment` and
+# `label` print {"error", "schema_version"} on stdout; `update` prints a line of text, then
+# compact JSON with the reason under "failed", both on stderr; `close` of a blocked issue and
+# `create` print plain text on stderr.
+STDOUT_ERRORS = ("show", "reopen", "dep", "comment", "label")
 
 
 class BdFailure(Exception):
     pass
+
+
+class BatchFailure(BdFailure):
+    """An update's per-id failure, printed the way `bd update` prints it."""
+
+    def __init__(self, issue_id: str, verb: str, message: str):
+        super().__init__(message)
+        self.issue_id, self.verb = issue_id, verb
+
+
+class PlainFailure(BdFailure):
+    """Printed as text on stderr even with --json."""
 
 
 def now() -> str:
@@ -248,13 +263,21 @@ def command(args, db: Db) -> None:
             raise BdFailure("no issues found matching the provided IDs")
         print_array([details(db, i) for i in found])
     elif args.cmd == "update":
-        issue = db.issue(args.id)
+        try:
+            issue = db.issue(args.id)
+        except BdFailure as exc:
+            raise BatchFailure(args.id, "resolving", f"resolving issue: {exc}") from None
+        holder = issue.get("assignee")
         if args.claim:
-            if issue.get("assignee") and issue["assignee"] != who:
-                raise BdFailure(f"issue already claimed by {issue['assignee']}")
-            if issue["status"] != "open" and not (issue["status"] == "in_progress" and issue.get("assignee") == who):
-                raise BdFailure(f"cannot claim {args.id}: status is {issue['status']}")
+            if holder and holder != who:
+                raise BatchFailure(args.id, "updating", f"updating issue: issue already claimed by {holder}")
+            if issue["status"] != "open" and not (issue["status"] == "in_progress" and holder == who):
+                raise BatchFailure(args.id, "updating", f"updating issue: cannot claim: status is {issue['status']}")
             issue.update(status="in_progress", assignee=who, started_at=now())
+        elif args.assignee is not None and holder and holder != who and issue["status"] == "in_progress":
+            raise BatchFailure(args.id, "updating", f"cannot reassign {args.id}: held by \"{holder}\" (in_progress); "
+                               "coordinate with the holder — pass --force only if their claim is abandoned, "
+                               "or use bd reclaim")
         if args.status:
             issue["status"] = args.status
             if args.status != "closed":
@@ -269,7 +292,8 @@ def command(args, db: Db) -> None:
     elif args.cmd == "close":
         issue = db.issue(args.id)
         if (blockers := db.open_blockers(issue)) and not args.force:
-            raise BdFailure(f"cannot close {args.id}: blocked by open issues {blockers} (use --force)")
+            raise PlainFailure(f"cannot close blocked issue: {args.id} is blocked by [{' '.join(blockers)}] "
+                               "(use --force to override)")
         issue.update(status="closed", closed_at=now(), close_reason=args.reason, updated_at=now())
         db.save()
         print_array([plain(issue)])
@@ -323,12 +347,18 @@ def main(argv: list[str]) -> int:
     try:
         with Db(beads) as db:
             command(args, db)
-    except BdFailure as exc:
-        error = json.dumps({"error": str(exc), "schema_version": 1}, indent=2)
+    except BatchFailure as exc:
+        print(f"Error {exc.verb} {exc.issue_id}: {str(exc).split(': ', 1)[-1]}", file=sys.stderr)
         if args.json:
+            print(json.dumps({"error": "1 of 1 issues failed to update", "failed": [
+                {"id": exc.issue_id, "error": str(exc)}], "schema_version": 1}, separators=(",", ":")), file=sys.stderr)
+        return 1
+    except BdFailure as exc:
+        if args.json and not isinstance(exc, PlainFailure) and args.cmd != "create":
+            error = json.dumps({"error": str(exc), "schema_version": 1}, indent=2)
             print(error, file=sys.stdout if args.cmd in STDOUT_ERRORS else sys.stderr)
         else:
-            print(f"Error: {exc}", file=sys.stderr)
+            print(f"Error: {exc}" if args.cmd == "create" else str(exc), file=sys.stderr)
         return 1
     return 0
 

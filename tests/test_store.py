@@ -93,8 +93,31 @@ def test_block_close_reopen_and_notes(store):
 
 
 def test_unknown_id_is_a_clear_error(store):
-    with pytest.raises(common.UserError, match="no"):
-        store.get("proj-does-not-exist")
+    for call in (lambda: store.get("proj-zzz"), lambda: store.release("proj-zzz"),
+                 lambda: store.close("proj-zzz", "x"), lambda: store.add_note("proj-zzz", "x")):
+        with pytest.raises(common.UserError, match=r"no (task with id|issues? found matching).*proj-zzz|"
+                                                   r"no issues found matching the provided IDs"):
+            call()
+
+
+def test_closing_a_task_with_an_open_blocker_is_refused_unless_forced(store):
+    blocker = store.create("blocker")
+    blocked = store.create("blocked", deps=[("blocked-by", blocker.id)])
+    with pytest.raises(common.UserError, match=f"blocked by .*{blocker.id}"):
+        store.close(blocked.id, "too early")
+    assert store.get(blocked.id).status == "open"
+    store.close(blocked.id, "anyway", force=True)
+    assert store.get(blocked.id).status == "closed"
+
+
+def test_release_of_a_task_held_by_another_actor(store, config):
+    """Real bd refuses to take a claim from its holder; the dispatcher only releases its own."""
+    task = store.create("held")
+    assert store.claim(task.id, "someone-else")
+    if store.name == "bd":
+        with pytest.raises(common.BdError, match="held by"):
+            store.release(task.id)
+        assert store.get(task.id).assignee == "someone-else"
 
 
 # ---- JSON store specifics ------------------------------------------------------------------
@@ -203,6 +226,26 @@ def test_eight_claimers_never_claim_a_task_twice(make_config, repo):
     created = {store.create(f"t{i}").id for i in range(20)}
     wins = [w for out in run_parallel(CLAIMER.format(root=str(ROOT), config=config_path), 8) for w in out.split()]
     assert sorted(wins) == sorted(created)
+
+
+def test_racing_claimers_under_different_actors_on_bd(make_config, backend, repo):
+    if backend["task_backend"] != "bd":
+        pytest.skip("bd only (the JSON store is covered by the eight-claimer test)")
+    config_path = str(make_config(**backend))
+    store = common.open_task_store(common.load_config(config_path))
+    created = {store.create(f"t{i}").id for i in range(4)}
+    wins = [w for out in run_parallel(CLAIMER.format(root=str(ROOT), config=config_path), 3) for w in out.split()]
+    assert sorted(wins) == sorted(created)
+    assert {t.assignee for t in store.list(None)} <= {f"claimer-{i}" for i in range(3)}
+
+
+def test_concurrent_writers_on_bd(make_config, backend, repo):
+    if backend["task_backend"] != "bd":
+        pytest.skip("bd only")
+    config_path = str(make_config(**backend))
+    run_parallel(CREATOR.format(root=str(ROOT), config=config_path, count=2), 8)
+    store = common.open_task_store(common.load_config(config_path))
+    assert sorted(t.title for t in store.list(None)) == sorted(f"task {p}-{i}" for p in range(8) for i in range(2))
 
 
 def test_missing_bd_with_bd_backend_is_a_clear_error(make_config, monkeypatch):
