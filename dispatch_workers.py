@@ -378,7 +378,8 @@ class Dispatcher:
         self.interrupts = 0
         self.next_poll = 0.0
         self.told_waiting: set[str] = set()
-        self.file_scope: dict[str, list[str]] = {}  # task id -> its files, for running workers
+        self.known: dict[str, common.Task] = {}  # tasks this run has worked on (bd calls are slow)
+        self.epic_check_due = True
 
     # ---- bookkeeping ----------------------------------------------------------------------
 
@@ -439,7 +440,7 @@ class Dispatcher:
             if self.why_waiting(task) is None and self.store.claim(task.id, self.config.actor):
                 self.event("claimed", task.id)
                 common.failpoint("after_claim")
-                self.start_worker(free.pop(0), self.store.get(task.id))
+                self.start_worker(free.pop(0), task)
 
     def why_waiting(self, task: common.Task) -> str | None:
         """None when the task may start now; else the reason it waits."""
@@ -459,14 +460,14 @@ class Dispatcher:
         return None
 
     def task_files(self, task_id: str) -> list[str]:
-        if task_id not in self.file_scope:
-            self.file_scope[task_id] = self.store.get(task_id).files  # an adopted worker's task
-        return self.file_scope[task_id]
+        if task_id not in self.known:
+            self.known[task_id] = self.store.get(task_id)  # an adopted worker's task
+        return self.known[task_id].files
 
     def start_worker(self, slot: int, task: common.Task) -> None:
         conflict = self.pending.get(task.id)
         attempt = self.state["attempts"].get(task.id, 0) + 1
-        self.file_scope[task.id] = task.files
+        self.known[task.id] = task
         try:
             if conflict:
                 branch, worktree = conflict["branch"], Path(conflict["worktree"])
@@ -679,10 +680,10 @@ class Dispatcher:
                 self.drop_entry(entry)
                 self.block(entry["task_id"], f"its branch {entry['branch']} is gone")
                 return True
-            if is_ancestor(root, tip, main):  # merged before a crash: only the bookkeeping is left
-                self.finish_merge(entry, rev_parse(root, main))
-                return True
             task = self.store.get(entry["task_id"])
+            if is_ancestor(root, tip, main):  # merged before a crash: only the bookkeeping is left
+                self.finish_merge(entry, task, rev_parse(root, main))
+                return True
             if task.status != "in_progress" or task.assignee != self.config.actor:
                 self.drop_entry(entry)
                 self.summary["waiting"].append({"id": task.id, "reason": f"not merged: the task is now {task.status}"
@@ -718,7 +719,7 @@ class Dispatcher:
                     entry["waiting"] = outcome
                     self.save_state()
                     return False
-                self.finish_merge(entry, commit)
+                self.finish_merge(entry, task, commit)
                 return True
 
     def advance_main(self, old: str, new: str) -> str:
@@ -739,15 +740,15 @@ class Dispatcher:
         return (f"your uncommitted changes in {checkout} to {', '.join(files) or 'some files'} would be "
                 "overwritten; commit or stash them and the merge will go ahead")
 
-    def finish_merge(self, entry: dict, commit: str) -> None:
+    def finish_merge(self, entry: dict, task: common.Task, commit: str) -> None:
         task_id = entry["task_id"]
         self.event("merged", task_id, branch=entry["branch"], commit=commit)
         self.say(f"{task_id}: merged {entry['branch']} into {self.config.main_branch} ({commit[:MERGE_SHORT]})")
-        task = self.store.get(task_id)
         if entry["outcome"] == "close":
             if task.status != "closed":
                 self.store.close(task_id, f"merged into {self.config.main_branch} as {commit[:MERGE_SHORT]}")
                 self.event("closed", task_id)
+                self.epic_check_due |= bool(task.deps_of("discovered-from"))
             self.summary["merged"].append(task_id)
             self.state["attempts"].pop(task_id, None)
         elif task.status == "in_progress":
@@ -871,6 +872,10 @@ class Dispatcher:
         return changed
 
     def close_finished_epics(self) -> None:
+        """Only after a task with a parent was closed: listing every task is slow with bd."""
+        if not self.epic_check_due:
+            return
+        self.epic_check_due = False
         tasks = self.store.list(None)
         for epic in (t for t in tasks if t.issue_type == "epic" and t.status != "closed"):
             children = [t for t in tasks if epic.id in t.deps_of("discovered-from")]

@@ -18,12 +18,44 @@ import common  # noqa: E402
 import ingest_suggested_tasks  # noqa: E402
 
 
+def bench_bd(bd: str, rounds: int = 5) -> None:
+    """bd starts a process (and opens its database) per call: what each call costs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp) / "bdbench"
+        repo.mkdir()
+        subprocess.run(["git", "init", "-q", "-b", "main"], cwd=repo, check=True)
+        subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", "init"], cwd=repo, check=True)
+        subprocess.run([bd, "init", "--prefix", "b", "--quiet", "--skip-hooks", "--skip-agents", "--non-interactive"],
+                       cwd=repo, check=True, capture_output=True)
+        store = common.BdTaskStore(bd, repo, "bench")
+        times: dict[str, list[float]] = {}
+
+        def timed(name, call):
+            start = time.perf_counter()
+            result = call()
+            times.setdefault(name, []).append(time.perf_counter() - start)
+            return result
+
+        for i in range(rounds):
+            task = timed("create", lambda: store.create(f"task {i}", "x", labels=["file:a.py"]))
+            timed("ready", store.ready)
+            timed("claim", lambda: store.claim(task.id, "bench"))
+            timed("show", lambda: store.get(task.id))
+            timed("list", lambda: store.list(None))
+            timed("close", lambda: store.close(task.id, "done"))
+        print(f"real bd ({bd}): median per call: " + ", ".join(
+            f"{name} {statistics.median(values) * 1000:.0f} ms" for name, values in times.items()))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--suggestions", type=int, default=1_000)
+    parser.add_argument("--bd", metavar="PATH", help="also time each call of this bd binary")
     args = parser.parse_args()
+    if args.bd:
+        bench_bd(args.bd)
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "bench"
         repo.mkdir()
