@@ -111,3 +111,9 @@ def test_check_repo_path_refuses_unsafe_paths(raw, problem):
 
 def test_check_repo_path_normalizes():
     assert common.check_repo_path("./src\\app.py") == "src/app.py"
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    command = next(line.strip() for line in readme.splitlines() if "-m pytest" in line)
+    assert command in (ROOT / ".ci" / "run").read_text(encoding="utf-8")

@@ -362,3 +362,22 @@ def test_demo_runs_end_to_end(capsys):
     assert "Merge work/demo-repo-2: Make the UI green (demo-repo-2)" in out  # merged after the conflict
     assert "closed   Document the release process" in out  # the follow-up was ingested and run
     assert out.count("  closed   ") == 7 and "blocked" not in out
+
+
+@posix_only
+def test_qwen_agent_wrapper_passes_arguments_through(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "argv.json"
+    (bin_dir / "aider").write_text(f"#!{sys.executable}\nimport json, os, sys\n"
+                                   f"json.dump([sys.argv[1:], os.environ['OLLAMA_API_BASE']], open({str(record)!r}, 'w'))\n",
+                                   encoding="utf-8")
+    (bin_dir / "aider").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("QWEN_MODEL", "qwen3-coder:30b")
+    script = Path(dispatch_workers.__file__).parent / "scripts" / "qwen-agent.sh"
+    subprocess.run(["sh", str(script), "/w/.current_task.txt", "a $(x).py", "b;c.py"], check=True)
+    argv, base = json.loads(record.read_text(encoding="utf-8"))
+    assert argv[:2] == ["--message-file", "/w/.current_task.txt"]
+    assert argv[-4:] == ["--model", "ollama_chat/qwen3-coder:30b", "a $(x).py", "b;c.py"]
+    assert base == "http://127.0.0.1:11434"
