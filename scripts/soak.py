@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Soak: many tasks, agents misbehaving at random; outcome counts and time per task over the run.
+
+The scripted agent picks, per task: 10% hang past the timeout, 10% crash, 10% a conflicting edit
+(the same line of one shared file), 10% follow-ups, the rest a normal edit. The time per task
+should stay flat as the queue drains: no cost may grow with the number of tasks done.
+
+examples:
+  python3 scripts/soak.py --tasks 200 --workers 4
+  python3 scripts/soak.py --tasks 50 --workers 2 --seed 3
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+import common  # noqa: E402
+import dispatch_workers  # noqa: E402
+from bench_dispatch import AGENT, make_repo, ts  # noqa: E402
+
+BEHAVIOURS = [("hang", 0.1), ("crash", 0.1), ("conflict", 0.1), ("followups", 0.1), ("normal", 0.6)]
+
+
+def cues(behaviour: str, i: int) -> str:
+    return {
+        "hang": "AGENT: hang",
+        "crash": "AGENT: crash",
+        "conflict": f"AGENT: append shared.txt line from task {i}",
+        "followups": f"AGENT: append f{i}.txt x\nAGENT: followup Follow-up idea {i}",
+        "normal": f"AGENT: append f{i}.txt x",
+    }[behaviour]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=2, help="worker_timeout_secs for the hanging agents")
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    with tempfile.TemporaryDirectory() as folder:
+        repo = make_repo(Path(folder))
+        (repo / "shared.txt").write_text("start\n", encoding="utf-8")
+        common.git("add", "-A", cwd=repo)
+        common.git("commit", "-q", "-m", "shared file", cwd=repo)
+        config_path = Path(folder) / "dispatch_config.json"
+        config_path.write_text(json.dumps({
+            "repo_path": str(repo), "task_backend": "json", "task_prefix": "soak", "max_workers": args.workers,
+            "poll_interval_secs": 0.2, "worker_timeout_secs": args.timeout, "worker_kill_grace_secs": 0.5,
+            "max_attempts": 2, "worker_command": AGENT}), encoding="utf-8")
+        config = common.load_config(str(config_path))
+        store = common.open_task_store(config)
+        picked = {}
+        names, weights = zip(*BEHAVIOURS)
+        for i in range(args.tasks):
+            behaviour = rng.choices(names, weights)[0]
+            task = store.create(f"Soak task {i} ({behaviour})", cues(behaviour, i))
+            picked[task.id] = behaviour
+        print(f"{args.tasks} tasks, {args.workers} workers: " + ", ".join(
+            f"{n} {sum(1 for b in picked.values() if b == n)}" for n in names))
+        start = time.perf_counter()
+        dispatch_workers.Dispatcher(config, store, args.workers, out=lambda *_: None).run()
+        elapsed = time.perf_counter() - start
+
+        tasks = {t.id: t for t in store.list(None)}
+        outcomes = collections.Counter()
+        for task_id, behaviour in picked.items():
+            status = tasks[task_id].status
+            outcomes[f"{behaviour} -> {status}"] += 1
+        print(f"done in {elapsed:.0f} s ({elapsed / args.tasks:.2f} s per task)")
+        for outcome, count in sorted(outcomes.items()):
+            print(f"  {outcome}: {count}")
+        total = sum(outcomes.values())
+        print(f"  total {total} (given {args.tasks}): {'adds up' if total == args.tasks else 'DOES NOT ADD UP'}")
+        extra = [t for t in tasks.values() if t.id not in picked]
+        print(f"  also created and run: {sum(1 for t in extra if t.title.startswith('Resolve'))} conflict tasks, "
+              f"{sum(1 for t in extra if t.title.startswith('Follow-up'))} follow-ups "
+              f"({collections.Counter(t.status for t in extra)})")
+
+        events = [json.loads(line) for line in (repo / ".dispatch_logs/events.jsonl").read_text().splitlines()]
+        done = sorted(ts(e) for e in events if e["event"] in ("merged", "blocked"))
+        tenth = max(1, len(done) // 10)
+        print("time per finished task, by tenth of the run (should stay flat):")
+        print("  " + "  ".join(f"{(done[min(i + tenth, len(done) - 1)] - done[i]) / tenth:.2f}s"
+                               for i in range(0, len(done) - tenth, tenth)))
+        return 0 if total == args.tasks else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
