@@ -129,3 +129,28 @@ def fake_llm():
     from fake_llm import FakeLLM
     with FakeLLM() as server:
         yield server
+
+
+AGENT_COMMAND = [sys.executable, str(ROOT / "scripts" / "demo_agent.py"), "{message_file}", "{files}"]
+
+
+def _agent_setup(make_config, base: dict):
+    """(config path, config, store) for a dispatcher run with the scripted agent."""
+    def make(**settings):
+        cfg = make_config(**{**base, "worker_command": AGENT_COMMAND, "poll_interval_secs": 0.1,
+                             "worker_timeout_secs": 60, "worker_kill_grace_secs": 1, "max_workers": 2, **settings})
+        config = common.load_config(str(cfg))
+        return cfg, config, common.open_task_store(config)
+    return make
+
+
+@pytest.fixture
+def agent_setup(make_config, backend):
+    """A dispatcher run with the scripted agent, on each backend."""
+    return _agent_setup(make_config, backend)
+
+
+@pytest.fixture
+def json_agent_setup(make_config):
+    """The same on the JSON store only, for tests whose subject is not the store."""
+    return _agent_setup(make_config, {"task_backend": "json", "task_prefix": "proj"})

@@ -9,9 +9,6 @@ from pathlib import Path
 
 from conftest import ROOT, git
 
-AGENT = ROOT / "scripts" / "demo_agent.py"
-AGENT_COMMAND = [sys.executable, str(AGENT), "{message_file}", "{files}"]
-
 
 def dispatch(cfg: Path, *args: str, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
     """The dispatcher as a user runs it: a separate process."""

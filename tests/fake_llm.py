@@ -89,16 +89,25 @@ class FakeLLM:
                 else:
                     self._send(404, b"404 page not found")
 
-            def _ollama(self, body):
-                if body.get("model") not in fake.models:
-                    return self._send(404, {"error": f"model '{body.get('model')}' not found"})
+            def _play(self, error_body):
+                """The next scripted reply: answers a scripted failure itself (and returns None)."""
                 reply = fake._next()
                 if reply.hang:
                     time.sleep(reply.hang)
                 if reply.raw_body is not None:
-                    return self._send(reply.status, reply.raw_body)
-                if reply.status != 200 or reply.error:
-                    return self._send(reply.status, {"error": reply.error or "internal error"})
+                    self._send(reply.status, reply.raw_body)
+                elif reply.status != 200 or reply.error:
+                    self._send(reply.status, error_body(reply.error or "internal error"))
+                else:
+                    return reply
+                return None
+
+            def _ollama(self, body):
+                if body.get("model") not in fake.models:
+                    return self._send(404, {"error": f"model '{body.get('model')}' not found"})
+                reply = self._play(lambda message: {"error": message})
+                if reply is None:
+                    return
                 self._send(200, {"model": body["model"], "created_at": "2026-11-27T12:00:00Z",
                                  "message": {"role": "assistant", "content": reply.content},
                                  "done": True, "done_reason": "stop", "total_duration": 1000,
@@ -113,14 +122,9 @@ class FakeLLM:
                 if fake.llama_cpp and fmt == "json_schema":
                     return self._send(500, {"error": {"code": 500, "message": "Unrecognized response_format type",
                                                       "type": "server_error"}})
-                reply = fake._next()
-                if reply.hang:
-                    time.sleep(reply.hang)
-                if reply.raw_body is not None:
-                    return self._send(reply.status, reply.raw_body)
-                if reply.status != 200 or reply.error:
-                    return self._send(reply.status, {"error": {"message": reply.error or "internal error",
-                                                               "type": "server_error"}})
+                reply = self._play(lambda message: {"error": {"message": message, "type": "server_error"}})
+                if reply is None:
+                    return
                 self._send(200, {"id": "chatcmpl-1", "object": "chat.completion", "model": body["model"],
                                  "choices": [{"index": 0, "finish_reason": "stop",
                                               "message": {"role": "assistant", "content": reply.content}}],

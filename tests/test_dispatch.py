@@ -14,38 +14,15 @@ import pytest
 import common
 import dispatch_workers
 from conftest import git
-from dispatch_helpers import (AGENT_COMMAND, add_task, assert_clean_finish, dispatch, events, main_file,
+from conftest import AGENT_COMMAND
+from dispatch_helpers import (add_task, assert_clean_finish, dispatch, events, main_file,
                               merge_subjects, merges_of)
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="uses POSIX signals and sh")
 
 
-@pytest.fixture
-def dispatch_config(make_config, backend):
-    """Settings for a dispatcher run with the scripted agent on the current backend."""
-    def make(**settings) -> Path:
-        base = {**backend, "worker_command": AGENT_COMMAND, "poll_interval_secs": 0.1, "worker_timeout_secs": 60,
-                "worker_kill_grace_secs": 1, "max_workers": 2}
-        return make_config(**{**base, **settings})
-    return make
-
-
-@pytest.fixture
-def json_dispatch(make_config):
-    """The same, on the JSON store only (for tests whose subject is not the store)."""
-    def make(**settings):
-        cfg = make_config(**{"task_backend": "json", "task_prefix": "proj", "worker_command": AGENT_COMMAND,
-                             "poll_interval_secs": 0.1, "worker_timeout_secs": 60, "worker_kill_grace_secs": 1,
-                             "max_workers": 2, **settings})
-        config = common.load_config(str(cfg))
-        return cfg, config, common.open_task_store(config)
-    return make
-
-
-def test_parallel_workers_on_distinct_files_are_all_merged(dispatch_config, repo, tmp_path):
-    cfg = dispatch_config()
-    config = common.load_config(str(cfg))
-    store = common.open_task_store(config)
+def test_parallel_workers_on_distinct_files_are_all_merged(agent_setup, repo, tmp_path):
+    cfg, config, store = agent_setup()
     tasks = [add_task(store, f"Write {name}", "sleep 1", f"append {name} hello from {name}", files=[name])
              for name in ("a.txt", "b.txt", "c.txt")]
     proc = dispatch(cfg, "--json")
@@ -65,8 +42,8 @@ def test_parallel_workers_on_distinct_files_are_all_merged(dispatch_config, repo
     assert (repo / "c.txt").read_text(encoding="utf-8") == "hello from c.txt\n"
 
 
-def test_a_worker_that_commits_then_hangs_is_ended_merged_released_then_blocked(json_dispatch, repo):
-    cfg, config, store = json_dispatch(worker_timeout_secs=2, max_attempts=2)
+def test_a_worker_that_commits_then_hangs_is_ended_merged_released_then_blocked(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup(worker_timeout_secs=2, max_attempts=2)
     task = add_task(store, "Slow one", "append slow.txt progress", "hang")
     started = time.monotonic()
     proc = dispatch(cfg, "--json")
@@ -81,8 +58,8 @@ def test_a_worker_that_commits_then_hangs_is_ended_merged_released_then_blocked(
 
 
 @posix_only
-def test_a_grandchild_holding_on_does_not_hang_the_dispatcher(json_dispatch, repo):
-    cfg, config, store = json_dispatch(worker_timeout_secs=1, max_attempts=1)
+def test_a_grandchild_holding_on_does_not_hang_the_dispatcher(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup(worker_timeout_secs=1, max_attempts=1)
     add_task(store, "Spawner", "grandchild")
     started = time.monotonic()
     proc = dispatch(cfg, timeout=60)
@@ -92,9 +69,8 @@ def test_a_grandchild_holding_on_does_not_hang_the_dispatcher(json_dispatch, rep
     assert not dispatch_workers.group_alive(pid)  # the whole group, sleep 60 included, is gone
 
 
-def test_a_crash_without_commits_is_released_then_blocked(dispatch_config, repo):
-    cfg = dispatch_config(max_attempts=2)
-    store = common.open_task_store(common.load_config(str(cfg)))
+def test_a_crash_without_commits_is_released_then_blocked(agent_setup, repo):
+    cfg, config, store = agent_setup(max_attempts=2)
     task = add_task(store, "Crasher", "crash")
     proc = dispatch(cfg)
     assert proc.returncode == 1
@@ -105,8 +81,8 @@ def test_a_crash_without_commits_is_released_then_blocked(dispatch_config, repo)
     assert git(repo, "branch", "--list", "work/*") == ""
 
 
-def test_uncommitted_changes_are_committed_and_merged(json_dispatch, repo):
-    cfg, config, store = json_dispatch()
+def test_uncommitted_changes_are_committed_and_merged(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup()
     task = add_task(store, "Forgetful", "uncommitted notes.txt left behind")
     assert dispatch(cfg).returncode == 0
     assert main_file(repo, "notes.txt") == "left behind\n"
@@ -115,9 +91,8 @@ def test_uncommitted_changes_are_committed_and_merged(json_dispatch, repo):
     assert main_file(repo, ".current_task.txt") is None and main_file(repo, ".aider.chat.history.md") is None
 
 
-def test_followups_are_ingested_and_never_reach_main(dispatch_config, repo):
-    cfg = dispatch_config()
-    store = common.open_task_store(common.load_config(str(cfg)))
+def test_followups_are_ingested_and_never_reach_main(agent_setup, repo):
+    cfg, config, store = agent_setup()
     task = add_task(store, "Has ideas", "append x.txt x", "followup Add caching -- speed up -- files: cache.py",
                     files=["x.txt"])
     assert dispatch(cfg).returncode == 0
@@ -129,16 +104,16 @@ def test_followups_are_ingested_and_never_reach_main(dispatch_config, repo):
     assert not (repo / "suggested_tasks.txt").exists()
 
 
-def test_committed_followups_file_is_removed_from_the_branch(json_dispatch, repo):
-    cfg, config, store = json_dispatch(auto_ingest_suggestions=False)
+def test_committed_followups_file_is_removed_from_the_branch(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup(auto_ingest_suggestions=False)
     add_task(store, "Commits ideas", "append followups.txt Idea committed by the agent")
     assert dispatch(cfg).returncode == 0
     assert main_file(repo, "followups.txt") is None
     assert "Idea committed by the agent" in (repo / "suggested_tasks.txt").read_text(encoding="utf-8")
 
 
-def test_tasks_sharing_a_file_never_run_at_once(json_dispatch, repo):
-    cfg, config, store = json_dispatch()
+def test_tasks_sharing_a_file_never_run_at_once(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup()
     first = add_task(store, "First on shared", "sleep 1", "append shared.txt one", files=["shared.txt"])
     second = add_task(store, "Second on shared", "sleep 1", "append shared.txt two", files=["shared.txt"])
     other = add_task(store, "Elsewhere", "sleep 1", "append other.txt x", files=["other.txt"])
@@ -151,9 +126,8 @@ def test_tasks_sharing_a_file_never_run_at_once(json_dispatch, repo):
     assert main_file(repo, "shared.txt") == "one\ntwo\n"
 
 
-def test_epics_are_never_dispatched_and_close_with_their_subtasks(dispatch_config, repo):
-    cfg = dispatch_config()
-    store = common.open_task_store(common.load_config(str(cfg)))
+def test_epics_are_never_dispatched_and_close_with_their_subtasks(agent_setup, repo):
+    cfg, config, store = agent_setup()
     epic = store.create("Big goal", "the whole thing", issue_type="epic")
     subs = [store.create(f"Part {i}", f"AGENT: append part{i}.txt x", labels=[f"file:part{i}.txt"],
                          deps=[("discovered-from", epic.id)]) for i in range(2)]
@@ -164,8 +138,8 @@ def test_epics_are_never_dispatched_and_close_with_their_subtasks(dispatch_confi
 
 
 @posix_only
-def test_a_second_dispatcher_is_refused(json_dispatch, repo):
-    cfg, config, store = json_dispatch()
+def test_a_second_dispatcher_is_refused(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup()
     add_task(store, "Sleeper", "sleep 4", "append s.txt s")
     first = subprocess.Popen([sys.executable, str(dispatch_workers.__file__), "--config", str(cfg)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -180,8 +154,8 @@ def test_a_second_dispatcher_is_refused(json_dispatch, repo):
         assert first.wait(timeout=60) == 0
 
 
-def test_the_breaker_stops_new_workers_when_every_attempt_fails(json_dispatch, repo):
-    cfg, config, store = json_dispatch(breaker_failures=2, max_attempts=5, max_workers=1)
+def test_the_breaker_stops_new_workers_when_every_attempt_fails(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup(breaker_failures=2, max_attempts=5, max_workers=1)
     for i in range(4):
         add_task(store, f"Doomed {i}", "crash")
     proc = dispatch(cfg, "--json")
@@ -193,8 +167,8 @@ def test_the_breaker_stops_new_workers_when_every_attempt_fails(json_dispatch, r
 
 @pytest.mark.parametrize("failpoint", ["after_claim", "after_worktree", "after_worker_exit",
                                        "during_leftover_commit", "during_merge"])
-def test_killed_at_each_step_then_restarted_finishes_every_task_once(json_dispatch, repo, failpoint):
-    cfg, config, store = json_dispatch()
+def test_killed_at_each_step_then_restarted_finishes_every_task_once(json_agent_setup, repo, failpoint):
+    cfg, config, store = json_agent_setup()
     tasks = [add_task(store, f"Task {i}", f"append f{i}.txt line {i}", f"uncommitted u{i}.txt left {i}",
                       files=[f"f{i}.txt"]) for i in range(3)]
     killed = dispatch(cfg, env={"DISPATCH_FAILPOINT": failpoint})
@@ -216,8 +190,8 @@ def test_killed_at_each_step_then_restarted_finishes_every_task_once(json_dispat
 
 
 @posix_only
-def test_a_live_worker_is_adopted_after_the_dispatcher_is_killed(json_dispatch, repo):
-    cfg, config, store = json_dispatch()
+def test_a_live_worker_is_adopted_after_the_dispatcher_is_killed(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup()
     task = add_task(store, "Long runner", "sleep 3", "append long.txt done")
     first = subprocess.Popen([sys.executable, str(dispatch_workers.__file__), "--config", str(cfg)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -234,8 +208,8 @@ def test_a_live_worker_is_adopted_after_the_dispatcher_is_killed(json_dispatch, 
 
 
 @posix_only
-def test_first_ctrl_c_lets_running_workers_finish_and_starts_nothing_new(json_dispatch, repo):
-    cfg, config, store = json_dispatch(max_workers=1)
+def test_first_ctrl_c_lets_running_workers_finish_and_starts_nothing_new(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup(max_workers=1)
     first = add_task(store, "Running", "sleep 2", "append r.txt r")
     later = add_task(store, "Not yet", "append n.txt n")
     proc = subprocess.Popen([sys.executable, str(dispatch_workers.__file__), "--config", str(cfg)],
@@ -251,8 +225,8 @@ def test_first_ctrl_c_lets_running_workers_finish_and_starts_nothing_new(json_di
 
 
 @posix_only
-def test_second_ctrl_c_ends_workers_and_keeps_their_branches(json_dispatch, repo):
-    cfg, config, store = json_dispatch()
+def test_second_ctrl_c_ends_workers_and_keeps_their_branches(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup()
     task = add_task(store, "Stubborn", "append partial.txt partial", "hang")
     proc = subprocess.Popen([sys.executable, str(dispatch_workers.__file__), "--config", str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -267,13 +241,13 @@ def test_second_ctrl_c_ends_workers_and_keeps_their_branches(json_dispatch, repo
     assert not dispatch_workers.group_alive(events(repo, "worker_started")[0]["pid"])
     assert git(repo, "branch", "--list", "--format=%(refname:short)", f"work/{task.id}") == f"work/{task.id}"
     # The next run finishes what was left: the committed work is merged.
-    cfg2, *_ = json_dispatch(max_attempts=1)
+    cfg2, *_ = json_agent_setup(max_attempts=1)
     assert dispatch(cfg2).returncode == 0
     assert main_file(repo, "partial.txt") == "partial\n"
 
 
-def test_task_text_reaches_the_agent_verbatim_and_never_a_shell(json_dispatch, repo):
-    cfg, config, store = json_dispatch()
+def test_task_text_reaches_the_agent_verbatim_and_never_a_shell(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup()
     title = 'Quote " \' $(touch /tmp/pwned) `touch /tmp/pwned2` ; rm -rf ~ & echo %PATH% | more'
     task = store.create(title, "line one\n$(whoami)\nAGENT: copy-message message.txt\nAGENT: argv argv.json",
                         labels=["file:src/app.py", "file:--evil", "file:a&b.py"])
@@ -285,8 +259,8 @@ def test_task_text_reaches_the_agent_verbatim_and_never_a_shell(json_dispatch, r
     assert not Path("/tmp/pwned").exists() and not Path("/tmp/pwned2").exists()
 
 
-def test_worker_environment_and_placeholders(json_dispatch, repo):
-    cfg, config, store = json_dispatch(worker_command=[sys.executable, "-c",
+def test_worker_environment_and_placeholders(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup(worker_command=[sys.executable, "-c",
         "import os, sys, json, subprocess; open('env.json', 'w').write(json.dumps([sys.argv[1:], "
         "{k: v for k, v in os.environ.items() if k.startswith('DISPATCH_')}])); "
         "subprocess.run(['git', 'add', 'env.json']); subprocess.run(['git', 'commit', '-qm', 'env'])",
@@ -332,8 +306,8 @@ def test_preflight_names_what_is_missing(make_config, repo, fake_llm, monkeypatc
     dispatch_workers.preflight(common.load_config(str(make_config(llm_url=fake_llm.url))))  # all there
 
 
-def test_status_while_running_and_after(json_dispatch, repo):
-    cfg, config, store = json_dispatch()
+def test_status_while_running_and_after(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup()
     task = add_task(store, "Visible", "sleep 2", "append v.txt v")
     proc = subprocess.Popen([sys.executable, str(dispatch_workers.__file__), "--config", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

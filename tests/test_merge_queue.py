@@ -10,30 +10,8 @@ import pytest
 import common
 import dispatch_workers
 from conftest import commit_file, git
-from dispatch_helpers import (AGENT_COMMAND, add_task, assert_clean_finish, dispatch, events, main_file,
+from dispatch_helpers import (add_task, assert_clean_finish, dispatch, events, main_file,
                               merge_subjects, merges_of)
-
-
-@pytest.fixture
-def setup(make_config, backend):
-    """(config path, config, store) for the scripted agent on the current backend."""
-    def make(**settings):
-        cfg = make_config(**{**backend, "worker_command": AGENT_COMMAND, "poll_interval_secs": 0.1,
-                             "worker_timeout_secs": 60, "worker_kill_grace_secs": 1, "max_workers": 2, **settings})
-        config = common.load_config(str(cfg))
-        return cfg, config, common.open_task_store(config)
-    return make
-
-
-@pytest.fixture
-def json_setup(make_config):
-    def make(**settings):
-        cfg = make_config(**{"task_backend": "json", "task_prefix": "proj", "worker_command": AGENT_COMMAND,
-                             "poll_interval_secs": 0.1, "worker_timeout_secs": 60, "worker_kill_grace_secs": 1,
-                             "max_workers": 2, **settings})
-        config = common.load_config(str(cfg))
-        return cfg, config, common.open_task_store(config)
-    return make
 
 
 def run_in_process(config, store, on_message=None, max_workers=2) -> dict:
@@ -57,8 +35,8 @@ def conflicting_pair(store):
     return red, green
 
 
-def test_ten_branches_merge_in_queue_order(json_setup, repo):
-    cfg, config, store = json_setup(max_workers=1)
+def test_ten_branches_merge_in_queue_order(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup(max_workers=1)
     tasks = [add_task(store, f"Step {i}", f"append step{i}.txt {i}") for i in range(10)]
     assert dispatch(cfg).returncode == 0
     queued = [e["task_id"] for e in events(repo, "merge_queued")]
@@ -66,8 +44,8 @@ def test_ten_branches_merge_in_queue_order(json_setup, repo):
     assert [s.rsplit("(", 1)[1].rstrip(")") for s in merge_subjects(repo)] == queued
 
 
-def test_merge_keeps_the_users_uncommitted_changes(json_setup, repo):
-    cfg, config, store = json_setup()
+def test_merge_keeps_the_users_uncommitted_changes(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup()
     (repo / "README.md").write_text("# proj\nmy unsaved edit\n", encoding="utf-8")
     (repo / "scratch.txt").write_text("untracked notes\n", encoding="utf-8")
     task = add_task(store, "Add a file", "append feature.txt new")
@@ -78,8 +56,8 @@ def test_merge_keeps_the_users_uncommitted_changes(json_setup, repo):
     assert (repo / "feature.txt").read_text(encoding="utf-8") == "new\n"
 
 
-def test_a_fast_forward_that_would_overwrite_the_users_change_waits(json_setup, repo):
-    cfg, config, store = json_setup()
+def test_a_fast_forward_that_would_overwrite_the_users_change_waits(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup()
     before = git(repo, "rev-parse", "main")
     (repo / "README.md").write_text("# proj\nthe user's own edit\n", encoding="utf-8")
     task = add_task(store, "Edit the readme", "append README.md agent line")
@@ -99,9 +77,9 @@ def test_a_fast_forward_that_would_overwrite_the_users_change_waits(json_setup, 
     assert "the user's own edit" in (repo / "README.md").read_text(encoding="utf-8")
 
 
-def test_conflict_becomes_a_task_the_agent_resolves_then_the_branch_merges(setup, repo):
+def test_conflict_becomes_a_task_the_agent_resolves_then_the_branch_merges(agent_setup, repo):
     commit_file(repo, "settings.ini", "[ui]\ncolor=blue\n")
-    cfg, config, store = setup()
+    cfg, config, store = agent_setup()
     red, green = conflicting_pair(store)
     proc = dispatch(cfg, "--json")
     assert proc.returncode == 0, proc.stderr
@@ -118,9 +96,9 @@ def test_conflict_becomes_a_task_the_agent_resolves_then_the_branch_merges(setup
     assert_clean_finish(repo, Path(config.worktree_root))
 
 
-def test_conflict_task_closed_by_hand_retries_the_merge(json_setup, repo):
+def test_conflict_task_closed_by_hand_retries_the_merge(json_agent_setup, repo):
     commit_file(repo, "settings.ini", "[ui]\ncolor=blue\n")
-    cfg, config, store = json_setup()
+    cfg, config, store = json_agent_setup()
     red, green = conflicting_pair(store)
     filed = []
 
@@ -148,9 +126,9 @@ def test_conflict_task_closed_by_hand_retries_the_merge(json_setup, repo):
     assert json.loads((repo / ".dispatch_pending_merge_retries.json").read_text(encoding="utf-8")) == {}
 
 
-def test_a_modify_delete_conflict_keeps_the_branch_version(json_setup, repo):
+def test_a_modify_delete_conflict_keeps_the_branch_version(json_agent_setup, repo):
     commit_file(repo, "old.txt", "line\n")
-    cfg, config, store = json_setup()
+    cfg, config, store = json_agent_setup()
     editor = add_task(store, "Extend old.txt", "sleep 1", "append old.txt more")
 
     def someone_deletes_the_file(message):
@@ -165,9 +143,9 @@ def test_a_modify_delete_conflict_keeps_the_branch_version(json_setup, repo):
     assert main_file(repo, "old.txt") == "line\nmore\n"
 
 
-def test_auto_rebase_merges_what_a_rebase_makes_clean(json_setup, repo):
+def test_auto_rebase_merges_what_a_rebase_makes_clean(json_agent_setup, repo):
     commit_file(repo, "f.txt", "v0\n")
-    cfg, config, store = json_setup(on_conflict="auto_rebase")
+    cfg, config, store = json_agent_setup(on_conflict="auto_rebase")
     # Both make the same first change; the second branch then changes it again. A merge
     # conflicts (v0 -> v1 against v0 -> v2); a rebase drops the already-applied commit.
     same = add_task(store, "To v1", "replace f.txt v0 v1", priority=1)
@@ -178,9 +156,9 @@ def test_auto_rebase_merges_what_a_rebase_makes_clean(json_setup, repo):
     assert not any(t.title.startswith("Resolve") for t in store.list(None))
 
 
-def test_auto_rebase_falls_back_to_a_conflict_task(json_setup, repo):
+def test_auto_rebase_falls_back_to_a_conflict_task(json_agent_setup, repo):
     commit_file(repo, "settings.ini", "[ui]\ncolor=blue\n")
-    cfg, config, store = json_setup(on_conflict="auto_rebase")
+    cfg, config, store = json_agent_setup(on_conflict="auto_rebase")
     conflicting_pair(store)
     proc = dispatch(cfg)
     assert proc.returncode == 0
@@ -191,9 +169,9 @@ def test_auto_rebase_falls_back_to_a_conflict_task(json_setup, repo):
 GATE = [sys.executable, "-c", "import pathlib, sys; sys.exit(1 if 'bad' in pathlib.Path('f.txt').read_text() else 0)"]
 
 
-def test_a_failing_gate_leaves_main_alone_and_files_a_fix_task(json_setup, repo):
+def test_a_failing_gate_leaves_main_alone_and_files_a_fix_task(json_agent_setup, repo):
     commit_file(repo, "f.txt", "ok\n")
-    cfg, config, store = json_setup(merge_gate_command=GATE)
+    cfg, config, store = json_agent_setup(merge_gate_command=GATE)
     before = git(repo, "rev-parse", "main")
     task = add_task(store, "Break it", "append f.txt bad")
     filed = []
@@ -208,7 +186,7 @@ def test_a_failing_gate_leaves_main_alone_and_files_a_fix_task(json_setup, repo)
     assert summary["waiting"][0]["id"] == task.id
 
 
-def test_a_passing_gate_merges_and_main_moving_during_the_gate_is_recomputed(json_setup, repo, tmp_path):
+def test_a_passing_gate_merges_and_main_moving_during_the_gate_is_recomputed(json_agent_setup, repo, tmp_path):
     commit_file(repo, "f.txt", "ok\n")
     flag = tmp_path / "moved-once"
     # The first gate run moves main behind the dispatcher's back, as another tool might.
@@ -222,7 +200,7 @@ def test_a_passing_gate_merges_and_main_moving_during_the_gate_is_recomputed(jso
             "    subprocess.run(['git', 'add', 'other.txt'], cwd=root, check=True)\n"
             "    subprocess.run(['git', 'commit', '-qm', 'someone else'], cwd=root, check=True)\n"
             "sys.exit(0)\n"]
-    cfg, config, store = json_setup(merge_gate_command=gate)
+    cfg, config, store = json_agent_setup(merge_gate_command=gate)
     task = add_task(store, "Good change", "append f.txt fine")
     assert dispatch(cfg).returncode == 0
     assert merges_of(repo, task.id) == 1
@@ -230,8 +208,8 @@ def test_a_passing_gate_merges_and_main_moving_during_the_gate_is_recomputed(jso
     assert git(repo, "log", "-1", "--format=%s", "main^1") == "someone else"
 
 
-def test_a_stale_branch_is_never_merged(json_setup, repo):
-    cfg, config, store = json_setup()
+def test_a_stale_branch_is_never_merged(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup()
     task = add_task(store, "Soon closed", "sleep 1", "append stale.txt x")
     summary = run_in_process(config, store, lambda m: "started worker" in m and store.close(task.id, "not needed"))
     assert main_file(repo, "stale.txt") is None and merges_of(repo, task.id) == 0
@@ -239,9 +217,9 @@ def test_a_stale_branch_is_never_merged(json_setup, repo):
     assert "not merged: the task is now closed" in summary["waiting"][0]["reason"]
 
 
-def test_new_marker_blocks_are_refused_but_existing_marker_lines_merge(json_setup, repo):
+def test_new_marker_blocks_are_refused_but_existing_marker_lines_merge(json_agent_setup, repo):
     commit_file(repo, "docs.md", "How conflicts look:\n<<<<<<< ours\nx\n=======\ny\n>>>>>>> theirs\n")
-    cfg, config, store = json_setup(max_workers=1)
+    cfg, config, store = json_agent_setup(max_workers=1)
     fine = add_task(store, "Edit the docs", "append docs.md More docs.")
     marked = store.create("Leave markers", "AGENT: append bad.txt <<<<<<< HEAD\nAGENT: append bad.txt a\n"
                                            "AGENT: append bad.txt =======\nAGENT: append bad.txt b\n"
@@ -255,8 +233,8 @@ def test_new_marker_blocks_are_refused_but_existing_marker_lines_merge(json_setu
     assert conflict.title == f"Resolve merge conflict: work/{marked.id}" and "file:bad.txt" in conflict.labels
 
 
-def test_main_moved_between_merge_and_advance_is_recomputed(json_setup, repo, monkeypatch):
-    cfg, config, store = json_setup()
+def test_main_moved_between_merge_and_advance_is_recomputed(json_agent_setup, repo, monkeypatch):
+    cfg, config, store = json_agent_setup()
     task = add_task(store, "Racing", "append race.txt mine")
     real_advance = dispatch_workers.Dispatcher.advance_main
     moved = []
@@ -273,19 +251,19 @@ def test_main_moved_between_merge_and_advance_is_recomputed(json_setup, repo, mo
     assert main_file(repo, "theirs.txt") == "theirs\n" and main_file(repo, "race.txt") == "mine\n"
 
 
-def test_main_not_checked_out_advances_by_compare_and_swap(json_setup, repo):
+def test_main_not_checked_out_advances_by_compare_and_swap(json_agent_setup, repo):
     git(repo, "checkout", "-q", "-b", "elsewhere")
-    cfg, config, store = json_setup()
+    cfg, config, store = json_agent_setup()
     task = add_task(store, "Detached", "append d.txt d")
     assert dispatch(cfg).returncode == 0
     assert merges_of(repo, task.id) == 1 and not (repo / "d.txt").exists()  # the checkout untouched
 
 
 @pytest.mark.parametrize("failpoint", ["during_merge", "after_conflict_task", "during_gate"])
-def test_killed_during_merging_then_restarted_merges_everything_once(json_setup, repo, failpoint):
+def test_killed_during_merging_then_restarted_merges_everything_once(json_agent_setup, repo, failpoint):
     commit_file(repo, "settings.ini", "[ui]\ncolor=blue\n")
     gate = [sys.executable, "-c", "import sys; sys.exit(0)"]
-    cfg, config, store = json_setup(merge_gate_command=gate)
+    cfg, config, store = json_agent_setup(merge_gate_command=gate)
     red, green = conflicting_pair(store)
     other = add_task(store, "Unrelated", "append u.txt u")
     for nth in (1, 2, 3):  # die at the step's first, then second, then third occurrence in a run
@@ -299,9 +277,9 @@ def test_killed_during_merging_then_restarted_merges_everything_once(json_setup,
     assert_clean_finish(repo, Path(config.worktree_root))
 
 
-def test_merge_conflicts_past_max_merge_retries_block_the_task(json_setup, repo):
+def test_merge_conflicts_past_max_merge_retries_block_the_task(json_agent_setup, repo):
     commit_file(repo, "settings.ini", "[ui]\ncolor=blue\n")
-    cfg, config, store = json_setup(max_merge_retries=1)
+    cfg, config, store = json_agent_setup(max_merge_retries=1)
     red, green = conflicting_pair(store)
     filed = []
     run_in_process(config, store, lambda m: "; filed " in m and (
