@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -410,8 +411,9 @@ class Dispatcher:
             if is_same_process_alive(worker.pid, worker.pid_start_time):
                 self.event("adopted", worker.task_id, pid=worker.pid)
                 self.say(f"{worker.task_id}: adopted running worker (pid {worker.pid})")
+        # A conflict task's own claim is not accounted for by its pending merge: only the original is.
         accounted = ({w.task_id for w in self.workers.values()} | {e["task_id"] for e in self.state["merge_queue"]}
-                     | {p["task_id"] for p in self.pending.values()} | set(self.pending))
+                     | {p["task_id"] for p in self.pending.values()})
         for task in self.store.list(["in_progress"]):
             if task.assignee == self.config.actor and task.id not in accounted:
                 self.store.release(task.id, "released: the dispatcher restarted with no worker or merge for it")
@@ -626,8 +628,10 @@ class Dispatcher:
         """The agent's follow-up ideas go to suggested_tasks.txt, never to main."""
         name = common.check_repo_path(self.config.worker_followups_file)
         path = Path(worker.worktree) / name
-        if path.is_symlink() or not path.is_file():
-            path.unlink(missing_ok=True) if path.is_symlink() else None
+        if path.is_symlink():
+            path.unlink()  # it could point anywhere outside the worktree: never read through it
+            return
+        if not path.is_file():
             return
         lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
         lines = [line for line in lines if line and not line.startswith("#")]
@@ -670,7 +674,7 @@ class Dispatcher:
     def merge_slot(self):
         if self.config.merge_slot:
             return common.locked(self.root / ".dispatch_merge.lock", "merge slot")
-        return _null_context()
+        return contextlib.nullcontext()
 
     def merge(self, entry: dict) -> bool:
         root, main = self.root, self.config.main_branch
@@ -911,18 +915,18 @@ class Dispatcher:
                 raise KeyboardInterrupt
             if changed:
                 self.fill_slots()  # a freed slot is refilled before anything else
-            merged = self.process_merge_queue() | self.check_pending()
+            poll_due = time.time() >= self.next_poll
+            merged = self.process_merge_queue()
+            if changed or merged or poll_due:  # the store is read at the poll interval, not every pass
+                merged |= self.check_pending()
             if merged:
                 self.close_finished_epics()
-            changed |= merged
-            if merged or time.time() >= self.next_poll:
+            if merged or poll_due:
                 self.fill_slots()
                 self.next_poll = time.time() + self.config.poll_interval_secs
+            changed |= merged
             mergeable = [e for e in self.state["merge_queue"] if e.get("retry_at", 0) <= time.time()]
-            if not self.workers and not mergeable and not changed and not self.watch:
-                if not self.state["merge_queue"] or self.stopping or not self.store.ready(limit=1):
-                    break
-            if self.stopping and not self.workers and not mergeable:
+            if not self.workers and not mergeable and (self.stopping or (not changed and not self.watch)):
                 break
             time.sleep(WORKER_POLL_SECS)
         gate = Path(self.config.worktree_root) / ".gate"
@@ -941,14 +945,6 @@ class Dispatcher:
         if self.interrupts == 1:
             self.stopping = True
             self.say("Ctrl-C: starting nothing new; running workers will finish and merge. Ctrl-C again to stop now.")
-
-
-class _null_context:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -981,6 +977,10 @@ def preflight(config: common.Config) -> None:
                                    + (f" (run `ollama pull {config.worker_model}`)" if config.llm_api == "ollama" else ""))
 
 
+def iso(epoch: float | None) -> str | None:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)) if epoch else None
+
+
 def status(config: common.Config, store) -> dict:
     state_file, pending_file = state_files(config)
     state, pending = state_file.read(), pending_file.read()
@@ -990,7 +990,6 @@ def status(config: common.Config, store) -> dict:
     counts: dict[str, int] = {}
     for task in store.list(None):
         counts[task.status] = counts.get(task.status, 0) + 1
-    iso = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t else None  # noqa: E731
     return {
         "dispatcher": {"pid": dispatcher["pid"], "started_at": dispatcher["started_at"]} if dispatcher else None,
         "workers": [{"slot": w["slot"], "task_id": w["task_id"], "title": w["title"], "branch": w["branch"],
@@ -1042,7 +1041,7 @@ def run_demo(args) -> int:
     store = common.open_task_store(config)
     demo_tasks = [
         ("Make the UI red", "AGENT: sleep 1\nAGENT: replace settings.ini color=blue color=red", [], 1),
-        ("Make the UI green", "AGENT: sleep 1\nAGENT: replace settings.ini color=blue color=green", [], 1),
+        ("Make the UI green", "AGENT: sleep 2\nAGENT: replace settings.ini color=blue color=green", [], 1),
         ("Add a greeting", "AGENT: sleep 1\nAGENT: append hello.txt Hello from the crew", ["hello.txt"], 2),
         ("Add a farewell", "AGENT: sleep 1\nAGENT: append bye.txt Goodbye", ["bye.txt"], 2),
         ("Start a changelog", "AGENT: append CHANGELOG.md - first release\n"

@@ -355,3 +355,18 @@ def test_qwen_agent_wrapper_passes_arguments_through(tmp_path, monkeypatch):
     assert argv[:2] == ["--message-file", "/w/.current_task.txt"]
     assert argv[-4:] == ["--model", "ollama_chat/qwen3-coder:30b", "a $(x).py", "b;c.py"]
     assert base == "http://127.0.0.1:11434"
+
+
+def test_a_recorded_pid_now_used_by_another_process_is_never_signalled(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup()
+    task = add_task(store, "Was running", "append w.txt w")
+    assert store.claim(task.id, config.actor)
+    # The record names this very test process, but with another start time: a recycled pid.
+    (repo / ".dispatch_state.json").write_text(json.dumps({"dispatcher": None, "merge_queue": [], "attempts": {},
+        "workers": [{"slot": 1, "task_id": task.id, "title": task.title, "branch": f"work/{task.id}",
+                     "worktree": str(Path(config.worktree_root) / task.id), "base": git(repo, "rev-parse", "main"),
+                     "attempt": 1, "started_at": time.time(), "deadline": time.time() + 999, "kind": "task",
+                     "pid": os.getpid(), "pid_start_time": 1.0}]}), encoding="utf-8")
+    assert dispatch(cfg).returncode == 0  # had it signalled this process, the test would be dead
+    assert events(repo, "adopted") == []
+    assert store.get(task.id).status == "closed" and merges_of(repo, task.id) == 1

@@ -259,7 +259,7 @@ def test_main_not_checked_out_advances_by_compare_and_swap(json_agent_setup, rep
     assert merges_of(repo, task.id) == 1 and not (repo / "d.txt").exists()  # the checkout untouched
 
 
-@pytest.mark.parametrize("failpoint", ["during_merge", "after_conflict_task", "during_gate"])
+@pytest.mark.parametrize("failpoint", ["during_merge", "after_conflict_task", "during_gate", "after_claim"])
 def test_killed_during_merging_then_restarted_merges_everything_once(json_agent_setup, repo, failpoint):
     commit_file(repo, "settings.ini", "[ui]\ncolor=blue\n")
     gate = [sys.executable, "-c", "import sys; sys.exit(0)"]
