@@ -317,7 +317,7 @@ def exclude_toolkit_files(config: Config) -> None:
     """Keep the toolkit's files out of `git status` for every worktree (never edits .gitignore)."""
     names = [config.task_queue_file, config.task_queue_file + ".lock", config.suggested_tasks_file,
              config.suggested_tasks_file + ".ingesting", rejected_suggestions_name(config.suggested_tasks_file),
-             ".dispatch_*", ".current_task.txt", ".aider*"]
+             ".dispatch.lock", ".dispatch_*", ".current_task.txt", ".aider*"]
     patterns = ["/" + n if "/" not in n.strip("/") and not n.startswith(".") else n for n in names]
     exclude = config.root / ".git" / "info" / "exclude"
     existing = exclude.read_text(encoding="utf-8").splitlines() if exclude.exists() else []

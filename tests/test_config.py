@@ -49,6 +49,7 @@ def test_files_live_in_the_main_root_even_from_a_worktree(repo, tmp_path):
 def test_toolkit_files_are_excluded_without_touching_gitignore(repo):
     common.load_config(None, cwd=repo)
     for name in ("task_queue.json", "suggested_tasks.txt", ".dispatch_state.json", ".dispatch_logs/events.jsonl",
+                 ".dispatch.lock", ".dispatch_merge.lock", "task_queue.json.lock", "suggested_tasks.rejected.txt",
                  ".current_task.txt", ".aider.chat.history.md"):
         (repo / name).parent.mkdir(exist_ok=True)
         (repo / name).write_text("x", encoding="utf-8")

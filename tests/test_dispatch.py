@@ -38,6 +38,7 @@ def test_parallel_workers_on_distinct_files_are_all_merged(agent_setup, repo, tm
     assert log[:2] == ["worker_started", "worker_started"]
     assert git(repo, "branch", "--list", "work/*") == ""
     assert_clean_finish(repo, Path(config.worktree_root))
+    assert git(repo, "status", "--porcelain") == ""  # no toolkit file shows in the user's checkout
     # The user's checkout was fast-forwarded with main.
     assert (repo / "c.txt").read_text(encoding="utf-8") == "hello from c.txt\n"
 
