@@ -50,6 +50,7 @@ def build_scenario(folder: Path) -> Path:
     config_path.write_text(json.dumps({
         "repo_path": str(repo), "task_backend": "json", "task_prefix": "chaos", "max_workers": 3,
         "poll_interval_secs": 0.1, "worker_timeout_secs": 2, "worker_kill_grace_secs": 0.5, "max_attempts": 2,
+        "breaker_failures": 1000,  # the failures are on purpose: the breaker must not end the run
         "worker_command": AGENT}), encoding="utf-8")
     store = common.open_task_store(common.load_config(str(config_path)))
     cue = lambda *lines: "\n".join(f"AGENT: {line}" for line in lines)  # noqa: E731
