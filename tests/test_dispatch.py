@@ -13,7 +13,7 @@ import pytest
 
 import common
 import dispatch_workers
-from conftest import git
+from conftest import commit_file, git
 from conftest import AGENT_COMMAND
 from dispatch_helpers import (add_task, assert_clean_finish, dispatch, events, main_file,
                               merge_subjects, merges_of)
@@ -371,3 +371,35 @@ def test_a_recorded_pid_now_used_by_another_process_is_never_signalled(json_agen
     assert dispatch(cfg).returncode == 0  # had it signalled this process, the test would be dead
     assert events(repo, "adopted") == []
     assert store.get(task.id).status == "closed" and merges_of(repo, task.id) == 1
+
+
+def test_worker_instructions_and_setup_command(json_agent_setup, repo):
+    commit_file(repo, "RULES.md", "Dashboard tasks belong in generate_dashboard.py.\n")
+    commit_file(repo, ".gitignore", "setup-marker.txt\n")
+    setup = [sys.executable, "-c", "open('setup-marker.txt', 'w').write('set up')"]
+    cfg, config, store = json_agent_setup(worker_instructions="@RULES.md", worktree_setup_command=setup)
+    add_task(store, "Record", "copy-message message.txt", "argv argv.json")
+    assert dispatch(cfg).returncode == 0
+    message = main_file(repo, "message.txt")
+    assert message.rstrip().endswith("Dashboard tasks belong in generate_dashboard.py.")
+    assert "Write follow-up ideas for later tasks, one a line, to followups.txt" in message
+    assert main_file(repo, "setup-marker.txt") is None  # the setup ran, and its ignored output stayed out
+
+
+@posix_only
+def test_watch_picks_up_tasks_added_later_until_ctrl_c(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup(poll_interval_secs=0.2)
+    proc = subprocess.Popen([sys.executable, str(dispatch_workers.__file__), "--config", str(cfg), "--watch"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)
+        assert proc.poll() is None  # nothing to do, and still watching
+        late = add_task(store, "Arrives later", "append late.txt late")
+        deadline = time.monotonic() + 30
+        while store.get(late.id).status != "closed" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert store.get(late.id).status == "closed" and main_file(repo, "late.txt") == "late\n"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 130

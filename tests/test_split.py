@@ -183,3 +183,21 @@ def test_bad_usage_exits_2(make_config):
         proc = subprocess.run([sys.executable, str(ROOT / "split_task.py"), "--config", str(cfg), *args],
                               capture_output=True, text=True)
         assert proc.returncode == 2, args
+
+
+def test_a_failure_part_way_names_the_tasks_already_created(split, fake_llm, store, monkeypatch):
+    fake_llm.script(GOOD)
+    real_create, calls = type(store).create, []
+
+    def failing_create(self, *args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 3:
+            raise common.UserError("disk full")
+        return real_create(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(store), "create", failing_create)
+    with pytest.raises(common.PartialCreateError) as err:
+        split(GOAL)
+    created = [t.id for t in store.list(None)]
+    assert len(created) == 2 and all(task_id in str(err.value) for task_id in created)
+    assert "disk full" in str(err.value)

@@ -273,3 +273,14 @@ def test_auto_backend_picks_bd_only_with_a_beads_folder(make_config, repo, tmp_p
     assert common.open_task_store(common.load_config(str(make_config()))).name == "json"
     subprocess.run(["bd", "init", "--prefix", "proj"], cwd=repo, check=True)
     assert common.open_task_store(common.load_config(str(make_config()))).name == "bd"
+
+
+def test_bd_through_a_cmd_wrapper_refuses_text_cmd_exe_would_interpret(tmp_path, monkeypatch):
+    wrapper = tmp_path / "bd.cmd"
+    wrapper.write_text("@echo off\n", encoding="utf-8")
+    monkeypatch.setattr(common, "IS_WINDOWS", True)
+    monkeypatch.setattr(common.shutil, "which", lambda name: str(wrapper))
+    store = common.BdTaskStore("bd", tmp_path, "me")
+    assert store.through_cmd
+    with pytest.raises(common.UserError, match="cmd.exe wrapper .* set bd_command to the real bd.exe"):
+        store.create('Fix "quotes" & pipes', "x")
