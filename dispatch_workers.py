@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import dataclasses
 import json
@@ -282,20 +283,26 @@ class Worker:
     pid: int | None = None
     pid_start_time: float | None = None
     proc: subprocess.Popen | None = dataclasses.field(default=None, repr=False)
+    starting: concurrent.futures.Future | None = dataclasses.field(default=None, repr=False)
     timed_out: bool = False
 
     def record(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "proc"}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _IN_MEMORY}
 
     @classmethod
     def from_record(cls, data: dict) -> "Worker":
-        names = {f.name for f in dataclasses.fields(cls)} - {"proc"}
+        names = {f.name for f in dataclasses.fields(cls)} - _IN_MEMORY
         return cls(**{k: v for k, v in data.items() if k in names})
 
     def has_exited(self) -> bool:
+        if self.starting is not None:
+            return False
         if self.proc is not None:
             return self.proc.poll() is not None
         return not is_same_process_alive(self.pid, self.pid_start_time)
+
+
+_IN_MEMORY = {"proc", "starting"}  # Worker fields that are not written to the state file
 
 
 def worker_argv(config: common.Config, task: common.Task, message_file: Path, branch: str,
@@ -380,13 +387,17 @@ class Dispatcher:
         self.next_poll = 0.0
         self.told_waiting: set[str] = set()
         self.known: dict[str, common.Task] = {}  # tasks this run has worked on (bd calls are slow)
+        self.starter = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="start")
         self.epic_check_due = True
 
     # ---- bookkeeping ----------------------------------------------------------------------
 
-    def event(self, name: str, task_id: str | None = None, **fields) -> None:
+    def event(self, name: str, task_id: str | None = None, at: float | None = None, **fields) -> None:
+        """One line in events.jsonl; `at` is when it happened, if not now."""
         self.logs.mkdir(exist_ok=True)
-        line = json.dumps({"ts": common.now_iso(), "event": name, "task_id": task_id, **fields}, ensure_ascii=False)
+        stamp = common.now_iso() if at is None else time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + \
+            f".{int(at % 1 * 1_000_000):06d}Z"
+        line = json.dumps({"ts": stamp, "event": name, "task_id": task_id, **fields}, ensure_ascii=False)
         with open(self.logs / "events.jsonl", "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
 
@@ -467,38 +478,58 @@ class Dispatcher:
         return self.known[task_id].files
 
     def start_worker(self, slot: int, task: common.Task) -> None:
+        """Record the worker, then make its worktree and start it off the loop: checking out a
+        large repository takes seconds, and merges and other workers must not wait for that."""
         conflict = self.pending.get(task.id)
-        attempt = self.state["attempts"].get(task.id, 0) + 1
         self.known[task.id] = task
-        try:
-            if conflict:
-                branch, worktree = conflict["branch"], Path(conflict["worktree"])
-                self.prepare_conflict_worktree(task, conflict)
-            else:
-                branch = branch_name(self.config.branch_template, task.id)
-                worktree = Path(self.config.worktree_root) / branch_name("{task_id}", task.id)
-                self.add_worktree(branch, worktree)
-            common.failpoint("after_worktree")
-            if self.config.worktree_setup_command:
-                common.run(*self.config.worktree_setup_command, cwd=worktree)
-            message_file = worktree / ".current_task.txt"
-            message_file.write_text(task_message(self.config, task), encoding="utf-8")
-            argv, env = worker_argv(self.config, task, message_file, branch, worktree)
-        except common.UserError as exc:
-            self.attempt_failed(task.id, f"could not prepare the worktree: {exc}")
-            return
-        now = time.time()
-        timeout = self.config.worker_timeout_secs
+        if conflict:
+            branch, worktree = conflict["branch"], Path(conflict["worktree"])
+        else:
+            branch = branch_name(self.config.branch_template, task.id)
+            worktree = Path(self.config.worktree_root) / branch_name("{task_id}", task.id)
         worker = Worker(slot=slot, task_id=task.id, title=task.title, branch=branch, worktree=str(worktree),
-                        base=git_out(worktree, "rev-parse", "HEAD"), attempt=attempt, started_at=now,
-                        deadline=now + timeout if timeout else None, kind="conflict" if conflict else "task")
+                        base="", attempt=self.state["attempts"].get(task.id, 0) + 1, started_at=time.time(),
+                        deadline=None, kind="conflict" if conflict else "task")
         self.workers[slot] = worker
-        self.save_state()  # recorded before it runs: a crash never leaves an unknown agent
-        worker.proc = start_process(argv, worktree, env, self.logs / f"{branch_name('{task_id}', task.id)}.log")
+        self.save_state()  # recorded before anything runs: a crash never leaves an unknown agent
+        worker.starting = self.starter.submit(self.prepare_and_spawn, worker, task, conflict)
+
+    def prepare_and_spawn(self, worker: Worker, task: common.Task, conflict: dict | None) -> subprocess.Popen:
+        """In a starter thread: git and the worker's own worktree only, never the store or the state."""
+        worktree = Path(worker.worktree)
+        if conflict:
+            self.prepare_conflict_worktree(task, conflict)
+        else:
+            self.add_worktree(worker.branch, worktree)
+        common.failpoint("after_worktree")
+        if self.config.worktree_setup_command:
+            common.run(*self.config.worktree_setup_command, cwd=worktree)
+        message_file = worktree / ".current_task.txt"
+        message_file.write_text(task_message(self.config, task), encoding="utf-8")
+        argv, env = worker_argv(self.config, task, message_file, worker.branch, worktree)
+        worker.base = git_out(worktree, "rev-parse", "HEAD")
+        proc = start_process(argv, worktree, env, self.logs / f"{branch_name('{task_id}', task.id)}.log")
+        worker.started_at = time.time()
+        return proc
+
+    def started(self, worker: Worker) -> None:
+        """Back on the loop: record the started process, or count the failed start as an attempt."""
+        try:
+            worker.proc = worker.starting.result()
+        except (common.UserError, OSError) as exc:
+            del self.workers[worker.slot]
+            self.attempt_failed(worker.task_id, f"could not prepare the worktree: {exc}")
+            return
+        finally:
+            worker.starting = None
+        timeout = self.config.worker_timeout_secs
+        worker.deadline = worker.started_at + timeout if timeout else None
         worker.pid, worker.pid_start_time = worker.proc.pid, process_start_time(worker.proc.pid)
         self.save_state()
-        self.event("worker_started", task.id, slot=slot, pid=worker.pid, branch=branch, attempt=attempt)
-        self.say(f"{task.id}: started worker {slot} on {branch} (attempt {attempt}): {task.title}")
+        self.event("worker_started", worker.task_id, at=worker.started_at, slot=worker.slot, pid=worker.pid,
+                   branch=worker.branch, attempt=worker.attempt)
+        self.say(f"{worker.task_id}: started worker {worker.slot} on {worker.branch} (attempt {worker.attempt}): "
+                 f"{worker.title}")
 
     def add_worktree(self, branch: str, worktree: Path) -> None:
         if worktree.exists():
@@ -535,6 +566,11 @@ class Dispatcher:
         """Finish every worker that exited or outlived its deadline; True if any did."""
         changed = False
         for worker in list(self.workers.values()):
+            if worker.starting is not None:
+                if worker.starting.done():
+                    self.started(worker)
+                    changed = True
+                continue
             if worker.has_exited():
                 self.event("worker_exited", worker.task_id, code=worker.proc.returncode if worker.proc else None)
                 self.finish_worker(worker)
@@ -549,11 +585,16 @@ class Dispatcher:
         return changed
 
     def end_worker(self, worker: Worker) -> None:
+        if worker.starting is not None:
+            self.started(worker)  # let its start finish, so there is a process to end
         if worker.proc is not None or is_same_process_alive(worker.pid, worker.pid_start_time):
             kill_tree(worker.pid, self.config.worker_kill_grace_secs, worker.proc)
 
     def finish_worker(self, worker: Worker) -> None:
         """Judge an ended worker from git and send its branch on: merge queue, retry or block."""
+        if worker.pid is None:
+            self.never_started(worker)
+            return
         common.failpoint("after_worker_exit")
         if worker.proc is not None and not common.IS_WINDOWS:
             kill_tree(worker.pid, 0.2, worker.proc)  # what it left running would hold the worktree
@@ -586,6 +627,18 @@ class Dispatcher:
                 common.git("branch", "-D", worker.branch, cwd=self.root, check=False)
             self.attempt_failed(task_id, f"attempt {worker.attempt} {why} with no commits; log tail: "
                                          f"{self.log_tail(task_id)}")
+        self.save_state()
+
+    def never_started(self, worker: Worker) -> None:
+        """A worker recorded by a dispatcher that stopped before starting it: no attempt was made."""
+        del self.workers[worker.slot]
+        if worker.kind == "task":  # a conflict task's worktree belongs to the branch it resolves
+            remove_worktree(self.root, Path(worker.worktree))
+            if rev_parse(self.root, f"refs/heads/{worker.branch}") and is_ancestor(
+                    self.root, worker.branch, self.config.main_branch):
+                common.git("branch", "-D", worker.branch, cwd=self.root, check=False)
+        self.store.release(worker.task_id, "released: the dispatcher stopped before its worker started")
+        self.event("released", worker.task_id, reason="worker never started")
         self.save_state()
 
     def finish_conflict_worker(self, worker: Worker, commits: int) -> None:
@@ -929,6 +982,7 @@ class Dispatcher:
             if not self.workers and not mergeable and (self.stopping or (not changed and not self.watch)):
                 break
             time.sleep(WORKER_POLL_SECS)
+        self.starter.shutdown(wait=True)
         gate = Path(self.config.worktree_root) / ".gate"
         if gate.exists():
             remove_worktree(self.root, gate)

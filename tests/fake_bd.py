@@ -12,6 +12,7 @@ import json
 import os
 import random
 import string
+import subprocess
 import sys
 from pathlib import Path
 
@@ -339,6 +340,12 @@ def main(argv: list[str]) -> int:
         beads.mkdir(exist_ok=True)
         (beads / "stand_in.json").write_text(json.dumps({"prefix": args.prefix, "issues": [], "deps": [],
                                                          "comments": []}), encoding="utf-8")
+        # Like the real `bd init`: its data is ignored, and its own files are committed to git.
+        (beads / ".gitignore").write_text("stand_in.*\n", encoding="utf-8")
+        if subprocess.run(["git", "rev-parse", "--git-dir"], cwd=cwd, capture_output=True).returncode == 0:
+            subprocess.run(["git", "add", ".beads/.gitignore"], cwd=cwd, check=True)
+            subprocess.run(["git", "commit", "-q", "-m", "bd init: initialize beads issue tracking"], cwd=cwd,
+                           check=True)
         return 0
     beads = find_beads_dir(cwd)
     if beads is None or not (beads / "stand_in.json").exists():
