@@ -194,6 +194,11 @@ def branch_name(template: str, task_id: str) -> str:
     return re.sub(r"\.lock$", "-lock", name) or "work"
 
 
+def file_name(task_id: str) -> str:
+    """A task id as one safe file or folder name (ids come from stores that users edit by hand)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", task_id).strip(".-") or "task"
+
+
 def checkout_of_branch(root: Path, branch: str) -> Path | None:
     """The worktree where `branch` is checked out, if any."""
     current = None
@@ -486,7 +491,7 @@ class Dispatcher:
             branch, worktree = conflict["branch"], Path(conflict["worktree"])
         else:
             branch = branch_name(self.config.branch_template, task.id)
-            worktree = Path(self.config.worktree_root) / branch_name("{task_id}", task.id)
+            worktree = Path(self.config.worktree_root) / file_name(task.id)
         worker = Worker(slot=slot, task_id=task.id, title=task.title, branch=branch, worktree=str(worktree),
                         base="", attempt=self.state["attempts"].get(task.id, 0) + 1, started_at=time.time(),
                         deadline=None, kind="conflict" if conflict else "task")
@@ -505,10 +510,11 @@ class Dispatcher:
         if self.config.worktree_setup_command:
             common.run(*self.config.worktree_setup_command, cwd=worktree)
         message_file = worktree / ".current_task.txt"
+        message_file.unlink(missing_ok=True)  # never write through a link a branch may carry
         message_file.write_text(task_message(self.config, task), encoding="utf-8")
         argv, env = worker_argv(self.config, task, message_file, worker.branch, worktree)
         worker.base = git_out(worktree, "rev-parse", "HEAD")
-        proc = start_process(argv, worktree, env, self.logs / f"{branch_name('{task_id}', task.id)}.log")
+        proc = start_process(argv, worktree, env, self.logs / f"{file_name(task.id)}.log")
         worker.started_at = time.time()
         return proc
 
@@ -670,7 +676,7 @@ class Dispatcher:
         self.save_state()
 
     def log_tail(self, task_id: str, lines: int = 5) -> str:
-        path = self.logs / f"{branch_name('{task_id}', task_id)}.log"
+        path = self.logs / f"{file_name(task_id)}.log"
         try:
             text = path.read_text(encoding="utf-8", errors="replace")
         except OSError:

@@ -403,3 +403,20 @@ def test_watch_picks_up_tasks_added_later_until_ctrl_c(json_agent_setup, repo):
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=30)
     assert proc.returncode == 130
+
+
+def test_hostile_task_ids_and_a_linked_message_file_stay_inside(json_agent_setup, repo, tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("untouched\n", encoding="utf-8")
+    cfg, config, store = json_agent_setup()
+    # A hand-written queue may hold any id; the branch may carry a link named like the message file.
+    (repo / "task_queue.json").write_text(json.dumps({"tasks": [
+        {"id": "../../etc/x y", "title": "Odd id", "description": "AGENT: append odd.txt odd"}]}), encoding="utf-8")
+    (repo / ".current_task.txt").symlink_to(outside)
+    git(repo, "add", "-f", ".current_task.txt")
+    git(repo, "commit", "-qm", "a link named like the message file")
+    assert dispatch(cfg).returncode == 0
+    assert outside.read_text(encoding="utf-8") == "untouched\n"
+    assert main_file(repo, "odd.txt") == "odd\n"
+    assert (repo / ".dispatch_logs" / "etc-x-y.log").exists()
+    assert not (repo.parent / "etc").exists()
