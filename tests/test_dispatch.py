@@ -15,8 +15,7 @@ import common
 import dispatch_workers
 from conftest import commit_file, git
 from conftest import AGENT_COMMAND
-from dispatch_helpers import (add_task, assert_clean_finish, dispatch, events, main_file,
-                              merge_subjects, merges_of)
+from dispatch_helpers import (add_task, assert_clean_finish, dispatch, events, main_file, merges_of)
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="uses POSIX signals and sh")
 

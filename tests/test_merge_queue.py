@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-import common
 import dispatch_workers
 from conftest import commit_file, git
 from dispatch_helpers import (add_task, assert_clean_finish, dispatch, events, main_file,
