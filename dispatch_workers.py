@@ -55,6 +55,7 @@ CONFLICT_LABEL = "merge-conflict"
 GATE_LABEL = "merge-gate"
 MODEL_LABEL = "model:"
 WORKER_POLL_SECS = 0.01  # a worker's exit is noticed within this, so a slot refills at once
+START_WAIT_SECS = 0.2  # how long a refill may wait for its worktree before merges go ahead
 MERGE_SHORT = 10
 MARKER_BLOCK = re.compile(r"^<<<<<<<(?: .*)?\n(?:.*\n)*?^=======\n(?:.*\n)*?^>>>>>>>(?: .*)?$", re.MULTILINE)
 AIDER_COMMAND = ["aider", "--message-file", "{message_file}", "--yes-always", "--no-gitignore",
@@ -397,12 +398,9 @@ class Dispatcher:
 
     # ---- bookkeeping ----------------------------------------------------------------------
 
-    def event(self, name: str, task_id: str | None = None, at: float | None = None, **fields) -> None:
-        """One line in events.jsonl; `at` is when it happened, if not now."""
+    def event(self, name: str, task_id: str | None = None, **fields) -> None:
         self.logs.mkdir(exist_ok=True)
-        stamp = common.now_iso() if at is None else time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + \
-            f".{int(at % 1 * 1_000_000):06d}Z"
-        line = json.dumps({"ts": stamp, "event": name, "task_id": task_id, **fields}, ensure_ascii=False)
+        line = json.dumps({"ts": common.now_iso(), "event": name, "task_id": task_id, **fields}, ensure_ascii=False)
         with open(self.logs / "events.jsonl", "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
 
@@ -497,10 +495,11 @@ class Dispatcher:
                         deadline=None, kind="conflict" if conflict else "task")
         self.workers[slot] = worker
         self.save_state()  # recorded before anything runs: a crash never leaves an unknown agent
-        worker.starting = self.starter.submit(self.prepare_and_spawn, worker, task, conflict)
+        worker.starting = self.starter.submit(self.prepare_worktree, worker, task, conflict)
 
-    def prepare_and_spawn(self, worker: Worker, task: common.Task, conflict: dict | None) -> subprocess.Popen:
-        """In a starter thread: git and the worker's own worktree only, never the store or the state."""
+    def prepare_worktree(self, worker: Worker, task: common.Task, conflict: dict | None) -> tuple[list, dict]:
+        """In a starter thread: git and the worker's own worktree only, never the store or the state.
+        The loop starts the process itself, so its pid is recorded the moment it exists."""
         worktree = Path(worker.worktree)
         if conflict:
             self.prepare_conflict_worktree(task, conflict)
@@ -514,26 +513,26 @@ class Dispatcher:
         message_file.write_text(task_message(self.config, task), encoding="utf-8")
         argv, env = worker_argv(self.config, task, message_file, worker.branch, worktree)
         worker.base = git_out(worktree, "rev-parse", "HEAD")
-        proc = start_process(argv, worktree, env, self.logs / f"{file_name(task.id)}.log")
-        worker.started_at = time.time()
-        return proc
+        return argv, env
 
     def started(self, worker: Worker) -> None:
-        """Back on the loop: record the started process, or count the failed start as an attempt."""
+        """Back on the loop: start the process and record it, or count the failed start as an attempt."""
         try:
-            worker.proc = worker.starting.result()
+            argv, env = worker.starting.result()
         except (common.UserError, OSError) as exc:
             del self.workers[worker.slot]
             self.attempt_failed(worker.task_id, f"could not prepare the worktree: {exc}")
             return
         finally:
             worker.starting = None
+        worker.proc = start_process(argv, Path(worker.worktree), env, self.logs / f"{file_name(worker.task_id)}.log")
+        worker.started_at = time.time()
         timeout = self.config.worker_timeout_secs
         worker.deadline = worker.started_at + timeout if timeout else None
         worker.pid, worker.pid_start_time = worker.proc.pid, process_start_time(worker.proc.pid)
         self.save_state()
-        self.event("worker_started", worker.task_id, at=worker.started_at, slot=worker.slot, pid=worker.pid,
-                   branch=worker.branch, attempt=worker.attempt)
+        self.event("worker_started", worker.task_id, slot=worker.slot, pid=worker.pid, branch=worker.branch,
+                   attempt=worker.attempt)
         self.say(f"{worker.task_id}: started worker {worker.slot} on {worker.branch} (attempt {worker.attempt}): "
                  f"{worker.title}")
 
@@ -636,8 +635,13 @@ class Dispatcher:
         self.save_state()
 
     def never_started(self, worker: Worker) -> None:
-        """A worker recorded by a dispatcher that stopped before starting it: no attempt was made."""
+        """A worker recorded by a dispatcher that stopped before starting it: no attempt was made.
+        Should anything have run after all (a crash between start and record), its work is kept."""
         del self.workers[worker.slot]
+        worktree = Path(worker.worktree)
+        if worktree.exists():
+            clear_interrupted_git_state(worktree)
+            commit_everything(worktree, f"dispatch: uncommitted work of {worker.task_id} (found after a restart)")
         if worker.kind == "task":  # a conflict task's worktree belongs to the branch it resolves
             remove_worktree(self.root, Path(worker.worktree))
             if rev_parse(self.root, f"refs/heads/{worker.branch}") and is_ancestor(
@@ -974,6 +978,10 @@ class Dispatcher:
                 raise KeyboardInterrupt
             if changed:
                 self.fill_slots()  # a freed slot is refilled before anything else
+                starting = [w.starting for w in self.workers.values() if w.starting is not None]
+                if starting:  # a quick start goes first; a huge checkout does not hold up merges
+                    concurrent.futures.wait(starting, timeout=START_WAIT_SECS)
+                    self.check_workers()
             poll_due = time.time() >= self.next_poll
             merged = self.process_merge_queue()
             if changed or merged or poll_due:  # the store is read at the poll interval, not every pass
