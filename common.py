@@ -445,7 +445,6 @@ def cut_at_word(text: str, limit: int) -> str:
 # --------------------------------------------------------------------------------------------
 
 BLOCKING_DEP_TYPES = ("blocks", "conditional-blocks", "waits-for")
-STATUSES = ("open", "in_progress", "blocked", "deferred", "closed")
 FILE_LABEL = "file:"
 SUGGESTION_LABEL = "suggestion:"
 _TASK_FIELDS = ("id", "title", "description", "status", "priority", "issue_type", "labels", "assignee",
