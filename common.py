@@ -447,8 +447,6 @@ def cut_at_word(text: str, limit: int) -> str:
 BLOCKING_DEP_TYPES = ("blocks", "conditional-blocks", "waits-for")
 FILE_LABEL = "file:"
 SUGGESTION_LABEL = "suggestion:"
-_TASK_FIELDS = ("id", "title", "description", "status", "priority", "issue_type", "labels", "assignee",
-                "dependencies", "created_at", "updated_at", "closed_at", "close_reason", "notes")
 
 
 @dataclasses.dataclass
@@ -523,20 +521,23 @@ class PartialCreateError(UserError):
         super().__init__(f"{cause} (tasks created before the failure: {ids})")
 
 
+def _open_blockers(entry: dict, by_id: dict[str, dict]) -> list[str]:
+    """The tasks that block this one and are not closed (a dangling reference never blocks:
+    it could never be closed)."""
+    return [dep["depends_on_id"] for dep in entry.get("dependencies") or ()
+            if dep.get("type", "blocks") in BLOCKING_DEP_TYPES and dep.get("depends_on_id") in by_id
+            and by_id[dep["depends_on_id"]].get("status", "open") != "closed"]
+
+
 def _entry_is_ready(entry: dict, by_id: dict[str, dict]) -> bool:
     """bd's notion of ready: open, not an epic, no open blocker, parent not blocked."""
     if entry.get("status", "open") != "open" or entry.get("issue_type") == "epic":
         return False
-    for dep in entry.get("dependencies") or ():
-        target = by_id.get(dep.get("depends_on_id"))
-        if target is None:
-            continue  # a dangling reference could never be closed; it does not block
-        kind, status = dep.get("type", "blocks"), target.get("status", "open")
-        if kind in BLOCKING_DEP_TYPES and status != "closed":
-            return False
-        if kind == "parent-child" and status in ("blocked", "deferred"):
-            return False
-    return True
+    if _open_blockers(entry, by_id):
+        return False
+    return not any(dep.get("type") == "parent-child" and dep.get("depends_on_id") in by_id
+                   and by_id[dep["depends_on_id"]].get("status", "open") in ("blocked", "deferred")
+                   for dep in entry.get("dependencies") or ())
 
 
 class JsonTaskStore:
@@ -668,10 +669,7 @@ class JsonTaskStore:
     def close(self, task_id: str, reason: str = "", force: bool = False) -> Task:
         with self._transaction() as entries:
             entry = self._find(entries, task_id)
-            by_id = {e["id"]: e for e in entries}
-            blockers = [d.get("depends_on_id") for d in entry.get("dependencies") or ()
-                        if d.get("type", "blocks") in BLOCKING_DEP_TYPES
-                        and by_id.get(d.get("depends_on_id"), {"status": "closed"}).get("status") != "closed"]
+            blockers = _open_blockers(entry, {e["id"]: e for e in entries})
             if blockers and not force:
                 raise UserError(f"cannot close {task_id}: it is blocked by open tasks {', '.join(blockers)} "
                                 "(use --force to close it anyway)")
@@ -893,8 +891,7 @@ class LLMClient:
         try:
             response = self.session.get(self.url + path, timeout=min(self.config.llm_timeout_secs, 10))
         except (requests.ConnectionError, requests.Timeout):
-            hint = "is `ollama serve` running" if self.config.llm_api == "ollama" else "is the server running"
-            raise LLMError(f"cannot reach the LLM server at {self.url} ({hint} at that address?)") from None
+            raise self._unreachable() from None
         body = self._check(response)
         items = body.get("models") if self.config.llm_api == "ollama" else body.get("data")
         return [m.get("name") or m.get("id") for m in items or [] if isinstance(m, dict)]
@@ -909,11 +906,14 @@ class LLMClient:
         try:
             return self.session.post(url, json=body, timeout=self.config.llm_timeout_secs)
         except requests.ConnectionError:
-            hint = "is `ollama serve` running" if self.config.llm_api == "ollama" else "is the server running"
-            raise LLMError(f"cannot reach the LLM server at {self.url} ({hint} at that address?)") from None
+            raise self._unreachable() from None
         except requests.Timeout:
             raise LLMRetryable(f"the LLM server at {self.url} did not answer within "
                                f"{self.config.llm_timeout_secs:g} s (llm_timeout_secs)") from None
+
+    def _unreachable(self) -> LLMError:
+        hint = "is `ollama serve` running" if self.config.llm_api == "ollama" else "is the server running"
+        return LLMError(f"cannot reach the LLM server at {self.url} ({hint} at that address?)")
 
     def _check(self, response: requests.Response) -> dict:
         try:

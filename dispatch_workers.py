@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
 import contextlib
+import copy
 import dataclasses
 import json
 import os
@@ -103,6 +105,12 @@ def is_same_process_alive(pid: int | None, start_time: float | None) -> bool:
 def group_alive(pgid: int) -> bool:
     """Whether any living process remains in a process group (POSIX); zombies are dead already,
     however late their reaper (PID 1 in a container may be slow) collects them."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False  # the common case, answered without scanning every process
+    except PermissionError:
+        pass
     for proc in psutil.process_iter(["status"]):
         try:
             if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(proc.pid) == pgid:
@@ -156,7 +164,7 @@ class StateFile:
     def read(self) -> dict:
         with common.locked(self.lock, self.path.name):
             data = common.read_json_file(self.path, None)
-        return data if isinstance(data, dict) else json.loads(json.dumps(self.default))
+        return data if isinstance(data, dict) else copy.deepcopy(self.default)
 
     def write(self, data: dict) -> None:
         with common.locked(self.lock, self.path.name):
@@ -311,6 +319,14 @@ class Worker:
 _IN_MEMORY = {"proc", "starting"}  # Worker fields that are not written to the state file
 
 
+def queue_entry(task_id: str, title: str, branch: str, worktree: str, outcome: str, note: str,
+                retries: int) -> dict:
+    """A merge-queue entry. outcome: "close" the task once merged, or "release" it (work that
+    timed out may be partial)."""
+    return {"task_id": task_id, "title": title, "branch": branch, "worktree": worktree, "outcome": outcome,
+            "note": note, "retries": retries, "queued_at": time.time()}
+
+
 def worker_argv(config: common.Config, task: common.Task, message_file: Path, branch: str,
                 worktree: Path) -> tuple[list[str], dict]:
     """The agent's command line and environment, from argument lists only: no shell ever sees them."""
@@ -333,16 +349,16 @@ def worker_argv(config: common.Config, task: common.Task, message_file: Path, br
         else:
             template = AIDER_COMMAND + ["--model", "openai/{model}", "--openai-api-base", "{llm_url}/v1", "{files}"]
             env.setdefault("OPENAI_API_KEY", "sk-local-placeholder")
-    values = {"{message_file}": str(message_file), "{task_id}": task.id, "{branch}": branch,
-              "{worktree}": str(worktree), "{model}": model, "{llm_url}": config.llm_url}
+    values = {"message_file": str(message_file), "task_id": task.id, "branch": branch,
+              "worktree": str(worktree), "model": model, "llm_url": config.llm_url}
+    # One pass, so a value that happens to contain "{model}" is not expanded again.
+    placeholder = re.compile(r"\{(" + "|".join(values) + r")\}")
     argv = []
     for arg in template:
         if arg == "{files}":
             argv.extend(files)
-            continue
-        for key, value in values.items():
-            arg = arg.replace(key, value)
-        argv.append(arg)
+        else:
+            argv.append(placeholder.sub(lambda m: values[m.group(1)], arg))
     return argv, env
 
 
@@ -626,10 +642,7 @@ class Dispatcher:
         else:
             self.event("no_commits", task_id)
             self.failures_in_a_row += 1
-            remove_worktree(self.root, worktree)
-            if not rev_parse(self.root, f"refs/heads/{worker.branch}") or is_ancestor(
-                    self.root, worker.branch, self.config.main_branch):
-                common.git("branch", "-D", worker.branch, cwd=self.root, check=False)
+            self.discard_attempt(worker)
             self.attempt_failed(task_id, f"attempt {worker.attempt} {why} with no commits; log tail: "
                                          f"{self.log_tail(task_id)}")
         self.save_state()
@@ -643,13 +656,17 @@ class Dispatcher:
             clear_interrupted_git_state(worktree)
             commit_everything(worktree, f"dispatch: uncommitted work of {worker.task_id} (found after a restart)")
         if worker.kind == "task":  # a conflict task's worktree belongs to the branch it resolves
-            remove_worktree(self.root, Path(worker.worktree))
-            if rev_parse(self.root, f"refs/heads/{worker.branch}") and is_ancestor(
-                    self.root, worker.branch, self.config.main_branch):
-                common.git("branch", "-D", worker.branch, cwd=self.root, check=False)
+            self.discard_attempt(worker)
         self.store.release(worker.task_id, "released: the dispatcher stopped before its worker started")
         self.event("released", worker.task_id, reason="worker never started")
         self.save_state()
+
+    def discard_attempt(self, worker: Worker) -> None:
+        """Remove an attempt's worktree; its branch too, unless it holds work main lacks."""
+        remove_worktree(self.root, Path(worker.worktree))
+        if rev_parse(self.root, f"refs/heads/{worker.branch}") and is_ancestor(
+                self.root, worker.branch, self.config.main_branch):
+            common.git("branch", "-D", worker.branch, cwd=self.root, check=False)
 
     def finish_conflict_worker(self, worker: Worker, commits: int) -> None:
         """A resolve/fix task's worker: close it when the branch now merges cleanly."""
@@ -664,10 +681,9 @@ class Dispatcher:
         else:
             self.event("no_commits" if not commits else "merge_conflict", worker.task_id)
             self.attempt_failed(worker.task_id, f"attempt {worker.attempt}: {worker.branch} still does not merge "
-                                                f"cleanly; log tail: {self.log_tail(worker.task_id)}",
-                                keep_worktree=True)
+                                                f"cleanly; log tail: {self.log_tail(worker.task_id)}")
 
-    def attempt_failed(self, task_id: str, note: str, keep_worktree: bool = False) -> None:
+    def attempt_failed(self, task_id: str, note: str) -> None:
         attempts = self.state["attempts"].get(task_id, 0) + 1
         self.state["attempts"][task_id] = attempts
         if attempts >= self.config.max_attempts:
@@ -718,10 +734,8 @@ class Dispatcher:
     # ---- the merge queue -------------------------------------------------------------------
 
     def queue_merge(self, worker: Worker, outcome: str, note: str) -> None:
-        entry = {"task_id": worker.task_id, "title": worker.title, "branch": worker.branch,
-                 "worktree": worker.worktree, "outcome": outcome, "note": note, "retries": 0,
-                 "queued_at": time.time()}
-        self.state["merge_queue"].append(entry)
+        self.state["merge_queue"].append(queue_entry(worker.task_id, worker.title, worker.branch, worker.worktree,
+                                                     outcome, note, retries=0))
         self.save_state()
         self.event("merge_queued", worker.task_id, branch=worker.branch)
 
@@ -878,7 +892,7 @@ class Dispatcher:
         self.pending[followup.id] = {"kind": kind, "branch": branch, "task_id": task_id,
                                      "worktree": entry["worktree"], "main_commit": main_commit, "files": files,
                                      "created_at": common.now_iso(), "retries": retries,
-                                     "outcome": entry["outcome"], "note": entry.get("note", "")}
+                                     "title": entry["title"], "outcome": entry["outcome"], "note": entry["note"]}
         self.save_pending()
         self.drop_entry(entry)
         self.say(f"{task_id}: {'merge conflict' if kind == 'conflict' else 'checks failed'} on {branch}"
@@ -919,11 +933,9 @@ class Dispatcher:
             followup = self.store.get(followup_id)
             if followup.status == "closed" and self.config.auto_retry_merge_on_conflict_close:
                 if not any(e["branch"] == pending["branch"] for e in self.state["merge_queue"]):
-                    self.state["merge_queue"].insert(0, {
-                        "task_id": pending["task_id"], "title": self.store.get(pending["task_id"]).title,
-                        "branch": pending["branch"], "worktree": pending["worktree"],
-                        "outcome": pending.get("outcome", "close"), "note": pending.get("note", ""),
-                        "retries": pending["retries"], "queued_at": time.time()})
+                    self.state["merge_queue"].insert(0, queue_entry(
+                        pending["task_id"], pending["title"], pending["branch"], pending["worktree"],
+                        pending["outcome"], pending["note"], pending["retries"]))
                     self.save_state()
                 del self.pending[followup_id]
                 self.save_pending()
@@ -1055,9 +1067,7 @@ def status(config: common.Config, store) -> dict:
     dispatcher = state.get("dispatcher")
     if dispatcher and not is_same_process_alive(dispatcher.get("pid"), dispatcher.get("pid_start_time")):
         dispatcher = None
-    counts: dict[str, int] = {}
-    for task in store.list(None):
-        counts[task.status] = counts.get(task.status, 0) + 1
+    counts = dict(collections.Counter(task.status for task in store.list(None)))
     return {
         "dispatcher": {"pid": dispatcher["pid"], "started_at": dispatcher["started_at"]} if dispatcher else None,
         "workers": [{"slot": w["slot"], "task_id": w["task_id"], "title": w["title"], "branch": w["branch"],
@@ -1087,23 +1097,35 @@ def dry_run(config: common.Config, store, max_workers: int) -> list[dict]:
     return plan
 
 
+# The bundled scripted agent (it acts on "AGENT: ..." cues in its task), as a worker_command.
+SCRIPTED_AGENT = [sys.executable, str(Path(__file__).resolve().parent / "scripts" / "demo_agent.py"),
+                  "{message_file}", "{files}"]
+
+
+def scratch_repository(repo: Path, files: dict[str, str]) -> Path:
+    """A new repository with one commit on main: for the demo, and for the scripts that measure
+    and shake the dispatcher."""
+    repo.mkdir(parents=True)
+    for argv in (["init", "-q", "-b", "main"], ["config", "user.name", "Dispatch demo"],
+                 ["config", "user.email", "demo@example.com"]):
+        common.git(*argv, cwd=repo)
+    for name, text in files.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text, encoding="utf-8")
+    common.git("add", "-A", cwd=repo)
+    common.git("commit", "-q", "--allow-empty", "-m", "Initial commit", cwd=repo)
+    return repo
+
+
 def run_demo(args) -> int:
     """A scratch repository, a handful of tasks, the bundled scripted agent, the real dispatcher."""
     folder = Path(tempfile.mkdtemp(prefix="dispatch-demo-"))
-    repo = folder / "demo-repo"
-    repo.mkdir()
-    for argv in (["init", "-q", "-b", "main"], ["config", "user.name", "Demo"],
-                 ["config", "user.email", "demo@example.com"]):
-        common.git(*argv, cwd=repo)
-    (repo / "README.md").write_text("# Demo project\n", encoding="utf-8")
-    (repo / "settings.ini").write_text("[ui]\ncolor=blue\n", encoding="utf-8")
-    common.git("add", "-A", cwd=repo)
-    common.git("commit", "-q", "-m", "Initial commit", cwd=repo)
-    agent = Path(__file__).resolve().parent / "scripts" / "demo_agent.py"
+    repo = scratch_repository(folder / "demo-repo", {"README.md": "# Demo project\n",
+                                                     "settings.ini": "[ui]\ncolor=blue\n"})
     config_path = folder / "dispatch_config.json"
     config_path.write_text(json.dumps({
         "repo_path": str(repo), "task_backend": "json", "max_workers": 2, "poll_interval_secs": 0.2,
-        "worker_timeout_secs": 60, "worker_command": [sys.executable, str(agent), "{message_file}", "{files}"],
+        "worker_timeout_secs": 60, "worker_command": SCRIPTED_AGENT,
     }, indent=2), encoding="utf-8")
     config = common.load_config(str(config_path))
     store = common.open_task_store(config)

@@ -23,33 +23,21 @@ sys.path.insert(0, str(ROOT))
 import common  # noqa: E402
 import dispatch_workers  # noqa: E402
 
-AGENT = [sys.executable, str(ROOT / "scripts" / "demo_agent.py"), "{message_file}", "{files}"]
-
-
 def git(cwd: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
 
 
 def make_repo(folder: Path, files: int = 1) -> Path:
-    repo = folder / "repo"
-    repo.mkdir(parents=True)
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "config", "user.name", "Bench")
-    git(repo, "config", "user.email", "bench@example.com")
-    for i in range(files):
-        sub = repo / f"d{i // 1000}"
-        sub.mkdir(exist_ok=True)
-        (sub / f"f{i}.txt").write_text(f"file {i}\n", encoding="utf-8")
-    (repo / "README.md").write_text("bench\n", encoding="utf-8")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "initial")
-    return repo
+    """A repository of `files` small files in folders of 1,000, plus a README."""
+    contents = {f"d{i // 1000}/f{i}.txt": f"file {i}\n" for i in range(files)}
+    return dispatch_workers.scratch_repository(folder / "repo", {**contents, "README.md": "bench\n"})
 
 
 def run_dispatcher(repo: Path, tasks: list[tuple[str, str]], workers: int) -> tuple[float, list[dict]]:
     config_path = repo.parent / "dispatch_config.json"
     config_path.write_text(json.dumps({"repo_path": str(repo), "task_backend": "json", "max_workers": workers,
-                                       "poll_interval_secs": 0.2, "worker_command": AGENT}), encoding="utf-8")
+                                       "poll_interval_secs": 0.2, "worker_command": dispatch_workers.SCRIPTED_AGENT}),
+                           encoding="utf-8")
     config = common.load_config(str(config_path))
     store = common.open_task_store(config)
     for title, description in tasks:
@@ -89,8 +77,8 @@ def baseline(repo: Path, count: int) -> float:
         git(repo, "worktree", "add", "-q", "-b", f"b{i}", str(wt), "main")
         message = wt / ".current_task.txt"
         message.write_text(f"Task {i}\n\nAGENT: append f{i}.txt line\n", encoding="utf-8")
-        subprocess.run([a.replace("{message_file}", str(message)) for a in AGENT if a != "{files}"], cwd=wt,
-                       check=True, capture_output=True)
+        agent = [a.replace("{message_file}", str(message)) for a in dispatch_workers.SCRIPTED_AGENT if a != "{files}"]
+        subprocess.run(agent, cwd=wt, check=True, capture_output=True)
         git(repo, "merge", "-q", "--no-ff", "-m", f"Merge b{i}", f"b{i}")
         git(repo, "worktree", "remove", "--force", str(wt))
         git(repo, "branch", "-D", f"b{i}")

@@ -15,16 +15,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import common  # noqa: E402
+import dispatch_workers  # noqa: E402
 import ingest_suggested_tasks  # noqa: E402
 
 
 def bench_bd(bd: str, rounds: int = 5) -> None:
     """bd starts a process (and opens its database) per call: what each call costs."""
     with tempfile.TemporaryDirectory() as tmp:
-        repo = Path(tmp) / "bdbench"
-        repo.mkdir()
-        subprocess.run(["git", "init", "-q", "-b", "main"], cwd=repo, check=True)
-        subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", "init"], cwd=repo, check=True)
+        repo = dispatch_workers.scratch_repository(Path(tmp) / "bdbench", {})
         subprocess.run([bd, "init", "--prefix", "b", "--quiet", "--skip-hooks", "--skip-agents", "--non-interactive"],
                        cwd=repo, check=True, capture_output=True)
         store = common.BdTaskStore(bd, repo, "bench")
@@ -57,9 +55,7 @@ def main() -> int:
     if args.bd:
         bench_bd(args.bd)
     with tempfile.TemporaryDirectory() as tmp:
-        repo = Path(tmp) / "bench"
-        repo.mkdir()
-        subprocess.run(["git", "init", "-q", "-b", "main"], cwd=repo, check=True)
+        repo = dispatch_workers.scratch_repository(Path(tmp) / "bench", {})
         config = common.load_config(None, cwd=repo)
         config.task_backend = "json"
         store = common.open_task_store(config)

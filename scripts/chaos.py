@@ -29,8 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import common  # noqa: E402
+import dispatch_workers  # noqa: E402
 
-AGENT = [sys.executable, str(ROOT / "scripts" / "demo_agent.py"), "{message_file}", "{files}"]
 FAILPOINTS = ["after_claim", "after_worktree", "after_worker_exit", "during_leftover_commit", "during_merge",
               "after_conflict_task", "ingest_after_create"]
 FOLLOWUPS = ["Document the widget", "Benchmark the widget"]
@@ -38,20 +38,13 @@ FOLLOWUPS = ["Document the widget", "Benchmark the widget"]
 
 def build_scenario(folder: Path) -> Path:
     """A repository with 12 tasks of every kind; returns the config file's path."""
-    repo = folder / "chaos-repo"
-    repo.mkdir(parents=True)
-    for args in (["init", "-q", "-b", "main"], ["config", "user.name", "Chaos"],
-                 ["config", "user.email", "chaos@example.com"]):
-        common.git(*args, cwd=repo)
-    (repo / "settings.ini").write_text("[ui]\ncolor=blue\n", encoding="utf-8")
-    common.git("add", "-A", cwd=repo)
-    common.git("commit", "-q", "-m", "initial", cwd=repo)
+    repo = dispatch_workers.scratch_repository(folder / "chaos-repo", {"settings.ini": "[ui]\ncolor=blue\n"})
     config_path = folder / "dispatch_config.json"
     config_path.write_text(json.dumps({
         "repo_path": str(repo), "task_backend": "json", "task_prefix": "chaos", "max_workers": 3,
         "poll_interval_secs": 0.1, "worker_timeout_secs": 2, "worker_kill_grace_secs": 0.5, "max_attempts": 2,
         "breaker_failures": 1000,  # the failures are on purpose: the breaker must not end the run
-        "worker_command": AGENT}), encoding="utf-8")
+        "worker_command": dispatch_workers.SCRIPTED_AGENT}), encoding="utf-8")
     store = common.open_task_store(common.load_config(str(config_path)))
     cue = lambda *lines: "\n".join(f"AGENT: {line}" for line in lines)  # noqa: E731
     for color in ("red", "green", "yellow"):

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 import common  # noqa: E402
 import dispatch_workers  # noqa: E402
-from bench_dispatch import AGENT, make_repo, ts  # noqa: E402
+from bench_dispatch import make_repo, ts  # noqa: E402
 
 BEHAVIOURS = [("hang", 0.1), ("crash", 0.1), ("conflict", 0.1), ("followups", 0.1), ("normal", 0.6)]
 
@@ -58,7 +58,8 @@ def main() -> int:
             "repo_path": str(repo), "task_backend": "json", "task_prefix": "soak", "max_workers": args.workers,
             "poll_interval_secs": 0.2, "worker_timeout_secs": args.timeout, "worker_kill_grace_secs": 0.5,
             # Failures here are on purpose: the breaker, which would stop the run, must not trip.
-            "max_attempts": 2, "breaker_failures": 10**6, "worker_command": AGENT}), encoding="utf-8")
+            "max_attempts": 2, "breaker_failures": 10**6, "worker_command": dispatch_workers.SCRIPTED_AGENT}),
+            encoding="utf-8")
         config = common.load_config(str(config_path))
         store = common.open_task_store(config)
         picked = {}

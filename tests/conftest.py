@@ -16,6 +16,7 @@ ROOT = TESTS.parent
 sys.path.insert(0, str(ROOT))
 
 import common  # noqa: E402
+import dispatch_workers  # noqa: E402
 
 REAL_BD = os.environ.get("DISPATCH_REAL_BD") or shutil.which("bd-real") or ""
 
@@ -131,7 +132,7 @@ def fake_llm():
         yield server
 
 
-AGENT_COMMAND = [sys.executable, str(ROOT / "scripts" / "demo_agent.py"), "{message_file}", "{files}"]
+AGENT_COMMAND = dispatch_workers.SCRIPTED_AGENT
 
 
 def _agent_setup(make_config, base: dict):
