@@ -541,7 +541,13 @@ class Dispatcher:
             return
         finally:
             worker.starting = None
-        worker.proc = start_process(argv, Path(worker.worktree), env, self.logs / f"{file_name(worker.task_id)}.log")
+        try:
+            worker.proc = start_process(argv, Path(worker.worktree), env, self.logs / f"{file_name(worker.task_id)}.log")
+        except OSError as exc:  # e.g. the agent was uninstalled after preflight
+            del self.workers[worker.slot]
+            self.discard_attempt(worker)
+            self.attempt_failed(worker.task_id, f"could not start the agent: {exc}")
+            return
         worker.started_at = time.time()
         timeout = self.config.worker_timeout_secs
         worker.deadline = worker.started_at + timeout if timeout else None

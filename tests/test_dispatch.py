@@ -419,3 +419,14 @@ def test_hostile_task_ids_and_a_linked_message_file_stay_inside(json_agent_setup
     assert main_file(repo, "odd.txt") == "odd\n"
     assert (repo / ".dispatch_logs" / "etc-x-y.log").exists()
     assert not (repo.parent / "etc").exists()
+
+
+def test_an_agent_that_cannot_be_started_is_a_failed_attempt(json_agent_setup, repo):
+    # Preflight checks the command once; it can still vanish before a later start.
+    cfg, config, store = json_agent_setup(worker_command=[str(repo.parent / "gone-agent"), "{message_file}"],
+                                          max_attempts=2)
+    task = add_task(store, "Never runs", "append x.txt x")
+    summary = dispatch_workers.Dispatcher(config, store, 1, out=lambda *_: None).run()
+    assert [b["id"] for b in summary["blocked"]] == [task.id]
+    assert "could not start the agent" in store.get(task.id).notes
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
