@@ -21,6 +21,16 @@ import dispatch_workers  # noqa: E402
 REAL_BD = os.environ.get("DISPATCH_REAL_BD") or shutil.which("bd-real") or ""
 
 
+def require_real_tool(available: bool, reason: str) -> None:
+    """Skip a test that needs a real tool (Aider, Ollama, Chromium) on a machine without it; in CI
+    (CI=true) fail instead, so a broken install can never pass as a quiet skip."""
+    if available:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run this test, but {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def isolated_environment(tmp_path_factory):
     """No developer setting may change results, and nothing may reach real state or a real LLM."""
