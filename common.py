@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import difflib
+import functools
 import hashlib
 import json
 import os
@@ -111,8 +112,27 @@ def run(*argv: str | os.PathLike, cwd: str | os.PathLike | None = None, check: b
     return result
 
 
+@functools.cache
+def repository_variables() -> frozenset[str]:
+    """The variables that tie git to one repository (GIT_DIR, GIT_INDEX_FILE, ...), as git itself
+    lists them. Set by a caller such as a git hook, they would send every call to that repository."""
+    listed = subprocess.run(["git", "rev-parse", "--local-env-vars"], capture_output=True, text=True,
+                            stdin=subprocess.DEVNULL, check=False).stdout
+    return frozenset(listed.split())
+
+
+def child_environment() -> dict[str, str]:
+    """The environment for git and for the processes that work in our worktrees (agents, gates):
+    the caller's, less the variables that would point them at another repository. Identity and
+    config variables (GIT_AUTHOR_*, GIT_CONFIG_GLOBAL) stay."""
+    hidden = repository_variables()
+    return {k: v for k, v in os.environ.items() if k not in hidden}
+
+
 def git(*args: str | os.PathLike, cwd: str | os.PathLike, check: bool = True,
         env: dict[str, str] | None = None) -> Completed:
+    # LC_ALL=C: the code reads git's messages, which a German or French locale would translate.
+    env = {**(env if env is not None else child_environment()), "LC_ALL": "C"}
     return run("git", *args, cwd=cwd, check=check, env=env, error=GitError)
 
 
@@ -697,7 +717,7 @@ _BD_RETRIES = 10
 
 
 class BdTaskStore:
-    """Tasks in beads, through the `bd` CLI (see shared/bd-contract.md)."""
+    """Tasks in beads, through the `bd` CLI (see docs/bd-contract.md)."""
 
     name = "bd"
 

@@ -340,7 +340,7 @@ def worker_argv(config: common.Config, task: common.Task, message_file: Path, br
             files.append(common.check_repo_path(raw))
         except common.UserError:
             pass  # an unsafe name never reaches the command line; the message still lists it
-    env = {**os.environ, "DISPATCH_TASK_ID": task.id, "DISPATCH_BRANCH": branch, "DISPATCH_WORKTREE": str(worktree)}
+    env = {**common.child_environment(), "DISPATCH_TASK_ID": task.id, "DISPATCH_BRANCH": branch, "DISPATCH_WORKTREE": str(worktree)}
     template = config.worker_command
     if template is None:
         if config.llm_api == "ollama":
@@ -860,7 +860,7 @@ class Dispatcher:
             common.git("clean", "-q", "-fd", cwd=gate)
         log = self.logs / "gate.log"
         log.unlink(missing_ok=True)
-        proc = start_process(list(self.config.merge_gate_command), gate, dict(os.environ), log)
+        proc = start_process(list(self.config.merge_gate_command), gate, common.child_environment(), log)
         try:
             code = proc.wait(timeout=self.config.merge_gate_timeout_secs)
         except subprocess.TimeoutExpired:

@@ -2,7 +2,7 @@
 """A scripted coding agent for the demo and the tests: it acts on cues in its task message.
 
 It stands in for Aider where no model can run, and behaves like Aider where the dispatcher
-must cope with it (see shared/real-tools.md): it runs in the worktree with the message file
+must cope with it (see docs/real-tools.md): it runs in the worktree with the message file
 as an argument, commits each edit itself with a one-line message, refuses to edit files that
 git ignores ("Skipping edits to PATH that matches gitignore spec"), writes
 .aider.chat.history.md into the worktree root, and exits 0 even when it did nothing.

@@ -31,6 +31,17 @@ def require_real_tool(available: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+# No test may hang the suite: one that has not finished by then fails with its stack printed.
+# The slowest today (the seeded chaos run) takes 1-3 minutes; a test may set its own limit.
+TEST_TIMEOUT_SECS = 300
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(TEST_TIMEOUT_SECS))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def isolated_environment(tmp_path_factory):
     """No developer setting may change results, and nothing may reach real state or a real LLM."""

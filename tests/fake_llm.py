@@ -1,6 +1,6 @@
 """A loopback LLM server speaking Ollama's API and the OpenAI chat API, with scripted replies.
 
-Shapes follow shared/real-tools.md: /api/chat answers {"model", "message": {"role", "content"},
+Shapes follow docs/real-tools.md: /api/chat answers {"model", "message": {"role", "content"},
 "done", "done_reason", "prompt_eval_count", "eval_count", ...}; an unknown model is HTTP 404
 {"error": "model 'x' not found"}; /api/tags lists models; /v1/chat/completions answers with
 choices and usage. `llama_cpp=True` makes it behave like llama.cpp's server: no /api routes, and
