@@ -60,8 +60,11 @@ WORKER_POLL_SECS = 0.01  # a worker's exit is noticed within this, so a slot ref
 START_WAIT_SECS = 0.2  # how long a refill may wait for its worktree before merges go ahead
 MERGE_SHORT = 10
 MARKER_BLOCK = re.compile(r"^<<<<<<<(?: .*)?\n(?:.*\n)*?^=======\n(?:.*\n)*?^>>>>>>>(?: .*)?$", re.MULTILINE)
+# --no-show-release-notes: on a version's first run --yes-always would accept "see what's new?"
+# and open a web browser on the user's desktop, once per worker.
 AIDER_COMMAND = ["aider", "--message-file", "{message_file}", "--yes-always", "--no-gitignore",
-                 "--no-check-update", "--no-analytics", "--no-show-model-warnings", "--no-pretty"]
+                 "--no-check-update", "--no-analytics", "--no-show-model-warnings", "--no-pretty",
+                 "--no-show-release-notes"]
 STANDING_INSTRUCTIONS = """\
 Instructions:
 - Keep to the files named above unless the task clearly needs more.
@@ -334,13 +337,11 @@ def worker_argv(config: common.Config, task: common.Task, message_file: Path, br
                  config.worker_model)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:/@-]*", model or ""):
         model = config.worker_model
-    files = []
-    for raw in task.files:
-        try:
-            files.append(common.check_repo_path(raw))
-        except common.UserError:
-            pass  # an unsafe name never reaches the command line; the message still lists it
+    files = agent_files(task)
     env = {**common.child_environment(), "DISPATCH_TASK_ID": task.id, "DISPATCH_BRANCH": branch, "DISPATCH_WORKTREE": str(worktree)}
+    # litellm (under Aider) otherwise fetches a model price list from the internet at every
+    # start: offline that fails at once, behind a silent proxy it stalls each worker 5-10 s.
+    env.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     template = config.worker_command
     if template is None:
         if config.llm_api == "ollama":
@@ -362,8 +363,39 @@ def worker_argv(config: common.Config, task: common.Task, message_file: Path, br
     return argv, env
 
 
+def agent_files(task: common.Task) -> list[str]:
+    """The task's files that are safe to hand the agent; an unsafe name never reaches the command
+    line or the worktree (the message still lists it)."""
+    files = []
+    for raw in task.files:
+        try:
+            files.append(common.check_repo_path(raw))
+        except common.UserError:
+            pass
+    return files
+
+
+def make_parent_folders(worktree: Path, files: list[str]) -> None:
+    """Aider's repository discovery finds no git repository when neither a file it is given nor
+    that file's folder exists: it then works without git, in that folder. Never through a link a
+    branch may carry: it could point outside the worktree."""
+    for name in files:
+        folder = worktree
+        for part in Path(name).parent.parts:
+            folder = folder / part
+            if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+                break
+            folder.mkdir(exist_ok=True)
+
+
 def task_message(config: common.Config, task: common.Task) -> str:
-    parts = [f"Task {task.id}: {task.title}", task.description.strip()]
+    description = task.description.strip()
+    if task.files:
+        # The scripts that create tasks write this line into the description: say it once.
+        listed = "Files: " + ", ".join(task.files)
+        kept = "\n".join(line for line in description.splitlines() if line.strip() != listed)
+        description = re.sub(r"\n{3,}", "\n\n", kept).strip()
+    parts = [f"Task {task.id}: {task.title}", description]
     if task.files:
         parts.append("Files to change: " + ", ".join(task.files))
     parts.append(STANDING_INSTRUCTIONS.format(followups=config.worker_followups_file))
@@ -527,6 +559,7 @@ class Dispatcher:
         message_file = worktree / ".current_task.txt"
         message_file.unlink(missing_ok=True)  # never write through a link a branch may carry
         message_file.write_text(task_message(self.config, task), encoding="utf-8")
+        make_parent_folders(worktree, agent_files(task))
         argv, env = worker_argv(self.config, task, message_file, worker.branch, worktree)
         worker.base = git_out(worktree, "rev-parse", "HEAD")
         return argv, env

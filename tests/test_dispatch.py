@@ -13,6 +13,7 @@ import pytest
 
 import common
 import dispatch_workers
+import tasks
 from conftest import commit_file, git
 from conftest import AGENT_COMMAND
 from dispatch_helpers import (add_task, assert_clean_finish, dispatch, events, main_file, merges_of)
@@ -279,9 +280,11 @@ def test_default_aider_command(make_config, repo):
     argv, env = dispatch_workers.worker_argv(config, task, Path("/w/.current_task.txt"), "work/proj-1", Path("/w"))
     assert argv == ["aider", "--message-file", "/w/.current_task.txt", "--yes-always", "--no-gitignore",
                     "--no-check-update", "--no-analytics", "--no-show-model-warnings", "--no-pretty",
+                    "--no-show-release-notes",  # else its first run opens a web browser
                     "--model", "openai/qwen2.5-coder:7b", "--openai-api-base", "http://127.0.0.1:8080/v1",
                     "a.py", "b/c.py"]
     assert env["OPENAI_API_KEY"]
+    assert env["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"  # no price list fetched from the internet
     config = common.load_config(str(make_config()))
     argv, env = dispatch_workers.worker_argv(config, task, Path("/w/m"), "b", Path("/w"))
     assert "ollama_chat/qwen2.5-coder:7b" in argv and env["OLLAMA_API_BASE"] == "http://127.0.0.1:9"
@@ -430,3 +433,30 @@ def test_an_agent_that_cannot_be_started_is_a_failed_attempt(json_agent_setup, r
     assert [b["id"] for b in summary["blocked"]] == [task.id]
     assert "could not start the agent" in store.get(task.id).notes
     assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+
+
+def test_parent_folders_of_a_tasks_files_exist_when_the_agent_starts(json_agent_setup, repo, tmp_path):
+    # Aider finds no git repository for a file when neither it nor its folder exists.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (repo / "linked").symlink_to(outside)
+    git(repo, "add", "linked")
+    git(repo, "commit", "-qm", "a link a branch may carry")
+    cfg, config, store = json_agent_setup(worker_command=[sys.executable, "-c",
+        "import os, subprocess; open('seen.txt', 'w').write(str(os.path.isdir('docs/guide'))); "
+        "subprocess.run(['git', 'add', 'seen.txt']); subprocess.run(['git', 'commit', '-qm', 'seen'])"])
+    store.create("Write the guide", labels=["file:docs/guide/usage.md", "file:linked/sub/x.md"])
+    assert dispatch(cfg).returncode == 0
+    assert main_file(repo, "seen.txt") == "True"
+    assert list(outside.iterdir()) == []  # never a folder made through a link
+
+
+def test_the_task_message_names_the_files_once(make_config, repo, capsys):
+    cfg = str(make_config(task_backend="json", task_prefix="proj"))
+    assert tasks.main(["--config", cfg, "create", "Add docs", "-d", "Explain usage.", "--file", "docs/usage.md",
+                       "--file", "README.md", "--json"]) == 0
+    task_id = json.loads(capsys.readouterr().out)[0]["id"]
+    config = common.load_config(cfg)
+    message = dispatch_workers.task_message(config, common.open_task_store(config).get(task_id))
+    assert message.count("docs/usage.md") == 1 and "Files to change: docs/usage.md, README.md" in message
+    assert message.startswith(f"Task {task_id}: Add docs\n\nExplain usage.\n\nFiles to change:")
