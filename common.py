@@ -12,6 +12,7 @@ import difflib
 import functools
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -187,6 +188,7 @@ class Config:
     branch_template: str = "work/{task_id}"
     worktree_root: str | None = None
     worktree_setup_command: list[str] | None = None
+    worktree_setup_timeout_secs: float = 600
     worker_command: list[str] | None = None
     worker_model: str | None = None
     worker_instructions: str | None = None
@@ -245,6 +247,21 @@ def _type_name(annotation: str) -> str:
             "float": "a number", "bool": "true or false"}[base] + (" or null" if "None" in annotation else "")
 
 
+# Numbers for which 0 makes no sense (no worker, a busy loop, a timeout that fires at once,
+# a task blocked before its first attempt); every other number only has to be 0 or more.
+POSITIVE_KEYS = {"max_workers", "poll_interval_secs", "llm_timeout_secs", "llm_num_ctx", "prompt_max_files",
+                 "breaker_failures", "max_attempts", "merge_gate_timeout_secs", "worktree_setup_timeout_secs"}
+
+
+def _check_range(key: str, value: float, source: str) -> None:
+    if not math.isfinite(value):  # json.loads accepts NaN and Infinity
+        raise UsageError(f"{source}: {key!r} must be a finite number, got {value}")
+    if key in POSITIVE_KEYS and value <= 0:
+        raise UsageError(f"{source}: {key!r} must be more than 0, got {value}")
+    if value < 0:
+        raise UsageError(f"{source}: {key!r} must not be negative, got {value}")
+
+
 def parse_config(text: str, source: str) -> Config:
     """Validate a config file's text; every problem is a UsageError naming the key."""
     try:
@@ -264,8 +281,8 @@ def parse_config(text: str, source: str) -> Config:
             raise UsageError(f"{source}: {key!r} must be {_type_name(annotation)}, got {json.dumps(value)}")
         if key in CHOICES and value not in CHOICES[key]:
             raise UsageError(f"{source}: {key!r} must be one of {', '.join(CHOICES[key])}, got {value!r}")
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-            raise UsageError(f"{source}: {key!r} must not be negative")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            _check_range(key, value, source)
     data.pop("root", None)
     return Config(**data, source=source)
 

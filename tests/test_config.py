@@ -19,6 +19,12 @@ from conftest import ROOT, git
     ('{"avoid_file_overlap": 1}', "'avoid_file_overlap' must be true or false"),
     ('{"task_backend": "sqlite"}', "'task_backend' must be one of auto, bd, json"),
     ('[1, 2]', "must be a JSON object"),
+    ('{"max_workers": 0}', "'max_workers' must be more than 0, got 0"),
+    ('{"poll_interval_secs": 0}', "'poll_interval_secs' must be more than 0, got 0"),
+    ('{"max_attempts": 0}', "'max_attempts' must be more than 0, got 0"),
+    ('{"worktree_setup_timeout_secs": 0}', "'worktree_setup_timeout_secs' must be more than 0, got 0"),
+    ('{"merge_gate_timeout_secs": NaN}', "'merge_gate_timeout_secs' must be a finite number, got nan"),
+    ('{"worker_timeout_secs": -1}', "'worker_timeout_secs' must not be negative, got -1"),
 ])
 def test_bad_config_exits_2_with_one_line(tmp_path, repo, text, message):
     path = tmp_path / "bad.json"
