@@ -1079,10 +1079,20 @@ def preflight(config: common.Config) -> None:
     numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
     if numbers < (2, 38):
         raise common.UserError(f"{version} is too old: merging without a checkout needs git 2.38 or newer")
-    command = config.worker_command or AIDER_COMMAND
-    if not shutil.which(command[0]):
-        raise common.UserError(f"the worker command {command[0]!r} was not found on PATH"
-                               + (" (install Aider: pipx install aider-chat)" if config.worker_command is None else ""))
+    commands = {"the worker command": config.worker_command or AIDER_COMMAND,
+                "merge_gate_command": config.merge_gate_command,
+                "worktree_setup_command": config.worktree_setup_command}
+    for what, command in commands.items():
+        if command and not command_found(command[0], config.root):
+            raise common.UserError(f"{what} {command[0]!r} was not found on PATH"
+                                   + (" (install Aider: pipx install aider-chat)"
+                                      if command is AIDER_COMMAND else ""))
+    for ident in ("GIT_AUTHOR_IDENT", "GIT_COMMITTER_IDENT"):
+        # git's own answer, so user.useConfigOnly, EMAIL and the GIT_* variables count as git counts them
+        if common.git("var", ident, cwd=config.root, check=False).returncode != 0:
+            raise common.UserError("git has no identity to commit with (the dispatcher commits an agent's leftover "
+                                   "work and its merges): set user.name and user.email with git config, or the "
+                                   "GIT_AUTHOR_*/GIT_COMMITTER_* variables")
     followups = common.check_repo_path(config.worker_followups_file)
     if common.git("check-ignore", "-q", "--", followups, cwd=config.root, check=False).returncode == 0:
         raise common.UserError(f"{followups} is ignored by git, and Aider refuses to edit ignored files; "
@@ -1094,6 +1104,14 @@ def preflight(config: common.Config) -> None:
         if config.worker_model not in models and f"{config.worker_model}:latest" not in models:
             raise common.UserError(f"model {config.worker_model!r} not found on {config.llm_url}"
                                    + (f" (run `ollama pull {config.worker_model}`)" if config.llm_api == "ollama" else ""))
+
+
+def command_found(command: str, root: Path) -> bool:
+    """A bare name is looked up on PATH; a path is relative to the worktree it runs in, which
+    holds the repository's files as the main root does."""
+    if os.path.dirname(command):
+        return shutil.which(str(root / command)) is not None
+    return shutil.which(command) is not None
 
 
 def iso(epoch: float | None) -> str | None:

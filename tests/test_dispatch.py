@@ -309,6 +309,38 @@ def test_preflight_names_what_is_missing(make_config, repo, fake_llm, monkeypatc
     dispatch_workers.preflight(common.load_config(str(make_config(llm_url=fake_llm.url))))  # all there
 
 
+def test_preflight_checks_the_gate_and_setup_commands(json_agent_setup, repo):
+    for key in ("merge_gate_command", "worktree_setup_command"):
+        cfg, config, store = json_agent_setup(**{key: ["no-such-check-xyz", "-q"]})
+        add_task(store, f"Never runs ({key})", "append x.txt x")
+        proc = dispatch(cfg)
+        assert proc.returncode == 1 and proc.stderr == f"error: {key} 'no-such-check-xyz' was not found on PATH\n"
+        assert events(repo, "worker_started") == []
+    # A path is looked up in the repository, where a worktree has it too.
+    commit_file(repo, "checks/run.py", "print('ok')\n")
+    cfg, config, store = json_agent_setup(merge_gate_command=["checks/missing.py"])
+    assert "merge_gate_command 'checks/missing.py' was not found" in dispatch(cfg).stderr
+
+
+def test_preflight_refuses_without_a_git_identity(json_agent_setup, repo, tmp_path, monkeypatch):
+    cfg, config, store = json_agent_setup()
+    task = add_task(store, "Would commit", "append x.txt x")
+    gitconfig = tmp_path / "no-identity.gitconfig"  # no auto-detected name@host either, as on many machines
+    gitconfig.write_text("[user]\n\tuseConfigOnly = true\n", encoding="utf-8")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(gitconfig))
+    for name in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL"):
+        monkeypatch.delenv(name)
+    proc = dispatch(cfg)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert "git has no identity to commit with" in proc.stderr
+    assert events(repo, "worker_started") == [] and store.get(task.id).status == "open"
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "A")  # the variables are enough
+    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "a@example.com")
+    monkeypatch.setenv("GIT_COMMITTER_NAME", "A")
+    monkeypatch.setenv("GIT_COMMITTER_EMAIL", "a@example.com")
+    assert dispatch(cfg).returncode == 0 and store.get(task.id).status == "closed"
+
+
 def test_status_while_running_and_after(json_agent_setup, repo):
     cfg, config, store = json_agent_setup()
     task = add_task(store, "Visible", "sleep 2", "append v.txt v")
