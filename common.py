@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import difflib
+import errno
 import functools
 import hashlib
 import json
@@ -400,10 +401,14 @@ def locked(path: Path, what: str, timeout: float = -1) -> Iterator[None]:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a temp file beside `path`, then os.replace: readers see the old or the new file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:  # a full disk, typically: the file itself was never touched
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, exc) from None
     for attempt in range(20):
         try:
             os.replace(tmp, path)
@@ -414,6 +419,33 @@ def atomic_write_text(path: Path, text: str) -> None:
                 tmp.unlink(missing_ok=True)
                 raise
             time.sleep(0.05)
+
+
+def append_text(path: Path, text: str) -> None:
+    """Append to a log-like file (events, collected follow-ups) in one write, so concurrent
+    appenders never interleave; a full disk is one line naming it, and no half line is left."""
+    data = text.encode("utf-8")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    try:
+        start = os.fstat(fd).st_size
+        written = os.write(fd, data)
+        if written != len(data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            if os.fstat(fd).st_size <= start + len(data):  # only our own part was written: take it back
+                os.ftruncate(fd, start)
+        raise write_error(path, exc) from None
+    finally:
+        os.close(fd)
+
+
+def write_error(path: Path, exc: OSError) -> UserError:
+    return UserError(f"cannot write {path}: {exc.strerror or exc}; the files written before are intact, "
+                     "free some space and run again")
 
 
 def read_json_file(path: Path, default: Any) -> Any:

@@ -449,8 +449,7 @@ class Dispatcher:
     def event(self, name: str, task_id: str | None = None, **fields) -> None:
         self.logs.mkdir(exist_ok=True)
         line = json.dumps({"ts": common.now_iso(), "event": name, "task_id": task_id, **fields}, ensure_ascii=False)
-        with open(self.logs / "events.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
+        common.append_text(self.logs / "events.jsonl", line + "\n")
 
     def save_state(self) -> None:
         self.state["workers"] = [w.record() for w in self.workers.values()]
@@ -755,8 +754,7 @@ class Dispatcher:
         lines = [line for line in lines if line and not line.startswith("#")]
         if lines:
             suggestions = self.config.path("suggested_tasks_file")
-            with open(suggestions, "a", encoding="utf-8") as fh:
-                fh.write("".join(f"[from:{worker.task_id}] {line}\n" for line in lines))
+            common.append_text(suggestions, "".join(f"[from:{worker.task_id}] {line}\n" for line in lines))
             self.event("followups_collected", worker.task_id, count=len(lines))
         tracked = common.git("ls-files", "--error-unmatch", "--", name, cwd=worker.worktree, check=False)
         if tracked.returncode == 0:
