@@ -347,8 +347,21 @@ def resolve_config(config: Config, cwd: Path) -> Config:
     config.worker_model = config.worker_model or config.llm_model
     config.worktree_root = str((config.root / config.worktree_root) if config.worktree_root
                                else config.root.parent / f"{config.root.name}.worktrees")
+    check_worktree_root(config)
     exclude_toolkit_files(config)
     return config
+
+
+def check_worktree_root(config: Config) -> None:
+    """Worktrees need a folder of their own: inside the repository git would see them as files,
+    and the repository (or a folder holding it) is not the dispatcher's to clean up."""
+    folder = Path(config.worktree_root).resolve()
+    where = ("the repository itself" if folder == config.root else
+             "inside the repository" if config.root in folder.parents else
+             "a folder that contains the repository" if folder in config.root.parents else None)
+    if where:
+        raise UsageError(f"{config.source}: worktree_root {folder} is {where}; "
+                         f"use a folder of its own outside it (default: {config.root.name}.worktrees beside it)")
 
 
 def exclude_toolkit_files(config: Config) -> None:

@@ -59,6 +59,7 @@ MODEL_LABEL = "model:"
 WORKER_POLL_SECS = 0.01  # a worker's exit is noticed within this, so a slot refills at once
 START_WAIT_SECS = 0.2  # how long a refill may wait for its worktree before merges go ahead
 MERGE_SHORT = 10
+OWNED_MARKER = "dispatch-owned"  # in a worktree's git admin dir: the dispatcher made this worktree
 MARKER_BLOCK = re.compile(r"^<<<<<<<(?: .*)?\n(?:.*\n)*?^=======\n(?:.*\n)*?^>>>>>>>(?: .*)?$", re.MULTILINE)
 # --no-show-release-notes: on a version's first run --yes-always would accept "see what's new?"
 # and open a web browser on the user's desktop, once per worker.
@@ -269,6 +270,34 @@ def commit_everything(worktree: Path, message: str) -> bool:
     common.failpoint("during_leftover_commit")
     common.git("commit", "-q", "--no-verify", "-m", message, cwd=worktree)
     return True
+
+
+def add_dispatcher_worktree(root: Path, worktree: Path, *args: str) -> None:
+    """`git worktree add`, then the proof that the dispatcher made it: a marker in the worktree's
+    git admin dir (.git/worktrees/<name>/), which no edit in the worktree reaches and which git
+    deletes with the worktree. The marker names the folder, so a worktree moved since is not ours."""
+    common.git("worktree", "add", "-q", *args, cwd=root)
+    admin = Path(git_out(worktree, "rev-parse", "--absolute-git-dir"))
+    (admin / OWNED_MARKER).write_text(str(worktree.resolve()) + "\n", encoding="utf-8")
+
+
+def dispatcher_worktrees(root: Path) -> set[Path]:
+    """The worktrees git lists that carry the dispatcher's marker: the only ones it may delete."""
+    listed = set()
+    for line in git_out(root, "worktree", "list", "--porcelain").splitlines():
+        if line.startswith("worktree "):
+            listed.add(Path(line[len("worktree "):]).resolve())
+    owned = set()
+    admins = root / ".git" / "worktrees"
+    for admin in admins.iterdir() if admins.is_dir() else ():
+        try:
+            marked = Path((admin / OWNED_MARKER).read_text(encoding="utf-8").strip())
+            folder = Path((admin / "gitdir").read_text(encoding="utf-8").strip()).parent.resolve()
+        except OSError:
+            continue
+        if folder == marked and folder in listed:
+            owned.add(folder)
+    return owned
 
 
 def remove_worktree(root: Path, worktree: Path) -> None:
@@ -483,15 +512,20 @@ class Dispatcher:
         self.prune_stray_worktrees()
 
     def prune_stray_worktrees(self) -> None:
-        root = Path(self.config.worktree_root)
+        """Remove the worktrees an earlier run made and no record names (a worker's work is
+        recorded before it starts, so nothing of value is in them); anything else is not ours."""
         known = ({w.worktree for w in self.workers.values()} | {e["worktree"] for e in self.state["merge_queue"]}
                  | {p["worktree"] for p in self.pending.values()})
-        if root.is_dir():
-            for path in root.iterdir():
-                if path.is_dir() and str(path) not in known and path.name != ".gate":
-                    # Nothing of value can be here: a worker's work is recorded before it starts.
-                    remove_worktree(self.root, path)
-        common.git("worktree", "prune", cwd=self.root, check=False)
+        known = {Path(path).resolve() for path in known}
+        root = Path(self.config.worktree_root).resolve()
+        owned = dispatcher_worktrees(self.root)
+        for path in sorted(owned - known):
+            if root in path.parents:
+                remove_worktree(self.root, path)
+        for path in sorted(root.iterdir()) if root.is_dir() else ():
+            if path.resolve() not in owned | known:
+                self.event("left_alone", path=str(path))
+                self.say(f"left alone: {path} is in worktree_root but the dispatcher did not make it")
 
     def fill_slots(self) -> None:
         free = [s for s in range(1, self.max_workers + 1) if s not in self.workers]
@@ -536,13 +570,22 @@ class Dispatcher:
             branch, worktree = conflict["branch"], Path(conflict["worktree"])
         else:
             branch = branch_name(self.config.branch_template, task.id)
-            worktree = Path(self.config.worktree_root) / file_name(task.id)
+            worktree = self.free_worktree_path(file_name(task.id))
         worker = Worker(slot=slot, task_id=task.id, title=task.title, branch=branch, worktree=str(worktree),
                         base="", attempt=self.state["attempts"].get(task.id, 0) + 1, started_at=time.time(),
                         deadline=None, kind="conflict" if conflict else "task")
         self.workers[slot] = worker
         self.save_state()  # recorded before anything runs: a crash never leaves an unknown agent
         worker.starting = self.starter.submit(self.prepare_worktree, worker, task, conflict)
+
+    def free_worktree_path(self, name: str) -> Path:
+        """A folder for a new worktree: one of ours may be replaced, anyone else's is avoided."""
+        root = Path(self.config.worktree_root)
+        path, n = root / name, 1
+        while path.exists() and path.resolve() not in dispatcher_worktrees(self.root):
+            n += 1
+            path = root / f"{name}-{n}"
+        return path
 
     def prepare_worktree(self, worker: Worker, task: common.Task, conflict: dict | None) -> tuple[list, dict]:
         """In a starter thread: git and the worker's own worktree only, never the store or the state.
@@ -591,22 +634,22 @@ class Dispatcher:
                  f"{worker.title}")
 
     def add_worktree(self, branch: str, worktree: Path) -> None:
-        if worktree.exists():
+        if worktree.resolve() in dispatcher_worktrees(self.root):
             remove_worktree(self.root, worktree)
         main = self.config.main_branch
         if rev_parse(self.root, f"refs/heads/{branch}"):
             if is_ancestor(self.root, branch, main):
                 common.git("branch", "-D", branch, cwd=self.root)  # merged work: start afresh from main
             else:
-                common.git("worktree", "add", "-q", str(worktree), branch, cwd=self.root)
+                add_dispatcher_worktree(self.root, worktree, str(worktree), branch)
                 return  # unmerged work of an earlier attempt: continue from it
-        common.git("worktree", "add", "-q", "-b", branch, str(worktree), main, cwd=self.root)
+        add_dispatcher_worktree(self.root, worktree, "-b", branch, str(worktree), main)
 
     def prepare_conflict_worktree(self, task: common.Task, conflict: dict) -> None:
         """Merge main into the branch and commit the conflicts, so the agent starts clean."""
         worktree, branch = Path(conflict["worktree"]), conflict["branch"]
         if not worktree.exists():
-            common.git("worktree", "add", "-q", str(worktree), branch, cwd=self.root)
+            add_dispatcher_worktree(self.root, worktree, str(worktree), branch)
         clear_interrupted_git_state(worktree)
         result = common.git("merge", "--no-ff", "--no-commit", "--no-edit", self.config.main_branch, cwd=worktree,
                             check=False)
@@ -883,9 +926,12 @@ class Dispatcher:
     def run_gate(self, commit: str) -> tuple[bool, str]:
         gate = Path(self.config.worktree_root) / ".gate"
         if not gate.exists():
-            common.git("worktree", "add", "-q", "--detach", str(gate), commit, cwd=self.root)
+            add_dispatcher_worktree(self.root, gate, "--detach", str(gate), commit)
             if self.config.worktree_setup_command:
                 common.run(*self.config.worktree_setup_command, cwd=gate)
+        elif gate.resolve() not in dispatcher_worktrees(self.root):
+            raise common.UserError(f"{gate} is in the way of the merge gate's worktree and the dispatcher "
+                                   "did not make it; move it elsewhere")
         else:
             common.git("checkout", "-q", "--detach", "-f", commit, cwd=gate)
             common.git("clean", "-q", "-fd", cwd=gate)
@@ -1047,7 +1093,7 @@ class Dispatcher:
             time.sleep(WORKER_POLL_SECS)
         self.starter.shutdown(wait=True)
         gate = Path(self.config.worktree_root) / ".gate"
-        if gate.exists():
+        if gate.resolve() in dispatcher_worktrees(self.root):
             remove_worktree(self.root, gate)
         for entry in self.state["merge_queue"]:
             self.summary["waiting"].append({"id": entry["task_id"], "reason": entry.get("waiting", "in the merge queue")})

@@ -1,0 +1,65 @@
+"""The dispatcher deletes only worktrees it made and can prove it made (issue 10, item 1)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, git
+from dispatch_helpers import add_task, dispatch, events, merges_of
+
+
+def test_stray_pruning_removes_only_the_dispatchers_own_worktrees(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup(max_workers=1)
+    root = Path(config.worktree_root)
+    first = add_task(store, "First", "append first.txt one", files=["first.txt"])
+    second = add_task(store, "Second", "append second.txt two", files=["second.txt"])
+    # The user's own things in the worktree folder: a worktree with uncommitted edits (to look
+    # at a kept branch), a plain folder, and a folder where the second task's worktree would go.
+    git(repo, "worktree", "add", "-q", "-b", "look", str(root / "mine"))
+    (root / "mine" / "README.md").write_text("my unsaved edit\n", encoding="utf-8")
+    (root / "notes").mkdir()
+    (root / "notes" / "keep.txt").write_text("mine\n", encoding="utf-8")
+    (root / second.id).mkdir()
+    (root / second.id / "draft.txt").write_text("mine too\n", encoding="utf-8")
+    # A run killed once it made the first worktree, whose record is then lost: that worktree
+    # is the dispatcher's own stray.
+    killed = dispatch(cfg, env={"DISPATCH_FAILPOINT": "after_worktree"})
+    assert killed.returncode == 77, killed.stderr
+    state = json.loads((repo / ".dispatch_state.json").read_text(encoding="utf-8"))
+    stray = Path(state["workers"][0]["worktree"])
+    assert stray.is_dir()
+    state["workers"] = []
+    (repo / ".dispatch_state.json").write_text(json.dumps(state), encoding="utf-8")
+
+    again = dispatch(cfg)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert merges_of(repo, first.id) == 1 and merges_of(repo, second.id) == 1
+    assert (root / "mine" / "README.md").read_text(encoding="utf-8") == "my unsaved edit\n"
+    assert "look" in git(repo, "branch", "--list", "look")
+    assert (root / "notes" / "keep.txt").read_text(encoding="utf-8") == "mine\n"
+    assert (root / second.id / "draft.txt").read_text(encoding="utf-8") == "mine too\n"
+    assert f"left alone: {root / 'mine'}" in again.stdout
+    assert f"left alone: {root / 'notes'}" in again.stdout
+    assert {Path(e["path"]).name for e in events(repo, "left_alone")} >= {"mine", "notes", second.id}
+    # The dispatcher's own stray and its own finished worktrees are gone; git still knows the user's.
+    assert not stray.exists()
+    listing = git(repo, "worktree", "list", "--porcelain")
+    assert listing.count("worktree ") == 2 and str(root / "mine") in listing
+
+
+@pytest.mark.parametrize("worktree_root, where", [
+    (".", "the repository itself"), ("..", "a folder that contains the repository"),
+    ("sub/worktrees", "inside the repository"), (".git", "inside the repository"),
+])
+def test_a_worktree_root_overlapping_the_repository_is_refused(make_config, repo, worktree_root, where):
+    cfg = make_config(task_backend="json", worktree_root=worktree_root)
+    for script in ("dispatch_workers.py", "tasks.py"):
+        args = ["--config", str(cfg)] + (["list"] if script == "tasks.py" else [])
+        proc = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.count("\n") == 1 and f"is {where}" in proc.stderr and "worktree_root" in proc.stderr
+    assert (repo / "README.md").exists()
