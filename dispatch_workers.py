@@ -161,24 +161,59 @@ def kill_tree(pid: int, grace: float, proc: subprocess.Popen | None = None) -> N
 class StateFile:
     """A JSON state file, always replaced atomically under its lock."""
 
-    def __init__(self, path: Path, default: dict):
-        self.path, self.default = path, default
+    def __init__(self, path: Path, default: dict, problem=lambda data: None):
+        self.path, self.default, self.problem = path, default, problem
         self.lock = path.with_name(path.name + ".lock")
 
     def read(self) -> dict:
+        """The file's content; one that is not what the dispatcher writes is an error naming what
+        is wrong, and is never overwritten (it may hold the only record of running work)."""
         with common.locked(self.lock, self.path.name):
             data = common.read_json_file(self.path, None)
-        return data if isinstance(data, dict) else copy.deepcopy(self.default)
+        if data is None:
+            return copy.deepcopy(self.default)
+        problem = self.problem(data) if isinstance(data, dict) else "it is not a JSON object"
+        if problem:
+            raise common.UserError(f"{self.path}: {problem}; fix or move it (it was left untouched)")
+        return data
 
     def write(self, data: dict) -> None:
         with common.locked(self.lock, self.path.name):
             common.atomic_write_text(self.path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
+# What every record needs; records may carry more (newer fields are read with defaults).
+QUEUE_ENTRY_KEYS = ("task_id", "title", "branch", "worktree", "outcome", "note", "retries")
+PENDING_KEYS = ("kind", "task_id", "title", "branch", "worktree", "files", "outcome", "note", "retries")
+
+
+def missing_keys(records, keys: Sequence[str], what: str) -> str | None:
+    """The first record that is not an object or lacks a key, described; None if all are whole."""
+    for name, record in records:
+        if not isinstance(record, dict):
+            return f"{what} {name} is not an object"
+        if lacking := [key for key in keys if key not in record]:
+            return f"{what} {name} lacks {', '.join(map(json.dumps, lacking))}"
+    return None
+
+
+def state_problem(data: dict) -> str | None:
+    for key, kind in (("workers", list), ("merge_queue", list), ("attempts", dict)):
+        if not isinstance(data.get(key), kind):
+            return f"{json.dumps(key)} is missing or not a {'list' if kind is list else 'JSON object'}"
+    return (missing_keys(((f"#{i + 1}", w) for i, w in enumerate(data["workers"])), WORKER_KEYS, "worker record")
+            or missing_keys(((f"#{i + 1}", e) for i, e in enumerate(data["merge_queue"])), QUEUE_ENTRY_KEYS,
+                            "merge-queue entry"))
+
+
+def pending_problem(data: dict) -> str | None:
+    return missing_keys(data.items(), PENDING_KEYS, "pending merge")
+
+
 def state_files(config: common.Config) -> tuple[StateFile, StateFile]:
     return (StateFile(config.root / ".dispatch_state.json", {"dispatcher": None, "workers": [], "merge_queue": [],
-                                                             "attempts": {}}),
-            StateFile(config.root / ".dispatch_pending_merge_retries.json", {}))
+                                                             "attempts": {}}, state_problem),
+            StateFile(config.root / ".dispatch_pending_merge_retries.json", {}, pending_problem))
 
 
 # --------------------------------------------------------------------------------------------
@@ -349,6 +384,8 @@ class Worker:
 
 
 _IN_MEMORY = {"proc", "starting"}  # Worker fields that are not written to the state file
+WORKER_KEYS = [f.name for f in dataclasses.fields(Worker) if f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
 
 
 def queue_entry(task_id: str, title: str, branch: str, worktree: str, outcome: str, note: str,
