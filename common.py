@@ -369,6 +369,8 @@ def exclude_toolkit_files(config: Config) -> None:
     names = [config.task_queue_file, config.task_queue_file + ".lock", config.suggested_tasks_file,
              config.suggested_tasks_file + ".ingesting", rejected_suggestions_name(config.suggested_tasks_file),
              ".dispatch.lock", ".dispatch_*", ".current_task.txt", ".aider*"]
+    # The temp files that atomic_write_text writes beside the state files, for a moment.
+    names += [temp_file_name(n, "*") for n in (config.task_queue_file, ".dispatch_*")]
     patterns = ["/" + n if "/" not in n.strip("/") and not n.startswith(".") else n for n in names]
     exclude = config.root / ".git" / "info" / "exclude"
     existing = exclude.read_text(encoding="utf-8").splitlines() if exclude.exists() else []
@@ -411,9 +413,15 @@ def locked(path: Path, what: str, timeout: float = -1) -> Iterator[None]:
         lock.release()
 
 
+def temp_file_name(name: str, pid: int | str) -> str:
+    """Where atomic_write_text writes `name` first (the same folder, so os.replace is atomic)."""
+    path = PurePosixPath(name)
+    return str(path.with_name(f".{path.name}.{pid}.tmp"))
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a temp file beside `path`, then os.replace: readers see the old or the new file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(temp_file_name(path.name, os.getpid()))
     try:
         with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
             fh.write(text)

@@ -60,6 +60,7 @@ WORKER_POLL_SECS = 0.01  # a worker's exit is noticed within this, so a slot ref
 START_WAIT_SECS = 0.2  # how long a refill may wait for its worktree before merges go ahead
 MERGE_SHORT = 10
 OWNED_MARKER = "dispatch-owned"  # in a worktree's git admin dir: the dispatcher made this worktree
+MERGE_WAIT_MAX_SECS = 30  # the longest a waiting merge goes untried
 MARKER_BLOCK = re.compile(r"^<<<<<<<(?: .*)?\n(?:.*\n)*?^=======\n(?:.*\n)*?^>>>>>>>(?: .*)?$", re.MULTILINE)
 # --no-show-release-notes: on a version's first run --yes-always would accept "see what's new?"
 # and open a web browser on the user's desktop, once per worker.
@@ -256,6 +257,50 @@ def checkout_of_branch(root: Path, branch: str) -> Path | None:
         elif line == f"branch refs/heads/{branch}":
             return current
     return None
+
+
+# Files in a worktree's git admin dir that mean an operation is under way there.
+OPERATION_FILES = (("rebase-merge", "a rebase"), ("rebase-apply", "a rebase"), ("MERGE_HEAD", "a merge"),
+                   ("CHERRY_PICK_HEAD", "a cherry-pick"), ("REVERT_HEAD", "a revert"), ("BISECT_START", "a bisect"))
+
+
+def operation_on_branch(root: Path, branch: str) -> str | None:
+    """A rebase, merge, cherry-pick, revert or bisect under way on `branch` in any worktree, as
+    "a rebase of main is in progress in FOLDER"; None when there is none. Moving the branch then
+    would break the user's `--continue` or lose their work on `--abort`. A rebase and a bisect
+    detach HEAD, so the branch they are on is read from their own files."""
+    common_dir = root / ".git"
+    admin_dirs = [(common_dir, root)]
+    linked = common_dir / "worktrees"
+    for admin in sorted(linked.iterdir()) if linked.is_dir() else ():
+        if (gitdir := read_admin_file(admin / "gitdir")) is not None:
+            admin_dirs.append((admin, Path(gitdir).parent))
+    for admin, folder in admin_dirs:
+        on_branch = read_admin_file(admin / "HEAD") == f"ref: refs/heads/{branch}"
+        for name, what in OPERATION_FILES:
+            if not (admin / name).exists():
+                continue
+            started_on = (read_admin_file(admin / name / "head-name") if name.startswith("rebase")
+                          else read_admin_file(admin / name) if name == "BISECT_START" else None)
+            if on_branch or started_on in (branch, f"refs/heads/{branch}"):
+                return f"{what} of {branch} is in progress in {folder}"
+    return None
+
+
+def read_admin_file(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return None
+
+
+def stale_lock_reason(lock: Path) -> str:
+    return (f"git's lock file {lock} exists: another git command is running there, or one was killed "
+            "(then remove that file); merges wait")
+
+
+def first_line(text: str) -> str:
+    return (text.strip().splitlines() or ["no output"])[0]
 
 
 def merge_tree(root: Path, ours: str, theirs: str) -> tuple[str | None, list[str], str]:
@@ -505,7 +550,7 @@ class Dispatcher:
         self.stopping = False
         self.interrupts = 0
         self.next_poll = 0.0
-        self.told_waiting: set[str] = set()
+        self.told_waiting: set[tuple[str, str]] = set()  # (task, reason) already said
         self.known: dict[str, common.Task] = {}  # tasks this run has worked on (bd calls are slow)
         self.starter = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="start")
         self.epic_check_due = True
@@ -910,9 +955,13 @@ class Dispatcher:
                 if outcome == "moved":
                     continue
                 if outcome != "ok":
-                    entry["retry_at"] = time.time() + self.config.poll_interval_secs
-                    if entry["task_id"] not in self.told_waiting:
-                        self.told_waiting.add(entry["task_id"])
+                    # Back off: what keeps main still (a stale lock, a rebase) may stand for hours,
+                    # and every try writes a merge commit object.
+                    entry["waits"] = entry.get("waits", 0) + 1
+                    entry["retry_at"] = time.time() + min(self.config.poll_interval_secs * 2 ** (entry["waits"] - 1),
+                                                          MERGE_WAIT_MAX_SECS)
+                    if (entry["task_id"], outcome) not in self.told_waiting:
+                        self.told_waiting.add((entry["task_id"], outcome))
                         self.say(f"{entry['task_id']}: merge waits: {outcome}")
                     entry["waiting"] = outcome
                     self.save_state()
@@ -923,20 +972,41 @@ class Dispatcher:
     def advance_main(self, old: str, new: str) -> str:
         """Move main from `old` to `new` only: "ok", "moved" (someone else moved it) or why it waits."""
         main = self.config.main_branch
+        if busy := operation_on_branch(self.root, main):
+            return f"{busy}; merges into {main} wait until it is finished or aborted"
         checkout = checkout_of_branch(self.root, main)
         if checkout is None:
             result = common.git("update-ref", f"refs/heads/{main}", new, old, cwd=self.root, check=False)
-            return "ok" if result.returncode == 0 else "moved"
-        # Main is checked out (usually in the user's own folder): a fast-forward there keeps
-        # the user's uncommitted changes, and refuses if it would overwrite any.
-        result = common.git("merge", "--ff-only", "--no-edit", "-q", new, cwd=checkout, check=False)
-        if result.returncode == 0:
+        else:
+            # Main is checked out (usually in the user's own folder): a fast-forward there keeps
+            # the user's uncommitted changes, and refuses if it would overwrite any.
+            result = common.git("merge", "--ff-only", "--no-edit", "-q", new, cwd=checkout, check=False)
+        # Only the ref itself says whether main moved: the folder may have been switched to
+        # another branch a moment ago, and then the fast-forward moved that branch instead.
+        now = rev_parse(self.root, main)
+        if now == new:
             return "ok"
-        if rev_parse(self.root, main) != old:
-            return "moved"
-        files = [line.strip() for line in (result.stderr + result.stdout).splitlines() if line.startswith("\t")]
-        return (f"your uncommitted changes in {checkout} to {', '.join(files) or 'some files'} would be "
-                "overwritten; commit or stash them and the merge will go ahead")
+        if now != old or result.returncode == 0:
+            return "moved"  # recompute on the main that is there now, and try again
+        return self.why_main_stays(checkout, result)
+
+    def why_main_stays(self, checkout: Path | None, result: common.Completed) -> str:
+        """What keeps git from moving main, when nobody else moved it: said as what it is."""
+        main = self.config.main_branch
+        output = result.stderr + result.stdout
+        ref_lock = self.root / ".git" / "refs" / "heads" / f"{main}.lock"
+        if ref_lock.exists():
+            return stale_lock_reason(ref_lock)
+        if checkout is None:
+            return f"git cannot update refs/heads/{main}: {first_line(output)}"
+        index_lock = Path(git_out(checkout, "rev-parse", "--absolute-git-dir")) / "index.lock"
+        if index_lock.exists():
+            return stale_lock_reason(index_lock)
+        files = [line.strip() for line in output.splitlines() if line.startswith("\t")]
+        if files or "would be overwritten" in output:
+            return (f"your uncommitted changes in {checkout} to {', '.join(files) or 'some files'} would be "
+                    "overwritten; commit or stash them and the merge will go ahead")
+        return f"git cannot fast-forward {main} in {checkout}: {first_line(output)}"
 
     def finish_merge(self, entry: dict, task: common.Task, commit: str) -> None:
         task_id = entry["task_id"]

@@ -1,0 +1,133 @@
+"""The merge queue against a user who works in the repository meanwhile (issue #10): main is moved
+only when it is really free, and only main is moved."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+import dispatch_workers
+from conftest import commit_file, git
+from dispatch_helpers import add_task, dispatch, main_file, merges_of
+from test_merge_queue import run_in_process
+
+
+def test_a_checkout_switched_away_from_main_during_the_merge_moves_main_not_the_other_branch(
+        json_agent_setup, repo, monkeypatch):
+    cfg, config, store = json_agent_setup()
+    task = add_task(store, "Add a file", "append feature.txt new")
+    real_checkout_of_branch = dispatch_workers.checkout_of_branch
+    switched = []
+
+    def user_switches_branch_right_after_the_lookup(root, branch):
+        found = real_checkout_of_branch(root, branch)
+        if found is not None and not switched:
+            git(repo, "checkout", "-q", "-b", "feature")  # main's commit, another branch
+            switched.append(git(repo, "rev-parse", "HEAD"))
+        return found
+
+    monkeypatch.setattr(dispatch_workers, "checkout_of_branch", user_switches_branch_right_after_the_lookup)
+    summary = run_in_process(config, store)
+    assert switched and summary["merged"] == [task.id]
+    assert merges_of(repo, task.id) == 1 and main_file(repo, "feature.txt") == "new\n"
+    assert store.get(task.id).status == "closed"
+
+
+def test_a_stale_main_ref_lock_is_reported_and_the_merge_backs_off(json_agent_setup, repo):
+    git(repo, "checkout", "-q", "-b", "elsewhere")  # main not checked out: it moves by update-ref
+    cfg, config, store = json_agent_setup()
+    before = git(repo, "rev-parse", "main")
+    lock = repo / ".git" / "refs" / "heads" / "main.lock"
+    lock.write_text("", encoding="utf-8")  # left by a git that was killed
+    task = add_task(store, "Add a file", "append feature.txt new")
+    proc = dispatch(cfg, "--json", timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    [waiting] = json.loads(proc.stdout)["waiting"]
+    assert waiting["id"] == task.id and str(lock) in waiting["reason"] and "exists" in waiting["reason"]
+    assert proc.stderr.count("merge waits") == 1
+    assert git(repo, "rev-parse", "main") == before and store.get(task.id).status == "in_progress"
+    lock.unlink()
+    assert dispatch(cfg).returncode == 0
+    assert merges_of(repo, task.id) == 1 and store.get(task.id).status == "closed"
+
+
+def start_rebase(repo):
+    """The user rebases main and stops half-way (HEAD detached)."""
+    commit_file(repo, "mine.txt", "mine\n", "the user's commit")
+    subprocess.run(["git", "rebase", "-q", "-x", "false", "HEAD~1"], cwd=repo, capture_output=True)
+    assert (repo / ".git" / "rebase-merge").is_dir()
+
+
+def start_merge(repo):
+    """The user merges a branch into main and stops at a conflict."""
+    git(repo, "checkout", "-q", "-b", "theirs")
+    commit_file(repo, "README.md", "# theirs\n")
+    git(repo, "checkout", "-q", "main")
+    commit_file(repo, "README.md", "# ours\n")
+    subprocess.run(["git", "merge", "-q", "theirs"], cwd=repo, capture_output=True)
+
+
+def start_cherry_pick(repo):
+    git(repo, "checkout", "-q", "-b", "theirs")
+    theirs = commit_file(repo, "README.md", "# theirs\n")
+    git(repo, "checkout", "-q", "main")
+    commit_file(repo, "README.md", "# ours\n")
+    subprocess.run(["git", "cherry-pick", theirs], cwd=repo, capture_output=True)
+
+
+def start_bisect(repo):
+    for n in range(3):
+        commit_file(repo, f"b{n}.txt", f"{n}\n")
+    git(repo, "bisect", "start")
+    git(repo, "bisect", "bad", "HEAD")
+    git(repo, "bisect", "good", "HEAD~3")  # HEAD is now detached at a commit in between
+
+
+OPERATIONS = {"rebase": (start_rebase, "rebase", "--abort"), "merge": (start_merge, "merge", "--abort"),
+              "cherry-pick": (start_cherry_pick, "cherry-pick", "--abort"),
+              "bisect": (start_bisect, "bisect", "reset")}
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_merges_into_main_wait_while_the_user_has_an_operation_in_progress_on_main(
+        json_agent_setup, repo, operation):
+    start, command, finish = OPERATIONS[operation]
+    start(repo)
+    cfg, config, store = json_agent_setup()
+    before = git(repo, "rev-parse", "main")
+    task = add_task(store, "Add a file", "append feature.txt new")
+    proc = dispatch(cfg, "--json")
+    assert proc.returncode == 1, proc.stderr
+    [waiting] = json.loads(proc.stdout)["waiting"]
+    assert waiting["id"] == task.id
+    assert waiting["reason"].startswith(f"a {command} of main is in progress in {repo}"), waiting["reason"]
+    assert "would be overwritten" not in waiting["reason"]
+    assert git(repo, "rev-parse", "main") == before
+    git(repo, command, finish)
+    assert dispatch(cfg).returncode == 0
+    assert merges_of(repo, task.id) == 1
+
+
+def test_a_stale_index_lock_in_the_users_checkout_is_reported_as_what_it_is(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup()
+    task = add_task(store, "Add a file", "append feature.txt new")
+    lock = repo / ".git" / "index.lock"
+    lock.write_text("", encoding="utf-8")
+    proc = dispatch(cfg, "--json")
+    lock.unlink()
+    assert proc.returncode == 1, proc.stderr
+    [waiting] = json.loads(proc.stdout)["waiting"]
+    assert waiting["id"] == task.id and str(lock) in waiting["reason"]
+    assert "would be overwritten" not in waiting["reason"]
+    assert dispatch(cfg).returncode == 0 and merges_of(repo, task.id) == 1
+
+
+def test_the_toolkits_temp_files_are_excluded_from_git_status(json_agent_setup, repo):
+    json_agent_setup()
+    temp_files = [".task_queue.json.4242.tmp", "..dispatch_state.json.4242.tmp",
+                  "..dispatch_pending_merge_retries.json.4242.tmp"]
+    for name in temp_files:
+        (repo / name).write_text("{}", encoding="utf-8")
+    (repo / ".users_own.tmp").write_text("mine", encoding="utf-8")
+    assert git(repo, "status", "--porcelain", "--untracked-files=all") == "?? .users_own.tmp"
