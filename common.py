@@ -178,6 +178,7 @@ class Config:
     llm_temperature: float = 0
     llm_keep_alive: str = "10m"
     llm_num_ctx: int = 8192
+    llm_max_tokens: int = 4096
     prompt_max_files: int = 300
     # Dispatcher
     max_workers: int = 2
@@ -250,7 +251,8 @@ def _type_name(annotation: str) -> str:
 
 # Numbers for which 0 makes no sense (no worker, a busy loop, a timeout that fires at once,
 # a task blocked before its first attempt); every other number only has to be 0 or more.
-POSITIVE_KEYS = {"max_workers", "poll_interval_secs", "llm_timeout_secs", "llm_num_ctx", "prompt_max_files",
+POSITIVE_KEYS = {"max_workers", "poll_interval_secs", "llm_timeout_secs", "llm_num_ctx", "llm_max_tokens",
+                 "prompt_max_files",
                  "breaker_failures", "max_attempts", "merge_gate_timeout_secs", "worktree_setup_timeout_secs"}
 
 
@@ -1027,11 +1029,20 @@ class LLMClient:
             raise LLMRetryable(f"the LLM server answered with a body that is not JSON: {response.text[:120]!r}")
         return body
 
+    def _check_not_cut(self, stop_reason: str | None) -> None:
+        """A reply stopped by the output bound is unfinished JSON: asking again would only run
+        the same model into the same bound, so say so at once."""
+        if stop_reason == "length":
+            raise LLMError(f"the LLM's reply was cut at llm_max_tokens ({self.config.llm_max_tokens} tokens) "
+                           "before it ended; raise llm_max_tokens, or use a model that stops by itself")
+
     def _ollama(self, messages: list[dict], schema: dict) -> LLMReply:
         body = self._check(self._post("/api/chat", {
             "model": self.model, "messages": messages, "stream": False, "format": schema,
-            "options": {"temperature": self.config.llm_temperature, "num_ctx": self.config.llm_num_ctx},
+            "options": {"temperature": self.config.llm_temperature, "num_ctx": self.config.llm_num_ctx,
+                        "num_predict": self.config.llm_max_tokens},
             "keep_alive": self.config.llm_keep_alive}))
+        self._check_not_cut(body.get("done_reason"))
         content = (body.get("message") or {}).get("content")
         if not isinstance(content, str):
             raise LLMRetryable("the LLM server's reply has no message content")
@@ -1041,7 +1052,7 @@ class LLMClient:
         def request(response_format: dict) -> requests.Response:
             return self._post("/v1/chat/completions", {
                 "model": self.model, "messages": messages, "temperature": self.config.llm_temperature,
-                "response_format": response_format, "stream": False})
+                "response_format": response_format, "max_tokens": self.config.llm_max_tokens, "stream": False})
 
         formats = {"json_schema": {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}},
                    "json_object": {"type": "json_object", "schema": schema}}
@@ -1053,9 +1064,11 @@ class LLMClient:
                 self._openai_format, response = "json_object", retry
         body = self._check(response)
         try:
-            content = body["choices"][0]["message"]["content"]
+            choice = body["choices"][0]
+            content = choice["message"]["content"]
         except (KeyError, IndexError, TypeError):
             raise LLMRetryable("the LLM server's reply has no choices[0].message.content") from None
+        self._check_not_cut(choice.get("finish_reason"))
         usage = body.get("usage") or {}
         return LLMReply(content or "", usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
 

@@ -29,18 +29,28 @@ to OLLAMA_HOST, else http://127.0.0.1:11434.
 """
 
 MAX_TITLE = 120
-SYSTEM_PROMPT = """\
-You are a senior engineer planning work for a team of coding agents that work in parallel, each
-on its own branch. Split the goal into {min}-{max} subtasks. Each subtask:
+# The rules travel in the user message: a GGUF imported without a chat template gets Ollama's
+# `{{ .Prompt }}` template, which drops the system message (the model never saw the rules).
+SYSTEM_PROMPT = "You are a senior engineer planning work for a team of coding agents."
+PLAN_RULES = """\
+Plan work for a team of coding agents that work in parallel, each on its own branch. Split the
+goal below into {min}-{max} subtasks. Each subtask:
 - is one clear, small change that one agent can finish alone, without waiting for the others;
-- has an imperative title of at most 120 characters ("Add ...", "Fix ...");
+- has an imperative title of at most 120 characters ("Add ...", "Fix ..."), different from every
+  other subtask's title;
 - has a description an agent can act on without reading the other subtasks;
 - names in "files" the main file(s) it should change: relative paths from the repository root,
   existing files where possible, new files allowed;
 - lists in "depends_on" the 0-based indices of EARLIER subtasks it really needs (usually none).
 Prefer subtasks that touch different files, so their branches merge without conflicts.
+{answer}"""
+REASK = """\
+That plan cannot be used: {problem}.
+Write the whole plan again with these problems fixed: {min} to {max} subtasks, each with its own
+title, its own description and the files it changes. {answer}"""
+ANSWER_FORM = """\
 Answer with JSON only, exactly of this form:
-{{"subtasks": [{{"title": "...", "description": "...", "files": ["path"], "depends_on": []}}]}}"""
+{"subtasks": [{"title": "...", "description": "...", "files": ["path"], "depends_on": []}]}"""
 
 
 class PlanError(Exception):
@@ -84,12 +94,13 @@ def find_subtask_list(data) -> list:
     raise PlanError('expected {"subtasks": [...]}, found no list of subtasks')
 
 
-def validate_plan(data, min_count: int, max_count: int) -> list[Subtask]:
+def validate_plan(data, min_count: int, max_count: int) -> tuple[list[Subtask], list[str]]:
+    """The plan's subtasks, and notes on what was merged. A subtask repeated with the same title
+    and files (small models repeat themselves) is merged into its first copy."""
     items = find_subtask_list(data)
-    errors = []
-    if not min_count <= len(items) <= max_count:
-        errors.append(f"there must be {min_count} to {max_count} subtasks, not {len(items)}")
-    subtasks, seen = [], {}
+    errors, notes = [], []
+    subtasks, seen = [], {}  # seen: normalized title -> (index, files)
+    position = {}  # the model's index of a subtask -> its index in the merged plan
     for index, item in enumerate(items):
         where = f"subtask {index}"
         if not isinstance(item, dict):
@@ -99,10 +110,6 @@ def validate_plan(data, min_count: int, max_count: int) -> list[Subtask]:
         if not isinstance(title, str) or not title.strip():
             errors.append(f"{where} has no title")
             title = ""
-        elif common.normalize_title(title) in seen:
-            errors.append(f"{where} has the same title as subtask {seen[common.normalize_title(title)]}: {title!r}")
-        else:
-            seen[common.normalize_title(title)] = index
         if not isinstance(description, str) or not description.strip():
             errors.append(f"{where} has no description")
             description = ""
@@ -116,20 +123,37 @@ def validate_plan(data, min_count: int, max_count: int) -> list[Subtask]:
                     clean_files.append(common.check_repo_path(raw))
                 except common.UserError as exc:
                     errors.append(f"{where}: {exc}")
+        clean_files = list(dict.fromkeys(clean_files))
         depends_on = item.get("depends_on") or []
         if not isinstance(depends_on, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in depends_on):
             errors.append(f"{where}: depends_on must be a list of subtask indices")
             depends_on = []
         elif bad := [d for d in depends_on if not 0 <= d < index]:
             errors.append(f"{where}: depends_on may only name earlier subtasks (0 to {index - 1}), not {bad}")
+        if title and common.normalize_title(title) in seen:
+            first, first_files = seen[common.normalize_title(title)]
+            if sorted(first_files) == sorted(clean_files):
+                position[index] = position[first]
+                notes.append(f"subtask {index} repeats subtask {first} ({title!r}, same files): merged into it")
+            else:
+                errors.append(f"{where} has the same title as subtask {first} but other files: {title!r}")
+            continue
+        if title:
+            seen[common.normalize_title(title)] = (index, clean_files)
         long_title = " ".join(title.split())
         if len(long_title) > MAX_TITLE:
             description = f"{long_title}\n\n{description}"
+        position[index] = len(subtasks)
         subtasks.append(Subtask(common.cut_at_word(long_title, MAX_TITLE), description.strip(),
-                                list(dict.fromkeys(clean_files)), sorted(set(depends_on))))
+                                clean_files, depends_on))
+    if not min_count <= len(subtasks) <= max_count:
+        merged = f" once {len(items) - len(subtasks)} repeated ones were merged" if notes else ""
+        errors.insert(0, f"there must be {min_count} to {max_count} subtasks, not {len(subtasks)}{merged}")
     if errors:
         raise PlanError("; ".join(errors))
-    return subtasks
+    for subtask in subtasks:  # the model's indices, through the merges, to the plan's
+        subtask.depends_on = sorted({position[d] for d in subtask.depends_on if d in position})
+    return subtasks, notes
 
 
 def link_shared_files(subtasks: list[Subtask]) -> list[str]:
@@ -150,12 +174,13 @@ def build_messages(goal: str, files: list[str], max_files: int, min_count: int, 
     listing = "\n".join(files[:max_files]) or "(the repository has no tracked files yet)"
     if len(files) > max_files:
         listing += f"\n... and {len(files) - max_files} more files (list cut at {max_files})"
-    return [{"role": "system", "content": SYSTEM_PROMPT.format(min=min_count, max=max_count)},
-            {"role": "user", "content": f"Goal:\n{goal}\n\nFiles tracked in the repository:\n{listing}"}]
+    rules = PLAN_RULES.format(min=min_count, max=max_count, answer=ANSWER_FORM)
+    return [{"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": f"{rules}\n\nGoal:\n{goal}\n\nFiles tracked in the repository:\n{listing}"}]
 
 
 def ask_for_plan(client: common.LLMClient, messages: list[dict], retries: int, min_count: int,
-                 max_count: int, progress) -> tuple[list[Subtask], dict]:
+                 max_count: int, progress) -> tuple[list[Subtask], list[str], dict]:
     """Ask, validate, and ask again with the problems quoted, up to `retries` more times."""
     tokens = {"prompt": 0, "completion": 0}
     schema = plan_schema(min_count, max_count)
@@ -173,13 +198,13 @@ def ask_for_plan(client: common.LLMClient, messages: list[dict], retries: int, m
         tokens["completion"] += reply.completion_tokens
         try:
             data = common.extract_json(reply.content)
-            return validate_plan(data, min_count, max_count), tokens
+            return (*validate_plan(data, min_count, max_count), tokens)
         except (ValueError, PlanError) as exc:
             problem = str(exc)
             messages = messages + [
                 {"role": "assistant", "content": reply.content},
-                {"role": "user", "content": f"That plan is invalid: {problem}. Answer again with the whole "
-                                            "corrected plan as JSON only."}]
+                {"role": "user", "content": REASK.format(problem=problem, min=min_count, max=max_count,
+                                                         answer=ANSWER_FORM)}]
     raise common.UserError(f"the LLM gave no valid plan after {retries + 1} tries; last problem: {problem}")
 
 
@@ -226,8 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     client = common.LLMClient(config, args.model)
     progress(f"asking {client.model} at {config.llm_url} for {args.min}-{args.max} subtasks...")
     messages = build_messages(goal, common.tracked_files(config.root), config.prompt_max_files, args.min, args.max)
-    subtasks, tokens = ask_for_plan(client, messages, config.llm_retries, args.min, args.max, progress)
-    links = link_shared_files(subtasks)
+    subtasks, merges, tokens = ask_for_plan(client, messages, config.llm_retries, args.min, args.max, progress)
+    notes = merges + link_shared_files(subtasks)
 
     open_titles = {common.normalize_title(t.title): t.id for t in store.list(["open", "in_progress"])}
     skipped = [{"title": s.title, "reason": f"same title as open task {open_titles[common.normalize_title(s.title)]}"}
@@ -236,12 +261,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         plan = [dataclasses.asdict(s) for s in subtasks]
         if args.json:
-            common.print_json({"parent": args.bead, "plan": plan, "skipped": skipped, "tokens": tokens})
+            common.print_json({"parent": args.bead, "plan": plan, "notes": notes, "skipped": skipped,
+                               "tokens": tokens})
         else:
             for i, s in enumerate(subtasks):
                 waits = f"  (waits for {', '.join(map(str, s.depends_on))})" if s.depends_on else ""
                 print(f"{i}. {s.title}\n   files: {', '.join(s.files)}{waits}")
-            for note in links:
+            for note in notes:
                 print(f"note: {note}")
             for skip in skipped:
                 print(f"would skip {skip['title']!r}: {skip['reason']}")
@@ -250,13 +276,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     created = create_tasks(store, goal, parent_task, subtasks, open_titles)
     if args.json:
         common.print_json({"parent": created["parent"], "created": [t.id for t in created["tasks"]],
-                           "skipped": skipped, "tokens": tokens})
+                           "notes": notes, "skipped": skipped, "tokens": tokens})
         return 0
     print(f"parent: {created['parent']}" + ("" if parent_task else " (new epic)"))
     for task, waits in zip(created["tasks"], created["waits"]):
         print(f"  {task.id}  {task.title}\n      files: {', '.join(task.files)}"
               + (f"\n      waits for: {', '.join(waits)}" if waits else ""))
-    for note in links:
+    for note in notes:
         print(f"note: {note}")
     for skip in skipped:
         print(f"skipped {skip['title']!r}: {skip['reason']}")

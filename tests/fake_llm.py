@@ -18,8 +18,9 @@ class Reply:
     """One scripted answer: content for the model to "say", or an HTTP failure, or a hang."""
 
     def __init__(self, content: str = "", status: int = 200, error: str | None = None, hang: float = 0,
-                 raw_body: bytes | None = None):
+                 raw_body: bytes | None = None, stop: str = "stop"):
         self.content, self.status, self.error, self.hang, self.raw_body = content, status, error, hang, raw_body
+        self.stop = stop  # why generation ended: "length" when the output bound cut it
 
 
 class FakeLLM:
@@ -110,7 +111,7 @@ class FakeLLM:
                     return
                 self._send(200, {"model": body["model"], "created_at": "2026-11-27T12:00:00Z",
                                  "message": {"role": "assistant", "content": reply.content},
-                                 "done": True, "done_reason": "stop", "total_duration": 1000,
+                                 "done": True, "done_reason": reply.stop, "total_duration": 1000,
                                  "prompt_eval_count": 100 + len(json.dumps(body["messages"])) // 4,
                                  "eval_count": len(reply.content) // 4})
 
@@ -126,7 +127,7 @@ class FakeLLM:
                 if reply is None:
                     return
                 self._send(200, {"id": "chatcmpl-1", "object": "chat.completion", "model": body["model"],
-                                 "choices": [{"index": 0, "finish_reason": "stop",
+                                 "choices": [{"index": 0, "finish_reason": reply.stop,
                                               "message": {"role": "assistant", "content": reply.content}}],
                                  "usage": {"prompt_tokens": 120, "completion_tokens": len(reply.content) // 4,
                                            "total_tokens": 120 + len(reply.content) // 4}})

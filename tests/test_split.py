@@ -56,7 +56,7 @@ def test_good_plan_becomes_linked_tasks(split, fake_llm, config, store, repo):
     body = request["body"]
     assert request["path"] == "/api/chat"
     assert body["model"] == "qwen2.5-coder:7b" and body["stream"] is False
-    assert body["options"] == {"temperature": 0, "num_ctx": 8192} and body["keep_alive"] == "10m"
+    assert body["options"] == {"temperature": 0, "num_ctx": 8192, "num_predict": 4096} and body["keep_alive"] == "10m"
     assert body["format"]["properties"]["subtasks"]["minItems"] == 3
     assert "dashboard.py" in body["messages"][1]["content"] and GOAL in body["messages"][1]["content"]
 
@@ -77,7 +77,7 @@ def test_what_local_models_really_send_is_tolerated(split, fake_llm, wrapped):
 @pytest.mark.parametrize("bad, problem", [
     (plan(("Only one", ["a.py"], None), ("Two", ["b.py"], None)), "must be 3 to 10 subtasks, not 2"),
     (plan(*[(f"T{i}", [f"f{i}.py"], None) for i in range(11)]), "not 11"),
-    (plan(("Same", ["a.py"], None), ("same ", ["b.py"], None), ("C", ["c.py"], None)), "same title as subtask 0"),
+    (plan(("Same", ["a.py"], None), ("same ", ["b.py"], None), ("C", ["c.py"], None)), "same title as subtask 0 but other files"),
     (plan(("A", ["../../etc/passwd"], None), ("B", ["b.py"], None), ("C", ["c.py"], None)), "leaves the repository"),
     (plan(("A", ["--output=/tmp/x"], None), ("B", ["b.py"], None), ("C", ["c.py"], None)), "begins with '-'"),
     (plan(("A", ["a&calc.exe"], None), ("B", ["b.py"], None), ("C", ["c.py"], None)), "contains the character '&'"),
@@ -93,6 +93,55 @@ def test_invalid_plans_are_asked_again_then_refused(split, fake_llm, store, bad,
     assert store.list(None) == []  # nothing is created unless the whole plan is valid
     # The re-ask quotes the problem to the model.
     assert problem in fake_llm.requests[1]["body"]["messages"][-1]["content"]
+
+
+@pytest.mark.parametrize("api", ["ollama", "openai"])
+def test_every_request_bounds_its_output_and_a_cut_reply_fails_at_once(split, fake_llm, store, api):
+    # A small model under a schema can generate without end: the bound ends it, and a reply the
+    # bound cut is unfinished JSON, so it is reported at once rather than asked again.
+    fake_llm.script(Reply(GOOD[:40], stop="length"), GOOD)
+    with pytest.raises(common.LLMError, match=r"reply was cut at llm_max_tokens \(700 tokens\).*raise llm_max_tokens"):
+        split(GOAL, llm_api=api, llm_max_tokens=700)
+    [request] = fake_llm.requests
+    bound = request["body"]["options"]["num_predict"] if api == "ollama" else request["body"]["max_tokens"]
+    assert bound == 700
+    assert store.list(None) == []
+
+
+def test_the_rules_reach_the_model_in_the_user_message(split, fake_llm):
+    # A GGUF without a chat template gets Ollama's {{ .Prompt }} template, which drops the
+    # system message: what the model must follow has to be in the user message.
+    fake_llm.script(GOOD)
+    split("--min", "2", "--max", "7", GOAL)
+    user = [m["content"] for m in fake_llm.requests[0]["body"]["messages"] if m["role"] == "user"]
+    assert len(user) == 1
+    assert "into 2-7 subtasks" in user[0] and "Answer with JSON only" in user[0] and GOAL in user[0]
+
+
+def test_a_repeated_subtask_is_merged_into_its_first_copy(split, fake_llm, store):
+    fake_llm.script(plan(("Add cycle time metric", ["metrics/cycle.py"], None),
+                         ("Add throughput chart", ["charts/throughput.py"], None),
+                         ("add  cycle time metric", ["metrics/cycle.py"], None),
+                         ("Wire the dashboard page", ["dashboard.py"], [1, 2])))
+    code, out = split(GOAL)
+    assert code == 0 and len(fake_llm.requests) == 1
+    tasks = [store.get(i) for i in out["created"]]
+    assert [t.title for t in tasks] == ["Add cycle time metric", "Add throughput chart", "Wire the dashboard page"]
+    # What waited for the repeat waits for the first copy.
+    assert sorted(tasks[2].deps_of("blocks")) == sorted([tasks[0].id, tasks[1].id])
+    assert out["notes"] == ["subtask 2 repeats subtask 0 ('add  cycle time metric', same files): merged into it"]
+
+
+def test_too_few_after_merging_repeats_is_asked_again_plainly(split, fake_llm):
+    repeated = plan(("Add cycle time metric", ["metrics/cycle.py"], None),
+                    ("Add cycle time metric", ["metrics/cycle.py"], None),
+                    ("Add cycle time metric", ["metrics/cycle.py"], None))
+    fake_llm.script(repeated, GOOD)
+    code, out = split(GOAL)
+    assert code == 0 and len(out["created"]) == 3
+    reask = fake_llm.requests[1]["body"]["messages"][-1]["content"]
+    assert "there must be 3 to 10 subtasks, not 1 once 2 repeated ones were merged" in reask
+    assert "3 to 10 subtasks, each with its own\ntitle" in reask and "Answer with JSON only" in reask
 
 
 def test_invalid_then_valid_reply_succeeds(split, fake_llm):
