@@ -621,6 +621,57 @@ def _open_blockers(entry: dict, by_id: dict[str, dict]) -> list[str]:
             and by_id[dep["depends_on_id"]].get("status", "open") != "closed"]
 
 
+def _normalize_entry(entry: dict) -> str | None:
+    """Bring a hand-written task to the normal form the store writes (README, "task_queue.json"):
+    null means "not given", a priority may be a digit in a string, a dependency may be a bare id.
+    Returns what cannot be read that way."""
+    for key in ("status", "priority", "created_at", "dependencies"):
+        if key in entry and entry[key] is None:
+            del entry[key]
+    priority = entry.get("priority", 2)
+    if isinstance(priority, str) and priority.strip() in ("0", "1", "2", "3", "4"):
+        entry["priority"] = priority = int(priority)
+    if not (type(priority) is int and 0 <= priority <= 4):
+        return f"\"priority\" must be 0-4 (0 highest), got {json.dumps(priority)}"
+    for key in ("status", "created_at"):
+        if not isinstance(entry.get(key, ""), str):
+            return f"\"{key}\" must be a string, got {json.dumps(entry[key])}"
+    deps = entry.get("dependencies", [])
+    if not isinstance(deps, list):
+        return f"\"dependencies\" must be a list, got {json.dumps(deps)}"
+    for i, dep in enumerate(deps):
+        if isinstance(dep, str):
+            deps[i] = dep = {"depends_on_id": dep, "type": "blocks"}
+        if not (isinstance(dep, dict) and isinstance(dep.get("depends_on_id"), str)
+                and isinstance(dep.get("type", "blocks"), str)):
+            return f"dependency {json.dumps(dep)} must be a task id or {{\"depends_on_id\": ID, \"type\": TYPE}}"
+    return None
+
+
+def _dependency_cycle(entries: list[dict]) -> list[str] | None:
+    """A chain of blocking dependencies that comes back to where it started, if there is one."""
+    waits_for = {e["id"]: [d["depends_on_id"] for d in e.get("dependencies", ()) if d.get("type", "blocks")
+                           in BLOCKING_DEP_TYPES] for e in entries if e.get("dependencies")}
+    on_path_or_done: dict[str, bool] = {}  # True while on the current chain, False once explored
+    for start in waits_for:
+        if start in on_path_or_done:
+            continue
+        path, next_deps = [start], [iter(waits_for[start])]
+        on_path_or_done[start] = True
+        while path:  # depth first without recursion: chains can be thousands of tasks long
+            dep = next(next_deps[-1], None)
+            if dep is None:
+                on_path_or_done[path.pop()] = False
+                next_deps.pop()
+            elif on_path_or_done.get(dep):
+                return path[path.index(dep):] + [dep]
+            elif dep not in on_path_or_done:
+                on_path_or_done[dep] = True
+                path.append(dep)
+                next_deps.append(iter(waits_for.get(dep, ())))
+    return None
+
+
 def _entry_is_ready(entry: dict, by_id: dict[str, dict]) -> bool:
     """bd's notion of ready: open, not an epic, no open blocker, parent not blocked."""
     if entry.get("status", "open") != "open" or entry.get("issue_type") == "epic":
@@ -660,10 +711,19 @@ class JsonTaskStore:
         if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
             raise UserError(f"{self.path} is corrupt: expected an object with a \"tasks\" list; "
                             "fix or move it (it was left untouched)")
+        seen = set()
         for i, entry in enumerate(data["tasks"]):
             if not isinstance(entry, dict) or not isinstance(entry.get("id"), str) or not isinstance(entry.get("title"), str):
                 raise UserError(f"{self.path} is corrupt: task #{i + 1} needs a string \"id\" and \"title\"; "
                                 "fix or move it (it was left untouched)")
+            problem = "two tasks have this id" if entry["id"] in seen else _normalize_entry(entry)
+            if problem:
+                raise UserError(f"{self.path}: task {entry['id']}: {problem}; fix it (the file was left untouched)")
+            seen.add(entry["id"])
+        if cycle := _dependency_cycle(data["tasks"]):
+            raise UserError(f"{self.path}: task {cycle[0]} waits for itself through the dependency cycle "
+                            f"{' -> '.join(cycle)}, so none of them could ever run; remove one of those "
+                            "dependencies (the file was left untouched)")
         self._cache = (key, data) if key else None
         return data
 
@@ -778,6 +838,9 @@ class JsonTaskStore:
             deps = entry.setdefault("dependencies", [])
             if not any(d.get("depends_on_id") == depends_on and d.get("type") == kind for d in deps):
                 deps.append({"depends_on_id": depends_on, "type": kind})
+                if cycle := _dependency_cycle(entries):
+                    raise UserError(f"{task_id} cannot wait for {depends_on}: that makes the cycle "
+                                    f"{' -> '.join(cycle)}, and none of them could ever run")
 
     def add_note(self, task_id: str, text: str) -> Task:
         return self._update(task_id, text)
