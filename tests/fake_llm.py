@@ -6,7 +6,7 @@ Shapes follow docs/real-tools.md: /api/chat answers {"model", "message": {"role"
 choices and usage. `llama_cpp=True` makes it behave like llama.cpp's server: no /api routes, and
 the {"type": "json_schema"} response format answers HTTP 500.
 
-What real Aider 0.86.2 sends through litellm (seen against a scripted server, shared/real-tools.md)
+What real Aider 0.86.2 sends through litellm (seen against a scripted server, docs/real-tools.md)
 is served too, so the real Aider can run against this double:
 - `POST /api/show {"name": MODEL}` (about five per start, for the context length): the fields
   litellm reads, `model_info` with `<arch>.context_length` and `template`, plus `details`.
