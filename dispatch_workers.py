@@ -411,6 +411,7 @@ class Worker:
     proc: subprocess.Popen | None = dataclasses.field(default=None, repr=False)
     starting: concurrent.futures.Future | None = dataclasses.field(default=None, repr=False)
     timed_out: bool = False
+    log: str = ""  # this attempt's own output, relative to the repository root
 
     def record(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _IN_MEMORY}
@@ -653,12 +654,27 @@ class Dispatcher:
         else:
             branch = branch_name(self.config.branch_template, task.id)
             worktree = self.free_worktree_path(file_name(task.id))
+        attempts = self.state["attempts"].get(task.id, 0)
+        if attempts >= self.config.max_attempts:
+            # The dispatcher blocked it at max_attempts, and a person has reopened it since:
+            # that person wants it tried again, with a fresh set of attempts.
+            self.event("attempts_reset", task.id, after=attempts)
+            self.state["attempts"].pop(task.id)
+            attempts = 0
         worker = Worker(slot=slot, task_id=task.id, title=task.title, branch=branch, worktree=str(worktree),
-                        base="", attempt=self.state["attempts"].get(task.id, 0) + 1, started_at=time.time(),
-                        deadline=None, kind="conflict" if conflict else "task")
+                        base="", attempt=attempts + 1, started_at=time.time(), deadline=None,
+                        kind="conflict" if conflict else "task", log=self.new_log(task.id, attempts + 1))
         self.workers[slot] = worker
         self.save_state()  # recorded before anything runs: a crash never leaves an unknown agent
         worker.starting = self.starter.submit(self.prepare_worktree, worker, task, conflict)
+
+    def new_log(self, task_id: str, attempt: int) -> str:
+        """One log per attempt, never one an earlier attempt wrote (a reopened task numbers its
+        attempts from 1 again; a start cut short by a crash may have left its log)."""
+        number = attempt
+        while (self.logs / f"{file_name(task_id)}.{number}.log").exists():
+            number += 1
+        return f"{self.logs.name}/{file_name(task_id)}.{number}.log"
 
     def free_worktree_path(self, name: str) -> Path:
         """A folder for a new worktree: one of ours may be replaced, anyone else's is avoided."""
@@ -699,7 +715,7 @@ class Dispatcher:
         finally:
             worker.starting = None
         try:
-            worker.proc = start_process(argv, Path(worker.worktree), env, self.logs / f"{file_name(worker.task_id)}.log")
+            worker.proc = start_process(argv, Path(worker.worktree), env, self.root / worker.log)
         except OSError as exc:  # e.g. the agent was uninstalled after preflight
             del self.workers[worker.slot]
             self.discard_attempt(worker)
@@ -711,7 +727,7 @@ class Dispatcher:
         worker.pid, worker.pid_start_time = worker.proc.pid, process_start_time(worker.proc.pid)
         self.save_state()
         self.event("worker_started", worker.task_id, slot=worker.slot, pid=worker.pid, branch=worker.branch,
-                   attempt=worker.attempt)
+                   attempt=worker.attempt, log=worker.log)
         self.say(f"{worker.task_id}: started worker {worker.slot} on {worker.branch} (attempt {worker.attempt}): "
                  f"{worker.title}")
 
@@ -756,14 +772,15 @@ class Dispatcher:
                     changed = True
                 continue
             if worker.has_exited():
-                self.event("worker_exited", worker.task_id, code=worker.proc.returncode if worker.proc else None)
+                self.event("worker_exited", worker.task_id, code=worker.proc.returncode if worker.proc else None,
+                           log=worker.log)
                 self.finish_worker(worker)
                 changed = True
             elif worker.deadline and time.time() > worker.deadline:
                 self.say(f"{worker.task_id}: worker outlived worker_timeout_secs; ending its process tree")
                 self.end_worker(worker)
                 worker.timed_out = True
-                self.event("worker_timed_out", worker.task_id)
+                self.event("worker_timed_out", worker.task_id, log=worker.log)
                 self.finish_worker(worker)
                 changed = True
         return changed
@@ -796,18 +813,19 @@ class Dispatcher:
         if worker.kind == "conflict":
             self.finish_conflict_worker(worker, commits)
         elif commits and not worker.timed_out:
-            self.event("commits_found", task_id, commits=commits)
+            self.event("commits_found", task_id, commits=commits, log=worker.log)
             self.failures_in_a_row = 0
             self.queue_merge(worker, "close", "")
         elif commits:
-            self.event("commits_found", task_id, commits=commits)
-            self.queue_merge(worker, "release", f"attempt {worker.attempt} timed out; its commits were merged")
+            self.event("commits_found", task_id, commits=commits, log=worker.log)
+            self.queue_merge(worker, "release", f"attempt {worker.attempt} timed out; its commits were merged; "
+                                                f"log {worker.log}")
         else:
-            self.event("no_commits", task_id)
+            self.event("no_commits", task_id, log=worker.log)
             self.failures_in_a_row += 1
             self.discard_attempt(worker)
-            self.attempt_failed(task_id, f"attempt {worker.attempt} {why} with no commits; log tail: "
-                                         f"{self.log_tail(task_id)}")
+            self.attempt_failed(task_id, f"attempt {worker.attempt} {why} with no commits; log {worker.log} ends: "
+                                         f"{self.log_tail(worker)}")
         self.save_state()
 
     def never_started(self, worker: Worker) -> None:
@@ -842,9 +860,9 @@ class Dispatcher:
             self.event("closed", worker.task_id)
             self.say(f"{worker.task_id}: resolved; {worker.branch} merges cleanly now")
         else:
-            self.event("no_commits" if not commits else "merge_conflict", worker.task_id)
+            self.event("no_commits" if not commits else "merge_conflict", worker.task_id, log=worker.log)
             self.attempt_failed(worker.task_id, f"attempt {worker.attempt}: {worker.branch} still does not merge "
-                                                f"cleanly; log tail: {self.log_tail(worker.task_id)}")
+                                                f"cleanly; log {worker.log} ends: {self.log_tail(worker)}")
 
     def attempt_failed(self, task_id: str, note: str) -> None:
         attempts = self.state["attempts"].get(task_id, 0) + 1
@@ -858,8 +876,8 @@ class Dispatcher:
             self.say(f"{task_id}: released for another attempt: {note[:120]}")
         self.save_state()
 
-    def log_tail(self, task_id: str, lines: int = 5) -> str:
-        path = self.logs / f"{file_name(task_id)}.log"
+    def log_tail(self, worker: Worker, lines: int = 5) -> str:
+        path = self.root / worker.log
         try:
             text = path.read_text(encoding="utf-8", errors="replace")
         except OSError:

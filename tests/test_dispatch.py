@@ -82,6 +82,33 @@ def test_a_crash_without_commits_is_released_then_blocked(agent_setup, repo):
     assert git(repo, "branch", "--list", "work/*") == ""
 
 
+def test_each_attempt_has_its_own_log_named_in_its_events_and_notes(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup(max_attempts=2)
+    task = add_task(store, "Crasher", "crash")
+    assert dispatch(cfg).returncode == 1
+    logs = [f".dispatch_logs/{task.id}.{n}.log" for n in (1, 2)]
+    assert [e["log"] for e in events(repo, "worker_started")] == logs
+    assert [e["log"] for e in events(repo, "no_commits")] == logs
+    notes = store.get(task.id).notes
+    for log in logs:  # one attempt's output each, and each attempt's note names its own log
+        assert (repo / log).read_text(encoding="utf-8").count("the agent crashed") == 1
+        assert f"log {log} ends: " in notes and "RuntimeError: the agent crashed" in notes
+
+
+def test_a_task_reopened_after_max_attempts_gets_a_fresh_set(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup(max_attempts=2)
+    task = add_task(store, "Crasher", "crash")
+    assert dispatch(cfg).returncode == 1
+    assert store.get(task.id).status == "blocked"
+    store.reopen(task.id)  # a person wants it tried again
+    assert dispatch(cfg).returncode == 1
+    assert [e["attempt"] for e in events(repo, "worker_started")] == [1, 2, 1, 2]
+    assert len(events(repo, "attempts_reset")) == 1
+    assert store.get(task.id).status == "blocked"
+    # The new attempts write new logs: the first set's logs are kept as they were.
+    assert [e["log"].rsplit(".", 2)[-2] for e in events(repo, "worker_started")] == ["1", "2", "3", "4"]
+
+
 def test_uncommitted_changes_are_committed_and_merged(json_agent_setup, repo):
     cfg, config, store = json_agent_setup()
     task = add_task(store, "Forgetful", "uncommitted notes.txt left behind")
@@ -452,7 +479,7 @@ def test_hostile_task_ids_and_a_linked_message_file_stay_inside(json_agent_setup
     assert dispatch(cfg).returncode == 0
     assert outside.read_text(encoding="utf-8") == "untouched\n"
     assert main_file(repo, "odd.txt") == "odd\n"
-    assert (repo / ".dispatch_logs" / "etc-x-y.log").exists()
+    assert (repo / ".dispatch_logs" / "etc-x-y.1.log").exists()
     assert not (repo.parent / "etc").exists()
 
 
