@@ -54,6 +54,9 @@ exit codes: 0 every task it ran was merged; 1 some task ended blocked or a merge
 CONFLICT_TITLE = "Resolve merge conflict: {branch}"
 GATE_TITLE = "Fix failing checks: {branch}"
 CONFLICT_LABEL = "merge-conflict"
+# A conflict task no agent may take: git cannot show its conflict as text markers.
+PERSON_LABEL = "needs-person"
+TEXT_CONFLICT = "CONFLICT (contents)"  # merge-tree's type for a conflict it marks up in the text
 GATE_LABEL = "merge-gate"
 MODEL_LABEL = "model:"
 WORKER_POLL_SECS = 0.01  # a worker's exit is noticed within this, so a slot refills at once
@@ -303,18 +306,47 @@ def first_line(text: str) -> str:
     return (text.strip().splitlines() or ["no output"])[0]
 
 
-def merge_tree(root: Path, ours: str, theirs: str) -> tuple[str | None, list[str], str]:
-    """`git merge-tree --write-tree`: (tree, [], "") when clean; (None, files, messages) on conflict."""
-    result = common.git("-c", "core.quotePath=false", "merge-tree", "--write-tree", "--name-only", ours, theirs,
-                        cwd=root, check=False)
+@dataclasses.dataclass
+class MergeResult:
+    """What `git merge-tree --write-tree` found: the merged tree, or the conflicts."""
+
+    tree: str | None
+    files: list[str] = dataclasses.field(default_factory=list)  # conflicted paths
+    messages: str = ""  # git's CONFLICT lines, for people
+    # path -> {1: the merge base's blob, 2: ours, 3: theirs}; a side that deleted the file is absent
+    stages: dict[str, dict[int, str]] = dataclasses.field(default_factory=dict)
+    markerless: list[str] = dataclasses.field(default_factory=list)  # conflicts text markers cannot show
+
+
+def merge_tree(root: Path, ours: str, theirs: str) -> MergeResult:
+    """`git merge-tree --write-tree -z`: exit 0 is clean, 1 has conflicts. Its -z form gives each
+    message a stable type: only "CONFLICT (contents)" leaves markers in a text file; a binary,
+    modify/delete, rename or mode conflict does not."""
+    result = common.git("merge-tree", "--write-tree", "-z", ours, theirs, cwd=root, check=False)
     if result.returncode not in (0, 1):
         raise common.GitError(result.argv, result.returncode, result.stdout, result.stderr)
-    lines = result.stdout.split("\n")
+    fields = result.stdout.split("\0")
     if result.returncode == 0:
-        return lines[0].strip(), [], ""
-    blank = lines.index("") if "" in lines else len(lines)
-    files = list(dict.fromkeys(lines[1:blank]))
-    return None, files, "\n".join(line for line in lines[blank + 1:] if line.startswith("CONFLICT"))
+        return MergeResult(fields[0].strip())
+    merged = MergeResult(None)
+    i = 1
+    while i < len(fields) and fields[i]:  # "<mode> <blob> <stage>\t<path>", one per stage
+        info, path = fields[i].split("\t", 1)
+        merged.stages.setdefault(path, {})[int(info.split()[2])] = info.split()[1]
+        i += 1
+    merged.files = list(merged.stages)
+    messages, markerless = [], []
+    i += 1
+    while i < len(fields) and fields[i]:  # "<n>", n paths, "<type>", "<message>"
+        count = int(fields[i])
+        paths, kind, text = fields[i + 1:i + 1 + count], fields[i + 1 + count], fields[i + 2 + count]
+        i += count + 3
+        if kind.startswith("CONFLICT"):
+            messages.append(text.strip())
+            if kind != TEXT_CONFLICT:
+                markerless += paths
+    merged.messages, merged.markerless = "\n".join(messages), list(dict.fromkeys(markerless))
+    return merged
 
 
 def new_marker_files(root: Path, main: str, branch: str) -> list[str]:
@@ -624,6 +656,8 @@ class Dispatcher:
 
     def why_waiting(self, task: common.Task) -> str | None:
         """None when the task may start now; else the reason it waits."""
+        if PERSON_LABEL in task.labels:
+            return f"it is for a person (label {PERSON_LABEL}): no agent takes it"
         if (CONFLICT_LABEL in task.labels or GATE_LABEL in task.labels) and task.id not in self.pending:
             return "its merge has not been recorded yet"
         if task.id in self.pending and self.pending[task.id]["branch"] in {w.branch for w in self.workers.values()}:
@@ -721,6 +755,9 @@ class Dispatcher:
             self.discard_attempt(worker)
             self.attempt_failed(worker.task_id, f"could not start the agent: {exc}")
             return
+        if worker.kind == "conflict" and worker.task_id in self.pending:
+            self.pending[worker.task_id]["branch_tip"] = worker.base  # the dispatcher's own merge of main
+            self.save_pending()
         worker.started_at = time.time()
         timeout = self.config.worker_timeout_secs
         worker.deadline = worker.started_at + timeout if timeout else None
@@ -749,11 +786,14 @@ class Dispatcher:
         if not worktree.exists():
             add_dispatcher_worktree(self.root, worktree, str(worktree), branch)
         clear_interrupted_git_state(worktree)
+        if markerless := merge_tree(self.root, branch, self.config.main_branch).markerless:
+            raise common.UserError(f"{', '.join(markerless)} now conflict in a way text markers cannot show; "
+                                   "a person must resolve it (the dispatcher commits neither side)")
         result = common.git("merge", "--no-ff", "--no-commit", "--no-edit", self.config.main_branch, cwd=worktree,
                             check=False)
         if result.returncode == 0 and not git_out(worktree, "status", "--porcelain"):
             return  # nothing to merge: main is already in the branch
-        common.git("add", "-A", cwd=worktree)  # markers, and the branch's side of what has none
+        common.git("add", "-A", cwd=worktree)  # the files with conflict markers, for the agent to settle
         original = conflict["task_id"]
         message = (f"dispatch: merge {self.config.main_branch} into {branch}, conflicts left for {task.id}\n\n"
                    f"Conflicted files: {', '.join(conflict['files']) or 'none'}\n"
@@ -853,16 +893,17 @@ class Dispatcher:
         """A resolve/fix task's worker: close it when the branch now merges cleanly."""
         conflict = self.pending.get(worker.task_id)
         main = self.config.main_branch
-        clean = bool(conflict) and merge_tree(self.root, main, worker.branch)[0] is not None and \
-            not new_marker_files(self.root, main, worker.branch)
+        clean = bool(conflict) and commits > 0 and merge_tree(self.root, main, worker.branch).tree is not None \
+            and not new_marker_files(self.root, main, worker.branch)
         if clean:
             self.store.close(worker.task_id, f"{worker.branch} now merges cleanly")
             self.event("closed", worker.task_id)
             self.say(f"{worker.task_id}: resolved; {worker.branch} merges cleanly now")
         else:
             self.event("no_commits" if not commits else "merge_conflict", worker.task_id, log=worker.log)
-            self.attempt_failed(worker.task_id, f"attempt {worker.attempt}: {worker.branch} still does not merge "
-                                                f"cleanly; log {worker.log} ends: {self.log_tail(worker)}")
+            problem = "still does not merge cleanly" if commits else "has no commit after the dispatcher's merge"
+            self.attempt_failed(worker.task_id, f"attempt {worker.attempt}: {worker.branch} {problem}; "
+                                                f"log {worker.log} ends: {self.log_tail(worker)}")
 
     def attempt_failed(self, task_id: str, note: str) -> None:
         attempts = self.state["attempts"].get(task_id, 0) + 1
@@ -957,10 +998,10 @@ class Dispatcher:
                 base = rev_parse(root, main)
                 if marked := new_marker_files(root, base, tip):
                     return self.on_conflict(entry, marked, base, "the branch adds conflict markers")
-                tree, conflicted, messages = merge_tree(root, base, tip)
-                if tree is None:
-                    return self.on_conflict(entry, conflicted, base, messages)
-                commit = git_out(root, "commit-tree", tree, "-p", base, "-p", tip, "-m",
+                merged = merge_tree(root, base, tip)
+                if merged.tree is None:
+                    return self.on_conflict(entry, merged.files, base, merged.messages, merged=merged)
+                commit = git_out(root, "commit-tree", merged.tree, "-p", base, "-p", tip, "-m",
                                  f"Merge {entry['branch']}: {entry['title']} ({entry['task_id']})")
                 if self.config.merge_gate_command:
                     passed, output = self.run_gate(commit)
@@ -1075,7 +1116,8 @@ class Dispatcher:
         what = "timed out" if code is None else f"exited {code}"
         return False, f"merge_gate_command {what}; output tail:\n{output}"
 
-    def on_conflict(self, entry: dict, files: list[str], main_commit: str, detail: str, kind: str = "conflict") -> bool:
+    def on_conflict(self, entry: dict, files: list[str], main_commit: str, detail: str, kind: str = "conflict",
+                    merged: MergeResult | None = None) -> bool:
         """The branch cannot merge as it is: rebase it, or hand it back as a task."""
         task_id, branch = entry["task_id"], entry["branch"]
         self.event("merge_conflict" if kind == "conflict" else "gate_failed", task_id, files=files)
@@ -1096,18 +1138,22 @@ class Dispatcher:
             self.block(task_id, f"{branch} still does not merge after {self.config.max_merge_retries} "
                                 f"conflict or check tasks; branch kept")
             return True
-        followup = self.file_conflict_task(entry, kind, files, main_commit, detail)
+        followup = self.file_conflict_task(entry, kind, files, main_commit, detail, merged)
+        # branch_tip: the conflict counts as resolved only once someone commits on top of it.
         self.pending[followup.id] = {"kind": kind, "branch": branch, "task_id": task_id,
                                      "worktree": entry["worktree"], "main_commit": main_commit, "files": files,
                                      "created_at": common.now_iso(), "retries": retries,
-                                     "title": entry["title"], "outcome": entry["outcome"], "note": entry["note"]}
+                                     "title": entry["title"], "outcome": entry["outcome"], "note": entry["note"],
+                                     "branch_tip": rev_parse(self.root, f"refs/heads/{branch}"),
+                                     "for_person": PERSON_LABEL in followup.labels}
         self.save_pending()
         self.drop_entry(entry)
         self.say(f"{task_id}: {'merge conflict' if kind == 'conflict' else 'checks failed'} on {branch}"
                  + (f" in {', '.join(files)}" if files else "") + f"; filed {followup.id}")
         return True
 
-    def file_conflict_task(self, entry: dict, kind: str, files: list[str], main_commit: str, detail: str):
+    def file_conflict_task(self, entry: dict, kind: str, files: list[str], main_commit: str, detail: str,
+                           merged: MergeResult | None = None):
         """One open task per branch and kind: a crash between filing and recording never makes two."""
         branch = entry["branch"]
         title = (CONFLICT_TITLE if kind == "conflict" else GATE_TITLE).format(branch=branch)
@@ -1115,7 +1161,10 @@ class Dispatcher:
             if task.title == title:
                 return task
         original = self.store.get(entry["task_id"])
-        if kind == "conflict":
+        for_person = kind == "conflict" and merged is not None and bool(merged.markerless)
+        if for_person:
+            what = self.person_conflict_text(entry, original, main_commit, detail, merged)
+        elif kind == "conflict":
             what = (f"Branch {branch} (task {original.id}: {original.title}) does not merge into "
                     f"{self.config.main_branch} at {main_commit[:MERGE_SHORT]}.\n\nConflicted files: "
                     f"{', '.join(files)}\n{detail}\n\nThe dispatcher has merged {self.config.main_branch} into the "
@@ -1125,11 +1174,36 @@ class Dispatcher:
             what = (f"Merging branch {branch} (task {original.id}: {original.title}) into "
                     f"{self.config.main_branch} at {main_commit[:MERGE_SHORT]} fails the checks.\n\n{detail}\n\n"
                     "Make the checks pass on this branch, commit, then stop.")
-        labels = [CONFLICT_LABEL if kind == "conflict" else GATE_LABEL] + [common.FILE_LABEL + f for f in files]
+        labels = ([CONFLICT_LABEL if kind == "conflict" else GATE_LABEL] + [PERSON_LABEL] * for_person
+                  + [common.FILE_LABEL + f for f in files])
         task = self.store.create(title, what, priority=original.priority, labels=labels,
                                  deps=[("discovered-from", original.id)])
         common.failpoint("after_conflict_task")
         return task
+
+    def person_conflict_text(self, entry: dict, original: common.Task, main_commit: str, detail: str,
+                             merged: MergeResult) -> str:
+        """A conflict that git cannot show as text markers: both sides' blobs and how to settle it."""
+        main, branch, worktree = self.config.main_branch, entry["branch"], entry["worktree"]
+        sides = []
+        for path in merged.files:
+            blob = merged.stages[path]
+            sides.append(f"  {path}: {main} {blob.get(2, '(deleted)')}, {branch} {blob.get(3, '(deleted)')}, "
+                         f"their merge base {blob.get(1, '(none)')}")
+        return (f"Branch {branch} (task {original.id}: {original.title}) does not merge into {main} at "
+                f"{main_commit[:MERGE_SHORT]}, and git cannot show this conflict as text markers (a binary file, "
+                f"a file deleted on one side, a rename), so it is for a person: the label {PERSON_LABEL} keeps "
+                f"agents off it, and the dispatcher has committed neither side.\n\n{detail}\n\n"
+                f"Each side's blob (look with `git cat-file -p BLOB`):\n" + "\n".join(sides) + "\n\n"
+                f"To resolve it:\n"
+                f"  cd {worktree}   (if it is gone: git worktree add {worktree} {branch})\n"
+                f"  git merge {main}\n"
+                f"  for each file: git checkout {main} -- PATH (main's side), git checkout HEAD -- PATH "
+                f"(the branch's side), git rm PATH (deleted), or write the file; then git add PATH\n"
+                f"  git commit --no-edit\n"
+                f"  py tasks.py close ID   (this task)\n"
+                f"Closing this task with no new commit on {branch} leaves the conflict standing: {original.id} "
+                f"is then blocked and its branch kept.")
 
     def check_pending(self) -> bool:
         """Retry a merge once its conflict or fix task is closed; block it if that task is blocked."""
@@ -1140,6 +1214,15 @@ class Dispatcher:
                 continue
             followup = self.store.get(followup_id)
             if followup.status == "closed" and self.config.auto_retry_merge_on_conflict_close:
+                if pending["kind"] == "conflict" and not self.committed_since(pending):
+                    del self.pending[followup_id]
+                    self.save_pending()
+                    remove_worktree(self.root, Path(pending["worktree"]))
+                    self.block(pending["task_id"], f"{followup_id} ({followup.title}) was closed with no commit on "
+                                                   f"{pending['branch']} after the dispatcher's, so the conflict "
+                                                   f"stands; branch {pending['branch']} kept")
+                    changed = True
+                    continue
                 if not any(e["branch"] == pending["branch"] for e in self.state["merge_queue"]):
                     self.state["merge_queue"].insert(0, queue_entry(
                         pending["task_id"], pending["title"], pending["branch"], pending["worktree"],
@@ -1157,6 +1240,13 @@ class Dispatcher:
                                                f"{followup.notes.splitlines()[-1] if followup.notes else ''}")
                 changed = True
         return changed
+
+    def committed_since(self, pending: dict) -> bool:
+        """Whether the branch has moved since the conflict was filed or the dispatcher merged main
+        into it: only a commit of someone's resolves a conflict."""
+        tip = rev_parse(self.root, f"refs/heads/{pending['branch']}")
+        recorded = pending.get("branch_tip")
+        return tip is None or recorded is None or tip != recorded  # a gone branch is reported by merge()
 
     def close_finished_epics(self) -> None:
         """Only after a task with a parent was closed: listing every task is slow with bd."""
@@ -1223,7 +1313,8 @@ class Dispatcher:
         for entry in self.state["merge_queue"]:
             self.summary["waiting"].append({"id": entry["task_id"], "reason": entry.get("waiting", "in the merge queue")})
         for followup_id, pending in self.pending.items():
-            self.summary["waiting"].append({"id": pending["task_id"], "reason": f"waits for {followup_id}"})
+            self.summary["waiting"].append({"id": pending["task_id"], "reason": f"waits for {followup_id}" + (
+                f" ({PERSON_LABEL}: a person must resolve it)" if pending.get("for_person") else "")})
         if self.breaker_tripped():
             self.summary["waiting"].append({"id": None, "reason": "the breaker stopped new workers"})
         return self.summary

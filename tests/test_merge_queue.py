@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -125,21 +126,79 @@ def test_conflict_task_closed_by_hand_retries_the_merge(json_agent_setup, repo):
     assert json.loads((repo / ".dispatch_pending_merge_retries.json").read_text(encoding="utf-8")) == {}
 
 
-def test_a_modify_delete_conflict_keeps_the_branch_version(json_agent_setup, repo):
+def file_human_conflict(config, store, repo, path, branch_text, main_text):
+    """A task changes `path` while someone changes it on main (main_text None: deletes it); the
+    dispatcher files the conflict. Returns (the task, the conflict task, the summary)."""
+    task = add_task(store, f"Change {path}", "sleep 1", f"append {path} {branch_text}")
+
+    def someone_changes_main(message):
+        if message.startswith(f"{task.id}: started worker"):
+            if main_text is None:
+                git(repo, "rm", "-q", path)
+                git(repo, "commit", "-qm", f"remove {path}")
+            else:
+                commit_file(repo, path, main_text, f"replace {path}")
+
+    summary = run_in_process(config, store, someone_changes_main)
+    conflict = next(t for t in store.list(None) if t.title.startswith("Resolve merge conflict"))
+    return task, conflict, summary
+
+
+def test_a_modify_delete_conflict_is_left_to_a_person_and_merges_once_they_commit(json_agent_setup, repo):
     commit_file(repo, "old.txt", "line\n")
     cfg, config, store = json_agent_setup()
-    editor = add_task(store, "Extend old.txt", "sleep 1", "append old.txt more")
+    branch_tip = []
+    editor, conflict, summary = file_human_conflict(config, store, repo, "old.txt", "more", None)
+    branch = f"work/{editor.id}"
+    branch_tip.append(git(repo, "rev-parse", branch))
+    # No agent took it, and the dispatcher committed neither side on the branch.
+    assert conflict.status == "open" and {"merge-conflict", "needs-person", "file:old.txt"} <= set(conflict.labels)
+    assert summary["merged"] == [] and "needs-person" in summary["waiting"][0]["reason"]
+    assert "dispatch: merge main" not in git(repo, "log", "--format=%s", branch)
+    assert main_file(repo, "old.txt") is None
+    # Both sides' blobs and the commands are in the task.
+    assert "modify/delete" in conflict.description
+    assert f"{branch} {git(repo, 'rev-parse', branch + ':old.txt')}" in conflict.description
+    assert "main (deleted)" in conflict.description and "git merge main" in conflict.description
+    # The person settles it in the branch's worktree (main's side: the file stays deleted).
+    pending = json.loads((repo / ".dispatch_pending_merge_retries.json").read_text(encoding="utf-8"))
+    worktree = Path(pending[conflict.id]["worktree"])
+    assert f"cd {worktree}" in conflict.description
+    subprocess.run(["git", "merge", "-q", "main"], cwd=worktree, capture_output=True)
+    git(worktree, "rm", "-q", "old.txt")
+    git(worktree, "commit", "-q", "--no-edit")
+    store.close(conflict.id, "kept the deletion")
+    summary = run_in_process(config, store)
+    assert summary["merged"] == [editor.id] and merges_of(repo, editor.id) == 1
+    assert main_file(repo, "old.txt") is None
 
-    def someone_deletes_the_file(message):
-        if message.startswith(f"{editor.id}: started worker"):
-            git(repo, "rm", "-q", "old.txt")
-            git(repo, "commit", "-qm", "remove old.txt")
 
-    summary = run_in_process(config, store, someone_deletes_the_file)
-    conflict = next(t for t in store.list(None) if t.title.startswith("Resolve merge conflict"))
-    assert "modify/delete" in conflict.description and "old.txt" in conflict.description
-    assert summary["merged"] == [editor.id] and conflict.status == "closed"
-    assert main_file(repo, "old.txt") == "line\nmore\n"
+def test_a_binary_conflict_task_closed_with_no_commit_blocks_the_task_and_keeps_main(json_agent_setup, repo):
+    commit_file(repo, "logo.png", "\x00logo v1\n")
+    cfg, config, store = json_agent_setup()
+    task, conflict, summary = file_human_conflict(config, store, repo, "logo.png", "branch", "\x00logo v2\n")
+    assert "needs-person" in conflict.labels and "binary" in conflict.description
+    store.close(conflict.id, "nothing to do")  # a person closes it without resolving
+    summary = run_in_process(config, store)
+    [blocked] = summary["blocked"]
+    assert blocked["id"] == task.id and "closed with no commit" in blocked["reason"]
+    assert store.get(task.id).status == "blocked" and merges_of(repo, task.id) == 0
+    assert main_file(repo, "logo.png") == "\x00logo v2\n"
+    assert git(repo, "branch", "--list", "--format=%(refname:short)", f"work/{task.id}") == f"work/{task.id}"
+
+
+def test_a_text_conflict_task_closed_with_no_commit_blocks_the_task(json_agent_setup, repo):
+    commit_file(repo, "settings.ini", "[ui]\ncolor=blue\n")
+    cfg, config, store = json_agent_setup()
+    conflicting_pair(store)
+    filed = []
+    run_in_process(config, store, lambda m: "; filed " in m and (
+        filed.append(m.rsplit(" ", 1)[1]) or store.claim(filed[-1], "a-human")))
+    store.close(filed[0], "closed without resolving")
+    summary = run_in_process(config, store)
+    [blocked] = summary["blocked"]
+    assert "closed with no commit" in blocked["reason"] and "branch work/" in blocked["reason"]
+    assert merges_of(repo, blocked["id"]) == 0 and len([t for t in store.list(None) if t.title.startswith("Resolve")]) == 1
 
 
 def test_auto_rebase_merges_what_a_rebase_makes_clean(json_agent_setup, repo):
@@ -283,6 +342,8 @@ def test_merge_conflicts_past_max_merge_retries_block_the_task(json_agent_setup,
     filed = []
     run_in_process(config, store, lambda m: "; filed " in m and (
         filed.append(m.rsplit(" ", 1)[1]) or store.claim(filed[-1], "a-human")))
+    pending = json.loads((repo / ".dispatch_pending_merge_retries.json").read_text(encoding="utf-8"))
+    commit_file(Path(pending[filed[0]]["worktree"]), "unrelated.txt", "x\n")  # a commit that resolves nothing
     store.close(filed[0], "closed without resolving")
     summary = run_in_process(config, store)
     loser = next(b for b in summary["blocked"])
