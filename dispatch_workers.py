@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import webbrowser
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import psutil
 
 import common
 import ingest_suggested_tasks
+import run_report
 
 EPILOG = """\
 How it works:
@@ -46,6 +48,7 @@ examples:
   py dispatch_workers.py --max-workers 4 --watch
   py dispatch_workers.py --dry-run          what would start now, and why others wait
   py dispatch_workers.py --status --json    the state of a running dispatcher
+  py dispatch_workers.py --report --open    a picture of the runs so far, in your browser
 
 exit codes: 0 every task it ran was merged; 1 some task ended blocked or a merge is waiting
 (the summary says why); 2 bad usage or configuration; 130 interrupted.
@@ -349,6 +352,21 @@ def merge_tree(root: Path, ours: str, theirs: str) -> MergeResult:
     return merged
 
 
+def merge_diffstat(root: Path, merge: str, branch_tip: str | None) -> dict | None:
+    """Files, insertions and deletions a merge brought into main: recorded when it happens, since
+    the branch is deleted after it. None when `merge` is not the merge of that branch tip."""
+    parents = git_out(root, "rev-list", "--parents", "-n", "1", merge).split()
+    if len(parents) != 3 or parents[2] != branch_tip:
+        return None  # main moved on after a merge finished before a restart: unknown now
+    stat = {"files": 0, "insertions": 0, "deletions": 0}
+    for line in git_out(root, "diff", "--numstat", parents[1], merge).splitlines():
+        added, deleted, _ = line.split("\t", 2)
+        stat["files"] += 1
+        stat["insertions"] += int(added) if added.isdigit() else 0  # "-" for a binary file
+        stat["deletions"] += int(deleted) if deleted.isdigit() else 0
+    return stat
+
+
 def new_marker_files(root: Path, main: str, branch: str) -> list[str]:
     """Files in which the branch has more complete conflict-marker blocks than main has."""
     base = git_out(root, "merge-base", main, branch)
@@ -591,9 +609,14 @@ class Dispatcher:
     # ---- bookkeeping ----------------------------------------------------------------------
 
     def event(self, name: str, task_id: str | None = None, **fields) -> None:
+        """One line of .dispatch_logs/events.jsonl; README lists every event and its fields."""
         self.logs.mkdir(exist_ok=True)
-        line = json.dumps({"ts": common.now_iso(), "event": name, "task_id": task_id, **fields}, ensure_ascii=False)
-        common.append_text(self.logs / "events.jsonl", line + "\n")
+        line = json.dumps({"v": run_report.EVENTS_FORMAT, "ts": common.now_iso(), "event": name, "task_id": task_id,
+                           **fields}, ensure_ascii=False)
+        path = self.logs / run_report.EVENTS_FILE
+        if run_report.ends_mid_line(path):
+            line = "\n" + line  # a crash mid-write left a partial line: keep this one whole
+        common.append_text(path, line + "\n")
 
     def save_state(self) -> None:
         self.state["workers"] = [w.record() for w in self.workers.values()]
@@ -764,7 +787,8 @@ class Dispatcher:
         worker.pid, worker.pid_start_time = worker.proc.pid, process_start_time(worker.proc.pid)
         self.save_state()
         self.event("worker_started", worker.task_id, slot=worker.slot, pid=worker.pid, branch=worker.branch,
-                   attempt=worker.attempt, log=worker.log)
+                   attempt=worker.attempt, log=worker.log, title=worker.title,
+                   kind=self.pending.get(worker.task_id, {}).get("kind", worker.kind))
         self.say(f"{worker.task_id}: started worker {worker.slot} on {worker.branch} (attempt {worker.attempt}): "
                  f"{worker.title}")
 
@@ -1005,6 +1029,8 @@ class Dispatcher:
                                  f"Merge {entry['branch']}: {entry['title']} ({entry['task_id']})")
                 if self.config.merge_gate_command:
                     passed, output = self.run_gate(commit)
+                    if passed:
+                        self.event("gate_passed", entry["task_id"], commit=commit)
                     if rev_parse(root, main) != base:
                         continue  # main moved while the gate ran: recompute and gate again
                     if not passed:
@@ -1069,7 +1095,8 @@ class Dispatcher:
 
     def finish_merge(self, entry: dict, task: common.Task, commit: str) -> None:
         task_id = entry["task_id"]
-        self.event("merged", task_id, branch=entry["branch"], commit=commit)
+        self.event("merged", task_id, branch=entry["branch"], commit=commit,
+                   diffstat=merge_diffstat(self.root, commit, rev_parse(self.root, f"refs/heads/{entry['branch']}")))
         self.say(f"{task_id}: merged {entry['branch']} into {self.config.main_branch} ({commit[:MERGE_SHORT]})")
         if entry["outcome"] == "close":
             if task.status != "closed":
@@ -1139,6 +1166,8 @@ class Dispatcher:
                                 f"conflict or check tasks; branch kept")
             return True
         followup = self.file_conflict_task(entry, kind, files, main_commit, detail, merged)
+        self.event("conflict_filed", task_id, conflict_task=followup.id, kind=kind, branch=branch, title=followup.title,
+                   for_person=PERSON_LABEL in followup.labels)
         # branch_tip: the conflict counts as resolved only once someone commits on top of it.
         self.pending[followup.id] = {"kind": kind, "branch": branch, "task_id": task_id,
                                      "worktree": entry["worktree"], "main_commit": main_commit, "files": files,
@@ -1268,6 +1297,7 @@ class Dispatcher:
             return False
         if self.breaker_until is None:
             self.breaker_until = time.time() + self.config.breaker_pause_secs
+            self.event("breaker_tripped", failures=self.failures_in_a_row)
             self.say(f"stopped starting workers: {self.failures_in_a_row} attempts in a row ended with no commits "
                      "(the agent or its model is likely down; see .dispatch_logs/)"
                      + (f"; trying again in {self.config.breaker_pause_secs:g} s" if self.watch else ""))
@@ -1447,9 +1477,12 @@ def run_demo(args) -> int:
     config = common.load_config(str(config_path))
     store = common.open_task_store(config)
     demo_tasks = [
-        ("Make the UI red", "AGENT: sleep 1\nAGENT: replace settings.ini color=blue color=red", [], 1),
-        ("Make the UI green", "AGENT: sleep 2\nAGENT: replace settings.ini color=blue color=green", [], 1),
-        ("Add a greeting", "AGENT: sleep 1\nAGENT: append hello.txt Hello from the crew", ["hello.txt"], 2),
+        ("Make the UI red", "AGENT: sleep 1\nAGENT: replace settings.ini color=blue color=red\n"
+                            "AGENT: say Tokens: 2.3k sent, 310 received.", [], 1),
+        ("Make the UI green", "AGENT: sleep 2\nAGENT: replace settings.ini color=blue color=green\n"
+                              "AGENT: say Tokens: 2.4k sent, 295 received.", [], 1),
+        ("Add a greeting", "AGENT: sleep 1\nAGENT: append hello.txt Hello from the crew\n"
+                           "AGENT: say Tokens: 1.9k sent, 120 received.", ["hello.txt"], 2),
         ("Add a farewell", "AGENT: sleep 1\nAGENT: append bye.txt Goodbye", ["bye.txt"], 2),
         ("Start a changelog", "AGENT: append CHANGELOG.md - first release\n"
                               "AGENT: followup Document the release process -- files: RELEASING.md",
@@ -1468,6 +1501,7 @@ def run_demo(args) -> int:
     print(f"\ngit log --graph --oneline ({repo}):")
     print(git_out(repo, "log", "--graph", "--oneline", config.main_branch))
     print(f"\nThe repository stays in {folder} for you to look at.")
+    print(f"The run's report (open it in a browser): {config.root / run_report.LOGS_DIR / run_report.REPORT_FILE}")
     return code
 
 
@@ -1489,6 +1523,12 @@ def build_parser() -> argparse.ArgumentParser:
     look.add_argument("--demo", action="store_true",
                       help="build a scratch repository with tasks and run the dispatcher on it with a "
                            "scripted agent (needs no Ollama, Aider or bd)")
+    look.add_argument("--report", action="store_true",
+                      help="write an HTML report of the runs from the events log: a timeline of the "
+                           "workers, merges and conflicts, and what each task cost (every run also writes it)")
+    look.add_argument("--out", metavar="FILE", help=f"with --report: where (default {run_report.LOGS_DIR}/"
+                                                    f"{run_report.REPORT_FILE})")
+    look.add_argument("--open", action="store_true", help="with --report: open it in the web browser")
     return parser
 
 
@@ -1503,15 +1543,37 @@ def print_summary(summary: dict, as_json: bool) -> None:
         print(f"blocked: {item['id']}: {item['reason']}")
     for item in summary["waiting"]:
         print(f"waiting: {item['id'] or '-'}: {item['reason']}")
+    if summary.get("report"):
+        print(f"report: {summary['report']}")
+
+
+def write_report_after_run(config: common.Config, say) -> str | None:
+    """The run's report; a report that cannot be written never fails the run it describes."""
+    try:
+        return str(run_report.write_report(config.root))
+    except common.UserError as exc:
+        say(f"no report: {exc}")
+        return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.max_workers is not None and args.max_workers < 1:
         raise common.UsageError("--max-workers must be at least 1")
+    if (args.out or args.open) and not args.report:
+        raise common.UsageError("--out and --open go with --report")
     if args.demo:
         return run_demo(args)
     config = common.load_config(args.config)
+    if args.report:  # from the events log alone: no store, and no matter whether a dispatcher runs
+        path = run_report.write_report(config.root, Path(args.out) if args.out else None)
+        if args.json:
+            common.print_json({"report": str(path)})
+        else:
+            print(path)
+        if args.open:
+            webbrowser.open(path.as_uri())
+        return 0
     store = common.open_task_store(config)
     max_workers = args.max_workers or config.max_workers
     if args.status:
@@ -1555,6 +1617,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dispatcher.state["dispatcher"] = {"pid": os.getpid(), "started_at": common.now_iso(),
                                           "pid_start_time": process_start_time(os.getpid())}
         dispatcher.save_state()
+        dispatcher.event("dispatcher_started", pid=os.getpid(), max_workers=max_workers, watch=args.watch)
         previous = signal.signal(signal.SIGINT, dispatcher.interrupt)
         try:
             summary = dispatcher.run()
@@ -1562,8 +1625,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGINT, previous)
             dispatcher.state["dispatcher"] = None
             dispatcher.save_state()
+            dispatcher.event("dispatcher_stopped", interrupted=dispatcher.interrupts > 0)
+            report = write_report_after_run(config, say)
     finally:
         lock.release()
+    summary["report"] = report
     print_summary(summary, args.json)
     if dispatcher.interrupts:
         return 130

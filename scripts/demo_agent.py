@@ -19,6 +19,7 @@ Cues are lines of the message, each `AGENT: <action> [arguments]`:
   AGENT: hang                    never finish (until the dispatcher ends it)
   AGENT: grandchild              run `sh -c 'sleep 60 & wait'` (a grandchild that holds on)
   AGENT: crash                   exit 3 at once
+  AGENT: say TEXT                print TEXT (e.g. Aider's "Tokens: 2.1k sent, 345 received.")
 A message with no cue: a merge-conflict task (title "Resolve merge conflict: ...") gets its
 conflicts resolved; any other task gets one line appended to AGENT_NOTES.md.
 """
@@ -106,6 +107,8 @@ def main(argv: list[str]) -> int:
         elif action == "crash":
             print("Traceback (most recent call last):\nRuntimeError: the agent crashed", file=sys.stderr)
             return 3
+        elif action == "say":
+            print(rest, flush=True)
     return 0  # like Aider: 0 whatever happened; the dispatcher judges from git
 
 

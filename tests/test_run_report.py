@@ -1,0 +1,327 @@
+"""The run report: its data model from a recorded events log, a real run's report, and a real browser."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+import dispatch_workers
+import run_report
+from conftest import ROOT, commit_file, require_real_tool
+from dispatch_helpers import add_task, dispatch, events
+
+HOSTILE = "<script>alert(1)</script>"
+EPOCH = dt.datetime(2026, 11, 28, tzinfo=dt.timezone.utc).timestamp()
+
+
+def line(secs: float, name: str, task_id: str | None = None, **fields) -> str:
+    stamp = dt.datetime.fromtimestamp(EPOCH + secs, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return json.dumps({"v": 1, "ts": stamp, "event": name, "task_id": task_id, **fields})
+
+
+def started(secs: float, task_id: str, slot: int, attempt: int, title: str, kind: str = "task") -> str:
+    return line(secs, "worker_started", task_id, slot=slot, pid=10 + slot, attempt=attempt, title=title,
+                log=f".dispatch_logs/{task_id}.{attempt}.log", kind=kind)
+
+
+# Two runs of a dispatcher with two slots. The first is killed at 3 s with B's worker running; the
+# second adopts it, B conflicts, D resolves it, C is blocked after a timeout, the breaker trips.
+# One line is garbage and the last was cut short by a crash mid-write.
+RECORDED = [
+    line(0.0, "dispatcher_started", pid=100, max_workers=2, watch=False),
+    started(0.1, "A", 1, 1, "Alpha"),
+    started(0.2, "B", 2, 1, HOSTILE),
+    line(2.0, "worker_exited", "A", code=0),
+    line(2.0, "commits_found", "A", commits=1),
+    line(2.0, "merge_queued", "A", branch="work/A"),
+    started(2.1, "C", 1, 1, "Crasher"),
+    line(2.3, "merged", "A", branch="work/A", commit="a" * 40, diffstat={"files": 2, "insertions": 5, "deletions": 1}),
+    line(2.4, "closed", "A"),
+    line(3.0, "worker_exited", "C", code=3),
+    line(3.0, "no_commits", "C"),
+    line(3.0, "released", "C", reason="attempt 1 exited with no commits"),
+    "this line is not JSON",
+    line(10.0, "dispatcher_started", pid=200, max_workers=2, watch=False),
+    line(10.0, "adopted", "B", pid=12),
+    line(11.0, "worker_exited", "B", code=0),
+    line(11.0, "commits_found", "B", commits=2),
+    line(11.0, "merge_queued", "B", branch="work/B"),
+    line(11.2, "merge_conflict", "B", files=["x.txt"]),
+    line(11.2, "conflict_filed", "B", conflict_task="D", kind="conflict", branch="work/B",
+         title="Resolve merge conflict: work/B"),
+    started(11.3, "D", 1, 1, "Resolve merge conflict: work/B", kind="conflict"),
+    line(12.0, "worker_exited", "D", code=0),
+    line(12.0, "closed", "D"),
+    line(12.1, "merge_queued", "B", branch="work/B", after="D"),
+    line(12.3, "merged", "B", branch="work/B", commit="b" * 40, diffstat={"files": 1, "insertions": 3, "deletions": 0}),
+    started(12.4, "C", 2, 2, "Crasher"),
+    line(13.0, "worker_timed_out", "C"),
+    line(13.0, "no_commits", "C"),
+    line(13.0, "blocked", "C", reason="attempt 2 timed out with no commits (after 2 attempts)"),
+    line(13.5, "breaker_tripped", failures=2),
+    line(14.0, "dispatcher_stopped", interrupted=False),
+]
+TRUNCATED = line(14.5, "worker_started", "E")[:40]
+
+
+@pytest.fixture
+def recorded(tmp_path) -> Path:
+    """A .dispatch_logs folder holding the recorded events and the workers' logs."""
+    logs = tmp_path / ".dispatch_logs"
+    logs.mkdir()
+    (logs / "events.jsonl").write_text("\n".join(RECORDED) + "\n" + TRUNCATED, encoding="utf-8")
+    (logs / "A.1.log").write_text("Model: ollama_chat/qwen\nTokens: 2.1k sent, 345 received.\nApplied edit\n"
+                                  "Tokens: 12 sent, 3 received. Cost: $0.01 message, $0.02 session.\n", encoding="utf-8")
+    (logs / "B.1.log").write_text("Tokens: 1.5M sent, 1.2k cache write, 2k received.\n", encoding="utf-8")
+    for name in ("C.1.log", "C.2.log", "D.1.log"):
+        (logs / name).write_text("no token counts here\n", encoding="utf-8")
+    return logs
+
+
+def build(logs: Path) -> run_report.Report:
+    return run_report.build_report(*run_report.read_events(logs / "events.jsonl"), logs)
+
+
+class Page(HTMLParser):
+    """Every element's tag and attributes, and the page's text."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.elements: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        self.elements.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+    def having(self, attribute: str, value: str | None = None) -> list[dict]:
+        return [a for _, a in self.elements if attribute in a and (value is None or a[attribute] == value)]
+
+    def with_class(self, name: str) -> list[dict]:
+        return [a for _, a in self.elements if name in (a.get("class") or "").split()]
+
+
+# --------------------------------------------------------------------------------------------
+# The data model, from a recorded events log
+# --------------------------------------------------------------------------------------------
+
+
+def test_runs_across_a_restart_and_lines_that_cannot_be_read(recorded):
+    report = build(recorded)
+    assert report.skipped_lines == 2  # the garbage line and the partial last line
+    assert report.events == len(RECORDED) - 1
+    assert [(r.pid, r.stopped) for r in report.runs] == [(100, False), (200, True)]
+    assert report.runs[0].end == pytest.approx(EPOCH + 3.0)  # the first run's last event: it was killed
+    assert report.wall_time == pytest.approx(3.0 + 4.0)  # the pause between runs is not counted
+    assert report.slots == 2
+
+
+def test_each_attempt_is_one_bar_with_its_outcome(recorded):
+    report = build(recorded)
+    bars = [(a.task_id, a.number, a.slot, a.kind, a.category, round(a.duration, 2)) for a in report.attempts]
+    assert bars == [("A", 1, 1, "task", "merged", 1.9),
+                    ("B", 1, 2, "task", "merged", 10.8),  # adopted across the restart: one bar
+                    ("C", 1, 1, "task", "released", 0.9),
+                    ("D", 1, 1, "conflict", "conflict", 0.7),
+                    ("C", 2, 2, "task", "timed_out", 0.6)]
+    assert [a.merged_work for a in report.attempts] == [True, True, False, True, False]
+    assert report.agent_time == pytest.approx(14.9)
+    assert report.merged_agent_time == pytest.approx(13.4)
+
+
+def test_task_rows_outcomes_waits_tokens_diffstats_and_logs(recorded):
+    report = build(recorded)
+    rows = report.tasks
+    assert {t: (r.outcome, r.kind) for t, r in rows.items()} == {
+        "A": ("merged", "task"), "B": ("merged", "task"), "C": ("blocked", "task"), "D": ("resolved", "conflict")}
+    assert rows["C"].detail == "attempt 2 timed out with no commits (after 2 attempts)"
+    assert rows["A"].queue_wait == pytest.approx(0.3)
+    assert rows["B"].queue_wait == pytest.approx(0.2 + 0.2)  # before the conflict, and after it was resolved
+    assert rows["A"].tokens == run_report.Tokens(2112, 348)
+    assert rows["B"].tokens == run_report.Tokens(1_500_000, 2000)
+    assert rows["C"].tokens is None
+    assert rows["A"].diffstat == {"files": 2, "insertions": 5, "deletions": 1}
+    assert [(label, p.name) for label, p in rows["C"].logs] == [("attempt 1", "C.1.log"), ("attempt 2", "C.2.log")]
+    assert [(label, p.name) for label, p in rows["A"].logs] == [("log", "A.1.log")]
+    assert rows["B"].title == HOSTILE and rows["D"].title == "Resolve merge conflict: work/B"
+
+
+def test_summary_figures_marks_and_the_merge_queue(recorded):
+    report = build(recorded)
+    assert (report.count("merged"), report.count("blocked")) == (2, 1)
+    assert [(c.task_id, c.conflict_task, c.ended) for c in report.conflicts] == [("B", "D", "resolved and merged")]
+    assert report.refills == pytest.approx([0.1, 0.3, 0.4])
+    assert report.merge_latencies == pytest.approx([0.3, 0.2])
+    assert [m.kind for m in report.marks] == ["merged", "conflict", "merged", "breaker"]
+    assert [d for _, d in report.queue_depth] == [1, 0, 1, 0, 1, 0]
+
+
+def test_an_event_log_from_before_events_named_their_logs(tmp_path):
+    """No "v", "title", "log" or "kind": the one log per task, never a file outside .dispatch_logs."""
+    logs = tmp_path / ".dispatch_logs"
+    logs.mkdir()
+    old = [json.dumps({"ts": "2026-11-28T00:00:00.000000Z", "event": "worker_started", "task_id": "proj-1",
+                       "slot": 1, "pid": 5, "branch": "work/proj-1", "attempt": 1}),
+           json.dumps({"ts": "2026-11-28T00:00:02.000000Z", "event": "worker_exited", "task_id": "proj-1", "code": 0}),
+           line(3, "worker_started", "proj-2", slot="2", attempt=1, log=".dispatch_logs/../secret.log"),
+           '["a list, not an event"]', '{"ts": "yesterday", "event": "claimed"}']
+    (logs / "events.jsonl").write_text("\n".join(old) + "\n", encoding="utf-8")
+    (logs / "proj-1.log").write_text("Tokens: 10 sent, 2 received.\n", encoding="utf-8")
+    (tmp_path / "secret.log").write_text("Tokens: 99 sent, 99 received.\n", encoding="utf-8")
+    report = build(logs)
+    assert report.skipped_lines == 2
+    assert [(a.task_id, a.slot, a.log) for a in report.attempts] == [
+        ("proj-1", 1, (logs / "proj-1.log").resolve()), ("proj-2", 1, None)]  # a slot that is no number: lane 1
+    assert report.tasks["proj-1"].tokens == run_report.Tokens(10, 2)
+    assert report.tasks["proj-2"].tokens is None
+    assert report.attempts[1].end is None and report.attempts[1].category == "open"
+
+
+def test_the_page_escapes_task_text_and_has_one_lane_per_slot_and_one_bar_per_attempt(recorded, tmp_path):
+    out = run_report.write_report(tmp_path, tmp_path / "out" / "report.html")
+    text = out.read_text(encoding="utf-8")
+    assert HOSTILE not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    page = Page(text)
+    assert not [a for tag, a in page.elements if tag == "script"]
+    assert len(page.having("data-lane")) == 2
+    assert [(a["data-task"], a["data-attempt"]) for a in page.with_class("bar")] == [
+        ("A", "1"), ("B", "1"), ("C", "1"), ("D", "1"), ("C", "2")]
+    assert len(page.with_class("restart")) == 1
+    assert len(page.having("data-mark", "breaker")) == 1
+    assert "2 lines of the events log could not be read" in "".join(page.text)
+    assert {a["href"] for a in page.having("href")} >= {"../.dispatch_logs/C.1.log", "../.dispatch_logs/C.2.log"}
+
+
+def test_the_writer_starts_a_fresh_line_after_a_partial_one(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup()
+    logs = repo / ".dispatch_logs"
+    logs.mkdir()
+    (logs / "events.jsonl").write_bytes(b'{"v": 1, "ts": "2026-11-28T00:00:00Z", "event": "wor')
+    dispatcher = dispatch_workers.Dispatcher(config, store, 1, out=lambda *_: None)
+    dispatcher.event("claimed", "proj-1")
+    dispatcher.event("released", "proj-1", reason="test")
+    found, skipped = run_report.read_events(logs / "events.jsonl")
+    assert skipped == 1
+    assert [(e.name, e.task_id, e.fields["v"]) for e in found] == [("claimed", "proj-1", 1), ("released", "proj-1", 1)]
+
+
+# --------------------------------------------------------------------------------------------
+# A real run with the scripted agent
+# --------------------------------------------------------------------------------------------
+
+
+def scripted_run(json_agent_setup, repo) -> tuple[Path, Path]:
+    """A run killed at its first merge and restarted: two tasks that conflict, a hostile title, a
+    crasher, token counts in a log. Returns the config file and the report the second run named."""
+    cfg, config, store = json_agent_setup(max_attempts=2, max_workers=2)
+    commit_file(repo, "settings.ini", "color=blue\n")
+    add_task(store, "Make it red", "sleep 0.5", "replace settings.ini color=blue color=red")
+    add_task(store, "Make it green", "sleep 1", "replace settings.ini color=blue color=green")
+    add_task(store, HOSTILE, "say Tokens: 2.1k sent, 345 received.", "append hostile.txt safe", files=["hostile.txt"])
+    add_task(store, "Crasher", "crash")
+    killed = dispatch(cfg, env={"DISPATCH_FAILPOINT": "during_merge"})
+    assert killed.returncode == 77, killed.stderr
+    proc = dispatch(cfg, "--json")
+    return cfg, Path(json.loads(proc.stdout)["report"])
+
+
+def test_a_real_run_writes_its_report_and_names_it(json_agent_setup, repo):
+    cfg, path = scripted_run(json_agent_setup, repo)
+    assert path == (repo / ".dispatch_logs" / "report.html").resolve() and path.is_file()
+    page = Page(path.read_text(encoding="utf-8"))
+    starts = events(repo, "worker_started")
+    assert len(page.having("data-lane")) == 2
+    assert len(page.with_class("bar")) == len(starts) >= 5  # 3 tasks, a resolver, a second crash
+    assert len(page.with_class("restart")) == 1
+    assert HOSTILE in "".join(page.text)  # as text: the parser saw it as data, not a tag
+    assert all(e["v"] == run_report.EVENTS_FORMAT for e in events(repo))
+    merged = events(repo, "merged")
+    assert len(merged) == 3 and all(e["diffstat"]["files"] == 1 for e in merged)
+    assert len(events(repo, "conflict_filed")) == 1
+    assert "2.1k / 345" in "".join(page.text)
+    # --report alone, while no dispatcher runs, to a file of one's choosing
+    again = dispatch(cfg, "--report", "--json", "--out", str(repo / "elsewhere.html"))
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout) == {"report": str((repo / "elsewhere.html").resolve())}
+    assert (repo / "elsewhere.html").is_file()
+
+
+def test_out_and_open_need_report(json_agent_setup):
+    cfg, _, _ = json_agent_setup()
+    proc = dispatch(cfg, "--out", "x.html")
+    assert proc.returncode == 2 and "--out and --open go with --report" in proc.stderr
+
+
+def test_the_demo_ends_by_printing_its_report(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "dispatch_workers.py"), "--demo"], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("The run's report (open it in a browser): ")
+    path = Path(last.split(": ", 1)[1])
+    assert path.is_file() and path.is_relative_to(tmp_path)
+    page = Page(path.read_text(encoding="utf-8"))
+    assert len(page.with_class("bar")) >= 6
+    browser = chromium()
+    if browser and os.environ.get("DISPATCH_DOCS_SCREENSHOT"):  # regenerates README's picture
+        screenshot(browser, path, ROOT / "docs" / "report.png", tmp_path, height=800)
+
+
+# --------------------------------------------------------------------------------------------
+# A real browser
+# --------------------------------------------------------------------------------------------
+
+
+def chromium() -> str | None:
+    return next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+
+
+def headless(browser: str, url: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """One headless load of a page with its console on stderr, in a profile of its own."""
+    return subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                           f"--user-data-dir={tmp_path / 'chromium-profile'}", "--enable-logging=stderr", "--v=0",
+                           *args, url], capture_output=True, text=True, timeout=120)
+
+
+def console_lines(stderr: str) -> list[str]:
+    """What the page itself logged: Chromium tags every console message, error or not, CONSOLE."""
+    return [line for line in stderr.splitlines() if ":CONSOLE" in line]
+
+
+def screenshot(browser: str, page: Path, png: Path, tmp_path: Path, height: int = 900) -> None:
+    png.parent.mkdir(parents=True, exist_ok=True)
+    proc = headless(browser, page.as_uri(), tmp_path, "--hide-scrollbars", f"--window-size=1240,{height}",
+                    f"--screenshot={png}")
+    assert proc.returncode == 0 and png.is_file(), proc.stderr[-2000:]
+
+
+def test_a_real_browser_shows_the_report(json_agent_setup, repo, tmp_path):
+    browser = chromium()
+    require_real_tool(browser is not None, "Chromium is not installed (scripts/install_chromium.sh installs it)")
+    # The check itself must be able to fail: a page with a script error is seen.
+    broken = tmp_path / "broken.html"
+    broken.write_text("<html><body><script>undefined_function()</script></body></html>", encoding="utf-8")
+    assert console_lines(headless(browser, broken.as_uri(), tmp_path, "--dump-dom").stderr)
+
+    _, path = scripted_run(json_agent_setup, repo)
+    proc = headless(browser, path.as_uri(), tmp_path, "--dump-dom")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert console_lines(proc.stderr) == []
+    dom = Page(proc.stdout)
+    assert len(dom.having("data-lane")) == 2
+    assert len(dom.with_class("bar")) == len(events(repo, "worker_started"))
+    assert not [a for tag, a in dom.elements if tag == "script"]
+    assert HOSTILE in "".join(dom.text)  # rendered as text
+    png = tmp_path / "report.png"
+    screenshot(browser, path, png, tmp_path)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
