@@ -591,7 +591,8 @@ def render_timeline(report: Report) -> str:
 
 
 def legend() -> str:
-    items = [f'<span class="key"><i class="sw c-{name}"></i>{esc(text)}</span>' for name, (text, _) in CATEGORIES.items()]
+    items = [f'<span class="key"><i class="sw c-{name}"></i>{esc(text)}</span>'
+             for name, (text, _) in CATEGORIES.items()]
     items += ['<span class="key"><i class="sym">◆</i>merged into main</span>',
               '<span class="key"><i class="sym bad">✕</i>conflict or failed checks: a task filed</span>',
               '<span class="key"><i class="sym">●</i>gate run (green passed, red failed)</span>',
@@ -620,7 +621,8 @@ def render_table(report: Report, report_dir: Path) -> str:
         rows.append(
             f'<tr data-task="{esc(t.task_id)}"><td class="id">{esc(t.task_id)}</td><td>{esc(t.title)}'
             + (f' <span class="kind">{esc(kind)}</span>' if kind else "") + f"</td><td>{outcome}</td>"
-            f'<td class="num">{len(t.attempts)}</td><td class="num">{duration_text(t.agent_time) if t.attempts else "–"}</td>'
+            f'<td class="num">{len(t.attempts)}</td>'
+            f'<td class="num">{duration_text(t.agent_time) if t.attempts else "–"}</td>'
             f'<td class="num">{duration_text(t.queue_wait) if t.queue_wait else "–"}</td>'
             f'<td class="num">{tokens}</td><td class="num">{change}</td>'
             f'<td>{" ".join(link(p, report_dir, label) for label, p in t.logs)}</td></tr>')

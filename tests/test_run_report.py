@@ -77,8 +77,9 @@ def recorded(tmp_path) -> Path:
     logs = tmp_path / ".dispatch_logs"
     logs.mkdir()
     (logs / "events.jsonl").write_text("\n".join(RECORDED) + "\n" + TRUNCATED, encoding="utf-8")
-    (logs / "A.1.log").write_text("Model: ollama_chat/qwen\nTokens: 2.1k sent, 345 received.\nApplied edit\n"
-                                  "Tokens: 12 sent, 3 received. Cost: $0.01 message, $0.02 session.\n", encoding="utf-8")
+    aider = ("Model: ollama_chat/qwen\nTokens: 2.1k sent, 345 received.\nApplied edit\n"
+             "Tokens: 12 sent, 3 received. Cost: $0.01 message, $0.02 session.\n")
+    (logs / "A.1.log").write_text(aider, encoding="utf-8")
     (logs / "B.1.log").write_text("Tokens: 1.5M sent, 1.2k cache write, 2k received.\n", encoding="utf-8")
     for name in ("C.1.log", "C.2.log", "D.1.log"):
         (logs / name).write_text("no token counts here\n", encoding="utf-8")
