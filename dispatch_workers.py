@@ -19,7 +19,7 @@ import tempfile
 import time
 import webbrowser
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import filelock
 import psutil
@@ -380,6 +380,23 @@ def new_marker_files(root: Path, main: str, branch: str) -> list[str]:
         if len(MARKER_BLOCK.findall(branch_text)) > len(MARKER_BLOCK.findall(main_text)):
             found.append(name)
     return found
+
+
+def added_files_named(worktree: Path, main: str, name: str) -> list[str]:
+    """Files called `name`, at any path, that the worktree's branch adds (committed or not): an
+    agent's follow-ups file, wherever the agent was rooted. A file of that name that main or the
+    branch's merge base already has is the project's own, and is not among them."""
+    glob = ":(glob)**/" + re.sub(r"([*?\[\\])", r"\\\1", name)
+    listed = common.git("ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", glob, cwd=worktree)
+    found = list(dict.fromkeys(f for f in listed.stdout.split("\0") if f))
+    if not found:
+        return []
+    base = git_out(worktree, "merge-base", main, "HEAD")
+    known = set()
+    for rev in (base, main):
+        listing = common.git("ls-tree", "-r", "-z", "--name-only", rev, "--", *found, cwd=worktree)
+        known.update(listing.stdout.split("\0"))
+    return [f for f in found if f not in known]
 
 
 def clear_interrupted_git_state(worktree: Path) -> None:
@@ -951,26 +968,26 @@ class Dispatcher:
 
     def collect_followups(self, worker: Worker) -> None:
         """The agent's follow-up ideas go to suggested_tasks.txt, never to main."""
-        name = common.check_repo_path(self.config.worker_followups_file)
-        path = Path(worker.worktree) / name
-        if path.is_symlink():
-            path.unlink()  # it could point anywhere outside the worktree: never read through it
-            return
-        if not path.is_file():
-            return
-        lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
-        lines = [line for line in lines if line and not line.startswith("#")]
+        name = PurePosixPath(common.check_repo_path(self.config.worker_followups_file)).name
+        worktree = Path(worker.worktree)
+        found = added_files_named(worktree, self.config.main_branch, name)
+        lines = []
+        for path in (worktree / f for f in found):
+            if not path.is_symlink() and path.is_file():  # a link could point anywhere: never read through it
+                text = path.read_text(encoding="utf-8", errors="replace")
+                lines += [line for line in map(str.strip, text.splitlines()) if line and not line.startswith("#")]
         if lines:
             suggestions = self.config.path("suggested_tasks_file")
             common.append_text(suggestions, "".join(f"[from:{worker.task_id}] {line}\n" for line in lines))
-            self.event("followups_collected", worker.task_id, count=len(lines))
-        tracked = common.git("ls-files", "--error-unmatch", "--", name, cwd=worker.worktree, check=False)
-        if tracked.returncode == 0:
-            common.git("rm", "-q", "-f", "--", name, cwd=worker.worktree)
-            common.git("commit", "-q", "--no-verify", "-m", f"dispatch: keep {name} of {worker.task_id} off main",
-                       "--", name, cwd=worker.worktree)
-        else:
-            path.unlink()
+            self.event("followups_collected", worker.task_id, count=len(lines), files=found)
+        tracked = [f for f in common.git("ls-files", "-z", "--", *found, cwd=worktree).stdout.split("\0") if f] \
+            if found else []
+        if tracked:
+            common.git("rm", "-q", "-f", "--", *tracked, cwd=worktree)
+            common.git("commit", "-q", "--no-verify", "-m", f"dispatch: keep {', '.join(tracked)} of "
+                       f"{worker.task_id} off main", "--", *tracked, cwd=worktree)
+        for path in (worktree / f for f in found if f not in tracked):
+            path.unlink(missing_ok=True)
         if lines and self.config.auto_ingest_suggestions:
             result = ingest_suggested_tasks.ingest(self.config, self.store)
             if result.created:

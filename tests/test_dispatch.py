@@ -95,6 +95,30 @@ def test_each_attempt_has_its_own_log_named_in_its_events_and_notes(json_agent_s
         assert f"log {log} ends: " in notes and "RuntimeError: the agent crashed" in notes
 
 
+def test_a_followups_file_main_already_tracks_is_left_as_it_is(json_agent_setup, repo):
+    commit_file(repo, "followups.txt", "Our own list of ideas\n", "the project's own follow-ups file")
+    cfg, config, store = json_agent_setup()
+    task = add_task(store, "Has an idea", "append x.txt x", "followup Idea of the agent")
+    assert dispatch(cfg).returncode == 0
+    assert [t.title for t in store.list(None)] == [task.title]  # no line became a task
+    assert main_file(repo, "followups.txt") == "Our own list of ideas\nIdea of the agent\n"
+    assert not (repo / config.suggested_tasks_file).exists()
+
+
+def test_a_followups_file_the_branch_adds_in_a_subfolder_is_harvested(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup()
+    # Aider rooted in a subfolder writes the file there (issue #11), and commits it.
+    task = add_task(store, "Has an idea", "append x.txt x",
+                    "append docs/followups.txt Document the docs -- AGENT: append docs.txt d",
+                    "uncommitted src/followups.txt Test the source -- AGENT: append tests.txt t")
+    assert dispatch(cfg).returncode == 0
+    ideas = {t.title: t for t in store.list(None) if t.id != task.id}
+    assert set(ideas) == {"Document the docs", "Test the source"}
+    assert all(t.deps_of("discovered-from") == [task.id] for t in ideas.values())
+    assert main_file(repo, "docs/followups.txt") is None and main_file(repo, "src/followups.txt") is None
+    assert main_file(repo, "x.txt") == "x\n"
+
+
 def test_a_task_reopened_after_max_attempts_gets_a_fresh_set(json_agent_setup, repo):
     cfg, config, store = json_agent_setup(max_attempts=2)
     task = add_task(store, "Crasher", "crash")

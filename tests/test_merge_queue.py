@@ -198,7 +198,8 @@ def test_a_text_conflict_task_closed_with_no_commit_blocks_the_task(json_agent_s
     summary = run_in_process(config, store)
     [blocked] = summary["blocked"]
     assert "closed with no commit" in blocked["reason"] and "branch work/" in blocked["reason"]
-    assert merges_of(repo, blocked["id"]) == 0 and len([t for t in store.list(None) if t.title.startswith("Resolve")]) == 1
+    assert merges_of(repo, blocked["id"]) == 0
+    assert len([t for t in store.list(None) if t.title.startswith("Resolve")]) == 1
 
 
 def test_auto_rebase_merges_what_a_rebase_makes_clean(json_agent_setup, repo):
