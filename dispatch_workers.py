@@ -302,7 +302,7 @@ def read_admin_file(path: Path) -> str | None:
 
 def stale_lock_reason(lock: Path) -> str:
     return (f"git's lock file {lock} exists: another git command is running there, or one was killed "
-            "(then remove that file); merges wait")
+            "(then remove that file)")
 
 
 def first_line(text: str) -> str:
@@ -1036,6 +1036,8 @@ class Dispatcher:
                 remove_worktree(root, Path(entry["worktree"]))
                 return True
             while True:
+                if held := self.why_main_is_held():  # known before anything is computed or written
+                    return self.merge_waits(entry, held)
                 base = rev_parse(root, main)
                 if marked := new_marker_files(root, base, tip):
                     return self.on_conflict(entry, marked, base, "the branch adds conflict markers")
@@ -1057,25 +1059,37 @@ class Dispatcher:
                 if outcome == "moved":
                     continue
                 if outcome != "ok":
-                    # Back off: what keeps main still (a stale lock, a rebase) may stand for hours,
-                    # and every try writes a merge commit object.
-                    entry["waits"] = entry.get("waits", 0) + 1
-                    entry["retry_at"] = time.time() + min(self.config.poll_interval_secs * 2 ** (entry["waits"] - 1),
-                                                          MERGE_WAIT_MAX_SECS)
-                    if (entry["task_id"], outcome) not in self.told_waiting:
-                        self.told_waiting.add((entry["task_id"], outcome))
-                        self.say(f"{entry['task_id']}: merge waits: {outcome}")
-                    entry["waiting"] = outcome
-                    self.save_state()
-                    return False
+                    return self.merge_waits(entry, outcome)
                 self.finish_merge(entry, task, commit)
                 return True
+
+    def merge_waits(self, entry: dict, reason: str) -> bool:
+        """Try the merge again later, after a pause that grows: what keeps main still (a stale
+        lock, the user's rebase) may stand for hours. Each reason is said once."""
+        entry["waits"] = entry.get("waits", 0) + 1
+        entry["retry_at"] = time.time() + min(self.config.poll_interval_secs * 2 ** (entry["waits"] - 1),
+                                              MERGE_WAIT_MAX_SECS)
+        if (entry["task_id"], reason) not in self.told_waiting:
+            self.told_waiting.add((entry["task_id"], reason))
+            self.say(f"{entry['task_id']}: merge waits: {reason}")
+        entry["waiting"] = reason
+        self.save_state()
+        return False
+
+    def why_main_is_held(self) -> str | None:
+        """What keeps main from moving that is known before merging: an operation of the user's
+        on it in some worktree, or a lock on its ref."""
+        main = self.config.main_branch
+        if busy := operation_on_branch(self.root, main):
+            return f"{busy}; merges into {main} wait until it is finished or aborted"
+        ref_lock = self.root / ".git" / "refs" / "heads" / f"{main}.lock"
+        return stale_lock_reason(ref_lock) if ref_lock.exists() else None
 
     def advance_main(self, old: str, new: str) -> str:
         """Move main from `old` to `new` only: "ok", "moved" (someone else moved it) or why it waits."""
         main = self.config.main_branch
-        if busy := operation_on_branch(self.root, main):
-            return f"{busy}; merges into {main} wait until it is finished or aborted"
+        if held := self.why_main_is_held():  # it may have begun while the merge was computed
+            return held
         checkout = checkout_of_branch(self.root, main)
         if checkout is None:
             result = common.git("update-ref", f"refs/heads/{main}", new, old, cwd=self.root, check=False)
@@ -1094,11 +1108,10 @@ class Dispatcher:
 
     def why_main_stays(self, checkout: Path | None, result: common.Completed) -> str:
         """What keeps git from moving main, when nobody else moved it: said as what it is."""
+        if held := self.why_main_is_held():
+            return held
         main = self.config.main_branch
         output = result.stderr + result.stdout
-        ref_lock = self.root / ".git" / "refs" / "heads" / f"{main}.lock"
-        if ref_lock.exists():
-            return stale_lock_reason(ref_lock)
         if checkout is None:
             return f"git cannot update refs/heads/{main}: {first_line(output)}"
         index_lock = Path(git_out(checkout, "rev-parse", "--absolute-git-dir")) / "index.lock"
