@@ -494,6 +494,8 @@ def median_text(values: list[float]) -> str:
 
 WIDTH, LEFT, RIGHT = 1160, 112, 16  # the timeline's size in SVG units; lanes start after LEFT
 LANE_H, MAIN_H, AXIS_H, QUEUE_H = 30, 26, 22, 56
+CUT_W = 30  # an idle pause between runs is drawn this wide, whatever its length
+CUT_MIN_SECS, CUT_MIN_SHARE = 30.0, 0.15  # a pause is cut when longer than both of these
 
 
 def tick_text(secs: float) -> str:
@@ -509,85 +511,153 @@ def tick_step(span: float) -> float:
     return 86400 * max(1, round(span / 86400 / 10))
 
 
-def render_timeline(report: Report) -> str:
-    start, end = report.start, max(report.end, report.start + 1)
-    for attempt in report.attempts:
-        end = max(end, attempt.end or attempt.start)
-    scale = (WIDTH - LEFT - RIGHT) / (end - start)
+@dataclasses.dataclass
+class TimeScale:
+    """Where a moment is drawn. Runs side by side: a pause between two runs in which no worker
+    ran (no adopted worker spans it) is cut to CUT_W, so a run this morning and one tonight both
+    stay readable."""
 
-    def x(at: float) -> float:
-        return LEFT + (at - start) * scale
+    pieces: list[tuple[float, float, float]]  # (from, to, x of from): time drawn to scale
+    scale: float  # SVG units per second
 
-    lanes_top = AXIS_H + MAIN_H
-    queue_top = lanes_top + report.slots * LANE_H + 14
-    height = queue_top + QUEUE_H + 18
-    out = [f'<svg class="timeline" viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}" '
-           f'role="img" aria-label="timeline">']
-    step = tick_step(end - start)
-    tick = 0.0
-    while tick <= end - start:
-        out.append(f'<line class="grid" x1="{x(start + tick):.1f}" y1="{AXIS_H - 4}" x2="{x(start + tick):.1f}" '
-                   f'y2="{queue_top + QUEUE_H}"/><text class="tick" x="{x(start + tick):.1f}" y="{AXIS_H - 8}">'
-                   f'{esc(tick_text(tick))}</text>')
-        tick += step
-    out.append(f'<text class="lane-name" x="8" y="{AXIS_H + MAIN_H / 2 + 4}">main</text>'
-               f'<line class="main-line" x1="{LEFT}" y1="{AXIS_H + MAIN_H / 2}" x2="{WIDTH - RIGHT}" '
-               f'y2="{AXIS_H + MAIN_H / 2}"/>')
+    @classmethod
+    def of(cls, report: Report, end: float) -> "TimeScale":
+        span = end - report.start
+        cuts = [(before.end, after.start) for before, after in zip(report.runs, report.runs[1:])
+                if after.start - before.end > max(CUT_MIN_SECS, span * CUT_MIN_SHARE)
+                and not any(a.start < after.start and (a.end or end) > before.end for a in report.attempts)]
+        shown = span - sum(stop - start for start, stop in cuts)
+        scale = (WIDTH - LEFT - RIGHT - CUT_W * len(cuts)) / max(shown, 1e-6)
+        pieces, x, at = [], float(LEFT), report.start
+        for start, stop in cuts:
+            pieces.append((at, start, x))
+            x += (start - at) * scale + CUT_W
+            at = stop
+        pieces.append((at, end, x))
+        return cls(pieces, scale)
+
+    def x(self, at: float) -> float:
+        for start, stop, x in reversed(self.pieces):
+            if at >= start:
+                return x + (min(at, stop) - start) * self.scale
+        return self.pieces[0][2]
+
+    def ticks(self) -> list[tuple[float, str]]:
+        """(x, label): each piece counts from its own start, labelled with its clock time."""
+        step = tick_step(sum(stop - start for start, stop, _ in self.pieces))
+        cut = len(self.pieces) > 1
+        found = []
+        for start, stop, x in self.pieces:
+            found.append((x, time.strftime("%H:%M:%S", time.gmtime(start)) if cut else "0 s"))
+            tick = step
+            while (start + tick - stop) * self.scale < -45:  # no label crowds the next piece's
+                found.append((x + tick * self.scale, ("+" if cut else "") + tick_text(tick)))
+                tick += step
+        return found
+
+    def cuts(self) -> list[tuple[float, float, float]]:
+        """(x, from, to) of each pause that was cut."""
+        return [(x - CUT_W, before[1], start) for before, (start, _, x) in zip(self.pieces, self.pieces[1:])]
+
+
+def render_axis(scale: TimeScale, bottom: float) -> list[str]:
+    return [f'<line class="grid" x1="{x:.1f}" y1="{AXIS_H - 4}" x2="{x:.1f}" y2="{bottom}"/>'
+            f'<text class="tick" x="{x:.1f}" y="{AXIS_H - 8}">{esc(label)}</text>' for x, label in scale.ticks()]
+
+
+def render_cuts(scale: TimeScale, bottom: float) -> list[str]:
+    out = []
+    for x, start, stop in scale.cuts():
+        out.append(f'<g class="cut"><title>{esc(duration_text(stop - start))} with no dispatcher and no worker '
+                   f'running, not drawn to scale</title><rect x="{x + 3:.1f}" y="{AXIS_H}" width="{CUT_W - 6}" '
+                   f'height="{bottom - AXIS_H}"/><text x="{x + CUT_W / 2:.1f}" y="{bottom + 12}">'
+                   f'{esc(duration_text(stop - start))}</text></g>')
+    return out
+
+
+def bar_label(a: Attempt, width: float) -> str:
+    """What fits in a bar: id and title, or the id alone, or nothing (the tooltip has it all)."""
+    label, fits = f"{a.task_id} {a.title}", int((width - 8) / 6.4)
+    if len(label) <= fits:
+        return label
+    if fits > len(a.task_id) + 2:
+        return label[:fits - 1] + "…"
+    return a.task_id if fits >= len(a.task_id) else ""
+
+
+def render_lanes(report: Report, scale: TimeScale, end: float, top: float) -> list[str]:
+    out = []
     for slot in range(1, report.slots + 1):
-        top = lanes_top + (slot - 1) * LANE_H
-        out.append(f'<g class="lane" data-lane="{slot}"><rect class="lane-bg" x="{LEFT}" y="{top}" '
+        y = top + (slot - 1) * LANE_H
+        out.append(f'<g class="lane" data-lane="{slot}"><rect class="lane-bg" x="{LEFT}" y="{y}" '
                    f'width="{WIDTH - LEFT - RIGHT}" height="{LANE_H - 4}"/>'
-                   f'<text class="lane-name" x="8" y="{top + LANE_H / 2 + 2}">worker {slot}</text></g>')
+                   f'<text class="lane-name" x="8" y="{y + LANE_H / 2 + 2}">worker {slot}</text></g>')
     for a in report.attempts:
-        top = lanes_top + (a.slot - 1) * LANE_H
-        left, right = x(a.start), x(a.end if a.end is not None else end)
-        width = max(right - left, 3.0)
-        label, fits = f"{a.task_id} {a.title}", int((width - 8) / 6.4)
-        if len(label) > fits:  # a short bar shows what fits: its id at least, or nothing
-            if fits > len(a.task_id) + 2:
-                label = label[:fits - 1] + "…"
-            else:
-                label = a.task_id if fits >= len(a.task_id) else ""
+        y = top + (a.slot - 1) * LANE_H
+        left = scale.x(a.start)
+        width = max(scale.x(a.end if a.end is not None else end) - left, 3.0)
         tip = (f"{a.task_id}: {a.title}\nattempt {a.number}, {CATEGORIES[a.category][0]}"
                + (f" ({a.outcome})" if a.kind != "task" else "") + f"\n{duration_text(a.duration)}"
                + f"\nworker {a.slot}, from {clock(a.start)}")
         out.append(f'<g class="bar c-{a.category}" data-task="{esc(a.task_id)}" data-attempt="{a.number}" '
                    f'data-slot="{a.slot}" data-outcome="{esc(a.outcome)}"><title>{esc(tip)}</title>'
-                   f'<rect x="{left:.1f}" y="{top + 1}" width="{width:.1f}" height="{LANE_H - 6}" rx="3"/>'
-                   f'<text x="{left + 4:.1f}" y="{top + LANE_H / 2 + 2}">{esc(label)}</text></g>')
+                   f'<rect x="{left:.1f}" y="{y + 1}" width="{width:.1f}" height="{LANE_H - 6}" rx="3"/>'
+                   f'<text x="{left + 4:.1f}" y="{y + LANE_H / 2 + 2}">{esc(bar_label(a, width))}</text></g>')
+    return out
+
+
+def render_marks(report: Report, scale: TimeScale, bottom: float) -> list[str]:
+    """Merges, conflicts and gate runs on the main line; breaker trips and restarts across every lane."""
     mid = AXIS_H + MAIN_H / 2
+    out = [f'<text class="lane-name" x="8" y="{mid + 4}">main</text>'
+           f'<line class="main-line" x1="{LEFT}" y1="{mid}" x2="{WIDTH - RIGHT}" y2="{mid}"/>']
     for m in report.marks:
-        mx = x(m.at)
+        x = scale.x(m.at)
         if m.kind == "merged":
-            shape = f'<path d="M{mx:.1f},{mid - 7} l6,7 l-6,7 l-6,-7 z"/>'
+            shape = f'<path d="M{x:.1f},{mid - 7} l6,7 l-6,7 l-6,-7 z"/>'
         elif m.kind == "conflict":
-            shape = f'<path d="M{mx - 5:.1f},{mid - 5} l10,10 m0,-10 l-10,10"/>'
+            shape = f'<path d="M{x - 5:.1f},{mid - 5} l10,10 m0,-10 l-10,10"/>'
         elif m.kind in ("gate_passed", "gate_failed"):
-            shape = f'<circle cx="{mx:.1f}" cy="{mid}" r="4.5"/>'
+            shape = f'<circle cx="{x:.1f}" cy="{mid}" r="4.5"/>'
         else:  # the breaker stops every lane
-            shape = f'<line x1="{mx:.1f}" y1="{AXIS_H}" x2="{mx:.1f}" y2="{queue_top - 10}"/>'
+            shape = f'<line x1="{x:.1f}" y1="{AXIS_H}" x2="{x:.1f}" y2="{bottom}"/>'
         out.append(f'<g class="mark m-{m.kind}" data-mark="{m.kind}"><title>{esc(m.text)}\n{clock(m.at)}'
                    f'</title>{shape}</g>')
     for i, run in enumerate(report.runs[1:], start=2):
-        rx = x(run.start)
+        x = scale.x(run.start)
         out.append(f'<g class="restart" data-run="{i}"><title>dispatcher restarted (run {i}, pid {run.pid}) at '
-                   f'{clock(run.start)}</title><line x1="{rx:.1f}" y1="{AXIS_H}" x2="{rx:.1f}" '
-                   f'y2="{queue_top + QUEUE_H}"/><text x="{rx + 3:.1f}" y="{AXIS_H + 9}">restart</text></g>')
+                   f'{clock(run.start)}</title><line x1="{x:.1f}" y1="{AXIS_H}" x2="{x:.1f}" y2="{bottom}"/>'
+                   f'<text x="{x + 3:.1f}" y="{AXIS_H + 9}">restart</text></g>')
+    return out
+
+
+def render_queue(report: Report, scale: TimeScale, top: float) -> list[str]:
+    """The merge queue's depth over time, as a step chart."""
     deepest = max((d for _, d in report.queue_depth), default=0)
-    unit = (QUEUE_H - 6) / max(deepest, 1)
-    points, depth = [f"{LEFT},{queue_top + QUEUE_H}"], 0
+    unit, base = (QUEUE_H - 6) / max(deepest, 1), top + QUEUE_H
+    points, depth = [f"{LEFT},{base}"], 0
     for at, new_depth in report.queue_depth:
-        points.append(f"{x(at):.1f},{queue_top + QUEUE_H - depth * unit:.1f}")
-        points.append(f"{x(at):.1f},{queue_top + QUEUE_H - new_depth * unit:.1f}")
+        x = scale.x(at)
+        points += [f"{x:.1f},{base - depth * unit:.1f}", f"{x:.1f},{base - new_depth * unit:.1f}"]
         depth = new_depth
-    points += [f"{WIDTH - RIGHT},{queue_top + QUEUE_H - depth * unit:.1f}", f"{WIDTH - RIGHT},{queue_top + QUEUE_H}"]
-    out.append(f'<text class="lane-name" x="8" y="{queue_top + 16}">merge queue</text>'
-               f'<text class="tick" x="8" y="{queue_top + 30}">(max {deepest})</text>'
-               f'<rect class="lane-bg" x="{LEFT}" y="{queue_top}" width="{WIDTH - LEFT - RIGHT}" height="{QUEUE_H}"/>'
-               f'<polygon class="queue" points="{" ".join(points)}"><title>branches waiting to merge '
-               f'(at most {deepest})</title></polygon>')
-    out.append("</svg>")
-    return "\n".join(out)
+    points += [f"{WIDTH - RIGHT},{base - depth * unit:.1f}", f"{WIDTH - RIGHT},{base}"]
+    return [f'<text class="lane-name" x="8" y="{top + 16}">merge queue</text>'
+            f'<text class="tick" x="8" y="{top + 30}">(max {deepest})</text>'
+            f'<rect class="lane-bg" x="{LEFT}" y="{top}" width="{WIDTH - LEFT - RIGHT}" height="{QUEUE_H}"/>'
+            f'<polygon class="queue" points="{" ".join(points)}"><title>branches waiting to merge '
+            f'(at most {deepest})</title></polygon>']
+
+
+def render_timeline(report: Report) -> str:
+    end = max([report.end, report.start + 1] + [a.end or a.start for a in report.attempts])
+    scale = TimeScale.of(report, end)
+    lanes_top = AXIS_H + MAIN_H
+    queue_top = lanes_top + report.slots * LANE_H + 14
+    height = queue_top + QUEUE_H + 18
+    return "\n".join([f'<svg class="timeline" viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}" '
+                      f'role="img" aria-label="timeline">', *render_axis(scale, queue_top + QUEUE_H),
+                      *render_lanes(report, scale, end, lanes_top), *render_queue(report, scale, queue_top),
+                      *render_cuts(scale, queue_top + QUEUE_H), *render_marks(report, scale, queue_top + QUEUE_H), "</svg>"])
 
 
 def legend() -> str:
@@ -679,6 +749,8 @@ h1 { font-size: 20px; margin: 0 0 2px; } h2 { font-size: 16px; margin: 22px 0 8p
 .mark.m-breaker line { stroke: #e8590c; stroke-width: 2; stroke-dasharray: 5 3; }
 .restart line { stroke: #3d4349; stroke-width: 1.5; } .restart text { fill: #3d4349; font-size: 11px; }
 .queue { fill: #c9d6e3; stroke: #5b7a99; }
+.cut rect { fill: #fff; stroke: #9aa0a6; stroke-dasharray: 3 3; } .cut text { fill: #59636e; font-size: 11px;
+  text-anchor: middle; }
 table.tasks { border-collapse: collapse; width: 100%; font-size: 13px; }
 .tasks th { text-align: left; background: #f3f5f7; font-weight: 600; }
 .tasks th, .tasks td { padding: 5px 8px; border-bottom: 1px solid #e4e7eb; vertical-align: top; }

@@ -326,3 +326,23 @@ def test_a_real_browser_shows_the_report(json_agent_setup, repo, tmp_path):
     png = tmp_path / "report.png"
     screenshot(browser, path, png, tmp_path)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_an_idle_pause_between_runs_is_cut_and_a_busy_one_is_not(tmp_path, recorded):
+    logs = tmp_path / "paused" / ".dispatch_logs"
+    logs.mkdir(parents=True)
+    hour = 3600
+    (logs / "events.jsonl").write_text("\n".join([
+        line(0, "dispatcher_started", pid=1, max_workers=1), started(1, "A", 1, 1, "Morning"),
+        line(9, "worker_exited", "A"), line(10, "dispatcher_stopped"),
+        line(hour, "dispatcher_started", pid=2, max_workers=1), started(hour + 1, "B", 1, 1, "Evening"),
+        line(hour + 9, "worker_exited", "B"), line(hour + 10, "dispatcher_stopped")]) + "\n", encoding="utf-8")
+    report = build(logs)
+    scale = run_report.TimeScale.of(report, report.end)
+    assert len(scale.pieces) == 2
+    assert scale.x(EPOCH + hour + 1) - scale.x(EPOCH + 9) == pytest.approx(2 * scale.scale + run_report.CUT_W)
+    assert scale.x(EPOCH + hour + 9) - scale.x(EPOCH + hour + 1) > 300  # the evening's bar, to a readable scale
+    page = Page(run_report.render_html(report, logs, logs / "events.jsonl"))
+    assert len(page.with_class("cut")) == 1 and len(page.with_class("restart")) == 1
+    # In the recorded runs B's worker ran through the pause (it was adopted): drawn to scale.
+    assert len(run_report.TimeScale.of(build(recorded), build(recorded).end).pieces) == 1
