@@ -346,3 +346,22 @@ def test_an_idle_pause_between_runs_is_cut_and_a_busy_one_is_not(tmp_path, recor
     assert len(page.with_class("cut")) == 1 and len(page.with_class("restart")) == 1
     # In the recorded runs B's worker ran through the pause (it was adopted): drawn to scale.
     assert len(run_report.TimeScale.of(build(recorded), build(recorded).end).pieces) == 1
+
+
+def test_a_report_before_any_run_says_so(tmp_path):
+    page = Page(run_report.write_report(tmp_path).read_text(encoding="utf-8"))
+    assert "no events recorded yet" in "".join(page.text)
+    assert page.having("data-lane") == [] and page.with_class("bar") == []
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the stand-in browser is a shell script")
+def test_open_hands_the_report_to_the_users_browser(json_agent_setup, tmp_path):
+    """BROWSER names the browser webbrowser runs: a stand-in that records what it was asked to open."""
+    cfg, _, _ = json_agent_setup()
+    opened = tmp_path / "opened.txt"
+    stand_in = tmp_path / "browser"
+    stand_in.write_text(f'#!/bin/sh\nprintf "%s" "$1" > "{opened}"\n', encoding="utf-8")
+    stand_in.chmod(0o755)
+    proc = dispatch(cfg, "--report", "--open", env={"BROWSER": str(stand_in)})
+    assert proc.returncode == 0, proc.stderr
+    assert opened.read_text(encoding="utf-8") == Path(proc.stdout.strip()).as_uri()
