@@ -56,6 +56,8 @@ exit codes: 0 every task it ran was merged; 1 some task ended blocked or a merge
 
 CONFLICT_TITLE = "Resolve merge conflict: {branch}"
 GATE_TITLE = "Fix failing checks: {branch}"
+# The dispatcher's own merge of main into a branch, conflict markers and all, for a conflict task.
+PREPARED_SUBJECT = "dispatch: merge {main} into {branch}, conflicts left for {task_id}"
 CONFLICT_LABEL = "merge-conflict"
 # A conflict task no agent may take: git cannot show its conflict as text markers.
 PERSON_LABEL = "needs-person"
@@ -795,8 +797,10 @@ class Dispatcher:
             self.discard_attempt(worker)
             self.attempt_failed(worker.task_id, f"could not start the agent: {exc}")
             return
-        if worker.kind == "conflict" and worker.task_id in self.pending:
-            self.pending[worker.task_id]["branch_tip"] = worker.base  # the dispatcher's own merge of main
+        conflict = self.pending.get(worker.task_id) if worker.kind == "conflict" else None
+        if conflict and git_out(self.root, "log", "-1", "--format=%s", worker.base) == PREPARED_SUBJECT.format(
+                main=self.config.main_branch, branch=worker.branch, task_id=worker.task_id):
+            conflict["branch_tip"] = worker.base  # the dispatcher's own merge of main resolves nothing
             self.save_pending()
         worker.started_at = time.time()
         timeout = self.config.worker_timeout_secs
@@ -836,7 +840,7 @@ class Dispatcher:
             return  # nothing to merge: main is already in the branch
         common.git("add", "-A", cwd=worktree)  # the files with conflict markers, for the agent to settle
         original = conflict["task_id"]
-        message = (f"dispatch: merge {self.config.main_branch} into {branch}, conflicts left for {task.id}\n\n"
+        message = (PREPARED_SUBJECT.format(main=self.config.main_branch, branch=branch, task_id=task.id) + "\n\n"
                    f"Conflicted files: {', '.join(conflict['files']) or 'none'}\n"
                    f"This branch: {original}\nResolve task: {task.title}")
         common.git("commit", "-q", "--no-verify", "-m", message, cwd=worktree)
@@ -934,7 +938,8 @@ class Dispatcher:
         """A resolve/fix task's worker: close it when the branch now merges cleanly."""
         conflict = self.pending.get(worker.task_id)
         main = self.config.main_branch
-        clean = bool(conflict) and commits > 0 and merge_tree(self.root, main, worker.branch).tree is not None \
+        clean = bool(conflict) and self.committed_since(conflict) \
+            and merge_tree(self.root, main, worker.branch).tree is not None \
             and not new_marker_files(self.root, main, worker.branch)
         if clean:
             self.store.close(worker.task_id, f"{worker.branch} now merges cleanly")

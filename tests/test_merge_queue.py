@@ -202,6 +202,21 @@ def test_a_text_conflict_task_closed_with_no_commit_blocks_the_task(json_agent_s
     assert len([t for t in store.list(None) if t.title.startswith("Resolve")]) == 1
 
 
+def test_a_resolution_committed_before_the_conflict_worker_starts_counts(json_agent_setup, repo):
+    commit_file(repo, "settings.ini", "[ui]\ncolor=blue\n")
+    cfg, config, store = json_agent_setup()
+    conflicting_pair(store)
+    filed = []
+    run_in_process(config, store, lambda m: "; filed " in m and (
+        filed.append(m.rsplit(" ", 1)[1]) or store.claim(filed[-1], "a-human")))
+    pending = json.loads((repo / ".dispatch_pending_merge_retries.json").read_text(encoding="utf-8"))[filed[0]]
+    worktree = Path(pending["worktree"])
+    git(worktree, "merge", "-q", "main", "-X", "ours", "-m", "merge main, keep mine")  # resolved by a person,
+    store.release(filed[0])  # who hands the task back: its worker has nothing left to do
+    summary = run_in_process(config, store)
+    assert summary["merged"] == [pending["task_id"]] and store.get(filed[0]).status == "closed"
+
+
 def test_auto_rebase_merges_what_a_rebase_makes_clean(json_agent_setup, repo):
     commit_file(repo, "f.txt", "v0\n")
     cfg, config, store = json_agent_setup(on_conflict="auto_rebase")
