@@ -393,9 +393,9 @@ def added_files_named(worktree: Path, main: str, name: str) -> list[str]:
     found = list(dict.fromkeys(f for f in listed.stdout.split("\0") if f))
     if not found:
         return []
-    base = git_out(worktree, "merge-base", main, "HEAD")
+    base = common.git("merge-base", main, "HEAD", cwd=worktree, check=False).stdout.strip()  # none: main rewritten
     known = set()
-    for rev in (base, main):
+    for rev in filter(None, (base, main)):
         listing = common.git("ls-tree", "-r", "-z", "--name-only", rev, "--", *found, cwd=worktree)
         known.update(listing.stdout.split("\0"))
     return [f for f in found if f not in known]
