@@ -267,7 +267,7 @@ def tokens_in_log(path: Path) -> Tokens | None:
 class _Builder:
     """Walks the events once, in the order they were written."""
 
-    QUEUE_ENDS = ("merged", "merge_conflict", "gate_failed", "stale_branch", "blocked")
+    TASKLESS = ("breaker_tripped",)  # every other handler is about one task
 
     def __init__(self, logs_dir: Path):
         self.logs_dir = logs_dir
@@ -305,7 +305,7 @@ class _Builder:
         if e.name == "dispatcher_stopped":
             run.stopped = True
         handler = getattr(self, "on_" + e.name, None)
-        if handler is not None and (e.task_id is not None or e.name == "breaker_tripped"):
+        if handler is not None and (e.task_id is not None or e.name in self.TASKLESS):
             handler(e)
 
     # ---- workers -----------------------------------------------------------------------
@@ -409,9 +409,10 @@ class _Builder:
     def on_released(self, e: Event) -> None:
         row = self.task(e.task_id)
         row.outcome, row.detail = "waiting", "released for another attempt"
-        if (attempt := self.last.get(e.task_id)) is not None and attempt.outcome in ("open", "queued"):
+        attempt = self.last.get(e.task_id)
+        if attempt is not None and attempt.outcome in ("open", "queued"):
             attempt.outcome = "released"
-        if (attempt := self.last.get(e.task_id)) is not None and attempt.timed_out and attempt.outcome == "merged":
+        elif attempt is not None and attempt.timed_out and attempt.outcome == "merged":
             row.detail = "its timed-out attempt's work merged; released for another attempt"
 
     def on_blocked(self, e: Event) -> None:

@@ -365,3 +365,22 @@ def test_open_hands_the_report_to_the_users_browser(json_agent_setup, tmp_path):
     proc = dispatch(cfg, "--report", "--open", env={"BROWSER": str(stand_in)})
     assert proc.returncode == 0, proc.stderr
     assert opened.read_text(encoding="utf-8") == Path(proc.stdout.strip()).as_uri()
+
+
+def test_a_timed_out_attempt_whose_work_merged_and_a_gate_fixer(tmp_path):
+    logs = tmp_path / ".dispatch_logs"
+    logs.mkdir()
+    (logs / "events.jsonl").write_text("\n".join([
+        line(0, "dispatcher_started", pid=1, max_workers=1), started(0, "T", 1, 1, "Slow"),
+        line(5, "worker_timed_out", "T"), line(5, "commits_found", "T", commits=1),
+        line(5, "merge_queued", "T"), line(5.5, "gate_passed", "T", commit="c" * 40),
+        line(6, "merged", "T", diffstat={"files": 1, "insertions": 1, "deletions": 0}),
+        line(6, "released", "T", reason="attempt 1 timed out; its commits were merged"),
+        started(6, "G", 1, 1, "Fix failing checks: work/T", kind="gate"),
+        line(7, "worker_exited", "G", code=0), line(8, "dispatcher_stopped")]) + "\n", encoding="utf-8")
+    report = build(logs)
+    slow, fixer = report.attempts
+    assert (slow.category, slow.merged_work, slow.duration) == ("timed_out", True, 5)
+    assert report.tasks["T"].detail == "its timed-out attempt's work merged; released for another attempt"
+    assert fixer.category == "gate" and report.tasks["G"].kind == "gate"
+    assert [m.kind for m in report.marks] == ["gate_passed", "merged"]
