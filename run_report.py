@@ -673,8 +673,12 @@ def legend() -> str:
 
 
 def link(path: Path, report_dir: Path, label: str) -> str:
-    rel = os.path.relpath(path, report_dir).replace(os.sep, "/")
-    return f'<a href="{esc(urllib.parse.quote(rel))}">{esc(label)}</a>'
+    """A relative link, so the report and its logs can move together; absolute across Windows drives."""
+    try:
+        href = urllib.parse.quote(os.path.relpath(path, report_dir).replace(os.sep, "/"))
+    except ValueError:  # another drive: no relative path exists
+        href = path.as_uri()
+    return f'<a href="{esc(href)}">{esc(label)}</a>'
 
 
 def render_table(report: Report, report_dir: Path) -> str:
