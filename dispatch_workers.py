@@ -51,7 +51,8 @@ examples:
   py dispatch_workers.py --report --open    a picture of the runs so far, in your browser
 
 exit codes: 0 every task it ran was merged; 1 some task ended blocked or a merge is waiting
-(the summary says why); 2 bad usage or configuration; 130 interrupted.
+(the summary says why); 2 bad usage or configuration; 130 interrupted; 143 stopped by SIGTERM,
+129 by SIGHUP.
 """
 
 CONFLICT_TITLE = "Resolve merge conflict: {branch}"
@@ -66,6 +67,7 @@ GATE_LABEL = "merge-gate"
 MODEL_LABEL = "model:"
 WORKER_POLL_SECS = 0.01  # a worker's exit is noticed within this, so a slot refills at once
 START_WAIT_SECS = 0.2  # how long a refill may wait for its worktree before merges go ahead
+WAIT_STEP_SECS = 0.05  # a setup command or gate notices a stop within this
 MERGE_SHORT = 10
 OWNED_MARKER = "dispatch-owned"  # in a worktree's git admin dir: the dispatcher made this worktree
 MERGE_WAIT_MAX_SECS = 30  # the longest a waiting merge goes untried
@@ -160,6 +162,26 @@ def kill_tree(pid: int, grace: float, proc: subprocess.Popen | None = None) -> N
         except ProcessLookupError:
             pass
         proc.wait()
+
+
+def wait_or_end(proc: subprocess.Popen, timeout: float, stop, grace: float) -> str | None:
+    """Wait for a process started by start_process (a setup command, the gate); end its tree past
+    `timeout`, or as soon as stop() is true (a second Ctrl-C). None if it exited by itself, else why not."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            proc.wait(timeout=WAIT_STEP_SECS)
+            return None
+        except subprocess.TimeoutExpired:
+            pass
+        if stop():
+            why = "was stopped"
+        elif time.monotonic() > deadline:
+            why = f"timed out after {timeout:g} s"
+        else:
+            continue
+        kill_tree(proc.pid, grace, proc)
+        return why
 
 
 # --------------------------------------------------------------------------------------------
@@ -479,8 +501,14 @@ class Worker:
     pid_start_time: float | None = None
     proc: subprocess.Popen | None = dataclasses.field(default=None, repr=False)
     starting: concurrent.futures.Future | None = dataclasses.field(default=None, repr=False)
-    timed_out: bool = False
     log: str = ""  # this attempt's own output, relative to the repository root
+    # Why the dispatcher ended it, recorded before the kill: an ended worker is never judged as
+    # one that finished. TIMED_OUT counts as an attempt; a stop by the user does not.
+    ended: str | None = None
+
+    @property
+    def stopped_by_user(self) -> bool:
+        return self.ended is not None and self.ended != TIMED_OUT
 
     def record(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _IN_MEMORY}
@@ -501,14 +529,16 @@ class Worker:
 _IN_MEMORY = {"proc", "starting"}  # Worker fields that are not written to the state file
 WORKER_KEYS = [f.name for f in dataclasses.fields(Worker) if f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
+TIMED_OUT = "timed out"
+TASK_BLOCKED = "stopped: its task was blocked"  # by the user, while the worker ran
 
 
 def queue_entry(task_id: str, title: str, branch: str, worktree: str, outcome: str, note: str,
-                retries: int) -> dict:
-    """A merge-queue entry. outcome: "close" the task once merged, or "release" it (work that
-    timed out may be partial)."""
+                retries: int, counted: bool = True) -> dict:
+    """A merge-queue entry. outcome: "close" the task once merged, or "release" it (the work of an
+    ended worker may be partial); counted: whether that release counts as a failed attempt."""
     return {"task_id": task_id, "title": title, "branch": branch, "worktree": worktree, "outcome": outcome,
-            "note": note, "retries": retries, "queued_at": time.time()}
+            "note": note, "retries": retries, "counted": counted, "queued_at": time.time()}
 
 
 def worker_argv(config: common.Config, task: common.Task, message_file: Path, branch: str,
@@ -619,6 +649,7 @@ class Dispatcher:
         self.breaker_until: float | None = None
         self.stopping = False
         self.interrupts = 0
+        self.stop_signal: int | None = None
         self.next_poll = 0.0
         self.told_waiting: set[tuple[str, str]] = set()  # (task, reason) already said
         self.known: dict[str, common.Task] = {}  # tasks this run has worked on (bd calls are slow)
@@ -655,7 +686,10 @@ class Dispatcher:
     def reconcile(self) -> None:
         """After a crash or restart: adopt live workers, finish dead ones, release the orphaned."""
         for worker in self.workers.values():
-            if is_same_process_alive(worker.pid, worker.pid_start_time):
+            if is_same_process_alive(worker.pid, worker.pid_start_time) and worker.ended:
+                # recorded as ended, but the kill was cut short: end it now; it is judged as ended
+                kill_tree(worker.pid, self.config.worker_kill_grace_secs)
+            elif is_same_process_alive(worker.pid, worker.pid_start_time):
                 self.event("adopted", worker.task_id, pid=worker.pid)
                 self.say(f"{worker.task_id}: adopted running worker (pid {worker.pid})")
         # A conflict task's own claim is not accounted for by its pending merge: only the original is.
@@ -691,15 +725,32 @@ class Dispatcher:
         for task in self.store.ready(limit=max(50, 4 * self.max_workers)):
             if not free:
                 break
+            if (held := self.why_held(task.id)) and (message := f"{task.id}: not started again: {held}") \
+                    not in self.told_waiting:
+                self.told_waiting.add(message)
+                self.say(message)
             if self.why_waiting(task) is None and self.store.claim(task.id, self.config.actor):
                 self.event("claimed", task.id)
                 common.failpoint("after_claim")
                 self.start_worker(free.pop(0), task)
 
+    def why_held(self, task_id: str) -> str | None:
+        """Why a task that is ready (reopened by hand, say) still has work under way, if it has:
+        a second worker would share its branch and worktree, and its work would merge twice."""
+        if task_id in {w.task_id for w in self.workers.values()}:
+            return "its worker is still running"
+        if task_id in {e["task_id"] for e in self.state["merge_queue"]}:
+            return "its branch waits in the merge queue"
+        if waits_for := [followup for followup, p in self.pending.items() if p["task_id"] == task_id]:
+            return f"its branch waits for {waits_for[0]}"
+        return None
+
     def why_waiting(self, task: common.Task) -> str | None:
         """None when the task may start now; else the reason it waits."""
         if PERSON_LABEL in task.labels:
             return f"it is for a person (label {PERSON_LABEL}): no agent takes it"
+        if held := self.why_held(task.id):
+            return held
         if (CONFLICT_LABEL in task.labels or GATE_LABEL in task.labels) and task.id not in self.pending:
             return "its merge has not been recorded yet"
         if task.id in self.pending and self.pending[task.id]["branch"] in {w.branch for w in self.workers.values()}:
@@ -771,7 +822,9 @@ class Dispatcher:
             self.add_worktree(worker.branch, worktree)
         common.failpoint("after_worktree")
         if self.config.worktree_setup_command:
-            common.run(*self.config.worktree_setup_command, cwd=worktree)
+            log = self.root / worker.log
+            if failed := self.run_setup_command(worktree, log):
+                raise common.UserError(f"worktree_setup_command {failed}; its output is in {log}")
         message_file = worktree / ".current_task.txt"
         message_file.unlink(missing_ok=True)  # never write through a link a branch may carry
         message_file.write_text(task_message(self.config, task), encoding="utf-8")
@@ -779,6 +832,14 @@ class Dispatcher:
         argv, env = worker_argv(self.config, task, message_file, worker.branch, worktree)
         worker.base = git_out(worktree, "rev-parse", "HEAD")
         return argv, env
+
+    def run_setup_command(self, worktree: Path, log: Path) -> str | None:
+        """worktree_setup_command in a new worktree (a worker's or the gate's), as a process tree
+        ended past worktree_setup_timeout_secs or at a stop-now. None on success, else why not."""
+        proc = start_process(list(self.config.worktree_setup_command), worktree, common.child_environment(), log)
+        ended = wait_or_end(proc, self.config.worktree_setup_timeout_secs, self.stop_now_reason,
+                            self.config.worker_kill_grace_secs)
+        return ended or (f"exited {proc.returncode}" if proc.returncode else None)
 
     def started(self, worker: Worker) -> None:
         """Back on the loop: start the process and record it, or count the failed start as an attempt."""
@@ -863,18 +924,31 @@ class Dispatcher:
                 changed = True
             elif worker.deadline and time.time() > worker.deadline:
                 self.say(f"{worker.task_id}: worker outlived worker_timeout_secs; ending its process tree")
-                self.end_worker(worker)
-                worker.timed_out = True
-                self.event("worker_timed_out", worker.task_id, log=worker.log)
+                self.end_worker(worker, TIMED_OUT)
                 self.finish_worker(worker)
                 changed = True
         return changed
 
-    def end_worker(self, worker: Worker) -> None:
-        if worker.starting is not None:
-            self.started(worker)  # let its start finish, so there is a process to end
+    def end_worker(self, worker: Worker, why: str) -> None:
+        """End a started worker's process tree, having recorded why: a dispatcher killed meanwhile
+        must not take the ended worker for one that finished."""
+        worker.ended = why
+        self.save_state()
+        self.event("worker_timed_out" if why == TIMED_OUT else "worker_stopped", worker.task_id, reason=why,
+                   log=worker.log)
         if worker.proc is not None or is_same_process_alive(worker.pid, worker.pid_start_time):
             kill_tree(worker.pid, self.config.worker_kill_grace_secs, worker.proc)
+
+    def stop_blocked_workers(self) -> None:
+        """A task the user blocked while its worker runs: end the worker, keep its branch, merge nothing."""
+        running = {w.task_id: w for w in self.workers.values() if w.pid is not None and not w.ended}
+        if not running:
+            return
+        for task in self.store.list(["blocked"]):
+            if worker := running.get(task.id):
+                self.say(f"{task.id}: blocked while its worker ran; ending the worker (its branch is kept)")
+                self.end_worker(worker, TASK_BLOCKED)
+                self.finish_worker(worker)
 
     def finish_worker(self, worker: Worker) -> None:
         """Judge an ended worker from git and send its branch on: merge queue, retry or block."""
@@ -885,7 +959,7 @@ class Dispatcher:
         if worker.proc is not None and not common.IS_WINDOWS:
             kill_tree(worker.pid, 0.2, worker.proc)  # what it left running would hold the worktree
         worktree, task_id = Path(worker.worktree), worker.task_id
-        why = "timed out" if worker.timed_out else "exited"
+        why = worker.ended or "exited"
         if worktree.exists():
             clear_interrupted_git_state(worktree)
             self.collect_followups(worker)
@@ -895,23 +969,37 @@ class Dispatcher:
         tip = rev_parse(self.root, f"refs/heads/{worker.branch}")
         commits = int(git_out(self.root, "rev-list", "--count", f"{worker.base}..{tip}")) if tip else 0
         del self.workers[worker.slot]
-        if worker.kind == "conflict":
+        counted = not worker.stopped_by_user  # toward max_attempts and the breaker
+        if worker.ended == TASK_BLOCKED:
+            self.leave_blocked(worker)
+        elif worker.kind == "conflict" and not worker.ended:
             self.finish_conflict_worker(worker, commits)
-        elif commits and not worker.timed_out:
+        elif worker.kind == "conflict":  # its branch belongs to the task it resolves: release it only
+            self.attempt_failed(task_id, f"attempt {worker.attempt} {why}; log {worker.log}", counted=counted)
+        elif commits and not worker.ended:
             self.event("commits_found", task_id, commits=commits, log=worker.log)
             self.failures_in_a_row = 0
             self.queue_merge(worker, "close", "")
         elif commits:
             self.event("commits_found", task_id, commits=commits, log=worker.log)
-            self.queue_merge(worker, "release", f"attempt {worker.attempt} timed out; its commits were merged; "
-                                                f"log {worker.log}")
+            self.queue_merge(worker, "release", f"attempt {worker.attempt} {why}; its commits were merged; "
+                                                f"log {worker.log}", counted=counted)
         else:
             self.event("no_commits", task_id, log=worker.log)
-            self.failures_in_a_row += 1
+            self.failures_in_a_row += counted
             self.discard_attempt(worker)
             self.attempt_failed(task_id, f"attempt {worker.attempt} {why} with no commits; log {worker.log} ends: "
-                                         f"{self.log_tail(worker)}")
+                                         f"{self.log_tail(worker)}", counted=counted)
         self.save_state()
+
+    def leave_blocked(self, worker: Worker) -> None:
+        """The user blocked the task while it ran: its status is theirs, and its work waits on the branch."""
+        if worker.kind == "task":  # a conflict task's worktree belongs to the branch it resolves
+            remove_worktree(self.root, Path(worker.worktree))
+        reason = (f"blocked while its worker ran; the worker was ended, its branch {worker.branch} kept "
+                  "and not merged")
+        self.summary["blocked"].append({"id": worker.task_id, "reason": reason})
+        self.event("left_blocked", worker.task_id, branch=worker.branch)
 
     def never_started(self, worker: Worker) -> None:
         """A worker recorded by a dispatcher that stopped before starting it: no attempt was made.
@@ -951,10 +1039,12 @@ class Dispatcher:
             self.attempt_failed(worker.task_id, f"attempt {worker.attempt}: {worker.branch} {problem}; "
                                                 f"log {worker.log} ends: {self.log_tail(worker)}")
 
-    def attempt_failed(self, task_id: str, note: str) -> None:
-        attempts = self.state["attempts"].get(task_id, 0) + 1
+    def attempt_failed(self, task_id: str, note: str, counted: bool = True) -> None:
+        """Release the task for another attempt, or block it after max_attempts. An attempt the
+        user stopped is not counted."""
+        attempts = self.state["attempts"].get(task_id, 0) + counted
         self.state["attempts"][task_id] = attempts
-        if attempts >= self.config.max_attempts:
+        if counted and attempts >= self.config.max_attempts:
             self.block(task_id, f"{note} (after {attempts} attempts)")
         else:
             self.store.release(task_id, note)
@@ -1000,9 +1090,9 @@ class Dispatcher:
 
     # ---- the merge queue -------------------------------------------------------------------
 
-    def queue_merge(self, worker: Worker, outcome: str, note: str) -> None:
+    def queue_merge(self, worker: Worker, outcome: str, note: str, counted: bool = True) -> None:
         self.state["merge_queue"].append(queue_entry(worker.task_id, worker.title, worker.branch, worker.worktree,
-                                                     outcome, note, retries=0))
+                                                     outcome, note, retries=0, counted=counted))
         self.save_state()
         self.event("merge_queued", worker.task_id, branch=worker.branch)
 
@@ -1010,6 +1100,8 @@ class Dispatcher:
         """Merge queued branches in order; True if main moved or the queue changed."""
         progressed = False
         for entry in list(self.state["merge_queue"]):
+            if self.stop_now_reason():
+                break  # no gate is started while stopping now
             if entry.get("retry_at", 0) > time.time():
                 continue
             progressed |= self.merge(entry)
@@ -1053,6 +1145,8 @@ class Dispatcher:
                                  f"Merge {entry['branch']}: {entry['title']} ({entry['task_id']})")
                 if self.config.merge_gate_command:
                     passed, output = self.run_gate(commit)
+                    if passed is None:
+                        return False  # a stop-now ended the gate: the branch stays queued for the next run
                     if passed:
                         self.event("gate_passed", entry["task_id"], commit=commit)
                     if rev_parse(root, main) != base:
@@ -1139,9 +1233,11 @@ class Dispatcher:
                 self.event("closed", task_id)
                 self.epic_check_due |= bool(task.deps_of("discovered-from"))
             self.summary["merged"].append(task_id)
+            # What this run said about it before (a branch kept when it was reopened) is settled.
+            self.summary["waiting"] = [w for w in self.summary["waiting"] if w["id"] != task_id]
             self.state["attempts"].pop(task_id, None)
         elif task.status == "in_progress":
-            self.attempt_failed(task_id, entry["note"])
+            self.attempt_failed(task_id, entry["note"], counted=entry.get("counted", True))
         remove_worktree(self.root, Path(entry["worktree"]))
         if self.config.delete_merged_branches:
             common.git("branch", "-D", entry["branch"], cwd=self.root, check=False)
@@ -1151,32 +1247,34 @@ class Dispatcher:
         self.state["merge_queue"] = [e for e in self.state["merge_queue"] if e["branch"] != entry["branch"]]
         self.save_state()
 
-    def run_gate(self, commit: str) -> tuple[bool, str]:
+    def run_gate(self, commit: str) -> tuple[bool | None, str]:
+        """(passed, output) of the gate on `commit`; passed is None when a stop-now ended it."""
         gate = Path(self.config.worktree_root) / ".gate"
+        log = self.logs / "gate.log"
+        log.unlink(missing_ok=True)
         if not gate.exists():
             add_dispatcher_worktree(self.root, gate, "--detach", str(gate), commit)
-            if self.config.worktree_setup_command:
-                common.run(*self.config.worktree_setup_command, cwd=gate)
+            if self.config.worktree_setup_command and (failed := self.run_setup_command(gate, log)):
+                remove_worktree(self.root, gate)  # so the next gate sets it up again
+                if self.stop_now_reason():
+                    return None, ""
+                raise common.UserError(f"worktree_setup_command {failed} in the gate worktree; its output is in {log}")
         elif gate.resolve() not in dispatcher_worktrees(self.root):
             raise common.UserError(f"{gate} is in the way of the merge gate's worktree and the dispatcher "
                                    "did not make it; move it elsewhere")
         else:
             common.git("checkout", "-q", "--detach", "-f", commit, cwd=gate)
             common.git("clean", "-q", "-fd", cwd=gate)
-        log = self.logs / "gate.log"
-        log.unlink(missing_ok=True)
         proc = start_process(list(self.config.merge_gate_command), gate, common.child_environment(), log)
-        try:
-            code = proc.wait(timeout=self.config.merge_gate_timeout_secs)
-        except subprocess.TimeoutExpired:
-            kill_tree(proc.pid, self.config.worker_kill_grace_secs, proc)
-            code = None
+        ended = wait_or_end(proc, self.config.merge_gate_timeout_secs, self.stop_now_reason,
+                            self.config.worker_kill_grace_secs)
+        if self.stop_now_reason():
+            return None, ""
         common.failpoint("during_gate")
         output = log.read_text(encoding="utf-8", errors="replace")[-2000:]
-        if code == 0:
+        if not ended and proc.returncode == 0:
             return True, output
-        what = "timed out" if code is None else f"exited {code}"
-        return False, f"merge_gate_command {what}; output tail:\n{output}"
+        return False, f"merge_gate_command {ended or f'exited {proc.returncode}'}; output tail:\n{output}"
 
     def on_conflict(self, entry: dict, files: list[str], main_commit: str, detail: str, kind: str = "conflict",
                     merged: MergeResult | None = None) -> bool:
@@ -1209,7 +1307,8 @@ class Dispatcher:
                                      "created_at": common.now_iso(), "retries": retries,
                                      "title": entry["title"], "outcome": entry["outcome"], "note": entry["note"],
                                      "branch_tip": rev_parse(self.root, f"refs/heads/{branch}"),
-                                     "for_person": PERSON_LABEL in followup.labels}
+                                     "for_person": PERSON_LABEL in followup.labels,
+                                     "counted": entry.get("counted", True)}
         self.save_pending()
         self.drop_entry(entry)
         self.say(f"{task_id}: {'merge conflict' if kind == 'conflict' else 'checks failed'} on {branch}"
@@ -1290,7 +1389,7 @@ class Dispatcher:
                 if not any(e["branch"] == pending["branch"] for e in self.state["merge_queue"]):
                     self.state["merge_queue"].insert(0, queue_entry(
                         pending["task_id"], pending["title"], pending["branch"], pending["worktree"],
-                        pending["outcome"], pending["note"], pending["retries"]))
+                        pending["outcome"], pending["note"], pending["retries"], pending.get("counted", True)))
                     self.save_state()
                 del self.pending[followup_id]
                 self.save_pending()
@@ -1346,11 +1445,8 @@ class Dispatcher:
         self.close_finished_epics()
         while True:
             changed = self.check_workers()
-            if self.interrupts >= 2:
-                for worker in list(self.workers.values()):
-                    self.end_worker(worker)
-                self.say("stopped: workers ended; their branches are kept for the next run")
-                raise KeyboardInterrupt
+            if why := self.stop_now_reason():
+                self.stop_now(why)
             if changed:
                 self.fill_slots()  # a freed slot is refilled before anything else
                 starting = [w.starting for w in self.workers.values() if w.starting is not None]
@@ -1358,6 +1454,8 @@ class Dispatcher:
                     concurrent.futures.wait(starting, timeout=START_WAIT_SECS)
                     self.check_workers()
             poll_due = time.time() >= self.next_poll
+            if poll_due:
+                self.stop_blocked_workers()
             merged = self.process_merge_queue()
             if changed or merged or poll_due:  # the store is read at the poll interval, not every pass
                 merged |= self.check_pending()
@@ -1389,6 +1487,30 @@ class Dispatcher:
         if self.interrupts == 1:
             self.stopping = True
             self.say("Ctrl-C: starting nothing new; running workers will finish and merge. Ctrl-C again to stop now.")
+
+    def stop_signalled(self, signum: int, _frame) -> None:
+        """SIGTERM (a service manager), SIGHUP (a closed terminal), SIGBREAK (a closed Windows
+        console, which ends us about 5 s later): stop now, as at a second Ctrl-C."""
+        self.stopping, self.stop_signal = True, signum
+
+    def stop_now_reason(self) -> str | None:
+        """Why every worker must end now, if it must: a stop signal, or a second Ctrl-C."""
+        if self.stop_signal is not None:
+            return f"stopped by {signal.Signals(self.stop_signal).name}"
+        return "stopped by Ctrl-C" if self.interrupts >= 2 else None
+
+    def stop_now(self, why: str) -> None:
+        """End every worker and leave: their branches and records stay for the next run, which
+        merges their commits but releases their tasks, as after a timeout."""
+        for worker in list(self.workers.values()):
+            if worker.starting is not None:
+                concurrent.futures.wait([worker.starting])  # its setup command is ended at once too
+                continue  # recorded but never started: the next run releases its task
+            self.end_worker(worker, why)
+        self.say(f"{why}: workers ended; their branches are kept for the next run")
+        if self.stop_signal is not None:
+            raise SystemExit(128 + self.stop_signal)  # the shell's convention: 143 for SIGTERM, 129 for SIGHUP
+        raise KeyboardInterrupt
 
 
 # --------------------------------------------------------------------------------------------
@@ -1545,6 +1667,16 @@ def run_demo(args) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+def detach_output() -> None:
+    """Send stdout and stderr to the null device: once the terminal is gone every write fails,
+    and Python's own last flush would turn the exit code into 120."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dispatch_workers.py", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1646,21 +1778,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         other = (state_files(config)[0].read().get("dispatcher") or {})
         raise common.UserError(f"another dispatcher is running on this repository (pid {other.get('pid', '?')}, "
                                f"started {other.get('started_at', '?')}); see --status") from None
-    say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else (lambda msg: print(msg, flush=True))
+    def say(msg: str) -> None:
+        try:
+            print(msg, file=sys.stderr if args.json else sys.stdout, flush=True)
+        except OSError:  # the terminal is gone (SIGHUP): carry on, and stop on time, without it
+            detach_output()
+
     try:
         dispatcher = Dispatcher(config, store, max_workers, args.watch, say)
         dispatcher.state["dispatcher"] = {"pid": os.getpid(), "started_at": common.now_iso(),
                                           "pid_start_time": process_start_time(os.getpid())}
         dispatcher.save_state()
         dispatcher.event("dispatcher_started", pid=os.getpid(), max_workers=max_workers, watch=args.watch)
-        previous = signal.signal(signal.SIGINT, dispatcher.interrupt)
+        handlers = {signal.SIGINT: dispatcher.interrupt}
+        for name in ("SIGTERM", "SIGHUP", "SIGBREAK"):  # SIGHUP is POSIX only, SIGBREAK Windows only
+            if hasattr(signal, name):
+                handlers[getattr(signal, name)] = dispatcher.stop_signalled
+        previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
         try:
             summary = dispatcher.run()
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
             dispatcher.state["dispatcher"] = None
             dispatcher.save_state()
-            dispatcher.event("dispatcher_stopped", interrupted=dispatcher.interrupts > 0)
+            dispatcher.event("dispatcher_stopped",
+                             interrupted=dispatcher.interrupts > 0 or dispatcher.stop_signal is not None)
             report = write_report_after_run(config, say)
     finally:
         lock.release()

@@ -277,7 +277,7 @@ def test_first_ctrl_c_lets_running_workers_finish_and_starts_nothing_new(json_ag
 
 
 @posix_only
-def test_second_ctrl_c_ends_workers_and_keeps_their_branches(json_agent_setup, repo):
+def test_second_ctrl_c_ends_workers_keeps_their_branches_and_releases_their_tasks(json_agent_setup, repo):
     cfg, config, store = json_agent_setup()
     task = add_task(store, "Stubborn", "append partial.txt partial", "hang")
     proc = subprocess.Popen([sys.executable, str(dispatch_workers.__file__), "--config", str(cfg)],
@@ -292,10 +292,20 @@ def test_second_ctrl_c_ends_workers_and_keeps_their_branches(json_agent_setup, r
     assert proc.returncode == 130
     assert not dispatch_workers.group_alive(events(repo, "worker_started")[0]["pid"])
     assert git(repo, "branch", "--list", "--format=%(refname:short)", f"work/{task.id}") == f"work/{task.id}"
-    # The next run finishes what was left: the committed work is merged.
-    cfg2, *_ = json_agent_setup(max_attempts=1)
-    assert dispatch(cfg2).returncode == 0
-    assert main_file(repo, "partial.txt") == "partial\n"
+    # Recorded as ended before the kill: the next run merges the work but releases the task, as
+    # after a timeout, and the stopped attempt counts toward nothing.
+    recorded = json.loads((repo / ".dispatch_state.json").read_text(encoding="utf-8"))["workers"]
+    assert [(w["task_id"], w["ended"]) for w in recorded] == [(task.id, "stopped by Ctrl-C")]
+    cfg2, *_ = json_agent_setup(max_attempts=1, worker_timeout_secs=2)
+    again = dispatch(cfg2, "--json")
+    assert again.returncode == 1
+    released = events(repo, "released")[0]
+    assert released["reason"] == "attempt 1 stopped by Ctrl-C; its commits were merged"
+    # It ran again (attempt 1 once more, which timed out, and so was the last of max_attempts 1).
+    assert [e["attempt"] for e in events(repo, "worker_started")] == [1, 1]
+    final = store.get(task.id)
+    assert final.status == "blocked" and "attempt 1 timed out; its commits were merged (after 1 attempts)" in final.notes
+    assert main_file(repo, "partial.txt") == "partial\npartial\n"
 
 
 def test_task_text_reaches_the_agent_verbatim_and_never_a_shell(json_agent_setup, repo):

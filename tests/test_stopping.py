@@ -1,0 +1,172 @@
+"""Stopping: signals, a task blocked or reopened while its worker runs, a hanging setup command or gate."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import dispatch_workers
+from conftest import ROOT, git
+from dispatch_helpers import add_task, dispatch, events, main_file, merges_of
+
+pytestmark = pytest.mark.skipif(os.name == "nt", reason="uses POSIX signals and sh")
+
+# A command that starts a grandchild and waits for it, recording its own pid (= its process group).
+HANG = 'echo $$ > "$0"; sleep 60 & wait'
+
+
+def start_dispatcher(cfg: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(dispatch_workers.__file__), "--config", str(cfg), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_until(condition, proc: subprocess.Popen, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            out, err = proc.communicate()
+            pytest.fail(f"never saw {what}; dispatcher exit {proc.returncode}\n{out}\n{err}")
+        time.sleep(0.05)
+
+
+def has_commit(repo: Path, branch: str) -> bool:
+    result = subprocess.run(["git", "rev-list", "--count", f"main..refs/heads/{branch}"], cwd=repo,
+                            capture_output=True, text=True)
+    return result.stdout.strip() not in ("", "0")
+
+
+def state(repo: Path) -> dict:
+    return json.loads((repo / ".dispatch_state.json").read_text(encoding="utf-8"))
+
+
+def tasks_cli(cfg: Path, *args: str) -> None:
+    subprocess.run([sys.executable, str(ROOT / "tasks.py"), "--config", str(cfg), *args], check=True,
+                   capture_output=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 30) -> tuple[str, str]:
+    """The dispatcher's output once it has exited; it is killed (and the test fails) if it hangs."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail(f"the dispatcher did not exit within {timeout} s")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_end_the_workers_and_keep_their_branches(json_agent_setup, repo, signum):
+    cfg, config, store = json_agent_setup()
+    task = add_task(store, "Stubborn", "append partial.txt partial", "hang")
+    proc = start_dispatcher(cfg)
+    wait_until(lambda: has_commit(repo, f"work/{task.id}"), proc, "the agent's commit")
+    if signum == signal.SIGHUP:  # the terminal is gone: every write the dispatcher makes now fails
+        proc.stdout.close()
+        proc.stderr.close()
+    proc.send_signal(signum)
+    try:
+        code = proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert code == 128 + signum  # 143, 129
+    assert not dispatch_workers.group_alive(events(repo, "worker_started")[0]["pid"])
+    assert git(repo, "branch", "--list", "--format=%(refname:short)", f"work/{task.id}") == f"work/{task.id}"
+    recorded = state(repo)
+    assert recorded["dispatcher"] is None
+    assert [(w["task_id"], w["ended"]) for w in recorded["workers"]] == [(task.id, f"stopped by {signum.name}")]
+    assert store.get(task.id).status == "in_progress"  # the next run merges the work and releases it
+
+
+def test_blocking_a_running_task_ends_its_worker_keeps_its_branch_and_merges_nothing(json_agent_setup, repo):
+    # worker_timeout_secs only bounds the test when the block goes unnoticed (the bug).
+    cfg, config, store = json_agent_setup(worker_timeout_secs=10)
+    task = add_task(store, "Wrong way round", "append wrong.txt wrong", "hang")
+    proc = start_dispatcher(cfg, "--json")
+    wait_until(lambda: has_commit(repo, f"work/{task.id}"), proc, "the agent's commit")
+    tasks_cli(cfg, "block", task.id, "-r", "the approach is wrong")
+    out, err = finish(proc)
+    assert proc.returncode == 1, err
+    assert [e["reason"] for e in events(repo, "worker_stopped")] == [dispatch_workers.TASK_BLOCKED]
+    assert events(repo, "worker_timed_out") == [] and events(repo, "merged") == []
+    assert not dispatch_workers.group_alive(events(repo, "worker_started")[0]["pid"])
+    assert json.loads(out)["blocked"] == [{"id": task.id, "reason": (
+        f"blocked while its worker ran; the worker was ended, its branch work/{task.id} kept and not merged")}]
+    assert main_file(repo, "wrong.txt") is None
+    assert git(repo, "show", f"work/{task.id}:wrong.txt") == "wrong"  # the work is kept on its branch
+    final = store.get(task.id)
+    assert final.status == "blocked" and "the approach is wrong" in final.notes
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+    assert state(repo)["workers"] == [] and state(repo)["attempts"] == {}
+
+
+def test_a_task_reopened_while_its_worker_runs_is_not_started_twice(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup(max_workers=2)
+    task = add_task(store, "Reopened", "append r.txt r", "sleep 3")
+    proc = start_dispatcher(cfg)
+    wait_until(lambda: events(repo, "worker_started"), proc, "the worker start")
+    tasks_cli(cfg, "reopen", task.id)
+    plan = json.loads(dispatch(cfg, "--dry-run", "--json").stdout)
+    assert plan == [{"id": task.id, "title": task.title, "start": False, "reason": "its worker is still running"}]
+    out, err = finish(proc, timeout=90)
+    assert proc.returncode == 0, out + err
+    assert f"{task.id}: not started again: its worker is still running" in out
+    # One worker at a time: the reopened task ran again only after its first worker had finished
+    # (its branch was kept unmerged, since the task was no longer claimed, and continued).
+    timeline = [e["event"] for e in events(repo) if e["event"] in ("worker_started", "worker_exited")]
+    assert timeline == ["worker_started", "worker_exited", "worker_started", "worker_exited"]
+    assert merges_of(repo, task.id) == 1 and store.get(task.id).status == "closed"
+    assert main_file(repo, "r.txt") == "r\nr\n"
+
+
+def test_a_hanging_setup_command_is_ended_as_a_tree_at_its_timeout(json_agent_setup, repo, tmp_path):
+    pidfile = tmp_path / "setup.pid"
+    cfg, config, store = json_agent_setup(worktree_setup_command=["sh", "-c", HANG, str(pidfile)],
+                                          worktree_setup_timeout_secs=1, max_attempts=1, worker_kill_grace_secs=1)
+    task = add_task(store, "Never set up", "append x.txt x")
+    proc = dispatch(cfg, timeout=60)
+    assert proc.returncode == 1
+    final = store.get(task.id)
+    assert final.status == "blocked" and "worktree_setup_command timed out after 1 s" in final.notes
+    assert not dispatch_workers.group_alive(int(pidfile.read_text()))  # the sleep 60 too
+
+
+def test_a_second_ctrl_c_ends_a_hanging_setup_command(json_agent_setup, repo, tmp_path):
+    pidfile = tmp_path / "setup.pid"
+    cfg, config, store = json_agent_setup(worktree_setup_command=["sh", "-c", HANG, str(pidfile)])
+    task = add_task(store, "Set up slowly", "append s.txt s")
+    proc = start_dispatcher(cfg)
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), proc, "the setup command")
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    finish(proc)
+    assert proc.returncode == 130
+    assert not dispatch_workers.group_alive(int(pidfile.read_text()))
+    # Recorded but never started: the next run releases it and runs it, counting no attempt.
+    assert [w["pid"] for w in state(repo)["workers"]] == [None]
+    cfg2, *_ = json_agent_setup()
+    assert dispatch(cfg2).returncode == 0
+    assert store.get(task.id).status == "closed" and main_file(repo, "s.txt") == "s\n"
+
+
+def test_a_second_ctrl_c_ends_a_hanging_gate(json_agent_setup, repo, tmp_path):
+    pidfile = tmp_path / "gate.pid"
+    cfg, config, store = json_agent_setup(merge_gate_command=["sh", "-c", HANG, str(pidfile)])
+    task = add_task(store, "Gated", "append g.txt g")
+    proc = start_dispatcher(cfg)
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), proc, "the gate")
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    finish(proc)
+    assert proc.returncode == 130
+    assert not dispatch_workers.group_alive(int(pidfile.read_text()))
+    assert [e["task_id"] for e in state(repo)["merge_queue"]] == [task.id]  # gated again by the next run
+    assert main_file(repo, "g.txt") is None
