@@ -7,6 +7,7 @@ import collections
 import concurrent.futures
 import contextlib
 import copy
+import ctypes
 import dataclasses
 import json
 import os
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import webbrowser
 from collections.abc import Sequence
@@ -1490,7 +1492,7 @@ class Dispatcher:
 
     def stop_signalled(self, signum: int, _frame) -> None:
         """SIGTERM (a service manager), SIGHUP (a closed terminal), SIGBREAK (a closed Windows
-        console, which ends us about 5 s later): stop now, as at a second Ctrl-C."""
+        console or Ctrl-Break, see hold_console_close): stop now, as at a second Ctrl-C."""
         self.stopping, self.stop_signal = True, signum
 
     def stop_now_reason(self) -> str | None:
@@ -1667,6 +1669,26 @@ def run_demo(args) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+CONSOLE_CLOSE_HOLD_SECS = 4.5  # Windows ends a process about 5 s after its console is closed
+
+
+def hold_console_close(dispatcher: Dispatcher, state_saved: threading.Event):
+    """Windows: a closed console (or Ctrl-Break) ends the process the moment a console control
+    handler returns, before Python's own SIGBREAK handler could run. This handler asks for a stop
+    now (SIGBREAK), then holds the process until the workers are ended and the state is saved.
+    Returns the handler, which must stay referenced while it is installed."""
+    def on_console_event(event: int) -> bool:
+        if event == 0:  # CTRL_C_EVENT: Python's own SIGINT handler takes it
+            return False
+        dispatcher.stop_signalled(signal.SIGBREAK, None)
+        state_saved.wait(CONSOLE_CLOSE_HOLD_SECS)
+        return True
+
+    handler = ctypes.WINFUNCTYPE(ctypes.c_int, ctypes.c_uint)(on_console_event)
+    ctypes.windll.kernel32.SetConsoleCtrlHandler(handler, True)
+    return handler
+
+
 def detach_output() -> None:
     """Send stdout and stderr to the null device: once the terminal is gone every write fails,
     and Python's own last flush would turn the exit code into 120."""
@@ -1790,11 +1812,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           "pid_start_time": process_start_time(os.getpid())}
         dispatcher.save_state()
         dispatcher.event("dispatcher_started", pid=os.getpid(), max_workers=max_workers, watch=args.watch)
-        handlers = {signal.SIGINT: dispatcher.interrupt}
-        for name in ("SIGTERM", "SIGHUP", "SIGBREAK"):  # SIGHUP is POSIX only, SIGBREAK Windows only
-            if hasattr(signal, name):
-                handlers[getattr(signal, name)] = dispatcher.stop_signalled
+        handlers = {signal.SIGINT: dispatcher.interrupt, signal.SIGTERM: dispatcher.stop_signalled}
+        if hasattr(signal, "SIGHUP"):  # POSIX only
+            handlers[signal.SIGHUP] = dispatcher.stop_signalled
         previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+        state_saved = threading.Event()
+        console_handler = hold_console_close(dispatcher, state_saved) if common.IS_WINDOWS else None
         try:
             summary = dispatcher.run()
         finally:
@@ -1804,6 +1827,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             dispatcher.save_state()
             dispatcher.event("dispatcher_stopped",
                              interrupted=dispatcher.interrupts > 0 or dispatcher.stop_signal is not None)
+            state_saved.set()
+            if console_handler is not None:
+                ctypes.windll.kernel32.SetConsoleCtrlHandler(console_handler, False)
             report = write_report_after_run(config, say)
     finally:
         lock.release()

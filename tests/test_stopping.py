@@ -15,7 +15,8 @@ import dispatch_workers
 from conftest import ROOT, git
 from dispatch_helpers import add_task, dispatch, events, main_file, merges_of
 
-pytestmark = pytest.mark.skipif(os.name == "nt", reason="uses POSIX signals and sh")
+posix_only = pytest.mark.skipif(os.name == "nt", reason="uses POSIX signals and sh")
+windows_only = pytest.mark.skipif(os.name != "nt", reason="Windows console events")
 
 # A command that starts a grandchild and waits for it, recording its own pid (= its process group).
 HANG = 'echo $$ > "$0"; sleep 60 & wait'
@@ -61,8 +62,10 @@ def finish(proc: subprocess.Popen, timeout: float = 30) -> tuple[str, str]:
         pytest.fail(f"the dispatcher did not exit within {timeout} s")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
-def test_sigterm_and_sighup_end_the_workers_and_keep_their_branches(json_agent_setup, repo, signum):
+@posix_only
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])  # names: Windows has no SIGHUP
+def test_sigterm_and_sighup_end_the_workers_and_keep_their_branches(json_agent_setup, repo, name):
+    signum = getattr(signal, name)
     cfg, config, store = json_agent_setup()
     task = add_task(store, "Stubborn", "append partial.txt partial", "hang")
     proc = start_dispatcher(cfg)
@@ -80,10 +83,27 @@ def test_sigterm_and_sighup_end_the_workers_and_keep_their_branches(json_agent_s
     assert git(repo, "branch", "--list", "--format=%(refname:short)", f"work/{task.id}") == f"work/{task.id}"
     recorded = state(repo)
     assert recorded["dispatcher"] is None
-    assert [(w["task_id"], w["ended"]) for w in recorded["workers"]] == [(task.id, f"stopped by {signum.name}")]
+    assert [(w["task_id"], w["ended"]) for w in recorded["workers"]] == [(task.id, f"stopped by {name}")]
     assert store.get(task.id).status == "in_progress"  # the next run merges the work and releases it
 
 
+@windows_only
+def test_ctrl_break_on_windows_ends_the_workers_and_keeps_their_branches(json_agent_setup, repo):
+    # A closed console arrives the same way (CTRL_CLOSE_EVENT), but cannot be sent from a test.
+    cfg, config, store = json_agent_setup()
+    task = add_task(store, "Stubborn", "append partial.txt partial", "hang")
+    proc = subprocess.Popen([sys.executable, str(dispatch_workers.__file__), "--config", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            creationflags=subprocess.CREATE_NEW_PROCESS_GROUP)
+    wait_until(lambda: has_commit(repo, f"work/{task.id}"), proc, "the agent's commit")
+    proc.send_signal(signal.CTRL_BREAK_EVENT)
+    finish(proc)
+    assert proc.returncode == 128 + signal.SIGBREAK
+    assert git(repo, "branch", "--list", "--format=%(refname:short)", f"work/{task.id}") == f"work/{task.id}"
+    assert [(w["task_id"], w["ended"]) for w in state(repo)["workers"]] == [(task.id, "stopped by SIGBREAK")]
+
+
+@posix_only
 def test_blocking_a_running_task_ends_its_worker_keeps_its_branch_and_merges_nothing(json_agent_setup, repo):
     # worker_timeout_secs only bounds the test when the block goes unnoticed (the bug).
     cfg, config, store = json_agent_setup(worker_timeout_secs=10)
@@ -106,6 +126,7 @@ def test_blocking_a_running_task_ends_its_worker_keeps_its_branch_and_merges_not
     assert state(repo)["workers"] == [] and state(repo)["attempts"] == {}
 
 
+@posix_only
 def test_a_task_reopened_while_its_worker_runs_is_not_started_twice(json_agent_setup, repo):
     cfg, config, store = json_agent_setup(max_workers=2)
     task = add_task(store, "Reopened", "append r.txt r", "sleep 3")
@@ -125,6 +146,7 @@ def test_a_task_reopened_while_its_worker_runs_is_not_started_twice(json_agent_s
     assert main_file(repo, "r.txt") == "r\nr\n"
 
 
+@posix_only
 def test_a_hanging_setup_command_is_ended_as_a_tree_at_its_timeout(json_agent_setup, repo, tmp_path):
     pidfile = tmp_path / "setup.pid"
     cfg, config, store = json_agent_setup(worktree_setup_command=["sh", "-c", HANG, str(pidfile)],
@@ -137,6 +159,7 @@ def test_a_hanging_setup_command_is_ended_as_a_tree_at_its_timeout(json_agent_se
     assert not dispatch_workers.group_alive(int(pidfile.read_text()))  # the sleep 60 too
 
 
+@posix_only
 def test_a_second_ctrl_c_ends_a_hanging_setup_command(json_agent_setup, repo, tmp_path):
     pidfile = tmp_path / "setup.pid"
     cfg, config, store = json_agent_setup(worktree_setup_command=["sh", "-c", HANG, str(pidfile)])
@@ -156,6 +179,7 @@ def test_a_second_ctrl_c_ends_a_hanging_setup_command(json_agent_setup, repo, tm
     assert store.get(task.id).status == "closed" and main_file(repo, "s.txt") == "s\n"
 
 
+@posix_only
 def test_a_second_ctrl_c_ends_a_hanging_gate(json_agent_setup, repo, tmp_path):
     pidfile = tmp_path / "gate.pid"
     cfg, config, store = json_agent_setup(merge_gate_command=["sh", "-c", HANG, str(pidfile)])
