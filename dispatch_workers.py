@@ -93,8 +93,12 @@ Instructions:
 
 def start_process(argv: list[str], cwd: Path, env: dict, log_path: Path) -> subprocess.Popen:
     """Output goes to a file, not a pipe: it survives us, and no grandchild can hang us on it."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
+    try:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "ab")
+    except OSError as exc:  # a full disk: one line, not a failed attempt of every task in turn
+        raise common.write_error(log_path, exc) from None
+    with log:
         kwargs = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if common.IS_WINDOWS
                   else {"start_new_session": True})
         return subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
