@@ -1005,7 +1005,7 @@ class Dispatcher:
         reason = (f"blocked while its worker ran; the worker was ended, its branch {worker.branch} kept "
                   "and not merged")
         self.summary["blocked"].append({"id": worker.task_id, "reason": reason})
-        self.event("left_blocked", worker.task_id, branch=worker.branch)
+        self.event("left_blocked", worker.task_id, branch=worker.branch, reason=reason)
 
     def never_started(self, worker: Worker) -> None:
         """A worker recorded by a dispatcher that stopped before starting it: no attempt was made.

@@ -340,6 +340,9 @@ class _Builder:
     def on_worker_timed_out(self, e: Event) -> None:
         self.end_attempt(e, timed_out=True)
 
+    def on_worker_stopped(self, e: Event) -> None:
+        self.end_attempt(e)  # a second Ctrl-C, SIGTERM or its task blocked by hand ended it
+
     def on_commits_found(self, e: Event) -> None:
         if (attempt := self.last.get(e.task_id)) is not None:
             attempt.outcome = "queued"
@@ -424,6 +427,8 @@ class _Builder:
         for conflict in self.conflicts.values():
             if e.task_id in (conflict.task_id, conflict.conflict_task) and conflict.ended in ("open", "resolved"):
                 conflict.ended = "blocked"
+
+    on_left_blocked = on_blocked  # blocked by hand while it ran: the event carries the reason
 
     def on_closed(self, e: Event) -> None:
         """A conflict or fix task resolved by its worker (a merged task is closed after `merged`)."""

@@ -384,3 +384,18 @@ def test_a_timed_out_attempt_whose_work_merged_and_a_gate_fixer(tmp_path):
     assert report.tasks["T"].detail == "its timed-out attempt's work merged; released for another attempt"
     assert fixer.category == "gate" and report.tasks["G"].kind == "gate"
     assert [m.kind for m in report.marks] == ["gate_passed", "merged"]
+
+
+def test_an_attempt_stopped_by_hand_ends_its_bar_and_a_task_blocked_while_running(tmp_path):
+    logs = tmp_path / ".dispatch_logs"
+    logs.mkdir()
+    reason = "blocked while its worker ran; the worker was ended, its branch work/S kept and not merged"
+    (logs / "events.jsonl").write_text("\n".join([
+        line(0, "dispatcher_started", pid=1, max_workers=1), started(0, "S", 1, 1, "Stopped"),
+        line(3, "worker_stopped", "S", reason="stopped: its task was blocked"),
+        line(3, "left_blocked", "S", branch="work/S", reason=reason), line(4, "dispatcher_stopped")]) + "\n",
+        encoding="utf-8")
+    report = build(logs)
+    (stopped,) = report.attempts
+    assert (stopped.duration, stopped.outcome) == (3, "blocked")
+    assert (report.tasks["S"].outcome, report.tasks["S"].detail) == ("blocked", reason)
