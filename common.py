@@ -66,6 +66,10 @@ class GitError(CommandError):
     pass
 
 
+class TaskNotFound(UserError):
+    """The store has no task with that id (it may have been deleted while something referred to it)."""
+
+
 class BdError(CommandError):
     pass
 
@@ -683,13 +687,29 @@ def _entry_is_ready(entry: dict, by_id: dict[str, dict]) -> bool:
                    for dep in entry.get("dependencies") or ())
 
 
+ID_COUNTER = "id_counter"  # task_queue.json: the highest id number ever given
+DISPATCH_STATE_FILES = (".dispatch_state.json", ".dispatch_pending_merge_retries.json")
+
+
+def ids_outside_the_store(root: Path | None) -> list[str]:
+    """Text that may name tasks the store no longer has: the dispatcher's state files and the
+    repository's branch names (read whole; a caller picks the ids out)."""
+    if root is None:
+        return []
+    texts = [git("for-each-ref", "--format=%(refname)", "refs/heads", cwd=root, check=False).stdout]
+    for name in DISPATCH_STATE_FILES:
+        with contextlib.suppress(OSError):
+            texts.append((root / name).read_text(encoding="utf-8", errors="replace"))
+    return texts
+
+
 class JsonTaskStore:
     """The embedded store: task_queue.json, changed only under its lock by atomic replace."""
 
     name = "json"
 
-    def __init__(self, path: Path, prefix: str):
-        self.path, self.prefix = path, prefix
+    def __init__(self, path: Path, prefix: str, root: Path | None = None):
+        self.path, self.prefix, self.root = path, prefix, root
         self.lock_path = path.with_name(path.name + ".lock")
         # The parsed file and the stat it was read at: parsing 10,000 tasks costs more than
         # anything else, and os.replace gives every new version a new inode, so a stat that
@@ -736,11 +756,12 @@ class JsonTaskStore:
         self._cache = (self._stat_key(), data)
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[list[dict]]:
+    def _transaction(self) -> Iterator[dict]:
+        """The whole file ("tasks", and the id counter), saved when the block ends without error."""
         with locked(self.lock_path, "task queue"):
             data = self._load()
             try:
-                yield data["tasks"]
+                yield data
             except BaseException:
                 self._cache = None  # the entries may be half-changed: read the file again
                 raise
@@ -755,10 +776,11 @@ class JsonTaskStore:
         for entry in entries:
             if entry["id"] == task_id:
                 return entry
-        raise UserError(f"no task with id {task_id!r}")
+        raise TaskNotFound(f"no task with id {task_id!r}")
 
     def _update(self, task_id: str, note: str = "", **changes: Any) -> Task:
-        with self._transaction() as entries:
+        with self._transaction() as data:
+            entries = data["tasks"]
             entry = self._find(entries, task_id)
             entry.update(changes, updated_at=now_iso())
             if note:
@@ -771,9 +793,9 @@ class JsonTaskStore:
 
     def create_many(self, specs: Sequence[NewTask]) -> list[Task]:
         """All or nothing: one transaction."""
-        with self._transaction() as entries:
-            pattern = re.compile(re.escape(self.prefix) + r"-(\d+)$")
-            highest = max((int(m.group(1)) for e in entries if (m := pattern.match(e["id"]))), default=0)
+        with self._transaction() as data:
+            entries = data["tasks"]
+            highest = self._highest_id_number(data)
             stamp, created = now_iso(), []
             for spec in specs:
                 highest += 1
@@ -789,7 +811,19 @@ class JsonTaskStore:
                                                   "type": "blocks" if kind == "blocked-by" else kind})
                 entries.append({k: v for k, v in task.to_dict().items() if v not in ("", [], None)})
                 created.append(task)
+            data[ID_COUNTER] = highest
             return created
+
+    def _highest_id_number(self, data: dict) -> int:
+        """The highest id number ever given. It never goes down, so a deleted task's id never
+        comes back: a new task with it would inherit the old one's branch, records and merges.
+        A file without the counter (older, or written by hand) starts past every id in use in
+        the store, the dispatcher's state files and the branches."""
+        pattern = re.compile(re.escape(self.prefix) + r"-(\d+)(?!\d)")
+        texts, counter = [e["id"] for e in data["tasks"]], data.get(ID_COUNTER)
+        if type(counter) is not int:
+            texts, counter = texts + ids_outside_the_store(self.root), 0
+        return max([int(n) for text in texts for n in pattern.findall(text)] + [counter])
 
     def get(self, task_id: str) -> Task:
         return Task.from_dict(self._find(self._entries(), task_id))
@@ -805,21 +839,25 @@ class JsonTaskStore:
         return [Task.from_dict(e) for e in ready[:limit]]
 
     def claim(self, task_id: str, actor: str) -> bool:
-        with self._transaction() as entries:
+        with self._transaction() as data:
+            entries = data["tasks"]
             entry = self._find(entries, task_id)
             if entry.get("status", "open") != "open" or entry.get("assignee") not in (None, "", actor):
                 return False
             entry.update(status="in_progress", assignee=actor, updated_at=now_iso())
             return True
 
-    def release(self, task_id: str, note: str = "") -> Task:
+    # `actor`: whose claim this is (bd refuses to release or close another actor's claim; this
+    # store, like a hand-edited file, does not check).
+    def release(self, task_id: str, note: str = "", actor: str | None = None) -> Task:
         return self._update(task_id, note, status="open", assignee="")
 
-    def set_status(self, task_id: str, status: str, note: str = "") -> Task:
+    def set_status(self, task_id: str, status: str, note: str = "", actor: str | None = None) -> Task:
         return self._update(task_id, note, status=status)
 
-    def close(self, task_id: str, reason: str = "", force: bool = False) -> Task:
-        with self._transaction() as entries:
+    def close(self, task_id: str, reason: str = "", force: bool = False, actor: str | None = None) -> Task:
+        with self._transaction() as data:
+            entries = data["tasks"]
             entry = self._find(entries, task_id)
             blockers = _open_blockers(entry, {e["id"]: e for e in entries})
             if blockers and not force:
@@ -832,7 +870,8 @@ class JsonTaskStore:
         return self._update(task_id, status="open", closed_at="", close_reason="", assignee="")
 
     def add_dependency(self, task_id: str, depends_on: str, kind: str = "blocks") -> None:
-        with self._transaction() as entries:
+        with self._transaction() as data:
+            entries = data["tasks"]
             self._find(entries, depends_on)
             entry = self._find(entries, task_id)
             deps = entry.setdefault("dependencies", [])
@@ -849,6 +888,11 @@ class JsonTaskStore:
 # Dolt allows one writer at a time; beads' own tests retry these with backoff.
 _BD_LOCK_ERRORS = ("one writer at a time", "database is locked", "locked by another dolt process")
 _BD_RETRIES = 10
+_BD_NOT_FOUND = re.compile(r"no issues? found matching", re.IGNORECASE)
+
+
+class BdTaskNotFound(BdError, TaskNotFound):
+    pass
 
 
 class BdTaskStore:
@@ -883,7 +927,8 @@ class BdTaskStore:
                 time.sleep(delay)
                 delay = min(delay * 2, 8)
                 continue
-            raise BdError(argv, result.returncode, result.stdout, result.stderr, message)
+            error = BdTaskNotFound if _BD_NOT_FOUND.search(message) else BdError
+            raise error(argv, result.returncode, result.stdout, result.stderr, message)
         raise AssertionError("unreachable")
 
     def _tasks(self, *args: str, actor: str | None = None) -> list[Task]:
@@ -915,7 +960,7 @@ class BdTaskStore:
     def get(self, task_id: str) -> Task:
         tasks = self._tasks("show", task_id)
         if not tasks:
-            raise UserError(f"no task with id {task_id!r}")
+            raise TaskNotFound(f"no task with id {task_id!r}")
         return tasks[0]
 
     def list(self, statuses: Sequence[str] | None = None) -> list[Task]:
@@ -935,14 +980,17 @@ class BdTaskStore:
             raise
         return bool(claimed) and claimed[0].assignee == actor
 
-    def release(self, task_id: str, note: str = "") -> Task:
-        return self._tasks("update", task_id, "-s", "open", "-a", "", *(["--append-notes", note] if note else []))[0]
+    def release(self, task_id: str, note: str = "", actor: str | None = None) -> Task:
+        return self._tasks("update", task_id, "-s", "open", "-a", "", *(["--append-notes", note] if note else []),
+                           actor=actor)[0]
 
-    def set_status(self, task_id: str, status: str, note: str = "") -> Task:
-        return self._tasks("update", task_id, "-s", status, *(["--append-notes", note] if note else []))[0]
+    def set_status(self, task_id: str, status: str, note: str = "", actor: str | None = None) -> Task:
+        return self._tasks("update", task_id, "-s", status, *(["--append-notes", note] if note else []),
+                           actor=actor)[0]
 
-    def close(self, task_id: str, reason: str = "", force: bool = False) -> Task:
-        return self._tasks("close", task_id, *(["-r", reason] if reason else []), *(["--force"] if force else []))[0]
+    def close(self, task_id: str, reason: str = "", force: bool = False, actor: str | None = None) -> Task:
+        return self._tasks("close", task_id, *(["-r", reason] if reason else []), *(["--force"] if force else []),
+                           actor=actor)[0]
 
     def reopen(self, task_id: str) -> Task:
         return self._tasks("reopen", task_id)[0]
@@ -984,7 +1032,7 @@ def open_task_store(config: Config):
         backend = "bd" if shutil.which(config.bd_command) and (config.root / ".beads").is_dir() else "json"
     if backend == "bd":
         return BdTaskStore(config.bd_command, config.root, config.actor)
-    return JsonTaskStore(config.path("task_queue_file"), config.task_prefix)
+    return JsonTaskStore(config.path("task_queue_file"), config.task_prefix, config.root)
 
 
 def suggestion_hash(text: str) -> str:

@@ -248,9 +248,10 @@ def pending_problem(data: dict) -> str | None:
 
 
 def state_files(config: common.Config) -> tuple[StateFile, StateFile]:
-    return (StateFile(config.root / ".dispatch_state.json", {"dispatcher": None, "workers": [], "merge_queue": [],
-                                                             "attempts": {}}, state_problem),
-            StateFile(config.root / ".dispatch_pending_merge_retries.json", {}, pending_problem))
+    state, pending = common.DISPATCH_STATE_FILES
+    return (StateFile(config.root / state, {"dispatcher": None, "workers": [], "merge_queue": [], "attempts": {}},
+                      state_problem),
+            StateFile(config.root / pending, {}, pending_problem))
 
 
 # --------------------------------------------------------------------------------------------
@@ -505,6 +506,10 @@ class Worker:
     kind: str = "task"  # or "conflict": a conflict or fix task working on another task's branch
     pid: int | None = None
     pid_start_time: float | None = None
+    # The claim's owner and the task's identity: an id alone may name another task one day, and
+    # the actor may change (it defaults to the hostname) while the claim stands.
+    actor: str = ""
+    task_created_at: str = ""
     proc: subprocess.Popen | None = dataclasses.field(default=None, repr=False)
     starting: concurrent.futures.Future | None = dataclasses.field(default=None, repr=False)
     log: str = ""  # this attempt's own output, relative to the repository root
@@ -540,11 +545,13 @@ TASK_BLOCKED = "stopped: its task was blocked"  # by the user, while the worker 
 
 
 def queue_entry(task_id: str, title: str, branch: str, worktree: str, outcome: str, note: str,
-                retries: int, counted: bool = True) -> dict:
+                retries: int, actor: str, task_created_at: str, counted: bool = True) -> dict:
     """A merge-queue entry. outcome: "close" the task once merged, or "release" it (the work of an
-    ended worker may be partial); counted: whether that release counts as a failed attempt."""
+    ended worker may be partial); counted: whether that release counts as a failed attempt;
+    actor: whose claim the task is under."""
     return {"task_id": task_id, "title": title, "branch": branch, "worktree": worktree, "outcome": outcome,
-            "note": note, "retries": retries, "counted": counted, "queued_at": time.time()}
+            "note": note, "retries": retries, "counted": counted, "queued_at": time.time(), "actor": actor,
+            "task_created_at": task_created_at}
 
 
 def worker_argv(config: common.Config, task: common.Task, message_file: Path, branch: str,
@@ -650,6 +657,14 @@ class Dispatcher:
         self.pending = self.pending_file.read()
         # Workers recorded by an earlier run are ours until reconcile() has looked at them.
         self.workers: dict[int, Worker] = {w.slot: w for w in map(Worker.from_record, self.state["workers"])}
+        # Records written before claims carried their actor and task identity: this actor's,
+        # and any task with the id.
+        for worker in self.workers.values():
+            worker.actor = worker.actor or config.actor
+        for record in [*self.state["merge_queue"], *self.pending.values()]:
+            record.setdefault("actor", config.actor)
+            record.setdefault("task_created_at", "")
+        self.state.setdefault("branches", {})  # branch -> the task identity it was made for
         self.summary = {"merged": [], "released": [], "blocked": [], "waiting": []}
         self.failures_in_a_row = 0
         self.breaker_until: float | None = None
@@ -681,8 +696,8 @@ class Dispatcher:
     def save_pending(self) -> None:
         self.pending_file.write(self.pending)
 
-    def block(self, task_id: str, reason: str) -> None:
-        self.store.set_status(task_id, "blocked", reason)
+    def block(self, task_id: str, reason: str, actor: str | None = None) -> None:
+        self.store.set_status(task_id, "blocked", reason, actor=actor)
         self.summary["blocked"].append({"id": task_id, "reason": reason})
         self.event("blocked", task_id, reason=reason)
         self.say(f"{task_id}: blocked: {reason}")
@@ -699,13 +714,25 @@ class Dispatcher:
                 self.event("adopted", worker.task_id, pid=worker.pid)
                 self.say(f"{worker.task_id}: adopted running worker (pid {worker.pid})")
         # A conflict task's own claim is not accounted for by its pending merge: only the original is.
-        accounted = ({w.task_id for w in self.workers.values()} | {e["task_id"] for e in self.state["merge_queue"]}
-                     | {p["task_id"] for p in self.pending.values()})
+        claims = ([(w.task_id, w.task_created_at, w.actor) for w in self.workers.values()]
+                  + [(r["task_id"], r["task_created_at"], r["actor"])
+                     for r in [*self.state["merge_queue"], *self.pending.values()]])
+        for task_id, actor in sorted({(task_id, actor) for task_id, _, actor in claims if actor != self.config.actor}):
+            self.event("earlier_actor", task_id, actor=actor)
+            self.say(f"{task_id}: claimed as {actor} by an earlier run (the actor is {self.config.actor} now); "
+                     f"finishing it as {actor}")
+        ours = {self.config.actor} | {actor for _, _, actor in claims}
         for task in self.store.list(["in_progress"]):
-            if task.assignee == self.config.actor and task.id not in accounted:
-                self.store.release(task.id, "released: the dispatcher restarted with no worker or merge for it")
+            if task.assignee in ours and not any(task_id == task.id and created_at in ("", task.created_at)
+                                                 for task_id, created_at, _ in claims):
+                self.store.release(task.id, "released: the dispatcher restarted with no worker or merge for it",
+                                   actor=task.assignee)
                 self.event("released", task.id, reason="no record after restart")
-                self.say(f"{task.id}: released (no worker or merge recorded for it)")
+                self.say(f"{task.id}: released (no worker or merge recorded for it)"
+                         + (f", as {task.assignee}" if task.assignee != self.config.actor else ""))
+        branches = git_out(self.root, "for-each-ref", "--format=%(refname)", "refs/heads").splitlines()
+        self.state["branches"] = {name: owner for name, owner in self.state["branches"].items()
+                                  if f"refs/heads/{name}" in branches}
         self.prune_stray_worktrees()
 
     def prune_stray_worktrees(self) -> None:
@@ -757,9 +784,10 @@ class Dispatcher:
             return f"it is for a person (label {PERSON_LABEL}): no agent takes it"
         if held := self.why_held(task.id):
             return held
-        if (CONFLICT_LABEL in task.labels or GATE_LABEL in task.labels) and task.id not in self.pending:
+        conflict = self.pending_for(task)
+        if (CONFLICT_LABEL in task.labels or GATE_LABEL in task.labels) and conflict is None:
             return "its merge has not been recorded yet"
-        if task.id in self.pending and self.pending[task.id]["branch"] in {w.branch for w in self.workers.values()}:
+        if conflict and conflict["branch"] in {w.branch for w in self.workers.values()}:
             return "its branch is in use"
         if self.config.avoid_file_overlap and task.files:
             # A finished branch holds its files until it is merged: a task started from a main
@@ -774,18 +802,55 @@ class Dispatcher:
 
     def task_files(self, task_id: str) -> list[str]:
         if task_id not in self.known:
-            self.known[task_id] = self.store.get(task_id)  # an adopted worker's task
+            try:
+                self.known[task_id] = self.store.get(task_id)  # an adopted worker's task
+            except common.TaskNotFound:
+                return []  # deleted: its record is dropped where it is next used
         return self.known[task_id].files
+
+    def pending_for(self, task: common.Task) -> dict | None:
+        """The pending merge this task resolves: never one filed for an earlier task with its id."""
+        pending = self.pending.get(task.id)
+        if pending and pending.get("followup_created_at", "") in ("", task.created_at):
+            return pending
+        return None
+
+    def current_task(self, task_id: str, created_at: str) -> common.Task | None:
+        """The task a record was made for, or None when the store no longer has it: deleted, or
+        its id now names another task (created at another time)."""
+        try:
+            task = self.store.get(task_id)
+        except common.TaskNotFound:
+            return None
+        return task if created_at in ("", task.created_at) else None
+
+    def drop_record_of_gone_task(self, task_id: str, what: str) -> None:
+        """A record refers to a task the store no longer has: drop it (the caller does) and carry on."""
+        self.event("record_dropped", task_id, record=what)
+        self.say(f"{task_id}: warning: the task is no longer in the store; dropped its {what}")
+
+    def branch_for(self, task: common.Task) -> str:
+        """The task's branch: the one recorded for it, or a name no branch has yet. A branch that
+        exists but was not made for this very task (a deleted task's kept work, a user's branch)
+        is never continued."""
+        base, n = branch_name(self.config.branch_template, task.id), 1
+        owner = {"task_id": task.id, "task_created_at": task.created_at}
+        name = base
+        while rev_parse(self.root, f"refs/heads/{name}") and self.state["branches"].get(name) != owner:
+            n += 1
+            name = f"{base}-{n}"
+        self.state["branches"][name] = owner
+        return name
 
     def start_worker(self, slot: int, task: common.Task) -> None:
         """Record the worker, then make its worktree and start it off the loop: checking out a
         large repository takes seconds, and merges and other workers must not wait for that."""
-        conflict = self.pending.get(task.id)
+        conflict = self.pending_for(task)
         self.known[task.id] = task
         if conflict:
             branch, worktree = conflict["branch"], Path(conflict["worktree"])
         else:
-            branch = branch_name(self.config.branch_template, task.id)
+            branch = self.branch_for(task)
             worktree = self.free_worktree_path(file_name(task.id))
         attempts = self.state["attempts"].get(task.id, 0)
         if attempts >= self.config.max_attempts:
@@ -796,7 +861,8 @@ class Dispatcher:
             attempts = 0
         worker = Worker(slot=slot, task_id=task.id, title=task.title, branch=branch, worktree=str(worktree),
                         base="", attempt=attempts + 1, started_at=time.time(), deadline=None,
-                        kind="conflict" if conflict else "task", log=self.new_log(task.id, attempts + 1))
+                        kind="conflict" if conflict else "task", log=self.new_log(task.id, attempts + 1),
+                        actor=self.config.actor, task_created_at=task.created_at)
         self.workers[slot] = worker
         self.save_state()  # recorded before anything runs: a crash never leaves an unknown agent
         worker.starting = self.starter.submit(self.prepare_worktree, worker, task, conflict)
@@ -853,7 +919,7 @@ class Dispatcher:
             argv, env = worker.starting.result()
         except (common.UserError, OSError) as exc:
             del self.workers[worker.slot]
-            self.attempt_failed(worker.task_id, f"could not prepare the worktree: {exc}")
+            self.attempt_failed(worker.task_id, f"could not prepare the worktree: {exc}", worker.actor)
             return
         finally:
             worker.starting = None
@@ -862,7 +928,7 @@ class Dispatcher:
         except OSError as exc:  # e.g. the agent was uninstalled after preflight
             del self.workers[worker.slot]
             self.discard_attempt(worker)
-            self.attempt_failed(worker.task_id, f"could not start the agent: {exc}")
+            self.attempt_failed(worker.task_id, f"could not start the agent: {exc}", worker.actor)
             return
         conflict = self.pending.get(worker.task_id) if worker.kind == "conflict" else None
         if conflict and git_out(self.root, "log", "-1", "--format=%s", worker.base) == PREPARED_SUBJECT.format(
@@ -981,7 +1047,8 @@ class Dispatcher:
         elif worker.kind == "conflict" and not worker.ended:
             self.finish_conflict_worker(worker, commits)
         elif worker.kind == "conflict":  # its branch belongs to the task it resolves: release it only
-            self.attempt_failed(task_id, f"attempt {worker.attempt} {why}; log {worker.log}", counted=counted)
+            self.attempt_failed(task_id, f"attempt {worker.attempt} {why}; log {worker.log}", worker.actor,
+                                counted=counted)
         elif commits and not worker.ended:
             self.event("commits_found", task_id, commits=commits, log=worker.log)
             self.failures_in_a_row = 0
@@ -995,7 +1062,7 @@ class Dispatcher:
             self.failures_in_a_row += counted
             self.discard_attempt(worker)
             self.attempt_failed(task_id, f"attempt {worker.attempt} {why} with no commits; log {worker.log} ends: "
-                                         f"{self.log_tail(worker)}", counted=counted)
+                                         f"{self.log_tail(worker)}", worker.actor, counted=counted)
         self.save_state()
 
     def leave_blocked(self, worker: Worker) -> None:
@@ -1017,7 +1084,8 @@ class Dispatcher:
             commit_everything(worktree, f"dispatch: uncommitted work of {worker.task_id} (found after a restart)")
         if worker.kind == "task":  # a conflict task's worktree belongs to the branch it resolves
             self.discard_attempt(worker)
-        self.store.release(worker.task_id, "released: the dispatcher stopped before its worker started")
+        self.store.release(worker.task_id, "released: the dispatcher stopped before its worker started",
+                           actor=worker.actor)
         self.event("released", worker.task_id, reason="worker never started")
         self.save_state()
 
@@ -1036,24 +1104,24 @@ class Dispatcher:
             and merge_tree(self.root, main, worker.branch).tree is not None \
             and not new_marker_files(self.root, main, worker.branch)
         if clean:
-            self.store.close(worker.task_id, f"{worker.branch} now merges cleanly")
+            self.store.close(worker.task_id, f"{worker.branch} now merges cleanly", actor=worker.actor)
             self.event("closed", worker.task_id)
             self.say(f"{worker.task_id}: resolved; {worker.branch} merges cleanly now")
         else:
             self.event("no_commits" if not commits else "merge_conflict", worker.task_id, log=worker.log)
             problem = "still does not merge cleanly" if commits else "has no commit after the dispatcher's merge"
             self.attempt_failed(worker.task_id, f"attempt {worker.attempt}: {worker.branch} {problem}; "
-                                                f"log {worker.log} ends: {self.log_tail(worker)}")
+                                                f"log {worker.log} ends: {self.log_tail(worker)}", worker.actor)
 
-    def attempt_failed(self, task_id: str, note: str, counted: bool = True) -> None:
+    def attempt_failed(self, task_id: str, note: str, actor: str | None = None, counted: bool = True) -> None:
         """Release the task for another attempt, or block it after max_attempts. An attempt the
-        user stopped is not counted."""
+        user stopped is not counted. actor: whose claim it is."""
         attempts = self.state["attempts"].get(task_id, 0) + counted
         self.state["attempts"][task_id] = attempts
         if counted and attempts >= self.config.max_attempts:
-            self.block(task_id, f"{note} (after {attempts} attempts)")
+            self.block(task_id, f"{note} (after {attempts} attempts)", actor)
         else:
-            self.store.release(task_id, note)
+            self.store.release(task_id, note, actor=actor)
             self.summary["released"].append(task_id)
             self.event("released", task_id, reason=note)
             self.say(f"{task_id}: released for another attempt: {note[:120]}")
@@ -1098,7 +1166,8 @@ class Dispatcher:
 
     def queue_merge(self, worker: Worker, outcome: str, note: str, counted: bool = True) -> None:
         self.state["merge_queue"].append(queue_entry(worker.task_id, worker.title, worker.branch, worker.worktree,
-                                                     outcome, note, retries=0, counted=counted))
+                                                     outcome, note, 0, worker.actor, worker.task_created_at,
+                                                     counted=counted))
         self.save_state()
         self.event("merge_queued", worker.task_id, branch=worker.branch)
 
@@ -1121,16 +1190,21 @@ class Dispatcher:
     def merge(self, entry: dict) -> bool:
         root, main = self.root, self.config.main_branch
         with self.merge_slot():
+            task = self.current_task(entry["task_id"], entry["task_created_at"])
+            if task is None:
+                self.drop_entry(entry)
+                remove_worktree(root, Path(entry["worktree"]))
+                self.drop_record_of_gone_task(entry["task_id"], f"merge of {entry['branch']} (the branch is kept)")
+                return True
             tip = rev_parse(root, f"refs/heads/{entry['branch']}")
             if tip is None:
                 self.drop_entry(entry)
-                self.block(entry["task_id"], f"its branch {entry['branch']} is gone")
+                self.block(entry["task_id"], f"its branch {entry['branch']} is gone", entry["actor"])
                 return True
-            task = self.store.get(entry["task_id"])
             if is_ancestor(root, tip, main):  # merged before a crash: only the bookkeeping is left
                 self.finish_merge(entry, task, rev_parse(root, main))
                 return True
-            if task.status != "in_progress" or task.assignee != self.config.actor:
+            if task.status != "in_progress" or task.assignee != entry["actor"]:
                 self.drop_entry(entry)
                 self.summary["waiting"].append({"id": task.id, "reason": f"not merged: the task is now {task.status}"
                                                 f" ({task.assignee or 'unassigned'}); branch {entry['branch']} kept"})
@@ -1235,7 +1309,8 @@ class Dispatcher:
         self.say(f"{task_id}: merged {entry['branch']} into {self.config.main_branch} ({commit[:MERGE_SHORT]})")
         if entry["outcome"] == "close":
             if task.status != "closed":
-                self.store.close(task_id, f"merged into {self.config.main_branch} as {commit[:MERGE_SHORT]}")
+                self.store.close(task_id, f"merged into {self.config.main_branch} as {commit[:MERGE_SHORT]}",
+                                 actor=entry["actor"])
                 self.event("closed", task_id)
                 self.epic_check_due |= bool(task.deps_of("discovered-from"))
             self.summary["merged"].append(task_id)
@@ -1243,7 +1318,7 @@ class Dispatcher:
             self.summary["waiting"] = [w for w in self.summary["waiting"] if w["id"] != task_id]
             self.state["attempts"].pop(task_id, None)
         elif task.status == "in_progress":
-            self.attempt_failed(task_id, entry["note"], counted=entry.get("counted", True))
+            self.attempt_failed(task_id, entry["note"], entry["actor"], counted=entry.get("counted", True))
         remove_worktree(self.root, Path(entry["worktree"]))
         if self.config.delete_merged_branches:
             common.git("branch", "-D", entry["branch"], cwd=self.root, check=False)
@@ -1302,7 +1377,7 @@ class Dispatcher:
             self.drop_entry(entry)
             remove_worktree(self.root, Path(entry["worktree"]))
             self.block(task_id, f"{branch} still does not merge after {self.config.max_merge_retries} "
-                                f"conflict or check tasks; branch kept")
+                                f"conflict or check tasks; branch kept", entry["actor"])
             return True
         followup = self.file_conflict_task(entry, kind, files, main_commit, detail, merged)
         self.event("conflict_filed", task_id, conflict_task=followup.id, kind=kind, branch=branch, title=followup.title,
@@ -1314,7 +1389,9 @@ class Dispatcher:
                                      "title": entry["title"], "outcome": entry["outcome"], "note": entry["note"],
                                      "branch_tip": rev_parse(self.root, f"refs/heads/{branch}"),
                                      "for_person": PERSON_LABEL in followup.labels,
-                                     "counted": entry.get("counted", True)}
+                                     "counted": entry.get("counted", True),
+                                     "actor": entry["actor"], "task_created_at": entry["task_created_at"],
+                                     "followup_created_at": followup.created_at}
         self.save_pending()
         self.drop_entry(entry)
         self.say(f"{task_id}: {'merge conflict' if kind == 'conflict' else 'checks failed'} on {branch}"
@@ -1381,21 +1458,29 @@ class Dispatcher:
         for followup_id, pending in list(self.pending.items()):
             if followup_id in busy:
                 continue
-            followup = self.store.get(followup_id)
-            if followup.status == "closed" and self.config.auto_retry_merge_on_conflict_close:
+            followup = self.current_task(followup_id, pending.get("followup_created_at", ""))
+            if followup is None:
+                del self.pending[followup_id]
+                self.save_pending()
+                self.drop_record_of_gone_task(followup_id, f"pending merge of {pending['branch']} (the branch is kept)")
+                self.release_claim(pending, f"released: its {pending['kind']} task {followup_id} was deleted; "
+                                            f"branch {pending['branch']} kept")
+                changed = True
+            elif followup.status == "closed" and self.config.auto_retry_merge_on_conflict_close:
                 if pending["kind"] == "conflict" and not self.committed_since(pending):
                     del self.pending[followup_id]
                     self.save_pending()
                     remove_worktree(self.root, Path(pending["worktree"]))
                     self.block(pending["task_id"], f"{followup_id} ({followup.title}) was closed with no commit on "
                                                    f"{pending['branch']} after the dispatcher's, so the conflict "
-                                                   f"stands; branch {pending['branch']} kept")
+                                                   f"stands; branch {pending['branch']} kept", pending["actor"])
                     changed = True
                     continue
                 if not any(e["branch"] == pending["branch"] for e in self.state["merge_queue"]):
                     self.state["merge_queue"].insert(0, queue_entry(
                         pending["task_id"], pending["title"], pending["branch"], pending["worktree"],
-                        pending["outcome"], pending["note"], pending["retries"], pending.get("counted", True)))
+                        pending["outcome"], pending["note"], pending["retries"], pending["actor"],
+                        pending["task_created_at"], pending.get("counted", True)))
                     self.save_state()
                 del self.pending[followup_id]
                 self.save_pending()
@@ -1406,7 +1491,8 @@ class Dispatcher:
                 self.save_pending()
                 remove_worktree(self.root, Path(pending["worktree"]))
                 self.block(pending["task_id"], f"{followup_id} ({followup.title}) is blocked: "
-                                               f"{followup.notes.splitlines()[-1] if followup.notes else ''}")
+                                               f"{followup.notes.splitlines()[-1] if followup.notes else ''}",
+                           pending["actor"])
                 changed = True
         return changed
 
@@ -1416,6 +1502,14 @@ class Dispatcher:
         tip = rev_parse(self.root, f"refs/heads/{pending['branch']}")
         recorded = pending.get("branch_tip")
         return tip is None or recorded is None or tip != recorded  # a gone branch is reported by merge()
+
+    def release_claim(self, record: dict, note: str) -> None:
+        """Give back the claim a dropped record held, if the task is still held by it."""
+        task = self.current_task(record["task_id"], record["task_created_at"])
+        if task is not None and task.status == "in_progress" and task.assignee == record["actor"]:
+            self.store.release(task.id, note, actor=record["actor"])
+            self.event("released", task.id, reason=note)
+            self.say(f"{task.id}: {note}")
 
     def close_finished_epics(self) -> None:
         """Only after a task with a parent was closed: listing every task is slow with bd."""

@@ -292,6 +292,9 @@ def command(args, db: Db) -> None:
         print_array([plain(issue)])
     elif args.cmd == "close":
         issue = db.issue(args.id)
+        if issue.get("assignee") and issue["assignee"] != who and not args.force:
+            raise PlainFailure(f"cannot close {args.id}: assignee is \"{issue['assignee']}\", actor is \"{who}\"; "
+                               "reclaim or use --force to override")
         if (blockers := db.open_blockers(issue)) and not args.force:
             raise PlainFailure(f"cannot close blocked issue: {args.id} is blocked by [{' '.join(blockers)}] "
                                "(use --force to override)")
