@@ -156,7 +156,7 @@ class TaskRow:
     task_id: str
     title: str
     kind: str = "task"
-    outcome: str = "waiting"  # merged, resolved, blocked, waiting
+    outcome: str = "waiting"  # merged, resolved, blocked, waiting, dropped (deleted from the store)
     detail: str = ""  # what it waits for, or why it is blocked
     attempts: list[Attempt] = dataclasses.field(default_factory=list)
     queue_wait: float = 0.0
@@ -428,6 +428,15 @@ class _Builder:
             if e.task_id in (conflict.task_id, conflict.conflict_task) and conflict.ended in ("open", "resolved"):
                 conflict.ended = "blocked"
 
+    def on_record_dropped(self, e: Event) -> None:
+        """The task was deleted from the store: its merge-queue entry or pending merge was dropped."""
+        self.leave_queue(e)
+        row = self.task(e.task_id)
+        row.outcome, row.detail = "dropped", f"deleted from the store; dropped its {e.get_str('record') or 'record'}"
+        for conflict in self.conflicts.values():
+            if conflict.conflict_task == e.task_id and conflict.ended == "open":
+                conflict.ended = "dropped"
+
     on_left_blocked = on_blocked  # blocked by hand while it ran: the event carries the reason
 
     def on_closed(self, e: Event) -> None:
@@ -663,7 +672,8 @@ def render_timeline(report: Report) -> str:
     return "\n".join([f'<svg class="timeline" viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}" '
                       f'role="img" aria-label="timeline">', *render_axis(scale, queue_top + QUEUE_H),
                       *render_lanes(report, scale, end, lanes_top), *render_queue(report, scale, queue_top),
-                      *render_cuts(scale, queue_top + QUEUE_H), *render_marks(report, scale, queue_top + QUEUE_H), "</svg>"])
+                      *render_cuts(scale, queue_top + QUEUE_H), *render_marks(report, scale, queue_top + QUEUE_H),
+                      "</svg>"])
 
 
 def legend() -> str:
@@ -712,8 +722,8 @@ def render_table(report: Report, report_dir: Path) -> str:
 
 
 def render_summary(report: Report) -> str:
-    merged, blocked = report.count("merged"), report.count("blocked")
-    waiting = sum(1 for t in report.tasks.values() if t.kind == "task") - merged - blocked
+    merged, blocked, dropped = report.count("merged"), report.count("blocked"), report.count("dropped")
+    waiting = sum(1 for t in report.tasks.values() if t.kind == "task") - merged - blocked - dropped
     agent = report.agent_time
     share = f"{report.merged_agent_time / agent:.0%}" if agent else "–"
     restarts = len(report.runs) - 1
@@ -726,7 +736,8 @@ def render_summary(report: Report) -> str:
     total = sum(tokens, Tokens())
     items = [
         ("tasks", f'<b class="o-merged">{merged} merged</b> · <b class="o-blocked">{blocked} blocked</b> · '
-                  f'<b class="o-waiting">{waiting} waiting</b>'),
+                  f'<b class="o-waiting">{waiting} waiting</b>'
+                  + (f" · {dropped} deleted from the store" if dropped else "")),
         ("wall time", esc(duration_text(report.wall_time))
          + (f" over {len(report.runs)} runs ({restarts} restart{'s' if restarts > 1 else ''})" if restarts else "")),
         ("agent time", esc(f"{duration_text(agent)} in {len(report.attempts)} attempts; {share} ended in merged work")),

@@ -399,3 +399,16 @@ def test_an_attempt_stopped_by_hand_ends_its_bar_and_a_task_blocked_while_runnin
     (stopped,) = report.attempts
     assert (stopped.duration, stopped.outcome) == (3, "blocked")
     assert (report.tasks["S"].outcome, report.tasks["S"].detail) == ("blocked", reason)
+
+
+def test_a_task_deleted_from_the_store_leaves_the_queue_and_is_counted_apart(tmp_path):
+    logs = tmp_path / ".dispatch_logs"
+    logs.mkdir()
+    (logs / "events.jsonl").write_text("\n".join([
+        line(0, "dispatcher_started", pid=1, max_workers=1), started(0, "T", 1, 1, "Doomed"),
+        line(2, "worker_exited", "T"), line(2, "commits_found", "T", commits=1), line(2, "merge_queued", "T"),
+        line(3, "record_dropped", "T", record="merge of work/T (the branch is kept)")]) + "\n", encoding="utf-8")
+    report = build(logs)
+    assert report.tasks["T"].outcome == "dropped" and report.tasks["T"].queue_wait == 1
+    assert [d for _, d in report.queue_depth] == [1, 0]
+    assert "0 waiting · 1 deleted from the store" in "".join(Page(run_report.render_summary(report)).text)
