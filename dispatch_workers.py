@@ -665,6 +665,7 @@ class Dispatcher:
             record.setdefault("actor", config.actor)
             record.setdefault("task_created_at", "")
         self.state.setdefault("branches", {})  # branch -> the task identity it was made for
+        self.state.setdefault("actors", [])  # every actor this dispatcher has claimed tasks under
         self.summary = {"merged": [], "released": [], "blocked": [], "waiting": []}
         self.failures_in_a_row = 0
         self.breaker_until: float | None = None
@@ -721,7 +722,12 @@ class Dispatcher:
             self.event("earlier_actor", task_id, actor=actor)
             self.say(f"{task_id}: claimed as {actor} by an earlier run (the actor is {self.config.actor} now); "
                      f"finishing it as {actor}")
-        ours = {self.config.actor} | {actor for _, _, actor in claims}
+        # Every name this dispatcher has claimed under: a claim made just before a crash has no
+        # record yet, and must not be stranded because the hostname changed meanwhile.
+        ours = {self.config.actor, *self.state["actors"]} | {actor for _, _, actor in claims}
+        if self.config.actor not in self.state["actors"]:
+            self.state["actors"].append(self.config.actor)
+            self.save_state()  # before any claim under it
         for task in self.store.list(["in_progress"]):
             if task.assignee in ours and not any(task_id == task.id and created_at in ("", task.created_at)
                                                  for task_id, created_at, _ in claims):
@@ -1084,9 +1090,12 @@ class Dispatcher:
             commit_everything(worktree, f"dispatch: uncommitted work of {worker.task_id} (found after a restart)")
         if worker.kind == "task":  # a conflict task's worktree belongs to the branch it resolves
             self.discard_attempt(worker)
-        self.store.release(worker.task_id, "released: the dispatcher stopped before its worker started",
-                           actor=worker.actor)
-        self.event("released", worker.task_id, reason="worker never started")
+        try:
+            self.store.release(worker.task_id, "released: the dispatcher stopped before its worker started",
+                               actor=worker.actor)
+            self.event("released", worker.task_id, reason="worker never started")
+        except common.TaskNotFound:
+            self.drop_record_of_gone_task(worker.task_id, "worker record")
         self.save_state()
 
     def discard_attempt(self, worker: Worker) -> None:
@@ -1118,13 +1127,17 @@ class Dispatcher:
         user stopped is not counted. actor: whose claim it is."""
         attempts = self.state["attempts"].get(task_id, 0) + counted
         self.state["attempts"][task_id] = attempts
-        if counted and attempts >= self.config.max_attempts:
-            self.block(task_id, f"{note} (after {attempts} attempts)", actor)
-        else:
-            self.store.release(task_id, note, actor=actor)
-            self.summary["released"].append(task_id)
-            self.event("released", task_id, reason=note)
-            self.say(f"{task_id}: released for another attempt: {note[:120]}")
+        try:
+            if counted and attempts >= self.config.max_attempts:
+                self.block(task_id, f"{note} (after {attempts} attempts)", actor)
+            else:
+                self.store.release(task_id, note, actor=actor)
+                self.summary["released"].append(task_id)
+                self.event("released", task_id, reason=note)
+                self.say(f"{task_id}: released for another attempt: {note[:120]}")
+        except common.TaskNotFound:
+            self.state["attempts"].pop(task_id)
+            self.drop_record_of_gone_task(task_id, "worker's attempt")
         self.save_state()
 
     def log_tail(self, worker: Worker, lines: int = 5) -> str:

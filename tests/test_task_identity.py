@@ -148,3 +148,27 @@ def test_a_failed_attempt_under_an_earlier_actor_is_released_under_it(agent_setu
     final = store.get(task.id)
     assert final.status == "blocked" and "(after 3 attempts)" in final.notes
     assert [e["reason"][:9] for e in events(repo, "released")] == ["attempt 1", "attempt 2"]
+
+
+def test_a_task_deleted_while_its_worker_ran_is_dropped_with_a_warning(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup()
+    task = add_task(store, "Doomed", "crash")
+    killed = dispatch(cfg, env={"DISPATCH_FAILPOINT": "after_worker_exit"})
+    assert killed.returncode == 77, killed.stderr
+    delete_task(repo, task.id)
+    again = dispatch(cfg)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"{task.id}: warning: the task is no longer in the store" in again.stdout
+    assert json.loads((repo / ".dispatch_state.json").read_text(encoding="utf-8"))["workers"] == []
+
+
+def test_a_claim_made_just_before_a_crash_under_an_earlier_actor_is_released(agent_setup, repo):
+    cfg, config, store = agent_setup(actor="dispatch@old-host")
+    task = add_task(store, "Claimed, then the crash", "append claimed.txt c")
+    killed = dispatch(cfg, env={"DISPATCH_FAILPOINT": "after_claim"})  # claimed, nothing recorded yet
+    assert killed.returncode == 77, killed.stderr
+    cfg, config, store = agent_setup(actor="dispatch@new-host")
+    again = dispatch(cfg)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"{task.id}: released (no worker or merge recorded for it), as dispatch@old-host" in again.stdout
+    assert store.get(task.id).status == "closed" and merges_of(repo, task.id) == 1
