@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import common
+import run_report
 from conftest import commit_file, git, require_real_tool
 from dispatch_helpers import dispatch, events, main_file
 from fake_llm import FakeLLM
@@ -155,3 +156,7 @@ def test_real_aider_on_an_openai_server_edits_and_creates(crew, make_config, rep
     assert_nothing_of_the_agents_on_main(repo, calls)
     chats = [r["body"] for r in server.requests if r["path"] == "/v1/chat/completions"]
     assert any(b.get("stream") is True for b in chats) and any(not b.get("stream") for b in chats)
+    # The run report reads the token counts that real Aider printed in each attempt's log.
+    report = run_report.build_report(*run_report.read_events(repo / ".dispatch_logs" / "events.jsonl"),
+                                     repo / ".dispatch_logs")
+    assert all(report.tasks[i].tokens and report.tasks[i].tokens.sent > 0 for i in ids.values())
