@@ -482,7 +482,9 @@ def remove_worktree(root: Path, worktree: Path) -> None:
     common.git("worktree", "remove", "--force", "--force", str(worktree), cwd=root, check=False)
     if worktree.exists():  # not a worktree git knows (any more): remove what is left
         shutil.rmtree(worktree, ignore_errors=True)
-        common.git("worktree", "prune", cwd=root, check=False)
+        # This one registration only: `git worktree prune` would also forget a user's worktree
+        # whose folder is away for now (an unplugged drive), with its index and HEAD.
+        common.git("worktree", "remove", "--force", "--force", str(worktree), cwd=root, check=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -968,6 +970,7 @@ class Dispatcher:
         """Merge main into the branch and commit the conflicts, so the agent starts clean."""
         worktree, branch = Path(conflict["worktree"]), conflict["branch"]
         if not worktree.exists():
+            remove_worktree(self.root, worktree)  # git may still list it, if only its folder was deleted
             add_dispatcher_worktree(self.root, worktree, str(worktree), branch)
         clear_interrupted_git_state(worktree)
         if markerless := merge_tree(self.root, branch, self.config.main_branch).markerless:

@@ -25,6 +25,10 @@ def test_stray_pruning_removes_only_the_dispatchers_own_worktrees(json_agent_set
     (root / "notes" / "keep.txt").write_text("mine\n", encoding="utf-8")
     (root / second.id).mkdir()
     (root / second.id / "draft.txt").write_text("mine too\n", encoding="utf-8")
+    # And a worktree of the user's elsewhere, on a drive that is unplugged for now.
+    away = repo.parent / "usb" / "side"
+    git(repo, "worktree", "add", "-q", "-b", "side", str(away))
+    away.rename(repo.parent / "usb-unplugged")
     # A run killed once it made the first worktree, whose record is then lost: that worktree
     # is the dispatcher's own stray.
     killed = dispatch(cfg, env={"DISPATCH_FAILPOINT": "after_worktree"})
@@ -47,8 +51,10 @@ def test_stray_pruning_removes_only_the_dispatchers_own_worktrees(json_agent_set
     assert {Path(e["path"]).name for e in events(repo, "left_alone")} >= {"mine", "notes", second.id}
     # The dispatcher's own stray and its own finished worktrees are gone; git still knows the user's.
     assert not stray.exists()
+    (repo.parent / "usb-unplugged").rename(away)
     listing = git(repo, "worktree", "list", "--porcelain")
-    assert listing.count("worktree ") == 2 and str(root / "mine") in listing
+    assert listing.count("worktree ") == 3 and str(root / "mine") in listing and str(away) in listing
+    assert git(away, "status", "--porcelain") == ""  # git still knows it, index and all
 
 
 @pytest.mark.parametrize("worktree_root, where", [
