@@ -1692,7 +1692,7 @@ def status(config: common.Config, store) -> dict:
         "dispatcher": {"pid": dispatcher["pid"], "started_at": dispatcher["started_at"]} if dispatcher else None,
         "workers": [{"slot": w["slot"], "task_id": w["task_id"], "title": w["title"], "branch": w["branch"],
                      "worktree": w["worktree"], "pid": w.get("pid"), "started_at": iso(w["started_at"]),
-                     "deadline": iso(w.get("deadline"))} for w in state.get("workers", [])],
+                     "deadline": iso(w.get("deadline")), "log": w.get("log")} for w in state.get("workers", [])],
         "merge_queue": [{k: e.get(k) for k in ("task_id", "branch", "outcome", "waiting")}
                         for e in state.get("merge_queue", [])],
         "pending_merges": [{"followup_task": k, **v} for k, v in pending.items()],
@@ -1887,7 +1887,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             d = result["dispatcher"]
             print(f"dispatcher: {'pid ' + str(d['pid']) + ' since ' + d['started_at'] if d else 'not running'}")
             for w in result["workers"]:
-                print(f"  worker {w['slot']}: {w['task_id']} on {w['branch']} (pid {w['pid']}, until {w['deadline']})")
+                print(f"  worker {w['slot']}: {w['task_id']} on {w['branch']} (pid {w['pid']}, until {w['deadline']}, "
+                      f"log {w['log']})")
             for e in result["merge_queue"]:
                 print(f"  merge queue: {e['task_id']} ({e['branch']})" + (f": {e['waiting']}" if e["waiting"] else ""))
             for p in result["pending_merges"]:

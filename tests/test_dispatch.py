@@ -412,7 +412,7 @@ def test_status_while_running_and_after(json_agent_setup, repo):
         time.sleep(0.05)
     status = json.loads(dispatch(cfg, "--status", "--json").stdout)
     assert status["dispatcher"]["pid"] == proc.pid
-    assert [w["task_id"] for w in status["workers"]] == [task.id]
+    assert [(w["task_id"], w["log"]) for w in status["workers"]] == [(task.id, f".dispatch_logs/{task.id}.1.log")]
     assert status["counts"] == {"in_progress": 1}
     assert proc.wait(timeout=60) == 0
     status = json.loads(dispatch(cfg, "--status", "--json").stdout)
