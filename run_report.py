@@ -34,6 +34,7 @@ CATEGORIES = {
     "released": ("released (no work merged)", "#e3a21a"),
     "blocked": ("blocked", "#d64541"),
     "timed_out": ("timed out", "#8e5ccf"),
+    "stopped": ("stopped (Ctrl-C, a signal, blocked by hand)", "#5b6b82"),
     "conflict": ("conflict resolver", "#3b7fc4"),
     "gate": ("gate fixer", "#139e9e"),
     "open": ("running, or cut short by a crash", "#9aa0a6"),
@@ -134,16 +135,16 @@ class Attempt:
     start: float
     log: Path | None
     end: float | None = None  # None: still running when the log ends, or cut short by a crash
-    outcome: str = "open"  # open, queued, merged, released, blocked, timed_out, resolved, lost
-    timed_out: bool = False
+    outcome: str = "open"  # open, queued, merged, released, blocked, resolved, lost
+    ended: str = "exited"  # or "timed_out", "stopped": the dispatcher ended it
     merged_work: bool = False  # its commits reached main
 
     @property
     def category(self) -> str:
         if self.kind in ("conflict", "gate"):
             return self.kind
-        if self.timed_out:
-            return "timed_out"
+        if self.ended != "exited":
+            return self.ended
         return self.outcome if self.outcome in CATEGORIES else "open"
 
     @property
@@ -328,20 +329,20 @@ class _Builder:
         if self.ends:
             self.refills.append(e.at - self.ends.pop(0))
 
-    def end_attempt(self, e: Event, timed_out: bool = False) -> None:
+    def end_attempt(self, e: Event, ended: str = "exited") -> None:
         attempt = self.open.pop(e.task_id, None)
         if attempt is not None:
-            attempt.end, attempt.timed_out = e.at, timed_out
+            attempt.end, attempt.ended = e.at, ended
             self.ends.append(e.at)
 
     def on_worker_exited(self, e: Event) -> None:
         self.end_attempt(e)
 
     def on_worker_timed_out(self, e: Event) -> None:
-        self.end_attempt(e, timed_out=True)
+        self.end_attempt(e, "timed_out")
 
     def on_worker_stopped(self, e: Event) -> None:
-        self.end_attempt(e)  # a second Ctrl-C, SIGTERM or its task blocked by hand ended it
+        self.end_attempt(e, "stopped")  # a second Ctrl-C, SIGTERM or its task blocked by hand ended it
 
     def on_commits_found(self, e: Event) -> None:
         if (attempt := self.last.get(e.task_id)) is not None:
@@ -415,8 +416,9 @@ class _Builder:
         attempt = self.last.get(e.task_id)
         if attempt is not None and attempt.outcome in ("open", "queued"):
             attempt.outcome = "released"
-        elif attempt is not None and attempt.timed_out and attempt.outcome == "merged":
-            row.detail = "its timed-out attempt's work merged; released for another attempt"
+        elif attempt is not None and attempt.ended != "exited" and attempt.outcome == "merged":
+            how = "timed-out" if attempt.ended == "timed_out" else "stopped"
+            row.detail = f"its {how} attempt's work merged; released for another attempt"
 
     def on_blocked(self, e: Event) -> None:
         self.leave_queue(e)

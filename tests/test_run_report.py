@@ -397,7 +397,7 @@ def test_an_attempt_stopped_by_hand_ends_its_bar_and_a_task_blocked_while_runnin
         encoding="utf-8")
     report = build(logs)
     (stopped,) = report.attempts
-    assert (stopped.duration, stopped.outcome) == (3, "blocked")
+    assert (stopped.duration, stopped.outcome, stopped.category) == (3, "blocked", "stopped")
     assert (report.tasks["S"].outcome, report.tasks["S"].detail) == ("blocked", reason)
 
 
