@@ -9,6 +9,7 @@ import contextlib
 import copy
 import ctypes
 import dataclasses
+import datetime as dt
 import json
 import os
 import re
@@ -492,6 +493,17 @@ def remove_worktree(root: Path, worktree: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def same_creation(recorded: str, created_at: str) -> bool:
+    """Whether a record's creation time is the task's. An empty one (an older state file) matches
+    any. Real bd answers `create` in nanoseconds and everything after rounded to the second."""
+    if recorded in ("", created_at):
+        return True
+    try:
+        return abs((dt.datetime.fromisoformat(recorded) - dt.datetime.fromisoformat(created_at)).total_seconds()) < 1
+    except (ValueError, TypeError):
+        return False
+
+
 @dataclasses.dataclass
 class Worker:
     """One agent run: the record kept in .dispatch_state.json, and the process when it is ours."""
@@ -731,7 +743,7 @@ class Dispatcher:
             self.state["actors"].append(self.config.actor)
             self.save_state()  # before any claim under it
         for task in self.store.list(["in_progress"]):
-            if task.assignee in ours and not any(task_id == task.id and created_at in ("", task.created_at)
+            if task.assignee in ours and not any(task_id == task.id and same_creation(created_at, task.created_at)
                                                  for task_id, created_at, _ in claims):
                 self.store.release(task.id, "released: the dispatcher restarted with no worker or merge for it",
                                    actor=task.assignee)
@@ -819,7 +831,7 @@ class Dispatcher:
     def pending_for(self, task: common.Task) -> dict | None:
         """The pending merge this task resolves: never one filed for an earlier task with its id."""
         pending = self.pending.get(task.id)
-        if pending and pending.get("followup_created_at", "") in ("", task.created_at):
+        if pending and same_creation(pending.get("followup_created_at", ""), task.created_at):
             return pending
         return None
 
@@ -830,7 +842,7 @@ class Dispatcher:
             task = self.store.get(task_id)
         except common.TaskNotFound:
             return None
-        return task if created_at in ("", task.created_at) else None
+        return task if same_creation(created_at, task.created_at) else None
 
     def drop_record_of_gone_task(self, task_id: str, what: str) -> None:
         """A record refers to a task the store no longer has: drop it (the caller does) and carry on."""
