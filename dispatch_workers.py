@@ -6,7 +6,6 @@ import argparse
 import collections
 import concurrent.futures
 import contextlib
-import copy
 import ctypes
 import dataclasses
 import datetime as dt
@@ -25,11 +24,23 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 import filelock
-import psutil
 
-import common
-import ingest_suggested_tasks
-import run_report
+from crew import config as configuration
+from crew import errors
+from crew import failpoints
+from crew import files as statefiles
+from crew import git
+from crew import llm
+from crew import names as safe_names
+from crew import processes
+from crew import suggestions as suggested_tasks
+from crew import tasks as task_stores
+from crew import testing
+from crew import workspace
+from crew.cli import base as cli_base
+from crew.report import events
+from crew.report import page
+from crew.tasks import model as task_model
 
 EPILOG = """\
 How it works:
@@ -65,16 +76,13 @@ PREPARED_SUBJECT = "dispatch: merge {main} into {branch}, conflicts left for {ta
 CONFLICT_LABEL = "merge-conflict"
 # A conflict task no agent may take: git cannot show its conflict as text markers.
 PERSON_LABEL = "needs-person"
-TEXT_CONFLICT = "CONFLICT (contents)"  # merge-tree's type for a conflict it marks up in the text
 GATE_LABEL = "merge-gate"
 MODEL_LABEL = "model:"
 WORKER_POLL_SECS = 0.01  # a worker's exit is noticed within this, so a slot refills at once
 START_WAIT_SECS = 0.2  # how long a refill may wait for its worktree before merges go ahead
-WAIT_STEP_SECS = 0.05  # a setup command or gate notices a stop within this
 MERGE_SHORT = 10
 OWNED_MARKER = "dispatch-owned"  # in a worktree's git admin dir: the dispatcher made this worktree
 MERGE_WAIT_MAX_SECS = 30  # the longest a waiting merge goes untried
-MARKER_BLOCK = re.compile(r"^<<<<<<<(?: .*)?\n(?:.*\n)*?^=======\n(?:.*\n)*?^>>>>>>>(?: .*)?$", re.MULTILINE)
 # --no-show-release-notes: on a version's first run --yes-always would accept "see what's new?"
 # and open a web browser on the user's desktop, once per worker.
 AIDER_COMMAND = ["aider", "--message-file", "{message_file}", "--yes-always", "--no-gitignore",
@@ -88,136 +96,8 @@ Instructions:
 
 
 # --------------------------------------------------------------------------------------------
-# Process trees: start a worker in its own group, and end the whole group
-# --------------------------------------------------------------------------------------------
-
-
-def start_process(argv: list[str], cwd: Path, env: dict, log_path: Path) -> subprocess.Popen:
-    """Output goes to a file, not a pipe: it survives us, and no grandchild can hang us on it."""
-    try:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(log_path, "ab")
-    except OSError as exc:  # a full disk: one line, not a failed attempt of every task in turn
-        raise common.write_error(log_path, exc) from None
-    with log:
-        kwargs = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if common.IS_WINDOWS
-                  else {"start_new_session": True})
-        return subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, **kwargs)
-
-
-def process_start_time(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
-
-
-def is_same_process_alive(pid: int | None, start_time: float | None) -> bool:
-    """Alive AND the same process: a recycled pid belongs to someone else and is never signalled."""
-    if not pid or start_time is None:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        return abs(proc.create_time() - start_time) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
-
-
-def group_alive(pgid: int) -> bool:
-    """Whether any living process remains in a process group (POSIX); zombies are dead already,
-    however late their reaper (PID 1 in a container may be slow) collects them."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False  # the common case, answered without scanning every process
-    except PermissionError:
-        pass
-    for proc in psutil.process_iter(["status"]):
-        try:
-            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(proc.pid) == pgid:
-                return True
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return False
-
-
-def kill_tree(pid: int, grace: float, proc: subprocess.Popen | None = None) -> None:
-    """End a worker and everything it started: the one path for timeouts, Ctrl-C and shutdown."""
-    if common.IS_WINDOWS:
-        subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True)
-    else:
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            pass
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            if proc is not None:
-                proc.poll()  # reap our child
-            if not group_alive(pid):
-                break
-            time.sleep(0.05)
-        else:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-    if proc is not None:
-        try:
-            proc.kill()
-        except ProcessLookupError:
-            pass
-        proc.wait()
-
-
-def wait_or_end(proc: subprocess.Popen, timeout: float, stop, grace: float) -> str | None:
-    """Wait for a process started by start_process (a setup command, the gate); end its tree past
-    `timeout`, or as soon as stop() is true (a second Ctrl-C). None if it exited by itself, else why not."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            proc.wait(timeout=WAIT_STEP_SECS)
-            return None
-        except subprocess.TimeoutExpired:
-            pass
-        if stop():
-            why = "was stopped"
-        elif time.monotonic() > deadline:
-            why = f"timed out after {timeout:g} s"
-        else:
-            continue
-        kill_tree(proc.pid, grace, proc)
-        return why
-
-
-# --------------------------------------------------------------------------------------------
 # State files
 # --------------------------------------------------------------------------------------------
-
-
-class StateFile:
-    """A JSON state file, always replaced atomically under its lock."""
-
-    def __init__(self, path: Path, default: dict, problem=lambda data: None):
-        self.path, self.default, self.problem = path, default, problem
-        self.lock = path.with_name(path.name + ".lock")
-
-    def read(self) -> dict:
-        """The file's content; one that is not what the dispatcher writes is an error naming what
-        is wrong, and is never overwritten (it may hold the only record of running work)."""
-        with common.locked(self.lock, self.path.name):
-            data = common.read_json_file(self.path, None)
-        if data is None:
-            return copy.deepcopy(self.default)
-        problem = self.problem(data) if isinstance(data, dict) else "it is not a JSON object"
-        if problem:
-            raise common.UserError(f"{self.path}: {problem}; fix or move it (it was left untouched)")
-        return data
-
-    def write(self, data: dict) -> None:
-        with common.locked(self.lock, self.path.name):
-            common.atomic_write_text(self.path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 # What every record needs; records may carry more (newer fields are read with defaults).
@@ -248,11 +128,11 @@ def pending_problem(data: dict) -> str | None:
     return missing_keys(data.items(), PENDING_KEYS, "pending merge")
 
 
-def state_files(config: common.Config) -> tuple[StateFile, StateFile]:
-    state, pending = common.DISPATCH_STATE_FILES
-    return (StateFile(config.root / state, {"dispatcher": None, "workers": [], "merge_queue": [], "attempts": {}},
+def state_files(config: configuration.Config) -> tuple[statefiles.StateFile, statefiles.StateFile]:
+    state, pending = workspace.DISPATCH_STATE_FILES
+    return (statefiles.StateFile(config.root / state, {"dispatcher": None, "workers": [], "merge_queue": [], "attempts": {}},
                       state_problem),
-            StateFile(config.root / pending, {}, pending_problem))
+            statefiles.StateFile(config.root / pending, {}, pending_problem))
 
 
 # --------------------------------------------------------------------------------------------
@@ -260,210 +140,19 @@ def state_files(config: common.Config) -> tuple[StateFile, StateFile]:
 # --------------------------------------------------------------------------------------------
 
 
-def git_out(cwd: Path, *args: str) -> str:
-    return common.git(*args, cwd=cwd).stdout.strip()
-
-
-def rev_parse(root: Path, rev: str) -> str | None:
-    result = common.git("rev-parse", "-q", "--verify", rev + "^{commit}", cwd=root, check=False)
-    return result.stdout.strip() if result.returncode == 0 else None
-
-
-def is_ancestor(root: Path, commit: str, of: str) -> bool:
-    return common.git("merge-base", "--is-ancestor", commit, of, cwd=root, check=False).returncode == 0
-
-
-def branch_name(template: str, task_id: str) -> str:
-    """The template with the task id, made a valid ref name whatever the id contains."""
-    name = template.replace("{task_id}", task_id)
-    name = re.sub(r"[^A-Za-z0-9._/-]+", "-", name)
-    name = re.sub(r"\.{2,}|/{2,}|@\{", "-", name).strip("/.-")
-    return re.sub(r"\.lock$", "-lock", name) or "work"
-
-
-def file_name(task_id: str) -> str:
-    """A task id as one safe file or folder name (ids come from stores that users edit by hand)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", task_id).strip(".-") or "task"
-
-
-def checkout_of_branch(root: Path, branch: str) -> Path | None:
-    """The worktree where `branch` is checked out, if any."""
-    current = None
-    for line in git_out(root, "worktree", "list", "--porcelain").splitlines():
-        if line.startswith("worktree "):
-            current = Path(line[len("worktree "):])
-        elif line == f"branch refs/heads/{branch}":
-            return current
-    return None
-
-
-# Files in a worktree's git admin dir that mean an operation is under way there.
-OPERATION_FILES = (("rebase-merge", "a rebase"), ("rebase-apply", "a rebase"), ("MERGE_HEAD", "a merge"),
-                   ("CHERRY_PICK_HEAD", "a cherry-pick"), ("REVERT_HEAD", "a revert"), ("BISECT_START", "a bisect"))
-
-
-def operation_on_branch(root: Path, branch: str) -> str | None:
-    """A rebase, merge, cherry-pick, revert or bisect under way on `branch` in any worktree, as
-    "a rebase of main is in progress in FOLDER"; None when there is none. Moving the branch then
-    would break the user's `--continue` or lose their work on `--abort`. A rebase and a bisect
-    detach HEAD, so the branch they are on is read from their own files."""
-    common_dir = root / ".git"
-    admin_dirs = [(common_dir, root)]
-    linked = common_dir / "worktrees"
-    for admin in sorted(linked.iterdir()) if linked.is_dir() else ():
-        if (gitdir := read_admin_file(admin / "gitdir")) is not None:
-            admin_dirs.append((admin, Path(gitdir).parent))
-    for admin, folder in admin_dirs:
-        on_branch = read_admin_file(admin / "HEAD") == f"ref: refs/heads/{branch}"
-        for name, what in OPERATION_FILES:
-            if not (admin / name).exists():
-                continue
-            started_on = (read_admin_file(admin / name / "head-name") if name.startswith("rebase")
-                          else read_admin_file(admin / name) if name == "BISECT_START" else None)
-            if on_branch or started_on in (branch, f"refs/heads/{branch}"):
-                return f"{what} of {branch} is in progress in {folder}"
-    return None
-
-
-def read_admin_file(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace").strip()
-    except OSError:
-        return None
-
-
-def stale_lock_reason(lock: Path) -> str:
-    return (f"git's lock file {lock} exists: another git command is running there, or one was killed "
-            "(then remove that file)")
-
-
-def first_line(text: str) -> str:
-    return (text.strip().splitlines() or ["no output"])[0]
-
-
-@dataclasses.dataclass
-class MergeResult:
-    """What `git merge-tree --write-tree` found: the merged tree, or the conflicts."""
-
-    tree: str | None
-    files: list[str] = dataclasses.field(default_factory=list)  # conflicted paths
-    messages: str = ""  # git's CONFLICT lines, for people
-    # path -> {1: the merge base's blob, 2: ours, 3: theirs}; a side that deleted the file is absent
-    stages: dict[str, dict[int, str]] = dataclasses.field(default_factory=dict)
-    markerless: list[str] = dataclasses.field(default_factory=list)  # conflicts text markers cannot show
-
-
-def merge_tree(root: Path, ours: str, theirs: str) -> MergeResult:
-    """`git merge-tree --write-tree -z`: exit 0 is clean, 1 has conflicts. Its -z form gives each
-    message a stable type: only "CONFLICT (contents)" leaves markers in a text file; a binary,
-    modify/delete, rename or mode conflict does not."""
-    result = common.git("merge-tree", "--write-tree", "-z", ours, theirs, cwd=root, check=False)
-    if result.returncode not in (0, 1):
-        raise common.GitError(result.argv, result.returncode, result.stdout, result.stderr)
-    fields = result.stdout.split("\0")
-    if result.returncode == 0:
-        return MergeResult(fields[0].strip())
-    merged = MergeResult(None)
-    i = 1
-    while i < len(fields) and fields[i]:  # "<mode> <blob> <stage>\t<path>", one per stage
-        info, path = fields[i].split("\t", 1)
-        merged.stages.setdefault(path, {})[int(info.split()[2])] = info.split()[1]
-        i += 1
-    merged.files = list(merged.stages)
-    messages, markerless = [], []
-    i += 1
-    while i < len(fields) and fields[i]:  # "<n>", n paths, "<type>", "<message>"
-        count = int(fields[i])
-        paths, kind, text = fields[i + 1:i + 1 + count], fields[i + 1 + count], fields[i + 2 + count]
-        i += count + 3
-        if kind.startswith("CONFLICT"):
-            messages.append(text.strip())
-            if kind != TEXT_CONFLICT:
-                markerless += paths
-    merged.messages, merged.markerless = "\n".join(messages), list(dict.fromkeys(markerless))
-    return merged
-
-
-def merge_diffstat(root: Path, merge: str, branch_tip: str | None) -> dict | None:
-    """Files, insertions and deletions a merge brought into main: recorded when it happens, since
-    the branch is deleted after it. None when `merge` is not the merge of that branch tip."""
-    parents = git_out(root, "rev-list", "--parents", "-n", "1", merge).split()
-    if len(parents) != 3 or parents[2] != branch_tip:
-        return None  # main moved on after a merge finished before a restart: unknown now
-    stat = {"files": 0, "insertions": 0, "deletions": 0}
-    for line in git_out(root, "diff", "--numstat", parents[1], merge).splitlines():
-        added, deleted, _ = line.split("\t", 2)
-        stat["files"] += 1
-        stat["insertions"] += int(added) if added.isdigit() else 0  # "-" for a binary file
-        stat["deletions"] += int(deleted) if deleted.isdigit() else 0
-    return stat
-
-
-def new_marker_files(root: Path, main: str, branch: str) -> list[str]:
-    """Files in which the branch has more complete conflict-marker blocks than main has."""
-    base = git_out(root, "merge-base", main, branch)
-    changed = git_out(root, "-c", "core.quotePath=false", "diff", "--name-only", "--diff-filter=AM", base, branch)
-    found = []
-    for name in filter(None, changed.splitlines()):
-        branch_text = common.git("show", f"{branch}:{name}", cwd=root, check=False).stdout
-        if "<<<<<<<" not in branch_text:
-            continue
-        main_text = common.git("show", f"{main}:{name}", cwd=root, check=False).stdout
-        if len(MARKER_BLOCK.findall(branch_text)) > len(MARKER_BLOCK.findall(main_text)):
-            found.append(name)
-    return found
-
-
-def added_files_named(worktree: Path, main: str, name: str) -> list[str]:
-    """Files called `name`, at any path, that the worktree's branch adds (committed or not): an
-    agent's follow-ups file, wherever the agent was rooted. A file of that name that main or the
-    branch's merge base already has is the project's own, and is not among them."""
-    glob = ":(glob)**/" + re.sub(r"([*?\[\\])", r"\\\1", name)
-    listed = common.git("ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", glob, cwd=worktree)
-    found = list(dict.fromkeys(f for f in listed.stdout.split("\0") if f))
-    if not found:
-        return []
-    base = common.git("merge-base", main, "HEAD", cwd=worktree, check=False).stdout.strip()  # none: main rewritten
-    known = set()
-    for rev in filter(None, (base, main)):
-        listing = common.git("ls-tree", "-r", "-z", "--name-only", rev, "--", *found, cwd=worktree)
-        known.update(listing.stdout.split("\0"))
-    return [f for f in found if f not in known]
-
-
-def clear_interrupted_git_state(worktree: Path) -> None:
-    """What a killed agent leaves: a stale index.lock, a rebase or merge in progress."""
-    gitdir = Path(git_out(worktree, "rev-parse", "--absolute-git-dir"))
-    (gitdir / "index.lock").unlink(missing_ok=True)
-    if (gitdir / "rebase-merge").exists() or (gitdir / "rebase-apply").exists():
-        common.git("rebase", "--abort", cwd=worktree, check=False)
-    if (gitdir / "MERGE_HEAD").exists():
-        common.git("merge", "--abort", cwd=worktree, check=False)
-
-
-def commit_everything(worktree: Path, message: str) -> bool:
-    """Commit all changes in the worktree (ignored files stay out); False when there were none."""
-    if not git_out(worktree, "status", "--porcelain"):
-        return False
-    common.git("add", "-A", cwd=worktree)
-    common.failpoint("during_leftover_commit")
-    common.git("commit", "-q", "--no-verify", "-m", message, cwd=worktree)
-    return True
-
-
 def add_dispatcher_worktree(root: Path, worktree: Path, *args: str) -> None:
     """`git worktree add`, then the proof that the dispatcher made it: a marker in the worktree's
     git admin dir (.git/worktrees/<name>/), which no edit in the worktree reaches and which git
     deletes with the worktree. The marker names the folder, so a worktree moved since is not ours."""
-    common.git("worktree", "add", "-q", *args, cwd=root)
-    admin = Path(git_out(worktree, "rev-parse", "--absolute-git-dir"))
+    git.git("worktree", "add", "-q", *args, cwd=root)
+    admin = Path(git.git_out(worktree, "rev-parse", "--absolute-git-dir"))
     (admin / OWNED_MARKER).write_text(str(worktree.resolve()) + "\n", encoding="utf-8")
 
 
 def dispatcher_worktrees(root: Path) -> set[Path]:
     """The worktrees git lists that carry the dispatcher's marker: the only ones it may delete."""
     listed = set()
-    for line in git_out(root, "worktree", "list", "--porcelain").splitlines():
+    for line in git.git_out(root, "worktree", "list", "--porcelain").splitlines():
         if line.startswith("worktree "):
             listed.add(Path(line[len("worktree "):]).resolve())
     owned = set()
@@ -480,12 +169,12 @@ def dispatcher_worktrees(root: Path) -> set[Path]:
 
 
 def remove_worktree(root: Path, worktree: Path) -> None:
-    common.git("worktree", "remove", "--force", "--force", str(worktree), cwd=root, check=False)
+    git.git("worktree", "remove", "--force", "--force", str(worktree), cwd=root, check=False)
     if worktree.exists():  # not a worktree git knows (any more): remove what is left
         shutil.rmtree(worktree, ignore_errors=True)
         # This one registration only: `git worktree prune` would also forget a user's worktree
         # whose folder is away for now (an unplugged drive), with its index and HEAD.
-        common.git("worktree", "remove", "--force", "--force", str(worktree), cwd=root, check=False)
+        git.git("worktree", "remove", "--force", "--force", str(worktree), cwd=root, check=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -548,7 +237,7 @@ class Worker:
             return False
         if self.proc is not None:
             return self.proc.poll() is not None
-        return not is_same_process_alive(self.pid, self.pid_start_time)
+        return not processes.is_same_process_alive(self.pid, self.pid_start_time)
 
 
 _IN_MEMORY = {"proc", "starting"}  # Worker fields that are not written to the state file
@@ -568,7 +257,7 @@ def queue_entry(task_id: str, title: str, branch: str, worktree: str, outcome: s
             "task_created_at": task_created_at}
 
 
-def worker_argv(config: common.Config, task: common.Task, message_file: Path, branch: str,
+def worker_argv(config: configuration.Config, task: task_model.Task, message_file: Path, branch: str,
                 worktree: Path) -> tuple[list[str], dict]:
     """The agent's command line and environment, from argument lists only: no shell ever sees them."""
     model = next((label[len(MODEL_LABEL):] for label in task.labels if label.startswith(MODEL_LABEL)),
@@ -576,7 +265,7 @@ def worker_argv(config: common.Config, task: common.Task, message_file: Path, br
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:/@-]*", model or ""):
         model = config.worker_model
     files = agent_files(task)
-    env = {**common.child_environment(), "DISPATCH_TASK_ID": task.id, "DISPATCH_BRANCH": branch, "DISPATCH_WORKTREE": str(worktree)}
+    env = {**git.child_environment(), "DISPATCH_TASK_ID": task.id, "DISPATCH_BRANCH": branch, "DISPATCH_WORKTREE": str(worktree)}
     # litellm (under Aider) otherwise fetches a model price list from the internet at every
     # start: offline that fails at once, behind a silent proxy it stalls each worker 5-10 s.
     env.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -601,14 +290,14 @@ def worker_argv(config: common.Config, task: common.Task, message_file: Path, br
     return argv, env
 
 
-def agent_files(task: common.Task) -> list[str]:
+def agent_files(task: task_model.Task) -> list[str]:
     """The task's files that are safe to hand the agent; an unsafe name never reaches the command
     line or the worktree (the message still lists it)."""
     files = []
     for raw in task.files:
         try:
-            files.append(common.check_repo_path(raw))
-        except common.UserError:
+            files.append(safe_names.check_repo_path(raw))
+        except errors.UserError:
             pass
     return files
 
@@ -626,7 +315,7 @@ def make_parent_folders(worktree: Path, files: list[str]) -> None:
             folder.mkdir(exist_ok=True)
 
 
-def task_message(config: common.Config, task: common.Task) -> str:
+def task_message(config: configuration.Config, task: task_model.Task) -> str:
     description = task.description.strip()
     if task.files:
         # The scripts that create tasks write this line into the description: say it once.
@@ -642,14 +331,14 @@ def task_message(config: common.Config, task: common.Task) -> str:
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
-def read_instructions(config: common.Config) -> str:
+def read_instructions(config: configuration.Config) -> str:
     text = config.worker_instructions or ""
     if text.startswith("@"):
-        path = config.root / common.check_repo_path(text[1:])
+        path = config.root / safe_names.check_repo_path(text[1:])
         try:
             return path.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise common.UsageError(f"worker_instructions: cannot read {path}: {exc}") from None
+            raise errors.UsageError(f"worker_instructions: cannot read {path}: {exc}") from None
     return text
 
 
@@ -661,7 +350,7 @@ def read_instructions(config: common.Config) -> str:
 class Dispatcher:
     """Owns the workers, the merge queue and the pending merges of one repository."""
 
-    def __init__(self, config: common.Config, store, max_workers: int, watch: bool = False,
+    def __init__(self, config: configuration.Config, store, max_workers: int, watch: bool = False,
                  out=print):
         self.config, self.store, self.max_workers, self.watch, self.say = config, store, max_workers, watch, out
         self.root = config.root
@@ -688,7 +377,7 @@ class Dispatcher:
         self.stop_signal: int | None = None
         self.next_poll = 0.0
         self.told_waiting: set[tuple[str, str]] = set()  # (task, reason) already said
-        self.known: dict[str, common.Task] = {}  # tasks this run has worked on (bd calls are slow)
+        self.known: dict[str, task_model.Task] = {}  # tasks this run has worked on (bd calls are slow)
         self.starter = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="start")
         self.epic_check_due = True
 
@@ -697,12 +386,12 @@ class Dispatcher:
     def event(self, name: str, task_id: str | None = None, **fields) -> None:
         """One line of .dispatch_logs/events.jsonl; README lists every event and its fields."""
         self.logs.mkdir(exist_ok=True)
-        line = json.dumps({"v": run_report.EVENTS_FORMAT, "ts": common.now_iso(), "event": name, "task_id": task_id,
+        line = json.dumps({"v": events.EVENTS_FORMAT, "ts": statefiles.now_iso(), "event": name, "task_id": task_id,
                            **fields}, ensure_ascii=False)
-        path = self.logs / run_report.EVENTS_FILE
-        if run_report.ends_mid_line(path):
+        path = self.logs / events.EVENTS_FILE
+        if events.ends_mid_line(path):
             line = "\n" + line  # a crash mid-write left a partial line: keep this one whole
-        common.append_text(path, line + "\n")
+        statefiles.append_text(path, line + "\n")
 
     def save_state(self) -> None:
         self.state["workers"] = [w.record() for w in self.workers.values()]
@@ -722,10 +411,10 @@ class Dispatcher:
     def reconcile(self) -> None:
         """After a crash or restart: adopt live workers, finish dead ones, release the orphaned."""
         for worker in self.workers.values():
-            if is_same_process_alive(worker.pid, worker.pid_start_time) and worker.ended:
+            if processes.is_same_process_alive(worker.pid, worker.pid_start_time) and worker.ended:
                 # recorded as ended, but the kill was cut short: end it now; it is judged as ended
-                kill_tree(worker.pid, self.config.worker_kill_grace_secs)
-            elif is_same_process_alive(worker.pid, worker.pid_start_time):
+                processes.kill_tree(worker.pid, self.config.worker_kill_grace_secs)
+            elif processes.is_same_process_alive(worker.pid, worker.pid_start_time):
                 self.event("adopted", worker.task_id, pid=worker.pid)
                 self.say(f"{worker.task_id}: adopted running worker (pid {worker.pid})")
         # A conflict task's own claim is not accounted for by its pending merge: only the original is.
@@ -750,7 +439,7 @@ class Dispatcher:
                 self.event("released", task.id, reason="no record after restart")
                 self.say(f"{task.id}: released (no worker or merge recorded for it)"
                          + (f", as {task.assignee}" if task.assignee != self.config.actor else ""))
-        branches = git_out(self.root, "for-each-ref", "--format=%(refname)", "refs/heads").splitlines()
+        branches = git.git_out(self.root, "for-each-ref", "--format=%(refname)", "refs/heads").splitlines()
         self.state["branches"] = {name: owner for name, owner in self.state["branches"].items()
                                   if f"refs/heads/{name}" in branches}
         self.prune_stray_worktrees()
@@ -784,7 +473,7 @@ class Dispatcher:
                 self.say(message)
             if self.why_waiting(task) is None and self.store.claim(task.id, self.config.actor):
                 self.event("claimed", task.id)
-                common.failpoint("after_claim")
+                failpoints.failpoint("after_claim")
                 self.start_worker(free.pop(0), task)
 
     def why_held(self, task_id: str) -> str | None:
@@ -798,7 +487,7 @@ class Dispatcher:
             return f"its branch waits for {waits_for[0]}"
         return None
 
-    def why_waiting(self, task: common.Task) -> str | None:
+    def why_waiting(self, task: task_model.Task) -> str | None:
         """None when the task may start now; else the reason it waits."""
         if PERSON_LABEL in task.labels:
             return f"it is for a person (label {PERSON_LABEL}): no agent takes it"
@@ -824,23 +513,23 @@ class Dispatcher:
         if task_id not in self.known:
             try:
                 self.known[task_id] = self.store.get(task_id)  # an adopted worker's task
-            except common.TaskNotFound:
+            except errors.TaskNotFound:
                 return []  # deleted: its record is dropped where it is next used
         return self.known[task_id].files
 
-    def pending_for(self, task: common.Task) -> dict | None:
+    def pending_for(self, task: task_model.Task) -> dict | None:
         """The pending merge this task resolves: never one filed for an earlier task with its id."""
         pending = self.pending.get(task.id)
         if pending and same_creation(pending.get("followup_created_at", ""), task.created_at):
             return pending
         return None
 
-    def current_task(self, task_id: str, created_at: str) -> common.Task | None:
+    def current_task(self, task_id: str, created_at: str) -> task_model.Task | None:
         """The task a record was made for, or None when the store no longer has it: deleted, or
         its id now names another task (created at another time)."""
         try:
             task = self.store.get(task_id)
-        except common.TaskNotFound:
+        except errors.TaskNotFound:
             return None
         return task if same_creation(created_at, task.created_at) else None
 
@@ -849,20 +538,20 @@ class Dispatcher:
         self.event("record_dropped", task_id, record=what)
         self.say(f"{task_id}: warning: the task is no longer in the store; dropped its {what}")
 
-    def branch_for(self, task: common.Task) -> str:
+    def branch_for(self, task: task_model.Task) -> str:
         """The task's branch: the one recorded for it, or a name no branch has yet. A branch that
         exists but was not made for this very task (a deleted task's kept work, a user's branch)
         is never continued."""
-        base, n = branch_name(self.config.branch_template, task.id), 1
+        base, n = safe_names.branch_name(self.config.branch_template, task.id), 1
         owner = {"task_id": task.id, "task_created_at": task.created_at}
         name = base
-        while rev_parse(self.root, f"refs/heads/{name}") and self.state["branches"].get(name) != owner:
+        while git.rev_parse(self.root, f"refs/heads/{name}") and self.state["branches"].get(name) != owner:
             n += 1
             name = f"{base}-{n}"
         self.state["branches"][name] = owner
         return name
 
-    def start_worker(self, slot: int, task: common.Task) -> None:
+    def start_worker(self, slot: int, task: task_model.Task) -> None:
         """Record the worker, then make its worktree and start it off the loop: checking out a
         large repository takes seconds, and merges and other workers must not wait for that."""
         conflict = self.pending_for(task)
@@ -871,7 +560,7 @@ class Dispatcher:
             branch, worktree = conflict["branch"], Path(conflict["worktree"])
         else:
             branch = self.branch_for(task)
-            worktree = self.free_worktree_path(file_name(task.id))
+            worktree = self.free_worktree_path(safe_names.file_name(task.id))
         attempts = self.state["attempts"].get(task.id, 0)
         if attempts >= self.config.max_attempts:
             # The dispatcher blocked it at max_attempts, and a person has reopened it since:
@@ -891,9 +580,9 @@ class Dispatcher:
         """One log per attempt, never one an earlier attempt wrote (a reopened task numbers its
         attempts from 1 again; a start cut short by a crash may have left its log)."""
         number = attempt
-        while (self.logs / f"{file_name(task_id)}.{number}.log").exists():
+        while (self.logs / f"{safe_names.file_name(task_id)}.{number}.log").exists():
             number += 1
-        return f"{self.logs.name}/{file_name(task_id)}.{number}.log"
+        return f"{self.logs.name}/{safe_names.file_name(task_id)}.{number}.log"
 
     def free_worktree_path(self, name: str) -> Path:
         """A folder for a new worktree: one of ours may be replaced, anyone else's is avoided."""
@@ -904,7 +593,7 @@ class Dispatcher:
             path = root / f"{name}-{n}"
         return path
 
-    def prepare_worktree(self, worker: Worker, task: common.Task, conflict: dict | None) -> tuple[list, dict]:
+    def prepare_worktree(self, worker: Worker, task: task_model.Task, conflict: dict | None) -> tuple[list, dict]:
         """In a starter thread: git and the worker's own worktree only, never the store or the state.
         The loop starts the process itself, so its pid is recorded the moment it exists."""
         worktree = Path(worker.worktree)
@@ -912,24 +601,24 @@ class Dispatcher:
             self.prepare_conflict_worktree(task, conflict)
         else:
             self.add_worktree(worker.branch, worktree)
-        common.failpoint("after_worktree")
+        failpoints.failpoint("after_worktree")
         if self.config.worktree_setup_command:
             log = self.root / worker.log
             if failed := self.run_setup_command(worktree, log):
-                raise common.UserError(f"worktree_setup_command {failed}; its output is in {log}")
+                raise errors.UserError(f"worktree_setup_command {failed}; its output is in {log}")
         message_file = worktree / ".current_task.txt"
         message_file.unlink(missing_ok=True)  # never write through a link a branch may carry
         message_file.write_text(task_message(self.config, task), encoding="utf-8")
         make_parent_folders(worktree, agent_files(task))
         argv, env = worker_argv(self.config, task, message_file, worker.branch, worktree)
-        worker.base = git_out(worktree, "rev-parse", "HEAD")
+        worker.base = git.git_out(worktree, "rev-parse", "HEAD")
         return argv, env
 
     def run_setup_command(self, worktree: Path, log: Path) -> str | None:
         """worktree_setup_command in a new worktree (a worker's or the gate's), as a process tree
         ended past worktree_setup_timeout_secs or at a stop-now. None on success, else why not."""
-        proc = start_process(list(self.config.worktree_setup_command), worktree, common.child_environment(), log)
-        ended = wait_or_end(proc, self.config.worktree_setup_timeout_secs, self.stop_now_reason,
+        proc = processes.start_process(list(self.config.worktree_setup_command), worktree, git.child_environment(), log)
+        ended = processes.wait_or_end(proc, self.config.worktree_setup_timeout_secs, self.stop_now_reason,
                             self.config.worker_kill_grace_secs)
         return ended or (f"exited {proc.returncode}" if proc.returncode else None)
 
@@ -937,28 +626,28 @@ class Dispatcher:
         """Back on the loop: start the process and record it, or count the failed start as an attempt."""
         try:
             argv, env = worker.starting.result()
-        except (common.UserError, OSError) as exc:
+        except (errors.UserError, OSError) as exc:
             del self.workers[worker.slot]
             self.attempt_failed(worker.task_id, f"could not prepare the worktree: {exc}", worker.actor)
             return
         finally:
             worker.starting = None
         try:
-            worker.proc = start_process(argv, Path(worker.worktree), env, self.root / worker.log)
+            worker.proc = processes.start_process(argv, Path(worker.worktree), env, self.root / worker.log)
         except OSError as exc:  # e.g. the agent was uninstalled after preflight
             del self.workers[worker.slot]
             self.discard_attempt(worker)
             self.attempt_failed(worker.task_id, f"could not start the agent: {exc}", worker.actor)
             return
         conflict = self.pending.get(worker.task_id) if worker.kind == "conflict" else None
-        if conflict and git_out(self.root, "log", "-1", "--format=%s", worker.base) == PREPARED_SUBJECT.format(
+        if conflict and git.git_out(self.root, "log", "-1", "--format=%s", worker.base) == PREPARED_SUBJECT.format(
                 main=self.config.main_branch, branch=worker.branch, task_id=worker.task_id):
             conflict["branch_tip"] = worker.base  # the dispatcher's own merge of main resolves nothing
             self.save_pending()
         worker.started_at = time.time()
         timeout = self.config.worker_timeout_secs
         worker.deadline = worker.started_at + timeout if timeout else None
-        worker.pid, worker.pid_start_time = worker.proc.pid, process_start_time(worker.proc.pid)
+        worker.pid, worker.pid_start_time = worker.proc.pid, processes.process_start_time(worker.proc.pid)
         self.save_state()
         self.event("worker_started", worker.task_id, slot=worker.slot, pid=worker.pid, branch=worker.branch,
                    attempt=worker.attempt, log=worker.log, title=worker.title,
@@ -970,34 +659,34 @@ class Dispatcher:
         if worktree.resolve() in dispatcher_worktrees(self.root):
             remove_worktree(self.root, worktree)
         main = self.config.main_branch
-        if rev_parse(self.root, f"refs/heads/{branch}"):
-            if is_ancestor(self.root, branch, main):
-                common.git("branch", "-D", branch, cwd=self.root)  # merged work: start afresh from main
+        if git.rev_parse(self.root, f"refs/heads/{branch}"):
+            if git.is_ancestor(self.root, branch, main):
+                git.git("branch", "-D", branch, cwd=self.root)  # merged work: start afresh from main
             else:
                 add_dispatcher_worktree(self.root, worktree, str(worktree), branch)
                 return  # unmerged work of an earlier attempt: continue from it
         add_dispatcher_worktree(self.root, worktree, "-b", branch, str(worktree), main)
 
-    def prepare_conflict_worktree(self, task: common.Task, conflict: dict) -> None:
+    def prepare_conflict_worktree(self, task: task_model.Task, conflict: dict) -> None:
         """Merge main into the branch and commit the conflicts, so the agent starts clean."""
         worktree, branch = Path(conflict["worktree"]), conflict["branch"]
         if not worktree.exists():
             remove_worktree(self.root, worktree)  # git may still list it, if only its folder was deleted
             add_dispatcher_worktree(self.root, worktree, str(worktree), branch)
-        clear_interrupted_git_state(worktree)
-        if markerless := merge_tree(self.root, branch, self.config.main_branch).markerless:
-            raise common.UserError(f"{', '.join(markerless)} now conflict in a way text markers cannot show; "
+        git.clear_interrupted_git_state(worktree)
+        if markerless := git.merge_tree(self.root, branch, self.config.main_branch).markerless:
+            raise errors.UserError(f"{', '.join(markerless)} now conflict in a way text markers cannot show; "
                                    "a person must resolve it (the dispatcher commits neither side)")
-        result = common.git("merge", "--no-ff", "--no-commit", "--no-edit", self.config.main_branch, cwd=worktree,
+        result = git.git("merge", "--no-ff", "--no-commit", "--no-edit", self.config.main_branch, cwd=worktree,
                             check=False)
-        if result.returncode == 0 and not git_out(worktree, "status", "--porcelain"):
+        if result.returncode == 0 and not git.git_out(worktree, "status", "--porcelain"):
             return  # nothing to merge: main is already in the branch
-        common.git("add", "-A", cwd=worktree)  # the files with conflict markers, for the agent to settle
+        git.git("add", "-A", cwd=worktree)  # the files with conflict markers, for the agent to settle
         original = conflict["task_id"]
         message = (PREPARED_SUBJECT.format(main=self.config.main_branch, branch=branch, task_id=task.id) + "\n\n"
                    f"Conflicted files: {', '.join(conflict['files']) or 'none'}\n"
                    f"This branch: {original}\nResolve task: {task.title}")
-        common.git("commit", "-q", "--no-verify", "-m", message, cwd=worktree)
+        git.git("commit", "-q", "--no-verify", "-m", message, cwd=worktree)
 
     # ---- watching workers ------------------------------------------------------------------
 
@@ -1029,8 +718,8 @@ class Dispatcher:
         self.save_state()
         self.event("worker_timed_out" if why == TIMED_OUT else "worker_stopped", worker.task_id, reason=why,
                    log=worker.log)
-        if worker.proc is not None or is_same_process_alive(worker.pid, worker.pid_start_time):
-            kill_tree(worker.pid, self.config.worker_kill_grace_secs, worker.proc)
+        if worker.proc is not None or processes.is_same_process_alive(worker.pid, worker.pid_start_time):
+            processes.kill_tree(worker.pid, self.config.worker_kill_grace_secs, worker.proc)
 
     def stop_blocked_workers(self) -> None:
         """A task the user blocked while its worker runs: end the worker, keep its branch, merge nothing."""
@@ -1048,19 +737,19 @@ class Dispatcher:
         if worker.pid is None:
             self.never_started(worker)
             return
-        common.failpoint("after_worker_exit")
-        if worker.proc is not None and not common.IS_WINDOWS:
-            kill_tree(worker.pid, 0.2, worker.proc)  # what it left running would hold the worktree
+        failpoints.failpoint("after_worker_exit")
+        if worker.proc is not None and not processes.IS_WINDOWS:
+            processes.kill_tree(worker.pid, 0.2, worker.proc)  # what it left running would hold the worktree
         worktree, task_id = Path(worker.worktree), worker.task_id
         why = worker.ended or "exited"
         if worktree.exists():
-            clear_interrupted_git_state(worktree)
+            git.clear_interrupted_git_state(worktree)
             self.collect_followups(worker)
-            if self.config.commit_leftover_changes and commit_everything(
+            if self.config.commit_leftover_changes and git.commit_everything(
                     worktree, f"dispatch: uncommitted work of {task_id} (worker {why})"):
                 self.event("leftover_committed", task_id)
-        tip = rev_parse(self.root, f"refs/heads/{worker.branch}")
-        commits = int(git_out(self.root, "rev-list", "--count", f"{worker.base}..{tip}")) if tip else 0
+        tip = git.rev_parse(self.root, f"refs/heads/{worker.branch}")
+        commits = int(git.git_out(self.root, "rev-list", "--count", f"{worker.base}..{tip}")) if tip else 0
         del self.workers[worker.slot]
         counted = not worker.stopped_by_user  # toward max_attempts and the breaker
         if worker.ended == TASK_BLOCKED:
@@ -1101,32 +790,32 @@ class Dispatcher:
         del self.workers[worker.slot]
         worktree = Path(worker.worktree)
         if worktree.exists():
-            clear_interrupted_git_state(worktree)
-            commit_everything(worktree, f"dispatch: uncommitted work of {worker.task_id} (found after a restart)")
+            git.clear_interrupted_git_state(worktree)
+            git.commit_everything(worktree, f"dispatch: uncommitted work of {worker.task_id} (found after a restart)")
         if worker.kind == "task":  # a conflict task's worktree belongs to the branch it resolves
             self.discard_attempt(worker)
         try:
             self.store.release(worker.task_id, "released: the dispatcher stopped before its worker started",
                                actor=worker.actor)
             self.event("released", worker.task_id, reason="worker never started")
-        except common.TaskNotFound:
+        except errors.TaskNotFound:
             self.drop_record_of_gone_task(worker.task_id, "worker record")
         self.save_state()
 
     def discard_attempt(self, worker: Worker) -> None:
         """Remove an attempt's worktree; its branch too, unless it holds work main lacks."""
         remove_worktree(self.root, Path(worker.worktree))
-        if rev_parse(self.root, f"refs/heads/{worker.branch}") and is_ancestor(
+        if git.rev_parse(self.root, f"refs/heads/{worker.branch}") and git.is_ancestor(
                 self.root, worker.branch, self.config.main_branch):
-            common.git("branch", "-D", worker.branch, cwd=self.root, check=False)
+            git.git("branch", "-D", worker.branch, cwd=self.root, check=False)
 
     def finish_conflict_worker(self, worker: Worker, commits: int) -> None:
         """A resolve/fix task's worker: close it when the branch now merges cleanly."""
         conflict = self.pending.get(worker.task_id)
         main = self.config.main_branch
         clean = bool(conflict) and self.committed_since(conflict) \
-            and merge_tree(self.root, main, worker.branch).tree is not None \
-            and not new_marker_files(self.root, main, worker.branch)
+            and git.merge_tree(self.root, main, worker.branch).tree is not None \
+            and not git.new_marker_files(self.root, main, worker.branch)
         if clean:
             self.store.close(worker.task_id, f"{worker.branch} now merges cleanly", actor=worker.actor)
             self.event("closed", worker.task_id)
@@ -1150,7 +839,7 @@ class Dispatcher:
                 self.summary["released"].append(task_id)
                 self.event("released", task_id, reason=note)
                 self.say(f"{task_id}: released for another attempt: {note[:120]}")
-        except common.TaskNotFound:
+        except errors.TaskNotFound:
             self.state["attempts"].pop(task_id)
             self.drop_record_of_gone_task(task_id, "worker's attempt")
         self.save_state()
@@ -1165,9 +854,9 @@ class Dispatcher:
 
     def collect_followups(self, worker: Worker) -> None:
         """The agent's follow-up ideas go to suggested_tasks.txt, never to main."""
-        name = PurePosixPath(common.check_repo_path(self.config.worker_followups_file)).name
+        name = PurePosixPath(safe_names.check_repo_path(self.config.worker_followups_file)).name
         worktree = Path(worker.worktree)
-        found = added_files_named(worktree, self.config.main_branch, name)
+        found = git.added_files_named(worktree, self.config.main_branch, name)
         lines = []
         for path in (worktree / f for f in found):
             if not path.is_symlink() and path.is_file():  # a link could point anywhere: never read through it
@@ -1175,18 +864,18 @@ class Dispatcher:
                 lines += [line for line in map(str.strip, text.splitlines()) if line and not line.startswith("#")]
         if lines:
             suggestions = self.config.path("suggested_tasks_file")
-            common.append_text(suggestions, "".join(f"[from:{worker.task_id}] {line}\n" for line in lines))
+            statefiles.append_text(suggestions, "".join(f"[from:{worker.task_id}] {line}\n" for line in lines))
             self.event("followups_collected", worker.task_id, count=len(lines), files=found)
-        tracked = [f for f in common.git("ls-files", "-z", "--", *found, cwd=worktree).stdout.split("\0") if f] \
+        tracked = [f for f in git.git("ls-files", "-z", "--", *found, cwd=worktree).stdout.split("\0") if f] \
             if found else []
         if tracked:
-            common.git("rm", "-q", "-f", "--", *tracked, cwd=worktree)
-            common.git("commit", "-q", "--no-verify", "-m", f"dispatch: keep {', '.join(tracked)} of "
+            git.git("rm", "-q", "-f", "--", *tracked, cwd=worktree)
+            git.git("commit", "-q", "--no-verify", "-m", f"dispatch: keep {', '.join(tracked)} of "
                        f"{worker.task_id} off main", "--", *tracked, cwd=worktree)
         for path in (worktree / f for f in found if f not in tracked):
             path.unlink(missing_ok=True)
         if lines and self.config.auto_ingest_suggestions:
-            result = ingest_suggested_tasks.ingest(self.config, self.store)
+            result = suggested_tasks.ingest(self.config, self.store)
             if result.created:
                 self.say(f"{worker.task_id}: follow-ups became {', '.join(result.created)}")
 
@@ -1212,7 +901,7 @@ class Dispatcher:
 
     def merge_slot(self):
         if self.config.merge_slot:
-            return common.locked(self.root / ".dispatch_merge.lock", "merge slot")
+            return statefiles.locked(self.root / ".dispatch_merge.lock", "merge slot")
         return contextlib.nullcontext()
 
     def merge(self, entry: dict) -> bool:
@@ -1224,13 +913,13 @@ class Dispatcher:
                 remove_worktree(root, Path(entry["worktree"]))
                 self.drop_record_of_gone_task(entry["task_id"], f"merge of {entry['branch']} (the branch is kept)")
                 return True
-            tip = rev_parse(root, f"refs/heads/{entry['branch']}")
+            tip = git.rev_parse(root, f"refs/heads/{entry['branch']}")
             if tip is None:
                 self.drop_entry(entry)
                 self.block(entry["task_id"], f"its branch {entry['branch']} is gone", entry["actor"])
                 return True
-            if is_ancestor(root, tip, main):  # merged before a crash: only the bookkeeping is left
-                self.finish_merge(entry, task, rev_parse(root, main))
+            if git.is_ancestor(root, tip, main):  # merged before a crash: only the bookkeeping is left
+                self.finish_merge(entry, task, git.rev_parse(root, main))
                 return True
             if task.status != "in_progress" or task.assignee != entry["actor"]:
                 self.drop_entry(entry)
@@ -1243,13 +932,13 @@ class Dispatcher:
             while True:
                 if held := self.why_main_is_held():  # known before anything is computed or written
                     return self.merge_waits(entry, held)
-                base = rev_parse(root, main)
-                if marked := new_marker_files(root, base, tip):
+                base = git.rev_parse(root, main)
+                if marked := git.new_marker_files(root, base, tip):
                     return self.on_conflict(entry, marked, base, "the branch adds conflict markers")
-                merged = merge_tree(root, base, tip)
+                merged = git.merge_tree(root, base, tip)
                 if merged.tree is None:
                     return self.on_conflict(entry, merged.files, base, merged.messages, merged=merged)
-                commit = git_out(root, "commit-tree", merged.tree, "-p", base, "-p", tip, "-m",
+                commit = git.git_out(root, "commit-tree", merged.tree, "-p", base, "-p", tip, "-m",
                                  f"Merge {entry['branch']}: {entry['title']} ({entry['task_id']})")
                 if self.config.merge_gate_command:
                     passed, output = self.run_gate(commit)
@@ -1257,11 +946,11 @@ class Dispatcher:
                         return False  # a stop-now ended the gate: the branch stays queued for the next run
                     if passed:
                         self.event("gate_passed", entry["task_id"], commit=commit)
-                    if rev_parse(root, main) != base:
+                    if git.rev_parse(root, main) != base:
                         continue  # main moved while the gate ran: recompute and gate again
                     if not passed:
                         return self.on_conflict(entry, [], base, output, kind="gate")
-                common.failpoint("during_merge")
+                failpoints.failpoint("during_merge")
                 outcome = self.advance_main(base, commit)
                 if outcome == "moved":
                     continue
@@ -1287,53 +976,53 @@ class Dispatcher:
         """What keeps main from moving that is known before merging: an operation of the user's
         on it in some worktree, or a lock on its ref."""
         main = self.config.main_branch
-        if busy := operation_on_branch(self.root, main):
+        if busy := git.operation_on_branch(self.root, main):
             return f"{busy}; merges into {main} wait until it is finished or aborted"
         ref_lock = self.root / ".git" / "refs" / "heads" / f"{main}.lock"
-        return stale_lock_reason(ref_lock) if ref_lock.exists() else None
+        return git.stale_lock_reason(ref_lock) if ref_lock.exists() else None
 
     def advance_main(self, old: str, new: str) -> str:
         """Move main from `old` to `new` only: "ok", "moved" (someone else moved it) or why it waits."""
         main = self.config.main_branch
         if held := self.why_main_is_held():  # it may have begun while the merge was computed
             return held
-        checkout = checkout_of_branch(self.root, main)
+        checkout = git.checkout_of_branch(self.root, main)
         if checkout is None:
-            result = common.git("update-ref", f"refs/heads/{main}", new, old, cwd=self.root, check=False)
+            result = git.git("update-ref", f"refs/heads/{main}", new, old, cwd=self.root, check=False)
         else:
             # Main is checked out (usually in the user's own folder): a fast-forward there keeps
             # the user's uncommitted changes, and refuses if it would overwrite any.
-            result = common.git("merge", "--ff-only", "--no-edit", "-q", new, cwd=checkout, check=False)
+            result = git.git("merge", "--ff-only", "--no-edit", "-q", new, cwd=checkout, check=False)
         # Only the ref itself says whether main moved: the folder may have been switched to
         # another branch a moment ago, and then the fast-forward moved that branch instead.
-        now = rev_parse(self.root, main)
+        now = git.rev_parse(self.root, main)
         if now == new:
             return "ok"
         if now != old or result.returncode == 0:
             return "moved"  # recompute on the main that is there now, and try again
         return self.why_main_stays(checkout, result)
 
-    def why_main_stays(self, checkout: Path | None, result: common.Completed) -> str:
+    def why_main_stays(self, checkout: Path | None, result: processes.Completed) -> str:
         """What keeps git from moving main, when nobody else moved it: said as what it is."""
         if held := self.why_main_is_held():
             return held
         main = self.config.main_branch
         output = result.stderr + result.stdout
         if checkout is None:
-            return f"git cannot update refs/heads/{main}: {first_line(output)}"
-        index_lock = Path(git_out(checkout, "rev-parse", "--absolute-git-dir")) / "index.lock"
+            return f"git cannot update refs/heads/{main}: {git.first_line(output)}"
+        index_lock = Path(git.git_out(checkout, "rev-parse", "--absolute-git-dir")) / "index.lock"
         if index_lock.exists():
-            return stale_lock_reason(index_lock)
+            return git.stale_lock_reason(index_lock)
         files = [line.strip() for line in output.splitlines() if line.startswith("\t")]
         if files or "would be overwritten" in output:
             return (f"your uncommitted changes in {checkout} to {', '.join(files) or 'some files'} would be "
                     "overwritten; commit or stash them and the merge will go ahead")
-        return f"git cannot fast-forward {main} in {checkout}: {first_line(output)}"
+        return f"git cannot fast-forward {main} in {checkout}: {git.first_line(output)}"
 
-    def finish_merge(self, entry: dict, task: common.Task, commit: str) -> None:
+    def finish_merge(self, entry: dict, task: task_model.Task, commit: str) -> None:
         task_id = entry["task_id"]
         self.event("merged", task_id, branch=entry["branch"], commit=commit,
-                   diffstat=merge_diffstat(self.root, commit, rev_parse(self.root, f"refs/heads/{entry['branch']}")))
+                   diffstat=git.merge_diffstat(self.root, commit, git.rev_parse(self.root, f"refs/heads/{entry['branch']}")))
         self.say(f"{task_id}: merged {entry['branch']} into {self.config.main_branch} ({commit[:MERGE_SHORT]})")
         if entry["outcome"] == "close":
             if task.status != "closed":
@@ -1349,7 +1038,7 @@ class Dispatcher:
             self.attempt_failed(task_id, entry["note"], entry["actor"], counted=entry.get("counted", True))
         remove_worktree(self.root, Path(entry["worktree"]))
         if self.config.delete_merged_branches:
-            common.git("branch", "-D", entry["branch"], cwd=self.root, check=False)
+            git.git("branch", "-D", entry["branch"], cwd=self.root, check=False)
         self.drop_entry(entry)
 
     def drop_entry(self, entry: dict) -> None:
@@ -1367,26 +1056,26 @@ class Dispatcher:
                 remove_worktree(self.root, gate)  # so the next gate sets it up again
                 if self.stop_now_reason():
                     return None, ""
-                raise common.UserError(f"worktree_setup_command {failed} in the gate worktree; its output is in {log}")
+                raise errors.UserError(f"worktree_setup_command {failed} in the gate worktree; its output is in {log}")
         elif gate.resolve() not in dispatcher_worktrees(self.root):
-            raise common.UserError(f"{gate} is in the way of the merge gate's worktree and the dispatcher "
+            raise errors.UserError(f"{gate} is in the way of the merge gate's worktree and the dispatcher "
                                    "did not make it; move it elsewhere")
         else:
-            common.git("checkout", "-q", "--detach", "-f", commit, cwd=gate)
-            common.git("clean", "-q", "-fd", cwd=gate)
-        proc = start_process(list(self.config.merge_gate_command), gate, common.child_environment(), log)
-        ended = wait_or_end(proc, self.config.merge_gate_timeout_secs, self.stop_now_reason,
+            git.git("checkout", "-q", "--detach", "-f", commit, cwd=gate)
+            git.git("clean", "-q", "-fd", cwd=gate)
+        proc = processes.start_process(list(self.config.merge_gate_command), gate, git.child_environment(), log)
+        ended = processes.wait_or_end(proc, self.config.merge_gate_timeout_secs, self.stop_now_reason,
                             self.config.worker_kill_grace_secs)
         if self.stop_now_reason():
             return None, ""
-        common.failpoint("during_gate")
+        failpoints.failpoint("during_gate")
         output = log.read_text(encoding="utf-8", errors="replace")[-2000:]
         if not ended and proc.returncode == 0:
             return True, output
         return False, f"merge_gate_command {ended or f'exited {proc.returncode}'}; output tail:\n{output}"
 
     def on_conflict(self, entry: dict, files: list[str], main_commit: str, detail: str, kind: str = "conflict",
-                    merged: MergeResult | None = None) -> bool:
+                    merged: git.MergeResult | None = None) -> bool:
         """The branch cannot merge as it is: rebase it, or hand it back as a task."""
         task_id, branch = entry["task_id"], entry["branch"]
         self.event("merge_conflict" if kind == "conflict" else "gate_failed", task_id, files=files)
@@ -1394,11 +1083,11 @@ class Dispatcher:
             entry["rebased"] = True
             self.save_state()
             worktree = Path(entry["worktree"])
-            result = common.git("rebase", "-q", self.config.main_branch, cwd=worktree, check=False)
+            result = git.git("rebase", "-q", self.config.main_branch, cwd=worktree, check=False)
             if result.returncode == 0:
                 self.say(f"{task_id}: rebased {branch} onto {self.config.main_branch}; merging again")
                 return True
-            common.git("rebase", "--abort", cwd=worktree, check=False)
+            git.git("rebase", "--abort", cwd=worktree, check=False)
             self.say(f"{task_id}: rebase of {branch} conflicts too; handing it back as a task")
         retries = entry.get("retries", 0) + 1
         if retries > self.config.max_merge_retries:
@@ -1413,9 +1102,9 @@ class Dispatcher:
         # branch_tip: the conflict counts as resolved only once someone commits on top of it.
         self.pending[followup.id] = {"kind": kind, "branch": branch, "task_id": task_id,
                                      "worktree": entry["worktree"], "main_commit": main_commit, "files": files,
-                                     "created_at": common.now_iso(), "retries": retries,
+                                     "created_at": statefiles.now_iso(), "retries": retries,
                                      "title": entry["title"], "outcome": entry["outcome"], "note": entry["note"],
-                                     "branch_tip": rev_parse(self.root, f"refs/heads/{branch}"),
+                                     "branch_tip": git.rev_parse(self.root, f"refs/heads/{branch}"),
                                      "for_person": PERSON_LABEL in followup.labels,
                                      "counted": entry.get("counted", True),
                                      "actor": entry["actor"], "task_created_at": entry["task_created_at"],
@@ -1427,7 +1116,7 @@ class Dispatcher:
         return True
 
     def file_conflict_task(self, entry: dict, kind: str, files: list[str], main_commit: str, detail: str,
-                           merged: MergeResult | None = None):
+                           merged: git.MergeResult | None = None):
         """One open task per branch and kind: a crash between filing and recording never makes two."""
         branch = entry["branch"]
         title = (CONFLICT_TITLE if kind == "conflict" else GATE_TITLE).format(branch=branch)
@@ -1449,14 +1138,14 @@ class Dispatcher:
                     f"{self.config.main_branch} at {main_commit[:MERGE_SHORT]} fails the checks.\n\n{detail}\n\n"
                     "Make the checks pass on this branch, commit, then stop.")
         labels = ([CONFLICT_LABEL if kind == "conflict" else GATE_LABEL] + [PERSON_LABEL] * for_person
-                  + [common.FILE_LABEL + f for f in files])
+                  + [task_model.FILE_LABEL + f for f in files])
         task = self.store.create(title, what, priority=original.priority, labels=labels,
                                  deps=[("discovered-from", original.id)])
-        common.failpoint("after_conflict_task")
+        failpoints.failpoint("after_conflict_task")
         return task
 
-    def person_conflict_text(self, entry: dict, original: common.Task, main_commit: str, detail: str,
-                             merged: MergeResult) -> str:
+    def person_conflict_text(self, entry: dict, original: task_model.Task, main_commit: str, detail: str,
+                             merged: git.MergeResult) -> str:
         """A conflict that git cannot show as text markers: both sides' blobs and how to settle it."""
         main, branch, worktree = self.config.main_branch, entry["branch"], entry["worktree"]
         sides = []
@@ -1527,7 +1216,7 @@ class Dispatcher:
     def committed_since(self, pending: dict) -> bool:
         """Whether the branch has moved since the conflict was filed or the dispatcher merged main
         into it: only a commit of someone's resolves a conflict."""
-        tip = rev_parse(self.root, f"refs/heads/{pending['branch']}")
+        tip = git.rev_parse(self.root, f"refs/heads/{pending['branch']}")
         recorded = pending.get("branch_tip")
         return tip is None or recorded is None or tip != recorded  # a gone branch is reported by merge()
 
@@ -1646,38 +1335,38 @@ class Dispatcher:
 # --------------------------------------------------------------------------------------------
 
 
-def preflight(config: common.Config) -> None:
+def preflight(config: configuration.Config) -> None:
     """Everything a worker needs, checked before any starts; each failure is one line."""
-    if rev_parse(config.root, f"refs/heads/{config.main_branch}") is None:
-        raise common.UserError(f"the repository has no branch {config.main_branch!r} (set main_branch)")
-    version = git_out(config.root, "version")
+    if git.rev_parse(config.root, f"refs/heads/{config.main_branch}") is None:
+        raise errors.UserError(f"the repository has no branch {config.main_branch!r} (set main_branch)")
+    version = git.git_out(config.root, "version")
     numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
     if numbers < (2, 38):
-        raise common.UserError(f"{version} is too old: merging without a checkout needs git 2.38 or newer")
+        raise errors.UserError(f"{version} is too old: merging without a checkout needs git 2.38 or newer")
     commands = {"the worker command": config.worker_command or AIDER_COMMAND,
                 "merge_gate_command": config.merge_gate_command,
                 "worktree_setup_command": config.worktree_setup_command}
     for what, command in commands.items():
         if command and not command_found(command[0], config.root):
-            raise common.UserError(f"{what} {command[0]!r} was not found on PATH"
+            raise errors.UserError(f"{what} {command[0]!r} was not found on PATH"
                                    + (" (install Aider: pipx install aider-chat)"
                                       if command is AIDER_COMMAND else ""))
     for ident in ("GIT_AUTHOR_IDENT", "GIT_COMMITTER_IDENT"):
         # git's own answer, so user.useConfigOnly, EMAIL and the GIT_* variables count as git counts them
-        if common.git("var", ident, cwd=config.root, check=False).returncode != 0:
-            raise common.UserError("git has no identity to commit with (the dispatcher commits an agent's leftover "
+        if git.git("var", ident, cwd=config.root, check=False).returncode != 0:
+            raise errors.UserError("git has no identity to commit with (the dispatcher commits an agent's leftover "
                                    "work and its merges): set user.name and user.email with git config, or the "
                                    "GIT_AUTHOR_*/GIT_COMMITTER_* variables")
-    followups = common.check_repo_path(config.worker_followups_file)
-    if common.git("check-ignore", "-q", "--", followups, cwd=config.root, check=False).returncode == 0:
-        raise common.UserError(f"{followups} is ignored by git, and Aider refuses to edit ignored files; "
+    followups = safe_names.check_repo_path(config.worker_followups_file)
+    if git.git("check-ignore", "-q", "--", followups, cwd=config.root, check=False).returncode == 0:
+        raise errors.UserError(f"{followups} is ignored by git, and Aider refuses to edit ignored files; "
                                "remove it from .gitignore / .git/info/exclude")
     if config.worker_instructions:
         read_instructions(config)
     if config.worker_command is None:
-        models = common.LLMClient(config).available_models()
+        models = llm.LLMClient(config).available_models()
         if config.worker_model not in models and f"{config.worker_model}:latest" not in models:
-            raise common.UserError(f"model {config.worker_model!r} not found on {config.llm_url}"
+            raise errors.UserError(f"model {config.worker_model!r} not found on {config.llm_url}"
                                    + (f" (run `ollama pull {config.worker_model}`)" if config.llm_api == "ollama" else ""))
 
 
@@ -1693,11 +1382,11 @@ def iso(epoch: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)) if epoch else None
 
 
-def status(config: common.Config, store) -> dict:
+def status(config: configuration.Config, store) -> dict:
     state_file, pending_file = state_files(config)
     state, pending = state_file.read(), pending_file.read()
     dispatcher = state.get("dispatcher")
-    if dispatcher and not is_same_process_alive(dispatcher.get("pid"), dispatcher.get("pid_start_time")):
+    if dispatcher and not processes.is_same_process_alive(dispatcher.get("pid"), dispatcher.get("pid_start_time")):
         dispatcher = None
     counts = dict(collections.Counter(task.status for task in store.list(None)))
     return {
@@ -1712,7 +1401,7 @@ def status(config: common.Config, store) -> dict:
     }
 
 
-def dry_run(config: common.Config, store, max_workers: int) -> list[dict]:
+def dry_run(config: configuration.Config, store, max_workers: int) -> list[dict]:
     dispatcher = Dispatcher(config, store, max_workers, out=lambda *_: None)
     free = max_workers - len(dispatcher.workers)
     plan, starting = [], {}  # starting: file -> the task this plan starts on it
@@ -1729,38 +1418,18 @@ def dry_run(config: common.Config, store, max_workers: int) -> list[dict]:
     return plan
 
 
-# The bundled scripted agent (it acts on "AGENT: ..." cues in its task), as a worker_command.
-SCRIPTED_AGENT = [sys.executable, str(Path(__file__).resolve().parent / "scripts" / "demo_agent.py"),
-                  "{message_file}", "{files}"]
-
-
-def scratch_repository(repo: Path, files: dict[str, str]) -> Path:
-    """A new repository with one commit on main: for the demo, and for the scripts that measure
-    and shake the dispatcher."""
-    repo.mkdir(parents=True)
-    for argv in (["init", "-q", "-b", "main"], ["config", "user.name", "Dispatch demo"],
-                 ["config", "user.email", "demo@example.com"]):
-        common.git(*argv, cwd=repo)
-    for name, text in files.items():
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        (repo / name).write_text(text, encoding="utf-8")
-    common.git("add", "-A", cwd=repo)
-    common.git("commit", "-q", "--allow-empty", "-m", "Initial commit", cwd=repo)
-    return repo
-
-
 def run_demo(args) -> int:
     """A scratch repository, a handful of tasks, the bundled scripted agent, the real dispatcher."""
     folder = Path(tempfile.mkdtemp(prefix="dispatch-demo-"))
-    repo = scratch_repository(folder / "demo-repo", {"README.md": "# Demo project\n",
+    repo = testing.scratch_repository(folder / "demo-repo", {"README.md": "# Demo project\n",
                                                      "settings.ini": "[ui]\ncolor=blue\n"})
     config_path = folder / "dispatch_config.json"
     config_path.write_text(json.dumps({
         "repo_path": str(repo), "task_backend": "json", "max_workers": 2, "poll_interval_secs": 0.2,
-        "worker_timeout_secs": 60, "worker_command": SCRIPTED_AGENT,
+        "worker_timeout_secs": 60, "worker_command": testing.SCRIPTED_AGENT,
     }, indent=2), encoding="utf-8")
-    config = common.load_config(str(config_path))
-    store = common.open_task_store(config)
+    config = configuration.load_config(str(config_path))
+    store = task_stores.open_task_store(config)
     demo_tasks = [
         ("Make the UI red", "AGENT: sleep 1\nAGENT: replace settings.ini color=blue color=red\n"
                             "AGENT: say Tokens: 2.3k sent, 310 received.", [], 1),
@@ -1774,7 +1443,7 @@ def run_demo(args) -> int:
          ["CHANGELOG.md"], 2),
     ]
     for title, description, files, priority in demo_tasks:
-        store.create(title, description, priority=priority, labels=[common.FILE_LABEL + f for f in files])
+        store.create(title, description, priority=priority, labels=[task_model.FILE_LABEL + f for f in files])
     print(f"Demo repository: {repo}\nTasks:")
     for task in store.list(None):
         print(f"  {task.id}  {task.title}")
@@ -1784,9 +1453,9 @@ def run_demo(args) -> int:
     for task in store.list(None):
         print(f"  {task.id}  {task.status:<8} {task.title}")
     print(f"\ngit log --graph --oneline ({repo}):")
-    print(git_out(repo, "log", "--graph", "--oneline", config.main_branch))
+    print(git.git_out(repo, "log", "--graph", "--oneline", config.main_branch))
     print(f"\nThe repository stays in {folder} for you to look at.")
-    print(f"The run's report (open it in a browser): {config.root / run_report.LOGS_DIR / run_report.REPORT_FILE}")
+    print(f"The run's report (open it in a browser): {config.root / events.LOGS_DIR / page.REPORT_FILE}")
     return code
 
 
@@ -1828,7 +1497,7 @@ def detach_output() -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dispatch_workers.py", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_options(parser)
+    cli_base.add_common_options(parser)
     run = parser.add_argument_group("running")
     run.add_argument("--max-workers", type=int, metavar="N", help="parallel workers (default: max_workers, 2)")
     run.add_argument("--watch", action="store_true", help="keep polling for new tasks until Ctrl-C")
@@ -1841,15 +1510,15 @@ def build_parser() -> argparse.ArgumentParser:
     look.add_argument("--report", action="store_true",
                       help="write an HTML report of the runs from the events log: a timeline of the "
                            "workers, merges and conflicts, and what each task cost (every run also writes it)")
-    look.add_argument("--out", metavar="FILE", help=f"with --report: where (default {run_report.LOGS_DIR}/"
-                                                    f"{run_report.REPORT_FILE})")
+    look.add_argument("--out", metavar="FILE", help=f"with --report: where (default {events.LOGS_DIR}/"
+                                                    f"{page.REPORT_FILE})")
     look.add_argument("--open", action="store_true", help="with --report: open it in the web browser")
     return parser
 
 
 def print_summary(summary: dict, as_json: bool) -> None:
     if as_json:
-        common.print_json(summary)
+        cli_base.print_json(summary)
         return
     print(f"\nmerged: {', '.join(summary['merged']) or 'none'}")
     if summary["released"]:
@@ -1862,11 +1531,11 @@ def print_summary(summary: dict, as_json: bool) -> None:
         print(f"report: {summary['report']}")
 
 
-def write_report_after_run(config: common.Config, say) -> str | None:
+def write_report_after_run(config: configuration.Config, say) -> str | None:
     """The run's report; a report that cannot be written never fails the run it describes."""
     try:
-        return str(run_report.write_report(config.root))
-    except common.UserError as exc:
+        return str(page.write_report(config.root))
+    except errors.UserError as exc:
         say(f"no report: {exc}")
         return None
 
@@ -1874,27 +1543,27 @@ def write_report_after_run(config: common.Config, say) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.max_workers is not None and args.max_workers < 1:
-        raise common.UsageError("--max-workers must be at least 1")
+        raise errors.UsageError("--max-workers must be at least 1")
     if (args.out or args.open) and not args.report:
-        raise common.UsageError("--out and --open go with --report")
+        raise errors.UsageError("--out and --open go with --report")
     if args.demo:
         return run_demo(args)
-    config = common.load_config(args.config)
+    config = configuration.load_config(args.config)
     if args.report:  # from the events log alone: no store, and no matter whether a dispatcher runs
-        path = run_report.write_report(config.root, Path(args.out) if args.out else None)
+        path = page.write_report(config.root, Path(args.out) if args.out else None)
         if args.json:
-            common.print_json({"report": str(path)})
+            cli_base.print_json({"report": str(path)})
         else:
             print(path)
         if args.open:
             webbrowser.open(path.as_uri())
         return 0
-    store = common.open_task_store(config)
+    store = task_stores.open_task_store(config)
     max_workers = args.max_workers or config.max_workers
     if args.status:
         result = status(config, store)
         if args.json:
-            common.print_json(result)
+            cli_base.print_json(result)
         else:
             d = result["dispatcher"]
             print(f"dispatcher: {'pid ' + str(d['pid']) + ' since ' + d['started_at'] if d else 'not running'}")
@@ -1910,7 +1579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         plan = dry_run(config, store, max_workers)
         if args.json:
-            common.print_json(plan)
+            cli_base.print_json(plan)
         else:
             for item in plan:
                 print(f"{'start' if item['start'] else 'wait '} {item['id']}  {item['title']}"
@@ -1925,7 +1594,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lock.acquire(timeout=0)
     except filelock.Timeout:
         other = (state_files(config)[0].read().get("dispatcher") or {})
-        raise common.UserError(f"another dispatcher is running on this repository (pid {other.get('pid', '?')}, "
+        raise errors.UserError(f"another dispatcher is running on this repository (pid {other.get('pid', '?')}, "
                                f"started {other.get('started_at', '?')}); see --status") from None
     def say(msg: str) -> None:
         try:
@@ -1935,8 +1604,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         dispatcher = Dispatcher(config, store, max_workers, args.watch, say)
-        dispatcher.state["dispatcher"] = {"pid": os.getpid(), "started_at": common.now_iso(),
-                                          "pid_start_time": process_start_time(os.getpid())}
+        dispatcher.state["dispatcher"] = {"pid": os.getpid(), "started_at": statefiles.now_iso(),
+                                          "pid_start_time": processes.process_start_time(os.getpid())}
         dispatcher.save_state()
         dispatcher.event("dispatcher_started", pid=os.getpid(), max_workers=max_workers, watch=args.watch)
         handlers = {signal.SIGINT: dispatcher.interrupt, signal.SIGTERM: dispatcher.stop_signalled}
@@ -1944,7 +1613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             handlers[signal.SIGHUP] = dispatcher.stop_signalled
         previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
         state_saved = threading.Event()
-        console_handler = hold_console_close(dispatcher, state_saved) if common.IS_WINDOWS else None
+        console_handler = hold_console_close(dispatcher, state_saved) if processes.IS_WINDOWS else None
         try:
             summary = dispatcher.run()
         finally:
@@ -1968,4 +1637,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(common.run_main(main, None))
+    raise SystemExit(cli_base.run_main(main, None))

@@ -20,26 +20,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-import common  # noqa: E402
+from crew import config as configuration  # noqa: E402
+from crew import tasks as task_stores  # noqa: E402
+from crew import testing  # noqa: E402
 import dispatch_workers  # noqa: E402
 
 def git(cwd: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def make_repo(folder: Path, files: int = 1) -> Path:
-    """A repository of `files` small files in folders of 1,000, plus a README."""
-    contents = {f"d{i // 1000}/f{i}.txt": f"file {i}\n" for i in range(files)}
-    return dispatch_workers.scratch_repository(folder / "repo", {**contents, "README.md": "bench\n"})
-
-
 def run_dispatcher(repo: Path, tasks: list[tuple[str, str]], workers: int) -> tuple[float, list[dict]]:
     config_path = repo.parent / "dispatch_config.json"
     config_path.write_text(json.dumps({"repo_path": str(repo), "task_backend": "json", "max_workers": workers,
-                                       "poll_interval_secs": 0.2, "worker_command": dispatch_workers.SCRIPTED_AGENT}),
+                                       "poll_interval_secs": 0.2, "worker_command": testing.SCRIPTED_AGENT}),
                            encoding="utf-8")
-    config = common.load_config(str(config_path))
-    store = common.open_task_store(config)
+    config = configuration.load_config(str(config_path))
+    store = task_stores.open_task_store(config)
     for title, description in tasks:
         store.create(title, description)
     start = time.perf_counter()
@@ -61,7 +57,7 @@ def merge_latencies(events: list[dict]) -> list[float]:
 
 def bench_latency(tmp: Path) -> None:
     for label, files in (("small (1 file)", 1), ("large (20,000 files)", 20_000)):
-        repo = make_repo(tmp / f"latency-{files}", files)
+        repo = testing.make_repo(tmp / f"latency-{files}", files)
         tasks = [(f"Edit {i}", f"AGENT: append note{i}.txt line") for i in range(6)]
         _, events = run_dispatcher(repo, tasks, 1)
         lat = merge_latencies(events)
@@ -77,7 +73,7 @@ def baseline(repo: Path, count: int) -> float:
         git(repo, "worktree", "add", "-q", "-b", f"b{i}", str(wt), "main")
         message = wt / ".current_task.txt"
         message.write_text(f"Task {i}\n\nAGENT: append f{i}.txt line\n", encoding="utf-8")
-        agent = [a.replace("{message_file}", str(message)) for a in dispatch_workers.SCRIPTED_AGENT if a != "{files}"]
+        agent = [a.replace("{message_file}", str(message)) for a in testing.SCRIPTED_AGENT if a != "{files}"]
         subprocess.run(agent, cwd=wt, check=True, capture_output=True)
         git(repo, "merge", "-q", "--no-ff", "-m", f"Merge b{i}", f"b{i}")
         git(repo, "worktree", "remove", "--force", str(wt))
@@ -88,15 +84,15 @@ def baseline(repo: Path, count: int) -> float:
 def bench_overhead(tmp: Path, count: int = 40, rounds: int = 3) -> None:
     ours, theirs = [], []
     for r in range(rounds):
-        repo = make_repo(tmp / f"overhead-d{r}")
+        repo = testing.make_repo(tmp / f"overhead-d{r}")
         ours.append(run_dispatcher(repo, [(f"T{i}", f"AGENT: append f{i}.txt line") for i in range(count)], 1)[0])
-        theirs.append(baseline(make_repo(tmp / f"overhead-b{r}"), count))
+        theirs.append(baseline(testing.make_repo(tmp / f"overhead-b{r}"), count))
     print(f"overhead, {count} tasks, 1 worker: dispatcher min {min(ours):.1f} s, by hand min {min(theirs):.1f} s, "
           f"ratio {min(ours) / min(theirs):.2f}x (target <= 1.3x)")
 
 
 def bench_parallelism(tmp: Path, count: int = 24, workers: int = 4, sleep: float = 2.0) -> None:
-    repo = make_repo(tmp / "parallel")
+    repo = testing.make_repo(tmp / "parallel")
     tasks = [(f"P{i}", f"AGENT: sleep {sleep}\nAGENT: append p{i}.txt line") for i in range(count)]
     makespan, events = run_dispatcher(repo, tasks, workers)
     merge_time = sum(merge_latencies(events))

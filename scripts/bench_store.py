@@ -14,18 +14,21 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import common  # noqa: E402
-import dispatch_workers  # noqa: E402
-import ingest_suggested_tasks  # noqa: E402
+from crew import config as configuration  # noqa: E402
+from crew import suggestions  # noqa: E402
+from crew import tasks  # noqa: E402
+from crew import testing  # noqa: E402
+from crew.tasks import bd_store  # noqa: E402
+from crew.tasks import model  # noqa: E402
 
 
 def bench_bd(bd: str, rounds: int = 5) -> None:
     """bd starts a process (and opens its database) per call: what each call costs."""
     with tempfile.TemporaryDirectory() as tmp:
-        repo = dispatch_workers.scratch_repository(Path(tmp) / "bdbench", {})
+        repo = testing.scratch_repository(Path(tmp) / "bdbench", {})
         subprocess.run([bd, "init", "--prefix", "b", "--quiet", "--skip-hooks", "--skip-agents", "--non-interactive"],
                        cwd=repo, check=True, capture_output=True)
-        store = common.BdTaskStore(bd, repo, "bench")
+        store = bd_store.BdTaskStore(bd, repo, "bench")
         times: dict[str, list[float]] = {}
 
         def timed(name, call):
@@ -55,11 +58,11 @@ def main() -> int:
     if args.bd:
         bench_bd(args.bd)
     with tempfile.TemporaryDirectory() as tmp:
-        repo = dispatch_workers.scratch_repository(Path(tmp) / "bench", {})
-        config = common.load_config(None, cwd=repo)
+        repo = testing.scratch_repository(Path(tmp) / "bench", {})
+        config = configuration.load_config(None, cwd=repo)
         config.task_backend = "json"
-        store = common.open_task_store(config)
-        store.create_many([common.NewTask(f"task number {i}", "a description of two hundred characters " * 5,
+        store = tasks.open_task_store(config)
+        store.create_many([model.NewTask(f"task number {i}", "a description of two hundred characters " * 5,
                                           priority=i % 5, labels=[f"file:src/m{i % 97}.py"])
                            for i in range(args.tasks)])
 
@@ -79,7 +82,7 @@ def main() -> int:
         lines = "".join(f"Suggestion {i} -- detail {i} -- files: src/f{i % 50}.py\n" for i in range(args.suggestions))
         (repo / "suggested_tasks.txt").write_text(lines, encoding="utf-8")
         start = time.perf_counter()
-        result = ingest_suggested_tasks.ingest(config, store)
+        result = suggestions.ingest(config, store)
         elapsed = time.perf_counter() - start
         assert len(result.created) == args.suggestions
         print(f"ingest of {args.suggestions} suggestions: {elapsed:.2f} s (target < 3 s)")

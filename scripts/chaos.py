@@ -28,8 +28,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-import common  # noqa: E402
-import dispatch_workers  # noqa: E402
+from crew import config as configuration  # noqa: E402
+from crew import errors  # noqa: E402
+from crew import git  # noqa: E402
+from crew import tasks as task_stores  # noqa: E402
+from crew import testing  # noqa: E402
 
 FAILPOINTS = ["after_claim", "after_worktree", "after_worker_exit", "during_leftover_commit", "during_merge",
               "after_conflict_task", "ingest_after_create"]
@@ -38,14 +41,14 @@ FOLLOWUPS = ["Document the widget", "Benchmark the widget"]
 
 def build_scenario(folder: Path) -> Path:
     """A repository with 12 tasks of every kind; returns the config file's path."""
-    repo = dispatch_workers.scratch_repository(folder / "chaos-repo", {"settings.ini": "[ui]\ncolor=blue\n"})
+    repo = testing.scratch_repository(folder / "chaos-repo", {"settings.ini": "[ui]\ncolor=blue\n"})
     config_path = folder / "dispatch_config.json"
     config_path.write_text(json.dumps({
         "repo_path": str(repo), "task_backend": "json", "task_prefix": "chaos", "max_workers": 3,
         "poll_interval_secs": 0.1, "worker_timeout_secs": 2, "worker_kill_grace_secs": 0.5, "max_attempts": 2,
         "breaker_failures": 1000,  # the failures are on purpose: the breaker must not end the run
-        "worker_command": dispatch_workers.SCRIPTED_AGENT}), encoding="utf-8")
-    store = common.open_task_store(common.load_config(str(config_path)))
+        "worker_command": testing.SCRIPTED_AGENT}), encoding="utf-8")
+    store = task_stores.open_task_store(configuration.load_config(str(config_path)))
     cue = lambda *lines: "\n".join(f"AGENT: {line}" for line in lines)  # noqa: E731
     for color in ("red", "green", "yellow"):
         store.create(f"Make the UI {color}", cue("sleep 0.3", f"replace settings.ini color=blue color={color}"),
@@ -93,13 +96,13 @@ def finish(config_path: Path, limit: int = 5) -> int:
 
 def check_invariants(config_path: Path) -> list[str]:
     """Everything that must hold after any sequence of kills; returns the problems found."""
-    config = common.load_config(str(config_path))
+    config = configuration.load_config(str(config_path))
     repo, problems = config.root, []
     try:
-        tasks = common.open_task_store(config).list(None)
-    except common.UserError as exc:
+        tasks = task_stores.open_task_store(config).list(None)
+    except errors.UserError as exc:
         return [f"the task queue is not valid: {exc}"]
-    subjects = common.git("log", "--merges", "--first-parent", "--format=%s", "main", cwd=repo).stdout.splitlines()
+    subjects = git.git("log", "--merges", "--first-parent", "--format=%s", "main", cwd=repo).stdout.splitlines()
     for task in tasks:
         if task.status == "blocked" and not task.notes.strip():
             problems.append(f"{task.id} is blocked without a reason")
@@ -108,17 +111,17 @@ def check_invariants(config_path: Path) -> list[str]:
         merges = sum(1 for s in subjects if s.endswith(f"({task.id})"))
         if merges > 1:
             problems.append(f"{task.id} was merged {merges} times")
-    markers = common.git("grep", "-n", "-e", "^<<<<<<< ", "-e", "^>>>>>>> ", "main", "--", ".", cwd=repo, check=False)
+    markers = git.git("grep", "-n", "-e", "^<<<<<<< ", "-e", "^>>>>>>> ", "main", "--", ".", cwd=repo, check=False)
     if markers.stdout.strip():
         problems.append(f"main has conflict markers: {markers.stdout.strip()[:200]}")
-    fsck = common.git("fsck", "--no-progress", cwd=repo, check=False)
+    fsck = git.git("fsck", "--no-progress", cwd=repo, check=False)
     if fsck.returncode:
         problems.append(f"git fsck: {fsck.stdout}{fsck.stderr}"[:300])
-    worktrees = common.git("worktree", "list", "--porcelain", cwd=repo).stdout.count("worktree ")
+    worktrees = git.git("worktree", "list", "--porcelain", cwd=repo).stdout.count("worktree ")
     if worktrees != 1:
         problems.append(f"{worktrees - 1} worktree(s) left")
     blocked = {t.id for t in tasks if t.status == "blocked"}
-    branches = common.git("branch", "--list", "--format=%(refname:short)", "work/*", cwd=repo).stdout.split()
+    branches = git.git("branch", "--list", "--format=%(refname:short)", "work/*", cwd=repo).stdout.split()
     for branch in branches:
         if branch.removeprefix("work/") not in blocked:
             problems.append(f"branch {branch} left, but its task is not blocked")
@@ -133,7 +136,7 @@ def run_with_random_kills(seed: int) -> list[str]:
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory() as folder:
         config_path = build_scenario(Path(folder))
-        repo = common.load_config(str(config_path)).root
+        repo = configuration.load_config(str(config_path)).root
         for _ in range(rng.randint(3, 8)):
             proc = dispatcher(config_path)
             time.sleep(rng.uniform(0.2, 3.0))

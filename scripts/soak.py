@@ -22,10 +22,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-import common  # noqa: E402
+from crew import config as configuration  # noqa: E402
+from crew import git  # noqa: E402
+from crew import tasks as task_stores  # noqa: E402
+from crew import testing  # noqa: E402
+from crew.report import events as event_log  # noqa: E402
 import dispatch_workers  # noqa: E402
-from bench_dispatch import make_repo, ts  # noqa: E402
 
 BEHAVIOURS = [("hang", 0.1), ("crash", 0.1), ("conflict", 0.1), ("followups", 0.1), ("normal", 0.6)]
 
@@ -49,19 +51,19 @@ def main() -> int:
     args = parser.parse_args()
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as folder:
-        repo = make_repo(Path(folder))
+        repo = testing.make_repo(Path(folder))
         (repo / "shared.txt").write_text("start\n", encoding="utf-8")
-        common.git("add", "-A", cwd=repo)
-        common.git("commit", "-q", "-m", "shared file", cwd=repo)
+        git.git("add", "-A", cwd=repo)
+        git.git("commit", "-q", "-m", "shared file", cwd=repo)
         config_path = Path(folder) / "dispatch_config.json"
         config_path.write_text(json.dumps({
             "repo_path": str(repo), "task_backend": "json", "task_prefix": "soak", "max_workers": args.workers,
             "poll_interval_secs": 0.2, "worker_timeout_secs": args.timeout, "worker_kill_grace_secs": 0.5,
             # Failures here are on purpose: the breaker, which would stop the run, must not trip.
-            "max_attempts": 2, "breaker_failures": 10**6, "worker_command": dispatch_workers.SCRIPTED_AGENT}),
+            "max_attempts": 2, "breaker_failures": 10**6, "worker_command": testing.SCRIPTED_AGENT}),
             encoding="utf-8")
-        config = common.load_config(str(config_path))
-        store = common.open_task_store(config)
+        config = configuration.load_config(str(config_path))
+        store = task_stores.open_task_store(config)
         picked = {}
         names, weights = zip(*BEHAVIOURS)
         for i in range(args.tasks):
@@ -91,8 +93,8 @@ def main() -> int:
               f"{sum(1 for t in extra if t.title.startswith('Follow-up'))} follow-ups "
               f"({collections.Counter(t.status for t in extra)})")
 
-        events = [json.loads(line) for line in (repo / ".dispatch_logs/events.jsonl").read_text().splitlines()]
-        done = sorted(ts(e) for e in events if e["event"] in ("merged", "blocked"))
+        events, _ = event_log.read_events(repo / event_log.LOGS_DIR / event_log.EVENTS_FILE)
+        done = sorted(e.at for e in events if e.name in ("merged", "blocked"))
         tenth = max(1, len(done) // 10)
         print("time per finished task, by tenth of the run (should stay flat):")
         print("  " + "  ".join(f"{(done[min((k + 1) * tenth, len(done) - 1)] - done[k * tenth]) / tenth:.2f}s"

@@ -15,8 +15,9 @@ TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 sys.path.insert(0, str(ROOT))
 
-import common  # noqa: E402
-import dispatch_workers  # noqa: E402
+from crew import config as configuration  # noqa: E402
+from crew import tasks  # noqa: E402
+from crew import testing  # noqa: E402
 
 REAL_BD = os.environ.get("DISPATCH_REAL_BD") or shutil.which("bd-real") or ""
 
@@ -136,13 +137,13 @@ def backend(request, tmp_path, repo, monkeypatch):
 
 
 @pytest.fixture
-def config(make_config, backend) -> common.Config:
-    return common.load_config(str(make_config(**backend)))
+def config(make_config, backend) -> configuration.Config:
+    return configuration.load_config(str(make_config(**backend)))
 
 
 @pytest.fixture
 def store(config):
-    return common.open_task_store(config)
+    return tasks.open_task_store(config)
 
 
 @pytest.fixture
@@ -153,7 +154,7 @@ def fake_llm():
         yield server
 
 
-AGENT_COMMAND = dispatch_workers.SCRIPTED_AGENT
+AGENT_COMMAND = testing.SCRIPTED_AGENT
 
 
 def _agent_setup(make_config, base: dict):
@@ -161,8 +162,8 @@ def _agent_setup(make_config, base: dict):
     def make(**settings):
         cfg = make_config(**{**base, "worker_command": AGENT_COMMAND, "poll_interval_secs": 0.1,
                              "worker_timeout_secs": 60, "worker_kill_grace_secs": 1, "max_workers": 2, **settings})
-        config = common.load_config(str(cfg))
-        return cfg, config, common.open_task_store(config)
+        config = configuration.load_config(str(cfg))
+        return cfg, config, tasks.open_task_store(config)
     return make
 
 

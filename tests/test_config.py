@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
-import common
+from crew import config as configuration
+from crew import errors
+from crew import names
 from conftest import ROOT, git
 
 
@@ -36,16 +38,16 @@ def test_bad_config_exits_2_with_one_line(tmp_path, repo, text, message):
 
 
 def test_config_in_the_main_root_wins_over_the_shipped_one(repo):
-    (repo / common.CONFIG_FILE_NAME).write_text(json.dumps({"max_workers": 7}), encoding="utf-8")
+    (repo / configuration.CONFIG_FILE_NAME).write_text(json.dumps({"max_workers": 7}), encoding="utf-8")
     sub = repo / "sub"
     sub.mkdir()
-    config = common.load_config(None, cwd=sub)
+    config = configuration.load_config(None, cwd=sub)
     assert config.max_workers == 7 and config.root == repo
 
 
 def test_files_live_in_the_main_root_even_from_a_worktree(repo, tmp_path):
     git(repo, "worktree", "add", "-q", "-b", "side", str(tmp_path / "wt"))
-    config = common.load_config(None, cwd=tmp_path / "wt")
+    config = configuration.load_config(None, cwd=tmp_path / "wt")
     assert config.root == repo
     assert config.path("task_queue_file") == repo / "task_queue.json"
     assert config.task_prefix == "proj"
@@ -53,7 +55,7 @@ def test_files_live_in_the_main_root_even_from_a_worktree(repo, tmp_path):
 
 
 def test_toolkit_files_are_excluded_without_touching_gitignore(repo):
-    common.load_config(None, cwd=repo)
+    configuration.load_config(None, cwd=repo)
     for name in ("task_queue.json", "suggested_tasks.txt", ".dispatch_state.json", ".dispatch_logs/events.jsonl",
                  ".dispatch.lock", ".dispatch_merge.lock", "task_queue.json.lock", "suggested_tasks.rejected.txt",
                  ".current_task.txt", ".aider.chat.history.md"):
@@ -64,7 +66,7 @@ def test_toolkit_files_are_excluded_without_touching_gitignore(repo):
     # followups.txt is written by agents and must NOT be ignored (Aider refuses ignored files).
     proc = subprocess.run(["git", "check-ignore", "-q", "followups.txt"], cwd=repo)
     assert proc.returncode == 1
-    common.load_config(None, cwd=repo)
+    configuration.load_config(None, cwd=repo)
     exclude = (repo / ".git/info/exclude").read_text(encoding="utf-8")
     assert exclude.count("/task_queue.json\n") == 1
 
@@ -78,12 +80,12 @@ def test_toolkit_files_are_excluded_without_touching_gitignore(repo):
 ])
 def test_llm_url_follows_ollama_host(monkeypatch, repo, host, url):
     monkeypatch.setenv("OLLAMA_HOST", host)
-    assert common.load_config(None, cwd=repo).llm_url == url
+    assert configuration.load_config(None, cwd=repo).llm_url == url
 
 
 def test_explicit_llm_url_wins(make_config, monkeypatch):
     monkeypatch.setenv("OLLAMA_HOST", "elsewhere:1")
-    assert common.load_config(str(make_config(llm_url="http://127.0.0.1:5000/"))).llm_url == "http://127.0.0.1:5000"
+    assert configuration.load_config(str(make_config(llm_url="http://127.0.0.1:5000/"))).llm_url == "http://127.0.0.1:5000"
 
 
 def test_outside_a_repository_is_a_clear_error(tmp_path):
@@ -92,16 +94,16 @@ def test_outside_a_repository_is_a_clear_error(tmp_path):
 
 
 def test_shipped_config_is_valid_and_shows_the_defaults():
-    shipped = json.loads((ROOT / common.CONFIG_FILE_NAME).read_text(encoding="utf-8"))
-    defaults = common.Config()
+    shipped = json.loads((ROOT / configuration.CONFIG_FILE_NAME).read_text(encoding="utf-8"))
+    defaults = configuration.Config()
     assert shipped == {k: getattr(defaults, k) for k in shipped}
     computed = {"repo_path", "task_prefix", "llm_url", "actor", "worker_model", "worktree_root"}
-    assert set(shipped) == {f.name for f in common.CONFIG_KEYS} - computed
+    assert set(shipped) == {f.name for f in configuration.CONFIG_KEYS} - computed
 
 
 def test_readme_table_lists_every_key():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    missing = [f.name for f in common.CONFIG_KEYS if f"| `{f.name}` |" not in readme]
+    missing = [f.name for f in configuration.CONFIG_KEYS if f"| `{f.name}` |" not in readme]
     assert missing == []
 
 
@@ -111,13 +113,13 @@ def test_readme_table_lists_every_key():
     ("a\nb.py", "'\\n'"), ('say"hi".py', "'\"'"), ("", "empty"),
 ])
 def test_check_repo_path_refuses_unsafe_paths(raw, problem):
-    with pytest.raises(common.UserError) as err:
-        common.check_repo_path(raw)
+    with pytest.raises(errors.UserError) as err:
+        names.check_repo_path(raw)
     assert problem in str(err.value)
 
 
 def test_check_repo_path_normalizes():
-    assert common.check_repo_path("./src\\app.py") == "src/app.py"
+    assert names.check_repo_path("./src\\app.py") == "src/app.py"
 
 
 def test_ci_runs_the_readme_test_command():

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
-import common
+from crew import config as configuration
+from crew import errors
+from crew import files
+from crew import tasks
 import dispatch_workers
 from conftest import AGENT_COMMAND, commit_file, git
 from dispatch_helpers import add_task, dispatch, main_file, merges_of
@@ -21,11 +24,11 @@ linux_only = pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /d
 
 @linux_only
 def test_a_state_write_that_hits_a_full_disk_leaves_the_file_as_it_was(tmp_path):
-    state = dispatch_workers.StateFile(tmp_path / ".dispatch_state.json", {})
+    state = files.StateFile(tmp_path / ".dispatch_state.json", {})
     state.write({"workers": [], "attempts": {"proj-1": 1}})
     # /dev/full answers every write with ENOSPC: a real full disk, no privileges needed.
     (tmp_path / f"..dispatch_state.json.{os.getpid()}.tmp").symlink_to("/dev/full")
-    with pytest.raises(common.UserError, match=r"cannot write .*\.dispatch_state\.json: No space left on device"):
+    with pytest.raises(errors.UserError, match=r"cannot write .*\.dispatch_state\.json: No space left on device"):
         state.write({"workers": [], "attempts": {}})
     assert state.read() == {"workers": [], "attempts": {"proj-1": 1}}
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())  # no temp file left behind
@@ -65,7 +68,7 @@ def test_a_full_disk_mid_run_is_one_line_and_the_restart_finishes(small_disk, tm
     cfg.write_text(json.dumps({"repo_path": str(repo), "task_backend": "json", "task_prefix": "proj",
                                "worker_command": AGENT_COMMAND, "poll_interval_secs": 0.1, "max_workers": 1,
                                "worker_kill_grace_secs": 1}), encoding="utf-8")
-    store = common.open_task_store(common.load_config(str(cfg)))
+    store = tasks.open_task_store(configuration.load_config(str(cfg)))
     task = add_task(store, "Writes, then waits", "append a.txt a", "sleep 3")
     proc = subprocess.Popen([sys.executable, str(dispatch_workers.__file__), "--config", str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

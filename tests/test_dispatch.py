@@ -11,9 +11,14 @@ from pathlib import Path
 
 import pytest
 
-import common
+from crew import config as configuration
+from crew import errors
+from crew import names
+from crew import processes
+from crew import tasks as task_stores
+from crew.cli import tasks as tasks_cli
+from crew.tasks import model
 import dispatch_workers
-import tasks
 from conftest import commit_file, git
 from conftest import AGENT_COMMAND
 from dispatch_helpers import (add_task, assert_clean_finish, dispatch, events, main_file, merges_of)
@@ -67,7 +72,7 @@ def test_a_grandchild_holding_on_does_not_hang_the_dispatcher(json_agent_setup, 
     assert time.monotonic() - started < 20, "the dispatcher waited for the grandchild"
     assert proc.returncode == 1
     pid = events(repo, "worker_started")[0]["pid"]
-    assert not dispatch_workers.group_alive(pid)  # the whole group, sleep 60 included, is gone
+    assert not processes.group_alive(pid)  # the whole group, sleep 60 included, is gone
 
 
 def test_a_crash_without_commits_is_released_then_blocked(agent_setup, repo):
@@ -227,7 +232,7 @@ def test_killed_at_each_step_then_restarted_finishes_every_task_once(json_agent_
     assert killed.returncode == 77, killed.stderr
     # A killed dispatcher leaves its worker running: wait for it, as a user would wait to restart.
     for _ in range(100):
-        if not any(dispatch_workers.is_same_process_alive(w.get("pid"), w.get("pid_start_time"))
+        if not any(processes.is_same_process_alive(w.get("pid"), w.get("pid_start_time"))
                    for w in json.loads((repo / ".dispatch_state.json").read_text())["workers"]):
             break
         time.sleep(0.1)
@@ -290,7 +295,7 @@ def test_second_ctrl_c_ends_workers_keeps_their_branches_and_releases_their_task
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=30)
     assert proc.returncode == 130
-    assert not dispatch_workers.group_alive(events(repo, "worker_started")[0]["pid"])
+    assert not processes.group_alive(events(repo, "worker_started")[0]["pid"])
     assert git(repo, "branch", "--list", "--format=%(refname:short)", f"work/{task.id}") == f"work/{task.id}"
     # Recorded as ended before the kill: the next run merges the work but releases the task, as
     # after a timeout, and the stopped attempt counts toward nothing.
@@ -337,8 +342,8 @@ def test_worker_environment_and_placeholders(json_agent_setup, repo):
 
 
 def test_default_aider_command(make_config, repo):
-    config = common.load_config(str(make_config(llm_api="openai", llm_url="http://127.0.0.1:8080")))
-    task = common.Task(id="proj-1", title="t", labels=["file:a.py", "file:b/c.py"])
+    config = configuration.load_config(str(make_config(llm_api="openai", llm_url="http://127.0.0.1:8080")))
+    task = model.Task(id="proj-1", title="t", labels=["file:a.py", "file:b/c.py"])
     argv, env = dispatch_workers.worker_argv(config, task, Path("/w/.current_task.txt"), "work/proj-1", Path("/w"))
     assert argv == ["aider", "--message-file", "/w/.current_task.txt", "--yes-always", "--no-gitignore",
                     "--no-check-update", "--no-analytics", "--no-show-model-warnings", "--no-pretty",
@@ -347,7 +352,7 @@ def test_default_aider_command(make_config, repo):
                     "a.py", "b/c.py"]
     assert env["OPENAI_API_KEY"]
     assert env["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"  # no price list fetched from the internet
-    config = common.load_config(str(make_config()))
+    config = configuration.load_config(str(make_config()))
     argv, env = dispatch_workers.worker_argv(config, task, Path("/w/m"), "b", Path("/w"))
     assert "ollama_chat/qwen2.5-coder:7b" in argv and env["OLLAMA_API_BASE"] == "http://127.0.0.1:9"
 
@@ -365,10 +370,10 @@ def test_preflight_names_what_is_missing(make_config, repo, fake_llm, monkeypatc
     (bin_dir / "aider").write_text("#!/bin/sh\n", encoding="utf-8")
     (bin_dir / "aider").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    config = common.load_config(str(make_config(llm_url=fake_llm.url, worker_model="missing:7b")))
-    with pytest.raises(common.UserError, match="model 'missing:7b' not found .*ollama pull missing:7b"):
+    config = configuration.load_config(str(make_config(llm_url=fake_llm.url, worker_model="missing:7b")))
+    with pytest.raises(errors.UserError, match="model 'missing:7b' not found .*ollama pull missing:7b"):
         dispatch_workers.preflight(config)
-    dispatch_workers.preflight(common.load_config(str(make_config(llm_url=fake_llm.url))))  # all there
+    dispatch_workers.preflight(configuration.load_config(str(make_config(llm_url=fake_llm.url))))  # all there
 
 
 def test_preflight_checks_the_gate_and_setup_commands(json_agent_setup, repo):
@@ -420,9 +425,9 @@ def test_status_while_running_and_after(json_agent_setup, repo):
 
 
 def test_branch_names_are_valid_refs():
-    assert dispatch_workers.branch_name("work/{task_id}", "proj-1") == "work/proj-1"
-    assert dispatch_workers.branch_name("work/{task_id}", "a b..c~^:?*[\\x.lock") == "work/a-b-c-x-lock"
-    for name in ("work/proj-1", dispatch_workers.branch_name("w/{task_id}", "..@{x}//y.lock")):
+    assert names.branch_name("work/{task_id}", "proj-1") == "work/proj-1"
+    assert names.branch_name("work/{task_id}", "a b..c~^:?*[\\x.lock") == "work/a-b-c-x-lock"
+    for name in ("work/proj-1", names.branch_name("w/{task_id}", "..@{x}//y.lock")):
         assert subprocess.run(["git", "check-ref-format", "--branch", name], capture_output=True).returncode == 0
 
 
@@ -547,10 +552,10 @@ def test_parent_folders_of_a_tasks_files_exist_when_the_agent_starts(json_agent_
 
 def test_the_task_message_names_the_files_once(make_config, repo, capsys):
     cfg = str(make_config(task_backend="json", task_prefix="proj"))
-    assert tasks.main(["--config", cfg, "create", "Add docs", "-d", "Explain usage.", "--file", "docs/usage.md",
+    assert tasks_cli.main(["--config", cfg, "create", "Add docs", "-d", "Explain usage.", "--file", "docs/usage.md",
                        "--file", "README.md", "--json"]) == 0
     task_id = json.loads(capsys.readouterr().out)[0]["id"]
-    config = common.load_config(cfg)
-    message = dispatch_workers.task_message(config, common.open_task_store(config).get(task_id))
+    config = configuration.load_config(cfg)
+    message = dispatch_workers.task_message(config, task_stores.open_task_store(config).get(task_id))
     assert message.count("docs/usage.md") == 1 and "Files to change: docs/usage.md, README.md" in message
     assert message.startswith(f"Task {task_id}: Add docs\n\nExplain usage.\n\nFiles to change:")

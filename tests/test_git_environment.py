@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import common
+from crew import git as gitcmd
 from conftest import commit_file, git
 from dispatch_helpers import add_task, dispatch, main_file, merges_of
 
@@ -23,9 +23,9 @@ def test_git_calls_ignore_repository_variables_from_the_caller(repo, tmp_path, m
     monkeypatch.setenv("GIT_DIR", str(other / ".git"))
     monkeypatch.setenv("GIT_INDEX_FILE", str(other / ".git" / "index"))
     monkeypatch.setenv("GIT_WORK_TREE", str(other))
-    top = common.git("rev-parse", "--show-toplevel", cwd=repo).stdout.strip()
+    top = gitcmd.git("rev-parse", "--show-toplevel", cwd=repo).stdout.strip()
     assert Path(top) == repo
-    assert common.git("ls-files", cwd=repo).stdout.split() == ["README.md"]
+    assert gitcmd.git("ls-files", cwd=repo).stdout.split() == ["README.md"]
 
 
 @pytest.mark.skipif(os.name == "nt", reason="the recording wrapper is a POSIX shell script")
@@ -42,7 +42,7 @@ def test_git_messages_are_read_in_english_whatever_the_locale(repo, tmp_path, mo
     monkeypatch.setenv("PATH", str(bin_dir) + os.pathsep + os.environ["PATH"])
     monkeypatch.setenv("LC_ALL", "de_DE.UTF-8")
     monkeypatch.setenv("LANG", "de_DE.UTF-8")
-    common.git("status", "--porcelain", cwd=repo)
+    gitcmd.git("status", "--porcelain", cwd=repo)
     assert record.read_text(encoding="utf-8").split() == ["C"]
 
 

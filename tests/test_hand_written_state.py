@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-import common
+from crew import errors
 
 from dispatch_helpers import add_task, dispatch
 
@@ -87,6 +87,6 @@ def test_a_dependency_that_would_close_a_cycle_is_refused(json_agent_setup, repo
     cfg, config, store = json_agent_setup()
     first, second = add_task(store, "First"), add_task(store, "Second")
     store.add_dependency(second.id, first.id)
-    with pytest.raises(common.UserError, match=f"makes the cycle {first.id} -> {second.id} -> {first.id}"):
+    with pytest.raises(errors.UserError, match=f"makes the cycle {first.id} -> {second.id} -> {first.id}"):
         store.add_dependency(first.id, second.id)
     assert store.get(first.id).dependencies == []

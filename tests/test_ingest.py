@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-import common
-import ingest_suggested_tasks as ingest_mod
+from crew import suggestions
+from crew.tasks import json_store
 from conftest import ROOT
 
 
@@ -26,7 +26,7 @@ def test_lines_become_linked_labelled_tasks(repo, config, store, capsys):
         "# a comment\n\n"
         f"[from:{parent.id}] Add retries -- retry HTTP 503 with backoff -- files: src/http.py, ./lib\\util.py\n"
         "Plain idea with no extras\n", encoding="utf-8")
-    result = ingest_mod.ingest(config, store)
+    result = suggestions.ingest(config, store)
     assert len(result.created) == 2 and result.skipped == []
     retry = store.get(result.created[0])
     assert retry.title == "Add retries"
@@ -41,10 +41,10 @@ def test_lines_become_linked_labelled_tasks(repo, config, store, capsys):
 def test_second_ingest_of_the_same_lines_skips_them_with_reasons(repo, config, store):
     text = "Write the docs\nAdd a test -- for the parser\n"
     (repo / "suggested_tasks.txt").write_text(text, encoding="utf-8")
-    first = ingest_mod.ingest(config, store)
+    first = suggestions.ingest(config, store)
     store.close(first.created[0], "done")
     (repo / "suggested_tasks.txt").write_text(text + "  add A   TEST  \n", encoding="utf-8")
-    second = ingest_mod.ingest(config, store)
+    second = suggestions.ingest(config, store)
     assert second.created == []
     reasons = [s["reason"] for s in second.skipped]
     assert reasons[0] == f"already ingested as {first.created[0]}"  # closed, still remembered
@@ -58,7 +58,7 @@ def test_unusable_lines_go_verbatim_to_the_rejected_file(repo, config, store):
     lines = [b"Good one", bad_utf8, b"Bad path -- x -- files: ../../etc/passwd", b"ctrl \x01 char",
              b"Hostile $(rm -rf ~) `id`; echo \"x\" & del"]
     (repo / "suggested_tasks.txt").write_bytes(b"\n".join(lines) + b"\n")
-    result = ingest_mod.ingest(config, store)
+    result = suggestions.ingest(config, store)
     assert [store.get(i).title for i in result.created] == ["Good one", 'Hostile $(rm -rf ~) `id`; echo "x" & del']
     rejected = (repo / "suggested_tasks.rejected.txt").read_bytes()
     assert rejected == bad_utf8 + b"\n" + lines[2] + b"\n" + lines[3] + b"\n"
@@ -69,7 +69,7 @@ def test_unusable_lines_go_verbatim_to_the_rejected_file(repo, config, store):
 def test_overlong_title_is_cut_at_a_word_and_kept_whole(repo, config, store):
     long_title = " ".join(["word"] * 80)
     (repo / "suggested_tasks.txt").write_text(long_title + "\n", encoding="utf-8")
-    task = store.get(ingest_mod.ingest(config, store).created[0])
+    task = store.get(suggestions.ingest(config, store).created[0])
     assert len(task.title) <= 200 and task.title.endswith("word")
     assert long_title in task.description
 
@@ -94,7 +94,7 @@ def test_killed_ingest_then_rerun_creates_each_suggestion_once(repo, make_config
     assert killed.returncode == 77
     (repo / "suggested_tasks.txt").write_text("Idea 5\n", encoding="utf-8")  # written after the crash
     assert run_ingest(cfg).returncode == 0
-    store = common.JsonTaskStore(repo / "task_queue.json", "proj")
+    store = json_store.JsonTaskStore(repo / "task_queue.json", "proj")
     assert sorted(t.title for t in store.list(None)) == [f"Idea {i}" for i in range(6)]
     assert not (repo / "suggested_tasks.txt.ingesting").exists()
 
@@ -117,12 +117,12 @@ def test_a_writer_appending_without_a_lock_loses_nothing(repo, make_config):
         assert run_ingest(cfg).returncode == 0
     thread.join()
     assert run_ingest(cfg).returncode == 0
-    store = common.JsonTaskStore(repo / "task_queue.json", "proj")
+    store = json_store.JsonTaskStore(repo / "task_queue.json", "proj")
     titles = sorted(t.title for t in store.list(None))
     assert titles == sorted(f"Appended idea {i}" for i in range(200))
 
 
 def test_from_an_unknown_task_is_kept_without_the_link(repo, config, store):
     (repo / "suggested_tasks.txt").write_text("[from:proj-gone] Orphan idea\n", encoding="utf-8")
-    task = store.get(ingest_mod.ingest(config, store).created[0])
+    task = store.get(suggestions.ingest(config, store).created[0])
     assert task.dependencies == [] and "proj-gone" in task.description

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-import dispatch_workers
+from crew import git as gitcmd
 from conftest import commit_file, git
 from dispatch_helpers import add_task, dispatch, main_file, merges_of
 from test_merge_queue import run_in_process
@@ -17,7 +17,7 @@ def test_a_checkout_switched_away_from_main_during_the_merge_moves_main_not_the_
         json_agent_setup, repo, monkeypatch):
     cfg, config, store = json_agent_setup()
     task = add_task(store, "Add a file", "append feature.txt new")
-    real_checkout_of_branch = dispatch_workers.checkout_of_branch
+    real_checkout_of_branch = gitcmd.checkout_of_branch
     switched = []
 
     def user_switches_branch_right_after_the_lookup(root, branch):
@@ -27,7 +27,7 @@ def test_a_checkout_switched_away_from_main_during_the_merge_moves_main_not_the_
             switched.append(git(repo, "rev-parse", "HEAD"))
         return found
 
-    monkeypatch.setattr(dispatch_workers, "checkout_of_branch", user_switches_branch_right_after_the_lookup)
+    monkeypatch.setattr(gitcmd, "checkout_of_branch", user_switches_branch_right_after_the_lookup)
     summary = run_in_process(config, store)
     assert switched and summary["merged"] == [task.id]
     assert merges_of(repo, task.id) == 1 and main_file(repo, "feature.txt") == "new\n"

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-import common
-import run_report
+from crew import config
+from crew import tasks
+from crew.report import events as event_log
+from crew.report import model as report_model
 from conftest import commit_file, git, require_real_tool
 from dispatch_helpers import dispatch, events, main_file
 from fake_llm import FakeLLM
@@ -96,7 +98,7 @@ def run_crew(make_config, server: FakeLLM, titles: list[tuple[str, str, int]], *
     cfg = make_config(task_backend="json", task_prefix="proj", llm_url=server.url, max_workers=2,
                       poll_interval_secs=0.2, worker_timeout_secs=120, worker_kill_grace_secs=2,
                       auto_ingest_suggestions=False, max_attempts=1, **settings)
-    store = common.open_task_store(common.load_config(str(cfg)))
+    store = tasks.open_task_store(config.load_config(str(cfg)))
     ids = {title: store.create(title, "", priority=priority, labels=[f"file:{name}"]).id
            for title, name, priority in titles}
     proc = dispatch(cfg, timeout=600)
@@ -157,6 +159,6 @@ def test_real_aider_on_an_openai_server_edits_and_creates(crew, make_config, rep
     chats = [r["body"] for r in server.requests if r["path"] == "/v1/chat/completions"]
     assert any(b.get("stream") is True for b in chats) and any(not b.get("stream") for b in chats)
     # The run report reads the token counts that real Aider printed in each attempt's log.
-    report = run_report.build_report(*run_report.read_events(repo / ".dispatch_logs" / "events.jsonl"),
+    report = report_model.build_report(*event_log.read_events(repo / ".dispatch_logs" / "events.jsonl"),
                                      repo / ".dispatch_logs")
     assert all(report.tasks[i].tokens and report.tasks[i].tokens.sent > 0 for i in ids.values())

@@ -21,9 +21,14 @@ from pathlib import Path
 import pytest
 import requests
 
-import common
+from crew import config as configuration
+from crew import errors
+from crew import llm
+from crew import names
+from crew import planning
+from crew import processes
+from crew import tasks
 import dispatch_workers
-import split_task
 from conftest import ROOT, commit_file, git, require_real_tool
 from dispatch_helpers import dispatch, events
 
@@ -55,7 +60,7 @@ class OllamaServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.proc = dispatch_workers.start_process([str(self.binary), "serve"], self.work, self.env, self.log)
+        self.proc = processes.start_process([str(self.binary), "serve"], self.work, self.env, self.log)
         deadline = time.monotonic() + START_SECS
         while True:
             try:
@@ -74,7 +79,7 @@ class OllamaServer:
 
     def stop(self) -> None:
         if self.proc is not None:
-            dispatch_workers.kill_tree(self.proc.pid, 5, self.proc)  # its model runner too
+            processes.kill_tree(self.proc.pid, 5, self.proc)  # its model runner too
 
     def log_text(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
@@ -118,17 +123,17 @@ def test_split_task_stores_a_valid_plan_or_fails_in_one_line(ollama, make_config
     if proc.returncode == 0:
         out = json.loads(proc.stdout)
         assert out["tokens"]["completion"] <= 96 and out["tokens"]["prompt"] > 0
-        store = common.open_task_store(common.load_config(str(cfg)))
+        store = tasks.open_task_store(configuration.load_config(str(cfg)))
         [task] = [store.get(i) for i in out["created"]]
         assert task.title and task.files
-        assert all(common.check_repo_path(f) == f for f in task.files)
+        assert all(names.check_repo_path(f) == f for f in task.files)
     else:
         assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
         assert "no valid plan" in proc.stderr or "reply was cut at llm_max_tokens (96 tokens)" in proc.stderr
 
 
 def test_the_split_rules_reach_a_model_without_a_chat_template(ollama):
-    messages = split_task.build_messages("Add a CSV export to report.py", ["report.py"], 300, 1, 1)
+    messages = planning.build_messages("Add a CSV export to report.py", ["report.py"], 300, 1, 1)
 
     def prompt_tokens(messages: list[dict]) -> int:
         body = {"model": MODEL, "messages": messages, "stream": False, "options": {"num_predict": 1}}
@@ -147,9 +152,9 @@ def test_preflight_finds_the_model_and_names_a_missing_one(ollama, make_config, 
     (bin_dir / "aider").write_text("#!/bin/sh\nexit 0\n", encoding="utf-8")
     (bin_dir / "aider").chmod(stat.S_IRWXU)
     monkeypatch.setenv("PATH", str(bin_dir) + os.pathsep + os.environ["PATH"])
-    dispatch_workers.preflight(common.load_config(str(make_config(**settings(ollama)))))
-    missing = common.load_config(str(make_config(**settings(ollama, worker_model="nope:1b"))))
-    with pytest.raises(common.UserError, match=r"model 'nope:1b' not found on .*\(run `ollama pull nope:1b`\)"):
+    dispatch_workers.preflight(configuration.load_config(str(make_config(**settings(ollama)))))
+    missing = configuration.load_config(str(make_config(**settings(ollama, worker_model="nope:1b"))))
+    with pytest.raises(errors.UserError, match=r"model 'nope:1b' not found on .*\(run `ollama pull nope:1b`\)"):
         dispatch_workers.preflight(missing)
 
 
@@ -157,9 +162,9 @@ def test_preflight_finds_the_model_and_names_a_missing_one(ollama, make_config, 
 def test_an_unknown_model_is_a_404_named_in_one_line(ollama, make_config, api, path):
     body = {"model": "nope:1b", "messages": [{"role": "user", "content": "hi"}], "stream": False}
     assert HTTP.post(ollama.url + path, json=body, timeout=30).status_code == 404
-    config = common.load_config(str(make_config(**settings(ollama, llm_api=api, llm_model="nope:1b"))))
-    with pytest.raises(common.LLMError, match=f"model 'nope:1b' not found on {ollama.url}"):
-        common.LLMClient(config).chat([{"role": "user", "content": "hi"}], {"type": "object"})
+    config = configuration.load_config(str(make_config(**settings(ollama, llm_api=api, llm_model="nope:1b"))))
+    with pytest.raises(llm.LLMError, match=f"model 'nope:1b' not found on {ollama.url}"):
+        llm.LLMClient(config).chat([{"role": "user", "content": "hi"}], {"type": "object"})
 
 
 def test_the_default_aider_worker_reaches_real_ollama(ollama, make_config, repo, tmp_path, monkeypatch):
@@ -175,7 +180,7 @@ def test_the_default_aider_worker_reaches_real_ollama(ollama, make_config, repo,
     seen = len(ollama.log_text())
     cfg = make_config(**settings(ollama, worker_timeout_secs=45, worker_kill_grace_secs=2, max_attempts=1,
                                  poll_interval_secs=0.2))
-    store = common.open_task_store(common.load_config(str(cfg)))
+    store = tasks.open_task_store(configuration.load_config(str(cfg)))
     task = store.create("Add a second line to notes.txt", "Append the line 'second line'.", labels=["file:notes.txt"])
     proc = dispatch(cfg, timeout=240)
     final = store.get(task.id)

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from crew.report import events as event_log
+from crew.report import model
+from crew.report import page as report_page
 import dispatch_workers
-import run_report
 from conftest import ROOT, commit_file, require_real_tool
 from dispatch_helpers import add_task, dispatch, events
 
@@ -86,8 +88,8 @@ def recorded(tmp_path) -> Path:
     return logs
 
 
-def build(logs: Path) -> run_report.Report:
-    return run_report.build_report(*run_report.read_events(logs / "events.jsonl"), logs)
+def build(logs: Path) -> model.Report:
+    return model.build_report(*event_log.read_events(logs / "events.jsonl"), logs)
 
 
 class Page(HTMLParser):
@@ -148,8 +150,8 @@ def test_task_rows_outcomes_waits_tokens_diffstats_and_logs(recorded):
     assert rows["C"].detail == "attempt 2 timed out with no commits (after 2 attempts)"
     assert rows["A"].queue_wait == pytest.approx(0.3)
     assert rows["B"].queue_wait == pytest.approx(0.2 + 0.2)  # before the conflict, and after it was resolved
-    assert rows["A"].tokens == run_report.Tokens(2112, 348)
-    assert rows["B"].tokens == run_report.Tokens(1_500_000, 2000)
+    assert rows["A"].tokens == model.Tokens(2112, 348)
+    assert rows["B"].tokens == model.Tokens(1_500_000, 2000)
     assert rows["C"].tokens is None
     assert rows["A"].diffstat == {"files": 2, "insertions": 5, "deletions": 1}
     assert [(label, p.name) for label, p in rows["C"].logs] == [("attempt 1", "C.1.log"), ("attempt 2", "C.2.log")]
@@ -183,13 +185,13 @@ def test_an_event_log_from_before_events_named_their_logs(tmp_path):
     assert report.skipped_lines == 2
     assert [(a.task_id, a.slot, a.log) for a in report.attempts] == [
         ("proj-1", 1, (logs / "proj-1.log").resolve()), ("proj-2", 1, None)]  # a slot that is no number: lane 1
-    assert report.tasks["proj-1"].tokens == run_report.Tokens(10, 2)
+    assert report.tasks["proj-1"].tokens == model.Tokens(10, 2)
     assert report.tasks["proj-2"].tokens is None
     assert report.attempts[1].end is None and report.attempts[1].category == "open"
 
 
 def test_the_page_escapes_task_text_and_has_one_lane_per_slot_and_one_bar_per_attempt(recorded, tmp_path):
-    out = run_report.write_report(tmp_path, tmp_path / "out" / "report.html")
+    out = report_page.write_report(tmp_path, tmp_path / "out" / "report.html")
     text = out.read_text(encoding="utf-8")
     assert HOSTILE not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     page = Page(text)
@@ -211,7 +213,7 @@ def test_the_writer_starts_a_fresh_line_after_a_partial_one(json_agent_setup, re
     dispatcher = dispatch_workers.Dispatcher(config, store, 1, out=lambda *_: None)
     dispatcher.event("claimed", "proj-1")
     dispatcher.event("released", "proj-1", reason="test")
-    found, skipped = run_report.read_events(logs / "events.jsonl")
+    found, skipped = event_log.read_events(logs / "events.jsonl")
     assert skipped == 1
     assert [(e.name, e.task_id, e.fields["v"]) for e in found] == [("claimed", "proj-1", 1), ("released", "proj-1", 1)]
 
@@ -245,7 +247,7 @@ def test_a_real_run_writes_its_report_and_names_it(json_agent_setup, repo):
     assert len(page.with_class("bar")) == len(starts) >= 5  # 3 tasks, a resolver, a second crash
     assert len(page.with_class("restart")) == 1
     assert HOSTILE in "".join(page.text)  # as text: the parser saw it as data, not a tag
-    assert all(e["v"] == run_report.EVENTS_FORMAT for e in events(repo))
+    assert all(e["v"] == event_log.EVENTS_FORMAT for e in events(repo))
     merged = events(repo, "merged")
     assert len(merged) == 3 and all(e["diffstat"]["files"] == 1 for e in merged)
     assert len(events(repo, "conflict_filed")) == 1
@@ -338,18 +340,18 @@ def test_an_idle_pause_between_runs_is_cut_and_a_busy_one_is_not(tmp_path, recor
         line(hour, "dispatcher_started", pid=2, max_workers=1), started(hour + 1, "B", 1, 1, "Evening"),
         line(hour + 9, "worker_exited", "B"), line(hour + 10, "dispatcher_stopped")]) + "\n", encoding="utf-8")
     report = build(logs)
-    scale = run_report.TimeScale.of(report, report.end)
+    scale = report_page.TimeScale.of(report, report.end)
     assert len(scale.pieces) == 2
-    assert scale.x(EPOCH + hour + 1) - scale.x(EPOCH + 9) == pytest.approx(2 * scale.scale + run_report.CUT_W)
+    assert scale.x(EPOCH + hour + 1) - scale.x(EPOCH + 9) == pytest.approx(2 * scale.scale + report_page.CUT_W)
     assert scale.x(EPOCH + hour + 9) - scale.x(EPOCH + hour + 1) > 300  # the evening's bar, to a readable scale
-    page = Page(run_report.render_html(report, logs, logs / "events.jsonl"))
+    page = Page(report_page.render_html(report, logs, logs / "events.jsonl"))
     assert len(page.with_class("cut")) == 1 and len(page.with_class("restart")) == 1
     # In the recorded runs B's worker ran through the pause (it was adopted): drawn to scale.
-    assert len(run_report.TimeScale.of(build(recorded), build(recorded).end).pieces) == 1
+    assert len(report_page.TimeScale.of(build(recorded), build(recorded).end).pieces) == 1
 
 
 def test_a_report_before_any_run_says_so(tmp_path):
-    page = Page(run_report.write_report(tmp_path).read_text(encoding="utf-8"))
+    page = Page(report_page.write_report(tmp_path).read_text(encoding="utf-8"))
     assert "no events recorded yet" in "".join(page.text)
     assert page.having("data-lane") == [] and page.with_class("bar") == []
 
@@ -411,4 +413,4 @@ def test_a_task_deleted_from_the_store_leaves_the_queue_and_is_counted_apart(tmp
     report = build(logs)
     assert report.tasks["T"].outcome == "dropped" and report.tasks["T"].queue_wait == 1
     assert [d for _, d in report.queue_depth] == [1, 0]
-    assert "0 waiting · 1 deleted from the store" in "".join(Page(run_report.render_summary(report)).text)
+    assert "0 waiting · 1 deleted from the store" in "".join(Page(report_page.render_summary(report)).text)

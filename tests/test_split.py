@@ -7,8 +7,12 @@ import sys
 
 import pytest
 
-import common
-import split_task
+from crew import errors
+from crew import git
+from crew import llm as llm_client
+from crew import planning
+from crew.cli import split as split_cli
+from crew.tasks import model
 from conftest import ROOT, commit_file
 from fake_llm import FakeLLM, Reply
 
@@ -30,7 +34,7 @@ def split(make_config, backend, fake_llm, capsys):
     """Run split_task.main with the fake LLM; returns (exit code, parsed --json output)."""
     def run(*args, llm=fake_llm, **settings):
         cfg = make_config(**{**backend, "llm_url": llm.url, "llm_retries": 2, "llm_timeout_secs": 2, **settings})
-        code = split_task.main(["--config", str(cfg), "--json", *args])
+        code = split_cli.main(["--config", str(cfg), "--json", *args])
         out = capsys.readouterr().out
         return code, (json.loads(out) if out.strip() else None)
     return run
@@ -87,7 +91,7 @@ def test_what_local_models_really_send_is_tolerated(split, fake_llm, wrapped):
 ])
 def test_invalid_plans_are_asked_again_then_refused(split, fake_llm, store, bad, problem):
     fake_llm.script(bad, bad, bad)
-    with pytest.raises(common.UserError, match="no valid plan after 3 tries") as err:
+    with pytest.raises(errors.UserError, match="no valid plan after 3 tries") as err:
         split(GOAL)
     assert problem in str(err.value)
     assert store.list(None) == []  # nothing is created unless the whole plan is valid
@@ -100,7 +104,7 @@ def test_every_request_bounds_its_output_and_a_cut_reply_fails_at_once(split, fa
     # A small model under a schema can generate without end: the bound ends it, and a reply the
     # bound cut is unfinished JSON, so it is reported at once rather than asked again.
     fake_llm.script(Reply(GOOD[:40], stop="length"), GOOD)
-    with pytest.raises(common.LLMError, match=r"reply was cut at llm_max_tokens \(700 tokens\).*raise llm_max_tokens"):
+    with pytest.raises(llm_client.LLMError, match=r"reply was cut at llm_max_tokens \(700 tokens\).*raise llm_max_tokens"):
         split(GOAL, llm_api=api, llm_max_tokens=700)
     [request] = fake_llm.requests
     bound = request["body"]["options"]["num_predict"] if api == "ollama" else request["body"]["max_tokens"]
@@ -157,14 +161,14 @@ def test_server_error_then_good_reply(split, fake_llm):
 
 
 def test_unknown_model_fails_at_once_with_the_pull_command(split, fake_llm, store):
-    with pytest.raises(common.UserError, match=r"model 'nope:1b' not found .*ollama pull nope:1b"):
+    with pytest.raises(errors.UserError, match=r"model 'nope:1b' not found .*ollama pull nope:1b"):
         split(GOAL, llm_model="nope:1b")
     assert len(fake_llm.requests) == 1
 
 
 def test_a_hang_past_the_timeout_is_retried_then_reported(split, fake_llm):
     fake_llm.script(Reply(GOOD, hang=3), Reply(GOOD, hang=3))
-    with pytest.raises(common.UserError, match="did not answer within 1 s"):
+    with pytest.raises(errors.UserError, match="did not answer within 1 s"):
         split(GOAL, llm_timeout_secs=1, llm_retries=1)
 
 
@@ -208,11 +212,11 @@ def test_openai_api_with_llama_cpp_fallback(make_config, capsys, store, backend)
     with FakeLLM(models=["gemma"], llama_cpp=True) as llm:
         llm.script(GOOD)
         cfg = make_config(**backend, llm_api="openai", llm_url=llm.url, llm_model="gemma")
-        assert split_task.main(["--config", str(cfg), "--json", GOAL]) == 0
+        assert split_cli.main(["--config", str(cfg), "--json", GOAL]) == 0
         first, second = llm.requests
         assert first["body"]["response_format"]["type"] == "json_schema"
         assert second["body"]["response_format"] == {"type": "json_object",
-                                                     "schema": split_task.plan_schema(3, 10)}
+                                                     "schema": planning.plan_schema(3, 10)}
     assert len(json.loads(capsys.readouterr().out)["created"]) == 3
 
 
@@ -221,7 +225,7 @@ def test_prompt_file_list_is_cut(split, fake_llm, repo):
         commit_file(repo, f"f{i}.py", "x\n")
     fake_llm.script(GOOD)
     split(GOAL, prompt_max_files=2)
-    tracked = len(common.tracked_files(repo))  # real bd init commits files of its own
+    tracked = len(git.tracked_files(repo))  # real bd init commits files of its own
     assert tracked >= 6
     assert f"... and {tracked - 2} more files (list cut at 2)" in fake_llm.requests[0]["body"]["messages"][1]["content"]
 
@@ -241,11 +245,11 @@ def test_a_failure_part_way_names_the_tasks_already_created(split, fake_llm, sto
     def failing_create(self, *args, **kwargs):
         calls.append(args[0])
         if len(calls) == 3:
-            raise common.UserError("disk full")
+            raise errors.UserError("disk full")
         return real_create(self, *args, **kwargs)
 
     monkeypatch.setattr(type(store), "create", failing_create)
-    with pytest.raises(common.PartialCreateError) as err:
+    with pytest.raises(model.PartialCreateError) as err:
         split(GOAL)
     created = [t.id for t in store.list(None)]
     assert len(created) == 2 and all(task_id in str(err.value) for task_id in created)

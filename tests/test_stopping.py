@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from crew import processes
 import dispatch_workers
 from conftest import ROOT, git
 from dispatch_helpers import add_task, dispatch, events, main_file, merges_of
@@ -79,7 +80,7 @@ def test_sigterm_and_sighup_end_the_workers_and_keep_their_branches(json_agent_s
     finally:
         proc.kill()
     assert code == 128 + signum  # 143, 129
-    assert not dispatch_workers.group_alive(events(repo, "worker_started")[0]["pid"])
+    assert not processes.group_alive(events(repo, "worker_started")[0]["pid"])
     assert git(repo, "branch", "--list", "--format=%(refname:short)", f"work/{task.id}") == f"work/{task.id}"
     recorded = state(repo)
     assert recorded["dispatcher"] is None
@@ -115,7 +116,7 @@ def test_blocking_a_running_task_ends_its_worker_keeps_its_branch_and_merges_not
     assert proc.returncode == 1, err
     assert [e["reason"] for e in events(repo, "worker_stopped")] == [dispatch_workers.TASK_BLOCKED]
     assert events(repo, "worker_timed_out") == [] and events(repo, "merged") == []
-    assert not dispatch_workers.group_alive(events(repo, "worker_started")[0]["pid"])
+    assert not processes.group_alive(events(repo, "worker_started")[0]["pid"])
     assert json.loads(out)["blocked"] == [{"id": task.id, "reason": (
         f"blocked while its worker ran; the worker was ended, its branch work/{task.id} kept and not merged")}]
     assert main_file(repo, "wrong.txt") is None
@@ -156,7 +157,7 @@ def test_a_hanging_setup_command_is_ended_as_a_tree_at_its_timeout(json_agent_se
     assert proc.returncode == 1
     final = store.get(task.id)
     assert final.status == "blocked" and "worktree_setup_command timed out after 1 s" in final.notes
-    assert not dispatch_workers.group_alive(int(pidfile.read_text()))  # the sleep 60 too
+    assert not processes.group_alive(int(pidfile.read_text()))  # the sleep 60 too
 
 
 @posix_only
@@ -171,7 +172,7 @@ def test_a_second_ctrl_c_ends_a_hanging_setup_command(json_agent_setup, repo, tm
     proc.send_signal(signal.SIGINT)
     finish(proc)
     assert proc.returncode == 130
-    assert not dispatch_workers.group_alive(int(pidfile.read_text()))
+    assert not processes.group_alive(int(pidfile.read_text()))
     # Recorded but never started: the next run releases it and runs it, counting no attempt.
     assert [w["pid"] for w in state(repo)["workers"]] == [None]
     cfg2, *_ = json_agent_setup()
@@ -191,6 +192,6 @@ def test_a_second_ctrl_c_ends_a_hanging_gate(json_agent_setup, repo, tmp_path):
     proc.send_signal(signal.SIGINT)
     finish(proc)
     assert proc.returncode == 130
-    assert not dispatch_workers.group_alive(int(pidfile.read_text()))
+    assert not processes.group_alive(int(pidfile.read_text()))
     assert [e["task_id"] for e in state(repo)["merge_queue"]] == [task.id]  # gated again by the next run
     assert main_file(repo, "g.txt") is None

@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-import common
+from crew import config as configuration
+from crew import errors
+from crew import processes
+from crew import tasks
+from crew.tasks import bd_store
+from crew.tasks import json_store as json_backend
 from conftest import ROOT, install_fake_bd
 
 HOSTILE_TITLES = [
@@ -95,7 +100,7 @@ def test_block_close_reopen_and_notes(store):
 def test_unknown_id_is_a_clear_error(store):
     for call in (lambda: store.get("proj-zzz"), lambda: store.release("proj-zzz"),
                  lambda: store.close("proj-zzz", "x"), lambda: store.add_note("proj-zzz", "x")):
-        with pytest.raises(common.UserError, match=r"no (task with id|issues? found matching).*proj-zzz|"
+        with pytest.raises(errors.UserError, match=r"no (task with id|issues? found matching).*proj-zzz|"
                                                    r"no issues found matching the provided IDs"):
             call()
 
@@ -103,7 +108,7 @@ def test_unknown_id_is_a_clear_error(store):
 def test_closing_a_task_with_an_open_blocker_is_refused_unless_forced(store):
     blocker = store.create("blocker")
     blocked = store.create("blocked", deps=[("blocked-by", blocker.id)])
-    with pytest.raises(common.UserError, match=f"blocked by .*{blocker.id}"):
+    with pytest.raises(errors.UserError, match=f"blocked by .*{blocker.id}"):
         store.close(blocked.id, "too early")
     assert store.get(blocked.id).status == "open"
     store.close(blocked.id, "anyway", force=True)
@@ -115,15 +120,15 @@ def test_release_of_a_task_held_by_another_actor(store, config):
     task = store.create("held")
     assert store.claim(task.id, "someone-else")
     if store.name == "bd":
-        with pytest.raises(common.BdError, match="held by"):
+        with pytest.raises(errors.BdError, match="held by"):
             store.release(task.id)
         assert store.get(task.id).assignee == "someone-else"
 
 
 # ---- JSON store specifics ------------------------------------------------------------------
 
-def json_store(tmp_path: Path) -> common.JsonTaskStore:
-    return common.JsonTaskStore(tmp_path / "task_queue.json", "proj")
+def json_store(tmp_path: Path) -> json_backend.JsonTaskStore:
+    return json_backend.JsonTaskStore(tmp_path / "task_queue.json", "proj")
 
 
 def test_hand_written_minimal_file_is_valid(tmp_path):
@@ -146,7 +151,7 @@ def test_corrupt_queue_is_refused_and_left_untouched(tmp_path, content, problem)
     path = tmp_path / "task_queue.json"
     path.write_text(content, encoding="utf-8")
     store = json_store(tmp_path)
-    with pytest.raises(common.UserError, match=problem.replace("(", r"\(")):
+    with pytest.raises(errors.UserError, match=problem.replace("(", r"\(")):
         store.create("would be lost")
     assert path.read_text(encoding="utf-8") == content
 
@@ -165,8 +170,8 @@ def test_corrupt_queue_through_the_cli_is_one_line_exit_1(repo, make_config):
 CREATOR = """
 import sys
 sys.path.insert(0, {root!r})
-import common
-store = common.open_task_store(common.load_config({config!r}))
+from crew import config, tasks
+store = tasks.open_task_store(config.load_config({config!r}))
 for i in range({count}):
     store.create(f"task {{sys.argv[1]}}-{{i}}")
 """
@@ -174,8 +179,8 @@ for i in range({count}):
 CLAIMER = """
 import sys
 sys.path.insert(0, {root!r})
-import common
-store = common.open_task_store(common.load_config({config!r}))
+from crew import config, tasks
+store = tasks.open_task_store(config.load_config({config!r}))
 won = []
 while True:
     ready = store.ready()
@@ -215,14 +220,14 @@ def test_concurrent_bd_writers_retry_lock_errors(make_config, repo, tmp_path, mo
     config_path = str(make_config(task_backend="bd"))
     # No waiting for the database: every overlap surfaces as Dolt's "database is locked".
     run_parallel(CREATOR.format(root=str(ROOT), config=config_path, count=4), 8, {"FAKE_BD_LOCK_WAIT": "0"})
-    store = common.open_task_store(common.load_config(config_path))
+    store = tasks.open_task_store(configuration.load_config(config_path))
     titles = [t.title for t in store.list(None)]
     assert sorted(titles) == sorted(f"task {p}-{i}" for p in range(8) for i in range(4))
 
 
 def test_eight_claimers_never_claim_a_task_twice(make_config, repo):
     config_path = str(make_config(task_backend="json", task_prefix="proj"))
-    store = common.open_task_store(common.load_config(config_path))
+    store = tasks.open_task_store(configuration.load_config(config_path))
     created = {store.create(f"t{i}").id for i in range(20)}
     wins = [w for out in run_parallel(CLAIMER.format(root=str(ROOT), config=config_path), 8) for w in out.split()]
     assert sorted(wins) == sorted(created)
@@ -232,7 +237,7 @@ def test_racing_claimers_under_different_actors_on_bd(make_config, backend, repo
     if backend["task_backend"] != "bd":
         pytest.skip("bd only (the JSON store is covered by the eight-claimer test)")
     config_path = str(make_config(**backend))
-    store = common.open_task_store(common.load_config(config_path))
+    store = tasks.open_task_store(configuration.load_config(config_path))
     created = {store.create(f"t{i}").id for i in range(4)}
     wins = [w for out in run_parallel(CLAIMER.format(root=str(ROOT), config=config_path), 3) for w in out.split()]
     assert sorted(wins) == sorted(created)
@@ -244,15 +249,15 @@ def test_concurrent_writers_on_bd(make_config, backend, repo):
         pytest.skip("bd only")
     config_path = str(make_config(**backend))
     run_parallel(CREATOR.format(root=str(ROOT), config=config_path, count=2), 8)
-    store = common.open_task_store(common.load_config(config_path))
+    store = tasks.open_task_store(configuration.load_config(config_path))
     assert sorted(t.title for t in store.list(None)) == sorted(f"task {p}-{i}" for p in range(8) for i in range(2))
 
 
 def test_missing_bd_with_bd_backend_is_a_clear_error(make_config, monkeypatch):
     monkeypatch.setenv("PATH", "")
-    config = common.load_config(str(make_config(task_backend="bd")))
-    with pytest.raises(common.UserError, match="bd command 'bd' was not found on PATH"):
-        common.open_task_store(config)
+    config = configuration.load_config(str(make_config(task_backend="bd")))
+    with pytest.raises(errors.UserError, match="bd command 'bd' was not found on PATH"):
+        tasks.open_task_store(config)
 
 
 def test_bd_error_json_and_envelope_are_understood(config, store, monkeypatch):
@@ -260,27 +265,27 @@ def test_bd_error_json_and_envelope_are_understood(config, store, monkeypatch):
         pytest.skip("bd only")
     monkeypatch.setenv("BD_JSON_ENVELOPE", "1")  # the store must not pass it on
     task = store.create("x")
-    with pytest.raises(common.BdError) as err:
+    with pytest.raises(errors.BdError) as err:
         store.close("proj-nope", "x")
     assert "no issue found" in str(err.value) or "not found" in str(err.value)
     assert store.get(task.id).title == "x"
-    assert common._unwrap_bd_json('{"schema_version": 1, "data": [{"id": "a"}]}', []) == [{"id": "a"}]
+    assert bd_store._unwrap_bd_json('{"schema_version": 1, "data": [{"id": "a"}]}', []) == [{"id": "a"}]
 
 
 def test_auto_backend_picks_bd_only_with_a_beads_folder(make_config, repo, tmp_path, monkeypatch):
     install_fake_bd(tmp_path / "bin")
     monkeypatch.setenv("PATH", str(tmp_path / "bin") + os.pathsep + os.environ["PATH"])
-    assert common.open_task_store(common.load_config(str(make_config()))).name == "json"
+    assert tasks.open_task_store(configuration.load_config(str(make_config()))).name == "json"
     subprocess.run(["bd", "init", "--prefix", "proj"], cwd=repo, check=True)
-    assert common.open_task_store(common.load_config(str(make_config()))).name == "bd"
+    assert tasks.open_task_store(configuration.load_config(str(make_config()))).name == "bd"
 
 
 def test_bd_through_a_cmd_wrapper_refuses_text_cmd_exe_would_interpret(tmp_path, monkeypatch):
     wrapper = tmp_path / "bd.cmd"
     wrapper.write_text("@echo off\n", encoding="utf-8")
-    monkeypatch.setattr(common, "IS_WINDOWS", True)
-    monkeypatch.setattr(common.shutil, "which", lambda name: str(wrapper))
-    store = common.BdTaskStore("bd", tmp_path, "me")
+    monkeypatch.setattr(processes, "IS_WINDOWS", True)
+    monkeypatch.setattr(bd_store.shutil, "which", lambda name: str(wrapper))
+    store = bd_store.BdTaskStore("bd", tmp_path, "me")
     assert store.through_cmd
-    with pytest.raises(common.UserError, match="cmd.exe wrapper .* set bd_command to the real bd.exe"):
+    with pytest.raises(errors.UserError, match="cmd.exe wrapper .* set bd_command to the real bd.exe"):
         store.create('Fix "quotes" & pipes', "x")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import common
 from conftest import commit_file, git
 from dispatch_helpers import add_task, dispatch, events, main_file, merges_of
 from test_merge_queue import conflicting_pair, run_in_process

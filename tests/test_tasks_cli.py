@@ -5,28 +5,28 @@ import json
 import subprocess
 import sys
 
-import tasks
+from crew.cli import tasks as tasks_cli
 from conftest import ROOT
 
 
 def test_full_cycle_through_the_cli(make_config, backend, capsys):
     cfg = str(make_config(**backend))
-    assert tasks.main(["--config", cfg, "create", 'Say "hi" $(rm -rf /)', "-d", "a\nb", "--file", "src/app.py",
+    assert tasks_cli.main(["--config", cfg, "create", 'Say "hi" $(rm -rf /)', "-d", "a\nb", "--file", "src/app.py",
                        "--json"]) == 0
     task = json.loads(capsys.readouterr().out)[0]
     assert task["title"] == 'Say "hi" $(rm -rf /)' and task["labels"] == ["file:src/app.py"]
-    assert tasks.main(["--config", cfg, "note", task["id"], "looked at it"]) == 0
-    assert tasks.main(["--config", cfg, "block", task["id"], "-r", "waiting on design"]) == 0
+    assert tasks_cli.main(["--config", cfg, "note", task["id"], "looked at it"]) == 0
+    assert tasks_cli.main(["--config", cfg, "block", task["id"], "-r", "waiting on design"]) == 0
     capsys.readouterr()
-    assert tasks.main(["--config", cfg, "list", "--status", "blocked", "--json"]) == 0
+    assert tasks_cli.main(["--config", cfg, "list", "--status", "blocked", "--json"]) == 0
     [listed] = json.loads(capsys.readouterr().out)
     assert listed["status"] == "blocked" and "waiting on design" in listed["notes"]
-    assert tasks.main(["--config", cfg, "close", task["id"], "-r", "done"]) == 0
+    assert tasks_cli.main(["--config", cfg, "close", task["id"], "-r", "done"]) == 0
     capsys.readouterr()
-    assert tasks.main(["--config", cfg, "list"]) == 0
+    assert tasks_cli.main(["--config", cfg, "list"]) == 0
     assert "no tasks" in capsys.readouterr().out
-    assert tasks.main(["--config", cfg, "reopen", task["id"]]) == 0
-    assert tasks.main(["--config", cfg, "show", task["id"]]) == 0
+    assert tasks_cli.main(["--config", cfg, "reopen", task["id"]]) == 0
+    assert tasks_cli.main(["--config", cfg, "show", task["id"]]) == 0
     assert "status:" in capsys.readouterr().out
 
 

@@ -1,0 +1,38 @@
+"""What every command shares: the main wrapper, the common options, JSON output."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from crew import config
+from crew import errors
+from crew import failpoints
+
+
+def run_main(main_func, argv: Sequence[str] | None = None) -> int:
+    """The one wrapper around each script's main: user errors become one line on stderr."""
+    failpoints.arm_from_environment()
+    try:
+        return main_func(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except errors.UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def add_common_options(parser, subcommand: bool = False) -> None:
+    """Options every script has; on a subcommand they may also follow its name."""
+    default = {"default": argparse.SUPPRESS} if subcommand else {}
+    parser.add_argument("--config", metavar="PATH", **default,
+                        help=f"settings file (default: {config.CONFIG_FILE_NAME} in the repository's main "
+                             "root, else the one beside the scripts)")
+    parser.add_argument("--json", action="store_true", **default, help="print the result as JSON for scripts")

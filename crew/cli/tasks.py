@@ -1,0 +1,105 @@
+"""List, show, create, close, reopen, block and annotate tasks in the configured task store."""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from crew import config as configuration
+from crew import names
+from crew import tasks
+from crew.cli import base
+from crew.tasks import model
+
+
+EPILOG = """\
+The store is task_queue.json in the repository's main root (the embedded default), or beads
+when task_backend is "bd" (or "auto" with bd installed and a .beads/ folder).
+
+examples:
+  py tasks.py list                         open, in-progress, blocked and deferred tasks
+  py tasks.py list --status all --json     every task, as JSON
+  py tasks.py create "Add a CSV export" -d "Export the table as CSV" --file report.py
+  py tasks.py close myrepo-3 -r "done by hand"
+  py tasks.py block myrepo-4 -r "needs a design decision"
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tasks.py", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    base.add_common_options(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    shared = argparse.ArgumentParser(add_help=False)
+    base.add_common_options(shared, subcommand=True)
+    p = sub.add_parser("list", parents=[shared], help="list tasks")
+    p.add_argument("--status", default="active",
+                   help="comma-separated statuses, 'active' (all but closed, the default) or 'all'")
+    sub.add_parser("show", parents=[shared], help="show one task").add_argument("id")
+    p = sub.add_parser("create", parents=[shared], help="create a task")
+    p.add_argument("title")
+    p.add_argument("-d", "--description", default="")
+    p.add_argument("-p", "--priority", type=int, choices=range(5), default=2, metavar="0-4")
+    p.add_argument("--file", action="append", default=[], metavar="PATH",
+                   help="a file the task should change (repeatable)")
+    p = sub.add_parser("close", parents=[shared], help="close a task")
+    p.add_argument("id")
+    p.add_argument("-r", "--reason", default="")
+    p.add_argument("--force", action="store_true", help="close it even while open tasks block it")
+    sub.add_parser("reopen", parents=[shared], help="reopen a closed task").add_argument("id")
+    p = sub.add_parser("block", parents=[shared], help="set a task blocked, with the reason")
+    p.add_argument("id")
+    p.add_argument("-r", "--reason", required=True)
+    p = sub.add_parser("note", parents=[shared], help="append a note to a task")
+    p.add_argument("id")
+    p.add_argument("text")
+    return parser
+
+
+def format_task(task: model.Task) -> str:
+    extra = f" [{task.assignee}]" if task.assignee else ""
+    files = f"  files: {', '.join(task.files)}" if task.files else ""
+    return f"{task.id:<14} {task.status:<11} P{task.priority} {task.title}{extra}{files}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = configuration.load_config(args.config)
+    store = tasks.open_task_store(config)
+
+    if args.command == "list":
+        if args.status in ("all", "active"):
+            # "active" keeps unknown (custom) statuses too: only closed is hidden.
+            result = [t for t in store.list(None) if args.status == "all" or t.status != "closed"]
+        else:
+            result = store.list([s.strip() for s in args.status.split(",") if s.strip()])
+    elif args.command == "show":
+        result = [store.get(args.id)]
+    elif args.command == "create":
+        files = [names.check_repo_path(f) for f in args.file]
+        description = args.description
+        if files:
+            description = (description + "\n\n" if description else "") + "Files: " + ", ".join(files)
+        result = [store.create(args.title, description, priority=args.priority,
+                               labels=[model.FILE_LABEL + f for f in files])]
+    elif args.command == "close":
+        result = [store.close(args.id, args.reason, force=args.force)]
+    elif args.command == "reopen":
+        result = [store.reopen(args.id)]
+    elif args.command == "block":
+        result = [store.set_status(args.id, "blocked", args.reason)]
+    else:
+        result = [store.add_note(args.id, args.text)]
+
+    if args.json:
+        base.print_json([t.to_dict() for t in result])
+    elif args.command == "show":
+        task = result[0]
+        for key, value in task.to_dict().items():
+            if value not in ("", [], None):
+                print(f"{key + ':':<14} {value}")
+    else:
+        for task in result:
+            print(format_task(task))
+        if args.command == "list" and not result:
+            print("no tasks")
+    return 0

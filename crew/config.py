@@ -1,0 +1,229 @@
+"""dispatch_config.json: found, validated and completed."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+import git as gitpython
+
+from crew import errors
+from crew import workspace
+
+
+TOOLKIT_DIR = Path(__file__).resolve().parent.parent  # where the scripts and the shipped config are
+CONFIG_FILE_NAME = "dispatch_config.json"
+
+
+@dataclasses.dataclass
+class Config:
+    """Every key of dispatch_config.json. None means "computed" (see resolve_config)."""
+
+    repo_path: str | None = None
+    main_branch: str = "main"
+    task_backend: str = "auto"
+    bd_command: str = "bd"
+    task_queue_file: str = "task_queue.json"
+    task_prefix: str | None = None
+    suggested_tasks_file: str = "suggested_tasks.txt"
+    # LLM
+    llm_api: str = "ollama"
+    llm_url: str | None = None
+    llm_model: str = "qwen2.5-coder:7b"
+    llm_timeout_secs: float = 300
+    llm_retries: int = 2
+    llm_temperature: float = 0
+    llm_keep_alive: str = "10m"
+    llm_num_ctx: int = 8192
+    llm_max_tokens: int = 4096
+    prompt_max_files: int = 300
+    # Dispatcher
+    max_workers: int = 2
+    poll_interval_secs: float = 2
+    actor: str | None = None
+    avoid_file_overlap: bool = True
+    breaker_failures: int = 3
+    breaker_pause_secs: float = 300
+    branch_template: str = "work/{task_id}"
+    worktree_root: str | None = None
+    worktree_setup_command: list[str] | None = None
+    worktree_setup_timeout_secs: float = 600
+    worker_command: list[str] | None = None
+    worker_model: str | None = None
+    worker_instructions: str | None = None
+    worker_followups_file: str = "followups.txt"
+    worker_timeout_secs: float = 1800
+    worker_kill_grace_secs: float = 10
+    commit_leftover_changes: bool = True
+    auto_ingest_suggestions: bool = True
+    max_attempts: int = 2
+    delete_merged_branches: bool = True
+    # Merge queue
+    merge_slot: bool = True
+    merge_gate_command: list[str] | None = None
+    merge_gate_timeout_secs: float = 900
+    on_conflict: str = "assign_back"
+    auto_retry_merge_on_conflict_close: bool = True
+    max_merge_retries: int = 3
+
+    # Filled in by resolve_config, never read from the file.
+    root: Path = dataclasses.field(default=Path("."), repr=False)
+    source: str = dataclasses.field(default="defaults", repr=False)
+
+    def path(self, name: str) -> Path:
+        """A toolkit file: relative names live in the main working tree's root."""
+        return self.root / getattr(self, name)
+
+
+CHOICES = {
+    "task_backend": ("auto", "bd", "json"),
+    "llm_api": ("ollama", "openai"),
+    "on_conflict": ("assign_back", "auto_rebase"),
+}
+_INTERNAL_FIELDS = {"root", "source"}
+CONFIG_KEYS = [f for f in dataclasses.fields(Config) if f.name not in _INTERNAL_FIELDS]
+
+
+def _type_ok(value: Any, annotation: str) -> bool:
+    if value is None:
+        return "None" in annotation
+    if annotation.startswith("bool"):
+        return isinstance(value, bool)
+    if annotation.startswith("int"):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation.startswith("float"):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation.startswith("str"):
+        return isinstance(value, str)
+    if annotation.startswith("list[str]"):
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    raise AssertionError(annotation)
+
+
+def _type_name(annotation: str) -> str:
+    base = annotation.split(" | ")[0]
+    return {"list[str]": "a list of strings", "str": "a string", "int": "a whole number",
+            "float": "a number", "bool": "true or false"}[base] + (" or null" if "None" in annotation else "")
+
+
+# Numbers for which 0 makes no sense (no worker, a busy loop, a timeout that fires at once,
+# a task blocked before its first attempt); every other number only has to be 0 or more.
+POSITIVE_KEYS = {"max_workers", "poll_interval_secs", "llm_timeout_secs", "llm_num_ctx", "llm_max_tokens",
+                 "prompt_max_files",
+                 "breaker_failures", "max_attempts", "merge_gate_timeout_secs", "worktree_setup_timeout_secs"}
+
+
+def _check_range(key: str, value: float, source: str) -> None:
+    if not math.isfinite(value):  # json.loads accepts NaN and Infinity
+        raise errors.UsageError(f"{source}: {key!r} must be a finite number, got {value}")
+    if key in POSITIVE_KEYS and value <= 0:
+        raise errors.UsageError(f"{source}: {key!r} must be more than 0, got {value}")
+    if value < 0:
+        raise errors.UsageError(f"{source}: {key!r} must not be negative, got {value}")
+
+
+def parse_config(text: str, source: str) -> Config:
+    """Validate a config file's text; every problem is a UsageError naming the key."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise errors.UsageError(f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise errors.UsageError(f"{source}: must be a JSON object of settings")
+    known = {f.name: f for f in CONFIG_KEYS}
+    for key, value in data.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise errors.UsageError(f"{source}: unknown key {key!r}{hint}")
+        annotation = known[key].type
+        if not _type_ok(value, annotation):
+            raise errors.UsageError(f"{source}: {key!r} must be {_type_name(annotation)}, got {json.dumps(value)}")
+        if key in CHOICES and value not in CHOICES[key]:
+            raise errors.UsageError(f"{source}: {key!r} must be one of {', '.join(CHOICES[key])}, got {value!r}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            _check_range(key, value, source)
+    data.pop("root", None)
+    return Config(**data, source=source)
+
+
+def find_main_root(start: Path) -> Path:
+    """The main working tree of the repository containing `start` (also from a linked worktree)."""
+    try:
+        repo = gitpython.Repo(start, search_parent_directories=True)
+    except (gitpython.InvalidGitRepositoryError, gitpython.NoSuchPathError):
+        raise errors.UserError(f"{start} is not inside a git repository (cd into one, or set repo_path)") from None
+    common_dir = Path(repo.common_dir).resolve()
+    if repo.bare or common_dir.name != ".git":
+        raise errors.UserError(f"{start}: bare or unusual repositories are not supported (git dir {common_dir})")
+    return common_dir.parent
+
+
+def default_llm_url() -> str:
+    """OLLAMA_HOST as Ollama reads it: maybe without a scheme, maybe the bind-all address."""
+    host = os.environ.get("OLLAMA_HOST", "").strip()
+    if not host:
+        return "http://127.0.0.1:11434"
+    if "://" not in host:
+        host = "http://" + host
+    scheme, rest = host.split("://", 1)
+    hostport = rest.split("/", 1)[0]
+    if hostport.startswith("0.0.0.0") or hostport.startswith("[::]"):
+        hostport = "127.0.0.1" + hostport[len("0.0.0.0") if hostport.startswith("0.0.0.0") else 4:]
+    if ":" not in hostport.rsplit("]", 1)[-1]:
+        hostport += ":11434"
+    return f"{scheme}://{hostport}"
+
+
+def load_config(config_path: str | None, cwd: Path | None = None) -> Config:
+    """Find, parse and complete the configuration (see README, "Configuration")."""
+    cwd = Path(cwd or Path.cwd())
+    if config_path:
+        path = Path(config_path)
+        if not path.is_file():
+            raise errors.UsageError(f"config file not found: {path}")
+        config = parse_config(path.read_text(encoding="utf-8"), str(path))
+        return resolve_config(config, cwd)
+    try:
+        root = find_main_root(cwd)
+    except errors.UserError:
+        root = None
+    for candidate in ([root / CONFIG_FILE_NAME] if root else []) + [TOOLKIT_DIR / CONFIG_FILE_NAME]:
+        if candidate.is_file():
+            config = parse_config(candidate.read_text(encoding="utf-8"), str(candidate))
+            return resolve_config(config, cwd)
+    return resolve_config(Config(), cwd)
+
+
+def resolve_config(config: Config, cwd: Path) -> Config:
+    """Fill in the computed defaults and make the repository ready for the toolkit's files."""
+    base = Path(config.source).parent if config.source != "defaults" else cwd
+    start = (base / config.repo_path) if config.repo_path else cwd
+    config.root = find_main_root(start.resolve())
+    config.task_prefix = config.task_prefix or re.sub(r"[^A-Za-z0-9]+", "-", config.root.name).strip("-").lower() or "task"
+    config.llm_url = (config.llm_url or default_llm_url()).rstrip("/")
+    config.actor = config.actor or f"dispatch@{socket.gethostname()}"
+    config.worker_model = config.worker_model or config.llm_model
+    config.worktree_root = str((config.root / config.worktree_root) if config.worktree_root
+                               else config.root.parent / f"{config.root.name}.worktrees")
+    check_worktree_root(config)
+    workspace.exclude_toolkit_files(config)
+    return config
+
+
+def check_worktree_root(config: Config) -> None:
+    """Worktrees need a folder of their own: inside the repository git would see them as files,
+    and the repository (or a folder holding it) is not the dispatcher's to clean up."""
+    folder = Path(config.worktree_root).resolve()
+    where = ("the repository itself" if folder == config.root else
+             "inside the repository" if config.root in folder.parents else
+             "a folder that contains the repository" if folder in config.root.parents else None)
+    if where:
+        raise errors.UsageError(f"{config.source}: worktree_root {folder} is {where}; "
+                         f"use a folder of its own outside it (default: {config.root.name}.worktrees beside it)")

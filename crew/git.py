@@ -1,0 +1,223 @@
+"""Every git call: with LC_ALL=C and without the caller's repository-locating variables."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from crew import errors
+from crew import failpoints
+from crew import processes
+
+
+@functools.cache
+def repository_variables() -> frozenset[str]:
+    """The variables that tie git to one repository (GIT_DIR, GIT_INDEX_FILE, ...), as git itself
+    lists them. Set by a caller such as a git hook, they would send every call to that repository."""
+    listed = subprocess.run(["git", "rev-parse", "--local-env-vars"], capture_output=True, text=True,
+                            stdin=subprocess.DEVNULL, check=False).stdout
+    return frozenset(listed.split())
+
+
+def child_environment() -> dict[str, str]:
+    """The environment for git and for the processes that work in our worktrees (agents, gates):
+    the caller's, less the variables that would point them at another repository. Identity and
+    config variables (GIT_AUTHOR_*, GIT_CONFIG_GLOBAL) stay."""
+    hidden = repository_variables()
+    return {k: v for k, v in os.environ.items() if k not in hidden}
+
+
+def git(*args: str | os.PathLike, cwd: str | os.PathLike, check: bool = True,
+        env: dict[str, str] | None = None) -> processes.Completed:
+    # LC_ALL=C: the code reads git's messages, which a German or French locale would translate.
+    env = {**(env if env is not None else child_environment()), "LC_ALL": "C"}
+    return processes.run("git", *args, cwd=cwd, check=check, env=env, error=errors.GitError)
+
+
+def tracked_files(root: Path) -> list[str]:
+    return git("ls-files", "-z", cwd=root).stdout.split("\0")[:-1]
+
+
+TEXT_CONFLICT = "CONFLICT (contents)"  # merge-tree's type for a conflict it marks up in the text
+MARKER_BLOCK = re.compile(r"^<<<<<<<(?: .*)?\n(?:.*\n)*?^=======\n(?:.*\n)*?^>>>>>>>(?: .*)?$", re.MULTILINE)
+
+
+def git_out(cwd: Path, *args: str) -> str:
+    return git(*args, cwd=cwd).stdout.strip()
+
+
+def rev_parse(root: Path, rev: str) -> str | None:
+    result = git("rev-parse", "-q", "--verify", rev + "^{commit}", cwd=root, check=False)
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def is_ancestor(root: Path, commit: str, of: str) -> bool:
+    return git("merge-base", "--is-ancestor", commit, of, cwd=root, check=False).returncode == 0
+
+
+def checkout_of_branch(root: Path, branch: str) -> Path | None:
+    """The worktree where `branch` is checked out, if any."""
+    current = None
+    for line in git_out(root, "worktree", "list", "--porcelain").splitlines():
+        if line.startswith("worktree "):
+            current = Path(line[len("worktree "):])
+        elif line == f"branch refs/heads/{branch}":
+            return current
+    return None
+
+
+# Files in a worktree's git admin dir that mean an operation is under way there.
+OPERATION_FILES = (("rebase-merge", "a rebase"), ("rebase-apply", "a rebase"), ("MERGE_HEAD", "a merge"),
+                   ("CHERRY_PICK_HEAD", "a cherry-pick"), ("REVERT_HEAD", "a revert"), ("BISECT_START", "a bisect"))
+
+
+def operation_on_branch(root: Path, branch: str) -> str | None:
+    """A rebase, merge, cherry-pick, revert or bisect under way on `branch` in any worktree, as
+    "a rebase of main is in progress in FOLDER"; None when there is none. Moving the branch then
+    would break the user's `--continue` or lose their work on `--abort`. A rebase and a bisect
+    detach HEAD, so the branch they are on is read from their own files."""
+    common_dir = root / ".git"
+    admin_dirs = [(common_dir, root)]
+    linked = common_dir / "worktrees"
+    for admin in sorted(linked.iterdir()) if linked.is_dir() else ():
+        if (gitdir := read_admin_file(admin / "gitdir")) is not None:
+            admin_dirs.append((admin, Path(gitdir).parent))
+    for admin, folder in admin_dirs:
+        on_branch = read_admin_file(admin / "HEAD") == f"ref: refs/heads/{branch}"
+        for name, what in OPERATION_FILES:
+            if not (admin / name).exists():
+                continue
+            started_on = (read_admin_file(admin / name / "head-name") if name.startswith("rebase")
+                          else read_admin_file(admin / name) if name == "BISECT_START" else None)
+            if on_branch or started_on in (branch, f"refs/heads/{branch}"):
+                return f"{what} of {branch} is in progress in {folder}"
+    return None
+
+
+def read_admin_file(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return None
+
+
+def stale_lock_reason(lock: Path) -> str:
+    return (f"git's lock file {lock} exists: another git command is running there, or one was killed "
+            "(then remove that file)")
+
+
+def first_line(text: str) -> str:
+    return (text.strip().splitlines() or ["no output"])[0]
+
+
+@dataclasses.dataclass
+class MergeResult:
+    """What `git merge-tree --write-tree` found: the merged tree, or the conflicts."""
+
+    tree: str | None
+    files: list[str] = dataclasses.field(default_factory=list)  # conflicted paths
+    messages: str = ""  # git's CONFLICT lines, for people
+    # path -> {1: the merge base's blob, 2: ours, 3: theirs}; a side that deleted the file is absent
+    stages: dict[str, dict[int, str]] = dataclasses.field(default_factory=dict)
+    markerless: list[str] = dataclasses.field(default_factory=list)  # conflicts text markers cannot show
+
+
+def merge_tree(root: Path, ours: str, theirs: str) -> MergeResult:
+    """`git merge-tree --write-tree -z`: exit 0 is clean, 1 has conflicts. Its -z form gives each
+    message a stable type: only "CONFLICT (contents)" leaves markers in a text file; a binary,
+    modify/delete, rename or mode conflict does not."""
+    result = git("merge-tree", "--write-tree", "-z", ours, theirs, cwd=root, check=False)
+    if result.returncode not in (0, 1):
+        raise errors.GitError(result.argv, result.returncode, result.stdout, result.stderr)
+    fields = result.stdout.split("\0")
+    if result.returncode == 0:
+        return MergeResult(fields[0].strip())
+    merged = MergeResult(None)
+    i = 1
+    while i < len(fields) and fields[i]:  # "<mode> <blob> <stage>\t<path>", one per stage
+        info, path = fields[i].split("\t", 1)
+        merged.stages.setdefault(path, {})[int(info.split()[2])] = info.split()[1]
+        i += 1
+    merged.files = list(merged.stages)
+    messages, markerless = [], []
+    i += 1
+    while i < len(fields) and fields[i]:  # "<n>", n paths, "<type>", "<message>"
+        count = int(fields[i])
+        paths, kind, text = fields[i + 1:i + 1 + count], fields[i + 1 + count], fields[i + 2 + count]
+        i += count + 3
+        if kind.startswith("CONFLICT"):
+            messages.append(text.strip())
+            if kind != TEXT_CONFLICT:
+                markerless += paths
+    merged.messages, merged.markerless = "\n".join(messages), list(dict.fromkeys(markerless))
+    return merged
+
+
+def merge_diffstat(root: Path, merge: str, branch_tip: str | None) -> dict | None:
+    """Files, insertions and deletions a merge brought into main: recorded when it happens, since
+    the branch is deleted after it. None when `merge` is not the merge of that branch tip."""
+    parents = git_out(root, "rev-list", "--parents", "-n", "1", merge).split()
+    if len(parents) != 3 or parents[2] != branch_tip:
+        return None  # main moved on after a merge finished before a restart: unknown now
+    stat = {"files": 0, "insertions": 0, "deletions": 0}
+    for line in git_out(root, "diff", "--numstat", parents[1], merge).splitlines():
+        added, deleted, _ = line.split("\t", 2)
+        stat["files"] += 1
+        stat["insertions"] += int(added) if added.isdigit() else 0  # "-" for a binary file
+        stat["deletions"] += int(deleted) if deleted.isdigit() else 0
+    return stat
+
+
+def new_marker_files(root: Path, main: str, branch: str) -> list[str]:
+    """Files in which the branch has more complete conflict-marker blocks than main has."""
+    base = git_out(root, "merge-base", main, branch)
+    changed = git_out(root, "-c", "core.quotePath=false", "diff", "--name-only", "--diff-filter=AM", base, branch)
+    found = []
+    for name in filter(None, changed.splitlines()):
+        branch_text = git("show", f"{branch}:{name}", cwd=root, check=False).stdout
+        if "<<<<<<<" not in branch_text:
+            continue
+        main_text = git("show", f"{main}:{name}", cwd=root, check=False).stdout
+        if len(MARKER_BLOCK.findall(branch_text)) > len(MARKER_BLOCK.findall(main_text)):
+            found.append(name)
+    return found
+
+
+def added_files_named(worktree: Path, main: str, name: str) -> list[str]:
+    """Files called `name`, at any path, that the worktree's branch adds (committed or not): an
+    agent's follow-ups file, wherever the agent was rooted. A file of that name that main or the
+    branch's merge base already has is the project's own, and is not among them."""
+    glob = ":(glob)**/" + re.sub(r"([*?\[\\])", r"\\\1", name)
+    listed = git("ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", glob, cwd=worktree)
+    found = list(dict.fromkeys(f for f in listed.stdout.split("\0") if f))
+    if not found:
+        return []
+    base = git("merge-base", main, "HEAD", cwd=worktree, check=False).stdout.strip()  # none: main rewritten
+    known = set()
+    for rev in filter(None, (base, main)):
+        listing = git("ls-tree", "-r", "-z", "--name-only", rev, "--", *found, cwd=worktree)
+        known.update(listing.stdout.split("\0"))
+    return [f for f in found if f not in known]
+
+
+def clear_interrupted_git_state(worktree: Path) -> None:
+    """What a killed agent leaves: a stale index.lock, a rebase or merge in progress."""
+    gitdir = Path(git_out(worktree, "rev-parse", "--absolute-git-dir"))
+    (gitdir / "index.lock").unlink(missing_ok=True)
+    if (gitdir / "rebase-merge").exists() or (gitdir / "rebase-apply").exists():
+        git("rebase", "--abort", cwd=worktree, check=False)
+    if (gitdir / "MERGE_HEAD").exists():
+        git("merge", "--abort", cwd=worktree, check=False)
+
+
+def commit_everything(worktree: Path, message: str) -> bool:
+    """Commit all changes in the worktree (ignored files stay out); False when there were none."""
+    if not git_out(worktree, "status", "--porcelain"):
+        return False
+    git("add", "-A", cwd=worktree)
+    failpoints.failpoint("during_leftover_commit")
+    git("commit", "-q", "--no-verify", "-m", message, cwd=worktree)
+    return True

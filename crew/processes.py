@@ -1,0 +1,146 @@
+"""Running commands (argument lists, never a shell) and starting and ending process trees."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+
+from crew import errors
+from crew import files
+
+
+IS_WINDOWS = os.name == "nt"
+
+
+@dataclasses.dataclass
+class Completed:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run(*argv: str | os.PathLike, cwd: str | os.PathLike | None = None, check: bool = True,
+        timeout: float | None = None, env: dict[str, str] | None = None,
+        error: type[errors.CommandError] = errors.CommandError) -> Completed:
+    """Run one command from an argument list (never a shell), capturing text output as UTF-8."""
+    args = [os.fspath(a) for a in argv]
+    try:
+        proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, encoding="utf-8",
+                              errors="replace", timeout=timeout, env=env,
+                              stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise error(args, None, "", "", f"command not found: {args[0]}") from None
+    except subprocess.TimeoutExpired:
+        raise error(args, None, "", "", f"timed out after {timeout} s") from None
+    result = Completed(args, proc.returncode, proc.stdout, proc.stderr)
+    if check and proc.returncode != 0:
+        raise error(args, proc.returncode, proc.stdout, proc.stderr)
+    return result
+
+
+WAIT_STEP_SECS = 0.05  # a setup command or gate notices a stop within this
+
+
+def start_process(argv: list[str], cwd: Path, env: dict, log_path: Path) -> subprocess.Popen:
+    """Output goes to a file, not a pipe: it survives us, and no grandchild can hang us on it."""
+    try:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "ab")
+    except OSError as exc:  # a full disk: one line, not a failed attempt of every task in turn
+        raise files.write_error(log_path, exc) from None
+    with log:
+        kwargs = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if IS_WINDOWS
+                  else {"start_new_session": True})
+        return subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, **kwargs)
+
+
+def process_start_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def is_same_process_alive(pid: int | None, start_time: float | None) -> bool:
+    """Alive AND the same process: a recycled pid belongs to someone else and is never signalled."""
+    if not pid or start_time is None:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        return abs(proc.create_time() - start_time) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any living process remains in a process group (POSIX); zombies are dead already,
+    however late their reaper (PID 1 in a container may be slow) collects them."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False  # the common case, answered without scanning every process
+    except PermissionError:
+        pass
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(proc.pid) == pgid:
+                return True
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return False
+
+
+def kill_tree(pid: int, grace: float, proc: subprocess.Popen | None = None) -> None:
+    """End a worker and everything it started: the one path for timeouts, Ctrl-C and shutdown."""
+    if IS_WINDOWS:
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True)
+    else:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if proc is not None:
+                proc.poll()  # reap our child
+            if not group_alive(pid):
+                break
+            time.sleep(0.05)
+        else:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    if proc is not None:
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def wait_or_end(proc: subprocess.Popen, timeout: float, stop, grace: float) -> str | None:
+    """Wait for a process started by start_process (a setup command, the gate); end its tree past
+    `timeout`, or as soon as stop() is true (a second Ctrl-C). None if it exited by itself, else why not."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            proc.wait(timeout=WAIT_STEP_SECS)
+            return None
+        except subprocess.TimeoutExpired:
+            pass
+        if stop():
+            why = "was stopped"
+        elif time.monotonic() > deadline:
+            why = f"timed out after {timeout:g} s"
+        else:
+            continue
+        kill_tree(proc.pid, grace, proc)
+        return why

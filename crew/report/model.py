@@ -1,0 +1,387 @@
+"""Events become report data: attempts, merges, conflicts, token counts."""
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+from crew.report import events as event_log
+
+
+# Aider prints e.g. "Tokens: 2.1k sent, 345 received." (cache counts may sit between the two).
+TOKENS_LINE = re.compile(r"Tokens:\s*([\d.]+)\s*([kKmM]?)\s+sent\b.*?([\d.]+)\s*([kKmM]?)\s+received\b")
+TOKEN_SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000}
+
+# What an attempt's bar is coloured by: a conflict resolver or gate fixer by its kind, others by outcome.
+CATEGORIES = {
+    "merged": ("merged", "#2f9e5b"),
+    "released": ("released (no work merged)", "#e3a21a"),
+    "blocked": ("blocked", "#d64541"),
+    "timed_out": ("timed out", "#8e5ccf"),
+    "stopped": ("stopped (Ctrl-C, a signal, blocked by hand)", "#5b6b82"),
+    "conflict": ("conflict resolver", "#3b7fc4"),
+    "gate": ("gate fixer", "#139e9e"),
+    "open": ("running, or cut short by a crash", "#9aa0a6"),
+}
+
+
+@dataclasses.dataclass
+class Tokens:
+    sent: int = 0
+    received: int = 0
+
+    def __add__(self, other: "Tokens") -> "Tokens":
+        return Tokens(self.sent + other.sent, self.received + other.received)
+
+
+@dataclasses.dataclass
+class Attempt:
+    """One worker run: a bar on the timeline."""
+
+    task_id: str
+    title: str
+    number: int
+    slot: int
+    kind: str  # "task", or "conflict" / "gate": a conflict resolver or gate fixer
+    start: float
+    log: Path | None
+    end: float | None = None  # None: still running when the log ends, or cut short by a crash
+    outcome: str = "open"  # open, queued, merged, released, blocked, resolved, lost
+    ended: str = "exited"  # or "timed_out", "stopped": the dispatcher ended it
+    merged_work: bool = False  # its commits reached main
+
+    @property
+    def category(self) -> str:
+        if self.kind in ("conflict", "gate"):
+            return self.kind
+        if self.ended != "exited":
+            return self.ended
+        return self.outcome if self.outcome in CATEGORIES else "open"
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.end is None else max(0.0, self.end - self.start)
+
+
+@dataclasses.dataclass
+class TaskRow:
+    task_id: str
+    title: str
+    kind: str = "task"
+    outcome: str = "waiting"  # merged, resolved, blocked, waiting, dropped (deleted from the store)
+    detail: str = ""  # what it waits for, or why it is blocked
+    attempts: list[Attempt] = dataclasses.field(default_factory=list)
+    queue_wait: float = 0.0
+    diffstat: dict | None = None
+    tokens: Tokens | None = None
+    logs: list[tuple[str, Path]] = dataclasses.field(default_factory=list)  # (label, path)
+
+    @property
+    def agent_time(self) -> float:
+        return sum(a.duration or 0.0 for a in self.attempts)
+
+
+@dataclasses.dataclass
+class Mark:
+    """Something that happened at one moment: a merge, a conflict filed, a gate run, a breaker trip."""
+
+    at: float
+    kind: str  # merged, conflict, gate_passed, gate_failed, breaker
+    task_id: str | None
+    text: str
+
+
+@dataclasses.dataclass
+class Run:
+    """One dispatcher process, from its start to its stop or its last event (a crash)."""
+
+    start: float
+    end: float
+    pid: int | None = None
+    max_workers: int | None = None
+    stopped: bool = False  # it recorded its own end; False after a crash or while it runs
+
+
+@dataclasses.dataclass
+class Conflict:
+    task_id: str  # the task whose branch did not merge
+    conflict_task: str
+    kind: str  # conflict or gate
+    ended: str = "open"  # open, resolved and merged, resolved, blocked
+
+
+@dataclasses.dataclass
+class Report:
+    events: int
+    skipped_lines: int
+    runs: list[Run]
+    attempts: list[Attempt]
+    tasks: dict[str, TaskRow]
+    marks: list[Mark]
+    queue_depth: list[tuple[float, int]]  # (time, depth) at each change
+    conflicts: list[Conflict]
+    refills: list[float]  # a worker's end to the next start, seconds
+    merge_latencies: list[float]  # queued to merged, seconds
+    slots: int
+
+    @property
+    def start(self) -> float:
+        return self.runs[0].start if self.runs else 0.0
+
+    @property
+    def end(self) -> float:
+        return self.runs[-1].end if self.runs else 0.0
+
+    @property
+    def wall_time(self) -> float:
+        """Time a dispatcher was running, summed over runs (a pause between runs is not counted)."""
+        return sum(run.end - run.start for run in self.runs)
+
+    @property
+    def agent_time(self) -> float:
+        return sum(a.duration or 0.0 for a in self.attempts)
+
+    @property
+    def merged_agent_time(self) -> float:
+        return sum(a.duration or 0.0 for a in self.attempts if a.merged_work)
+
+    def count(self, outcome: str) -> int:
+        return sum(1 for t in self.tasks.values() if t.kind == "task" and t.outcome == outcome)
+
+
+def log_path(logs_dir: Path, event: event_log.Event) -> Path | None:
+    """The attempt's log as the event names it (relative to the repository root), else the one log
+    per task of event logs written before events named it. Never a file outside .dispatch_logs."""
+    named = event.get_str("log")
+    if named:
+        path = (logs_dir.parent / named).resolve()
+    elif event.task_id and re.fullmatch(r"[A-Za-z0-9._-]+", event.task_id):
+        path = (logs_dir / f"{event.task_id}.log").resolve()
+    else:
+        return None
+    return path if path.is_relative_to(logs_dir.resolve()) else None
+
+
+def tokens_in_log(path: Path) -> Tokens | None:
+    """The sum of the token counts an agent printed in its log; None when it printed none."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    found = None
+    for match in TOKENS_LINE.finditer(text):
+        sent = float(match.group(1)) * TOKEN_SUFFIX[match.group(2).lower()]
+        received = float(match.group(3)) * TOKEN_SUFFIX[match.group(4).lower()]
+        found = (found or Tokens()) + Tokens(round(sent), round(received))
+    return found
+
+
+class _Builder:
+    """Walks the events once, in the order they were written."""
+
+    TASKLESS = ("breaker_tripped",)  # every other handler is about one task
+
+    def __init__(self, logs_dir: Path):
+        self.logs_dir = logs_dir
+        self.runs: list[Run] = []
+        self.attempts: list[Attempt] = []
+        self.open: dict[str, Attempt] = {}  # task id -> its running attempt
+        self.last: dict[str, Attempt] = {}  # task id -> its latest attempt
+        self.tasks: dict[str, TaskRow] = {}
+        self.marks: list[Mark] = []
+        self.queued: dict[str, float] = {}  # task id -> when it entered the merge queue
+        self.queue_depth: list[tuple[float, int]] = []
+        self.conflicts: dict[str, Conflict] = {}  # conflict task id -> the conflict
+        self.ends: list[float] = []  # worker ends not yet followed by a start
+        self.refills: list[float] = []
+        self.merge_latencies: list[float] = []
+        self.slots = 0
+
+    def task(self, task_id: str) -> TaskRow:
+        if task_id not in self.tasks:
+            self.tasks[task_id] = TaskRow(task_id, title=task_id)
+        return self.tasks[task_id]
+
+    def run_of(self, event: event_log.Event) -> Run:
+        if not self.runs or (self.runs[-1].stopped and event.name != "dispatcher_stopped"):
+            self.runs.append(Run(event.at, event.at))  # events from before runs were marked
+        return self.runs[-1]
+
+    def add(self, e: event_log.Event) -> None:
+        if e.name == "dispatcher_started":
+            self.runs.append(Run(e.at, e.at, e.get_int("pid"), e.get_int("max_workers")))
+            self.slots = max(self.slots, e.get_int("max_workers") or 0)
+            self.ends.clear()  # a refill is measured within one run
+        run = self.run_of(e)
+        run.end = max(run.end, e.at)
+        if e.name == "dispatcher_stopped":
+            run.stopped = True
+        handler = getattr(self, "on_" + e.name, None)
+        if handler is not None and (e.task_id is not None or e.name in self.TASKLESS):
+            handler(e)
+
+    # ---- workers -----------------------------------------------------------------------
+
+    def on_worker_started(self, e: event_log.Event) -> None:
+        if (stale := self.open.pop(e.task_id, None)) is not None:
+            stale.end, stale.outcome = e.at, "lost"  # its end was never recorded (a crash)
+        row = self.task(e.task_id)
+        row.title = e.get_str("title") or row.title
+        kind = e.get_str("kind") or "task"
+        row.kind = kind
+        slot = e.get_int("slot") or 1
+        self.slots = max(self.slots, slot)
+        attempt = Attempt(e.task_id, row.title, e.get_int("attempt") or len(row.attempts) + 1, slot, kind, e.at,
+                          log_path(self.logs_dir, e))
+        self.attempts.append(attempt)
+        row.attempts.append(attempt)
+        self.open[e.task_id] = self.last[e.task_id] = attempt
+        row.outcome, row.detail = "waiting", "running"
+        if self.ends:
+            self.refills.append(e.at - self.ends.pop(0))
+
+    def end_attempt(self, e: event_log.Event, ended: str = "exited") -> None:
+        attempt = self.open.pop(e.task_id, None)
+        if attempt is not None:
+            attempt.end, attempt.ended = e.at, ended
+            self.ends.append(e.at)
+
+    def on_worker_exited(self, e: event_log.Event) -> None:
+        self.end_attempt(e)
+
+    def on_worker_timed_out(self, e: event_log.Event) -> None:
+        self.end_attempt(e, "timed_out")
+
+    def on_worker_stopped(self, e: event_log.Event) -> None:
+        self.end_attempt(e, "stopped")  # a second Ctrl-C, SIGTERM or its task blocked by hand ended it
+
+    def on_commits_found(self, e: event_log.Event) -> None:
+        if (attempt := self.last.get(e.task_id)) is not None:
+            attempt.outcome = "queued"
+
+    # ---- the merge queue ---------------------------------------------------------------
+
+    def depth_changed(self, at: float) -> None:
+        self.queue_depth.append((at, len(self.queued)))
+
+    def leave_queue(self, e: event_log.Event) -> None:
+        if (since := self.queued.pop(e.task_id, None)) is not None:
+            self.task(e.task_id).queue_wait += e.at - since
+            self.depth_changed(e.at)
+            if e.name == "merged":
+                self.merge_latencies.append(e.at - since)
+
+    def on_merge_queued(self, e: event_log.Event) -> None:
+        if e.task_id not in self.queued:
+            self.queued[e.task_id] = e.at
+            self.depth_changed(e.at)
+        self.task(e.task_id).outcome, self.task(e.task_id).detail = "waiting", "in the merge queue"
+
+    def on_merged(self, e: event_log.Event) -> None:
+        self.leave_queue(e)
+        row = self.task(e.task_id)
+        row.outcome, row.detail = "merged", ""
+        diffstat = e.fields.get("diffstat")
+        if isinstance(diffstat, dict):
+            row.diffstat = diffstat  # a retried merge's last is the one on main
+        if (attempt := self.last.get(e.task_id)) is not None and attempt.outcome in ("queued", "open", "released"):
+            attempt.outcome, attempt.merged_work = "merged", True
+        for conflict in self.conflicts.values():  # its resolvers' work reached main with it
+            if conflict.task_id == e.task_id and conflict.ended == "resolved":
+                conflict.ended = "resolved and merged"
+                for resolver in self.tasks.get(conflict.conflict_task, TaskRow("", "")).attempts:
+                    resolver.merged_work = resolver.outcome == "resolved"
+        self.marks.append(Mark(e.at, "merged", e.task_id, f"merged {e.task_id}: {row.title}"))
+
+    def on_merge_conflict(self, e: event_log.Event) -> None:
+        self.leave_queue(e)
+
+    def on_gate_failed(self, e: event_log.Event) -> None:
+        self.leave_queue(e)
+        self.marks.append(Mark(e.at, "gate_failed", e.task_id, f"checks failed on {e.task_id}"))
+
+    def on_gate_passed(self, e: event_log.Event) -> None:
+        self.marks.append(Mark(e.at, "gate_passed", e.task_id, f"checks passed on {e.task_id}"))
+
+    def on_stale_branch(self, e: event_log.Event) -> None:
+        self.leave_queue(e)
+        row = self.task(e.task_id)
+        row.outcome, row.detail = "waiting", "not merged: the task changed meanwhile; branch kept"
+
+    def on_conflict_filed(self, e: event_log.Event) -> None:
+        conflict_task = e.get_str("conflict_task") or "?"
+        kind = e.get_str("kind") or "conflict"
+        self.conflicts.setdefault(conflict_task, Conflict(e.task_id, conflict_task, kind))
+        self.task(conflict_task).kind = kind
+        self.task(conflict_task).title = e.get_str("title") or conflict_task
+        row = self.task(e.task_id)
+        row.outcome, row.detail = "waiting", f"waits for {conflict_task}"
+        what = "merge conflict" if kind == "conflict" else "failing checks"
+        self.marks.append(Mark(e.at, "conflict", e.task_id, f"{what} on {e.task_id}: filed {conflict_task}"))
+
+    # ---- how a task ends ---------------------------------------------------------------
+
+    def on_released(self, e: event_log.Event) -> None:
+        row = self.task(e.task_id)
+        row.outcome, row.detail = "waiting", "released for another attempt"
+        attempt = self.last.get(e.task_id)
+        if attempt is not None and attempt.outcome in ("open", "queued"):
+            attempt.outcome = "released"
+        elif attempt is not None and attempt.ended != "exited" and attempt.outcome == "merged":
+            how = "timed-out" if attempt.ended == "timed_out" else "stopped"
+            row.detail = f"its {how} attempt's work merged; released for another attempt"
+
+    def on_blocked(self, e: event_log.Event) -> None:
+        self.leave_queue(e)
+        row = self.task(e.task_id)
+        row.outcome, row.detail = "blocked", e.get_str("reason") or ""
+        if (attempt := self.last.get(e.task_id)) is not None and attempt.outcome in ("open", "queued", "released"):
+            attempt.outcome = "blocked"
+        for conflict in self.conflicts.values():
+            if e.task_id in (conflict.task_id, conflict.conflict_task) and conflict.ended in ("open", "resolved"):
+                conflict.ended = "blocked"
+
+    def on_record_dropped(self, e: event_log.Event) -> None:
+        """The task was deleted from the store: its merge-queue entry or pending merge was dropped."""
+        self.leave_queue(e)
+        row = self.task(e.task_id)
+        row.outcome, row.detail = "dropped", f"deleted from the store; dropped its {e.get_str('record') or 'record'}"
+        for conflict in self.conflicts.values():
+            if conflict.conflict_task == e.task_id and conflict.ended == "open":
+                conflict.ended = "dropped"
+
+    on_left_blocked = on_blocked  # blocked by hand while it ran: the event carries the reason
+
+    def on_closed(self, e: event_log.Event) -> None:
+        """A conflict or fix task resolved by its worker (a merged task is closed after `merged`)."""
+        if e.task_id in self.conflicts:
+            self.conflicts[e.task_id].ended = "resolved"
+            row = self.task(e.task_id)
+            row.outcome, row.detail = "resolved", ""
+            if (attempt := self.last.get(e.task_id)) is not None:
+                attempt.outcome = "resolved"
+
+    def on_breaker_tripped(self, e: event_log.Event) -> None:
+        failures = e.get_int("failures")
+        self.marks.append(Mark(e.at, "breaker", None, f"breaker tripped after {failures} failed attempts in a row"))
+
+    # ---- the end -----------------------------------------------------------------------
+
+    def finish(self, events: int, skipped: int) -> Report:
+        for row in self.tasks.values():
+            logs = [p for p in dict.fromkeys(a.log for a in row.attempts if a.log is not None) if p.is_file()]
+            if len(logs) > 1 and len(logs) == len(row.attempts):  # one log per attempt
+                row.logs = [(f"attempt {a.number}", a.log) for a in row.attempts]
+            else:
+                row.logs = [("log", path) for path in logs]
+            counts = [t for t in map(tokens_in_log, logs) if t is not None]
+            row.tokens = sum(counts, Tokens()) if counts else None
+        return Report(events, skipped, self.runs, self.attempts, self.tasks, self.marks, self.queue_depth,
+                      list(self.conflicts.values()), self.refills, self.merge_latencies, max(self.slots, 1))
+
+
+def build_report(events: list[event_log.Event], skipped: int, logs_dir: Path) -> Report:
+    builder = _Builder(logs_dir)
+    for event in events:
+        builder.add(event)
+    return builder.finish(len(events), skipped)

@@ -1,0 +1,153 @@
+"""Tasks in beads, through the bd CLI (see docs/bd-contract.md)."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from crew import errors
+from crew import names
+from crew import processes
+from crew.tasks import model
+
+
+# Dolt allows one writer at a time; beads' own tests retry these with backoff.
+_BD_LOCK_ERRORS = ("one writer at a time", "database is locked", "locked by another dolt process")
+_BD_RETRIES = 10
+_BD_NOT_FOUND = re.compile(r"no issues? found matching", re.IGNORECASE)
+
+
+class BdTaskStore:
+    """Tasks in beads, through the `bd` CLI (see docs/bd-contract.md)."""
+
+    name = "bd"
+
+    def __init__(self, command: str, root: Path, actor: str):
+        resolved = shutil.which(command)
+        if not resolved:
+            raise errors.UserError(f"task_backend is \"bd\" but the bd command {command!r} was not found on PATH; "
+                            "install beads (see README) or set task_backend to \"json\"")
+        self.executable, self.root, self.actor = resolved, root, actor
+        # npm installs bd as a .cmd wrapper on Windows: its arguments pass through cmd.exe.
+        self.through_cmd = processes.IS_WINDOWS and resolved.lower().endswith((".cmd", ".bat"))
+
+    def _call(self, *args: str, actor: str | None = None) -> Any:
+        # Every call runs as the store's actor: real bd refuses to release a claim held by
+        # another actor, and claims must be this dispatcher's own.
+        argv = [self.executable, *args, "--actor", actor or self.actor, "--json"]
+        if self.through_cmd and (bad := [a for a in args if set(a) & names.CMD_SPECIAL or "!" in a]):
+            raise errors.UserError(f"bd resolves to a cmd.exe wrapper ({self.executable}) and the text {bad[0][:40]!r} "
+                            "would reach cmd.exe; set bd_command to the real bd.exe")
+        env = {k: v for k, v in os.environ.items() if k != "BD_JSON_ENVELOPE"}
+        delay = 0.5
+        for attempt in range(_BD_RETRIES + 1):
+            result = processes.run(*argv, cwd=self.root, check=False, env=env, error=errors.BdError)
+            if result.returncode == 0:
+                return _unwrap_bd_json(result.stdout, argv)
+            message = _bd_error_message(result)
+            if attempt < _BD_RETRIES and any(m in message.lower() for m in _BD_LOCK_ERRORS):
+                time.sleep(delay)
+                delay = min(delay * 2, 8)
+                continue
+            error = errors.BdTaskNotFound if _BD_NOT_FOUND.search(message) else errors.BdError
+            raise error(argv, result.returncode, result.stdout, result.stderr, message)
+        raise AssertionError("unreachable")
+
+    def _tasks(self, *args: str, actor: str | None = None) -> list[model.Task]:
+        out = self._call(*args, actor=actor)
+        return [model.Task.from_dict(item) for item in (out if isinstance(out, list) else [out])]
+
+    def create(self, title: str, description: str = "", **fields: Any) -> model.Task:
+        return self.create_many([model.NewTask(title, description, **fields)])[0]
+
+    def create_many(self, specs: Sequence[model.NewTask]) -> list[model.Task]:
+        """One `bd create` each; a failure part-way says which were created."""
+        created: list[model.Task] = []
+        for spec in specs:
+            args = ["create", spec.title, "-p", str(spec.priority), "-t", spec.issue_type]
+            if spec.description:
+                args += ["-d", spec.description]
+            if spec.labels:
+                args += ["-l", ",".join(spec.labels)]
+            if spec.deps:
+                args += ["--deps", ",".join(f"{kind}:{target}" for kind, target in spec.deps)]
+            try:
+                created.append(self._tasks(*args)[0])
+            except errors.UserError as exc:
+                if not created:
+                    raise
+                raise model.PartialCreateError(created, exc) from exc
+        return created
+
+    def get(self, task_id: str) -> model.Task:
+        tasks = self._tasks("show", task_id)
+        if not tasks:
+            raise errors.TaskNotFound(f"no task with id {task_id!r}")
+        return tasks[0]
+
+    def list(self, statuses: Sequence[str] | None = None) -> list[model.Task]:
+        tasks = self._tasks("list", "--limit", "0", "--status", ",".join(statuses) if statuses else "all")
+        return [t for t in tasks if statuses is None or t.status in statuses]
+
+    def ready(self, limit: int | None = None) -> list[model.Task]:
+        # Epics are never work; ask for everything so a limit is not used up by them.
+        return [t for t in self._tasks("ready", "--limit", "0") if t.issue_type != "epic"][:limit]
+
+    def claim(self, task_id: str, actor: str) -> bool:
+        try:
+            claimed = self._tasks("update", task_id, "--claim", actor=actor)
+        except errors.BdError as exc:
+            if "already claimed" in str(exc).lower() or "cannot claim" in str(exc).lower():
+                return False
+            raise
+        return bool(claimed) and claimed[0].assignee == actor
+
+    def release(self, task_id: str, note: str = "", actor: str | None = None) -> model.Task:
+        return self._tasks("update", task_id, "-s", "open", "-a", "", *(["--append-notes", note] if note else []),
+                           actor=actor)[0]
+
+    def set_status(self, task_id: str, status: str, note: str = "", actor: str | None = None) -> model.Task:
+        return self._tasks("update", task_id, "-s", status, *(["--append-notes", note] if note else []),
+                           actor=actor)[0]
+
+    def close(self, task_id: str, reason: str = "", force: bool = False, actor: str | None = None) -> model.Task:
+        return self._tasks("close", task_id, *(["-r", reason] if reason else []), *(["--force"] if force else []),
+                           actor=actor)[0]
+
+    def reopen(self, task_id: str) -> model.Task:
+        return self._tasks("reopen", task_id)[0]
+
+    def add_dependency(self, task_id: str, depends_on: str, kind: str = "blocks") -> None:
+        self._call("dep", "add", task_id, depends_on, "-t", kind)
+
+    def add_note(self, task_id: str, text: str) -> model.Task:
+        return self._tasks("update", task_id, "--append-notes", text)[0]
+
+
+def _unwrap_bd_json(stdout: str, argv: list[str]) -> Any:
+    try:
+        data = json.loads(stdout) if stdout.strip() else []
+    except json.JSONDecodeError:
+        raise errors.BdError(argv, 0, stdout, "", "bd printed output that is not JSON") from None
+    if isinstance(data, dict) and "data" in data and "schema_version" in data:
+        data = data["data"]
+    return data
+
+
+def _bd_error_message(result: processes.Completed) -> str:
+    # The JSON error may follow a line of text ("Error updating ID: ...") in the same stream.
+    for stream in (result.stdout, result.stderr):
+        start = stream.find("{")
+        with contextlib.suppress(json.JSONDecodeError, AttributeError):
+            data = json.loads(stream[start:]) if start >= 0 else None
+            if isinstance(data, dict) and data.get("error"):
+                # Batch commands (update, close) put each id's own reason under "failed".
+                details = [f"{f.get('id')}: {f.get('error')}" for f in data.get("failed") or [] if isinstance(f, dict)]
+                return "; ".join([str(data["error"])] + details)
+    return (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1]

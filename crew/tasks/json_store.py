@@ -1,0 +1,270 @@
+"""The embedded store: task_queue.json."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from crew import errors
+from crew import files
+from crew import workspace
+from crew.tasks import model
+
+
+ID_COUNTER = "id_counter"  # task_queue.json: the highest id number ever given
+
+
+def _open_blockers(entry: dict, by_id: dict[str, dict]) -> list[str]:
+    """The tasks that block this one and are not closed (a dangling reference never blocks:
+    it could never be closed)."""
+    return [dep["depends_on_id"] for dep in entry.get("dependencies") or ()
+            if dep.get("type", "blocks") in model.BLOCKING_DEP_TYPES and dep.get("depends_on_id") in by_id
+            and by_id[dep["depends_on_id"]].get("status", "open") != "closed"]
+
+
+def _normalize_entry(entry: dict) -> str | None:
+    """Bring a hand-written task to the normal form the store writes (README, "task_queue.json"):
+    null means "not given", a priority may be a digit in a string, a dependency may be a bare id.
+    Returns what cannot be read that way."""
+    for key in ("status", "priority", "created_at", "dependencies"):
+        if key in entry and entry[key] is None:
+            del entry[key]
+    priority = entry.get("priority", 2)
+    if isinstance(priority, str) and priority.strip() in ("0", "1", "2", "3", "4"):
+        entry["priority"] = priority = int(priority)
+    if not (type(priority) is int and 0 <= priority <= 4):
+        return f"\"priority\" must be 0-4 (0 highest), got {json.dumps(priority)}"
+    for key in ("status", "created_at"):
+        if not isinstance(entry.get(key, ""), str):
+            return f"\"{key}\" must be a string, got {json.dumps(entry[key])}"
+    deps = entry.get("dependencies", [])
+    if not isinstance(deps, list):
+        return f"\"dependencies\" must be a list, got {json.dumps(deps)}"
+    for i, dep in enumerate(deps):
+        if isinstance(dep, str):
+            deps[i] = dep = {"depends_on_id": dep, "type": "blocks"}
+        if not (isinstance(dep, dict) and isinstance(dep.get("depends_on_id"), str)
+                and isinstance(dep.get("type", "blocks"), str)):
+            return f"dependency {json.dumps(dep)} must be a task id or {{\"depends_on_id\": ID, \"type\": TYPE}}"
+    return None
+
+
+def _dependency_cycle(entries: list[dict]) -> list[str] | None:
+    """A chain of blocking dependencies that comes back to where it started, if there is one."""
+    waits_for = {e["id"]: [d["depends_on_id"] for d in e.get("dependencies", ()) if d.get("type", "blocks")
+                           in model.BLOCKING_DEP_TYPES] for e in entries if e.get("dependencies")}
+    on_path_or_done: dict[str, bool] = {}  # True while on the current chain, False once explored
+    for start in waits_for:
+        if start in on_path_or_done:
+            continue
+        path, next_deps = [start], [iter(waits_for[start])]
+        on_path_or_done[start] = True
+        while path:  # depth first without recursion: chains can be thousands of tasks long
+            dep = next(next_deps[-1], None)
+            if dep is None:
+                on_path_or_done[path.pop()] = False
+                next_deps.pop()
+            elif on_path_or_done.get(dep):
+                return path[path.index(dep):] + [dep]
+            elif dep not in on_path_or_done:
+                on_path_or_done[dep] = True
+                path.append(dep)
+                next_deps.append(iter(waits_for.get(dep, ())))
+    return None
+
+
+def _entry_is_ready(entry: dict, by_id: dict[str, dict]) -> bool:
+    """bd's notion of ready: open, not an epic, no open blocker, parent not blocked."""
+    if entry.get("status", "open") != "open" or entry.get("issue_type") == "epic":
+        return False
+    if _open_blockers(entry, by_id):
+        return False
+    return not any(dep.get("type") == "parent-child" and dep.get("depends_on_id") in by_id
+                   and by_id[dep["depends_on_id"]].get("status", "open") in ("blocked", "deferred")
+                   for dep in entry.get("dependencies") or ())
+
+
+class JsonTaskStore:
+    """The embedded store: task_queue.json, changed only under its lock by atomic replace."""
+
+    name = "json"
+
+    def __init__(self, path: Path, prefix: str, root: Path | None = None):
+        self.path, self.prefix, self.root = path, prefix, root
+        self.lock_path = path.with_name(path.name + ".lock")
+        # The parsed file and the stat it was read at: parsing 10,000 tasks costs more than
+        # anything else, and os.replace gives every new version a new inode, so a stat that
+        # still matches means nobody has written since.
+        self._cache: tuple[tuple, dict] | None = None
+
+    def _stat_key(self) -> tuple | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _load(self) -> dict:
+        key = self._stat_key()
+        if key is not None and self._cache and self._cache[0] == key:
+            return self._cache[1]
+        data = files.read_json_file(self.path, {"tasks": []})
+        if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
+            raise errors.UserError(f"{self.path} is corrupt: expected an object with a \"tasks\" list; "
+                            "fix or move it (it was left untouched)")
+        seen = set()
+        for i, entry in enumerate(data["tasks"]):
+            if not isinstance(entry, dict) or not isinstance(entry.get("id"), str) or not isinstance(entry.get("title"), str):
+                raise errors.UserError(f"{self.path} is corrupt: task #{i + 1} needs a string \"id\" and \"title\"; "
+                                "fix or move it (it was left untouched)")
+            problem = "two tasks have this id" if entry["id"] in seen else _normalize_entry(entry)
+            if problem:
+                raise errors.UserError(f"{self.path}: task {entry['id']}: {problem}; fix it (the file was left untouched)")
+            seen.add(entry["id"])
+        if cycle := _dependency_cycle(data["tasks"]):
+            raise errors.UserError(f"{self.path}: task {cycle[0]} waits for itself through the dependency cycle "
+                            f"{' -> '.join(cycle)}, so none of them could ever run; remove one of those "
+                            "dependencies (the file was left untouched)")
+        self._cache = (key, data) if key else None
+        return data
+
+    def _save(self, data: dict) -> None:
+        text = json.dumps(data, ensure_ascii=False)
+        # One task a line, so the file stays readable and diffable. `}, {"id"` cannot occur
+        # inside a JSON string (its quotes would be escaped), so this only splits between tasks.
+        text = text.replace('"tasks": [{"id"', '"tasks": [\n{"id"').replace('}, {"id"', '},\n{"id"')
+        files.atomic_write_text(self.path, text + "\n")
+        self._cache = (self._stat_key(), data)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[dict]:
+        """The whole file ("tasks", and the id counter), saved when the block ends without error."""
+        with files.locked(self.lock_path, "task queue"):
+            data = self._load()
+            try:
+                yield data
+            except BaseException:
+                self._cache = None  # the entries may be half-changed: read the file again
+                raise
+            self._save(data)
+
+    def _entries(self) -> list[dict]:
+        with files.locked(self.lock_path, "task queue"):
+            return self._load()["tasks"]
+
+    @staticmethod
+    def _find(entries: list[dict], task_id: str) -> dict:
+        for entry in entries:
+            if entry["id"] == task_id:
+                return entry
+        raise errors.TaskNotFound(f"no task with id {task_id!r}")
+
+    def _update(self, task_id: str, note: str = "", **changes: Any) -> model.Task:
+        with self._transaction() as data:
+            entries = data["tasks"]
+            entry = self._find(entries, task_id)
+            entry.update(changes, updated_at=files.now_iso())
+            if note:
+                entry["notes"] = f"{entry['notes']}\n{note}" if entry.get("notes") else note
+            return model.Task.from_dict(entry)
+
+    # The store interface; BdTaskStore offers the same.
+    def create(self, title: str, description: str = "", **fields: Any) -> model.Task:
+        return self.create_many([model.NewTask(title, description, **fields)])[0]
+
+    def create_many(self, specs: Sequence[model.NewTask]) -> list[model.Task]:
+        """All or nothing: one transaction."""
+        with self._transaction() as data:
+            entries = data["tasks"]
+            highest = self._highest_id_number(data)
+            stamp, created = files.now_iso(), []
+            for spec in specs:
+                highest += 1
+                task = model.Task(id=f"{self.prefix}-{highest}", title=spec.title, description=spec.description,
+                            priority=spec.priority, issue_type=spec.issue_type, labels=list(spec.labels),
+                            created_at=stamp, updated_at=stamp)
+                for kind, target in spec.deps:
+                    other = self._find(entries, target)
+                    if kind == "blocks":
+                        other.setdefault("dependencies", []).append({"depends_on_id": task.id, "type": "blocks"})
+                    else:
+                        task.dependencies.append({"depends_on_id": target,
+                                                  "type": "blocks" if kind == "blocked-by" else kind})
+                entries.append({k: v for k, v in task.to_dict().items() if v not in ("", [], None)})
+                created.append(task)
+            data[ID_COUNTER] = highest
+            return created
+
+    def _highest_id_number(self, data: dict) -> int:
+        """The highest id number ever given. It never goes down, so a deleted task's id never
+        comes back: a new task with it would inherit the old one's branch, records and merges.
+        A file without the counter (older, or written by hand) starts past every id in use in
+        the store, the dispatcher's state files and the branches."""
+        pattern = re.compile(re.escape(self.prefix) + r"-(\d+)(?!\d)")
+        texts, counter = [e["id"] for e in data["tasks"]], data.get(ID_COUNTER)
+        if type(counter) is not int:
+            texts, counter = texts + workspace.ids_outside_the_store(self.root), 0
+        return max([int(n) for text in texts for n in pattern.findall(text)] + [counter])
+
+    def get(self, task_id: str) -> model.Task:
+        return model.Task.from_dict(self._find(self._entries(), task_id))
+
+    def list(self, statuses: Sequence[str] | None = None) -> list[model.Task]:
+        return [model.Task.from_dict(e) for e in self._entries() if statuses is None or e.get("status", "open") in statuses]
+
+    def ready(self, limit: int | None = None) -> list[model.Task]:
+        entries = self._entries()
+        by_id = {e["id"]: e for e in entries}
+        ready = sorted((e for e in entries if _entry_is_ready(e, by_id)),
+                       key=lambda e: (e.get("priority", 2), e.get("created_at", ""), e["id"]))
+        return [model.Task.from_dict(e) for e in ready[:limit]]
+
+    def claim(self, task_id: str, actor: str) -> bool:
+        with self._transaction() as data:
+            entries = data["tasks"]
+            entry = self._find(entries, task_id)
+            if entry.get("status", "open") != "open" or entry.get("assignee") not in (None, "", actor):
+                return False
+            entry.update(status="in_progress", assignee=actor, updated_at=files.now_iso())
+            return True
+
+    # `actor`: whose claim this is (bd refuses to release or close another actor's claim; this
+    # store, like a hand-edited file, does not check).
+    def release(self, task_id: str, note: str = "", actor: str | None = None) -> model.Task:
+        return self._update(task_id, note, status="open", assignee="")
+
+    def set_status(self, task_id: str, status: str, note: str = "", actor: str | None = None) -> model.Task:
+        return self._update(task_id, note, status=status)
+
+    def close(self, task_id: str, reason: str = "", force: bool = False, actor: str | None = None) -> model.Task:
+        with self._transaction() as data:
+            entries = data["tasks"]
+            entry = self._find(entries, task_id)
+            blockers = _open_blockers(entry, {e["id"]: e for e in entries})
+            if blockers and not force:
+                raise errors.UserError(f"cannot close {task_id}: it is blocked by open tasks {', '.join(blockers)} "
+                                "(use --force to close it anyway)")
+            entry.update(status="closed", closed_at=files.now_iso(), close_reason=reason, updated_at=files.now_iso())
+            return model.Task.from_dict(entry)
+
+    def reopen(self, task_id: str) -> model.Task:
+        return self._update(task_id, status="open", closed_at="", close_reason="", assignee="")
+
+    def add_dependency(self, task_id: str, depends_on: str, kind: str = "blocks") -> None:
+        with self._transaction() as data:
+            entries = data["tasks"]
+            self._find(entries, depends_on)
+            entry = self._find(entries, task_id)
+            deps = entry.setdefault("dependencies", [])
+            if not any(d.get("depends_on_id") == depends_on and d.get("type") == kind for d in deps):
+                deps.append({"depends_on_id": depends_on, "type": kind})
+                if cycle := _dependency_cycle(entries):
+                    raise errors.UserError(f"{task_id} cannot wait for {depends_on}: that makes the cycle "
+                                    f"{' -> '.join(cycle)}, and none of them could ever run")
+
+    def add_note(self, task_id: str, text: str) -> model.Task:
+        return self._update(task_id, text)

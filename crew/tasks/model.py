@@ -1,0 +1,84 @@
+"""The task model both stores share."""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from crew import errors
+
+
+BLOCKING_DEP_TYPES = ("blocks", "conditional-blocks", "waits-for")
+FILE_LABEL = "file:"
+SUGGESTION_LABEL = "suggestion:"
+
+
+@dataclasses.dataclass
+class Task:
+    id: str
+    title: str
+    description: str = ""
+    status: str = "open"
+    priority: int = 2
+    issue_type: str = "task"
+    labels: list[str] = dataclasses.field(default_factory=list)
+    assignee: str = ""
+    dependencies: list[dict] = dataclasses.field(default_factory=list)
+    created_at: str = ""
+    updated_at: str = ""
+    closed_at: str = ""
+    close_reason: str = ""
+    notes: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Task":
+        """From a task_queue.json entry or any bd output shape (list edges or show's linked issues)."""
+        if not isinstance(data, dict) or not isinstance(data.get("id"), str) or not isinstance(data.get("title"), str):
+            raise ValueError("a task needs a string 'id' and 'title'")
+        deps = []
+        for dep in data.get("dependencies") or []:
+            target = dep.get("depends_on_id") or dep.get("id")
+            kind = dep.get("type") or dep.get("dependency_type") or "blocks"
+            if target:
+                deps.append({"depends_on_id": target, "type": kind})
+        priority = data.get("priority", 2)
+        return cls(
+            id=data["id"], title=data["title"], description=data.get("description") or "",
+            status=data.get("status") or "open",
+            priority=priority if isinstance(priority, int) and not isinstance(priority, bool) else 2,
+            issue_type=data.get("issue_type") or "task", labels=list(data.get("labels") or []),
+            assignee=data.get("assignee") or "", dependencies=deps,
+            created_at=data.get("created_at") or "", updated_at=data.get("updated_at") or "",
+            closed_at=data.get("closed_at") or "", close_reason=data.get("close_reason") or "",
+            notes=data.get("notes") or "")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def files(self) -> list[str]:
+        return [label[len(FILE_LABEL):] for label in self.labels if label.startswith(FILE_LABEL)]
+
+    def deps_of(self, *types: str) -> list[str]:
+        return [d["depends_on_id"] for d in self.dependencies if d["type"] in types]
+
+
+@dataclasses.dataclass
+class NewTask:
+    """What a caller gives to create a task. `deps` are (type, id) pairs, read the way
+    `bd create --deps type:id` reads them: "blocks:ID" is reversed (the new task blocks ID)."""
+
+    title: str
+    description: str = ""
+    priority: int = 2
+    issue_type: str = "task"
+    labels: Sequence[str] = ()
+    deps: Sequence[tuple[str, str]] = ()
+
+
+class PartialCreateError(errors.UserError):
+    """Creating several tasks failed part-way: says which were created."""
+
+    def __init__(self, created: list[Task], cause: Exception):
+        self.created = created
+        ids = ", ".join(t.id for t in created) or "none"
+        super().__init__(f"{cause} (tasks created before the failure: {ids})")
