@@ -131,7 +131,7 @@ def pending_problem(data: dict) -> str | None:
 def state_files(config: configuration.Config) -> tuple[statefiles.StateFile, statefiles.StateFile]:
     state, pending = workspace.DISPATCH_STATE_FILES
     return (statefiles.StateFile(config.root / state, {"dispatcher": None, "workers": [], "merge_queue": [], "attempts": {}},
-                      state_problem),
+                                 state_problem),
             statefiles.StateFile(config.root / pending, {}, pending_problem))
 
 
@@ -619,7 +619,7 @@ class Dispatcher:
         ended past worktree_setup_timeout_secs or at a stop-now. None on success, else why not."""
         proc = processes.start_process(list(self.config.worktree_setup_command), worktree, git.child_environment(), log)
         ended = processes.wait_or_end(proc, self.config.worktree_setup_timeout_secs, self.stop_now_reason,
-                            self.config.worker_kill_grace_secs)
+                                      self.config.worker_kill_grace_secs)
         return ended or (f"exited {proc.returncode}" if proc.returncode else None)
 
     def started(self, worker: Worker) -> None:
@@ -678,7 +678,7 @@ class Dispatcher:
             raise errors.UserError(f"{', '.join(markerless)} now conflict in a way text markers cannot show; "
                                    "a person must resolve it (the dispatcher commits neither side)")
         result = git.git("merge", "--no-ff", "--no-commit", "--no-edit", self.config.main_branch, cwd=worktree,
-                            check=False)
+                         check=False)
         if result.returncode == 0 and not git.git_out(worktree, "status", "--porcelain"):
             return  # nothing to merge: main is already in the branch
         git.git("add", "-A", cwd=worktree)  # the files with conflict markers, for the agent to settle
@@ -871,7 +871,7 @@ class Dispatcher:
         if tracked:
             git.git("rm", "-q", "-f", "--", *tracked, cwd=worktree)
             git.git("commit", "-q", "--no-verify", "-m", f"dispatch: keep {', '.join(tracked)} of "
-                       f"{worker.task_id} off main", "--", *tracked, cwd=worktree)
+                    f"{worker.task_id} off main", "--", *tracked, cwd=worktree)
         for path in (worktree / f for f in found if f not in tracked):
             path.unlink(missing_ok=True)
         if lines and self.config.auto_ingest_suggestions:
@@ -939,7 +939,7 @@ class Dispatcher:
                 if merged.tree is None:
                     return self.on_conflict(entry, merged.files, base, merged.messages, merged=merged)
                 commit = git.git_out(root, "commit-tree", merged.tree, "-p", base, "-p", tip, "-m",
-                                 f"Merge {entry['branch']}: {entry['title']} ({entry['task_id']})")
+                                     f"Merge {entry['branch']}: {entry['title']} ({entry['task_id']})")
                 if self.config.merge_gate_command:
                     passed, output = self.run_gate(commit)
                     if passed is None:
@@ -1065,7 +1065,7 @@ class Dispatcher:
             git.git("clean", "-q", "-fd", cwd=gate)
         proc = processes.start_process(list(self.config.merge_gate_command), gate, git.child_environment(), log)
         ended = processes.wait_or_end(proc, self.config.merge_gate_timeout_secs, self.stop_now_reason,
-                            self.config.worker_kill_grace_secs)
+                                      self.config.worker_kill_grace_secs)
         if self.stop_now_reason():
             return None, ""
         failpoints.failpoint("during_gate")
@@ -1422,7 +1422,7 @@ def run_demo(args) -> int:
     """A scratch repository, a handful of tasks, the bundled scripted agent, the real dispatcher."""
     folder = Path(tempfile.mkdtemp(prefix="dispatch-demo-"))
     repo = testing.scratch_repository(folder / "demo-repo", {"README.md": "# Demo project\n",
-                                                     "settings.ini": "[ui]\ncolor=blue\n"})
+                                                             "settings.ini": "[ui]\ncolor=blue\n"})
     config_path = folder / "dispatch_config.json"
     config_path.write_text(json.dumps({
         "repo_path": str(repo), "task_backend": "json", "max_workers": 2, "poll_interval_secs": 0.2,

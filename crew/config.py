@@ -226,4 +226,4 @@ def check_worktree_root(config: Config) -> None:
              "a folder that contains the repository" if folder in config.root.parents else None)
     if where:
         raise errors.UsageError(f"{config.source}: worktree_root {folder} is {where}; "
-                         f"use a folder of its own outside it (default: {config.root.name}.worktrees beside it)")
+                                f"use a folder of its own outside it (default: {config.root.name}.worktrees beside it)")

@@ -91,7 +91,7 @@ def append_text(path: Path, text: str) -> None:
 
 def write_error(path: Path, exc: OSError) -> errors.UserError:
     return errors.UserError(f"cannot write {path}: {exc.strerror or exc}; the files written before are intact, "
-                     "free some space and run again")
+                            "free some space and run again")
 
 
 def read_json_file(path: Path, default: Any) -> Any:
@@ -106,7 +106,7 @@ def read_json_file(path: Path, default: Any) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise errors.UserError(f"{path} is corrupt (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
-                        "fix or move it (it was left untouched)") from None
+                               "fix or move it (it was left untouched)") from None
 
 
 def now_iso() -> str:

@@ -63,7 +63,7 @@ def main() -> int:
         config.task_backend = "json"
         store = tasks.open_task_store(config)
         store.create_many([model.NewTask(f"task number {i}", "a description of two hundred characters " * 5,
-                                          priority=i % 5, labels=[f"file:src/m{i % 97}.py"])
+                                         priority=i % 5, labels=[f"file:src/m{i % 97}.py"])
                            for i in range(args.tasks)])
 
         ready_claim, create = [], []

@@ -553,7 +553,7 @@ def test_parent_folders_of_a_tasks_files_exist_when_the_agent_starts(json_agent_
 def test_the_task_message_names_the_files_once(make_config, repo, capsys):
     cfg = str(make_config(task_backend="json", task_prefix="proj"))
     assert tasks_cli.main(["--config", cfg, "create", "Add docs", "-d", "Explain usage.", "--file", "docs/usage.md",
-                       "--file", "README.md", "--json"]) == 0
+                           "--file", "README.md", "--json"]) == 0
     task_id = json.loads(capsys.readouterr().out)[0]["id"]
     config = configuration.load_config(cfg)
     message = dispatch_workers.task_message(config, task_stores.open_task_store(config).get(task_id))

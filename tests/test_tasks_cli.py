@@ -12,7 +12,7 @@ from conftest import ROOT
 def test_full_cycle_through_the_cli(make_config, backend, capsys):
     cfg = str(make_config(**backend))
     assert tasks_cli.main(["--config", cfg, "create", 'Say "hi" $(rm -rf /)', "-d", "a\nb", "--file", "src/app.py",
-                       "--json"]) == 0
+                           "--json"]) == 0
     task = json.loads(capsys.readouterr().out)[0]
     assert task["title"] == 'Say "hi" $(rm -rf /)' and task["labels"] == ["file:src/app.py"]
     assert tasks_cli.main(["--config", cfg, "note", task["id"], "looked at it"]) == 0

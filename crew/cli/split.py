@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = [dataclasses.asdict(s) for s in subtasks]
         if args.json:
             base.print_json({"parent": args.bead, "plan": plan, "notes": notes, "skipped": skipped,
-                               "tokens": tokens})
+                             "tokens": tokens})
         else:
             for i, s in enumerate(subtasks):
                 waits = f"  (waits for {', '.join(map(str, s.depends_on))})" if s.depends_on else ""
@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     created = planning.create_tasks(store, goal, parent_task, subtasks, open_titles)
     if args.json:
         base.print_json({"parent": created["parent"], "created": [t.id for t in created["tasks"]],
-                           "notes": notes, "skipped": skipped, "tokens": tokens})
+                         "notes": notes, "skipped": skipped, "tokens": tokens})
         return 0
     print(f"parent: {created['parent']}" + ("" if parent_task else " (new epic)"))
     for task, waits in zip(created["tasks"], created["waits"]):

@@ -32,7 +32,7 @@ class BdTaskStore:
         resolved = shutil.which(command)
         if not resolved:
             raise errors.UserError(f"task_backend is \"bd\" but the bd command {command!r} was not found on PATH; "
-                            "install beads (see README) or set task_backend to \"json\"")
+                                   "install beads (see README) or set task_backend to \"json\"")
         self.executable, self.root, self.actor = resolved, root, actor
         # npm installs bd as a .cmd wrapper on Windows: its arguments pass through cmd.exe.
         self.through_cmd = processes.IS_WINDOWS and resolved.lower().endswith((".cmd", ".bat"))
@@ -43,7 +43,7 @@ class BdTaskStore:
         argv = [self.executable, *args, "--actor", actor or self.actor, "--json"]
         if self.through_cmd and (bad := [a for a in args if set(a) & names.CMD_SPECIAL or "!" in a]):
             raise errors.UserError(f"bd resolves to a cmd.exe wrapper ({self.executable}) and the text {bad[0][:40]!r} "
-                            "would reach cmd.exe; set bd_command to the real bd.exe")
+                                   "would reach cmd.exe; set bd_command to the real bd.exe")
         env = {k: v for k, v in os.environ.items() if k != "BD_JSON_ENVELOPE"}
         delay = 0.5
         for attempt in range(_BD_RETRIES + 1):

@@ -115,20 +115,20 @@ class JsonTaskStore:
         data = files.read_json_file(self.path, {"tasks": []})
         if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
             raise errors.UserError(f"{self.path} is corrupt: expected an object with a \"tasks\" list; "
-                            "fix or move it (it was left untouched)")
+                                   "fix or move it (it was left untouched)")
         seen = set()
         for i, entry in enumerate(data["tasks"]):
             if not isinstance(entry, dict) or not isinstance(entry.get("id"), str) or not isinstance(entry.get("title"), str):
                 raise errors.UserError(f"{self.path} is corrupt: task #{i + 1} needs a string \"id\" and \"title\"; "
-                                "fix or move it (it was left untouched)")
+                                       "fix or move it (it was left untouched)")
             problem = "two tasks have this id" if entry["id"] in seen else _normalize_entry(entry)
             if problem:
                 raise errors.UserError(f"{self.path}: task {entry['id']}: {problem}; fix it (the file was left untouched)")
             seen.add(entry["id"])
         if cycle := _dependency_cycle(data["tasks"]):
             raise errors.UserError(f"{self.path}: task {cycle[0]} waits for itself through the dependency cycle "
-                            f"{' -> '.join(cycle)}, so none of them could ever run; remove one of those "
-                            "dependencies (the file was left untouched)")
+                                   f"{' -> '.join(cycle)}, so none of them could ever run; remove one of those "
+                                   "dependencies (the file was left untouched)")
         self._cache = (key, data) if key else None
         return data
 
@@ -185,8 +185,8 @@ class JsonTaskStore:
             for spec in specs:
                 highest += 1
                 task = model.Task(id=f"{self.prefix}-{highest}", title=spec.title, description=spec.description,
-                            priority=spec.priority, issue_type=spec.issue_type, labels=list(spec.labels),
-                            created_at=stamp, updated_at=stamp)
+                                  priority=spec.priority, issue_type=spec.issue_type, labels=list(spec.labels),
+                                  created_at=stamp, updated_at=stamp)
                 for kind, target in spec.deps:
                     other = self._find(entries, target)
                     if kind == "blocks":
@@ -247,7 +247,7 @@ class JsonTaskStore:
             blockers = _open_blockers(entry, {e["id"]: e for e in entries})
             if blockers and not force:
                 raise errors.UserError(f"cannot close {task_id}: it is blocked by open tasks {', '.join(blockers)} "
-                                "(use --force to close it anyway)")
+                                       "(use --force to close it anyway)")
             entry.update(status="closed", closed_at=files.now_iso(), close_reason=reason, updated_at=files.now_iso())
             return model.Task.from_dict(entry)
 
@@ -264,7 +264,7 @@ class JsonTaskStore:
                 deps.append({"depends_on_id": depends_on, "type": kind})
                 if cycle := _dependency_cycle(entries):
                     raise errors.UserError(f"{task_id} cannot wait for {depends_on}: that makes the cycle "
-                                    f"{' -> '.join(cycle)}, and none of them could ever run")
+                                           f"{' -> '.join(cycle)}, and none of them could ever run")
 
     def add_note(self, task_id: str, text: str) -> model.Task:
         return self._update(task_id, text)
