@@ -762,7 +762,7 @@ class Dispatcher:
         elif commits and not worker.ended:
             self.event("commits_found", task_id, commits=commits, log=worker.log)
             self.failures_in_a_row = 0
-            self.queue_merge(worker, "close", "")
+            self.queue_merge(worker, "close", f"log {worker.log}")
         elif commits:
             self.event("commits_found", task_id, commits=commits, log=worker.log)
             self.queue_merge(worker, "release", f"attempt {worker.attempt} {why}; its commits were merged; "
@@ -1026,8 +1026,8 @@ class Dispatcher:
         self.say(f"{task_id}: merged {entry['branch']} into {self.config.main_branch} ({commit[:MERGE_SHORT]})")
         if entry["outcome"] == "close":
             if task.status != "closed":
-                self.store.close(task_id, f"merged into {self.config.main_branch} as {commit[:MERGE_SHORT]}",
-                                 actor=entry["actor"])
+                self.store.close(task_id, f"merged into {self.config.main_branch} as {commit[:MERGE_SHORT]}"
+                                 + (f"; {entry['note']}" if entry["note"] else ""), actor=entry["actor"])
                 self.event("closed", task_id)
                 self.epic_check_due |= bool(task.deps_of("discovered-from"))
             self.summary["merged"].append(task_id)

@@ -422,6 +422,7 @@ def test_status_while_running_and_after(json_agent_setup, repo):
     assert proc.wait(timeout=60) == 0
     status = json.loads(dispatch(cfg, "--status", "--json").stdout)
     assert status["dispatcher"] is None and status["workers"] == [] and status["counts"] == {"closed": 1}
+    assert store.get(task.id).close_reason.endswith(f"; log .dispatch_logs/{task.id}.1.log")
 
 
 def test_branch_names_are_valid_refs():
