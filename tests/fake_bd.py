@@ -45,7 +45,19 @@ class PlainFailure(BdFailure):
 
 
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """Go's time.Now() in RFC 3339 with nanoseconds, as `bd create` prints it."""
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
+
+
+TIMESTAMPS = ("created_at", "updated_at", "started_at", "closed_at")
+
+
+def stored(stamp: str) -> str:
+    """A time as the database keeps it, to the second, rounded: the real bd 1.3.0 printed
+    03:03:02.623704036Z from `create` and 03:03:03Z from `show` and `list` for the same issue."""
+    when = dt.datetime.strptime(stamp[:26] + "Z", "%Y-%m-%dT%H:%M:%S.%fZ") if "." in stamp else \
+        dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")
+    return (when + dt.timedelta(microseconds=500_000)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def find_beads_dir(start: Path) -> Path | None:
@@ -124,9 +136,12 @@ class Db:
                 if e["type"] in BLOCKING and e["depends_on_id"] in ids and ids[e["depends_on_id"]]["status"] != "closed"]
 
 
-def plain(issue: dict) -> dict:
-    """bd's Issue: fields in struct order, empty ones left out, priority always there."""
+def plain(issue: dict, as_created: bool = False) -> dict:
+    """bd's Issue: fields in struct order, empty ones left out, priority always there; times as
+    the database keeps them, except in the answer to `create` (`as_created`)."""
     out = {k: issue[k] for k in ISSUE_ORDER if issue.get(k) not in (None, "", []) or k == "priority"}
+    if not as_created:
+        out.update({k: stored(out[k]) for k in TIMESTAMPS if k in out})
     if issue.get("labels"):
         out["labels"] = sorted(issue["labels"])
     return out
@@ -224,7 +239,9 @@ def parse(argv: list[str]):
 
 def ready_list(db: Db) -> list[dict]:
     ready = [i for i in db.data["issues"] if db.is_ready(i)]
-    return sorted(ready, key=lambda i: (i["priority"], i["created_at"]))
+    # Issues created in the same second come in no particular order from the real bd: here, by id
+    # (random), so a caller that counts on creation order fails with the stand-in too.
+    return sorted(ready, key=lambda i: (i["priority"], stored(i["created_at"]), i["id"]))
 
 
 def command(args, db: Db) -> None:
@@ -242,7 +259,7 @@ def command(args, db: Db) -> None:
                 db.data["deps"].append(edge(issue["id"], target, "blocks" if kind == "blocked-by" else kind, who))
         db.data["issues"].append(issue)
         db.save()
-        print_object(plain(issue))
+        print_object(plain(issue, as_created=True))
     elif args.cmd == "ready":
         items = ready_list(db)
         if args.claim:
@@ -257,6 +274,10 @@ def command(args, db: Db) -> None:
         wanted = [s for s in args.status.split(",") if s]
         items = [i for i in db.data["issues"]
                  if ("all" in wanted) or (i["status"] in wanted if wanted else i["status"] != "closed")]
+        # As the real bd 1.3.0 lists: by priority, newest first, then by id (stable sorts, last key first).
+        items.sort(key=lambda i: i["id"])
+        items.sort(key=lambda i: stored(i["created_at"]), reverse=True)
+        items.sort(key=lambda i: i["priority"])
         print_array([with_counts(db, i) for i in items[:args.limit or None]])
     elif args.cmd == "show":
         found = [i for i in db.data["issues"] if i["id"] in args.ids]
