@@ -1,0 +1,286 @@
+"""The dispatcher's records, and the one state document they make.
+
+In memory the state is one `DispatchState`; on disk it is the two documented files:
+.dispatch_state.json (it carries "version") and .dispatch_pending_merge_retries.json (a bare map
+from a conflict or fix task's id to the pending merge it settles: a "version" key there would
+read as a task id, and README, tests and users read that file).
+
+Reading never writes. A file an earlier release wrote (version 1: every release before the
+crew/ package, whose files had no "version") is checked as that release checked it, then
+migrated in memory; the first save writes it as this release does.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Self
+
+from crew import errors, names
+
+STATE_VERSION = 2
+TIMED_OUT = "timed out"
+TASK_BLOCKED = "stopped: its task was blocked"  # by the user, while the worker ran
+
+
+class Record:
+    """A flat dataclass written as one JSON object. Reading drops keys it does not know (one an
+    earlier release wrote, or a later one added) and fills absent ones from `defaults`, then
+    from the field's own default."""
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict, defaults: dict | None = None) -> Self:
+        known = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{**(defaults or {}), **{key: value for key, value in data.items() if key in known}})
+
+
+def required(cls: type[Record]) -> list[str]:
+    """The keys a record of this kind cannot be read without."""
+    return [field.name for field in dataclasses.fields(cls)
+            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING]
+
+
+@dataclasses.dataclass
+class Worker(Record):
+    """One agent run. Its process (and a start still under way) is runtime, not record: the
+    worker pool keeps those by slot."""
+
+    slot: int
+    task_id: str
+    title: str
+    branch: str
+    worktree: str
+    base: str
+    attempt: int
+    started_at: float
+    deadline: float | None
+    kind: str = "task"  # or "conflict": a conflict or fix task working on another task's branch
+    pid: int | None = None
+    pid_start_time: float | None = None
+    # The claim's owner and the task's identity: an id alone may name another task one day, and
+    # the actor may change (it defaults to the hostname) while the claim stands.
+    actor: str = ""
+    task_created_at: str = ""
+    log: str = ""  # this attempt's own output, relative to the repository root
+    # Why the dispatcher ended it, recorded before the kill: an ended worker is never judged as
+    # one that finished. TIMED_OUT counts as an attempt; a stop by the user does not.
+    ended: str | None = None
+
+    @property
+    def stopped_by_user(self) -> bool:
+        return self.ended is not None and self.ended != TIMED_OUT
+
+
+@dataclasses.dataclass
+class MergeRequest(Record):
+    """A finished branch in the merge queue. outcome: "close" the task once merged, or
+    "release" it (the work of an ended worker may be partial); counted: whether that release
+    counts as a failed attempt; actor: whose claim the task is under."""
+
+    task_id: str
+    title: str
+    branch: str
+    worktree: str
+    outcome: str
+    note: str
+    retries: int
+    counted: bool = True
+    queued_at: float = 0.0
+    actor: str = ""
+    task_created_at: str = ""
+    retry_at: float = 0.0  # a merge that waits (main is held) is not tried before this
+    waits: int = 0  # how often it has waited in a row: the pause grows with it
+    waiting: str | None = None  # why it waits, for --status and the summary
+    rebased: bool = False  # on_conflict "auto_rebase" has rebased it once already
+
+
+@dataclasses.dataclass
+class PendingMerge(Record):
+    """A merge that waits for its conflict or fix task (kind "conflict" or "gate"); kept under
+    that task's id. branch_tip: the branch as the dispatcher left it, so a conflict counts as
+    resolved only once someone commits on top of it."""
+
+    kind: str
+    task_id: str
+    title: str
+    branch: str
+    worktree: str
+    files: list[str]
+    outcome: str
+    note: str
+    retries: int
+    main_commit: str = ""
+    created_at: str = ""
+    branch_tip: str | None = None
+    for_person: bool = False
+    counted: bool = True
+    actor: str = ""
+    task_created_at: str = ""
+    followup_created_at: str = ""
+
+
+@dataclasses.dataclass
+class BranchOwner(Record):
+    """The task a branch was made for: a branch is continued only by that very task."""
+
+    task_id: str
+    task_created_at: str
+
+
+@dataclasses.dataclass
+class DispatcherRecord(Record):
+    """The running dispatcher, for --status and for the refusal of a second one."""
+
+    pid: int
+    started_at: str
+    pid_start_time: float | None = None
+
+
+@dataclasses.dataclass
+class GateRecord(Record):
+    """A merge gate under way: the merge commit it checks, and its process once started."""
+
+    task_id: str
+    branch: str
+    base: str
+    commit: str
+    worktree: str
+    log: str
+    pid: int | None
+    pid_start_time: float | None
+    started_at: float
+    deadline: float | None
+
+
+@dataclasses.dataclass
+class DispatchState:
+    """Everything the dispatcher must remember across a crash."""
+
+    dispatcher: DispatcherRecord | None = None
+    workers: dict[int, Worker] = dataclasses.field(default_factory=dict)  # by slot
+    merge_queue: list[MergeRequest] = dataclasses.field(default_factory=list)
+    attempts: dict[str, int] = dataclasses.field(default_factory=dict)  # failed attempts by task id
+    branches: dict[str, BranchOwner] = dataclasses.field(default_factory=dict)
+    actors: list[str] = dataclasses.field(default_factory=list)  # every actor this dispatcher claimed under
+    gates: list[GateRecord] = dataclasses.field(default_factory=list)
+    pending: dict[str, PendingMerge] = dataclasses.field(default_factory=dict)  # by conflict or fix task id
+
+    def state_json(self) -> dict:
+        """The content of .dispatch_state.json."""
+        return {"version": STATE_VERSION, "dispatcher": self.dispatcher.to_json() if self.dispatcher else None,
+                "workers": [worker.to_json() for worker in self.workers.values()],
+                "merge_queue": [request.to_json() for request in self.merge_queue],
+                "attempts": dict(self.attempts),
+                "branches": {name: owner.to_json() for name, owner in self.branches.items()},
+                "actors": list(self.actors), "gates": [gate.to_json() for gate in self.gates]}
+
+    def pending_json(self) -> dict:
+        """The content of .dispatch_pending_merge_retries.json."""
+        return {followup: pending.to_json() for followup, pending in self.pending.items()}
+
+
+# What every record needs to be read; the other fields are read with defaults. A pending merge's
+# title is filled in: those written before d284fad had none.
+WORKER_KEYS = required(Worker)
+QUEUE_ENTRY_KEYS = required(MergeRequest)
+PENDING_KEYS = [key for key in required(PendingMerge) if key != "title"]
+BRANCH_KEYS = required(BranchOwner)
+DISPATCHER_KEYS = required(DispatcherRecord)
+GATE_KEYS = required(GateRecord)
+
+
+def missing_keys(records: Iterable[tuple[str, object]], keys: Sequence[str], what: str) -> str | None:
+    """The first record that is not an object or lacks a key, described; None if all are whole."""
+    for name, record in records:
+        if not isinstance(record, dict):
+            return f"{what} {name} is not an object"
+        if lacking := [key for key in keys if key not in record]:
+            return f"{what} {name} lacks {', '.join(map(json.dumps, lacking))}"
+    return None
+
+
+def state_version(data: dict) -> int | str:
+    """The file's version (1 when it has none), or what is wrong with it."""
+    version = data.get("version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        return '"version" must be a whole number'
+    if version > STATE_VERSION:
+        return f"written by a newer release (state version {version}); run that release or move the file"
+    return version
+
+
+def state_problem(data: object) -> str | None:
+    """What keeps .dispatch_state.json from being read, if anything."""
+    if not isinstance(data, dict):
+        return "it is not a JSON object"
+    if isinstance(version := state_version(data), str):
+        return version
+    for key, kind in (("workers", list), ("merge_queue", list), ("attempts", dict)):
+        if not isinstance(data.get(key), kind):
+            return f"{json.dumps(key)} is missing or not a {'list' if kind is list else 'JSON object'}"
+    # Written since the hardening (branches, actors) or since version 2 (gates): absent is empty.
+    for key, kind in (("branches", dict), ("actors", list), ("gates", list)):
+        if key in data and not isinstance(data[key], kind):
+            return f"{json.dumps(key)} is not a {'list' if kind is list else 'JSON object'}"
+    dispatcher = data.get("dispatcher")
+    return ((missing_keys([("record", dispatcher)], DISPATCHER_KEYS, "dispatcher") if dispatcher is not None else None)
+            or missing_keys(((f"#{i + 1}", w) for i, w in enumerate(data["workers"])), WORKER_KEYS, "worker record")
+            or missing_keys(((f"#{i + 1}", e) for i, e in enumerate(data["merge_queue"])), QUEUE_ENTRY_KEYS,
+                            "merge-queue entry")
+            or missing_keys(data.get("branches", {}).items(), BRANCH_KEYS, "branch record")
+            or missing_keys(((f"#{i + 1}", g) for i, g in enumerate(data.get("gates", []))), GATE_KEYS,
+                            "gate record"))
+
+
+def pending_problem(data: object) -> str | None:
+    """What keeps .dispatch_pending_merge_retries.json from being read, if anything."""
+    if not isinstance(data, dict):
+        return "it is not a JSON object"
+    return missing_keys(data.items(), PENDING_KEYS, "pending merge")
+
+
+def load_state(state_json: object, pending_json: object, *, state_path: Path, pending_path: Path,
+               default_actor: str, logs: Path) -> DispatchState:
+    """The state the two files hold (None for a file that does not exist), migrated to this
+    release's records. A file that cannot be read is a UserError naming it and the problem,
+    and is left as it is: it may hold the only record of running work.
+
+    default_actor: whose claims the records written before claims carried their actor are.
+    logs: the events and worker logs folder (a worker written before each attempt had its own
+    log used <task>.log there)."""
+    for path, data, problem in ((state_path, state_json, state_problem), (pending_path, pending_json, pending_problem)):
+        if data is not None and (why := problem(data)):
+            raise errors.UserError(f"{path}: {why}; fix or move it (it was left untouched)")
+    data = state_json or {}
+    state = DispatchState(
+        dispatcher=DispatcherRecord.from_json(data["dispatcher"]) if data.get("dispatcher") else None,
+        attempts=dict(data.get("attempts", {})),
+        branches={name: BranchOwner.from_json(owner) for name, owner in data.get("branches", {}).items()},
+        actors=list(data.get("actors", [])),
+        gates=[GateRecord.from_json(gate) for gate in data.get("gates", [])])
+    for record in data.get("workers", []):
+        worker = migrated_worker(record, default_actor, logs)
+        state.workers[worker.slot] = worker
+    # Records written before claims carried their actor and task identity: this actor's, and
+    # any task with the id.
+    state.merge_queue = [MergeRequest.from_json(entry, {"actor": default_actor})
+                         for entry in data.get("merge_queue", [])]
+    state.pending = {followup: PendingMerge.from_json(pending, {"title": pending["task_id"], "actor": default_actor})
+                     for followup, pending in (pending_json or {}).items()}
+    return state
+
+
+def migrated_worker(data: dict, default_actor: str, logs: Path) -> Worker:
+    defaults = {}
+    if "log" not in data:
+        legacy = logs / f"{names.file_name(str(data['task_id']))}.log"
+        defaults["log"] = f"{logs.name}/{legacy.name}" if legacy.is_file() else ""
+    worker = Worker.from_json(data, defaults)
+    worker.actor = worker.actor or default_actor
+    if data.get("timed_out") and worker.ended is None:  # before the hardening: a flag, not the reason
+        worker.ended = TIMED_OUT
+    return worker

@@ -1,0 +1,140 @@
+"""The dispatcher's decisions, as pure functions: which ready task may start and why another
+waits, the breaker, and how long a waiting merge pauses. No git, no store, no clock: the caller
+passes a snapshot of what is under way (`Holdings`) and the time; the dry run and the loop ask
+the same questions of the same functions, so a dry run shows what a run would do.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from crew.dispatch.records import MergeRequest, PendingMerge, Worker
+
+if TYPE_CHECKING:
+    from crew.tasks.model import Task
+
+CONFLICT_LABEL = "merge-conflict"
+GATE_LABEL = "merge-gate"
+PERSON_LABEL = "needs-person"  # a conflict git cannot show as text markers: no agent takes it
+MERGE_WAIT_MAX_SECS = 30  # the longest a waiting merge goes untried
+
+
+@dataclasses.dataclass(frozen=True)
+class Holdings:
+    """What is under way, as one decision sees it. files_of(task id): the files a task is
+    scoped to ([] for a task the store no longer has)."""
+
+    workers: Sequence[Worker]
+    queue: Sequence[MergeRequest]
+    pending: Mapping[str, PendingMerge]
+    files_of: Callable[[str], Sequence[str]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """A ready task: whether it starts now, and if not, why it waits."""
+
+    task: Task
+    start: bool
+    reason: str | None
+
+
+def why_held(holdings: Holdings, task_id: str) -> str | None:
+    """Why a task that is ready (reopened by hand, say) still has work under way, if it has:
+    a second worker would share its branch and worktree, and its work would merge twice."""
+    if task_id in {worker.task_id for worker in holdings.workers}:
+        return "its worker is still running"
+    if task_id in {request.task_id for request in holdings.queue}:
+        return "its branch waits in the merge queue"
+    if waits_for := [followup for followup, pending in holdings.pending.items() if pending.task_id == task_id]:
+        return f"its branch waits for {waits_for[0]}"
+    return None
+
+
+def pending_for(holdings: Holdings, task: Task) -> PendingMerge | None:
+    """The pending merge this task resolves: never one filed for an earlier task with its id."""
+    pending = holdings.pending.get(task.id)
+    if pending and pending.followup_created_at in ("", task.created_at):
+        return pending
+    return None
+
+
+def why_waiting(holdings: Holdings, task: Task, avoid_overlap: bool) -> str | None:
+    """None when the task may start now; else the reason it waits."""
+    if PERSON_LABEL in task.labels:
+        return f"it is for a person (label {PERSON_LABEL}): no agent takes it"
+    if held := why_held(holdings, task.id):
+        return held
+    conflict = pending_for(holdings, task)
+    if (CONFLICT_LABEL in task.labels or GATE_LABEL in task.labels) and conflict is None:
+        return "its merge has not been recorded yet"
+    if conflict and conflict.branch in {worker.branch for worker in holdings.workers}:
+        return "its branch is in use"
+    if avoid_overlap and task.files:
+        # A finished branch holds its files until it is merged: a task started from a main
+        # without those changes would only make a conflict.
+        holders = ([(worker.task_id, "is being changed by") for worker in holdings.workers]
+                   + [(request.task_id, "waits to merge from") for request in holdings.queue]
+                   + [(pending.task_id, "waits to merge from") for pending in holdings.pending.values()])
+        for holder, how in holders:
+            if holder != task.id and (overlap := set(holdings.files_of(holder)) & set(task.files)):
+                return f"{', '.join(sorted(overlap))} {how} {holder}"
+    return None
+
+
+def plan_starts(ready: Iterable[Task], holdings: Holdings, free: int, avoid_overlap: bool) -> list[Decision]:
+    """Each ready task in order, and whether it starts now: it may (why_waiting), it shares no
+    file with a task this plan starts before it, and a worker slot is left for it."""
+    plan, starting = [], {}  # starting: file -> the task this plan starts on it
+    for task in ready:
+        reason = why_waiting(holdings, task, avoid_overlap)
+        if reason is None and avoid_overlap and (shared := [f for f in task.files if f in starting]):
+            reason = f"{shared[0]} will be changed by {starting[shared[0]]}"
+        if reason is None and free <= 0:
+            reason = "all worker slots are busy"
+        plan.append(Decision(task, reason is None, reason))
+        if reason is None:
+            free -= 1
+            starting.update({name: task.id for name in task.files})
+    return plan
+
+
+def next_try(waits: int, poll_secs: float, now: float) -> float:
+    """When a merge that has waited `waits` times in a row is tried again: the pause doubles from
+    the poll interval up to MERGE_WAIT_MAX_SECS, since what keeps main still (a stale lock, the
+    user's rebase) may stand for hours."""
+    return now + min(poll_secs * 2 ** (waits - 1), MERGE_WAIT_MAX_SECS)
+
+
+@dataclasses.dataclass
+class Breaker:
+    """Stops new workers once `limit` attempts in a row ended with no commits (the agent or its
+    model is likely down). Without --watch it stays tripped for the run; with it, it resets
+    after `pause_secs`."""
+
+    limit: int
+    pause_secs: float
+    watch: bool
+    failures_in_a_row: int = 0
+    until: float | None = None  # set when it trips
+
+    def attempt_ended(self, made_commits: bool, counted: bool = True) -> None:
+        """counted: False for an attempt the user stopped, which says nothing about the agent."""
+        if made_commits:  # a later trip is a new one: told, and paused for in full
+            self.failures_in_a_row, self.until = 0, None
+        else:
+            self.failures_in_a_row += counted
+
+    def check(self, now: float) -> tuple[bool, bool]:
+        """(whether new workers are held back now, whether the breaker tripped just now: the
+        moment to tell the user, once)."""
+        if self.failures_in_a_row < self.limit:
+            return False, False
+        tripped_now = self.until is None
+        if tripped_now:
+            self.until = now + self.pause_secs
+        if self.watch and now >= self.until:
+            self.failures_in_a_row, self.until = 0, None
+            return False, tripped_now
+        return True, tripped_now

@@ -1,0 +1,132 @@
+"""The dispatcher's state files: the ones earlier releases wrote load (tests/data/legacy_state
+holds files written by real runs of each, see make_legacy_state.py there), and what loads saves
+and loads again unchanged."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from crew import errors
+from crew.dispatch import records
+from crew.dispatch.records import MergeRequest, PendingMerge
+
+LEGACY = Path(__file__).parent / "data" / "legacy_state"
+STATE, PENDING = ".dispatch_state.json", ".dispatch_pending_merge_retries.json"
+# The first release; the first with titles on pending merges; the last before the hardening;
+# the last before the crew/ package.
+RELEASES = ["1cfa6f1", "d284fad", "7bedd66", "4a44a78"]
+
+
+def read(release: str) -> tuple[dict, dict]:
+    return tuple(json.loads((LEGACY / release / name).read_text(encoding="utf-8"))
+                 for name in ("state.json", "pending.json"))
+
+
+def load(state: object, pending: object, tmp_path: Path, actor: str = "me@here") -> records.DispatchState:
+    return records.load_state(state, pending, state_path=tmp_path / STATE, pending_path=tmp_path / PENDING,
+                              default_actor=actor, logs=tmp_path / ".dispatch_logs")
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_state_files_of_every_release_load_with_each_record_whole(release, tmp_path):
+    state_json, pending_json = read(release)
+    state = load(state_json, pending_json, tmp_path)
+    # Each run was killed with a worker running, a merge queued and a conflict pending.
+    assert state.dispatcher is not None and state.dispatcher.pid == state_json["dispatcher"]["pid"]
+    assert [w.slot for w in state.workers.values()] == [w["slot"] for w in state_json["workers"]]
+    for worker, written in zip(state.workers.values(), state_json["workers"]):
+        assert (worker.task_id, worker.branch, worker.worktree, worker.base, worker.attempt, worker.pid) == (
+            written["task_id"], written["branch"], written["worktree"], written["base"], written["attempt"],
+            written["pid"])
+        assert worker.actor == written.get("actor", "me@here") and worker.ended is None
+        assert worker.log == written.get("log", "")  # no legacy log exists here
+    assert [(r.task_id, r.branch, r.outcome, r.retries) for r in state.merge_queue] == [
+        (e["task_id"], e["branch"], e["outcome"], e["retries"]) for e in state_json["merge_queue"]]
+    for request in state.merge_queue:
+        assert request.counted is True and request.actor in ("me@here", "dispatch@vm")
+    assert list(state.pending) == list(pending_json)
+    for followup, pending in state.pending.items():
+        written = pending_json[followup]
+        assert (pending.kind, pending.task_id, pending.branch, pending.files, pending.retries) == (
+            written["kind"], written["task_id"], written["branch"], written["files"], written["retries"])
+        # The first release wrote no title: the task id stands in for it.
+        assert pending.title == written.get("title", written["task_id"])
+        assert pending.branch_tip == written.get("branch_tip") and pending.for_person is False
+    assert state.gates == [] and state.attempts == state_json["attempts"]
+    assert state.actors == state_json.get("actors", [])
+    assert {name: owner.task_id for name, owner in state.branches.items()} == {
+        name: owner["task_id"] for name, owner in state_json.get("branches", {}).items()}
+
+
+def test_the_first_release_s_pending_merge_lacks_a_title_and_is_read_with_the_task_id():
+    assert "title" not in read("1cfa6f1")[1]["proj-5"]  # what the loader must cope with
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_what_loads_saves_as_version_2_and_loads_again_unchanged(release, tmp_path):
+    state = load(*read(release), tmp_path)
+    saved_state, saved_pending = state.state_json(), state.pending_json()
+    assert saved_state["version"] == records.STATE_VERSION == 2
+    assert "version" not in saved_pending  # a bare map: a "version" key would read as a task id
+    again = load(json.loads(json.dumps(saved_state)), json.loads(json.dumps(saved_pending)), tmp_path,
+                 actor="someone-else")
+    assert again == state
+    assert again.state_json() == saved_state and again.pending_json() == saved_pending
+
+
+def test_a_worker_timed_out_before_the_hardening_is_read_as_ended_by_its_timeout(tmp_path):
+    state_json, pending_json = read("7bedd66")
+    state_json["workers"][0]["timed_out"] = True
+    worker = next(iter(load(state_json, pending_json, tmp_path).workers.values()))
+    assert worker.ended == records.TIMED_OUT and not worker.stopped_by_user
+    assert "timed_out" not in worker.to_json()
+
+
+def test_a_worker_from_before_per_attempt_logs_keeps_the_log_it_wrote(tmp_path):
+    state_json, pending_json = read("7bedd66")
+    logs = tmp_path / ".dispatch_logs"
+    logs.mkdir()
+    (logs / "proj-4.log").write_text("aider output\n", encoding="utf-8")
+    worker = load(state_json, pending_json, tmp_path).workers[1]
+    assert worker.task_id == "proj-4" and worker.log == ".dispatch_logs/proj-4.log"
+
+
+def test_records_carry_unknown_keys_away_and_absent_files_are_an_empty_state(tmp_path):
+    state = load(None, None, tmp_path)
+    assert state == records.DispatchState()
+    assert state.state_json() == {"version": 2, "dispatcher": None, "workers": [], "merge_queue": [], "attempts": {},
+                                  "branches": {}, "actors": [], "gates": []}
+    request = MergeRequest.from_json({"task_id": "t-1", "title": "T", "branch": "b", "worktree": "w",
+                                      "outcome": "close", "note": "", "retries": 0, "from_the_future": 1})
+    assert "from_the_future" not in request.to_json() and request.queued_at == 0.0
+    pending = PendingMerge.from_json({"kind": "gate", "task_id": "t-1", "branch": "b", "worktree": "w",
+                                      "files": [], "outcome": "close", "note": "", "retries": 1}, {"title": "t-1"})
+    assert pending.title == "t-1" and pending.branch_tip is None
+
+
+WHOLE = {"dispatcher": None, "workers": [], "merge_queue": [], "attempts": {}}
+
+
+@pytest.mark.parametrize("state_json, pending_json, where, problem", [
+    ([], None, STATE, "it is not a JSON object"),
+    ({**WHOLE, "version": "2"}, None, STATE, '"version" must be a whole number'),
+    ({**WHOLE, "version": 3}, None, STATE,
+     "written by a newer release (state version 3); run that release or move the file"),
+    ({"version": 2}, None, STATE, '"workers" is missing or not a list'),
+    ({**WHOLE, "workers": [{}]}, None, STATE, 'worker record #1 lacks "slot", "task_id"'),
+    ({**WHOLE, "merge_queue": [{"task_id": "proj-1"}]}, None, STATE, 'merge-queue entry #1 lacks "title"'),
+    ({**WHOLE, "gates": [{"task_id": "proj-1"}]}, None, STATE, 'gate record #1 lacks "branch"'),
+    ({**WHOLE, "actors": {}}, None, STATE, '"actors" is not a list'),
+    (WHOLE, ["x"], PENDING, "it is not a JSON object"),
+    (WHOLE, {"x": 1}, PENDING, "pending merge x is not an object"),
+    (WHOLE, {"proj-9": {"kind": "conflict"}}, PENDING, 'pending merge proj-9 lacks "task_id"'),
+])
+def test_a_file_that_cannot_be_read_is_one_error_naming_it_and_the_problem(tmp_path, state_json, pending_json, where,
+                                                                            problem):
+    with pytest.raises(errors.UserError) as raised:
+        load(state_json, pending_json, tmp_path)
+    message = str(raised.value)
+    assert message.startswith(f"{tmp_path / where}: {problem}") and "\n" not in message
+    assert message.endswith("; fix or move it (it was left untouched)")

@@ -1,0 +1,126 @@
+"""The dispatcher's decisions as pure functions: no git, no store, no processes, no clock."""
+from __future__ import annotations
+
+import pytest
+
+from crew.dispatch import scheduler
+from crew.dispatch.records import MergeRequest, PendingMerge, Worker
+from crew.tasks.model import Task
+
+FILES = {"proj-1": ["a.py"], "proj-2": ["b.py"], "proj-3": ["c.py", "d.py"]}
+
+
+def task(task_id: str, *files: str, labels=(), created_at: str = "2026-01-01T00:00:00Z") -> Task:
+    return Task(id=task_id, title=f"Task {task_id}", labels=[*labels, *(f"file:{f}" for f in files)],
+                created_at=created_at)
+
+
+def worker(task_id: str, slot: int = 1, branch: str | None = None) -> Worker:
+    return Worker(slot=slot, task_id=task_id, title="", branch=branch or f"work/{task_id}",
+                  worktree=f"/wt/{task_id}", base="0" * 40, attempt=1, started_at=0.0, deadline=None)
+
+
+def request(task_id: str) -> MergeRequest:
+    return MergeRequest(task_id=task_id, title="", branch=f"work/{task_id}", worktree=f"/wt/{task_id}",
+                        outcome="close", note="", retries=0)
+
+
+def pending(task_id: str, followup_created_at: str = "") -> PendingMerge:
+    return PendingMerge(kind="conflict", task_id=task_id, title="", branch=f"work/{task_id}",
+                        worktree=f"/wt/{task_id}", files=[], outcome="close", note="", retries=1,
+                        followup_created_at=followup_created_at)
+
+
+def holdings(workers=(), queue=(), pending_merges=None) -> scheduler.Holdings:
+    return scheduler.Holdings(list(workers), list(queue), dict(pending_merges or {}),
+                              lambda task_id: FILES.get(task_id, []))
+
+
+@pytest.mark.parametrize("now, reason", [
+    (holdings(workers=[worker("proj-1")]), "its worker is still running"),
+    (holdings(queue=[request("proj-1")]), "its branch waits in the merge queue"),
+    (holdings(pending_merges={"proj-9": pending("proj-1")}), "its branch waits for proj-9"),
+    (holdings(workers=[worker("proj-2")], queue=[request("proj-3")]), None),
+])
+def test_why_a_ready_task_is_held_by_its_own_work(now, reason):
+    assert scheduler.why_held(now, "proj-1") == reason
+
+
+def test_a_task_for_a_person_is_never_started():
+    waiting = scheduler.why_waiting(holdings(), task("proj-5", labels=[scheduler.PERSON_LABEL]), True)
+    assert waiting == "it is for a person (label needs-person): no agent takes it"
+
+
+def test_a_conflict_task_waits_until_its_merge_is_recorded_for_it_and_its_branch_is_free():
+    conflict = task("proj-9", labels=[scheduler.CONFLICT_LABEL], created_at="2026-02-02T00:00:00Z")
+    assert scheduler.why_waiting(holdings(), conflict, True) == "its merge has not been recorded yet"
+    # A pending merge filed for an earlier task with this id is not this task's.
+    earlier = {"proj-9": pending("proj-1", followup_created_at="2025-12-31T00:00:00Z")}
+    assert scheduler.pending_for(holdings(pending_merges=earlier), conflict) is None
+    assert scheduler.why_waiting(holdings(pending_merges=earlier), conflict, True) == "its merge has not been recorded yet"
+    mine = {"proj-9": pending("proj-1", followup_created_at="2026-02-02T00:00:00Z")}
+    assert scheduler.why_waiting(holdings(pending_merges=mine), conflict, True) is None
+    busy = holdings(workers=[worker("proj-7", branch="work/proj-1")], pending_merges=mine)
+    assert scheduler.why_waiting(busy, conflict, True) == "its branch is in use"
+
+
+def test_a_task_waits_for_the_files_of_work_under_way_only_when_overlap_is_avoided():
+    now = holdings(workers=[worker("proj-1")], queue=[request("proj-3")])
+    assert scheduler.why_waiting(now, task("proj-4", "a.py"), True) == "a.py is being changed by proj-1"
+    assert scheduler.why_waiting(now, task("proj-4", "d.py", "c.py"), True) == "c.py, d.py waits to merge from proj-3"
+    assert scheduler.why_waiting(now, task("proj-4", "a.py"), False) is None
+    assert scheduler.why_waiting(now, task("proj-4", "z.py"), True) is None
+    waiting_merge = holdings(pending_merges={"proj-9": pending("proj-2")})
+    assert scheduler.why_waiting(waiting_merge, task("proj-4", "b.py"), True) == "b.py waits to merge from proj-2"
+
+
+def test_plan_starts_fills_the_free_slots_in_order_and_never_two_tasks_on_one_file():
+    ready = [task("proj-4", "x.py"), task("proj-5", "a.py"), task("proj-6", "x.py", "y.py"), task("proj-7"),
+             task("proj-8")]
+    plan = scheduler.plan_starts(ready, holdings(workers=[worker("proj-1")]), free=2, avoid_overlap=True)
+    assert [(d.task.id, d.start, d.reason) for d in plan] == [
+        ("proj-4", True, None),
+        ("proj-5", False, "a.py is being changed by proj-1"),
+        ("proj-6", False, "x.py will be changed by proj-4"),
+        ("proj-7", True, None),
+        ("proj-8", False, "all worker slots are busy"),
+    ]
+    overlapping = scheduler.plan_starts(ready[:3], holdings(), free=3, avoid_overlap=False)
+    assert [d.start for d in overlapping] == [True, True, True]
+    assert [d.reason for d in scheduler.plan_starts(ready[:1], holdings(), free=0, avoid_overlap=True)] == [
+        "all worker slots are busy"]
+
+
+def test_a_waiting_merge_pauses_twice_as_long_each_time_up_to_the_cap():
+    pauses = [scheduler.next_try(waits, 2, now=100.0) - 100.0 for waits in range(1, 7)]
+    assert pauses == [2, 4, 8, 16, scheduler.MERGE_WAIT_MAX_SECS, scheduler.MERGE_WAIT_MAX_SECS]
+
+
+def test_the_breaker_trips_once_after_the_limit_and_stays_tripped_without_watch():
+    breaker = scheduler.Breaker(limit=2, pause_secs=60, watch=False)
+    breaker.attempt_ended(made_commits=False)
+    assert breaker.check(now=0) == (False, False)
+    breaker.attempt_ended(made_commits=False, counted=False)  # stopped by the user: says nothing
+    assert breaker.check(now=0) == (False, False)
+    breaker.attempt_ended(made_commits=False)
+    assert breaker.check(now=0) == (True, True)
+    assert breaker.check(now=1) == (True, False)
+    assert breaker.check(now=10_000) == (True, False)
+
+
+def test_the_breaker_resets_after_its_pause_with_watch_and_on_any_commit():
+    breaker = scheduler.Breaker(limit=1, pause_secs=60, watch=True)
+    breaker.attempt_ended(made_commits=False)
+    assert breaker.check(now=100) == (True, True)
+    assert breaker.check(now=159) == (True, False)
+    assert breaker.check(now=160) == (False, False)
+    assert breaker.failures_in_a_row == 0
+    breaker.attempt_ended(made_commits=False)
+    assert breaker.check(now=200) == (True, True)
+    breaker.attempt_ended(made_commits=True)
+    assert breaker.check(now=201) == (False, False)
+    breaker.attempt_ended(made_commits=False)
+    assert breaker.check(now=300) == (True, True)  # a new trip, with its own pause
+    no_pause = scheduler.Breaker(limit=1, pause_secs=0, watch=True)
+    no_pause.attempt_ended(made_commits=False)
+    assert no_pause.check(now=5) == (False, True)  # told, and starting again at once
