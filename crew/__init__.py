@@ -23,5 +23,21 @@ Layout, one concern a module (each module imports only the ones it needs, as mod
   report/page.py       the run report's HTML page
   cli/base.py          what every command shares: the main wrapper, common options, JSON output
   cli/split.py, cli/ingest.py, cli/tasks.py   one command each
-The dispatcher itself is still in dispatch_workers.py (it moves to crew/dispatch/ next).
+  cli/dispatch.py      dispatch_workers.py's command: options, printers (main is one long option switch)
+  demo.py              --demo: a scratch repository and tasks, run with the scripted agent
+  dispatch/records.py      the dispatcher's records (dataclasses), the versioned state, older files migrated
+  dispatch/scheduler.py    pure decisions: what may start, why a task waits, the breaker, merge backoff
+  dispatch/ledger.py       the state files, the events log, the summary, a task's fate after an attempt
+  dispatch/agent.py        the agent's command line, environment and task message
+  dispatch/worktrees.py    the dispatcher's worktrees and branches (only its own are ever deleted)
+  dispatch/workers.py      the worker pool: start, watch, end
+  dispatch/finish.py       an ended worker judged from git: merge queue, another attempt, or blocked
+  dispatch/gate.py         merge_gate_command on a merge commit, in the gate worktree
+  dispatch/merge_queue.py  the merge queue: one branch at a time behind the merge slot
+  dispatch/conflicts.py    conflict and fix tasks, and the pending merges that wait for them
+  dispatch/recovery.py     after a crash or restart: adopt, end, release, prune
+  dispatch/loop.py         the Dispatcher's loop and its stops (Ctrl-C, signals)
+  dispatch/session.py      one run: the lock, the dispatcher's record, signals, the report after
+  dispatch/status.py       --status and --dry-run, from the records alone
+  dispatch/preflight.py    what a run needs, checked before any worker starts
 """

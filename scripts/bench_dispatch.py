@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from crew import config as configuration  # noqa: E402
 from crew import tasks as task_stores  # noqa: E402
 from crew import testing  # noqa: E402
-import dispatch_workers  # noqa: E402
+from crew.dispatch.loop import Dispatcher  # noqa: E402
 
 def git(cwd: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
@@ -39,7 +39,7 @@ def run_dispatcher(repo: Path, tasks: list[tuple[str, str]], workers: int) -> tu
     for title, description in tasks:
         store.create(title, description)
     start = time.perf_counter()
-    summary = dispatch_workers.Dispatcher(config, store, workers, out=lambda *_: None).run()
+    summary = Dispatcher(config, store, workers, out=lambda *_: None).run()
     elapsed = time.perf_counter() - start
     assert len(summary["merged"]) == len(tasks), summary
     events_file = repo / ".dispatch_logs" / "events.jsonl"

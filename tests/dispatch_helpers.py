@@ -9,10 +9,12 @@ from pathlib import Path
 
 from conftest import ROOT, git
 
+DISPATCH = ROOT / "dispatch_workers.py"  # the command, as users run it
+
 
 def dispatch(cfg: Path, *args: str, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
     """The dispatcher as a user runs it: a separate process."""
-    return subprocess.run([sys.executable, str(ROOT / "dispatch_workers.py"), "--config", str(cfg), *args],
+    return subprocess.run([sys.executable, str(DISPATCH), "--config", str(cfg), *args],
                           capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 

@@ -15,9 +15,8 @@ from crew import config as configuration
 from crew import errors
 from crew import files
 from crew import tasks
-import dispatch_workers
 from conftest import AGENT_COMMAND, commit_file, git
-from dispatch_helpers import add_task, dispatch, main_file, merges_of
+from dispatch_helpers import DISPATCH, add_task, dispatch, main_file, merges_of
 
 linux_only = pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
 
@@ -70,7 +69,7 @@ def test_a_full_disk_mid_run_is_one_line_and_the_restart_finishes(small_disk, tm
                                "worker_kill_grace_secs": 1}), encoding="utf-8")
     store = tasks.open_task_store(configuration.load_config(str(cfg)))
     task = add_task(store, "Writes, then waits", "append a.txt a", "sleep 3")
-    proc = subprocess.Popen([sys.executable, str(dispatch_workers.__file__), "--config", str(cfg)],
+    proc = subprocess.Popen([sys.executable, str(DISPATCH), "--config", str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while subprocess.run(["git", "rev-list", "--count", f"main..refs/heads/work/{task.id}"], cwd=repo,

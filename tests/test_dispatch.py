@@ -16,12 +16,16 @@ from crew import errors
 from crew import names
 from crew import processes
 from crew import tasks as task_stores
+from crew.cli import dispatch as dispatch_cli
 from crew.cli import tasks as tasks_cli
+from crew.dispatch import agent
+from crew.dispatch import preflight as dispatch_preflight
+from crew.dispatch import status as dispatch_status
+from crew.dispatch.loop import Dispatcher
 from crew.tasks import model
-import dispatch_workers
 from conftest import commit_file, git
 from conftest import AGENT_COMMAND
-from dispatch_helpers import (add_task, assert_clean_finish, dispatch, events, main_file, merges_of)
+from dispatch_helpers import (DISPATCH, add_task, assert_clean_finish, dispatch, events, main_file, merges_of)
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="uses POSIX signals and sh")
 
@@ -174,7 +178,7 @@ def test_tasks_sharing_a_file_never_run_at_once(json_agent_setup, repo):
     first = add_task(store, "First on shared", "sleep 1", "append shared.txt one", files=["shared.txt"])
     second = add_task(store, "Second on shared", "sleep 1", "append shared.txt two", files=["shared.txt"])
     other = add_task(store, "Elsewhere", "sleep 1", "append other.txt x", files=["other.txt"])
-    plan = dispatch_workers.dry_run(config, store, 2)
+    plan = dispatch_status.dry_run(config, store, 2)
     assert [(p["id"], p["start"]) for p in plan] == [(first.id, True), (second.id, False), (other.id, True)]
     assert plan[1]["reason"] == f"shared.txt will be changed by {first.id}"
     assert dispatch(cfg).returncode == 0
@@ -198,7 +202,7 @@ def test_epics_are_never_dispatched_and_close_with_their_subtasks(agent_setup, r
 def test_a_second_dispatcher_is_refused(json_agent_setup, repo):
     cfg, config, store = json_agent_setup()
     add_task(store, "Sleeper", "sleep 4", "append s.txt s")
-    first = subprocess.Popen([sys.executable, str(dispatch_workers.__file__), "--config", str(cfg)],
+    first = subprocess.Popen([sys.executable, str(DISPATCH), "--config", str(cfg)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
@@ -250,7 +254,7 @@ def test_killed_at_each_step_then_restarted_finishes_every_task_once(json_agent_
 def test_a_live_worker_is_adopted_after_the_dispatcher_is_killed(json_agent_setup, repo):
     cfg, config, store = json_agent_setup()
     task = add_task(store, "Long runner", "sleep 3", "append long.txt done")
-    first = subprocess.Popen([sys.executable, str(dispatch_workers.__file__), "--config", str(cfg)],
+    first = subprocess.Popen([sys.executable, str(DISPATCH), "--config", str(cfg)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while not events(repo, "worker_started") and time.monotonic() < deadline:
@@ -269,7 +273,7 @@ def test_first_ctrl_c_lets_running_workers_finish_and_starts_nothing_new(json_ag
     cfg, config, store = json_agent_setup(max_workers=1)
     first = add_task(store, "Running", "sleep 2", "append r.txt r")
     later = add_task(store, "Not yet", "append n.txt n")
-    proc = subprocess.Popen([sys.executable, str(dispatch_workers.__file__), "--config", str(cfg)],
+    proc = subprocess.Popen([sys.executable, str(DISPATCH), "--config", str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while not events(repo, "worker_started"):
         time.sleep(0.05)
@@ -285,7 +289,7 @@ def test_first_ctrl_c_lets_running_workers_finish_and_starts_nothing_new(json_ag
 def test_second_ctrl_c_ends_workers_keeps_their_branches_and_releases_their_tasks(json_agent_setup, repo):
     cfg, config, store = json_agent_setup()
     task = add_task(store, "Stubborn", "append partial.txt partial", "hang")
-    proc = subprocess.Popen([sys.executable, str(dispatch_workers.__file__), "--config", str(cfg)],
+    proc = subprocess.Popen([sys.executable, str(DISPATCH), "--config", str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while not events(repo, "worker_started"):
         time.sleep(0.05)
@@ -344,7 +348,7 @@ def test_worker_environment_and_placeholders(json_agent_setup, repo):
 def test_default_aider_command(make_config, repo):
     config = configuration.load_config(str(make_config(llm_api="openai", llm_url="http://127.0.0.1:8080")))
     task = model.Task(id="proj-1", title="t", labels=["file:a.py", "file:b/c.py"])
-    argv, env = dispatch_workers.worker_argv(config, task, Path("/w/.current_task.txt"), "work/proj-1", Path("/w"))
+    argv, env = agent.worker_argv(config, task, Path("/w/.current_task.txt"), "work/proj-1", Path("/w"))
     assert argv == ["aider", "--message-file", "/w/.current_task.txt", "--yes-always", "--no-gitignore",
                     "--no-check-update", "--no-analytics", "--no-show-model-warnings", "--no-pretty",
                     "--no-show-release-notes",  # else its first run opens a web browser
@@ -353,7 +357,7 @@ def test_default_aider_command(make_config, repo):
     assert env["OPENAI_API_KEY"]
     assert env["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"  # no price list fetched from the internet
     config = configuration.load_config(str(make_config()))
-    argv, env = dispatch_workers.worker_argv(config, task, Path("/w/m"), "b", Path("/w"))
+    argv, env = agent.worker_argv(config, task, Path("/w/m"), "b", Path("/w"))
     assert "ollama_chat/qwen2.5-coder:7b" in argv and env["OLLAMA_API_BASE"] == "http://127.0.0.1:9"
 
 
@@ -372,8 +376,8 @@ def test_preflight_names_what_is_missing(make_config, repo, fake_llm, monkeypatc
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     config = configuration.load_config(str(make_config(llm_url=fake_llm.url, worker_model="missing:7b")))
     with pytest.raises(errors.UserError, match="model 'missing:7b' not found .*ollama pull missing:7b"):
-        dispatch_workers.preflight(config)
-    dispatch_workers.preflight(configuration.load_config(str(make_config(llm_url=fake_llm.url))))  # all there
+        dispatch_preflight.preflight(config)
+    dispatch_preflight.preflight(configuration.load_config(str(make_config(llm_url=fake_llm.url))))  # all there
 
 
 def test_preflight_checks_the_gate_and_setup_commands(json_agent_setup, repo):
@@ -411,7 +415,7 @@ def test_preflight_refuses_without_a_git_identity(json_agent_setup, repo, tmp_pa
 def test_status_while_running_and_after(json_agent_setup, repo):
     cfg, config, store = json_agent_setup()
     task = add_task(store, "Visible", "sleep 2", "append v.txt v")
-    proc = subprocess.Popen([sys.executable, str(dispatch_workers.__file__), "--config", str(cfg)],
+    proc = subprocess.Popen([sys.executable, str(DISPATCH), "--config", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while not events(repo, "worker_started"):
         time.sleep(0.05)
@@ -433,7 +437,7 @@ def test_branch_names_are_valid_refs():
 
 
 def test_demo_runs_end_to_end(capsys):
-    assert dispatch_workers.main(["--demo"]) == 0
+    assert dispatch_cli.main(["--demo"]) == 0
     out = capsys.readouterr().out
     assert "closed   Resolve merge conflict: work/demo-repo-2" in out
     assert "Merge work/demo-repo-2: Make the UI green (demo-repo-2)" in out  # merged after the conflict
@@ -452,7 +456,7 @@ def test_qwen_agent_wrapper_passes_arguments_through(tmp_path, monkeypatch):
     (bin_dir / "aider").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("QWEN_MODEL", "qwen3-coder:30b")
-    script = Path(dispatch_workers.__file__).parent / "scripts" / "qwen-agent.sh"
+    script = DISPATCH.parent / "scripts" / "qwen-agent.sh"
     subprocess.run(["sh", str(script), "/w/.current_task.txt", "a $(x).py", "b;c.py"], check=True)
     argv, base = json.loads(record.read_text(encoding="utf-8"))
     assert argv[:2] == ["--message-file", "/w/.current_task.txt"]
@@ -491,7 +495,7 @@ def test_worker_instructions_and_setup_command(json_agent_setup, repo):
 @posix_only
 def test_watch_picks_up_tasks_added_later_until_ctrl_c(json_agent_setup, repo):
     cfg, config, store = json_agent_setup(poll_interval_secs=0.2)
-    proc = subprocess.Popen([sys.executable, str(dispatch_workers.__file__), "--config", str(cfg), "--watch"],
+    proc = subprocess.Popen([sys.executable, str(DISPATCH), "--config", str(cfg), "--watch"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(1.5)
@@ -529,7 +533,7 @@ def test_an_agent_that_cannot_be_started_is_a_failed_attempt(json_agent_setup, r
     cfg, config, store = json_agent_setup(worker_command=[str(repo.parent / "gone-agent"), "{message_file}"],
                                           max_attempts=2)
     task = add_task(store, "Never runs", "append x.txt x")
-    summary = dispatch_workers.Dispatcher(config, store, 1, out=lambda *_: None).run()
+    summary = Dispatcher(config, store, 1, out=lambda *_: None).run()
     assert [b["id"] for b in summary["blocked"]] == [task.id]
     assert "could not start the agent" in store.get(task.id).notes
     assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
@@ -557,6 +561,6 @@ def test_the_task_message_names_the_files_once(make_config, repo, capsys):
                            "--file", "README.md", "--json"]) == 0
     task_id = json.loads(capsys.readouterr().out)[0]["id"]
     config = configuration.load_config(cfg)
-    message = dispatch_workers.task_message(config, task_stores.open_task_store(config).get(task_id))
+    message = agent.task_message(config, task_stores.open_task_store(config).get(task_id))
     assert message.count("docs/usage.md") == 1 and "Files to change: docs/usage.md, README.md" in message
     assert message.startswith(f"Task {task_id}: Add docs\n\nExplain usage.\n\nFiles to change:")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import dispatch_workers
+from crew.dispatch.loop import Dispatcher
+from crew.dispatch.merge_queue import MergeQueue
 from conftest import commit_file, git
 from dispatch_helpers import (add_task, assert_clean_finish, dispatch, events, main_file,
                               merge_subjects, merges_of)
@@ -23,7 +24,7 @@ def run_in_process(config, store, on_message=None, max_workers=2) -> dict:
         if on_message:
             on_message(message)
 
-    summary = dispatch_workers.Dispatcher(config, store, max_workers, out=out).run()
+    summary = Dispatcher(config, store, max_workers, out=out).run()
     summary["said"] = said
     return summary
 
@@ -310,7 +311,7 @@ def test_new_marker_blocks_are_refused_but_existing_marker_lines_merge(json_agen
 def test_main_moved_between_merge_and_advance_is_recomputed(json_agent_setup, repo, monkeypatch):
     cfg, config, store = json_agent_setup()
     task = add_task(store, "Racing", "append race.txt mine")
-    real_advance = dispatch_workers.Dispatcher.advance_main
+    real_advance = MergeQueue.advance_main
     moved = []
 
     def someone_else_moves_main_first(self, old, new):
@@ -318,7 +319,7 @@ def test_main_moved_between_merge_and_advance_is_recomputed(json_agent_setup, re
             moved.append(commit_file(repo, "theirs.txt", "theirs\n", "someone else's commit"))
         return real_advance(self, old, new)
 
-    monkeypatch.setattr(dispatch_workers.Dispatcher, "advance_main", someone_else_moves_main_first)
+    monkeypatch.setattr(MergeQueue, "advance_main", someone_else_moves_main_first)
     summary = run_in_process(config, store)
     assert summary["merged"] == [task.id]
     assert git(repo, "rev-parse", "main^1") == moved[0]  # their commit kept, ours on top

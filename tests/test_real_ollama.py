@@ -28,7 +28,7 @@ from crew import names
 from crew import planning
 from crew import processes
 from crew import tasks
-import dispatch_workers
+from crew.dispatch import preflight as dispatch_preflight
 from conftest import ROOT, commit_file, git, require_real_tool
 from dispatch_helpers import dispatch, events
 
@@ -152,10 +152,10 @@ def test_preflight_finds_the_model_and_names_a_missing_one(ollama, make_config, 
     (bin_dir / "aider").write_text("#!/bin/sh\nexit 0\n", encoding="utf-8")
     (bin_dir / "aider").chmod(stat.S_IRWXU)
     monkeypatch.setenv("PATH", str(bin_dir) + os.pathsep + os.environ["PATH"])
-    dispatch_workers.preflight(configuration.load_config(str(make_config(**settings(ollama)))))
+    dispatch_preflight.preflight(configuration.load_config(str(make_config(**settings(ollama)))))
     missing = configuration.load_config(str(make_config(**settings(ollama, worker_model="nope:1b"))))
     with pytest.raises(errors.UserError, match=r"model 'nope:1b' not found on .*\(run `ollama pull nope:1b`\)"):
-        dispatch_workers.preflight(missing)
+        dispatch_preflight.preflight(missing)
 
 
 @pytest.mark.parametrize("api, path", [("ollama", "/api/chat"), ("openai", "/v1/chat/completions")])

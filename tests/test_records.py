@@ -12,6 +12,9 @@ from crew import errors
 from crew.dispatch import records
 from crew.dispatch.records import MergeRequest, PendingMerge
 
+from conftest import commit_file, git
+from dispatch_helpers import add_task, dispatch, merges_of
+
 LEGACY = Path(__file__).parent / "data" / "legacy_state"
 STATE, PENDING = ".dispatch_state.json", ".dispatch_pending_merge_retries.json"
 # The first release; the first with titles on pending merges; the last before the hardening;
@@ -130,3 +133,35 @@ def test_a_file_that_cannot_be_read_is_one_error_naming_it_and_the_problem(tmp_p
     message = str(raised.value)
     assert message.startswith(f"{tmp_path / where}: {problem}") and "\n" not in message
     assert message.endswith("; fix or move it (it was left untouched)")
+
+
+def test_a_merge_queued_and_a_merge_pending_from_the_first_releases_each_merge_once(json_agent_setup, repo, tmp_path):
+    """A dispatcher stopped under 7bedd66 (a queued merge) and 1cfa6f1 (a pending merge, with no
+    title: refused before version 2) is carried on by this release: each branch merges once."""
+    cfg, config, store = json_agent_setup()
+    queued, pending = add_task(store, "Queued before"), add_task(store, "Pending before")
+    followup = add_task(store, "Resolve merge conflict: work/" + pending.id)
+    branches = {}
+    for task in (queued, pending):
+        store.claim(task.id, config.actor)
+        worktree = tmp_path / "old-worktrees" / task.id
+        git(repo, "worktree", "add", "-q", "-b", f"work/{task.id}", str(worktree), "main")
+        commit_file(worktree, f"{task.id}.txt", f"work of {task.id}\n")
+        branches[task.id] = str(worktree)
+    store.close(followup.id, "resolved by hand")
+    state_json, pending_json = read("7bedd66")
+    request = {**state_json["merge_queue"][0], "task_id": queued.id, "title": queued.title,
+               "branch": f"work/{queued.id}", "worktree": branches[queued.id]}
+    state_json = {"dispatcher": None, "workers": [], "merge_queue": [request], "attempts": {}}
+    old_pending = {**read("1cfa6f1")[1]["proj-5"], "task_id": pending.id, "branch": f"work/{pending.id}",
+                   "worktree": branches[pending.id], "files": []}
+    (repo / STATE).write_text(json.dumps(state_json), encoding="utf-8")
+    (repo / PENDING).write_text(json.dumps({followup.id: old_pending}), encoding="utf-8")
+    run = dispatch(cfg, "--json")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert sorted(json.loads(run.stdout)["merged"]) == sorted([queued.id, pending.id])
+    assert merges_of(repo, queued.id) == 1 and merges_of(repo, pending.id) == 1
+    assert store.get(queued.id).status == store.get(pending.id).status == "closed"
+    saved = json.loads((repo / STATE).read_text(encoding="utf-8"))
+    assert saved["version"] == 2 and saved["merge_queue"] == []
+    assert json.loads((repo / PENDING).read_text(encoding="utf-8")) == {}

@@ -15,7 +15,7 @@ import pytest
 from crew.report import events as event_log
 from crew.report import model
 from crew.report import page as report_page
-import dispatch_workers
+from crew.dispatch.loop import Dispatcher
 from conftest import ROOT, commit_file, require_real_tool
 from dispatch_helpers import add_task, dispatch, events
 
@@ -210,9 +210,9 @@ def test_the_writer_starts_a_fresh_line_after_a_partial_one(json_agent_setup, re
     logs = repo / ".dispatch_logs"
     logs.mkdir()
     (logs / "events.jsonl").write_bytes(b'{"v": 1, "ts": "2026-11-28T00:00:00Z", "event": "wor')
-    dispatcher = dispatch_workers.Dispatcher(config, store, 1, out=lambda *_: None)
-    dispatcher.event("claimed", "proj-1")
-    dispatcher.event("released", "proj-1", reason="test")
+    dispatcher = Dispatcher(config, store, 1, out=lambda *_: None)
+    dispatcher.ledger.event("claimed", "proj-1")
+    dispatcher.ledger.event("released", "proj-1", reason="test")
     found, skipped = event_log.read_events(logs / "events.jsonl")
     assert skipped == 1
     assert [(e.name, e.task_id, e.fields["v"]) for e in found] == [("claimed", "proj-1", 1), ("released", "proj-1", 1)]

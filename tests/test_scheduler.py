@@ -60,6 +60,9 @@ def test_a_conflict_task_waits_until_its_merge_is_recorded_for_it_and_its_branch
     assert scheduler.why_waiting(holdings(pending_merges=earlier), conflict, True) == "its merge has not been recorded yet"
     mine = {"proj-9": pending("proj-1", followup_created_at="2026-02-02T00:00:00Z")}
     assert scheduler.why_waiting(holdings(pending_merges=mine), conflict, True) is None
+    # Real bd answers create in nanoseconds, and later reads rounded to the second.
+    rounded = {"proj-9": pending("proj-1", followup_created_at="2026-02-02T00:00:00.467123987Z")}
+    assert scheduler.pending_for(holdings(pending_merges=rounded), conflict) is rounded["proj-9"]
     busy = holdings(workers=[worker("proj-7", branch="work/proj-1")], pending_merges=mine)
     assert scheduler.why_waiting(busy, conflict, True) == "its branch is in use"
 

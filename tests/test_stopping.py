@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from crew import processes
-import dispatch_workers
+from crew.dispatch import records
 from conftest import ROOT, git
-from dispatch_helpers import add_task, dispatch, events, main_file, merges_of
+from dispatch_helpers import DISPATCH, add_task, dispatch, events, main_file, merges_of
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="uses POSIX signals and sh")
 windows_only = pytest.mark.skipif(os.name != "nt", reason="Windows console events")
@@ -24,7 +24,7 @@ HANG = 'echo $$ > "$0"; sleep 60 & wait'
 
 
 def start_dispatcher(cfg: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(dispatch_workers.__file__), "--config", str(cfg), *args],
+    return subprocess.Popen([sys.executable, str(DISPATCH), "--config", str(cfg), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -93,7 +93,7 @@ def test_ctrl_break_on_windows_ends_the_workers_and_keeps_their_branches(json_ag
     # A closed console arrives the same way (CTRL_CLOSE_EVENT), but cannot be sent from a test.
     cfg, config, store = json_agent_setup()
     task = add_task(store, "Stubborn", "append partial.txt partial", "hang")
-    proc = subprocess.Popen([sys.executable, str(dispatch_workers.__file__), "--config", str(cfg)],
+    proc = subprocess.Popen([sys.executable, str(DISPATCH), "--config", str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             creationflags=subprocess.CREATE_NEW_PROCESS_GROUP)
     wait_until(lambda: has_commit(repo, f"work/{task.id}"), proc, "the agent's commit")
@@ -114,7 +114,7 @@ def test_blocking_a_running_task_ends_its_worker_keeps_its_branch_and_merges_not
     tasks_cli(cfg, "block", task.id, "-r", "the approach is wrong")
     out, err = finish(proc)
     assert proc.returncode == 1, err
-    assert [e["reason"] for e in events(repo, "worker_stopped")] == [dispatch_workers.TASK_BLOCKED]
+    assert [e["reason"] for e in events(repo, "worker_stopped")] == [records.TASK_BLOCKED]
     assert events(repo, "worker_timed_out") == [] and events(repo, "merged") == []
     assert not processes.group_alive(events(repo, "worker_started")[0]["pid"])
     assert json.loads(out)["blocked"] == [{"id": task.id, "reason": (

@@ -12,6 +12,7 @@ migrated in memory; the first save writes it as this release does.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -22,6 +23,17 @@ from crew import errors, names
 STATE_VERSION = 2
 TIMED_OUT = "timed out"
 TASK_BLOCKED = "stopped: its task was blocked"  # by the user, while the worker ran
+
+
+def same_creation(recorded: str, created_at: str) -> bool:
+    """Whether a record's creation time is the task's. An empty one (an older state file) matches
+    any. Real bd answers `create` in nanoseconds and everything after rounded to the second."""
+    if recorded in ("", created_at):
+        return True
+    try:
+        return abs((dt.datetime.fromisoformat(recorded) - dt.datetime.fromisoformat(created_at)).total_seconds()) < 1
+    except (ValueError, TypeError):
+        return False
 
 
 class Record:

@@ -9,6 +9,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from crew.dispatch import records
 from crew.dispatch.records import MergeRequest, PendingMerge, Worker
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ def why_held(holdings: Holdings, task_id: str) -> str | None:
 def pending_for(holdings: Holdings, task: Task) -> PendingMerge | None:
     """The pending merge this task resolves: never one filed for an earlier task with its id."""
     pending = holdings.pending.get(task.id)
-    if pending and pending.followup_created_at in ("", task.created_at):
+    if pending and records.same_creation(pending.followup_created_at, task.created_at):
         return pending
     return None
 

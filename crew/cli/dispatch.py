@@ -1,0 +1,158 @@
+"""Run ready tasks in parallel agent workers, each in its own git worktree, and merge their branches."""
+from __future__ import annotations
+
+import argparse
+import sys
+import webbrowser
+from collections.abc import Sequence
+from pathlib import Path
+
+from crew import config as configuration
+from crew import errors
+from crew import tasks as task_stores
+from crew.cli import base as cli_base
+from crew.dispatch import session
+from crew.dispatch import status as run_status
+from crew.report import events
+from crew.report import page
+
+EPILOG = """\
+How it works:
+  Each ready task is claimed, gets a branch (work/<id>) and a worktree beside the repository,
+  and a worker: the agent command (Aider by default) with the task in a message file. A worker
+  is judged from git, not its exit code: commits ahead of main mean work to merge. Finished
+  branches merge into main one at a time behind the merge slot (.dispatch_merge.lock), without
+  touching your checkout beyond a fast-forward. A conflict files a task "Resolve merge conflict:
+  <branch>", which runs in the branch's own worktree; once it is closed, the merge is retried.
+
+  Everything the dispatcher knows is in .dispatch_state.json and
+  .dispatch_pending_merge_retries.json: kill it at any moment and start it again, and it adopts
+  live workers, finishes dead ones and carries on. Ctrl-C once: start nothing new, let running
+  workers finish. Twice: end the workers now (their branches are kept for the next run).
+
+examples:
+  py dispatch_workers.py --demo             a scratch repository, a scripted agent, real merges
+  py dispatch_workers.py                    run until nothing is ready or running
+  py dispatch_workers.py --max-workers 4 --watch
+  py dispatch_workers.py --dry-run          what would start now, and why others wait
+  py dispatch_workers.py --status --json    the state of a running dispatcher
+  py dispatch_workers.py --report --open    a picture of the runs so far, in your browser
+
+exit codes: 0 every task it ran was merged; 1 some task ended blocked or a merge is waiting
+(the summary says why); 2 bad usage or configuration; 130 interrupted; 143 stopped by SIGTERM,
+129 by SIGHUP.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dispatch_workers.py", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli_base.add_common_options(parser)
+    run = parser.add_argument_group("running")
+    run.add_argument("--max-workers", type=int, metavar="N", help="parallel workers (default: max_workers, 2)")
+    run.add_argument("--watch", action="store_true", help="keep polling for new tasks until Ctrl-C")
+    look = parser.add_argument_group("looking")
+    look.add_argument("--dry-run", action="store_true", help="list what would start now and why others wait")
+    look.add_argument("--status", action="store_true", help="print the current state (also while one runs)")
+    look.add_argument("--demo", action="store_true",
+                      help="build a scratch repository with tasks and run the dispatcher on it with a "
+                           "scripted agent (needs no Ollama, Aider or bd)")
+    look.add_argument("--report", action="store_true",
+                      help="write an HTML report of the runs from the events log: a timeline of the "
+                           "workers, merges and conflicts, and what each task cost (every run also writes it)")
+    look.add_argument("--out", metavar="FILE", help=f"with --report: where (default {events.LOGS_DIR}/"
+                                                    f"{page.REPORT_FILE})")
+    look.add_argument("--open", action="store_true", help="with --report: open it in the web browser")
+    return parser
+
+
+def print_summary(summary: dict, as_json: bool) -> None:
+    if as_json:
+        cli_base.print_json(summary)
+        return
+    print(f"\nmerged: {', '.join(summary['merged']) or 'none'}")
+    if summary["released"]:
+        print(f"released for another attempt: {', '.join(summary['released'])}")
+    for item in summary["blocked"]:
+        print(f"blocked: {item['id']}: {item['reason']}")
+    for item in summary["waiting"]:
+        print(f"waiting: {item['id'] or '-'}: {item['reason']}")
+    if summary.get("report"):
+        print(f"report: {summary['report']}")
+
+
+def print_status(result: dict) -> None:
+    d = result["dispatcher"]
+    print(f"dispatcher: {'pid ' + str(d['pid']) + ' since ' + d['started_at'] if d else 'not running'}")
+    for w in result["workers"]:
+        print(f"  worker {w['slot']}: {w['task_id']} on {w['branch']} (pid {w['pid']}, until {w['deadline']}, "
+              f"log {w['log']})")
+    for e in result["merge_queue"]:
+        print(f"  merge queue: {e['task_id']} ({e['branch']})" + (f": {e['waiting']}" if e["waiting"] else ""))
+    for p in result["pending_merges"]:
+        print(f"  pending: {p['task_id']} waits for {p['followup_task']} ({p['kind']})")
+    print("  tasks: " + ", ".join(f"{k} {v}" for k, v in sorted(result["counts"].items())))
+
+
+def print_dry_run(plan: list[dict]) -> None:
+    for item in plan:
+        print(f"{'start' if item['start'] else 'wait '} {item['id']}  {item['title']}"
+              + (f"  ({item['reason']})" if item["reason"] else ""))
+    if not plan:
+        print("nothing is ready")
+
+
+def progress_printer(as_json: bool):
+    """What a run says as it goes: on stdout, or on stderr when stdout is for the JSON summary."""
+    def say(msg: str) -> None:
+        try:
+            print(msg, file=sys.stderr if as_json else sys.stdout, flush=True)
+        except OSError:  # the terminal is gone (SIGHUP): carry on, and stop on time, without it
+            session.detach_output()
+    return say
+
+
+def exit_code(summary: dict, interrupted: bool) -> int:
+    if interrupted:
+        return 130
+    return 1 if summary["blocked"] or summary["waiting"] else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.max_workers is not None and args.max_workers < 1:
+        raise errors.UsageError("--max-workers must be at least 1")
+    if (args.out or args.open) and not args.report:
+        raise errors.UsageError("--out and --open go with --report")
+    if args.demo:
+        from crew import demo  # scaffolding: loaded for --demo only
+        return demo.run_demo(args.json)
+    config = configuration.load_config(args.config)
+    if args.report:  # from the events log alone: no store, and no matter whether a dispatcher runs
+        path = page.write_report(config.root, Path(args.out) if args.out else None)
+        if args.json:
+            cli_base.print_json({"report": str(path)})
+        else:
+            print(path)
+        if args.open:
+            webbrowser.open(path.as_uri())
+        return 0
+    store = task_stores.open_task_store(config)
+    max_workers = args.max_workers or config.max_workers
+    if args.status:
+        result = run_status.status(config, store)
+        if args.json:
+            cli_base.print_json(result)
+        else:
+            print_status(result)
+        return 0
+    if args.dry_run:
+        plan = run_status.dry_run(config, store, max_workers)
+        if args.json:
+            cli_base.print_json(plan)
+        else:
+            print_dry_run(plan)
+        return 0
+    summary, interrupted = session.run_session(config, store, max_workers, args.watch, progress_printer(args.json))
+    print_summary(summary, args.json)
+    return exit_code(summary, interrupted)

@@ -1,0 +1,109 @@
+"""The agent: its command line and environment, and the message that hands it its task."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from crew import config as configuration
+from crew import errors
+from crew import git
+from crew import names as safe_names
+from crew.tasks import model as task_model
+
+MODEL_LABEL = "model:"
+# --no-show-release-notes: on a version's first run --yes-always would accept "see what's new?"
+# and open a web browser on the user's desktop, once per worker.
+AIDER_COMMAND = ["aider", "--message-file", "{message_file}", "--yes-always", "--no-gitignore",
+                 "--no-check-update", "--no-analytics", "--no-show-model-warnings", "--no-pretty",
+                 "--no-show-release-notes"]
+STANDING_INSTRUCTIONS = """\
+Instructions:
+- Keep to the files named above unless the task clearly needs more.
+- When done, make your edits, commit them, then stop. Do not ask for more input.
+- Write follow-up ideas for later tasks, one a line, to {followups} at the repository root."""
+
+
+def worker_argv(config: configuration.Config, task: task_model.Task, message_file: Path, branch: str,
+                worktree: Path) -> tuple[list[str], dict]:
+    """The agent's command line and environment, from argument lists only: no shell ever sees them."""
+    model = next((label[len(MODEL_LABEL):] for label in task.labels if label.startswith(MODEL_LABEL)),
+                 config.worker_model)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:/@-]*", model or ""):
+        model = config.worker_model
+    files = agent_files(task)
+    env = {**git.child_environment(), "DISPATCH_TASK_ID": task.id, "DISPATCH_BRANCH": branch,
+           "DISPATCH_WORKTREE": str(worktree)}
+    # litellm (under Aider) otherwise fetches a model price list from the internet at every
+    # start: offline that fails at once, behind a silent proxy it stalls each worker 5-10 s.
+    env.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    template = config.worker_command
+    if template is None:
+        if config.llm_api == "ollama":
+            template = AIDER_COMMAND + ["--model", "ollama_chat/{model}", "{files}"]
+            env["OLLAMA_API_BASE"] = config.llm_url
+        else:
+            template = AIDER_COMMAND + ["--model", "openai/{model}", "--openai-api-base", "{llm_url}/v1", "{files}"]
+            env.setdefault("OPENAI_API_KEY", "sk-local-placeholder")
+    values = {"message_file": str(message_file), "task_id": task.id, "branch": branch,
+              "worktree": str(worktree), "model": model, "llm_url": config.llm_url}
+    # One pass, so a value that happens to contain "{model}" is not expanded again.
+    placeholder = re.compile(r"\{(" + "|".join(values) + r")\}")
+    argv = []
+    for arg in template:
+        if arg == "{files}":
+            argv.extend(files)
+        else:
+            argv.append(placeholder.sub(lambda m: values[m.group(1)], arg))
+    return argv, env
+
+
+def agent_files(task: task_model.Task) -> list[str]:
+    """The task's files that are safe to hand the agent; an unsafe name never reaches the command
+    line or the worktree (the message still lists it)."""
+    files = []
+    for raw in task.files:
+        try:
+            files.append(safe_names.check_repo_path(raw))
+        except errors.UserError:
+            pass
+    return files
+
+
+def make_parent_folders(worktree: Path, files: list[str]) -> None:
+    """Aider's repository discovery finds no git repository when neither a file it is given nor
+    that file's folder exists: it then works without git, in that folder. Never through a link a
+    branch may carry: it could point outside the worktree."""
+    for name in files:
+        folder = worktree
+        for part in Path(name).parent.parts:
+            folder = folder / part
+            if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+                break
+            folder.mkdir(exist_ok=True)
+
+
+def task_message(config: configuration.Config, task: task_model.Task) -> str:
+    description = task.description.strip()
+    if task.files:
+        # The scripts that create tasks write this line into the description: say it once.
+        listed = "Files: " + ", ".join(task.files)
+        kept = "\n".join(line for line in description.splitlines() if line.strip() != listed)
+        description = re.sub(r"\n{3,}", "\n\n", kept).strip()
+    parts = [f"Task {task.id}: {task.title}", description]
+    if task.files:
+        parts.append("Files to change: " + ", ".join(task.files))
+    parts.append(STANDING_INSTRUCTIONS.format(followups=config.worker_followups_file))
+    if config.worker_instructions:
+        parts.append(read_instructions(config))
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def read_instructions(config: configuration.Config) -> str:
+    text = config.worker_instructions or ""
+    if text.startswith("@"):
+        path = config.root / safe_names.check_repo_path(text[1:])
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise errors.UsageError(f"worker_instructions: cannot read {path}: {exc}") from None
+    return text

@@ -1,0 +1,174 @@
+"""A branch that does not merge (a conflict, or failing checks) goes back as a task; its merge
+waits as a pending merge until that task is closed (retried) or blocked (given up)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from crew import config as configuration
+from crew import failpoints
+from crew import files as statefiles
+from crew import git
+from crew.dispatch import records
+from crew.dispatch import scheduler
+from crew.dispatch import worktrees
+from crew.dispatch.ledger import Ledger
+from crew.tasks import model as task_model
+
+CONFLICT_TITLE = "Resolve merge conflict: {branch}"
+GATE_TITLE = "Fix failing checks: {branch}"
+MERGE_SHORT = 10  # a commit's id as the dispatcher's messages show it
+
+
+def committed_since(root: Path, pending: records.PendingMerge) -> bool:
+    """Whether the branch has moved since the conflict was filed or the dispatcher merged main
+    into it: only a commit of someone's resolves a conflict."""
+    tip = git.rev_parse(root, f"refs/heads/{pending.branch}")
+    # A gone branch is reported by the merge.
+    return tip is None or pending.branch_tip is None or tip != pending.branch_tip
+
+
+def person_conflict_text(config: configuration.Config, request: records.MergeRequest, original: task_model.Task,
+                         main_commit: str, detail: str, merged: git.MergeResult) -> str:
+    """A conflict that git cannot show as text markers: both sides' blobs and how to settle it."""
+    main, branch, worktree = config.main_branch, request.branch, request.worktree
+    sides = []
+    for path in merged.files:
+        blob = merged.stages[path]
+        sides.append(f"  {path}: {main} {blob.get(2, '(deleted)')}, {branch} {blob.get(3, '(deleted)')}, "
+                     f"their merge base {blob.get(1, '(none)')}")
+    return (f"Branch {branch} (task {original.id}: {original.title}) does not merge into {main} at "
+            f"{main_commit[:MERGE_SHORT]}, and git cannot show this conflict as text markers (a binary file, "
+            f"a file deleted on one side, a rename), so it is for a person: the label {scheduler.PERSON_LABEL} "
+            f"keeps agents off it, and the dispatcher has committed neither side.\n\n{detail}\n\n"
+            f"Each side's blob (look with `git cat-file -p BLOB`):\n" + "\n".join(sides) + "\n\n"
+            f"To resolve it:\n"
+            f"  cd {worktree}   (if it is gone: git worktree add {worktree} {branch})\n"
+            f"  git merge {main}\n"
+            f"  for each file: git checkout {main} -- PATH (main's side), git checkout HEAD -- PATH "
+            f"(the branch's side), git rm PATH (deleted), or write the file; then git add PATH\n"
+            f"  git commit --no-edit\n"
+            f"  py tasks.py close ID   (this task)\n"
+            f"Closing this task with no new commit on {branch} leaves the conflict standing: {original.id} "
+            f"is then blocked and its branch kept.")
+
+
+class Conflicts:
+    def __init__(self, config: configuration.Config, ledger: Ledger, store: task_model.TaskStore):
+        self.config, self.ledger, self.store = config, ledger, store
+        self.root = config.root
+
+    def file(self, request: records.MergeRequest, files: list[str], main_commit: str, detail: str,
+             kind: str = "conflict", merged: git.MergeResult | None = None) -> bool:
+        """The branch cannot merge as it is: rebase it, or hand it back as a task."""
+        ledger = self.ledger
+        task_id, branch = request.task_id, request.branch
+        ledger.event("merge_conflict" if kind == "conflict" else "gate_failed", task_id, files=files)
+        if kind == "conflict" and self.config.on_conflict == "auto_rebase" and not request.rebased:
+            request.rebased = True
+            ledger.save_state()
+            worktree = Path(request.worktree)
+            result = git.git("rebase", "-q", self.config.main_branch, cwd=worktree, check=False)
+            if result.returncode == 0:
+                ledger.say(f"{task_id}: rebased {branch} onto {self.config.main_branch}; merging again")
+                return True
+            git.git("rebase", "--abort", cwd=worktree, check=False)
+            ledger.say(f"{task_id}: rebase of {branch} conflicts too; handing it back as a task")
+        retries = request.retries + 1
+        if retries > self.config.max_merge_retries:
+            ledger.drop_request(request)
+            worktrees.remove_worktree(self.root, Path(request.worktree))
+            ledger.block(task_id, f"{branch} still does not merge after {self.config.max_merge_retries} "
+                                  f"conflict or check tasks; branch kept", request.actor)
+            return True
+        followup = self.file_task(request, kind, files, main_commit, detail, merged)
+        ledger.event("conflict_filed", task_id, conflict_task=followup.id, kind=kind, branch=branch,
+                     title=followup.title, for_person=scheduler.PERSON_LABEL in followup.labels)
+        # branch_tip: the conflict counts as resolved only once someone commits on top of it.
+        ledger.state.pending[followup.id] = records.PendingMerge(
+            kind=kind, task_id=task_id, title=request.title, branch=branch, worktree=request.worktree, files=files,
+            outcome=request.outcome, note=request.note, retries=retries, main_commit=main_commit,
+            created_at=statefiles.now_iso(), branch_tip=git.rev_parse(self.root, f"refs/heads/{branch}"),
+            for_person=scheduler.PERSON_LABEL in followup.labels, counted=request.counted, actor=request.actor,
+            task_created_at=request.task_created_at, followup_created_at=followup.created_at)
+        ledger.save_pending()
+        ledger.drop_request(request)
+        ledger.say(f"{task_id}: {'merge conflict' if kind == 'conflict' else 'checks failed'} on {branch}"
+                   + (f" in {', '.join(files)}" if files else "") + f"; filed {followup.id}")
+        return True
+
+    def file_task(self, request: records.MergeRequest, kind: str, files: list[str], main_commit: str, detail: str,
+                  merged: git.MergeResult | None = None) -> task_model.Task:
+        """One open task per branch and kind: a crash between filing and recording never makes two."""
+        branch, main = request.branch, self.config.main_branch
+        title = (CONFLICT_TITLE if kind == "conflict" else GATE_TITLE).format(branch=branch)
+        for task in self.store.list(["open", "in_progress", "blocked"]):
+            if task.title == title:
+                return task
+        original = self.store.get(request.task_id)
+        for_person = kind == "conflict" and merged is not None and bool(merged.markerless)
+        if for_person:
+            what = person_conflict_text(self.config, request, original, main_commit, detail, merged)
+        elif kind == "conflict":
+            what = (f"Branch {branch} (task {original.id}: {original.title}) does not merge into "
+                    f"{main} at {main_commit[:MERGE_SHORT]}.\n\nConflicted files: "
+                    f"{', '.join(files)}\n{detail}\n\nThe dispatcher has merged {main} into the "
+                    "branch and committed the conflict markers. Resolve every conflict (keep the intent of both "
+                    "sides), remove all markers, commit, then stop.")
+        else:
+            what = (f"Merging branch {branch} (task {original.id}: {original.title}) into "
+                    f"{main} at {main_commit[:MERGE_SHORT]} fails the checks.\n\n{detail}\n\n"
+                    "Make the checks pass on this branch, commit, then stop.")
+        labels = ([scheduler.CONFLICT_LABEL if kind == "conflict" else scheduler.GATE_LABEL]
+                  + [scheduler.PERSON_LABEL] * for_person
+                  + [task_model.FILE_LABEL + f for f in files])
+        task = self.store.create(title, what, priority=original.priority, labels=labels,
+                                 deps=[("discovered-from", original.id)])
+        failpoints.failpoint("after_conflict_task")
+        return task
+
+    def settle(self, busy: set[str]) -> bool:
+        """Retry a merge once its conflict or fix task is closed; block it if that task is blocked.
+        busy: the tasks whose worker still runs (their pending merge waits for them)."""
+        ledger, state = self.ledger, self.ledger.state
+        changed = False
+        for followup_id, pending in list(state.pending.items()):
+            if followup_id in busy:
+                continue
+            followup = ledger.current_task(followup_id, pending.followup_created_at)
+            if followup is None:
+                del state.pending[followup_id]
+                ledger.save_pending()
+                ledger.drop_record_of_gone_task(followup_id, f"pending merge of {pending.branch} (the branch is kept)")
+                ledger.release_claim(pending, f"released: its {pending.kind} task {followup_id} was deleted; "
+                                              f"branch {pending.branch} kept")
+                changed = True
+            elif followup.status == "closed" and self.config.auto_retry_merge_on_conflict_close:
+                if pending.kind == "conflict" and not committed_since(self.root, pending):
+                    del state.pending[followup_id]
+                    ledger.save_pending()
+                    worktrees.remove_worktree(self.root, Path(pending.worktree))
+                    ledger.block(pending.task_id, f"{followup_id} ({followup.title}) was closed with no commit on "
+                                                  f"{pending.branch} after the dispatcher's, so the conflict "
+                                                  f"stands; branch {pending.branch} kept", pending.actor)
+                    changed = True
+                    continue
+                if not any(request.branch == pending.branch for request in state.merge_queue):
+                    state.merge_queue.insert(0, records.MergeRequest(
+                        task_id=pending.task_id, title=pending.title, branch=pending.branch, worktree=pending.worktree,
+                        outcome=pending.outcome, note=pending.note, retries=pending.retries, counted=pending.counted,
+                        queued_at=time.time(), actor=pending.actor, task_created_at=pending.task_created_at))
+                    ledger.save_state()
+                del state.pending[followup_id]
+                ledger.save_pending()
+                ledger.event("merge_queued", pending.task_id, branch=pending.branch, after=followup_id)
+                changed = True
+            elif followup.status == "blocked":
+                del state.pending[followup_id]
+                ledger.save_pending()
+                worktrees.remove_worktree(self.root, Path(pending.worktree))
+                ledger.block(pending.task_id, f"{followup_id} ({followup.title}) is blocked: "
+                                              f"{followup.notes.splitlines()[-1] if followup.notes else ''}",
+                             pending.actor)
+                changed = True
+        return changed

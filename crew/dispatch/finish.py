@@ -1,0 +1,166 @@
+"""Judging a worker that has ended, from git: its branch goes to the merge queue, or its task
+is released for another attempt, or blocked."""
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+from crew import config as configuration
+from crew import errors
+from crew import failpoints
+from crew import files
+from crew import git
+from crew import names as safe_names
+from crew import processes
+from crew import suggestions as suggested_tasks
+from crew.dispatch import conflicts
+from crew.dispatch import records
+from crew.dispatch import scheduler
+from crew.dispatch import worktrees
+from crew.dispatch.ledger import Ledger
+from crew.dispatch.merge_queue import MergeQueue
+from crew.dispatch.workers import WorkerPool
+from crew.tasks import model as task_model
+
+
+class Finisher:
+    def __init__(self, config: configuration.Config, ledger: Ledger, store: task_model.TaskStore,
+                 pool: WorkerPool, queue: MergeQueue, breaker: scheduler.Breaker):
+        self.config, self.ledger, self.store, self.pool, self.queue = config, ledger, store, pool, queue
+        self.breaker = breaker
+        self.root = config.root
+
+    def finish(self, worker: records.Worker) -> None:
+        """Judge an ended worker from git and send its branch on: merge queue, retry or block."""
+        if worker.pid is None:
+            self.never_started(worker)
+            return
+        failpoints.failpoint("after_worker_exit")
+        proc = self.pool.procs.get(worker.slot)
+        if proc is not None and not processes.IS_WINDOWS:
+            processes.kill_tree(worker.pid, 0.2, proc)  # what it left running would hold the worktree
+        worktree, task_id = Path(worker.worktree), worker.task_id
+        why = worker.ended or "exited"
+        if worktree.exists():
+            git.clear_interrupted_git_state(worktree)
+            self.collect_followups(worker)
+            if self.config.commit_leftover_changes and git.commit_everything(
+                    worktree, f"dispatch: uncommitted work of {task_id} (worker {why})"):
+                self.ledger.event("leftover_committed", task_id)
+        tip = git.rev_parse(self.root, f"refs/heads/{worker.branch}")
+        commits = int(git.git_out(self.root, "rev-list", "--count", f"{worker.base}..{tip}")) if tip else 0
+        self.pool.forget(worker)
+        counted = not worker.stopped_by_user  # toward max_attempts and the breaker
+        if worker.ended == records.TASK_BLOCKED:
+            self.leave_blocked(worker)
+        elif worker.kind == "conflict" and not worker.ended:
+            self.finish_conflict_worker(worker, commits)
+        elif worker.kind == "conflict":  # its branch belongs to the task it resolves: release it only
+            self.ledger.attempt_failed(task_id, f"attempt {worker.attempt} {why}; log {worker.log}", worker.actor,
+                                       counted=counted)
+        elif commits and not worker.ended:
+            self.ledger.event("commits_found", task_id, commits=commits, log=worker.log)
+            self.breaker.attempt_ended(made_commits=True)
+            self.queue.add(worker, "close", f"log {worker.log}")
+        elif commits:
+            self.ledger.event("commits_found", task_id, commits=commits, log=worker.log)
+            self.queue.add(worker, "release", f"attempt {worker.attempt} {why}; its commits were merged; "
+                                              f"log {worker.log}", counted=counted)
+        else:
+            self.ledger.event("no_commits", task_id, log=worker.log)
+            self.breaker.attempt_ended(made_commits=False, counted=counted)
+            worktrees.discard_attempt(self.config, worker)
+            self.ledger.attempt_failed(task_id, f"attempt {worker.attempt} {why} with no commits; log {worker.log} "
+                                                f"ends: {self.log_tail(worker)}", worker.actor, counted=counted)
+        self.ledger.save_state()
+
+    def leave_blocked(self, worker: records.Worker) -> None:
+        """The user blocked the task while it ran: its status is theirs, and its work waits on the branch."""
+        if worker.kind == "task":  # a conflict task's worktree belongs to the branch it resolves
+            worktrees.remove_worktree(self.root, Path(worker.worktree))
+        reason = (f"blocked while its worker ran; the worker was ended, its branch {worker.branch} kept "
+                  "and not merged")
+        self.ledger.summary["blocked"].append({"id": worker.task_id, "reason": reason})
+        self.ledger.event("left_blocked", worker.task_id, branch=worker.branch, reason=reason)
+
+    def never_started(self, worker: records.Worker) -> None:
+        """A worker recorded by a dispatcher that stopped before starting it: no attempt was made.
+        Should anything have run after all (a crash between start and record), its work is kept."""
+        self.pool.forget(worker)
+        worktree = Path(worker.worktree)
+        if worktree.exists():
+            git.clear_interrupted_git_state(worktree)
+            git.commit_everything(worktree, f"dispatch: uncommitted work of {worker.task_id} (found after a restart)")
+        if worker.kind == "task":  # a conflict task's worktree belongs to the branch it resolves
+            worktrees.discard_attempt(self.config, worker)
+        try:
+            self.store.release(worker.task_id, "released: the dispatcher stopped before its worker started",
+                               actor=worker.actor)
+            self.ledger.event("released", worker.task_id, reason="worker never started")
+        except errors.TaskNotFound:
+            self.ledger.drop_record_of_gone_task(worker.task_id, "worker record")
+        self.ledger.save_state()
+
+    def finish_conflict_worker(self, worker: records.Worker, commits: int) -> None:
+        """A resolve/fix task's worker: close it when the branch now merges cleanly."""
+        conflict = self.ledger.state.pending.get(worker.task_id)
+        main = self.config.main_branch
+        clean = bool(conflict) and conflicts.committed_since(self.root, conflict) \
+            and git.merge_tree(self.root, main, worker.branch).tree is not None \
+            and not git.new_marker_files(self.root, main, worker.branch)
+        if clean:
+            self.store.close(worker.task_id, f"{worker.branch} now merges cleanly", actor=worker.actor)
+            self.ledger.event("closed", worker.task_id)
+            self.ledger.say(f"{worker.task_id}: resolved; {worker.branch} merges cleanly now")
+        else:
+            self.ledger.event("no_commits" if not commits else "merge_conflict", worker.task_id, log=worker.log)
+            problem = "still does not merge cleanly" if commits else "has no commit after the dispatcher's merge"
+            self.ledger.attempt_failed(worker.task_id, f"attempt {worker.attempt}: {worker.branch} {problem}; "
+                                                       f"log {worker.log} ends: {self.log_tail(worker)}", worker.actor)
+
+    def log_tail(self, worker: records.Worker, lines: int = 5) -> str:
+        path = self.root / worker.log
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return "(no log)"
+        return " | ".join(text.strip().splitlines()[-lines:])[-400:] or "(empty log)"
+
+    def collect_followups(self, worker: records.Worker) -> None:
+        """The agent's follow-up ideas go to suggested_tasks.txt, never to main."""
+        name = PurePosixPath(safe_names.check_repo_path(self.config.worker_followups_file)).name
+        worktree = Path(worker.worktree)
+        found = git.added_files_named(worktree, self.config.main_branch, name)
+        lines = []
+        for path in (worktree / f for f in found):
+            if not path.is_symlink() and path.is_file():  # a link could point anywhere: never read through it
+                text = path.read_text(encoding="utf-8", errors="replace")
+                lines += [line for line in map(str.strip, text.splitlines()) if line and not line.startswith("#")]
+        if lines:
+            suggestions = self.config.path("suggested_tasks_file")
+            files.append_text(suggestions, "".join(f"[from:{worker.task_id}] {line}\n" for line in lines))
+            self.ledger.event("followups_collected", worker.task_id, count=len(lines), files=found)
+        tracked = [f for f in git.git("ls-files", "-z", "--", *found, cwd=worktree).stdout.split("\0") if f] \
+            if found else []
+        if tracked:
+            git.git("rm", "-q", "-f", "--", *tracked, cwd=worktree)
+            git.git("commit", "-q", "--no-verify", "-m", f"dispatch: keep {', '.join(tracked)} of "
+                    f"{worker.task_id} off main", "--", *tracked, cwd=worktree)
+        for path in (worktree / f for f in found if f not in tracked):
+            path.unlink(missing_ok=True)
+        if lines and self.config.auto_ingest_suggestions:
+            result = suggested_tasks.ingest(self.config, self.store)
+            if result.created:
+                self.ledger.say(f"{worker.task_id}: follow-ups became {', '.join(result.created)}")
+
+    def close_finished_epics(self) -> None:
+        """Only after a task with a parent was closed: listing every task is slow with bd."""
+        if not self.ledger.epic_check_due:
+            return
+        self.ledger.epic_check_due = False
+        tasks = self.store.list(None)
+        for epic in (t for t in tasks if t.issue_type == "epic" and t.status != "closed"):
+            children = [t for t in tasks if epic.id in t.deps_of("discovered-from")]
+            if children and all(t.status == "closed" for t in children):
+                self.store.close(epic.id, "all its subtasks are closed")
+                self.ledger.event("closed", epic.id)
+                self.ledger.say(f"{epic.id}: epic closed (all {len(children)} subtasks closed)")

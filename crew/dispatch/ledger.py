@@ -1,0 +1,107 @@
+"""What the dispatcher writes down: the state files, the events log, the run's summary, and a
+task's fate after an attempt. Only the ledger writes state files or events."""
+from __future__ import annotations
+
+import json
+
+from crew import config as configuration
+from crew import errors
+from crew import files
+from crew import workspace
+from crew.dispatch import records
+from crew.report import events
+from crew.tasks import model as task_model
+
+
+def state_files(config: configuration.Config) -> tuple[files.StateFile, files.StateFile]:
+    """The two state files; each reads as None when it does not exist (records.load_state checks them)."""
+    state, pending = workspace.DISPATCH_STATE_FILES
+    return files.StateFile(config.root / state, None), files.StateFile(config.root / pending, None)
+
+
+def read_state(config: configuration.Config) -> records.DispatchState:
+    """The recorded state, migrated if an earlier release wrote it; reading never writes."""
+    state_file, pending_file = state_files(config)
+    return records.load_state(state_file.read(), pending_file.read(), state_path=state_file.path,
+                              pending_path=pending_file.path, default_actor=config.actor,
+                              logs=config.root / events.LOGS_DIR)
+
+
+class Ledger:
+    """The state of one dispatcher (`state`), saved as it changes, and this run's summary."""
+
+    def __init__(self, config: configuration.Config, store: task_model.TaskStore, say):
+        self.config, self.store, self.say = config, store, say
+        self.logs = config.root / events.LOGS_DIR
+        self.state_file, self.pending_file = state_files(config)
+        self.state = read_state(config)
+        self.summary = {"merged": [], "released": [], "blocked": [], "waiting": []}
+        self.told_waiting: set = set()  # what this run has said about a wait already
+        self.epic_check_due = True  # a task with a parent was closed: its epic may be finished
+
+    def event(self, name: str, task_id: str | None = None, **fields) -> None:
+        """One line of .dispatch_logs/events.jsonl; README lists every event and its fields."""
+        self.logs.mkdir(exist_ok=True)
+        line = json.dumps({"v": events.EVENTS_FORMAT, "ts": files.now_iso(), "event": name, "task_id": task_id,
+                           **fields}, ensure_ascii=False)
+        path = self.logs / events.EVENTS_FILE
+        if events.ends_mid_line(path):
+            line = "\n" + line  # a crash mid-write left a partial line: keep this one whole
+        files.append_text(path, line + "\n")
+
+    def save_state(self) -> None:
+        self.state_file.write(self.state.state_json())
+
+    def save_pending(self) -> None:
+        self.pending_file.write(self.state.pending_json())
+
+    def drop_request(self, request: records.MergeRequest) -> None:
+        """Take a branch's request out of the merge queue."""
+        self.state.merge_queue = [r for r in self.state.merge_queue if r.branch != request.branch]
+        self.save_state()
+
+    def block(self, task_id: str, reason: str, actor: str | None = None) -> None:
+        self.store.set_status(task_id, "blocked", reason, actor=actor)
+        self.summary["blocked"].append({"id": task_id, "reason": reason})
+        self.event("blocked", task_id, reason=reason)
+        self.say(f"{task_id}: blocked: {reason}")
+
+    def attempt_failed(self, task_id: str, note: str, actor: str | None = None, counted: bool = True) -> None:
+        """Release the task for another attempt, or block it after max_attempts. An attempt the
+        user stopped is not counted. actor: whose claim it is."""
+        attempts = self.state.attempts.get(task_id, 0) + counted
+        self.state.attempts[task_id] = attempts
+        try:
+            if counted and attempts >= self.config.max_attempts:
+                self.block(task_id, f"{note} (after {attempts} attempts)", actor)
+            else:
+                self.store.release(task_id, note, actor=actor)
+                self.summary["released"].append(task_id)
+                self.event("released", task_id, reason=note)
+                self.say(f"{task_id}: released for another attempt: {note[:120]}")
+        except errors.TaskNotFound:
+            self.state.attempts.pop(task_id)
+            self.drop_record_of_gone_task(task_id, "worker's attempt")
+        self.save_state()
+
+    def current_task(self, task_id: str, created_at: str) -> task_model.Task | None:
+        """The task a record was made for, or None when the store no longer has it: deleted, or
+        its id now names another task (created at another time)."""
+        try:
+            task = self.store.get(task_id)
+        except errors.TaskNotFound:
+            return None
+        return task if records.same_creation(created_at, task.created_at) else None
+
+    def drop_record_of_gone_task(self, task_id: str, what: str) -> None:
+        """A record refers to a task the store no longer has: drop it (the caller does) and carry on."""
+        self.event("record_dropped", task_id, record=what)
+        self.say(f"{task_id}: warning: the task is no longer in the store; dropped its {what}")
+
+    def release_claim(self, record: records.MergeRequest | records.PendingMerge, note: str) -> None:
+        """Give back the claim a dropped record held, if the task is still held by it."""
+        task = self.current_task(record.task_id, record.task_created_at)
+        if task is not None and task.status == "in_progress" and task.assignee == record.actor:
+            self.store.release(task.id, note, actor=record.actor)
+            self.event("released", task.id, reason=note)
+            self.say(f"{task.id}: {note}")

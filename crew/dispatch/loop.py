@@ -1,0 +1,186 @@
+"""The dispatcher's loop: workers are watched and refilled, branches merged, pending merges
+settled, until nothing is ready or running (or, with --watch, until Ctrl-C)."""
+from __future__ import annotations
+
+import concurrent.futures
+import signal
+import time
+
+from crew import config as configuration
+from crew import errors
+from crew import failpoints
+from crew.dispatch import records
+from crew.dispatch import scheduler
+from crew.dispatch.conflicts import Conflicts
+from crew.dispatch.finish import Finisher
+from crew.dispatch.gate import Gate
+from crew.dispatch.ledger import Ledger
+from crew.dispatch.merge_queue import MergeQueue
+from crew.dispatch.recovery import Recovery
+from crew.dispatch.workers import WorkerPool
+from crew.tasks import model as task_model
+
+WORKER_POLL_SECS = 0.01  # a worker's exit is noticed within this, so a slot refills at once
+START_WAIT_SECS = 0.2  # how long a refill may wait for its worktree before merges go ahead
+
+
+class Dispatcher:
+    """Owns the workers, the merge queue and the pending merges of one repository."""
+
+    def __init__(self, config: configuration.Config, store: task_model.TaskStore, max_workers: int,
+                 watch: bool = False, out=print):
+        self.config, self.store, self.max_workers, self.watch = config, store, max_workers, watch
+        self.ledger = Ledger(config, store, out)
+        # Workers recorded by an earlier run are ours until reconcile() has looked at them.
+        self.pool = WorkerPool(config, self.ledger, max_workers, self.stop_now_reason)
+        self.conflicts = Conflicts(config, self.ledger, store)
+        self.gate = Gate(config, self.ledger, self.stop_now_reason)
+        self.queue = MergeQueue(config, self.ledger, store, self.gate, self.conflicts, self.stop_now_reason)
+        self.breaker = scheduler.Breaker(config.breaker_failures, config.breaker_pause_secs, watch)
+        self.finisher = Finisher(config, self.ledger, store, self.pool, self.queue, self.breaker)
+        self.recovery = Recovery(config, self.ledger, store)
+        self.stopping = False
+        self.interrupts = 0
+        self.stop_signal: int | None = None
+        self.next_poll = 0.0
+        self.known: dict[str, task_model.Task] = {}  # tasks this run has worked on (bd calls are slow)
+
+    def say(self, message: str) -> None:
+        self.ledger.say(message)
+
+    # ---- what may start --------------------------------------------------------------------
+
+    def files_of(self, task_id: str) -> list[str]:
+        if task_id not in self.known:
+            try:
+                self.known[task_id] = self.store.get(task_id)  # an adopted worker's task
+            except errors.TaskNotFound:
+                return []  # deleted: its record is dropped where it is next used
+        return self.known[task_id].files
+
+    def holdings(self) -> scheduler.Holdings:
+        state = self.ledger.state
+        return scheduler.Holdings(list(state.workers.values()), list(state.merge_queue), dict(state.pending),
+                                  self.files_of)
+
+    def fill_slots(self) -> None:
+        free = self.pool.free_slots()
+        if not free or self.stopping or self.breaker_tripped():
+            return
+        ready = self.store.ready(limit=max(50, 4 * self.max_workers))
+        while ready and free:
+            # Planned again after each start: a claim another dispatcher won changes nothing here.
+            holdings = self.holdings()
+            plan = scheduler.plan_starts(ready, holdings, len(free), self.config.avoid_file_overlap)
+            first = next((i for i, decision in enumerate(plan) if decision.start), len(plan) - 1)
+            for decision in plan[:first + 1]:
+                task = decision.task
+                if (held := scheduler.why_held(holdings, task.id)) and (
+                        message := f"{task.id}: not started again: {held}") not in self.ledger.told_waiting:
+                    self.ledger.told_waiting.add(message)
+                    self.say(message)
+            if not plan[first].start:
+                return
+            task, ready = plan[first].task, ready[first + 1:]
+            if self.store.claim(task.id, self.config.actor):
+                self.ledger.event("claimed", task.id)
+                failpoints.failpoint("after_claim")
+                self.known[task.id] = task
+                self.pool.start(free.pop(0), task, scheduler.pending_for(holdings, task))
+
+    def breaker_tripped(self) -> bool:
+        held, tripped_now = self.breaker.check(time.time())
+        if tripped_now:
+            self.ledger.event("breaker_tripped", failures=self.breaker.failures_in_a_row)
+            self.say(f"stopped starting workers: {self.breaker.failures_in_a_row} attempts in a row ended with no "
+                     "commits (the agent or its model is likely down; see .dispatch_logs/)"
+                     + (f"; trying again in {self.config.breaker_pause_secs:g} s" if self.watch else ""))
+        return held
+
+    def stop_blocked_workers(self) -> None:
+        """A task the user blocked while its worker runs: end the worker, keep its branch, merge nothing."""
+        running = {w.task_id: w for w in self.ledger.state.workers.values() if w.pid is not None and not w.ended}
+        if not running:
+            return
+        for task in self.store.list(["blocked"]):
+            if worker := running.get(task.id):
+                self.say(f"{task.id}: blocked while its worker ran; ending the worker (its branch is kept)")
+                self.pool.end(worker, records.TASK_BLOCKED)
+                self.finisher.finish(worker)
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        ledger = self.ledger
+        self.recovery.reconcile()
+        self.finisher.close_finished_epics()
+        while True:
+            changed = self.pool.poll(self.finisher.finish)
+            if why := self.stop_now_reason():
+                self.stop_now(why)
+            if changed:
+                self.fill_slots()  # a freed slot is refilled before anything else
+                if starting := list(self.pool.starting.values()):
+                    # a quick start goes first; a huge checkout does not hold up merges
+                    concurrent.futures.wait(starting, timeout=START_WAIT_SECS)
+                    self.pool.poll(self.finisher.finish)
+            poll_due = time.time() >= self.next_poll
+            if poll_due:
+                self.stop_blocked_workers()
+            merged = self.queue.step()
+            if changed or merged or poll_due:  # the store is read at the poll interval, not every pass
+                busy = {w.task_id for w in ledger.state.workers.values()}
+                merged |= self.conflicts.settle(busy)
+            if merged:
+                self.finisher.close_finished_epics()
+            if merged or poll_due:
+                self.fill_slots()
+                self.next_poll = time.time() + self.config.poll_interval_secs
+            changed |= merged
+            if not ledger.state.workers and not self.queue.due(time.time()) and (
+                    self.stopping or (not changed and not self.watch)):
+                break
+            time.sleep(WORKER_POLL_SECS)
+        self.pool.starter.shutdown(wait=True)
+        self.gate.remove_worktree()
+        summary = ledger.summary
+        for request in ledger.state.merge_queue:
+            summary["waiting"].append({"id": request.task_id, "reason": request.waiting or "in the merge queue"})
+        for followup_id, pending in ledger.state.pending.items():
+            summary["waiting"].append({"id": pending.task_id, "reason": f"waits for {followup_id}" + (
+                f" ({scheduler.PERSON_LABEL}: a person must resolve it)" if pending.for_person else "")})
+        if self.breaker_tripped():
+            summary["waiting"].append({"id": None, "reason": "the breaker stopped new workers"})
+        return summary
+
+    # ---- stopping --------------------------------------------------------------------------
+
+    def interrupt(self, *_):
+        self.interrupts += 1
+        if self.interrupts == 1:
+            self.stopping = True
+            self.say("Ctrl-C: starting nothing new; running workers will finish and merge. Ctrl-C again to stop now.")
+
+    def stop_signalled(self, signum: int, _frame) -> None:
+        """SIGTERM (a service manager), SIGHUP (a closed terminal), SIGBREAK (a closed Windows
+        console or Ctrl-Break, see session.hold_console_close): stop now, as at a second Ctrl-C."""
+        self.stopping, self.stop_signal = True, signum
+
+    def stop_now_reason(self) -> str | None:
+        """Why every worker must end now, if it must: a stop signal, or a second Ctrl-C."""
+        if self.stop_signal is not None:
+            return f"stopped by {signal.Signals(self.stop_signal).name}"
+        return "stopped by Ctrl-C" if self.interrupts >= 2 else None
+
+    def stop_now(self, why: str) -> None:
+        """End every worker and leave: their branches and records stay for the next run, which
+        merges their commits but releases their tasks, as after a timeout."""
+        for worker in list(self.ledger.state.workers.values()):
+            if (starting := self.pool.starting.get(worker.slot)) is not None:
+                concurrent.futures.wait([starting])  # its setup command is ended at once too
+                continue  # recorded but never started: the next run releases its task
+            self.pool.end(worker, why)
+        self.say(f"{why}: workers ended; their branches are kept for the next run")
+        if self.stop_signal is not None:
+            raise SystemExit(128 + self.stop_signal)  # the shell's convention: 143 for SIGTERM, 129 for SIGHUP
+        raise KeyboardInterrupt

@@ -1,0 +1,200 @@
+"""The merge queue: finished branches merge into main one at a time, in order, behind the merge
+slot; main moves only from the commit the merge was computed on."""
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+from crew import config as configuration
+from crew import failpoints
+from crew import files
+from crew import git
+from crew import processes
+from crew.dispatch import records
+from crew.dispatch import scheduler
+from crew.dispatch import worktrees
+from crew.dispatch import conflicts as conflict_tasks
+from crew.dispatch.gate import Gate
+from crew.dispatch.ledger import Ledger
+from crew.tasks import model as task_model
+
+
+class MergeQueue:
+    def __init__(self, config: configuration.Config, ledger: Ledger, store: task_model.TaskStore, gate: Gate,
+                 conflicts: conflict_tasks.Conflicts, stop_now_reason):
+        self.config, self.ledger, self.store, self.gate, self.conflicts = config, ledger, store, gate, conflicts
+        self.stop_now_reason = stop_now_reason
+        self.root = config.root
+
+    @property
+    def requests(self) -> list[records.MergeRequest]:
+        return self.ledger.state.merge_queue
+
+    def add(self, worker: records.Worker, outcome: str, note: str, counted: bool = True) -> None:
+        self.requests.append(records.MergeRequest(
+            task_id=worker.task_id, title=worker.title, branch=worker.branch, worktree=worker.worktree,
+            outcome=outcome, note=note, retries=0, counted=counted, queued_at=time.time(), actor=worker.actor,
+            task_created_at=worker.task_created_at))
+        self.ledger.save_state()
+        self.ledger.event("merge_queued", worker.task_id, branch=worker.branch)
+
+    def due(self, now: float) -> list[records.MergeRequest]:
+        """The requests that may be tried now (a waiting one pauses until its retry_at)."""
+        return [request for request in self.requests if request.retry_at <= now]
+
+    def step(self) -> bool:
+        """Merge queued branches in order; True if main moved or the queue changed."""
+        progressed = False
+        for request in list(self.requests):
+            if self.stop_now_reason():
+                break  # no gate is started while stopping now
+            if request.retry_at > time.time():
+                continue
+            progressed |= self.merge(request)
+        return progressed
+
+    def merge_slot(self):
+        if self.config.merge_slot:
+            return files.locked(self.root / ".dispatch_merge.lock", "merge slot")
+        return contextlib.nullcontext()
+
+    def merge(self, request: records.MergeRequest) -> bool:
+        root, main, ledger = self.root, self.config.main_branch, self.ledger
+        with self.merge_slot():
+            task = ledger.current_task(request.task_id, request.task_created_at)
+            if task is None:
+                self.drop(request)
+                worktrees.remove_worktree(root, Path(request.worktree))
+                ledger.drop_record_of_gone_task(request.task_id, f"merge of {request.branch} (the branch is kept)")
+                return True
+            tip = git.rev_parse(root, f"refs/heads/{request.branch}")
+            if tip is None:
+                self.drop(request)
+                ledger.block(request.task_id, f"its branch {request.branch} is gone", request.actor)
+                return True
+            if git.is_ancestor(root, tip, main):  # merged before a crash: only the bookkeeping is left
+                self.finish_merge(request, task, git.rev_parse(root, main))
+                return True
+            if task.status != "in_progress" or task.assignee != request.actor:
+                self.drop(request)
+                ledger.summary["waiting"].append({"id": task.id, "reason": f"not merged: the task is now {task.status}"
+                                                  f" ({task.assignee or 'unassigned'}); branch {request.branch} kept"})
+                ledger.event("stale_branch", task.id, branch=request.branch)
+                ledger.say(f"{task.id}: not merged: the task changed meanwhile ({task.status}); branch kept")
+                worktrees.remove_worktree(root, Path(request.worktree))
+                return True
+            while True:
+                if held := self.why_main_is_held():  # known before anything is computed or written
+                    return self.merge_waits(request, held)
+                base = git.rev_parse(root, main)
+                if marked := git.new_marker_files(root, base, tip):
+                    return self.conflicts.file(request, marked, base, "the branch adds conflict markers")
+                merged = git.merge_tree(root, base, tip)
+                if merged.tree is None:
+                    return self.conflicts.file(request, merged.files, base, merged.messages, merged=merged)
+                commit = git.git_out(root, "commit-tree", merged.tree, "-p", base, "-p", tip, "-m",
+                                     f"Merge {request.branch}: {request.title} ({request.task_id})")
+                if self.config.merge_gate_command:
+                    passed, output = self.gate.run(commit)
+                    if passed is None:
+                        return False  # a stop-now ended the gate: the branch stays queued for the next run
+                    if passed:
+                        ledger.event("gate_passed", request.task_id, commit=commit)
+                    if git.rev_parse(root, main) != base:
+                        continue  # main moved while the gate ran: recompute and gate again
+                    if not passed:
+                        return self.conflicts.file(request, [], base, output, kind="gate")
+                failpoints.failpoint("during_merge")
+                outcome = self.advance_main(base, commit)
+                if outcome == "moved":
+                    continue
+                if outcome != "ok":
+                    return self.merge_waits(request, outcome)
+                self.finish_merge(request, task, commit)
+                return True
+
+    def merge_waits(self, request: records.MergeRequest, reason: str) -> bool:
+        """Try the merge again later, after a pause that grows: what keeps main still (a stale
+        lock, the user's rebase) may stand for hours. Each reason is said once."""
+        request.waits += 1
+        request.retry_at = scheduler.next_try(request.waits, self.config.poll_interval_secs, time.time())
+        if (request.task_id, reason) not in self.ledger.told_waiting:
+            self.ledger.told_waiting.add((request.task_id, reason))
+            self.ledger.say(f"{request.task_id}: merge waits: {reason}")
+        request.waiting = reason
+        self.ledger.save_state()
+        return False
+
+    def why_main_is_held(self) -> str | None:
+        """What keeps main from moving that is known before merging: an operation of the user's
+        on it in some worktree, or a lock on its ref."""
+        main = self.config.main_branch
+        if busy := git.operation_on_branch(self.root, main):
+            return f"{busy}; merges into {main} wait until it is finished or aborted"
+        ref_lock = self.root / ".git" / "refs" / "heads" / f"{main}.lock"
+        return git.stale_lock_reason(ref_lock) if ref_lock.exists() else None
+
+    def advance_main(self, old: str, new: str) -> str:
+        """Move main from `old` to `new` only: "ok", "moved" (someone else moved it) or why it waits."""
+        main = self.config.main_branch
+        if held := self.why_main_is_held():  # it may have begun while the merge was computed
+            return held
+        checkout = git.checkout_of_branch(self.root, main)
+        if checkout is None:
+            result = git.git("update-ref", f"refs/heads/{main}", new, old, cwd=self.root, check=False)
+        else:
+            # Main is checked out (usually in the user's own folder): a fast-forward there keeps
+            # the user's uncommitted changes, and refuses if it would overwrite any.
+            result = git.git("merge", "--ff-only", "--no-edit", "-q", new, cwd=checkout, check=False)
+        # Only the ref itself says whether main moved: the folder may have been switched to
+        # another branch a moment ago, and then the fast-forward moved that branch instead.
+        now = git.rev_parse(self.root, main)
+        if now == new:
+            return "ok"
+        if now != old or result.returncode == 0:
+            return "moved"  # recompute on the main that is there now, and try again
+        return self.why_main_stays(checkout, result)
+
+    def why_main_stays(self, checkout: Path | None, result: processes.Completed) -> str:
+        """What keeps git from moving main, when nobody else moved it: said as what it is."""
+        if held := self.why_main_is_held():
+            return held
+        main = self.config.main_branch
+        output = result.stderr + result.stdout
+        if checkout is None:
+            return f"git cannot update refs/heads/{main}: {git.first_line(output)}"
+        index_lock = Path(git.git_out(checkout, "rev-parse", "--absolute-git-dir")) / "index.lock"
+        if index_lock.exists():
+            return git.stale_lock_reason(index_lock)
+        files_named = [line.strip() for line in output.splitlines() if line.startswith("\t")]
+        if files_named or "would be overwritten" in output:
+            return (f"your uncommitted changes in {checkout} to {', '.join(files_named) or 'some files'} would be "
+                    "overwritten; commit or stash them and the merge will go ahead")
+        return f"git cannot fast-forward {main} in {checkout}: {git.first_line(output)}"
+
+    def finish_merge(self, request: records.MergeRequest, task: task_model.Task, commit: str) -> None:
+        ledger, task_id, short = self.ledger, request.task_id, commit[:conflict_tasks.MERGE_SHORT]
+        tip = git.rev_parse(self.root, f"refs/heads/{request.branch}")
+        ledger.event("merged", task_id, branch=request.branch, commit=commit,
+                     diffstat=git.merge_diffstat(self.root, commit, tip))
+        ledger.say(f"{task_id}: merged {request.branch} into {self.config.main_branch} ({short})")
+        if request.outcome == "close":
+            if task.status != "closed":
+                self.store.close(task_id, f"merged into {self.config.main_branch} as {short}"
+                                 + (f"; {request.note}" if request.note else ""), actor=request.actor)
+                ledger.event("closed", task_id)
+                ledger.epic_check_due |= bool(task.deps_of("discovered-from"))
+            ledger.summary["merged"].append(task_id)
+            # What this run said about it before (a branch kept when it was reopened) is settled.
+            ledger.summary["waiting"] = [w for w in ledger.summary["waiting"] if w["id"] != task_id]
+            ledger.state.attempts.pop(task_id, None)
+        elif task.status == "in_progress":
+            ledger.attempt_failed(task_id, request.note, request.actor, counted=request.counted)
+        worktrees.remove_worktree(self.root, Path(request.worktree))
+        if self.config.delete_merged_branches:
+            git.git("branch", "-D", request.branch, cwd=self.root, check=False)
+        self.drop(request)
+
+    def drop(self, request: records.MergeRequest) -> None:
+        self.ledger.drop_request(request)

@@ -1,0 +1,71 @@
+"""After a crash or a restart: the records an earlier run left are looked at before anything starts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from crew import config as configuration
+from crew import git
+from crew import processes
+from crew.dispatch import records
+from crew.dispatch import worktrees
+from crew.dispatch.ledger import Ledger
+from crew.tasks import model as task_model
+
+
+class Recovery:
+    def __init__(self, config: configuration.Config, ledger: Ledger, store: task_model.TaskStore):
+        self.config, self.ledger, self.store = config, ledger, store
+        self.root = config.root
+
+    def reconcile(self) -> None:
+        """Adopt live workers, end those recorded as ended, release the claims no record accounts
+        for; dead workers are finished by the loop's first pass."""
+        ledger, state, actor = self.ledger, self.ledger.state, self.config.actor
+        for worker in state.workers.values():
+            if processes.is_same_process_alive(worker.pid, worker.pid_start_time) and worker.ended:
+                # recorded as ended, but the kill was cut short: end it now; it is judged as ended
+                processes.kill_tree(worker.pid, self.config.worker_kill_grace_secs)
+            elif processes.is_same_process_alive(worker.pid, worker.pid_start_time):
+                ledger.event("adopted", worker.task_id, pid=worker.pid)
+                ledger.say(f"{worker.task_id}: adopted running worker (pid {worker.pid})")
+        # A conflict task's own claim is not accounted for by its pending merge: only the original is.
+        claims = [(r.task_id, r.task_created_at, r.actor)
+                  for r in [*state.workers.values(), *state.merge_queue, *state.pending.values()]]
+        for task_id, earlier in sorted({(task_id, claimer) for task_id, _, claimer in claims if claimer != actor}):
+            ledger.event("earlier_actor", task_id, actor=earlier)
+            ledger.say(f"{task_id}: claimed as {earlier} by an earlier run (the actor is {actor} now); "
+                       f"finishing it as {earlier}")
+        # Every name this dispatcher has claimed under: a claim made just before a crash has no
+        # record yet, and must not be stranded because the hostname changed meanwhile.
+        ours = {actor, *state.actors} | {claimer for _, _, claimer in claims}
+        if actor not in state.actors:
+            state.actors.append(actor)
+            ledger.save_state()  # before any claim under it
+        for task in self.store.list(["in_progress"]):
+            recorded = any(task_id == task.id and records.same_creation(created_at, task.created_at)
+                           for task_id, created_at, _ in claims)
+            if task.assignee in ours and not recorded:
+                self.store.release(task.id, "released: the dispatcher restarted with no worker or merge for it",
+                                   actor=task.assignee)
+                ledger.event("released", task.id, reason="no record after restart")
+                ledger.say(f"{task.id}: released (no worker or merge recorded for it)"
+                           + (f", as {task.assignee}" if task.assignee != actor else ""))
+        branches = git.git_out(self.root, "for-each-ref", "--format=%(refname)", "refs/heads").splitlines()
+        state.branches = {name: owner for name, owner in state.branches.items() if f"refs/heads/{name}" in branches}
+        self.prune_stray_worktrees()
+
+    def prune_stray_worktrees(self) -> None:
+        """Remove the worktrees an earlier run made and no record names (a worker's work is
+        recorded before it starts, so nothing of value is in them); anything else is not ours."""
+        state = self.ledger.state
+        known = {Path(r.worktree).resolve() for r in [*state.workers.values(), *state.merge_queue,
+                                                       *state.pending.values()]}
+        root = Path(self.config.worktree_root).resolve()
+        owned = worktrees.dispatcher_worktrees(self.root)
+        for path in sorted(owned - known):
+            if root in path.parents:
+                worktrees.remove_worktree(self.root, path)
+        for path in sorted(root.iterdir()) if root.is_dir() else ():
+            if path.resolve() not in owned | known:
+                self.ledger.event("left_alone", path=str(path))
+                self.ledger.say(f"left alone: {path} is in worktree_root but the dispatcher did not make it")

@@ -1,0 +1,54 @@
+"""--status and --dry-run: read the records (also while a dispatcher runs), never write them."""
+from __future__ import annotations
+
+import collections
+import time
+
+from crew import config as configuration
+from crew import errors
+from crew import processes
+from crew.dispatch import ledger
+from crew.dispatch import scheduler
+from crew.tasks import model as task_model
+
+
+def iso(epoch: float | None) -> str | None:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)) if epoch else None
+
+
+def status(config: configuration.Config, store: task_model.TaskStore) -> dict:
+    state = ledger.read_state(config)
+    dispatcher = state.dispatcher
+    if dispatcher and not processes.is_same_process_alive(dispatcher.pid, dispatcher.pid_start_time):
+        dispatcher = None
+    counts = dict(collections.Counter(task.status for task in store.list(None)))
+    return {
+        "dispatcher": {"pid": dispatcher.pid, "started_at": dispatcher.started_at} if dispatcher else None,
+        "workers": [{"slot": w.slot, "task_id": w.task_id, "title": w.title, "branch": w.branch,
+                     "worktree": w.worktree, "pid": w.pid, "started_at": iso(w.started_at),
+                     "deadline": iso(w.deadline), "log": w.log} for w in state.workers.values()],
+        "merge_queue": [{"task_id": r.task_id, "branch": r.branch, "outcome": r.outcome, "waiting": r.waiting}
+                        for r in state.merge_queue],
+        "pending_merges": [{"followup_task": followup, **pending.to_json()}
+                           for followup, pending in state.pending.items()],
+        "counts": counts,
+    }
+
+
+def dry_run(config: configuration.Config, store: task_model.TaskStore, max_workers: int) -> list[dict]:
+    """What a run would start now, and why each other ready task waits."""
+    state = ledger.read_state(config)
+    known: dict[str, list[str]] = {}
+
+    def files_of(task_id: str) -> list[str]:
+        if task_id not in known:
+            try:
+                known[task_id] = store.get(task_id).files
+            except errors.TaskNotFound:
+                known[task_id] = []  # deleted: the run drops its record
+        return known[task_id]
+
+    holdings = scheduler.Holdings(list(state.workers.values()), state.merge_queue, state.pending, files_of)
+    plan = scheduler.plan_starts(store.ready(limit=max(50, 4 * max_workers)), holdings,
+                                 max_workers - len(state.workers), config.avoid_file_overlap)
+    return [{"id": d.task.id, "title": d.task.title, "start": d.start, "reason": d.reason} for d in plan]

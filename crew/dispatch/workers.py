@@ -1,0 +1,174 @@
+"""The worker pool: starting agent workers in their worktrees, watching them, ending them."""
+from __future__ import annotations
+
+import concurrent.futures
+import subprocess
+import time
+from pathlib import Path
+
+from crew import config as configuration
+from crew import errors
+from crew import failpoints
+from crew import git
+from crew import names as safe_names
+from crew import processes
+from crew.dispatch import agent
+from crew.dispatch import records
+from crew.dispatch import worktrees
+from crew.dispatch.ledger import Ledger
+from crew.tasks import model as task_model
+
+
+class WorkerPool:
+    """The workers' records live in the ledger's state (by slot); the pool holds what only this
+    process has: each slot's process, and the start still under way in a starter thread."""
+
+    def __init__(self, config: configuration.Config, ledger: Ledger, max_workers: int, stop_now_reason):
+        self.config, self.ledger, self.max_workers = config, ledger, max_workers
+        self.stop_now_reason = stop_now_reason  # a setup command in a starter thread ends at a stop-now
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.starting: dict[int, concurrent.futures.Future] = {}
+        self.starter = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="start")
+
+    @property
+    def workers(self) -> dict[int, records.Worker]:
+        return self.ledger.state.workers
+
+    def free_slots(self) -> list[int]:
+        return [slot for slot in range(1, self.max_workers + 1) if slot not in self.workers]
+
+    def forget(self, worker: records.Worker) -> None:
+        """The worker is finished: its slot is free (the caller saves the state)."""
+        del self.workers[worker.slot]
+        self.procs.pop(worker.slot, None)
+        self.starting.pop(worker.slot, None)
+
+    def start(self, slot: int, task: task_model.Task, conflict: records.PendingMerge | None) -> None:
+        """Record the worker, then make its worktree and start it off the loop: checking out a
+        large repository takes seconds, and merges and other workers must not wait for that."""
+        state = self.ledger.state
+        if conflict:
+            branch, worktree = conflict.branch, Path(conflict.worktree)
+        else:
+            branch = worktrees.branch_for(self.config, state.branches, task)
+            worktree = worktrees.free_worktree_path(self.config, safe_names.file_name(task.id))
+        attempts = state.attempts.get(task.id, 0)
+        if attempts >= self.config.max_attempts:
+            # The dispatcher blocked it at max_attempts, and a person has reopened it since:
+            # that person wants it tried again, with a fresh set of attempts.
+            self.ledger.event("attempts_reset", task.id, after=attempts)
+            state.attempts.pop(task.id)
+            attempts = 0
+        worker = records.Worker(slot=slot, task_id=task.id, title=task.title, branch=branch, worktree=str(worktree),
+                                base="", attempt=attempts + 1, started_at=time.time(), deadline=None,
+                                kind="conflict" if conflict else "task", log=self.new_log(task.id, attempts + 1),
+                                actor=self.config.actor, task_created_at=task.created_at)
+        self.workers[slot] = worker
+        self.ledger.save_state()  # recorded before anything runs: a crash never leaves an unknown agent
+        self.starting[slot] = self.starter.submit(self._prepare, worker, task, conflict)
+
+    def new_log(self, task_id: str, attempt: int) -> str:
+        """One log per attempt, never one an earlier attempt wrote (a reopened task numbers its
+        attempts from 1 again; a start cut short by a crash may have left its log)."""
+        logs = self.ledger.logs
+        number = attempt
+        while (logs / f"{safe_names.file_name(task_id)}.{number}.log").exists():
+            number += 1
+        return f"{logs.name}/{safe_names.file_name(task_id)}.{number}.log"
+
+    def _prepare(self, worker: records.Worker, task: task_model.Task,
+                 conflict: records.PendingMerge | None) -> tuple[list, dict]:
+        """In a starter thread: git and the worker's own worktree only, never the store or the state.
+        The loop starts the process itself, so its pid is recorded the moment it exists."""
+        worktree = Path(worker.worktree)
+        if conflict:
+            worktrees.prepare_conflict_worktree(self.config, task, conflict)
+        else:
+            worktrees.add_task_worktree(self.config, worker.branch, worktree)
+        failpoints.failpoint("after_worktree")
+        if self.config.worktree_setup_command:
+            log = self.config.root / worker.log
+            if failed := worktrees.run_setup_command(self.config, worktree, log, self.stop_now_reason):
+                raise errors.UserError(f"worktree_setup_command {failed}; its output is in {log}")
+        message_file = worktree / ".current_task.txt"
+        message_file.unlink(missing_ok=True)  # never write through a link a branch may carry
+        message_file.write_text(agent.task_message(self.config, task), encoding="utf-8")
+        agent.make_parent_folders(worktree, agent.agent_files(task))
+        argv, env = agent.worker_argv(self.config, task, message_file, worker.branch, worktree)
+        worker.base = git.git_out(worktree, "rev-parse", "HEAD")
+        return argv, env
+
+    def started(self, worker: records.Worker) -> None:
+        """Back on the loop: start the process and record it, or count the failed start as an attempt."""
+        ledger, root = self.ledger, self.config.root
+        try:
+            argv, env = self.starting.pop(worker.slot).result()
+        except (errors.UserError, OSError) as exc:
+            self.forget(worker)
+            ledger.attempt_failed(worker.task_id, f"could not prepare the worktree: {exc}", worker.actor)
+            return
+        try:
+            self.procs[worker.slot] = proc = processes.start_process(argv, Path(worker.worktree), env,
+                                                                     root / worker.log)
+        except OSError as exc:  # e.g. the agent was uninstalled after preflight
+            self.forget(worker)
+            worktrees.discard_attempt(self.config, worker)
+            ledger.attempt_failed(worker.task_id, f"could not start the agent: {exc}", worker.actor)
+            return
+        pending = ledger.state.pending.get(worker.task_id)
+        conflict = pending if worker.kind == "conflict" else None
+        if conflict and git.git_out(root, "log", "-1", "--format=%s", worker.base) == worktrees.PREPARED_SUBJECT.format(
+                main=self.config.main_branch, branch=worker.branch, task_id=worker.task_id):
+            conflict.branch_tip = worker.base  # the dispatcher's own merge of main resolves nothing
+            ledger.save_pending()
+        worker.started_at = time.time()
+        timeout = self.config.worker_timeout_secs
+        worker.deadline = worker.started_at + timeout if timeout else None
+        worker.pid, worker.pid_start_time = proc.pid, processes.process_start_time(proc.pid)
+        ledger.save_state()
+        ledger.event("worker_started", worker.task_id, slot=worker.slot, pid=worker.pid, branch=worker.branch,
+                     attempt=worker.attempt, log=worker.log, title=worker.title,
+                     kind=pending.kind if pending else worker.kind)
+        ledger.say(f"{worker.task_id}: started worker {worker.slot} on {worker.branch} (attempt {worker.attempt}): "
+                   f"{worker.title}")
+
+    def has_exited(self, worker: records.Worker) -> bool:
+        if worker.slot in self.starting:
+            return False
+        if (proc := self.procs.get(worker.slot)) is not None:
+            return proc.poll() is not None
+        return not processes.is_same_process_alive(worker.pid, worker.pid_start_time)
+
+    def poll(self, finish) -> bool:
+        """Start the workers whose worktree is ready; hand each worker that exited or outlived
+        its deadline (ended first) to finish(worker). True if any worker started or ended."""
+        changed = False
+        for worker in list(self.workers.values()):
+            if (starting := self.starting.get(worker.slot)) is not None:
+                if starting.done():
+                    self.started(worker)
+                    changed = True
+                continue
+            if self.has_exited(worker):
+                proc = self.procs.get(worker.slot)
+                self.ledger.event("worker_exited", worker.task_id, code=proc.returncode if proc else None,
+                                  log=worker.log)
+                finish(worker)
+                changed = True
+            elif worker.deadline and time.time() > worker.deadline:
+                self.ledger.say(f"{worker.task_id}: worker outlived worker_timeout_secs; ending its process tree")
+                self.end(worker, records.TIMED_OUT)
+                finish(worker)
+                changed = True
+        return changed
+
+    def end(self, worker: records.Worker, why: str) -> None:
+        """End a started worker's process tree, having recorded why: a dispatcher killed meanwhile
+        must not take the ended worker for one that finished."""
+        worker.ended = why
+        self.ledger.save_state()
+        self.ledger.event("worker_timed_out" if why == records.TIMED_OUT else "worker_stopped", worker.task_id,
+                          reason=why, log=worker.log)
+        proc = self.procs.get(worker.slot)
+        if proc is not None or processes.is_same_process_alive(worker.pid, worker.pid_start_time):
+            processes.kill_tree(worker.pid, self.config.worker_kill_grace_secs, proc)

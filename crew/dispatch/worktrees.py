@@ -1,0 +1,130 @@
+"""The dispatcher's worktrees and branches: it deletes only the worktrees it can prove it made."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from crew import config as configuration
+from crew import errors
+from crew import git
+from crew import names as safe_names
+from crew import processes
+from crew.dispatch import records
+from crew.tasks import model as task_model
+
+OWNED_MARKER = "dispatch-owned"  # in a worktree's git admin dir: the dispatcher made this worktree
+# The dispatcher's own merge of main into a branch, conflict markers and all, for a conflict task.
+PREPARED_SUBJECT = "dispatch: merge {main} into {branch}, conflicts left for {task_id}"
+
+
+def add_dispatcher_worktree(root: Path, worktree: Path, *args: str) -> None:
+    """`git worktree add`, then the proof that the dispatcher made it: a marker in the worktree's
+    git admin dir (.git/worktrees/<name>/), which no edit in the worktree reaches and which git
+    deletes with the worktree. The marker names the folder, so a worktree moved since is not ours."""
+    git.git("worktree", "add", "-q", *args, cwd=root)
+    admin = Path(git.git_out(worktree, "rev-parse", "--absolute-git-dir"))
+    (admin / OWNED_MARKER).write_text(str(worktree.resolve()) + "\n", encoding="utf-8")
+
+
+def dispatcher_worktrees(root: Path) -> set[Path]:
+    """The worktrees git lists that carry the dispatcher's marker: the only ones it may delete."""
+    listed = set()
+    for line in git.git_out(root, "worktree", "list", "--porcelain").splitlines():
+        if line.startswith("worktree "):
+            listed.add(Path(line[len("worktree "):]).resolve())
+    owned = set()
+    admins = root / ".git" / "worktrees"
+    for admin in admins.iterdir() if admins.is_dir() else ():
+        try:
+            marked = Path((admin / OWNED_MARKER).read_text(encoding="utf-8").strip())
+            folder = Path((admin / "gitdir").read_text(encoding="utf-8").strip()).parent.resolve()
+        except OSError:
+            continue
+        if folder == marked and folder in listed:
+            owned.add(folder)
+    return owned
+
+
+def remove_worktree(root: Path, worktree: Path) -> None:
+    git.git("worktree", "remove", "--force", "--force", str(worktree), cwd=root, check=False)
+    if worktree.exists():  # not a worktree git knows (any more): remove what is left
+        shutil.rmtree(worktree, ignore_errors=True)
+        # This one registration only: `git worktree prune` would also forget a user's worktree
+        # whose folder is away for now (an unplugged drive), with its index and HEAD.
+        git.git("worktree", "remove", "--force", "--force", str(worktree), cwd=root, check=False)
+
+
+def free_worktree_path(config: configuration.Config, name: str) -> Path:
+    """A folder for a new worktree: one of ours may be replaced, anyone else's is avoided."""
+    root = Path(config.worktree_root)
+    path, n = root / name, 1
+    while path.exists() and path.resolve() not in dispatcher_worktrees(config.root):
+        n += 1
+        path = root / f"{name}-{n}"
+    return path
+
+
+def branch_for(config: configuration.Config, branches: dict[str, records.BranchOwner], task: task_model.Task) -> str:
+    """The task's branch: the one recorded for it, or a name no branch has yet. A branch that
+    exists but was not made for this very task (a deleted task's kept work, a user's branch)
+    is never continued. The name is recorded in `branches`."""
+    base, n = safe_names.branch_name(config.branch_template, task.id), 1
+    owner = records.BranchOwner(task_id=task.id, task_created_at=task.created_at)
+    name = base
+    while git.rev_parse(config.root, f"refs/heads/{name}") and branches.get(name) != owner:
+        n += 1
+        name = f"{base}-{n}"
+    branches[name] = owner
+    return name
+
+
+def add_task_worktree(config: configuration.Config, branch: str, worktree: Path) -> None:
+    root = config.root
+    if worktree.resolve() in dispatcher_worktrees(root):
+        remove_worktree(root, worktree)
+    main = config.main_branch
+    if git.rev_parse(root, f"refs/heads/{branch}"):
+        if git.is_ancestor(root, branch, main):
+            git.git("branch", "-D", branch, cwd=root)  # merged work: start afresh from main
+        else:
+            add_dispatcher_worktree(root, worktree, str(worktree), branch)
+            return  # unmerged work of an earlier attempt: continue from it
+    add_dispatcher_worktree(root, worktree, "-b", branch, str(worktree), main)
+
+
+def prepare_conflict_worktree(config: configuration.Config, task: task_model.Task,
+                              conflict: records.PendingMerge) -> None:
+    """Merge main into the branch and commit the conflicts, so the agent starts clean."""
+    root, main = config.root, config.main_branch
+    worktree, branch = Path(conflict.worktree), conflict.branch
+    if not worktree.exists():
+        remove_worktree(root, worktree)  # git may still list it, if only its folder was deleted
+        add_dispatcher_worktree(root, worktree, str(worktree), branch)
+    git.clear_interrupted_git_state(worktree)
+    if markerless := git.merge_tree(root, branch, main).markerless:
+        raise errors.UserError(f"{', '.join(markerless)} now conflict in a way text markers cannot show; "
+                               "a person must resolve it (the dispatcher commits neither side)")
+    result = git.git("merge", "--no-ff", "--no-commit", "--no-edit", main, cwd=worktree, check=False)
+    if result.returncode == 0 and not git.git_out(worktree, "status", "--porcelain"):
+        return  # nothing to merge: main is already in the branch
+    git.git("add", "-A", cwd=worktree)  # the files with conflict markers, for the agent to settle
+    message = (PREPARED_SUBJECT.format(main=main, branch=branch, task_id=task.id) + "\n\n"
+               f"Conflicted files: {', '.join(conflict.files) or 'none'}\n"
+               f"This branch: {conflict.task_id}\nResolve task: {task.title}")
+    git.git("commit", "-q", "--no-verify", "-m", message, cwd=worktree)
+
+
+def run_setup_command(config: configuration.Config, worktree: Path, log: Path, stop) -> str | None:
+    """worktree_setup_command in a new worktree (a worker's or the gate's), as a process tree
+    ended past worktree_setup_timeout_secs or when stop() gives a reason. None on success, else why not."""
+    proc = processes.start_process(list(config.worktree_setup_command), worktree, git.child_environment(), log)
+    ended = processes.wait_or_end(proc, config.worktree_setup_timeout_secs, stop, config.worker_kill_grace_secs)
+    return ended or (f"exited {proc.returncode}" if proc.returncode else None)
+
+
+def discard_attempt(config: configuration.Config, worker: records.Worker) -> None:
+    """Remove an attempt's worktree; its branch too, unless it holds work main lacks."""
+    remove_worktree(config.root, Path(worker.worktree))
+    if git.rev_parse(config.root, f"refs/heads/{worker.branch}") and git.is_ancestor(
+            config.root, worker.branch, config.main_branch):
+        git.git("branch", "-D", worker.branch, cwd=config.root, check=False)
