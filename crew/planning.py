@@ -191,7 +191,8 @@ def ask_for_plan(client: llm.LLMClient, messages: list[dict], retries: int, min_
     raise errs.UserError(f"the LLM gave no valid plan after {retries + 1} tries; last problem: {problem}")
 
 
-def create_tasks(store, goal: str, parent_task, subtasks: list[Subtask], open_titles: dict) -> dict:
+def create_tasks(store: model.TaskStore, goal: str, parent_task: model.Task | None, subtasks: list[Subtask],
+                 open_titles: dict) -> dict:
     """The parent (unless splitting an existing task) and every subtask, in order."""
     created: list[model.Task] = []
     waits: list[list[str]] = []

@@ -68,7 +68,7 @@ def parse_suggestion(text: str) -> Suggestion:
 class Ingester:
     """Creates tasks from suggestion lines, remembering what the store already has."""
 
-    def __init__(self, store, dry_run: bool = False):
+    def __init__(self, store: model.TaskStore, dry_run: bool = False):
         self.store, self.dry_run = store, dry_run
         tasks = store.list(None)
         self.known_ids = {t.id for t in tasks}
@@ -187,7 +187,8 @@ def _append_rejected(path: Path, lines: list[bytes]) -> None:
             fh.write(b"".join(line + b"\n" for line in new))
 
 
-def ingest(config: configuration.Config, store, path: Path | None = None, dry_run: bool = False) -> IngestResult:
+def ingest(config: configuration.Config, store: model.TaskStore, path: Path | None = None,
+           dry_run: bool = False) -> IngestResult:
     """Ingest the suggestions file (and any leftover of a killed run) into the store."""
     path = path or config.path("suggested_tasks_file")
     ingesting = path.with_name(path.name + ".ingesting")

@@ -94,7 +94,7 @@ def test_killed_ingest_then_rerun_creates_each_suggestion_once(repo, make_config
     assert killed.returncode == 77
     (repo / "suggested_tasks.txt").write_text("Idea 5\n", encoding="utf-8")  # written after the crash
     assert run_ingest(cfg).returncode == 0
-    store = json_store.JsonTaskStore(repo / "task_queue.json", "proj")
+    store = json_store.JsonTaskStore(repo / "task_queue.json", "proj", "me")
     assert sorted(t.title for t in store.list(None)) == [f"Idea {i}" for i in range(6)]
     assert not (repo / "suggested_tasks.txt.ingesting").exists()
 
@@ -113,11 +113,13 @@ def test_a_writer_appending_without_a_lock_loses_nothing(repo, make_config):
 
     thread = threading.Thread(target=writer)
     thread.start()
+    deadline = time.monotonic() + 120
     while not done.is_set():
+        assert time.monotonic() < deadline, "the writer did not finish its 200 lines within 120 s"
         assert run_ingest(cfg).returncode == 0
     thread.join()
     assert run_ingest(cfg).returncode == 0
-    store = json_store.JsonTaskStore(repo / "task_queue.json", "proj")
+    store = json_store.JsonTaskStore(repo / "task_queue.json", "proj", "me")
     titles = sorted(t.title for t in store.list(None))
     assert titles == sorted(f"Appended idea {i}" for i in range(200))
 

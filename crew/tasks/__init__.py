@@ -6,13 +6,14 @@ import shutil
 from crew import config as configuration
 from crew.tasks import bd_store
 from crew.tasks import json_store
+from crew.tasks import model
 
 
-def open_task_store(config: configuration.Config):
+def open_task_store(config: configuration.Config) -> model.TaskStore:
     """The configured backend; "auto" means bd when bd is installed and the repo has .beads/."""
     backend = config.task_backend
     if backend == "auto":
         backend = "bd" if shutil.which(config.bd_command) and (config.root / ".beads").is_dir() else "json"
     if backend == "bd":
         return bd_store.BdTaskStore(config.bd_command, config.root, config.actor)
-    return json_store.JsonTaskStore(config.path("task_queue_file"), config.task_prefix, config.root)
+    return json_store.JsonTaskStore(config.path("task_queue_file"), config.task_prefix, config.actor, config.root)

@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -93,13 +94,16 @@ class JsonTaskStore:
 
     name = "json"
 
-    def __init__(self, path: Path, prefix: str, root: Path | None = None):
-        self.path, self.prefix, self.root = path, prefix, root
+    def __init__(self, path: Path, prefix: str, actor: str, root: Path | None = None):
+        self.path, self.prefix, self.actor, self.root = path, prefix, actor, root
         self.lock_path = path.with_name(path.name + ".lock")
         # The parsed file and the stat it was read at: parsing 10,000 tasks costs more than
         # anything else, and os.replace gives every new version a new inode, so a stat that
         # still matches means nobody has written since.
         self._cache: tuple[tuple, dict] | None = None
+        # The cache is shared by the threads of one process (the dispatcher's store thread and
+        # its loop); the file lock orders processes.
+        self._threads = threading.RLock()
 
     def _stat_key(self) -> tuple | None:
         try:
@@ -143,7 +147,7 @@ class JsonTaskStore:
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[dict]:
         """The whole file ("tasks", and the id counter), saved when the block ends without error."""
-        with files.locked(self.lock_path, "task queue"):
+        with self._threads, files.locked(self.lock_path, "task queue"):
             data = self._load()
             try:
                 yield data
@@ -153,7 +157,7 @@ class JsonTaskStore:
             self._save(data)
 
     def _entries(self) -> list[dict]:
-        with files.locked(self.lock_path, "task queue"):
+        with self._threads, files.locked(self.lock_path, "task queue"):
             return self._load()["tasks"]
 
     @staticmethod
@@ -165,14 +169,16 @@ class JsonTaskStore:
 
     def _update(self, task_id: str, note: str = "", **changes: Any) -> model.Task:
         with self._transaction() as data:
-            entries = data["tasks"]
-            entry = self._find(entries, task_id)
-            entry.update(changes, updated_at=files.now_iso())
-            if note:
-                entry["notes"] = f"{entry['notes']}\n{note}" if entry.get("notes") else note
-            return model.Task.from_dict(entry)
+            return self._change(self._find(data["tasks"], task_id), note, **changes)
 
-    # The store interface; BdTaskStore offers the same.
+    @staticmethod
+    def _change(entry: dict, note: str = "", **changes: Any) -> model.Task:
+        entry.update(changes, updated_at=files.now_iso())
+        if note:
+            entry["notes"] = f"{entry['notes']}\n{note}" if entry.get("notes") else note
+        return model.Task.from_dict(entry)
+
+    # The TaskStore protocol (crew.tasks.model), as BdTaskStore offers it.
     def create(self, title: str, description: str = "", **fields: Any) -> model.Task:
         return self.create_many([model.NewTask(title, description, **fields)])[0]
 
@@ -232,10 +238,15 @@ class JsonTaskStore:
             entry.update(status="in_progress", assignee=actor, updated_at=files.now_iso())
             return True
 
-    # `actor`: whose claim this is (bd refuses to release or close another actor's claim; this
-    # store, like a hand-edited file, does not check).
     def release(self, task_id: str, note: str = "", actor: str | None = None) -> model.Task:
-        return self._update(task_id, note, status="open", assignee="")
+        """Refused, as bd refuses it, while another actor holds the task: only its holder (`actor`,
+        else the store's) gives a claim back. Closing is not refused: a person may close any task."""
+        with self._transaction() as data:
+            entry = self._find(data["tasks"], task_id)
+            holder = entry.get("assignee") or ""
+            if entry.get("status", "open") == "in_progress" and holder not in ("", actor or self.actor):
+                raise errors.UserError(f"cannot release {task_id}: held by {holder!r}")
+            return self._change(entry, note, status="open", assignee="")
 
     def set_status(self, task_id: str, status: str, note: str = "", actor: str | None = None) -> model.Task:
         return self._update(task_id, note, status=status)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Sequence
 
 from crew import errors
@@ -82,3 +83,35 @@ class PartialCreateError(errors.UserError):
         self.created = created
         ids = ", ".join(t.id for t in created) or "none"
         super().__init__(f"{cause} (tasks created before the failure: {ids})")
+
+
+class TaskStore(typing.Protocol):
+    """What every task store offers (JsonTaskStore, BdTaskStore). `actor` names whose claim a call
+    acts for; both stores refuse to release a task another actor holds."""
+
+    name: str  # "json" or "bd"
+
+    def create(self, title: str, description: str = "", *, priority: int = 2, issue_type: str = "task",
+               labels: Sequence[str] = (), deps: Sequence[tuple[str, str]] = ()) -> Task: ...
+
+    def create_many(self, specs: Sequence[NewTask]) -> list[Task]: ...
+
+    def get(self, task_id: str) -> Task: ...  # TaskNotFound when absent
+
+    def list(self, statuses: Sequence[str] | None = None) -> list[Task]: ...
+
+    def ready(self, limit: int | None = None) -> list[Task]: ...
+
+    def claim(self, task_id: str, actor: str) -> bool: ...
+
+    def release(self, task_id: str, note: str = "", actor: str | None = None) -> Task: ...
+
+    def set_status(self, task_id: str, status: str, note: str = "", actor: str | None = None) -> Task: ...
+
+    def close(self, task_id: str, reason: str = "", force: bool = False, actor: str | None = None) -> Task: ...
+
+    def reopen(self, task_id: str) -> Task: ...
+
+    def add_dependency(self, task_id: str, depends_on: str, kind: str = "blocks") -> None: ...
+
+    def add_note(self, task_id: str, text: str) -> Task: ...
