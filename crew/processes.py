@@ -97,33 +97,62 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
-def kill_tree(pid: int, grace: float, proc: subprocess.Popen | None = None) -> None:
-    """End a worker and everything it started: the one path for timeouts, Ctrl-C and shutdown."""
-    if IS_WINDOWS:
-        subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True)
-    else:
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            pass
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            if proc is not None:
-                proc.poll()  # reap our child
-            if not group_alive(pid):
-                break
-            time.sleep(0.05)
+KILL_STEP_SECS = 0.05  # how often kill_tree looks whether a tree has ended
+
+
+def signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass  # already gone, or no longer ours
+
+
+@dataclasses.dataclass
+class TreeKill:
+    """Ending a process tree without waiting for it: `begin` asks the tree to end and returns at
+    once; `poll`, on later passes, sees whether it has, and kills what is left once the grace is
+    over. The one path for timeouts, Ctrl-C and shutdown."""
+
+    pid: int  # the process that leads the group (start_process starts each in its own)
+    proc: subprocess.Popen | None  # our child, to reap, when we started it
+    grace: float
+    deadline: float  # monotonic: when what is left gets killed
+    forced: bool = False
+
+    @classmethod
+    def begin(cls, pid: int, grace: float, proc: subprocess.Popen | None = None) -> TreeKill:
+        if IS_WINDOWS:
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True)
         else:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-    if proc is not None:
-        try:
-            proc.kill()
-        except ProcessLookupError:
-            pass
-        proc.wait()
+            signal_group(pid, signal.SIGTERM)
+        return cls(pid, proc, grace, time.monotonic() + grace)
+
+    def poll(self) -> bool:
+        """True once no process of the tree is left (and our child is reaped)."""
+        if self.proc is not None:
+            self.proc.poll()  # reap our child: unreaped, it would keep its group alive
+        if IS_WINDOWS:
+            ended = self.proc is None or self.proc.returncode is not None
+        else:
+            ended = not group_alive(self.pid)
+        if not ended:
+            if not self.forced and time.monotonic() >= self.deadline:
+                self.forced = True
+                if IS_WINDOWS:
+                    self.proc.kill()
+                else:
+                    signal_group(self.pid, signal.SIGKILL)
+            return False
+        if self.proc is not None:
+            self.proc.wait()
+        return True
+
+
+def kill_tree(pid: int, grace: float, proc: subprocess.Popen | None = None) -> None:
+    """End a process tree and wait until it has ended (at most about `grace`, then it is killed)."""
+    kill = TreeKill.begin(pid, grace, proc)
+    while not kill.poll():
+        time.sleep(KILL_STEP_SECS)
 
 
 def wait_or_end(proc: subprocess.Popen, timeout: float, stop, grace: float) -> str | None:
