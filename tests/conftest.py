@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT))
 from crew import config as configuration  # noqa: E402
 from crew import tasks  # noqa: E402
 from crew import testing  # noqa: E402
+from crew import workspace  # noqa: E402
 
 REAL_BD = os.environ.get("DISPATCH_REAL_BD") or shutil.which("bd-real") or ""
 
@@ -138,7 +139,9 @@ def backend(request, tmp_path, repo, monkeypatch):
 
 @pytest.fixture
 def config(make_config, backend) -> configuration.Config:
-    return configuration.load_config(str(make_config(**backend)))
+    config = configuration.load_config(str(make_config(**backend)))
+    workspace.exclude_toolkit_files(config)  # as every command that writes does
+    return config
 
 
 @pytest.fixture
@@ -163,6 +166,7 @@ def _agent_setup(make_config, base: dict):
         cfg = make_config(**{**base, "worker_command": AGENT_COMMAND, "poll_interval_secs": 0.1,
                              "worker_timeout_secs": 60, "worker_kill_grace_secs": 1, "max_workers": 2, **settings})
         config = configuration.load_config(str(cfg))
+        workspace.exclude_toolkit_files(config)  # as the dispatcher does before a run
         return cfg, config, tasks.open_task_store(config)
     return make
 

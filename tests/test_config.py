@@ -10,6 +10,7 @@ import pytest
 from crew import config as configuration
 from crew import errors
 from crew import names
+from crew import workspace
 from conftest import ROOT, git
 
 
@@ -55,7 +56,7 @@ def test_files_live_in_the_main_root_even_from_a_worktree(repo, tmp_path):
 
 
 def test_toolkit_files_are_excluded_without_touching_gitignore(repo):
-    configuration.load_config(None, cwd=repo)
+    workspace.exclude_toolkit_files(configuration.load_config(None, cwd=repo))
     for name in ("task_queue.json", "suggested_tasks.txt", ".dispatch_state.json", ".dispatch_logs/events.jsonl",
                  ".dispatch.lock", ".dispatch_merge.lock", "task_queue.json.lock", "suggested_tasks.rejected.txt",
                  ".current_task.txt", ".aider.chat.history.md"):
@@ -66,7 +67,7 @@ def test_toolkit_files_are_excluded_without_touching_gitignore(repo):
     # followups.txt is written by agents and must NOT be ignored (Aider refuses ignored files).
     proc = subprocess.run(["git", "check-ignore", "-q", "followups.txt"], cwd=repo)
     assert proc.returncode == 1
-    configuration.load_config(None, cwd=repo)
+    workspace.exclude_toolkit_files(configuration.load_config(None, cwd=repo))
     exclude = (repo / ".git/info/exclude").read_text(encoding="utf-8")
     assert exclude.count("/task_queue.json\n") == 1
 

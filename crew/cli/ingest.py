@@ -9,6 +9,7 @@ from pathlib import Path
 from crew import config as configuration
 from crew import suggestions
 from crew import tasks
+from crew import workspace
 from crew.cli import base
 
 
@@ -45,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = configuration.load_config(args.config)
     store = tasks.open_task_store(config)
     path = Path(args.file).resolve() if args.file else None
+    if not args.dry_run:
+        workspace.exclude_toolkit_files(config)
     result = suggestions.ingest(config, store, path, args.dry_run)
 
     if args.json:

@@ -14,6 +14,7 @@ from crew import llm
 from crew import names
 from crew import planning
 from crew import tasks
+from crew import workspace
 from crew.cli import base
 
 
@@ -100,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"would skip {skip['title']!r}: {skip['reason']}")
         return 0
 
+    workspace.exclude_toolkit_files(config)
     created = planning.create_tasks(store, goal, parent_task, subtasks, open_titles)
     if args.json:
         base.print_json({"parent": created["parent"], "created": [t.id for t in created["tasks"]],

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from crew import config as configuration
 from crew import names
 from crew import tasks
+from crew import workspace
 from crew.cli import base
 from crew.tasks import model
 
@@ -65,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = configuration.load_config(args.config)
     store = tasks.open_task_store(config)
+    if args.command not in ("list", "show"):
+        workspace.exclude_toolkit_files(config)
 
     if args.command == "list":
         if args.status in ("all", "active"):
