@@ -213,7 +213,7 @@ def test_a_resolution_committed_before_the_conflict_worker_starts_counts(json_ag
     pending = json.loads((repo / ".dispatch_pending_merge_retries.json").read_text(encoding="utf-8"))[filed[0]]
     worktree = Path(pending["worktree"])
     git(worktree, "merge", "-q", "main", "-X", "ours", "-m", "merge main, keep mine")  # resolved by a person,
-    store.release(filed[0])  # who hands the task back: its worker has nothing left to do
+    store.release(filed[0], actor="a-human")  # who hands the task back: its worker has nothing left to do
     summary = run_in_process(config, store)
     assert summary["merged"] == [pending["task_id"]] and store.get(filed[0]).status == "closed"
 
