@@ -29,6 +29,21 @@ def run_in_process(config, store, on_message=None, max_workers=2) -> dict:
     return summary
 
 
+def run_with_a_person_on_followups(config, store) -> tuple[str, dict]:
+    """Run until a conflict or fix task is filed; a person claims it at once, so the dispatcher
+    leaves it to them. Returns that task's id and the run's summary."""
+    filed = []
+
+    def person_claims(message: str) -> None:
+        if "; filed " in message:
+            filed.append(message.rsplit(" ", 1)[1])
+            store.claim(filed[-1], "a-human")
+
+    summary = run_in_process(config, store, person_claims)
+    [followup_id] = filed
+    return followup_id, summary
+
+
 def conflicting_pair(store):
     """Two tasks that change the same line differently (no file labels, so they run together)."""
     red = add_task(store, "Make it red", "sleep 0.5", "replace settings.ini color=blue color=red", priority=1)
@@ -101,15 +116,7 @@ def test_conflict_task_closed_by_hand_retries_the_merge(json_agent_setup, repo):
     commit_file(repo, "settings.ini", "[ui]\ncolor=blue\n")
     cfg, config, store = json_agent_setup()
     red, green = conflicting_pair(store)
-    filed = []
-
-    def human_takes_the_conflict(message):
-        if "; filed " in message:
-            filed.append(message.rsplit(" ", 1)[1])
-            store.claim(filed[-1], "a-human")  # so the dispatcher leaves it to them
-
-    summary = run_in_process(config, store, human_takes_the_conflict)
-    [conflict_id] = filed
+    conflict_id, summary = run_with_a_person_on_followups(config, store)
     pending = json.loads((repo / ".dispatch_pending_merge_retries.json").read_text(encoding="utf-8"))
     assert set(pending) == {conflict_id}
     entry = pending[conflict_id]
@@ -192,10 +199,8 @@ def test_a_text_conflict_task_closed_with_no_commit_blocks_the_task(json_agent_s
     commit_file(repo, "settings.ini", "[ui]\ncolor=blue\n")
     cfg, config, store = json_agent_setup()
     conflicting_pair(store)
-    filed = []
-    run_in_process(config, store, lambda m: "; filed " in m and (
-        filed.append(m.rsplit(" ", 1)[1]) or store.claim(filed[-1], "a-human")))
-    store.close(filed[0], "closed without resolving")
+    filed_id, _ = run_with_a_person_on_followups(config, store)
+    store.close(filed_id, "closed without resolving")
     summary = run_in_process(config, store)
     [blocked] = summary["blocked"]
     assert "closed with no commit" in blocked["reason"] and "branch work/" in blocked["reason"]
@@ -207,15 +212,13 @@ def test_a_resolution_committed_before_the_conflict_worker_starts_counts(json_ag
     commit_file(repo, "settings.ini", "[ui]\ncolor=blue\n")
     cfg, config, store = json_agent_setup()
     conflicting_pair(store)
-    filed = []
-    run_in_process(config, store, lambda m: "; filed " in m and (
-        filed.append(m.rsplit(" ", 1)[1]) or store.claim(filed[-1], "a-human")))
-    pending = json.loads((repo / ".dispatch_pending_merge_retries.json").read_text(encoding="utf-8"))[filed[0]]
+    filed_id, _ = run_with_a_person_on_followups(config, store)
+    pending = json.loads((repo / ".dispatch_pending_merge_retries.json").read_text(encoding="utf-8"))[filed_id]
     worktree = Path(pending["worktree"])
     git(worktree, "merge", "-q", "main", "-X", "ours", "-m", "merge main, keep mine")  # resolved by a person,
-    store.release(filed[0], actor="a-human")  # who hands the task back: its worker has nothing left to do
+    store.release(filed_id, actor="a-human")  # who hands the task back: its worker has nothing left to do
     summary = run_in_process(config, store)
-    assert summary["merged"] == [pending["task_id"]] and store.get(filed[0]).status == "closed"
+    assert summary["merged"] == [pending["task_id"]] and store.get(filed_id).status == "closed"
 
 
 def test_auto_rebase_merges_what_a_rebase_makes_clean(json_agent_setup, repo):
@@ -249,11 +252,9 @@ def test_a_failing_gate_leaves_main_alone_and_files_a_fix_task(json_agent_setup,
     cfg, config, store = json_agent_setup(merge_gate_command=GATE)
     before = git(repo, "rev-parse", "main")
     task = add_task(store, "Break it", "append f.txt bad")
-    filed = []
-    summary = run_in_process(config, store, lambda m: "; filed " in m and (
-        filed.append(m.rsplit(" ", 1)[1]) or store.claim(filed[-1], "a-human")))
+    filed_id, summary = run_with_a_person_on_followups(config, store)
     assert git(repo, "rev-parse", "main") == before
-    fix = store.get(filed[0])
+    fix = store.get(filed_id)
     assert fix.title == f"Fix failing checks: work/{task.id}" and "merge-gate" in fix.labels
     assert "merge_gate_command exited 1" in fix.description
     pending = json.loads((repo / ".dispatch_pending_merge_retries.json").read_text(encoding="utf-8"))
@@ -299,12 +300,10 @@ def test_new_marker_blocks_are_refused_but_existing_marker_lines_merge(json_agen
     marked = store.create("Leave markers", "AGENT: append bad.txt <<<<<<< HEAD\nAGENT: append bad.txt a\n"
                                            "AGENT: append bad.txt =======\nAGENT: append bad.txt b\n"
                                            "AGENT: append bad.txt >>>>>>> other")
-    filed = []
-    run_in_process(config, store, lambda m: "; filed " in m and (
-        filed.append(m.rsplit(" ", 1)[1]) or store.claim(filed[-1], "a-human")))
+    filed_id, _ = run_with_a_person_on_followups(config, store)
     assert merges_of(repo, fine.id) == 1 and main_file(repo, "docs.md").endswith("More docs.\n")
     assert merges_of(repo, marked.id) == 0 and main_file(repo, "bad.txt") is None
-    conflict = store.get(filed[0])
+    conflict = store.get(filed_id)
     assert conflict.title == f"Resolve merge conflict: work/{marked.id}" and "file:bad.txt" in conflict.labels
 
 
@@ -356,12 +355,10 @@ def test_merge_conflicts_past_max_merge_retries_block_the_task(json_agent_setup,
     commit_file(repo, "settings.ini", "[ui]\ncolor=blue\n")
     cfg, config, store = json_agent_setup(max_merge_retries=1)
     red, green = conflicting_pair(store)
-    filed = []
-    run_in_process(config, store, lambda m: "; filed " in m and (
-        filed.append(m.rsplit(" ", 1)[1]) or store.claim(filed[-1], "a-human")))
+    filed_id, _ = run_with_a_person_on_followups(config, store)
     pending = json.loads((repo / ".dispatch_pending_merge_retries.json").read_text(encoding="utf-8"))
-    commit_file(Path(pending[filed[0]]["worktree"]), "unrelated.txt", "x\n")  # a commit that resolves nothing
-    store.close(filed[0], "closed without resolving")
+    commit_file(Path(pending[filed_id]["worktree"]), "unrelated.txt", "x\n")  # a commit that resolves nothing
+    store.close(filed_id, "closed without resolving")
     summary = run_in_process(config, store)
     loser = next(b for b in summary["blocked"])
     assert "still does not merge after 1 conflict or check tasks" in loser["reason"]

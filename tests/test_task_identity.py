@@ -7,7 +7,7 @@ from pathlib import Path
 
 from conftest import commit_file, git
 from dispatch_helpers import add_task, dispatch, events, main_file, merges_of
-from test_merge_queue import conflicting_pair, run_in_process
+from test_merge_queue import conflicting_pair, run_in_process, run_with_a_person_on_followups
 
 
 def delete_task(repo: Path, task_id: str) -> None:
@@ -54,15 +54,7 @@ def test_a_new_task_with_a_deleted_conflict_tasks_id_is_not_its_resolver(json_ag
     commit_file(repo, "settings.ini", "[ui]\ncolor=blue\n")
     cfg, config, store = json_agent_setup()
     red, green = conflicting_pair(store)
-    filed = []
-
-    def human_takes_the_conflict(message):
-        if "; filed " in message:
-            filed.append(message.rsplit(" ", 1)[1])
-            store.claim(filed[-1], "a-human")
-
-    run_in_process(config, store, human_takes_the_conflict)
-    [conflict_id] = filed
+    conflict_id, _ = run_with_a_person_on_followups(config, store)
     pending = json.loads((repo / ".dispatch_pending_merge_retries.json").read_text(encoding="utf-8"))[conflict_id]
     # The conflict task is deleted and its id comes back for unrelated work (bd, or a hand edit).
     data = json.loads((repo / "task_queue.json").read_text(encoding="utf-8"))
@@ -100,15 +92,7 @@ def test_a_conflict_task_deleted_while_its_merge_waits_releases_the_original(jso
     commit_file(repo, "settings.ini", "[ui]\ncolor=blue\n")
     cfg, config, store = json_agent_setup()
     red, green = conflicting_pair(store)
-    filed = []
-
-    def human_takes_the_conflict(message):
-        if "; filed " in message:
-            filed.append(message.rsplit(" ", 1)[1])
-            store.claim(filed[-1], "a-human")
-
-    run_in_process(config, store, human_takes_the_conflict)
-    [conflict_id] = filed
+    conflict_id, _ = run_with_a_person_on_followups(config, store)
     original = json.loads((repo / ".dispatch_pending_merge_retries.json").read_text(encoding="utf-8"))[conflict_id]
     delete_task(repo, conflict_id)
     summary = run_in_process(config, store)
