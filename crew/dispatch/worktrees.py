@@ -58,7 +58,8 @@ def free_worktree_path(config: configuration.Config, name: str) -> Path:
     """A folder for a new worktree: one of ours may be replaced, anyone else's is avoided."""
     root = Path(config.worktree_root)
     path, n = root / name, 1
-    while path.exists() and path.resolve() not in dispatcher_worktrees(config.root):
+    owned = dispatcher_worktrees(config.root) if path.exists() else set()  # one git call, not one a name
+    while path.exists() and path.resolve() not in owned:
         n += 1
         path = root / f"{name}-{n}"
     return path
