@@ -123,6 +123,8 @@ class StateFile:
     def read(self) -> dict:
         """The file's content; one that is not what the dispatcher writes is an error naming what
         is wrong, and is never overwritten (it may hold the only record of running work)."""
+        if not self.path.exists():  # no lock file left behind in a repository the toolkit never wrote to
+            return copy.deepcopy(self.default)
         with locked(self.lock, self.path.name):
             data = read_json_file(self.path, None)
         if data is None:

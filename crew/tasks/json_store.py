@@ -157,6 +157,8 @@ class JsonTaskStore:
             self._save(data)
 
     def _entries(self) -> list[dict]:
+        if not self.path.exists():  # no lock file left behind in a repository the toolkit never wrote to
+            return []
         with self._threads, files.locked(self.lock_path, "task queue"):
             return self._load()["tasks"]
 
