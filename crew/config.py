@@ -14,7 +14,6 @@ from typing import Any
 import git as gitpython
 
 from crew import errors
-from crew import workspace
 
 
 TOOLKIT_DIR = Path(__file__).resolve().parent.parent  # where the scripts and the shipped config are
@@ -202,7 +201,8 @@ def load_config(config_path: str | None, cwd: Path | None = None) -> Config:
 
 
 def resolve_config(config: Config, cwd: Path) -> Config:
-    """Fill in the computed defaults and make the repository ready for the toolkit's files."""
+    """Fill in the computed defaults. Nothing is written: each command that writes keeps the
+    toolkit's files out of `git status` itself (workspace.exclude_toolkit_files)."""
     base = Path(config.source).parent if config.source != "defaults" else cwd
     start = (base / config.repo_path) if config.repo_path else cwd
     config.root = find_main_root(start.resolve())
@@ -213,7 +213,6 @@ def resolve_config(config: Config, cwd: Path) -> Config:
     config.worktree_root = str((config.root / config.worktree_root) if config.worktree_root
                                else config.root.parent / f"{config.root.name}.worktrees")
     check_worktree_root(config)
-    workspace.exclude_toolkit_files(config)
     return config
 
 

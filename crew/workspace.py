@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from crew import files
 from crew import git
 
-if TYPE_CHECKING:  # crew.config calls this module while it loads
+if TYPE_CHECKING:
     from crew import config as configuration
 
 

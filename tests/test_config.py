@@ -11,7 +11,8 @@ from crew import config as configuration
 from crew import errors
 from crew import names
 from crew import workspace
-from conftest import ROOT, git
+from crew import tasks
+from conftest import AGENT_COMMAND, ROOT, git
 
 
 @pytest.mark.parametrize("text, message", [
@@ -70,6 +71,44 @@ def test_toolkit_files_are_excluded_without_touching_gitignore(repo):
     workspace.exclude_toolkit_files(configuration.load_config(None, cwd=repo))
     exclude = (repo / ".git/info/exclude").read_text(encoding="utf-8")
     assert exclude.count("/task_queue.json\n") == 1
+
+
+def run_script(script: str, cfg, *args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(ROOT / script), "--config", str(cfg), *args],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"{script} {' '.join(args)}: {proc.stderr}"
+    return proc
+
+
+def test_reading_commands_write_nothing_to_the_repository(repo, make_config):
+    cfg = make_config(task_backend="json")
+    configuration.load_config(str(cfg))
+    run_script("tasks.py", cfg, "list")
+    run_script("dispatch_workers.py", cfg, "--status")
+    run_script("dispatch_workers.py", cfg, "--dry-run")
+    assert not (repo / ".git" / "info" / "exclude").exists()
+    assert git(repo, "status", "--porcelain", "--untracked-files=all") == ""
+
+
+@pytest.mark.parametrize("command", ["split", "ingest", "tasks.py create", "dispatch"])
+def test_every_command_that_writes_keeps_git_status_clean(repo, make_config, fake_llm, command):
+    """On a repository no command has written to yet (the demo's is checked in test_dispatch)."""
+    cfg = make_config(task_backend="json", llm_url=fake_llm.url, worker_command=AGENT_COMMAND, poll_interval_secs=0.1)
+    if command == "split":
+        fake_llm.script(json.dumps({"subtasks": [{"title": f"Part {n}", "description": f"Write part {n}", "files": [f"part{n}.py"]}
+                                                 for n in range(3)]}))
+        run_script("split_task.py", cfg, "Add a dashboard")
+    elif command == "ingest":
+        (repo / "suggested_tasks.txt").write_text("Add a changelog -- files: CHANGELOG.md\n", encoding="utf-8")
+        run_script("ingest_suggested_tasks.py", cfg)
+    elif command == "tasks.py create":
+        run_script("tasks.py", cfg, "create", "Add a changelog")
+    else:  # the store writes the task and leaves the exclude file alone: the run itself must add to it
+        store = tasks.open_task_store(configuration.load_config(str(cfg)))
+        store.create("Add a changelog", "AGENT: append CHANGELOG.md first release", labels=["file:CHANGELOG.md"])
+        run_script("dispatch_workers.py", cfg)
+        assert store.list(["closed"])
+    assert git(repo, "status", "--porcelain", "--untracked-files=all") == ""
 
 
 @pytest.mark.parametrize("host, url", [

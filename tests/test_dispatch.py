@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -436,9 +437,12 @@ def test_branch_names_are_valid_refs():
         assert subprocess.run(["git", "check-ref-format", "--branch", name], capture_output=True).returncode == 0
 
 
-def test_demo_runs_end_to_end(capsys):
+def test_demo_runs_end_to_end(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the demo's scratch folder
     assert dispatch_cli.main(["--demo"]) == 0
     out = capsys.readouterr().out
+    [demo_repo] = [line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("Demo repository: ")]
+    assert git(Path(demo_repo), "status", "--porcelain", "--untracked-files=all") == ""
     assert "closed   Resolve merge conflict: work/demo-repo-2" in out
     assert "Merge work/demo-repo-2: Make the UI green (demo-repo-2)" in out  # merged after the conflict
     assert "closed   Document the release process" in out  # the follow-up was ingested and run

@@ -46,8 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = configuration.load_config(args.config)
     store = tasks.open_task_store(config)
     path = Path(args.file).resolve() if args.file else None
-    if not args.dry_run:
-        workspace.exclude_toolkit_files(config)
+    workspace.exclude_toolkit_files(config)  # a dry run too takes the ingest lock, a file of the toolkit's
     result = suggestions.ingest(config, store, path, args.dry_run)
 
     if args.json:
