@@ -1,7 +1,12 @@
 """The merge gate: merge_gate_command run on a merge commit before main moves to it, in the
-dispatcher's own gate worktree."""
+dispatcher's own gate worktree. It is a process the loop watches, like a worker: started, looked
+at on each pass, ended past its timeout or at a stop, never waited for."""
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
+import subprocess
+import time
 from pathlib import Path
 
 from crew import config as configuration
@@ -9,27 +14,73 @@ from crew import errors
 from crew import failpoints
 from crew import git
 from crew import processes
+from crew.dispatch import records
 from crew.dispatch import worktrees
 from crew.dispatch.ledger import Ledger
 
+OUTPUT_TAIL = 2000  # characters of the gate's log a verdict carries (a fix task quotes them)
+
+
+@dataclasses.dataclass
+class GateOutcome:
+    """A gate's verdict. passed is None when it ended without one (a stop-now, or cancel()):
+    its request stays queued and is gated again."""
+
+    passed: bool | None
+    output: str
+    record: records.GateRecord  # which merge commit, of which branch, on which base
+
 
 class Gate:
-    def __init__(self, config: configuration.Config, ledger: Ledger, stop_now_reason, worktree: Path | None = None):
-        self.config, self.ledger, self.stop_now_reason = config, ledger, stop_now_reason
-        self.worktree = worktree or Path(config.worktree_root) / ".gate"
+    """One gate worktree and at most one gate in it. Its record (in ledger.state.gates) is
+    written before anything runs and holds the pid from the moment the process exists, so a
+    restarted dispatcher can end a gate a killed one left running."""
 
-    def run(self, commit: str) -> tuple[bool | None, str]:
-        """(passed, output) of the gate on `commit`; passed is None when a stop-now ended it."""
-        root, gate = self.config.root, self.worktree
-        log = self.ledger.logs / "gate.log"
+    def __init__(self, config: configuration.Config, ledger: Ledger, starter: concurrent.futures.Executor,
+                 stop_now_reason, worktree: Path | None = None):
+        self.config, self.ledger, self.starter, self.stop_now_reason = config, ledger, starter, stop_now_reason
+        self.worktree = worktree or Path(config.worktree_root) / ".gate"
+        self.preparing: concurrent.futures.Future | None = None  # checkout and setup, in a starter thread
+        self.proc: subprocess.Popen | None = None
+        self.kill: processes.TreeKill | None = None
+        self.ended: str | None = None  # why its tree was ended before it exited by itself
+        self.cancelled: str | None = None
+
+    @property
+    def record(self) -> records.GateRecord | None:
+        return next((gate for gate in self.ledger.state.gates if gate.worktree == str(self.worktree)), None)
+
+    @property
+    def busy(self) -> bool:
+        return self.record is not None
+
+    def start(self, request: records.MergeRequest, base: str, commit: str) -> None:
+        """Record the gate of `commit` (the request's merge on `base`), then prepare its worktree
+        off the loop; poll() starts the process once that is done."""
+        log = self.ledger.logs / f"{self.worktree.name.lstrip('.')}.log"
         log.unlink(missing_ok=True)
+        self.ledger.state.gates.append(records.GateRecord(
+            task_id=request.task_id, branch=request.branch, base=base, commit=commit, worktree=str(self.worktree),
+            log=f"{log.parent.name}/{log.name}", pid=None, pid_start_time=None, started_at=time.time(),
+            deadline=None))
+        self.ledger.save_state()
+        self.proc = self.kill = self.ended = self.cancelled = None
+        self.preparing = self.starter.submit(self._prepare, commit, log)
+
+    def stopped(self) -> str | None:
+        """Why the gate must end without a verdict, if it must (the setup command checks it too)."""
+        return self.cancelled or self.stop_now_reason()
+
+    def _prepare(self, commit: str, log: Path) -> bool:
+        """In a starter thread: the gate worktree at `commit`, clean; False if a stop came first."""
+        root, gate = self.config.root, self.worktree
         if not gate.exists():
             worktrees.add_dispatcher_worktree(root, gate, "--detach", str(gate), commit)
             if self.config.worktree_setup_command and (
-                    failed := worktrees.run_setup_command(self.config, gate, log, self.stop_now_reason)):
+                    failed := worktrees.run_setup_command(self.config, gate, log, self.stopped)):
                 worktrees.remove_worktree(root, gate)  # so the next gate sets it up again
-                if self.stop_now_reason():
-                    return None, ""
+                if self.stopped():
+                    return False
                 raise errors.UserError(f"worktree_setup_command {failed} in the gate worktree; its output is in {log}")
         elif gate.resolve() not in worktrees.dispatcher_worktrees(root):
             raise errors.UserError(f"{gate} is in the way of the merge gate's worktree and the dispatcher "
@@ -37,16 +88,66 @@ class Gate:
         else:
             git.git("checkout", "-q", "--detach", "-f", commit, cwd=gate)
             git.git("clean", "-q", "-fd", cwd=gate)
-        proc = processes.start_process(list(self.config.merge_gate_command), gate, git.child_environment(), log)
-        ended = processes.wait_or_end(proc, self.config.merge_gate_timeout_secs, self.stop_now_reason,
-                                      self.config.worker_kill_grace_secs)
-        if self.stop_now_reason():
-            return None, ""
+        return True
+
+    def cancel(self, why: str) -> None:
+        """End the gate without a verdict: its kill is begun now and finished by later polls."""
+        if self.busy and not self.cancelled:
+            self.cancelled = why
+            if self.proc is not None and self.kill is None:
+                self.kill = processes.TreeKill.begin(self.proc.pid, self.config.worker_kill_grace_secs, self.proc)
+
+    def poll(self, now: float) -> GateOutcome | None:
+        """On the loop, each pass: start the prepared gate, end it past merge_gate_timeout_secs
+        or at a stop, and once its process tree is gone give the verdict (its record goes)."""
+        record = self.record
+        if record is None:
+            return None
+        if self.preparing is not None:
+            if not self.preparing.done():
+                return None
+            prepared = self.preparing.result()  # a gate worktree that cannot be made stops the run (UserError)
+            self.preparing = None
+            if not prepared or self.stopped():
+                return self.forget(record, GateOutcome(None, self.stopped() or "", record))
+            self.begin(record)
+            return None
+        if self.kill is None:
+            if self.proc.poll() is not None:
+                # What it left running would hold the worktree the next gate checks out.
+                self.kill = processes.TreeKill.begin(self.proc.pid, 0.2, self.proc)
+            elif why := self.stopped():
+                self.cancel(why)
+            elif now > record.deadline:
+                self.ended = f"timed out after {self.config.merge_gate_timeout_secs:g} s"
+                self.kill = processes.TreeKill.begin(self.proc.pid, self.config.worker_kill_grace_secs, self.proc)
+        if self.kill is None or not self.kill.poll():
+            return None
+        if why := self.stopped():
+            return self.forget(record, GateOutcome(None, why, record))
         failpoints.failpoint("during_gate")
-        output = log.read_text(encoding="utf-8", errors="replace")[-2000:]
-        if not ended and proc.returncode == 0:
-            return True, output
-        return False, f"merge_gate_command {ended or f'exited {proc.returncode}'}; output tail:\n{output}"
+        output = (self.config.root / record.log).read_text(encoding="utf-8", errors="replace")[-OUTPUT_TAIL:]
+        if not self.ended and self.proc.returncode == 0:
+            return self.forget(record, GateOutcome(True, output, record))
+        return self.forget(record, GateOutcome(
+            False, f"merge_gate_command {self.ended or f'exited {self.proc.returncode}'}; output tail:\n{output}",
+            record))
+
+    def begin(self, record: records.GateRecord) -> None:
+        """Start the gate's process and record its pid before anything else."""
+        self.proc = processes.start_process(list(self.config.merge_gate_command), self.worktree,
+                                            git.child_environment(), self.config.root / record.log)
+        record.pid, record.pid_start_time = self.proc.pid, processes.process_start_time(self.proc.pid)
+        record.started_at = time.time()
+        record.deadline = record.started_at + self.config.merge_gate_timeout_secs
+        self.ledger.save_state()
+        self.ledger.event("gate_started", record.task_id, commit=record.commit, pid=record.pid, log=record.log)
+
+    def forget(self, record: records.GateRecord, outcome: GateOutcome | None = None) -> GateOutcome | None:
+        self.ledger.state.gates.remove(record)
+        self.ledger.save_state()
+        self.preparing = self.proc = self.kill = None
+        return outcome
 
     def remove_worktree(self) -> None:
         """At the end of a run: the gate worktree, if the dispatcher made it."""

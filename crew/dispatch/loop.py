@@ -9,6 +9,7 @@ import time
 from crew import config as configuration
 from crew import errors
 from crew import failpoints
+from crew import processes
 from crew.dispatch import records
 from crew.dispatch import scheduler
 from crew.dispatch.conflicts import Conflicts
@@ -34,7 +35,7 @@ class Dispatcher:
         # Workers recorded by an earlier run are ours until reconcile() has looked at them.
         self.pool = WorkerPool(config, self.ledger, max_workers, self.stop_now_reason)
         self.conflicts = Conflicts(config, self.ledger, store)
-        self.gate = Gate(config, self.ledger, self.stop_now_reason)
+        self.gate = Gate(config, self.ledger, self.pool.starter, self.stop_now_reason)
         self.queue = MergeQueue(config, self.ledger, store, self.gate, self.conflicts, self.stop_now_reason)
         self.breaker = scheduler.Breaker(config.breaker_failures, config.breaker_pause_secs, watch)
         self.finisher = Finisher(config, self.ledger, store, self.pool, self.queue, self.breaker)
@@ -137,7 +138,7 @@ class Dispatcher:
                 self.fill_slots()
                 self.next_poll = time.time() + self.config.poll_interval_secs
             changed |= merged
-            if not ledger.state.workers and not self.queue.due(time.time()) and (
+            if not ledger.state.workers and not self.gate.busy and not self.queue.due(time.time()) and (
                     self.stopping or (not changed and not self.watch)):
                 break
             time.sleep(WORKER_POLL_SECS)
@@ -175,11 +176,14 @@ class Dispatcher:
     def stop_now(self, why: str) -> None:
         """End every worker and leave: their branches and records stay for the next run, which
         merges their commits but releases their tasks, as after a timeout."""
+        self.gate.cancel(why)  # its request stays queued, gated again by the next run
         for worker in list(self.ledger.state.workers.values()):
             if (starting := self.pool.starting.get(worker.slot)) is not None:
                 concurrent.futures.wait([starting])  # its setup command is ended at once too
                 continue  # recorded but never started: the next run releases its task
             self.pool.end(worker, why)
+        while self.gate.poll(time.time()) is None and self.gate.busy:  # its kill, bounded by the grace
+            time.sleep(processes.KILL_STEP_SECS)
         self.say(f"{why}: workers ended; their branches are kept for the next run")
         if self.stop_signal is not None:
             raise SystemExit(128 + self.stop_signal)  # the shell's convention: 143 for SIGTERM, 129 for SIGHUP

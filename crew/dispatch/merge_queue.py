@@ -3,25 +3,41 @@ slot; main moves only from the commit the merge was computed on."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from pathlib import Path
 
+import filelock
+
 from crew import config as configuration
 from crew import failpoints
-from crew import files
 from crew import git
 from crew import processes
 from crew.dispatch import records
 from crew.dispatch import scheduler
 from crew.dispatch import worktrees
 from crew.dispatch import conflicts as conflict_tasks
-from crew.dispatch.gate import Gate
+from crew.dispatch import gate as gates
 from crew.dispatch.ledger import Ledger
 from crew.tasks import model as task_model
 
+MERGE_SLOT_HELD = "the merge slot is held by another process"
+
+
+@dataclasses.dataclass
+class Decision:
+    """What decide() made of a request: "clean" (its merge commit on `base`, to gate or land),
+    "conflict" (handed back as a task, or rebased), "waits" (main is held), "merged" (before a
+    crash: only the bookkeeping was left) or "dropped" (its task or branch is gone, or the task changed)."""
+
+    verdict: str
+    task: task_model.Task | None = None
+    base: str | None = None
+    commit: str | None = None
+
 
 class MergeQueue:
-    def __init__(self, config: configuration.Config, ledger: Ledger, store: task_model.TaskStore, gate: Gate,
+    def __init__(self, config: configuration.Config, ledger: Ledger, store: task_model.TaskStore, gate: gates.Gate,
                  conflicts: conflict_tasks.Conflicts, stop_now_reason):
         self.config, self.ledger, self.store, self.gate, self.conflicts = config, ledger, store, gate, conflicts
         self.stop_now_reason = stop_now_reason
@@ -44,7 +60,11 @@ class MergeQueue:
         return [request for request in self.requests if request.retry_at <= now]
 
     def step(self) -> bool:
-        """Merge queued branches in order; True if main moved or the queue changed."""
+        """Merge queued branches in order; True if main moved or the queue changed. Never waits
+        for the gate: while it runs it is looked at, and nothing behind its request merges."""
+        if self.gate.busy:
+            outcome = self.gate.poll(time.time())
+            return outcome is not None and self.after_gate(outcome)
         progressed = False
         for request in list(self.requests):
             if self.stop_now_reason():
@@ -52,67 +72,110 @@ class MergeQueue:
             if request.retry_at > time.time():
                 continue
             progressed |= self.merge(request)
+            if self.gate.busy:
+                break  # queue order: the requests behind a gating one wait for its verdict
         return progressed
 
     def merge_slot(self):
-        if self.config.merge_slot:
-            return files.locked(self.root / ".dispatch_merge.lock", "merge slot")
-        return contextlib.nullcontext()
+        """The merge slot, taken without waiting (a process holding it must not stall the loop):
+        a context that holds it, or None when another process has it."""
+        if not self.config.merge_slot:
+            return contextlib.nullcontext()
+        try:
+            return filelock.FileLock(str(self.root / ".dispatch_merge.lock")).acquire(timeout=0)
+        except filelock.Timeout:
+            return None
 
     def merge(self, request: records.MergeRequest) -> bool:
-        root, main, ledger = self.root, self.config.main_branch, self.ledger
-        with self.merge_slot():
-            task = ledger.current_task(request.task_id, request.task_created_at)
-            if task is None:
-                self.drop(request)
-                worktrees.remove_worktree(root, Path(request.worktree))
-                ledger.drop_record_of_gone_task(request.task_id, f"merge of {request.branch} (the branch is kept)")
-                return True
-            tip = git.rev_parse(root, f"refs/heads/{request.branch}")
-            if tip is None:
-                self.drop(request)
-                ledger.block(request.task_id, f"its branch {request.branch} is gone", request.actor)
-                return True
-            if git.is_ancestor(root, tip, main):  # merged before a crash: only the bookkeeping is left
-                self.finish_merge(request, task, git.rev_parse(root, main))
-                return True
-            if task.status != "in_progress" or task.assignee != request.actor:
-                self.drop(request)
-                ledger.summary["waiting"].append({"id": task.id, "reason": f"not merged: the task is now {task.status}"
-                                                  f" ({task.assignee or 'unassigned'}); branch {request.branch} kept"})
-                ledger.event("stale_branch", task.id, branch=request.branch)
-                ledger.say(f"{task.id}: not merged: the task changed meanwhile ({task.status}); branch kept")
-                worktrees.remove_worktree(root, Path(request.worktree))
-                return True
+        """Decide the request's merge and land it, or hand its merge commit to the gate."""
+        if (slot := self.merge_slot()) is None:
+            return self.merge_waits(request, MERGE_SLOT_HELD)
+        with slot:
             while True:
-                if held := self.why_main_is_held():  # known before anything is computed or written
-                    return self.merge_waits(request, held)
-                base = git.rev_parse(root, main)
-                if marked := git.new_marker_files(root, base, tip):
-                    return self.conflicts.file(request, marked, base, "the branch adds conflict markers")
-                merged = git.merge_tree(root, base, tip)
-                if merged.tree is None:
-                    return self.conflicts.file(request, merged.files, base, merged.messages, merged=merged)
-                commit = git.git_out(root, "commit-tree", merged.tree, "-p", base, "-p", tip, "-m",
-                                     f"Merge {request.branch}: {request.title} ({request.task_id})")
+                decision = self.decide(request)
+                if decision.commit is None:
+                    return decision.verdict != "waits"
                 if self.config.merge_gate_command:
-                    passed, output = self.gate.run(commit)
-                    if passed is None:
-                        return False  # a stop-now ended the gate: the branch stays queued for the next run
-                    if passed:
-                        ledger.event("gate_passed", request.task_id, commit=commit)
-                    if git.rev_parse(root, main) != base:
-                        continue  # main moved while the gate ran: recompute and gate again
-                    if not passed:
-                        return self.conflicts.file(request, [], base, output, kind="gate")
-                failpoints.failpoint("during_merge")
-                outcome = self.advance_main(base, commit)
-                if outcome == "moved":
-                    continue
-                if outcome != "ok":
-                    return self.merge_waits(request, outcome)
-                self.finish_merge(request, task, commit)
-                return True
+                    self.gate.start(request, decision.base, decision.commit)
+                    return False
+                if (landed := self.land(request, decision.task, decision.base, decision.commit)) is not None:
+                    return landed
+
+    def decide(self, request: records.MergeRequest) -> Decision:
+        """What becomes of a request now, with the merge slot held: its merge commit on main
+        (verdict "clean"), or what was done instead. Git and the store only, no process of ours."""
+        root, main, ledger = self.root, self.config.main_branch, self.ledger
+        task = ledger.current_task(request.task_id, request.task_created_at)
+        if task is None:
+            self.drop(request)
+            worktrees.remove_worktree(root, Path(request.worktree))
+            ledger.drop_record_of_gone_task(request.task_id, f"merge of {request.branch} (the branch is kept)")
+            return Decision("dropped")
+        tip = git.rev_parse(root, f"refs/heads/{request.branch}")
+        if tip is None:
+            self.drop(request)
+            ledger.block(request.task_id, f"its branch {request.branch} is gone", request.actor)
+            return Decision("dropped")
+        if git.is_ancestor(root, tip, main):  # merged before a crash: only the bookkeeping is left
+            self.finish_merge(request, task, git.rev_parse(root, main))
+            return Decision("merged")
+        if task.status != "in_progress" or task.assignee != request.actor:
+            self.drop(request)
+            ledger.summary["waiting"].append({"id": task.id, "reason": f"not merged: the task is now {task.status}"
+                                              f" ({task.assignee or 'unassigned'}); branch {request.branch} kept"})
+            ledger.event("stale_branch", task.id, branch=request.branch)
+            ledger.say(f"{task.id}: not merged: the task changed meanwhile ({task.status}); branch kept")
+            worktrees.remove_worktree(root, Path(request.worktree))
+            return Decision("dropped")
+        if held := self.why_main_is_held():  # known before anything is computed or written
+            self.merge_waits(request, held)
+            return Decision("waits")
+        base = git.rev_parse(root, main)
+        if marked := git.new_marker_files(root, base, tip):
+            self.conflicts.file(request, marked, base, "the branch adds conflict markers")
+            return Decision("conflict")
+        merged = git.merge_tree(root, base, tip)
+        if merged.tree is None:
+            self.conflicts.file(request, merged.files, base, merged.messages, merged=merged)
+            return Decision("conflict")
+        commit = git.git_out(root, "commit-tree", merged.tree, "-p", base, "-p", tip, "-m",
+                             f"Merge {request.branch}: {request.title} ({request.task_id})")
+        return Decision("clean", task, base, commit)
+
+    def after_gate(self, outcome: gates.GateOutcome) -> bool:
+        """Act on the gate's verdict under the merge slot. Whatever changed while it ran (main,
+        the branch, the task) sends the request back to decide() and the gate."""
+        gated = outcome.record
+        request = next((r for r in self.requests if r.branch == gated.branch), None)
+        if request is None or outcome.passed is None:
+            return False  # ended by a stop: the request stays queued and is gated again
+        if outcome.passed:
+            self.ledger.event("gate_passed", request.task_id, commit=gated.commit)
+        if (slot := self.merge_slot()) is None:
+            return self.merge_waits(request, MERGE_SLOT_HELD)
+        with slot:
+            if git.rev_parse(self.root, self.config.main_branch) != gated.base:
+                return False  # main moved while the gate ran: recompute and gate again
+            if not outcome.passed:
+                return self.conflicts.file(request, [], gated.base, outcome.output, kind="gate")
+            task = self.ledger.current_task(request.task_id, request.task_created_at)
+            if (task is None or task.status != "in_progress" or task.assignee != request.actor
+                    or git.rev_parse(self.root, f"refs/heads/{request.branch}") != git.rev_parse(
+                        self.root, f"{gated.commit}^2")):
+                return False  # decide() says what becomes of it now
+            return bool(self.land(request, task, gated.base, gated.commit))
+
+    def land(self, request: records.MergeRequest, task: task_model.Task, base: str, commit: str) -> bool | None:
+        """Move main from `base` to the merge commit and finish the request; None when main moved
+        meanwhile (decide again), False when the merge waits."""
+        failpoints.failpoint("during_merge")
+        outcome = self.advance_main(base, commit)
+        if outcome == "moved":
+            return None
+        if outcome != "ok":
+            return self.merge_waits(request, outcome)
+        self.finish_merge(request, task, commit)
+        return True
 
     def merge_waits(self, request: records.MergeRequest, reason: str) -> bool:
         """Try the merge again later, after a pause that grows: what keeps main still (a stale

@@ -21,6 +21,11 @@ class Recovery:
         """Adopt live workers, end those recorded as ended, release the claims no record accounts
         for; dead workers are finished by the loop's first pass."""
         ledger, state, actor = self.ledger, self.ledger.state, self.config.actor
+        for gate in state.gates:  # never adopted: its request is still queued, and is gated again
+            if processes.is_same_process_alive(gate.pid, gate.pid_start_time):
+                ledger.say(f"{gate.task_id}: ending the merge gate an earlier run left running (pid {gate.pid})")
+                # waited for: its worktree is removed below (its setup may not have finished)
+                processes.kill_tree(gate.pid, self.config.worker_kill_grace_secs)
         for worker in state.workers.values():
             if processes.is_same_process_alive(worker.pid, worker.pid_start_time) and worker.ended:
                 # recorded as ended, but the kill was cut short: end it now; it is judged as ended
@@ -53,6 +58,9 @@ class Recovery:
         branches = git.git_out(self.root, "for-each-ref", "--format=%(refname)", "refs/heads").splitlines()
         state.branches = {name: owner for name, owner in state.branches.items() if f"refs/heads/{name}" in branches}
         self.prune_stray_worktrees()
+        if state.gates:
+            state.gates = []
+            ledger.save_state()
 
     def prune_stray_worktrees(self) -> None:
         """Remove the worktrees an earlier run made and no record names (a worker's work is
