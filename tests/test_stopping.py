@@ -195,3 +195,25 @@ def test_a_second_ctrl_c_ends_a_hanging_gate(json_agent_setup, repo, tmp_path):
     assert not processes.group_alive(int(pidfile.read_text()))
     assert [e["task_id"] for e in state(repo)["merge_queue"]] == [task.id]  # gated again by the next run
     assert main_file(repo, "g.txt") is None
+
+
+@posix_only
+def test_a_gate_left_running_by_a_killed_dispatcher_is_ended_and_the_branch_merges_once(
+        json_agent_setup, repo, tmp_path):
+    pidfile, flag = tmp_path / "gate.pids", tmp_path / "gated-once"
+    # Each gate adds its pid (its process group) to the file; the first one hangs with a grandchild,
+    # the restarted dispatcher's gate passes at once.
+    gate = ["sh", "-c", 'echo $$ >> "$0"; [ -e "$1" ] && exit 0; touch "$1"; sleep 60 & wait', str(pidfile), str(flag)]
+    cfg, config, store = json_agent_setup(merge_gate_command=gate)
+    task = add_task(store, "Gated", "append g.txt g")
+    proc = start_dispatcher(cfg)
+    wait_until(lambda: flag.exists() and pidfile.read_text().strip(), proc, "the gate")
+    proc.kill()  # SIGKILL: no handler runs, the gate outlives its dispatcher
+    proc.communicate()
+    first_gate = int(pidfile.read_text().split()[0])
+    assert processes.group_alive(first_gate)
+    result = dispatch(cfg)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not processes.group_alive(first_gate)
+    assert merges_of(repo, task.id) == 1 and store.get(task.id).status == "closed"
+    assert state(repo)["gates"] == [] and len(pidfile.read_text().split()) == 2  # gated again, once
