@@ -5,7 +5,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from conftest import ROOT, git
 
@@ -16,6 +19,35 @@ def dispatch(cfg: Path, *args: str, env: dict | None = None, timeout: float = 18
     """The dispatcher as a user runs it: a separate process."""
     return subprocess.run([sys.executable, str(DISPATCH), "--config", str(cfg), *args],
                           capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def start_dispatcher(cfg: Path, *args: str) -> subprocess.Popen:
+    """The dispatcher as a process the test goes on beside (its output is small: pipes are safe)."""
+    return subprocess.Popen([sys.executable, str(DISPATCH), "--config", str(cfg), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_until(condition, proc: subprocess.Popen | None, what: str, timeout: float = 60) -> None:
+    """Poll until condition() holds; fail naming `what` if it never does, or if `proc` (the
+    dispatcher) exits first, which is then killed if need be and its output shown."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        exited = proc is not None and proc.poll() is not None
+        if exited or time.monotonic() > deadline:
+            why = "the dispatcher exited first" if exited else f"not within {timeout} s"
+            if proc:
+                proc.kill()
+                out, err = proc.communicate()
+                why += f" (exit {proc.returncode})\n{out}\n{err}"
+            pytest.fail(f"never saw {what}: {why}")
+        time.sleep(0.05)
+
+
+def has_commit(repo: Path, branch: str) -> bool:
+    """Whether the branch has a commit that main has not."""
+    result = subprocess.run(["git", "rev-list", "--count", f"main..refs/heads/{branch}"], cwd=repo,
+                            capture_output=True, text=True)
+    return result.stdout.strip() not in ("", "0")
 
 
 def events(repo: Path, name: str | None = None) -> list[dict]:

@@ -5,8 +5,6 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ from crew import errors
 from crew import files
 from crew import tasks
 from conftest import AGENT_COMMAND, commit_file, git
-from dispatch_helpers import DISPATCH, add_task, dispatch, main_file, merges_of
+from dispatch_helpers import add_task, dispatch, has_commit, main_file, merges_of, start_dispatcher, wait_until
 
 linux_only = pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
 
@@ -69,13 +67,8 @@ def test_a_full_disk_mid_run_is_one_line_and_the_restart_finishes(small_disk, tm
                                "worker_kill_grace_secs": 1}), encoding="utf-8")
     store = tasks.open_task_store(configuration.load_config(str(cfg)))
     task = add_task(store, "Writes, then waits", "append a.txt a", "sleep 3")
-    proc = subprocess.Popen([sys.executable, str(DISPATCH), "--config", str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while subprocess.run(["git", "rev-list", "--count", f"main..refs/heads/work/{task.id}"], cwd=repo,
-                         capture_output=True, text=True).stdout.strip() != "1":
-        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
+    proc = start_dispatcher(cfg)
+    wait_until(lambda: has_commit(repo, f"work/{task.id}"), proc, "the agent's commit")
     filler = small_disk / "filler"
     with open(filler, "wb", buffering=0) as fh:  # fill the disk while the agent sleeps
         with contextlib.suppress(OSError):

@@ -26,7 +26,8 @@ from crew.dispatch.loop import Dispatcher
 from crew.tasks import model
 from conftest import commit_file, git
 from conftest import AGENT_COMMAND
-from dispatch_helpers import (DISPATCH, add_task, assert_clean_finish, dispatch, events, main_file, merges_of)
+from dispatch_helpers import (DISPATCH, add_task, assert_clean_finish, dispatch, events, main_file, merges_of,
+                              start_dispatcher, wait_until)
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="uses POSIX signals and sh")
 
@@ -203,17 +204,15 @@ def test_epics_are_never_dispatched_and_close_with_their_subtasks(agent_setup, r
 def test_a_second_dispatcher_is_refused(json_agent_setup, repo):
     cfg, config, store = json_agent_setup()
     add_task(store, "Sleeper", "sleep 4", "append s.txt s")
-    first = subprocess.Popen([sys.executable, str(DISPATCH), "--config", str(cfg)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = start_dispatcher(cfg)
     try:
-        deadline = time.monotonic() + 30
-        while not events(repo, "worker_started") and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: events(repo, "worker_started"), first, "the first dispatcher's worker start")
         second = dispatch(cfg)
-        assert second.returncode == 1
-        assert f"another dispatcher is running on this repository (pid {first.pid}" in second.stderr
     finally:
-        assert first.wait(timeout=60) == 0
+        first.wait(timeout=60)
+    assert second.returncode == 1
+    assert f"another dispatcher is running on this repository (pid {first.pid}" in second.stderr
+    assert first.returncode == 0
 
 
 def test_the_breaker_stops_new_workers_when_every_attempt_fails(json_agent_setup, repo):
@@ -236,11 +235,9 @@ def test_killed_at_each_step_then_restarted_finishes_every_task_once(json_agent_
     killed = dispatch(cfg, env={"DISPATCH_FAILPOINT": failpoint})
     assert killed.returncode == 77, killed.stderr
     # A killed dispatcher leaves its worker running: wait for it, as a user would wait to restart.
-    for _ in range(100):
-        if not any(processes.is_same_process_alive(w.get("pid"), w.get("pid_start_time"))
-                   for w in json.loads((repo / ".dispatch_state.json").read_text())["workers"]):
-            break
-        time.sleep(0.1)
+    wait_until(lambda: not any(processes.is_same_process_alive(w.get("pid"), w.get("pid_start_time"))
+                               for w in json.loads((repo / ".dispatch_state.json").read_text())["workers"]),
+               None, "the killed dispatcher's workers end", timeout=30)
     again = dispatch(cfg)
     assert again.returncode == 0, again.stdout + again.stderr
     for i, task in enumerate(tasks):
@@ -255,13 +252,10 @@ def test_killed_at_each_step_then_restarted_finishes_every_task_once(json_agent_
 def test_a_live_worker_is_adopted_after_the_dispatcher_is_killed(json_agent_setup, repo):
     cfg, config, store = json_agent_setup()
     task = add_task(store, "Long runner", "sleep 3", "append long.txt done")
-    first = subprocess.Popen([sys.executable, str(DISPATCH), "--config", str(cfg)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while not events(repo, "worker_started") and time.monotonic() < deadline:
-        time.sleep(0.05)
+    first = start_dispatcher(cfg)
+    wait_until(lambda: events(repo, "worker_started"), first, "the worker start")
     first.kill()
-    first.wait()
+    first.communicate()
     again = dispatch(cfg)
     assert again.returncode == 0, again.stderr
     assert [e["task_id"] for e in events(repo, "adopted")] == [task.id]
@@ -274,10 +268,8 @@ def test_first_ctrl_c_lets_running_workers_finish_and_starts_nothing_new(json_ag
     cfg, config, store = json_agent_setup(max_workers=1)
     first = add_task(store, "Running", "sleep 2", "append r.txt r")
     later = add_task(store, "Not yet", "append n.txt n")
-    proc = subprocess.Popen([sys.executable, str(DISPATCH), "--config", str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while not events(repo, "worker_started"):
-        time.sleep(0.05)
+    proc = start_dispatcher(cfg)
+    wait_until(lambda: events(repo, "worker_started"), proc, "the worker start")
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
@@ -290,10 +282,8 @@ def test_first_ctrl_c_lets_running_workers_finish_and_starts_nothing_new(json_ag
 def test_second_ctrl_c_ends_workers_keeps_their_branches_and_releases_their_tasks(json_agent_setup, repo):
     cfg, config, store = json_agent_setup()
     task = add_task(store, "Stubborn", "append partial.txt partial", "hang")
-    proc = subprocess.Popen([sys.executable, str(DISPATCH), "--config", str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while not events(repo, "worker_started"):
-        time.sleep(0.05)
+    proc = start_dispatcher(cfg)
+    wait_until(lambda: events(repo, "worker_started"), proc, "the worker start")
     time.sleep(1.5)  # let the agent commit
     proc.send_signal(signal.SIGINT)
     time.sleep(0.3)
@@ -416,15 +406,14 @@ def test_preflight_refuses_without_a_git_identity(json_agent_setup, repo, tmp_pa
 def test_status_while_running_and_after(json_agent_setup, repo):
     cfg, config, store = json_agent_setup()
     task = add_task(store, "Visible", "sleep 2", "append v.txt v")
-    proc = subprocess.Popen([sys.executable, str(DISPATCH), "--config", str(cfg)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not events(repo, "worker_started"):
-        time.sleep(0.05)
+    proc = start_dispatcher(cfg)
+    wait_until(lambda: events(repo, "worker_started"), proc, "the worker start")
     status = json.loads(dispatch(cfg, "--status", "--json").stdout)
     assert status["dispatcher"]["pid"] == proc.pid
     assert [(w["task_id"], w["log"]) for w in status["workers"]] == [(task.id, f".dispatch_logs/{task.id}.1.log")]
     assert status["counts"] == {"in_progress": 1}
-    assert proc.wait(timeout=60) == 0
+    proc.communicate(timeout=60)
+    assert proc.returncode == 0
     status = json.loads(dispatch(cfg, "--status", "--json").stdout)
     assert status["dispatcher"] is None and status["workers"] == [] and status["counts"] == {"closed": 1}
     assert store.get(task.id).close_reason.endswith(f"; log .dispatch_logs/{task.id}.1.log")
@@ -499,16 +488,13 @@ def test_worker_instructions_and_setup_command(json_agent_setup, repo):
 @posix_only
 def test_watch_picks_up_tasks_added_later_until_ctrl_c(json_agent_setup, repo):
     cfg, config, store = json_agent_setup(poll_interval_secs=0.2)
-    proc = subprocess.Popen([sys.executable, str(DISPATCH), "--config", str(cfg), "--watch"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_dispatcher(cfg, "--watch")
     try:
         time.sleep(1.5)
         assert proc.poll() is None  # nothing to do, and still watching
         late = add_task(store, "Arrives later", "append late.txt late")
-        deadline = time.monotonic() + 30
-        while store.get(late.id).status != "closed" and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert store.get(late.id).status == "closed" and main_file(repo, "late.txt") == "late\n"
+        wait_until(lambda: store.get(late.id).status == "closed", proc, "the late task closed", timeout=30)
+        assert main_file(repo, "late.txt") == "late\n"
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=30)

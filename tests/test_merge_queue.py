@@ -100,14 +100,17 @@ def test_conflict_becomes_a_task_the_agent_resolves_then_the_branch_merges(agent
     proc = dispatch(cfg, "--json")
     assert proc.returncode == 0, proc.stderr
     conflict = next(t for t in store.list(None) if t.title.startswith("Resolve merge conflict: "))
-    loser = red if conflict.title.endswith(red.id) else green
+    loser, winner = (red, green) if conflict.title.endswith(red.id) else (green, red)
     assert conflict.title == f"Resolve merge conflict: work/{loser.id}"
     assert conflict.status == "closed" and "merge-conflict" in conflict.labels
     assert "file:settings.ini" in conflict.labels and conflict.deps_of("discovered-from") == [loser.id]
     assert "settings.ini" in conflict.description and loser.title in conflict.description
     for task in (red, green):
         assert store.get(task.id).status == "closed" and merges_of(repo, task.id) == 1
-    assert main_file(repo, "settings.ini") in ("[ui]\ncolor=red\ncolor=green\n", "[ui]\ncolor=green\ncolor=red\n")
+    # The dispatcher merged main into the loser's branch; the scripted resolver keeps both sides
+    # of each conflict, the branch's (ours) first, then main's.
+    color = {red.id: "red", green.id: "green"}
+    assert main_file(repo, "settings.ini") == f"[ui]\ncolor={color[loser.id]}\ncolor={color[winner.id]}\n"
     assert "dispatch: merge main into" in git(repo, "log", "--format=%s", "main")
     assert_clean_finish(repo, Path(config.worktree_root))
 

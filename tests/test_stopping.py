@@ -14,34 +14,14 @@ import pytest
 from crew import processes
 from crew.dispatch import records
 from conftest import ROOT, git
-from dispatch_helpers import DISPATCH, add_task, dispatch, events, main_file, merges_of
+from dispatch_helpers import (DISPATCH, add_task, dispatch, events, has_commit, main_file, merges_of, start_dispatcher,
+                              wait_until)
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="uses POSIX signals and sh")
 windows_only = pytest.mark.skipif(os.name != "nt", reason="Windows console events")
 
 # A command that starts a grandchild and waits for it, recording its own pid (= its process group).
 HANG = 'echo $$ > "$0"; sleep 60 & wait'
-
-
-def start_dispatcher(cfg: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(DISPATCH), "--config", str(cfg), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_until(condition, proc: subprocess.Popen, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            out, err = proc.communicate()
-            pytest.fail(f"never saw {what}; dispatcher exit {proc.returncode}\n{out}\n{err}")
-        time.sleep(0.05)
-
-
-def has_commit(repo: Path, branch: str) -> bool:
-    result = subprocess.run(["git", "rev-list", "--count", f"main..refs/heads/{branch}"], cwd=repo,
-                            capture_output=True, text=True)
-    return result.stdout.strip() not in ("", "0")
 
 
 def state(repo: Path) -> dict:
