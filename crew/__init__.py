@@ -7,7 +7,7 @@ Layout, one concern a module (each module imports only the ones it needs, as mod
   files.py             locks, atomic writes, JSON state files
   config.py            dispatch_config.json: found, validated, completed
   workspace.py         the toolkit's own files in a repository, kept out of `git status`
-  names.py             untrusted text made safe: repository paths, titles, branch and file names
+  names.py             untrusted text made safe: repository paths, titles, branch and file names, output tails
   git.py               every git call (LC_ALL=C, no caller's repository variables), merge-tree
   failpoints.py        the test hook: named steps where a test makes the process exit
   testing.py           test and demo scaffolding: scripted agent, scratch repositories, failpoints

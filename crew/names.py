@@ -1,4 +1,4 @@
-"""Untrusted text made safe: repository paths, titles, branch and file names."""
+"""Untrusted text made safe: repository paths, titles, branch and file names, output tails for notes."""
 from __future__ import annotations
 
 import re
@@ -43,6 +43,14 @@ def cut_at_word(text: str, limit: int) -> str:
         return text
     cut = text[:limit + 1].rsplit(" ", 1)[0]
     return (cut if len(cut) >= limit // 2 else text[:limit]).rstrip()
+
+
+def one_line_tail(text: str, lines: int = 5, limit: int = 400) -> str:
+    """The end of a command's output (an agent's log, a gate's output) as one line of a task's
+    note: its last non-blank lines joined by " | ", cut to `limit` characters. One line a note, so
+    the next attempt's message quotes each note as one item, and no line of that output starts a
+    line of the message (where it could pass for the task's own text)."""
+    return " | ".join([line for line in text.splitlines() if line.strip()][-lines:])[-limit:]
 
 
 def branch_name(template: str, task_id: str) -> str:

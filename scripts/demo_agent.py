@@ -13,6 +13,7 @@ Cues are lines of the message, each `AGENT: <action> [arguments]`:
   AGENT: uncommitted PATH TEXT   append a line to PATH and leave it uncommitted
   AGENT: followup TEXT           write a follow-up idea to followups.txt (uncommitted)
   AGENT: copy-message PATH       write the whole message to PATH and commit (verbatim tests)
+  AGENT: print-message           print the whole message (its log shows what the attempt was told)
   AGENT: argv PATH               write this process's arguments, as JSON, to PATH and commit
   AGENT: resolve-conflicts       remove conflict markers, keeping both sides, and commit
   AGENT: sleep SECONDS           wait (a slow agent)
@@ -93,6 +94,8 @@ def main(argv: list[str]) -> int:
             edit("followups.txt", lambda old: old + rest + "\n", "", commit=False)
         elif action == "copy-message":
             edit(rest, lambda old: message, "Record the task message")
+        elif action == "print-message":
+            print(message, flush=True)
         elif action == "argv":
             edit(rest, lambda old: json.dumps(argv), "Record the arguments")
         elif action == "resolve-conflicts":

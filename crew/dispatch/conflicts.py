@@ -9,6 +9,7 @@ from crew import config as configuration
 from crew import failpoints
 from crew import files as statefiles
 from crew import git
+from crew import names as safe_names
 from crew.dispatch import records
 from crew.dispatch import scheduler
 from crew.dispatch import worktrees
@@ -78,8 +79,11 @@ class Conflicts:
         if retries > self.config.max_merge_retries:
             ledger.drop_request(request)
             worktrees.remove_worktree(self.root, Path(request.worktree))
+            # The last failure, in the task's notes: the attempt a person may start later learns from it.
+            last = (f"the checks' output ends: {safe_names.one_line_tail(detail)}" if kind == "gate"
+                    else f"the last conflict was in {', '.join(files)}")
             ledger.block(task_id, f"{branch} still does not merge after {self.config.max_merge_retries} "
-                                  f"conflict or check tasks; branch kept", request.actor)
+                                  f"conflict or check tasks; branch kept; {last}", request.actor)
             return True
         followup = self.file_task(request, kind, files, main_commit, detail, merged)
         ledger.event("conflict_filed", task_id, conflict_task=followup.id, kind=kind, branch=branch,

@@ -2,6 +2,7 @@
 is released for another attempt, or blocked."""
 from __future__ import annotations
 
+import os
 from pathlib import Path, PurePosixPath
 
 from crew import config as configuration
@@ -20,6 +21,8 @@ from crew.dispatch.ledger import Ledger
 from crew.dispatch.merge_queue import MergeQueue
 from crew.dispatch.workers import WorkerPool
 from crew.tasks import model as task_model
+
+LOG_TAIL_BYTES = 8192  # ample for the note's 400 characters, even after multi-byte text
 
 
 class Finisher:
@@ -55,16 +58,17 @@ class Finisher:
         elif worker.kind == "conflict" and not worker.ended:
             self.finish_conflict_worker(worker, commits)
         elif worker.kind == "conflict":  # its branch belongs to the task it resolves: release it only
-            self.ledger.attempt_failed(task_id, f"attempt {worker.attempt} {why}; log {worker.log}", worker.actor,
-                                       counted=counted)
+            self.ledger.attempt_failed(task_id, f"attempt {worker.attempt} {why}; log {worker.log} ends: "
+                                                f"{self.log_tail(worker)}", worker.actor, counted=counted)
         elif commits and not worker.ended:
             self.ledger.event("commits_found", task_id, commits=commits, log=worker.log)
             self.breaker.attempt_ended(made_commits=True)
             self.queue.add(worker, "close", f"log {worker.log}")
         elif commits:
             self.ledger.event("commits_found", task_id, commits=commits, log=worker.log)
-            self.queue.add(worker, "release", f"attempt {worker.attempt} {why}; its commits were merged; "
-                                              f"log {worker.log}", counted=counted)
+            # The merge queue adds the merge commit: the next attempt starts from main with this work in it.
+            self.queue.add(worker, "release", f"attempt {worker.attempt} {why}; log {worker.log}; its work is "
+                                              f"partial and already on {self.config.main_branch}", counted=counted)
         else:
             self.ledger.event("no_commits", task_id, log=worker.log)
             self.breaker.attempt_ended(made_commits=False, counted=counted)
@@ -117,13 +121,16 @@ class Finisher:
             self.ledger.attempt_failed(worker.task_id, f"attempt {worker.attempt}: {worker.branch} {problem}; "
                                                        f"log {worker.log} ends: {self.log_tail(worker)}", worker.actor)
 
-    def log_tail(self, worker: records.Worker, lines: int = 5) -> str:
-        path = self.root / worker.log
+    def log_tail(self, worker: records.Worker) -> str:
+        """The end of the attempt's log, for its note (and so the next attempt's message). Only the
+        log's last bytes are read: an agent stuck in a loop can write gigabytes."""
         try:
-            text = path.read_text(encoding="utf-8", errors="replace")
+            with open(self.root / worker.log, "rb") as log:
+                log.seek(max(0, log.seek(0, os.SEEK_END) - LOG_TAIL_BYTES))
+                text = log.read().decode("utf-8", errors="replace")
         except OSError:
             return "(no log)"
-        return " | ".join(text.strip().splitlines()[-lines:])[-400:] or "(empty log)"
+        return safe_names.one_line_tail(text) or "(empty log)"
 
     def collect_followups(self, worker: records.Worker) -> None:
         """The agent's follow-up ideas go to suggested_tasks.txt, never to main."""

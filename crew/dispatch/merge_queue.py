@@ -253,7 +253,7 @@ class MergeQueue:
             ledger.summary["waiting"] = [w for w in ledger.summary["waiting"] if w["id"] != task_id]
             ledger.state.attempts.pop(task_id, None)
         elif task.status == "in_progress":
-            ledger.attempt_failed(task_id, request.note, request.actor, counted=request.counted)
+            ledger.attempt_failed(task_id, f"{request.note} (merge {short})", request.actor, counted=request.counted)
         worktrees.remove_worktree(self.root, Path(request.worktree))
         if self.config.delete_merged_branches:
             git.git("branch", "-D", request.branch, cwd=self.root, check=False)
