@@ -365,4 +365,5 @@ def test_merge_conflicts_past_max_merge_retries_block_the_task(json_agent_setup,
     summary = run_in_process(config, store)
     loser = next(b for b in summary["blocked"])
     assert "still does not merge after 1 conflict or check tasks" in loser["reason"]
+    assert loser["reason"].endswith("; the last conflict was in settings.ini")  # the next attempt is told
     assert git(repo, "branch", "--list", "--format=%(refname:short)", f"work/{loser['id']}") == f"work/{loser['id']}"
