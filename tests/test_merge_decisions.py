@@ -1,0 +1,155 @@
+"""The merge queue's decisions without a dispatcher process: a MergeQueue built on a real
+repository and the JSON store is asked what becomes of one request (decide), what holds main
+(why_main_is_held) and how main moves (advance_main)."""
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from crew.dispatch import records
+from crew.dispatch.conflicts import Conflicts
+from crew.dispatch.ledger import Ledger
+from crew.dispatch.merge_queue import MergeQueue
+from conftest import commit_file, git
+from dispatch_helpers import events, main_file
+
+
+@pytest.fixture
+def queue(json_agent_setup) -> MergeQueue:
+    """No gate (decide never starts one) and nothing stopping."""
+    _, config, store = json_agent_setup()
+    ledger = Ledger(config, store, say=lambda message: None)
+    return MergeQueue(config, ledger, store, gate=None, conflicts=Conflicts(config, ledger, store),
+                      stop_now_reason=lambda: None)
+
+
+def queued(queue: MergeQueue, name: str, text: str) -> records.MergeRequest:
+    """A claimed task whose branch, in a worktree of its own, commits `text` to `name`; queued."""
+    config, store = queue.config, queue.store
+    task = store.create(f"Write {name}")
+    assert store.claim(task.id, config.actor)
+    branch, worktree = f"work/{task.id}", Path(config.worktree_root) / task.id
+    git(config.root, "worktree", "add", "-q", "-b", branch, str(worktree), "main")
+    commit_file(worktree, name, text)
+    request = records.MergeRequest(task_id=task.id, title=task.title, branch=branch, worktree=str(worktree),
+                                   outcome="close", note="", retries=0, actor=config.actor,
+                                   task_created_at=task.created_at)
+    queue.requests.append(request)
+    return request
+
+
+def test_a_clean_branch_becomes_a_merge_commit_on_main_and_main_stays_put(queue, repo):
+    request = queued(queue, "feature.txt", "new\n")
+    main = git(repo, "rev-parse", "main")
+    decision = queue.decide(request)
+    assert decision.verdict == "clean" and decision.base == main and decision.task.id == request.task_id
+    assert git(repo, "rev-parse", f"{decision.commit}^1", f"{decision.commit}^2").split() == [
+        main, git(repo, "rev-parse", request.branch)]
+    assert git(repo, "show", f"{decision.commit}:feature.txt") == "new"
+    assert git(repo, "rev-parse", "main") == main and queue.requests == [request]  # landing is not decide's
+
+
+def test_a_conflict_becomes_a_task_and_a_pending_merge(queue, repo):
+    commit_file(repo, "settings.ini", "color=blue\n")
+    request = queued(queue, "settings.ini", "color=red\n")
+    main = commit_file(repo, "settings.ini", "color=green\n")
+    assert queue.decide(request).verdict == "conflict"
+    [(followup_id, pending)] = queue.ledger.state.pending.items()
+    assert queue.store.get(followup_id).title == f"Resolve merge conflict: {request.branch}"
+    assert pending.files == ["settings.ini"] and pending.main_commit == main and pending.task_id == request.task_id
+    assert queue.requests == [] and main_file(repo, "settings.ini") == "color=green\n"
+
+
+def test_a_branch_that_commits_conflict_markers_is_handed_back(queue, repo):
+    request = queued(queue, "notes.txt", "<<<<<<< HEAD\nmine\n=======\ntheirs\n>>>>>>> main\n")
+    assert queue.decide(request).verdict == "conflict"  # git would merge it cleanly
+    [followup_id] = queue.ledger.state.pending
+    assert "the branch adds conflict markers" in queue.store.get(followup_id).description
+    assert [e["files"] for e in events(repo, "merge_conflict")] == [["notes.txt"]]
+    assert main_file(repo, "notes.txt") is None
+
+
+def stop_a_rebase_of_main_on_a_conflict(repo: Path) -> None:
+    """The user rebases main onto a branch that changed the same line; git stops for them."""
+    git(repo, "switch", "-q", "-c", "side")
+    commit_file(repo, "README.md", "# side\n")
+    git(repo, "switch", "-q", "main")
+    commit_file(repo, "README.md", "# mine\n")
+    assert subprocess.run(["git", "rebase", "side"], cwd=repo, capture_output=True).returncode != 0
+
+
+def test_main_is_held_by_a_rebase_in_progress_or_a_lock_on_its_ref(queue, repo):
+    assert queue.why_main_is_held() is None
+    stop_a_rebase_of_main_on_a_conflict(repo)
+    assert queue.why_main_is_held() == f"a rebase of main is in progress in {repo}; merges into main wait until " \
+                                       "it is finished or aborted"
+    git(repo, "rebase", "--abort")
+    assert queue.why_main_is_held() is None
+    lock = repo / ".git" / "refs" / "heads" / "main.lock"
+    lock.write_text("", encoding="utf-8")
+    assert queue.why_main_is_held() == f"git's lock file {lock} exists: another git command is running there, " \
+                                       "or one was killed (then remove that file)"
+
+
+def test_a_merge_waits_while_main_is_held_twice_as_long_each_time(queue, repo):
+    request = queued(queue, "feature.txt", "new\n")
+    stop_a_rebase_of_main_on_a_conflict(repo)
+    poll = queue.config.poll_interval_secs
+    for waits in (1, 2):
+        before = time.time()
+        assert queue.decide(request).verdict == "waits"
+        pause = poll * 2 ** (waits - 1)
+        assert request.waits == waits and before + pause <= request.retry_at <= time.time() + pause
+    assert request.waiting.startswith("a rebase of main is in progress")
+    assert queue.requests == [request] and queue.ledger.state.pending == {}
+
+
+@pytest.mark.parametrize("change", ["released", "held by another"])
+def test_a_task_that_changed_meanwhile_is_not_merged_and_its_branch_is_kept(queue, repo, change):
+    request = queued(queue, "feature.txt", "new\n")
+    queue.store.release(request.task_id, actor=queue.config.actor)
+    if change == "held by another":
+        assert queue.store.claim(request.task_id, "someone@else")
+    assert queue.decide(request).verdict == "dropped"
+    assert queue.requests == [] and [e["branch"] for e in events(repo, "stale_branch")] == [request.branch]
+    assert git(repo, "branch", "--list", request.branch) and not Path(request.worktree).exists()
+    assert main_file(repo, "feature.txt") is None
+
+
+def merge_commit(queue: MergeQueue, name: str, text: str) -> tuple[str, str]:
+    """(main, a merge commit on it) for a branch that writes `text` to `name`."""
+    decision = queue.decide(queued(queue, name, text))
+    return decision.base, decision.commit
+
+
+def test_advance_main_fast_forwards_the_users_checkout(queue, repo):
+    old, new = merge_commit(queue, "feature.txt", "new\n")
+    assert queue.advance_main(old, new) == "ok"
+    assert git(repo, "rev-parse", "main") == new and (repo / "feature.txt").read_text(encoding="utf-8") == "new\n"
+
+
+def test_advance_main_moves_the_ref_when_main_is_checked_out_nowhere(queue, repo):
+    old, new = merge_commit(queue, "feature.txt", "new\n")
+    git(repo, "switch", "-q", "-c", "elsewhere")
+    assert queue.advance_main(old, new) == "ok"
+    assert git(repo, "rev-parse", "main") == new and git(repo, "rev-parse", "HEAD") == old
+
+
+def test_advance_main_says_moved_when_someone_else_moved_main_first(queue, repo):
+    old, new = merge_commit(queue, "feature.txt", "new\n")
+    theirs = commit_file(repo, "theirs.txt", "theirs\n")
+    assert queue.advance_main(old, new) == "moved"
+    assert git(repo, "rev-parse", "main") == theirs
+
+
+def test_advance_main_names_the_uncommitted_changes_it_would_overwrite(queue, repo):
+    old, new = merge_commit(queue, "README.md", "# the branch's\n")
+    (repo / "README.md").write_text("# the user's own edit\n", encoding="utf-8")
+    assert queue.advance_main(old, new) == (
+        f"your uncommitted changes in {repo} to README.md would be overwritten; commit or stash them "
+        "and the merge will go ahead")
+    assert git(repo, "rev-parse", "main") == old
+    assert (repo / "README.md").read_text(encoding="utf-8") == "# the user's own edit\n"
