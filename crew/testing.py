@@ -52,3 +52,14 @@ def arm_failpoint(spec: str, armed: dict[str, Callable[[], None]]) -> None:
             os._exit(77)
 
     armed[name] = hit
+
+
+# The loop-responsiveness scenario (scripts/bench_dispatch.py --only responsiveness, and
+# tests/test_responsiveness.py, which checks its order only). With two workers: "Gated" reaches
+# a 60 s gate; while it runs "Hangs" outlives worker_timeout_secs, "Quick" exits, and the two
+# sleepers wait for the slots those free. A dispatcher that blocks on its gate does none of it.
+SLOW_GATE = [sys.executable, "-c", "import time; time.sleep(60)"]
+RESPONSIVENESS_SETTINGS = {"max_workers": 2, "worker_timeout_secs": 2, "merge_gate_command": SLOW_GATE}
+RESPONSIVENESS_TASKS = [("Gated", "AGENT: append gated.txt g"), ("Hangs", "AGENT: hang"),
+                        ("Quick", "AGENT: sleep 1\nAGENT: append quick.txt q"),
+                        ("Sleeper 1", "AGENT: sleep 30"), ("Sleeper 2", "AGENT: sleep 30")]
