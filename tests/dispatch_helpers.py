@@ -43,6 +43,13 @@ def wait_until(condition, proc: subprocess.Popen | None, what: str, timeout: flo
         time.sleep(0.05)
 
 
+def start_dispatcher_with_a_worker(cfg: Path, repo: Path) -> subprocess.Popen:
+    """The dispatcher as a process, once it has started its first worker."""
+    proc = start_dispatcher(cfg)
+    wait_until(lambda: events(repo, "worker_started"), proc, "a worker start")
+    return proc
+
+
 def has_commit(repo: Path, branch: str) -> bool:
     """Whether the branch has a commit that main has not."""
     result = subprocess.run(["git", "rev-list", "--count", f"main..refs/heads/{branch}"], cwd=repo,

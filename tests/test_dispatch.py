@@ -27,7 +27,7 @@ from crew.tasks import model
 from conftest import commit_file, git
 from conftest import AGENT_COMMAND
 from dispatch_helpers import (DISPATCH, add_task, assert_clean_finish, dispatch, events, main_file, merges_of,
-                              start_dispatcher, wait_until)
+                              start_dispatcher, start_dispatcher_with_a_worker, wait_until)
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="uses POSIX signals and sh")
 
@@ -204,9 +204,8 @@ def test_epics_are_never_dispatched_and_close_with_their_subtasks(agent_setup, r
 def test_a_second_dispatcher_is_refused(json_agent_setup, repo):
     cfg, config, store = json_agent_setup()
     add_task(store, "Sleeper", "sleep 4", "append s.txt s")
-    first = start_dispatcher(cfg)
+    first = start_dispatcher_with_a_worker(cfg, repo)
     try:
-        wait_until(lambda: events(repo, "worker_started"), first, "the first dispatcher's worker start")
         second = dispatch(cfg)
     finally:
         first.wait(timeout=60)
@@ -252,8 +251,7 @@ def test_killed_at_each_step_then_restarted_finishes_every_task_once(json_agent_
 def test_a_live_worker_is_adopted_after_the_dispatcher_is_killed(json_agent_setup, repo):
     cfg, config, store = json_agent_setup()
     task = add_task(store, "Long runner", "sleep 3", "append long.txt done")
-    first = start_dispatcher(cfg)
-    wait_until(lambda: events(repo, "worker_started"), first, "the worker start")
+    first = start_dispatcher_with_a_worker(cfg, repo)
     first.kill()
     first.communicate()
     again = dispatch(cfg)
@@ -268,8 +266,7 @@ def test_first_ctrl_c_lets_running_workers_finish_and_starts_nothing_new(json_ag
     cfg, config, store = json_agent_setup(max_workers=1)
     first = add_task(store, "Running", "sleep 2", "append r.txt r")
     later = add_task(store, "Not yet", "append n.txt n")
-    proc = start_dispatcher(cfg)
-    wait_until(lambda: events(repo, "worker_started"), proc, "the worker start")
+    proc = start_dispatcher_with_a_worker(cfg, repo)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
@@ -282,8 +279,7 @@ def test_first_ctrl_c_lets_running_workers_finish_and_starts_nothing_new(json_ag
 def test_second_ctrl_c_ends_workers_keeps_their_branches_and_releases_their_tasks(json_agent_setup, repo):
     cfg, config, store = json_agent_setup()
     task = add_task(store, "Stubborn", "append partial.txt partial", "hang")
-    proc = start_dispatcher(cfg)
-    wait_until(lambda: events(repo, "worker_started"), proc, "the worker start")
+    proc = start_dispatcher_with_a_worker(cfg, repo)
     time.sleep(1.5)  # let the agent commit
     proc.send_signal(signal.SIGINT)
     time.sleep(0.3)
@@ -407,8 +403,7 @@ def test_preflight_refuses_without_a_git_identity(json_agent_setup, repo, tmp_pa
 def test_status_while_running_and_after(json_agent_setup, repo):
     cfg, config, store = json_agent_setup()
     task = add_task(store, "Visible", "sleep 2", "append v.txt v")
-    proc = start_dispatcher(cfg)
-    wait_until(lambda: events(repo, "worker_started"), proc, "the worker start")
+    proc = start_dispatcher_with_a_worker(cfg, repo)
     status = json.loads(dispatch(cfg, "--status", "--json").stdout)
     assert status["dispatcher"]["pid"] == proc.pid
     assert [(w["task_id"], w["log"]) for w in status["workers"]] == [(task.id, f".dispatch_logs/{task.id}.1.log")]

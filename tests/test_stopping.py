@@ -15,7 +15,7 @@ from crew import processes
 from crew.dispatch import records
 from conftest import ROOT, git
 from dispatch_helpers import (DISPATCH, add_task, dispatch, events, has_commit, main_file, merges_of, start_dispatcher,
-                              wait_until)
+                              start_dispatcher_with_a_worker, wait_until)
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="uses POSIX signals and sh")
 windows_only = pytest.mark.skipif(os.name != "nt", reason="Windows console events")
@@ -111,8 +111,7 @@ def test_blocking_a_running_task_ends_its_worker_keeps_its_branch_and_merges_not
 def test_a_task_reopened_while_its_worker_runs_is_not_started_twice(json_agent_setup, repo):
     cfg, config, store = json_agent_setup(max_workers=2)
     task = add_task(store, "Reopened", "append r.txt r", "sleep 3")
-    proc = start_dispatcher(cfg)
-    wait_until(lambda: events(repo, "worker_started"), proc, "the worker start")
+    proc = start_dispatcher_with_a_worker(cfg, repo)
     tasks_cli(cfg, "reopen", task.id)
     plan = json.loads(dispatch(cfg, "--dry-run", "--json").stdout)
     assert plan == [{"id": task.id, "title": task.title, "start": False, "reason": "its worker is still running"}]
@@ -140,39 +139,38 @@ def test_a_hanging_setup_command_is_ended_as_a_tree_at_its_timeout(json_agent_se
     assert not processes.group_alive(int(pidfile.read_text()))  # the sleep 60 too
 
 
-@posix_only
-def test_a_second_ctrl_c_ends_a_hanging_setup_command(json_agent_setup, repo, tmp_path):
-    pidfile = tmp_path / "setup.pid"
-    cfg, config, store = json_agent_setup(worktree_setup_command=["sh", "-c", HANG, str(pidfile)])
-    task = add_task(store, "Set up slowly", "append s.txt s")
+def ctrl_c_twice_while_it_hangs(json_agent_setup, tmp_path: Path, setting: str, name: str) -> tuple:
+    """A task appends to `name` while the command in `setting` hangs with a grandchild; Ctrl-C
+    twice once the command runs. (the store, the task, the command's process group), once the
+    dispatcher has exited 130."""
+    pidfile = tmp_path / "hanging.pid"
+    cfg, config, store = json_agent_setup(**{setting: ["sh", "-c", HANG, str(pidfile)]})
+    task = add_task(store, f"Write {name}", f"append {name} {name}")
     proc = start_dispatcher(cfg)
-    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), proc, "the setup command")
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), proc, f"the {setting}")
     proc.send_signal(signal.SIGINT)
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
     finish(proc)
     assert proc.returncode == 130
-    assert not processes.group_alive(int(pidfile.read_text()))
+    return store, task, int(pidfile.read_text())
+
+
+@posix_only
+def test_a_second_ctrl_c_ends_a_hanging_setup_command(json_agent_setup, repo, tmp_path):
+    store, task, setup = ctrl_c_twice_while_it_hangs(json_agent_setup, tmp_path, "worktree_setup_command", "s.txt")
+    assert not processes.group_alive(setup)
     # Recorded but never started: the next run releases it and runs it, counting no attempt.
     assert [w["pid"] for w in state(repo)["workers"]] == [None]
     cfg2, *_ = json_agent_setup()
     assert dispatch(cfg2).returncode == 0
-    assert store.get(task.id).status == "closed" and main_file(repo, "s.txt") == "s\n"
+    assert store.get(task.id).status == "closed" and main_file(repo, "s.txt") == "s.txt\n"
 
 
 @posix_only
 def test_a_second_ctrl_c_ends_a_hanging_gate(json_agent_setup, repo, tmp_path):
-    pidfile = tmp_path / "gate.pid"
-    cfg, config, store = json_agent_setup(merge_gate_command=["sh", "-c", HANG, str(pidfile)])
-    task = add_task(store, "Gated", "append g.txt g")
-    proc = start_dispatcher(cfg)
-    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), proc, "the gate")
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
-    finish(proc)
-    assert proc.returncode == 130
-    assert not processes.group_alive(int(pidfile.read_text()))
+    store, task, gate = ctrl_c_twice_while_it_hangs(json_agent_setup, tmp_path, "merge_gate_command", "g.txt")
+    assert not processes.group_alive(gate)
     assert [e["task_id"] for e in state(repo)["merge_queue"]] == [task.id]  # gated again by the next run
     assert main_file(repo, "g.txt") is None
 
