@@ -90,7 +90,7 @@ def test_reading_commands_write_nothing_to_the_repository(repo, make_config):
     assert git(repo, "status", "--porcelain", "--untracked-files=all") == ""
 
 
-@pytest.mark.parametrize("command", ["split", "ingest", "tasks.py create", "dispatch"])
+@pytest.mark.parametrize("command", ["split", "ingest", "tasks.py create", "dispatch", "report"])
 def test_every_command_that_writes_keeps_git_status_clean(repo, make_config, fake_llm, command):
     """On a repository no command has written to yet (the demo's is checked in test_dispatch)."""
     cfg = make_config(task_backend="json", llm_url=fake_llm.url, worker_command=AGENT_COMMAND, poll_interval_secs=0.1)
@@ -103,6 +103,8 @@ def test_every_command_that_writes_keeps_git_status_clean(repo, make_config, fak
         run_script("ingest_suggested_tasks.py", cfg)
     elif command == "tasks.py create":
         run_script("tasks.py", cfg, "create", "Add a changelog")
+    elif command == "report":  # of a repository no dispatcher has run on: the page goes to .dispatch_logs/
+        run_script("dispatch_workers.py", cfg, "--report")
     else:  # the store writes the task and leaves the exclude file alone: the run itself must add to it
         store = tasks.open_task_store(configuration.load_config(str(cfg)))
         store.create("Add a changelog", "AGENT: append CHANGELOG.md first release", labels=["file:CHANGELOG.md"])

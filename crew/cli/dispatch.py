@@ -10,6 +10,7 @@ from pathlib import Path
 from crew import config as configuration
 from crew import errors
 from crew import tasks as task_stores
+from crew import workspace
 from crew.cli import base as cli_base
 from crew.dispatch import session
 from crew.dispatch import status as run_status
@@ -129,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return demo.run_demo(args.json)
     config = configuration.load_config(args.config)
     if args.report:  # from the events log alone: no store, and no matter whether a dispatcher runs
+        if not args.out:
+            workspace.exclude_toolkit_files(config)  # the page goes to .dispatch_logs/
         path = page.write_report(config.root, Path(args.out) if args.out else None)
         if args.json:
             cli_base.print_json({"report": str(path)})
