@@ -13,7 +13,9 @@ import pytest
 
 from crew import processes
 from crew import testing
-from dispatch_helpers import DISPATCH, events
+from conftest import git
+from dispatch_helpers import DISPATCH, add_task, events
+from test_merge_queue import run_with_a_person_on_followups
 
 GATE_SECS = 60  # testing.SLOW_GATE: everything below must happen well before it ends
 
@@ -57,3 +59,16 @@ def test_a_timeout_a_refill_and_ctrl_c_all_happen_while_the_gate_runs(json_agent
     # The stop ended the gate: no verdict, nothing merged, its process tree gone.
     assert not [name for name, _ in names if name in ("gate_passed", "gate_failed", "merged")]
     assert not processes.group_alive(log[gate_started]["pid"])
+
+
+def test_a_gate_past_its_timeout_is_ended_and_files_a_fix_task(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup(merge_gate_command=testing.SLOW_GATE, merge_gate_timeout_secs=1)
+    before = git(repo, "rev-parse", "main")
+    task = add_task(store, "Slow checks", "append slow.txt s")
+    filed_id, _ = run_with_a_person_on_followups(config, store)
+    fix = store.get(filed_id)
+    assert fix.title == f"Fix failing checks: work/{task.id}"
+    assert "merge_gate_command timed out after 1 s" in fix.description
+    assert git(repo, "rev-parse", "main") == before
+    [started] = events(repo, "gate_started")
+    assert processes.process_start_time(started["pid"]) is None  # ended and reaped

@@ -109,29 +109,29 @@ class Gate:
             prepared = self.preparing.result()  # a gate worktree that cannot be made stops the run (UserError)
             self.preparing = None
             if not prepared or self.stopped():
-                return self.forget(record, GateOutcome(None, self.stopped() or "", record))
+                return self.conclude(record, None, self.stopped() or "")
             self.begin(record)
             return None
-        if self.kill is None:
-            if self.proc.poll() is not None:
-                # What it left running would hold the worktree the next gate checks out.
-                self.kill = processes.TreeKill.begin(self.proc.pid, 0.2, self.proc)
-            elif why := self.stopped():
+        if self.kill is None and self.proc.poll() is None:
+            if why := self.stopped():
                 self.cancel(why)
             elif now > record.deadline:
                 self.ended = f"timed out after {self.config.merge_gate_timeout_secs:g} s"
                 self.kill = processes.TreeKill.begin(self.proc.pid, self.config.worker_kill_grace_secs, self.proc)
-        if self.kill is None or not self.kill.poll():
+            return None  # looked at again on the next pass
+        if self.kill is None and not processes.IS_WINDOWS:
+            # What it left running in its group would hold the worktree the next gate checks out.
+            self.kill = processes.TreeKill.begin(self.proc.pid, 0.2, self.proc)
+        if self.kill is not None and not self.kill.poll():
             return None
         if why := self.stopped():
-            return self.forget(record, GateOutcome(None, why, record))
+            return self.conclude(record, None, why)
         failpoints.failpoint("during_gate")
         output = (self.config.root / record.log).read_text(encoding="utf-8", errors="replace")[-OUTPUT_TAIL:]
         if not self.ended and self.proc.returncode == 0:
-            return self.forget(record, GateOutcome(True, output, record))
-        return self.forget(record, GateOutcome(
-            False, f"merge_gate_command {self.ended or f'exited {self.proc.returncode}'}; output tail:\n{output}",
-            record))
+            return self.conclude(record, True, output)
+        return self.conclude(record, False, f"merge_gate_command {self.ended or f'exited {self.proc.returncode}'}; "
+                                            f"output tail:\n{output}")
 
     def begin(self, record: records.GateRecord) -> None:
         """Start the gate's process and record its pid before anything else."""
@@ -143,11 +143,12 @@ class Gate:
         self.ledger.save_state()
         self.ledger.event("gate_started", record.task_id, commit=record.commit, pid=record.pid, log=record.log)
 
-    def forget(self, record: records.GateRecord, outcome: GateOutcome | None = None) -> GateOutcome | None:
+    def conclude(self, record: records.GateRecord, passed: bool | None, output: str) -> GateOutcome:
+        """The gate is over: its record goes, and its verdict is handed to the merge queue."""
         self.ledger.state.gates.remove(record)
         self.ledger.save_state()
         self.preparing = self.proc = self.kill = None
-        return outcome
+        return GateOutcome(passed, output, record)
 
     def remove_worktree(self) -> None:
         """At the end of a run: the gate worktree, if the dispatcher made it."""
