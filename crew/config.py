@@ -67,6 +67,7 @@ class Config:
     merge_slot: bool = True
     merge_gate_command: list[str] | None = None
     merge_gate_timeout_secs: float = 900
+    merge_gate_parallelism: int = 1
     on_conflict: str = "assign_back"
     auto_retry_merge_on_conflict_close: bool = True
     max_merge_retries: int = 3
@@ -115,7 +116,8 @@ def _type_name(annotation: str) -> str:
 # a task blocked before its first attempt); every other number only has to be 0 or more.
 POSITIVE_KEYS = {"max_workers", "poll_interval_secs", "llm_timeout_secs", "llm_num_ctx", "llm_max_tokens",
                  "prompt_max_files",
-                 "breaker_failures", "max_attempts", "merge_gate_timeout_secs", "worktree_setup_timeout_secs"}
+                 "breaker_failures", "max_attempts", "merge_gate_timeout_secs", "merge_gate_parallelism",
+                 "worktree_setup_timeout_secs"}
 
 
 def _check_range(key: str, value: float, source: str) -> None:

@@ -26,6 +26,7 @@ from conftest import AGENT_COMMAND, ROOT, git
     ('{"max_workers": 0}', "'max_workers' must be more than 0, got 0"),
     ('{"poll_interval_secs": 0}', "'poll_interval_secs' must be more than 0, got 0"),
     ('{"max_attempts": 0}', "'max_attempts' must be more than 0, got 0"),
+    ('{"merge_gate_parallelism": 0}', "'merge_gate_parallelism' must be more than 0, got 0"),
     ('{"worktree_setup_timeout_secs": 0}', "'worktree_setup_timeout_secs' must be more than 0, got 0"),
     ('{"merge_gate_timeout_secs": NaN}', "'merge_gate_timeout_secs' must be a finite number, got nan"),
     ('{"worker_timeout_secs": -1}', "'worker_timeout_secs' must not be negative, got -1"),
