@@ -34,8 +34,9 @@ Layout, one concern a module (each module imports only the ones it needs, as mod
   dispatch/finish.py       an ended worker judged from git: merge queue, another attempt, or blocked
   dispatch/gate.py         merge_gate_command on a merge commit, in the gate worktree
   dispatch/merge_queue.py  the merge queue: one branch at a time behind the merge slot
-  dispatch/speculation.py  speculative parallel gates (issue 13): the pure plan
-  dispatch/stacks.py       speculative merge commits for those gates, made without a checkout
+  dispatch/speculation.py  parallel gates as pure decisions: what gates on what, lands, fails, is void
+  dispatch/stacks.py       speculative commits: a branch merged onto main and the entries ahead of it
+  dispatch/parallel_gates.py  the merge queue with merge_gate_parallelism above 1 (speculative gates)
   dispatch/store_thread.py the task store on a thread of its own, so a slow call never holds up the loop
   dispatch/conflicts.py    conflict and fix tasks, and the pending merges that wait for them
   dispatch/recovery.py     after a crash or restart: adopt, end, release, prune

@@ -88,6 +88,9 @@ def print_status(result: dict) -> None:
     for w in result["workers"]:
         print(f"  worker {w['slot']}: {w['task_id']} on {w['branch']} (pid {w['pid']}, until {w['deadline']}, "
               f"log {w['log']})")
+    for g in result["gates"]:
+        print(f"  gate: {g['task_id']} on {' + '.join([result['main_branch'], *g['stack']])} ({g['commit'][:10]}), "
+              f"{g['state']} for {g['elapsed_secs']:g} s (pid {g['pid']}, log {g['log']})")
     for e in result["merge_queue"]:
         print(f"  merge queue: {e['task_id']} ({e['branch']})" + (f": {e['waiting']}" if e["waiting"] else ""))
     for p in result["pending_merges"]:

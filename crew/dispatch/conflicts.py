@@ -60,11 +60,15 @@ class Conflicts:
         self.root = config.root
 
     def file(self, request: records.MergeRequest, files: list[str], main_commit: str, detail: str,
-             kind: str = "conflict", merged: git.MergeResult | None = None) -> bool:
-        """The branch cannot merge as it is: rebase it, or hand it back as a task."""
+             kind: str = "conflict", merged: git.MergeResult | None = None, commit: str | None = None) -> bool:
+        """The branch cannot merge as it is: rebase it, or hand it back as a task. commit: the
+        merge commit whose gate failed (kind "gate")."""
         ledger = self.ledger
         task_id, branch = request.task_id, request.branch
-        ledger.event("merge_conflict" if kind == "conflict" else "gate_failed", task_id, files=files)
+        if kind == "conflict":
+            ledger.event("merge_conflict", task_id, files=files)
+        else:
+            ledger.event("gate_failed", task_id, files=files, commit=commit)
         if kind == "conflict" and self.config.on_conflict == "auto_rebase" and not request.rebased:
             request.rebased = True
             ledger.save_state()

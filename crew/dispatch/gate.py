@@ -7,6 +7,7 @@ import concurrent.futures
 import dataclasses
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from crew import config as configuration
@@ -54,15 +55,16 @@ class Gate:
     def busy(self) -> bool:
         return self.record is not None
 
-    def start(self, request: records.MergeRequest, base: str, commit: str) -> None:
-        """Record the gate of `commit` (the request's merge on `base`), then prepare its worktree
-        off the loop; poll() starts the process once that is done."""
+    def start(self, request: records.MergeRequest, base: str, commit: str, stack: Sequence[str] = ()) -> None:
+        """Record the gate of `commit` (the request's merge on `base`; stack: the queue entries
+        ahead of it that `base` holds, with parallel gates), then prepare its worktree off the
+        loop; poll() starts the process once that is done."""
         log = self.ledger.logs / f"{self.worktree.name.lstrip('.')}.log"
         log.unlink(missing_ok=True)
         self.ledger.state.gates.append(records.GateRecord(
             task_id=request.task_id, branch=request.branch, base=base, commit=commit, worktree=str(self.worktree),
             log=f"{log.parent.name}/{log.name}", pid=None, pid_start_time=None, started_at=time.time(),
-            deadline=None))
+            deadline=None, stack=list(stack)))
         self.ledger.save_state()
         self.proc = self.kill = self.ended = self.cancelled = None
         self.preparing = self.starter.submit(self._prepare, commit, log)
@@ -141,7 +143,8 @@ class Gate:
         record.started_at = time.time()
         record.deadline = record.started_at + self.config.merge_gate_timeout_secs
         self.ledger.save_state()
-        self.ledger.event("gate_started", record.task_id, commit=record.commit, pid=record.pid, log=record.log)
+        self.ledger.event("gate_started", record.task_id, commit=record.commit, stack=record.stack, pid=record.pid,
+                          log=record.log)
 
     def conclude(self, record: records.GateRecord, passed: bool | None, output: str) -> GateOutcome:
         """The gate is over: its record goes, and its verdict is handed to the merge queue."""

@@ -9,7 +9,7 @@ import time
 from crew import config as configuration
 from crew import errors
 from crew import failpoints
-from crew import processes
+from crew.dispatch import parallel_gates
 from crew.dispatch import records
 from crew.dispatch import scheduler
 from crew.dispatch.conflicts import Conflicts
@@ -35,8 +35,9 @@ class Dispatcher:
         # Workers recorded by an earlier run are ours until reconcile() has looked at them.
         self.pool = WorkerPool(config, self.ledger, max_workers, self.stop_now_reason)
         self.conflicts = Conflicts(config, self.ledger, store)
-        self.gate = Gate(config, self.ledger, self.pool.starter, self.stop_now_reason)
-        self.queue = MergeQueue(config, self.ledger, store, self.gate, self.conflicts, self.stop_now_reason)
+        gates = [Gate(config, self.ledger, self.pool.starter, self.stop_now_reason, worktree)
+                 for worktree in parallel_gates.gate_worktrees(config)]
+        self.queue = MergeQueue(config, self.ledger, store, gates, self.conflicts, self.stop_now_reason)
         self.breaker = scheduler.Breaker(config.breaker_failures, config.breaker_pause_secs, watch)
         self.finisher = Finisher(config, self.ledger, store, self.pool, self.queue, self.breaker)
         self.recovery = Recovery(config, self.ledger, store)
@@ -138,12 +139,12 @@ class Dispatcher:
                 self.fill_slots()
                 self.next_poll = time.time() + self.config.poll_interval_secs
             changed |= merged
-            if not ledger.state.workers and not self.gate.busy and not self.queue.due(time.time()) and (
+            if not ledger.state.workers and not self.queue.gating and not self.queue.due(time.time()) and (
                     self.stopping or (not changed and not self.watch)):
                 break
             time.sleep(WORKER_POLL_SECS)
         self.pool.starter.shutdown(wait=True)
-        self.gate.remove_worktree()
+        self.queue.remove_gate_worktrees()
         summary = ledger.summary
         for request in ledger.state.merge_queue:
             summary["waiting"].append({"id": request.task_id, "reason": request.waiting or "in the merge queue"})
@@ -176,14 +177,13 @@ class Dispatcher:
     def stop_now(self, why: str) -> None:
         """End every worker and leave: their branches and records stay for the next run, which
         merges their commits but releases their tasks, as after a timeout."""
-        self.gate.cancel(why)  # its request stays queued, gated again by the next run
+        self.queue.cancel_gates(why)
         for worker in list(self.ledger.state.workers.values()):
             if (starting := self.pool.starting.get(worker.slot)) is not None:
                 concurrent.futures.wait([starting])  # its setup command is ended at once too
                 continue  # recorded but never started: the next run releases its task
             self.pool.end(worker, why)
-        while self.gate.poll(time.time()) is None and self.gate.busy:  # its kill, bounded by the grace
-            time.sleep(processes.KILL_STEP_SECS)
+        self.queue.wait_for_gates()
         self.say(f"{why}: workers ended; their branches are kept for the next run")
         if self.stop_signal is not None:
             raise SystemExit(128 + self.stop_signal)  # the shell's convention: 143 for SIGTERM, 129 for SIGHUP

@@ -13,8 +13,10 @@ from crew import config as configuration
 from crew import failpoints
 from crew import git
 from crew import processes
+from crew.dispatch import parallel_gates
 from crew.dispatch import records
 from crew.dispatch import scheduler
+from crew.dispatch import stacks
 from crew.dispatch import worktrees
 from crew.dispatch import conflicts as conflict_tasks
 from crew.dispatch import gate as gates
@@ -27,8 +29,9 @@ MERGE_SLOT_HELD = "the merge slot is held by another process"
 @dataclasses.dataclass
 class Decision:
     """What decide() made of a request: "clean" (its merge commit on `base`, to gate or land),
-    "conflict" (handed back as a task, or rebased), "waits" (main is held), "merged" (before a
-    crash: only the bookkeeping was left) or "dropped" (its task or branch is gone, or the task changed)."""
+    "conflict" (handed back as a task, or rebased), stacks.STACK_CONFLICT (it merges onto main but not
+    onto the speculative commit it was to be stacked on), "waits" (main is held), "merged" (before
+    a crash: only the bookkeeping was left) or "dropped" (its task or branch is gone, or the task changed)."""
 
     verdict: str
     task: task_model.Task | None = None
@@ -37,9 +40,12 @@ class Decision:
 
 
 class MergeQueue:
-    def __init__(self, config: configuration.Config, ledger: Ledger, store: task_model.TaskStore, gate: gates.Gate,
-                 conflicts: conflict_tasks.Conflicts, stop_now_reason):
-        self.config, self.ledger, self.store, self.gate, self.conflicts = config, ledger, store, gate, conflicts
+    def __init__(self, config: configuration.Config, ledger: Ledger, store: task_model.TaskStore,
+                 all_gates: list[gates.Gate], conflicts: conflict_tasks.Conflicts, stop_now_reason):
+        """all_gates: one gate, or with merge_gate_parallelism above 1 that many, run speculatively."""
+        self.config, self.ledger, self.store, self.conflicts = config, ledger, store, conflicts
+        self.gates, self.gate = all_gates, all_gates[0]
+        self.speculative = parallel_gates.ParallelGates(self, all_gates) if len(all_gates) > 1 else None
         self.stop_now_reason = stop_now_reason
         self.root = config.root
 
@@ -59,9 +65,32 @@ class MergeQueue:
         """The requests that may be tried now (a waiting one pauses until its retry_at)."""
         return [request for request in self.requests if request.retry_at <= now]
 
+    @property
+    def gating(self) -> bool:
+        return any(gate.busy for gate in self.gates)
+
+    def cancel_gates(self, why: str) -> None:
+        """At a stop: every gate's kill is begun (wait_for_gates finishes them); their requests
+        stay queued and are gated again by the next run."""
+        for gate in self.gates:
+            gate.cancel(why)
+
+    def wait_for_gates(self) -> None:
+        """Until every cancelled gate's process tree is gone (bounded by the kill grace)."""
+        while self.gating:
+            for gate in self.gates:
+                gate.poll(time.time())
+            time.sleep(processes.KILL_STEP_SECS)
+
+    def remove_gate_worktrees(self) -> None:
+        for gate in self.gates:
+            gate.remove_worktree()
+
     def step(self) -> bool:
         """Merge queued branches in order; True if main moved or the queue changed. Never waits
         for the gate: while it runs it is looked at, and nothing behind its request merges."""
+        if self.speculative:
+            return self.speculative.step()
         if self.gate.busy:
             outcome = self.gate.poll(time.time())
             return outcome is not None and self.after_gate(outcome)
@@ -86,10 +115,16 @@ class MergeQueue:
         except filelock.Timeout:
             return None
 
+    def merge_slot_or_wait(self, request: records.MergeRequest):
+        """The merge slot, or None when another process holds it: the request then waits."""
+        if (slot := self.merge_slot()) is None:
+            self.merge_waits(request, MERGE_SLOT_HELD)
+        return slot
+
     def merge(self, request: records.MergeRequest) -> bool:
         """Decide the request's merge and land it, or hand its merge commit to the gate."""
-        if (slot := self.merge_slot()) is None:
-            return self.merge_waits(request, MERGE_SLOT_HELD)
+        if (slot := self.merge_slot_or_wait(request)) is None:
+            return False
         with slot:
             while True:
                 decision = self.decide(request)
@@ -101,9 +136,10 @@ class MergeQueue:
                 if (landed := self.land(request, decision.task, decision.base, decision.commit)) is not None:
                     return landed
 
-    def decide(self, request: records.MergeRequest) -> Decision:
-        """What becomes of a request now, with the merge slot held: its merge commit on main
-        (verdict "clean"), or what was done instead. Git and the store only, no process of ours."""
+    def decide(self, request: records.MergeRequest, onto: str | None = None) -> Decision:
+        """What becomes of a request now, with the merge slot held: its merge commit on main, or
+        on `onto` (the speculative commit of the entry ahead of it) when given (verdict "clean"),
+        or what was done instead. Git and the store only, no process of ours."""
         root, main, ledger = self.root, self.config.main_branch, self.ledger
         task = ledger.current_task(request.task_id, request.task_created_at)
         if task is None:
@@ -134,13 +170,14 @@ class MergeQueue:
         if marked := git.new_marker_files(root, base, tip):
             self.conflicts.file(request, marked, base, "the branch adds conflict markers")
             return Decision("conflict")
-        merged = git.merge_tree(root, base, tip)
-        if merged.tree is None:
-            self.conflicts.file(request, merged.files, base, merged.messages, merged=merged)
+        merged = stacks.merge_onto(root, onto or base, base, tip,
+                                   f"Merge {request.branch}: {request.title} ({request.task_id})")
+        if merged.with_main:
+            self.conflicts.file(request, merged.conflict.files, base, merged.conflict.messages, merged=merged.conflict)
             return Decision("conflict")
-        commit = git.git_out(root, "commit-tree", merged.tree, "-p", base, "-p", tip, "-m",
-                             f"Merge {request.branch}: {request.title} ({request.task_id})")
-        return Decision("clean", task, base, commit)
+        if merged.commit is None:
+            return Decision(stacks.STACK_CONFLICT, task)
+        return Decision("clean", task, onto or base, merged.commit)
 
     def after_gate(self, outcome: gates.GateOutcome) -> bool:
         """Act on the gate's verdict under the merge slot. Whatever changed while it ran (main,
@@ -151,19 +188,25 @@ class MergeQueue:
             return False  # ended by a stop: the request stays queued and is gated again
         if outcome.passed:
             self.ledger.event("gate_passed", request.task_id, commit=gated.commit)
-        if (slot := self.merge_slot()) is None:
-            return self.merge_waits(request, MERGE_SLOT_HELD)
+        if (slot := self.merge_slot_or_wait(request)) is None:
+            return False
         with slot:
             if git.rev_parse(self.root, self.config.main_branch) != gated.base:
                 return False  # main moved while the gate ran: recompute and gate again
             if not outcome.passed:
-                return self.conflicts.file(request, [], gated.base, outcome.output, kind="gate")
-            task = self.ledger.current_task(request.task_id, request.task_created_at)
-            if (task is None or task.status != "in_progress" or task.assignee != request.actor
-                    or git.rev_parse(self.root, f"refs/heads/{request.branch}") != git.rev_parse(
-                        self.root, f"{gated.commit}^2")):
+                return self.conflicts.file(request, [], gated.base, outcome.output, kind="gate", commit=gated.commit)
+            if (task := self.unchanged_task(request, gated.commit)) is None:
                 return False  # decide() says what becomes of it now
             return bool(self.land(request, task, gated.base, gated.commit))
+
+    def unchanged_task(self, request: records.MergeRequest, commit: str) -> task_model.Task | None:
+        """The request's task, if neither it nor the branch changed since `commit` (the branch's
+        merge) was made; None: decide() says what becomes of it now."""
+        task = self.ledger.current_task(request.task_id, request.task_created_at)
+        if (task is None or task.status != "in_progress" or task.assignee != request.actor
+                or git.rev_parse(self.root, f"refs/heads/{request.branch}") != git.rev_parse(self.root, f"{commit}^2")):
+            return None
+        return task
 
     def land(self, request: records.MergeRequest, task: task_model.Task, base: str, commit: str) -> bool | None:
         """Move main from `base` to the merge commit and finish the request; None when main moved

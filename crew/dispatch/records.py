@@ -154,7 +154,9 @@ class DispatcherRecord(Record):
 
 @dataclasses.dataclass
 class GateRecord(Record):
-    """A merge gate under way: the merge commit it checks, and its process once started."""
+    """A merge gate under way: the merge commit it checks (made on `base`: main, or with parallel
+    gates the speculative commit of the entry ahead), and its process once started. stack: the
+    queue entries ahead of it that its commit holds (task ids, in order; empty: on main alone)."""
 
     task_id: str
     branch: str
@@ -166,6 +168,7 @@ class GateRecord(Record):
     pid_start_time: float | None
     started_at: float
     deadline: float | None
+    stack: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass

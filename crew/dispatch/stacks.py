@@ -11,6 +11,8 @@ from pathlib import Path
 
 from crew import git
 
+STACK_CONFLICT = "stack conflict"  # a branch that merges onto main but not onto the entries ahead of it
+
 
 @dataclasses.dataclass(frozen=True)
 class Speculative:

@@ -29,6 +29,10 @@ def status(config: configuration.Config, store: task_model.TaskStore) -> dict:
                      "deadline": iso(w.deadline), "log": w.log} for w in state.workers.values()],
         "merge_queue": [{"task_id": r.task_id, "branch": r.branch, "outcome": r.outcome, "waiting": r.waiting}
                         for r in state.merge_queue],
+        "main_branch": config.main_branch,
+        "gates": [{"task_id": g.task_id, "branch": g.branch, "stack": g.stack, "commit": g.commit,
+                   "worktree": g.worktree, "state": "gating" if g.pid else "preparing", "pid": g.pid,
+                   "elapsed_secs": round(time.time() - g.started_at, 1), "log": g.log} for g in state.gates],
         "pending_merges": [{"followup_task": followup, **pending.to_json()}
                            for followup, pending in state.pending.items()],
         "counts": counts,

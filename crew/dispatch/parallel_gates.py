@@ -1,0 +1,171 @@
+"""Speculative parallel gates (merge_gate_parallelism above 1, issue 13): the first queue entries
+are gated at once, each in its own gate worktree (.gate-1, .gate-2, ...) on a speculative commit,
+main with the entries ahead of it merged. speculation.plan decides, stacks makes the commits, and
+main still moves only by compare-and-swap to a commit whose gate passed exactly as it is."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from crew import config as configuration
+from crew import git
+from crew.dispatch import gate as gates
+from crew.dispatch import records
+from crew.dispatch import speculation
+from crew.dispatch import stacks
+
+if TYPE_CHECKING:  # the merge queue makes its parallel gates
+    from crew.dispatch.merge_queue import MergeQueue
+
+STACK_CHANGED = "its stack changed: gated again on the one there is now"
+PASSED_WAITS = "passed its gate: lands once every entry ahead of it has landed"
+
+
+class ParallelGates:
+    """The merge queue's steps when gates run in parallel. Gates still running are recorded in
+    ledger.state.gates (a restart ends them and gates their entries again); a gate's verdict is
+    kept here, in memory, until its entry lands, its failure counts, or its stack is void."""
+
+    def __init__(self, queue: MergeQueue, gate_worktrees: list[gates.Gate]):
+        self.queue, self.gates, self.ledger = queue, gate_worktrees, queue.ledger
+        self.verdicts: dict[str, gates.GateOutcome] = {}  # by task id: finished gates, passed or failed
+        self.stack_conflicts: set[str] = set()  # task ids whose branch conflicts with the stack ahead, not main
+
+    def step(self) -> bool:
+        """Look at the gates, then act on the plan until it leaves the queue as it is; True if
+        main moved or the queue changed."""
+        changed = self.poll()
+        for _ in range(len(self.queue.requests) + 1):  # each round lands or drops an entry, or stops
+            if self.queue.stop_now_reason():
+                break
+            acted = self.carry_out(self.plan())
+            changed |= acted
+            if not acted:
+                break
+        return changed
+
+    def poll(self) -> bool:
+        """Keep each verdict that came in; a gate ended without one (cancelled, a stop) leaves none."""
+        came_in = False
+        for gate in self.gates:
+            if not gate.busy or (outcome := gate.poll(time.time())) is None or outcome.passed is None:
+                continue
+            if outcome.passed:
+                self.ledger.event("gate_passed", outcome.record.task_id, commit=outcome.record.commit)
+            self.verdicts[outcome.record.task_id] = outcome
+            came_in = True
+        return came_in
+
+    def running(self, task_id: str) -> gates.Gate | None:
+        return next((gate for gate in self.gates if gate.busy and not gate.cancelled
+                     and gate.record.task_id == task_id), None)
+
+    def state_of(self, task_id: str) -> speculation.GateState | None:
+        if gate := self.running(task_id):
+            return speculation.GateState(gate.record.base, gate.record.commit)
+        if verdict := self.verdicts.get(task_id):
+            result = speculation.PASSED if verdict.passed else speculation.FAILED
+            return speculation.GateState(verdict.record.base, verdict.record.commit, result)
+        return None
+
+    def plan(self) -> speculation.Plan:
+        requests = self.queue.requests
+        queued = {request.task_id for request in requests}
+        self.verdicts = {task_id: v for task_id, v in self.verdicts.items() if task_id in queued}
+        if requests:
+            self.stack_conflicts &= queued - {requests[0].task_id}  # the first is judged against main
+        entries = [speculation.Entry(request.task_id, self.state_of(request.task_id),
+                                     request.task_id in self.stack_conflicts) for request in requests]
+        main = git.rev_parse(self.queue.root, self.queue.config.main_branch)
+        return speculation.plan(entries, main, self.queue.config.merge_gate_parallelism)
+
+    def carry_out(self, plan: speculation.Plan) -> bool:
+        """True when the queue changed (an entry landed or left): plan again."""
+        for task_id in plan.cancel:
+            gate = self.running(task_id)
+            self.ledger.event("gate_cancelled", task_id, commit=gate.record.commit, reason=STACK_CHANGED)
+            gate.cancel(STACK_CHANGED)
+        for task_id in plan.void:
+            self.verdicts.pop(task_id)
+        self.show_waiting(plan)
+        if plan.land:
+            return self.land(self.request(plan.land))
+        if plan.fail:
+            return self.count_failure(self.request(plan.fail))
+        return self.start(plan.start)
+
+    def request(self, task_id: str) -> records.MergeRequest:
+        return next(request for request in self.queue.requests if request.task_id == task_id)
+
+    def show_waiting(self, plan: speculation.Plan) -> None:
+        """Why each entry waits, for --status (a merge that waits for main keeps its own reason)."""
+        changed, now = False, time.time()
+        for request in self.queue.requests:
+            reason = plan.waiting.get(request.task_id)
+            verdict = self.verdicts.get(request.task_id)
+            if reason is None and verdict is not None and verdict.passed and request.task_id != plan.land:
+                reason = PASSED_WAITS
+            if request.retry_at <= now and request.waiting != reason:
+                request.waiting, changed = reason, True
+        if changed:
+            self.ledger.save_state()
+
+    def land(self, request: records.MergeRequest) -> bool:
+        """Main moves to the first entry's speculative commit (its gate passed on main as it is)."""
+        if request.retry_at > time.time():
+            return False  # main is held: it waits, and the entries behind it with it
+        gated = self.verdicts[request.task_id].record
+        if (slot := self.queue.merge_slot_or_wait(request)) is None:
+            return False
+        with slot:
+            task = self.queue.unchanged_task(request, gated.commit)
+            if task is None:
+                del self.verdicts[request.task_id]  # decide() says what becomes of it
+                return True
+            landed = self.queue.land(request, task, gated.base, gated.commit)
+        return landed is not False  # None: main moved meanwhile, the plan gates it again
+
+    def count_failure(self, request: records.MergeRequest) -> bool:
+        """The first entry failed on main as it is: it leaves the queue with its fix task."""
+        if (slot := self.queue.merge_slot_or_wait(request)) is None:
+            return False
+        verdict = self.verdicts.pop(request.task_id)
+        with slot:
+            if git.rev_parse(self.queue.root, self.queue.config.main_branch) != verdict.record.base:
+                return True  # main moved meanwhile: gated again
+            self.queue.conflicts.file(request, [], verdict.record.base, verdict.output, kind="gate",
+                                      commit=verdict.record.commit)
+        return True
+
+    def start(self, starts: list[speculation.GateStart]) -> bool:
+        """Start the planned gates in order, while a gate worktree is free: each on the speculative
+        commit of the entry ahead (made now, or by its gate still running). True if the queue
+        changed meanwhile (an entry left, or conflicted with its stack): plan again."""
+        free = [gate for gate in self.gates if not gate.busy]
+        made: dict[str, str] = {}  # task id -> the speculative commit started this step
+        for start in starts:
+            request = self.request(start.task_id)
+            if not free or request.retry_at > time.time():
+                break  # no entry behind starts: its stack holds this one
+            onto = None if start.onto is None else made.get(start.onto) or self.state_of(start.onto).commit
+            if (slot := self.queue.merge_slot_or_wait(request)) is None:
+                break
+            with slot:
+                decision = self.queue.decide(request, onto)
+            if decision.verdict == stacks.STACK_CONFLICT:
+                self.stack_conflicts.add(start.task_id)
+                return True
+            if decision.commit is None:
+                return decision.verdict != "waits"
+            free.pop(0).start(request, decision.base, decision.commit, stack=list(start.stack))
+            made[start.task_id] = decision.commit
+        return False
+
+
+def gate_worktrees(config: configuration.Config) -> list[Path]:
+    """One gate worktree a gate: .gate as ever, or with parallel gates .gate-1 ... .gate-N."""
+    root, parallelism = Path(config.worktree_root), config.merge_gate_parallelism
+    if parallelism == 1 or not config.merge_gate_command:
+        return [root / ".gate"]
+    return [root / f".gate-{n}" for n in range(1, parallelism + 1)]
