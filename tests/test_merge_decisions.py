@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from crew.dispatch import records
+from crew.dispatch import stacks
 from crew.dispatch.conflicts import Conflicts
 from crew.dispatch.ledger import Ledger
 from crew.dispatch.merge_queue import MergeQueue
@@ -22,7 +23,7 @@ def queue(json_agent_setup) -> MergeQueue:
     """No gate (decide never starts one) and nothing stopping."""
     _, config, store = json_agent_setup()
     ledger = Ledger(config, store, say=lambda message: None)
-    return MergeQueue(config, ledger, store, gate=None, conflicts=Conflicts(config, ledger, store),
+    return MergeQueue(config, ledger, store, all_gates=[None], conflicts=Conflicts(config, ledger, store),
                       stop_now_reason=lambda: None)
 
 
@@ -61,6 +62,21 @@ def test_a_conflict_becomes_a_task_and_a_pending_merge(queue, repo):
     assert queue.store.get(followup_id).title == f"Resolve merge conflict: {request.branch}"
     assert pending.files == ["settings.ini"] and pending.main_commit == main and pending.task_id == request.task_id
     assert queue.requests == [] and main_file(repo, "settings.ini") == "color=green\n"
+
+
+def test_stacked_on_the_entry_ahead_a_branch_that_conflicts_only_with_it_waits_and_files_nothing(queue, repo):
+    commit_file(repo, "settings.ini", "color=blue\n")
+    ahead = queued(queue, "settings.ini", "color=red\n")
+    behind = queued(queue, "settings.ini", "color=green\n")
+    speculative = queue.decide(ahead).commit
+    decision = queue.decide(behind, onto=speculative)
+    assert decision.verdict == stacks.STACK_CONFLICT and decision.commit is None
+    assert queue.ledger.state.pending == {} and queue.requests == [ahead, behind]
+    # One that merges onto the stack is made on the speculative commit it was given.
+    other = queued(queue, "other.txt", "x\n")
+    stacked = queue.decide(other, onto=speculative)
+    assert stacked.verdict == "clean" and stacked.base == speculative
+    assert git(repo, "rev-parse", f"{stacked.commit}^1") == speculative
 
 
 def test_a_branch_that_commits_conflict_markers_is_handed_back(queue, repo):

@@ -85,7 +85,7 @@ def test_each_gate_sees_main_and_exactly_the_entries_ahead_of_it(json_agent_setu
 
 def test_a_failure_in_the_middle_regates_only_the_entries_behind_it(json_agent_setup, repo, tmp_path):
     record = tmp_path / "seen.jsonl"
-    cfg, config, store = json_agent_setup(max_workers=4, merge_gate_command=recording_gate(record, "g1.txt"),
+    cfg, config, store = json_agent_setup(max_workers=4, merge_gate_command=recording_gate(record, "g1.txt", wait=2.5),
                                           merge_gate_parallelism=4, max_merge_retries=0)
     tasks = queue_of_branches(store, 4)
     order = [t.id for t in tasks]
@@ -100,6 +100,7 @@ def test_a_failure_in_the_middle_regates_only_the_entries_behind_it(json_agent_s
     assert gated[order[1]][-1]["merges"] == order[:2]
     for behind in order[2:]:
         assert order[1] not in gated[behind][-1]["merges"]  # gated again without it
+    assert order[1] in gated[order[3]][0]["merges"]  # first gated speculatively, on the failure's stack
     assert_each_landing_passed_its_gate_as_it_is(repo, seen)
 
 
