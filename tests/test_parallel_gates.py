@@ -163,3 +163,24 @@ def test_killed_during_parallel_gates_a_restart_lands_each_entry_once_and_never_
     assert [merges_of(repo, t) for t in order] == [1, 0, 1, 1]
     assert store.get(order[1]).status == "blocked"
     assert_each_landing_passed_its_gate_as_it_is(repo, seen_by_gates(record))
+
+
+def test_an_entry_that_conflicts_with_the_entries_ahead_but_not_main_waits_then_is_judged_on_main(
+        json_agent_setup, repo, tmp_path):
+    record = tmp_path / "seen.jsonl"
+    cfg, config, store = json_agent_setup(max_workers=3, merge_gate_command=recording_gate(record),
+                                          merge_gate_parallelism=3, max_merge_retries=0)
+    ahead = add_task(store, "Ahead", "append shared.txt from ahead")
+    clashing = add_task(store, "Clashing", "sleep 0.2", "append shared.txt from clashing")  # merges onto main alone
+    behind = add_task(store, "Behind", "sleep 0.4", "append g2.txt behind", files=["g2.txt"])
+    dispatch(cfg)
+    assert landed(repo) == [ahead.id, behind.id]
+    # Judged against main once the entry ahead had landed: a conflict there, handed back as today.
+    assert [e["task_id"] for e in events(repo, "merge_conflict")] == [clashing.id]
+    assert store.get(clashing.id).status == "blocked"
+    seen = seen_by_gates(record)
+    assert not any(clashing.id in s["merges"] for s in seen)  # never gated, nor stacked on
+    # Meanwhile the entry behind it was gated on the entry ahead, without it.
+    names = [(e["event"], e["task_id"]) for e in events(repo)]
+    assert names.index(("gate_started", behind.id)) < names.index(("merged", ahead.id))
+    assert_each_landing_passed_its_gate_as_it_is(repo, seen)
