@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import psutil
@@ -148,11 +149,18 @@ class TreeKill:
         return True
 
 
-def kill_tree(pid: int, grace: float, proc: subprocess.Popen | None = None) -> None:
-    """End a process tree and wait until it has ended (at most about `grace`, then it is killed)."""
-    kill = TreeKill.begin(pid, grace, proc)
-    while not kill.poll():
+def wait_for_kills(kills: Iterable[TreeKill]) -> None:
+    """Wait until every tree has ended. Kills begun together end together: a stop of many
+    workers takes about one grace in all, not one grace a worker."""
+    pending = list(kills)
+    while pending := [kill for kill in pending if not kill.poll()]:
         time.sleep(KILL_STEP_SECS)
+
+
+def kill_tree(pid: int, grace: float, proc: subprocess.Popen | None = None) -> None:
+    """End a process tree and wait until it has ended (at most about `grace`, then it is killed).
+    Only where waiting is right: a thread of its own (a setup command), or the last act of a run."""
+    wait_for_kills([TreeKill.begin(pid, grace, proc)])
 
 
 def wait_or_end(proc: subprocess.Popen, timeout: float, stop, grace: float) -> str | None:

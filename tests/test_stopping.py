@@ -195,3 +195,30 @@ def test_a_gate_left_running_by_a_killed_dispatcher_is_ended_and_the_branch_merg
     assert not processes.group_alive(first_gate)
     assert merges_of(repo, task.id) == 1 and store.get(task.id).status == "closed"
     assert state(repo)["gates"] == [] and len(pidfile.read_text().split()) == 2  # gated again, once
+
+
+# A worker that outlives the terminate signal; on it, it counts the workers (pid files) still alive.
+DEAF_WORKER = ('dir=$0 me=$1; '
+               'on_term() { alive=0; for f in "$dir"/*.pid; do kill -0 "$(cat "$f")" 2>/dev/null && alive=$((alive+1)); '
+               'done; echo $alive >> "$dir/$me.term"; }; '
+               'trap on_term TERM; echo $$ > "$dir/$me.pid"; while :; do sleep 0.1; done')
+
+
+@posix_only
+def test_a_stop_now_asks_every_worker_to_end_before_it_kills_any(json_agent_setup, repo, tmp_path):
+    # Ended one after the other, each worker would outlive its grace before the next heard of the
+    # stop: three workers would take three graces, and the later ones would count fewer alive.
+    signals = tmp_path / "signals"
+    signals.mkdir()
+    cfg, config, store = json_agent_setup(worker_command=["sh", "-c", DEAF_WORKER, str(signals), "{task_id}"],
+                                          max_workers=3, worker_kill_grace_secs=3)
+    tasks = [add_task(store, f"Deaf {n}") for n in range(3)]
+    proc = start_dispatcher(cfg)
+    wait_until(lambda: len(list(signals.glob("*.pid"))) == 3, proc, "three workers")
+    proc.send_signal(signal.SIGTERM)
+    finish(proc)
+    assert proc.returncode == 143
+    # Each worker heard the stop while all three were alive: all were asked before any was killed.
+    assert {t.id: (signals / f"{t.id}.term").read_text().split() for t in tasks} == {t.id: ["3"] for t in tasks}
+    assert not any(processes.group_alive(e["pid"]) for e in events(repo, "worker_started"))
+    assert sorted(w["ended"] for w in state(repo)["workers"]) == ["stopped by SIGTERM"] * 3

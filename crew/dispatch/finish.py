@@ -11,7 +11,6 @@ from crew import failpoints
 from crew import files
 from crew import git
 from crew import names as safe_names
-from crew import processes
 from crew import suggestions as suggested_tasks
 from crew.dispatch import conflicts
 from crew.dispatch import records
@@ -37,10 +36,7 @@ class Finisher:
         if worker.pid is None:
             self.never_started(worker)
             return
-        failpoints.failpoint("after_worker_exit")
-        proc = self.pool.procs.get(worker.slot)
-        if proc is not None and not processes.IS_WINDOWS:
-            processes.kill_tree(worker.pid, 0.2, proc)  # what it left running would hold the worktree
+        failpoints.failpoint("after_worker_exit")  # its process tree is gone (WorkerPool.poll saw to it)
         worktree, task_id = Path(worker.worktree), worker.task_id
         why = worker.ended or "exited"
         if worktree.exists():

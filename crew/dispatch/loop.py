@@ -9,6 +9,7 @@ import time
 from crew import config as configuration
 from crew import errors
 from crew import failpoints
+from crew import processes
 from crew.dispatch import parallel_gates
 from crew.dispatch import records
 from crew.dispatch import scheduler
@@ -40,7 +41,7 @@ class Dispatcher:
         self.queue = MergeQueue(config, self.ledger, store, gates, self.conflicts, self.stop_now_reason)
         self.breaker = scheduler.Breaker(config.breaker_failures, config.breaker_pause_secs, watch)
         self.finisher = Finisher(config, self.ledger, store, self.pool, self.queue, self.breaker)
-        self.recovery = Recovery(config, self.ledger, store)
+        self.recovery = Recovery(config, self.ledger, store, self.pool)
         self.stopping = False
         self.interrupts = 0
         self.stop_signal: int | None = None
@@ -107,8 +108,7 @@ class Dispatcher:
         for task in self.store.list(["blocked"]):
             if worker := running.get(task.id):
                 self.say(f"{task.id}: blocked while its worker ran; ending the worker (its branch is kept)")
-                self.pool.end(worker, records.TASK_BLOCKED)
-                self.finisher.finish(worker)
+                self.pool.end(worker, records.TASK_BLOCKED)  # finished once its tree is gone
 
     # ---- the loop --------------------------------------------------------------------------
 
@@ -176,13 +176,16 @@ class Dispatcher:
 
     def stop_now(self, why: str) -> None:
         """End every worker and leave: their branches and records stay for the next run, which
-        merges their commits but releases their tasks, as after a timeout."""
+        merges their commits but releases their tasks, as after a timeout. Every tree (the gates'
+        too) is asked to end first, then all are waited for together: one grace in all, not one a worker."""
+        pool = self.pool
         self.queue.cancel_gates(why)
         for worker in list(self.ledger.state.workers.values()):
-            if (starting := self.pool.starting.get(worker.slot)) is not None:
-                concurrent.futures.wait([starting])  # its setup command is ended at once too
-                continue  # recorded but never started: the next run releases its task
-            self.pool.end(worker, why)
+            # Recorded but never started: the next run releases its task. Being ended already: its kill is waited for.
+            if worker.slot not in pool.starting and worker.slot not in pool.kills:
+                pool.end(worker, why)
+        concurrent.futures.wait(list(pool.starting.values()))  # their setup commands end at once too
+        processes.wait_for_kills(pool.kills.values())
         self.queue.wait_for_gates()
         self.say(f"{why}: workers ended; their branches are kept for the next run")
         if self.stop_signal is not None:

@@ -9,17 +9,18 @@ from crew import processes
 from crew.dispatch import records
 from crew.dispatch import worktrees
 from crew.dispatch.ledger import Ledger
+from crew.dispatch.workers import WorkerPool
 from crew.tasks import model as task_model
 
 
 class Recovery:
-    def __init__(self, config: configuration.Config, ledger: Ledger, store: task_model.TaskStore):
-        self.config, self.ledger, self.store = config, ledger, store
+    def __init__(self, config: configuration.Config, ledger: Ledger, store: task_model.TaskStore, pool: WorkerPool):
+        self.config, self.ledger, self.store, self.pool = config, ledger, store, pool
         self.root = config.root
 
     def reconcile(self) -> None:
-        """Adopt live workers, end those recorded as ended, release the claims no record accounts
-        for; dead workers are finished by the loop's first pass."""
+        """Adopt live workers, begin ending those recorded as ended, release the claims no record
+        accounts for; dead and ended workers are finished by the loop's passes."""
         ledger, state, actor = self.ledger, self.ledger.state, self.config.actor
         for gate in state.gates:  # never adopted: its request is still queued, and is gated again
             if processes.is_same_process_alive(gate.pid, gate.pid_start_time):
@@ -28,8 +29,9 @@ class Recovery:
                 processes.kill_tree(gate.pid, self.config.worker_kill_grace_secs)
         for worker in state.workers.values():
             if processes.is_same_process_alive(worker.pid, worker.pid_start_time) and worker.ended:
-                # recorded as ended, but the kill was cut short: end it now; it is judged as ended
-                processes.kill_tree(worker.pid, self.config.worker_kill_grace_secs)
+                # recorded as ended, but the kill was cut short: end it again; the loop judges it
+                # as ended once its tree is gone
+                self.pool.kill(worker, self.config.worker_kill_grace_secs)
             elif processes.is_same_process_alive(worker.pid, worker.pid_start_time):
                 ledger.event("adopted", worker.task_id, pid=worker.pid)
                 ledger.say(f"{worker.task_id}: adopted running worker (pid {worker.pid})")

@@ -18,16 +18,21 @@ from crew.dispatch import worktrees
 from crew.dispatch.ledger import Ledger
 from crew.tasks import model as task_model
 
+LEFTOVER_GRACE_SECS = 0.2  # what an exited agent left running gets this long to end by itself
+
 
 class WorkerPool:
     """The workers' records live in the ledger's state (by slot); the pool holds what only this
-    process has: each slot's process, and the start still under way in a starter thread."""
+    process has: each slot's process, the start still under way in a starter thread, and the end
+    of its process tree still under way (a worker keeps its slot, and its worktree, until its
+    tree is gone)."""
 
     def __init__(self, config: configuration.Config, ledger: Ledger, max_workers: int, stop_now_reason):
         self.config, self.ledger, self.max_workers = config, ledger, max_workers
         self.stop_now_reason = stop_now_reason  # a setup command in a starter thread ends at a stop-now
         self.procs: dict[int, subprocess.Popen] = {}
         self.starting: dict[int, concurrent.futures.Future] = {}
+        self.kills: dict[int, processes.TreeKill] = {}
         self.starter = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="start")
 
     @property
@@ -42,6 +47,7 @@ class WorkerPool:
         del self.workers[worker.slot]
         self.procs.pop(worker.slot, None)
         self.starting.pop(worker.slot, None)
+        self.kills.pop(worker.slot, None)
 
     def start(self, slot: int, task: task_model.Task, conflict: records.PendingMerge | None) -> None:
         """Record the worker, then make its worktree and start it off the loop: checking out a
@@ -140,8 +146,9 @@ class WorkerPool:
         return not processes.is_same_process_alive(worker.pid, worker.pid_start_time)
 
     def poll(self, finish) -> bool:
-        """Start the workers whose worktree is ready; hand each worker that exited or outlived
-        its deadline (ended first) to finish(worker). True if any worker started or ended."""
+        """Start the workers whose worktree is ready; end the trees of workers that exited or
+        outlived their deadline (ended first), without waiting; hand each worker whose tree is
+        gone to finish(worker). True if any worker started or ended."""
         changed = False
         for worker in list(self.workers.values()):
             if (starting := self.starting.get(worker.slot)) is not None:
@@ -149,26 +156,38 @@ class WorkerPool:
                     self.started(worker)
                     changed = True
                 continue
-            if self.has_exited(worker):
-                proc = self.procs.get(worker.slot)
-                self.ledger.event("worker_exited", worker.task_id, code=proc.returncode if proc else None,
-                                  log=worker.log)
-                finish(worker)
-                changed = True
-            elif worker.deadline and time.time() > worker.deadline:
-                self.ledger.say(f"{worker.task_id}: worker outlived worker_timeout_secs; ending its process tree")
-                self.end(worker, records.TIMED_OUT)
+            if worker.slot not in self.kills:
+                if self.has_exited(worker):
+                    proc = self.procs.get(worker.slot)
+                    self.ledger.event("worker_exited", worker.task_id, code=proc.returncode if proc else None,
+                                      log=worker.log)
+                    changed = True
+                    if proc is None or processes.IS_WINDOWS:
+                        finish(worker)
+                        continue
+                    self.kill(worker, LEFTOVER_GRACE_SECS)  # what it left running would hold the worktree
+                elif worker.deadline and time.time() > worker.deadline:
+                    self.ledger.say(f"{worker.task_id}: worker outlived worker_timeout_secs; ending its process tree")
+                    self.end(worker, records.TIMED_OUT)
+                    changed = True
+            if (kill := self.kills.get(worker.slot)) is not None and kill.poll():
+                del self.kills[worker.slot]
                 finish(worker)
                 changed = True
         return changed
 
     def end(self, worker: records.Worker, why: str) -> None:
-        """End a started worker's process tree, having recorded why: a dispatcher killed meanwhile
-        must not take the ended worker for one that finished."""
+        """Begin ending a started worker's process tree, having recorded why: a dispatcher killed
+        meanwhile must not take the ended worker for one that finished. Returns at once; poll()
+        finishes the worker once its tree is gone."""
         worker.ended = why
         self.ledger.save_state()
         self.ledger.event("worker_timed_out" if why == records.TIMED_OUT else "worker_stopped", worker.task_id,
                           reason=why, log=worker.log)
         proc = self.procs.get(worker.slot)
         if proc is not None or processes.is_same_process_alive(worker.pid, worker.pid_start_time):
-            processes.kill_tree(worker.pid, self.config.worker_kill_grace_secs, proc)
+            self.kill(worker, self.config.worker_kill_grace_secs)
+
+    def kill(self, worker: records.Worker, grace: float) -> None:
+        """Ask the worker's process tree to end (killed after `grace`); it keeps its slot until then."""
+        self.kills[worker.slot] = processes.TreeKill.begin(worker.pid, grace, self.procs.get(worker.slot))
