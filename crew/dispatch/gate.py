@@ -77,6 +77,8 @@ class Gate:
         """In a starter thread: the gate worktree at `commit`, clean; False if a stop came first."""
         root, gate = self.config.root, self.worktree
         if not gate.exists():
+            if gate.resolve() in worktrees.dispatcher_worktrees(root):
+                worktrees.remove_worktree(root, gate)  # its folder was deleted (by the user?): git still lists it
             worktrees.add_dispatcher_worktree(root, gate, "--detach", str(gate), commit)
             if self.config.worktree_setup_command and (
                     failed := worktrees.run_setup_command(self.config, gate, log, self.stopped)):
@@ -112,7 +114,11 @@ class Gate:
             self.preparing = None
             if not prepared or self.stopped():
                 return self.conclude(record, None, self.stopped() or "")
-            self.begin(record)
+            try:
+                self.begin(record)
+            except OSError as exc:  # as a shell would say it (exit 127): the merge commit lacks it
+                return self.conclude(record, False, f"merge_gate_command could not start in the gate worktree, a "
+                                                    f"checkout of the merge commit (is it committed?): {exc}")
             return None
         if self.kill is None and self.proc.poll() is None:
             if why := self.stopped():
