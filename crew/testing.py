@@ -8,7 +8,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from crew import config as configuration
 from crew import git
+from crew import workspace
+from crew.dispatch import loop
+from crew.dispatch import preflight
+from crew.tasks import model as task_model
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +42,15 @@ def make_repo(folder: Path, files: int = 1) -> Path:
     """A repository of `files` small files in folders of 1,000, plus a README."""
     contents = {f"d{i // 1000}/f{i}.txt": f"file {i}\n" for i in range(files)}
     return scratch_repository(folder / "repo", {**contents, "README.md": "bench\n"})
+
+
+def run_dispatcher(config: configuration.Config, store: task_model.TaskStore, max_workers: int) -> dict:
+    """A quiet run in this process for the scripts that measure and shake the dispatcher: what
+    session.run_session does before its loop (the toolkit's files kept out of the agents' commits,
+    the preflight checks), without its lock, signals and report. Returns the run's summary."""
+    workspace.exclude_toolkit_files(config)
+    preflight.preflight(config)
+    return loop.Dispatcher(config, store, max_workers, out=lambda *_: None).run()
 
 
 def arm_failpoint(spec: str, armed: dict[str, Callable[[], None]]) -> None:

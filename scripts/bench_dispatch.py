@@ -26,7 +26,6 @@ sys.path.insert(0, str(ROOT))
 from crew import config as configuration  # noqa: E402
 from crew import tasks as task_stores  # noqa: E402
 from crew import testing  # noqa: E402
-from crew.dispatch.loop import Dispatcher  # noqa: E402
 
 def git(cwd: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
@@ -53,7 +52,7 @@ def run_dispatcher(repo: Path, tasks: list[tuple[str, str]], workers: int) -> tu
     config = configuration.load_config(str(write_config(repo, workers, tasks)[0]))
     store = task_stores.open_task_store(config)
     start = time.perf_counter()
-    summary = Dispatcher(config, store, workers, out=lambda *_: None).run()
+    summary = testing.run_dispatcher(config, store, workers)
     elapsed = time.perf_counter() - start
     assert len(summary["merged"]) == len(tasks), summary
     return elapsed, read_events(repo)

@@ -21,8 +21,6 @@ sys.path.insert(0, str(ROOT))
 from crew import config as configuration  # noqa: E402
 from crew import tasks as task_stores  # noqa: E402
 from crew import testing  # noqa: E402
-from crew import workspace  # noqa: E402
-from crew.dispatch.loop import Dispatcher  # noqa: E402
 from crew.report import events as event_log  # noqa: E402
 
 GATE_SECS = 3.0
@@ -44,12 +42,11 @@ def run(tmp: Path, parallelism: int, failing: bool) -> dict:
         "worker_command": testing.SCRIPTED_AGENT, "merge_gate_command": gate_command(failing),
         "merge_gate_parallelism": parallelism, "max_merge_retries": 1}), encoding="utf-8")
     config = configuration.load_config(str(config_path))
-    workspace.exclude_toolkit_files(config)  # as a run does: the agent's own files stay out of its commits
     store = task_stores.open_task_store(config)
     # Staggered agents: the branches enter the queue in task order, so "entry 3" is g2's.
     ids = [store.create(f"G{i}", f"AGENT: sleep {0.3 * i:.1f}\nAGENT: append g{i}.txt line").id
            for i in range(BRANCHES)]
-    Dispatcher(config, store, BRANCHES, out=lambda *_: None).run()
+    testing.run_dispatcher(config, store, BRANCHES)
     events, _ = event_log.read_events(repo / ".dispatch_logs" / "events.jsonl")
     queued = [e.at for e in events if e.name == "merge_queued" and e.task_id in ids]
     merged = [e for e in events if e.name == "merged" and e.task_id in ids]

@@ -27,7 +27,6 @@ from crew import git  # noqa: E402
 from crew import tasks as task_stores  # noqa: E402
 from crew import testing  # noqa: E402
 from crew.report import events as event_log  # noqa: E402
-from crew.dispatch.loop import Dispatcher  # noqa: E402
 
 BEHAVIOURS = [("hang", 0.1), ("crash", 0.1), ("conflict", 0.1), ("followups", 0.1), ("normal", 0.6)]
 
@@ -73,7 +72,7 @@ def main() -> int:
         print(f"{args.tasks} tasks, {args.workers} workers: " + ", ".join(
             f"{n} {sum(1 for b in picked.values() if b == n)}" for n in names))
         start = time.perf_counter()
-        Dispatcher(config, store, args.workers, out=lambda *_: None).run()
+        testing.run_dispatcher(config, store, args.workers)
         elapsed = time.perf_counter() - start
 
         tasks = {t.id: t for t in store.list(None)}
