@@ -96,12 +96,32 @@ def test_a_failure_in_the_middle_regates_only_the_entries_behind_it(json_agent_s
     seen = seen_by_gates(record)
     gated = {task_id: [s for s in seen if s["merges"][-1] == task_id] for task_id in order}
     assert len(gated[order[0]]) == 1  # ahead of the failure: gated once, unaffected
-    assert [e["task_id"] for e in events(repo, "gate_failed")] == [order[1]]  # counted once, on main as it is
+    counted = [e["task_id"] for e in events(repo, "gate_failed") if e["counts"]]
+    assert counted == [order[1]]  # counted once, on main as it is
     assert gated[order[1]][-1]["merges"] == order[:2]
     for behind in order[2:]:
         assert order[1] not in gated[behind][-1]["merges"]  # gated again without it
     assert order[1] in gated[order[3]][0]["merges"]  # first gated speculatively, on the failure's stack
     assert_each_landing_passed_its_gate_as_it_is(repo, seen)
+
+
+def test_a_gate_that_fails_behind_one_still_gating_is_an_event_at_once_and_again_when_it_counts(
+        json_agent_setup, repo):
+    # The first entry's gate (g0.txt alone) takes 4 s and passes; the second's (g1.txt too) fails at once.
+    gate = [sys.executable, "-c", "import pathlib, sys, time; fails = pathlib.Path('g1.txt').exists(); "
+            "time.sleep(0.2 if fails else 4); sys.exit(1 if fails else 0)"]
+    cfg, config, store = json_agent_setup(max_workers=2, merge_gate_command=gate, merge_gate_parallelism=2,
+                                          max_merge_retries=0)
+    first, second = (t.id for t in queue_of_branches(store, 2))
+    dispatch(cfg)
+    assert landed(repo) == [first]
+    said = [(e["event"], e["task_id"], e.get("counts")) for e in events(repo)
+            if e["event"] in ("gate_passed", "gate_failed", "merged")]
+    assert said == [("gate_failed", second, False), ("gate_passed", first, None), ("merged", first, None),
+                    ("gate_failed", second, True)]
+    failed = events(repo, "gate_failed")
+    started = {e["task_id"]: e["commit"] for e in events(repo, "gate_started")}
+    assert [e["commit"] for e in failed] == [started[second]] * 2  # the same speculative commit, not gated again
 
 
 def test_main_moving_during_the_gates_rebuilds_their_stacks(json_agent_setup, repo, tmp_path):

@@ -414,3 +414,18 @@ def test_a_task_deleted_from_the_store_leaves_the_queue_and_is_counted_apart(tmp
     assert report.tasks["T"].outcome == "dropped" and report.tasks["T"].queue_wait == 1
     assert [d for _, d in report.queue_depth] == [1, 0]
     assert "0 waiting · 1 deleted from the store" in "".join(Page(report_page.render_summary(report)).text)
+
+
+def test_a_speculative_gate_failure_that_does_not_count_leaves_the_entry_queued(tmp_path):
+    logs = tmp_path / ".dispatch_logs"
+    logs.mkdir()
+    (logs / "events.jsonl").write_text("\n".join([
+        line(0, "dispatcher_started", pid=1, max_workers=2), started(0, "T", 1, 1, "Behind"),
+        line(2, "worker_exited", "T"), line(2, "commits_found", "T", commits=1), line(2, "merge_queued", "T"),
+        line(3, "gate_failed", "T", files=[], commit="c" * 40, counts=False),
+        line(5, "gate_failed", "T", files=[], commit="c" * 40, counts=True)]) + "\n", encoding="utf-8")
+    report = build(logs)
+    assert report.tasks["T"].queue_wait == 3  # until the failure counted, not the first one
+    assert [d for _, d in report.queue_depth] == [1, 0]
+    assert [m.text for m in report.marks if m.kind == "gate_failed"] == [
+        "checks failed on T with the entries ahead (not yet counted)", "checks failed on T"]

@@ -68,7 +68,7 @@ class Conflicts:
         if kind == "conflict":
             ledger.event("merge_conflict", task_id, files=files)
         else:
-            ledger.event("gate_failed", task_id, files=files, commit=commit)
+            ledger.event("gate_failed", task_id, files=files, commit=commit, counts=True)
         if kind == "conflict" and self.config.on_conflict == "auto_rebase" and not request.rebased:
             request.rebased = True
             ledger.save_state()

@@ -163,3 +163,10 @@ class Gate:
         """At the end of a run: the gate worktree, if the dispatcher made it."""
         if self.worktree.resolve() in worktrees.dispatcher_worktrees(self.config.root):
             worktrees.remove_worktree(self.config.root, self.worktree)
+
+
+def say_failure_not_counted(ledger: Ledger, record: records.GateRecord) -> None:
+    """A gate failed, but not on main as it is (an entry ahead still gates, or main moved): said
+    at once, for a script reading the events. Its gate_failed with counts true comes (from
+    conflicts.file, with the fix task) if and when the failure counts."""
+    ledger.event("gate_failed", record.task_id, files=[], commit=record.commit, counts=False)

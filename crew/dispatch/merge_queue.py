@@ -192,6 +192,8 @@ class MergeQueue:
             return False
         with slot:
             if git.rev_parse(self.root, self.config.main_branch) != gated.base:
+                if not outcome.passed:
+                    gates.say_failure_not_counted(self.ledger, gated)
                 return False  # main moved while the gate ran: recompute and gate again
             if not outcome.passed:
                 return self.conflicts.file(request, [], gated.base, outcome.output, kind="gate", commit=gated.commit)

@@ -30,6 +30,7 @@ class ParallelGates:
     def __init__(self, queue: MergeQueue, gate_worktrees: list[gates.Gate]):
         self.queue, self.gates, self.ledger = queue, gate_worktrees, queue.ledger
         self.verdicts: dict[str, gates.GateOutcome] = {}  # by task id: finished gates, passed or failed
+        self.failures_unsaid: set[str] = set()  # task ids whose gate failed this step: is it counted now?
         self.stack_conflicts: set[str] = set()  # task ids whose branch conflicts with the stack ahead, not main
 
     def step(self) -> bool:
@@ -53,6 +54,8 @@ class ParallelGates:
                 continue
             if outcome.passed:
                 self.ledger.event("gate_passed", outcome.record.task_id, commit=outcome.record.commit)
+            else:
+                self.failures_unsaid.add(outcome.record.task_id)
             self.verdicts[outcome.record.task_id] = outcome
             came_in = True
         return came_in
@@ -86,6 +89,10 @@ class ParallelGates:
             gate = self.running(task_id)
             self.ledger.event("gate_cancelled", task_id, commit=gate.record.commit, reason=STACK_CHANGED)
             gate.cancel(STACK_CHANGED)
+        for task_id in self.failures_unsaid - {plan.fail}:
+            if (verdict := self.verdicts.get(task_id)) is not None:
+                gates.say_failure_not_counted(self.ledger, verdict.record)
+        self.failures_unsaid.clear()  # plan.fail's is said as its fix task is filed
         for task_id in plan.void:
             self.verdicts.pop(task_id)
         self.show_waiting(plan)
@@ -133,6 +140,7 @@ class ParallelGates:
         verdict = self.verdicts.pop(request.task_id)
         with slot:
             if git.rev_parse(self.queue.root, self.queue.config.main_branch) != verdict.record.base:
+                gates.say_failure_not_counted(self.ledger, verdict.record)
                 return True  # main moved meanwhile: gated again
             self.queue.conflicts.file(request, [], verdict.record.base, verdict.output, kind="gate",
                                       commit=verdict.record.commit)

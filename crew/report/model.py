@@ -297,6 +297,10 @@ class _Builder:
         self.leave_queue(e)
 
     def on_gate_failed(self, e: event_log.Event) -> None:
+        if e.fields.get("counts") is False:  # a speculative gate: the entry stays queued
+            self.marks.append(Mark(e.at, "gate_failed", e.task_id,
+                                   f"checks failed on {e.task_id} with the entries ahead (not yet counted)"))
+            return
         self.leave_queue(e)
         self.marks.append(Mark(e.at, "gate_failed", e.task_id, f"checks failed on {e.task_id}"))
 
