@@ -13,6 +13,7 @@ from crew import processes
 from crew.dispatch import parallel_gates
 from crew.dispatch import records
 from crew.dispatch import scheduler
+from crew.dispatch import store_thread
 from crew.dispatch.conflicts import Conflicts
 from crew.dispatch.finish import Finisher
 from crew.dispatch.gate import Gate
@@ -31,6 +32,9 @@ class Dispatcher:
 
     def __init__(self, config: configuration.Config, store: task_model.TaskStore, max_workers: int,
                  watch: bool = False, out=print):
+        # Only the store thread touches the store: the loop hands its slow reads over and takes
+        # their results on a later pass; every other call still reads as a plain (blocking) call.
+        store = self.serial = store_thread.SerialStore(store)
         self.config, self.store, self.max_workers, self.watch = config, store, max_workers, watch
         self.ledger = Ledger(config, store, out)
         # Workers recorded by an earlier run are ours until reconcile() has looked at them.
@@ -47,6 +51,14 @@ class Dispatcher:
         self.stop_signal: int | None = None
         self.next_poll = 0.0
         self.known: dict[str, task_model.Task] = {}  # tasks this run has worked on (bd calls are slow)
+        # The ready tasks as last read, and how current that is: `changes` counts the passes that
+        # changed something; a read taken at change N is current while nothing changed since.
+        self.ready: list[task_model.Task] = []
+        self.changes, self.ready_as_of = 1, 0
+        self.ready_read: tuple[int, concurrent.futures.Future] | None = None
+        self.claimed_during_read: set[str] = set()  # the read under way was asked before these claims
+        self.claiming: tuple[concurrent.futures.Future, task_model.Task] | None = None  # one at a time
+        self.blocked_read: concurrent.futures.Future | None = None
 
     def say(self, message: str) -> None:
         self.ledger.say(message)
@@ -67,29 +79,57 @@ class Dispatcher:
                                   self.files_of)
 
     def fill_slots(self) -> None:
+        """Plan from the newest ready list and hand the first start's claim to the store thread;
+        claimed() starts its worker. One claim at a time, so each plan sees the last start."""
         free = self.pool.free_slots()
-        if not free or self.stopping or self.breaker_tripped():
+        if not free or self.claiming is not None or self.stopping or self.breaker_tripped():
             return
-        ready = self.store.ready(limit=max(50, 4 * self.max_workers))
-        while ready and free:
-            # Planned again after each start: a claim another dispatcher won changes nothing here.
-            holdings = self.holdings()
-            plan = scheduler.plan_starts(ready, holdings, len(free), self.config.avoid_file_overlap)
-            first = next((i for i, decision in enumerate(plan) if decision.start), len(plan) - 1)
-            for decision in plan[:first + 1]:
-                task = decision.task
-                if (held := scheduler.why_held(holdings, task.id)) and (
-                        message := f"{task.id}: not started again: {held}") not in self.ledger.told_waiting:
-                    self.ledger.told_waiting.add(message)
-                    self.say(message)
-            if not plan[first].start:
-                return
-            task, ready = plan[first].task, ready[first + 1:]
-            if self.store.claim(task.id, self.config.actor):
-                self.ledger.event("claimed", task.id)
-                failpoints.failpoint("after_claim")
-                self.known[task.id] = task
-                self.pool.start(free.pop(0), task, scheduler.pending_for(holdings, task))
+        holdings = self.holdings()
+        plan = scheduler.plan_starts(self.ready, holdings, len(free), self.config.avoid_file_overlap)
+        first = next((i for i, decision in enumerate(plan) if decision.start), len(plan) - 1)
+        for decision in plan[:first + 1]:
+            task = decision.task
+            if (held := scheduler.why_held(holdings, task.id)) and (
+                    message := f"{task.id}: not started again: {held}") not in self.ledger.told_waiting:
+                self.ledger.told_waiting.add(message)
+                self.say(message)
+        if plan and plan[first].start:
+            task, self.ready = plan[first].task, self.ready[first + 1:]
+            self.claiming = (self.serial.later("claim", task.id, self.config.actor), task)
+            if self.ready_read is not None:
+                self.claimed_during_read.add(task.id)
+
+    def claimed(self) -> bool:
+        """A claim that has come back: its worker starts (or, lost to someone else, the next is
+        planned). True if it came back."""
+        if self.claiming is None or not self.claiming[0].done():
+            return False
+        future, task = self.claiming
+        self.claiming = None
+        if future.result():
+            self.ledger.event("claimed", task.id)
+            failpoints.failpoint("after_claim")
+            self.known[task.id] = task
+            self.pool.start(self.pool.free_slots()[0], task, scheduler.pending_for(self.holdings(), task))
+        return True
+
+    def read_store(self, poll_due: bool) -> bool:
+        """Hand the loop's reads to the store thread (the ready list when it is older than the
+        last change, and at each poll; the blocked tasks at each poll) and apply those that have
+        come back. True if the ready list came back."""
+        came_back = False
+        if self.ready_read is not None and self.ready_read[1].done():
+            self.ready_as_of, future = self.ready_read
+            self.ready = [task for task in future.result() if task.id not in self.claimed_during_read]
+            self.ready_read, self.claimed_during_read, came_back = None, set(), True
+        if self.ready_read is None and (poll_due or self.ready_as_of < self.changes):
+            self.ready_read = (self.changes, self.serial.later("ready", limit=max(50, 4 * self.max_workers)))
+        if self.blocked_read is not None and self.blocked_read.done():
+            self.stop_blocked_workers(self.blocked_read.result())
+            self.blocked_read = None
+        if poll_due and self.blocked_read is None and self.running():
+            self.blocked_read = self.serial.later("list", ["blocked"])
+        return came_back
 
     def breaker_tripped(self) -> bool:
         held, tripped_now = self.breaker.check(time.time())
@@ -100,12 +140,13 @@ class Dispatcher:
                      + (f"; trying again in {self.config.breaker_pause_secs:g} s" if self.watch else ""))
         return held
 
-    def stop_blocked_workers(self) -> None:
+    def running(self) -> dict[str, records.Worker]:
+        return {w.task_id: w for w in self.ledger.state.workers.values() if w.pid is not None and not w.ended}
+
+    def stop_blocked_workers(self, blocked: list[task_model.Task]) -> None:
         """A task the user blocked while its worker runs: end the worker, keep its branch, merge nothing."""
-        running = {w.task_id: w for w in self.ledger.state.workers.values() if w.pid is not None and not w.ended}
-        if not running:
-            return
-        for task in self.store.list(["blocked"]):
+        running = self.running()
+        for task in blocked:
             if worker := running.get(task.id):
                 self.say(f"{task.id}: blocked while its worker ran; ending the worker (its branch is kept)")
                 self.pool.end(worker, records.TASK_BLOCKED)  # finished once its tree is gone
@@ -120,6 +161,7 @@ class Dispatcher:
             changed = self.pool.poll(self.finisher.finish)
             if why := self.stop_now_reason():
                 self.stop_now(why)
+            changed |= self.claimed()  # lost to someone else: the ready list is read again too
             if changed:
                 self.fill_slots()  # a freed slot is refilled before anything else
                 if starting := list(self.pool.starting.values()):
@@ -127,23 +169,26 @@ class Dispatcher:
                     concurrent.futures.wait(starting, timeout=START_WAIT_SECS)
                     self.pool.poll(self.finisher.finish)
             poll_due = time.time() >= self.next_poll
-            if poll_due:
-                self.stop_blocked_workers()
             merged = self.queue.step()
             if changed or merged or poll_due:  # the store is read at the poll interval, not every pass
                 busy = {w.task_id for w in ledger.state.workers.values()}
                 merged |= self.conflicts.settle(busy)
             if merged:
                 self.finisher.close_finished_epics()
-            if merged or poll_due:
-                self.fill_slots()
-                self.next_poll = time.time() + self.config.poll_interval_secs
             changed |= merged
-            if not ledger.state.workers and not self.queue.gating and not self.queue.due(time.time()) and (
-                    self.stopping or (not changed and not self.watch)):
+            self.changes += changed
+            if self.read_store(poll_due) or merged:
+                self.fill_slots()
+            if poll_due:
+                self.next_poll = time.time() + self.config.poll_interval_secs
+            # Done once nothing runs or waits, and a ready list read since the last change started nothing.
+            idle = not ledger.state.workers and not self.queue.gating and not self.queue.due(time.time()) \
+                and self.claiming is None
+            if idle and (self.stopping or (not changed and not self.watch and self.ready_as_of == self.changes)):
                 break
             time.sleep(WORKER_POLL_SECS)
         self.pool.starter.shutdown(wait=True)
+        self.serial.shutdown()
         self.queue.remove_gate_worktrees()
         summary = ledger.summary
         for request in ledger.state.merge_queue:

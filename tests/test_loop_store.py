@@ -1,0 +1,54 @@
+"""The loop hands its slow store reads to the store thread: a store that hangs on a read does not
+stop the loop from watching its workers."""
+from __future__ import annotations
+
+import threading
+import time
+
+from crew.dispatch.loop import Dispatcher
+from dispatch_helpers import add_task, events
+
+
+class HangingReads:
+    """A task store whose ready() hangs, from its second call on, until `go` is set."""
+
+    def __init__(self, store):
+        self.store, self.name = store, store.name
+        self.reads, self.hanging, self.go = 0, threading.Event(), threading.Event()
+
+    def ready(self, limit=None):
+        self.reads += 1
+        if self.reads > 1:
+            self.hanging.set()
+            self.go.wait(60)
+        return self.store.ready(limit)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+def wait_for(condition, what: str, limit: float = 30) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, f"never saw {what} within {limit} s"
+        time.sleep(0.02)
+
+
+def test_a_worker_past_its_deadline_is_ended_while_the_store_hangs_on_a_read(json_agent_setup, repo):
+    # A free slot makes the loop want the ready list while the worker runs.
+    _, config, store = json_agent_setup(max_workers=2, worker_timeout_secs=1, max_attempts=1)
+    task = add_task(store, "Hangs", "hang")
+    slow = HangingReads(store)
+    dispatcher = Dispatcher(config, slow, 2, out=lambda *_: None)
+    run = threading.Thread(target=dispatcher.run)
+    run.start()
+    try:
+        wait_for(slow.hanging.is_set, "a ready read under way")
+        # The read hangs until `go`, set only below: the loop noticed the deadline meanwhile.
+        wait_for(lambda: events(repo, "worker_timed_out"), "the worker's timeout while the read hangs")
+    finally:
+        slow.go.set()
+        run.join(60)
+    assert not run.is_alive()
+    assert [e["task_id"] for e in events(repo, "worker_timed_out")] == [task.id]
+    assert store.get(task.id).status == "blocked"  # max_attempts 1: the timeout was its one attempt
