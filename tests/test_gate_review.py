@@ -3,6 +3,7 @@ user does to them (a gate command that is not in the gate worktree, a .gate fold
 mid-run) ends the run with one line, or the gate goes on, never with a traceback."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +14,8 @@ import psutil
 
 import pytest
 
-from dispatch_helpers import DISPATCH, add_task, dispatch, events, merge_subjects
+from crew import processes
+from dispatch_helpers import DISPATCH, add_task, dispatch, events, merge_subjects, merges_of, start_dispatcher, wait_until
 
 
 @pytest.mark.parametrize("parallelism", [1, 2])
@@ -101,3 +103,67 @@ def test_killed_during_a_gate_worktree_setup_a_restart_ends_the_setup_command(js
             setup.kill()
     assert result.returncode == 0 and merge_subjects(repo) and store.get(task.id).status == "closed"
     assert not left_running, "the setup command the killed dispatcher left in .gate is still running"
+
+
+@pytest.mark.skipif(os.name == "nt", reason="uses POSIX signals and sh")
+def test_a_second_ctrl_c_ends_every_parallel_gate(json_agent_setup, repo, tmp_path):
+    pids = tmp_path / "gates.pids"
+    cfg, config, store = json_agent_setup(max_workers=3, merge_gate_parallelism=3, worker_kill_grace_secs=1,
+                                          merge_gate_command=["sh", "-c", 'echo $$ >> "$0"; sleep 60 & wait', str(pids)])
+    tasks = [add_task(store, f"C{i}", f"append c{i}.txt line {i}", files=[f"c{i}.txt"]) for i in range(3)]
+    proc = start_dispatcher(cfg)
+    wait_until(lambda: pids.exists() and len(pids.read_text().split()) == 3, proc, "three gates")
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == 130
+    assert not [pid for pid in map(int, pids.read_text().split()) if processes.group_alive(pid)]
+    assert not merge_subjects(repo)
+    assert sorted(e["task_id"] for e in json.loads((repo / ".dispatch_state.json").read_text())["merge_queue"]) == \
+        sorted(t.id for t in tasks)
+
+
+# A reference-transaction hook: the moment main has moved for the Nth time (N in the count file),
+# the dispatcher is killed (-9), before it can record the merge.
+KILLS_THE_DISPATCHER = r"""
+import json, os, pathlib, signal, sys
+if sys.argv[1] != "committed" or not any(line.split()[2] == "refs/heads/main" for line in sys.stdin if line.strip()):
+    sys.exit(0)
+count = pathlib.Path(sys.argv[2])
+left = int(count.read_text()) - 1
+count.write_text(str(left))
+if left == 0:
+    state = json.loads(pathlib.Path(".dispatch_state.json").read_text(encoding="utf-8"))
+    os.kill(state["dispatcher"]["pid"], signal.SIGKILL)
+"""
+
+
+@pytest.mark.skipif(os.name == "nt", reason="kill -9 of the dispatcher alone needs POSIX signals")
+@pytest.mark.parametrize("parallelism", [1, 3])
+def test_killed_the_instant_main_moved_a_restart_lands_each_entry_once_and_never_a_failed_one(
+        json_agent_setup, repo, tmp_path, parallelism):
+    count = tmp_path / "moves"
+    count.write_text("2", encoding="utf-8")
+    (tmp_path / "kill.py").write_text(KILLS_THE_DISPATCHER, encoding="utf-8")
+    hook = repo / ".git" / "hooks" / "reference-transaction"
+    hook.parent.mkdir(exist_ok=True)
+    hook.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{tmp_path / "kill.py"}" "$1" "{count}"\n', encoding="utf-8")
+    hook.chmod(0o755)
+    cfg, config, store = json_agent_setup(
+        max_workers=4, merge_gate_parallelism=parallelism, max_merge_retries=0,
+        merge_gate_command=[sys.executable, "-c", "import os, sys, time; time.sleep(0.3); sys.exit(os.path.exists('k2.txt'))"])
+    tasks = [add_task(store, f"K{i}", f"sleep {0.2 * i:.1f}", f"append k{i}.txt line {i}", files=[f"k{i}.txt"])
+             for i in range(4)]
+    first = dispatch(cfg)
+    assert first.returncode == -signal.SIGKILL, first.stdout + first.stderr
+    hook.unlink()
+    second = dispatch(cfg)
+    assert "Traceback" not in second.stderr, second.stderr
+    order = [t.id for t in tasks]
+    assert [merges_of(repo, t) for t in order] == [1, 1, 0, 1]
+    assert [store.get(t).status for t in order] == ["closed", "closed", "blocked", "closed"]
