@@ -170,3 +170,29 @@ def say_failure_not_counted(ledger: Ledger, record: records.GateRecord) -> None:
     at once, for a script reading the events. Its gate_failed with counts true comes (from
     conflicts.file, with the fix task) if and when the failure counts."""
     ledger.event("gate_failed", record.task_id, files=[], commit=record.commit, counts=False)
+
+
+# What the loop asks of every gate worktree at once (one, or merge_gate_parallelism of them).
+
+def any_busy(all_gates: Sequence[Gate]) -> bool:
+    return any(gate.busy for gate in all_gates)
+
+
+def cancel_all(all_gates: Sequence[Gate], why: str) -> None:
+    """At a stop: every gate's kill is begun (wait_until_ended finishes them); their requests
+    stay queued and are gated again by the next run."""
+    for gate in all_gates:
+        gate.cancel(why)
+
+
+def wait_until_ended(all_gates: Sequence[Gate]) -> None:
+    """Until every cancelled gate's process tree is gone (bounded by the kill grace)."""
+    while any_busy(all_gates):
+        for gate in all_gates:
+            gate.poll(time.time())
+        time.sleep(processes.KILL_STEP_SECS)
+
+
+def remove_worktrees(all_gates: Sequence[Gate]) -> None:
+    for gate in all_gates:
+        gate.remove_worktree()

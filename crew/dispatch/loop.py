@@ -10,13 +10,13 @@ from crew import config as configuration
 from crew import errors
 from crew import failpoints
 from crew import processes
+from crew.dispatch import gate as gates
 from crew.dispatch import parallel_gates
 from crew.dispatch import records
 from crew.dispatch import scheduler
 from crew.dispatch import store_thread
 from crew.dispatch.conflicts import Conflicts
 from crew.dispatch.finish import Finisher
-from crew.dispatch.gate import Gate
 from crew.dispatch.ledger import Ledger
 from crew.dispatch.merge_queue import MergeQueue
 from crew.dispatch.recovery import Recovery
@@ -40,9 +40,9 @@ class Dispatcher:
         # Workers recorded by an earlier run are ours until reconcile() has looked at them.
         self.pool = WorkerPool(config, self.ledger, max_workers, self.stop_now_reason)
         self.conflicts = Conflicts(config, self.ledger, store)
-        gates = [Gate(config, self.ledger, self.pool.starter, self.stop_now_reason, worktree)
-                 for worktree in parallel_gates.gate_worktrees(config)]
-        self.queue = MergeQueue(config, self.ledger, store, gates, self.conflicts, self.stop_now_reason)
+        self.gates = [gates.Gate(config, self.ledger, self.pool.starter, self.stop_now_reason, worktree)
+                      for worktree in parallel_gates.gate_worktrees(config)]
+        self.queue = MergeQueue(config, self.ledger, store, self.gates, self.conflicts, self.stop_now_reason)
         self.breaker = scheduler.Breaker(config.breaker_failures, config.breaker_pause_secs, watch)
         self.finisher = Finisher(config, self.ledger, store, self.pool, self.queue, self.breaker)
         self.recovery = Recovery(config, self.ledger, store, self.pool)
@@ -182,14 +182,14 @@ class Dispatcher:
             if poll_due:
                 self.next_poll = time.time() + self.config.poll_interval_secs
             # Done once nothing runs or waits, and a ready list read since the last change started nothing.
-            idle = not ledger.state.workers and not self.queue.gating and not self.queue.due(time.time()) \
+            idle = not ledger.state.workers and not gates.any_busy(self.gates) and not self.queue.due(time.time()) \
                 and self.claiming is None
             if idle and (self.stopping or (not changed and not self.watch and self.ready_as_of == self.changes)):
                 break
             time.sleep(WORKER_POLL_SECS)
         self.pool.starter.shutdown(wait=True)
         self.serial.shutdown()
-        self.queue.remove_gate_worktrees()
+        gates.remove_worktrees(self.gates)
         summary = ledger.summary
         for request in ledger.state.merge_queue:
             summary["waiting"].append({"id": request.task_id, "reason": request.waiting or "in the merge queue"})
@@ -224,14 +224,14 @@ class Dispatcher:
         merges their commits but releases their tasks, as after a timeout. Every tree (the gates'
         too) is asked to end first, then all are waited for together: one grace in all, not one a worker."""
         pool = self.pool
-        self.queue.cancel_gates(why)
+        gates.cancel_all(self.gates, why)
         for worker in list(self.ledger.state.workers.values()):
             # Recorded but never started: the next run releases its task. Being ended already: its kill is waited for.
             if worker.slot not in pool.starting and worker.slot not in pool.kills:
                 pool.end(worker, why)
         concurrent.futures.wait(list(pool.starting.values()))  # their setup commands end at once too
         processes.wait_for_kills(pool.kills.values())
-        self.queue.wait_for_gates()
+        gates.wait_until_ended(self.gates)
         self.say(f"{why}: workers ended; their branches are kept for the next run")
         if self.stop_signal is not None:
             raise SystemExit(128 + self.stop_signal)  # the shell's convention: 143 for SIGTERM, 129 for SIGHUP

@@ -44,7 +44,7 @@ class MergeQueue:
                  all_gates: list[gates.Gate], conflicts: conflict_tasks.Conflicts, stop_now_reason):
         """all_gates: one gate, or with merge_gate_parallelism above 1 that many, run speculatively."""
         self.config, self.ledger, self.store, self.conflicts = config, ledger, store, conflicts
-        self.gates, self.gate = all_gates, all_gates[0]
+        self.gate = all_gates[0]
         self.speculative = parallel_gates.ParallelGates(self, all_gates) if len(all_gates) > 1 else None
         self.stop_now_reason = stop_now_reason
         self.root = config.root
@@ -64,27 +64,6 @@ class MergeQueue:
     def due(self, now: float) -> list[records.MergeRequest]:
         """The requests that may be tried now (a waiting one pauses until its retry_at)."""
         return [request for request in self.requests if request.retry_at <= now]
-
-    @property
-    def gating(self) -> bool:
-        return any(gate.busy for gate in self.gates)
-
-    def cancel_gates(self, why: str) -> None:
-        """At a stop: every gate's kill is begun (wait_for_gates finishes them); their requests
-        stay queued and are gated again by the next run."""
-        for gate in self.gates:
-            gate.cancel(why)
-
-    def wait_for_gates(self) -> None:
-        """Until every cancelled gate's process tree is gone (bounded by the kill grace)."""
-        while self.gating:
-            for gate in self.gates:
-                gate.poll(time.time())
-            time.sleep(processes.KILL_STEP_SECS)
-
-    def remove_gate_worktrees(self) -> None:
-        for gate in self.gates:
-            gate.remove_worktree()
 
     def step(self) -> bool:
         """Merge queued branches in order; True if main moved or the queue changed. Never waits
