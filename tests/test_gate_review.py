@@ -55,12 +55,12 @@ def test_a_gate_worktree_deleted_mid_run_is_made_again_for_the_next_gate(json_ag
     assert len(merge_subjects(repo)) == len(tasks)
 
 
-# The setup command: in a gate worktree, while the flag file exists, it records its pid and hangs
-# (a slow `npm install`); elsewhere, and once the flag is gone, it does nothing.
-HANGS_IN_A_GATE = r"""
+# The setup command: in a gate worktree (or a worker's), while the flag file exists, it records its
+# pid and hangs (a slow `npm install`); elsewhere, and once the flag is gone, it does nothing.
+HANGS_IN_SETUP = r"""
 import os, pathlib, sys, time
-flag, pid_file = map(pathlib.Path, sys.argv[1:3])
-if pathlib.Path.cwd().name.startswith(".gate") and flag.exists():
+flag, pid_file, where = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3]
+if pathlib.Path.cwd().name.startswith(".gate") == (where == "gate") and flag.exists():
     pid_file.write_text(str(os.getpid()), encoding="utf-8")
     time.sleep(120)
 """
@@ -76,20 +76,21 @@ def wait_for(predicate, what: str, limit: float = 60):
 
 
 @pytest.mark.skipif(os.name == "nt", reason="kill -9 of the dispatcher alone needs POSIX signals")
-@pytest.mark.xfail(strict=True, reason="a gate's worktree_setup_command has no recorded pid (the gate record's pid "
-                                       "is None until the gate command starts): a restart cannot end it")
-def test_killed_during_a_gate_worktree_setup_a_restart_ends_the_setup_command(json_agent_setup, repo, tmp_path):
+@pytest.mark.xfail(strict=True, reason="a worktree_setup_command has no recorded pid (the gate's or worker's record "
+                                       "holds none until its command starts): a restart cannot end it")
+@pytest.mark.parametrize("where", ["gate", "worker"])
+def test_killed_during_a_worktree_setup_a_restart_ends_the_setup_command(json_agent_setup, repo, tmp_path, where):
     flag, pid_file = tmp_path / "hang", tmp_path / "setup.pid"
-    flag.write_text("the first run's gate setup hangs", encoding="utf-8")
+    flag.write_text("the first run's setup command hangs", encoding="utf-8")
     cfg, config, store = json_agent_setup(
         max_workers=1, merge_gate_command=[sys.executable, "-c", "pass"],
-        worktree_setup_command=[sys.executable, "-c", HANGS_IN_A_GATE, str(flag), str(pid_file)])
+        worktree_setup_command=[sys.executable, "-c", HANGS_IN_SETUP, str(flag), str(pid_file), where])
     task = add_task(store, "S", "append s.txt line 1", files=["s.txt"])
     proc = subprocess.Popen([sys.executable, str(DISPATCH), "--config", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         setup = psutil.Process(int(wait_for(lambda: pid_file.exists() and pid_file.read_text(encoding="utf-8"),
-                                            "the gate's setup command")))
+                                            f"the {where}'s setup command")))
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
@@ -102,7 +103,7 @@ def test_killed_during_a_gate_worktree_setup_a_restart_ends_the_setup_command(js
         if setup.is_running():
             setup.kill()
     assert result.returncode == 0 and merge_subjects(repo) and store.get(task.id).status == "closed"
-    assert not left_running, "the setup command the killed dispatcher left in .gate is still running"
+    assert not left_running, f"the setup command the killed dispatcher left in the {where}'s worktree still runs"
 
 
 @pytest.mark.skipif(os.name == "nt", reason="uses POSIX signals and sh")
