@@ -287,6 +287,26 @@ def test_a_passing_gate_merges_and_main_moving_during_the_gate_is_recomputed(jso
     assert git(repo, "log", "-1", "--format=%s", "main^1") == "someone else"
 
 
+def test_one_gate_at_a_time_on_a_main_that_moved_is_ended_at_once_and_gated_again(json_agent_setup, repo, tmp_path):
+    flag = tmp_path / "moved-once"
+    # The first gate run moves main behind the dispatcher's back, then would run for 20 s.
+    gate = [sys.executable, "-c",
+            "import pathlib, subprocess, time\n"
+            f"flag = pathlib.Path({str(flag)!r})\n"
+            "if not flag.exists():\n"
+            "    flag.write_text('x')\n"
+            f"    subprocess.run(['git', 'commit', '-q', '--allow-empty', '-m', 'someone else'], cwd={str(repo)!r})\n"
+            "    time.sleep(20)\n"]
+    cfg, config, store = json_agent_setup(merge_gate_command=gate)
+    task = add_task(store, "Good change", "append f.txt fine")
+    assert dispatch(cfg).returncode == 0
+    assert merges_of(repo, task.id) == 1 and git(repo, "log", "-1", "--format=%s", "main^1") == "someone else"
+    first, again = events(repo, "gate_started")
+    (cancelled,) = events(repo, "gate_cancelled")
+    assert (cancelled["task_id"], cancelled["commit"]) == (task.id, first["commit"]) and again["commit"] != first["commit"]
+    assert "main moved" in cancelled["reason"]
+
+
 def test_a_stale_branch_is_never_merged(json_agent_setup, repo):
     cfg, config, store = json_agent_setup()
     task = add_task(store, "Soon closed", "sleep 1", "append stale.txt x")

@@ -19,6 +19,7 @@ from crew.dispatch import records
 from crew.dispatch import worktrees
 from crew.dispatch.ledger import Ledger
 
+MAIN_MOVED = "main moved: gated again on the main there is now"
 OUTPUT_TAIL = 2000  # characters of the gate's log a verdict carries (a fix task quotes them)
 
 
@@ -46,6 +47,7 @@ class Gate:
         self.kill: processes.TreeKill | None = None
         self.ended: str | None = None  # why its tree was ended before it exited by itself
         self.cancelled: str | None = None
+        self.main_looked_at = 0.0
 
     @property
     def record(self) -> records.GateRecord | None:
@@ -100,6 +102,16 @@ class Gate:
             self.cancelled = why
             if self.proc is not None and self.kill is None:
                 self.kill = processes.TreeKill.begin(self.proc.pid, self.config.worker_kill_grace_secs, self.proc)
+
+    def cancel_if_main_moved(self, now: float) -> None:
+        """One gate at a time: a gate whose main moved is void (its merge is computed again), so
+        it is ended at once, as a parallel gate is. Main is read once a poll interval: a git call."""
+        if not self.busy or self.cancelled or now < self.main_looked_at + self.config.poll_interval_secs:
+            return
+        self.main_looked_at, record = now, self.record
+        if git.rev_parse(self.config.root, self.config.main_branch) != record.base:
+            self.ledger.event("gate_cancelled", record.task_id, commit=record.commit, reason=MAIN_MOVED)
+            self.cancel(MAIN_MOVED)
 
     def poll(self, now: float) -> GateOutcome | None:
         """On the loop, each pass: start the prepared gate, end it past merge_gate_timeout_secs

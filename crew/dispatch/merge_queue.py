@@ -71,6 +71,7 @@ class MergeQueue:
         if self.speculative:
             return self.speculative.step()
         if self.gate.busy:
+            self.gate.cancel_if_main_moved(time.time())
             outcome = self.gate.poll(time.time())
             return outcome is not None and self.after_gate(outcome)
         progressed = False
