@@ -5,6 +5,9 @@ from __future__ import annotations
 import threading
 import time
 
+from crew.dispatch import records
+from crew.dispatch.conflicts import Conflicts
+from crew.dispatch.ledger import Ledger
 from crew.dispatch.loop import Dispatcher
 from dispatch_helpers import add_task, events
 
@@ -52,3 +55,19 @@ def test_a_worker_past_its_deadline_is_ended_while_the_store_hangs_on_a_read(jso
     assert not run.is_alive()
     assert [e["task_id"] for e in events(repo, "worker_timed_out")] == [task.id]
     assert store.get(task.id).status == "blocked"  # max_attempts 1: the timeout was its one attempt
+
+
+def test_settle_acts_only_on_what_the_store_thread_looked_up(json_agent_setup, repo):
+    _, config, store = json_agent_setup()
+    original, followup = store.create("Original"), store.create("Fix failing checks: work/proj-1")
+    ledger = Ledger(config, store, say=lambda message: None)
+    ledger.state.pending[followup.id] = records.PendingMerge(
+        kind="gate", task_id=original.id, title="Original", branch="work/proj-1", worktree=str(repo / "gone"),
+        files=[], outcome="close", note="", retries=1, followup_created_at=followup.created_at)
+    conflicts = Conflicts(config, ledger, store)
+    lookups = conflicts.lookups(busy=set())  # which tasks, read on the loop; the store is asked when it runs
+    store.set_status(followup.id, "blocked", "cannot be fixed")
+    # A pending merge the lookup did not cover (filed since it was asked) waits for the next one.
+    assert conflicts.settle(set(), {}) is False and followup.id in ledger.state.pending
+    assert conflicts.settle(set(), lookups(store)) is True  # the lookup saw it blocked: the merge gives up
+    assert ledger.state.pending == {} and store.get(original.id).status == "blocked"

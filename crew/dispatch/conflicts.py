@@ -12,6 +12,7 @@ from crew import git
 from crew import names as safe_names
 from crew.dispatch import records
 from crew.dispatch import scheduler
+from crew.dispatch import ledger as task_ledger
 from crew.dispatch import worktrees
 from crew.dispatch.ledger import Ledger
 from crew.tasks import model as task_model
@@ -135,15 +136,24 @@ class Conflicts:
         failpoints.failpoint("after_conflict_task")
         return task
 
-    def settle(self, busy: set[str]) -> bool:
+    def lookups(self, busy: set[str]):
+        """What settle needs from the store, as work for the store thread (SerialStore.batch): the
+        pending merges are read here, on the loop; only the store is asked there."""
+        wanted = {followup_id: pending.followup_created_at for followup_id, pending in self.ledger.state.pending.items()
+                  if followup_id not in busy}
+        return lambda store: {followup_id: task_ledger.current_task(store, followup_id, created_at)
+                              for followup_id, created_at in wanted.items()}
+
+    def settle(self, busy: set[str], followups: dict[str, task_model.Task | None]) -> bool:
         """Retry a merge once its conflict or fix task is closed; block it if that task is blocked.
-        busy: the tasks whose worker still runs (their pending merge waits for them)."""
+        busy: the tasks whose worker still runs (their pending merge waits for them); followups:
+        the conflict and fix tasks as the store had them (looked up off the loop, see lookups)."""
         ledger, state = self.ledger, self.ledger.state
         changed = False
         for followup_id, pending in list(state.pending.items()):
-            if followup_id in busy:
-                continue
-            followup = ledger.current_task(followup_id, pending.followup_created_at)
+            if followup_id in busy or followup_id not in followups:
+                continue  # a pending merge filed since the lookup is looked at next time
+            followup = followups[followup_id]
             if followup is None:
                 del state.pending[followup_id]
                 ledger.save_pending()

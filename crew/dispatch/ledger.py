@@ -27,6 +27,16 @@ def read_state(config: configuration.Config) -> records.DispatchState:
                               logs=config.root / events.LOGS_DIR)
 
 
+def current_task(store: task_model.TaskStore, task_id: str, created_at: str) -> task_model.Task | None:
+    """The task a record was made for, or None when the store no longer has it: deleted, or
+    its id now names another task (created at another time)."""
+    try:
+        task = store.get(task_id)
+    except errors.TaskNotFound:
+        return None
+    return task if records.same_creation(created_at, task.created_at) else None
+
+
 class Ledger:
     """The state of one dispatcher (`state`), saved as it changes, and this run's summary."""
 
@@ -85,13 +95,7 @@ class Ledger:
         self.save_state()
 
     def current_task(self, task_id: str, created_at: str) -> task_model.Task | None:
-        """The task a record was made for, or None when the store no longer has it: deleted, or
-        its id now names another task (created at another time)."""
-        try:
-            task = self.store.get(task_id)
-        except errors.TaskNotFound:
-            return None
-        return task if records.same_creation(created_at, task.created_at) else None
+        return current_task(self.store, task_id, created_at)
 
     def drop_record_of_gone_task(self, task_id: str, what: str) -> None:
         """A record refers to a task the store no longer has: drop it (the caller does) and carry on."""

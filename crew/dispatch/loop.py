@@ -59,6 +59,8 @@ class Dispatcher:
         self.claimed_during_read: set[str] = set()  # the read under way was asked before these claims
         self.claiming: tuple[concurrent.futures.Future, task_model.Task] | None = None  # one at a time
         self.blocked_read: concurrent.futures.Future | None = None
+        self.settle_read: tuple[int, concurrent.futures.Future] | None = None  # the pending merges' tasks
+        self.settled_as_of = 0
 
     def say(self, message: str) -> None:
         self.ledger.say(message)
@@ -131,6 +133,23 @@ class Dispatcher:
             self.blocked_read = self.serial.later("list", ["blocked"])
         return came_back
 
+    def settle_pending(self, due: bool) -> bool:
+        """Settle the pending merges from the lookups that have come back from the store thread,
+        and hand over the next lookups when they are due (the last are older than the last
+        change, or the poll interval is up). True if a pending merge was settled."""
+        busy = {w.task_id for w in self.ledger.state.workers.values()}
+        settled = False
+        if self.settle_read is not None and self.settle_read[1].done():
+            self.settled_as_of, future = self.settle_read
+            self.settle_read = None
+            settled = self.conflicts.settle(busy, future.result())
+        if self.settle_read is None and (due or self.settled_as_of < self.changes):
+            if self.ledger.state.pending:
+                self.settle_read = (self.changes, self.serial.batch(self.conflicts.lookups(busy)))
+            else:
+                self.settled_as_of = self.changes  # nothing to look up
+        return settled
+
     def breaker_tripped(self) -> bool:
         held, tripped_now = self.breaker.check(time.time())
         if tripped_now:
@@ -170,9 +189,7 @@ class Dispatcher:
                     self.pool.poll(self.finisher.finish)
             poll_due = time.time() >= self.next_poll
             merged = self.queue.step()
-            if changed or merged or poll_due:  # the store is read at the poll interval, not every pass
-                busy = {w.task_id for w in ledger.state.workers.values()}
-                merged |= self.conflicts.settle(busy)
+            merged |= self.settle_pending(changed or merged or poll_due)
             if merged:
                 self.finisher.close_finished_epics()
             changed |= merged
@@ -181,10 +198,12 @@ class Dispatcher:
                 self.fill_slots()
             if poll_due:
                 self.next_poll = time.time() + self.config.poll_interval_secs
-            # Done once nothing runs or waits, and a ready list read since the last change started nothing.
+            # Done once nothing runs or waits, and the ready list and pending merges, read since the
+            # last change, started nothing.
             idle = not ledger.state.workers and not gates.any_busy(self.gates) and not self.queue.due(time.time()) \
                 and self.claiming is None
-            if idle and (self.stopping or (not changed and not self.watch and self.ready_as_of == self.changes)):
+            current = self.ready_as_of == self.settled_as_of == self.changes
+            if idle and (self.stopping or (not changed and not self.watch and current)):
                 break
             time.sleep(WORKER_POLL_SECS)
         self.pool.starter.shutdown(wait=True)
