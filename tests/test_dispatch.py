@@ -351,8 +351,8 @@ def test_default_aider_command(make_config, repo):
 
 def test_preflight_names_what_is_missing(make_config, repo, fake_llm, monkeypatch):
     cfg = make_config(task_backend="json", worker_command=["no-such-agent-xyz"])
-    proc = dispatch(cfg)
-    assert proc.returncode == 1 and "worker command 'no-such-agent-xyz' was not found" in proc.stderr
+    proc = dispatch(cfg)  # a command named in the configuration: bad configuration, exit 2
+    assert proc.returncode == 2 and proc.stderr == "error: worker_command 'no-such-agent-xyz' was not found on PATH\n"
     (repo / ".gitignore").write_text("followups.txt\n", encoding="utf-8")
     proc = dispatch(make_config(task_backend="json", worker_command=AGENT_COMMAND))
     assert proc.returncode == 1 and "followups.txt is ignored by git" in proc.stderr
@@ -373,12 +373,14 @@ def test_preflight_checks_the_gate_and_setup_commands(json_agent_setup, repo):
         cfg, config, store = json_agent_setup(**{key: ["no-such-check-xyz", "-q"]})
         add_task(store, f"Never runs ({key})", "append x.txt x")
         proc = dispatch(cfg)
-        assert proc.returncode == 1 and proc.stderr == f"error: {key} 'no-such-check-xyz' was not found on PATH\n"
+        assert proc.returncode == 2 and proc.stderr == f"error: {key} 'no-such-check-xyz' was not found on PATH\n"
         assert events(repo, "worker_started") == []
     # A path is looked up in the repository, where a worktree has it too.
     commit_file(repo, "checks/run.py", "print('ok')\n")
     cfg, config, store = json_agent_setup(merge_gate_command=["checks/missing.py"])
-    assert "merge_gate_command 'checks/missing.py' was not found" in dispatch(cfg).stderr
+    proc = dispatch(cfg)
+    assert proc.returncode == 2
+    assert proc.stderr == "error: merge_gate_command 'checks/missing.py' was not found in the repository\n"
 
 
 def test_preflight_refuses_without_a_git_identity(json_agent_setup, repo, tmp_path, monkeypatch):

@@ -22,14 +22,16 @@ def preflight(config: configuration.Config) -> None:
     numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
     if numbers < (2, 38):
         raise errors.UserError(f"{version} is too old: merging without a checkout needs git 2.38 or newer")
-    commands = {"the worker command": config.worker_command or agent.AIDER_COMMAND,
-                "merge_gate_command": config.merge_gate_command,
+    if config.worker_command is None and not command_found(agent.AIDER_COMMAND[0], config.root):
+        # Nothing in the configuration is wrong: the default agent is not installed.
+        raise errors.UserError(f"the worker command {agent.AIDER_COMMAND[0]!r} was not found on PATH "
+                               "(install Aider: pipx install aider-chat, or set worker_command)")
+    commands = {"worker_command": config.worker_command, "merge_gate_command": config.merge_gate_command,
                 "worktree_setup_command": config.worktree_setup_command}
-    for what, command in commands.items():
+    for key, command in commands.items():
         if command and not command_found(command[0], config.root):
-            raise errors.UserError(f"{what} {command[0]!r} was not found on PATH"
-                                   + (" (install Aider: pipx install aider-chat)"
-                                      if command is agent.AIDER_COMMAND else ""))
+            where = "in the repository" if os.path.dirname(command[0]) else "on PATH"
+            raise errors.UsageError(f"{key} {command[0]!r} was not found {where}")
     for ident in ("GIT_AUTHOR_IDENT", "GIT_COMMITTER_IDENT"):
         # git's own answer, so user.useConfigOnly, EMAIL and the GIT_* variables count as git counts them
         if git.git("var", ident, cwd=config.root, check=False).returncode != 0:
