@@ -90,7 +90,8 @@ def print_status(result: dict) -> None:
               f"log {w['log']})")
     for g in result["gates"]:
         print(f"  gate: {g['task_id']} on {' + '.join([result['main_branch'], *g['stack']])} ({g['commit'][:10]}), "
-              f"{g['state']} for {g['elapsed_secs']:g} s (pid {g['pid']}, log {g['log']})")
+              f"{g['state']}" + (f" ({g['reason']})" if g["reason"] else "")
+              + f", started {g['elapsed_secs']:g} s ago (pid {g['pid']}, log {g['log']})")
     for e in result["merge_queue"]:
         print(f"  merge queue: {e['task_id']} ({e['branch']})" + (f": {e['waiting']}" if e["waiting"] else ""))
     for p in result["pending_merges"]:

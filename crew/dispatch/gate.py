@@ -100,8 +100,16 @@ class Gate:
         """End the gate without a verdict: its kill is begun now and finished by later polls."""
         if self.busy and not self.cancelled:
             self.cancelled = why
+            self.record_ending(why)
             if self.proc is not None and self.kill is None:
                 self.kill = processes.TreeKill.begin(self.proc.pid, self.config.worker_kill_grace_secs, self.proc)
+
+    def record_ending(self, why: str) -> None:
+        """Written before the kill, so --status never shows a dying gate as gating."""
+        record = self.record
+        if record is not None and record.ending is None:
+            record.ending = why
+            self.ledger.save_state()
 
     def cancel_if_main_moved(self, now: float) -> None:
         """One gate at a time: a gate whose main moved is void (its merge is computed again), so
@@ -137,6 +145,7 @@ class Gate:
                 self.cancel(why)
             elif now > record.deadline:
                 self.ended = f"timed out after {self.config.merge_gate_timeout_secs:g} s"
+                self.record_ending(self.ended)
                 self.kill = processes.TreeKill.begin(self.proc.pid, self.config.worker_kill_grace_secs, self.proc)
             return None  # looked at again on the next pass
         if self.kill is None and not processes.IS_WINDOWS:

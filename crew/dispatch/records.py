@@ -169,6 +169,9 @@ class GateRecord(Record):
     started_at: float
     deadline: float | None
     stack: list[str] = dataclasses.field(default_factory=list)
+    # Why its process tree is being ended (cancelled, timed out), recorded as the kill begins:
+    # until the tree is gone, --status shows it as ending, not gating.
+    ending: str | None = None
 
 
 @dataclasses.dataclass

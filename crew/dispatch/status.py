@@ -8,6 +8,7 @@ from crew import config as configuration
 from crew import errors
 from crew import processes
 from crew.dispatch import ledger
+from crew.dispatch import records
 from crew.dispatch import scheduler
 from crew.tasks import model as task_model
 
@@ -31,12 +32,29 @@ def status(config: configuration.Config, store: task_model.TaskStore) -> dict:
                         for r in state.merge_queue],
         "main_branch": config.main_branch,
         "gates": [{"task_id": g.task_id, "branch": g.branch, "stack": g.stack, "commit": g.commit,
-                   "worktree": g.worktree, "state": "gating" if g.pid else "preparing", "pid": g.pid,
+                   "worktree": g.worktree, **gate_state(g, dispatcher is not None, alive(g)), "pid": g.pid,
                    "elapsed_secs": round(time.time() - g.started_at, 1), "log": g.log} for g in state.gates],
         "pending_merges": [{"followup_task": followup, **pending.to_json()}
                            for followup, pending in state.pending.items()],
         "counts": counts,
     }
+
+
+def alive(gate: records.GateRecord) -> bool:
+    return processes.is_same_process_alive(gate.pid, gate.pid_start_time)
+
+
+def gate_state(gate: records.GateRecord, dispatcher_running: bool, process_alive: bool) -> dict:
+    """What a recorded gate is doing, as far as the records and the process table tell: its
+    "state" (preparing, gating, ending, not running) and, when that needs saying, "reason"."""
+    if not dispatcher_running:
+        reason = "the dispatcher is not running"
+        if process_alive:
+            reason += f"; its process {gate.pid} is still alive, and the next run ends it"
+        return {"state": "not running", "reason": reason}
+    if gate.ending:
+        return {"state": "ending", "reason": gate.ending}
+    return {"state": "gating" if gate.pid else "preparing", "reason": None}
 
 
 def dry_run(config: configuration.Config, store: task_model.TaskStore, max_workers: int) -> list[dict]:
