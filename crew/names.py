@@ -1,4 +1,5 @@
-"""Untrusted text made safe: repository paths, titles, branch and file names, output tails for notes."""
+"""Untrusted text made safe: repository paths, titles, task text for the store, a commit or a
+terminal, branch and file names, output tails for notes."""
 from __future__ import annotations
 
 import re
@@ -7,6 +8,16 @@ from pathlib import PurePosixPath
 from crew import errors
 
 
+# A title is one line of a list and a commit's subject. A description or note reaches bd as one
+# argument, and Linux refuses an argument over 128 KiB: 30,000 characters stay under it even at
+# four UTF-8 bytes each.
+TITLE_LIMIT = 500
+TEXT_LIMIT = 30_000
+CUT_MARK = " [...]"
+LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")  # valid JSON ("\\ud83d"), but not encodable as UTF-8
+# What a terminal acts on rather than shows: C0 controls, DEL, C1 controls (ESC [ is also C1's CSI).
+TERMINAL_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+TERMINAL_CONTROL_ONE_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 # cmd.exe treats these specially; a file name with one could escape into a command line.
 CMD_SPECIAL = set('&|<>^%"') | {chr(c) for c in range(32)} | {"\x7f"}
 
@@ -64,3 +75,36 @@ def branch_name(template: str, task_id: str) -> str:
 def file_name(task_id: str) -> str:
     """A task id as one safe file or folder name (ids come from stores that users edit by hand)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", task_id).strip(".-") or "task"
+
+
+def task_text_problem(text: str, limit: int) -> str | None:
+    """What makes a new task's title or description unfit for the stores, as words ("contains a
+    NUL byte"); None when it is fine. The commands that create tasks refuse such text; text
+    already in a store is made safe where it is used (clean_text, for_terminal)."""
+    if "\0" in text:
+        return "contains a NUL byte"
+    if LONE_SURROGATE.search(text):
+        return "is not valid UTF-8"
+    if len(text) > limit:
+        return f"is longer than {limit:,} characters ({len(text):,})"
+    return None
+
+
+def clean_text(text: str, limit: int | None = TEXT_LIMIT) -> str:
+    """Text fit for a store, a commit message or a file: NUL bytes removed (no command line can
+    hold one), a lone surrogate replaced by U+FFFD (UTF-8 cannot encode it), cut to `limit`."""
+    text = LONE_SURROGATE.sub("\ufffd", text.replace("\0", ""))
+    return text if limit is None or len(text) <= limit else text[:limit - len(CUT_MARK)] + CUT_MARK
+
+
+def clean_title(title: str) -> str:
+    """A title as one safe line of at most TITLE_LIMIT characters (a commit's subject, a record)."""
+    return cut_at_word(clean_text(title, None), TITLE_LIMIT)
+
+
+def for_terminal(text: str, multiline: bool = False) -> str:
+    """Text from agents or tasks as a terminal should show it, not act on it: ESC, NUL, DEL and
+    the other C0 and C1 control characters (and lone surrogates, which no terminal encoding
+    holds) become `\\x1b`-style escapes. multiline keeps newlines and tabs."""
+    pattern = TERMINAL_CONTROL if multiline else TERMINAL_CONTROL_ONE_LINE
+    return pattern.sub(lambda m: m.group().encode("unicode_escape", "backslashreplace").decode("ascii"), text)

@@ -47,9 +47,10 @@ def test_the_next_attempt_after_a_timeout_is_told_its_partial_work_is_on_main(js
 
 def test_a_huge_log_and_many_attempts_keep_what_the_next_one_is_told_within_the_cap(json_agent_setup, repo):
     cfg, config, store = json_agent_setup(max_attempts=6, breaker_failures=10)
-    task = add_task(store, "Noisy", "print-message", "say " + "x" * 300_000 + " the end")
+    # As long a description as the store holds, printed twice by each attempt.
+    task = add_task(store, "Noisy", "print-message", "say " + "x" * (names.TEXT_LIMIT - 100) + " the end")
     assert dispatch(cfg).returncode == 1
-    assert (repo / ".dispatch_logs" / f"{task.id}.5.log").stat().st_size > 600_000
+    assert (repo / ".dispatch_logs" / f"{task.id}.5.log").stat().st_size > 2 * (names.TEXT_LIMIT - 100)
     told = told_in_attempt(repo, task.id, 6)
     assert len("\n".join(told)) <= agent.HISTORY_CHARS
     # Newest first: the last attempts whole, an older one cut, the oldest left out.

@@ -70,9 +70,10 @@ class BdTaskStore:
         """One `bd create` each; a failure part-way says which were created."""
         created: list[model.Task] = []
         for spec in specs:
-            args = ["create", spec.title, "-p", str(spec.priority), "-t", spec.issue_type]
+            args = ["create", names.clean_text(spec.title, names.TITLE_LIMIT), "-p", str(spec.priority),
+                    "-t", spec.issue_type]
             if spec.description:
-                args += ["-d", spec.description]
+                args += ["-d", names.clean_text(spec.description)]
             if spec.labels:
                 args += ["-l", ",".join(spec.labels)]
             if spec.deps:
@@ -109,15 +110,15 @@ class BdTaskStore:
         return bool(claimed) and claimed[0].assignee == actor
 
     def release(self, task_id: str, note: str = "", actor: str | None = None) -> model.Task:
-        return self._tasks("update", task_id, "-s", "open", "-a", "", *(["--append-notes", note] if note else []),
+        return self._tasks("update", task_id, "-s", "open", "-a", "", *_append_notes(note),
                            actor=actor)[0]
 
     def set_status(self, task_id: str, status: str, note: str = "", actor: str | None = None) -> model.Task:
-        return self._tasks("update", task_id, "-s", status, *(["--append-notes", note] if note else []),
+        return self._tasks("update", task_id, "-s", status, *_append_notes(note),
                            actor=actor)[0]
 
     def close(self, task_id: str, reason: str = "", force: bool = False, actor: str | None = None) -> model.Task:
-        return self._tasks("close", task_id, *(["-r", reason] if reason else []), *(["--force"] if force else []),
+        return self._tasks("close", task_id, *(["-r", names.clean_text(reason)] if reason else []), *(["--force"] if force else []),
                            actor=actor)[0]
 
     def reopen(self, task_id: str) -> model.Task:
@@ -127,7 +128,11 @@ class BdTaskStore:
         self._call("dep", "add", task_id, depends_on, "-t", kind)
 
     def add_note(self, task_id: str, text: str) -> model.Task:
-        return self._tasks("update", task_id, "--append-notes", text)[0]
+        return self._tasks("update", task_id, *_append_notes(text))[0]
+
+
+def _append_notes(note: str) -> list[str]:
+    return ["--append-notes", note] if (note := names.clean_text(note)) else []
 
 
 def _unwrap_bd_json(stdout: str, argv: list[str]) -> Any:

@@ -12,6 +12,7 @@ from typing import Any
 
 from crew import errors
 from crew import files
+from crew import names
 from crew import workspace
 from crew.tasks import model
 
@@ -176,7 +177,7 @@ class JsonTaskStore:
     @staticmethod
     def _change(entry: dict, note: str = "", **changes: Any) -> model.Task:
         entry.update(changes, updated_at=files.now_iso())
-        if note:
+        if note := names.clean_text(note):
             entry["notes"] = f"{entry['notes']}\n{note}" if entry.get("notes") else note
         return model.Task.from_dict(entry)
 
@@ -192,7 +193,8 @@ class JsonTaskStore:
             stamp, created = files.now_iso(), []
             for spec in specs:
                 highest += 1
-                task = model.Task(id=f"{self.prefix}-{highest}", title=spec.title, description=spec.description,
+                task = model.Task(id=f"{self.prefix}-{highest}", title=names.clean_text(spec.title, names.TITLE_LIMIT),
+                                  description=names.clean_text(spec.description),
                                   priority=spec.priority, issue_type=spec.issue_type, labels=list(spec.labels),
                                   created_at=stamp, updated_at=stamp)
                 for kind, target in spec.deps:
@@ -261,7 +263,8 @@ class JsonTaskStore:
             if blockers and not force:
                 raise errors.UserError(f"cannot close {task_id}: it is blocked by open tasks {', '.join(blockers)} "
                                        "(use --force to close it anyway)")
-            entry.update(status="closed", closed_at=files.now_iso(), close_reason=reason, updated_at=files.now_iso())
+            entry.update(status="closed", closed_at=files.now_iso(), close_reason=names.clean_text(reason),
+                         updated_at=files.now_iso())
             return model.Task.from_dict(entry)
 
     def reopen(self, task_id: str) -> model.Task:
