@@ -32,6 +32,7 @@ Layout, one concern a module (each module imports only the ones it needs, as mod
   dispatch/worktrees.py    the dispatcher's worktrees and branches (only its own are ever deleted)
   dispatch/workers.py      the worker pool: start, watch, end
   dispatch/finish.py       an ended worker judged from git: merge queue, another attempt, or blocked
+  dispatch/attempt_log.py  an attempt's log, head and tail only: its last lines, why no edit was applied
   dispatch/gate.py         merge_gate_command on a merge commit, in the gate worktree
   dispatch/merge_queue.py  the merge queue: one branch at a time behind the merge slot
   dispatch/speculation.py  parallel gates as pure decisions: what gates on what, lands, fails, is void

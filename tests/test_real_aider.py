@@ -162,3 +162,35 @@ def test_real_aider_on_an_openai_server_edits_and_creates(crew, make_config, rep
     report = report_model.build_report(*event_log.read_events(repo / ".dispatch_logs" / "events.jsonl"),
                                        repo / ".dispatch_logs")
     assert all(report.tasks[i].tokens and report.tasks[i].tokens.sent > 0 for i in ids.values())
+
+
+def test_real_aider_refusing_a_reply_with_the_path_inside_the_fence_tells_the_next_attempt_why(crew, make_config,
+                                                                                                 repo):
+    """A small model's mistake seen with Qwen2.5-Coder 1.5B: the file's path inside the fence.
+    With two files in the chat Aider cannot guess the file: it applies nothing and exits 0. The
+    scripted model gets it right once its message says what the whole format wants."""
+    server, calls = crew
+    inside = "Here is the code:\n\n```python\n# calc.py\n" + CALC_WITH_SUBTRACT + "```\n"
+
+    def learning_model(body: dict) -> str:
+        request = "\n".join(str(m["content"]) for m in body["messages"][1:])
+        if "commit message" in body["messages"][0]["content"]:
+            return COMMIT_SUBJECT
+        return whole(("calc.py", CALC_WITH_SUBTRACT)) if "path alone on the line before the fence" in request \
+            else inside
+
+    server.answer = learning_model
+    cfg = make_config(task_backend="json", task_prefix="proj", llm_url=server.url, max_workers=1,
+                      poll_interval_secs=0.2, worker_timeout_secs=120, worker_kill_grace_secs=2,
+                      auto_ingest_suggestions=False, max_attempts=2)
+    store = tasks.open_task_store(config.load_config(str(cfg)))
+    task = store.create("Add a subtract function", "", labels=["file:calc.py", "file:settings.ini"])
+    proc = dispatch(cfg, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert store.get(task.id).status == "closed"
+    assert main_file(repo, "calc.py") == CALC_WITH_SUBTRACT
+    note = next(line for line in store.get(task.id).notes.splitlines() if "attempt 1 " in line)
+    assert ("attempt 1 exited with no commits; your reply held a code block but no edit was applied: Aider's "
+            "whole edit format wants the file's path alone on the line before the fence, not inside it") in note
+    assert "(Aider said: No filename provided before ``` in file listing)" in note
+    assert_nothing_of_the_agents_on_main(repo, calls)

@@ -2,7 +2,6 @@
 is released for another attempt, or blocked."""
 from __future__ import annotations
 
-import os
 from pathlib import Path, PurePosixPath
 
 from crew import config as configuration
@@ -12,6 +11,7 @@ from crew import files
 from crew import git
 from crew import names as safe_names
 from crew import suggestions as suggested_tasks
+from crew.dispatch import attempt_log
 from crew.dispatch import conflicts
 from crew.dispatch import records
 from crew.dispatch import scheduler
@@ -20,8 +20,6 @@ from crew.dispatch.ledger import Ledger
 from crew.dispatch.merge_queue import MergeQueue
 from crew.dispatch.workers import WorkerPool
 from crew.tasks import model as task_model
-
-LOG_TAIL_BYTES = 8192  # ample for the note's 400 characters, even after multi-byte text
 
 
 class Finisher:
@@ -69,8 +67,9 @@ class Finisher:
             self.ledger.event("no_commits", task_id, log=worker.log)
             self.breaker.attempt_ended(made_commits=False, counted=counted)
             worktrees.discard_attempt(self.config, worker)
-            self.ledger.attempt_failed(task_id, f"attempt {worker.attempt} {why} with no commits; log {worker.log} "
-                                                f"ends: {self.log_tail(worker)}", worker.actor, counted=counted)
+            self.ledger.attempt_failed(task_id, f"attempt {worker.attempt} {why} with no commits; "
+                                                f"{self.no_edit_hint(worker)}log {worker.log} ends: "
+                                                f"{self.log_tail(worker)}", worker.actor, counted=counted)
         self.ledger.save_state()
 
     def leave_blocked(self, worker: records.Worker) -> None:
@@ -115,18 +114,17 @@ class Finisher:
             self.ledger.event("no_commits" if not commits else "merge_conflict", worker.task_id, log=worker.log)
             problem = "still does not merge cleanly" if commits else "has no commit after the dispatcher's merge"
             self.ledger.attempt_failed(worker.task_id, f"attempt {worker.attempt}: {worker.branch} {problem}; "
+                                                       f"{'' if commits else self.no_edit_hint(worker)}"
                                                        f"log {worker.log} ends: {self.log_tail(worker)}", worker.actor)
 
     def log_tail(self, worker: records.Worker) -> str:
-        """The end of the attempt's log, for its note (and so the next attempt's message). Only the
-        log's last bytes are read: an agent stuck in a loop can write gigabytes."""
-        try:
-            with open(self.root / worker.log, "rb") as log:
-                log.seek(max(0, log.seek(0, os.SEEK_END) - LOG_TAIL_BYTES))
-                text = log.read().decode("utf-8", errors="replace")
-        except OSError:
-            return "(no log)"
-        return safe_names.one_line_tail(text) or "(empty log)"
+        """The end of the attempt's log, for its note (and so the next attempt's message)."""
+        return attempt_log.tail_line(self.root / worker.log)
+
+    def no_edit_hint(self, worker: records.Worker) -> str:
+        """Why an attempt with no commit changed nothing, when its reply held code: said before the
+        log's tail, which rarely shows it, so the next attempt can do otherwise."""
+        return attempt_log.no_edit_hint(self.root / worker.log)
 
     def collect_followups(self, worker: records.Worker) -> None:
         """The agent's follow-up ideas go to suggested_tasks.txt, never to main."""
