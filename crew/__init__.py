@@ -5,6 +5,7 @@ Layout, one concern a module (each module imports only the ones it needs, as mod
   errors.py            the two levels of error (UserError: exit 1, UsageError: exit 2), failed commands
   processes.py         running commands (never a shell); starting and ending process trees
   files.py             locks, atomic writes, JSON state files
+  logs.py              logs of any size: a tail read from the end, lines read as a stream
   config.py            dispatch_config.json: found, validated, completed
   workspace.py         the toolkit's own files in a repository, kept out of `git status`
   names.py             untrusted text made safe: repository paths, titles, branch and file names, output tails

@@ -3,14 +3,14 @@ code changed nothing. Only a bounded head and tail of a log are ever read: an ag
 loop can write gigabytes."""
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
+from crew import logs
 from crew import names as safe_names
 
 HEAD_BYTES = 16384  # Aider names its model and edit format in its first lines
-TAIL_BYTES = 8192  # ample for a note's 400 characters, even after multi-byte text, and the last reply
+TAIL_CHARS = 8192  # ample for a note's 400 characters and the last reply
 
 # Aider prints e.g. "Model: ollama_chat/qwen2.5-coder:1.5b with whole edit format" at start.
 EDIT_FORMAT_LINE = re.compile(r"^Model: \S+ with ([A-Za-z0-9_-]+) edit format", re.MULTILINE)
@@ -44,12 +44,10 @@ def read_head(path: Path, limit: int = HEAD_BYTES) -> str:
         return ""
 
 
-def read_tail(path: Path, limit: int = TAIL_BYTES) -> str | None:
-    """The log's last `limit` bytes as text; None when it cannot be read."""
+def read_tail(path: Path, limit: int = TAIL_CHARS) -> str | None:
+    """The log's last `limit` characters; None when it cannot be read."""
     try:
-        with open(path, "rb") as log:
-            log.seek(max(0, log.seek(0, os.SEEK_END) - limit))
-            return log.read().decode("utf-8", errors="replace")
+        return logs.read_tail(path, limit)
     except OSError:
         return None
 

@@ -14,6 +14,7 @@ from crew import config as configuration
 from crew import errors
 from crew import failpoints
 from crew import git
+from crew import logs
 from crew import processes
 from crew.dispatch import records
 from crew.dispatch import worktrees
@@ -156,7 +157,7 @@ class Gate:
         if why := self.stopped():
             return self.conclude(record, None, why)
         failpoints.failpoint("during_gate")
-        output = (self.config.root / record.log).read_text(encoding="utf-8", errors="replace")[-OUTPUT_TAIL:]
+        output = logs.read_tail(self.config.root / record.log, OUTPUT_TAIL)
         if not self.ended and self.proc.returncode == 0:
             return self.conclude(record, True, output)
         return self.conclude(record, False, f"merge_gate_command {self.ended or f'exited {self.proc.returncode}'}; "

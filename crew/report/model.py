@@ -5,12 +5,15 @@ import dataclasses
 import re
 from pathlib import Path
 
+from crew import logs
 from crew.report import events as event_log
 
 
-# Aider prints e.g. "Tokens: 2.1k sent, 345 received." (cache counts may sit between the two).
-TOKENS_LINE = re.compile(r"Tokens:\s*([\d.]+)\s*([kKmM]?)\s+sent\b.*?([\d.]+)\s*([kKmM]?)\s+received\b")
-TOKEN_SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000}
+# Aider prints e.g. "Tokens: 2.1k sent, 345 received." (cache counts may sit between the two),
+# one line each. Matched in the log's bytes, within a line ([^\S\n]: a blank that is no line end).
+TOKENS_LINE = re.compile(rb"Tokens:[^\S\n]*(\d+(?:\.\d+)?)[^\S\n]*([kKmM]?)[^\S\n]+sent\b.*?"
+                         rb"(\d+(?:\.\d+)?)[^\S\n]*([kKmM]?)[^\S\n]+received\b")
+TOKEN_SUFFIX = {b"": 1, b"k": 1_000, b"m": 1_000_000}
 
 # What an attempt's bar is coloured by: a conflict resolver or gate fixer by its kind, others by outcome.
 CATEGORIES = {
@@ -163,16 +166,17 @@ def log_path(logs_dir: Path, event: event_log.Event) -> Path | None:
 
 
 def tokens_in_log(path: Path) -> Tokens | None:
-    """The sum of the token counts an agent printed in its log; None when it printed none."""
+    """The sum of the token counts an agent printed in its log; None when it printed none. The
+    log is read as a stream, a block of lines at a time: it may be gigabytes."""
+    found = None
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        for block in logs.line_blocks(path):
+            for match in TOKENS_LINE.finditer(block):
+                sent = float(match.group(1)) * TOKEN_SUFFIX[match.group(2).lower()]
+                received = float(match.group(3)) * TOKEN_SUFFIX[match.group(4).lower()]
+                found = (found or Tokens()) + Tokens(round(sent), round(received))
     except OSError:
         return None
-    found = None
-    for match in TOKENS_LINE.finditer(text):
-        sent = float(match.group(1)) * TOKEN_SUFFIX[match.group(2).lower()]
-        received = float(match.group(3)) * TOKEN_SUFFIX[match.group(4).lower()]
-        found = (found or Tokens()) + Tokens(round(sent), round(received))
     return found
 
 
