@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from crew import failpoints
 from crew import git as gitcmd
 from conftest import commit_file, git
 from dispatch_helpers import add_task, dispatch, main_file, merges_of
@@ -131,3 +132,60 @@ def test_the_toolkits_temp_files_are_excluded_from_git_status(json_agent_setup, 
         (repo / name).write_text("{}", encoding="utf-8")
     (repo / ".users_own.tmp").write_text("mine", encoding="utf-8")
     assert git(repo, "status", "--porcelain", "--untracked-files=all") == "?? .users_own.tmp"
+
+
+def test_an_ignored_file_of_the_users_that_the_merge_adds_holds_the_merge_and_survives(json_agent_setup, repo):
+    commit_file(repo, ".gitignore", "settings.local.json\n")
+    (repo / "settings.local.json").write_text('{"token": "mine"}\n', encoding="utf-8")
+    cfg, config, store = json_agent_setup()
+    task = add_task(store, "Share the settings", "replace .gitignore settings.local.json other.log",
+                    "append settings.local.json {}")
+    before = git(repo, "rev-parse", "main")
+    proc = dispatch(cfg, "--json")
+    assert proc.returncode == 1, proc.stderr
+    [waiting] = json.loads(proc.stdout)["waiting"]
+    assert waiting["id"] == task.id and waiting["reason"].startswith(f"settings.local.json in {repo} would be "
+                                                                     "overwritten"), waiting["reason"]
+    assert (repo / "settings.local.json").read_text(encoding="utf-8") == '{"token": "mine"}\n'
+    assert git(repo, "rev-parse", "main") == before and store.get(task.id).status == "in_progress"
+    (repo / "settings.local.json").rename(repo / "settings.mine.json")
+    assert dispatch(cfg).returncode == 0
+    assert merges_of(repo, task.id) == 1 and main_file(repo, "settings.local.json") == "{}\n"
+    assert git(repo, "status", "--porcelain", "--untracked-files=no") == ""
+
+
+def test_an_untracked_file_where_the_merge_makes_a_folder_holds_the_merge(json_agent_setup, repo):
+    (repo / "docs").write_text("my notes\n", encoding="utf-8")  # untracked, where the branch adds docs/
+    cfg, config, store = json_agent_setup()
+    task = add_task(store, "Add docs", "append docs/guide.md guide")
+    proc = dispatch(cfg, "--json")
+    assert proc.returncode == 1, proc.stderr
+    [waiting] = json.loads(proc.stdout)["waiting"]
+    assert waiting["reason"].startswith(f"docs in {repo} would be overwritten"), waiting["reason"]
+    assert (repo / "docs").read_text(encoding="utf-8") == "my notes\n"
+    (repo / "docs").unlink()
+    assert dispatch(cfg).returncode == 0 and merges_of(repo, task.id) == 1
+
+
+def test_a_reset_of_main_just_before_the_merge_lands_is_not_undone(json_agent_setup, repo, monkeypatch):
+    cfg, config, store = json_agent_setup()
+    task = add_task(store, "Add a file", "append feature.txt new")
+    first = git(repo, "rev-parse", "main")
+    dropped = []
+
+    def user_commits_while_the_worker_runs():
+        commit_file(repo, "mine.txt", "a secret\n", "the user's commit")
+
+    def user_resets_it_right_before_the_merge():
+        if not dropped:
+            dropped.append(git(repo, "rev-parse", "HEAD"))
+            git(repo, "reset", "-q", "--hard", "HEAD~1")
+
+    monkeypatch.setitem(failpoints._armed, "after_worker_exit", user_commits_while_the_worker_runs)
+    monkeypatch.setitem(failpoints._armed, "during_merge", user_resets_it_right_before_the_merge)
+    summary = run_in_process(config, store)
+    assert dropped and summary["merged"] == [task.id]
+    assert git(repo, "merge-base", "--is-ancestor", first, "main") == ""
+    assert subprocess.run(["git", "merge-base", "--is-ancestor", dropped[0], "main"], cwd=repo).returncode == 1
+    assert not (repo / "mine.txt").exists() and main_file(repo, "feature.txt") == "new\n"
+    assert git(repo, "status", "--porcelain", "--untracked-files=no") == ""

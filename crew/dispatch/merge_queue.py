@@ -24,6 +24,7 @@ from crew.dispatch.ledger import Ledger
 from crew.tasks import model as task_model
 
 MERGE_SLOT_HELD = "the merge slot is held by another process"
+FILES_NAMED = 10  # files in the way a waiting merge names; the rest are counted
 
 
 @dataclasses.dataclass
@@ -232,9 +233,15 @@ class MergeQueue:
         if checkout is None:
             result = git.git("update-ref", f"refs/heads/{main}", new, old, cwd=self.root, check=False)
         else:
-            # Main is checked out (usually in the user's own folder): a fast-forward there keeps
-            # the user's uncommitted changes, and refuses if it would overwrite any.
-            result = git.git("merge", "--ff-only", "--no-edit", "-q", new, cwd=checkout, check=False)
+            move = git.fast_forward_checkout(checkout, main, old, new)
+            if move.in_the_way:
+                named = ", ".join(move.in_the_way[:FILES_NAMED]) + (
+                    f" and {len(move.in_the_way) - FILES_NAMED} more" if len(move.in_the_way) > FILES_NAMED else "")
+                return (f"{named} in {checkout} would be overwritten by the merge (untracked or ignored there); "
+                        "move them away and the merge will go ahead")
+            if move.result is None:
+                return "moved"  # the folder is not on main at `old` any more: recompute on what is there
+            result = move.result
         # Only the ref itself says whether main moved: the folder may have been switched to
         # another branch a moment ago, and then the fast-forward moved that branch instead.
         now = git.rev_parse(self.root, main)
