@@ -109,8 +109,12 @@ def read_json_file(path: Path, default: Any) -> Any:
                                "fix or move it (it was left untouched)") from None
 
 
+def iso_time(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return iso_time(time.time())
 
 
 class StateFile:

@@ -23,9 +23,12 @@ HOSTILE = "<script>alert(1)</script>"
 EPOCH = dt.datetime(2026, 11, 28, tzinfo=dt.timezone.utc).timestamp()
 
 
+def stamp(secs: float) -> str:
+    return dt.datetime.fromtimestamp(EPOCH + secs, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def line(secs: float, name: str, task_id: str | None = None, **fields) -> str:
-    stamp = dt.datetime.fromtimestamp(EPOCH + secs, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return json.dumps({"v": 1, "ts": stamp, "event": name, "task_id": task_id, **fields})
+    return json.dumps({"v": 1, "ts": stamp(secs), "event": name, "task_id": task_id, **fields})
 
 
 def started(secs: float, task_id: str, slot: int, attempt: int, title: str, kind: str = "task") -> str:
@@ -43,6 +46,7 @@ RECORDED = [
     line(2.0, "worker_exited", "A", code=0),
     line(2.0, "commits_found", "A", commits=1),
     line(2.0, "merge_queued", "A", branch="work/A"),
+    line(2.05, "claimed", "C", ready_since=stamp(0.0)),
     started(2.1, "C", 1, 1, "Crasher"),
     line(2.3, "merged", "A", branch="work/A", commit="a" * 40, diffstat={"files": 2, "insertions": 5, "deletions": 1}),
     line(2.4, "closed", "A"),
@@ -58,11 +62,13 @@ RECORDED = [
     line(11.2, "merge_conflict", "B", files=["x.txt"]),
     line(11.2, "conflict_filed", "B", conflict_task="D", kind="conflict", branch="work/B",
          title="Resolve merge conflict: work/B"),
+    line(11.25, "claimed", "D", ready_since=stamp(11.24)),  # filed after B's end: no refill
     started(11.3, "D", 1, 1, "Resolve merge conflict: work/B", kind="conflict"),
     line(12.0, "worker_exited", "D", code=0),
     line(12.0, "closed", "D"),
     line(12.1, "merge_queued", "B", branch="work/B", after="D"),
     line(12.3, "merged", "B", branch="work/B", commit="b" * 40, diffstat={"files": 1, "insertions": 3, "deletions": 0}),
+    line(12.35, "claimed", "C", ready_since=stamp(10.0)),
     started(12.4, "C", 2, 2, "Crasher"),
     line(13.0, "worker_timed_out", "C"),
     line(13.0, "no_commits", "C"),
@@ -163,7 +169,7 @@ def test_summary_figures_marks_and_the_merge_queue(recorded):
     report = build(recorded)
     assert (report.count("merged"), report.count("blocked")) == (2, 1)
     assert [(c.task_id, c.conflict_task, c.ended) for c in report.conflicts] == [("B", "D", "resolved and merged")]
-    assert report.refills == pytest.approx([0.1, 0.3, 0.4])
+    assert report.refills == pytest.approx([0.1, 0.4])  # not D's: it was filed after the end before it
     assert report.merge_latencies == pytest.approx([0.3, 0.2])
     assert [m.kind for m in report.marks] == ["merged", "conflict", "merged", "breaker"]
     assert [d for _, d in report.queue_depth] == [1, 0, 1, 0, 1, 0]
@@ -257,6 +263,24 @@ def test_a_real_run_writes_its_report_and_names_it(json_agent_setup, repo):
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout) == {"report": str((repo / "elsewhere.html").resolve())}
     assert (repo / "elsewhere.html").is_file()
+
+
+@pytest.mark.parametrize("chained, refills", [(True, 0), (False, 2)])
+def test_a_refill_is_counted_only_while_a_task_was_ready(json_agent_setup, repo, chained, refills):
+    """One worker, three tasks: in a chain only one is ready at a time, and the gap before the next
+    is its wait for the one before, not a refill; three ready at once make two refills."""
+    cfg, config, store = json_agent_setup(max_workers=1)
+    before = add_task(store, "Step 0", "append step0.txt 0")
+    for i in (1, 2):
+        task = add_task(store, f"Step {i}", f"append step{i}.txt {i}", deps=[("blocked-by", before.id)] if chained else ())
+        before = task if chained else before
+    assert dispatch(cfg).returncode == 0
+    assert len(events(repo, "worker_started")) == 3
+    report = build(repo / ".dispatch_logs")
+    assert len(report.refills) == refills
+    assert all(e["ready_since"] <= e["ts"] for e in events(repo, "claimed"))
+    summary = "".join(Page(report_page.render_summary(report)).text)
+    assert ("median refill–" in summary) == (refills == 0)
 
 
 def test_out_and_open_need_report(json_agent_setup):

@@ -9,6 +9,7 @@ import time
 from crew import config as configuration
 from crew import errors
 from crew import failpoints
+from crew import files
 from crew import processes
 from crew.dispatch import gate as gates
 from crew.dispatch import parallel_gates
@@ -57,6 +58,9 @@ class Dispatcher:
         self.changes, self.ready_as_of = 1, 0
         self.ready_read: tuple[int, concurrent.futures.Future] | None = None
         self.claimed_during_read: set[str] = set()  # the read under way was asked before these claims
+        # When a ready list first held each task it holds (the report counts a refill only while
+        # a task was ready): a task that leaves the list and comes back is seen anew.
+        self.seen_ready: dict[str, float] = {}
         self.claiming: tuple[concurrent.futures.Future, task_model.Task] | None = None  # one at a time
         self.blocked_read: concurrent.futures.Future | None = None
         self.settle_read: tuple[int, concurrent.futures.Future] | None = None  # the pending merges' tasks
@@ -109,7 +113,8 @@ class Dispatcher:
         future, task = self.claiming
         self.claiming = None
         if future.result():
-            self.ledger.event("claimed", task.id)
+            self.ledger.event("claimed", task.id,
+                              ready_since=files.iso_time(self.seen_ready.get(task.id, time.time())))
             failpoints.failpoint("after_claim")
             self.known[task.id] = task
             self.pool.start(self.pool.free_slots()[0], task, scheduler.pending_for(self.holdings(), task))
@@ -123,6 +128,8 @@ class Dispatcher:
         if self.ready_read is not None and self.ready_read[1].done():
             self.ready_as_of, future = self.ready_read
             self.ready = [task for task in future.result() if task.id not in self.claimed_during_read]
+            now = time.time()
+            self.seen_ready = {task.id: self.seen_ready.get(task.id, now) for task in self.ready}
             self.ready_read, self.claimed_during_read, came_back = None, set(), True
         if self.ready_read is None and (poll_due or self.ready_as_of < self.changes):
             self.ready_read = (self.changes, self.serial.later("ready", limit=max(50, 4 * self.max_workers)))

@@ -31,19 +31,31 @@ class Event:
         return value if isinstance(value, str) else None
 
 
+    def get_time(self, key: str) -> float | None:
+        """A field that holds a time as `ts` does (ISO 8601), in seconds since the epoch."""
+        value = self.fields.get(key)
+        return parse_time(value) if isinstance(value, str) else None
+
+
+def parse_time(text: str) -> float | None:
+    """An ISO 8601 time (UTC unless it says otherwise) in seconds since the epoch; None if it is none."""
+    try:
+        stamp = dt.datetime.fromisoformat(text)
+        return (stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.timezone.utc)).timestamp()
+    except (ValueError, OverflowError):
+        return None
+
+
 def parse_event(line: bytes) -> Event | None:
     """One line of the log, or None when it cannot be read (a partial line after a crash)."""
     try:
         data = json.loads(line.decode("utf-8"))
-        stamp = dt.datetime.fromisoformat(data["ts"])
-        name, task_id = data["event"], data.get("task_id")
+        at, name, task_id = parse_time(data["ts"]), data["event"], data.get("task_id")
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
-    if not isinstance(name, str) or not (task_id is None or isinstance(task_id, str)):
+    if at is None or not isinstance(name, str) or not (task_id is None or isinstance(task_id, str)):
         return None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=dt.timezone.utc)
-    return Event(stamp.timestamp(), name, task_id, data)
+    return Event(at, name, task_id, data)
 
 
 def ends_mid_line(path: Path) -> bool:

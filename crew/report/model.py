@@ -123,7 +123,7 @@ class Report:
     marks: list[Mark]
     queue_depth: list[tuple[float, int]]  # (time, depth) at each change
     conflicts: list[Conflict]
-    refills: list[float]  # a worker's end to the next start, seconds
+    refills: list[float]  # a worker's end to the next start, when the task started was ready at that end, seconds
     merge_latencies: list[float]  # queued to merged, seconds
     slots: int
 
@@ -197,6 +197,7 @@ class _Builder:
         self.queue_depth: list[tuple[float, int]] = []
         self.conflicts: dict[str, Conflict] = {}  # conflict task id -> the conflict
         self.ends: list[float] = []  # worker ends not yet followed by a start
+        self.ready_since: dict[str, float] = {}  # task id -> when the dispatcher that claimed it first saw it ready
         self.refills: list[float] = []
         self.merge_latencies: list[float] = []
         self.slots = 0
@@ -242,7 +243,15 @@ class _Builder:
         self.open[e.task_id] = self.last[e.task_id] = attempt
         row.outcome, row.detail = "waiting", "running"
         if self.ends:
-            self.refills.append(e.at - self.ends.pop(0))
+            # A gap counts only if the task that ended it was ready all along (a task that became
+            # ready later, as the next of a chain does, waited for its dependency, not for a slot).
+            end, ready = self.ends.pop(0), self.ready_since.pop(e.task_id, None)
+            if ready is not None and ready <= end:
+                self.refills.append(e.at - end)
+
+    def on_claimed(self, e: event_log.Event) -> None:
+        if (ready := e.get_time("ready_since")) is not None:
+            self.ready_since[e.task_id] = ready
 
     def end_attempt(self, e: event_log.Event, ended: str = "exited") -> None:
         attempt = self.open.pop(e.task_id, None)

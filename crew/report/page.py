@@ -281,7 +281,8 @@ def render_summary(report: model.Report) -> str:
         ("wall time", esc(duration_text(report.wall_time))
          + (f" over {len(report.runs)} runs ({restarts} restart{'s' if restarts > 1 else ''})" if restarts else "")),
         ("agent time", esc(f"{duration_text(agent)} in {len(report.attempts)} attempts; {share} ended in merged work")),
-        ("median refill", esc(median_text(report.refills) + " from a worker's end to the next start")),
+        ("median refill", esc(median_text(report.refills) + " from a worker's end to the next start, "
+                                                             "while a task was ready")),
         ("median merge latency", esc(median_text(report.merge_latencies) + " from the merge queue to main")),
         ("conflicts", esc(conflicts)),
         ("tokens", esc(f"{count_text(total.sent)} sent, {count_text(total.received)} received") if tokens
