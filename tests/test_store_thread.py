@@ -7,12 +7,14 @@ import pytest
 
 from crew import errors
 from crew.dispatch import store_thread
+from crew.dispatch import wakeup
 from crew.tasks import json_store
 
 
 @pytest.fixture
 def serial(tmp_path):
-    serial = store_thread.SerialStore(json_store.JsonTaskStore(tmp_path / "task_queue.json", "proj", "me"))
+    serial = store_thread.SerialStore(json_store.JsonTaskStore(tmp_path / "task_queue.json", "proj", "me"),
+                                      wakeup.Wakeup())
     yield serial
     serial.shutdown()
 

@@ -10,6 +10,7 @@ import pytest
 
 from crew import processes
 from crew.dispatch import records
+from crew.dispatch import wakeup
 from crew.dispatch import workers
 from crew.dispatch.ledger import Ledger
 
@@ -19,7 +20,8 @@ pytestmark = pytest.mark.skipif(processes.IS_WINDOWS, reason="POSIX process grou
 @pytest.fixture
 def pool(json_agent_setup):
     _, config, store = json_agent_setup(max_workers=1, worker_kill_grace_secs=60)
-    pool = workers.WorkerPool(config, Ledger(config, store, say=lambda message: None), 1, lambda: None)
+    pool = workers.WorkerPool(config, Ledger(config, store, say=lambda message: None), 1, lambda: None,
+                                wakeup.Wakeup())
     yield pool
     pool.starter.shutdown()
     for kill in pool.kills.values():  # a failed test leaves no tree behind

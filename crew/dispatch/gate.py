@@ -1,6 +1,6 @@
 """The merge gate: merge_gate_command run on a merge commit before main moves to it, in the
-dispatcher's own gate worktree. It is a process the loop watches, like a worker: started, looked
-at on each pass, ended past its timeout or at a stop, never waited for."""
+dispatcher's own gate worktree. It is a process the loop watches, like a worker: started, its
+exit posted to the loop, ended past its timeout or at a stop, never waited for."""
 from __future__ import annotations
 
 import concurrent.futures
@@ -17,6 +17,7 @@ from crew import git
 from crew import logs
 from crew import processes
 from crew.dispatch import records
+from crew.dispatch import wakeup as wakeups
 from crew.dispatch import worktrees
 from crew.dispatch.ledger import Ledger
 
@@ -40,8 +41,9 @@ class Gate:
     restarted dispatcher can end a gate a killed one left running."""
 
     def __init__(self, config: configuration.Config, ledger: Ledger, starter: concurrent.futures.Executor,
-                 stop_now_reason, worktree: Path | None = None):
+                 stop_now_reason, wakeup: wakeups.Wakeup, worktree: Path | None = None):
         self.config, self.ledger, self.starter, self.stop_now_reason = config, ledger, starter, stop_now_reason
+        self.wakeup = wakeup
         self.worktree = worktree or Path(config.worktree_root) / ".gate"
         self.preparing: concurrent.futures.Future | None = None  # checkout and setup, in a starter thread
         self.proc: subprocess.Popen | None = None
@@ -167,6 +169,7 @@ class Gate:
         """Start the gate's process and record its pid before anything else."""
         self.proc = processes.start_process(list(self.config.merge_gate_command), self.worktree,
                                             git.child_environment(), self.config.root / record.log)
+        self.wakeup.watch_exit(self.proc)
         record.pid, record.pid_start_time = self.proc.pid, processes.process_start_time(self.proc.pid)
         record.started_at = time.time()
         record.deadline = record.started_at + self.config.merge_gate_timeout_secs

@@ -45,6 +45,7 @@ class Ledger:
         self.logs = config.root / events.LOGS_DIR
         self.state_file, self.pending_file = state_files(config)
         self.state = read_state(config)
+        self.saved_state: dict | None = None  # as last written by this run: an unchanged state is not written again
         self.summary = {"merged": [], "released": [], "blocked": [], "waiting": []}
         self.told_waiting: set = set()  # what this run has said about a wait already
         self.epic_check_due = True  # a task with a parent was closed: its epic may be finished
@@ -60,7 +61,11 @@ class Ledger:
         files.append_text(path, line + "\n")
 
     def save_state(self) -> None:
-        self.state_file.write(self.state.state_json())
+        """Written (atomically, and synced to disk: a few ms) only when it changed since this run
+        last wrote it: only this run writes it while it holds the dispatcher's lock."""
+        if (data := self.state.state_json()) != self.saved_state:
+            self.state_file.write(data)
+            self.saved_state = data
 
     def save_pending(self) -> None:
         self.pending_file.write(self.state.pending_json())

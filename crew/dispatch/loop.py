@@ -16,6 +16,7 @@ from crew.dispatch import parallel_gates
 from crew.dispatch import records
 from crew.dispatch import scheduler
 from crew.dispatch import store_thread
+from crew.dispatch import wakeup as wakeups
 from crew.dispatch.conflicts import Conflicts
 from crew.dispatch.finish import Finisher
 from crew.dispatch.ledger import Ledger
@@ -24,8 +25,8 @@ from crew.dispatch.recovery import Recovery
 from crew.dispatch.workers import WorkerPool
 from crew.tasks import model as task_model
 
-WORKER_POLL_SECS = 0.01  # a worker's exit is noticed within this, so a slot refills at once
-START_WAIT_SECS = 0.2  # how long a refill may wait for its worktree before merges go ahead
+START_WAIT_SECS = 0.2  # how long a refill may hold merges back while its claim and worktree are under way
+SIGNAL_CHECK_SECS = 0.5  # Windows: a wait on a lock is not broken by Ctrl-C, so the loop looks this often
 
 
 class Dispatcher:
@@ -33,15 +34,18 @@ class Dispatcher:
 
     def __init__(self, config: configuration.Config, store: task_model.TaskStore, max_workers: int,
                  watch: bool = False, out=print):
-        # Only the store thread touches the store: the loop hands its slow reads over and takes
-        # their results on a later pass; every other call still reads as a plain (blocking) call.
-        store = self.serial = store_thread.SerialStore(store)
+        # The loop sleeps until something happens: a result from the store thread or a starter
+        # thread, a process of ours exiting, a signal (each posts here), or its next deadline.
+        self.wakeup = wakeups.Wakeup()
+        # Only the store thread touches the store: the loop hands its slow reads over and is woken
+        # by their results; every other call still reads as a plain (blocking) call.
+        store = self.serial = store_thread.SerialStore(store, self.wakeup)
         self.config, self.store, self.max_workers, self.watch = config, store, max_workers, watch
         self.ledger = Ledger(config, store, out)
         # Workers recorded by an earlier run are ours until reconcile() has looked at them.
-        self.pool = WorkerPool(config, self.ledger, max_workers, self.stop_now_reason)
+        self.pool = WorkerPool(config, self.ledger, max_workers, self.stop_now_reason, self.wakeup)
         self.conflicts = Conflicts(config, self.ledger, store)
-        self.gates = [gates.Gate(config, self.ledger, self.pool.starter, self.stop_now_reason, worktree)
+        self.gates = [gates.Gate(config, self.ledger, self.pool.starter, self.stop_now_reason, self.wakeup, worktree)
                       for worktree in parallel_gates.gate_worktrees(config)]
         self.queue = MergeQueue(config, self.ledger, store, self.gates, self.conflicts, self.stop_now_reason)
         self.breaker = scheduler.Breaker(config.breaker_failures, config.breaker_pause_secs, watch)
@@ -62,6 +66,7 @@ class Dispatcher:
         # a task was ready): a task that leaves the list and comes back is seen anew.
         self.seen_ready: dict[str, float] = {}
         self.claiming: tuple[concurrent.futures.Future, task_model.Task] | None = None  # one at a time
+        self.refill_began = 0.0  # when the last claim was handed over: merges wait a moment for its start
         self.blocked_read: concurrent.futures.Future | None = None
         self.settle_read: tuple[int, concurrent.futures.Future] | None = None  # the pending merges' tasks
         self.settled_as_of = 0
@@ -102,6 +107,7 @@ class Dispatcher:
         if plan and plan[first].start:
             task, self.ready = plan[first].task, self.ready[first + 1:]
             self.claiming = (self.serial.later("claim", task.id, self.config.actor), task)
+            self.refill_began = time.time()
             if self.ready_read is not None:
                 self.claimed_during_read.add(task.id)
 
@@ -179,6 +185,34 @@ class Dispatcher:
 
     # ---- the loop --------------------------------------------------------------------------
 
+    def refilling(self, now: float) -> bool:
+        """A refill's claim or worktree is under way, for at most START_WAIT_SECS: merges wait for
+        it, so a quick start goes first and its agent works while the merge runs; a huge
+        checkout does not hold merges up for longer."""
+        return (self.claiming is not None or bool(self.pool.starting)) and now < self.refill_began + START_WAIT_SECS
+
+    def next_deadline(self, now: float) -> float:
+        """When the loop must look again though nothing was posted: the next poll (adopted
+        workers, which are not our children, are looked at then), a worker's or gate's timeout,
+        a merge's retry, main's next read while a gate runs, the breaker's pause, a refill's hold
+        on merges, and while a process tree is being ended, its next look."""
+        state = self.ledger.state
+        due = [self.next_poll]
+        due += [worker.deadline for worker in state.workers.values() if worker.deadline and not worker.ended]
+        due += [gate.deadline for gate in state.gates if gate.deadline]
+        due += [request.retry_at for request in state.merge_queue]
+        if (look := self.queue.next_look_at_main()) is not None:
+            due.append(look)
+        if self.watch and self.breaker.until is not None:
+            due.append(self.breaker.until)
+        if self.refilling(now):
+            due.append(self.refill_began + START_WAIT_SECS)
+        if self.pool.kills or any(gate.kill is not None for gate in self.gates):
+            due.append(now + processes.KILL_STEP_SECS)
+        # One already past was acted on, or waits for something that posts (a gate's verdict,
+        # a refill): looking again at once would be a busy loop.
+        return min((moment for moment in due if moment > now), default=now + self.config.poll_interval_secs)
+
     def run(self) -> dict:
         ledger = self.ledger
         self.recovery.reconcile()
@@ -190,12 +224,9 @@ class Dispatcher:
             changed |= self.claimed()  # lost to someone else: the ready list is read again too
             if changed:
                 self.fill_slots()  # a freed slot is refilled before anything else
-                if starting := list(self.pool.starting.values()):
-                    # a quick start goes first; a huge checkout does not hold up merges
-                    concurrent.futures.wait(starting, timeout=START_WAIT_SECS)
-                    self.pool.poll(self.finisher.finish)
-            poll_due = time.time() >= self.next_poll
-            merged = self.queue.step()
+            now = time.time()
+            poll_due = now >= self.next_poll
+            merged = False if self.refilling(now) else self.queue.step()
             merged |= self.settle_pending(changed or merged or poll_due)
             if merged:
                 self.finisher.close_finished_epics()
@@ -212,7 +243,10 @@ class Dispatcher:
             current = self.ready_as_of == self.settled_as_of == self.changes
             if idle and (self.stopping or (not changed and not self.watch and current)):
                 break
-            time.sleep(WORKER_POLL_SECS)
+            # A pass that changed something is followed by another at once: what it changed may
+            # let more happen (a merge after a start, a start after a merge).
+            timeout = 0.0 if changed else self.next_deadline(time.time()) - time.time()
+            self.wakeup.wait(min(timeout, SIGNAL_CHECK_SECS) if processes.IS_WINDOWS else timeout)
         self.pool.starter.shutdown(wait=True)
         self.serial.shutdown()
         gates.remove_worktrees(self.gates)
@@ -233,11 +267,13 @@ class Dispatcher:
         if self.interrupts == 1:
             self.stopping = True
             self.say("Ctrl-C: starting nothing new; running workers will finish and merge. Ctrl-C again to stop now.")
+        self.wakeup.post()
 
     def stop_signalled(self, signum: int, _frame) -> None:
         """SIGTERM (a service manager), SIGHUP (a closed terminal), SIGBREAK (a closed Windows
         console or Ctrl-Break, see session.hold_console_close): stop now, as at a second Ctrl-C."""
         self.stopping, self.stop_signal = True, signum
+        self.wakeup.post()
 
     def stop_now_reason(self) -> str | None:
         """Why every worker must end now, if it must: a stop signal, or a second Ctrl-C."""

@@ -86,6 +86,15 @@ class MergeQueue:
                 break  # queue order: the requests behind a gating one wait for its verdict
         return progressed
 
+    def next_look_at_main(self) -> float | None:
+        """While a gate runs, when main is read next (a gate whose main moved is ended then)."""
+        if self.speculative:
+            return self.speculative.main_read_at + self.config.poll_interval_secs \
+                if gates.any_busy(self.speculative.gates) else None
+        if self.gate.busy and not self.gate.cancelled:
+            return self.gate.main_looked_at + self.config.poll_interval_secs
+        return None
+
     def merge_slot(self):
         """The merge slot, taken without waiting (a process holding it must not stall the loop):
         a context that holds it, or None when another process has it."""

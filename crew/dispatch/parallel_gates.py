@@ -32,6 +32,11 @@ class ParallelGates:
         self.verdicts: dict[str, gates.GateOutcome] = {}  # by task id: finished gates, passed or failed
         self.failures_unsaid: set[str] = set()  # task ids whose gate failed this step: is it counted now?
         self.stack_conflicts: set[str] = set()  # task ids whose branch conflicts with the stack ahead, not main
+        # Main as last read: read again once a poll interval (a git call), and after this queue
+        # moved it or started a gate. Planned on a main someone else moved since, a landing's
+        # compare-and-swap fails and the plan is made again on main as it is.
+        self.main: str | None = None
+        self.main_read_at = 0.0
 
     def step(self) -> bool:
         """Look at the gates, then act on the plan until it leaves the queue as it is; True if
@@ -44,7 +49,14 @@ class ParallelGates:
             changed |= acted
             if not acted:
                 break
+            self.main = None  # the queue changed: main may have moved
         return changed
+
+    def main_now(self) -> str | None:
+        now = time.time()
+        if self.main is None or now >= self.main_read_at + self.queue.config.poll_interval_secs:
+            self.main, self.main_read_at = git.rev_parse(self.queue.root, self.queue.config.main_branch), now
+        return self.main
 
     def poll(self) -> bool:
         """Keep each verdict that came in; a gate ended without one (cancelled, a stop) leaves none."""
@@ -80,8 +92,7 @@ class ParallelGates:
             self.stack_conflicts &= queued - {requests[0].task_id}  # the first is judged against main
         entries = [speculation.Entry(request.task_id, self.state_of(request.task_id),
                                      request.task_id in self.stack_conflicts) for request in requests]
-        main = git.rev_parse(self.queue.root, self.queue.config.main_branch)
-        return speculation.plan(entries, main, self.queue.config.merge_gate_parallelism)
+        return speculation.plan(entries, self.main_now(), self.queue.config.merge_gate_parallelism)
 
     def carry_out(self, plan: speculation.Plan) -> bool:
         """True when the queue changed (an entry landed or left): plan again."""
@@ -168,6 +179,7 @@ class ParallelGates:
                 return decision.verdict != "waits"
             free.pop(0).start(request, decision.base, decision.commit, stack=list(start.stack))
             made[start.task_id] = decision.commit
+            self.main = None  # decide() read main as it is now: the plan reads it again too
         return False
 
 

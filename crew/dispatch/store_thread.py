@@ -6,6 +6,7 @@ import concurrent.futures
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from crew.dispatch import wakeup as wakeups
 from crew.tasks import model
 
 Result = TypeVar("Result")
@@ -13,15 +14,15 @@ Result = TypeVar("Result")
 
 class SerialStore:
     """Every call reaches the store on one thread, in the order it was made. The loop hands calls
-    over (`later`, `batch`) and takes their results on a later pass; any other store method
+    over (`later`, `batch`) and is woken by their results (posted to `wakeup`); any other store method
     (`serial.close(...)`) is a plain call that returns its result, after everything handed over
     before it. Work given to `batch` gets the store itself: it must not call back into this object
     (its thread would wait for itself)."""
 
-    def __init__(self, store: model.TaskStore):
+    def __init__(self, store: model.TaskStore, wakeup: wakeups.Wakeup):
         self.store = store
         self.name = store.name
-        self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="task-store")
+        self._thread = wakeups.PostingExecutor(wakeup, 1, "task-store")
 
     def later(self, method: str, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
         return self._thread.submit(getattr(self.store, method), *args, **kwargs)

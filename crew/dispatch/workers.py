@@ -14,6 +14,7 @@ from crew import names as safe_names
 from crew import processes
 from crew.dispatch import agent
 from crew.dispatch import records
+from crew.dispatch import wakeup as wakeups
 from crew.dispatch import worktrees
 from crew.dispatch.ledger import Ledger
 from crew.tasks import model as task_model
@@ -25,15 +26,17 @@ class WorkerPool:
     """The workers' records live in the ledger's state (by slot); the pool holds what only this
     process has: each slot's process, the start still under way in a starter thread, and the end
     of its process tree still under way (a worker keeps its slot, and its worktree, until its
-    tree is gone)."""
+    tree is gone). A start made ready and a process of ours exiting both post to `wakeup`."""
 
-    def __init__(self, config: configuration.Config, ledger: Ledger, max_workers: int, stop_now_reason):
+    def __init__(self, config: configuration.Config, ledger: Ledger, max_workers: int, stop_now_reason,
+                 wakeup: wakeups.Wakeup):
         self.config, self.ledger, self.max_workers = config, ledger, max_workers
         self.stop_now_reason = stop_now_reason  # a setup command in a starter thread ends at a stop-now
+        self.wakeup = wakeup
         self.procs: dict[int, subprocess.Popen] = {}
         self.starting: dict[int, concurrent.futures.Future] = {}
         self.kills: dict[int, processes.TreeKill] = {}
-        self.starter = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="start")
+        self.starter = wakeups.PostingExecutor(wakeup, max_workers, "start")
 
     @property
     def workers(self) -> dict[int, records.Worker]:
@@ -121,6 +124,7 @@ class WorkerPool:
             worktrees.discard_attempt(self.config, worker)
             ledger.attempt_failed(worker.task_id, f"could not start the agent: {exc}", worker.actor)
             return
+        self.wakeup.watch_exit(proc)
         pending = ledger.state.pending.get(worker.task_id)
         conflict = pending if worker.kind == "conflict" else None
         if conflict and git.git_out(root, "log", "-1", "--format=%s", worker.base) == worktrees.PREPARED_SUBJECT.format(
