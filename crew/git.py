@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 
 from crew import errors
 from crew import failpoints
+from crew import names
 from crew import processes
 
 
@@ -31,10 +32,23 @@ def child_environment() -> dict[str, str]:
 
 
 def git(*args: str | os.PathLike, cwd: str | os.PathLike, check: bool = True,
-        env: dict[str, str] | None = None) -> processes.Completed:
+        env: dict[str, str] | None = None, input: str | None = None) -> processes.Completed:
     # LC_ALL=C: the code reads git's messages, which a German or French locale would translate.
     env = {**(env if env is not None else child_environment()), "LC_ALL": "C"}
-    return processes.run("git", *args, cwd=cwd, check=check, env=env, error=errors.GitError)
+    return processes.run("git", *args, cwd=cwd, check=check, env=env, error=errors.GitError, input=input)
+
+
+# A commit message carries task titles, which may hold what no argument can (a NUL byte, 128 KiB
+# of text): it goes to git on stdin, cleaned (git refuses a NUL in a message even there).
+def commit(worktree: Path, message: str, *options: str) -> None:
+    """`git commit` of what is staged, with `message`."""
+    git("commit", "-q", *options, "-F", "-", cwd=worktree, input=names.clean_text(message))
+
+
+def commit_tree(root: Path, tree: str, parents: list[str], message: str) -> str:
+    """A commit of `tree` on `parents`, made without touching any checkout; its id."""
+    parent_args = [arg for parent in parents for arg in ("-p", parent)]
+    return git("commit-tree", tree, *parent_args, "-F", "-", cwd=root, input=names.clean_text(message)).stdout.strip()
 
 
 def tracked_files(root: Path) -> list[str]:
@@ -266,5 +280,5 @@ def commit_everything(worktree: Path, message: str) -> bool:
         return False
     git("add", "-A", cwd=worktree)
     failpoints.failpoint("during_leftover_commit")
-    git("commit", "-q", "--no-verify", "-m", message, cwd=worktree)
+    commit(worktree, message, "--no-verify")
     return True

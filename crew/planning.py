@@ -96,6 +96,9 @@ def validate_plan(data, min_count: int, max_count: int) -> tuple[list[Subtask], 
         if not isinstance(description, str) or not description.strip():
             errors.append(f"{where} has no description")
             description = ""
+        # A long title moves into the description: only the description's limit applies to it.
+        errors += [f"{where}: its {what} {problem}" for what, text in (("title", title), ("description", description))
+                   if (problem := names.task_text_problem(text, names.TEXT_LIMIT))]
         files = item.get("files")
         clean_files = []
         if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):

@@ -28,13 +28,14 @@ class Completed:
 
 def run(*argv: str | os.PathLike, cwd: str | os.PathLike | None = None, check: bool = True,
         timeout: float | None = None, env: dict[str, str] | None = None,
-        error: type[errors.CommandError] = errors.CommandError) -> Completed:
-    """Run one command from an argument list (never a shell), capturing text output as UTF-8."""
+        error: type[errors.CommandError] = errors.CommandError, input: str | None = None) -> Completed:
+    """Run one command from an argument list (never a shell), capturing text output as UTF-8;
+    `input`, if given, is its stdin (else it has none)."""
     args = [os.fspath(a) for a in argv]
     try:
         proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, encoding="utf-8",
-                              errors="replace", timeout=timeout, env=env,
-                              stdin=subprocess.DEVNULL)
+                              errors="replace", timeout=timeout, env=env, input=input,
+                              stdin=subprocess.DEVNULL if input is None else None)
     except FileNotFoundError:
         raise error(args, None, "", "", f"command not found: {args[0]}") from None
     except subprocess.TimeoutExpired:

@@ -43,6 +43,8 @@ class IngestResult:
 
 def parse_suggestion(text: str) -> Suggestion:
     """One line's text into its parts; a ValueError names what is wrong with it."""
+    if problem := names.task_text_problem(text, names.TEXT_LIMIT):
+        raise ValueError(problem)
     if _CONTROL.search(text):
         raise ValueError("contains control characters")
     source = None

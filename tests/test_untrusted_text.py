@@ -2,9 +2,16 @@
 terminal and the agent's message made safe, and never wedges a run."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
-from dispatch_helpers import add_task, dispatch
+from crew import names
+from crew.tasks import json_store
+from conftest import ROOT
+from dispatch_helpers import add_task, dispatch, merge_subjects
 
 
 # An agent whose output carries a NUL byte, and which makes no commit: its log's tail becomes the
@@ -23,3 +30,59 @@ def test_a_nul_byte_in_an_agents_output_reaches_the_store_made_safe(agent_setup,
     assert "\0" not in blocked.notes and blocked.notes.count("ends: beforeafter") == 2, blocked.notes
     # A restart finds nothing left to trip on.
     assert "Traceback" not in dispatch(cfg).stderr
+
+
+def write_queue(repo: Path, *tasks: dict) -> None:
+    """task_queue.json as a person writes it by hand (json.dumps keeps NUL and lone surrogates
+    as the escapes "\\u0000" and "\\ud83d": valid JSON)."""
+    (repo / "task_queue.json").write_text(json.dumps({"tasks": list(tasks)}), encoding="utf-8")
+
+
+def run_script(script: str, cfg: Path, *args: str | bytes) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / script), "--config", str(cfg), *args],
+                          capture_output=True, text=True, encoding="utf-8", errors="replace")
+
+
+HUGE_TITLE = "Huge " + "word " * 30_000  # 150 KB: more than one command-line argument may hold
+
+
+def test_a_nul_byte_or_a_huge_title_in_the_store_never_wedges_a_run(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup()
+    write_queue(repo, {"id": "proj-1", "title": "Nul\0byte", "description": "AGENT: append nul.txt n"},
+                {"id": "proj-2", "title": HUGE_TITLE, "description": "AGENT: append huge.txt h"})
+    for args in (["list"], ["show", "proj-1"], ["show", "proj-2"]):
+        listed = run_script("tasks.py", cfg, *args)
+        assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
+    result = dispatch(cfg)
+    assert result.returncode == 0, result.stdout + result.stderr
+    subjects = merge_subjects(repo)
+    assert "Merge work/proj-1: Nulbyte (proj-1)" in subjects
+    [huge] = [s for s in subjects if s.startswith("Merge work/proj-2: Huge word")]
+    assert huge.endswith("(proj-2)") and len(huge) < names.TITLE_LIMIT + 40
+    assert [t.status for t in store.list(None)] == ["closed", "closed"]
+
+
+def test_the_commands_that_create_tasks_refuse_a_nul_or_overlong_text_in_one_line(make_config, repo, fake_llm):
+    cfg = make_config(task_backend="json", task_prefix="proj", llm_url=fake_llm.url, llm_retries=0)
+    for args, problem in [(["create", "x" * (names.TITLE_LIMIT + 1)], "the title is longer than 500 characters"),
+                          (["create", "t", "-d", "x" * (names.TEXT_LIMIT + 1)],
+                           "the description is longer than 30,000 characters")]:
+        refused = run_script("tasks.py", cfg, *args)
+        assert refused.returncode == 1 and refused.stderr.startswith(f"error: {problem}"), refused.stderr
+        assert refused.stderr.count("\n") == 1
+    if os.name != "nt":  # bytes that are not UTF-8 reach Python as lone surrogates (POSIX only)
+        refused = run_script("tasks.py", cfg, "create", b"caf\xe9")
+        assert refused.returncode == 1 and refused.stderr == "error: the title is not valid UTF-8; nothing was created\n"
+    (repo / "goal.txt").write_text("Goal\0with a NUL", encoding="utf-8")
+    refused = run_script("split_task.py", cfg, "--file", str(repo / "goal.txt"))
+    assert refused.returncode == 1 and refused.stderr.startswith("error: the goal contains a NUL byte"), refused.stderr
+    subtasks = [{"title": f"Part {i}", "description": "Do it", "files": [f"p{i}.py"]} for i in range(3)]
+    subtasks[1]["title"] = "Part\u00001"
+    fake_llm.script(json.dumps({"subtasks": subtasks}))
+    refused = run_script("split_task.py", cfg, "A goal")
+    assert refused.returncode == 1 and "subtask 1: its title contains a NUL byte" in refused.stderr, refused.stderr
+    (repo / "suggested_tasks.txt").write_text("Long one -- " + "x" * names.TEXT_LIMIT + "\nShort one\n",
+                                              encoding="utf-8")
+    ingested = run_script("ingest_suggested_tasks.py", cfg)
+    assert ingested.returncode == 0 and "longer than 30,000 characters" in ingested.stderr, ingested.stderr
+    assert [t.title for t in json_store.JsonTaskStore(repo / "task_queue.json", "proj", "me").list()] == ["Short one"]

@@ -75,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         goal = args.goal.strip()
     if not goal:
         raise errors.UsageError("the goal is empty")
+    if parent_task is None and (problem := names.task_text_problem(goal, names.TEXT_LIMIT)):
+        raise errors.UserError(f"the goal {problem} (it would become the epic's description); nothing was created")
 
     client = llm.LLMClient(config, args.model)
     progress(f"asking {client.model} at {config.llm_url} for {args.min}-{args.max} subtasks...")

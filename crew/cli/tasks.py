@@ -5,6 +5,7 @@ import argparse
 from collections.abc import Sequence
 
 from crew import config as configuration
+from crew import errors
 from crew import names
 from crew import tasks
 from crew import workspace
@@ -78,6 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "show":
         result = [store.get(args.id)]
     elif args.command == "create":
+        for what, text, limit in (("title", args.title, names.TITLE_LIMIT),
+                                  ("description", args.description, names.TEXT_LIMIT)):
+            if problem := names.task_text_problem(text, limit):
+                raise errors.UserError(f"the {what} {problem}; nothing was created")
         files = [names.check_repo_path(f) for f in args.file]
         description = args.description
         if files:

@@ -30,7 +30,7 @@ def merge_onto(root: Path, parent: str, main: str, tip: str, message: str) -> Sp
     ahead); `main`: main's commit now, against which a conflict is judged."""
     merged = git.merge_tree(root, parent, tip)
     if merged.tree is not None:
-        return Speculative(git.git_out(root, "commit-tree", merged.tree, "-p", parent, "-p", tip, "-m", message))
+        return Speculative(git.commit_tree(root, merged.tree, [parent, tip], message))
     if parent == main:
         return Speculative(None, merged, with_main=True)
     on_main = git.merge_tree(root, main, tip)

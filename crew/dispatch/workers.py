@@ -68,7 +68,7 @@ class WorkerPool:
             self.ledger.event("attempts_reset", task.id, after=attempts)
             state.attempts.pop(task.id)
             attempts = 0
-        worker = records.Worker(slot=slot, task_id=task.id, title=task.title, branch=branch, worktree=str(worktree),
+        worker = records.Worker(slot=slot, task_id=task.id, title=safe_names.clean_title(task.title), branch=branch, worktree=str(worktree),
                                 base="", attempt=attempts + 1, started_at=time.time(), deadline=None,
                                 kind="conflict" if conflict else "task", log=self.new_log(task.id, attempts + 1),
                                 actor=self.config.actor, task_created_at=task.created_at)

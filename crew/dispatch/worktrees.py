@@ -112,7 +112,7 @@ def prepare_conflict_worktree(config: configuration.Config, task: task_model.Tas
     message = (PREPARED_SUBJECT.format(main=main, branch=branch, task_id=task.id) + "\n\n"
                f"Conflicted files: {', '.join(conflict.files) or 'none'}\n"
                f"This branch: {conflict.task_id}\nResolve task: {task.title}")
-    git.git("commit", "-q", "--no-verify", "-m", message, cwd=worktree)
+    git.commit(worktree, message, "--no-verify")
 
 
 def run_setup_command(config: configuration.Config, worktree: Path, log: Path, stop) -> str | None:
