@@ -282,3 +282,18 @@ def commit_everything(worktree: Path, message: str) -> bool:
     failpoints.failpoint("during_leftover_commit")
     commit(worktree, message, "--no-verify")
     return True
+
+
+def changed_files(root: Path, main: str, branch: str) -> list[str]:
+    """The files the branch adds or changes since it left main (not the ones it deletes)."""
+    listed = git("-c", "core.quotePath=false", "diff", "--name-only", "-z", "--no-renames", "--diff-filter=d",
+                 f"{main}...{branch}", cwd=root, check=False)
+    return [f for f in listed.stdout.split("\0") if f] if listed.returncode == 0 else []
+
+
+def files_in(root: Path, rev: str, paths: list[str]) -> set[str]:
+    """Which of `paths` are files in `rev` (literal names: a * or a : in one is no pattern)."""
+    if not paths:
+        return set()
+    listed = git("--literal-pathspecs", "ls-tree", "-r", "-z", "--name-only", rev, "--", *paths, cwd=root, check=False)
+    return set(listed.stdout.split("\0")) & set(paths) if listed.returncode == 0 else set()

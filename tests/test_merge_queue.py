@@ -265,6 +265,27 @@ def test_a_failing_gate_leaves_main_alone_and_files_a_fix_task(json_agent_setup,
     assert summary["waiting"][0]["id"] == task.id
 
 
+NAMING_GATE = [sys.executable, "-c", """\
+import os, pathlib, sys
+if 'bad' in pathlib.Path('f.txt').read_text():
+    print('FAILED tests/test_f.py::test_f - f.txt says bad')
+    print(f'  File "{os.path.join(os.getcwd(), "lib", "util.py")}", line 3, in check')
+    print('see ../outside.py /etc/passwd .git/config missing/gone.py tests/')
+    sys.exit(1)
+"""]
+
+
+def test_a_fix_task_carries_the_branch_changes_and_the_files_the_checks_name(json_agent_setup, repo):
+    for name in ("f.txt", "tests/test_f.py", "lib/util.py"):
+        commit_file(repo, name, "ok\n")
+    cfg, config, store = json_agent_setup(merge_gate_command=NAMING_GATE)
+    add_task(store, "Break it", "append f.txt bad", "append notes.md more")
+    filed_id, summary = run_with_a_person_on_followups(config, store)
+    # The branch's changed files the output names, its other changes, then the other named
+    # files the branch has (a path in the gate worktree made relative); the rest is dropped.
+    assert store.get(filed_id).files == ["f.txt", "notes.md", "tests/test_f.py", "lib/util.py"]
+
+
 def test_a_passing_gate_merges_and_main_moving_during_the_gate_is_recomputed(json_agent_setup, repo, tmp_path):
     commit_file(repo, "f.txt", "ok\n")
     flag = tmp_path / "moved-once"

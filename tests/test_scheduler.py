@@ -25,8 +25,8 @@ def request(task_id: str) -> MergeRequest:
                         outcome="close", note="", retries=0)
 
 
-def pending(task_id: str, followup_created_at: str = "") -> PendingMerge:
-    return PendingMerge(kind="conflict", task_id=task_id, title="", branch=f"work/{task_id}",
+def pending(task_id: str, followup_created_at: str = "", kind: str = "conflict") -> PendingMerge:
+    return PendingMerge(kind=kind, task_id=task_id, title="", branch=f"work/{task_id}",
                         worktree=f"/wt/{task_id}", files=[], outcome="close", note="", retries=1,
                         followup_created_at=followup_created_at)
 
@@ -75,6 +75,24 @@ def test_a_task_waits_for_the_files_of_work_under_way_only_when_overlap_is_avoid
     assert scheduler.why_waiting(now, task("proj-4", "z.py"), True) is None
     waiting_merge = holdings(pending_merges={"proj-9": pending("proj-2")})
     assert scheduler.why_waiting(waiting_merge, task("proj-4", "b.py"), True) == "b.py waits to merge from proj-2"
+
+
+def test_a_fix_task_holds_no_file_beyond_what_its_branch_task_held():
+    """A fix task (proj-9, for proj-1's branch) carries the branch's changes and the files the
+    checks named, a.py and b.py: running, or planned, it holds back no task on b.py."""
+    fix = task("proj-9", "a.py", "b.py", labels=[scheduler.GATE_LABEL])
+    files = {**FILES, "proj-9": ["a.py", "b.py"]}
+    gate_pending = {"proj-9": pending("proj-1", kind="gate")}
+    running = scheduler.Holdings([worker("proj-9")], [], gate_pending, lambda task_id: files.get(task_id, []))
+    assert scheduler.why_waiting(running, task("proj-2", "b.py"), True) is None
+    assert scheduler.why_waiting(running, task("proj-5", "a.py"), True) == "a.py waits to merge from proj-1"
+    plan = scheduler.plan_starts([fix, task("proj-2", "b.py")], scheduler.Holdings(
+        [], [], gate_pending, lambda task_id: files.get(task_id, [])), 2, True)
+    assert [(d.task.id, d.start, d.reason) for d in plan] == [("proj-9", True, None), ("proj-2", True, None)]
+    # A conflict task's files (the conflicted ones) hold as before.
+    conflict_pending = {"proj-9": pending("proj-1")}
+    assert scheduler.why_waiting(scheduler.Holdings([worker("proj-9")], [], conflict_pending, lambda task_id: files.get(
+        task_id, [])), task("proj-2", "b.py"), True) == "b.py is being changed by proj-9"
 
 
 def test_plan_starts_fills_the_free_slots_in_order_and_never_two_tasks_on_one_file():

@@ -2,10 +2,13 @@
 waits as a pending merge until that task is closed (retried) or blocked (given up)."""
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from crew import config as configuration
+from crew import errors
 from crew import failpoints
 from crew import files as statefiles
 from crew import git
@@ -20,6 +23,46 @@ from crew.tasks import model as task_model
 CONFLICT_TITLE = "Resolve merge conflict: {branch}"
 GATE_TITLE = "Fix failing checks: {branch}"
 MERGE_SHORT = 10  # a commit's id as the dispatcher's messages show it
+# A fix task's files go into its agent's chat: a small model's context holds a few files, and
+# without them it never sees the code it must fix.
+FIX_FILES_LIMIT = 8
+OUTPUT_WORD = re.compile(r"[^\s\"'`()\[\]{}<>,;=|]+")  # a path named in the checks' output stops at these
+LINE_SUFFIX = re.compile(r"(?::\d+)+:?$")  # "counts.py:12:" as a traceback or a linter names a line
+
+
+def paths_named(output: str, worktree_roots: Sequence[str]) -> list[str]:
+    """The repository paths the checks' output names, in order, each once: pytest's
+    "tests/test_x.py::test_y", a traceback's "pkg/mod.py:12:", a path in a gate worktree (under
+    one of worktree_roots, the worktree folder as configured and as resolved) made relative. The
+    output is untrusted: only names that pass the checks of a task's files are kept (whether
+    they exist is the caller's to check)."""
+    roots = [root.replace("\\", "/").rstrip("/") + "/" for root in worktree_roots]
+    found = []
+    for word in OUTPUT_WORD.findall(output):
+        word = LINE_SUFFIX.sub("", word.split("::")[0].replace("\\", "/")).rstrip(".:")
+        if root := next((r for r in roots if word.startswith(r)), None):  # <root>/<a gate worktree>/path
+            word = word[len(root):].partition("/")[2]
+        if "/" not in word and "." not in word.strip("."):
+            continue  # a plain word, not a file's name
+        try:
+            found.append(safe_names.check_repo_path(word))
+        except errors.UserError:
+            pass
+    return list(dict.fromkeys(found))
+
+
+def fix_task_files(changed: Sequence[str], named: Sequence[str], limit: int = FIX_FILES_LIMIT) -> list[str]:
+    """A fix task's files: first those the branch changed that the checks' output names (the
+    failure is in its work), then the branch's other changes, then the other named files (a
+    test the branch broke); `named` must hold only files the branch has. At most `limit`."""
+    changed_here = []
+    for name in changed:
+        try:
+            changed_here.append(safe_names.check_repo_path(name))
+        except errors.UserError:
+            pass  # a name no agent's command line may carry
+    both = [name for name in changed_here if name in named]
+    return list(dict.fromkeys(both + changed_here + list(named)))[:limit]
 
 
 def committed_since(root: Path, pending: records.PendingMerge) -> bool:
@@ -125,6 +168,7 @@ class Conflicts:
                     "branch and committed the conflict markers. Resolve every conflict (keep the intent of both "
                     "sides), remove all markers, commit, then stop.")
         else:
+            files = self.fix_files(branch, main_commit, detail)
             what = (f"Merging branch {branch} (task {original.id}: {original.title}) into "
                     f"{main} at {main_commit[:MERGE_SHORT]} fails the checks.\n\n{detail}\n\n"
                     "Make the checks pass on this branch, commit, then stop.")
@@ -135,6 +179,15 @@ class Conflicts:
                                  deps=[("discovered-from", original.id)])
         failpoints.failpoint("after_conflict_task")
         return task
+
+    def fix_files(self, branch: str, main_commit: str, output: str) -> list[str]:
+        """The files a fix task hands its agent: the branch's changes and the files the checks'
+        output names that the branch has."""
+        tip = f"refs/heads/{branch}"
+        folder = Path(self.config.worktree_root)
+        named = paths_named(output, [str(folder), str(folder.resolve())])
+        in_branch = git.files_in(self.root, tip, named)
+        return fix_task_files(git.changed_files(self.root, main_commit, tip), [n for n in named if n in in_branch])
 
     def lookups(self, busy: set[str]):
         """What settle needs from the store, as work for the store thread (SerialStore.batch): the

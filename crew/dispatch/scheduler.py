@@ -61,6 +61,17 @@ def pending_for(holdings: Holdings, task: Task) -> PendingMerge | None:
     return None
 
 
+def held_files(holdings: Holdings, task_id: str, files: Sequence[str] | None = None) -> Sequence[str]:
+    """The files a task holds against others (files: the task's, when the caller has them). A
+    fix task works in its branch's worktree, whose pending merge already holds its own task's
+    files: the files it carries for its agent (the branch's changes, those the checks named)
+    hold nothing more."""
+    pending = holdings.pending.get(task_id)
+    if pending is not None and pending.kind == "gate":
+        return ()
+    return holdings.files_of(task_id) if files is None else files
+
+
 def why_waiting(holdings: Holdings, task: Task, avoid_overlap: bool) -> str | None:
     """None when the task may start now; else the reason it waits."""
     if PERSON_LABEL in task.labels:
@@ -72,14 +83,14 @@ def why_waiting(holdings: Holdings, task: Task, avoid_overlap: bool) -> str | No
         return "its merge has not been recorded yet"
     if conflict and conflict.branch in {worker.branch for worker in holdings.workers}:
         return "its branch is in use"
-    if avoid_overlap and task.files:
+    if avoid_overlap and (files := held_files(holdings, task.id, task.files)):
         # A finished branch holds its files until it is merged: a task started from a main
         # without those changes would only make a conflict.
         holders = ([(worker.task_id, "is being changed by") for worker in holdings.workers]
                    + [(request.task_id, "waits to merge from") for request in holdings.queue]
                    + [(pending.task_id, "waits to merge from") for pending in holdings.pending.values()])
         for holder, how in holders:
-            if holder != task.id and (overlap := set(holdings.files_of(holder)) & set(task.files)):
+            if holder != task.id and (overlap := set(held_files(holdings, holder)) & set(files)):
                 return f"{', '.join(sorted(overlap))} {how} {holder}"
     return None
 
@@ -90,14 +101,15 @@ def plan_starts(ready: Iterable[Task], holdings: Holdings, free: int, avoid_over
     plan, starting = [], {}  # starting: file -> the task this plan starts on it
     for task in ready:
         reason = why_waiting(holdings, task, avoid_overlap)
-        if reason is None and avoid_overlap and (shared := [f for f in task.files if f in starting]):
+        files = held_files(holdings, task.id, task.files)
+        if reason is None and avoid_overlap and (shared := [f for f in files if f in starting]):
             reason = f"{shared[0]} will be changed by {starting[shared[0]]}"
         if reason is None and free <= 0:
             reason = "all worker slots are busy"
         plan.append(Decision(task, reason is None, reason))
         if reason is None:
             free -= 1
-            starting.update({name: task.id for name in task.files})
+            starting.update({name: task.id for name in files})
     return plan
 
 
