@@ -65,7 +65,8 @@ class Dispatcher:
         # When a ready list first held each task it holds (the report counts a refill only while
         # a task was ready): a task that leaves the list and comes back is seen anew.
         self.seen_ready: dict[str, float] = {}
-        self.claiming: tuple[concurrent.futures.Future, task_model.Task] | None = None  # one at a time
+        # One claim at a time: the store's answer, the task, and when a ready list first held it.
+        self.claiming: tuple[concurrent.futures.Future, task_model.Task, float] | None = None
         self.refill_began = 0.0  # when the last claim was handed over: merges wait a moment for its start
         self.blocked_read: concurrent.futures.Future | None = None
         self.settle_read: tuple[int, concurrent.futures.Future] | None = None  # the pending merges' tasks
@@ -106,7 +107,8 @@ class Dispatcher:
                 self.say(message)
         if plan and plan[first].start:
             task, self.ready = plan[first].task, self.ready[first + 1:]
-            self.claiming = (self.serial.later("claim", task.id, self.config.actor), task)
+            self.claiming = (self.serial.later("claim", task.id, self.config.actor), task,
+                             self.seen_ready.get(task.id, time.time()))
             self.refill_began = time.time()
             if self.ready_read is not None:
                 self.claimed_during_read.add(task.id)
@@ -116,11 +118,10 @@ class Dispatcher:
         planned). True if it came back."""
         if self.claiming is None or not self.claiming[0].done():
             return False
-        future, task = self.claiming
+        future, task, ready_since = self.claiming
         self.claiming = None
         if future.result():
-            self.ledger.event("claimed", task.id,
-                              ready_since=files.iso_time(self.seen_ready.get(task.id, time.time())))
+            self.ledger.event("claimed", task.id, ready_since=files.iso_time(ready_since))
             failpoints.failpoint("after_claim")
             self.known[task.id] = task
             self.pool.start(self.pool.free_slots()[0], task, scheduler.pending_for(self.holdings(), task))
