@@ -7,6 +7,7 @@ import datetime as dt
 import errno
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -87,6 +88,18 @@ def append_text(path: Path, text: str) -> None:
         raise write_error(path, exc) from None
     finally:
         os.close(fd)
+
+
+# Kept as \u escapes in the JSON the toolkit writes: DEL and the C1 controls, which a terminal may
+# act on, and lone surrogates (a hand-written "\ud83d"), which UTF-8 cannot encode. JSON escapes
+# the C0 controls itself, and these characters can only occur inside its strings.
+JSON_ESCAPED = re.compile(r"[\x7f-\x9f\ud800-\udfff]")
+
+
+def json_text(data: Any, indent: int | None = None) -> str:
+    """`data` as JSON, readable (not ASCII-escaped), safe to print and to write as UTF-8."""
+    text = json.dumps(data, indent=indent, ensure_ascii=False)
+    return JSON_ESCAPED.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def write_error(path: Path, exc: OSError) -> errors.UserError:

@@ -86,3 +86,30 @@ def test_the_commands_that_create_tasks_refuse_a_nul_or_overlong_text_in_one_lin
     ingested = run_script("ingest_suggested_tasks.py", cfg)
     assert ingested.returncode == 0 and "longer than 30,000 characters" in ingested.stderr, ingested.stderr
     assert [t.title for t in json_store.JsonTaskStore(repo / "task_queue.json", "proj", "me").list()] == ["Short one"]
+
+
+# What a terminal acts on: clear the screen, set the window title, CSI as one C1 byte, DEL, NUL.
+ESCAPES = "\x1b[2J\x1b]0;owned\x07\x9b31m\x7f\0"
+SHOWN = "\\x1b[2J\\x1b]0;owned\\x07\\x9b31m\\x7f\\x00"
+TERMINAL_ACTS_ON = ("\x1b", "\x07", "\x9b", "\x7f", "\0")
+ESCAPE_PRINTING_AGENT = [sys.executable, "-c", "import sys; sys.stdout.write('agent says \\x1b[2J\\x1b]0;owned\\x07\\n')"]
+
+
+def test_text_from_tasks_and_agents_reaches_the_terminal_as_escapes(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup(worker_command=ESCAPE_PRINTING_AGENT, max_attempts=1)
+    write_queue(repo, {"id": "proj-1", "title": f"Title {ESCAPES}", "description": f"Line one\n\tindented {ESCAPES}"})
+    listed = run_script("tasks.py", cfg, "list")
+    assert listed.returncode == 0 and f"Title {SHOWN}" in listed.stdout
+    shown = run_script("tasks.py", cfg, "show", "proj-1")
+    assert shown.returncode == 0 and f"Line one\n\tindented {SHOWN}\n" in shown.stdout  # multi-line: kept
+    as_json = run_script("tasks.py", cfg, "list", "--json")
+    assert json.loads(as_json.stdout)[0]["title"] == f"Title {ESCAPES}"  # the same text, as JSON escapes
+    result = dispatch(cfg)
+    assert result.returncode == 1
+    # The worker's record holds the title cleaned (NUL removed), and so its progress line.
+    cleaned = SHOWN.removesuffix("\\x00")
+    assert f"started worker 1 on work/proj-1 (attempt 1): Title {cleaned}\n" in result.stdout
+    assert "blocked: proj-1: attempt 1 exited with no commits" in result.stdout  # the progress line, the summary
+    assert result.stdout.count("ends: agent says \\x1b[2J\\x1b]0;owned\\x07") == 2, result.stdout
+    for output in (listed.stdout, shown.stdout, as_json.stdout, result.stdout, result.stderr):
+        assert not any(c in output for c in TERMINAL_ACTS_ON), repr(output)

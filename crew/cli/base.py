@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -10,6 +9,8 @@ from typing import Any
 from crew import config
 from crew import errors
 from crew import failpoints
+from crew import files
+from crew import names
 
 
 def run_main(main_func, argv: Sequence[str] | None = None) -> int:
@@ -21,12 +22,19 @@ def run_main(main_func, argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except errors.UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        show(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
 
 
+def show(text: str, file=None, multiline: bool = False, flush: bool = False) -> None:
+    """Print a line that may hold text from agents, tasks or checks: the printing boundary, where
+    what a terminal would act on (escape sequences, NUL, other control characters) is shown as
+    escapes instead. multiline keeps newlines and tabs."""
+    print(names.for_terminal(text, multiline), file=file, flush=flush)
+
+
 def print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, ensure_ascii=False))
+    print(files.json_text(data, indent=2))
 
 
 def add_common_options(parser, subcommand: bool = False) -> None:

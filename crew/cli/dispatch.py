@@ -71,38 +71,40 @@ def print_summary(summary: dict, as_json: bool) -> None:
     if as_json:
         cli_base.print_json(summary)
         return
-    print(f"\nmerged: {', '.join(summary['merged']) or 'none'}")
+    print()
+    cli_base.show(f"merged: {', '.join(summary['merged']) or 'none'}")
     if summary["released"]:
-        print(f"released for another attempt: {', '.join(summary['released'])}")
+        cli_base.show(f"released for another attempt: {', '.join(summary['released'])}")
     for item in summary["blocked"]:
-        print(f"blocked: {item['id']}: {item['reason']}")
+        cli_base.show(f"blocked: {item['id']}: {item['reason']}")
     for item in summary["waiting"]:
-        print(f"waiting: {item['id'] or '-'}: {item['reason']}")
+        cli_base.show(f"waiting: {item['id'] or '-'}: {item['reason']}")
     if summary.get("report"):
-        print(f"report: {summary['report']}")
+        cli_base.show(f"report: {summary['report']}")
 
 
 def print_status(result: dict) -> None:
     d = result["dispatcher"]
-    print(f"dispatcher: {'pid ' + str(d['pid']) + ' since ' + d['started_at'] if d else 'not running'}")
+    cli_base.show(f"dispatcher: {'pid ' + str(d['pid']) + ' since ' + d['started_at'] if d else 'not running'}")
     for w in result["workers"]:
-        print(f"  worker {w['slot']}: {w['task_id']} on {w['branch']} (pid {w['pid']}, until {w['deadline']}, "
-              f"log {w['log']})")
+        cli_base.show(f"  worker {w['slot']}: {w['task_id']} on {w['branch']} (pid {w['pid']}, until {w['deadline']}, "
+                      f"log {w['log']})")
     for g in result["gates"]:
-        print(f"  gate: {g['task_id']} on {' + '.join([result['main_branch'], *g['stack']])} ({g['commit'][:10]}), "
-              f"{g['state']}" + (f" ({g['reason']})" if g["reason"] else "")
-              + f", started {g['elapsed_secs']:g} s ago (pid {g['pid']}, log {g['log']})")
+        stack = " + ".join([result["main_branch"], *g["stack"]])
+        cli_base.show(f"  gate: {g['task_id']} on {stack} ({g['commit'][:10]}), {g['state']}"
+                      + (f" ({g['reason']})" if g["reason"] else "")
+                      + f", started {g['elapsed_secs']:g} s ago (pid {g['pid']}, log {g['log']})")
     for e in result["merge_queue"]:
-        print(f"  merge queue: {e['task_id']} ({e['branch']})" + (f": {e['waiting']}" if e["waiting"] else ""))
+        cli_base.show(f"  merge queue: {e['task_id']} ({e['branch']})" + (f": {e['waiting']}" if e["waiting"] else ""))
     for p in result["pending_merges"]:
-        print(f"  pending: {p['task_id']} waits for {p['followup_task']} ({p['kind']})")
-    print("  tasks: " + ", ".join(f"{k} {v}" for k, v in sorted(result["counts"].items())))
+        cli_base.show(f"  pending: {p['task_id']} waits for {p['followup_task']} ({p['kind']})")
+    cli_base.show("  tasks: " + ", ".join(f"{k} {v}" for k, v in sorted(result["counts"].items())))
 
 
 def print_dry_run(plan: list[dict]) -> None:
     for item in plan:
-        print(f"{'start' if item['start'] else 'wait '} {item['id']}  {item['title']}"
-              + (f"  ({item['reason']})" if item["reason"] else ""))
+        cli_base.show(f"{'start' if item['start'] else 'wait '} {item['id']}  {item['title']}"
+                      + (f"  ({item['reason']})" if item["reason"] else ""))
     if not plan:
         print("nothing is ready")
 
@@ -111,7 +113,7 @@ def progress_printer(as_json: bool):
     """What a run says as it goes: on stdout, or on stderr when stdout is for the JSON summary."""
     def say(msg: str) -> None:
         try:
-            print(msg, file=sys.stderr if as_json else sys.stdout, flush=True)
+            cli_base.show(msg, file=sys.stderr if as_json else sys.stdout, flush=True)
         except OSError:  # the terminal is gone (SIGHUP): carry on, and stop on time, without it
             session.detach_output()
     return say

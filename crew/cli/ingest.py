@@ -53,11 +53,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         base.print_json(result.to_dict(args.dry_run))
         return 0
     for item in result.plan:
-        print(f"would create: {item['title']}" + (f"  files: {', '.join(item['files'])}" if item["files"] else ""))
+        base.show(f"would create: {item['title']}" + (f"  files: {', '.join(item['files'])}" if item["files"] else ""))
     for task_id in result.created:
         print(f"created {task_id}")
     for skip in result.skipped:
-        print(f"skipped: {skip['line'][:80]!r}: {skip['reason']}", file=sys.stderr)
+        base.show(f"skipped: {skip['line'][:80]!r}: {skip['reason']}", file=sys.stderr)
     count = len(result.plan) if args.dry_run else len(result.created)
     print(f"{'would create' if args.dry_run else 'created'} {count} task(s), skipped {len(result.skipped)}")
     return 0

@@ -61,7 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--min must be at least 1 and at most --max")
     config = configuration.load_config(args.config)
     store = tasks.open_task_store(config)
-    progress = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+
+    def progress(msg: str) -> None:
+        base.show(msg, file=sys.stderr if args.json else None)
 
     parent_task = store.get(args.bead) if args.bead else None
     if parent_task:
@@ -96,11 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             for i, s in enumerate(subtasks):
                 waits = f"  (waits for {', '.join(map(str, s.depends_on))})" if s.depends_on else ""
-                print(f"{i}. {s.title}\n   files: {', '.join(s.files)}{waits}")
+                base.show(f"{i}. {s.title}")
+                base.show(f"   files: {', '.join(s.files)}{waits}")
             for note in notes:
-                print(f"note: {note}")
+                base.show(f"note: {note}")
             for skip in skipped:
-                print(f"would skip {skip['title']!r}: {skip['reason']}")
+                base.show(f"would skip {skip['title']!r}: {skip['reason']}")
         return 0
 
     workspace.exclude_toolkit_files(config)
@@ -111,12 +114,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     print(f"parent: {created['parent']}" + ("" if parent_task else " (new epic)"))
     for task, waits in zip(created["tasks"], created["waits"]):
-        print(f"  {task.id}  {task.title}\n      files: {', '.join(task.files)}"
-              + (f"\n      waits for: {', '.join(waits)}" if waits else ""))
+        base.show(f"  {task.id}  {task.title}")
+        base.show(f"      files: {', '.join(task.files)}")
+        if waits:
+            base.show(f"      waits for: {', '.join(waits)}")
     for note in notes:
-        print(f"note: {note}")
+        base.show(f"note: {note}")
     for skip in skipped:
-        print(f"skipped {skip['title']!r}: {skip['reason']}")
+        base.show(f"skipped {skip['title']!r}: {skip['reason']}")
     print(f"tokens: {tokens['prompt']} prompt, {tokens['completion']} completion")
     print("next: py dispatch_workers.py   (or python3 dispatch_workers.py)")
     return 0

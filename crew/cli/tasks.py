@@ -104,10 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         task = result[0]
         for key, value in task.to_dict().items():
             if value not in ("", [], None):
-                print(f"{key + ':':<14} {value}")
+                base.show(f"{key + ':':<14} {value}", multiline=True)
     else:
         for task in result:
-            print(format_task(task))
+            base.show(format_task(task))
         if args.command == "list" and not result:
             print("no tasks")
     return 0
