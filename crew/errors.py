@@ -34,6 +34,10 @@ class GitError(CommandError):
     pass
 
 
+class CommitRefused(GitError):
+    """The user's git hooks refused a commit; their output (stderr, stdout) says why."""
+
+
 class TaskNotFound(UserError):
     """The store has no task with that id (it may have been deleted while something referred to it)."""
 

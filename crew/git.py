@@ -40,13 +40,15 @@ def git(*args: str | os.PathLike, cwd: str | os.PathLike, check: bool = True,
 
 # A commit message carries task titles, which may hold what no argument can (a NUL byte, 128 KiB
 # of text): it goes to git on stdin, cleaned (git refuses a NUL in a message even there).
-def commit(worktree: Path, message: str, *options: str) -> None:
+def commit(worktree: Path, message: str, *options: str, check: bool = True) -> processes.Completed:
     """`git commit` of what is staged, with `message`."""
-    git("commit", "-q", *options, "-F", "-", cwd=worktree, input=names.clean_text(message))
+    return git("commit", "-q", *options, "-F", "-", cwd=worktree, input=names.clean_text(message), check=check)
 
 
 def commit_tree(root: Path, tree: str, parents: list[str], message: str) -> str:
-    """A commit of `tree` on `parents`, made without touching any checkout; its id."""
+    """A commit of `tree` on `parents`, made without touching any checkout; its id. Plumbing,
+    which runs no hooks: for the dispatcher's own commits that carry no agent content (its
+    merges, its bookkeeping on a branch)."""
     parent_args = [arg for parent in parents for arg in ("-p", parent)]
     return git("commit-tree", tree, *parent_args, "-F", "-", cwd=root, input=names.clean_text(message)).stdout.strip()
 
@@ -274,14 +276,49 @@ def clear_interrupted_git_state(worktree: Path) -> None:
         git("merge", "--abort", cwd=worktree, check=False)
 
 
+# What git says when the hooks passed but the commit could not be written (signing, a full disk).
+COMMIT_NOT_WRITTEN = "failed to write commit object"
+NOTHING_TO_COMMIT = ("nothing to commit", "nothing added to commit", "no changes added to commit")
+
+
 def commit_everything(worktree: Path, message: str) -> bool:
-    """Commit all changes in the worktree (ignored files stay out); False when there were none."""
+    """Commit all changes in the worktree (ignored files stay out); False when there were none.
+    It carries the agent's work, so the user's hooks run on it, as on the agent's own commits:
+    CommitRefused when they refuse it (what they refused stays staged)."""
     if not git_out(worktree, "status", "--porcelain"):
         return False
     git("add", "-A", cwd=worktree)
     failpoints.failpoint("during_leftover_commit")
-    commit(worktree, message, "--no-verify")
-    return True
+    result = commit(worktree, message, check=False)
+    output = result.stderr + result.stdout
+    if result.returncode == 0:
+        return True
+    if any(text in output for text in NOTHING_TO_COMMIT):
+        return False  # only what `add -A` does not take (a submodule's own changes)
+    error = errors.GitError if COMMIT_NOT_WRITTEN in output else errors.CommitRefused
+    raise error(result.argv, result.returncode, result.stdout, result.stderr)
+
+
+def commit_on_head(worktree: Path, tree: str, message: str, *merged: str) -> str:
+    """Commit `tree` on the worktree's HEAD (with `merged` as further parents) by plumbing, and
+    move HEAD's branch to it only from the HEAD it was made on."""
+    head = git_out(worktree, "rev-parse", "HEAD")
+    made = commit_tree(worktree, tree, [head, *merged], message)
+    git("update-ref", "HEAD", made, head, cwd=worktree)
+    return made
+
+
+def tree_without(worktree: Path, paths: list[str]) -> str:
+    """HEAD's tree less `paths`, built in an index of its own: whatever else the worktree's index
+    holds (changes an agent staged) stays out of it."""
+    index = Path(git_out(worktree, "rev-parse", "--absolute-git-dir")) / "dispatch-index"
+    env = {**child_environment(), "GIT_INDEX_FILE": str(index)}
+    try:
+        git("read-tree", "HEAD", cwd=worktree, env=env)
+        git("update-index", "--force-remove", "--", *paths, cwd=worktree, env=env)  # literal paths, not patterns
+        return git("write-tree", cwd=worktree, env=env).stdout.strip()
+    finally:
+        index.unlink(missing_ok=True)
 
 
 def changed_files(root: Path, main: str, branch: str) -> list[str]:

@@ -10,5 +10,5 @@ param(
 $model = if ($env:QWEN_MODEL) { $env:QWEN_MODEL } else { "qwen2.5-coder:7b" }
 if (-not $env:OLLAMA_API_BASE) { $env:OLLAMA_API_BASE = "http://127.0.0.1:11434" }
 & aider --message-file $MessageFile --yes-always --no-gitignore --no-check-update --no-analytics `
-    --no-show-model-warnings --no-pretty --model "ollama_chat/$model" @Files
+    --no-show-model-warnings --no-pretty --git-commit-verify --model "ollama_chat/$model" @Files
 exit $LASTEXITCODE

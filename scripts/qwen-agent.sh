@@ -10,4 +10,4 @@ export OLLAMA_API_BASE
 message_file="$1"
 shift
 exec aider --message-file "$message_file" --yes-always --no-gitignore --no-check-update --no-analytics \
-  --no-show-model-warnings --no-pretty --model "ollama_chat/$model" "$@" </dev/null
+  --no-show-model-warnings --no-pretty --git-commit-verify --model "ollama_chat/$model" "$@" </dev/null

@@ -340,6 +340,7 @@ def test_default_aider_command(make_config, repo):
     assert argv == ["aider", "--message-file", "/w/.current_task.txt", "--yes-always", "--no-gitignore",
                     "--no-check-update", "--no-analytics", "--no-show-model-warnings", "--no-pretty",
                     "--no-show-release-notes",  # else its first run opens a web browser
+                    "--git-commit-verify",  # else it commits past the user's hooks
                     "--model", "openai/qwen2.5-coder:7b", "--openai-api-base", "http://127.0.0.1:8080/v1",
                     "a.py", "b/c.py"]
     assert env["OPENAI_API_KEY"]

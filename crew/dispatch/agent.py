@@ -12,10 +12,11 @@ from crew.tasks import model as task_model
 
 MODEL_LABEL = "model:"
 # --no-show-release-notes: on a version's first run --yes-always would accept "see what's new?"
-# and open a web browser on the user's desktop, once per worker.
+# and open a web browser on the user's desktop, once per worker. --git-commit-verify: by default Aider
+# commits past the user's git hooks (a secret scanner, say).
 AIDER_COMMAND = ["aider", "--message-file", "{message_file}", "--yes-always", "--no-gitignore",
                  "--no-check-update", "--no-analytics", "--no-show-model-warnings", "--no-pretty",
-                 "--no-show-release-notes"]
+                 "--no-show-release-notes", "--git-commit-verify"]
 STANDING_INSTRUCTIONS = """\
 Instructions:
 - Keep to the files named above unless the task clearly needs more.

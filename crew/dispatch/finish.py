@@ -37,12 +37,12 @@ class Finisher:
         failpoints.failpoint("after_worker_exit")  # its process tree is gone (WorkerPool.poll saw to it)
         worktree, task_id = Path(worker.worktree), worker.task_id
         why = worker.ended or "exited"
+        refused = ""  # why the hooks refused what it left uncommitted, for the task's note
         if worktree.exists():
             git.clear_interrupted_git_state(worktree)
             self.collect_followups(worker)
-            if self.config.commit_leftover_changes and git.commit_everything(
-                    worktree, f"dispatch: uncommitted work of {task_id} (worker {why})"):
-                self.ledger.event("leftover_committed", task_id)
+            if self.config.commit_leftover_changes:
+                refused = self.commit_leftovers(worker, f"dispatch: uncommitted work of {task_id} (worker {why})")
         tip = git.rev_parse(self.root, f"refs/heads/{worker.branch}")
         commits = int(git.git_out(self.root, "rev-list", "--count", f"{worker.base}..{tip}")) if tip else 0
         self.pool.forget(worker)
@@ -50,11 +50,11 @@ class Finisher:
         if worker.ended == records.TASK_BLOCKED:
             self.leave_blocked(worker)
         elif worker.kind == "conflict" and not worker.ended:
-            self.finish_conflict_worker(worker, commits)
+            self.finish_conflict_worker(worker, commits, refused)
         elif worker.kind == "conflict":  # its branch belongs to the task it resolves: release it only
             self.ledger.attempt_failed(task_id, f"attempt {worker.attempt} {why}; log {worker.log} ends: "
-                                                f"{self.log_tail(worker)}", worker.actor, counted=counted)
-        elif commits and not worker.ended:
+                                                f"{self.log_tail(worker)}{refused}", worker.actor, counted=counted)
+        elif commits and not worker.ended and not refused:
             self.ledger.event("commits_found", task_id, commits=commits, log=worker.log)
             self.breaker.attempt_ended(made_commits=True)
             self.queue.add(worker, "close", f"log {worker.log}")
@@ -62,14 +62,15 @@ class Finisher:
             self.ledger.event("commits_found", task_id, commits=commits, log=worker.log)
             # The merge queue adds the merge commit: the next attempt starts from main with this work in it.
             self.queue.add(worker, "release", f"attempt {worker.attempt} {why}; log {worker.log}; its work is "
-                                              f"partial and already on {self.config.main_branch}", counted=counted)
+                                              f"partial and already on {self.config.main_branch}{refused}",
+                           counted=counted)
         else:
             self.ledger.event("no_commits", task_id, log=worker.log)
             self.breaker.attempt_ended(made_commits=False, counted=counted)
             worktrees.discard_attempt(self.config, worker)
             self.ledger.attempt_failed(task_id, f"attempt {worker.attempt} {why} with no commits; "
                                                 f"{self.no_edit_hint(worker)}log {worker.log} ends: "
-                                                f"{self.log_tail(worker)}", worker.actor, counted=counted)
+                                                f"{self.log_tail(worker)}{refused}", worker.actor, counted=counted)
         self.ledger.save_state()
 
     def leave_blocked(self, worker: records.Worker) -> None:
@@ -88,7 +89,7 @@ class Finisher:
         worktree = Path(worker.worktree)
         if worktree.exists():
             git.clear_interrupted_git_state(worktree)
-            git.commit_everything(worktree, f"dispatch: uncommitted work of {worker.task_id} (found after a restart)")
+            self.commit_leftovers(worker, f"dispatch: uncommitted work of {worker.task_id} (found after a restart)")
         if worker.kind == "task":  # a conflict task's worktree belongs to the branch it resolves
             worktrees.discard_attempt(self.config, worker)
         try:
@@ -99,7 +100,24 @@ class Finisher:
             self.ledger.drop_record_of_gone_task(worker.task_id, "worker record")
         self.ledger.save_state()
 
-    def finish_conflict_worker(self, worker: records.Worker, commits: int) -> None:
+    def commit_leftovers(self, worker: records.Worker, message: str) -> str:
+        """Commit what the agent left uncommitted, through the user's hooks. What they refuse is
+        discarded from the dispatcher's worktree, never committed around them; returned is the
+        end of their output, for the attempt's note (so the next attempt is told why), or ""."""
+        try:
+            if git.commit_everything(Path(worker.worktree), message):
+                self.ledger.event("leftover_committed", worker.task_id)
+            return ""
+        except errors.CommitRefused as refused:
+            said = safe_names.one_line_tail(refused.stderr + "\n" + refused.stdout) or "(no output)"
+            worktrees.discard_changes(self.root, Path(worker.worktree))
+            self.ledger.event("leftover_refused", worker.task_id, output=said)
+            self.ledger.say(f"{worker.task_id}: the repository's git hooks refused its uncommitted changes; "
+                            f"discarded: {said[:120]}")
+            return (f"; the changes it left uncommitted were refused by the repository's git hooks and "
+                    f"discarded; the hooks said: {said}")
+
+    def finish_conflict_worker(self, worker: records.Worker, commits: int, refused: str = "") -> None:
         """A resolve/fix task's worker: close it when the branch now merges cleanly."""
         conflict = self.ledger.state.pending.get(worker.task_id)
         main = self.config.main_branch
@@ -115,7 +133,8 @@ class Finisher:
             problem = "still does not merge cleanly" if commits else "has no commit after the dispatcher's merge"
             self.ledger.attempt_failed(worker.task_id, f"attempt {worker.attempt}: {worker.branch} {problem}; "
                                                        f"{'' if commits else self.no_edit_hint(worker)}"
-                                                       f"log {worker.log} ends: {self.log_tail(worker)}", worker.actor)
+                                                       f"log {worker.log} ends: {self.log_tail(worker)}{refused}",
+                                       worker.actor)
 
     def log_tail(self, worker: records.Worker) -> str:
         """The end of the attempt's log, for its note (and so the next attempt's message)."""
@@ -143,9 +162,10 @@ class Finisher:
         tracked = [f for f in git.git("ls-files", "-z", "--", *found, cwd=worktree).stdout.split("\0") if f] \
             if found else []
         if tracked:
+            # Bookkeeping with no agent content: committed by plumbing, no hook runs on it.
+            tree = git.tree_without(worktree, tracked)
             git.git("rm", "-q", "-f", "--", *tracked, cwd=worktree)
-            git.git("commit", "-q", "--no-verify", "-m", f"dispatch: keep {', '.join(tracked)} of "
-                    f"{worker.task_id} off main", "--", *tracked, cwd=worktree)
+            git.commit_on_head(worktree, tree, f"dispatch: keep {', '.join(tracked)} of {worker.task_id} off main")
         for path in (worktree / f for f in found if f not in tracked):
             path.unlink(missing_ok=True)
         if lines and self.config.auto_ingest_suggestions:

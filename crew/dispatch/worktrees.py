@@ -112,7 +112,11 @@ def prepare_conflict_worktree(config: configuration.Config, task: task_model.Tas
     message = (PREPARED_SUBJECT.format(main=main, branch=branch, task_id=task.id) + "\n\n"
                f"Conflicted files: {', '.join(conflict.files) or 'none'}\n"
                f"This branch: {conflict.task_id}\nResolve task: {task.title}")
-    git.commit(worktree, message, "--no-verify")
+    # Committed by plumbing, so no hook runs: the markers are committed on purpose, for the
+    # resolver, and a check-merge-conflict hook would refuse them. The resolver's own commits
+    # (and any leftover commit of its work) go through the hooks.
+    git.commit_on_head(worktree, git.git_out(worktree, "write-tree"), message, git.git_out(worktree, "rev-parse", "MERGE_HEAD"))
+    git.git("merge", "--quit", cwd=worktree)  # the merge is committed: forget it, keep index and files
 
 
 def run_setup_command(config: configuration.Config, worktree: Path, log: Path, stop) -> str | None:
@@ -121,6 +125,14 @@ def run_setup_command(config: configuration.Config, worktree: Path, log: Path, s
     proc = processes.start_process(list(config.worktree_setup_command), worktree, git.child_environment(), log)
     ended = processes.wait_or_end(proc, config.worktree_setup_timeout_secs, stop, config.worker_kill_grace_secs)
     return ended or (f"exited {proc.returncode}" if proc.returncode else None)
+
+
+def discard_changes(root: Path, worktree: Path) -> None:
+    """Undo what is uncommitted in one of the dispatcher's worktrees (changes the user's hooks
+    refused); ignored files stay, and nobody else's worktree is ever touched."""
+    if worktree.resolve() in dispatcher_worktrees(root):
+        git.git("reset", "-q", "--hard", cwd=worktree)
+        git.git("clean", "-q", "-f", "-d", cwd=worktree)
 
 
 def discard_attempt(config: configuration.Config, worker: records.Worker) -> None:

@@ -1,0 +1,90 @@
+"""The user's git hooks: every commit that carries an agent's work goes through them; what they
+refuse never reaches main. The dispatcher's own bookkeeping commits (conflict markers for a
+resolver) are made by plumbing, which runs no hooks, so a check-merge-conflict hook cannot stop them."""
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+from conftest import ROOT, commit_file, git
+from dispatch_helpers import add_task, assert_clean_finish, dispatch, events, main_file, merges_of
+
+# A secret scanner, as a pre-commit hook: it refuses any commit whose staged changes hold the marker.
+SECRET = "SECRET-MARKER-7f3a"
+SECRET_SCANNER = f"""#!/bin/sh
+if git diff --cached -U0 | grep -q '{SECRET}'; then
+    echo "secret-scan: a staged change holds a secret ({SECRET}); commit refused" >&2
+    exit 1
+fi
+"""
+# pre-commit's check-merge-conflict: it refuses any commit whose staged files hold conflict markers.
+CHECK_MERGE_CONFLICT = """#!/bin/sh
+for f in $(git diff --cached --name-only --diff-filter=AM); do
+    if grep -q '^<<<<<<< ' "$f"; then
+        echo "check-merge-conflict: $f holds conflict markers" >&2
+        exit 1
+    fi
+done
+"""
+
+
+def install_hook(repo: Path, name: str, text: str) -> None:
+    hook = repo / ".git" / "hooks" / name  # the common hooks folder: every worktree runs it
+    hook.parent.mkdir(exist_ok=True)
+    hook.write_text(text, encoding="utf-8", newline="\n")
+    hook.chmod(hook.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+
+def test_crew_never_bypasses_the_users_hooks():
+    sources = {path: path.read_text(encoding="utf-8") for path in (ROOT / "crew").rglob("*.py")}
+    assert [str(path) for path, text in sources.items() if "--no-verify" in text or "hooksPath" in text] == []
+
+
+def test_a_leftover_commit_the_hooks_refuse_never_reaches_main_and_its_task_is_told_why(json_agent_setup, repo):
+    install_hook(repo, "pre-commit", SECRET_SCANNER)
+    cfg, config, store = json_agent_setup(max_attempts=2)
+    task = add_task(store, "Leaves a secret", "print-message", "append ok.txt fine",
+                    f"uncommitted secret.txt token={SECRET}")
+    result = dispatch(cfg)
+    assert "Traceback" not in result.stderr, result.stderr
+    # Each attempt's committed work went on, as after a timeout; what the hook refused did not.
+    assert main_file(repo, "ok.txt") == "fine\nfine\n" and merges_of(repo, task.id) == 2
+    assert main_file(repo, "secret.txt") is None
+    every_commit = git(repo, "log", "--all", "-p", "--format=%H %s%n%b")
+    assert SECRET not in every_commit
+    refused = events(repo, "leftover_refused")
+    assert [e["task_id"] for e in refused] == [task.id, task.id]
+    assert "secret-scan: a staged change holds a secret" in refused[0]["output"]
+    # Released after the first attempt with the hook's words in its notes; the second attempt's
+    # message quoted them; after max_attempts the task is blocked.
+    released = [e["reason"] for e in events(repo, "released") if e["task_id"] == task.id]
+    assert len(released) == 1 and "refused by the repository's git hooks" in released[0]
+    assert "secret-scan: a staged change holds a secret" in released[0]
+    second_log = (repo / ".dispatch_logs" / f"{task.id}.2.log").read_text(encoding="utf-8")
+    assert "What happened before" in second_log and "secret-scan: a staged change holds a secret" in second_log
+    blocked = store.get(task.id)
+    assert blocked.status == "blocked" and "secret-scan" in blocked.notes
+    assert_clean_finish(repo, Path(config.worktree_root))
+
+
+def test_a_check_merge_conflict_hook_does_not_stop_a_conflict_task_set_up(json_agent_setup, repo):
+    commit_file(repo, "settings.ini", "[ui]\ncolor=blue\n")
+    install_hook(repo, "pre-commit", CHECK_MERGE_CONFLICT)
+    cfg, config, store = json_agent_setup()
+    red = add_task(store, "Make it red", "sleep 0.5", "replace settings.ini color=blue color=red", priority=1)
+    green = add_task(store, "Make it green", "sleep 0.5", "replace settings.ini color=blue color=green", priority=1)
+    result = dispatch(cfg)
+    assert result.returncode == 0, result.stdout + result.stderr
+    conflict = next(t for t in store.list(None) if t.title.startswith("Resolve merge conflict: "))
+    assert conflict.status == "closed"
+    for task in (red, green):
+        assert store.get(task.id).status == "closed" and merges_of(repo, task.id) == 1
+    # The markers were committed for the resolver (by the dispatcher, as a merge of main into the
+    # branch), and the resolver's commit, which the hook checked, removed them.
+    prepared = git(repo, "log", "--all", "--format=%H %P", "--grep", "dispatch: merge main into").splitlines()
+    assert len(prepared) == 1 and len(prepared[0].split()) == 3
+    assert "<<<<<<<" in git(repo, "show", prepared[0].split()[0] + ":settings.ini")
+    assert "<<<<<<<" not in main_file(repo, "settings.ini")
+    assert_clean_finish(repo, Path(config.worktree_root))
