@@ -46,26 +46,30 @@ def temp_file_name(name: str, pid: int | str) -> str:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write a temp file beside `path`, then os.replace: readers see the old or the new file."""
+    """Write a temp file beside `path`, then os.replace: readers see the old or the new file.
+    A lone surrogate, which UTF-8 cannot hold, is written as its `\\ud83d` escape. Whatever
+    fails, no temp file is left behind."""
     tmp = path.with_name(temp_file_name(path.name, os.getpid()))
     try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except OSError as exc:  # a full disk, typically: the file itself was never touched
-        tmp.unlink(missing_ok=True)
-        raise write_error(path, exc) from None
-    for attempt in range(20):
         try:
-            os.replace(tmp, path)
-            return
-        except PermissionError:
-            # Windows refuses while another process has the target open: it is brief.
-            if attempt == 19:
-                tmp.unlink(missing_ok=True)
-                raise
-            time.sleep(0.05)
+            with open(tmp, "w", encoding="utf-8", errors="backslashreplace", newline="\n") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:  # a full disk, typically: the file itself was never touched
+            raise write_error(path, exc) from None
+        for attempt in range(20):
+            try:
+                os.replace(tmp, path)
+                return
+            except PermissionError:
+                # Windows refuses while another process has the target open: it is brief.
+                if attempt == 19:
+                    raise
+                time.sleep(0.05)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def append_text(path: Path, text: str) -> None:
@@ -153,4 +157,4 @@ class StateFile:
 
     def write(self, data: dict) -> None:
         with locked(self.lock, self.path.name):
-            atomic_write_text(self.path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+            atomic_write_text(self.path, json_text(data, indent=2) + "\n")

@@ -8,10 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from crew import files
 from crew import names
 from crew.tasks import json_store
 from conftest import ROOT
-from dispatch_helpers import add_task, dispatch, merge_subjects
+from dispatch_helpers import add_task, dispatch, main_file, merge_subjects
 
 
 # An agent whose output carries a NUL byte, and which makes no commit: its log's tail becomes the
@@ -113,3 +116,27 @@ def test_text_from_tasks_and_agents_reaches_the_terminal_as_escapes(json_agent_s
     assert result.stdout.count("ends: agent says \\x1b[2J\\x1b]0;owned\\x07") == 2, result.stdout
     for output in (listed.stdout, shown.stdout, as_json.stdout, result.stdout, result.stderr):
         assert not any(c in output for c in TERMINAL_ACTS_ON), repr(output)
+
+
+def test_a_lone_surrogate_in_a_title_is_read_written_and_printed_without_a_traceback(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup()
+    write_queue(repo, {"id": "proj-1", "title": "Smile \ud83d", "description": "AGENT: append smile.txt s\ud83d"})
+    for args in (["list"], ["show", "proj-1"], ["list", "--json"]):
+        listed = run_script("tasks.py", cfg, *args)
+        assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
+        assert "\\ud83d" in listed.stdout  # shown as its escape
+    result = dispatch(cfg)  # claims it (the store is written), writes its message, merges it, reports
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stdout + result.stderr
+    assert store.get("proj-1").status == "closed"
+    assert '"Smile \\ud83d"' in (repo / "task_queue.json").read_text(encoding="utf-8")  # kept as written
+    assert main_file(repo, "smile.txt") == "s\ufffd\n"  # the agent's message holds U+FFFD for it
+    assert not list(repo.rglob("*.tmp"))
+
+
+def test_a_failed_atomic_write_leaves_no_temp_file(tmp_path):
+    target = tmp_path / "state.json"
+    target.mkdir()
+    (target / "inside").write_text("a folder where the file should be", encoding="utf-8")
+    with pytest.raises(OSError):
+        files.atomic_write_text(target, "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]

@@ -105,7 +105,9 @@ def task_message(config: configuration.Config, task: task_model.Task) -> str:
     parts.append(STANDING_INSTRUCTIONS.format(followups=config.worker_followups_file))
     if config.worker_instructions:
         parts.append(read_instructions(config))
-    return "\n\n".join(p for p in parts if p) + "\n"
+    # Written as UTF-8 for a program to read: no NUL byte, no lone surrogate (from a hand-written
+    # store), whatever the task holds.
+    return safe_names.clean_text("\n\n".join(p for p in parts if p) + "\n", limit=None)
 
 
 def what_happened_before(notes: str, limit: int = HISTORY_CHARS) -> str:

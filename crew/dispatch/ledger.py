@@ -2,8 +2,6 @@
 task's fate after an attempt. Only the ledger writes state files or events."""
 from __future__ import annotations
 
-import json
-
 from crew import config as configuration
 from crew import errors
 from crew import files
@@ -53,8 +51,8 @@ class Ledger:
     def event(self, name: str, task_id: str | None = None, **fields) -> None:
         """One line of .dispatch_logs/events.jsonl; README lists every event and its fields."""
         self.logs.mkdir(exist_ok=True)
-        line = json.dumps({"v": events.EVENTS_FORMAT, "ts": files.now_iso(), "event": name, "task_id": task_id,
-                           **fields}, ensure_ascii=False)
+        line = files.json_text({"v": events.EVENTS_FORMAT, "ts": files.now_iso(), "event": name, "task_id": task_id,
+                                **fields})
         path = self.logs / events.EVENTS_FILE
         if events.ends_mid_line(path):
             line = "\n" + line  # a crash mid-write left a partial line: keep this one whole

@@ -138,7 +138,7 @@ class JsonTaskStore:
         return data
 
     def _save(self, data: dict) -> None:
-        text = json.dumps(data, ensure_ascii=False)
+        text = files.json_text(data)
         # One task a line, so the file stays readable and diffable. `}, {"id"` cannot occur
         # inside a JSON string (its quotes would be escaped), so this only splits between tasks.
         text = text.replace('"tasks": [{"id"', '"tasks": [\n{"id"').replace('}, {"id"', '},\n{"id"')
