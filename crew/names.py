@@ -64,6 +64,14 @@ def one_line_tail(text: str, lines: int = 5, limit: int = 400) -> str:
     return " | ".join([line for line in text.splitlines() if line.strip()][-lines:])[-limit:]
 
 
+def fenced(text: str) -> str:
+    """Text quoted as a block nothing in it can end: between fences of more backticks than any
+    run of backticks in it (a fence closes only on one at least as long as itself)."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return "\n".join([fence, text.strip("\n"), fence])
+
+
 def branch_name(template: str, task_id: str) -> str:
     """The template with the task id, made a valid ref name whatever the id contains."""
     name = template.replace("{task_id}", task_id)
