@@ -92,13 +92,7 @@ def make_parent_folders(worktree: Path, files: list[str]) -> None:
 
 
 def task_message(config: configuration.Config, task: task_model.Task) -> str:
-    description = task.description.strip()
-    if task.files:
-        # The scripts that create tasks write this line into the description: say it once.
-        listed = "Files: " + ", ".join(task.files)
-        kept = "\n".join(line for line in description.splitlines() if line.strip() != listed)
-        description = re.sub(r"\n{3,}", "\n\n", kept).strip()
-    parts = [f"Task {task.id}: {task.title}", description]
+    parts = [f"Task {task.id}: {safe_names.clean_title(task.title)}", description_for_agent(task)]
     if task.files:
         parts.append("Files to change: " + ", ".join(task.files))
     parts.append(what_happened_before(task.notes))
@@ -108,6 +102,18 @@ def task_message(config: configuration.Config, task: task_model.Task) -> str:
     # Written as UTF-8 for a program to read: no NUL byte, no lone surrogate (from a hand-written
     # store), whatever the task holds.
     return safe_names.clean_text("\n\n".join(p for p in parts if p) + "\n", limit=None)
+
+
+def description_for_agent(task: task_model.Task) -> str:
+    """The task's description as it is (code in it keeps its blank lines), less the `Files:`
+    paragraph the scripts that create tasks add: the message names the files itself. Only
+    blank lines at its start and whitespace at its end go."""
+    description = task.description
+    if task.files:
+        listed = re.escape("Files: " + ", ".join(task.files))
+        if added := list(re.finditer(rf"(?:^|\n\n){listed}(?=\n\n|\n?$)", description)):
+            description = description[:added[-1].start()] + description[added[-1].end():]
+    return re.sub(r"^(?:[ \t]*\n)+", "", description).rstrip()
 
 
 def what_happened_before(notes: str, limit: int = HISTORY_CHARS) -> str:
