@@ -59,6 +59,7 @@ class Config:
     worker_followups_file: str = "followups.txt"
     worker_timeout_secs: float = 1800
     worker_kill_grace_secs: float = 10
+    git_hook_timeout_secs: float = 600
     commit_leftover_changes: bool = True
     auto_ingest_suggestions: bool = True
     max_attempts: int = 2
@@ -117,7 +118,7 @@ def _type_name(annotation: str) -> str:
 POSITIVE_KEYS = {"max_workers", "poll_interval_secs", "llm_timeout_secs", "llm_num_ctx", "llm_max_tokens",
                  "prompt_max_files",
                  "breaker_failures", "max_attempts", "merge_gate_timeout_secs", "merge_gate_parallelism",
-                 "worktree_setup_timeout_secs"}
+                 "worktree_setup_timeout_secs", "git_hook_timeout_secs"}
 
 
 def _check_range(key: str, value: float, source: str) -> None:

@@ -32,17 +32,24 @@ def child_environment() -> dict[str, str]:
 
 
 def git(*args: str | os.PathLike, cwd: str | os.PathLike, check: bool = True,
-        env: dict[str, str] | None = None, input: str | None = None) -> processes.Completed:
+        env: dict[str, str] | None = None, input: str | None = None,
+        timeout: float | None = None) -> processes.Completed:
+    """timeout: for a command that runs the user's hooks (a checkout, a merge, a commit); its
+    whole tree, the hooks' processes too, is ended past it. Every git command runs as a tree of
+    its own that a stop ends (processes.end_commands)."""
     # LC_ALL=C: the code reads git's messages, which a German or French locale would translate.
     env = {**(env if env is not None else child_environment()), "LC_ALL": "C"}
-    return processes.run("git", *args, cwd=cwd, check=check, env=env, error=errors.GitError, input=input)
+    return processes.run("git", *args, cwd=cwd, check=check, env=env, error=errors.GitError, input=input,
+                         timeout=timeout, tree=True)
 
 
 # A commit message carries task titles, which may hold what no argument can (a NUL byte, 128 KiB
 # of text): it goes to git on stdin, cleaned (git refuses a NUL in a message even there).
-def commit(worktree: Path, message: str, *options: str, check: bool = True) -> processes.Completed:
-    """`git commit` of what is staged, with `message`."""
-    return git("commit", "-q", *options, "-F", "-", cwd=worktree, input=names.clean_text(message), check=check)
+def commit(worktree: Path, message: str, *options: str, check: bool = True,
+           timeout: float | None = None) -> processes.Completed:
+    """`git commit` of what is staged, with `message` (timeout: see git())."""
+    return git("commit", "-q", *options, "-F", "-", cwd=worktree, input=names.clean_text(message), check=check,
+               timeout=timeout)
 
 
 def commit_tree(root: Path, tree: str, parents: list[str], message: str) -> str:
@@ -132,7 +139,7 @@ class CheckoutMove:
     in_the_way: tuple[str, ...] = ()
 
 
-def fast_forward_checkout(checkout: Path, branch: str, old: str, new: str) -> CheckoutMove:
+def fast_forward_checkout(checkout: Path, branch: str, old: str, new: str, timeout: float) -> CheckoutMove:
     """Move `branch`, checked out in `checkout`, from exactly `old` to `new`, as git moves it: `git
     merge --ff-only`, which keeps the user's uncommitted changes (refusing to overwrite any), keeps
     the index and the files consistent with HEAD whenever it is cut short, and runs their
@@ -145,7 +152,7 @@ def fast_forward_checkout(checkout: Path, branch: str, old: str, new: str) -> Ch
         return CheckoutMove(elsewhere=True)
     if in_the_way := untracked_in_the_way(checkout, old, new):
         return CheckoutMove(in_the_way=tuple(in_the_way))
-    return CheckoutMove(git("merge", "--ff-only", "--no-edit", "-q", new, cwd=checkout, check=False))
+    return CheckoutMove(git("merge", "--ff-only", "--no-edit", "-q", new, cwd=checkout, check=False, timeout=timeout))
 
 
 def untracked_in_the_way(checkout: Path, old: str, new: str) -> list[str]:
@@ -281,7 +288,7 @@ COMMIT_NOT_WRITTEN = "failed to write commit object"
 NOTHING_TO_COMMIT = ("nothing to commit", "nothing added to commit", "no changes added to commit")
 
 
-def commit_everything(worktree: Path, message: str) -> bool:
+def commit_everything(worktree: Path, message: str, timeout: float) -> bool:
     """Commit all changes in the worktree (ignored files stay out); False when there were none.
     It carries the agent's work, so the user's hooks run on it, as on the agent's own commits:
     CommitRefused when they refuse it (what they refused stays staged)."""
@@ -289,7 +296,7 @@ def commit_everything(worktree: Path, message: str) -> bool:
         return False
     git("add", "-A", cwd=worktree)
     failpoints.failpoint("during_leftover_commit")
-    result = commit(worktree, message, check=False)
+    result = commit(worktree, message, check=False, timeout=timeout)
     output = result.stderr + result.stdout
     if result.returncode == 0:
         return True

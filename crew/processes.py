@@ -1,10 +1,12 @@
 """Running commands (argument lists, never a shell) and starting and ending process trees."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,22 +30,76 @@ class Completed:
 
 def run(*argv: str | os.PathLike, cwd: str | os.PathLike | None = None, check: bool = True,
         timeout: float | None = None, env: dict[str, str] | None = None,
-        error: type[errors.CommandError] = errors.CommandError, input: str | None = None) -> Completed:
+        error: type[errors.CommandError] = errors.CommandError, input: str | None = None,
+        tree: bool = False) -> Completed:
     """Run one command from an argument list (never a shell), capturing text output as UTF-8;
-    `input`, if given, is its stdin (else it has none)."""
+    `input`, if given, is its stdin (else it has none). tree: the command may start processes of
+    its own (git runs the user's hooks), so it runs in a process group of its own, which a
+    timeout, an interrupt or end_commands() ends whole."""
     args = [os.fspath(a) for a in argv]
     try:
-        proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, encoding="utf-8",
-                              errors="replace", timeout=timeout, env=env, input=input,
-                              stdin=subprocess.DEVNULL if input is None else None)
+        proc = subprocess.Popen(args, cwd=cwd, stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
+                                errors="replace", env=env, **(NEW_GROUP if tree else {}))
     except FileNotFoundError:
         raise error(args, None, "", "", f"command not found: {args[0]}") from None
-    except subprocess.TimeoutExpired:
-        raise error(args, None, "", "", f"timed out after {timeout} s") from None
-    result = Completed(args, proc.returncode, proc.stdout, proc.stderr)
+    with running(proc) if tree else contextlib.nullcontext():
+        try:
+            stdout, stderr = proc.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            end_command(proc, tree)
+            raise error(args, None, "", "", f"timed out after {timeout:g} s") from None
+        except BaseException:  # Ctrl-C: nothing of it is left running
+            end_command(proc, tree)
+            raise
+    result = Completed(args, proc.returncode, stdout, stderr)
     if check and proc.returncode != 0:
-        raise error(args, proc.returncode, proc.stdout, proc.stderr)
+        raise error(args, proc.returncode, stdout, stderr)
     return result
+
+
+# POSIX: a session of its own; Windows: a process group of its own (what taskkill /T ends).
+NEW_GROUP = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if IS_WINDOWS else {"start_new_session": True}
+COMMAND_KILL_GRACE_SECS = 2  # git removes its lock files on SIGTERM at once; a hook gets this long
+_commands: dict[int, tuple[subprocess.Popen, bool]] = {}  # pid -> (the command, being ended)
+_commands_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def running(proc: subprocess.Popen):
+    """The command is listed while it runs, whichever thread waits for it, so a stop can end it."""
+    with _commands_lock:
+        _commands[proc.pid] = (proc, False)
+    try:
+        yield
+    finally:
+        with _commands_lock:
+            _commands.pop(proc.pid, None)
+
+
+def end_commands(grace: float = COMMAND_KILL_GRACE_SECS) -> list[TreeKill]:
+    """Begin ending every command tree under way (run(tree=True), in any thread) that is not being
+    ended already: at a stop, a user's hook in a git command must not hold the dispatcher up. The
+    thread waiting for each command reaps it; the kills say when the trees are gone."""
+    with _commands_lock:
+        due = [proc for proc, ending in _commands.values() if not ending and proc.returncode is None]
+        for proc in due:
+            _commands[proc.pid] = (proc, True)
+        return [TreeKill.begin(proc.pid, grace) for proc in due]
+
+
+def end_command(proc: subprocess.Popen, tree: bool) -> None:
+    """A command given up on: its tree (or the process alone) ended, its pipes closed."""
+    if tree:
+        kill_tree(proc.pid, COMMAND_KILL_GRACE_SECS, proc)
+    else:
+        proc.kill()
+    try:
+        proc.communicate(timeout=COMMAND_KILL_GRACE_SECS)  # a process outside the tree may hold the pipes
+    except subprocess.TimeoutExpired:
+        proc.stdout.close()
+        proc.stderr.close()
+    proc.wait()
 
 
 WAIT_STEP_SECS = 0.05  # a setup command or gate notices a stop within this
@@ -57,10 +113,8 @@ def start_process(argv: list[str], cwd: Path, env: dict, log_path: Path) -> subp
     except OSError as exc:  # a full disk: one line, not a failed attempt of every task in turn
         raise files.write_error(log_path, exc) from None
     with log:
-        kwargs = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if IS_WINDOWS
-                  else {"start_new_session": True})
         return subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, **kwargs)
+                                stderr=subprocess.STDOUT, **NEW_GROUP)
 
 
 def process_start_time(pid: int) -> float | None:

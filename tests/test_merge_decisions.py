@@ -14,6 +14,7 @@ from crew.dispatch import stacks
 from crew.dispatch.conflicts import Conflicts
 from crew.dispatch.ledger import Ledger
 from crew.dispatch.merge_queue import MergeQueue
+from crew.dispatch.wakeup import Wakeup
 from conftest import commit_file, git
 from dispatch_helpers import events, main_file
 
@@ -24,7 +25,7 @@ def queue(json_agent_setup) -> MergeQueue:
     _, config, store = json_agent_setup()
     ledger = Ledger(config, store, say=lambda message: None)
     return MergeQueue(config, ledger, store, all_gates=[None], conflicts=Conflicts(config, ledger, store),
-                      stop_now_reason=lambda: None)
+                      stop_now_reason=lambda: None, wakeup=Wakeup())
 
 
 def queued(queue: MergeQueue, name: str, text: str) -> records.MergeRequest:

@@ -105,7 +105,7 @@ class Finisher:
         discarded from the dispatcher's worktree, never committed around them; returned is the
         end of their output, for the attempt's note (so the next attempt is told why), or ""."""
         try:
-            if git.commit_everything(Path(worker.worktree), message):
+            if git.commit_everything(Path(worker.worktree), message, self.config.git_hook_timeout_secs):
                 self.ledger.event("leftover_committed", worker.task_id)
             return ""
         except errors.CommitRefused as refused:

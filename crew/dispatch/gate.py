@@ -84,7 +84,8 @@ class Gate:
         if not gate.exists():
             if gate.resolve() in worktrees.dispatcher_worktrees(root):
                 worktrees.remove_worktree(root, gate)  # its folder was deleted (by the user?): git still lists it
-            worktrees.add_dispatcher_worktree(root, gate, "--detach", str(gate), commit)
+            worktrees.add_dispatcher_worktree(root, gate, "--detach", str(gate), commit,
+                                              timeout=self.config.git_hook_timeout_secs)
             if self.config.worktree_setup_command and (
                     failed := worktrees.run_setup_command(self.config, gate, log, self.stopped)):
                 worktrees.remove_worktree(root, gate)  # so the next gate sets it up again
@@ -95,7 +96,7 @@ class Gate:
             raise errors.UserError(f"{gate} is in the way of the merge gate's worktree and the dispatcher "
                                    "did not make it; move it elsewhere")
         else:
-            git.git("checkout", "-q", "--detach", "-f", commit, cwd=gate)
+            git.git("checkout", "-q", "--detach", "-f", commit, cwd=gate, timeout=self.config.git_hook_timeout_secs)
             git.git("clean", "-q", "-fd", cwd=gate)
         return True
 
@@ -133,7 +134,12 @@ class Gate:
         if self.preparing is not None:
             if not self.preparing.done():
                 return None
-            prepared = self.preparing.result()  # a gate worktree that cannot be made stops the run (UserError)
+            try:
+                prepared = self.preparing.result()  # a gate worktree that cannot be made stops the run
+            except errors.UserError:
+                if not self.stopped():
+                    raise
+                prepared = False  # its git command was ended by the stop
             self.preparing = None
             if not prepared or self.stopped():
                 return self.conclude(record, None, self.stopped() or "")

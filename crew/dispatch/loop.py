@@ -47,7 +47,8 @@ class Dispatcher:
         self.conflicts = Conflicts(config, self.ledger, store)
         self.gates = [gates.Gate(config, self.ledger, self.pool.starter, self.stop_now_reason, self.wakeup, worktree)
                       for worktree in parallel_gates.gate_worktrees(config)]
-        self.queue = MergeQueue(config, self.ledger, store, self.gates, self.conflicts, self.stop_now_reason)
+        self.queue = MergeQueue(config, self.ledger, store, self.gates, self.conflicts, self.stop_now_reason,
+                                self.wakeup)
         self.breaker = scheduler.Breaker(config.breaker_failures, config.breaker_pause_secs, watch)
         self.finisher = Finisher(config, self.ledger, store, self.pool, self.queue, self.breaker)
         self.recovery = Recovery(config, self.ledger, store, self.pool)
@@ -249,6 +250,7 @@ class Dispatcher:
             timeout = 0.0 if changed else self.next_deadline(time.time()) - time.time()
             self.wakeup.wait(min(timeout, SIGNAL_CHECK_SECS) if processes.IS_WINDOWS else timeout)
         self.pool.starter.shutdown(wait=True)
+        self.queue.mover.shutdown(wait=True)
         self.serial.shutdown()
         gates.remove_worktrees(self.gates)
         summary = ledger.summary
@@ -292,10 +294,24 @@ class Dispatcher:
             # Recorded but never started: the next run releases its task. Being ended already: its kill is waited for.
             if worker.slot not in pool.starting and worker.slot not in pool.kills:
                 pool.end(worker, why)
-        concurrent.futures.wait(list(pool.starting.values()))  # their setup commands end at once too
-        processes.wait_for_kills(pool.kills.values())
+        commands = self.end_threads_commands()
+        processes.wait_for_kills([*pool.kills.values(), *commands])
         gates.wait_until_ended(self.gates)
         self.say(f"{why}: workers ended; their branches are kept for the next run")
         if self.stop_signal is not None:
             raise SystemExit(128 + self.stop_signal)  # the shell's convention: 143 for SIGTERM, 129 for SIGHUP
         raise KeyboardInterrupt
+
+    def end_threads_commands(self) -> list[processes.TreeKill]:
+        """At a stop: the threads at work for the loop (worktrees made, main moved) wait for git,
+        which runs the user's hooks, which may never end. Each git command's tree is ended, and
+        any a thread starts meanwhile, until every thread is done (their setup commands end at
+        once too). The kills begun are returned, to be waited for with the workers'."""
+        under_way = [*self.pool.starting.values(), *(gate.preparing for gate in self.gates if gate.preparing)]
+        if self.queue.landing is not None:
+            under_way.append(self.queue.landing.moving)
+        kills = []
+        while True:
+            kills += processes.end_commands()
+            if not concurrent.futures.wait(under_way, timeout=processes.KILL_STEP_SECS).not_done:
+                return kills

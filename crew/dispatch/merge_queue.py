@@ -2,6 +2,7 @@
 slot; main moves only from the commit the merge was computed on."""
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 import filelock
 
 from crew import config as configuration
+from crew import errors
 from crew import failpoints
 from crew import git
 from crew import processes
@@ -20,6 +22,7 @@ from crew.dispatch import stacks
 from crew.dispatch import worktrees
 from crew.dispatch import conflicts as conflict_tasks
 from crew.dispatch import gate as gates
+from crew.dispatch import wakeup as wakeups
 from crew.dispatch.ledger import Ledger
 from crew.tasks import model as task_model
 
@@ -40,15 +43,31 @@ class Decision:
     commit: str | None = None
 
 
+@dataclasses.dataclass
+class Landing:
+    """Main being moved to a merge commit, on a thread of its own: the user's hooks run in the
+    move (a post-merge hook in their checkout), and the loop must not wait for them. The merge
+    slot stays held until the move is over."""
+
+    request: records.MergeRequest
+    task: task_model.Task
+    commit: str
+    slot: contextlib.ExitStack
+    moving: concurrent.futures.Future  # advance_main's outcome
+
+
 class MergeQueue:
     def __init__(self, config: configuration.Config, ledger: Ledger, store: task_model.TaskStore,
-                 all_gates: list[gates.Gate], conflicts: conflict_tasks.Conflicts, stop_now_reason):
+                 all_gates: list[gates.Gate], conflicts: conflict_tasks.Conflicts, stop_now_reason,
+                 wakeup: wakeups.Wakeup):
         """all_gates: one gate, or with merge_gate_parallelism above 1 that many, run speculatively."""
         self.config, self.ledger, self.store, self.conflicts = config, ledger, store, conflicts
         self.gate = all_gates[0]
         self.speculative = parallel_gates.ParallelGates(self, all_gates) if len(all_gates) > 1 else None
         self.stop_now_reason = stop_now_reason
         self.root = config.root
+        self.landing: Landing | None = None
+        self.mover = wakeups.PostingExecutor(wakeup, 1, "move-main")  # the loop is woken once main has moved
 
     @property
     def requests(self) -> list[records.MergeRequest]:
@@ -69,6 +88,10 @@ class MergeQueue:
     def step(self) -> bool:
         """Merge queued branches in order; True if main moved or the queue changed. Never waits
         for the gate: while it runs it is looked at, and nothing behind its request merges."""
+        if self.landing is not None:  # nothing merges while main moves: each merge is computed on main
+            if self.landing.moving.done():
+                return self.landed()
+            return self.speculative.poll() if self.speculative else False
         if self.speculative:
             return self.speculative.step()
         if self.gate.busy:
@@ -82,8 +105,8 @@ class MergeQueue:
             if request.retry_at > time.time():
                 continue
             progressed |= self.merge(request)
-            if self.gate.busy:
-                break  # queue order: the requests behind a gating one wait for its verdict
+            if self.gate.busy or self.landing is not None:
+                break  # queue order: the requests behind a gating or landing one wait for it
         return progressed
 
     def next_look_at_main(self) -> float | None:
@@ -105,26 +128,29 @@ class MergeQueue:
         except filelock.Timeout:
             return None
 
-    def merge_slot_or_wait(self, request: records.MergeRequest):
-        """The merge slot, or None when another process holds it: the request then waits."""
+    def merge_slot_or_wait(self, request: records.MergeRequest) -> contextlib.ExitStack | None:
+        """The merge slot, held (a landing keeps it: see land), or None when another process
+        holds it: the request then waits."""
         if (slot := self.merge_slot()) is None:
             self.merge_waits(request, MERGE_SLOT_HELD)
-        return slot
+            return None
+        held = contextlib.ExitStack()
+        held.enter_context(slot)
+        return held
 
     def merge(self, request: records.MergeRequest) -> bool:
         """Decide the request's merge and land it, or hand its merge commit to the gate."""
         if (slot := self.merge_slot_or_wait(request)) is None:
             return False
         with slot:
-            while True:
-                decision = self.decide(request)
-                if decision.commit is None:
-                    return decision.verdict != "waits"
-                if self.config.merge_gate_command:
-                    self.gate.start(request, decision.base, decision.commit)
-                    return False
-                if (landed := self.land(request, decision.task, decision.base, decision.commit)) is not None:
-                    return landed
+            decision = self.decide(request)
+            if decision.commit is None:
+                return decision.verdict != "waits"
+            if self.config.merge_gate_command:
+                self.gate.start(request, decision.base, decision.commit)
+                return False
+            self.land(request, decision.task, decision.base, decision.commit, slot)
+            return False
 
     def decide(self, request: records.MergeRequest, onto: str | None = None) -> Decision:
         """What becomes of a request now, with the merge slot held: its merge commit on main, or
@@ -189,7 +215,8 @@ class MergeQueue:
                 return self.conflicts.file(request, [], gated.base, outcome.output, kind="gate", commit=gated.commit)
             if (task := self.unchanged_task(request, gated.commit)) is None:
                 return False  # decide() says what becomes of it now
-            return bool(self.land(request, task, gated.base, gated.commit))
+            self.land(request, task, gated.base, gated.commit, slot)
+            return False
 
     def unchanged_task(self, request: records.MergeRequest, commit: str) -> task_model.Task | None:
         """The request's task, if neither it nor the branch changed since `commit` (the branch's
@@ -200,17 +227,25 @@ class MergeQueue:
             return None
         return task
 
-    def land(self, request: records.MergeRequest, task: task_model.Task, base: str, commit: str) -> bool | None:
-        """Move main from `base` to the merge commit and finish the request; None when main moved
-        meanwhile (decide again), False when the merge waits."""
+    def land(self, request: records.MergeRequest, task: task_model.Task, base: str, commit: str,
+             slot: contextlib.ExitStack) -> None:
+        """Begin moving main from `base` to the merge commit, off the loop; `slot` (the merge slot,
+        held) is the landing's from now on. landed() finishes the request once main has moved."""
         failpoints.failpoint("during_merge")
-        outcome = self.advance_main(base, commit)
-        if outcome == "moved":
-            return None
-        if outcome != "ok":
-            return self.merge_waits(request, outcome)
-        self.finish_merge(request, task, commit)
-        return True
+        self.landing = Landing(request, task, commit, slot.pop_all(), self.mover.submit(self.advance_main, base, commit))
+
+    def landed(self) -> bool:
+        """The move is over: the request is merged, or waits, or (main moved meanwhile) is
+        decided again on the next step. True unless it waits."""
+        landing, self.landing = self.landing, None
+        with landing.slot:
+            outcome = landing.moving.result()
+            if outcome == "moved":
+                return True
+            if outcome != "ok":
+                return self.merge_waits(landing.request, outcome)
+            self.finish_merge(landing.request, landing.task, landing.commit)
+            return True
 
     def merge_waits(self, request: records.MergeRequest, reason: str) -> bool:
         """Try the merge again later, after a pause that grows: what keeps main still (a stale
@@ -238,19 +273,26 @@ class MergeQueue:
         main = self.config.main_branch
         if held := self.why_main_is_held():  # it may have begun while the merge was computed
             return held
-        checkout = git.checkout_of_branch(self.root, main)
-        if checkout is None:
-            result = git.git("update-ref", f"refs/heads/{main}", new, old, cwd=self.root, check=False)
-        else:
-            move = git.fast_forward_checkout(checkout, main, old, new)
-            if move.in_the_way:
-                named = ", ".join(move.in_the_way[:FILES_NAMED]) + (
-                    f" and {len(move.in_the_way) - FILES_NAMED} more" if len(move.in_the_way) > FILES_NAMED else "")
-                return (f"{named} in {checkout} would be overwritten by the merge (untracked or ignored there); "
-                        "move them away and the merge will go ahead")
-            if move.result is None:
-                return "moved"  # the folder is not on main at `old` any more: recompute on what is there
-            result = move.result
+        checkout, timeout = git.checkout_of_branch(self.root, main), self.config.git_hook_timeout_secs
+        try:
+            if checkout is None:
+                result = git.git("update-ref", f"refs/heads/{main}", new, old, cwd=self.root, check=False,
+                                 timeout=timeout)
+            else:
+                move = git.fast_forward_checkout(checkout, main, old, new, timeout)
+                if move.in_the_way:
+                    named = ", ".join(move.in_the_way[:FILES_NAMED]) + (
+                        f" and {len(move.in_the_way) - FILES_NAMED} more" if len(move.in_the_way) > FILES_NAMED else "")
+                    return (f"{named} in {checkout} would be overwritten by the merge (untracked or ignored there); "
+                            "move them away and the merge will go ahead")
+                if move.result is None:
+                    return "moved"  # the folder is not on main at `old` any more: recompute on what is there
+                result = move.result
+        except errors.GitError as exc:
+            if exc.returncode is not None:
+                raise
+            # A hook past git_hook_timeout_secs, ended: a post-merge hook runs once main has moved.
+            result = processes.Completed(exc.argv, -1, exc.stdout, str(exc))
         # Only the ref itself says whether main moved: the folder may have been switched to
         # another branch a moment ago, and then the fast-forward moved that branch instead.
         now = git.rev_parse(self.root, main)

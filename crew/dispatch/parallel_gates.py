@@ -141,8 +141,8 @@ class ParallelGates:
             if task is None:
                 del self.verdicts[request.task_id]  # decide() says what becomes of it
                 return True
-            landed = self.queue.land(request, task, gated.base, gated.commit)
-        return landed is not False  # None: main moved meanwhile, the plan gates it again
+            self.queue.land(request, task, gated.base, gated.commit, slot)
+        return False  # the queue changes once main has moved
 
     def count_failure(self, request: records.MergeRequest) -> bool:
         """The first entry failed on main as it is: it leaves the queue with its fix task."""

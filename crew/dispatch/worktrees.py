@@ -17,11 +17,12 @@ OWNED_MARKER = "dispatch-owned"  # in a worktree's git admin dir: the dispatcher
 PREPARED_SUBJECT = "dispatch: merge {main} into {branch}, conflicts left for {task_id}"
 
 
-def add_dispatcher_worktree(root: Path, worktree: Path, *args: str) -> None:
-    """`git worktree add`, then the proof that the dispatcher made it: a marker in the worktree's
-    git admin dir (.git/worktrees/<name>/), which no edit in the worktree reaches and which git
-    deletes with the worktree. The marker names the folder, so a worktree moved since is not ours."""
-    git.git("worktree", "add", "-q", *args, cwd=root)
+def add_dispatcher_worktree(root: Path, worktree: Path, *args: str, timeout: float) -> None:
+    """`git worktree add` (the user's post-checkout hook runs in it: ended past `timeout`), then
+    the proof that the dispatcher made it: a marker in the worktree's git admin dir
+    (.git/worktrees/<name>/), which no edit in the worktree reaches and which git deletes with the
+    worktree. The marker names the folder, so a worktree moved since is not ours."""
+    git.git("worktree", "add", "-q", *args, cwd=root, timeout=timeout)
     admin = Path(git.git_out(worktree, "rev-parse", "--absolute-git-dir"))
     (admin / OWNED_MARKER).write_text(str(worktree.resolve()) + "\n", encoding="utf-8")
 
@@ -88,9 +89,9 @@ def add_task_worktree(config: configuration.Config, branch: str, worktree: Path)
         if git.is_ancestor(root, branch, main):
             git.git("branch", "-D", branch, cwd=root)  # merged work: start afresh from main
         else:
-            add_dispatcher_worktree(root, worktree, str(worktree), branch)
+            add_dispatcher_worktree(root, worktree, str(worktree), branch, timeout=config.git_hook_timeout_secs)
             return  # unmerged work of an earlier attempt: continue from it
-    add_dispatcher_worktree(root, worktree, "-b", branch, str(worktree), main)
+    add_dispatcher_worktree(root, worktree, "-b", branch, str(worktree), main, timeout=config.git_hook_timeout_secs)
 
 
 def prepare_conflict_worktree(config: configuration.Config, task: task_model.Task,
@@ -100,7 +101,7 @@ def prepare_conflict_worktree(config: configuration.Config, task: task_model.Tas
     worktree, branch = Path(conflict.worktree), conflict.branch
     if not worktree.exists():
         remove_worktree(root, worktree)  # git may still list it, if only its folder was deleted
-        add_dispatcher_worktree(root, worktree, str(worktree), branch)
+        add_dispatcher_worktree(root, worktree, str(worktree), branch, timeout=config.git_hook_timeout_secs)
     git.clear_interrupted_git_state(worktree)
     if markerless := git.merge_tree(root, branch, main).markerless:
         raise errors.UserError(f"{', '.join(markerless)} now conflict in a way text markers cannot show; "
