@@ -177,3 +177,11 @@ def test_the_agent_gets_the_description_as_it_is_less_the_files_line(json_agent_
     told = main_file(repo, "told.txt")
     assert f"Task {task.id}: Add two functions\n\n{description}\n\nFiles to change: told.txt\n\n" in told
     assert "Files: told.txt" not in told
+
+
+def test_output_in_an_encoding_that_lacks_a_character_prints_its_escape(make_config, repo):
+    cfg = make_config(task_backend="json", task_prefix="proj")
+    write_queue(repo, {"id": "proj-1", "title": "Smile \U0001F600"})
+    listed = subprocess.run([sys.executable, str(ROOT / "tasks.py"), "--config", str(cfg), "list"],
+                            capture_output=True, env={**os.environ, "PYTHONIOENCODING": "cp1252"})
+    assert listed.returncode == 0 and b"Smile \\U0001f600" in listed.stdout, listed.stderr

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -16,6 +17,11 @@ from crew import names
 def run_main(main_func, argv: Sequence[str] | None = None) -> int:
     """The one wrapper around each script's main: user errors become one line on stderr."""
     failpoints.arm_from_environment()
+    # Output redirected to a file on Windows is in the locale's code page, which lacks most of
+    # Unicode: a character it cannot hold is printed as its escape, never a traceback.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     try:
         return main_func(argv)
     except KeyboardInterrupt:
