@@ -189,9 +189,10 @@ class Dispatcher:
 
     def refilling(self, now: float) -> bool:
         """A refill's claim or worktree is under way, for at most START_WAIT_SECS: merges wait for
-        it, so a quick start goes first and its agent works while the merge runs; a huge
-        checkout does not hold merges up for longer."""
-        return (self.claiming is not None or bool(self.pool.starting)) and now < self.refill_began + START_WAIT_SECS
+        it, so a quick start goes first and its agent works while the merge runs. Where the last
+        worktree took longer than that (a large checkout), merges wait for no start."""
+        return (self.claiming is not None or bool(self.pool.starting)) and now < self.refill_began + START_WAIT_SECS \
+            and self.pool.last_prepare_secs < START_WAIT_SECS
 
     def next_deadline(self, now: float) -> float:
         """When the loop must look again though nothing was posted: the next poll (adopted

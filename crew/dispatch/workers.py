@@ -37,6 +37,7 @@ class WorkerPool:
         self.starting: dict[int, concurrent.futures.Future] = {}
         self.kills: dict[int, processes.TreeKill] = {}
         self.starter = wakeups.PostingExecutor(wakeup, max_workers, "start")
+        self.last_prepare_secs = 0.0  # how long the last start's worktree took (a large checkout: seconds)
 
     @property
     def workers(self) -> dict[int, records.Worker]:
@@ -89,6 +90,14 @@ class WorkerPool:
                  conflict: records.PendingMerge | None) -> tuple[list, dict]:
         """In a starter thread: git and the worker's own worktree only, never the store or the state.
         The loop starts the process itself, so its pid is recorded the moment it exists."""
+        began = time.monotonic()
+        try:
+            return self._prepare_worktree(worker, task, conflict)
+        finally:
+            self.last_prepare_secs = time.monotonic() - began
+
+    def _prepare_worktree(self, worker: records.Worker, task: task_model.Task,
+                          conflict: records.PendingMerge | None) -> tuple[list, dict]:
         worktree = Path(worker.worktree)
         if conflict:
             worktrees.prepare_conflict_worktree(self.config, task, conflict)
