@@ -77,3 +77,38 @@ RESPONSIVENESS_SETTINGS = {"max_workers": 2, "worker_timeout_secs": 2, "merge_ga
 RESPONSIVENESS_TASKS = [("Gated", "AGENT: append gated.txt g"), ("Hangs", "AGENT: hang"),
                         ("Quick", "AGENT: sleep 1\nAGENT: append quick.txt q"),
                         ("Sleeper 1", "AGENT: sleep 30"), ("Sleeper 2", "AGENT: sleep 30")]
+
+
+class CountingStore:
+    """A task store that counts the calls made to it (by method), for the scripts that measure
+    the dispatcher: with bd each call starts a process."""
+
+    def __init__(self, store: task_model.TaskStore):
+        self.store, self.name = store, store.name
+        self.calls: dict[str, int] = {}
+        self.total = 0  # read from other threads while calls are made
+
+    def __getattr__(self, method: str):
+        found = getattr(self.store, method)
+        if method.startswith("_") or not callable(found):
+            return found
+
+        def counted(*args, **kwargs):
+            self.calls[method] = self.calls.get(method, 0) + 1
+            self.total += 1
+            return found(*args, **kwargs)
+        return counted
+
+
+def write_bd_stand_in(bin_dir: Path) -> Path:
+    """tests/fake_bd.py as `bd` in bin_dir, run by this interpreter; the caller puts bin_dir on PATH."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    stand_in = ROOT / "tests" / "fake_bd.py"
+    if os.name == "nt":
+        exe = bin_dir / "bd.cmd"
+        exe.write_text(f'@"{sys.executable}" "{stand_in}" %*\n', encoding="utf-8")
+    else:
+        exe = bin_dir / "bd"
+        exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{stand_in}" "$@"\n', encoding="utf-8")
+        exe.chmod(exe.stat().st_mode | 0o111)
+    return exe

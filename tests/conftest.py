@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -103,15 +102,7 @@ def make_config(tmp_path, repo):
 
 def install_fake_bd(bin_dir: Path) -> Path:
     """Put the stand-in on PATH as `bd`, run by this interpreter."""
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    if os.name == "nt":
-        exe = bin_dir / "bd.cmd"
-        exe.write_text(f'@"{sys.executable}" "{TESTS / "fake_bd.py"}" %*\n', encoding="utf-8")
-    else:
-        exe = bin_dir / "bd"
-        exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{TESTS / "fake_bd.py"}" "$@"\n', encoding="utf-8")
-        exe.chmod(exe.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    return exe
+    return testing.write_bd_stand_in(bin_dir)
 
 
 def init_real_bd(repo: Path) -> None:
