@@ -1,11 +1,14 @@
-"""Test and demo scaffolding: the scripted agent, scratch repositories, failpoints.
+"""Test and demo scaffolding: the scripted agent, scratch repositories, failpoints, a long
+events history.
 
 Production code reaches this module only through crew.failpoints and the demo."""
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from crew import config as configuration
@@ -112,3 +115,48 @@ def write_bd_stand_in(bin_dir: Path) -> Path:
         exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{stand_in}" "$@"\n', encoding="utf-8")
         exe.chmod(exe.stat().st_mode | 0o111)
     return exe
+
+
+def event_history(events: int, per_run: int = 1000, workers: int = 4, start: float = 1_700_000_000.0) -> Iterator[str]:
+    """Lines of a long events log: runs of about `per_run` events, each a dispatcher with `workers`
+    slots whose tasks are claimed, run, gated and merged (every tenth after a conflict task): for
+    the report's benchmark and its memory test."""
+    at, written, task = start, 0, 0
+
+    def line(name: str, task_id: str | None = None, **fields) -> str:
+        nonlocal at, written
+        at += 0.5
+        written += 1
+        stamp = dt.datetime.fromtimestamp(at, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return json.dumps({"v": 1, "ts": stamp, "event": name, "task_id": task_id, **fields})
+
+    while written < events:
+        yield line("dispatcher_started", pid=1000 + written, max_workers=workers, watch=False)
+        run_ends = written + per_run
+        while written < min(run_ends, events):
+            task += 1
+            task_id = f"proj-{task}"
+            slot = task % workers + 1
+            log = f".dispatch_logs/{task_id}.1.log"
+            yield line("claimed", task_id, ready_since=dt.datetime.fromtimestamp(start, dt.timezone.utc).isoformat())
+            yield line("worker_started", task_id, slot=slot, pid=task, branch=f"work/{task_id}", attempt=1,
+                       log=log, title=f"Task number {task}: change something", kind="task")
+            yield line("worker_exited", task_id, code=0, log=log)
+            yield line("commits_found", task_id, commits=1, log=log)
+            yield line("merge_queued", task_id, branch=f"work/{task_id}")
+            if task % 10 == 0:
+                yield line("merge_conflict", task_id, files=["shared.txt"])
+                yield line("conflict_filed", task_id, conflict_task=f"{task_id}-c", kind="conflict",
+                           branch=f"work/{task_id}", title=f"Resolve merge conflict: work/{task_id}", for_person=False)
+                yield line("worker_started", f"{task_id}-c", slot=slot, pid=task, branch=f"work/{task_id}",
+                           attempt=1, log=f".dispatch_logs/{task_id}-c.1.log", title="Resolve", kind="conflict")
+                yield line("worker_exited", f"{task_id}-c", code=0)
+                yield line("closed", f"{task_id}-c")
+                yield line("merge_queued", task_id, branch=f"work/{task_id}", after=f"{task_id}-c")
+            yield line("gate_started", task_id, commit="c" * 40, stack=[], pid=task, log=".dispatch_logs/gate.log")
+            yield line("gate_passed", task_id, commit="c" * 40)
+            yield line("merged", task_id, branch=f"work/{task_id}", commit="m" * 40,
+                       diffstat={"files": 1, "insertions": 3, "deletions": 1})
+            yield line("closed", task_id)
+        yield line("dispatcher_stopped", interrupted=False)
+        at += 3600  # the next run, an hour later

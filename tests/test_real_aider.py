@@ -159,7 +159,7 @@ def test_real_aider_on_an_openai_server_edits_and_creates(crew, make_config, rep
     chats = [r["body"] for r in server.requests if r["path"] == "/v1/chat/completions"]
     assert any(b.get("stream") is True for b in chats) and any(not b.get("stream") for b in chats)
     # The run report reads the token counts that real Aider printed in each attempt's log.
-    report = report_model.build_report(*event_log.read_events(repo / ".dispatch_logs" / "events.jsonl"),
+    report = report_model.build_report(event_log.EventReader(repo / ".dispatch_logs" / "events.jsonl"),
                                        repo / ".dispatch_logs")
     assert all(report.tasks[i].tokens and report.tasks[i].tokens.sent > 0 for i in ids.values())
 

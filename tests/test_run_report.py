@@ -7,11 +7,13 @@ import os
 import shutil
 import subprocess
 import sys
+import tracemalloc
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
+from crew import testing
 from crew.report import events as event_log
 from crew.report import model
 from crew.report import page as report_page
@@ -95,7 +97,7 @@ def recorded(tmp_path) -> Path:
 
 
 def build(logs: Path) -> model.Report:
-    return model.build_report(*event_log.read_events(logs / "events.jsonl"), logs)
+    return model.build_report(event_log.EventReader(logs / "events.jsonl"), logs)
 
 
 class Page(HTMLParser):
@@ -182,18 +184,92 @@ def test_an_event_log_from_before_events_named_their_logs(tmp_path):
     old = [json.dumps({"ts": "2026-11-28T00:00:00.000000Z", "event": "worker_started", "task_id": "proj-1",
                        "slot": 1, "pid": 5, "branch": "work/proj-1", "attempt": 1}),
            json.dumps({"ts": "2026-11-28T00:00:02.000000Z", "event": "worker_exited", "task_id": "proj-1", "code": 0}),
-           line(3, "worker_started", "proj-2", slot="2", attempt=1, log=".dispatch_logs/../secret.log"),
+           line(3, "worker_started", "proj-2", slot=2, attempt=1, log=".dispatch_logs/../secret.log"),
+           line(4, "worker_started", "proj-3", slot="2", attempt=1),  # a slot that is no number: not drawn
            '["a list, not an event"]', '{"ts": "yesterday", "event": "claimed"}']
     (logs / "events.jsonl").write_text("\n".join(old) + "\n", encoding="utf-8")
     (logs / "proj-1.log").write_text("Tokens: 10 sent, 2 received.\n", encoding="utf-8")
     (tmp_path / "secret.log").write_text("Tokens: 99 sent, 99 received.\n", encoding="utf-8")
     report = build(logs)
-    assert report.skipped_lines == 2
+    assert report.skipped_lines == 3
     assert [(a.task_id, a.slot, a.log) for a in report.attempts] == [
-        ("proj-1", 1, (logs / "proj-1.log").resolve()), ("proj-2", 1, None)]  # a slot that is no number: lane 1
+        ("proj-1", 1, (logs / "proj-1.log").resolve()), ("proj-2", 2, None)]
     assert report.tasks["proj-1"].tokens == model.Tokens(10, 2)
     assert report.tasks["proj-2"].tokens is None
     assert report.attempts[1].end is None and report.attempts[1].category == "open"
+
+
+def write_events(logs: Path, lines: list[str]) -> Path:
+    logs.mkdir(parents=True, exist_ok=True)
+    (logs / "events.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return logs
+
+
+def test_a_slot_beyond_every_max_workers_is_skipped_not_drawn(tmp_path):
+    """One damaged line would otherwise be 100,000,000 lanes."""
+    logs = write_events(tmp_path / ".dispatch_logs", [
+        line(0, "dispatcher_started", pid=1, max_workers=2), started(1, "A", 1, 1, "Fine"),
+        started(2, "B", 100_000_000, 1, "Damaged"), started(3, "C", 3, 1, "Beyond this run's two"),
+        line(4, "worker_exited", "A"), line(5, "dispatcher_stopped")])
+    report = build(logs)
+    assert (report.slots, report.skipped_lines) == (2, 2)
+    assert [a.task_id for a in report.attempts] == ["A"]
+    page = Page(report_page.render_html(report, logs, logs / "events.jsonl"))
+    assert len(page.having("data-lane")) == 2
+    assert "2 lines of the events log could not be read or made no sense" in "".join(page.text)
+
+
+def test_values_of_the_wrong_type_and_times_out_of_order_are_skipped(tmp_path):
+    logs = write_events(tmp_path / ".dispatch_logs", [
+        line(0, "dispatcher_started", pid=1, max_workers=10 ** 9),  # no machine runs that many
+        line(1, "dispatcher_started", pid=2, max_workers=2),
+        started(10, "A", 1, 1, "Fine"),
+        line(9, "worker_exited", "A"),  # a clock stepped back a second: kept, at the time before it
+        line(-3600, "merged", "A"),  # an hour back: a damaged line
+        line(10 ** 9, "closed", "A"),  # decades ahead of now
+        line(11, "worker_started", "B", slot=2, attempt="1", title="A number as text"),
+        line(12, "worker_started", "C", slot=True, attempt=1),  # a bool is no slot
+        line(13, "merged", "D", diffstat={"files": -1, "insertions": 0, "deletions": 0}),
+        line(14, "claimed", "E", ready_since="soon"),
+        line(15, "dispatcher_stopped")])
+    report = build(logs)
+    assert report.skipped_lines == 7
+    assert [(r.pid, r.max_workers) for r in report.runs] == [(2, 2)]
+    (attempt,) = report.attempts
+    assert (attempt.task_id, attempt.duration) == ("A", 0)
+    assert report.tasks["A"].outcome == "waiting" and set(report.tasks) == {"A"}
+
+
+def test_a_long_history_draws_its_latest_runs_and_counts_them_all(tmp_path):
+    logs = write_events(tmp_path / ".dispatch_logs", list(testing.event_history(30_000, per_run=1000)))
+    report = build(logs)
+    assert len(report.runs) == 30 and report.count("merged") == len(report.attempts) * 10 // 11
+    out = report_page.write_report(tmp_path)
+    page = Page(out.read_text(encoding="utf-8"))
+    bars = page.with_class("bar")
+    assert 0 < len(bars) <= report_page.WINDOW_ATTEMPTS
+    assert len(page.with_class("restart")) < report_page.WINDOW_RUNS
+    text = "".join(page.text)
+    assert f"{report.count('merged')} merged" in text  # the summary counts every run
+    assert f"of {len(report.runs)} runs" in text and "--all-runs" in text
+    every = Page(report_page.write_report(tmp_path, tmp_path / "all.html", all_runs=True).read_text(encoding="utf-8"))
+    assert len(every.with_class("bar")) == len(report.attempts)
+    assert len(every.with_class("restart")) == len(report.runs) - 1
+    assert "--all-runs" not in "".join(every.text)
+
+
+def test_the_report_of_a_long_history_is_read_as_a_stream_in_bounded_memory(tmp_path):
+    """100,000 events (a 16 MB log) were once read whole (300 MB) and made an 11 MB page; times
+    are printed by scripts/bench_report.py, never asserted."""
+    logs = write_events(tmp_path / ".dispatch_logs", list(testing.event_history(100_000)))
+    tracemalloc.start()
+    try:
+        out = report_page.write_report(tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2 ** 20, f"{peak / 2 ** 20:.0f} MiB"
+    assert out.stat().st_size < 5 * 2 ** 20
 
 
 def test_the_page_escapes_task_text_and_has_one_lane_per_slot_and_one_bar_per_attempt(recorded, tmp_path):
@@ -259,7 +335,7 @@ def test_a_real_run_writes_its_report_and_names_it(json_agent_setup, repo):
     assert len(events(repo, "conflict_filed")) == 1
     assert "2.1k / 345" in "".join(page.text)
     # --report alone, while no dispatcher runs, to a file of one's choosing
-    again = dispatch(cfg, "--report", "--json", "--out", str(repo / "elsewhere.html"))
+    again = dispatch(cfg, "--report", "--all-runs", "--json", "--out", str(repo / "elsewhere.html"))
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout) == {"report": str((repo / "elsewhere.html").resolve())}
     assert (repo / "elsewhere.html").is_file()
@@ -285,8 +361,9 @@ def test_a_refill_is_counted_only_while_a_task_was_ready(json_agent_setup, repo,
 
 def test_out_and_open_need_report(json_agent_setup):
     cfg, _, _ = json_agent_setup()
-    proc = dispatch(cfg, "--out", "x.html")
-    assert proc.returncode == 2 and "--out and --open go with --report" in proc.stderr
+    for alone in ("--out=x.html", "--all-runs"):
+        proc = dispatch(cfg, alone)
+        assert proc.returncode == 2 and "--out, --open and --all-runs go with --report" in proc.stderr
 
 
 def test_the_demo_ends_by_printing_its_report(tmp_path):

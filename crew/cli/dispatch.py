@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     look.add_argument("--out", metavar="FILE", help=f"with --report: where (default {events.LOGS_DIR}/"
                                                     f"{page.REPORT_FILE})")
     look.add_argument("--open", action="store_true", help="with --report: open it in the web browser")
+    look.add_argument("--all-runs", action="store_true",
+                      help=f"with --report: draw every run in the timeline and the table (default: the latest "
+                           f"{page.WINDOW_RUNS} runs, at most {page.WINDOW_ATTEMPTS:,} attempts; the summary "
+                           "counts every run either way)")
     return parser
 
 
@@ -129,8 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.max_workers is not None and args.max_workers < 1:
         raise errors.UsageError("--max-workers must be at least 1")
-    if (args.out or args.open) and not args.report:
-        raise errors.UsageError("--out and --open go with --report")
+    if (args.out or args.open or args.all_runs) and not args.report:
+        raise errors.UsageError("--out, --open and --all-runs go with --report")
     if args.demo:
         from crew import demo  # scaffolding: loaded for --demo only
         return demo.run_demo(args.json)
@@ -138,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.report:  # from the events log alone: no store, and no matter whether a dispatcher runs
         if not args.out:
             workspace.exclude_toolkit_files(config)  # the page goes to .dispatch_logs/
-        path = page.write_report(config.root, Path(args.out) if args.out else None)
+        path = page.write_report(config.root, Path(args.out) if args.out else None, all_runs=args.all_runs)
         if args.json:
             cli_base.print_json({"report": str(path)})
         else:

@@ -4,10 +4,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import math
 import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from crew import errors
+from crew import logs
 
 
 EVENTS_FORMAT = 1  # the "v" field of every event; raise it when a field changes meaning
@@ -29,7 +33,6 @@ class Event:
     def get_str(self, key: str) -> str | None:
         value = self.fields.get(key)
         return value if isinstance(value, str) else None
-
 
     def get_time(self, key: str) -> float | None:
         """A field that holds a time as `ts` does (ISO 8601), in seconds since the epoch."""
@@ -70,21 +73,86 @@ def ends_mid_line(path: Path) -> bool:
         return False
 
 
+# Values the report reads, and what each must be to make sense; an event with one that does not
+# is skipped and counted, never drawn (a slot of 100,000,000 would be as many lanes).
+MOST_WORKERS = 1024  # a max_workers above this is taken for a damaged line
+SLOTS_UNSAID = 64  # the lanes of workers started before any dispatcher_started said max_workers
+CLOCK_SLACK_SECS = 300.0  # a clock stepped back this little keeps its events, kept in order
+WORKER_KINDS = ("task", "conflict", "gate")
+
+
+NUMBERS = {"pid": (1, math.inf), "max_workers": (1, MOST_WORKERS), "slot": (1, MOST_WORKERS),
+           "attempt": (1, math.inf), "failures": (0, math.inf), "commits": (0, math.inf)}  # (least, most)
+TEXTS = {"title", "log", "reason", "conflict_task", "record"}
+OTHER_CHECKS = {
+    "kind": lambda value: value in WORKER_KINDS,
+    "counts": lambda value: type(value) is bool,
+    "ready_since": lambda value: type(value) is str and parse_time(value) is not None,
+    "diffstat": lambda value: value is None or (type(value) is dict and all(
+        type(count) is int and count >= 0 for count in (value.get(key, 0) for key in ("files", "insertions", "deletions")))),
+}
+
+
+def fields_make_sense(fields: dict) -> bool:
+    for key, value in fields.items():
+        if key in NUMBERS:
+            least, most = NUMBERS[key]
+            if type(value) is not int or not least <= value <= most:  # type(): a bool is no number
+                return False
+        elif key in TEXTS:
+            if type(value) is not str:
+                return False
+        elif key in OTHER_CHECKS and not OTHER_CHECKS[key](value):
+            return False
+    return True
+
+
+class EventReader:
+    """The events of a log in the order written, read a block of lines at a time (the log of a
+    long history may be large), each checked for sense against its values and those before it.
+    A line that cannot be read (a partial line after a crash) or makes no sense is skipped and
+    counted: times go forward (within CLOCK_SLACK_SECS, and not past now), and no slot is above
+    the largest max_workers seen."""
+
+    def __init__(self, path: Path, now: float | None = None):
+        self.path = path
+        self.now = time.time() if now is None else now
+        self.read = self.skipped = 0
+        self.latest = float("-inf")
+        self.most_workers = 0
+
+    def __iter__(self) -> Iterator[Event]:
+        try:
+            for block in logs.line_blocks(self.path):
+                for line in block.split(b"\n"):
+                    if not line.strip():
+                        continue
+                    event = parse_event(line)
+                    if event is None or not self.makes_sense(event):
+                        self.skipped += 1
+                        continue
+                    self.read += 1
+                    yield event
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise errors.UserError(f"cannot read the events log {self.path}: {exc.strerror or exc}") from None
+
+    def makes_sense(self, event: Event) -> bool:
+        if not fields_make_sense(event.fields):
+            return False
+        if not self.latest - CLOCK_SLACK_SECS <= event.at <= self.now + CLOCK_SLACK_SECS:
+            return False
+        slot = event.get_int("slot")
+        if slot is not None and slot > (self.most_workers or SLOTS_UNSAID):
+            return False
+        event.at = self.latest = max(event.at, self.latest)
+        if event.name == "dispatcher_started":
+            self.most_workers = max(self.most_workers, event.get_int("max_workers") or 0)
+        return True
+
+
 def read_events(path: Path) -> tuple[list[Event], int]:
-    """The events in the order written, and how many lines could not be read."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return [], 0
-    except OSError as exc:
-        raise errors.UserError(f"cannot read the events log {path}: {exc.strerror or exc}") from None
-    events, skipped = [], 0
-    for line in raw.split(b"\n"):
-        if not line.strip():
-            continue
-        event = parse_event(line)
-        if event is None:
-            skipped += 1
-        else:
-            events.append(event)
-    return events, skipped
+    """The events in the order written, and how many lines were skipped (for a log known to be small)."""
+    reader = EventReader(path)
+    return list(reader), reader.skipped

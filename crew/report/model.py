@@ -1,8 +1,11 @@
 """Events become report data: attempts, merges, conflicts, token counts."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from crew import logs
@@ -78,6 +81,7 @@ class TaskRow:
     diffstat: dict | None = None
     tokens: Tokens | None = None
     logs: list[tuple[str, Path]] = dataclasses.field(default_factory=list)  # (label, path)
+    last_seen: float = 0.0  # its latest event
 
     @property
     def agent_time(self) -> float:
@@ -151,18 +155,46 @@ class Report:
     def count(self, outcome: str) -> int:
         return sum(1 for t in self.tasks.values() if t.kind == "task" and t.outcome == outcome)
 
+    def window(self, runs: int, attempts: int) -> "Report":
+        """What a page of a long history draws: the latest `runs` runs, and of those no more than
+        the latest `attempts` attempts' time; the tasks seen in it. Itself when that is all of it.
+        Totals (refills, latencies, counts) stay those of the whole history."""
+        if not self.runs:
+            return self
+        since = self.runs[-min(runs, len(self.runs))].start
+        if len(self.attempts) > attempts:
+            since = max(since, self.attempts[-attempts].start)
+        if since <= self.start:
+            return self
+        shown = [r for r in self.runs if r.end >= since]
+        shown[0] = dataclasses.replace(shown[0], start=max(shown[0].start, since))
+        depth_before = next((depth for at, depth in reversed(self.queue_depth) if at < since), 0)
+        attempts_shown = [a for a in self.attempts if a.end is None or a.end >= since]
+        return dataclasses.replace(
+            self, runs=shown, attempts=attempts_shown,
+            tasks={key: row for key, row in self.tasks.items() if row.last_seen >= since},
+            marks=[m for m in self.marks if m.at >= since],
+            queue_depth=[(since, depth_before)] + [(at, depth) for at, depth in self.queue_depth if at >= since],
+            slots=max([1] + [a.slot for a in attempts_shown] + [r.max_workers or 0 for r in shown]))
+
+
+LOG_NAME = re.compile(r"(?!\.)[A-Za-z0-9._-]+")  # as the dispatcher names a log: no separator, no leading dot
+
 
 def log_path(logs_dir: Path, event: event_log.Event) -> Path | None:
     """The attempt's log as the event names it (relative to the repository root), else the one log
-    per task of event logs written before events named it. Never a file outside .dispatch_logs."""
+    per task of event logs written before events named it. Only a file right in .dispatch_logs
+    (`logs_dir`, resolved), by its name alone: nothing outside it, and no path to resolve per log."""
     named = event.get_str("log")
     if named:
-        path = (logs_dir.parent / named).resolve()
-    elif event.task_id and re.fullmatch(r"[A-Za-z0-9._-]+", event.task_id):
-        path = (logs_dir / f"{event.task_id}.log").resolve()
+        folder, _, name = named.replace("\\", "/").rpartition("/")
+        if folder != event_log.LOGS_DIR:
+            return None
+    elif event.task_id:
+        name = f"{event.task_id}.log"
     else:
         return None
-    return path if path.is_relative_to(logs_dir.resolve()) else None
+    return logs_dir / name if LOG_NAME.fullmatch(name) else None
 
 
 def tokens_in_log(path: Path) -> Tokens | None:
@@ -196,16 +228,20 @@ class _Builder:
         self.queued: dict[str, float] = {}  # task id -> when it entered the merge queue
         self.queue_depth: list[tuple[float, int]] = []
         self.conflicts: dict[str, Conflict] = {}  # conflict task id -> the conflict
+        self.conflicts_on: dict[str, list[Conflict]] = {}  # task id -> the conflicts filed for its branch
         self.ends: list[float] = []  # worker ends not yet followed by a start
         self.ready_since: dict[str, float] = {}  # task id -> when the dispatcher that claimed it first saw it ready
         self.refills: list[float] = []
         self.merge_latencies: list[float] = []
         self.slots = 0
+        self.at = 0.0  # the time of the event being read
 
     def task(self, task_id: str) -> TaskRow:
         if task_id not in self.tasks:
             self.tasks[task_id] = TaskRow(task_id, title=task_id)
-        return self.tasks[task_id]
+        row = self.tasks[task_id]
+        row.last_seen = self.at
+        return row
 
     def run_of(self, event: event_log.Event) -> Run:
         if not self.runs or (self.runs[-1].stopped and event.name != "dispatcher_stopped"):
@@ -213,6 +249,7 @@ class _Builder:
         return self.runs[-1]
 
     def add(self, e: event_log.Event) -> None:
+        self.at = e.at
         if e.name == "dispatcher_started":
             self.runs.append(Run(e.at, e.at, e.get_int("pid"), e.get_int("max_workers")))
             self.slots = max(self.slots, e.get_int("max_workers") or 0)
@@ -224,6 +261,8 @@ class _Builder:
         handler = getattr(self, "on_" + e.name, None)
         if handler is not None and (e.task_id is not None or e.name in self.TASKLESS):
             handler(e)
+        if e.task_id in self.tasks:
+            self.tasks[e.task_id].last_seen = e.at
 
     # ---- workers -----------------------------------------------------------------------
 
@@ -299,8 +338,8 @@ class _Builder:
             row.diffstat = diffstat  # a retried merge's last is the one on main
         if (attempt := self.last.get(e.task_id)) is not None and attempt.outcome in ("queued", "open", "released"):
             attempt.outcome, attempt.merged_work = "merged", True
-        for conflict in self.conflicts.values():  # its resolvers' work reached main with it
-            if conflict.task_id == e.task_id and conflict.ended == "resolved":
+        for conflict in self.conflicts_on.get(e.task_id, ()):  # its resolvers' work reached main with it
+            if conflict.ended == "resolved":
                 conflict.ended = "resolved and merged"
                 for resolver in self.tasks.get(conflict.conflict_task, TaskRow("", "")).attempts:
                     resolver.merged_work = resolver.outcome == "resolved"
@@ -328,7 +367,9 @@ class _Builder:
     def on_conflict_filed(self, e: event_log.Event) -> None:
         conflict_task = e.get_str("conflict_task") or "?"
         kind = e.get_str("kind") or "conflict"
-        self.conflicts.setdefault(conflict_task, Conflict(e.task_id, conflict_task, kind))
+        if conflict_task not in self.conflicts:
+            self.conflicts[conflict_task] = Conflict(e.task_id, conflict_task, kind)
+            self.conflicts_on.setdefault(e.task_id, []).append(self.conflicts[conflict_task])
         self.task(conflict_task).kind = kind
         self.task(conflict_task).title = e.get_str("title") or conflict_task
         row = self.task(e.task_id)
@@ -354,8 +395,8 @@ class _Builder:
         row.outcome, row.detail = "blocked", e.get_str("reason") or ""
         if (attempt := self.last.get(e.task_id)) is not None and attempt.outcome in ("open", "queued", "released"):
             attempt.outcome = "blocked"
-        for conflict in self.conflicts.values():
-            if e.task_id in (conflict.task_id, conflict.conflict_task) and conflict.ended in ("open", "resolved"):
+        for conflict in [*self.conflicts_on.get(e.task_id, ()), *filter(None, [self.conflicts.get(e.task_id)])]:
+            if conflict.ended in ("open", "resolved"):
                 conflict.ended = "blocked"
 
     def on_record_dropped(self, e: event_log.Event) -> None:
@@ -363,9 +404,8 @@ class _Builder:
         self.leave_queue(e)
         row = self.task(e.task_id)
         row.outcome, row.detail = "dropped", f"deleted from the store; dropped its {e.get_str('record') or 'record'}"
-        for conflict in self.conflicts.values():
-            if conflict.conflict_task == e.task_id and conflict.ended == "open":
-                conflict.ended = "dropped"
+        if (conflict := self.conflicts.get(e.task_id)) is not None and conflict.ended == "open":
+            conflict.ended = "dropped"
 
     on_left_blocked = on_blocked  # blocked by hand while it ran: the event carries the reason
 
@@ -386,19 +426,35 @@ class _Builder:
 
     def finish(self, events: int, skipped: int) -> Report:
         for row in self.tasks.values():
-            logs = [p for p in dict.fromkeys(a.log for a in row.attempts if a.log is not None) if p.is_file()]
-            if len(logs) > 1 and len(logs) == len(row.attempts):  # one log per attempt
+            found = [p for p in dict.fromkeys(a.log for a in row.attempts if a.log is not None)
+                     if p.is_file() and not p.is_symlink()]  # a link could point anywhere
+            if len(found) > 1 and len(found) == len(row.attempts):  # one log per attempt
                 row.logs = [(f"attempt {a.number}", a.log) for a in row.attempts]
             else:
-                row.logs = [("log", path) for path in logs]
-            counts = [t for t in map(tokens_in_log, logs) if t is not None]
+                row.logs = [("log", path) for path in found]
+            counts = [t for t in map(tokens_in_log, found) if t is not None]
             row.tokens = sum(counts, Tokens()) if counts else None
         return Report(events, skipped, self.runs, self.attempts, self.tasks, self.marks, self.queue_depth,
                       list(self.conflicts.values()), self.refills, self.merge_latencies, max(self.slots, 1))
 
 
-def build_report(events: list[event_log.Event], skipped: int, logs_dir: Path) -> Report:
-    builder = _Builder(logs_dir)
-    for event in events:
-        builder.add(event)
-    return builder.finish(len(events), skipped)
+def build_report(events: event_log.EventReader, logs_dir: Path) -> Report:
+    """The report of every event the reader reads, one at a time: none is kept beyond its use."""
+    builder = _Builder(logs_dir.resolve())
+    with no_cycle_collection():
+        for event in events:
+            builder.add(event)
+    return builder.finish(events.read, events.skipped)
+
+
+@contextlib.contextmanager
+def no_cycle_collection() -> Iterator[None]:
+    """Reading a long history makes many objects that live on and no reference cycles: the
+    cycle collector's passes over them would take a third of the time and free nothing."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

@@ -1,8 +1,10 @@
 """The run report's HTML page."""
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import html
+import itertools
 import os
 import statistics
 import time
@@ -17,6 +19,10 @@ from crew.report import model
 
 
 REPORT_FILE = "report.html"
+# A long history's page draws its latest runs only (its summary counts them all), so the page
+# stays readable and small: a bar and a table row take about a kilobyte each.
+WINDOW_RUNS = 10
+WINDOW_ATTEMPTS = 1000
 
 
 def esc(text: object) -> str:
@@ -78,9 +84,13 @@ class TimeScale:
     @classmethod
     def of(cls, report: model.Report, end: float) -> "TimeScale":
         span = end - report.start
+        # The latest end of the attempts started before each start (attempts are in start order):
+        # a pause is busy if an attempt started before it ends after its beginning.
+        starts = [a.start for a in report.attempts]
+        latest_end = list(itertools.accumulate((a.end or end for a in report.attempts), max))
         cuts = [(before.end, after.start) for before, after in zip(report.runs, report.runs[1:])
                 if after.start - before.end > max(CUT_MIN_SECS, span * CUT_MIN_SHARE)
-                and not any(a.start < after.start and (a.end or end) > before.end for a in report.attempts)]
+                and not ((n := bisect.bisect_left(starts, after.start)) and latest_end[n - 1] > before.end)]
         shown = span - sum(stop - start for start, stop in cuts)
         scale = (WIDTH - LEFT - RIGHT - CUT_W * len(cuts)) / max(shown, 1e-6)
         pieces, x, at = [], float(LEFT), report.start
@@ -92,10 +102,11 @@ class TimeScale:
         return cls(pieces, scale)
 
     def x(self, at: float) -> float:
-        for start, stop, x in reversed(self.pieces):
-            if at >= start:
-                return x + (min(at, stop) - start) * self.scale
-        return self.pieces[0][2]
+        n = bisect.bisect_right(self.pieces, at, key=lambda piece: piece[0])
+        if not n:
+            return self.pieces[0][2]
+        start, stop, x = self.pieces[n - 1]
+        return x + (min(at, stop) - start) * self.scale
 
     def ticks(self) -> list[tuple[float, str]]:
         """(x, label): each piece counts from its own start, labelled with its clock time."""
@@ -323,7 +334,19 @@ table.tasks { border-collapse: collapse; width: 100%; font-size: 13px; }
 """
 
 
-def render_html(report: model.Report, report_dir: Path, source: Path) -> str:
+def window_note(report: model.Report, shown: model.Report) -> str:
+    """What part of a long history the timeline and the table show, and how to see all of it."""
+    if shown is report:
+        return ""
+    return (f'<p class="warn-box">The timeline and the table show the latest {len(shown.runs)} of {len(report.runs)} '
+            f"runs, from {esc(clock(shown.start))}: {len(shown.attempts)} of {len(report.attempts)} attempts, "
+            f"{len(shown.tasks)} of {len(report.tasks)} tasks. The summary counts every run. "
+            "<code>dispatch_workers.py --report --all-runs</code> draws them all.</p>")
+
+
+def render_html(report: model.Report, report_dir: Path, source: Path, shown: model.Report | None = None) -> str:
+    """The page: the summary of `report`; the timeline and the table of `shown` (by default, all of it)."""
+    shown = report if shown is None else shown
     colours = "".join(f".c-{name} rect, .sw.c-{name} {{ fill: {colour}; background: {colour}; }}\n"
                       for name, (_, colour) in model.CATEGORIES.items())
     if report.runs:
@@ -331,7 +354,8 @@ def render_html(report: model.Report, report_dir: Path, source: Path) -> str:
     else:
         span = "no events recorded yet: run the dispatcher first"
     skipped = (f'<p class="warn-box">{report.skipped_lines} line{"s" if report.skipped_lines > 1 else ""} of the '
-               "events log could not be read and were skipped (a crash mid-write leaves a partial line).</p>"
+               "events log could not be read or made no sense and were skipped (a crash mid-write leaves a partial "
+               "line; a slot above max_workers or a time out of order is not drawn).</p>"
                if report.skipped_lines else "")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -344,24 +368,27 @@ def render_html(report: model.Report, report_dir: Path, source: Path) -> str:
 <p class="sub">{esc(span)} · {report.events} events from {esc(source)}</p>
 {skipped}
 {render_summary(report)}
+{window_note(report, shown)}
 <h2>Timeline</h2>
 {legend()}
-<div class="timeline-box">{render_timeline(report) if report.runs else ""}</div>
+<div class="timeline-box">{render_timeline(shown) if shown.runs else ""}</div>
 <h2>Tasks</h2>
-{render_table(report, report_dir)}
+{render_table(shown, report_dir)}
 </body></html>
 """
 
 
-def write_report(root: Path, out: Path | None = None) -> Path:
-    """Read the repository's events log and write the report (default .dispatch_logs/report.html)."""
+def write_report(root: Path, out: Path | None = None, all_runs: bool = False) -> Path:
+    """Read the repository's events log and write the report (default .dispatch_logs/report.html):
+    of the latest runs (WINDOW_RUNS, at most WINDOW_ATTEMPTS attempts), or of every run."""
     logs_dir = root / event_log.LOGS_DIR
-    events, skipped = event_log.read_events(logs_dir / event_log.EVENTS_FILE)
     target = (out or logs_dir / REPORT_FILE).resolve()
-    report = model.build_report(events, skipped, logs_dir)
+    report = model.build_report(event_log.EventReader(logs_dir / event_log.EVENTS_FILE), logs_dir)
+    shown = report if all_runs else report.window(WINDOW_RUNS, WINDOW_ATTEMPTS)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        statefiles.atomic_write_text(target, render_html(report, target.parent, logs_dir / event_log.EVENTS_FILE))
+        statefiles.atomic_write_text(target, render_html(report, target.parent, logs_dir / event_log.EVENTS_FILE,
+                                                         shown))
     except OSError as exc:
         raise errors.UserError(f"cannot write the report {target}: {exc.strerror or exc}") from None
     return target
