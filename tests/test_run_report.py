@@ -348,7 +348,8 @@ def test_a_refill_is_counted_only_while_a_task_was_ready(json_agent_setup, repo,
     cfg, config, store = json_agent_setup(max_workers=1)
     before = add_task(store, "Step 0", "append step0.txt 0")
     for i in (1, 2):
-        task = add_task(store, f"Step {i}", f"append step{i}.txt {i}", deps=[("blocked-by", before.id)] if chained else ())
+        after = [("blocked-by", before.id)] if chained else []
+        task = add_task(store, f"Step {i}", f"append step{i}.txt {i}", deps=after)
         before = task if chained else before
     assert dispatch(cfg).returncode == 0
     assert len(events(repo, "worker_started")) == 3

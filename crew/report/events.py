@@ -79,8 +79,7 @@ MOST_WORKERS = 1024  # a max_workers above this is taken for a damaged line
 SLOTS_UNSAID = 64  # the lanes of workers started before any dispatcher_started said max_workers
 CLOCK_SLACK_SECS = 300.0  # a clock stepped back this little keeps its events, kept in order
 WORKER_KINDS = ("task", "conflict", "gate")
-
-
+DIFFSTAT_COUNTS = ("files", "insertions", "deletions")
 NUMBERS = {"pid": (1, math.inf), "max_workers": (1, MOST_WORKERS), "slot": (1, MOST_WORKERS),
            "attempt": (1, math.inf), "failures": (0, math.inf), "commits": (0, math.inf)}  # (least, most)
 TEXTS = {"title", "log", "reason", "conflict_task", "record"}
@@ -89,7 +88,7 @@ OTHER_CHECKS = {
     "counts": lambda value: type(value) is bool,
     "ready_since": lambda value: type(value) is str and parse_time(value) is not None,
     "diffstat": lambda value: value is None or (type(value) is dict and all(
-        type(count) is int and count >= 0 for count in (value.get(key, 0) for key in ("files", "insertions", "deletions")))),
+        type(count) is int and count >= 0 for count in map(value.get, DIFFSTAT_COUNTS, (0, 0, 0)))),
 }
 
 
