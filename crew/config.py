@@ -69,6 +69,7 @@ class Config:
     merge_gate_command: list[str] | None = None
     merge_gate_timeout_secs: float = 900
     merge_gate_parallelism: int = 1
+    main_recheck_secs: float = 300
     on_conflict: str = "assign_back"
     auto_retry_merge_on_conflict_close: bool = True
     max_merge_retries: int = 3
@@ -118,7 +119,7 @@ def _type_name(annotation: str) -> str:
 POSITIVE_KEYS = {"max_workers", "poll_interval_secs", "llm_timeout_secs", "llm_num_ctx", "llm_max_tokens",
                  "prompt_max_files",
                  "breaker_failures", "max_attempts", "merge_gate_timeout_secs", "merge_gate_parallelism",
-                 "worktree_setup_timeout_secs", "git_hook_timeout_secs"}
+                 "worktree_setup_timeout_secs", "git_hook_timeout_secs", "main_recheck_secs"}
 
 
 def _check_range(key: str, value: float, source: str) -> None:

@@ -69,9 +69,10 @@ def test_a_tail_is_read_from_the_end_and_never_starts_inside_a_character(tmp_pat
 
 def test_the_gate_keeps_the_tail_of_huge_output_in_flat_memory(json_agent_setup, repo):
     """The gate's output is read on the loop: only its tail, whatever the gate printed."""
-    loud = ("import sys\nline = b'a failing check explains itself at length ' * 40 + b'\\n'\n"
+    # It fails on the branch only: main itself, checked before the failure is blamed on the branch, passes.
+    loud = ("import os, sys\nline = b'a failing check explains itself at length ' * 40 + b'\\n'\n"
             f"for _ in range({LARGE_MB} * 1024 * 1024 // len(line)): sys.stdout.buffer.write(line)\n"
-            "print('the last line: 3 tests failed')\nsys.exit(1)\n")
+            "print('the last line: 3 tests failed')\nsys.exit(os.path.exists('checked.txt'))\n")
     cfg, config, store = json_agent_setup(max_workers=1, max_attempts=1,
                                           merge_gate_command=[sys.executable, "-c", loud])
     add_task(store, "Checked", "append checked.txt yes")

@@ -68,10 +68,10 @@ def test_the_first_release_s_pending_merge_lacks_a_title_and_is_read_with_the_ta
 
 
 @pytest.mark.parametrize("release", RELEASES)
-def test_what_loads_saves_as_version_2_and_loads_again_unchanged(release, tmp_path):
+def test_what_loads_saves_as_version_3_and_loads_again_unchanged(release, tmp_path):
     state = load(*read(release), tmp_path)
     saved_state, saved_pending = state.state_json(), state.pending_json()
-    assert saved_state["version"] == records.STATE_VERSION == 2
+    assert saved_state["version"] == records.STATE_VERSION == 3
     assert "version" not in saved_pending  # a bare map: a "version" key would read as a task id
     again = load(json.loads(json.dumps(saved_state)), json.loads(json.dumps(saved_pending)), tmp_path,
                  actor="someone-else")
@@ -99,8 +99,8 @@ def test_a_worker_from_before_per_attempt_logs_keeps_the_log_it_wrote(tmp_path):
 def test_records_carry_unknown_keys_away_and_absent_files_are_an_empty_state(tmp_path):
     state = load(None, None, tmp_path)
     assert state == records.DispatchState()
-    assert state.state_json() == {"version": 2, "dispatcher": None, "workers": [], "merge_queue": [], "attempts": {},
-                                  "branches": {}, "actors": [], "gates": []}
+    assert state.state_json() == {"version": 3, "dispatcher": None, "workers": [], "merge_queue": [], "attempts": {},
+                                  "branches": {}, "actors": [], "gates": [], "main_check": None}
     request = MergeRequest.from_json({"task_id": "t-1", "title": "T", "branch": "b", "worktree": "w",
                                       "outcome": "close", "note": "", "retries": 0, "from_the_future": 1})
     assert "from_the_future" not in request.to_json() and request.queued_at == 0.0
@@ -112,16 +112,24 @@ def test_records_carry_unknown_keys_away_and_absent_files_are_an_empty_state(tmp
 WHOLE = {"dispatcher": None, "workers": [], "merge_queue": [], "attempts": {}}
 
 
+def test_a_version_2_file_has_no_main_check_and_a_main_check_saves_and_loads_again(tmp_path):
+    state = load({**WHOLE, "version": 2, "gates": []}, None, tmp_path)
+    assert state.main_check is None and state.state_json()["version"] == 3
+    state.main_check = records.MainCheck("a" * 40, False, 1.5, "No module named pytest")
+    assert load(json.loads(json.dumps(state.state_json())), None, tmp_path) == state
+
+
 @pytest.mark.parametrize("state_json, pending_json, where, problem", [
     ([], None, STATE, "it is not a JSON object"),
     ({**WHOLE, "version": "2"}, None, STATE, '"version" must be a whole number'),
-    ({**WHOLE, "version": 3}, None, STATE,
-     "written by a newer release (state version 3); run that release or move the file"),
+    ({**WHOLE, "version": 4}, None, STATE,
+     "written by a newer release (state version 4); run that release or move the file"),
     ({"version": 2}, None, STATE, '"workers" is missing or not a list'),
     ({**WHOLE, "workers": [{}]}, None, STATE, 'worker record #1 lacks "slot", "task_id"'),
     ({**WHOLE, "merge_queue": [{"task_id": "proj-1"}]}, None, STATE, 'merge-queue entry #1 lacks "title"'),
     ({**WHOLE, "gates": [{"task_id": "proj-1"}]}, None, STATE, 'gate record #1 lacks "branch"'),
     ({**WHOLE, "actors": {}}, None, STATE, '"actors" is not a list'),
+    ({**WHOLE, "version": 3, "main_check": {"commit": "a" * 40}}, None, STATE, 'main check record lacks "passed"'),
     (WHOLE, ["x"], PENDING, "it is not a JSON object"),
     (WHOLE, {"x": 1}, PENDING, "pending merge x is not an object"),
     (WHOLE, {"proj-9": {"kind": "conflict"}}, PENDING, 'pending merge proj-9 lacks "task_id"'),
@@ -163,5 +171,5 @@ def test_a_merge_queued_and_a_merge_pending_from_the_first_releases_each_merge_o
     assert merges_of(repo, queued.id) == 1 and merges_of(repo, pending.id) == 1
     assert store.get(queued.id).status == store.get(pending.id).status == "closed"
     saved = json.loads((repo / STATE).read_text(encoding="utf-8"))
-    assert saved["version"] == 2 and saved["merge_queue"] == []
+    assert saved["version"] == 3 and saved["merge_queue"] == []
     assert json.loads((repo / PENDING).read_text(encoding="utf-8")) == {}

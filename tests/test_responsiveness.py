@@ -62,7 +62,9 @@ def test_a_timeout_a_refill_and_ctrl_c_all_happen_while_the_gate_runs(json_agent
 
 
 def test_a_gate_past_its_timeout_is_ended_and_files_a_fix_task(json_agent_setup, repo):
-    cfg, config, store = json_agent_setup(merge_gate_command=testing.SLOW_GATE, merge_gate_timeout_secs=1)
+    # Slow on the branch only: on main itself (checked before the failure is blamed on the branch) it passes.
+    slow_on_the_branch = [sys.executable, "-c", "import os, time; os.path.exists('slow.txt') and time.sleep(60)"]
+    cfg, config, store = json_agent_setup(merge_gate_command=slow_on_the_branch, merge_gate_timeout_secs=1)
     before = git(repo, "rev-parse", "main")
     task = add_task(store, "Slow checks", "append slow.txt s")
     filed_id, _ = run_with_a_person_on_followups(config, store)
@@ -71,4 +73,5 @@ def test_a_gate_past_its_timeout_is_ended_and_files_a_fix_task(json_agent_setup,
     assert "merge_gate_command timed out after 1 s" in fix.description
     assert git(repo, "rev-parse", "main") == before
     [started] = events(repo, "gate_started")
+    assert [e["passed"] for e in events(repo, "main_checked")] == [True]
     assert processes.process_start_time(started["pid"]) is None  # ended and reaped

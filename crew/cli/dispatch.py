@@ -93,9 +93,13 @@ def print_status(result: dict) -> None:
     for w in result["workers"]:
         cli_base.show(f"  worker {w['slot']}: {w['task_id']} on {w['branch']} (pid {w['pid']}, until {w['deadline']}, "
                       f"log {w['log']})")
+    if (m := result["main_check"]) and m["holds_merges"]:
+        cli_base.show(f"  {result['main_branch']} fails its checks at {m['commit'][:10]} (checked {m['checked_at']}): "
+                      f"merges wait until it passes; the checks' output ends: {m['output']}")
     for g in result["gates"]:
-        stack = " + ".join([result["main_branch"], *g["stack"]])
-        cli_base.show(f"  gate: {g['task_id']} on {stack} ({g['commit'][:10]}), {g['state']}"
+        gated = (f"{g['task_id']} on {' + '.join([result['main_branch'], *g['stack']])}" if g["task_id"]
+                 else f"{result['main_branch']} itself")  # main's own check, before a failure is blamed
+        cli_base.show(f"  gate: {gated} ({g['commit'][:10]}), {g['state']}"
                       + (f" ({g['reason']})" if g["reason"] else "")
                       + f", started {g['elapsed_secs']:g} s ago (pid {g['pid']}, log {g['log']})")
     for e in result["merge_queue"]:

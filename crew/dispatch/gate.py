@@ -22,6 +22,8 @@ from crew.dispatch import worktrees
 from crew.dispatch.ledger import Ledger
 
 MAIN_MOVED = "main moved: gated again on the main there is now"
+MAIN_CHECK = ""  # a gate record's task id when it checks main itself, for no task
+MAIN_FAILS_REASON = "main fails its checks"  # why a failure counted against no branch
 OUTPUT_TAIL = 2000  # characters of the gate's log a verdict carries (a fix task quotes them)
 
 
@@ -64,10 +66,17 @@ class Gate:
         """Record the gate of `commit` (the request's merge on `base`; stack: the queue entries
         ahead of it that `base` holds, with parallel gates), then prepare its worktree off the
         loop; poll() starts the process once that is done."""
+        self.record_and_prepare(request.task_id, request.branch, base, commit, stack)
+
+    def check_main(self, main: str) -> None:
+        """The gate on main itself (commit `main`), before a branch's failure is blamed on it."""
+        self.record_and_prepare(MAIN_CHECK, self.config.main_branch, main, main, ())
+
+    def record_and_prepare(self, task_id: str, branch: str, base: str, commit: str, stack: Sequence[str]) -> None:
         log = self.ledger.logs / f"{self.worktree.name.lstrip('.')}.log"
         log.unlink(missing_ok=True)
         self.ledger.state.gates.append(records.GateRecord(
-            task_id=request.task_id, branch=request.branch, base=base, commit=commit, worktree=str(self.worktree),
+            task_id=task_id, branch=branch, base=base, commit=commit, worktree=str(self.worktree),
             log=f"{log.parent.name}/{log.name}", pid=None, pid_start_time=None, started_at=time.time(),
             deadline=None, stack=list(stack)))
         self.ledger.save_state()
@@ -122,7 +131,7 @@ class Gate:
             return
         self.main_looked_at, record = now, self.record
         if git.rev_parse(self.config.root, self.config.main_branch) != record.base:
-            self.ledger.event("gate_cancelled", record.task_id, commit=record.commit, reason=MAIN_MOVED)
+            self.ledger.event("gate_cancelled", record.task_id or None, commit=record.commit, reason=MAIN_MOVED)
             self.cancel(MAIN_MOVED)
 
     def poll(self, now: float) -> GateOutcome | None:
@@ -180,8 +189,11 @@ class Gate:
         record.started_at = time.time()
         record.deadline = record.started_at + self.config.merge_gate_timeout_secs
         self.ledger.save_state()
-        self.ledger.event("gate_started", record.task_id, commit=record.commit, stack=record.stack, pid=record.pid,
-                          log=record.log)
+        if is_main_check(record):
+            self.ledger.event("main_check_started", None, commit=record.commit, pid=record.pid, log=record.log)
+        else:
+            self.ledger.event("gate_started", record.task_id, commit=record.commit, stack=record.stack,
+                              pid=record.pid, log=record.log)
 
     def conclude(self, record: records.GateRecord, passed: bool | None, output: str) -> GateOutcome:
         """The gate is over: its record goes, and its verdict is handed to the merge queue."""
@@ -196,11 +208,17 @@ class Gate:
             worktrees.remove_worktree(self.config.root, self.worktree)
 
 
-def say_failure_not_counted(ledger: Ledger, record: records.GateRecord) -> None:
-    """A gate failed, but not on main as it is (an entry ahead still gates, or main moved): said
-    at once, for a script reading the events. Its gate_failed with counts true comes (from
-    conflicts.file, with the fix task) if and when the failure counts."""
-    ledger.event("gate_failed", record.task_id, files=[], commit=record.commit, counts=False)
+def is_main_check(record: records.GateRecord) -> bool:
+    return record.task_id == MAIN_CHECK
+
+
+def say_failure_not_counted(ledger: Ledger, record: records.GateRecord, reason: str | None = None) -> None:
+    """A gate failed, but not on main as it is (an entry ahead still gates, or main moved), or
+    main itself fails the checks: said at once, for a script reading the events. Its
+    gate_failed with counts true comes (from conflicts.file, with the fix task) if and when the
+    failure counts."""
+    ledger.event("gate_failed", record.task_id, files=[], commit=record.commit, counts=False,
+                 **({"reason": reason} if reason else {}))
 
 
 # What the loop asks of every gate worktree at once (one, or merge_gate_parallelism of them).

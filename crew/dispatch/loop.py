@@ -262,6 +262,8 @@ class Dispatcher:
                 f" ({scheduler.PERSON_LABEL}: a person must resolve it)" if pending.for_person else "")})
         if self.breaker_tripped():
             summary["waiting"].append({"id": None, "reason": "the breaker stopped new workers"})
+        if held := self.queue.main_fails():
+            summary["waiting"].append({"id": None, "reason": held})
         return summary
 
     # ---- stopping --------------------------------------------------------------------------

@@ -14,7 +14,9 @@ from crew import config as configuration
 from crew import errors
 from crew import failpoints
 from crew import git
+from crew import names as safe_names
 from crew import processes
+from crew.dispatch import main_checks
 from crew.dispatch import parallel_gates
 from crew.dispatch import records
 from crew.dispatch import scheduler
@@ -28,6 +30,7 @@ from crew.tasks import model as task_model
 
 MERGE_SLOT_HELD = "the merge slot is held by another process"
 FILES_NAMED = 10  # files in the way a waiting merge names; the rest are counted
+MAIN_FAILS = "{main} fails its checks at {commit}: merges wait until it passes"
 
 
 @dataclasses.dataclass
@@ -62,7 +65,9 @@ class MergeQueue:
                  wakeup: wakeups.Wakeup):
         """all_gates: one gate, or with merge_gate_parallelism above 1 that many, run speculatively."""
         self.config, self.ledger, self.store, self.conflicts = config, ledger, store, conflicts
-        self.gate = all_gates[0]
+        self.gate, self.all_gates = all_gates[0], all_gates
+        # A branch's failure on main as it is, waiting for main's own check (one gate at a time).
+        self.failure_waiting: gates.GateOutcome | None = None
         self.speculative = parallel_gates.ParallelGates(self, all_gates) if len(all_gates) > 1 else None
         self.stop_now_reason = stop_now_reason
         self.root = config.root
@@ -97,7 +102,11 @@ class MergeQueue:
         if self.gate.busy:
             self.gate.cancel_if_main_moved(time.time())
             outcome = self.gate.poll(time.time())
-            return outcome is not None and self.after_gate(outcome)
+            if outcome is None:
+                return False
+            return self.main_checked(outcome) if gates.is_main_check(outcome.record) else self.after_gate(outcome)
+        if self.merges_held():
+            return False
         progressed = False
         for request in list(self.requests):
             if self.stop_now_reason():
@@ -212,11 +221,78 @@ class MergeQueue:
                     gates.say_failure_not_counted(self.ledger, gated)
                 return False  # main moved while the gate ran: recompute and gate again
             if not outcome.passed:
-                return self.conflicts.file(request, [], gated.base, outcome.output, kind="gate", commit=gated.commit)
+                blame = self.blame(request, outcome)
+                self.failure_waiting = outcome if blame is main_checks.Blame.CHECK_MAIN else None
+                return blame is main_checks.Blame.BRANCH  # a fix task filed: the request left the queue
             if (task := self.unchanged_task(request, gated.commit)) is None:
                 return False  # decide() says what becomes of it now
             self.land(request, task, gated.base, gated.commit, slot)
             return False
+
+    def blame(self, request: records.MergeRequest, failed: gates.GateOutcome) -> main_checks.Blame:
+        """A gate failed on main as it is (the merge slot held): blamed on the branch (its fix
+        task filed) only once the checks passed on main itself; until main's verdict is known its
+        check is started (when a gate worktree is free) and the failure waits for it; a main that
+        fails too holds the merges, and no fix task is filed."""
+        record = failed.record
+        blame = main_checks.blame(self.ledger.state.main_check, record.base)
+        if blame is main_checks.Blame.BRANCH:
+            self.conflicts.file(request, [], record.base, failed.output, kind="gate", commit=record.commit)
+        elif blame is main_checks.Blame.MAIN:
+            gates.say_failure_not_counted(self.ledger, record, gates.MAIN_FAILS_REASON)
+            self.merge_waits(request, self.main_fails())
+        elif not any(gate.busy and gates.is_main_check(gate.record) for gate in self.all_gates):
+            if free := next((gate for gate in self.all_gates if not gate.busy), None):
+                self.ledger.say(f"{request.task_id}: checks failed on {request.branch}; checking "
+                                f"{self.config.main_branch} itself before blaming the branch")
+                free.check_main(record.base)
+        return blame
+
+    def main_checked(self, outcome: gates.GateOutcome) -> bool:
+        """Main's own check is over: its verdict holds until main moves. A branch's failure that
+        waited for it is judged now."""
+        record, main = outcome.record, self.config.main_branch
+        if outcome.passed is not None:
+            # Kept for --status and said on the terminal: one line, its control bytes made safe.
+            tail = safe_names.for_terminal(safe_names.one_line_tail(outcome.output))
+            self.ledger.state.main_check = records.MainCheck(record.commit, outcome.passed, time.time(), tail)
+            self.ledger.save_state()
+            self.ledger.event("main_checked", None, commit=record.commit, passed=outcome.passed, log=record.log)
+            told = ("main fails", record.commit)
+            if not outcome.passed and told not in self.ledger.told_waiting:
+                self.ledger.told_waiting.add(told)
+                self.ledger.say(f"{self.main_fails()}; no fix task is filed meanwhile (checked again when {main} "
+                                f"moves, and every {self.config.main_recheck_secs:g} s); the checks' output ends: "
+                                f"{tail}")
+            elif outcome.passed and any(told[0] == "main fails" for told in self.ledger.told_waiting):
+                self.ledger.say(f"{main} passes its checks at {record.commit[:conflict_tasks.MERGE_SHORT]}: "
+                                "merges go on")
+        waiting, self.failure_waiting = self.failure_waiting, None
+        return self.after_gate(waiting) if waiting is not None else True
+
+    def main_fails(self) -> str | None:
+        """Why the merges are held, when main's last check failed and main is still that commit."""
+        check = self.ledger.state.main_check
+        if check is None or check.passed or git.rev_parse(self.root, self.config.main_branch) != check.commit:
+            return None
+        return MAIN_FAILS.format(main=self.config.main_branch, commit=check.commit[:conflict_tasks.MERGE_SHORT])
+
+    def merges_held(self) -> bool:
+        """While main fails its checks, nothing is gated or merged: each due request waits,
+        saying why. Main is checked again once main_recheck_secs have passed; a main that
+        moved is not known to fail, and its branches are gated again."""
+        check = self.ledger.state.main_check
+        if check is None or check.passed:
+            return False  # known before any git call
+        main = git.rev_parse(self.root, self.config.main_branch)
+        held = main_checks.merges(check, main, time.time(), self.config.main_recheck_secs)
+        if held is main_checks.Merges.GO:
+            return False
+        if held is main_checks.Merges.RECHECK and main is not None and not gates.any_busy(self.all_gates):
+            self.all_gates[0].check_main(main)
+        for request in self.due(time.time()):
+            self.merge_waits(request, self.main_fails())
+        return True
 
     def unchanged_task(self, request: records.MergeRequest, commit: str) -> task_model.Task | None:
         """The request's task, if neither it nor the branch changed since `commit` (the branch's
@@ -244,6 +320,8 @@ class MergeQueue:
                 return True
             if outcome != "ok":
                 return self.merge_waits(landing.request, outcome)
+            if self.config.merge_gate_command:  # main is now a commit that passed the checks exactly as it is
+                self.ledger.state.main_check = records.MainCheck(landing.commit, True, time.time())
             self.finish_merge(landing.request, landing.task, landing.commit)
             return True
 

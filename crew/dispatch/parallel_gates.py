@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from crew import config as configuration
 from crew import git
 from crew.dispatch import gate as gates
+from crew.dispatch import main_checks
 from crew.dispatch import records
 from crew.dispatch import speculation
 from crew.dispatch import stacks
@@ -32,6 +33,7 @@ class ParallelGates:
         self.verdicts: dict[str, gates.GateOutcome] = {}  # by task id: finished gates, passed or failed
         self.failures_unsaid: set[str] = set()  # task ids whose gate failed this step: is it counted now?
         self.stack_conflicts: set[str] = set()  # task ids whose branch conflicts with the stack ahead, not main
+        self.failures_held: set[tuple[str, str]] = set()  # (task id, commit): said not to count, main failing
         # Main as last read: read again once a poll interval (a git call), and after this queue
         # moved it or started a gate. Planned on a main someone else moved since, a landing's
         # compare-and-swap fails and the plan is made again on main as it is.
@@ -42,6 +44,9 @@ class ParallelGates:
         """Look at the gates, then act on the plan until it leaves the queue as it is; True if
         main moved or the queue changed."""
         changed = self.poll()
+        if self.queue.merges_held():
+            self.say_failures_held()
+            return changed
         for _ in range(len(self.queue.requests) + 1):  # each round lands or drops an entry, or stops
             if self.queue.stop_now_reason():
                 break
@@ -51,6 +56,16 @@ class ParallelGates:
                 break
             self.main = None  # the queue changed: main may have moved
         return changed
+
+    def say_failures_held(self) -> None:
+        """While main fails its checks, the failures that came in count against no branch: each
+        is said so once, for a script reading the events."""
+        for verdict in self.verdicts.values():
+            said = (verdict.record.task_id, verdict.record.commit)
+            if not verdict.passed and said not in self.failures_held:
+                self.failures_held.add(said)
+                gates.say_failure_not_counted(self.ledger, verdict.record, gates.MAIN_FAILS_REASON)
+        self.failures_unsaid.clear()
 
     def main_now(self) -> str | None:
         now = time.time()
@@ -62,7 +77,12 @@ class ParallelGates:
         """Keep each verdict that came in; a gate ended without one (cancelled, a stop) leaves none."""
         came_in = False
         for gate in self.gates:
-            if not gate.busy or (outcome := gate.poll(time.time())) is None or outcome.passed is None:
+            if not gate.busy or (outcome := gate.poll(time.time())) is None:
+                continue
+            if gates.is_main_check(outcome.record):
+                came_in |= self.queue.main_checked(outcome)
+                continue
+            if outcome.passed is None:
                 continue
             if outcome.passed:
                 self.ledger.event("gate_passed", outcome.record.task_id, commit=outcome.record.commit)
@@ -145,16 +165,19 @@ class ParallelGates:
         return False  # the queue changes once main has moved
 
     def count_failure(self, request: records.MergeRequest) -> bool:
-        """The first entry failed on main as it is: it leaves the queue with its fix task."""
+        """The first entry failed on main as it is: it leaves the queue with its fix task, once
+        the checks passed on main itself (until then its verdict is kept, and main is checked)."""
         if (slot := self.queue.merge_slot_or_wait(request)) is None:
             return False
-        verdict = self.verdicts.pop(request.task_id)
+        verdict = self.verdicts[request.task_id]
         with slot:
             if git.rev_parse(self.queue.root, self.queue.config.main_branch) != verdict.record.base:
+                del self.verdicts[request.task_id]
                 gates.say_failure_not_counted(self.ledger, verdict.record)
                 return True  # main moved meanwhile: gated again
-            self.queue.conflicts.file(request, [], verdict.record.base, verdict.output, kind="gate",
-                                      commit=verdict.record.commit)
+            if self.queue.blame(request, verdict) is not main_checks.Blame.BRANCH:
+                return False
+        del self.verdicts[request.task_id]
         return True
 
     def start(self, starts: list[speculation.GateStart]) -> bool:

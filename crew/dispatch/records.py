@@ -20,7 +20,7 @@ from typing import Self
 
 from crew import errors, names
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 TIMED_OUT = "timed out"
 TASK_BLOCKED = "stopped: its task was blocked"  # by the user, while the worker ran
 
@@ -175,6 +175,18 @@ class GateRecord(Record):
 
 
 @dataclasses.dataclass
+class MainCheck(Record):
+    """merge_gate_command's last verdict on main itself (`commit`), taken before a branch's
+    failure is blamed on the branch: passed, or failed with the output's tail. It holds until
+    main moves; a failure is looked at again after main_recheck_secs."""
+
+    commit: str
+    passed: bool
+    checked_at: float
+    output: str = ""
+
+
+@dataclasses.dataclass
 class DispatchState:
     """Everything the dispatcher must remember across a crash."""
 
@@ -186,6 +198,7 @@ class DispatchState:
     actors: list[str] = dataclasses.field(default_factory=list)  # every actor this dispatcher claimed under
     gates: list[GateRecord] = dataclasses.field(default_factory=list)
     pending: dict[str, PendingMerge] = dataclasses.field(default_factory=dict)  # by conflict or fix task id
+    main_check: MainCheck | None = None
 
     def state_json(self) -> dict:
         """The content of .dispatch_state.json."""
@@ -194,7 +207,8 @@ class DispatchState:
                 "merge_queue": [request.to_json() for request in self.merge_queue],
                 "attempts": dict(self.attempts),
                 "branches": {name: owner.to_json() for name, owner in self.branches.items()},
-                "actors": list(self.actors), "gates": [gate.to_json() for gate in self.gates]}
+                "actors": list(self.actors), "gates": [gate.to_json() for gate in self.gates],
+                "main_check": self.main_check.to_json() if self.main_check else None}
 
     def pending_json(self) -> dict:
         """The content of .dispatch_pending_merge_retries.json."""
@@ -209,6 +223,7 @@ PENDING_KEYS = [key for key in required(PendingMerge) if key != "title"]
 BRANCH_KEYS = required(BranchOwner)
 DISPATCHER_KEYS = required(DispatcherRecord)
 GATE_KEYS = required(GateRecord)
+MAIN_CHECK_KEYS = required(MainCheck)
 
 
 def missing_keys(records: Iterable[tuple[str, object]], keys: Sequence[str], what: str) -> str | None:
@@ -240,10 +255,14 @@ def state_problem(data: object) -> str | None:
     for key, kind in (("workers", list), ("merge_queue", list), ("attempts", dict)):
         if not isinstance(data.get(key), kind):
             return f"{json.dumps(key)} is missing or not a {'list' if kind is list else 'JSON object'}"
-    # Written since the hardening (branches, actors) or since version 2 (gates): absent is empty.
+    # Written since the hardening (branches, actors), since version 2 (gates) or since version 3
+    # (main_check): absent is empty.
     for key, kind in (("branches", dict), ("actors", list), ("gates", list)):
         if key in data and not isinstance(data[key], kind):
             return f"{json.dumps(key)} is not a {'list' if kind is list else 'JSON object'}"
+    if data.get("main_check") is not None and (why := missing_keys([("record", data["main_check"])],
+                                                                   MAIN_CHECK_KEYS, "main check")):
+        return why
     dispatcher = data.get("dispatcher")
     return ((missing_keys([("record", dispatcher)], DISPATCHER_KEYS, "dispatcher") if dispatcher is not None else None)
             or missing_keys(((f"#{i + 1}", w) for i, w in enumerate(data["workers"])), WORKER_KEYS, "worker record")
@@ -279,7 +298,8 @@ def load_state(state_json: object, pending_json: object, *, state_path: Path, pe
         attempts=dict(data.get("attempts", {})),
         branches={name: BranchOwner.from_json(owner) for name, owner in data.get("branches", {}).items()},
         actors=list(data.get("actors", [])),
-        gates=[GateRecord.from_json(gate) for gate in data.get("gates", [])])
+        gates=[GateRecord.from_json(gate) for gate in data.get("gates", [])],
+        main_check=MainCheck.from_json(data["main_check"]) if data.get("main_check") else None)
     for record in data.get("workers", []):
         worker = migrated_worker(record, default_actor, logs)
         state.workers[worker.slot] = worker

@@ -24,7 +24,8 @@ class Recovery:
         ledger, state, actor = self.ledger, self.ledger.state, self.config.actor
         for gate in state.gates:  # never adopted: its request is still queued, and is gated again
             if processes.is_same_process_alive(gate.pid, gate.pid_start_time):
-                ledger.say(f"{gate.task_id}: ending the merge gate an earlier run left running (pid {gate.pid})")
+                ledger.say(f"{gate.task_id or self.config.main_branch}: ending the merge gate an earlier run left "
+                           f"running (pid {gate.pid})")
                 # waited for: its worktree is removed below (its setup may not have finished)
                 processes.kill_tree(gate.pid, self.config.worker_kill_grace_secs)
         for worker in state.workers.values():

@@ -6,6 +6,7 @@ import time
 
 from crew import config as configuration
 from crew import errors
+from crew import git
 from crew import processes
 from crew.dispatch import ledger
 from crew.dispatch import records
@@ -36,8 +37,19 @@ def status(config: configuration.Config, store: task_model.TaskStore) -> dict:
                    "elapsed_secs": round(time.time() - g.started_at, 1), "log": g.log} for g in state.gates],
         "pending_merges": [{"followup_task": followup, **pending.to_json()}
                            for followup, pending in state.pending.items()],
+        "main_check": main_check(config, state.main_check),
         "counts": counts,
     }
+
+
+def main_check(config: configuration.Config, check: records.MainCheck | None) -> dict | None:
+    """merge_gate_command's last verdict on main itself; "holds_merges" while main is still
+    the commit that failed."""
+    if check is None:
+        return None
+    current = git.rev_parse(config.root, config.main_branch) == check.commit
+    return {"commit": check.commit, "passed": check.passed, "checked_at": iso(check.checked_at),
+            "current": current, "holds_merges": current and not check.passed, "output": check.output}
 
 
 def alive(gate: records.GateRecord) -> bool:

@@ -93,7 +93,7 @@ class Mark:
     """Something that happened at one moment: a merge, a conflict filed, a gate run, a breaker trip."""
 
     at: float
-    kind: str  # merged, conflict, gate_passed, gate_failed, breaker
+    kind: str  # merged, conflict, gate_passed, gate_failed, main_passed, main_failed, breaker
     task_id: str | None
     text: str
 
@@ -215,7 +215,7 @@ def tokens_in_log(path: Path) -> Tokens | None:
 class _Builder:
     """Walks the events once, in the order they were written."""
 
-    TASKLESS = ("breaker_tripped",)  # every other handler is about one task
+    TASKLESS = ("breaker_tripped", "main_checked")  # every other handler is about one task
 
     def __init__(self, logs_dir: Path):
         self.logs_dir = logs_dir
@@ -417,6 +417,14 @@ class _Builder:
             row.outcome, row.detail = "resolved", ""
             if (attempt := self.last.get(e.task_id)) is not None:
                 attempt.outcome = "resolved"
+
+    def on_main_checked(self, e: event_log.Event) -> None:
+        commit = (e.get_str("commit") or "")[:10]
+        if e.fields.get("passed") is True:
+            self.marks.append(Mark(e.at, "main_passed", None, f"main passed its checks at {commit}"))
+        else:
+            self.marks.append(Mark(e.at, "main_failed", None, f"main fails its checks at {commit}: merges held, "
+                                                              "no fix task filed"))
 
     def on_breaker_tripped(self, e: event_log.Event) -> None:
         failures = e.get_int("failures")

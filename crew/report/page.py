@@ -185,6 +185,8 @@ def render_marks(report: model.Report, scale: TimeScale, bottom: float) -> list[
             shape = f'<path d="M{x - 5:.1f},{mid - 5} l10,10 m0,-10 l-10,10"/>'
         elif m.kind in ("gate_passed", "gate_failed"):
             shape = f'<circle cx="{x:.1f}" cy="{mid}" r="4.5"/>'
+        elif m.kind in ("main_passed", "main_failed"):
+            shape = f'<rect x="{x - 4.5:.1f}" y="{mid - 4.5}" width="9" height="9"/>'
         else:  # the breaker stops every lane
             shape = f'<line x1="{x:.1f}" y1="{AXIS_H}" x2="{x:.1f}" y2="{bottom}"/>'
         out.append(f'<g class="mark m-{m.kind}" data-mark="{m.kind}"><title>{esc(m.text)}\n{clock(m.at)}'
@@ -233,6 +235,7 @@ def legend() -> str:
     items += ['<span class="key"><i class="sym">◆</i>merged into main</span>',
               '<span class="key"><i class="sym bad">✕</i>conflict or failed checks: a task filed</span>',
               '<span class="key"><i class="sym">●</i>gate run (green passed, red failed)</span>',
+              '<span class="key"><i class="sym">■</i>main itself checked (red: main fails, merges held)</span>',
               '<span class="key"><i class="sym warn">┆</i>breaker tripped</span>',
               '<span class="key"><i class="sym">│</i>dispatcher restarted</span>']
     return '<div class="legend">' + "".join(items) + "</div>"
@@ -319,6 +322,7 @@ h1 { font-size: 20px; margin: 0 0 2px; } h2 { font-size: 16px; margin: 22px 0 8p
 .bar text { fill: #fff; font-size: 11.5px; pointer-events: none; } .bar:hover rect { stroke: #1f2328; stroke-width: 2; }
 .mark.m-merged path { fill: #2f9e5b; } .mark.m-conflict path { stroke: #d64541; stroke-width: 3; }
 .mark.m-gate_passed circle { fill: #2f9e5b; } .mark.m-gate_failed circle { fill: #d64541; }
+.mark.m-main_passed rect { fill: #2f9e5b; } .mark.m-main_failed rect { fill: #d64541; }
 .mark.m-breaker line { stroke: #e8590c; stroke-width: 2; stroke-dasharray: 5 3; }
 .restart line { stroke: #3d4349; stroke-width: 1.5; } .restart text { fill: #3d4349; font-size: 11px; }
 .queue { fill: #c9d6e3; stroke: #5b7a99; }
