@@ -8,7 +8,8 @@ Layout, one concern a module (each module imports only the ones it needs, as mod
   logs.py              logs of any size: a tail read from the end, lines read as a stream
   config.py            dispatch_config.json: found, validated, completed
   workspace.py         the toolkit's own files in a repository, kept out of `git status`
-  names.py             untrusted text made safe: repository paths, titles, branch and file names, output tails
+  names.py             untrusted text made safe: repository paths, titles, task text for a store, a commit or
+                       a terminal, branch and file names, output tails
   git.py               every git call (LC_ALL=C, no caller's repository variables), merge-tree
   failpoints.py        the test hook: named steps where a test makes the process exit
   testing.py           test and demo scaffolding: scripted agent, scratch repositories, failpoints

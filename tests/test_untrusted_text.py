@@ -185,3 +185,16 @@ def test_output_in_an_encoding_that_lacks_a_character_prints_its_escape(make_con
     listed = subprocess.run([sys.executable, str(ROOT / "tasks.py"), "--config", str(cfg), "list"],
                             capture_output=True, env={**os.environ, "PYTHONIOENCODING": "cp1252"})
     assert listed.returncode == 0 and b"Smile \\U0001f600" in listed.stdout, listed.stderr
+
+
+def test_the_text_functions_alone():
+    assert names.for_terminal("a\x1b[31m\x00\x7f\x85\u200b\ud83d\n\t\r") == "a\\x1b[31m\\x00\\x7f\\x85\u200b\\ud83d\\n\\t\\r"
+    assert names.for_terminal("a\n\tb\r", multiline=True) == "a\n\tb\\r"
+    assert names.clean_text("a\0b\ud83d") == "ab\ufffd"
+    cut = names.clean_text("x" * (names.TEXT_LIMIT + 1))
+    assert len(cut) == names.TEXT_LIMIT and cut.endswith(names.CUT_MARK)
+    assert names.clean_title("One\0\n  two " + "w " * 1000).startswith("One two w w")
+    assert len(names.clean_title("w " * 1000)) <= names.TITLE_LIMIT
+    assert names.task_text_problem("fine\ttext\n", 20) is None
+    assert names.fenced("a\n````\nb") == "`````\na\n````\nb\n`````"
+    assert names.fenced("plain") == "```\nplain\n```"
