@@ -1,5 +1,5 @@
 """Test and demo scaffolding: the scripted agent, scratch repositories, failpoints, a long
-events history.
+events history, a private `ollama serve` for the real-model tests and benchmark.
 
 Production code reaches this module only through crew.failpoints and the demo."""
 from __future__ import annotations
@@ -7,12 +7,17 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import socket
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import requests
+
 from crew import config as configuration
 from crew import git
+from crew import processes
 from crew import workspace
 from crew.dispatch import loop
 from crew.dispatch import preflight
@@ -54,6 +59,52 @@ def run_dispatcher(config: configuration.Config, store: task_model.TaskStore, ma
     workspace.exclude_toolkit_files(config)
     preflight.preflight(config)
     return loop.Dispatcher(config, store, max_workers, out=lambda *_: None).run()
+
+
+class OllamaServe:
+    """`ollama serve` on a free loopback port, with its HOME and model store in the binary's folder,
+    where scripts/install_ollama.sh and scripts/install_model.sh put them: never the user's own
+    ~/.ollama (serve writes a key there)."""
+
+    START_SECS = 60  # it answers within a second or two
+
+    def __init__(self, binary: Path, work: Path):
+        self.binary, self.cache, self.work = binary, binary.parent, work
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.env = {**os.environ, "HOME": str(self.cache / "home"), "OLLAMA_MODELS": str(self.cache / "models"),
+                    "OLLAMA_HOST": f"127.0.0.1:{port}"}
+        self.log = work / "ollama-serve.log"
+        self.proc = None
+        self.http = requests.Session()
+        self.http.trust_env = False  # a proxy setting must not capture the loopback server
+
+    def start(self) -> None:
+        """Start it and wait until it answers; RuntimeError with its log's tail if it never does."""
+        self.proc = processes.start_process([str(self.binary), "serve"], self.work, self.env, self.log)
+        deadline = time.monotonic() + self.START_SECS
+        while True:
+            try:
+                if self.http.get(self.url + "/api/version", timeout=2).ok:
+                    return
+            except requests.RequestException:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"ollama serve did not start; its log ends: {self.log_text()[-1500:]}")
+            time.sleep(0.2)
+
+    def models(self) -> set[str]:
+        return {m["name"] for m in self.http.get(self.url + "/api/tags", timeout=10).json()["models"]}
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            processes.kill_tree(self.proc.pid, 5, self.proc)  # its model runner too
+
+    def log_text(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
 
 
 def arm_failpoint(spec: str, armed: dict[str, Callable[[], None]]) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import stat
 import subprocess
 import sys
@@ -26,8 +25,8 @@ from crew import errors
 from crew import llm
 from crew import names
 from crew import planning
-from crew import processes
 from crew import tasks
+from crew import testing
 from crew.dispatch import preflight as dispatch_preflight
 from conftest import ROOT, commit_file, git, require_real_tool
 from dispatch_helpers import dispatch, events
@@ -38,51 +37,24 @@ REAL_OLLAMA = os.environ.get("DISPATCH_REAL_OLLAMA", "")
 REAL_AIDER = os.environ.get("DISPATCH_REAL_AIDER", "")
 GGUF = "gemma-3-270m-q4_k_m.gguf"
 MODEL = "gemma3-270m"
-START_SECS = 60  # `ollama serve` answers within a second or two
 GIN_LINE = re.compile(r'^\[GIN\] .*?\| (\d{3}) \|.*\| POST\s+"([^"]+)"', re.MULTILINE)
 HTTP = requests.Session()
 HTTP.trust_env = False  # a proxy setting must not capture the loopback server
 
 
-class OllamaServer:
-    """`ollama serve` on a free loopback port, its HOME and models inside the install's cache."""
-
-    def __init__(self, binary: Path, work: Path):
-        self.binary, self.cache, self.work = binary, binary.parent, work
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        # `ollama serve` writes a key under ~/.ollama: never the user's own HOME.
-        self.env = {**os.environ, "HOME": str(self.cache / "home"), "OLLAMA_MODELS": str(self.cache / "models"),
-                    "OLLAMA_HOST": f"127.0.0.1:{port}"}
-        self.log = work / "ollama-serve.log"
-        self.proc: subprocess.Popen | None = None
+class OllamaServer(testing.OllamaServe):
+    """The server, with the tiny model imported bare (no TEMPLATE) if it is not there yet."""
 
     def start(self) -> None:
-        self.proc = processes.start_process([str(self.binary), "serve"], self.work, self.env, self.log)
-        deadline = time.monotonic() + START_SECS
-        while True:
-            try:
-                if HTTP.get(self.url + "/api/version", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"ollama serve did not start; its log ends: {self.log_text()[-1500:]}")
-            time.sleep(0.2)
-        if f"{MODEL}:latest" not in {m["name"] for m in HTTP.get(self.url + "/api/tags", timeout=10).json()["models"]}:
+        try:
+            super().start()
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
+        if f"{MODEL}:latest" not in self.models():
             modelfile = self.work / "Modelfile"
             modelfile.write_text(f"FROM {self.cache / GGUF}\n", encoding="utf-8")
             subprocess.run([str(self.binary), "create", MODEL, "-f", str(modelfile)], env=self.env, check=True,
                            capture_output=True, timeout=240)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            processes.kill_tree(self.proc.pid, 5, self.proc)  # its model runner too
-
-    def log_text(self) -> str:
-        return self.log.read_text(encoding="utf-8", errors="replace")
 
     def statuses(self, path: str, since: int = 0) -> list[int]:
         """The HTTP status of each request to `path` in the server's log (one line per request,
