@@ -147,9 +147,14 @@ EOF
     echo "PARAMETER num_ctx $NUM_CTX"
   } >"$scratch/Modelfile"
   echo "creating $NAME in Ollama..." >&2
-  "$OLLAMA" create "$NAME" -f "$scratch/Modelfile" >/dev/null
+  # Its progress is drawn for a terminal: kept out of the output, shown if it fails.
+  "$OLLAMA" create "$NAME" -f "$scratch/Modelfile" >"$scratch/create.log" 2>&1 \
+    || { echo "install_model.sh: ollama create $NAME failed:" >&2; tail -c 1500 "$scratch/create.log" >&2; exit 1; }
   # Ollama holds its own copy now; the GGUF that install_ollama.sh keeps for its tests stays.
-  [ "$PARTS" != 0 ] && rm -rf "$DOWNLOADS"
+  if [ "$PARTS" != 0 ]; then
+    rm -rf "$DOWNLOADS"
+    rmdir "$CACHE/downloads" 2>/dev/null || true
+  fi
   echo "installed $NAME in $(( $(date +%s) - start )) s" >&2
 fi
 # Stdout is what to put in dispatch_config.json (the worker's Aider runs it as ollama_chat/NAME).
