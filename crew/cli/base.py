@@ -5,7 +5,7 @@ import argparse
 import io
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from crew import config
 from crew import errors
@@ -32,7 +32,7 @@ def run_main(main_func, argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
 
 
-def show(text: str, file=None, multiline: bool = False, flush: bool = False) -> None:
+def show(text: str, file: TextIO | None = None, multiline: bool = False, flush: bool = False) -> None:
     """Print a line that may hold text from agents, tasks or checks: the printing boundary, where
     what a terminal would act on (escape sequences, NUL, other control characters) is shown as
     escapes instead. multiline keeps newlines and tabs."""
