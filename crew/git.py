@@ -81,6 +81,23 @@ def is_ancestor(root: Path, commit: str, of: str) -> bool:
     return git("merge-base", "--is-ancestor", commit, of, cwd=root, check=False).returncode == 0
 
 
+def commits_between(root: Path, tip: str, excluded: str) -> list[str]:
+    """The commits reachable from `tip` and not from `excluded`, by id, newest first."""
+    return git_out(root, "rev-list", tip, f"^{excluded}", "--").split()
+
+
+def rebase_onto(worktree: Path, onto: str, upstream: str, branch: str, timeout: float) -> str | None:
+    """`git rebase --onto ONTO UPSTREAM BRANCH` in the branch's worktree: the branch's commits that
+    `upstream` lacks, replayed on `onto`. None when done; else why not (a conflict, named by git),
+    with the rebase aborted and the branch as it was. timeout: for the user's hooks it runs."""
+    result = git("rebase", "-q", "--onto", onto, upstream, branch, cwd=worktree, check=False, timeout=timeout)
+    if result.returncode == 0:
+        return None
+    git("rebase", "--abort", cwd=worktree, check=False)
+    output = result.stdout + result.stderr
+    return next((line.strip() for line in output.splitlines() if line.startswith("CONFLICT")), first_line(output))
+
+
 def checkout_of_branch(root: Path, branch: str) -> Path | None:
     """The worktree where `branch` is checked out, if any."""
     current = None

@@ -68,15 +68,31 @@ def test_the_first_release_s_pending_merge_lacks_a_title_and_is_read_with_the_ta
 
 
 @pytest.mark.parametrize("release", RELEASES)
-def test_what_loads_saves_as_version_3_and_loads_again_unchanged(release, tmp_path):
+def test_what_loads_saves_as_version_4_and_loads_again_unchanged(release, tmp_path):
     state = load(*read(release), tmp_path)
     saved_state, saved_pending = state.state_json(), state.pending_json()
-    assert saved_state["version"] == records.STATE_VERSION == 3
+    assert saved_state["version"] == records.STATE_VERSION == 4
     assert "version" not in saved_pending  # a bare map: a "version" key would read as a task id
     again = load(json.loads(json.dumps(saved_state)), json.loads(json.dumps(saved_pending)), tmp_path,
                  actor="someone-else")
     assert again == state
     assert again.state_json() == saved_state and again.pending_json() == saved_pending
+
+
+def test_a_version_3_file_is_read_with_no_main_seen_and_saved_as_version_4_with_what_it_held(tmp_path):
+    """Version 3 remembered no main: the first run records the main it finds."""
+    state_json, pending_json = read("4a44a78")
+    version_3 = {**load(state_json, pending_json, tmp_path).state_json(), "version": 3}
+    del version_3["main_seen"], version_3["left_main"]
+    state = load(version_3, pending_json, tmp_path)
+    assert state.main_seen == "" and state.left_main == {}
+    saved = state.state_json()
+    assert saved["version"] == 4 and saved["main_seen"] == "" and saved["left_main"] == {}
+    assert {key: value for key, value in saved.items() if key not in ("main_seen", "left_main", "version")} == {
+        key: value for key, value in version_3.items() if key != "version"}
+    state.main_seen = "a" * 40
+    state.left_main["work/proj-1"] = records.LeftMain(old_main="b" * 40, commits=["c" * 40])
+    assert load(json.loads(json.dumps(state.state_json())), pending_json, tmp_path) == state
 
 
 def test_a_worker_timed_out_before_the_hardening_is_read_as_ended_by_its_timeout(tmp_path):
@@ -99,8 +115,9 @@ def test_a_worker_from_before_per_attempt_logs_keeps_the_log_it_wrote(tmp_path):
 def test_records_carry_unknown_keys_away_and_absent_files_are_an_empty_state(tmp_path):
     state = load(None, None, tmp_path)
     assert state == records.DispatchState()
-    assert state.state_json() == {"version": 3, "dispatcher": None, "workers": [], "merge_queue": [], "attempts": {},
-                                  "branches": {}, "actors": [], "gates": [], "main_check": None}
+    assert state.state_json() == {"version": 4, "dispatcher": None, "workers": [], "merge_queue": [], "attempts": {},
+                                  "branches": {}, "actors": [], "gates": [], "main_check": None,
+                                  "main_seen": "", "left_main": {}}
     request = MergeRequest.from_json({"task_id": "t-1", "title": "T", "branch": "b", "worktree": "w",
                                       "outcome": "close", "note": "", "retries": 0, "from_the_future": 1})
     assert "from_the_future" not in request.to_json() and request.queued_at == 0.0
@@ -114,7 +131,7 @@ WHOLE = {"dispatcher": None, "workers": [], "merge_queue": [], "attempts": {}}
 
 def test_a_version_2_file_has_no_main_check_and_a_main_check_saves_and_loads_again(tmp_path):
     state = load({**WHOLE, "version": 2, "gates": []}, None, tmp_path)
-    assert state.main_check is None and state.state_json()["version"] == 3
+    assert state.main_check is None and state.state_json()["version"] == 4
     state.main_check = records.MainCheck("a" * 40, False, 1.5, "No module named pytest")
     assert load(json.loads(json.dumps(state.state_json())), None, tmp_path) == state
 
@@ -122,14 +139,17 @@ def test_a_version_2_file_has_no_main_check_and_a_main_check_saves_and_loads_aga
 @pytest.mark.parametrize("state_json, pending_json, where, problem", [
     ([], None, STATE, "it is not a JSON object"),
     ({**WHOLE, "version": "2"}, None, STATE, '"version" must be a whole number'),
-    ({**WHOLE, "version": 4}, None, STATE,
-     "written by a newer release (state version 4); run that release or move the file"),
+    ({**WHOLE, "version": 5}, None, STATE,
+     "written by a newer release (state version 5); run that release or move the file"),
     ({"version": 2}, None, STATE, '"workers" is missing or not a list'),
     ({**WHOLE, "workers": [{}]}, None, STATE, 'worker record #1 lacks "slot", "task_id"'),
     ({**WHOLE, "merge_queue": [{"task_id": "proj-1"}]}, None, STATE, 'merge-queue entry #1 lacks "title"'),
     ({**WHOLE, "gates": [{"task_id": "proj-1"}]}, None, STATE, 'gate record #1 lacks "branch"'),
     ({**WHOLE, "actors": {}}, None, STATE, '"actors" is not a list'),
     ({**WHOLE, "version": 3, "main_check": {"commit": "a" * 40}}, None, STATE, 'main check record lacks "passed"'),
+    ({**WHOLE, "main_seen": 1}, None, STATE, '"main_seen" is not a string'),
+    ({**WHOLE, "left_main": {"work/proj-1": {"commits": []}}}, None, STATE,
+     'left-main record work/proj-1 lacks "old_main"'),
     (WHOLE, ["x"], PENDING, "it is not a JSON object"),
     (WHOLE, {"x": 1}, PENDING, "pending merge x is not an object"),
     (WHOLE, {"proj-9": {"kind": "conflict"}}, PENDING, 'pending merge proj-9 lacks "task_id"'),
@@ -171,5 +191,5 @@ def test_a_merge_queued_and_a_merge_pending_from_the_first_releases_each_merge_o
     assert merges_of(repo, queued.id) == 1 and merges_of(repo, pending.id) == 1
     assert store.get(queued.id).status == store.get(pending.id).status == "closed"
     saved = json.loads((repo / STATE).read_text(encoding="utf-8"))
-    assert saved["version"] == 3 and saved["merge_queue"] == []
+    assert saved["version"] == 4 and saved["merge_queue"] == []
     assert json.loads((repo / PENDING).read_text(encoding="utf-8")) == {}

@@ -1,4 +1,5 @@
-"""List, show, create, close, reopen, block and annotate tasks in the configured task store."""
+"""List, show, create, close, reopen, block and annotate tasks in the configured task store; decide
+what becomes of a branch the dispatcher holds."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +11,8 @@ from crew import names
 from crew import tasks
 from crew import workspace
 from crew.cli import base
+from crew.dispatch import ledger
+from crew.dispatch import rewritten_main
 from crew.tasks import model
 
 
@@ -23,6 +26,8 @@ examples:
   py tasks.py create "Add a CSV export" -d "Export the table as CSV" --file report.py
   py tasks.py close myrepo-3 -r "done by hand"
   py tasks.py block myrepo-4 -r "needs a design decision"
+  py tasks.py held                         branches held: they carry commits that left main
+  py tasks.py held myrepo-5 --discard      delete that branch; the task is tried again on main
 """
 
 
@@ -54,7 +59,43 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("note", parents=[shared], help="append a note to a task")
     p.add_argument("id")
     p.add_argument("text")
+    p = sub.add_parser("held", parents=[shared],
+                       help="list the branches the dispatcher holds (they carry commits that left main and do not "
+                            "rebase without them), or decide one")
+    p.add_argument("id", nargs="?")
+    decision = p.add_mutually_exclusive_group()
+    decision.add_argument("--merge", dest="decision", action="store_const", const=rewritten_main.HeldDecision.MERGE,
+                          help="merge the branch as it is: the commits that left main come back with it")
+    decision.add_argument("--discard", dest="decision", action="store_const",
+                          const=rewritten_main.HeldDecision.DISCARD,
+                          help="delete the branch and release the task: its next attempt starts on main")
     return parser
+
+
+def held(config: configuration.Config, task_id: str | None, decision: rewritten_main.HeldDecision | None,
+         as_json: bool) -> int:
+    """List the held branches, or record a person's decision on one (the dispatcher carries it out
+    now if it runs, else at its next run)."""
+    holds = rewritten_main.held_requests(ledger.read_state(config))
+    if task_id is None:
+        if decision is not None:
+            raise errors.UsageError("--merge and --discard need the task's id")
+        if as_json:
+            base.print_json([{"id": r.task_id, "branch": r.branch, "reason": r.held} for r in holds])
+        elif not holds:
+            print("no branch is held")
+        for request in [] if as_json else holds:
+            base.show(f"{request.task_id:<14} {request.branch}  {request.held}")
+        return 0
+    request = next((r for r in holds if r.task_id == task_id), None)
+    if request is None:
+        raise errors.UserError(f"{task_id}: no branch of it is held")
+    if decision is None:
+        raise errors.UsageError(f"{task_id}: say what becomes of {request.branch}: --merge or --discard")
+    rewritten_main.record_decision(config, request, decision)
+    outcome = "merged as it is" if decision == rewritten_main.HeldDecision.MERGE else "discarded, the task released"
+    base.show(f"{task_id}: {request.branch} will be {outcome} (by the dispatcher: now if it runs, else at its next run)")
+    return 0
 
 
 def format_task(task: model.Task) -> str:
@@ -66,9 +107,11 @@ def format_task(task: model.Task) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = configuration.load_config(args.config)
-    store = tasks.open_task_store(config)
     if args.command not in ("list", "show"):
         workspace.exclude_toolkit_files(config)
+    if args.command == "held":  # the dispatcher's records, not the store
+        return held(config, args.id, args.decision, args.json)
+    store = tasks.open_task_store(config)
 
     if args.command == "list":
         if args.status in ("all", "active"):

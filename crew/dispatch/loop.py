@@ -125,6 +125,7 @@ class Dispatcher:
             self.ledger.event("claimed", task.id, ready_since=files.iso_time(ready_since))
             failpoints.failpoint("after_claim")
             self.known[task.id] = task
+            self.queue.rewritten.observe_main()  # the main its branch is made on is a main seen
             self.pool.start(self.pool.free_slots()[0], task, scheduler.pending_for(self.holdings(), task))
         return True
 
@@ -229,6 +230,9 @@ class Dispatcher:
                 self.fill_slots()  # a freed slot is refilled before anything else
             now = time.time()
             poll_due = now >= self.next_poll
+            if poll_due:  # main rewritten meanwhile is noticed while the branches that carry it run
+                self.queue.rewritten.observe_main()
+                changed |= self.queue.rewritten.carry_out_decisions()
             merged = False if self.refilling(now) else self.queue.step()
             merged |= self.settle_pending(changed or merged or poll_due)
             if merged:

@@ -19,6 +19,7 @@ from crew import processes
 from crew.dispatch import main_checks
 from crew.dispatch import parallel_gates
 from crew.dispatch import records
+from crew.dispatch import rewritten_main
 from crew.dispatch import scheduler
 from crew.dispatch import stacks
 from crew.dispatch import worktrees
@@ -73,10 +74,17 @@ class MergeQueue:
         self.root = config.root
         self.landing: Landing | None = None
         self.mover = wakeups.PostingExecutor(wakeup, 1, "move-main")  # the loop is woken once main has moved
+        # Rebases run on the starter threads, as worktree set-ups and gate preparations do.
+        self.rewritten = rewritten_main.RewrittenMain(config, ledger, self.gate.starter)
 
     @property
     def requests(self) -> list[records.MergeRequest]:
         return self.ledger.state.merge_queue
+
+    @property
+    def active(self) -> list[records.MergeRequest]:
+        """The requests that are tried: all but those held for a person's decision."""
+        return [request for request in self.requests if not request.held]
 
     def add(self, worker: records.Worker, outcome: str, note: str, counted: bool = True) -> None:
         self.requests.append(records.MergeRequest(
@@ -88,7 +96,7 @@ class MergeQueue:
 
     def due(self, now: float) -> list[records.MergeRequest]:
         """The requests that may be tried now (a waiting one pauses until its retry_at)."""
-        return [request for request in self.requests if request.retry_at <= now]
+        return [request for request in self.active if request.retry_at <= now]
 
     def step(self) -> bool:
         """Merge queued branches in order; True if main moved or the queue changed. Never waits
@@ -108,7 +116,7 @@ class MergeQueue:
         if self.merges_held():
             return False
         progressed = False
-        for request in list(self.requests):
+        for request in self.active:
             if self.stop_now_reason():
                 break  # no gate is started while stopping now
             if request.retry_at > time.time():
@@ -166,6 +174,8 @@ class MergeQueue:
         on `onto` (the speculative commit of the entry ahead of it) when given (verdict "clean"),
         or what was done instead. Git and the store only, no process of ours."""
         root, main, ledger = self.root, self.config.main_branch, self.ledger
+        if (main_now := git.rev_parse(root, main)) and self.rewritten.holds_back(request, main_now):
+            return Decision("waits")  # rebased without the commits that left main first, off the loop
         task = ledger.current_task(request.task_id, request.task_created_at)
         if task is None:
             self.drop(request)
@@ -322,6 +332,7 @@ class MergeQueue:
                 return self.merge_waits(landing.request, outcome)
             if self.config.merge_gate_command:  # main is now a commit that passed the checks exactly as it is
                 self.ledger.state.main_check = records.MainCheck(landing.commit, True, time.time())
+            self.rewritten.observe(landing.commit)  # main moved on from the main last seen: nothing left it
             self.finish_merge(landing.request, landing.task, landing.commit)
             return True
 

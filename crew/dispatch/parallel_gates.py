@@ -105,7 +105,7 @@ class ParallelGates:
         return None
 
     def plan(self) -> speculation.Plan:
-        requests = self.queue.requests
+        requests = self.queue.active
         queued = {request.task_id for request in requests}
         self.verdicts = {task_id: v for task_id, v in self.verdicts.items() if task_id in queued}
         if requests:
@@ -139,7 +139,7 @@ class ParallelGates:
     def show_waiting(self, plan: speculation.Plan) -> None:
         """Why each entry waits, for --status (a merge that waits for main keeps its own reason)."""
         changed, now = False, time.time()
-        for request in self.queue.requests:
+        for request in self.queue.active:
             reason = plan.waiting.get(request.task_id)
             verdict = self.verdicts.get(request.task_id)
             if reason is None and verdict is not None and verdict.passed and request.task_id != plan.land:

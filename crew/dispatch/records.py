@@ -6,8 +6,9 @@ from a conflict or fix task's id to the pending merge it settles: a "version" ke
 read as a task id, and README, tests and users read that file).
 
 Reading never writes. A file an earlier release wrote (version 1: every release before the
-crew/ package, whose files had no "version") is checked as that release checked it, then
-migrated in memory; the first save writes it as this release does.
+crew/ package, whose files had no "version"; version 2: before main's check was recorded;
+version 3: before the dispatcher remembered the last main it saw) is checked as that release checked it, then migrated in memory; the first save
+writes it as this release does.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Self
 
 from crew import errors, names
 
-STATE_VERSION = 3
+STATE_VERSION = 4
 TIMED_OUT = "timed out"
 TASK_BLOCKED = "stopped: its task was blocked"  # by the user, while the worker ran
 
@@ -108,6 +109,9 @@ class MergeRequest(Record):
     waits: int = 0  # how often it has waited in a row: the pause grows with it
     waiting: str | None = None  # why it waits, for --status and the summary
     rebased: bool = False  # on_conflict "auto_rebase" has rebased it once already
+    # Why it is held for a person's decision (it carries commits that left main, and does not
+    # rebase without them); never tried while held.
+    held: str | None = None
 
 
 @dataclasses.dataclass
@@ -133,6 +137,16 @@ class PendingMerge(Record):
     actor: str = ""
     task_created_at: str = ""
     followup_created_at: str = ""
+
+
+@dataclasses.dataclass
+class LeftMain(Record):
+    """The commits that left main (by a user's reset, amend or rebase) that a dispatcher's branch
+    carries, and the main it was made on then: before it merges, the branch is rebased onto main
+    without them (`git rebase --onto <main> <old_main> <branch>`)."""
+
+    old_main: str
+    commits: list[str]
 
 
 @dataclasses.dataclass
@@ -199,6 +213,9 @@ class DispatchState:
     gates: list[GateRecord] = dataclasses.field(default_factory=list)
     pending: dict[str, PendingMerge] = dataclasses.field(default_factory=dict)  # by conflict or fix task id
     main_check: MainCheck | None = None
+    # The last main the dispatcher saw: when main no longer descends from it, commits left main.
+    main_seen: str = ""
+    left_main: dict[str, LeftMain] = dataclasses.field(default_factory=dict)  # by branch
 
     def state_json(self) -> dict:
         """The content of .dispatch_state.json."""
@@ -208,7 +225,9 @@ class DispatchState:
                 "attempts": dict(self.attempts),
                 "branches": {name: owner.to_json() for name, owner in self.branches.items()},
                 "actors": list(self.actors), "gates": [gate.to_json() for gate in self.gates],
-                "main_check": self.main_check.to_json() if self.main_check else None}
+                "main_check": self.main_check.to_json() if self.main_check else None,
+                "main_seen": self.main_seen,
+                "left_main": {branch: left.to_json() for branch, left in self.left_main.items()}}
 
     def pending_json(self) -> dict:
         """The content of .dispatch_pending_merge_retries.json."""
@@ -224,6 +243,7 @@ BRANCH_KEYS = required(BranchOwner)
 DISPATCHER_KEYS = required(DispatcherRecord)
 GATE_KEYS = required(GateRecord)
 MAIN_CHECK_KEYS = required(MainCheck)
+LEFT_MAIN_KEYS = required(LeftMain)
 
 
 def missing_keys(records: Iterable[tuple[str, object]], keys: Sequence[str], what: str) -> str | None:
@@ -255,14 +275,16 @@ def state_problem(data: object) -> str | None:
     for key, kind in (("workers", list), ("merge_queue", list), ("attempts", dict)):
         if not isinstance(data.get(key), kind):
             return f"{json.dumps(key)} is missing or not a {'list' if kind is list else 'JSON object'}"
-    # Written since the hardening (branches, actors), since version 2 (gates) or since version 3
-    # (main_check): absent is empty.
-    for key, kind in (("branches", dict), ("actors", list), ("gates", list)):
+    # Written since the hardening (branches, actors), since version 2 (gates), since version 3
+    # (main_check) or since version 4 (left_main, main_seen): absent is empty.
+    for key, kind in (("branches", dict), ("actors", list), ("gates", list), ("left_main", dict)):
         if key in data and not isinstance(data[key], kind):
             return f"{json.dumps(key)} is not a {'list' if kind is list else 'JSON object'}"
     if data.get("main_check") is not None and (why := missing_keys([("record", data["main_check"])],
                                                                    MAIN_CHECK_KEYS, "main check")):
         return why
+    if not isinstance(data.get("main_seen", ""), str):
+        return '"main_seen" is not a string'
     dispatcher = data.get("dispatcher")
     return ((missing_keys([("record", dispatcher)], DISPATCHER_KEYS, "dispatcher") if dispatcher is not None else None)
             or missing_keys(((f"#{i + 1}", w) for i, w in enumerate(data["workers"])), WORKER_KEYS, "worker record")
@@ -270,7 +292,8 @@ def state_problem(data: object) -> str | None:
                             "merge-queue entry")
             or missing_keys(data.get("branches", {}).items(), BRANCH_KEYS, "branch record")
             or missing_keys(((f"#{i + 1}", g) for i, g in enumerate(data.get("gates", []))), GATE_KEYS,
-                            "gate record"))
+                            "gate record")
+            or missing_keys(data.get("left_main", {}).items(), LEFT_MAIN_KEYS, "left-main record"))
 
 
 def pending_problem(data: object) -> str | None:
@@ -299,7 +322,10 @@ def load_state(state_json: object, pending_json: object, *, state_path: Path, pe
         branches={name: BranchOwner.from_json(owner) for name, owner in data.get("branches", {}).items()},
         actors=list(data.get("actors", [])),
         gates=[GateRecord.from_json(gate) for gate in data.get("gates", [])],
-        main_check=MainCheck.from_json(data["main_check"]) if data.get("main_check") else None)
+        main_check=MainCheck.from_json(data["main_check"]) if data.get("main_check") else None,
+        # Before version 4 no main was remembered: the first run records the main it finds.
+        main_seen=data.get("main_seen", ""),
+        left_main={branch: LeftMain.from_json(left) for branch, left in data.get("left_main", {}).items()})
     for record in data.get("workers", []):
         worker = migrated_worker(record, default_actor, logs)
         state.workers[worker.slot] = worker

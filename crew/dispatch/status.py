@@ -29,7 +29,8 @@ def status(config: configuration.Config, store: task_model.TaskStore) -> dict:
         "workers": [{"slot": w.slot, "task_id": w.task_id, "title": w.title, "branch": w.branch,
                      "worktree": w.worktree, "pid": w.pid, "started_at": iso(w.started_at),
                      "deadline": iso(w.deadline), "log": w.log} for w in state.workers.values()],
-        "merge_queue": [{"task_id": r.task_id, "branch": r.branch, "outcome": r.outcome, "waiting": r.waiting}
+        "merge_queue": [{"task_id": r.task_id, "branch": r.branch, "outcome": r.outcome, "waiting": r.waiting,
+                         "held": r.held is not None}
                         for r in state.merge_queue],
         "main_branch": config.main_branch,
         "gates": [{"task_id": g.task_id, "branch": g.branch, "stack": g.stack, "commit": g.commit,
