@@ -101,12 +101,15 @@ def test_a_failure_with_main_passing_is_the_branch_s_after_main_was_checked(json
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="stopped with SIGINT")
-def test_watching_a_red_main_merges_once_main_is_fixed_or_its_checks_pass_again(json_agent_setup, repo, tmp_path):
+@pytest.mark.parametrize("parallelism", [1, 2])
+def test_watching_a_red_main_merges_once_main_is_fixed_or_its_checks_pass_again(json_agent_setup, repo, tmp_path,
+                                                                                parallelism):
     tool = tmp_path / "tool-installed"
     # Passes once a fix is committed to main, or once the "tool" is installed on the machine.
     gate = [sys.executable, "-c", f"import os, sys; sys.exit(0 if os.path.exists('fixed.txt') or "
                                   f"os.path.exists({str(tool)!r}) else 'the checks fail')"]
-    cfg, config, store = json_agent_setup(merge_gate_command=gate, poll_interval_secs=0.2, main_recheck_secs=1)
+    cfg, config, store = json_agent_setup(merge_gate_command=gate, poll_interval_secs=0.2, main_recheck_secs=1,
+                                          merge_gate_parallelism=parallelism)
     first = add_task(store, "Add a", "append a.txt a")
     proc = start_dispatcher(cfg, "--watch")
     try:

@@ -33,7 +33,6 @@ class ParallelGates:
         self.verdicts: dict[str, gates.GateOutcome] = {}  # by task id: finished gates, passed or failed
         self.failures_unsaid: set[str] = set()  # task ids whose gate failed this step: is it counted now?
         self.stack_conflicts: set[str] = set()  # task ids whose branch conflicts with the stack ahead, not main
-        self.failures_held: set[tuple[str, str]] = set()  # (task id, commit): said not to count, main failing
         # Main as last read: read again once a poll interval (a git call), and after this queue
         # moved it or started a gate. Planned on a main someone else moved since, a landing's
         # compare-and-swap fails and the plan is made again on main as it is.
@@ -45,7 +44,7 @@ class ParallelGates:
         main moved or the queue changed."""
         changed = self.poll()
         if self.queue.merges_held():
-            self.say_failures_held()
+            self.forget_failures_held()
             return changed
         for _ in range(len(self.queue.requests) + 1):  # each round lands or drops an entry, or stops
             if self.queue.stop_now_reason():
@@ -57,14 +56,14 @@ class ParallelGates:
             self.main = None  # the queue changed: main may have moved
         return changed
 
-    def say_failures_held(self) -> None:
-        """While main fails its checks, the failures that came in count against no branch: each
-        is said so once, for a script reading the events."""
-        for verdict in self.verdicts.values():
-            said = (verdict.record.task_id, verdict.record.commit)
-            if not verdict.passed and said not in self.failures_held:
-                self.failures_held.add(said)
+    def forget_failures_held(self) -> None:
+        """While main fails its checks, a failed gate says nothing about its branch: each is said
+        not to count (for a script reading the events) and forgotten, so its entry is gated
+        again once main passes."""
+        for task_id, verdict in list(self.verdicts.items()):
+            if not verdict.passed:
                 gates.say_failure_not_counted(self.ledger, verdict.record, gates.MAIN_FAILS_REASON)
+                del self.verdicts[task_id]
         self.failures_unsaid.clear()
 
     def main_now(self) -> str | None:
