@@ -31,6 +31,15 @@ def child_environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in hidden}
 
 
+# No git command of the dispatcher's waits for a person: it has no terminal (processes.run starts
+# it in a session of its own, stdin from the null device), git never prompts for credentials,
+# and gpg is not pointed at the user's terminal. What could still wait is bounded: a hook by the
+# caller's timeout, the user's gpg.program in a plumbing commit (a GUI pinentry) by this one.
+SIGN_TIMEOUT_SECS = 600.0
+NO_PROMPT = {"GIT_TERMINAL_PROMPT": "0"}
+TERMINAL_VARIABLES = ("GPG_TTY",)
+
+
 def git(*args: str | os.PathLike, cwd: str | os.PathLike, check: bool = True,
         env: dict[str, str] | None = None, input: str | None = None,
         timeout: float | None = None) -> processes.Completed:
@@ -38,26 +47,60 @@ def git(*args: str | os.PathLike, cwd: str | os.PathLike, check: bool = True,
     whole tree, the hooks' processes too, is ended past it. Every git command runs as a tree of
     its own that a stop ends (processes.end_commands)."""
     # LC_ALL=C: the code reads git's messages, which a German or French locale would translate.
-    env = {**(env if env is not None else child_environment()), "LC_ALL": "C"}
+    env = {**(env if env is not None else child_environment()), "LC_ALL": "C", **NO_PROMPT}
+    for name in TERMINAL_VARIABLES:
+        env.pop(name, None)
     return processes.run("git", *args, cwd=cwd, check=check, env=env, error=errors.GitError, input=input,
                          timeout=timeout, tree=True)
+
+
+def signs_commits(cwd: str | os.PathLike) -> bool:
+    """The user's commit.gpgSign, which the dispatcher keeps: `git commit` reads it itself,
+    `git commit-tree` only signs when told."""
+    return git("config", "--type=bool", "--get", "commit.gpgSign", cwd=cwd, check=False).stdout.strip() == "true"
+
+
+def signing_failure(cwd: str | os.PathLike, failed: errors.GitError, timeout: float | None) -> errors.UserError | None:
+    """A commit that could not be signed, or did not finish while signing is on (gpg waiting
+    for a passphrase), as one line that says so; None when signing is off or the failure is another."""
+    said = failed.stderr.lower()
+    timed_out = failed.returncode is None and timeout is not None
+    if not timed_out and "failed to sign" not in said and COMMIT_NOT_WRITTEN not in said:
+        return None
+    if not signs_commits(cwd):
+        return None
+    what = (f"git did not finish a commit within {timeout:g} s (a hook, or signing waiting for a passphrase)"
+            if timed_out else f"git could not sign a commit: {first_line(failed.stderr)}")
+    return errors.UserError(f"{what}, in {cwd}; commit.gpgSign is set, and the dispatcher never waits for a "
+                            "passphrase: let gpg-agent hold it, or set commit.gpgSign to false for this repository")
 
 
 # A commit message carries task titles, which may hold what no argument can (a NUL byte, 128 KiB
 # of text): it goes to git on stdin, cleaned (git refuses a NUL in a message even there).
 def commit(worktree: Path, message: str, *options: str, check: bool = True,
            timeout: float | None = None) -> processes.Completed:
-    """`git commit` of what is staged, with `message` (timeout: see git())."""
-    return git("commit", "-q", *options, "-F", "-", cwd=worktree, input=names.clean_text(message), check=check,
-               timeout=timeout)
+    """`git commit` of what is staged, with `message` (timeout: see git()); signed when the
+    user's setting says so."""
+    try:
+        return git("commit", "-q", *options, "-F", "-", cwd=worktree, input=names.clean_text(message), check=check,
+                   timeout=timeout)
+    except errors.GitError as failed:
+        raise signing_failure(worktree, failed, timeout) or failed
 
 
 def commit_tree(root: Path, tree: str, parents: list[str], message: str) -> str:
     """A commit of `tree` on `parents`, made without touching any checkout; its id. Plumbing,
     which runs no hooks: for the dispatcher's own commits that carry no agent content (its
-    merges, its bookkeeping on a branch)."""
+    merges, its bookkeeping on a branch). Signed as `git commit` would sign it."""
     parent_args = [arg for parent in parents for arg in ("-p", parent)]
-    return git("commit-tree", tree, *parent_args, "-F", "-", cwd=root, input=names.clean_text(message)).stdout.strip()
+    sign = signs_commits(root)
+    timeout = SIGN_TIMEOUT_SECS if sign else None  # no hook runs: only the user's gpg.program can wait
+    try:
+        made = git("commit-tree", tree, *parent_args, *["-S"] * sign, "-F", "-", cwd=root,
+                   input=names.clean_text(message), timeout=timeout)
+    except errors.GitError as failed:
+        raise signing_failure(root, failed, timeout) or failed
+    return made.stdout.strip()
 
 
 def tracked_files(root: Path) -> list[str]:
@@ -319,8 +362,10 @@ def commit_everything(worktree: Path, message: str, timeout: float) -> bool:
         return True
     if any(text in output for text in NOTHING_TO_COMMIT):
         return False  # only what `add -A` does not take (a submodule's own changes)
-    error = errors.GitError if COMMIT_NOT_WRITTEN in output else errors.CommitRefused
-    raise error(result.argv, result.returncode, result.stdout, result.stderr)
+    if COMMIT_NOT_WRITTEN in output:  # the hooks passed; git could not write it (signing, a full disk)
+        failed = errors.GitError(result.argv, result.returncode, result.stdout, result.stderr)
+        raise signing_failure(worktree, failed, timeout) or failed
+    raise errors.CommitRefused(result.argv, result.returncode, result.stdout, result.stderr)
 
 
 def commit_on_head(worktree: Path, tree: str, message: str, *merged: str) -> str:
