@@ -45,12 +45,22 @@ def test_a_gate_state_is_what_the_records_and_the_process_table_say():
     assert left["state"] == "not running" and "its process 42 is still alive" in left["reason"]
 
 
-def gate_settings(tmp_path) -> tuple[dict, object, object]:
+def run_until_gating(json_agent_setup, tmp_path):
+    """A dispatcher, as a process, whose one task's gate is running (and ignores SIGTERM while the
+    flag file exists): (config path, task, flag, the dispatcher)."""
     flag, pid_file = tmp_path / "slow", tmp_path / "gate.pid"
     flag.write_text("the gate ignores SIGTERM while this exists", encoding="utf-8")
-    settings = {"max_workers": 1, "worker_kill_grace_secs": 120,
-                "merge_gate_command": [sys.executable, "-c", DIES_SLOWLY, str(flag), str(pid_file)]}
-    return settings, flag, pid_file
+    cfg, config, store = json_agent_setup(max_workers=1, worker_kill_grace_secs=120, merge_gate_command=[
+        sys.executable, "-c", DIES_SLOWLY, str(flag), str(pid_file)])
+    task = add_task(store, "Gated", "append g.txt line", files=["g.txt"])
+    proc = subprocess.Popen([sys.executable, str(DISPATCH), "--config", str(cfg)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: pid_file.exists(), proc, "the gate started")
+    except BaseException:
+        flag.unlink()  # whatever started of the gate exits
+        raise
+    return cfg, task, flag, proc
 
 
 def gate_status(cfg) -> tuple[dict, str]:
@@ -60,13 +70,8 @@ def gate_status(cfg) -> tuple[dict, str]:
 
 @pytest.mark.skipif(os.name == "nt", reason="the gate ignores SIGTERM, a POSIX signal")
 def test_status_shows_a_cancelled_gate_still_dying_as_ending(json_agent_setup, repo, tmp_path):
-    settings, flag, pid_file = gate_settings(tmp_path)
-    cfg, config, store = json_agent_setup(**settings)
-    task = add_task(store, "Gated", "append g.txt line", files=["g.txt"])
-    proc = subprocess.Popen([sys.executable, str(DISPATCH), "--config", str(cfg)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cfg, task, flag, proc = run_until_gating(json_agent_setup, tmp_path)
     try:
-        wait_until(lambda: pid_file.exists(), proc, "the gate started")
         commit_file(repo, "other.txt", "the user commits on main\n")  # the gate's merge is void now
         wait_until(lambda: events(repo, "gate_cancelled"), proc, "the gate cancelled")
         gates, text = gate_status(cfg)
@@ -84,13 +89,8 @@ def test_status_shows_a_cancelled_gate_still_dying_as_ending(json_agent_setup, r
 
 @pytest.mark.skipif(os.name == "nt", reason="kill -9 of the dispatcher alone needs POSIX signals")
 def test_status_shows_a_dead_dispatchers_gate_as_not_running(json_agent_setup, repo, tmp_path):
-    settings, flag, pid_file = gate_settings(tmp_path)
-    cfg, config, store = json_agent_setup(**settings)
-    task = add_task(store, "Gated", "append g.txt line", files=["g.txt"])
-    proc = subprocess.Popen([sys.executable, str(DISPATCH), "--config", str(cfg)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cfg, task, flag, proc = run_until_gating(json_agent_setup, tmp_path)
     try:
-        wait_until(lambda: pid_file.exists(), proc, "the gate started")
         os.kill(proc.pid, signal.SIGKILL)  # the gate, in its own process group, lives on
         proc.wait()
         gates, text = gate_status(cfg)
