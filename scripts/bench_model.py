@@ -137,7 +137,7 @@ def run_goal(name: str, folder: Path, goal_settings: dict, bound_secs: float, en
 
 def read_report(run: GoalRun) -> report_model.Report:
     logs = run.repo / ".dispatch_logs"
-    return report_model.build_report(*event_log.read_events(logs / "events.jsonl"), logs)
+    return report_model.build_report(event_log.EventReader(logs / "events.jsonl"), logs)
 
 
 def figures(run: GoalRun) -> dict:
