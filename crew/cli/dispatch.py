@@ -38,6 +38,7 @@ examples:
   py dispatch_workers.py --dry-run          what would start now, and why others wait
   py dispatch_workers.py --status --json    the state of a running dispatcher
   py dispatch_workers.py --report --open    a picture of the runs so far, in your browser
+  py dispatch_workers.py --report --all-runs   every run drawn, not only the latest 10
 
 exit codes: 0 every task it ran was merged; 1 some task ended blocked or a merge is waiting
 (the summary says why); 2 bad usage or configuration; 130 interrupted; 143 stopped by SIGTERM,
