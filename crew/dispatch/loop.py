@@ -25,7 +25,7 @@ from crew.dispatch.recovery import Recovery
 from crew.dispatch.workers import WorkerPool
 from crew.tasks import model as task_model
 
-START_WAIT_SECS = 0.2  # how long a refill may hold merges back while its claim and worktree are under way
+START_WAIT_SECS = 0.2  # how long a refill may hold a merge back while its claim and worktree are under way
 SIGNAL_CHECK_SECS = 0.5  # Windows: a wait on a lock is not broken by Ctrl-C, so the loop looks this often
 
 
@@ -188,12 +188,16 @@ class Dispatcher:
 
     # ---- the loop --------------------------------------------------------------------------
 
-    def refilling(self, now: float) -> bool:
-        """A refill's claim or worktree is under way, for at most START_WAIT_SECS: merges wait for
-        it, so a quick start goes first and its agent works while the merge runs. Where the last
-        worktree took longer than that (a large checkout), merges wait for no start."""
-        return (self.claiming is not None or bool(self.pool.starting)) and now < self.refill_began + START_WAIT_SECS \
-            and self.pool.last_prepare_secs < START_WAIT_SECS
+    def merges_held_until(self) -> float:
+        """While a refill's claim or worktree is under way, merges wait for it, so a quick start
+        goes first and its agent works while the merge runs; but no merge waits more than
+        START_WAIT_SECS from its refill or its own queueing (with many workers a refill is
+        nearly always under way: merges must not starve). Where the last worktree took longer
+        than that (a large checkout), merges wait for no start. 0: merges are not held."""
+        if (self.claiming is None and not self.pool.starting) or self.pool.last_prepare_secs >= START_WAIT_SECS:
+            return 0.0
+        oldest = min((request.queued_at for request in self.ledger.state.merge_queue), default=self.refill_began)
+        return min(self.refill_began, oldest) + START_WAIT_SECS
 
     def next_deadline(self, now: float) -> float:
         """When the loop must look again though nothing was posted: the next poll (adopted
@@ -209,8 +213,7 @@ class Dispatcher:
             due.append(look)
         if self.watch and self.breaker.until is not None:
             due.append(self.breaker.until)
-        if self.refilling(now):
-            due.append(self.refill_began + START_WAIT_SECS)
+        due.append(self.merges_held_until())
         if self.pool.kills or any(gate.kill is not None for gate in self.gates):
             due.append(now + processes.KILL_STEP_SECS)
         # One already past was acted on, or waits for something that posts (a gate's verdict,
@@ -233,7 +236,7 @@ class Dispatcher:
             if poll_due:  # main rewritten meanwhile is noticed while the branches that carry it run
                 self.queue.rewritten.observe_main()
                 changed |= self.queue.rewritten.carry_out_decisions()
-            merged = False if self.refilling(now) else self.queue.step()
+            merged = False if now < self.merges_held_until() else self.queue.step()
             merged |= self.settle_pending(changed or merged or poll_due)
             if merged:
                 self.finisher.close_finished_epics()
