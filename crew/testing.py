@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import pstats
 import socket
 import sys
 import time
@@ -211,3 +212,34 @@ def event_history(events: int, per_run: int = 1000, workers: int = 4, start: flo
             yield line("closed", task_id)
         yield line("dispatcher_stopped", interrupted=False)
         at += 3600  # the next run, an hour later
+
+
+# The loop's steps, as a profile names them: (what, file, function). Indented: part of the one above.
+LOOP_STEPS = [
+    ("workers: starts, exits, judging (WorkerPool.poll)", "dispatch/workers.py", "poll"),
+    ("  judging an ended worker from git (Finisher.finish)", "dispatch/finish.py", "finish"),
+    ("  starting its process (WorkerPool.started)", "dispatch/workers.py", "started"),
+    ("claims back: the worker recorded (Dispatcher.claimed)", "dispatch/loop.py", "claimed"),
+    ("planning starts (Dispatcher.fill_slots)", "dispatch/loop.py", "fill_slots"),
+    ("merges (MergeQueue.step)", "dispatch/merge_queue.py", "step"),
+    ("  deciding: checks, merge-tree, commit-tree (decide)", "dispatch/merge_queue.py", "decide"),
+    ("  finishing: close, events, worktree and branch removed (finish_merge)", "dispatch/merge_queue.py",
+     "finish_merge"),
+    ("store reads handed over and applied (read_store)", "dispatch/loop.py", "read_store"),
+    ("pending merges (settle_pending)", "dispatch/loop.py", "settle_pending"),
+    ("asleep until woken (Wakeup.wait)", "dispatch/wakeup.py", "wait"),
+    ("in all steps: git calls on the loop (git.git)", "crew/git.py", "git"),
+    ("in all steps: state writes, synced to disk (Ledger.save_state)", "dispatch/ledger.py", "save_state"),
+    ("in all steps: store calls waited for (SerialStore, plain calls)", "dispatch/store_thread.py", "call"),
+]
+
+
+def loop_profile(stats: pstats.Stats, elapsed: float, count: int) -> list[str]:
+    """Each loop step's time per task (cumulative, on the dispatcher's thread: a profile sees the
+    thread it was enabled on) and its share of the run."""
+    lines = []
+    for what, file, function in LOOP_STEPS:
+        secs = sum(stat[3] for (path, _, name), stat in stats.stats.items()
+                   if name == function and Path(path).as_posix().endswith(file))
+        lines.append(f"{what:<72} {secs / count * 1000:6.1f} ms  {secs / elapsed * 100:4.0f}%")
+    return lines

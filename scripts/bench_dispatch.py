@@ -156,34 +156,10 @@ def refills(events: list[dict]) -> list[float]:
             (ts(e) for e in events if e["event"] == "worker_exited") if any(s >= exited for s in starts)]
 
 
-# The loop's steps, as the profile names them: (what, file, function). Indented: part of the one above.
-LOOP_STEPS = [
-    ("workers: starts, exits, judging (WorkerPool.poll)", "dispatch/workers.py", "poll"),
-    ("  judging an ended worker from git (Finisher.finish)", "dispatch/finish.py", "finish"),
-    ("  starting its process (WorkerPool.started)", "dispatch/workers.py", "started"),
-    ("claims back: the worker recorded (Dispatcher.claimed)", "dispatch/loop.py", "claimed"),
-    ("planning starts (Dispatcher.fill_slots)", "dispatch/loop.py", "fill_slots"),
-    ("merges (MergeQueue.step)", "dispatch/merge_queue.py", "step"),
-    ("  deciding: checks, merge-tree, commit-tree (decide)", "dispatch/merge_queue.py", "decide"),
-    ("  moving main: the checked-out fast-forward (advance_main)", "dispatch/merge_queue.py", "advance_main"),
-    ("  finishing: close, events, worktree and branch removed (finish_merge)", "dispatch/merge_queue.py",
-     "finish_merge"),
-    ("store reads handed over and applied (read_store)", "dispatch/loop.py", "read_store"),
-    ("pending merges (settle_pending)", "dispatch/loop.py", "settle_pending"),
-    ("asleep until woken (Wakeup.wait)", "dispatch/wakeup.py", "wait"),
-    ("in all steps: git calls (git.git)", "crew/git.py", "git"),
-    ("in all steps: state writes, synced to disk (Ledger.save_state)", "dispatch/ledger.py", "save_state"),
-    ("in all steps: store calls waited for (SerialStore, plain calls)", "dispatch/store_thread.py", "call"),
-]
-
-
 def print_profile(run: Run, count: int) -> None:
-    """Each loop step's time per task (cumulative, on the dispatcher's thread) and share of the run."""
     print(f"  profile of one run ({run.elapsed:.1f} s, {run.elapsed / count * 1000:.0f} ms per task), per task:")
-    for what, file, function in LOOP_STEPS:
-        secs = sum(stat[3] for (path, _, name), stat in run.profile.stats.items()
-                   if name == function and Path(path).as_posix().endswith(file))
-        print(f"    {what:<72} {secs / count * 1000:6.1f} ms  {secs / run.elapsed * 100:4.0f}%")
+    for line in testing.loop_profile(run.profile, run.elapsed, count):
+        print("    " + line)
 
 
 def bench_overhead(tmp: Path, count: int = 40, rounds: int = 3, profile: bool = False) -> None:

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import cProfile
 import json
 import os
+import pstats
 import random
 import subprocess
 import sys
@@ -59,6 +61,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=2, help="worker_timeout_secs for the hanging agents")
     parser.add_argument("--noop", action="store_true", help="every agent makes one normal edit")
     parser.add_argument("--bd", action="store_true", help="the bd stand-in (tests/fake_bd.py) as the task store")
+    parser.add_argument("--profile", action="store_true", help="the share of each of the loop's steps per task")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     behaviours = [("normal", 1.0)] if args.noop else BEHAVIOURS
@@ -102,8 +105,13 @@ def main() -> int:
         store.total = 0
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
+        profiler = cProfile.Profile() if args.profile else None
         start, started_at = time.perf_counter(), time.time()
+        if profiler:
+            profiler.enable()
         testing.run_dispatcher(config, store, args.workers)
+        if profiler:
+            profiler.disable()
         elapsed = time.perf_counter() - start
         stop.set()
         sampler.join()
@@ -127,6 +135,10 @@ def main() -> int:
               f"({collections.Counter(t.status for t in extra)})")
 
         events, _ = event_log.read_events(repo / event_log.LOGS_DIR / event_log.EVENTS_FILE)
+        if profiler:
+            print("the loop's steps, per task:")
+            for line in testing.loop_profile(pstats.Stats(profiler), elapsed, args.tasks):
+                print("  " + line)
         print_by_tenth(sorted(e.at for e in events if e.name in ("merged", "blocked")), started_at, samples)
         return 0 if total == args.tasks and not unfinished else 1
 
