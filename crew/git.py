@@ -5,7 +5,6 @@ import dataclasses
 import functools
 import os
 import re
-import subprocess
 from pathlib import Path, PurePosixPath
 
 from crew import errors
@@ -18,8 +17,7 @@ from crew import processes
 def repository_variables() -> frozenset[str]:
     """The variables that tie git to one repository (GIT_DIR, GIT_INDEX_FILE, ...), as git itself
     lists them. Set by a caller such as a git hook, they would send every call to that repository."""
-    listed = subprocess.run(["git", "rev-parse", "--local-env-vars"], capture_output=True, text=True,
-                            stdin=subprocess.DEVNULL, check=False).stdout
+    listed = processes.run("git", "rev-parse", "--local-env-vars", check=False).stdout
     return frozenset(listed.split())
 
 

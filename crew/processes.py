@@ -15,6 +15,7 @@ import psutil
 
 from crew import errors
 from crew import files
+from crew import orphans
 
 
 IS_WINDOWS = os.name == "nt"
@@ -38,9 +39,9 @@ def run(*argv: str | os.PathLike, cwd: str | os.PathLike | None = None, check: b
     timeout, an interrupt or end_commands() ends whole."""
     args = [os.fspath(a) for a in argv]
     try:
-        proc = subprocess.Popen(args, cwd=cwd, stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
-                                errors="replace", env=env, **(NEW_GROUP if tree else {}))
+        proc = orphans.spawn(args, cwd=cwd, stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
+                             errors="replace", env=env, **(NEW_GROUP if tree else {}))
     except FileNotFoundError:
         raise error(args, None, "", "", f"command not found: {args[0]}") from None
     with running(proc) if tree else contextlib.nullcontext():
@@ -105,16 +106,17 @@ def end_command(proc: subprocess.Popen, tree: bool) -> None:
 WAIT_STEP_SECS = 0.05  # a setup command or gate notices a stop within this
 
 
-def start_process(argv: list[str], cwd: Path, env: dict, log_path: Path) -> subprocess.Popen:
-    """Output goes to a file, not a pipe: it survives us, and no grandchild can hang us on it."""
+def start_process(argv: list[str], cwd: Path, env: dict, log_path: Path, mark: str) -> subprocess.Popen:
+    """Output goes to a file, not a pipe: it survives us, and no grandchild can hang us on it.
+    mark: the worker or gate it is for (orphans.MARK_VARIABLE), which every descendant inherits."""
     try:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(log_path, "ab")
     except OSError as exc:  # a full disk: one line, not a failed attempt of every task in turn
         raise files.write_error(log_path, exc) from None
     with log:
-        return subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, **NEW_GROUP)
+        return orphans.spawn(argv, mark, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                             stderr=subprocess.STDOUT, **NEW_GROUP)
 
 
 def process_start_time(pid: int) -> float | None:
@@ -153,6 +155,21 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
+def in_group(pid: int, pgid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pgid
+    except ProcessLookupError:
+        return False
+
+
+def group_carries(pgid: int, mark: str) -> bool:
+    """Whether a living process of group `pgid` carries `mark` (POSIX): the group is still the one
+    recorded, though its leader has exited, and not a later group that reuses the number."""
+    if IS_WINDOWS or not group_alive(pgid):
+        return False
+    return any(in_group(proc.pid, pgid) for proc in orphans.marked(mark, everywhere=True))
+
+
 KILL_STEP_SECS = 0.05  # how often kill_tree looks whether a tree has ended
 
 
@@ -167,40 +184,58 @@ def signal_group(pgid: int, signum: int) -> None:
 class TreeKill:
     """Ending a process tree without waiting for it: `begin` asks the tree to end and returns at
     once; `poll`, on later passes, sees whether it has, and kills what is left once the grace is
-    over. The one path for timeouts, Ctrl-C and shutdown."""
+    over. The one path for timeouts, Ctrl-C and shutdown. The tree is the process group `pid`
+    leads and, given a mark, every process carrying it (orphans.py): daemons that left the group."""
 
-    pid: int  # the process that leads the group (start_process starts each in its own)
+    pid: int | None  # the group's leader (start_process starts each in its own); None: the marked only
     proc: subprocess.Popen | None  # our child, to reap, when we started it
     grace: float
     deadline: float  # monotonic: when what is left gets killed
     forced: bool = False
+    mark: str | None = None
+    everywhere: bool = False  # look for marked processes among all, not only our descendants
 
     @classmethod
-    def begin(cls, pid: int, grace: float, proc: subprocess.Popen | None = None) -> TreeKill:
+    def begin(cls, pid: int | None, grace: float, proc: subprocess.Popen | None = None, mark: str | None = None,
+              everywhere: bool = False) -> TreeKill:
+        kill = cls(pid, proc, grace, time.monotonic() + grace, mark=mark, everywhere=everywhere)
         if IS_WINDOWS:
-            subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True)
+            if pid is not None:
+                orphans.end_windows_job(pid)
+                subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True)
         else:
-            signal_group(pid, signal.SIGTERM)
-        return cls(pid, proc, grace, time.monotonic() + grace)
+            kill.signal(signal.SIGTERM)
+        return kill
+
+    def signal(self, signum: int) -> None:
+        if self.pid is not None:
+            signal_group(self.pid, signum)
+        if self.mark is not None:  # those outside the group: each process hears the signal once
+            orphans.signal_all([proc for proc in orphans.marked(self.mark, self.everywhere)
+                                if self.pid is None or not in_group(proc.pid, self.pid)], signum)
+
+    def left(self) -> bool:
+        """Whether any process of the tree is left."""
+        if IS_WINDOWS:
+            return self.proc is not None and self.proc.returncode is None
+        return (self.pid is not None and group_alive(self.pid)) or (
+            self.mark is not None and bool(orphans.marked(self.mark, self.everywhere)))
 
     def poll(self) -> bool:
         """True once no process of the tree is left (and our child is reaped)."""
         if self.proc is not None:
             self.proc.poll()  # reap our child: unreaped, it would keep its group alive
-        if IS_WINDOWS:
-            ended = self.proc is None or self.proc.returncode is not None
-        else:
-            ended = not group_alive(self.pid)
-        if not ended:
+        if self.left():
             if not self.forced and time.monotonic() >= self.deadline:
                 self.forced = True
                 if IS_WINDOWS:
                     self.proc.kill()
                 else:
-                    signal_group(self.pid, signal.SIGKILL)
+                    self.signal(signal.SIGKILL)
             return False
         if self.proc is not None:
             self.proc.wait()
+        orphans.reap_orphans()  # the tree's orphans that the subreaper adopted
         return True
 
 
@@ -212,13 +247,14 @@ def wait_for_kills(kills: Iterable[TreeKill]) -> None:
         time.sleep(KILL_STEP_SECS)
 
 
-def kill_tree(pid: int, grace: float, proc: subprocess.Popen | None = None) -> None:
+def kill_tree(pid: int | None, grace: float, proc: subprocess.Popen | None = None, mark: str | None = None,
+              everywhere: bool = False) -> None:
     """End a process tree and wait until it has ended (at most about `grace`, then it is killed).
     Only where waiting is right: a thread of its own (a setup command), or the last act of a run."""
-    wait_for_kills([TreeKill.begin(pid, grace, proc)])
+    wait_for_kills([TreeKill.begin(pid, grace, proc, mark, everywhere)])
 
 
-def wait_or_end(proc: subprocess.Popen, timeout: float, stop, grace: float) -> str | None:
+def wait_or_end(proc: subprocess.Popen, timeout: float, stop, grace: float, mark: str) -> str | None:
     """Wait for a process started by start_process (a setup command, the gate); end its tree past
     `timeout`, or as soon as stop() is true (a second Ctrl-C). None if it exited by itself, else why not."""
     deadline = time.monotonic() + timeout
@@ -234,5 +270,5 @@ def wait_or_end(proc: subprocess.Popen, timeout: float, stop, grace: float) -> s
             why = f"timed out after {timeout:g} s"
         else:
             continue
-        kill_tree(proc.pid, grace, proc)
+        kill_tree(proc.pid, grace, proc, mark)
         return why

@@ -19,6 +19,8 @@ Cues are lines of the message, each `AGENT: <action> [arguments]`:
   AGENT: sleep SECONDS           wait (a slow agent)
   AGENT: hang                    never finish (until the dispatcher ends it)
   AGENT: grandchild              run `sh -c 'sleep 60 & wait'` (a grandchild that holds on)
+  AGENT: daemon PATH             leave a helper running that left the process group (setsid) and
+                                 ignores SIGTERM (a test server), its pid written to PATH (POSIX)
   AGENT: crash                   exit 3 at once
   AGENT: say TEXT                print TEXT (e.g. Aider's "Tokens: 2.1k sent, 345 received.")
 A message with no cue: a merge-conflict task (title "Resolve merge conflict: ...") gets its
@@ -55,6 +57,21 @@ def edit(path: str, change, message: str, commit: bool = True) -> None:
         git("add", "--", path)
         result = git("commit", "-q", "-m", message, "--", path)
         print(result.stdout + result.stderr if result.returncode else f"Commit {message}")
+
+
+# The helper: in a session of its own (setsid), deaf to SIGTERM, alive for two minutes.
+DAEMON = ("import os, pathlib, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+          "pathlib.Path(sys.argv[1] + '.tmp').write_text(str(os.getpid())); "
+          "os.replace(sys.argv[1] + '.tmp', sys.argv[1]); time.sleep(120)")
+
+
+def start_daemon(pid_file: Path) -> None:
+    """Start the helper and return once it runs (its pid is in `pid_file`)."""
+    subprocess.Popen([sys.executable, "-c", DAEMON, str(pid_file)], start_new_session=True,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def resolve_conflicts() -> None:
@@ -107,6 +124,8 @@ def main(argv: list[str]) -> int:
                 time.sleep(1)
         elif action == "grandchild":
             subprocess.run(["sh", "-c", "sleep 60 & wait"])
+        elif action == "daemon":
+            start_daemon(Path(rest))
         elif action == "crash":
             print("Traceback (most recent call last):\nRuntimeError: the agent crashed", file=sys.stderr)
             return 3

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(processes.IS_WINDOWS, reason="POSIX process grou
 
 def start_tree(tmp_path: Path, script: str) -> tuple[subprocess.Popen, int]:
     """`sh -c script` in its own group, once its background `sleep` runs; returns (sh, sleep's pid)."""
-    proc = processes.start_process(["sh", "-c", script], tmp_path, None, tmp_path / "tree.log")
+    proc = processes.start_process(["sh", "-c", script], tmp_path, None, tmp_path / "tree.log", "a test tree")
     deadline = time.monotonic() + 30
     while not (children := psutil.Process(proc.pid).children()):
         assert time.monotonic() < deadline, "the tree's sleep did not start within 30 s"

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from crew import processes
@@ -222,3 +223,30 @@ def test_a_stop_now_asks_every_worker_to_end_before_it_kills_any(json_agent_setu
     assert {t.id: (signals / f"{t.id}.term").read_text().split() for t in tasks} == {t.id: ["3"] for t in tasks}
     assert not any(processes.group_alive(e["pid"]) for e in events(repo, "worker_started"))
     assert sorted(w["ended"] for w in state(repo)["workers"]) == ["stopped by SIGTERM"] * 3
+
+
+def running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@posix_only
+def test_a_daemon_that_left_the_workers_group_is_ended_with_it_and_a_failing_gate_still_fails(
+        json_agent_setup, repo, tmp_path):
+    # The agent leaves a helper that called setsid and ignores SIGTERM (a test server it started).
+    # The dispatcher reaps such orphans itself on Linux: the gate's exit status must still be its own.
+    pid_file = tmp_path / "daemon.pid"
+    cfg, config, store = json_agent_setup(max_merge_retries=0,
+                                          merge_gate_command=[sys.executable, "-c", "import sys; sys.exit(1)"])
+    task = add_task(store, "Serves", f"daemon {pid_file}", "append served.txt s")
+    result = dispatch(cfg)
+    daemon = int(pid_file.read_text(encoding="utf-8"))
+    left_running = running(daemon)
+    if left_running:
+        os.kill(daemon, signal.SIGKILL)
+    assert not left_running, "the worker's daemon outlived its worker"
+    assert "Traceback" not in result.stderr, result.stderr
+    assert [e["task_id"] for e in events(repo, "gate_failed")][:1] == [task.id]
+    assert merges_of(repo, task.id) == 0 and main_file(repo, "served.txt") is None

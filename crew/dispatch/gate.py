@@ -53,6 +53,7 @@ class Gate:
         self.ended: str | None = None  # why its tree was ended before it exited by itself
         self.cancelled: str | None = None
         self.main_looked_at = 0.0
+        self.mark = ""  # the gate's processes carry it (records.process_mark), set at start()
 
     @property
     def record(self) -> records.GateRecord | None:
@@ -75,12 +76,14 @@ class Gate:
     def record_and_prepare(self, task_id: str, branch: str, base: str, commit: str, stack: Sequence[str]) -> None:
         log = self.ledger.logs / f"{self.worktree.name.lstrip('.')}.log"
         log.unlink(missing_ok=True)
-        self.ledger.state.gates.append(records.GateRecord(
+        record = records.GateRecord(
             task_id=task_id, branch=branch, base=base, commit=commit, worktree=str(self.worktree),
             log=f"{log.parent.name}/{log.name}", pid=None, pid_start_time=None, started_at=time.time(),
-            deadline=None, stack=list(stack)))
+            deadline=None, stack=list(stack))
+        self.ledger.state.gates.append(record)
         self.ledger.save_state()
         self.proc = self.kill = self.ended = self.cancelled = None
+        self.mark = records.process_mark(self.config.root, record)
         self.preparing = self.starter.submit(self._prepare, commit, log)
 
     def stopped(self) -> str | None:
@@ -96,7 +99,7 @@ class Gate:
             worktrees.add_dispatcher_worktree(root, gate, "--detach", str(gate), commit,
                                               timeout=self.config.git_hook_timeout_secs)
             if self.config.worktree_setup_command and (
-                    failed := worktrees.run_setup_command(self.config, gate, log, self.stopped)):
+                    failed := worktrees.run_setup_command(self.config, gate, log, self.stopped, self.mark)):
                 worktrees.remove_worktree(root, gate)  # so the next gate sets it up again
                 if self.stopped():
                     return False
@@ -115,7 +118,7 @@ class Gate:
             self.cancelled = why
             self.record_ending(why)
             if self.proc is not None and self.kill is None:
-                self.kill = processes.TreeKill.begin(self.proc.pid, self.config.worker_kill_grace_secs, self.proc)
+                self.end_tree(self.config.worker_kill_grace_secs)
 
     def record_ending(self, why: str) -> None:
         """Written before the kill, so --status never shows a dying gate as gating."""
@@ -164,11 +167,11 @@ class Gate:
             elif now > record.deadline:
                 self.ended = f"timed out after {self.config.merge_gate_timeout_secs:g} s"
                 self.record_ending(self.ended)
-                self.kill = processes.TreeKill.begin(self.proc.pid, self.config.worker_kill_grace_secs, self.proc)
+                self.end_tree(self.config.worker_kill_grace_secs)
             return None  # looked at again on the next pass
-        if self.kill is None and not processes.IS_WINDOWS:
-            # What it left running in its group would hold the worktree the next gate checks out.
-            self.kill = processes.TreeKill.begin(self.proc.pid, 0.2, self.proc)
+        if self.kill is None:
+            # What it left running (in its group, its job) would hold the worktree the next gate checks out.
+            self.end_tree(0.2)
         if self.kill is not None and not self.kill.poll():
             return None
         if why := self.stopped():
@@ -180,10 +183,14 @@ class Gate:
         return self.conclude(record, False, f"merge_gate_command {self.ended or f'exited {self.proc.returncode}'}; "
                                             f"output tail:\n{output}")
 
+    def end_tree(self, grace: float) -> None:
+        """Begin ending the gate's process tree, and any daemon it left (a test server)."""
+        self.kill = processes.TreeKill.begin(self.proc.pid, grace, self.proc, self.mark)
+
     def begin(self, record: records.GateRecord) -> None:
         """Start the gate's process and record its pid before anything else."""
         self.proc = processes.start_process(list(self.config.merge_gate_command), self.worktree,
-                                            git.child_environment(), self.config.root / record.log)
+                                            git.child_environment(), self.config.root / record.log, self.mark)
         self.wakeup.watch_exit(self.proc)
         record.pid, record.pid_start_time = self.proc.pid, processes.process_start_time(self.proc.pid)
         record.started_at = time.time()

@@ -188,6 +188,13 @@ class GateRecord(Record):
     ending: str | None = None
 
 
+def process_mark(root: Path, record: Worker | GateRecord) -> str:
+    """What every process started for this worker or gate carries in its environment (see
+    crew/orphans.py): one attempt's (its log is its own), or one gate's of one commit, in this
+    repository. Made from the record, so a restart finds what an earlier run left running."""
+    return f"{root}|{record.log if isinstance(record, Worker) else record.worktree + '@' + record.commit}"
+
+
 @dataclasses.dataclass
 class MainCheck(Record):
     """merge_gate_command's last verdict on main itself (`commit`), taken before a branch's

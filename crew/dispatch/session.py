@@ -14,6 +14,7 @@ import filelock
 from crew import config as configuration
 from crew import errors
 from crew import files
+from crew import orphans
 from crew import processes
 from crew import workspace
 from crew.dispatch import ledger
@@ -41,6 +42,9 @@ def run_session(config: configuration.Config, store: task_model.TaskStore, max_w
                                f"(pid {other.pid if other else '?'}, started {other.started_at if other else '?'}); "
                                "see --status") from None
     try:
+        # Linux: a worker's daemon that leaves its process group comes back to us when its
+        # parent exits, instead of going to init, and is ended with its worker.
+        orphans.become_subreaper()
         dispatcher = Dispatcher(config, store, max_workers, watch, say)
         dispatcher.ledger.state.dispatcher = records.DispatcherRecord(
             pid=os.getpid(), started_at=files.now_iso(), pid_start_time=processes.process_start_time(os.getpid()))

@@ -106,7 +106,8 @@ class WorkerPool:
         failpoints.failpoint("after_worktree")
         if self.config.worktree_setup_command:
             log = self.config.root / worker.log
-            if failed := worktrees.run_setup_command(self.config, worktree, log, self.stop_now_reason):
+            if failed := worktrees.run_setup_command(self.config, worktree, log, self.stop_now_reason,
+                                                     self.mark(worker)):
                 raise errors.UserError(f"worktree_setup_command {failed}; its output is in {log}")
         message_file = worktree / ".current_task.txt"
         message_file.unlink(missing_ok=True)  # never write through a link a branch may carry
@@ -127,7 +128,7 @@ class WorkerPool:
             return
         try:
             self.procs[worker.slot] = proc = processes.start_process(argv, Path(worker.worktree), env,
-                                                                     root / worker.log)
+                                                                     root / worker.log, self.mark(worker))
         except OSError as exc:  # e.g. the agent was uninstalled after preflight
             self.forget(worker)
             worktrees.discard_attempt(self.config, worker)
@@ -175,9 +176,6 @@ class WorkerPool:
                     self.ledger.event("worker_exited", worker.task_id, code=proc.returncode if proc else None,
                                       log=worker.log)
                     changed = True
-                    if proc is None or processes.IS_WINDOWS:
-                        finish(worker)
-                        continue
                     self.kill(worker, LEFTOVER_GRACE_SECS)  # what it left running would hold the worktree
                 elif worker.deadline and time.time() > worker.deadline:
                     self.ledger.say(f"{worker.task_id}: worker outlived worker_timeout_secs; ending its process tree")
@@ -203,4 +201,13 @@ class WorkerPool:
 
     def kill(self, worker: records.Worker, grace: float) -> None:
         """Ask the worker's process tree to end (killed after `grace`); it keeps its slot until then."""
-        self.kills[worker.slot] = processes.TreeKill.begin(worker.pid, grace, self.procs.get(worker.slot))
+        proc = self.procs.get(worker.slot)
+        # An adopted worker is not our child: what it left may have gone to init, not to us; and
+        # once it has exited its group is found by mark only (its number may be another's by now).
+        group = worker.pid if proc is not None or processes.is_same_process_alive(
+            worker.pid, worker.pid_start_time) else None
+        self.kills[worker.slot] = processes.TreeKill.begin(group, grace, proc, self.mark(worker),
+                                                           everywhere=proc is None)
+
+    def mark(self, worker: records.Worker) -> str:
+        return records.process_mark(self.config.root, worker)

@@ -120,11 +120,12 @@ def prepare_conflict_worktree(config: configuration.Config, task: task_model.Tas
     git.git("merge", "--quit", cwd=worktree)  # the merge is committed: forget it, keep index and files
 
 
-def run_setup_command(config: configuration.Config, worktree: Path, log: Path, stop) -> str | None:
+def run_setup_command(config: configuration.Config, worktree: Path, log: Path, stop, mark: str) -> str | None:
     """worktree_setup_command in a new worktree (a worker's or the gate's), as a process tree
     ended past worktree_setup_timeout_secs or when stop() gives a reason. None on success, else why not."""
-    proc = processes.start_process(list(config.worktree_setup_command), worktree, git.child_environment(), log)
-    ended = processes.wait_or_end(proc, config.worktree_setup_timeout_secs, stop, config.worker_kill_grace_secs)
+    proc = processes.start_process(list(config.worktree_setup_command), worktree, git.child_environment(), log, mark)
+    ended = processes.wait_or_end(proc, config.worktree_setup_timeout_secs, stop, config.worker_kill_grace_secs,
+                                  mark)
     return ended or (f"exited {proc.returncode}" if proc.returncode else None)
 
 
