@@ -78,8 +78,6 @@ def wait_for(predicate, what: str, limit: float = 60):
 
 
 @pytest.mark.skipif(os.name == "nt", reason="kill -9 of the dispatcher alone needs POSIX signals")
-@pytest.mark.xfail(strict=True, reason="a worktree_setup_command has no recorded pid (the gate's or worker's record "
-                                       "holds none until its command starts): a restart cannot end it")
 @pytest.mark.parametrize("where", ["gate", "worker"])
 def test_killed_during_a_worktree_setup_a_restart_ends_the_setup_command(json_agent_setup, repo, tmp_path, where):
     flag, pid_file = tmp_path / "hang", tmp_path / "setup.pid"
@@ -185,8 +183,6 @@ if pathlib.Path.cwd().name == ".gate-2":
 """
 
 @pytest.mark.skipif(os.name == "nt", reason="uses sh")
-@pytest.mark.xfail(strict=True, reason="a run stopped by an error (a UserError out of the loop) leaves the other "
-                                       "parallel gates running; only a stop-now or a restart ends them")
 def test_a_setup_command_failing_in_one_gate_worktree_stops_the_run_and_ends_the_other_gates(
         json_agent_setup, repo, tmp_path):
     pids = tmp_path / "gates.pids"
@@ -215,8 +211,6 @@ LEAVES_A_HELPER = ('echo $$ >> "$0"; [ -e "$1" ] && exit 0; touch "$1"; sleep 60
 
 
 @pytest.mark.skipif(os.name == "nt", reason="kill -9 of the dispatcher alone needs POSIX signals")
-@pytest.mark.xfail(strict=True, reason="recovery ends a gate's tree only while its first process lives: what that "
-                                       "process left in its group outlives the restart")
 def test_a_helper_left_by_a_gate_that_ended_while_the_dispatcher_was_dead_is_ended_on_restart(
         json_agent_setup, repo, tmp_path):
     pids, flag, release = tmp_path / "gate.pids", tmp_path / "gated-once", tmp_path / "release"

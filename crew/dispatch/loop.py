@@ -221,6 +221,16 @@ class Dispatcher:
         return min((moment for moment in due if moment > now), default=now + self.config.poll_interval_secs)
 
     def run(self) -> dict:
+        """The run, until it is done; its summary. An error out of it (a gate worktree that cannot
+        be made, say) ends the gates first: a gate is never adopted by a later run, which gates its
+        request again. Workers are left running, for the next run to adopt."""
+        try:
+            return self.work()
+        except BaseException:
+            self.end_gates("the run stopped")
+            raise
+
+    def work(self) -> dict:
         ledger = self.ledger
         self.recovery.reconcile()
         self.finisher.close_finished_epics()
@@ -304,22 +314,27 @@ class Dispatcher:
             # Recorded but never started: the next run releases its task. Being ended already: its kill is waited for.
             if worker.slot not in pool.starting and worker.slot not in pool.kills:
                 pool.end(worker, why)
-        commands = self.end_threads_commands()
-        processes.wait_for_kills([*pool.kills.values(), *commands])
+        under_way = [*pool.starting.values(), *(gate.preparing for gate in self.gates if gate.preparing)]
+        if self.queue.landing is not None:
+            under_way.append(self.queue.landing.moving)
+        processes.wait_for_kills([*pool.kills.values(), *self.end_threads_commands(under_way)])
         gates.wait_until_ended(self.gates)
         self.say(f"{why}: workers ended; their branches are kept for the next run")
         if self.stop_signal is not None:
             raise SystemExit(128 + self.stop_signal)  # the shell's convention: 143 for SIGTERM, 129 for SIGHUP
         raise KeyboardInterrupt
 
-    def end_threads_commands(self) -> list[processes.TreeKill]:
+    def end_gates(self, why: str) -> None:
+        gates.cancel_all(self.gates, why)
+        processes.wait_for_kills(self.end_threads_commands([gate.preparing for gate in self.gates if gate.preparing]))
+        gates.wait_until_ended(self.gates)
+
+    @staticmethod
+    def end_threads_commands(under_way: list[concurrent.futures.Future]) -> list[processes.TreeKill]:
         """At a stop: the threads at work for the loop (worktrees made, main moved) wait for git,
         which runs the user's hooks, which may never end. Each git command's tree is ended, and
-        any a thread starts meanwhile, until every thread is done (their setup commands end at
-        once too). The kills begun are returned, to be waited for with the workers'."""
-        under_way = [*self.pool.starting.values(), *(gate.preparing for gate in self.gates if gate.preparing)]
-        if self.queue.landing is not None:
-            under_way.append(self.queue.landing.moving)
+        any a thread starts meanwhile, until the work `under_way` is done (setup commands end at
+        the stop by themselves). The kills begun are returned, to be waited for with the workers'."""
         kills = []
         while True:
             kills += processes.end_commands()

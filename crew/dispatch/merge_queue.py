@@ -318,7 +318,8 @@ class MergeQueue:
         """Begin moving main from `base` to the merge commit, off the loop; `slot` (the merge slot,
         held) is the landing's from now on. landed() finishes the request once main has moved."""
         failpoints.failpoint("during_merge")
-        self.landing = Landing(request, task, commit, slot.pop_all(), self.mover.submit(self.advance_main, base, commit))
+        moving = self.mover.submit(self.advance_main, base, commit)
+        self.landing = Landing(request, task, commit, slot.pop_all(), moving)
 
     def landed(self) -> bool:
         """The move is over: the request is merged, or waits, or (main moved meanwhile) is

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from crew import config as configuration
 from crew import git
+from crew import orphans
 from crew import processes
 from crew.dispatch import records
 from crew.dispatch import worktrees
@@ -22,20 +23,31 @@ class Recovery:
         """Adopt live workers, begin ending those recorded as ended, release the claims no record
         accounts for; dead and ended workers are finished by the loop's passes."""
         ledger, state, actor = self.ledger, self.ledger.state, self.config.actor
+        grace, left_running = self.config.worker_kill_grace_secs, []
         for gate in state.gates:  # never adopted: its request is still queued, and is gated again
-            if processes.is_same_process_alive(gate.pid, gate.pid_start_time):
+            mark = records.process_mark(self.root, gate)
+            # By its recorded group, even once its first process is gone (a member that dropped
+            # its environment is still in it), and by its mark (a member that left the group).
+            group = gate.pid if processes.is_same_process_alive(gate.pid, gate.pid_start_time) or (
+                gate.pid and processes.group_carries(gate.pid, mark)) else None
+            if group is not None or orphans.marked(mark, everywhere=True):
+                what = f"process group {group}" if group else "its setup command, or what it left"
                 ledger.say(f"{gate.task_id or self.config.main_branch}: ending the merge gate an earlier run left "
-                           f"running (pid {gate.pid})")
-                # waited for: its worktree is removed below (its setup may not have finished)
-                processes.kill_tree(gate.pid, self.config.worker_kill_grace_secs)
+                           f"running ({what})")
+                left_running.append(processes.TreeKill.begin(group, grace, mark=mark, everywhere=True))
         for worker in state.workers.values():
             if processes.is_same_process_alive(worker.pid, worker.pid_start_time) and worker.ended:
                 # recorded as ended, but the kill was cut short: end it again; the loop judges it
                 # as ended once its tree is gone
-                self.pool.kill(worker, self.config.worker_kill_grace_secs)
+                self.pool.kill(worker, grace)
             elif processes.is_same_process_alive(worker.pid, worker.pid_start_time):
                 ledger.event("adopted", worker.task_id, pid=worker.pid)
                 ledger.say(f"{worker.task_id}: adopted running worker (pid {worker.pid})")
+            elif orphans.marked(mark := records.process_mark(self.root, worker), everywhere=True):
+                # Its setup command (the worker had not started), or what its agent left running.
+                ledger.say(f"{worker.task_id}: ending what its worker's attempt {worker.attempt} left running")
+                left_running.append(processes.TreeKill.begin(None, grace, mark=mark, everywhere=True))
+        processes.wait_for_kills(left_running)  # their worktrees are removed or used again below
         # A conflict task's own claim is not accounted for by its pending merge: only the original is.
         claims = [(r.task_id, r.task_created_at, r.actor)
                   for r in [*state.workers.values(), *state.merge_queue, *state.pending.values()]]
