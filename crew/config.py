@@ -57,6 +57,7 @@ class Config:
     worker_model: str | None = None
     worker_instructions: str | None = None
     worker_followups_file: str = "followups.txt"
+    worker_map_tokens: int = 1024
     worker_timeout_secs: float = 1800
     worker_kill_grace_secs: float = 10
     git_hook_timeout_secs: float = 600

@@ -341,13 +341,15 @@ def test_default_aider_command(make_config, repo):
                     "--no-check-update", "--no-analytics", "--no-show-model-warnings", "--no-pretty",
                     "--no-show-release-notes",  # else its first run opens a web browser
                     "--git-commit-verify",  # else it commits past the user's hooks
+                    "--map-tokens", "1024",  # not Aider's 4096 of a small model's context
                     "--model", "openai/qwen2.5-coder:7b", "--openai-api-base", "http://127.0.0.1:8080/v1",
                     "a.py", "b/c.py"]
     assert env["OPENAI_API_KEY"]
     assert env["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"  # no price list fetched from the internet
-    config = configuration.load_config(str(make_config()))
+    config = configuration.load_config(str(make_config(worker_map_tokens=0)))
     argv, env = agent.worker_argv(config, task, Path("/w/m"), "b", Path("/w"))
     assert "ollama_chat/qwen2.5-coder:7b" in argv and env["OLLAMA_API_BASE"] == "http://127.0.0.1:9"
+    assert argv[argv.index("--map-tokens") + 1] == "0"  # no repo map at all
 
 
 def test_preflight_names_what_is_missing(make_config, repo, fake_llm, monkeypatch):

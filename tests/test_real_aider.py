@@ -193,4 +193,6 @@ def test_real_aider_refusing_a_reply_with_the_path_inside_the_fence_tells_the_ne
     assert ("attempt 1 exited with no commits; your reply held a code block but no edit was applied: Aider's "
             "whole edit format wants the file's path alone on the line before the fence, not inside it") in note
     assert "(Aider said: No filename provided before ``` in file listing)" in note
+    log = (repo / ".dispatch_logs" / f"{task.id}.1.log").read_text(encoding="utf-8")
+    assert "Repo-map: using 1024 tokens" in log  # worker_map_tokens, not Aider's 4096
     assert_nothing_of_the_agents_on_main(repo, calls)

@@ -16,7 +16,7 @@ MODEL_LABEL = "model:"
 # commits past the user's git hooks (a secret scanner, say).
 AIDER_COMMAND = ["aider", "--message-file", "{message_file}", "--yes-always", "--no-gitignore",
                  "--no-check-update", "--no-analytics", "--no-show-model-warnings", "--no-pretty",
-                 "--no-show-release-notes", "--git-commit-verify"]
+                 "--no-show-release-notes", "--git-commit-verify", "--map-tokens", "{map_tokens}"]
 STANDING_INSTRUCTIONS = """\
 Instructions:
 - Keep to the files named above unless the task clearly needs more.
@@ -54,7 +54,8 @@ def worker_argv(config: configuration.Config, task: task_model.Task, message_fil
             template = AIDER_COMMAND + ["--model", "openai/{model}", "--openai-api-base", "{llm_url}/v1", "{files}"]
             env.setdefault("OPENAI_API_KEY", "sk-local-placeholder")
     values = {"message_file": str(message_file), "task_id": task.id, "branch": branch,
-              "worktree": str(worktree), "model": model, "llm_url": config.llm_url}
+              "worktree": str(worktree), "model": model, "llm_url": config.llm_url,
+              "map_tokens": str(config.worker_map_tokens)}
     # One pass, so a value that happens to contain "{model}" is not expanded again.
     placeholder = re.compile(r"\{(" + "|".join(values) + r")\}")
     argv = []
