@@ -231,10 +231,11 @@ def test_values_of_the_wrong_type_and_times_out_of_order_are_skipped(tmp_path):
         line(12, "worker_started", "C", slot=True, attempt=1),  # a bool is no slot
         line(13, "merged", "D", diffstat={"files": -1, "insertions": 0, "deletions": 0}),
         line(14, "claimed", "E", ready_since="soon"),
+        line(14.5, "main_rewritten", old="a" * 40, new="b" * 40, count=1, commits=["c" * 40]),  # commits: ids here
         line(15, "dispatcher_stopped")])
     report = build(logs)
     assert report.skipped_lines == 7
-    assert [(r.pid, r.max_workers) for r in report.runs] == [(2, 2)]
+    assert [(r.pid, r.max_workers) for r in report.runs] == [(2, 2)] and report.events == 5
     (attempt,) = report.attempts
     assert (attempt.task_id, attempt.duration) == ("A", 0)
     assert report.tasks["A"].outcome == "waiting" and set(report.tasks) == {"A"}
@@ -329,6 +330,7 @@ def test_a_real_run_writes_its_report_and_names_it(json_agent_setup, repo):
     assert len(page.with_class("bar")) == len(starts) >= 5  # 3 tasks, a resolver, a second crash
     assert len(page.with_class("restart")) == 1
     assert HOSTILE in "".join(page.text)  # as text: the parser saw it as data, not a tag
+    assert "made no sense" not in "".join(page.text)  # every event the dispatcher wrote passes the checks
     assert all(e["v"] == event_log.EVENTS_FORMAT for e in events(repo))
     merged = events(repo, "merged")
     assert len(merged) == 3 and all(e["diffstat"]["files"] == 1 for e in merged)

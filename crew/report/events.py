@@ -73,37 +73,47 @@ def ends_mid_line(path: Path) -> bool:
         return False
 
 
-# Values the report reads, and what each must be to make sense; an event with one that does not
-# is skipped and counted, never drawn (a slot of 100,000,000 would be as many lanes).
+# The values the report reads, by event, and what each must be to make sense (other events' fields
+# of the same name may mean other things). An event with one that does not is skipped and
+# counted, never drawn: a slot of 100,000,000 would be as many lanes.
 MOST_WORKERS = 1024  # a max_workers above this is taken for a damaged line
 SLOTS_UNSAID = 64  # the lanes of workers started before any dispatcher_started said max_workers
 CLOCK_SLACK_SECS = 300.0  # a clock stepped back this little keeps its events, kept in order
 WORKER_KINDS = ("task", "conflict", "gate")
 DIFFSTAT_COUNTS = ("files", "insertions", "deletions")
-NUMBERS = {"pid": (1, math.inf), "max_workers": (1, MOST_WORKERS), "slot": (1, MOST_WORKERS),
-           "attempt": (1, math.inf), "failures": (0, math.inf), "commits": (0, math.inf)}  # (least, most)
-TEXTS = {"title", "log", "reason", "conflict_task", "record"}
-OTHER_CHECKS = {
-    "kind": lambda value: value in WORKER_KINDS,
-    "counts": lambda value: type(value) is bool,
-    "ready_since": lambda value: type(value) is str and parse_time(value) is not None,
-    "diffstat": lambda value: value is None or (type(value) is dict and all(
-        type(count) is int and count >= 0 for count in map(value.get, DIFFSTAT_COUNTS, (0, 0, 0)))),
+
+
+def _whole(least: int, most: float = math.inf):
+    return lambda value: type(value) is int and least <= value <= most  # type(): a bool is no number
+
+
+def _text(value: object) -> bool:
+    return type(value) is str
+
+
+def _diffstat(value: object) -> bool:
+    return value is None or (type(value) is dict and all(
+        type(count) is int and count >= 0 for count in map(value.get, DIFFSTAT_COUNTS, (0, 0, 0))))
+
+
+FIELD_CHECKS = {
+    "dispatcher_started": {"pid": _whole(1), "max_workers": _whole(1, MOST_WORKERS)},
+    "worker_started": {"slot": _whole(1, MOST_WORKERS), "attempt": _whole(1), "pid": _whole(1), "title": _text,
+                       "log": _text, "kind": lambda value: value in WORKER_KINDS},
+    "claimed": {"ready_since": lambda value: type(value) is str and parse_time(value) is not None},
+    "merged": {"diffstat": _diffstat},
+    "gate_failed": {"counts": lambda value: type(value) is bool},
+    "conflict_filed": {"conflict_task": _text, "title": _text, "kind": lambda value: value in WORKER_KINDS},
+    "blocked": {"reason": _text},
+    "left_blocked": {"reason": _text},
+    "record_dropped": {"record": _text},
+    "breaker_tripped": {"failures": _whole(0)},
 }
 
 
-def fields_make_sense(fields: dict) -> bool:
-    for key, value in fields.items():
-        if key in NUMBERS:
-            least, most = NUMBERS[key]
-            if type(value) is not int or not least <= value <= most:  # type(): a bool is no number
-                return False
-        elif key in TEXTS:
-            if type(value) is not str:
-                return False
-        elif key in OTHER_CHECKS and not OTHER_CHECKS[key](value):
-            return False
-    return True
+def fields_make_sense(event: Event) -> bool:
+    checks = FIELD_CHECKS.get(event.name)
+    return checks is None or all(check(event.fields[key]) for key, check in checks.items() if key in event.fields)
 
 
 class EventReader:
@@ -138,7 +148,7 @@ class EventReader:
             raise errors.UserError(f"cannot read the events log {self.path}: {exc.strerror or exc}") from None
 
     def makes_sense(self, event: Event) -> bool:
-        if not fields_make_sense(event.fields):
+        if not fields_make_sense(event):
             return False
         if not self.latest - CLOCK_SLACK_SECS <= event.at <= self.now + CLOCK_SLACK_SECS:
             return False
