@@ -20,7 +20,7 @@ Layout, one concern a module (each module imports only the ones it needs, as mod
   tasks/model.py       the task model both stores share
   tasks/json_store.py  task_queue.json
   tasks/bd_store.py    beads, through the bd CLI (docs/bd-contract.md)
-  report/events.py     the events log's format, and reading it
+  report/events.py     the events log's format, and reading it: a line at a time, each value checked for sense
   report/model.py      events become report data
   report/page.py       the run report's HTML page
   cli/base.py          what every command shares: the main wrapper, common options, JSON output

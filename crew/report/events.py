@@ -123,9 +123,9 @@ class EventReader:
     counted: times go forward (within CLOCK_SLACK_SECS, and not past now), and no slot is above
     the largest max_workers seen."""
 
-    def __init__(self, path: Path, now: float | None = None):
+    def __init__(self, path: Path):
         self.path = path
-        self.now = time.time() if now is None else now
+        self.now = time.time()
         self.read = self.skipped = 0
         self.latest = float("-inf")
         self.most_workers = 0
