@@ -74,6 +74,7 @@ class Config:
     on_conflict: str = "assign_back"
     auto_retry_merge_on_conflict_close: bool = True
     max_merge_retries: int = 3
+    review: str = "none"
 
     # Filled in by resolve_config, never read from the file.
     root: Path = dataclasses.field(default=Path("."), repr=False)
@@ -88,6 +89,7 @@ CHOICES = {
     "task_backend": ("auto", "bd", "json"),
     "llm_api": ("ollama", "openai"),
     "on_conflict": ("assign_back", "auto_rebase"),
+    "review": ("none", "all", "labelled"),
 }
 _INTERNAL_FIELDS = {"root", "source"}
 CONFIG_KEYS = [f for f in dataclasses.fields(Config) if f.name not in _INTERNAL_FIELDS]

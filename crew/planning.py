@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 
 from crew import errors as errs
 from crew import llm
@@ -195,8 +196,9 @@ def ask_for_plan(client: llm.LLMClient, messages: list[dict], retries: int, min_
 
 
 def create_tasks(store: model.TaskStore, goal: str, parent_task: model.Task | None, subtasks: list[Subtask],
-                 open_titles: dict) -> dict:
-    """The parent (unless splitting an existing task) and every subtask, in order."""
+                 open_titles: dict, labels: Sequence[str] = ()) -> dict:
+    """The parent (unless splitting an existing task) and every subtask, in order; `labels` go on
+    every subtask."""
     created: list[model.Task] = []
     waits: list[list[str]] = []
     try:
@@ -212,7 +214,7 @@ def create_tasks(store: model.TaskStore, goal: str, parent_task: model.Task | No
             description = (f"{subtask.description}\n\nFiles: {', '.join(subtask.files)}\n\n"
                            f"Part of: {parent_task.title} ({parent_task.id})")
             deps = [("discovered-from", parent_task.id)] + [("blocked-by", ids[d]) for d in subtask.depends_on]
-            task = store.create(subtask.title, description, labels=[model.FILE_LABEL + f for f in subtask.files],
+            task = store.create(subtask.title, description, labels=[model.FILE_LABEL + f for f in subtask.files] + list(labels),
                                 deps=deps)
             created.append(task)
             ids.append(task.id)

@@ -216,6 +216,8 @@ def parse(argv: list[str]):
     p.add_argument("-s", "--status")
     p.add_argument("-a", "--assignee")
     p.add_argument("--append-notes")
+    p.add_argument("--add-label", action="append", default=[])
+    p.add_argument("--remove-label", action="append", default=[])
     p = sub.add_parser("close", parents=[common])
     p.add_argument("id")
     p.add_argument("-r", "--reason", default="")
@@ -308,6 +310,8 @@ def command(args, db: Db) -> None:
             issue["assignee"] = args.assignee
         if args.append_notes:
             issue["notes"] = (issue["notes"] + "\n" + args.append_notes) if issue.get("notes") else args.append_notes
+        labels = [label for label in issue.get("labels") or [] if label not in args.remove_label]
+        issue["labels"] = labels + [label for label in dict.fromkeys(args.add_label) if label not in labels]
         issue["updated_at"] = now()
         db.save()
         print_array([plain(issue)])

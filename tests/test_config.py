@@ -22,6 +22,7 @@ from conftest import AGENT_COMMAND, ROOT, git
     ('{"worker_command": "aider --yes"}', "'worker_command' must be a list of strings or null"),
     ('{"avoid_file_overlap": 1}', "'avoid_file_overlap' must be true or false"),
     ('{"task_backend": "sqlite"}', "'task_backend' must be one of auto, bd, json"),
+    ('{"review": "some"}', "'review' must be one of none, all, labelled, got 'some'"),
     ('[1, 2]', "must be a JSON object"),
     ('{"max_workers": 0}', "'max_workers' must be more than 0, got 0"),
     ('{"poll_interval_secs": 0}', "'poll_interval_secs' must be more than 0, got 0"),

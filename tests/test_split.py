@@ -255,3 +255,11 @@ def test_a_failure_part_way_names_the_tasks_already_created(split, fake_llm, sto
     created = [t.id for t in store.list(None)]
     assert len(created) == 2 and all(task_id in str(err.value) for task_id in created)
     assert "disk full" in str(err.value)
+
+
+def test_review_labels_every_subtask_not_the_epic(split, fake_llm, store):
+    fake_llm.script(GOOD)
+    code, out = split("--review", GOAL)
+    assert code == 0
+    assert model.NEEDS_REVIEW_LABEL not in store.get(out["parent"]).labels
+    assert all(model.NEEDS_REVIEW_LABEL in store.get(i).labels for i in out["created"])

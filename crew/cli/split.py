@@ -16,6 +16,7 @@ from crew import planning
 from crew import tasks
 from crew import workspace
 from crew.cli import base
+from crew.tasks import model
 
 
 EPILOG = """\
@@ -30,6 +31,8 @@ examples:
   py split_task.py --bead myrepo-12            split an existing task instead
   py split_task.py --dry-run --json "Add CSV export"
   py split_task.py --model llama3.1:8b "..."   another model than llm_model
+  py split_task.py --review "Rework the login"  a person approves each branch before it lands
+                                               (with "review": "labelled" in the config)
 
 LLM settings (llm_api, llm_url, llm_model, ...) come from dispatch_config.json; llm_url defaults
 to OLLAMA_HOST, else http://127.0.0.1:11434.
@@ -49,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--max", type=int, default=10, metavar="N", help="most subtasks (default 10)")
     plan.add_argument("--model", help="LLM model (default: llm_model from the config)")
     plan.add_argument("--dry-run", action="store_true", help="print the plan; create nothing")
+    plan.add_argument("--review", action="store_true",
+                      help=f"label every subtask {model.NEEDS_REVIEW_LABEL}: with review \"labelled\", a person "
+                           "approves each branch before it lands")
     return parser
 
 
@@ -107,7 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     workspace.exclude_toolkit_files(config)
-    created = planning.create_tasks(store, goal, parent_task, subtasks, open_titles)
+    created = planning.create_tasks(store, goal, parent_task, subtasks, open_titles,
+                                     [model.NEEDS_REVIEW_LABEL] if args.review else [])
     if args.json:
         base.print_json({"parent": created["parent"], "created": [t.id for t in created["tasks"]],
                          "notes": notes, "skipped": skipped, "tokens": tokens})

@@ -24,6 +24,7 @@ examples:
   py tasks.py list                         open, in-progress, blocked and deferred tasks
   py tasks.py list --status all --json     every task, as JSON
   py tasks.py create "Add a CSV export" -d "Export the table as CSV" --file report.py
+  py tasks.py create "Rework the login" --review   a person approves its branch before it lands
   py tasks.py close myrepo-3 -r "done by hand"
   py tasks.py block myrepo-4 -r "needs a design decision"
   py tasks.py held                         branches held: they carry commits that left main
@@ -48,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--priority", type=int, choices=range(5), default=2, metavar="0-4")
     p.add_argument("--file", action="append", default=[], metavar="PATH",
                    help="a file the task should change (repeatable)")
+    p.add_argument("--review", action="store_true",
+                   help=f"label it {model.NEEDS_REVIEW_LABEL}: with review \"labelled\", a person approves its branch "
+                        "before it lands")
     p = sub.add_parser("close", parents=[shared], help="close a task")
     p.add_argument("id")
     p.add_argument("-r", "--reason", default="")
@@ -130,8 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         description = args.description
         if files:
             description = (description + "\n\n" if description else "") + "Files: " + ", ".join(files)
-        result = [store.create(args.title, description, priority=args.priority,
-                               labels=[model.FILE_LABEL + f for f in files])]
+        labels = [model.FILE_LABEL + f for f in files] + ([model.NEEDS_REVIEW_LABEL] if args.review else [])
+        result = [store.create(args.title, description, priority=args.priority, labels=labels)]
     elif args.command == "close":
         result = [store.close(args.id, args.reason, force=args.force)]
     elif args.command == "reopen":

@@ -130,6 +130,11 @@ class BdTaskStore:
     def add_note(self, task_id: str, text: str) -> model.Task:
         return self._tasks("update", task_id, *_append_notes(text))[0]
 
+    def relabel(self, task_id: str, add: Sequence[str] = (), remove: Sequence[str] = (), note: str = "") -> model.Task:
+        changes = [*(arg for label in add for arg in ("--add-label", label)),
+                   *(arg for label in remove for arg in ("--remove-label", label))]
+        return self._tasks("update", task_id, *changes, *_append_notes(note))[0]
+
 
 def _append_notes(note: str) -> list[str]:
     return ["--append-notes", note] if (note := names.clean_text(note)) else []

@@ -284,3 +284,9 @@ class JsonTaskStore:
 
     def add_note(self, task_id: str, text: str) -> model.Task:
         return self._update(task_id, text)
+
+    def relabel(self, task_id: str, add: Sequence[str] = (), remove: Sequence[str] = (), note: str = "") -> model.Task:
+        with self._transaction() as data:
+            entry = self._find(data["tasks"], task_id)
+            labels = [label for label in entry.get("labels") or [] if label not in remove]
+            return self._change(entry, note, labels=labels + [label for label in add if label not in labels])

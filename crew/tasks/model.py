@@ -11,6 +11,8 @@ from crew import errors
 BLOCKING_DEP_TYPES = ("blocks", "conditional-blocks", "waits-for")
 FILE_LABEL = "file:"
 SUGGESTION_LABEL = "suggestion:"
+# A person reviews the task's branch before it lands (with the config key review = "labelled").
+NEEDS_REVIEW_LABEL = "needs-review"
 
 
 @dataclasses.dataclass
@@ -115,3 +117,7 @@ class TaskStore(typing.Protocol):
     def add_dependency(self, task_id: str, depends_on: str, kind: str = "blocks") -> None: ...
 
     def add_note(self, task_id: str, text: str) -> Task: ...
+
+    def relabel(self, task_id: str, add: Sequence[str] = (), remove: Sequence[str] = (), note: str = "") -> Task:
+        """Add and remove labels and append a note, in one write."""
+        ...
