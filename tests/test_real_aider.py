@@ -196,3 +196,41 @@ def test_real_aider_refusing_a_reply_with_the_path_inside_the_fence_tells_the_ne
     log = (repo / ".dispatch_logs" / f"{task.id}.1.log").read_text(encoding="utf-8")
     assert "Repo-map: using 1024 tokens" in log  # worker_map_tokens, not Aider's 4096
     assert_nothing_of_the_agents_on_main(repo, calls)
+
+
+# The user's secret scanner, as a pre-commit hook: it refuses a commit whose staged changes hold it.
+SECRET = "SECRET-MARKER-9c1e"
+SECRET_SCANNER = f"""#!/bin/sh
+if git diff --cached -U0 | grep -q '{SECRET}'; then
+    echo "secret-scan: a staged change holds a secret; commit refused" >&2
+    exit 1
+fi
+"""
+
+
+def test_real_aider_commits_through_the_users_hooks_and_what_they_refuse_never_reaches_main(crew, make_config,
+                                                                                              repo):
+    server, calls = crew
+    hook = repo / ".git" / "hooks" / "pre-commit"
+    hook.parent.mkdir(exist_ok=True)
+    hook.write_text(SECRET_SCANNER, encoding="utf-8", newline="\n")
+    hook.chmod(hook.stat().st_mode | stat.S_IXUSR)
+
+    def leaking_model(body: dict) -> str:
+        if "commit message" in body["messages"][0]["content"]:
+            return COMMIT_SUBJECT
+        return whole(("calc.py", CALC + f"\nAPI_TOKEN = '{SECRET}'\n"))
+
+    server.answer = leaking_model
+    proc, store, ids = run_crew(make_config, server, [("Add the API token", "calc.py", 2)])
+    assert "Traceback" not in proc.stderr, proc.stderr
+    task = store.get(ids["Add the API token"])
+    # Aider's commit ran the hook (--git-commit-verify) and was refused; so was the dispatcher's
+    # commit of what Aider left: the secret is nowhere in the repository's history.
+    assert SECRET not in git(repo, "log", "--all", "-p", "--format=%H %s")
+    assert main_file(repo, "calc.py") == CALC
+    assert [e["code"] for e in events(repo, "worker_exited")] == [0]  # Aider says nothing of it in its exit code
+    refused = events(repo, "leftover_refused")
+    assert [e["task_id"] for e in refused] == [task.id] and "secret-scan" in refused[0]["output"]
+    assert task.status == "blocked" and "secret-scan: a staged change holds a secret" in task.notes
+    assert_nothing_of_the_agents_on_main(repo, calls)
