@@ -210,7 +210,9 @@ def fast_forward_checkout(checkout: Path, branch: str, old: str, new: str, timeo
         return CheckoutMove(elsewhere=True)
     if in_the_way := untracked_in_the_way(checkout, old, new):
         return CheckoutMove(in_the_way=tuple(in_the_way))
-    return CheckoutMove(git("merge", "--ff-only", "--no-edit", "-q", new, cwd=checkout, check=False, timeout=timeout))
+    # --no-overwrite-ignore: an ignored file made since the look above still holds the move.
+    return CheckoutMove(git("merge", "--ff-only", "--no-overwrite-ignore", "--no-edit", "-q", new, cwd=checkout,
+                            check=False, timeout=timeout))
 
 
 def untracked_in_the_way(checkout: Path, old: str, new: str) -> list[str]:

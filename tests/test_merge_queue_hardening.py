@@ -189,3 +189,24 @@ def test_a_reset_of_main_just_before_the_merge_lands_is_not_undone(json_agent_se
     assert subprocess.run(["git", "merge-base", "--is-ancestor", dropped[0], "main"], cwd=repo).returncode == 1
     assert not (repo / "mine.txt").exists() and main_file(repo, "feature.txt") == "new\n"
     assert git(repo, "status", "--porcelain", "--untracked-files=no") == ""
+
+
+def test_an_ignored_file_made_right_after_the_look_for_files_in_the_way_still_holds_the_merge(
+        json_agent_setup, repo, monkeypatch):
+    commit_file(repo, ".gitignore", "settings.local.json\n")
+    cfg, config, store = json_agent_setup()
+    task = add_task(store, "Share the settings", "replace .gitignore settings.local.json other.log",
+                    "append settings.local.json {}")
+    real_look = gitcmd.untracked_in_the_way
+
+    def the_user_makes_it_right_after_the_look(checkout, old, new):
+        found = real_look(checkout, old, new)
+        (repo / "settings.local.json").write_text('{"token": "mine"}\n', encoding="utf-8")
+        return found
+
+    monkeypatch.setattr(gitcmd, "untracked_in_the_way", the_user_makes_it_right_after_the_look)
+    summary = run_in_process(config, store)
+    assert summary["merged"] == [] and store.get(task.id).status == "in_progress"
+    [waiting] = summary["waiting"]
+    assert waiting["reason"].startswith(f"settings.local.json in {repo} would be overwritten"), waiting["reason"]
+    assert (repo / "settings.local.json").read_text(encoding="utf-8") == '{"token": "mine"}\n'

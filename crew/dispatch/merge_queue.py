@@ -6,6 +6,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import filelock
@@ -32,6 +33,14 @@ from crew.tasks import model as task_model
 MERGE_SLOT_HELD = "the merge slot is held by another process"
 FILES_NAMED = 10  # files in the way a waiting merge names; the rest are counted
 MAIN_FAILS = "{main} fails its checks at {commit}: merges wait until it passes"
+
+
+def files_in_the_way(checkout: Path, files: Sequence[str]) -> str:
+    """Why a merge waits for the user's untracked or ignored files, the first few named."""
+    named = ", ".join(files[:FILES_NAMED]) + (f" and {len(files) - FILES_NAMED} more" if len(files) > FILES_NAMED
+                                              else "")
+    return (f"{named or 'some files'} in {checkout} would be overwritten by the merge (untracked or ignored there); "
+            "move them away and the merge will go ahead")
 
 
 @dataclasses.dataclass
@@ -371,10 +380,7 @@ class MergeQueue:
             else:
                 move = git.fast_forward_checkout(checkout, main, old, new, timeout)
                 if move.in_the_way:
-                    named = ", ".join(move.in_the_way[:FILES_NAMED]) + (
-                        f" and {len(move.in_the_way) - FILES_NAMED} more" if len(move.in_the_way) > FILES_NAMED else "")
-                    return (f"{named} in {checkout} would be overwritten by the merge (untracked or ignored there); "
-                            "move them away and the merge will go ahead")
+                    return files_in_the_way(checkout, move.in_the_way)
                 if move.result is None:
                     return "moved"  # the folder is not on main at `old` any more: recompute on what is there
                 result = move.result
@@ -404,6 +410,8 @@ class MergeQueue:
         if index_lock.exists():
             return git.stale_lock_reason(index_lock)
         files_named = [line.strip() for line in output.splitlines() if line.startswith("\t")]
+        if "untracked working tree files would be" in output:  # made since fast_forward_checkout looked
+            return files_in_the_way(checkout, files_named)
         if files_named or "would be overwritten" in output:
             return (f"your uncommitted changes in {checkout} to {', '.join(files_named) or 'some files'} would be "
                     "overwritten; commit or stash them and the merge will go ahead")
