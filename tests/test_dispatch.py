@@ -350,6 +350,11 @@ def test_default_aider_command(make_config, repo):
     argv, env = agent.worker_argv(config, task, Path("/w/m"), "b", Path("/w"))
     assert "ollama_chat/qwen2.5-coder:7b" in argv and env["OLLAMA_API_BASE"] == "http://127.0.0.1:9"
     assert argv[argv.index("--map-tokens") + 1] == "0"  # no repo map at all
+    # One context size for Aider's every request to Ollama, so the model is loaded once.
+    assert argv[argv.index("--model-settings-file") + 1] == str(repo / ".dispatch_aider_model_settings.json")
+    agent.write_model_settings(config)
+    assert json.loads((repo / ".dispatch_aider_model_settings.json").read_text(encoding="utf-8")) == [
+        {"name": "aider/extra_params", "extra_params": {"num_ctx": config.llm_num_ctx}}]
 
 
 def test_preflight_names_what_is_missing(make_config, repo, fake_llm, monkeypatch):

@@ -143,6 +143,8 @@ def test_real_aider_on_ollama_edits_creates_writes_followups_and_resolves_a_conf
     chats = [r["body"] for r in server.requests if r["path"] == "/api/chat"]
     assert any(b.get("stream", True) for b in chats) and any(b.get("stream") is False for b in chats)
     assert any(r["path"] == "/api/show" for r in server.requests)
+    # One context size for every request, the split's (llm_num_ctx): Ollama loads the model once.
+    assert {b["options"]["num_ctx"] for b in chats} == {8192}
 
 
 def test_real_aider_on_an_openai_server_edits_and_creates(crew, make_config, repo):

@@ -1,11 +1,13 @@
 """The agent: its command line and environment, and the message that hands it its task."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 from crew import config as configuration
 from crew import errors
+from crew import files as statefiles
 from crew import git
 from crew import names as safe_names
 from crew.tasks import model as task_model
@@ -17,6 +19,12 @@ MODEL_LABEL = "model:"
 AIDER_COMMAND = ["aider", "--message-file", "{message_file}", "--yes-always", "--no-gitignore",
                  "--no-check-update", "--no-analytics", "--no-show-model-warnings", "--no-pretty",
                  "--no-show-release-notes", "--git-commit-verify", "--map-tokens", "{map_tokens}"]
+# Aider asks Ollama for a context sized to each prompt (its tokens x 1.25 + 8192), and Ollama
+# loads the model again whenever that size changes: between an edit and its commit message, and
+# between workers, every time. One size for every request (the split's, llm_num_ctx) loads it
+# once. Aider merges the extra_params of the settings named "aider/extra_params" into every
+# model's; JSON is YAML to its loader.
+MODEL_SETTINGS_FILE = ".dispatch_aider_model_settings.json"
 STANDING_INSTRUCTIONS = """\
 Instructions:
 - Keep to the files named above unless the task clearly needs more.
@@ -48,7 +56,8 @@ def worker_argv(config: configuration.Config, task: task_model.Task, message_fil
     template = config.worker_command
     if template is None:
         if config.llm_api == "ollama":
-            template = AIDER_COMMAND + ["--model", "ollama_chat/{model}", "{files}"]
+            template = AIDER_COMMAND + ["--model-settings-file", str(config.root / MODEL_SETTINGS_FILE),
+                                        "--model", "ollama_chat/{model}", "{files}"]
             env["OLLAMA_API_BASE"] = config.llm_url
         else:
             template = AIDER_COMMAND + ["--model", "openai/{model}", "--openai-api-base", "{llm_url}/v1", "{files}"]
@@ -65,6 +74,21 @@ def worker_argv(config: configuration.Config, task: task_model.Task, message_fil
         else:
             argv.append(placeholder.sub(lambda m: values[m.group(1)], arg))
     return argv, env
+
+
+def write_model_settings(config: configuration.Config) -> None:
+    """The settings file the default Aider command on Ollama names: every request with the
+    context size llm_num_ctx. Written when it differs, atomically: workers start in parallel."""
+    if config.worker_command is not None or config.llm_api != "ollama":
+        return
+    path = config.root / MODEL_SETTINGS_FILE
+    text = json.dumps([{"name": "aider/extra_params", "extra_params": {"num_ctx": config.llm_num_ctx}}]) + "\n"
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return
+    except OSError:
+        pass  # not written yet
+    statefiles.atomic_write_text(path, text)
 
 
 def agent_files(task: task_model.Task) -> list[str]:
