@@ -204,12 +204,16 @@ def fast_forward_checkout(checkout: Path, branch: str, old: str, new: str, timeo
     post-merge hook. A fast-forward goes ahead from any ancestor of `new`: a commit the user reset
     away would come back, so the checkout must be at `old` itself. Git overwrites ignored files
     without a word; an untracked or ignored file where the move writes holds it instead."""
-    # The option applies to the arguments after it: the commit, then the branch HEAD names.
-    head = git("rev-parse", "HEAD", "--symbolic-full-name", "HEAD", cwd=checkout, check=False).stdout.split()
-    if head != [old, f"refs/heads/{branch}"]:
+    def at_old() -> bool:  # the option applies to the arguments after it: the commit, then the branch
+        head = git("rev-parse", "HEAD", "--symbolic-full-name", "HEAD", cwd=checkout, check=False).stdout.split()
+        return head == [old, f"refs/heads/{branch}"]
+
+    if not at_old():
         return CheckoutMove(elsewhere=True)
     if in_the_way := untracked_in_the_way(checkout, old, new):
         return CheckoutMove(in_the_way=tuple(in_the_way))
+    if not at_old():  # again right before git reads HEAD itself: a move of the user's meanwhile would be undone
+        return CheckoutMove(elsewhere=True)
     # --no-overwrite-ignore: an ignored file made since the look above still holds the move.
     return CheckoutMove(git("merge", "--ff-only", "--no-overwrite-ignore", "--no-edit", "-q", new, cwd=checkout,
                             check=False, timeout=timeout))

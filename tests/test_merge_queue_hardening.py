@@ -173,15 +173,12 @@ def test_a_reset_of_main_just_before_the_merge_lands_is_not_undone(json_agent_se
     first = git(repo, "rev-parse", "main")
     dropped = []
 
-    def user_commits_while_the_worker_runs():
-        commit_file(repo, "mine.txt", "a secret\n", "the user's commit")
-
     def user_resets_it_right_before_the_merge():
         if not dropped:
             dropped.append(git(repo, "rev-parse", "HEAD"))
             git(repo, "reset", "-q", "--hard", "HEAD~1")
 
-    monkeypatch.setitem(failpoints._armed, "after_worker_exit", user_commits_while_the_worker_runs)
+    monkeypatch.setitem(failpoints._armed, "after_worker_exit", lambda: commit_file(repo, "mine.txt", "a secret\n"))
     monkeypatch.setitem(failpoints._armed, "during_merge", user_resets_it_right_before_the_merge)
     summary = run_in_process(config, store)
     assert dropped and summary["merged"] == [task.id]
@@ -210,3 +207,22 @@ def test_an_ignored_file_made_right_after_the_look_for_files_in_the_way_still_ho
     [waiting] = summary["waiting"]
     assert waiting["reason"].startswith(f"settings.local.json in {repo} would be overwritten"), waiting["reason"]
     assert (repo / "settings.local.json").read_text(encoding="utf-8") == '{"token": "mine"}\n'
+
+
+def test_a_reset_of_main_during_the_look_for_files_in_the_way_is_not_undone(json_agent_setup, repo, monkeypatch):
+    cfg, config, store = json_agent_setup()
+    task = add_task(store, "Add a file", "append feature.txt new")
+    real_look, dropped = gitcmd.untracked_in_the_way, []
+
+    def the_user_resets_during_the_look(checkout, old, new):
+        if not dropped:
+            dropped.append(git(repo, "rev-parse", "HEAD"))
+            git(repo, "reset", "-q", "--hard", "HEAD~1")
+        return real_look(checkout, old, new)
+
+    monkeypatch.setitem(failpoints._armed, "after_worker_exit", lambda: commit_file(repo, "mine.txt", "a secret\n"))
+    monkeypatch.setattr(gitcmd, "untracked_in_the_way", the_user_resets_during_the_look)
+    summary = run_in_process(config, store)
+    assert dropped and summary["merged"] == [task.id]
+    assert subprocess.run(["git", "merge-base", "--is-ancestor", dropped[0], "main"], cwd=repo).returncode == 1
+    assert main_file(repo, "feature.txt") == "new\n"
