@@ -43,10 +43,15 @@ def test_the_commits_a_branch_carries_and_the_reason_that_names_them():
     assert "`py tasks.py held proj-1 --merge`" in reason and "`--discard`" in reason
 
 
+PASSING_GATE = [sys.executable, "-c", "pass"]
+
+
+@pytest.mark.parametrize("settings", [{}, {"merge_gate_command": PASSING_GATE, "merge_gate_parallelism": 2}],
+                         ids=["no gate", "parallel gates"])
 def test_a_commit_the_user_drops_while_a_worker_runs_never_comes_back_and_the_work_lands(
-        json_agent_setup, repo, monkeypatch):
+        json_agent_setup, repo, monkeypatch, settings):
     secret = commit_file(repo, "secret.txt", "token\n", "the user's commit, with a secret")
-    cfg, config, store = json_agent_setup()
+    cfg, config, store = json_agent_setup(**settings)
     task = add_task(store, "Add a file", "append feature.txt new")
     # The worker's branch is made on main with the secret; the user drops it right after.
     monkeypatch.setitem(failpoints._armed, "after_worktree", drop_from_main_once(repo, secret))
