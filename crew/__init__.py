@@ -48,4 +48,5 @@ Layout, one concern a module (each module imports only the ones it needs, as mod
   dispatch/session.py      one run: the lock, the dispatcher's record, signals, the report after
   dispatch/status.py       --status and --dry-run, from the records alone
   dispatch/preflight.py    what a run needs, checked before any worker starts
+  dispatch/notify.py       notify_command: a person told of what needs them, off the loop
 """

@@ -75,6 +75,9 @@ class Config:
     auto_retry_merge_on_conflict_close: bool = True
     max_merge_retries: int = 3
     review: str = "none"
+    # A person told
+    notify_command: list[str] | None = None
+    notify_timeout_secs: float = 10
 
     # Filled in by resolve_config, never read from the file.
     root: Path = dataclasses.field(default=Path("."), repr=False)
@@ -122,7 +125,7 @@ def _type_name(annotation: str) -> str:
 POSITIVE_KEYS = {"max_workers", "poll_interval_secs", "llm_timeout_secs", "llm_num_ctx", "llm_max_tokens",
                  "prompt_max_files",
                  "breaker_failures", "max_attempts", "merge_gate_timeout_secs", "merge_gate_parallelism",
-                 "worktree_setup_timeout_secs", "git_hook_timeout_secs", "main_recheck_secs"}
+                 "worktree_setup_timeout_secs", "git_hook_timeout_secs", "main_recheck_secs", "notify_timeout_secs"}
 
 
 def _check_range(key: str, value: float, source: str) -> None:

@@ -2,10 +2,13 @@
 task's fate after an attempt. Only the ledger writes state files or events."""
 from __future__ import annotations
 
+import threading
+
 from crew import config as configuration
 from crew import errors
 from crew import files
 from crew import workspace
+from crew.dispatch import notify
 from crew.dispatch import records
 from crew.report import events
 from crew.tasks import model as task_model
@@ -47,16 +50,25 @@ class Ledger:
         self.summary = {"merged": [], "released": [], "blocked": [], "waiting": []}
         self.told_waiting: set = set()  # what this run has said about a wait already
         self.epic_check_due = True  # a task with a parent was closed: its epic may be finished
+        self.notifier = notify.Notifier(config, self.notify_failed)
+        self.event_lock = threading.Lock()  # notifiers report their failures from their own threads
 
     def event(self, name: str, task_id: str | None = None, **fields) -> None:
-        """One line of .dispatch_logs/events.jsonl; README lists every event and its fields."""
-        self.logs.mkdir(exist_ok=True)
-        line = files.json_text({"v": events.EVENTS_FORMAT, "ts": files.now_iso(), "event": name, "task_id": task_id,
-                                **fields})
+        """One line of .dispatch_logs/events.jsonl; README lists every event and its fields. A person
+        is told of those that need one (notify_command)."""
+        event = {"v": events.EVENTS_FORMAT, "ts": files.now_iso(), "event": name, "task_id": task_id, **fields}
+        line = files.json_text(event)
         path = self.logs / events.EVENTS_FILE
-        if events.ends_mid_line(path):
-            line = "\n" + line  # a crash mid-write left a partial line: keep this one whole
-        files.append_text(path, line + "\n")
+        with self.event_lock:
+            self.logs.mkdir(exist_ok=True)
+            if events.ends_mid_line(path):
+                line = "\n" + line  # a crash mid-write left a partial line: keep this one whole
+            files.append_text(path, line + "\n")
+        self.notifier.consider(event)
+
+    def notify_failed(self, event: dict, reason: str) -> None:
+        self.event(notify.FAILED, event.get("task_id"), notice=event.get("event"), reason=reason)
+        self.say(f"notify_command failed for {event.get('event')}: {reason[:200]}")
 
     def save_state(self) -> None:
         """Written (atomically, and synced to disk: a few ms) only when it changed since this run

@@ -27,7 +27,7 @@ def preflight(config: configuration.Config) -> None:
         raise errors.UserError(f"the worker command {agent.AIDER_COMMAND[0]!r} was not found on PATH "
                                "(install Aider: pipx install aider-chat, or set worker_command)")
     commands = {"worker_command": config.worker_command, "merge_gate_command": config.merge_gate_command,
-                "worktree_setup_command": config.worktree_setup_command}
+                "worktree_setup_command": config.worktree_setup_command, "notify_command": config.notify_command}
     for key, command in commands.items():
         if command and not command_found(command[0], config.root):
             where = "in the repository" if os.path.dirname(command[0]) else "on PATH"

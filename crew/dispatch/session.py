@@ -18,6 +18,7 @@ from crew import orphans
 from crew import processes
 from crew import workspace
 from crew.dispatch import ledger
+from crew.dispatch import notify
 from crew.dispatch import preflight
 from crew.dispatch import records
 from crew.dispatch.loop import Dispatcher
@@ -63,12 +64,13 @@ def run_session(config: configuration.Config, store: task_model.TaskStore, max_w
                 signal.signal(signum, handler)
             dispatcher.ledger.state.dispatcher = None
             dispatcher.ledger.save_state()
-            dispatcher.ledger.event("dispatcher_stopped",
-                                    interrupted=dispatcher.interrupts > 0 or dispatcher.stop_signal is not None)
+            interrupted = dispatcher.interrupts > 0 or dispatcher.stop_signal is not None
+            dispatcher.ledger.event("dispatcher_stopped", interrupted=interrupted)
             state_saved.set()
             if console_handler is not None:
                 ctypes.windll.kernel32.SetConsoleCtrlHandler(console_handler, False)
             report = write_report_after_run(config, say)
+            dispatcher.ledger.notifier.close(notify.run_ended(dispatcher.ledger.summary, report, interrupted))
     finally:
         lock.release()
     summary["report"] = report

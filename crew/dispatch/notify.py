@@ -1,0 +1,121 @@
+"""A word when a person is needed: notify_command is run with one event as JSON on its stdin and
+a one-line summary in place of `{summary}` in its arguments. Each notifier runs on a thread of its
+own, a few at once, so a slow one never holds up the loop; past notify_timeout_secs its process
+tree is ended. A notifier that fails is reported once (the event notify_failed), never retried."""
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from crew import config as configuration
+from crew import errors
+from crew import files
+from crew import names
+from crew import processes
+from crew.report import events
+
+# The review step's event for a branch that waits for a person: notified once it is written.
+AWAITING_REVIEW_EVENT = "awaiting_review"
+RUN_ENDED = "run_ended"  # not in the events log: the notice of a run's end, with its summary and report
+FAILED = "notify_failed"
+SUMMARY_LIMIT = 200  # characters: a desktop popup or a phone's lock screen shows about this much
+AT_ONCE = 4  # notifiers running at once; a notice past that is not sent (and said so)
+PLACEHOLDER = "{summary}"
+# cmd.exe reads these in the arguments of a .bat or .cmd notifier: the summary never holds them.
+_CMD_SAFE = str.maketrans({'"': "'", **{c: " " for c in "&|<>^%"}})
+
+
+def wanted(event: dict) -> bool:
+    """Whether an event is one a person is told of: something waits for them, or the run ended."""
+    name = event.get("event")
+    if name == "main_checked":
+        return event.get("passed") is False
+    if name == "conflict_filed":
+        return event.get("for_person") is True
+    return name in ("blocked", "breaker_tripped", AWAITING_REVIEW_EVENT, RUN_ENDED)
+
+
+def _what(event: dict) -> str:
+    task, name = event.get("task_id"), event.get("event")
+    if name == "blocked":
+        return f"{task} blocked: {event.get('reason', '')}"
+    if name == "breaker_tripped":
+        return f"new workers stopped: {event.get('failures')} attempts in a row made no commits"
+    if name == "main_checked":
+        return f"main fails its checks at {str(event.get('commit', ''))[:10]}; merges are held"
+    if name == "conflict_filed":
+        return f"{task}: {event.get('conflict_task')} needs a person: {event.get('title', '')}"
+    if name == AWAITING_REVIEW_EVENT:
+        return f"{task} waits for review: {event.get('branch', '')} (tasks.py review)"
+    if name == RUN_ENDED:
+        counts = ", ".join(f"{len(event.get('summary', {}).get(key, []))} {key}"
+                           for key in ("merged", "blocked", "waiting"))
+        return f"run ended: {counts}; report {event.get('report') or 'not written'}"
+    return f"{task or ''} {name}".strip()
+
+
+def summary(event: dict, repository: str) -> str:
+    """One line, fit for a command line: control bytes escaped, cmd.exe's special characters
+    replaced, at most SUMMARY_LIMIT characters; it starts with "[" so no program reads it as an option."""
+    text = names.for_terminal(f"[{repository}] {_what(event)}").translate(_CMD_SAFE)
+    return names.cut_at_word(text, SUMMARY_LIMIT)
+
+
+def command_line(command: list[str], line: str) -> list[str]:
+    return [arg.replace(PLACEHOLDER, line) for arg in command]
+
+
+def run_ended(summary_of_run: dict, report: str | None, interrupted: bool) -> dict:
+    return {"v": events.EVENTS_FORMAT, "ts": files.now_iso(), "event": RUN_ENDED, "task_id": None,
+            "summary": summary_of_run, "report": report, "interrupted": interrupted}
+
+
+class Notifier:
+    """Runs notify_command for the events a person is told of. failed(event, reason) is called,
+    from the notifier's thread, once for each notice that could not be given."""
+
+    def __init__(self, config: configuration.Config, failed: Callable[[dict, str], None]):
+        self.command, self.timeout = config.notify_command, config.notify_timeout_secs
+        self.root, self.failed = config.root, failed
+        self.lock = threading.Lock()
+        self.threads: list[threading.Thread] = []
+
+    def consider(self, event: dict) -> None:
+        """Tell of the event if it is one to tell of; never waits for the notifier."""
+        if not self.command or not wanted(event):
+            return
+        with self.lock:
+            self.threads = [thread for thread in self.threads if thread.is_alive()]
+            if len(self.threads) >= AT_ONCE:
+                busy = True
+            else:
+                busy = False
+                thread = threading.Thread(target=self.give, args=(event,), name="notify", daemon=True)
+                self.threads.append(thread)
+                thread.start()
+        if busy:
+            self.failed(event, f"not sent: {AT_ONCE} notifiers were still running")
+
+    def give(self, event: dict) -> None:
+        """Run the notifier for one event and wait for it (on a thread of its own, or at the run's end)."""
+        line = summary(event, self.root.name)
+        payload = files.json_text({**event, "notice": line})
+        try:
+            result = processes.run(*command_line(self.command, line), cwd=self.root, input=payload,
+                                   timeout=self.timeout, check=False, tree=True)
+        except (errors.CommandError, OSError) as exc:
+            self.failed(event, names.for_terminal(str(exc)))
+            return
+        if result.returncode != 0:
+            said = names.one_line_tail(result.stderr or result.stdout, lines=3, limit=300)
+            self.failed(event, f"exited with {result.returncode}" + (f": {said}" if said else ""))
+
+    def close(self, last: dict | None = None) -> None:
+        """At the run's end: tell `last` here (the loop is over), then wait for the notifiers still
+        running; each is bounded by the timeout, after which its tree is ended."""
+        if self.command and last is not None:
+            self.give(last)
+        with self.lock:
+            running = list(self.threads)
+        for thread in running:
+            thread.join()
