@@ -355,12 +355,17 @@ NOTHING_TO_COMMIT = ("nothing to commit", "nothing added to commit", "no changes
 def commit_everything(worktree: Path, message: str, timeout: float) -> bool:
     """Commit all changes in the worktree (ignored files stay out); False when there were none.
     It carries the agent's work, so the user's hooks run on it, as on the agent's own commits:
-    CommitRefused when they refuse it (what they refused stays staged)."""
+    CommitRefused when they refuse it, or do not finish within `timeout` (what they refused
+    stays staged)."""
     if not git_out(worktree, "status", "--porcelain"):
         return False
     git("add", "-A", cwd=worktree)
     failpoints.failpoint("during_leftover_commit")
-    result = commit(worktree, message, check=False, timeout=timeout)
+    try:
+        result = commit(worktree, message, check=False, timeout=timeout)
+    except errors.GitError as failed:  # ended past the timeout (with signing off): a hook that never passed
+        raise errors.CommitRefused(failed.argv, None, failed.stdout,
+                                   f"the git hooks did not finish within {timeout:g} s") from None
     output = result.stderr + result.stdout
     if result.returncode == 0:
         return True

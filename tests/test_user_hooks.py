@@ -88,3 +88,24 @@ def test_a_check_merge_conflict_hook_does_not_stop_a_conflict_task_set_up(json_a
     assert "<<<<<<<" in git(repo, "show", prepared[0].split()[0] + ":settings.ini")
     assert "<<<<<<<" not in main_file(repo, "settings.ini")
     assert_clean_finish(repo, Path(config.worktree_root))
+
+
+# A commit-msg hook that never ends on the dispatcher's commit of what an agent left (one that
+# waits on a network service, say): the agent's own commits pass it.
+HANGS_ON_THE_LEFTOVER_COMMIT = """#!/bin/sh
+if grep -q 'dispatch: uncommitted' "$1"; then sleep 300; fi
+"""
+
+
+def test_a_hook_that_never_ends_on_a_leftover_commit_refuses_it_and_wedges_no_run(json_agent_setup, repo):
+    install_hook(repo, "commit-msg", HANGS_ON_THE_LEFTOVER_COMMIT)
+    cfg, config, store = json_agent_setup(git_hook_timeout_secs=2, max_attempts=1)
+    task = add_task(store, "Leaves work uncommitted", "append ok.txt fine", "uncommitted left.txt unchecked")
+    result = dispatch(cfg)
+    assert "error:" not in result.stderr, result.stderr
+    # Ended past git_hook_timeout_secs, it passed nothing: the committed work went on, the rest did not.
+    assert main_file(repo, "ok.txt") == "fine\n" and main_file(repo, "left.txt") is None
+    [refused] = events(repo, "leftover_refused")
+    assert refused["task_id"] == task.id and "did not finish within 2 s" in refused["output"]
+    assert "did not finish within 2 s" in store.get(task.id).notes
+    assert_clean_finish(repo, Path(config.worktree_root))
