@@ -109,3 +109,17 @@ def test_a_hook_that_never_ends_on_a_leftover_commit_refuses_it_and_wedges_no_ru
     assert refused["task_id"] == task.id and "did not finish within 2 s" in refused["output"]
     assert "did not finish within 2 s" in store.get(task.id).notes
     assert_clean_finish(repo, Path(config.worktree_root))
+
+
+def test_a_worktree_whose_post_checkout_hook_fails_is_still_the_dispatchers_to_remove(json_agent_setup, repo):
+    # Git LFS's hook where git-lfs is not installed: git made the worktree, then says the hook failed.
+    install_hook(repo, "post-checkout", "#!/bin/sh\necho 'git-lfs was not found on your path' >&2\nexit 2\n")
+    cfg, config, store = json_agent_setup(max_attempts=2)
+    task = add_task(store, "Needs a worktree", "append ok.txt fine")
+    result = dispatch(cfg)
+    assert "Traceback" not in result.stderr, result.stderr
+    blocked = store.get(task.id)
+    assert blocked.status == "blocked" and "git-lfs was not found" in blocked.notes, blocked.notes
+    # Each attempt's worktree was known as the dispatcher's: replaced by the next, removed at the end.
+    assert "left alone" not in result.stdout + dispatch(cfg).stdout
+    assert_clean_finish(repo, Path(config.worktree_root))

@@ -1,6 +1,7 @@
 """The dispatcher's worktrees and branches: it deletes only the worktrees it can prove it made."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -21,18 +22,30 @@ def add_dispatcher_worktree(root: Path, worktree: Path, *args: str, timeout: flo
     """`git worktree add` (the user's post-checkout hook runs in it: ended past `timeout`), then
     the proof that the dispatcher made it: a marker in the worktree's git admin dir
     (.git/worktrees/<name>/), which no edit in the worktree reaches and which git deletes with the
-    worktree. The marker names the folder, so a worktree moved since is not ours."""
-    git.git("worktree", "add", "-q", *args, cwd=root, timeout=timeout)
-    admin = Path(git.git_out(worktree, "rev-parse", "--absolute-git-dir"))
-    (admin / OWNED_MARKER).write_text(str(worktree.resolve()) + "\n", encoding="utf-8")
+    worktree. The marker names the folder, so a worktree moved since is not ours. A worktree git
+    lists at a folder that did not exist before is ours even when the add failed after making it
+    (a post-checkout hook that failed or was ended), and so is removed as ours."""
+    existed = os.path.lexists(worktree)
+    try:
+        git.git("worktree", "add", "-q", *args, cwd=root, timeout=timeout)
+    finally:
+        if not existed and worktree.is_dir() and worktree.resolve() in listed_worktrees(root):
+            admin = Path(git.git_out(worktree, "rev-parse", "--absolute-git-dir"))
+            (admin / OWNED_MARKER).write_text(str(worktree.resolve()) + "\n", encoding="utf-8")
 
 
-def dispatcher_worktrees(root: Path) -> set[Path]:
-    """The worktrees git lists that carry the dispatcher's marker: the only ones it may delete."""
+def listed_worktrees(root: Path) -> set[Path]:
+    """The folders of the worktrees git lists, resolved."""
     listed = set()
     for line in git.git_out(root, "worktree", "list", "--porcelain").splitlines():
         if line.startswith("worktree "):
             listed.add(Path(line[len("worktree "):]).resolve())
+    return listed
+
+
+def dispatcher_worktrees(root: Path) -> set[Path]:
+    """The worktrees git lists that carry the dispatcher's marker: the only ones it may delete."""
+    listed = listed_worktrees(root)
     owned = set()
     admins = root / ".git" / "worktrees"
     for admin in admins.iterdir() if admins.is_dir() else ():
