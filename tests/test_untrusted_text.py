@@ -199,3 +199,23 @@ def test_the_text_functions_alone():
     assert names.task_text_problem("fine\ttext\n", 20) is None
     assert names.fenced("a\n````\nb") == "`````\na\n````\nb\n`````"
     assert names.fenced("plain") == "```\nplain\n```"
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symbolic links need a privilege on Windows")
+def test_a_task_file_that_a_link_leads_out_of_the_repository_never_reaches_the_agent(json_agent_setup, repo, tmp_path):
+    # A branch an agent made can carry links; a later task (a fix task's files come from the
+    # checks' output) names them. Aider follows a link it is given: it would read and write there.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "dotfile").write_text("the user's own file\n", encoding="utf-8")
+    (repo / "notes.md").symlink_to(outside / "dotfile")
+    (repo / "docs").symlink_to(outside)
+    (repo / "alias.md").symlink_to("README.md")  # a link inside the repository is fine
+    subprocess.run(["git", "add", "notes.md", "docs", "alias.md"], cwd=repo, check=True)
+    subprocess.run(["git", "commit", "-q", "-m", "links"], cwd=repo, check=True)
+    cfg, config, store = json_agent_setup()
+    store.create("Edit them", "AGENT: argv argv.json",
+                 labels=["file:notes.md", "file:docs/new.md", "file:alias.md", "file:src/app.py"])
+    assert dispatch(cfg).returncode == 0
+    assert json.loads(main_file(repo, "argv.json"))[1:] == ["alias.md", "src/app.py"]
+    assert sorted(p.name for p in outside.iterdir()) == ["dotfile"]

@@ -47,7 +47,7 @@ def worker_argv(config: configuration.Config, task: task_model.Task, message_fil
                  config.worker_model)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:/@-]*", model or ""):
         model = config.worker_model
-    files = agent_files(task)
+    files = agent_files(task, worktree)
     env = {**git.child_environment(), "DISPATCH_TASK_ID": task.id, "DISPATCH_BRANCH": branch,
            "DISPATCH_WORKTREE": str(worktree)}
     # litellm (under Aider) otherwise fetches a model price list from the internet at every
@@ -91,14 +91,18 @@ def write_model_settings(config: configuration.Config) -> None:
     statefiles.atomic_write_text(path, text)
 
 
-def agent_files(task: task_model.Task) -> list[str]:
+def agent_files(task: task_model.Task, worktree: Path) -> list[str]:
     """The task's files that are safe to hand the agent; an unsafe name never reaches the command
-    line or the worktree (the message still lists it)."""
+    line or the worktree (the message still lists it). Nor does one that a link in the worktree
+    (a branch may carry any) leads out of it: the agent would read and write where it points."""
+    inside = worktree.resolve()
     files = []
     for raw in task.files:
         try:
-            files.append(safe_names.check_repo_path(raw))
-        except errors.UserError:
+            name = safe_names.check_repo_path(raw)
+            if (worktree / name).resolve().is_relative_to(inside):
+                files.append(name)
+        except (errors.UserError, OSError, RuntimeError):  # RuntimeError: a loop of links (Python < 3.13)
             pass
     return files
 

@@ -112,7 +112,7 @@ class WorkerPool:
         message_file = worktree / ".current_task.txt"
         message_file.unlink(missing_ok=True)  # never write through a link a branch may carry
         message_file.write_text(agent.task_message(self.config, task), encoding="utf-8")
-        agent.make_parent_folders(worktree, agent.agent_files(task))
+        agent.make_parent_folders(worktree, agent.agent_files(task, worktree))
         agent.write_model_settings(self.config)
         argv, env = agent.worker_argv(self.config, task, message_file, worker.branch, worktree)
         worker.base = git.git_out(worktree, "rev-parse", "HEAD")
