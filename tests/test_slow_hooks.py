@@ -45,6 +45,21 @@ def hook_group(group_file: Path, proc: subprocess.Popen | None) -> int:
     return int(group_file.read_text(encoding="utf-8"))
 
 
+def timed_out_while_the_hook_waits(cfg: Path, repo: Path, release: Path, group_file: Path,
+                                   hanging: str) -> list[tuple[str, str]]:
+    """Run the dispatcher until the hook waits and, while it does, the `hanging` task's worker
+    times out; then release the hook. The run's events, as (event, task id)."""
+    proc = start_dispatcher(cfg)
+    try:
+        hook_group(group_file, proc)
+        wait_until(lambda: [e for e in events(repo, "worker_timed_out") if e["task_id"] == hanging], proc,
+                   "the hanging worker's timeout while the hook ran")
+    finally:
+        release.write_text("the hook may end now", encoding="utf-8")
+    proc.communicate(timeout=120)
+    return [(e["event"], e["task_id"]) for e in events(repo)]
+
+
 def stop(proc: subprocess.Popen, signum: int) -> None:
     proc.send_signal(signum)
     try:
@@ -61,17 +76,25 @@ def test_a_workers_deadline_fires_while_a_post_merge_hook_runs(json_agent_setup,
     cfg, config, store = json_agent_setup(max_workers=1, worker_timeout_secs=3, max_attempts=1)
     first = add_task(store, "Merges", "append a.txt a", priority=0)
     second = add_task(store, "Hangs", "hang", priority=1)
-    proc = start_dispatcher(cfg)
-    try:
-        hook_group(pid_file, proc)  # main is being fast-forwarded in the user's checkout
-        wait_until(lambda: [e for e in events(repo, "worker_timed_out") if e["task_id"] == second.id], proc,
-                   "the second worker's timeout while the hook ran")
-    finally:
-        release.write_text("the hook may end now", encoding="utf-8")
-    proc.communicate(timeout=120)
-    names = [(e["event"], e["task_id"]) for e in events(repo)]
+    names = timed_out_while_the_hook_waits(cfg, repo, release, pid_file, second.id)  # in main's fast-forward
     merged = names.index(("merged", first.id))
     assert names.index(("worker_started", second.id)) < names.index(("worker_timed_out", second.id)) < merged
+    assert merges_of(repo, first.id) == 1
+
+
+def test_a_workers_deadline_fires_while_a_pre_commit_hook_runs_in_the_leftover_commit(json_agent_setup, repo,
+                                                                                     tmp_path):
+    release, group_file = tmp_path / "release", tmp_path / "hook.group"
+    # Slow only for the dispatcher's commit of what the agent left uncommitted (left.txt).
+    install_hook(repo, "pre-commit", 'git diff --cached --name-only | grep -q left.txt || exit 0; '
+                                     + waits_for(release, group_file))
+    # Both run at once: the first's slot is held until its leftover commit is over.
+    cfg, config, store = json_agent_setup(max_workers=2, worker_timeout_secs=8, max_attempts=1)
+    first = add_task(store, "Leaves work", "uncommitted left.txt a", priority=0)
+    second = add_task(store, "Hangs", "hang", priority=1)
+    names = timed_out_while_the_hook_waits(cfg, repo, release, group_file, second.id)  # in the leftover commit
+    committed = names.index(("leftover_committed", first.id))
+    assert names.index(("worker_started", second.id)) < names.index(("worker_timed_out", second.id)) < committed
     assert merges_of(repo, first.id) == 1
 
 

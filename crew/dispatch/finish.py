@@ -30,19 +30,27 @@ class Finisher:
         self.root = config.root
 
     def finish(self, worker: records.Worker) -> None:
-        """Judge an ended worker from git and send its branch on: merge queue, retry or block."""
+        """Judge an ended worker from git and send its branch on: merge queue, retry or block.
+        What it left uncommitted is committed through the user's hooks, which may be slow: in a
+        starter thread (pool.committing), and WorkerPool.poll calls finish again once it is done."""
         if worker.pid is None:
             self.never_started(worker)
             return
-        failpoints.failpoint("after_worker_exit")  # its process tree is gone (WorkerPool.poll saw to it)
         worktree, task_id = Path(worker.worktree), worker.task_id
         why = worker.ended or "exited"
         refused = ""  # why the hooks refused what it left uncommitted, for the task's note
-        if worktree.exists():
-            git.clear_interrupted_git_state(worktree)
-            self.collect_followups(worker)
-            if self.config.commit_leftover_changes:
-                refused = self.commit_leftovers(worker, f"dispatch: uncommitted work of {task_id} (worker {why})")
+        if (committing := self.pool.committing.pop(worker.slot, None)) is not None:
+            refused = self.judge_leftovers(worker, committing.result)
+        else:
+            failpoints.failpoint("after_worker_exit")  # its process tree is gone (WorkerPool.poll saw to it)
+            if worktree.exists():
+                git.clear_interrupted_git_state(worktree)
+                self.collect_followups(worker)
+                if self.config.commit_leftover_changes:
+                    self.pool.committing[worker.slot] = self.pool.starter.submit(
+                        git.commit_everything, worktree, f"dispatch: uncommitted work of {task_id} (worker {why})",
+                        self.config.git_hook_timeout_secs)
+                    return
         tip = git.rev_parse(self.root, f"refs/heads/{worker.branch}")
         commits = int(git.git_out(self.root, "rev-list", "--count", f"{worker.base}..{tip}")) if tip else 0
         self.pool.forget(worker)
@@ -89,7 +97,9 @@ class Finisher:
         worktree = Path(worker.worktree)
         if worktree.exists():
             git.clear_interrupted_git_state(worktree)
-            self.commit_leftovers(worker, f"dispatch: uncommitted work of {worker.task_id} (found after a restart)")
+            message = f"dispatch: uncommitted work of {worker.task_id} (found after a restart)"
+            self.judge_leftovers(worker, lambda: git.commit_everything(worktree, message,
+                                                                       self.config.git_hook_timeout_secs))
         if worker.kind == "task":  # a conflict task's worktree belongs to the branch it resolves
             worktrees.discard_attempt(self.config, worker)
         try:
@@ -100,12 +110,13 @@ class Finisher:
             self.ledger.drop_record_of_gone_task(worker.task_id, "worker record")
         self.ledger.save_state()
 
-    def commit_leftovers(self, worker: records.Worker, message: str) -> str:
-        """Commit what the agent left uncommitted, through the user's hooks. What they refuse is
-        discarded from the dispatcher's worktree, never committed around them; returned is the
-        end of their output, for the attempt's note (so the next attempt is told why), or ""."""
+    def judge_leftovers(self, worker: records.Worker, committed) -> str:
+        """What became of the commit of what the agent left uncommitted (committed(): whether there
+        was any, or CommitRefused), made through the user's hooks. What they refuse is discarded
+        from the dispatcher's worktree, never committed around them; returned is the end of their
+        output, for the attempt's note (so the next attempt is told why), or ""."""
         try:
-            if git.commit_everything(Path(worker.worktree), message, self.config.git_hook_timeout_secs):
+            if committed():
                 self.ledger.event("leftover_committed", worker.task_id)
             return ""
         except errors.CommitRefused as refused:

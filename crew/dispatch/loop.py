@@ -311,10 +311,12 @@ class Dispatcher:
         pool = self.pool
         gates.cancel_all(self.gates, why)
         for worker in list(self.ledger.state.workers.values()):
-            # Recorded but never started: the next run releases its task. Being ended already: its kill is waited for.
-            if worker.slot not in pool.starting and worker.slot not in pool.kills:
+            # Recorded but never started: the next run releases its task. Being ended already: its kill is waited
+            # for. Ended by itself, its leftover commit under way: the next run finishes it as it ended.
+            if worker.slot not in pool.starting and worker.slot not in pool.kills and worker.slot not in pool.committing:
                 pool.end(worker, why)
-        under_way = [*pool.starting.values(), *(gate.preparing for gate in self.gates if gate.preparing)]
+        under_way = [*pool.starting.values(), *pool.committing.values(),
+                     *(gate.preparing for gate in self.gates if gate.preparing)]
         if self.queue.landing is not None:
             under_way.append(self.queue.landing.moving)
         processes.wait_for_kills([*pool.kills.values(), *self.end_threads_commands(under_way)])

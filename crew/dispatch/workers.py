@@ -36,6 +36,7 @@ class WorkerPool:
         self.procs: dict[int, subprocess.Popen] = {}
         self.starting: dict[int, concurrent.futures.Future] = {}
         self.kills: dict[int, processes.TreeKill] = {}
+        self.committing: dict[int, concurrent.futures.Future] = {}  # its leftover commit, once its tree is gone
         self.starter = wakeups.PostingExecutor(wakeup, max_workers, "start")
         self.last_prepare_secs = 0.0  # how long the last start's worktree took (a large checkout: seconds)
 
@@ -52,6 +53,7 @@ class WorkerPool:
         self.procs.pop(worker.slot, None)
         self.starting.pop(worker.slot, None)
         self.kills.pop(worker.slot, None)
+        self.committing.pop(worker.slot, None)
 
     def start(self, slot: int, task: task_model.Task, conflict: records.PendingMerge | None) -> None:
         """Record the worker, then make its worktree and start it off the loop: checking out a
@@ -166,6 +168,11 @@ class WorkerPool:
         gone to finish(worker). True if any worker started or ended."""
         changed = False
         for worker in list(self.workers.values()):
+            if (committing := self.committing.get(worker.slot)) is not None:
+                if committing.done():
+                    finish(worker)
+                    changed = True
+                continue
             if (starting := self.starting.get(worker.slot)) is not None:
                 if starting.done():
                     self.started(worker)
