@@ -3,8 +3,10 @@ repository and the JSON store is asked what becomes of one request (decide), wha
 (why_main_is_held) and how main moves (advance_main)."""
 from __future__ import annotations
 
+import concurrent.futures
 import subprocess
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,8 @@ def queue(json_agent_setup) -> MergeQueue:
     """No gate (decide never starts one) and nothing stopping."""
     _, config, store = json_agent_setup()
     ledger = Ledger(config, store, say=lambda message: None)
-    return MergeQueue(config, ledger, store, all_gates=[None], conflicts=Conflicts(config, ledger, store),
+    no_gate = types.SimpleNamespace(starter=concurrent.futures.ThreadPoolExecutor(1))  # its threads rebase
+    return MergeQueue(config, ledger, store, all_gates=[no_gate], conflicts=Conflicts(config, ledger, store),
                       stop_now_reason=lambda: None, wakeup=Wakeup())
 
 
