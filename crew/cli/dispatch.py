@@ -41,7 +41,7 @@ examples:
   py dispatch_workers.py --report --all-runs   every run drawn, not only the latest 10
 
 exit codes: 0 every task it ran was merged; 1 some task ended blocked or a merge is waiting
-(the summary says why); 2 bad usage or configuration; 130 interrupted; 143 stopped by SIGTERM,
+(the summary says why: main fails its checks, say); 2 bad usage or configuration; 130 interrupted; 143 stopped by SIGTERM,
 129 by SIGHUP.
 """
 
