@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
+from crew import orphans
 from crew import processes
 
 pytestmark = pytest.mark.skipif(processes.IS_WINDOWS, reason="POSIX process groups (Windows uses taskkill /T)")
@@ -64,3 +66,22 @@ def test_kill_tree_waits_until_the_whole_tree_has_ended(tmp_path):
     processes.kill_tree(proc.pid, 0.2, proc)
     assert proc.returncode is not None and not processes.group_alive(proc.pid)
     assert not alive(sleeper)
+
+
+def test_reaping_orphans_never_takes_the_exit_status_of_a_command_of_ours():
+    # The dispatcher, a subreaper, reaps the dead children no Popen owns. A failing command it
+    # runs meanwhile (a gate, a git call) must still read as failed, never as exit 0.
+    stop = threading.Event()
+
+    def reap_until_stopped() -> None:
+        while not stop.is_set():
+            orphans.reap_orphans()
+
+    reaper = threading.Thread(target=reap_until_stopped)
+    reaper.start()
+    try:
+        codes = [processes.run("sh", "-c", "exit 3", check=False).returncode for _ in range(30)]
+    finally:
+        stop.set()
+        reaper.join()
+    assert codes == [3] * 30
