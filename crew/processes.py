@@ -199,27 +199,26 @@ class TreeKill:
     def begin(cls, pid: int | None, grace: float, proc: subprocess.Popen | None = None, mark: str | None = None,
               everywhere: bool = False) -> TreeKill:
         kill = cls(pid, proc, grace, time.monotonic() + grace, mark=mark, everywhere=everywhere)
-        if IS_WINDOWS:
-            if pid is not None:
-                orphans.end_windows_job(pid)
-                subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True)
-        else:
-            kill.signal(signal.SIGTERM)
+        if IS_WINDOWS and pid is not None:
+            orphans.end_windows_job(pid)
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True)
+        kill.signal(signal.SIGTERM)  # on Windows, psutil's SIGTERM is TerminateProcess
         return kill
 
     def signal(self, signum: int) -> None:
-        if self.pid is not None:
+        if self.pid is not None and not IS_WINDOWS:
             signal_group(self.pid, signum)
         if self.mark is not None:  # those outside the group: each process hears the signal once
             orphans.signal_all([proc for proc in orphans.marked(self.mark, self.everywhere)
-                                if self.pid is None or not in_group(proc.pid, self.pid)], signum)
+                                if self.pid is None or IS_WINDOWS or not in_group(proc.pid, self.pid)], signum)
 
     def left(self) -> bool:
         """Whether any process of the tree is left."""
         if IS_WINDOWS:
-            return self.proc is not None and self.proc.returncode is None
-        return (self.pid is not None and group_alive(self.pid)) or (
-            self.mark is not None and bool(orphans.marked(self.mark, self.everywhere)))
+            ours = self.proc is not None and self.proc.returncode is None
+        else:
+            ours = self.pid is not None and group_alive(self.pid)
+        return ours or (self.mark is not None and bool(orphans.marked(self.mark, self.everywhere)))
 
     def poll(self) -> bool:
         """True once no process of the tree is left (and our child is reaped)."""
@@ -229,7 +228,9 @@ class TreeKill:
             if not self.forced and time.monotonic() >= self.deadline:
                 self.forced = True
                 if IS_WINDOWS:
-                    self.proc.kill()
+                    if self.proc is not None:
+                        self.proc.kill()
+                    self.signal(signal.SIGTERM)
                 else:
                     self.signal(signal.SIGKILL)
             return False
