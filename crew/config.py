@@ -58,6 +58,7 @@ class Config:
     worker_instructions: str | None = None
     worker_followups_file: str = "followups.txt"
     worker_map_tokens: int = 1024
+    worker_edit_format: str | None = None
     worker_timeout_secs: float = 1800
     worker_kill_grace_secs: float = 10
     git_hook_timeout_secs: float = 600
@@ -93,6 +94,8 @@ CHOICES = {
     "llm_api": ("ollama", "openai"),
     "on_conflict": ("assign_back", "auto_rebase"),
     "review": ("none", "all", "labelled"),
+    # Aider 0.86's edit formats: how the model's reply must carry its edits.
+    "worker_edit_format": ("whole", "diff", "diff-fenced", "udiff", "udiff-simple", "patch"),
 }
 _INTERNAL_FIELDS = {"root", "source"}
 CONFIG_KEYS = [f for f in dataclasses.fields(Config) if f.name not in _INTERNAL_FIELDS]
@@ -154,7 +157,7 @@ def parse_config(text: str, source: str) -> Config:
         annotation = known[key].type
         if not _type_ok(value, annotation):
             raise errors.UsageError(f"{source}: {key!r} must be {_type_name(annotation)}, got {json.dumps(value)}")
-        if key in CHOICES and value not in CHOICES[key]:
+        if key in CHOICES and value is not None and value not in CHOICES[key]:
             raise errors.UsageError(f"{source}: {key!r} must be one of {', '.join(CHOICES[key])}, got {value!r}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             _check_range(key, value, source)

@@ -23,6 +23,8 @@ from conftest import AGENT_COMMAND, ROOT, git
     ('{"avoid_file_overlap": 1}', "'avoid_file_overlap' must be true or false"),
     ('{"task_backend": "sqlite"}', "'task_backend' must be one of auto, bd, json"),
     ('{"review": "some"}', "'review' must be one of none, all, labelled, got 'some'"),
+    ('{"worker_edit_format": "wholefile"}', "'worker_edit_format' must be one of whole, diff, diff-fenced, udiff, "
+                                             "udiff-simple, patch, got 'wholefile'"),
     ('[1, 2]', "must be a JSON object"),
     ('{"max_workers": 0}', "'max_workers' must be more than 0, got 0"),
     ('{"poll_interval_secs": 0}', "'poll_interval_secs' must be more than 0, got 0"),

@@ -346,8 +346,9 @@ def test_default_aider_command(make_config, repo):
                     "a.py", "b/c.py"]
     assert env["OPENAI_API_KEY"]
     assert env["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"  # no price list fetched from the internet
-    config = configuration.load_config(str(make_config(worker_map_tokens=0)))
+    config = configuration.load_config(str(make_config(worker_map_tokens=0, worker_edit_format="whole")))
     argv, env = agent.worker_argv(config, task, Path("/w/m"), "b", Path("/w"))
+    assert argv[argv.index("--edit-format") + 1] == "whole"  # Aider's choice by the model's name, overridden
     assert "ollama_chat/qwen2.5-coder:7b" in argv and env["OLLAMA_API_BASE"] == "http://127.0.0.1:9"
     assert argv[argv.index("--map-tokens") + 1] == "0"  # no repo map at all
     # One context size for Aider's every request to Ollama, so the model is loaded once.

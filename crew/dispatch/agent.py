@@ -55,12 +55,15 @@ def worker_argv(config: configuration.Config, task: task_model.Task, message_fil
     env.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     template = config.worker_command
     if template is None:
+        # Aider picks the edit format by the model's name, "whole" for one it does not know.
+        edit_format = ["--edit-format", config.worker_edit_format] if config.worker_edit_format else []
         if config.llm_api == "ollama":
-            template = AIDER_COMMAND + ["--model-settings-file", str(config.root / MODEL_SETTINGS_FILE),
-                                        "--model", "ollama_chat/{model}", "{files}"]
+            template = AIDER_COMMAND + edit_format + ["--model-settings-file", str(config.root / MODEL_SETTINGS_FILE),
+                                                      "--model", "ollama_chat/{model}", "{files}"]
             env["OLLAMA_API_BASE"] = config.llm_url
         else:
-            template = AIDER_COMMAND + ["--model", "openai/{model}", "--openai-api-base", "{llm_url}/v1", "{files}"]
+            template = AIDER_COMMAND + edit_format + ["--model", "openai/{model}", "--openai-api-base", "{llm_url}/v1",
+                                                      "{files}"]
             env.setdefault("OPENAI_API_KEY", "sk-local-placeholder")
     values = {"message_file": str(message_file), "task_id": task.id, "branch": branch,
               "worktree": str(worktree), "model": model, "llm_url": config.llm_url,
