@@ -112,6 +112,8 @@ class MergeQueue:
         for the gate: while it runs it is looked at, and nothing behind its request merges."""
         if self.landing is not None:  # nothing merges while main moves: each merge is computed on main
             if self.landing.moving.done():
+                if self.speculative:
+                    self.speculative.forget_main()  # it moved, or someone else's move stopped ours
                 return self.landed()
             return self.speculative.poll() if self.speculative else False
         if self.speculative:

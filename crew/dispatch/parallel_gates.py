@@ -34,8 +34,8 @@ class ParallelGates:
         self.failures_unsaid: set[str] = set()  # task ids whose gate failed this step: is it counted now?
         self.stack_conflicts: set[str] = set()  # task ids whose branch conflicts with the stack ahead, not main
         # Main as last read: read again once a poll interval (a git call), and after this queue
-        # moved it or started a gate. Planned on a main someone else moved since, a landing's
-        # compare-and-swap fails and the plan is made again on main as it is.
+        # changed, landed or started a gate. Planned on a main someone else moved since, a
+        # landing's compare-and-swap fails and the plan is made again on main as it is.
         self.main: str | None = None
         self.main_read_at = 0.0
 
@@ -53,7 +53,7 @@ class ParallelGates:
             changed |= acted
             if not acted:
                 break
-            self.main = None  # the queue changed: main may have moved
+            self.forget_main()  # the queue changed
         return changed
 
     def forget_failures_held(self) -> None:
@@ -65,6 +65,11 @@ class ParallelGates:
                 gates.say_failure_not_counted(self.ledger, verdict.record, gates.MAIN_FAILS_REASON)
                 del self.verdicts[task_id]
         self.failures_unsaid.clear()
+
+    def forget_main(self) -> None:
+        """Main may have moved (this queue landed, or started a gate on main as it is now): the
+        next plan reads it again."""
+        self.main = None
 
     def main_now(self) -> str | None:
         now = time.time()
@@ -201,7 +206,7 @@ class ParallelGates:
                 return decision.verdict != "waits"
             free.pop(0).start(request, decision.base, decision.commit, stack=list(start.stack))
             made[start.task_id] = decision.commit
-            self.main = None  # decide() read main as it is now: the plan reads it again too
+            self.forget_main()
         return False
 
 
