@@ -6,6 +6,7 @@ they are found by their mark and ended with their worker; on Windows each such p
 job object, which ends every process ever started in it."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import subprocess
@@ -25,13 +26,22 @@ _spawn_lock = threading.Lock()
 _jobs: dict[int, int] = {}  # Windows: pid -> its job object's handle
 
 
-def become_subreaper() -> bool:
-    """Linux: orphans of our descendants are reparented to us, not to init, while we live. False
-    where there is no such thing (then a daemon is found by its mark only while its parent lives)."""
-    if not sys.platform.startswith("linux"):
-        return False
+@contextlib.contextmanager
+def subreaper():
+    """Linux, while the block runs (a dispatcher's run): orphans of our descendants are reparented
+    to us, not to init. Elsewhere there is no such thing: a daemon is then found by its mark only
+    while its parent lives. Set back after, for a process that goes on (a test's, a demo's)."""
+    became = sys.platform.startswith("linux") and set_subreaper(True)
+    try:
+        yield
+    finally:
+        if became:
+            set_subreaper(False)
+
+
+def set_subreaper(on: bool) -> bool:
     libc = ctypes.CDLL(None, use_errno=True)
-    return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    return libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
 
 
 def spawn(argv: list[str], mark: str | None = None, **popen_args) -> subprocess.Popen:

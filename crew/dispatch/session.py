@@ -43,9 +43,6 @@ def run_session(config: configuration.Config, store: task_model.TaskStore, max_w
                                f"(pid {other.pid if other else '?'}, started {other.started_at if other else '?'}); "
                                "see --status") from None
     try:
-        # Linux: a worker's daemon that leaves its process group comes back to us when its
-        # parent exits, instead of going to init, and is ended with its worker.
-        orphans.become_subreaper()
         dispatcher = Dispatcher(config, store, max_workers, watch, say)
         dispatcher.ledger.state.dispatcher = records.DispatcherRecord(
             pid=os.getpid(), started_at=files.now_iso(), pid_start_time=processes.process_start_time(os.getpid()))
@@ -58,7 +55,10 @@ def run_session(config: configuration.Config, store: task_model.TaskStore, max_w
         state_saved = threading.Event()
         console_handler = hold_console_close(dispatcher, state_saved) if processes.IS_WINDOWS else None
         try:
-            summary = dispatcher.run()
+            # Linux: a worker's daemon that leaves its process group comes back to us when its
+            # parent exits, instead of going to init, and is ended with its worker.
+            with orphans.subreaper():
+                summary = dispatcher.run()
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
