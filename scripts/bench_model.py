@@ -46,9 +46,10 @@ STOP_GRACE_SECS = 120  # after the second Ctrl-C: the workers' trees are ended, 
 def settings(llm_url: str, model: str) -> dict:
     """The configuration of every goal's run. About 8 tokens/s on 2 cores: a plan of three
     subtasks is about 300 tokens, a whole small file about 200, so a worker gets 5 minutes;
-    a model that writes without end is ended there."""
+    a model that writes without end is ended there. The split asks twice at most, 3 minutes
+    each, within a goal's bound."""
     return {"task_backend": "json", "task_prefix": "goal", "llm_url": llm_url, "llm_model": model,
-            "llm_num_ctx": 8192, "llm_max_tokens": 1024, "llm_retries": 1, "llm_timeout_secs": 300,
+            "llm_num_ctx": 8192, "llm_max_tokens": 1024, "llm_retries": 1, "llm_timeout_secs": 180,
             "max_workers": 1, "poll_interval_secs": 1, "worker_timeout_secs": 300, "worker_kill_grace_secs": 5,
             "max_attempts": 2, "max_merge_retries": 2, "auto_ingest_suggestions": False,
             "merge_gate_command": [sys.executable, "-m", "pytest", "-q"], "merge_gate_timeout_secs": 120}
@@ -67,7 +68,7 @@ class GoalRun:
     run_secs: float = 0.0
     dispatch_code: int | None = None  # None: not run (no plan)
     dispatch_output: str = ""  # stdout then stderr
-    stopped: bool = False  # stopped at the bound with Ctrl-C twice
+    stopped: bool = False  # at the bound: the split ended, or the dispatcher stopped with Ctrl-C twice
 
     @property
     def plan_valid(self) -> bool:
@@ -106,11 +107,14 @@ def run_goal(name: str, folder: Path, goal_settings: dict, bound_secs: float, en
     config.write_text(json.dumps({"repo_path": str(repo), **goal_settings}), encoding="utf-8")
     env = {**os.environ, **(env or {})}
     goal = (GOALS / name / "goal.txt").read_text(encoding="utf-8").strip()
-    split = subprocess.run([sys.executable, str(ROOT / "split_task.py"), "--config", str(config), "--json",
-                            "--min", "1", "--max", str(MAX_SUBTASKS), goal], cwd=repo, env=env,
-                           capture_output=True, text=True, timeout=bound_secs)
+    argv = [sys.executable, str(ROOT / "split_task.py"), "--config", str(config), "--json",
+            "--min", "1", "--max", str(MAX_SUBTASKS), goal]
+    try:
+        split = subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True, timeout=bound_secs)
+    except subprocess.TimeoutExpired:  # ended by subprocess.run; a split creates nothing until its plan is whole
+        split = subprocess.CompletedProcess(argv, None, "", f"no plan within the bound ({bound_secs:g} s)\n")
     created = json.loads(split.stdout)["created"] if split.returncode == 0 else []
-    run = GoalRun(name, repo, config, split, time.monotonic() - started, created)
+    run = GoalRun(name, repo, config, split, time.monotonic() - started, created, stopped=split.returncode is None)
     if not created:
         return run
     out, err = folder / f"{name}.dispatch.out", folder / f"{name}.dispatch.err"
