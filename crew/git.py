@@ -122,6 +122,16 @@ def is_ancestor(root: Path, commit: str, of: str) -> bool:
     return git("merge-base", "--is-ancestor", commit, of, cwd=root, check=False).returncode == 0
 
 
+def merge_of(root: Path, tip: str, branch: str) -> str | None:
+    """The commit of `branch`'s first-parent line that merged `tip` (its second parent), if any;
+    only the commits since `tip` are read."""
+    for line in git_out(root, "rev-list", "--first-parent", "--parents", f"{tip}..{branch}").splitlines():
+        ids = line.split()
+        if len(ids) > 2 and ids[2] == tip:
+            return ids[0]
+    return None
+
+
 def commits_between(root: Path, tip: str, excluded: str) -> list[str]:
     """The commits reachable from `tip` and not from `excluded`, by id, newest first."""
     return git_out(root, "rev-list", tip, f"^{excluded}", "--").split()

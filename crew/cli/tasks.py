@@ -12,6 +12,7 @@ from crew import tasks
 from crew import workspace
 from crew.cli import base
 from crew.dispatch import ledger
+from crew.dispatch import revert
 from crew.dispatch import rewritten_main
 from crew.tasks import model
 
@@ -27,6 +28,7 @@ examples:
   py tasks.py create "Rework the login" --review   a person approves its branch before it lands
   py tasks.py close myrepo-3 -r "done by hand"
   py tasks.py block myrepo-4 -r "needs a design decision"
+  py tasks.py revert myrepo-6 -r "broke the login page"   undo its merges on main, then reopen it
   py tasks.py held                         branches held: they carry commits that left main
   py tasks.py held myrepo-5 --discard      delete that branch; the task is tried again on main
 """
@@ -63,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("note", parents=[shared], help="append a note to a task")
     p.add_argument("id")
     p.add_argument("text")
+    p = sub.add_parser("revert", parents=[shared],
+                       help="undo a merged task's change on main: a revert task whose branch reverts its merges, "
+                            "landed through the merge queue; the task is reopened once it has landed")
+    p.add_argument("id")
+    p.add_argument("-r", "--reason", default="", help="why: a note on the task when it is reopened")
+    p.add_argument("--close", action="store_true", help="leave the task closed once the revert has landed")
     p = sub.add_parser("held", parents=[shared],
                        help="list the branches the dispatcher holds (they carry commits that left main and do not "
                             "rebase without them), or decide one")
@@ -136,6 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             description = (description + "\n\n" if description else "") + "Files: " + ", ".join(files)
         labels = [model.FILE_LABEL + f for f in files] + ([model.NEEDS_REVIEW_LABEL] if args.review else [])
         result = [store.create(args.title, description, priority=args.priority, labels=labels)]
+    elif args.command == "revert":
+        if problem := names.task_text_problem(args.reason, names.TEXT_LIMIT):
+            raise errors.UserError(f"the reason {problem}; nothing was filed")
+        result = [revert.request(config, store, args.id, args.reason, args.close)]
     elif args.command == "close":
         result = [store.close(args.id, args.reason, force=args.force)]
     elif args.command == "reopen":
@@ -155,6 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         for task in result:
             base.show(format_task(task))
+        if args.command == "revert":
+            base.show(f"its branch is made, gated and landed by the dispatcher (now if it runs, else at its next "
+                      f"run); {args.id} is {'left closed' if args.close else 'reopened'} once it has landed")
         if args.command == "list" and not result:
             print("no tasks")
     return 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from crew import errors
 from crew import files as statefiles
 from crew import git
 from crew import names as safe_names
+from crew.dispatch import revert
 from crew.tasks import model as task_model
 
 MODEL_LABEL = "model:"
@@ -53,6 +55,9 @@ def worker_argv(config: configuration.Config, task: task_model.Task, message_fil
     # litellm (under Aider) otherwise fetches a model price list from the internet at every
     # start: offline that fails at once, behind a silent proxy it stalls each worker 5-10 s.
     env.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    if (reverter := revert.reverter_command(task, config.root)) is not None:  # a revert task: the toolkit makes its branch
+        return reverter, {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(configuration.TOOLKIT_DIR),
+                                                                              env.get("PYTHONPATH")]))}
     template = config.worker_command
     if template is None:
         # Aider picks the edit format by the model's name, "whole" for one it does not know.

@@ -20,6 +20,7 @@ from crew import processes
 from crew.dispatch import main_checks
 from crew.dispatch import parallel_gates
 from crew.dispatch import records
+from crew.dispatch import revert
 from crew.dispatch import rewritten_main
 from crew.dispatch import scheduler
 from crew.dispatch import stacks
@@ -199,7 +200,7 @@ class MergeQueue:
             ledger.block(request.task_id, f"its branch {request.branch} is gone", request.actor)
             return Decision("dropped")
         if git.is_ancestor(root, tip, main):  # merged before a crash: only the bookkeeping is left
-            self.finish_merge(request, task, git.rev_parse(root, main))
+            self.finish_merge(request, task, git.merge_of(root, tip, main) or git.rev_parse(root, main))
             return Decision("merged")
         if task.status != "in_progress" or task.assignee != request.actor:
             self.drop(request)
@@ -342,6 +343,7 @@ class MergeQueue:
                 return True
             if outcome != "ok":
                 return self.merge_waits(landing.request, outcome)
+            failpoints.failpoint("after_main_moved")  # a restart finds the branch merged: bookkeeping only
             if self.config.merge_gate_command:  # main is now a commit that passed the checks exactly as it is
                 self.ledger.state.main_check = records.MainCheck(landing.commit, True, time.time())
             self.rewritten.observe(landing.commit)  # main moved on from the main last seen: nothing left it
@@ -425,12 +427,16 @@ class MergeQueue:
         ledger.event("merged", task_id, branch=request.branch, commit=commit,
                      diffstat=git.merge_diffstat(self.root, commit, tip))
         ledger.say(f"{task_id}: merged {request.branch} into {self.config.main_branch} ({short})")
+        if revert.merged_label(commit) not in task.labels:  # by its full id: what `tasks.py revert` undoes
+            self.store.relabel(task_id, add=[revert.merged_label(commit)])
         if request.outcome == "close":
             if task.status != "closed":
                 self.store.close(task_id, f"merged into {self.config.main_branch} as {short}"
                                  + (f"; {request.note}" if request.note else ""), actor=request.actor)
                 ledger.event("closed", task_id)
                 ledger.epic_check_due |= bool(task.deps_of("discovered-from"))
+            if revert.reverted_task(task.labels):
+                revert.after_landing(self.store, ledger, task, commit)
             ledger.summary["merged"].append(task_id)
             # What this run said about it before (a branch kept when it was reopened) is settled.
             ledger.summary["waiting"] = [w for w in ledger.summary["waiting"] if w["id"] != task_id]

@@ -108,6 +108,7 @@ FIELD_CHECKS = {
     "left_blocked": {"reason": _text},
     "record_dropped": {"record": _text},
     "breaker_tripped": {"failures": _whole(0)},
+    "reverted": {"revert_task": _text, "reopened": lambda value: type(value) is bool},
 }
 
 

@@ -74,7 +74,7 @@ class TaskRow:
     task_id: str
     title: str
     kind: str = "task"
-    outcome: str = "waiting"  # merged, resolved, blocked, waiting, dropped (deleted from the store)
+    outcome: str = "waiting"  # merged, resolved, blocked, waiting, reverted, dropped (deleted from the store)
     detail: str = ""  # what it waits for, or why it is blocked
     attempts: list[Attempt] = dataclasses.field(default_factory=list)
     queue_wait: float = 0.0
@@ -93,7 +93,7 @@ class Mark:
     """Something that happened at one moment: a merge, a conflict filed, a gate run, a breaker trip."""
 
     at: float
-    kind: str  # merged, conflict, gate_passed, gate_failed, main_passed, main_failed, breaker
+    kind: str  # merged, reverted, conflict, gate_passed, gate_failed, main_passed, main_failed, breaker
     task_id: str | None
     text: str
 
@@ -417,6 +417,14 @@ class _Builder:
             row.outcome, row.detail = "resolved", ""
             if (attempt := self.last.get(e.task_id)) is not None:
                 attempt.outcome = "resolved"
+
+    def on_reverted(self, e: event_log.Event) -> None:
+        """Its merges were undone on main by a revert task's branch: reopened, or left closed."""
+        row, undo = self.task(e.task_id), e.get_str("revert_task") or "?"
+        reopened = e.fields.get("reopened") is True
+        row.outcome = "waiting" if reopened else "reverted"
+        row.detail = f"undone on main by {undo}" + ("; reopened for another attempt" if reopened else "")
+        self.marks.append(Mark(e.at, "reverted", e.task_id, f"{e.task_id} reverted on main by {undo}"))
 
     def on_main_checked(self, e: event_log.Event) -> None:
         commit = (e.get_str("commit") or "")[:10]

@@ -179,7 +179,7 @@ def render_marks(report: model.Report, scale: TimeScale, bottom: float) -> list[
            f'<line class="main-line" x1="{LEFT}" y1="{mid}" x2="{WIDTH - RIGHT}" y2="{mid}"/>']
     for m in report.marks:
         x = scale.x(m.at)
-        if m.kind == "merged":
+        if m.kind in ("merged", "reverted"):
             shape = f'<path d="M{x:.1f},{mid - 7} l6,7 l-6,7 l-6,-7 z"/>'
         elif m.kind == "conflict":
             shape = f'<path d="M{x - 5:.1f},{mid - 5} l10,10 m0,-10 l-10,10"/>'
@@ -277,7 +277,8 @@ def render_table(report: model.Report, report_dir: Path) -> str:
 
 def render_summary(report: model.Report) -> str:
     merged, blocked, dropped = report.count("merged"), report.count("blocked"), report.count("dropped")
-    waiting = sum(1 for t in report.tasks.values() if t.kind == "task") - merged - blocked - dropped
+    reverted = report.count("reverted")
+    waiting = sum(1 for t in report.tasks.values() if t.kind == "task") - merged - blocked - dropped - reverted
     agent = report.agent_time
     share = f"{report.merged_agent_time / agent:.0%}" if agent else "–"
     restarts = len(report.runs) - 1
@@ -291,6 +292,7 @@ def render_summary(report: model.Report) -> str:
     items = [
         ("tasks", f'<b class="o-merged">{merged} merged</b> · <b class="o-blocked">{blocked} blocked</b> · '
                   f'<b class="o-waiting">{waiting} waiting</b>'
+                  + (f' · <b class="o-reverted">{reverted} reverted</b>' if reverted else "")
                   + (f" · {dropped} deleted from the store" if dropped else "")),
         ("wall time", esc(duration_text(report.wall_time))
          + (f" over {len(report.runs)} runs ({restarts} restart{'s' if restarts > 1 else ''})" if restarts else "")),
@@ -320,6 +322,7 @@ h1 { font-size: 20px; margin: 0 0 2px; } h2 { font-size: 16px; margin: 22px 0 8p
 .grid { stroke: #e4e7eb; } .tick { fill: #59636e; font-size: 11px; } .lane-name { fill: #1f2328; font-weight: 600; }
 .lane-bg { fill: #f6f8fa; } .main-line { stroke: #9aa0a6; stroke-width: 2; }
 .bar text { fill: #fff; font-size: 11.5px; pointer-events: none; } .bar:hover rect { stroke: #1f2328; stroke-width: 2; }
+.mark.m-reverted path { fill: none; stroke: #9a6700; stroke-width: 2; }
 .mark.m-merged path { fill: #2f9e5b; } .mark.m-conflict path { stroke: #d64541; stroke-width: 3; }
 .mark.m-gate_passed circle { fill: #2f9e5b; } .mark.m-gate_failed circle { fill: #d64541; }
 .mark.m-main_passed rect { fill: #2f9e5b; } .mark.m-main_failed rect { fill: #d64541; }
@@ -334,7 +337,7 @@ table.tasks { border-collapse: collapse; width: 100%; font-size: 13px; }
 .tasks .num { text-align: right; white-space: nowrap; } .tasks .id { white-space: nowrap; font-family: monospace; }
 .kind { font-size: 11px; background: #e7eef7; border-radius: 3px; padding: 0 4px; white-space: nowrap; }
 .detail { color: #59636e; font-size: 12px; max-width: 420px; } .ins { color: #2f9e5b; } .del { color: #d64541; }
-.o-merged, .o-resolved { color: #2f9e5b; } .o-blocked { color: #d64541; } .o-waiting { color: #9a6700; }
+.o-merged, .o-resolved { color: #2f9e5b; } .o-reverted { color: #9a6700; } .o-blocked { color: #d64541; } .o-waiting { color: #9a6700; }
 """
 
 

@@ -1,0 +1,138 @@
+"""Undo: `tasks.py revert` files a revert task whose branch reverts the task's recorded merges,
+newest first; it lands through the merge queue, and only then is the task reopened."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from crew.dispatch import revert
+from crew.report import events as event_log
+from crew.report import model as report_model
+from crew.report import page
+from crew.tasks import model
+from conftest import ROOT, commit_file, git
+from dispatch_helpers import add_task, dispatch, events, main_file
+
+A, B = "a" * 40, "b" * 40
+
+
+def tasks_cli(cfg, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "tasks.py"), "--config", str(cfg), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def main_merges(repo) -> list[str]:
+    """The merge commits on main's first-parent line, newest first."""
+    return git(repo, "rev-list", "--first-parent", "--merges", "main").split()
+
+
+def test_a_revert_task_names_the_merges_newest_first_and_links_the_original():
+    task = model.Task("p-1", "Add \x1b[2J a", priority=1, labels=[revert.merged_label(A), "merged:short", "file:x"])
+    assert revert.recorded_merges(task.labels) == [A]  # only full commit ids count
+    spec = revert.revert_task(task, [B, A], "broke the build", keep_closed=False)
+    assert spec.title.startswith("Revert p-1: Add") and spec.priority == 1 and spec.deps == [("related", "p-1")]
+    assert revert.reverted_task(spec.labels) == "p-1" and revert.merges_to_revert(spec.labels) == [B, A]
+    assert revert.reason_of(spec.description) == "broke the build"
+    assert revert.KEEP_CLOSED_LABEL in revert.revert_task(task, [A], "", keep_closed=True).labels
+    assert revert.merges_to_revert([revert.REVERTS_PREFIX + A]) == []  # not a revert task without revert-of
+
+
+def test_a_merged_task_is_reverted_through_the_queue_then_reopened_with_the_reason(agent_setup, repo):
+    cfg, config, store = agent_setup()
+    task = add_task(store, "Add a", "append a.txt from a")
+    assert dispatch(cfg).returncode == 0
+    merged = store.get(task.id)
+    assert revert.recorded_merges(merged.labels) == main_merges(repo)  # the full id, recorded as it landed
+    filed = tasks_cli(cfg, "revert", task.id, "-r", "broke the build")
+    assert filed.returncode == 0, filed.stderr
+    proc = tasks_cli(cfg, "revert", "nope-99")
+    assert proc.returncode == 1 and proc.stderr.startswith("error: ")
+    undo = [t for t in store.list(None) if revert.reverted_task(t.labels) == task.id]
+    assert len(undo) == 1 and undo[0].title == f"Revert {task.id}: Add a"
+    again = tasks_cli(cfg, "revert", task.id, "-r", "x")
+    assert again.returncode == 1 and f"being reverted already by {undo[0].id}" in again.stderr
+    assert store.get(task.id).status == "closed"  # not reopened before the revert has landed
+    # The reopened task runs again in the same run: on a main without its first change.
+    proc = dispatch(cfg)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    reverted = events(repo, "reverted")
+    assert [(e["task_id"], e["revert_task"], e["reopened"]) for e in reverted] == [(task.id, undo[0].id, True)]
+    names = [(e["event"], e["task_id"]) for e in events(repo) if e["event"] in ("reverted", "claimed")]
+    assert names.index(("reverted", task.id)) < names.index(("claimed", task.id), 1)
+    final = store.get(task.id)
+    assert f"reverted on main by {undo[0].id}" in final.notes and final.notes.count("broke the build") == 1
+    assert store.get(undo[0].id).status == "closed"
+    # Its one recorded merge is the new attempt's; the reverted one is no longer the task's.
+    assert revert.recorded_merges(final.labels) == [main_merges(repo)[0]]
+    assert main_file(repo, "a.txt") == "from a\n"
+
+
+def test_revert_close_leaves_the_task_closed_and_a_multi_merge_task_is_reverted_newest_first(agent_setup, repo):
+    cfg, config, store = agent_setup()
+    commit_file(repo, "a.txt", "base\n")
+    task = add_task(store, "Grow a", "append a.txt more")
+    assert dispatch(cfg).returncode == 0
+    store.reopen(task.id)  # a second attempt merges more on top: the task landed in two steps
+    assert dispatch(cfg).returncode == 0
+    assert main_file(repo, "a.txt") == "base\nmore\nmore\n"
+    recorded = revert.recorded_merges(store.get(task.id).labels)
+    assert sorted(recorded) == sorted(main_merges(repo)) and len(recorded) == 2
+    proc = tasks_cli(cfg, "revert", task.id, "-r", "wrong approach", "--close")
+    assert proc.returncode == 0, proc.stderr
+    assert dispatch(cfg).returncode == 0
+    assert main_file(repo, "a.txt") == "base\n"
+    undo = next(t for t in store.list(None) if revert.reverted_task(t.labels) == task.id)
+    reverts = git(repo, "log", "--reverse", "--format=%s%n%b", f"{main_merges(repo)[1]}..main^2").split("\n")
+    # Newest merge first, each by its recorded id.
+    assert [line.split()[3].rstrip(",.") for line in reverts if line.startswith("This reverts commit")] == \
+        main_merges(repo)[1:3]
+    assert store.get(undo.id).status == "closed" and store.get(task.id).status == "closed"
+    assert "wrong approach; left closed" in store.get(task.id).notes
+    assert [e["reopened"] for e in events(repo, "reverted")] == [False]
+    report = report_model.build_report(event_log.EventReader(repo / ".dispatch_logs" / "events.jsonl"),
+                                       repo / ".dispatch_logs")
+    row = report.tasks[task.id]
+    assert (row.outcome, row.detail) == ("reverted", f"undone on main by {undo.id}")
+    assert [m.task_id for m in report.marks if m.kind == "reverted"] == [task.id]
+    assert f'<b class="o-reverted">1 reverted</b>' in page.render_summary(report)
+
+
+def test_a_revert_that_conflicts_with_later_work_becomes_a_conflict_task(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup()
+    commit_file(repo, "a.txt", "one\n")
+    task = add_task(store, "One to two", "replace a.txt one two")
+    assert dispatch(cfg).returncode == 0
+    commit_file(repo, "a.txt", "three\n", "later work on the same line")
+    assert tasks_cli(cfg, "revert", task.id, "--close").returncode == 0
+    assert dispatch(cfg).returncode == 0
+    undo = next(t for t in store.list(None) if revert.reverted_task(t.labels) == task.id)
+    filed = events(repo, "conflict_filed")
+    assert [(e["task_id"], e["kind"]) for e in filed] == [(undo.id, "conflict")]
+    # The scripted resolver keeps both sides; the revert then landed, and the task stays closed.
+    assert store.get(undo.id).status == "closed" and [e["task_id"] for e in events(repo, "reverted")] == [task.id]
+    assert "<<<<<<<" not in main_file(repo, "a.txt")
+
+
+def test_a_task_without_a_recorded_merge_is_not_reverted(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup()
+    task = add_task(store, "Never merged", "append a.txt a")
+    proc = tasks_cli(cfg, "revert", task.id)
+    assert proc.returncode == 1
+    assert proc.stderr == (f"error: {task.id} has no merge on main recorded (the dispatcher records each merge "
+                           "it lands); nothing to revert\n")
+    assert len(store.list(None)) == 1
+
+
+def test_a_merge_bookkept_after_a_crash_is_recorded_by_its_own_commit_not_main_s_tip(agent_setup, repo):
+    cfg, config, store = agent_setup()
+    task = add_task(store, "Add a", "append a.txt a")
+    killed = dispatch(cfg, env={"DISPATCH_FAILPOINT": "after_main_moved"})
+    assert killed.returncode == 77, killed.stdout + killed.stderr
+    merge = main_merges(repo)[0]
+    assert revert.recorded_merges(store.get(task.id).labels) == []  # killed before its bookkeeping
+    commit_file(repo, "later.txt", "a person's commit on top\n")
+    assert dispatch(cfg).returncode == 0
+    assert store.get(task.id).status == "closed"
+    assert revert.recorded_merges(store.get(task.id).labels) == [merge]
