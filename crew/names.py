@@ -8,9 +8,10 @@ from pathlib import PurePosixPath
 from crew import errors
 
 
-# A title is one line of a list and a commit's subject. A description or note reaches bd as one
-# argument, and Linux refuses an argument over 128 KiB: 30,000 characters stay under it even at
-# four UTF-8 bytes each.
+# A title is one line of a list and a commit's subject: at most 500 characters, and in a store at
+# most 500 bytes of UTF-8 too, since bd counts bytes (200 CJK characters are 600) and refuses more.
+# A description or note reaches bd as one argument, and Linux refuses an argument over 128 KiB:
+# 30,000 characters stay under it even at four UTF-8 bytes each.
 TITLE_LIMIT = 500
 TEXT_LIMIT = 30_000
 CUT_MARK = " [...]"
@@ -98,11 +99,30 @@ def task_text_problem(text: str, limit: int) -> str | None:
     return None
 
 
+def title_problem(title: str) -> str | None:
+    """task_text_problem for a new task's title, whose limit holds in bytes of UTF-8 too."""
+    if problem := task_text_problem(title, TITLE_LIMIT):
+        return problem
+    if (size := len(title.encode("utf-8"))) > TITLE_LIMIT:
+        return f"is longer than {TITLE_LIMIT:,} bytes of UTF-8 ({size:,})"
+    return None
+
+
 def clean_text(text: str, limit: int | None = TEXT_LIMIT) -> str:
     """Text fit for a store, a commit message or a file: NUL bytes removed (no command line can
     hold one), a lone surrogate replaced by U+FFFD (UTF-8 cannot encode it), cut to `limit`."""
     text = LONE_SURROGATE.sub("\ufffd", text.replace("\0", ""))
     return text if limit is None or len(text) <= limit else text[:limit - len(CUT_MARK)] + CUT_MARK
+
+
+def store_title(title: str) -> str:
+    """A title fit for either store: cleaned (clean_text) and at most TITLE_LIMIT bytes of UTF-8,
+    cut at a character's end."""
+    title = clean_text(title, None)
+    if len(title.encode("utf-8")) <= TITLE_LIMIT:
+        return title
+    room = TITLE_LIMIT - len(CUT_MARK)
+    return title.encode("utf-8")[:room].decode("utf-8", "ignore") + CUT_MARK
 
 
 def clean_title(title: str) -> str:

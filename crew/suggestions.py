@@ -61,7 +61,7 @@ def parse_suggestion(text: str) -> Suggestion:
     title, description = parts[0], " -- ".join(parts[1:])
     if not title:
         raise ValueError("has no title")
-    if len(title) > MAX_TITLE:
+    if len(title) > MAX_TITLE or len(title.encode("utf-8")) > names.TITLE_LIMIT:  # the store's limit is in bytes
         description = title + ("\n\n" + description if description else "")
         title = names.cut_at_word(title, MAX_TITLE)
     return Suggestion(text, title, description, files, source)

@@ -24,7 +24,8 @@ ISSUE_ORDER = ("id", "title", "description", "notes", "status", "priority", "iss
 # Where errors go, as the real bd 1.3.0 prints them with --json: `show`, `dep`, `comment` and
 # `label` print {"error", "schema_version"} on stdout; `update` prints a line of text, then
 # compact JSON with the reason under "failed", both on stderr; `close` of a blocked issue and
-# `create` print plain text on stderr.
+# `create` print plain text on stderr, but `create` prints a value it refuses (a title over 500
+# bytes) as JSON on stdout.
 STDOUT_ERRORS = ("show", "reopen", "dep", "comment", "label")
 
 
@@ -42,6 +43,20 @@ class BatchFailure(BdFailure):
 
 class PlainFailure(BdFailure):
     """Printed as text on stderr even with --json."""
+
+
+class ValidationFailure(BdFailure):
+    """A value bd refuses; `create --json` prints it as JSON on stdout, as the real bd does."""
+
+
+# The real bd counts a title's length in bytes of UTF-8 (Go's len), and refuses a longer one.
+TITLE_LIMIT_BYTES = 500
+
+
+def check_title(title: str) -> None:
+    if (size := len(title.encode("utf-8", "surrogateescape"))) > TITLE_LIMIT_BYTES:
+        raise ValidationFailure(f"validation failed: validation failed for issue : title must be "
+                                f"{TITLE_LIMIT_BYTES} characters or less (got {size})")
 
 
 def now() -> str:
@@ -249,6 +264,7 @@ def ready_list(db: Db) -> list[dict]:
 def command(args, db: Db) -> None:
     who = actor(args)
     if args.cmd == "create":
+        check_title(args.title)
         issue = {"id": db.new_id(), "title": args.title, "description": args.description, "status": "open",
                  "priority": args.priority, "issue_type": args.type, "created_at": now(), "created_by": who,
                  "updated_at": now(), "labels": [l for l in args.labels.split(",") if l]}
@@ -389,9 +405,9 @@ def main(argv: list[str]) -> int:
                 {"id": exc.issue_id, "error": str(exc)}], "schema_version": 1}, separators=(",", ":")), file=sys.stderr)
         return 1
     except BdFailure as exc:
-        if args.json and not isinstance(exc, PlainFailure) and args.cmd != "create":
+        if args.json and not isinstance(exc, PlainFailure) and (args.cmd != "create" or isinstance(exc, ValidationFailure)):
             error = json.dumps({"error": str(exc), "schema_version": 1}, indent=2)
-            print(error, file=sys.stdout if args.cmd in STDOUT_ERRORS else sys.stderr)
+            print(error, file=sys.stdout if args.cmd in STDOUT_ERRORS or args.cmd == "create" else sys.stderr)
         else:
             print(f"Error: {exc}" if args.cmd == "create" else str(exc), file=sys.stderr)
         return 1

@@ -128,3 +128,14 @@ def test_from_an_unknown_task_is_kept_without_the_link(repo, config, store):
     (repo / "suggested_tasks.txt").write_text("[from:proj-gone] Orphan idea\n", encoding="utf-8")
     task = store.get(suggestions.ingest(config, store).created[0])
     assert task.dependencies == [] and "proj-gone" in task.description
+
+
+def test_a_title_over_the_stores_limit_in_bytes_is_cut_to_it_and_kept_whole(repo, config, store):
+    # 200 CJK characters are 600 bytes of UTF-8: bd counts bytes, and refuses a title over 500.
+    long_title = "漢" * 200
+    (repo / "suggested_tasks.txt").write_text(f"{long_title}\nThe next idea\n", encoding="utf-8")
+    result = suggestions.ingest(config, store)
+    assert len(result.created) == 2 and result.skipped == []
+    task = store.get(result.created[0])
+    assert len(task.title.encode("utf-8")) <= 500 and task.title.startswith("漢" * 100)
+    assert long_title in task.description

@@ -69,6 +69,7 @@ def test_a_nul_byte_or_a_huge_title_in_the_store_never_wedges_a_run(json_agent_s
 def test_the_commands_that_create_tasks_refuse_a_nul_or_overlong_text_in_one_line(make_config, repo, fake_llm):
     cfg = make_config(task_backend="json", task_prefix="proj", llm_url=fake_llm.url, llm_retries=0)
     for args, problem in [(["create", "x" * (names.TITLE_LIMIT + 1)], "the title is longer than 500 characters"),
+                          (["create", "漢" * 200], "the title is longer than 500 bytes of UTF-8 (600)"),
                           (["create", "t", "-d", "x" * (names.TEXT_LIMIT + 1)],
                            "the description is longer than 30,000 characters")]:
         refused = run_script("tasks.py", cfg, *args)

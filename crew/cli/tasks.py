@@ -134,9 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "show":
         result = [store.get(args.id)]
     elif args.command == "create":
-        for what, text, limit in (("title", args.title, names.TITLE_LIMIT),
-                                  ("description", args.description, names.TEXT_LIMIT)):
-            if problem := names.task_text_problem(text, limit):
+        for what, problem in (("title", names.title_problem(args.title)),
+                              ("description", names.task_text_problem(args.description, names.TEXT_LIMIT))):
+            if problem:
                 raise errors.UserError(f"the {what} {problem}; nothing was created")
         files = [names.check_repo_path(f) for f in args.file]
         description = args.description

@@ -70,7 +70,7 @@ class BdTaskStore:
         """One `bd create` each; a failure part-way says which were created."""
         created: list[model.Task] = []
         for spec in specs:
-            args = ["create", names.clean_text(spec.title, names.TITLE_LIMIT), "-p", str(spec.priority),
+            args = ["create", names.store_title(spec.title), "-p", str(spec.priority),
                     "-t", spec.issue_type]
             if spec.description:
                 args += ["-d", names.clean_text(spec.description)]

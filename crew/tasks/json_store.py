@@ -193,7 +193,7 @@ class JsonTaskStore:
             stamp, created = files.now_iso(), []
             for spec in specs:
                 highest += 1
-                task = model.Task(id=f"{self.prefix}-{highest}", title=names.clean_text(spec.title, names.TITLE_LIMIT),
+                task = model.Task(id=f"{self.prefix}-{highest}", title=names.store_title(spec.title),
                                   description=names.clean_text(spec.description),
                                   priority=spec.priority, issue_type=spec.issue_type, labels=list(spec.labels),
                                   created_at=stamp, updated_at=stamp)
