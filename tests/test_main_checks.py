@@ -74,7 +74,8 @@ def test_a_gate_failing_on_main_too_files_no_fix_task_and_a_run_ends_saying_main
     checked = events(repo, "main_checked")
     assert [(e["commit"], e["passed"]) for e in checked] == [(before, False)]  # said once
     assert not [e for e in events(repo, "gate_failed") if e["counts"]]
-    assert {e.get("reason") for e in events(repo, "gate_failed")} == {"main fails its checks"}
+    # (With parallel gates an entry behind may also fail first while the one ahead still gates.)
+    assert "main fails its checks" in {e.get("reason") for e in events(repo, "gate_failed")}
     report = report_model.build_report(event_log.EventReader(repo / ".dispatch_logs" / "events.jsonl"),
                                        repo / ".dispatch_logs")
     assert [m.kind for m in report.marks if m.kind.startswith("main_")] == ["main_failed"]
