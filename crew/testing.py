@@ -84,7 +84,7 @@ class OllamaServe:
 
     def start(self) -> None:
         """Start it and wait until it answers; RuntimeError with its log's tail if it never does."""
-        self.proc = processes.start_process([str(self.binary), "serve"], self.work, self.env, self.log)
+        self.proc = processes.start_process([str(self.binary), "serve"], self.work, self.env, self.log, "ollama serve")
         deadline = time.monotonic() + self.START_SECS
         while True:
             try:
