@@ -126,8 +126,9 @@ def store_title(title: str) -> str:
 
 
 def clean_title(title: str) -> str:
-    """A title as one safe line of at most TITLE_LIMIT characters (a commit's subject, a record)."""
-    return cut_at_word(clean_text(title, None), TITLE_LIMIT)
+    """A title as one safe line of at most TITLE_LIMIT characters (a commit's subject, a record),
+    its control characters as escapes: `git log` prints a subject as it is, to a terminal."""
+    return cut_at_word(for_terminal(" ".join(clean_text(title, None).split())), TITLE_LIMIT)
 
 
 def for_terminal(text: str, multiline: bool = False) -> str:

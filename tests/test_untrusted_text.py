@@ -220,3 +220,13 @@ def test_a_task_file_that_a_link_leads_out_of_the_repository_never_reaches_the_a
     assert dispatch(cfg).returncode == 0
     assert json.loads(main_file(repo, "argv.json"))[1:] == ["alias.md", "src/app.py"]
     assert sorted(p.name for p in outside.iterdir()) == ["dotfile"]
+
+
+def test_a_merge_commit_carries_a_titles_control_characters_as_escapes(json_agent_setup, repo):
+    # `git log` prints a commit's subject as it is: an escape sequence in it would act on the terminal.
+    cfg, config, store = json_agent_setup()
+    write_queue(repo, {"id": "proj-1", "title": f"Title {ESCAPES}", "description": "AGENT: append a.txt a"})
+    assert dispatch(cfg).returncode == 0
+    [subject] = merge_subjects(repo)
+    assert subject == f"Merge work/proj-1: Title {SHOWN.removesuffix(chr(92) + 'x00')} (proj-1)"
+    assert not any(c in subject for c in TERMINAL_ACTS_ON)
