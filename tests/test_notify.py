@@ -136,3 +136,15 @@ def test_a_hanging_notifier_is_ended_as_a_tree_after_its_timeout_while_the_run_g
     assert len(events(repo, notify.FAILED)) == 1  # the run's end was told
     assert not psutil.pid_exists(int(grandchild.read_text(encoding="utf-8"))) or \
         psutil.Process(int(grandchild.read_text(encoding="utf-8"))).status() == psutil.STATUS_ZOMBIE
+
+
+def test_the_notifier_is_told_once_main_fails_its_checks(json_agent_setup, repo, tmp_path):
+    out = tmp_path / "told.jsonl"
+    cfg, config, store = json_agent_setup(merge_gate_command=[sys.executable, "-c", "import sys; sys.exit('red')"],
+                                          notify_command=notifier(tmp_path, "recorder", RECORDER, str(out)))
+    add_task(store, "Add a", "append a.txt a")
+    assert dispatch(cfg).returncode == 1
+    told = [t["event"] for t in received(out)]
+    assert [e["event"] for e in told] == ["main_checked", notify.RUN_ENDED]
+    assert told[0]["passed"] is False and told[0]["notice"].startswith(f"[{repo.name}] main fails its checks at ")
+    assert "main fails its checks" in told[1]["summary"]["waiting"][-1]["reason"]

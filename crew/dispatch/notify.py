@@ -15,7 +15,7 @@ from crew import processes
 from crew.report import events
 
 # The review step's event for a branch that waits for a person: notified once it is written.
-AWAITING_REVIEW_EVENT = "awaiting_review"
+AWAITING_REVIEW_EVENT = "review_awaited"
 RUN_ENDED = "run_ended"  # not in the events log: the notice of a run's end, with its summary and report
 FAILED = "notify_failed"
 SUMMARY_LIMIT = 200  # characters: a desktop popup or a phone's lock screen shows about this much
@@ -111,11 +111,11 @@ class Notifier:
             self.failed(event, f"exited with {result.returncode}" + (f": {said}" if said else ""))
 
     def close(self, last: dict | None = None) -> None:
-        """At the run's end: tell `last` here (the loop is over), then wait for the notifiers still
-        running; each is bounded by the timeout, after which its tree is ended."""
-        if self.command and last is not None:
-            self.give(last)
+        """At the run's end: wait for the notifiers still running (each is bounded by the timeout,
+        after which its tree is ended), so `last` is told after them; then tell it here (the loop is over)."""
         with self.lock:
             running = list(self.threads)
         for thread in running:
             thread.join()
+        if self.command and last is not None:
+            self.give(last)
