@@ -49,4 +49,5 @@ Layout, one concern a module (each module imports only the ones it needs, as mod
   dispatch/status.py       --status and --dry-run, from the records alone
   dispatch/preflight.py    what a run needs, checked before any worker starts
   dispatch/notify.py       notify_command: a person told of what needs them, off the loop
+  dispatch/revert.py       undoing a merged task: its merges recorded, the revert task, its reverter, the reopening
 """

@@ -55,7 +55,8 @@ def worker_argv(config: configuration.Config, task: task_model.Task, message_fil
     # litellm (under Aider) otherwise fetches a model price list from the internet at every
     # start: offline that fails at once, behind a silent proxy it stalls each worker 5-10 s.
     env.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    if (reverter := revert.reverter_command(task, config.root)) is not None:  # a revert task: the toolkit makes its branch
+    # A revert task: no agent, the toolkit's reverter makes its branch.
+    if (reverter := revert.reverter_command(task, config.root)) is not None:
         return reverter, {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(configuration.TOOLKIT_DIR),
                                                                               env.get("PYTHONPATH")]))}
     template = config.worker_command
