@@ -107,10 +107,16 @@ def test_a_failure_in_the_middle_regates_only_the_entries_behind_it(json_agent_s
 
 def test_a_gate_that_fails_behind_one_still_gating_is_an_event_at_once_and_again_when_it_counts(
         json_agent_setup, repo):
-    # The first entry's gate (g0.txt alone) takes 4 s and passes; the second's (g1.txt too) fails at once.
-    gate = [sys.executable, "-c", "import pathlib, sys, time; fails = pathlib.Path('g1.txt').exists(); "
-            "time.sleep(0.2 if fails else 4); sys.exit(1 if fails else 0)"]
-    cfg, config, store = json_agent_setup(max_workers=2, merge_gate_command=gate, merge_gate_parallelism=2,
+    # The second entry's gate (g1.txt too) fails at once; the first's (g0.txt alone) passes, but
+    # only once the second's failure is in the event log: the first is still gating when it comes,
+    # however slow the machine. One worker: the branches join the queue in task order.
+    log = repo / ".dispatch_logs" / "events.jsonl"
+    gate = [sys.executable, "-c", "import pathlib, sys, time\n"
+            "if pathlib.Path('g1.txt').exists(): sys.exit(1)\n"
+            f"log, deadline = pathlib.Path({str(log)!r}), time.monotonic() + 120\n"
+            "while time.monotonic() < deadline and '\"gate_failed\"' not in log.read_text(encoding='utf-8'):\n"
+            "    time.sleep(0.1)\n"]
+    cfg, config, store = json_agent_setup(max_workers=1, merge_gate_command=gate, merge_gate_parallelism=2,
                                           max_merge_retries=0)
     first, second = (t.id for t in queue_of_branches(store, 2))
     dispatch(cfg)
