@@ -14,6 +14,9 @@ from crew import errors
 # 30,000 characters stay under it even at four UTF-8 bytes each.
 TITLE_LIMIT = 500
 TEXT_LIMIT = 30_000
+# bd refuses a label over 255 characters; a task's file is the label `file:<path>`.
+LABEL_LIMIT = 255
+PATH_LIMIT = LABEL_LIMIT - len("file:")
 CUT_MARK = " [...]"
 LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")  # valid JSON ("\\ud83d"), but not encodable as UTF-8
 # What a terminal acts on rather than shows: C0 controls, DEL, C1 controls (ESC [ is also C1's CSI).
@@ -41,7 +44,9 @@ def check_repo_path(raw: str) -> str:
         raise errors.UserError(f"file path {raw!r} is inside .git")
     if any(p.startswith("-") for p in parts):
         raise errors.UserError(f"file path {raw!r} begins with '-' (it would become a command-line option)")
-    return "/".join(parts)
+    if len(path := "/".join(parts)) > PATH_LIMIT:
+        raise errors.UserError(f"file path {raw[:60]!r}... is longer than {PATH_LIMIT} characters")
+    return path
 
 
 def normalize_title(title: str) -> str:
@@ -123,6 +128,12 @@ def store_title(title: str) -> str:
         return title
     room = TITLE_LIMIT - len(CUT_MARK)
     return title.encode("utf-8")[:room].decode("utf-8", "ignore") + CUT_MARK
+
+
+def store_labels(labels: list[str]) -> list[str]:
+    """Labels fit for either store: one over LABEL_LIMIT characters (a conflicted file's long
+    path, from git) is left out, as bd would refuse the whole task."""
+    return [label for label in labels if len(label) <= LABEL_LIMIT]
 
 
 def clean_title(title: str) -> str:

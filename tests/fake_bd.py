@@ -51,6 +51,14 @@ class ValidationFailure(BdFailure):
 
 # The real bd counts a title's length in bytes of UTF-8 (Go's len), and refuses a longer one.
 TITLE_LIMIT_BYTES = 500
+LABEL_LIMIT = 255  # characters, unlike the title
+
+
+def check_labels(labels: list[str]) -> None:
+    for label in labels:
+        if len(label) > LABEL_LIMIT:
+            raise ValidationFailure(f"validation failed: field exceeds maximum length: label is {len(label)} "
+                                    f"characters (max {LABEL_LIMIT})")
 
 
 def check_title(title: str) -> None:
@@ -265,6 +273,7 @@ def command(args, db: Db) -> None:
     who = actor(args)
     if args.cmd == "create":
         check_title(args.title)
+        check_labels([label for label in args.labels.split(",") if label])
         issue = {"id": db.new_id(), "title": args.title, "description": args.description, "status": "open",
                  "priority": args.priority, "issue_type": args.type, "created_at": now(), "created_by": who,
                  "updated_at": now(), "labels": [l for l in args.labels.split(",") if l]}

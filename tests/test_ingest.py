@@ -139,3 +139,16 @@ def test_a_title_over_the_stores_limit_in_bytes_is_cut_to_it_and_kept_whole(repo
     task = store.get(result.created[0])
     assert len(task.title.encode("utf-8")) <= 500 and task.title.startswith("漢" * 100)
     assert long_title in task.description
+
+
+def test_a_file_path_too_long_for_a_label_is_refused_and_the_next_line_ingested(repo, config, store):
+    # bd refuses a label over 255 characters, and a task's file is the label `file:<path>`.
+    long_path = "src/" + "deep/" * 60 + "module.py"
+    (repo / "suggested_tasks.txt").write_text(f"Fix it -- files: {long_path}\nThe next idea\n", encoding="utf-8")
+    result = suggestions.ingest(config, store)
+    assert [store.get(i).title for i in result.created] == ["The next idea"]
+    [skipped] = result.skipped
+    assert "is longer than 250 characters" in skipped["reason"]
+    # A label that long from elsewhere (a conflicted file's path, from git) is left out, not refused.
+    task = store.create("Resolve it", labels=["merge-conflict", "file:" + long_path, "file:src/short.py"])
+    assert sorted(store.get(task.id).labels) == ["file:src/short.py", "merge-conflict"]

@@ -74,8 +74,8 @@ class BdTaskStore:
                     "-t", spec.issue_type]
             if spec.description:
                 args += ["-d", names.clean_text(spec.description)]
-            if spec.labels:
-                args += ["-l", ",".join(spec.labels)]
+            if labels := names.store_labels(spec.labels):
+                args += ["-l", ",".join(labels)]
             if spec.deps:
                 args += ["--deps", ",".join(f"{kind}:{target}" for kind, target in spec.deps)]
             try:

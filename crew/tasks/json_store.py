@@ -195,8 +195,8 @@ class JsonTaskStore:
                 highest += 1
                 task = model.Task(id=f"{self.prefix}-{highest}", title=names.store_title(spec.title),
                                   description=names.clean_text(spec.description),
-                                  priority=spec.priority, issue_type=spec.issue_type, labels=list(spec.labels),
-                                  created_at=stamp, updated_at=stamp)
+                                  priority=spec.priority, issue_type=spec.issue_type,
+                                  labels=names.store_labels(spec.labels), created_at=stamp, updated_at=stamp)
                 for kind, target in spec.deps:
                     other = self._find(entries, target)
                     if kind == "blocks":
