@@ -136,3 +136,19 @@ def test_a_merge_bookkept_after_a_crash_is_recorded_by_its_own_commit_not_main_s
     assert dispatch(cfg).returncode == 0
     assert store.get(task.id).status == "closed"
     assert revert.recorded_merges(store.get(task.id).labels) == [merge]
+
+
+def test_a_revert_that_conflicts_without_markers_is_left_to_a_person(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup(max_attempts=1)
+    commit_file(repo, "c.txt", "one\n")
+    task = add_task(store, "One to two", "replace c.txt one two")
+    assert dispatch(cfg).returncode == 0
+    git(repo, "rm", "-q", "c.txt")
+    git(repo, "commit", "-q", "-m", "later work deletes c.txt")
+    assert tasks_cli(cfg, "revert", task.id).returncode == 0
+    dispatch(cfg)
+    undo = next(t for t in store.list(None) if revert.reverted_task(t.labels) == task.id)
+    assert store.get(undo.id).status == "blocked"
+    assert "conflicts without conflict markers in c.txt" in store.get(undo.id).notes
+    assert store.get(task.id).status == "closed" and events(repo, "reverted") == []
+    assert main_file(repo, "c.txt") is None

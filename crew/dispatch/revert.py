@@ -122,6 +122,14 @@ def after_landing(store: task_model.TaskStore, ledger, task: task_model.Task, co
         ledger.say(f"{original_id}: reverted on main by {task.id}" + ("; reopened" if reopen else ""))
 
 
+def _has_markers(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return any(line.startswith(b"<<<<<<< ") for line in fh)
+    except OSError:  # deleted on one side
+        return False
+
+
 def main(argv: Sequence[str]) -> int:
     """The reverter, run in the revert task's worktree (a branch made from main): each merge is
     reverted against its first parent, in the order given (newest first). A revert that conflicts
@@ -135,6 +143,12 @@ def main(argv: Sequence[str]) -> int:
                                     text=True).stdout.split()
         if not conflicted:
             return run.returncode
+        if markerless := [path for path in conflicted if not _has_markers(Path(path))]:
+            # A file deleted on one side, say: committed as it stands, the revert would be silently wrong.
+            subprocess.run(["git", "revert", "--abort"], capture_output=True)
+            print(f"reverting {commit} conflicts without conflict markers in {', '.join(markerless)} (a file "
+                  "deleted or renamed on one side): a person must revert it", flush=True)
+            return 1
         print(f"reverting {commit} conflicts in {', '.join(conflicted)}: committed with its markers", flush=True)
         subprocess.run(["git", "add", "-A", "--", *conflicted], check=True)
         subprocess.run(["git", "commit", "--no-edit", "-q"], check=True)
