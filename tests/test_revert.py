@@ -2,6 +2,7 @@
 newest first; it lands through the merge queue, and only then is the task reopened."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -51,6 +52,10 @@ def test_a_merged_task_is_reverted_through_the_queue_then_reopened_with_the_reas
     assert proc.returncode == 1 and proc.stderr.startswith("error: ")
     undo = [t for t in store.list(None) if revert.reverted_task(t.labels) == task.id]
     assert len(undo) == 1 and undo[0].title == f"Revert {task.id}: Add a"
+    status = json.loads(dispatch(cfg, "--status", "--json").stdout)
+    assert status["reverts"] == [{"task_id": undo[0].id, "reverts": task.id, "status": "open",
+                                  "merges": main_merges(repo)}]
+    assert f"  revert: {undo[0].id} undoes {task.id} (1 merge), open" in dispatch(cfg, "--status").stdout
     again = tasks_cli(cfg, "revert", task.id, "-r", "x")
     assert again.returncode == 1 and f"being reverted already by {undo[0].id}" in again.stderr
     assert store.get(task.id).status == "closed"  # not reopened before the revert has landed

@@ -107,6 +107,9 @@ def print_status(result: dict) -> None:
         cli_base.show(f"  merge queue: {e['task_id']} ({e['branch']})" + (f": {e['waiting']}" if e["waiting"] else ""))
     for p in result["pending_merges"]:
         cli_base.show(f"  pending: {p['task_id']} waits for {p['followup_task']} ({p['kind']})")
+    for r in result["reverts"]:
+        cli_base.show(f"  revert: {r['task_id']} undoes {r['reverts']} ({len(r['merges'])} merge"
+                      f"{'s' if len(r['merges']) != 1 else ''}), {r['status']}")
     cli_base.show("  tasks: " + ", ".join(f"{k} {v}" for k, v in sorted(result["counts"].items())))
 
 

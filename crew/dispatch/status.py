@@ -10,6 +10,7 @@ from crew import git
 from crew import processes
 from crew.dispatch import ledger
 from crew.dispatch import records
+from crew.dispatch import revert
 from crew.dispatch import scheduler
 from crew.tasks import model as task_model
 
@@ -23,7 +24,8 @@ def status(config: configuration.Config, store: task_model.TaskStore) -> dict:
     dispatcher = state.dispatcher
     if dispatcher and not processes.is_same_process_alive(dispatcher.pid, dispatcher.pid_start_time):
         dispatcher = None
-    counts = dict(collections.Counter(task.status for task in store.list(None)))
+    every = store.list(None)
+    counts = dict(collections.Counter(task.status for task in every))
     return {
         "dispatcher": {"pid": dispatcher.pid, "started_at": dispatcher.started_at} if dispatcher else None,
         "workers": [{"slot": w.slot, "task_id": w.task_id, "title": w.title, "branch": w.branch,
@@ -39,6 +41,9 @@ def status(config: configuration.Config, store: task_model.TaskStore) -> dict:
         "pending_merges": [{"followup_task": followup, **pending.to_json()}
                            for followup, pending in state.pending.items()],
         "main_check": main_check(config, state.main_check),
+        "reverts": [{"task_id": task.id, "reverts": revert.reverted_task(task.labels), "status": task.status,
+                     "merges": revert.merges_to_revert(task.labels)}
+                    for task in every if task.status != "closed" and revert.reverted_task(task.labels)],
         "counts": counts,
     }
 
