@@ -49,6 +49,7 @@ class Config:
     avoid_file_overlap: bool = True
     breaker_failures: int = 3
     breaker_pause_secs: float = 300
+    lease_heartbeat_secs: float = 60
     branch_template: str = "work/{task_id}"
     worktree_root: str | None = None
     worktree_setup_command: list[str] | None = None
@@ -128,7 +129,11 @@ def _type_name(annotation: str) -> str:
 POSITIVE_KEYS = {"max_workers", "poll_interval_secs", "llm_timeout_secs", "llm_num_ctx", "llm_max_tokens",
                  "prompt_max_files",
                  "breaker_failures", "max_attempts", "merge_gate_timeout_secs", "merge_gate_parallelism",
-                 "worktree_setup_timeout_secs", "git_hook_timeout_secs", "main_recheck_secs", "notify_timeout_secs"}
+                 "worktree_setup_timeout_secs", "git_hook_timeout_secs", "main_recheck_secs", "notify_timeout_secs",
+                 "lease_heartbeat_secs"}
+# Upper bounds: bd 1.3.0's lease on a claim lasts 5 minutes, and no setting changes it; a claim is
+# renewed at least three times a lease, so one renewal lost to a slow store does not lose it.
+AT_MOST = {"lease_heartbeat_secs": (100, "a third of bd's 5-minute lease on a claim")}
 
 
 def _check_range(key: str, value: float, source: str) -> None:
@@ -138,6 +143,8 @@ def _check_range(key: str, value: float, source: str) -> None:
         raise errors.UsageError(f"{source}: {key!r} must be more than 0, got {value}")
     if value < 0:
         raise errors.UsageError(f"{source}: {key!r} must not be negative, got {value}")
+    if key in AT_MOST and value > (most := AT_MOST[key])[0]:
+        raise errors.UsageError(f"{source}: {key!r} must be at most {most[0]} ({most[1]}), got {value}")
 
 
 def parse_config(text: str, source: str) -> Config:

@@ -3,6 +3,9 @@
 It keeps its data in .beads/stand_in.json and prints the contract's JSON shapes, errors and exit
 codes. Like Dolt, it admits one writer at a time: a writer that cannot get the database within
 FAKE_BD_LOCK_WAIT seconds (default 1) fails with "database is locked", which callers must retry.
+
+A claim takes a lease, as in bd 1.3.0: FAKE_BD_LEASE_SECS long (default 300, the real bd's fixed
+5 minutes; tests shorten it), renewed by `heartbeat`, taken back by `reclaim` once expired.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import datetime as dt
 import json
 import os
 import random
+import re
 import string
 import subprocess
 import sys
@@ -20,13 +24,14 @@ import filelock
 
 BLOCKING = ("blocks", "conditional-blocks", "waits-for")
 ISSUE_ORDER = ("id", "title", "description", "notes", "status", "priority", "issue_type", "assignee",
-               "owner", "created_at", "created_by", "updated_at", "started_at", "closed_at", "close_reason")
+               "owner", "created_at", "created_by", "updated_at", "started_at", "closed_at", "close_reason",
+               "lease_expires_at", "heartbeat_at")
 # Where errors go, as the real bd 1.3.0 prints them with --json: `show`, `dep`, `comment` and
 # `label` print {"error", "schema_version"} on stdout; `update` prints a line of text, then
 # compact JSON with the reason under "failed", both on stderr; `close` of a blocked issue and
 # `create` print plain text on stderr, but `create` prints a value it refuses (a title over 500
-# bytes) as JSON on stdout.
-STDOUT_ERRORS = ("show", "reopen", "dep", "comment", "label")
+# bytes) as JSON on stdout. `heartbeat` and `reclaim` print theirs on stdout too.
+STDOUT_ERRORS = ("show", "reopen", "dep", "comment", "label", "heartbeat", "reclaim")
 
 
 class BdFailure(Exception):
@@ -72,7 +77,40 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
 
 
-TIMESTAMPS = ("created_at", "updated_at", "started_at", "closed_at")
+TIMESTAMPS = ("created_at", "updated_at", "started_at", "closed_at", "lease_expires_at", "heartbeat_at")
+LEASE = ("lease_expires_at", "heartbeat_at", "lease_holder")  # the real bd keeps these in a table of leases
+
+
+def lease_secs() -> float:
+    return float(os.environ.get("FAKE_BD_LEASE_SECS", "300"))
+
+
+def grant_lease(issue: dict, holder: str) -> None:
+    """A claim's lease, or its renewal: it expires lease_secs() from now."""
+    moment = dt.datetime.now(dt.timezone.utc)
+    issue.update(lease_holder=holder, heartbeat_at=moment.strftime("%Y-%m-%dT%H:%M:%S.%f000Z"),
+                 lease_expires_at=(moment + dt.timedelta(seconds=lease_secs())).strftime("%Y-%m-%dT%H:%M:%S.%f000Z"))
+
+
+def drop_lease(issue: dict) -> None:
+    """Every path that ends or moves a claim ends its lease."""
+    for key in LEASE:
+        issue.pop(key, None)
+
+
+def go_duration(text: str) -> float:
+    """Seconds in a Go duration ("0s", "10m", "1h30m", "500ms"), as bd's flags take them."""
+    units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+    match = re.fullmatch(r"(-?)((?:\d+(?:\.\d*)?(?:ns|us|µs|ms|s|m|h))+|0)", text)
+    if not match:
+        raise BdFailure(f'invalid argument "{text}" for "--older-than" flag: time: invalid duration "{text}"')
+    seconds = sum(float(number) * units[unit] for number, unit in
+                  re.findall(r"(\d+(?:\.\d*)?)(ns|us|µs|ms|s|m|h)", match.group(2)))
+    return -seconds if match.group(1) else seconds
+
+
+def parsed_time(stamp: str) -> dt.datetime:
+    return dt.datetime.strptime(stamp[:26] + "Z", "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)
 
 
 def stored(stamp: str) -> str:
@@ -255,6 +293,13 @@ def parse(argv: list[str]):
     p = sub.add_parser("comment", parents=[common])
     p.add_argument("id")
     p.add_argument("text")
+    p = sub.add_parser("heartbeat", parents=[common])
+    p.add_argument("id")
+    p = sub.add_parser("reclaim", parents=[common])
+    p.add_argument("--older-than", default="")
+    p = sub.add_parser("unclaim", parents=[common])
+    p.add_argument("id")
+    p.add_argument("--force", action="store_true")
     p = sub.add_parser("label", parents=[common])
     p.add_argument("action", choices=["add"])
     p.add_argument("id")
@@ -293,6 +338,7 @@ def command(args, db: Db) -> None:
             items = items[:1]
             for issue in items:
                 issue.update(status="in_progress", assignee=who, started_at=now(), updated_at=now())
+                grant_lease(issue, who)
             db.save()
             print_array([plain(i) for i in items])
             return
@@ -323,6 +369,7 @@ def command(args, db: Db) -> None:
             if issue["status"] != "open" and not (issue["status"] == "in_progress" and holder == who):
                 raise BatchFailure(args.id, "updating", f"updating issue: cannot claim: status is {issue['status']}")
             issue.update(status="in_progress", assignee=who, started_at=now())
+            grant_lease(issue, who)
         elif args.assignee is not None and holder and holder != who and issue["status"] == "in_progress":
             raise BatchFailure(args.id, "updating", f"cannot reassign {args.id}: held by \"{holder}\" (in_progress); "
                                "coordinate with the holder — pass --force only if their claim is abandoned, "
@@ -333,6 +380,9 @@ def command(args, db: Db) -> None:
                 issue.pop("closed_at", None)
         if args.assignee is not None:
             issue["assignee"] = args.assignee
+        if (args.status or args.assignee is not None) and not args.claim and not (
+                issue["status"] == "in_progress" and issue.get("assignee") == issue.get("lease_holder")):
+            drop_lease(issue)
         if args.append_notes:
             issue["notes"] = (issue["notes"] + "\n" + args.append_notes) if issue.get("notes") else args.append_notes
         labels = [label for label in issue.get("labels") or [] if label not in args.remove_label]
@@ -349,6 +399,46 @@ def command(args, db: Db) -> None:
             raise PlainFailure(f"cannot close blocked issue: {args.id} is blocked by [{' '.join(blockers)}] "
                                "(use --force to override)")
         issue.update(status="closed", closed_at=now(), close_reason=args.reason, updated_at=now())
+        drop_lease(issue)
+        db.save()
+        print_array([plain(issue)])
+    elif args.cmd == "heartbeat":
+        title = heartbeat(db, args.id, who)
+        if args.json:
+            print_object({"id": args.id, "status": "heartbeat", "owner": who})
+        else:
+            print(f"✓ Heartbeat {args.id} — {title} (lease refreshed)")
+    elif args.cmd == "reclaim":
+        older_than = go_duration(args.older_than) if args.older_than else 2 * lease_secs()
+        if older_than < 0:
+            raise BdFailure("--older-than must not be negative")
+        cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=older_than)
+        reclaimed = []
+        for issue in db.data["issues"]:
+            if issue["status"] == "in_progress" and issue.get("lease_expires_at") \
+                    and parsed_time(issue["lease_expires_at"]) < cutoff:
+                reclaimed.append({"id": issue["id"], "previous_owner": issue.get("assignee") or ""})
+                drop_lease(issue)
+                issue.update(status="open", updated_at=now())
+                issue.pop("assignee", None)
+                issue.pop("started_at", None)
+        db.save()
+        if args.json:
+            print_object({"count": len(reclaimed), "reclaimed": reclaimed or None, "scoped": False})
+        elif reclaimed:
+            print(f"✓ Reclaimed {len(reclaimed)} stale-lease issue(s):")
+            for item in reclaimed:
+                print(f"  {item['id']} (was held by {item['previous_owner'] or '(unassigned)'})")
+        else:
+            print("✓ No stale leases to reclaim")
+    elif args.cmd == "unclaim":
+        issue = db.issue(args.id)
+        if issue.get("assignee") and issue["assignee"] != who and not args.force:
+            raise BdFailure(f"cannot unclaim {args.id}: held by \"{issue['assignee']}\"; use --force")
+        drop_lease(issue)
+        issue.update(status="open", updated_at=now())
+        issue.pop("assignee", None)
+        issue.pop("started_at", None)
         db.save()
         print_array([plain(issue)])
     elif args.cmd == "reopen":
@@ -380,12 +470,33 @@ def command(args, db: Db) -> None:
         print_array([{"issue_id": args.id, "label": args.label, "status": "added"}])
 
 
+def heartbeat(db: Db, issue_id: str, who: str) -> str:
+    """Renew the holder's lease; anyone else, or a claim that has ended, learns it is gone (the
+    real bd's messages). Returns the issue's title."""
+    issue = next((i for i in db.data["issues"] if i["id"] == issue_id), None)
+    if issue is None:
+        raise BdFailure(f'resolving {issue_id}: no issue found matching "{issue_id}"')
+    if issue.get("lease_holder") == who:
+        grant_lease(issue, who)
+    elif issue.get("assignee") and issue["assignee"] != who:
+        raise BdFailure(f"heartbeat {issue_id}: issue already claimed by {issue['assignee']}")
+    elif issue.get("assignee") == who and issue["status"] == "in_progress":
+        grant_lease(issue, who)  # held with no lease (a claim by a plain update): the heartbeat arms one
+    else:
+        raise BdFailure(f"heartbeat {issue_id}: issue not claimable: {issue_id} status {issue['status']}")
+    db.save()
+    return issue["title"]
+
+
 def edge(issue_id: str, depends_on: str, kind: str, who: str) -> dict:
     return {"issue_id": issue_id, "depends_on_id": depends_on, "type": kind, "created_at": now(),
             "created_by": who, "metadata": "{}"}
 
 
 def main(argv: list[str]) -> int:
+    # Go's flag parser takes "--older-than -1s" as a value; argparse would take it for an option.
+    argv = [f"--older-than={argv[i + 1]}" if a == "--older-than" and i + 1 < len(argv) else a
+            for i, a in enumerate(argv) if i == 0 or argv[i - 1] != "--older-than"]
     args = parse(argv)
     cwd = Path(args.chdir).resolve() if args.chdir else Path.cwd()
     if args.cmd == "init":
@@ -418,7 +529,8 @@ def main(argv: list[str]) -> int:
             error = json.dumps({"error": str(exc), "schema_version": 1}, indent=2)
             print(error, file=sys.stdout if args.cmd in STDOUT_ERRORS or args.cmd == "create" else sys.stderr)
         else:
-            print(f"Error: {exc}" if args.cmd == "create" else str(exc), file=sys.stderr)
+            print(f"Error: {exc}" if args.cmd in ("create", "heartbeat", "reclaim", "unclaim") else str(exc),
+                  file=sys.stderr)
         return 1
     return 0
 

@@ -172,3 +172,10 @@ def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     command = next(line.strip() for line in readme.splitlines() if "-m pytest" in line)
     assert command in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+
+
+def test_a_lease_renewed_less_often_than_a_third_of_bds_lease_is_refused(make_config):
+    assert configuration.load_config(str(make_config(lease_heartbeat_secs=100))).lease_heartbeat_secs == 100
+    with pytest.raises(errors.UsageError, match=r"'lease_heartbeat_secs' must be at most 100 \(a third of bd's "
+                                                r"5-minute lease on a claim\), got 101"):
+        configuration.load_config(str(make_config(lease_heartbeat_secs=101)))

@@ -55,8 +55,8 @@ class Finisher:
         commits = int(git.git_out(self.root, "rev-list", "--count", f"{worker.base}..{tip}")) if tip else 0
         self.pool.forget(worker)
         counted = not worker.stopped_by_user  # toward max_attempts and the breaker
-        if worker.ended == records.TASK_BLOCKED:
-            self.leave_blocked(worker)
+        if worker.ended in (records.TASK_BLOCKED, records.CLAIM_LOST):
+            self.leave_unmerged(worker)
         elif worker.kind == "conflict" and not worker.ended:
             self.finish_conflict_worker(worker, commits, refused)
         elif worker.kind == "conflict":  # its branch belongs to the task it resolves: release it only
@@ -81,14 +81,21 @@ class Finisher:
                                                 f"{self.log_tail(worker)}{refused}", worker.actor, counted=counted)
         self.ledger.save_state()
 
-    def leave_blocked(self, worker: records.Worker) -> None:
-        """The user blocked the task while it ran: its status is theirs, and its work waits on the branch."""
+    def leave_unmerged(self, worker: records.Worker) -> None:
+        """The user blocked the task while it ran, or its claim was taken back (its lease lapsed
+        and another took the task): the task is not this dispatcher's to settle, and its work
+        waits on the branch."""
         if worker.kind == "task":  # a conflict task's worktree belongs to the branch it resolves
             worktrees.remove_worktree(self.root, Path(worker.worktree))
-        reason = (f"blocked while its worker ran; the worker was ended, its branch {worker.branch} kept "
-                  "and not merged")
-        self.ledger.summary["blocked"].append({"id": worker.task_id, "reason": reason})
-        self.ledger.event("left_blocked", worker.task_id, branch=worker.branch, reason=reason)
+        kept = f"the worker was ended, its branch {worker.branch} kept and not merged"
+        if worker.ended == records.TASK_BLOCKED:
+            reason = f"blocked while its worker ran; {kept}"
+            self.ledger.summary["blocked"].append({"id": worker.task_id, "reason": reason})
+            self.ledger.event("left_blocked", worker.task_id, branch=worker.branch, reason=reason)
+        else:
+            reason = f"its claim was taken back while its worker ran; {kept}"
+            self.ledger.summary["waiting"].append({"id": worker.task_id, "reason": reason})
+            self.ledger.event("claim_lost", worker.task_id, branch=worker.branch, reason=reason)
 
     def never_started(self, worker: records.Worker) -> None:
         """A worker recorded by a dispatcher that stopped before starting it: no attempt was made.

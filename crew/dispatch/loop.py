@@ -19,6 +19,7 @@ from crew.dispatch import store_thread
 from crew.dispatch import wakeup as wakeups
 from crew.dispatch.conflicts import Conflicts
 from crew.dispatch.finish import Finisher
+from crew.dispatch.leases import Leases
 from crew.dispatch.ledger import Ledger
 from crew.dispatch.merge_queue import MergeQueue
 from crew.dispatch.recovery import Recovery
@@ -52,6 +53,7 @@ class Dispatcher:
         self.breaker = scheduler.Breaker(config.breaker_failures, config.breaker_pause_secs, watch)
         self.finisher = Finisher(config, self.ledger, store, self.pool, self.queue, self.breaker)
         self.recovery = Recovery(config, self.ledger, store, self.pool)
+        self.leases = Leases(self.serial, config.lease_heartbeat_secs, self.say)
         self.stopping = False
         self.interrupts = 0
         self.stop_signal: int | None = None
@@ -186,6 +188,15 @@ class Dispatcher:
                 self.say(f"{task.id}: blocked while its worker ran; ending the worker (its branch is kept)")
                 self.pool.end(worker, records.TASK_BLOCKED)  # finished once its tree is gone
 
+    def renew_leases(self) -> bool:
+        """Renew the running workers' claims; a worker whose claim is gone is ended, its branch
+        kept and not merged (the task is someone else's now). True if one was ended."""
+        lost = self.leases.step(self.running(), time.time())
+        for worker, why in lost:
+            self.say(f"{worker.task_id}: its claim was taken back ({why}); ending its worker (its branch is kept)")
+            self.pool.end(worker, records.CLAIM_LOST)  # finished once its tree is gone
+        return bool(lost)
+
     # ---- the loop --------------------------------------------------------------------------
 
     def merges_held_until(self) -> float:
@@ -213,6 +224,8 @@ class Dispatcher:
             due.append(look)
         if self.watch and self.breaker.until is not None:
             due.append(self.breaker.until)
+        if (renewal := self.leases.next_due()) is not None:
+            due.append(renewal)
         due.append(self.merges_held_until())
         if self.pool.kills or any(gate.kill is not None for gate in self.gates):
             due.append(now + processes.KILL_STEP_SECS)
@@ -239,6 +252,7 @@ class Dispatcher:
             if why := self.stop_now_reason():
                 self.stop_now(why)
             changed |= self.claimed()  # lost to someone else: the ready list is read again too
+            changed |= self.renew_leases()
             if changed:
                 self.fill_slots()  # a freed slot is refilled before anything else
             now = time.time()

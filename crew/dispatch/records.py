@@ -24,6 +24,7 @@ from crew import errors, names
 STATE_VERSION = 4
 TIMED_OUT = "timed out"
 TASK_BLOCKED = "stopped: its task was blocked"  # by the user, while the worker ran
+CLAIM_LOST = "stopped: its claim was taken back"  # its lease lapsed and another took the task (bd)
 
 
 def same_creation(recorded: str, created_at: str) -> bool:

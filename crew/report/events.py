@@ -106,6 +106,7 @@ FIELD_CHECKS = {
     "conflict_filed": {"conflict_task": _text, "title": _text, "kind": lambda value: value in WORKER_KINDS},
     "blocked": {"reason": _text},
     "left_blocked": {"reason": _text},
+    "claim_lost": {"reason": _text},
     "record_dropped": {"record": _text},
     "breaker_tripped": {"failures": _whole(0)},
     "reverted": {"revert_task": _text, "reopened": lambda value: type(value) is bool},

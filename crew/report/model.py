@@ -409,6 +409,13 @@ class _Builder:
 
     on_left_blocked = on_blocked  # blocked by hand while it ran: the event carries the reason
 
+    def on_claim_lost(self, e: event_log.Event) -> None:
+        """Its claim was taken back while it ran (its lease lapsed): the task is another's now."""
+        row = self.task(e.task_id)
+        row.outcome, row.detail = "waiting", e.get_str("reason") or ""
+        if (attempt := self.last.get(e.task_id)) is not None and attempt.outcome == "open":
+            attempt.outcome = "released"
+
     def on_closed(self, e: event_log.Event) -> None:
         """A conflict or fix task resolved by its worker (a merged task is closed after `merged`)."""
         if e.task_id in self.conflicts:

@@ -21,6 +21,8 @@ from crew.tasks import model
 _BD_LOCK_ERRORS = ("one writer at a time", "database is locked", "locked by another dolt process")
 _BD_RETRIES = 10
 _BD_NOT_FOUND = re.compile(r"no issues? found matching", re.IGNORECASE)
+# A heartbeat's answer once the claim is no longer the caller's: reclaimed, taken by another, closed.
+_BD_CLAIM_GONE = re.compile(r"issue (already claimed by .*|not claimable: .*)", re.IGNORECASE)
 
 
 class BdTaskStore:
@@ -108,6 +110,19 @@ class BdTaskStore:
                 return False
             raise
         return bool(claimed) and claimed[0].assignee == actor
+
+    def heartbeat(self, task_id: str, actor: str) -> str | None:
+        """Renew `actor`'s lease on its claim. None when renewed; else bd's words for why the claim
+        is no longer the actor's (reclaimed, taken by another, closed or deleted)."""
+        try:
+            self._call("heartbeat", task_id, actor=actor)
+        except errors.BdTaskNotFound:
+            return f"no task {task_id} any more"
+        except errors.BdError as exc:
+            if gone := _BD_CLAIM_GONE.search(str(exc)):
+                return gone.group(1)
+            raise
+        return None
 
     def release(self, task_id: str, note: str = "", actor: str | None = None) -> model.Task:
         return self._tasks("update", task_id, "-s", "open", "-a", "", *_append_notes(note),

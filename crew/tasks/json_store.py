@@ -242,6 +242,10 @@ class JsonTaskStore:
             entry.update(status="in_progress", assignee=actor, updated_at=files.now_iso())
             return True
 
+    def heartbeat(self, task_id: str, actor: str) -> str | None:
+        """A claim here has no lease (one machine, one dispatcher): nothing to renew, never lost."""
+        return None
+
     def release(self, task_id: str, note: str = "", actor: str | None = None) -> model.Task:
         """Refused, as bd refuses it, while another actor holds the task: only its holder (`actor`,
         else the store's) gives a claim back. Closing is not refused: a person may close any task."""

@@ -1,0 +1,99 @@
+"""Leases on claims: the store renews its holder's lease and says when a claim is gone; the
+dispatcher renews its running workers' claims and ends a worker whose claim was taken back."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+
+import pytest
+
+from conftest import BACKENDS, git
+from crew.dispatch import records
+from dispatch_helpers import add_task, events, has_commit, start_dispatcher, wait_until
+
+posix_only = pytest.mark.skipif(os.name == "nt", reason="stops the dispatcher with SIGSTOP")
+BD_BACKENDS = [b for b in BACKENDS if b != "json"]
+
+
+def bd(config, *args: str) -> dict | list:
+    """The bd command the store runs (the stand-in or the real bd), as another host runs it."""
+    result = subprocess.run([shutil.which(config.bd_command), *args, "--json"], cwd=config.root, check=True,
+                            capture_output=True, text=True)
+    return json.loads(result.stdout)
+
+
+def leased_run(agent_setup, monkeypatch, lease_secs: float, cues: list[str], *options: str):
+    """The dispatcher as a process on the bd stand-in, whose leases last `lease_secs`, renewing
+    them every half second, on one task with the scripted agent's `cues`."""
+    monkeypatch.setenv("FAKE_BD_LEASE_SECS", str(lease_secs))
+    cfg, config, store = agent_setup(lease_heartbeat_secs=0.5)
+    task = add_task(store, "Leased", *cues)
+    return config, store, task, start_dispatcher(cfg, *options)
+
+
+@pytest.mark.parametrize("backend", BD_BACKENDS, indirect=True)
+def test_only_the_holder_renews_a_claim_and_a_claim_taken_back_is_found_gone(store, config):
+    task = store.create("Leased")
+    assert store.claim(task.id, "host-a")
+    assert store.heartbeat(task.id, "host-a") is None
+    assert store.heartbeat(task.id, "host-b") == "already claimed by host-a"
+    bd(config, "unclaim", task.id, "--force", "--actor", "host-b")  # as `bd reclaim` does once the lease lapsed
+    assert store.heartbeat(task.id, "host-a") == f"not claimable: {task.id} status open"
+    assert store.claim(task.id, "host-b")
+    assert store.heartbeat(task.id, "host-a") == "already claimed by host-b"
+    assert store.heartbeat(task.id, "host-b") is None
+    store.close(task.id, actor="host-b")
+    assert store.heartbeat(task.id, "host-b") == f"not claimable: {task.id} status closed"
+    assert store.heartbeat("proj-nosuch", "host-b") == "no task proj-nosuch any more"
+
+
+@pytest.mark.parametrize("backend", ["json"], indirect=True)
+def test_the_json_store_has_no_leases_to_renew_or_lose(store):
+    task = store.create("Unleased")
+    assert store.claim(task.id, "host-a")
+    assert store.heartbeat(task.id, "host-a") is None
+
+
+@posix_only
+@pytest.mark.parametrize("backend", ["fake-bd"], indirect=True)
+def test_a_running_workers_claim_is_renewed_so_it_outlives_its_lease(agent_setup, repo, monkeypatch):
+    # Another host reaps every lapsed lease as often as it can while the worker runs, longer than a lease.
+    config, store, task, proc = leased_run(agent_setup, monkeypatch, 5, ["sleep 12", "append slow.txt slow"])
+    wait_until(lambda: events(repo, "worker_started"), proc, "the worker's start")
+    reclaimed = []
+    while not events(repo, "worker_exited") and proc.poll() is None:
+        reclaimed += bd(config, "reclaim", "--older-than", "0s", "--actor", "host-b")["reclaimed"] or []
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out + err
+    assert reclaimed == []
+    assert store.get(task.id).status == "closed" and events(repo, "merged")
+
+
+@posix_only
+@pytest.mark.parametrize("backend", ["fake-bd"], indirect=True)
+def test_a_claim_taken_back_while_its_worker_runs_ends_the_worker_and_keeps_its_branch(agent_setup, repo, monkeypatch):
+    config, store, task, proc = leased_run(agent_setup, monkeypatch, 2, ["append stalled.txt stalled", "hang"],
+                                           "--json")
+    wait_until(lambda: has_commit(repo, f"work/{task.id}"), proc, "the agent's commit")
+    os.kill(proc.pid, signal.SIGSTOP)  # the host stalls (a suspended laptop): its lease lapses
+    try:
+        wait_until(lambda: bd(config, "reclaim", "--older-than", "0s", "--actor", "host-b")["count"], None,
+                   "the lapsed lease taken back")
+        bd(config, "update", task.id, "--claim", "--actor", "host-b")
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out + err
+    assert [e["reason"] for e in events(repo, "worker_stopped")] == [records.CLAIM_LOST]
+    assert events(repo, "merged") == [] and events(repo, "worker_timed_out") == []
+    reason = f"its claim was taken back while its worker ran; the worker was ended, its branch work/{task.id} kept " \
+             "and not merged"
+    assert json.loads(out)["waiting"] == [{"id": task.id, "reason": reason}]
+    assert [e["reason"] for e in events(repo, "claim_lost")] == [reason]
+    assert git(repo, "show", f"work/{task.id}:stalled.txt") == "stalled"  # the work is kept on its branch
+    final = store.get(task.id)
+    assert (final.status, final.assignee) == ("in_progress", "host-b")  # the other host's claim is untouched
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
