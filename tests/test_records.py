@@ -68,10 +68,10 @@ def test_the_first_release_s_pending_merge_lacks_a_title_and_is_read_with_the_ta
 
 
 @pytest.mark.parametrize("release", RELEASES)
-def test_what_loads_saves_as_version_4_and_loads_again_unchanged(release, tmp_path):
+def test_what_loads_saves_as_version_5_and_loads_again_unchanged(release, tmp_path):
     state = load(*read(release), tmp_path)
     saved_state, saved_pending = state.state_json(), state.pending_json()
-    assert saved_state["version"] == records.STATE_VERSION == 4
+    assert saved_state["version"] == records.STATE_VERSION == 5
     assert "version" not in saved_pending  # a bare map: a "version" key would read as a task id
     again = load(json.loads(json.dumps(saved_state)), json.loads(json.dumps(saved_pending)), tmp_path,
                  actor="someone-else")
@@ -79,7 +79,7 @@ def test_what_loads_saves_as_version_4_and_loads_again_unchanged(release, tmp_pa
     assert again.state_json() == saved_state and again.pending_json() == saved_pending
 
 
-def test_a_version_3_file_is_read_with_no_main_seen_and_saved_as_version_4_with_what_it_held(tmp_path):
+def test_a_version_3_file_is_read_with_no_main_seen_and_saved_as_version_5_with_what_it_held(tmp_path):
     """Version 3 remembered no main: the first run records the main it finds."""
     state_json, pending_json = read("4a44a78")
     version_3 = {**load(state_json, pending_json, tmp_path).state_json(), "version": 3}
@@ -87,11 +87,26 @@ def test_a_version_3_file_is_read_with_no_main_seen_and_saved_as_version_4_with_
     state = load(version_3, pending_json, tmp_path)
     assert state.main_seen == "" and state.left_main == {}
     saved = state.state_json()
-    assert saved["version"] == 4 and saved["main_seen"] == "" and saved["left_main"] == {}
+    assert saved["version"] == 5 and saved["main_seen"] == "" and saved["left_main"] == {}
     assert {key: value for key, value in saved.items() if key not in ("main_seen", "left_main", "version")} == {
         key: value for key, value in version_3.items() if key != "version"}
     state.main_seen = "a" * 40
     state.left_main["work/proj-1"] = records.LeftMain(old_main="b" * 40, commits=["c" * 40])
+    assert load(json.loads(json.dumps(state.state_json())), pending_json, tmp_path) == state
+
+
+def test_a_version_4_queue_entry_is_read_as_asking_no_review_and_saved_as_version_5(tmp_path):
+    """Version 4 had no review: its merge requests are in the queue, none awaiting a person."""
+    state_json, pending_json = read("4a44a78")
+    version_4 = {**load(state_json, pending_json, tmp_path).state_json(), "version": 4}
+    version_4["merge_queue"] = [{"task_id": "t-1", "title": "T", "branch": "work/t-1", "worktree": "w",
+                                 "outcome": "close", "note": "", "retries": 0}]
+    state = load(version_4, pending_json, tmp_path)
+    [request] = state.merge_queue
+    assert request.review == "" and request.review_tip == "" and request.attempt_log == ""
+    saved = state.state_json()
+    assert saved["version"] == 5 and saved["merge_queue"][0]["review"] == ""
+    request.review, request.review_tip = "awaiting", "a" * 40
     assert load(json.loads(json.dumps(state.state_json())), pending_json, tmp_path) == state
 
 
@@ -115,7 +130,7 @@ def test_a_worker_from_before_per_attempt_logs_keeps_the_log_it_wrote(tmp_path):
 def test_records_carry_unknown_keys_away_and_absent_files_are_an_empty_state(tmp_path):
     state = load(None, None, tmp_path)
     assert state == records.DispatchState()
-    assert state.state_json() == {"version": 4, "dispatcher": None, "workers": [], "merge_queue": [], "attempts": {},
+    assert state.state_json() == {"version": 5, "dispatcher": None, "workers": [], "merge_queue": [], "attempts": {},
                                   "branches": {}, "actors": [], "gates": [], "main_check": None,
                                   "main_seen": "", "left_main": {}}
     request = MergeRequest.from_json({"task_id": "t-1", "title": "T", "branch": "b", "worktree": "w",
@@ -131,7 +146,7 @@ WHOLE = {"dispatcher": None, "workers": [], "merge_queue": [], "attempts": {}}
 
 def test_a_version_2_file_has_no_main_check_and_a_main_check_saves_and_loads_again(tmp_path):
     state = load({**WHOLE, "version": 2, "gates": []}, None, tmp_path)
-    assert state.main_check is None and state.state_json()["version"] == 4
+    assert state.main_check is None and state.state_json()["version"] == records.STATE_VERSION
     state.main_check = records.MainCheck("a" * 40, False, 1.5, "No module named pytest")
     assert load(json.loads(json.dumps(state.state_json())), None, tmp_path) == state
 
@@ -139,8 +154,8 @@ def test_a_version_2_file_has_no_main_check_and_a_main_check_saves_and_loads_aga
 @pytest.mark.parametrize("state_json, pending_json, where, problem", [
     ([], None, STATE, "it is not a JSON object"),
     ({**WHOLE, "version": "2"}, None, STATE, '"version" must be a whole number'),
-    ({**WHOLE, "version": 5}, None, STATE,
-     "written by a newer release (state version 5); run that release or move the file"),
+    ({**WHOLE, "version": 6}, None, STATE,
+     "written by a newer release (state version 6); run that release or move the file"),
     ({"version": 2}, None, STATE, '"workers" is missing or not a list'),
     ({**WHOLE, "workers": [{}]}, None, STATE, 'worker record #1 lacks "slot", "task_id"'),
     ({**WHOLE, "merge_queue": [{"task_id": "proj-1"}]}, None, STATE, 'merge-queue entry #1 lacks "title"'),
@@ -191,5 +206,5 @@ def test_a_merge_queued_and_a_merge_pending_from_the_first_releases_each_merge_o
     assert merges_of(repo, queued.id) == 1 and merges_of(repo, pending.id) == 1
     assert store.get(queued.id).status == store.get(pending.id).status == "closed"
     saved = json.loads((repo / STATE).read_text(encoding="utf-8"))
-    assert saved["version"] == 4 and saved["merge_queue"] == []
+    assert saved["version"] == records.STATE_VERSION and saved["merge_queue"] == []
     assert json.loads((repo / PENDING).read_text(encoding="utf-8")) == {}

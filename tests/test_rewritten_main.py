@@ -72,7 +72,7 @@ def test_the_last_main_seen_outlasts_a_restart(json_agent_setup, repo):
     killed = dispatch(cfg, env={"DISPATCH_FAILPOINT": "after_worker_exit"})
     assert killed.returncode == 77, killed.stderr
     state = json.loads((repo / ".dispatch_state.json").read_text(encoding="utf-8"))
-    assert state["version"] == 4 and state["main_seen"] == secret
+    assert state["version"] == 5 and state["main_seen"] == secret
     git(repo, "reset", "-q", "--hard", "HEAD~1")  # while no dispatcher runs
     assert dispatch(cfg).returncode == 0
     assert merges_of(repo, task.id) == 1 and not on_main(repo, secret)

@@ -1,8 +1,9 @@
 """List, show, create, close, reopen, block and annotate tasks in the configured task store; decide
-what becomes of a branch the dispatcher holds."""
+what becomes of a branch the dispatcher holds, or one that awaits review."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Sequence
 
 from crew import config as configuration
@@ -13,6 +14,8 @@ from crew import workspace
 from crew.cli import base
 from crew.dispatch import ledger
 from crew.dispatch import revert
+from crew.dispatch import review
+from crew.dispatch import reviews
 from crew.dispatch import rewritten_main
 from crew.tasks import model
 
@@ -31,6 +34,13 @@ examples:
   py tasks.py revert myrepo-6 -r "broke the login page"   undo its merges on main, then reopen it
   py tasks.py held                         branches held: they carry commits that left main
   py tasks.py held myrepo-5 --discard      delete that branch; the task is tried again on main
+  py tasks.py review                       branches awaiting review (review "all" or "labelled"), with
+                                           their diffstat, gate, logs and the command that shows the diff
+  py tasks.py approve myrepo-6             it lands (after a fresh merge and gate if main moved)
+  py tasks.py reject myrepo-7 -r "keep the old API"                  the next attempt starts afresh
+  py tasks.py reject myrepo-7 -r "name the flag --all" --keep-branch the next attempt continues it
+A decision is recorded in the task store and carried out by the dispatcher: now if it runs, else
+at its next run. It holds for the branch tip shown: a branch that changes is reviewed again.
 """
 
 
@@ -81,7 +91,51 @@ def build_parser() -> argparse.ArgumentParser:
     decision.add_argument("--discard", dest="decision", action="store_const",
                           const=rewritten_main.HeldDecision.DISCARD,
                           help="delete the branch and release the task: its next attempt starts on main")
+    p = sub.add_parser("review", parents=[shared], help="list the branches awaiting a person's review")
+    p = sub.add_parser("approve", parents=[shared], help="approve the branch tip awaiting review: it lands")
+    p.add_argument("id")
+    p.add_argument("--tip", metavar="COMMIT", help="the tip you reviewed (refused if the branch awaits another)")
+    p = sub.add_parser("reject", parents=[shared],
+                       help="send the branch awaiting review back; the reason is the next attempt's to read")
+    p.add_argument("id")
+    p.add_argument("-r", "--reason", required=True)
+    p.add_argument("--tip", metavar="COMMIT", help="the tip you reviewed (refused if the branch awaits another)")
+    p.add_argument("--keep-branch", action="store_true",
+                   help="request changes: the next attempt continues on the branch (else it starts afresh from "
+                        "main and the branch is kept as rejected/<branch>, never merged)")
     return parser
+
+
+def review_list(config: configuration.Config, store: model.TaskStore, as_json: bool) -> int:
+    waiting = reviews.waiting_list(config, ledger.read_state(config), store)
+    if as_json:
+        base.print_json([dataclasses.asdict(w) for w in waiting])
+        return 0
+    if not waiting:
+        print("no branch awaits review")
+    for w in waiting:
+        stat = (f"{w.diffstat['files']} files, +{w.diffstat['insertions']} -{w.diffstat['deletions']}"
+                if w.diffstat else "diffstat unknown")
+        gate = f"passed (log {w.gate_log})" if w.gate == "passed" else "none configured"
+        base.show(f"{w.id}  {w.title}")
+        base.show(f"    branch {w.branch} at {w.tip[:10]}, awaiting review since {w.since}")
+        base.show(f"    {stat}; gate: {gate}; attempt log: {w.attempt_log or 'none'}")
+        base.show(f"    diff: {w.diff_command}" + (f"; {w.decision}, not yet carried out by the dispatcher"
+                                                   if w.decision != str(review.Decision.NONE) else ""))
+    return 0
+
+
+def decide_review(config: configuration.Config, store: model.TaskStore, args: argparse.Namespace) -> int:
+    if args.command == "approve":
+        decision = review.Decision.APPROVED
+    else:
+        decision = review.Decision.CHANGES_REQUESTED if args.keep_branch else review.Decision.REJECTED
+        if problem := names.task_text_problem(args.reason, names.TEXT_LIMIT):
+            raise errors.UserError(f"the reason {problem}; nothing was recorded")
+    request = reviews.record_decision(config, store, args.id, decision, getattr(args, "reason", ""), args.tip)
+    base.show(f"{args.id}: {request.branch} at {request.review_tip[:10]} {decision} (carried out by the dispatcher: "
+              "now if it runs, else at its next run)")
+    return 0
 
 
 def held(config: configuration.Config, task_id: str | None, decision: rewritten_main.HeldDecision | None,
@@ -119,11 +173,15 @@ def format_task(task: model.Task) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = configuration.load_config(args.config)
-    if args.command not in ("list", "show"):
+    if args.command not in ("list", "show", "review"):
         workspace.exclude_toolkit_files(config)
     if args.command == "held":  # the dispatcher's records, not the store
         return held(config, args.id, args.decision, args.json)
     store = tasks.open_task_store(config)
+    if args.command == "review":
+        return review_list(config, store, args.json)
+    if args.command in ("approve", "reject"):
+        return decide_review(config, store, args)
 
     if args.command == "list":
         if args.status in ("all", "active"):

@@ -74,6 +74,8 @@ class Dispatcher:
         self.blocked_read: concurrent.futures.Future | None = None
         self.settle_read: tuple[int, concurrent.futures.Future] | None = None  # the pending merges' tasks
         self.settled_as_of = 0
+        self.review_read: tuple[int, concurrent.futures.Future] | None = None  # the tasks awaiting review
+        self.reviewed_as_of = 0
 
     def say(self, message: str) -> None:
         self.ledger.say(message)
@@ -167,6 +169,21 @@ class Dispatcher:
             else:
                 self.settled_as_of = self.changes  # nothing to look up
         return settled
+
+    def read_reviews(self, due: bool) -> bool:
+        """Carry out the review decisions the store has come back with, and hand over the next
+        lookups when due (as settle_pending does). True if a branch left its wait for review."""
+        reviews, changed = self.queue.reviews, False
+        if self.review_read is not None and self.review_read[1].done():
+            self.reviewed_as_of, future = self.review_read
+            self.review_read = None
+            changed = reviews.carry_out(future.result())
+        if self.review_read is None and (due or self.reviewed_as_of < self.changes):
+            if reviews.awaiting():
+                self.review_read = (self.changes, self.serial.batch(reviews.lookups()))
+            else:
+                self.reviewed_as_of = self.changes  # nothing awaits review
+        return changed
 
     def breaker_tripped(self) -> bool:
         held, tripped_now = self.breaker.check(time.time())
@@ -262,6 +279,7 @@ class Dispatcher:
                 changed |= self.queue.rewritten.carry_out_decisions()
             merged = False if now < self.merges_held_until() else self.queue.step()
             merged |= self.settle_pending(changed or merged or poll_due)
+            changed |= self.read_reviews(poll_due)
             if merged:
                 self.finisher.close_finished_epics()
             changed |= merged
@@ -274,7 +292,7 @@ class Dispatcher:
             # last change, started nothing.
             idle = not ledger.state.workers and not gates.any_busy(self.gates) and not self.queue.due(time.time()) \
                 and self.claiming is None
-            current = self.ready_as_of == self.settled_as_of == self.changes
+            current = self.ready_as_of == self.settled_as_of == self.reviewed_as_of == self.changes
             if idle and (self.stopping or (not changed and not self.watch and current)):
                 break
             # A pass that changed something is followed by another at once: what it changed may

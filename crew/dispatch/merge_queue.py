@@ -21,6 +21,8 @@ from crew.dispatch import main_checks
 from crew.dispatch import parallel_gates
 from crew.dispatch import records
 from crew.dispatch import revert
+from crew.dispatch import review
+from crew.dispatch import reviews as awaiting_review
 from crew.dispatch import rewritten_main
 from crew.dispatch import scheduler
 from crew.dispatch import stacks
@@ -86,6 +88,7 @@ class MergeQueue:
         self.mover = wakeups.PostingExecutor(wakeup, 1, "move-main")  # the loop is woken once main has moved
         # Rebases run on the starter threads, as worktree set-ups and gate preparations do.
         self.rewritten = rewritten_main.RewrittenMain(config, ledger, self.gate.starter)
+        self.reviews = awaiting_review.Reviews(config, ledger, store)
 
     @property
     def requests(self) -> list[records.MergeRequest]:
@@ -93,14 +96,14 @@ class MergeQueue:
 
     @property
     def active(self) -> list[records.MergeRequest]:
-        """The requests that are tried: all but those held for a person's decision."""
-        return [request for request in self.requests if not request.held]
+        """The requests that are tried: all but those held for a person's decision or review."""
+        return [request for request in self.requests if not request.held and request.review != review.State.AWAITING]
 
     def add(self, worker: records.Worker, outcome: str, note: str, counted: bool = True) -> None:
         self.requests.append(records.MergeRequest(
             task_id=worker.task_id, title=worker.title, branch=worker.branch, worktree=worker.worktree,
             outcome=outcome, note=note, retries=0, counted=counted, queued_at=time.time(), actor=worker.actor,
-            task_created_at=worker.task_created_at))
+            task_created_at=worker.task_created_at, attempt_log=worker.log))
         self.ledger.save_state()
         self.ledger.event("merge_queued", worker.task_id, branch=worker.branch)
 
@@ -175,11 +178,16 @@ class MergeQueue:
             decision = self.decide(request)
             if decision.commit is None:
                 return decision.verdict != "waits"
+            if request.review == review.State.APPROVED and review.gate_stands(
+                    decision.base, git.rev_parse(self.root, f"{decision.commit}^2") or "", request.review_base,
+                    request.review_tip) and git.rev_parse(self.root, request.review_commit):
+                # Approved as gated, and neither main nor the branch moved since: that very commit lands.
+                return not self.land(request, decision.task, decision.base, request.review_commit, slot,
+                                     request.review_gate_log)
             if self.config.merge_gate_command:
                 self.gate.start(request, decision.base, decision.commit)
                 return False
-            self.land(request, decision.task, decision.base, decision.commit, slot)
-            return False
+            return not self.land(request, decision.task, decision.base, decision.commit, slot)
 
     def decide(self, request: records.MergeRequest, onto: str | None = None) -> Decision:
         """What becomes of a request now, with the merge slot held: its merge commit on main, or
@@ -248,8 +256,7 @@ class MergeQueue:
                 return blame is main_checks.Blame.BRANCH  # a fix task filed: the request left the queue
             if (task := self.unchanged_task(request, gated.commit)) is None:
                 return False  # decide() says what becomes of it now
-            self.land(request, task, gated.base, gated.commit, slot)
-            return False
+            return not self.land(request, task, gated.base, gated.commit, slot, gated.log)
 
     def blame(self, request: records.MergeRequest, failed: gates.GateOutcome) -> main_checks.Blame:
         """A gate failed on main as it is (the merge slot held): blamed on the branch (its fix
@@ -326,12 +333,20 @@ class MergeQueue:
         return task
 
     def land(self, request: records.MergeRequest, task: task_model.Task, base: str, commit: str,
-             slot: contextlib.ExitStack) -> None:
+             slot: contextlib.ExitStack, gate_log: str = "") -> bool:
         """Begin moving main from `base` to the merge commit, off the loop; `slot` (the merge slot,
-        held) is the landing's from now on. landed() finishes the request once main has moved."""
+        held) is the landing's from now on. landed() finishes the request once main has moved.
+        Every landing passes here: a branch that waits for a person's review (its task's labels,
+        read just now, approve no other tip) steps out of the queue instead, and False is returned.
+        gate_log: the log of the gate that passed on `commit` ("" with no gate)."""
+        tip = git.rev_parse(self.root, f"{commit}^2") or ""
+        if review.waits_for_review(self.config.review, task.labels, tip):
+            self.reviews.await_review(request, task, base, commit, tip, gate_log)
+            return False
         failpoints.failpoint("during_merge")
         moving = self.mover.submit(self.advance_main, base, commit)
         self.landing = Landing(request, task, commit, slot.pop_all(), moving)
+        return True
 
     def landed(self) -> bool:
         """The move is over: the request is merged, or waits, or (main moved meanwhile) is

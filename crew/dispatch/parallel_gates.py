@@ -165,8 +165,8 @@ class ParallelGates:
             if task is None:
                 del self.verdicts[request.task_id]  # decide() says what becomes of it
                 return True
-            self.queue.land(request, task, gated.base, gated.commit, slot)
-        return False  # the queue changes once main has moved
+            # The queue changes once main has moved, or at once when the entry awaits review.
+            return not self.queue.land(request, task, gated.base, gated.commit, slot, gated.log)
 
     def count_failure(self, request: records.MergeRequest) -> bool:
         """The first entry failed on main as it is: it leaves the queue with its fix task, once

@@ -7,8 +7,10 @@ read as a task id, and README, tests and users read that file).
 
 Reading never writes. A file an earlier release wrote (version 1: every release before the
 crew/ package, whose files had no "version"; version 2: before main's check was recorded;
-version 3: before the dispatcher remembered the last main it saw) is checked as that release checked it, then migrated in memory; the first save
-writes it as this release does.
+version 3: before the dispatcher remembered the last main it saw; version 4: before a merge
+request could await a person's review) is checked as that release checked it, then migrated in
+memory; the first save writes it as this release does. The version is raised for a field an
+earlier release must not drop: that release would land a branch that awaits review.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from typing import Self
 
 from crew import errors, names
 
-STATE_VERSION = 4
+STATE_VERSION = 5
 TIMED_OUT = "timed out"
 TASK_BLOCKED = "stopped: its task was blocked"  # by the user, while the worker ran
 CLAIM_LOST = "stopped: its claim was taken back"  # its lease lapsed and another took the task (bd)
@@ -113,6 +115,18 @@ class MergeRequest(Record):
     # Why it is held for a person's decision (it carries commits that left main, and does not
     # rebase without them); never tried while held.
     held: str | None = None
+    attempt_log: str = ""  # the log of the attempt that made the branch, relative to the repository root
+    # Review before merge (crew.dispatch.review): "" none asked, "awaiting" (out of the queue until a
+    # person decides; the decision is read from the task store) or "approved". review_tip: the
+    # branch tip shown to the person; review_base and review_commit: the main and the merge commit
+    # the gate passed on before the review (landed as they are if neither main nor the branch
+    # moved); review_gate_log: that gate's log ("" with no gate).
+    review: str = ""
+    review_tip: str = ""
+    review_since: float = 0.0
+    review_base: str = ""
+    review_commit: str = ""
+    review_gate_log: str = ""
 
 
 @dataclasses.dataclass
@@ -284,7 +298,8 @@ def state_problem(data: object) -> str | None:
         if not isinstance(data.get(key), kind):
             return f"{json.dumps(key)} is missing or not a {'list' if kind is list else 'JSON object'}"
     # Written since the hardening (branches, actors), since version 2 (gates), since version 3
-    # (main_check) or since version 4 (left_main, main_seen): absent is empty.
+    # (main_check) or since version 4 (left_main, main_seen): absent is empty. Version 5 added fields
+    # to merge requests only (their review), read with defaults.
     for key, kind in (("branches", dict), ("actors", list), ("gates", list), ("left_main", dict)):
         if key in data and not isinstance(data[key], kind):
             return f"{json.dumps(key)} is not a {'list' if kind is list else 'JSON object'}"
