@@ -255,3 +255,27 @@ def test_killed_at_each_step_of_review_nothing_lands_twice_or_unapproved(reviewe
     state = json.loads((repo / ".dispatch_state.json").read_text(encoding="utf-8"))
     assert state["attempts"].get(task.id, 0) == 0
 
+
+def test_status_and_the_report_show_what_awaits_review_and_what_was_decided(json_agent_setup, repo):
+    cfg, _config, store = json_agent_setup(review="labelled", merge_gate_command=GATE)
+    reviewed = add_task(store, "Reviewed", "append r.txt r")
+    store.relabel(reviewed.id, add=[model.NEEDS_REVIEW_LABEL])
+    rejected = add_task(store, "Rejected once", "append x.txt x")
+    store.relabel(rejected.id, add=[model.NEEDS_REVIEW_LABEL])
+    unreviewed = add_task(store, "Not reviewed", "append u.txt u")
+    run(cfg)
+    assert merges_of(repo, unreviewed.id) == 1  # review "labelled": only the labelled tasks wait
+    status = json.loads(dispatch(cfg, "--status", "--json").stdout)
+    entries = {e["task_id"]: e for e in status["merge_queue"]}
+    assert {entries[reviewed.id]["review"], entries[rejected.id]["review"]} == {"awaiting"}
+    assert entries[reviewed.id]["awaiting_review_since"] and entries[reviewed.id]["review_tip"]
+    text = dispatch(cfg, "--status").stdout
+    assert f"awaiting review: {reviewed.id}" in text and f"awaiting review: {rejected.id}" in text
+    decide(cfg, "approve", reviewed.id)
+    decide(cfg, "reject", rejected.id, "-r", "not this way")
+    run(cfg)
+    assert merges_of(repo, reviewed.id) == 1 and merges_of(repo, rejected.id) == 0
+    made = dispatch(cfg, "--report", "--json")
+    page = Path(json.loads(made.stdout)["report"]).read_text(encoding="utf-8")
+    assert "3 awaited review, 1 approved, 1 rejected; awaiting now: " + rejected.id in page
+    assert 'data-mark="review_rejected"' in page and "made no sense" not in page

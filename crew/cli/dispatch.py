@@ -25,6 +25,9 @@ How it works:
   branches merge into main one at a time behind the merge slot (.dispatch_merge.lock), without
   touching your checkout beyond a fast-forward. A conflict files a task "Resolve merge conflict:
   <branch>", which runs in the branch's own worktree; once it is closed, the merge is retried.
+  With review "all" (or "labelled": tasks labelled needs-review), a branch that merges cleanly
+  and passed its gate awaits a person's approval (py tasks.py review / approve / reject) before
+  it lands; the other branches go on meanwhile.
 
   Everything the dispatcher knows is in .dispatch_state.json and
   .dispatch_pending_merge_retries.json: kill it at any moment and start it again, and it adopts
@@ -41,8 +44,8 @@ examples:
   py dispatch_workers.py --report --all-runs   every run drawn, not only the latest 10
 
 exit codes: 0 every task it ran was merged; 1 some task ended blocked or a merge is waiting
-(the summary says why: main fails its checks, say); 2 bad usage or configuration; 130 interrupted; 143 stopped by SIGTERM,
-129 by SIGHUP.
+(for a conflict task, for main, or for a person's review: the summary says why); 2 bad usage or
+configuration; 130 interrupted; 143 stopped by SIGTERM, 129 by SIGHUP.
 """
 
 
@@ -104,7 +107,12 @@ def print_status(result: dict) -> None:
                       + (f" ({g['reason']})" if g["reason"] else "")
                       + f", started {g['elapsed_secs']:g} s ago (pid {g['pid']}, log {g['log']})")
     for e in result["merge_queue"]:
-        cli_base.show(f"  merge queue: {e['task_id']} ({e['branch']})" + (f": {e['waiting']}" if e["waiting"] else ""))
+        if e["awaiting_review_since"]:
+            cli_base.show(f"  awaiting review: {e['task_id']} ({e['branch']} at {e['review_tip'][:10]}) since "
+                          f"{e['awaiting_review_since']}: see `py tasks.py review`")
+            continue
+        cli_base.show(f"  merge queue: {e['task_id']} ({e['branch']})" + (f": {e['waiting']}" if e["waiting"] else "")
+                      + (" (approved in review)" if e["review"] == "approved" else ""))
     for p in result["pending_merges"]:
         cli_base.show(f"  pending: {p['task_id']} waits for {p['followup_task']} ({p['kind']})")
     for r in result["reverts"]:

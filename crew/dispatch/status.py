@@ -11,6 +11,7 @@ from crew import processes
 from crew.dispatch import ledger
 from crew.dispatch import records
 from crew.dispatch import revert
+from crew.dispatch import review
 from crew.dispatch import scheduler
 from crew.tasks import model as task_model
 
@@ -32,7 +33,7 @@ def status(config: configuration.Config, store: task_model.TaskStore) -> dict:
                      "worktree": w.worktree, "pid": w.pid, "started_at": iso(w.started_at),
                      "deadline": iso(w.deadline), "log": w.log} for w in state.workers.values()],
         "merge_queue": [{"task_id": r.task_id, "branch": r.branch, "outcome": r.outcome, "waiting": r.waiting,
-                         "held": r.held is not None}
+                         "held": r.held is not None, **review_state(r)}
                         for r in state.merge_queue],
         "main_branch": config.main_branch,
         "gates": [{"task_id": g.task_id, "branch": g.branch, "stack": g.stack, "commit": g.commit,
@@ -46,6 +47,14 @@ def status(config: configuration.Config, store: task_model.TaskStore) -> dict:
                     for task in every if task.status != "closed" and revert.reverted_task(task.labels)],
         "counts": counts,
     }
+
+
+def review_state(request: records.MergeRequest) -> dict:
+    """Its review: "review" (null: none asked, "awaiting" out of the queue until a person decides,
+    "approved" back in it), the tip shown and since when it awaits."""
+    awaiting = request.review == review.State.AWAITING
+    return {"review": request.review or None, "review_tip": request.review_tip or None,
+            "awaiting_review_since": iso(request.review_since) if awaiting else None}
 
 
 def main_check(config: configuration.Config, check: records.MainCheck | None) -> dict | None:

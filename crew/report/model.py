@@ -5,6 +5,7 @@ import contextlib
 import dataclasses
 import gc
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +30,9 @@ CATEGORIES = {
     "gate": ("gate fixer", "#139e9e"),
     "open": ("running, or cut short by a crash", "#9aa0a6"),
 }
+
+
+REVIEW_MARKS = ("review_awaited", "review_approved", "review_rejected")  # a person's review, on the main line
 
 
 @dataclasses.dataclass
@@ -93,7 +97,7 @@ class Mark:
     """Something that happened at one moment: a merge, a conflict filed, a gate run, a breaker trip."""
 
     at: float
-    kind: str  # merged, reverted, conflict, gate_passed, gate_failed, main_passed, main_failed, breaker
+    kind: str  # merged, reverted, conflict, gate_passed, gate_failed, main_passed, main_failed, breaker, and REVIEW_MARKS
     task_id: str | None
     text: str
 
@@ -358,6 +362,25 @@ class _Builder:
 
     def on_gate_passed(self, e: event_log.Event) -> None:
         self.marks.append(Mark(e.at, "gate_passed", e.task_id, f"checks passed on {e.task_id}"))
+
+    def on_review_awaited(self, e: event_log.Event) -> None:
+        """Out of the merge queue until a person decides: that wait is theirs, not the queue's."""
+        self.leave_queue(e)
+        row = self.task(e.task_id)
+        row.outcome = "waiting"
+        row.detail = f"awaiting review since {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(e.at))}"
+        self.marks.append(Mark(e.at, "review_awaited", e.task_id, f"{e.task_id} awaits review"))
+
+    def on_review_approved(self, e: event_log.Event) -> None:
+        self.on_merge_queued(e)
+        self.task(e.task_id).detail = "approved in review; in the merge queue"
+        self.marks.append(Mark(e.at, "review_approved", e.task_id, f"{e.task_id} approved in review"))
+
+    def on_review_rejected(self, e: event_log.Event) -> None:
+        """Its release follows, with the reason the next attempt reads."""
+        self.task(e.task_id).detail = "rejected in review"
+        self.marks.append(Mark(e.at, "review_rejected", e.task_id, f"{e.task_id} rejected in review"
+                               + (f"; the branch is kept as {kept}" if (kept := e.get_str("kept_as")) else "")))
 
     def on_stale_branch(self, e: event_log.Event) -> None:
         self.leave_queue(e)

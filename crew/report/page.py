@@ -173,7 +173,7 @@ def render_lanes(report: model.Report, scale: TimeScale, end: float, top: float)
 
 
 def render_marks(report: model.Report, scale: TimeScale, bottom: float) -> list[str]:
-    """Merges, conflicts and gate runs on the main line; breaker trips and restarts across every lane."""
+    """Merges, conflicts, gate runs and reviews on the main line; breaker trips and restarts across every lane."""
     mid = AXIS_H + MAIN_H / 2
     out = [f'<text class="lane-name" x="8" y="{mid + 4}">main</text>'
            f'<line class="main-line" x1="{LEFT}" y1="{mid}" x2="{WIDTH - RIGHT}" y2="{mid}"/>']
@@ -187,6 +187,8 @@ def render_marks(report: model.Report, scale: TimeScale, bottom: float) -> list[
             shape = f'<circle cx="{x:.1f}" cy="{mid}" r="4.5"/>'
         elif m.kind in ("main_passed", "main_failed"):
             shape = f'<rect x="{x - 4.5:.1f}" y="{mid - 4.5}" width="9" height="9"/>'
+        elif m.kind in model.REVIEW_MARKS:
+            shape = f'<path d="M{x:.1f},{mid - 6} l5,10 l-10,0 z"/>'
         else:  # the breaker stops every lane
             shape = f'<line x1="{x:.1f}" y1="{AXIS_H}" x2="{x:.1f}" y2="{bottom}"/>'
         out.append(f'<g class="mark m-{m.kind}" data-mark="{m.kind}"><title>{esc(m.text)}\n{clock(m.at)}'
@@ -275,6 +277,14 @@ def render_table(report: model.Report, report_dir: Path) -> str:
             '</tr></thead><tbody>' + "\n".join(rows) + "</tbody></table>")
 
 
+def review_text(report: model.Report) -> str:
+    """Branches reviewed by a person: how often each step came, and those that still await it."""
+    said = {kind: sum(1 for m in report.marks if m.kind == kind) for kind in model.REVIEW_MARKS}
+    awaiting = [t.task_id for t in report.tasks.values() if t.detail.startswith("awaiting review")]
+    return (f"{said['review_awaited']} awaited review, {said['review_approved']} approved, "
+            f"{said['review_rejected']} rejected" + (f"; awaiting now: {', '.join(awaiting)}" if awaiting else ""))
+
+
 def render_summary(report: model.Report) -> str:
     merged, blocked, dropped = report.count("merged"), report.count("blocked"), report.count("dropped")
     reverted = report.count("reverted")
@@ -300,6 +310,7 @@ def render_summary(report: model.Report) -> str:
         ("median refill", esc(median_text(report.refills) + " from a worker's end to the next start, "
                                                              "while a task was ready")),
         ("median merge latency", esc(median_text(report.merge_latencies) + " from the merge queue to main")),
+        *([("reviews", esc(review_text(report)))] if any(m.kind in model.REVIEW_MARKS for m in report.marks) else []),
         ("conflicts", esc(conflicts)),
         ("tokens", esc(f"{count_text(total.sent)} sent, {count_text(total.received)} received") if tokens
          else "none printed in the agents' logs"),
@@ -326,6 +337,8 @@ h1 { font-size: 20px; margin: 0 0 2px; } h2 { font-size: 16px; margin: 22px 0 8p
 .mark.m-merged path { fill: #2f9e5b; } .mark.m-conflict path { stroke: #d64541; stroke-width: 3; }
 .mark.m-gate_passed circle { fill: #2f9e5b; } .mark.m-gate_failed circle { fill: #d64541; }
 .mark.m-main_passed rect { fill: #2f9e5b; } .mark.m-main_failed rect { fill: #d64541; }
+.mark.m-review_awaited path { fill: #e3a21a; } .mark.m-review_approved path { fill: #2f9e5b; }
+.mark.m-review_rejected path { fill: #d64541; }
 .mark.m-breaker line { stroke: #e8590c; stroke-width: 2; stroke-dasharray: 5 3; }
 .restart line { stroke: #3d4349; stroke-width: 1.5; } .restart text { fill: #3d4349; font-size: 11px; }
 .queue { fill: #c9d6e3; stroke: #5b7a99; }
