@@ -41,6 +41,7 @@ Layout, one concern a module (each module imports only the ones it needs, as mod
   dispatch/stacks.py       speculative commits: a branch merged onto main and the entries ahead of it
   dispatch/parallel_gates.py  the merge queue with merge_gate_parallelism above 1 (speculative gates)
   dispatch/store_thread.py the task store on a thread of its own, so a slow call never holds up the loop
+  dispatch/wakeup.py       what wakes the loop: results from its threads, exits of its processes, signals
   dispatch/conflicts.py    conflict and fix tasks, and the pending merges that wait for them
   dispatch/review.py       review before merge as pure decisions: which branch waits for a person, what they decided
   dispatch/reviews.py      branches awaiting review: out of the merge queue, a person's decisions recorded and carried out
