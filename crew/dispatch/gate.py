@@ -129,7 +129,8 @@ class Gate:
 
     def cancel_if_main_moved(self, now: float) -> None:
         """One gate at a time: a gate whose main moved is void (its merge is computed again), so
-        it is ended at once, as a parallel gate is. Main is read once a poll interval: a git call."""
+        it is ended as soon as that is seen, as a parallel gate is. Main is read once a poll
+        interval (a git call; the loop wakes for it), so within one interval of the move."""
         if not self.busy or self.cancelled or now < self.main_looked_at + self.config.poll_interval_secs:
             return
         self.main_looked_at, record = now, self.record
