@@ -561,3 +561,17 @@ def test_the_task_message_names_the_files_once(make_config, repo, capsys):
     message = agent.task_message(config, task_stores.open_task_store(config).get(task_id))
     assert message.count("docs/usage.md") == 1 and "Files to change: docs/usage.md, README.md" in message
     assert message.startswith(f"Task {task_id}: Add docs\n\nExplain usage.\n\nFiles to change:")
+
+
+SETUP_THAT_LEAVES_FILES = [sys.executable, "-c",
+                           "import os; open('artifact.txt', 'w').write('made by setup'); os.mkdir('cache'); "
+                           "open('cache/blob', 'w').write('x'); open('README.md', 'a').write('touched by setup')"]
+
+
+def test_what_the_setup_command_leaves_is_never_committed_as_the_agents_work(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup(worktree_setup_command=SETUP_THAT_LEAVES_FILES)
+    add_task(store, "Leaves work", "append ok.txt fine", "uncommitted left.txt mine")
+    assert dispatch(cfg).returncode == 0
+    assert main_file(repo, "ok.txt") == "fine\n" and main_file(repo, "left.txt") == "mine\n"
+    assert main_file(repo, "artifact.txt") is None and main_file(repo, "cache/blob") is None
+    assert main_file(repo, "README.md") == "# proj\n"

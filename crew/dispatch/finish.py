@@ -48,7 +48,7 @@ class Finisher:
                 self.collect_followups(worker)
                 if self.config.commit_leftover_changes:
                     self.pool.committing[worker.slot] = self.pool.starter.submit(
-                        git.commit_everything, worktree, f"dispatch: uncommitted work of {task_id} (worker {why})",
+                        worktrees.commit_leftovers, worktree, f"dispatch: uncommitted work of {task_id} (worker {why})",
                         self.config.git_hook_timeout_secs)
                     return
         tip = git.rev_parse(self.root, f"refs/heads/{worker.branch}")
@@ -105,8 +105,8 @@ class Finisher:
         if worktree.exists():
             git.clear_interrupted_git_state(worktree)
             message = f"dispatch: uncommitted work of {worker.task_id} (found after a restart)"
-            self.judge_leftovers(worker, lambda: git.commit_everything(worktree, message,
-                                                                       self.config.git_hook_timeout_secs))
+            self.judge_leftovers(worker, lambda: worktrees.commit_leftovers(worktree, message,
+                                                                            self.config.git_hook_timeout_secs))
         if worker.kind == "task":  # a conflict task's worktree belongs to the branch it resolves
             worktrees.discard_attempt(self.config, worker)
         try:

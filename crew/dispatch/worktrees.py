@@ -14,6 +14,9 @@ from crew.dispatch import records
 from crew.tasks import model as task_model
 
 OWNED_MARKER = "dispatch-owned"  # in a worktree's git admin dir: the dispatcher made this worktree
+# Also there: the paths worktree_setup_command left changed or untracked (NUL-separated), which
+# are its environment (installed packages, generated files), not the agent's work.
+SETUP_CHANGES = "dispatch-setup-changes"
 # The dispatcher's own merge of main into a branch, conflict markers and all, for a conflict task.
 PREPARED_SUBJECT = "dispatch: merge {main} into {branch}, conflicts left for {task_id}"
 
@@ -139,7 +142,38 @@ def run_setup_command(config: configuration.Config, worktree: Path, log: Path, s
     proc = processes.start_process(list(config.worktree_setup_command), worktree, git.child_environment(), log, mark)
     ended = processes.wait_or_end(proc, config.worktree_setup_timeout_secs, stop, config.worker_kill_grace_secs,
                                   mark)
-    return ended or (f"exited {proc.returncode}" if proc.returncode else None)
+    if failed := ended or (f"exited {proc.returncode}" if proc.returncode else None):
+        return failed
+    record_setup_changes(worktree)
+    return None
+
+
+def record_setup_changes(worktree: Path) -> None:
+    """Note what the setup command changed or made in the worktree (an untracked folder as one
+    path), so that the commit of what the agent leaves uncommitted leaves it out."""
+    entries = git.git("status", "--porcelain", "-z", cwd=worktree).stdout.split("\0")
+    paths, i = [], 0
+    while i < len(entries):
+        entry, i = entries[i], i + 1
+        if entry:
+            paths.append(entry[3:])
+            i += entry[0] in "RC"  # a rename's or copy's old path follows it
+    admin = Path(git.git_out(worktree, "rev-parse", "--absolute-git-dir"))
+    (admin / SETUP_CHANGES).write_text("\0".join(paths), encoding="utf-8")
+
+
+def commit_leftovers(worktree: Path, message: str, timeout: float) -> bool:
+    """git.commit_everything of what an agent left, less what the setup command changed."""
+    return git.commit_everything(worktree, message, timeout, setup_changes(worktree))
+
+
+def setup_changes(worktree: Path) -> list[str]:
+    """The paths record_setup_changes noted for this worktree; none without a setup command."""
+    try:
+        admin = Path(git.git_out(worktree, "rev-parse", "--absolute-git-dir"))
+        return [path for path in (admin / SETUP_CHANGES).read_text(encoding="utf-8").split("\0") if path]
+    except (OSError, errors.GitError):
+        return []
 
 
 def discard_changes(root: Path, worktree: Path) -> None:
