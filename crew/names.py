@@ -24,6 +24,8 @@ TERMINAL_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 TERMINAL_CONTROL_ONE_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 # cmd.exe treats these specially; a file name with one could escape into a command line.
 CMD_SPECIAL = set('&|<>^%"') | {chr(c) for c in range(32)} | {"\x7f"}
+# bd takes a task's labels as one comma-separated argument: a comma would split `file:a,b.py` in two.
+LABEL_SEPARATOR = ","
 
 
 def check_repo_path(raw: str) -> str:
@@ -31,7 +33,7 @@ def check_repo_path(raw: str) -> str:
     text = raw.strip().replace("\\", "/")
     if not text:
         raise errors.UserError("empty file path")
-    if bad := sorted(set(text) & CMD_SPECIAL):
+    if bad := sorted(set(text) & (CMD_SPECIAL | {LABEL_SEPARATOR})):
         raise errors.UserError(f"file path {raw!r} contains the character {bad[0]!r}")
     if text.startswith("/") or re.match(r"^[A-Za-z]:", text):
         raise errors.UserError(f"file path {raw!r} is absolute; give a path relative to the repository")
@@ -131,9 +133,10 @@ def store_title(title: str) -> str:
 
 
 def store_labels(labels: list[str]) -> list[str]:
-    """Labels fit for either store: one over LABEL_LIMIT characters (a conflicted file's long
-    path, from git) is left out, as bd would refuse the whole task."""
-    return [label for label in labels if len(label) <= LABEL_LIMIT]
+    """Labels fit for either store: one bd cannot hold (a conflicted file's path, from git, over
+    LABEL_LIMIT characters, which bd refuses with the whole task, or with a comma, which would
+    split it) is left out."""
+    return [label for label in labels if len(label) <= LABEL_LIMIT and LABEL_SEPARATOR not in label]
 
 
 def clean_title(title: str) -> str:

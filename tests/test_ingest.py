@@ -150,5 +150,6 @@ def test_a_file_path_too_long_for_a_label_is_refused_and_the_next_line_ingested(
     [skipped] = result.skipped
     assert "is longer than 250 characters" in skipped["reason"]
     # A label that long from elsewhere (a conflicted file's path, from git) is left out, not refused.
-    task = store.create("Resolve it", labels=["merge-conflict", "file:" + long_path, "file:src/short.py"])
+    task = store.create("Resolve it", labels=["merge-conflict", "file:" + long_path, "file:data/a,b.csv",
+                                              "file:src/short.py"])
     assert sorted(store.get(task.id).labels) == ["file:src/short.py", "merge-conflict"]

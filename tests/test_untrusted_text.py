@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from crew import errors
 from crew import files
 from crew import names
 from crew.dispatch import conflicts
@@ -200,6 +201,8 @@ def test_the_text_functions_alone():
     assert names.task_text_problem("fine\ttext\n", 20) is None
     assert names.fenced("a\n````\nb") == "`````\na\n````\nb\n`````"
     assert names.fenced("plain") == "```\nplain\n```"
+    with pytest.raises(errors.UserError, match="contains the character ','"):
+        names.check_repo_path("data/a,b.csv")  # bd would store the label `file:data/a,b.csv` as two
 
 
 @pytest.mark.skipif(os.name == "nt", reason="symbolic links need a privilege on Windows")
