@@ -279,3 +279,17 @@ def test_status_and_the_report_show_what_awaits_review_and_what_was_decided(json
     page = Path(json.loads(made.stdout)["report"]).read_text(encoding="utf-8")
     assert "3 awaited review, 1 approved, 1 rejected; awaiting now: " + rejected.id in page
     assert 'data-mark="review_rejected"' in page and "made no sense" not in page
+
+
+def test_with_parallel_gates_a_branch_awaiting_review_holds_back_none_behind_it(json_agent_setup, repo):
+    cfg, _config, store = json_agent_setup(review="labelled", merge_gate_command=GATE, merge_gate_parallelism=2,
+                                           max_workers=1)
+    reviewed = add_task(store, "Reviewed first", "append r.txt r", priority=1)
+    store.relabel(reviewed.id, add=[model.NEEDS_REVIEW_LABEL])
+    behind = add_task(store, "Not reviewed", "append u.txt u", priority=2)
+    run(cfg)
+    assert merges_of(repo, behind.id) == 1 and merges_of(repo, reviewed.id) == 0
+    assert [w["id"] for w in awaiting_review(cfg)] == [reviewed.id]
+    decide(cfg, "approve", reviewed.id)
+    run(cfg)  # main moved since its gate: merged and gated afresh, then landed
+    assert merges_of(repo, reviewed.id) == 1 and main_file(repo, "r.txt") == "r\n"
