@@ -271,6 +271,11 @@ def test_status_and_the_report_show_what_awaits_review_and_what_was_decided(json
     assert entries[reviewed.id]["awaiting_review_since"] and entries[reviewed.id]["review_tip"]
     text = dispatch(cfg, "--status").stdout
     assert f"awaiting review: {reviewed.id}" in text and f"awaiting review: {rejected.id}" in text
+    listed = tasks_py(cfg, "review").stdout
+    assert f"diff: git diff main...work/{reviewed.id}" in listed and "gate: passed (log " in listed
+    refused = tasks_py(cfg, "approve", unreviewed.id)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1 and "no branch of it awaits review" in refused.stderr
+    assert tasks_py(cfg, "reject", reviewed.id).returncode == 2  # a rejection needs its reason
     decide(cfg, "approve", reviewed.id)
     decide(cfg, "reject", rejected.id, "-r", "not this way")
     run(cfg)
