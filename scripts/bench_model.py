@@ -43,13 +43,14 @@ MAX_SUBTASKS = 3  # small goals: more subtasks would only split one edit in piec
 STOP_GRACE_SECS = 120  # after the second Ctrl-C: the workers' trees are ended, the report written
 
 
-def settings(llm_url: str, model: str) -> dict:
-    """The configuration of every goal's run. About 8 tokens/s on 2 cores: a plan of three
-    subtasks is about 300 tokens, a whole small file about 200, so a worker gets 5 minutes;
-    a model that writes without end is ended there. The split asks twice at most, 3 minutes
-    each, within a goal's bound."""
+def settings(llm_url: str, model: str, bound_secs: float) -> dict:
+    """The configuration of a goal's run. About 8 tokens/s on 2 cores: a plan of three subtasks
+    is about 300 tokens, a whole small file about 200, so a worker gets 5 minutes; a model that
+    writes without end is ended there. The split asks twice at most, within a third of the bound
+    each (5 minutes at most): a busy machine's slow prompt processing still gets its answer."""
     return {"task_backend": "json", "task_prefix": "goal", "llm_url": llm_url, "llm_model": model,
-            "llm_num_ctx": 8192, "llm_max_tokens": 1024, "llm_retries": 1, "llm_timeout_secs": 180,
+            "llm_num_ctx": 8192, "llm_max_tokens": 1024, "llm_retries": 1,
+            "llm_timeout_secs": min(300, bound_secs // 3),
             "max_workers": 1, "poll_interval_secs": 1, "worker_timeout_secs": 300, "worker_kill_grace_secs": 5,
             "max_attempts": 2, "max_merge_retries": 2, "auto_ingest_suggestions": False,
             "merge_gate_command": [sys.executable, "-m", "pytest", "-q"], "merge_gate_timeout_secs": 120}
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     try:
         for name in goals:
-            run = run_goal(name, work, settings(llm_url, args.model), args.goal_minutes * 60)
+            run = run_goal(name, work, settings(llm_url, args.model, args.goal_minutes * 60), args.goal_minutes * 60)
             rows.append(figures(run))
             if not args.json:
                 print(line(rows[-1]) if len(rows) > 1 else HEADER + "\n" + line(rows[-1]), flush=True)
