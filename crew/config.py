@@ -50,6 +50,7 @@ class Config:
     breaker_failures: int = 3
     breaker_pause_secs: float = 300
     lease_heartbeat_secs: float = 60
+    reclaim_interval_secs: float = 120
     branch_template: str = "work/{task_id}"
     worktree_root: str | None = None
     worktree_setup_command: list[str] | None = None

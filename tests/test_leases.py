@@ -2,6 +2,7 @@
 dispatcher renews its running workers' claims and ends a worker whose claim was taken back."""
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import shutil
@@ -12,7 +13,8 @@ import pytest
 
 from conftest import BACKENDS, git
 from crew.dispatch import records
-from dispatch_helpers import add_task, events, has_commit, start_dispatcher, wait_until
+from crew.dispatch.leases import Leases
+from dispatch_helpers import add_task, dispatch, events, has_commit, main_file, start_dispatcher, wait_until
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="stops the dispatcher with SIGSTOP")
 BD_BACKENDS = [b for b in BACKENDS if b != "json"]
@@ -97,3 +99,66 @@ def test_a_claim_taken_back_while_its_worker_runs_ends_the_worker_and_keeps_its_
     final = store.get(task.id)
     assert (final.status, final.assignee) == ("in_progress", "host-b")  # the other host's claim is untouched
     assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+
+
+def lapse_lease(repo, task_id: str) -> None:
+    """Move a lease's expiry an hour back, as `bd sql` can on the real bd (whose leases last 5 minutes)."""
+    db = repo / ".beads" / "stand_in.json"
+    data = json.loads(db.read_text(encoding="utf-8"))
+    issue = next(issue for issue in data["issues"] if issue["id"] == task_id)
+    issue["lease_expires_at"] = "2000-01-01T00:00:00.000000000Z"
+    db.write_text(json.dumps(data), encoding="utf-8")
+
+
+@pytest.mark.parametrize("backend", ["fake-bd"], indirect=True)
+def test_the_task_of_a_host_whose_lease_lapsed_is_taken_back_and_done(agent_setup, repo):
+    cfg, config, store = agent_setup()
+    task = add_task(store, "Orphaned", "append orphan.txt done")
+    bd(config, "update", task.id, "--claim", "--actor", "host-gone")
+    lapse_lease(repo, task.id)
+    result = dispatch(cfg, "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [(e["task_id"], e["previous_owner"]) for e in events(repo, "reclaimed")] == [(task.id, "host-gone")]
+    assert json.loads(result.stdout)["merged"] == [task.id]
+    assert store.get(task.id).status == "closed" and main_file(repo, "orphan.txt") == "done\n"
+
+
+@pytest.mark.parametrize("backend", ["fake-bd"], indirect=True)
+def test_with_reclaim_off_a_lapsed_claim_is_left_alone(agent_setup, repo):
+    cfg, config, store = agent_setup(reclaim_interval_secs=0)
+    task = add_task(store, "Orphaned", "append orphan.txt done")
+    bd(config, "update", task.id, "--claim", "--actor", "host-gone")
+    lapse_lease(repo, task.id)
+    assert dispatch(cfg).returncode == 0
+    assert events(repo, "reclaimed") == []
+    assert (store.get(task.id).status, store.get(task.id).assignee) == ("in_progress", "host-gone")
+
+
+class AnsweringStore:
+    """The store thread's stand-in for Leases: each heartbeat answers at once, from `gone`."""
+
+    def __init__(self, gone: dict[str, str]):
+        self.gone, self.asked = gone, []
+
+    def later(self, method: str, task_id: str, actor: str) -> concurrent.futures.Future:
+        self.asked.append((method, task_id, actor))
+        future = concurrent.futures.Future()
+        future.set_result(self.gone.get(task_id))
+        return future
+
+
+def test_every_claim_held_is_renewed_and_only_a_running_workers_loss_ends_it():
+    store, said = AnsweringStore({"w": "already claimed by host-b", "q": "already claimed by host-b"}), []
+    leases = Leases(store, 60, said.append)
+    worker = records.Worker(slot=1, task_id="w", title="", branch="work/w", worktree="", base="", attempt=1,
+                            started_at=0, deadline=None, actor="me")
+    claims = {"w": "me", "q": "me", "r": "me"}  # a running worker, and two branches waiting to merge
+    assert leases.step(claims, {"w": worker}, now=1000) == []  # handed over, not yet seen
+    assert sorted(store.asked) == [("heartbeat", "q", "me"), ("heartbeat", "r", "me"), ("heartbeat", "w", "me")]
+    assert leases.step(claims, {"w": worker}, now=1001) == [(worker, "already claimed by host-b")]
+    assert said == ["q: its claim was taken back while its branch waited to merge (already claimed by host-b)"]
+    assert len(store.asked) == 3 and leases.next_due() == 1060  # the next renewals wait their interval
+    leases.step(claims, {"w": worker}, now=1060)
+    assert len(store.asked) == 6
+    leases.step(claims, {"w": worker}, now=1061)
+    assert len(said) == 1  # a waiting branch's loss is said once

@@ -1,7 +1,8 @@
 """The leases on this dispatcher's claims. With bd, a claim holds a lease that lapses unless
-renewed, and a lapsed lease lets anyone take the task back (`bd reclaim`): while a worker runs,
-its claim is renewed through the store thread, every lease_heartbeat_secs (a third of bd's lease
-or less), and a claim found gone (taken back, or held by someone else now) ends its worker.
+renewed, and a lapsed lease lets anyone take the task back (`bd reclaim`): every claim this
+dispatcher holds (a running worker's, and a finished branch's while it waits to merge) is renewed
+through the store thread, every lease_heartbeat_secs (a third of bd's lease or less), and a
+running worker whose claim is found gone (taken back, or held by someone else now) is ended.
 A store with no leases (task_queue.json) renews nothing and never loses a claim."""
 from __future__ import annotations
 
@@ -17,15 +18,18 @@ class Leases:
     def __init__(self, serial: SerialStore, interval_secs: float, say):
         self.serial, self.interval, self.say = serial, interval_secs, say
         self.renewed: dict[str, float] = {}  # task id: when its last renewal was handed over
-        self.renewing: dict[str, tuple[records.Worker, concurrent.futures.Future]] = {}
+        self.renewing: dict[str, concurrent.futures.Future] = {}
+        self.told_gone: set[str] = set()  # waiting branches whose lost claim was said
         self.failing: str | None = None  # the store's last error, said once until a renewal works
 
-    def step(self, running: Mapping[str, records.Worker], now: float) -> list[tuple[records.Worker, str]]:
-        """Take the renewals that came back, hand over those due, and return the running workers
-        whose claim is gone, each with why. A worker seen for the first time is renewed at once:
-        it may be adopted from an earlier run, or its worktree may have taken a while."""
+    def step(self, claims: Mapping[str, str], running: Mapping[str, records.Worker],
+             now: float) -> list[tuple[records.Worker, str]]:
+        """Take the renewals that came back, hand over those due for `claims` (task id: the actor
+        that holds it), and return the `running` workers whose claim is gone, each with why. A
+        claim seen for the first time is renewed at once: it may be an earlier run's, or its
+        worktree may have taken a while."""
         lost = []
-        for task_id, (worker, future) in list(self.renewing.items()):
+        for task_id, future in list(self.renewing.items()):
             if not future.done():
                 continue
             del self.renewing[task_id]
@@ -38,15 +42,19 @@ class Leases:
                              f"{self.interval:g} s): {exc}")
                 continue
             self.failing = None
-            if gone and running.get(task_id) is worker:
+            if gone and (worker := running.get(task_id)) is not None:
                 lost.append((worker, gone))
-        self.renewed = {task_id: when for task_id, when in self.renewed.items() if task_id in running}
-        for task_id, worker in running.items():
+            elif gone and task_id in claims and task_id not in self.told_gone:
+                self.told_gone.add(task_id)
+                self.say(f"{task_id}: its claim was taken back while its branch waited to merge ({gone})")
+        self.renewed = {task_id: when for task_id, when in self.renewed.items() if task_id in claims}
+        self.told_gone &= set(claims)
+        for task_id, actor in claims.items():
             if task_id not in self.renewing and now >= self.renewed.get(task_id, now - self.interval) + self.interval:
                 self.renewed[task_id] = now
-                self.renewing[task_id] = (worker, self.serial.later("heartbeat", task_id, worker.actor))
+                self.renewing[task_id] = self.serial.later("heartbeat", task_id, actor)
         return lost
 
     def next_due(self) -> float | None:
-        """When the next renewal is due, if any worker runs."""
+        """When the next renewal is due, if any claim is held."""
         return min((when + self.interval for when in self.renewed.values()), default=None)

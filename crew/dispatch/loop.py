@@ -54,6 +54,8 @@ class Dispatcher:
         self.finisher = Finisher(config, self.ledger, store, self.pool, self.queue, self.breaker)
         self.recovery = Recovery(config, self.ledger, store, self.pool)
         self.leases = Leases(self.serial, config.lease_heartbeat_secs, self.say)
+        self.reclaiming: concurrent.futures.Future | None = None
+        self.next_reclaim = 0.0  # at the start, then every reclaim_interval_secs
         self.stopping = False
         self.interrupts = 0
         self.stop_signal: int | None = None
@@ -206,13 +208,37 @@ class Dispatcher:
                 self.pool.end(worker, records.TASK_BLOCKED)  # finished once its tree is gone
 
     def renew_leases(self) -> bool:
-        """Renew the running workers' claims; a worker whose claim is gone is ended, its branch
-        kept and not merged (the task is someone else's now). True if one was ended."""
-        lost = self.leases.step(self.running(), time.time())
+        """Renew the claims this dispatcher holds: its running workers', and those of the branches
+        that wait to merge. A worker whose claim is gone is ended, its branch kept and not merged
+        (the task is someone else's now). True if one was ended."""
+        state, running = self.ledger.state, self.running()
+        claims = {held.task_id: held.actor or self.config.actor
+                  for held in [*state.merge_queue, *state.pending.values(), *running.values()]}
+        lost = self.leases.step(claims, running, time.time())
         for worker, why in lost:
             self.say(f"{worker.task_id}: its claim was taken back ({why}); ending its worker (its branch is kept)")
             self.pool.end(worker, records.CLAIM_LOST)  # finished once its tree is gone
         return bool(lost)
+
+    def reclaim_lapsed(self) -> bool:
+        """At the start and every reclaim_interval_secs, through the store thread: take back the
+        tasks whose claims' leases lapsed long ago (a host that stopped), so they run again.
+        True if any came back."""
+        if self.reclaiming is not None and self.reclaiming.done():
+            future, self.reclaiming = self.reclaiming, None
+            try:
+                taken = future.result()
+            except errors.UserError as exc:
+                self.say(f"bd reclaim failed (tried again in {self.config.reclaim_interval_secs:g} s): {exc}")
+                return False
+            for task_id, owner in taken:
+                self.ledger.event("reclaimed", task_id, previous_owner=owner)
+                self.say(f"{task_id}: taken back from {owner or 'no one'}, whose lease on it lapsed")
+            return bool(taken)
+        if self.config.reclaim_interval_secs and self.reclaiming is None and time.time() >= self.next_reclaim:
+            self.next_reclaim = time.time() + self.config.reclaim_interval_secs
+            self.reclaiming = self.serial.later("reclaim")
+        return False
 
     # ---- the loop --------------------------------------------------------------------------
 
@@ -243,6 +269,8 @@ class Dispatcher:
             due.append(self.breaker.until)
         if (renewal := self.leases.next_due()) is not None:
             due.append(renewal)
+        if self.config.reclaim_interval_secs:
+            due.append(self.next_reclaim)
         due.append(self.merges_held_until())
         if self.pool.kills or any(gate.kill is not None for gate in self.gates):
             due.append(now + processes.KILL_STEP_SECS)
@@ -270,6 +298,7 @@ class Dispatcher:
                 self.stop_now(why)
             changed |= self.claimed()  # lost to someone else: the ready list is read again too
             changed |= self.renew_leases()
+            changed |= self.reclaim_lapsed()
             if changed:
                 self.fill_slots()  # a freed slot is refilled before anything else
             now = time.time()
@@ -291,7 +320,7 @@ class Dispatcher:
             # Done once nothing runs or waits, and the ready list and pending merges, read since the
             # last change, started nothing.
             idle = not ledger.state.workers and not gates.any_busy(self.gates) and not self.queue.due(time.time()) \
-                and self.claiming is None
+                and self.claiming is None and self.reclaiming is None
             current = self.ready_as_of == self.settled_as_of == self.reviewed_as_of == self.changes
             if idle and (self.stopping or (not changed and not self.watch and current)):
                 break

@@ -107,6 +107,7 @@ FIELD_CHECKS = {
     "blocked": {"reason": _text},
     "left_blocked": {"reason": _text},
     "claim_lost": {"reason": _text},
+    "reclaimed": {"previous_owner": lambda value: type(value) is str},
     "record_dropped": {"record": _text},
     "breaker_tripped": {"failures": _whole(0)},
     "reverted": {"revert_task": _text, "reopened": lambda value: type(value) is bool},

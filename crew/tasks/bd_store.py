@@ -124,6 +124,13 @@ class BdTaskStore:
             raise
         return None
 
+    def reclaim(self) -> list[tuple[str, str]]:
+        """`bd reclaim`, with bd's own grace: leases that expired more than twice their length ago."""
+        out = self._call("reclaim")
+        taken = out.get("reclaimed") if isinstance(out, dict) else None
+        return [(str(item.get("id")), str(item.get("previous_owner") or "")) for item in taken or []
+                if isinstance(item, dict) and item.get("id")]
+
     def release(self, task_id: str, note: str = "", actor: str | None = None) -> model.Task:
         return self._tasks("update", task_id, "-s", "open", "-a", "", *_append_notes(note),
                            actor=actor)[0]

@@ -246,6 +246,9 @@ class JsonTaskStore:
         """A claim here has no lease (one machine, one dispatcher): nothing to renew, never lost."""
         return None
 
+    def reclaim(self) -> list[tuple[str, str]]:
+        return []
+
     def release(self, task_id: str, note: str = "", actor: str | None = None) -> model.Task:
         """Refused, as bd refuses it, while another actor holds the task: only its holder (`actor`,
         else the store's) gives a claim back. Closing is not refused: a person may close any task."""
