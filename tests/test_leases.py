@@ -41,6 +41,7 @@ def test_only_the_holder_renews_a_claim_and_a_claim_taken_back_is_found_gone(sto
     task = store.create("Leased")
     assert store.claim(task.id, "host-a")
     assert store.heartbeat(task.id, "host-a") is None
+    assert store.reclaim() == []  # a live lease is not taken back
     assert store.heartbeat(task.id, "host-b") == "already claimed by host-a"
     bd(config, "unclaim", task.id, "--force", "--actor", "host-b")  # as `bd reclaim` does once the lease lapsed
     assert store.heartbeat(task.id, "host-a") == f"not claimable: {task.id} status open"
@@ -57,6 +58,7 @@ def test_the_json_store_has_no_leases_to_renew_or_lose(store):
     task = store.create("Unleased")
     assert store.claim(task.id, "host-a")
     assert store.heartbeat(task.id, "host-a") is None
+    assert store.reclaim() == []
 
 
 @posix_only
