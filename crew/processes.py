@@ -6,6 +6,7 @@ import dataclasses
 import os
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterable
@@ -57,6 +58,34 @@ def run(*argv: str | os.PathLike, cwd: str | os.PathLike | None = None, check: b
     if check and proc.returncode != 0:
         raise error(args, proc.returncode, stdout, stderr)
     return result
+
+
+def run_detached_output(*argv: str, cwd: str | os.PathLike, input: str, timeout: float, output_chars: int,
+                        error: type[errors.CommandError] = errors.CommandError) -> Completed:
+    """Run a command tree (as run(tree=True)) whose output may be unbounded and whose daemons may
+    outlive it (a user's notifier): its stdin and output are temporary files, not pipes, so it is
+    waited for itself, not for every process holding its pipes, and only the last `output_chars`
+    of its output (stdout and stderr together, in `stdout`) are read."""
+    args = [os.fspath(a) for a in argv]
+    with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as output:
+        stdin.write(input.encode("utf-8"))
+        stdin.seek(0)
+        try:
+            proc = orphans.spawn(args, cwd=cwd, stdin=stdin, stdout=output, stderr=subprocess.STDOUT, **NEW_GROUP)
+        except FileNotFoundError:
+            raise error(args, None, "", "", f"command not found: {args[0]}") from None
+        with running(proc):
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                end_command(proc, True)
+                raise error(args, None, "", "", f"timed out after {timeout:g} s") from None
+            except BaseException:  # Ctrl-C: nothing of it is left running
+                end_command(proc, True)
+                raise
+        output.seek(max(0, output.seek(0, os.SEEK_END) - output_chars * 4))  # 4: UTF-8's longest character
+        said = output.read().decode("utf-8", errors="replace")[-output_chars:]
+    return Completed(args, proc.returncode, said, "")
 
 
 # POSIX: a session of its own; Windows: a process group of its own (what taskkill /T ends).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tracemalloc
 from pathlib import Path
 
 import psutil
@@ -148,3 +149,55 @@ def test_the_notifier_is_told_once_main_fails_its_checks(json_agent_setup, repo,
     assert [e["event"] for e in told] == ["main_checked", notify.RUN_ENDED]
     assert told[0]["passed"] is False and told[0]["notice"].startswith(f"[{repo.name}] main fails its checks at ")
     assert "main fails its checks" in told[1]["summary"]["waiting"][-1]["reason"]
+
+
+# Starts a daemon of its own session that keeps the notifier's stdout and stderr (its pid in argv[2]),
+# then says it sent the notice and exits 0.
+DAEMON_STARTER = """
+import pathlib, subprocess, sys
+sys.stdin.read()
+daemon = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+pathlib.Path(sys.argv[2]).write_text(str(daemon.pid), encoding="utf-8")
+print("sent")
+"""
+# Writes 64 MB to stdout and to stderr, then fails saying why.
+FLOODER = """
+import sys
+import tracemalloc
+sys.stdin.read()
+for _ in range(64):
+    sys.stdout.write("o" * (1 << 20))
+    sys.stderr.write("e" * (1 << 20))
+sys.stdout.write("\\nthe phone service said no\\n")
+sys.exit(1)
+"""
+
+
+def given(make_config, tmp_path, code: str, *args: str) -> list[str]:
+    """Give one blocked task's notice with notifier `code`; the reasons it could not be given."""
+    config = configuration.load_config(str(make_config(notify_command=notifier(tmp_path, "n", code, *args),
+                                                       notify_timeout_secs=120)))
+    failures = []
+    notify.Notifier(config, lambda event, reason: failures.append(reason)).give(
+        {"event": "blocked", "task_id": "p-1", "reason": "stuck"})
+    return failures
+
+
+def test_a_notifier_that_leaves_a_daemon_holding_its_output_is_done_when_it_exits(make_config, tmp_path):
+    pid_file = tmp_path / "daemon.pid"
+    try:
+        assert given(make_config, tmp_path, DAEMON_STARTER, str(pid_file)) == []  # not "timed out"
+    finally:
+        psutil.Process(int(pid_file.read_text(encoding="utf-8"))).kill()
+
+
+def test_a_notifier_flooding_its_output_is_read_only_to_its_tail(make_config, tmp_path):
+    tracemalloc.start()
+    try:
+        failures = given(make_config, tmp_path, FLOODER)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20  # not the 128 MB it wrote
+    assert len(failures) == 1 and failures[0].startswith("exited with 1: ")
+    assert failures[0].endswith("the phone service said no")

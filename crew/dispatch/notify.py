@@ -21,6 +21,7 @@ FAILED = "notify_failed"
 SUMMARY_LIMIT = 200  # characters: a desktop popup or a phone's lock screen shows about this much
 AT_ONCE = 4  # notifiers running at once; a notice past that is not sent (and said so)
 PLACEHOLDER = "{summary}"
+OUTPUT_READ = 2000  # characters: the end of a failed notifier's output, for the reason given
 # cmd.exe reads these in the arguments of a .bat or .cmd notifier: the summary never holds them.
 _CMD_SAFE = str.maketrans({'"': "'", **{c: " " for c in "&|<>^%"}})
 
@@ -101,13 +102,13 @@ class Notifier:
         line = summary(event, self.root.name)
         payload = files.json_text({**event, "notice": line})
         try:
-            result = processes.run(*command_line(self.command, line), cwd=self.root, input=payload,
-                                   timeout=self.timeout, check=False, tree=True)
+            result = processes.run_detached_output(*command_line(self.command, line), cwd=self.root, input=payload,
+                                                   timeout=self.timeout, output_chars=OUTPUT_READ)
         except (errors.CommandError, OSError) as exc:
             self.failed(event, names.for_terminal(str(exc)))
             return
         if result.returncode != 0:
-            said = names.one_line_tail(result.stderr or result.stdout, lines=3, limit=300)
+            said = names.one_line_tail(result.stdout, lines=3, limit=300)
             self.failed(event, f"exited with {result.returncode}" + (f": {said}" if said else ""))
 
     def close(self, last: dict | None = None) -> None:
