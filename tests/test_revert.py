@@ -157,3 +157,20 @@ def test_a_revert_that_conflicts_without_markers_is_left_to_a_person(json_agent_
     assert "conflicts without conflict markers in c.txt" in store.get(undo.id).notes
     assert store.get(task.id).status == "closed" and events(repo, "reverted") == []
     assert main_file(repo, "c.txt") is None
+
+
+def test_reverting_a_revert_brings_the_change_back_and_the_revert_task_stays_closed(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup()
+    task = add_task(store, "Add a", "append a.txt from a")
+    assert dispatch(cfg).returncode == 0
+    assert tasks_cli(cfg, "revert", task.id, "--close").returncode == 0
+    assert dispatch(cfg).returncode == 0 and main_file(repo, "a.txt") is None
+    undo = next(t for t in store.list(None) if revert.reverted_task(t.labels) == task.id)
+    redo = tasks_cli(cfg, "revert", undo.id, "-r", "it was fine")
+    assert redo.returncode == 0, redo.stderr
+    proc = dispatch(cfg)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # A revert task reopened would run its reverter again and take the change out once more.
+    assert main_file(repo, "a.txt") == "from a\n"
+    assert store.get(undo.id).status == "closed" and store.get(task.id).status == "closed"
+    assert [(e["task_id"], e["reopened"]) for e in events(repo, "reverted")] == [(task.id, False), (undo.id, False)]

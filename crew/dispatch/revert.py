@@ -52,7 +52,9 @@ def reverted_task(labels: Sequence[str]) -> str | None:
 
 
 def revert_task(task: task_model.Task, merges: Sequence[str], reason: str, keep_closed: bool) -> task_model.NewTask:
-    """The revert task for `task`: linked to it, naming its merges (newest first)."""
+    """The revert task for `task`: linked to it, naming its merges (newest first). A revert task
+    reverted is left closed: reopened, it would run its reverter again and undo its task once more."""
+    keep_closed = keep_closed or reverted_task(task.labels) is not None
     title = names.clean_title(TITLE.format(task_id=task.id, title=task.title))
     description = (f"Undo task {task.id} ({names.clean_title(task.title)}) on main: revert its merges "
                    f"{', '.join(merges)}, newest first. The dispatcher makes this branch itself; no agent runs."
