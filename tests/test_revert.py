@@ -174,3 +174,23 @@ def test_reverting_a_revert_brings_the_change_back_and_the_revert_task_stays_clo
     assert main_file(repo, "a.txt") == "from a\n"
     assert store.get(undo.id).status == "closed" and store.get(task.id).status == "closed"
     assert [(e["task_id"], e["reopened"]) for e in events(repo, "reverted")] == [(task.id, False), (undo.id, False)]
+
+
+def test_a_branch_merged_by_hand_without_a_merge_commit_records_no_other_task_s_merge(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup(review="labelled")
+    task = add_task(store, "Add a", "append a.txt from a")
+    store.relabel(task.id, add=[model.NEEDS_REVIEW_LABEL])
+    assert dispatch(cfg).returncode == 1  # its branch awaits review
+    [waiting] = json.loads(tasks_cli(cfg, "review", "--json").stdout)
+    git(repo, "merge", "-q", "--ff-only", waiting["branch"])  # the user lands it by hand: no merge commit
+    other = add_task(store, "Add b", "append b.txt from b")
+    assert dispatch(cfg).returncode == 1 and main_file(repo, "b.txt") == "from b\n"
+    assert tasks_cli(cfg, "approve", task.id).returncode == 0
+    proc = dispatch(cfg)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert store.get(task.id).status == "closed"
+    # main's tip is the other task's merge: recorded on this task, `tasks.py revert` would undo that one.
+    assert revert.recorded_merges(store.get(task.id).labels) == []
+    assert revert.recorded_merges(store.get(other.id).labels) == [main_merges(repo)[0]]
+    refused = tasks_cli(cfg, "revert", task.id)
+    assert refused.returncode == 1 and "has no merge on main recorded" in refused.stderr

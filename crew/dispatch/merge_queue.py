@@ -208,7 +208,8 @@ class MergeQueue:
             ledger.block(request.task_id, f"its branch {request.branch} is gone", request.actor)
             return Decision("dropped")
         if git.is_ancestor(root, tip, main):  # merged before a crash: only the bookkeeping is left
-            self.finish_merge(request, task, git.merge_of(root, tip, main) or git.rev_parse(root, main))
+            merge = git.merge_of(root, tip, main)  # None: landed by hand without a merge commit
+            self.finish_merge(request, task, merge or git.rev_parse(root, main), merge_commit=merge is not None)
             return Decision("merged")
         if task.status != "in_progress" or task.assignee != request.actor:
             self.drop(request)
@@ -436,13 +437,16 @@ class MergeQueue:
                     "overwritten; commit or stash them and the merge will go ahead")
         return f"git cannot fast-forward {main} in {checkout}: {git.first_line(output)}"
 
-    def finish_merge(self, request: records.MergeRequest, task: task_model.Task, commit: str) -> None:
+    def finish_merge(self, request: records.MergeRequest, task: task_model.Task, commit: str,
+                     merge_commit: bool = True) -> None:
+        """merge_commit: `commit` merged the branch; else it is only main's tip, which may be any
+        commit (another task's merge): it is not recorded as the task's, so no revert undoes it."""
         ledger, task_id, short = self.ledger, request.task_id, commit[:conflict_tasks.MERGE_SHORT]
         tip = git.rev_parse(self.root, f"refs/heads/{request.branch}")
         ledger.event("merged", task_id, branch=request.branch, commit=commit,
                      diffstat=git.merge_diffstat(self.root, commit, tip))
         ledger.say(f"{task_id}: merged {request.branch} into {self.config.main_branch} ({short})")
-        if revert.merged_label(commit) not in task.labels:  # by its full id: what `tasks.py revert` undoes
+        if merge_commit and revert.merged_label(commit) not in task.labels:  # what `tasks.py revert` undoes
             self.store.relabel(task_id, add=[revert.merged_label(commit)])
         if request.outcome == "close":
             if task.status != "closed":
