@@ -123,3 +123,17 @@ def test_a_worktree_whose_post_checkout_hook_fails_is_still_the_dispatchers_to_r
     # Each attempt's worktree was known as the dispatcher's: replaced by the next, removed at the end.
     assert "left alone" not in result.stdout + dispatch(cfg).stdout
     assert_clean_finish(repo, Path(config.worktree_root))
+
+
+def test_what_a_post_checkout_hook_makes_in_a_task_worktree_never_reaches_main(json_agent_setup, repo):
+    install_hook(repo, "post-checkout", "#!/bin/sh\necho generated > hook-made.txt\nmkdir -p cache && echo x > cache/index\n")
+    cfg, config, store = json_agent_setup()
+    task = add_task(store, "Leaves work uncommitted", "append ok.txt fine", "uncommitted left.txt mine")
+    result = dispatch(cfg)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert store.get(task.id).status == "closed"
+    # The agent's own files reached main, committed by it or left for the dispatcher's commit.
+    assert main_file(repo, "ok.txt") == "fine\n" and main_file(repo, "left.txt") == "mine\n"
+    assert main_file(repo, "hook-made.txt") is None and main_file(repo, "cache/index") is None
+    assert "hook-made.txt" not in git(repo, "log", "--all", "--name-only", "--format=")
+    assert_clean_finish(repo, Path(config.worktree_root))

@@ -14,8 +14,9 @@ from crew.dispatch import records
 from crew.tasks import model as task_model
 
 OWNED_MARKER = "dispatch-owned"  # in a worktree's git admin dir: the dispatcher made this worktree
-# Also there: the paths worktree_setup_command left changed or untracked (NUL-separated), which
-# are its environment (installed packages, generated files), not the agent's work.
+# Also there: the paths the user's post-checkout hook and then worktree_setup_command left changed
+# or untracked (NUL-separated), which are the worktree's environment (installed packages,
+# generated files), not the agent's work.
 SETUP_CHANGES = "dispatch-setup-changes"
 # The dispatcher's own merge of main into a branch, conflict markers and all, for a conflict task.
 PREPARED_SUBJECT = "dispatch: merge {main} into {branch}, conflicts left for {task_id}"
@@ -27,7 +28,8 @@ def add_dispatcher_worktree(root: Path, worktree: Path, *args: str, timeout: flo
     (.git/worktrees/<name>/), which no edit in the worktree reaches and which git deletes with the
     worktree. The marker names the folder, so a worktree moved since is not ours. A worktree git
     lists at a folder that did not exist before is ours even when the add failed after making it
-    (a post-checkout hook that failed or was ended), and so is removed as ours."""
+    (a post-checkout hook that failed or was ended), and so is removed as ours. What the hook
+    made or changed in it is recorded as the worktree's environment (record_setup_changes)."""
     existed = os.path.lexists(worktree)
     try:
         git.git("worktree", "add", "-q", *args, cwd=root, timeout=timeout)
@@ -35,6 +37,7 @@ def add_dispatcher_worktree(root: Path, worktree: Path, *args: str, timeout: flo
         if not existed and worktree.is_dir() and worktree.resolve() in listed_worktrees(root):
             admin = Path(git.git_out(worktree, "rev-parse", "--absolute-git-dir"))
             (admin / OWNED_MARKER).write_text(str(worktree.resolve()) + "\n", encoding="utf-8")
+    record_setup_changes(worktree)
 
 
 def listed_worktrees(root: Path) -> set[Path]:
@@ -149,8 +152,9 @@ def run_setup_command(config: configuration.Config, worktree: Path, log: Path, s
 
 
 def record_setup_changes(worktree: Path) -> None:
-    """Note what the setup command changed or made in the worktree (an untracked folder as one
-    path), so that the commit of what the agent leaves uncommitted leaves it out."""
+    """Note what the post-checkout hook, and then the setup command, changed or made in the
+    worktree (an untracked folder as one path), so that the commit of what the agent leaves
+    uncommitted leaves it out."""
     entries = git.git("status", "--porcelain", "-z", cwd=worktree).stdout.split("\0")
     paths, i = [], 0
     while i < len(entries):
@@ -163,12 +167,12 @@ def record_setup_changes(worktree: Path) -> None:
 
 
 def commit_leftovers(worktree: Path, message: str, timeout: float) -> bool:
-    """git.commit_everything of what an agent left, less what the setup command changed."""
+    """git.commit_everything of what an agent left, less the worktree's environment (setup_changes)."""
     return git.commit_everything(worktree, message, timeout, setup_changes(worktree))
 
 
 def setup_changes(worktree: Path) -> list[str]:
-    """The paths record_setup_changes noted for this worktree; none without a setup command."""
+    """The paths record_setup_changes noted for this worktree."""
     try:
         admin = Path(git.git_out(worktree, "rev-parse", "--absolute-git-dir"))
         return [path for path in (admin / SETUP_CHANGES).read_text(encoding="utf-8").split("\0") if path]
