@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 import subprocess
 from pathlib import Path
 
@@ -122,6 +123,38 @@ def test_a_worktree_whose_post_checkout_hook_fails_is_still_the_dispatchers_to_r
     assert blocked.status == "blocked" and "git-lfs was not found" in blocked.notes, blocked.notes
     # Each attempt's worktree was known as the dispatcher's: replaced by the next, removed at the end.
     assert "left alone" not in result.stdout + dispatch(cfg).stdout
+    assert_clean_finish(repo, Path(config.worktree_root))
+
+
+# A post-checkout hook that fails only in the dispatcher's gate worktree (a tool it calls is
+# missing there, say): git has checked the commit out by the time it runs.
+FAILS_IN_THE_GATE_WORKTREE = """#!/bin/sh
+case "$(pwd)" in
+    *.gate*) echo 'lfs-lock: no lock server for this checkout' >&2; exit 2 ;;
+esac
+"""
+
+
+def test_a_post_checkout_hook_failing_in_the_gate_worktree_is_told_once_and_stops_no_merge(json_agent_setup, repo):
+    install_hook(repo, "post-checkout", FAILS_IN_THE_GATE_WORKTREE)
+    cfg, config, store = json_agent_setup(merge_gate_command=[sys.executable, "-c", "pass"])
+    first = add_task(store, "First", "append one.txt one", priority=1)
+    second = add_task(store, "Second", "append two.txt two", priority=2)
+    result = dispatch(cfg, "--max-workers", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Both gates ran: the first in the worktree `git worktree add` made, the second after a
+    # `git checkout` in it, each followed by the hook's failure.
+    assert main_file(repo, "one.txt") == "one\n" and main_file(repo, "two.txt") == "two\n"
+    assert merges_of(repo, first.id) == 1 and merges_of(repo, second.id) == 1
+    told = [line for line in result.stdout.splitlines() if "post-checkout" in line]
+    assert len(told) == 1, result.stdout
+    assert "exit 2" in told[0] and "lfs-lock: no lock server for this checkout" in told[0]
+    assert str((repo / ".git" / "hooks" / "post-checkout").resolve()) in told[0]
+    # A later run is not stopped either.
+    third = add_task(store, "Third", "append three.txt three")
+    again = dispatch(cfg)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert main_file(repo, "three.txt") == "three\n" and store.get(third.id).status == "closed"
     assert_clean_finish(repo, Path(config.worktree_root))
 
 

@@ -24,6 +24,7 @@ from crew.dispatch.ledger import Ledger
 MAIN_MOVED = "main moved: gated again on the main there is now"
 MAIN_CHECK = ""  # a gate record's task id when it checks main itself, for no task
 MAIN_FAILS_REASON = "main fails its checks"  # why a failure counted against no branch
+HOOK_FAILED_TOLD = ("post-checkout failed",)  # in ledger.told_waiting: the user was told, once a run
 OUTPUT_TAIL = 2000  # characters of the gate's log a verdict carries (a fix task quotes them)
 
 
@@ -48,6 +49,7 @@ class Gate:
         self.wakeup = wakeup
         self.worktree = worktree or Path(config.worktree_root) / ".gate"
         self.preparing: concurrent.futures.Future | None = None  # checkout and setup, in a starter thread
+        self.hook_failed: str | None = None  # what the preparing said of the user's post-checkout hook
         self.proc: subprocess.Popen | None = None
         self.kill: processes.TreeKill | None = None
         self.ended: str | None = None  # why its tree was ended before it exited by itself
@@ -96,8 +98,8 @@ class Gate:
         if not gate.exists():
             if gate.resolve() in worktrees.dispatcher_worktrees(root):
                 worktrees.remove_worktree(root, gate)  # its folder was deleted (by the user?): git still lists it
-            worktrees.add_dispatcher_worktree(root, gate, "--detach", str(gate), commit,
-                                              timeout=self.config.git_hook_timeout_secs)
+            self.check_out(commit, lambda: worktrees.add_dispatcher_worktree(
+                root, gate, "--detach", str(gate), commit, timeout=self.config.git_hook_timeout_secs))
             if self.config.worktree_setup_command and (
                     failed := worktrees.run_setup_command(self.config, gate, log, self.stopped, self.mark)):
                 worktrees.remove_worktree(root, gate)  # so the next gate sets it up again
@@ -108,9 +110,21 @@ class Gate:
             raise errors.UserError(f"{gate} is in the way of the merge gate's worktree and the dispatcher "
                                    "did not make it; move it elsewhere")
         else:
-            git.git("checkout", "-q", "--detach", "-f", commit, cwd=gate, timeout=self.config.git_hook_timeout_secs)
+            self.check_out(commit, lambda: git.git("checkout", "-q", "--detach", "-f", commit, cwd=gate,
+                                                   timeout=self.config.git_hook_timeout_secs))
             git.git("clean", "-q", "-fd", cwd=gate)
         return True
+
+    def check_out(self, commit: str, checkout) -> None:
+        """checkout(), which puts `commit` in the gate worktree. The user's post-checkout hook
+        failing after git did so stops no gate: poll() tells the user, once a run."""
+        try:
+            checkout()
+        except errors.GitError as failed:
+            if self.stopped() or not (said := worktrees.checked_out_despite_hook(
+                    self.config.root, self.worktree, commit, failed)):
+                raise
+            self.hook_failed = said
 
     def cancel(self, why: str) -> None:
         """End the gate without a verdict: its kill is begun now and finished by later polls."""
@@ -154,6 +168,10 @@ class Gate:
                     raise
                 prepared = False  # its git command was ended by the stop
             self.preparing = None
+            if self.hook_failed and HOOK_FAILED_TOLD not in self.ledger.told_waiting:
+                self.ledger.told_waiting.add(HOOK_FAILED_TOLD)
+                self.ledger.say(self.hook_failed)
+            self.hook_failed = None
             if not prepared or self.stopped():
                 return self.conclude(record, None, self.stopped() or "")
             try:

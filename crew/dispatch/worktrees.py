@@ -40,6 +40,26 @@ def add_dispatcher_worktree(root: Path, worktree: Path, *args: str, timeout: flo
     record_setup_changes(worktree)
 
 
+def checked_out_despite_hook(root: Path, worktree: Path, commit: str, failed: errors.GitError) -> str | None:
+    """When a checkout of `commit` in `worktree` (`git worktree add`, `git checkout`) failed only
+    because the user's post-checkout hook did: one line that says so, naming the hook, its exit
+    code and the end of its output. The hook runs once git has checked the commit out, cannot
+    undo it, and lends git its exit code; so the worktree is whole when git lists it at `commit`
+    with no tracked file changed. None when that is not so (the checkout itself failed)."""
+    if worktree.resolve() not in listed_worktrees(root):
+        return None
+    head = git.git("rev-parse", "--verify", "-q", "HEAD", cwd=worktree, check=False).stdout.strip()
+    wanted = git.git("rev-parse", "--verify", "-q", f"{commit}^{{commit}}", cwd=root, check=False).stdout.strip()
+    hook = worktree / git.git_out(worktree, "rev-parse", "--git-path", "hooks/post-checkout")
+    if not head or head != wanted or not hook.is_file() or git.git_out(
+            worktree, "status", "--porcelain", "--untracked-files=no"):
+        return None
+    how = f"exit {failed.returncode}" if failed.returncode is not None else str(failed).rsplit(": ", 1)[-1]
+    said = safe_names.one_line_tail(failed.stderr + "\n" + failed.stdout, limit=200) or "(no output)"
+    return (f"warning: your post-checkout hook {hook.resolve()} failed ({how}) in {worktree}; git had checked "
+            f"out {commit[:12]} there, so the dispatcher goes on with it: {said}")
+
+
 def listed_worktrees(root: Path) -> set[Path]:
     """The folders of the worktrees git lists, resolved."""
     listed = set()
