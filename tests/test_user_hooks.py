@@ -170,3 +170,15 @@ def test_what_a_post_checkout_hook_makes_in_a_task_worktree_never_reaches_main(j
     assert main_file(repo, "hook-made.txt") is None and main_file(repo, "cache/index") is None
     assert "hook-made.txt" not in git(repo, "log", "--all", "--name-only", "--format=")
     assert_clean_finish(repo, Path(config.worktree_root))
+
+
+def test_a_post_checkout_hook_that_never_ends_in_the_gate_worktree_stops_no_merge(json_agent_setup, repo):
+    install_hook(repo, "post-checkout", '#!/bin/sh\ncase "$(pwd)" in *.gate*) sleep 300 ;; esac\n')
+    cfg, config, store = json_agent_setup(merge_gate_command=[sys.executable, "-c", "pass"], git_hook_timeout_secs=2)
+    task = add_task(store, "First", "append one.txt one")
+    result = dispatch(cfg)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert main_file(repo, "one.txt") == "one\n" and store.get(task.id).status == "closed"
+    [told] = [line for line in result.stdout.splitlines() if "post-checkout" in line]
+    assert "timed out after 2 s" in told
+    assert_clean_finish(repo, Path(config.worktree_root))
