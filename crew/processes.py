@@ -39,21 +39,10 @@ def run(*argv: str | os.PathLike, cwd: str | os.PathLike | None = None, check: b
     its own (git runs the user's hooks), so it runs in a process group of its own, which a
     timeout, an interrupt or end_commands() ends whole."""
     args = [os.fspath(a) for a in argv]
-    try:
-        proc = orphans.spawn(args, cwd=cwd, stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
-                             errors="replace", env=env, **(NEW_GROUP if tree else {}))
-    except FileNotFoundError:
-        raise error(args, None, "", "", f"command not found: {args[0]}") from None
-    with running(proc) if tree else contextlib.nullcontext():
-        try:
-            stdout, stderr = proc.communicate(input, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            end_command(proc, tree)
-            raise error(args, None, "", "", f"timed out after {timeout:g} s") from None
-        except BaseException:  # Ctrl-C: nothing of it is left running
-            end_command(proc, tree)
-            raise
+    proc, (stdout, stderr) = _started_and_waited(
+        args, tree, timeout, error, lambda proc: proc.communicate(input, timeout=timeout), cwd=cwd,
+        stdin=subprocess.DEVNULL if input is None else subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", env=env)
     result = Completed(args, proc.returncode, stdout, stderr)
     if check and proc.returncode != 0:
         raise error(args, proc.returncode, stdout, stderr)
@@ -70,22 +59,30 @@ def run_detached_output(*argv: str, cwd: str | os.PathLike, input: str, timeout:
     with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as output:
         stdin.write(input.encode("utf-8"))
         stdin.seek(0)
-        try:
-            proc = orphans.spawn(args, cwd=cwd, stdin=stdin, stdout=output, stderr=subprocess.STDOUT, **NEW_GROUP)
-        except FileNotFoundError:
-            raise error(args, None, "", "", f"command not found: {args[0]}") from None
-        with running(proc):
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                end_command(proc, True)
-                raise error(args, None, "", "", f"timed out after {timeout:g} s") from None
-            except BaseException:  # Ctrl-C: nothing of it is left running
-                end_command(proc, True)
-                raise
+        proc, _ = _started_and_waited(args, True, timeout, error, lambda proc: proc.wait(timeout=timeout), cwd=cwd,
+                                      stdin=stdin, stdout=output, stderr=subprocess.STDOUT)
         output.seek(max(0, output.seek(0, os.SEEK_END) - output_chars * 4))  # 4: UTF-8's longest character
         said = output.read().decode("utf-8", errors="replace")[-output_chars:]
     return Completed(args, proc.returncode, said, "")
+
+
+def _started_and_waited(args: list[str], tree: bool, timeout: float | None, error: type[errors.CommandError],
+                        wait, **popen_args) -> tuple[subprocess.Popen, object]:
+    """Start a command (tree: in a process group of its own) and wait(proc) for it; past the
+    timeout, or at Ctrl-C, it is ended whole. The process and what wait returned."""
+    try:
+        proc = orphans.spawn(args, **popen_args, **(NEW_GROUP if tree else {}))
+    except FileNotFoundError:
+        raise error(args, None, "", "", f"command not found: {args[0]}") from None
+    with running(proc) if tree else contextlib.nullcontext():
+        try:
+            return proc, wait(proc)
+        except subprocess.TimeoutExpired:
+            end_command(proc, tree)
+            raise error(args, None, "", "", f"timed out after {timeout:g} s") from None
+        except BaseException:  # Ctrl-C: nothing of it is left running
+            end_command(proc, tree)
+            raise
 
 
 # POSIX: a session of its own; Windows: a process group of its own (what taskkill /T ends).
