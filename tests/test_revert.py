@@ -3,6 +3,7 @@ newest first; it lands through the merge queue, and only then is the task reopen
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -194,3 +195,25 @@ def test_a_branch_merged_by_hand_without_a_merge_commit_records_no_other_task_s_
     assert revert.recorded_merges(store.get(other.id).labels) == [main_merges(repo)[0]]
     refused = tasks_cli(cfg, "revert", task.id)
     assert refused.returncode == 1 and "has no merge on main recorded" in refused.stderr
+
+
+def test_a_retried_reverter_goes_on_past_the_merges_its_branch_reverted_already(repo):
+    merges = []
+    for name in ("a.txt", "b.txt"):
+        git(repo, "checkout", "-q", "-b", f"work-{name}")
+        commit_file(repo, name, f"{name}\n")
+        git(repo, "checkout", "-q", "main")
+        git(repo, "merge", "-q", "--no-ff", "-m", f"merge {name}", f"work-{name}")
+        merges.insert(0, git(repo, "rev-parse", "HEAD"))  # newest first
+    git(repo, "checkout", "-q", "-b", "revert-branch")
+    git(repo, "revert", "--no-edit", "-m", "1", merges[0])  # an earlier attempt's work, ended after one revert
+
+    def reverter(*commits):
+        return subprocess.run([sys.executable, "-m", revert.REVERTER_MODULE, *commits], cwd=repo, capture_output=True,
+                              text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    done = reverter(*merges)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not (repo / "a.txt").exists() and not (repo / "b.txt").exists()
+    assert git(repo, "rev-list", "--count", "main..HEAD") == "2" and git(repo, "status", "--porcelain") == ""
+    assert f"{merges[0]} is undone on this branch already" in done.stdout

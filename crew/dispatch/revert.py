@@ -132,11 +132,23 @@ def _has_markers(path: Path) -> bool:
         return False
 
 
+def _undone_already(commit: str) -> bool:
+    """Whether reverting the merge would change nothing: an earlier attempt on this branch, ended
+    after some of its reverts, reverted it already (git refuses an empty revert)."""
+    trial = subprocess.run(["git", "revert", "--no-commit", "-m", "1", commit], capture_output=True)
+    empty = trial.returncode == 0 and subprocess.run(["git", "diff", "--cached", "--quiet", "HEAD"]).returncode == 0
+    subprocess.run(["git", "revert", "--abort"], capture_output=True)
+    return empty
+
+
 def main(argv: Sequence[str]) -> int:
     """The reverter, run in the revert task's worktree (a branch made from main): each merge is
     reverted against its first parent, in the order given (newest first). A revert that conflicts
     is committed with its conflict markers: the merge queue then files a conflict task for it."""
     for commit in argv:
+        if _undone_already(commit):
+            print(f"{commit} is undone on this branch already (an earlier attempt's work): skipped", flush=True)
+            continue
         run = subprocess.run(["git", "revert", "--no-edit", "-m", "1", commit], capture_output=True, text=True)
         print(run.stdout + run.stderr, end="", flush=True)
         if run.returncode == 0:
