@@ -217,3 +217,24 @@ def test_a_retried_reverter_goes_on_past_the_merges_its_branch_reverted_already(
     assert not (repo / "a.txt").exists() and not (repo / "b.txt").exists()
     assert git(repo, "rev-list", "--count", "main..HEAD") == "2" and git(repo, "status", "--porcelain") == ""
     assert f"{merges[0]} is undone on this branch already" in done.stdout
+
+
+def test_a_reverter_that_gives_up_leaves_none_of_its_reverts_to_land_as_the_whole(repo):
+    commit_file(repo, "c.txt", "base\n")
+    merges = []
+    for name, text in (("c.txt", "changed\n"), ("b.txt", "b\n")):
+        git(repo, "checkout", "-q", "-b", f"work-{name}")
+        commit_file(repo, name, text)
+        git(repo, "checkout", "-q", "main")
+        git(repo, "merge", "-q", "--no-ff", "-m", f"merge {name}", f"work-{name}")
+        merges.insert(0, git(repo, "rev-parse", "HEAD"))  # newest first
+        if name == "c.txt":
+            git(repo, "rm", "-q", "c.txt")
+            git(repo, "commit", "-q", "-m", "c.txt deleted since")
+    git(repo, "checkout", "-q", "-b", "revert-branch")
+    start = git(repo, "rev-parse", "HEAD")
+    done = subprocess.run([sys.executable, "-m", revert.REVERTER_MODULE, *merges], cwd=repo, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    # The newest merge's revert alone, committed, would land as the task's whole revert.
+    assert done.returncode == 1 and "a person must revert it" in done.stdout
+    assert git(repo, "rev-parse", "HEAD") == start and git(repo, "status", "--porcelain") == ""

@@ -141,10 +141,18 @@ def _undone_already(commit: str) -> bool:
     return empty
 
 
+def _give_up(start: str, code: int) -> int:
+    """The reverts this run committed are taken back: landed alone, the branch would pass for the
+    task's whole revert (its commits are merged as a finished attempt's)."""
+    subprocess.run(["git", "reset", "-q", "--hard", start], capture_output=True)
+    return code
+
+
 def main(argv: Sequence[str]) -> int:
     """The reverter, run in the revert task's worktree (a branch made from main): each merge is
     reverted against its first parent, in the order given (newest first). A revert that conflicts
     is committed with its conflict markers: the merge queue then files a conflict task for it."""
+    start = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     for commit in argv:
         if _undone_already(commit):
             print(f"{commit} is undone on this branch already (an earlier attempt's work): skipped", flush=True)
@@ -156,10 +164,11 @@ def main(argv: Sequence[str]) -> int:
         conflicted = subprocess.run(["git", "diff", "--name-only", "--diff-filter=U"], capture_output=True,
                                     text=True).stdout.split()
         if not conflicted:
-            return run.returncode
+            return _give_up(start, run.returncode)
         if markerless := [path for path in conflicted if not _has_markers(Path(path))]:
             # A file deleted on one side, say: committed as it stands, the revert would be silently wrong.
             subprocess.run(["git", "revert", "--abort"], capture_output=True)
+            _give_up(start, 1)
             print(f"reverting {commit} conflicts without conflict markers in {', '.join(markerless)} (a file "
                   "deleted or renamed on one side): a person must revert it", flush=True)
             return 1
