@@ -266,12 +266,18 @@ class TreeKill:
         return True
 
 
-def wait_for_kills(kills: Iterable[TreeKill]) -> None:
+def wait_for_kills(kills: Iterable[TreeKill], give_up_after: float | None = None) -> list[TreeKill]:
     """Wait until every tree has ended. Kills begun together end together: a stop of many
-    workers takes about one grace in all, not one grace a worker."""
+    workers takes about one grace in all, not one grace a worker. With give_up_after, wait no
+    longer than that many seconds past the last grace (SIGKILL cannot end a process stuck in the
+    kernel, or one not ours to signal); the kills whose trees are still left are returned."""
     pending = list(kills)
+    last = max((kill.deadline for kill in pending), default=time.monotonic())
     while pending := [kill for kill in pending if not kill.poll()]:
+        if give_up_after is not None and time.monotonic() >= last + give_up_after:
+            return pending
         time.sleep(KILL_STEP_SECS)
+    return []
 
 
 def kill_tree(pid: int | None, grace: float, proc: subprocess.Popen | None = None, mark: str | None = None,

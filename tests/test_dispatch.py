@@ -26,7 +26,7 @@ from crew.dispatch.loop import Dispatcher
 from crew.tasks import model
 from conftest import commit_file, git
 from conftest import AGENT_COMMAND
-from dispatch_helpers import (DISPATCH, add_task, assert_clean_finish, dispatch, events, main_file, merges_of,
+from dispatch_helpers import (DISPATCH, add_task, assert_clean_finish, dispatch, events, has_commit, main_file, merges_of,
                               start_dispatcher, start_dispatcher_with_a_worker, wait_until)
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="uses POSIX signals and sh")
@@ -280,22 +280,27 @@ def test_second_ctrl_c_ends_workers_keeps_their_branches_and_releases_their_task
     cfg, config, store = json_agent_setup()
     task = add_task(store, "Stubborn", "append partial.txt partial", "hang")
     proc = start_dispatcher_with_a_worker(cfg, repo)
-    time.sleep(1.5)  # let the agent commit
+    wait_until(lambda: has_commit(repo, f"work/{task.id}"), proc, "the agent's commit")
     proc.send_signal(signal.SIGINT)
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=30)
-    assert proc.returncode == 130
+    output = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 130, output
     assert not processes.group_alive(events(repo, "worker_started")[0]["pid"])
     assert git(repo, "branch", "--list", "--format=%(refname:short)", f"work/{task.id}") == f"work/{task.id}"
-    # Recorded as ended before the kill: the next run merges the work but releases the task, as
-    # after a timeout, and the stopped attempt counts toward nothing.
+    # Nothing is left in progress after the stop: its task is released at once, its branch kept.
+    stopped = store.get(task.id)
+    assert stopped.status == "open" and not stopped.assignee, output
+    assert stopped.notes.splitlines()[-1] == f"attempt 1 stopped by Ctrl-C; its branch work/{task.id} is kept for the next run"
+    # Recorded as ended before the kill: the next run merges the work (and releases the task again,
+    # naming the merge), as after a timeout, and the stopped attempt counts toward nothing.
     recorded = json.loads((repo / ".dispatch_state.json").read_text(encoding="utf-8"))["workers"]
     assert [(w["task_id"], w["ended"]) for w in recorded] == [(task.id, "stopped by Ctrl-C")]
     cfg2, *_ = json_agent_setup(max_attempts=1, worker_timeout_secs=2)
     again = dispatch(cfg2, "--json")
     assert again.returncode == 1
-    released = events(repo, "released")[0]
+    assert [e["reason"] for e in events(repo, "released")][:1] == ["attempt 1 stopped by Ctrl-C"]
+    released = events(repo, "released")[1]
     assert released["reason"].startswith(f"attempt 1 stopped by Ctrl-C; log .dispatch_logs/{task.id}.1.log; "
                                          "its work is partial and already on main (merge ")
     # It ran again (attempt 1 once more, which timed out, and so was the last of max_attempts 1).
@@ -305,6 +310,25 @@ def test_second_ctrl_c_ends_workers_keeps_their_branches_and_releases_their_task
     assert final.notes.endswith("(after 1 attempts)")
     assert main_file(repo, "partial.txt") == "partial\npartial\n"
 
+
+def test_a_task_closed_after_the_stop_released_it_is_not_claimed_again_and_its_branch_stays_unmerged(
+        json_agent_setup, repo):
+    cfg, config, store = json_agent_setup()
+    task = add_task(store, "Stubborn", "append partial.txt partial", "hang")
+    proc = start_dispatcher_with_a_worker(cfg, repo)
+    wait_until(lambda: has_commit(repo, f"work/{task.id}"), proc, "the agent's commit")
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 130 and store.get(task.id).status == "open", output
+    store.close(task.id, "done by hand")  # the person's decision stands over the stopped attempt's work
+    again = dispatch(cfg, "--json")
+    assert again.returncode == 1 and "not merged: the task changed meanwhile (closed); branch kept" in again.stderr
+    assert store.get(task.id).status == "closed" and main_file(repo, "partial.txt") is None
+    assert has_commit(repo, f"work/{task.id}")
+    assert [e["task_id"] for e in events(repo, "stale_branch")] == [task.id]
+    assert [e.get("reason") for e in events(repo, "claimed")] == [None]  # only the first run's claim
 
 def test_task_text_reaches_the_agent_verbatim_and_never_a_shell(json_agent_setup, repo):
     cfg, config, store = json_agent_setup()
@@ -575,3 +599,4 @@ def test_what_the_setup_command_leaves_is_never_committed_as_the_agents_work(jso
     assert main_file(repo, "ok.txt") == "fine\n" and main_file(repo, "left.txt") == "mine\n"
     assert main_file(repo, "artifact.txt") is None and main_file(repo, "cache/blob") is None
     assert main_file(repo, "README.md") == "# proj\n"
+

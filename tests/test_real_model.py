@@ -121,14 +121,16 @@ def test_a_real_model_splits_and_codes_a_goal_and_the_toolkit_keeps_its_promises
     assert run.dispatch_code in ((130,) if run.stopped else (0, 1)), run.dispatch_output[-3000:]
 
     # Work in flight at the stop is kept: each worker the stop ended left its branch, and its
-    # task waits for the next run (the stop itself runs no git step).
+    # task was released by the stop (the stop itself runs no git step).
     repo = run.repo
     if run.stopped:
         for stopped in events(repo, "worker_stopped"):
             [started] = [e for e in events(repo, "worker_started") if e["task_id"] == stopped["task_id"]][-1:]
             assert git(repo, "rev-parse", "--verify", "-q", f"refs/heads/{started['branch']}"), started["branch"]
-        # The person runs the dispatcher again and presses Ctrl-C once: it finishes what the
-        # stop left (merges its commits, releases its task) and starts nothing new.
+            assert store.get(stopped["task_id"]).status != "in_progress", stopped
+        # A branch the stop found in the merge queue keeps its task's claim: the person runs the
+        # dispatcher again and presses Ctrl-C once: it finishes what the stop left (merges the
+        # queue and the stopped workers' commits) and starts nothing new.
         finish_what_the_stop_left(run.config, repo, env)
 
     # Main only ever moved to commits whose tests pass: each commit main moved to, from the events.

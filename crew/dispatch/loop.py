@@ -10,6 +10,7 @@ from crew import config as configuration
 from crew import errors
 from crew import failpoints
 from crew import files
+from crew import names as safe_names
 from crew import processes
 from crew.dispatch import gate as gates
 from crew.dispatch import parallel_gates
@@ -28,6 +29,8 @@ from crew.tasks import model as task_model
 
 START_WAIT_SECS = 0.2  # how long a refill may hold a merge back while its claim and worktree are under way
 SIGNAL_CHECK_SECS = 0.5  # Windows: a wait on a lock is not broken by Ctrl-C, so the loop looks this often
+STOP_RELEASE_SECS = 10.0  # how long a stop waits for the store to release its workers' tasks (bd: ~0.5 s a call)
+STOP_KILLED_SECS = 10.0  # how long a stop waits, past the grace, for the trees it killed to be gone
 
 
 class Dispatcher:
@@ -366,26 +369,58 @@ class Dispatcher:
         return "stopped by Ctrl-C" if self.interrupts >= 2 else None
 
     def stop_now(self, why: str) -> None:
-        """End every worker and leave: their branches and records stay for the next run, which
-        merges their commits but releases their tasks, as after a timeout. Every tree (the gates'
-        too) is asked to end first, then all are waited for together: one grace in all, not one a worker."""
+        """End every worker, release the tasks of those it ended, and leave: their branches and
+        records stay for the next run, which merges their commits, as after a timeout. Every tree
+        (the gates' too) is asked to end first, then all are waited for together: one grace in all,
+        not one a worker."""
         pool = self.pool
         gates.cancel_all(self.gates, why)
+        ended = []
         for worker in list(self.ledger.state.workers.values()):
             # Recorded but never started: the next run releases its task. Being ended already: its kill is waited
             # for. Ended by itself, its leftover commit under way: the next run finishes it as it ended.
             if worker.slot not in pool.starting and worker.slot not in pool.kills and worker.slot not in pool.committing:
                 pool.end(worker, why)
+                ended.append(worker)
         under_way = [*pool.starting.values(), *pool.committing.values(),
                      *(gate.preparing for gate in self.gates if gate.preparing)]
         if self.queue.landing is not None:
             under_way.append(self.queue.landing.moving)
-        processes.wait_for_kills([*pool.kills.values(), *self.end_threads_commands(under_way)])
+        left = processes.wait_for_kills([*pool.kills.values(), *self.end_threads_commands(under_way)],
+                                        give_up_after=STOP_KILLED_SECS)
         gates.wait_until_ended(self.gates)
+        gone = []
+        for worker in ended:
+            if any(kill is pool.kills.get(worker.slot) for kill in left):
+                self.say(f"{worker.task_id}: its worker's process tree outlived its kill by {STOP_KILLED_SECS:g} s; "
+                         "its task stays in progress, for the next run to end it and release it")
+            else:
+                gone.append(worker)
+        self.release_stopped(gone, why)
         self.say(f"{why}: workers ended; their branches are kept for the next run")
         if self.stop_signal is not None:
             raise SystemExit(128 + self.stop_signal)  # the shell's convention: 143 for SIGTERM, 129 for SIGHUP
         raise KeyboardInterrupt
+
+    def release_stopped(self, workers: list[records.Worker], why: str) -> None:
+        """Give back the claims of the workers a stop ended, their trees gone, so that no task is
+        left in progress after the stop. Their records stay: the next run merges their commits
+        (and releases the task again, with the merge named). The store thread may be in a slow
+        call: past STOP_RELEASE_SECS, the tasks not yet released are left for the next run."""
+        asked = [(worker, self.serial.later("release", worker.task_id,
+                                            f"attempt {worker.attempt} {why}; its branch {worker.branch} is kept "
+                                            "for the next run", actor=worker.actor)) for worker in workers]
+        concurrent.futures.wait([future for _, future in asked], timeout=STOP_RELEASE_SECS)
+        for worker, future in asked:
+            if not future.done():
+                future.cancel()
+                self.say(f"{worker.task_id}: not released within {STOP_RELEASE_SECS:g} s of the stop (the task "
+                         "store is slow); the next run releases it")
+            elif (failed := future.exception()) is not None:
+                self.say(f"{worker.task_id}: not released at the stop ({safe_names.one_line_tail(str(failed))}); "
+                         "the next run releases it")
+            else:
+                self.ledger.event("released", worker.task_id, reason=f"attempt {worker.attempt} {why}")
 
     def end_gates(self, why: str) -> None:
         gates.cancel_all(self.gates, why)

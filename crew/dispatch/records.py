@@ -90,6 +90,11 @@ class Worker(Record):
     def stopped_by_user(self) -> bool:
         return self.ended is not None and self.ended != TIMED_OUT
 
+    @property
+    def ended_by_stop(self) -> bool:
+        """Ended by a second Ctrl-C or a stop signal, which gave its task's claim back."""
+        return self.stopped_by_user and self.ended not in (TASK_BLOCKED, CLAIM_LOST)
+
 
 @dataclasses.dataclass
 class MergeRequest(Record):

@@ -61,6 +61,7 @@ class Recovery:
         if actor not in state.actors:
             state.actors.append(actor)
             ledger.save_state()  # before any claim under it
+        self.claim_again_what_the_stop_released()
         for task in self.store.list(["in_progress"]):
             recorded = any(task_id == task.id and records.same_creation(created_at, task.created_at)
                            for task_id, created_at, _ in claims)
@@ -76,6 +77,19 @@ class Recovery:
         if state.gates:
             state.gates = []
             ledger.save_state()
+
+    def claim_again_what_the_stop_released(self) -> None:
+        """A stop gives back its workers' claims, so that nothing is left in progress, and keeps
+        their branches: their work is merged now, under their claim taken again. A task that
+        changed meanwhile (taken by another, blocked, closed) is left as it is: its branch is kept,
+        not merged."""
+        for worker in self.ledger.state.workers.values():
+            if not worker.ended_by_stop:
+                continue
+            task = self.ledger.current_task(worker.task_id, worker.task_created_at)
+            if task is not None and task.status == "open" and not task.assignee \
+                    and self.store.claim(task.id, worker.actor):
+                self.ledger.event("claimed", task.id, reason="to merge the work of the worker a stop ended")
 
     def prune_stray_worktrees(self) -> None:
         """Remove the worktrees an earlier run made and no record names (a worker's work is
