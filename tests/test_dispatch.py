@@ -275,10 +275,8 @@ def test_first_ctrl_c_lets_running_workers_finish_and_starts_nothing_new(json_ag
     assert store.get(later.id).status == "open"
 
 
-@posix_only
-def test_second_ctrl_c_ends_workers_keeps_their_branches_and_releases_their_tasks(json_agent_setup, repo):
-    cfg, config, store = json_agent_setup()
-    task = add_task(store, "Stubborn", "append partial.txt partial", "hang")
+def stopped_by_a_second_ctrl_c(cfg: Path, repo: Path, task: model.Task) -> str:
+    """Run the dispatcher as a process and press Ctrl-C twice once the agent has committed; its output."""
     proc = start_dispatcher_with_a_worker(cfg, repo)
     wait_until(lambda: has_commit(repo, f"work/{task.id}"), proc, "the agent's commit")
     proc.send_signal(signal.SIGINT)
@@ -286,6 +284,13 @@ def test_second_ctrl_c_ends_workers_keeps_their_branches_and_releases_their_task
     proc.send_signal(signal.SIGINT)
     output = proc.communicate(timeout=30)[0]
     assert proc.returncode == 130, output
+    return output
+
+@posix_only
+def test_second_ctrl_c_ends_workers_keeps_their_branches_and_releases_their_tasks(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup()
+    task = add_task(store, "Stubborn", "append partial.txt partial", "hang")
+    output = stopped_by_a_second_ctrl_c(cfg, repo, task)
     assert not processes.group_alive(events(repo, "worker_started")[0]["pid"])
     assert git(repo, "branch", "--list", "--format=%(refname:short)", f"work/{task.id}") == f"work/{task.id}"
     # Nothing is left in progress after the stop: its task is released at once, its branch kept.
@@ -311,17 +316,13 @@ def test_second_ctrl_c_ends_workers_keeps_their_branches_and_releases_their_task
     assert main_file(repo, "partial.txt") == "partial\npartial\n"
 
 
+@posix_only
 def test_a_task_closed_after_the_stop_released_it_is_not_claimed_again_and_its_branch_stays_unmerged(
         json_agent_setup, repo):
     cfg, config, store = json_agent_setup()
     task = add_task(store, "Stubborn", "append partial.txt partial", "hang")
-    proc = start_dispatcher_with_a_worker(cfg, repo)
-    wait_until(lambda: has_commit(repo, f"work/{task.id}"), proc, "the agent's commit")
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
-    output = proc.communicate(timeout=30)[0]
-    assert proc.returncode == 130 and store.get(task.id).status == "open", output
+    output = stopped_by_a_second_ctrl_c(cfg, repo, task)
+    assert store.get(task.id).status == "open", output
     store.close(task.id, "done by hand")  # the person's decision stands over the stopped attempt's work
     again = dispatch(cfg, "--json")
     assert again.returncode == 1 and "not merged: the task changed meanwhile (closed); branch kept" in again.stderr
@@ -329,6 +330,7 @@ def test_a_task_closed_after_the_stop_released_it_is_not_claimed_again_and_its_b
     assert has_commit(repo, f"work/{task.id}")
     assert [e["task_id"] for e in events(repo, "stale_branch")] == [task.id]
     assert [e.get("reason") for e in events(repo, "claimed")] == [None]  # only the first run's claim
+
 
 def test_task_text_reaches_the_agent_verbatim_and_never_a_shell(json_agent_setup, repo):
     cfg, config, store = json_agent_setup()
