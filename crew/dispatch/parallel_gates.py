@@ -1,4 +1,4 @@
-"""Speculative parallel gates (merge_gate_parallelism above 1, issue 13): the first queue entries
+"""Speculative parallel gates (merge_gate_parallelism above 1, as in Zuul): the first queue entries
 are gated at once, each in its own gate worktree (.gate-1, .gate-2, ...) on a speculative commit,
 main with the entries ahead of it merged. speculation.plan decides, stacks makes the commits, and
 main still moves only by compare-and-swap to a commit whose gate passed exactly as it is."""

@@ -262,7 +262,7 @@ class DispatchState:
 
 
 # What every record needs to be read; the other fields are read with defaults. A pending merge's
-# title is filled in: those written before d284fad had none.
+# title is filled in: files of state version 1 may have none.
 WORKER_KEYS = required(Worker)
 QUEUE_ENTRY_KEYS = required(MergeRequest)
 PENDING_KEYS = [key for key in required(PendingMerge) if key != "title"]
@@ -302,7 +302,7 @@ def state_problem(data: object) -> str | None:
     for key, kind in (("workers", list), ("merge_queue", list), ("attempts", dict)):
         if not isinstance(data.get(key), kind):
             return f"{json.dumps(key)} is missing or not a {'list' if kind is list else 'JSON object'}"
-    # Written since the hardening (branches, actors), since version 2 (gates), since version 3
+    # Written by later releases of version 1 (branches, actors), since version 2 (gates), since version 3
     # (main_check) or since version 4 (left_main, main_seen): absent is empty. Version 5 added fields
     # to merge requests only (their review), read with defaults.
     for key, kind in (("branches", dict), ("actors", list), ("gates", list), ("left_main", dict)):

@@ -1,4 +1,4 @@
-"""Speculative parallel gates (issue 13), as pure decisions: which queue entries are gated now and
+"""Speculative parallel gates, as pure decisions: which queue entries are gated now and
 on what, which one lands, whose failure counts, which gates are void. No git, no clock, no store.
 
 Zuul's rule. Entry k is gated on a speculative commit: main with the entries ahead of it merged

@@ -1,4 +1,4 @@
-"""Speculative commits for the parallel gates (issue 13): a queue entry's branch merged onto main
+"""Speculative commits for the parallel gates: a queue entry's branch merged onto main
 and the entries ahead of it, each a merge commit onto the one before, made with `git merge-tree`
 and `commit-tree` (no checkout: the user's folder and the gate worktrees are never touched).
 When the first entry lands, main moves to its speculative commit: the very merge commit today's
