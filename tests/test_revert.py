@@ -238,3 +238,17 @@ def test_a_reverter_that_gives_up_leaves_none_of_its_reverts_to_land_as_the_whol
     # The newest merge's revert alone, committed, would land as the task's whole revert.
     assert done.returncode == 1 and "a person must revert it" in done.stdout
     assert git(repo, "rev-parse", "HEAD") == start and git(repo, "status", "--porcelain") == ""
+
+
+def test_a_reverted_task_that_is_blocked_is_said_to_be_left_so_not_reopened(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup()
+    task = add_task(store, "Add a", "append a.txt from a")
+    assert dispatch(cfg).returncode == 0
+    assert tasks_cli(cfg, "revert", task.id).returncode == 0
+    store.reopen(task.id)
+    store.set_status(task.id, "blocked", "a person looks at it")
+    proc = dispatch(cfg)
+    assert main_file(repo, "a.txt") is None, proc.stdout + proc.stderr
+    assert store.get(task.id).status == "blocked"
+    assert [e["reopened"] for e in events(repo, "reverted")] == [False]
+    assert "; reopened" not in proc.stdout and "left blocked" in store.get(task.id).notes

@@ -115,13 +115,15 @@ def after_landing(store: task_model.TaskStore, ledger, task: task_model.Task, co
     if done not in original.labels:
         if reopen and original.status == "closed":
             store.reopen(original_id)
+        # Open: reopened here before a crash (or by a person); in progress or blocked, it is left so.
+        reopened = reopen and original.status in ("closed", "open")
         reason, merges = reason_of(task.description), newest_first(ledger.config.root, merges_to_revert(task.labels))
         note = (f"reverted on main by {task.id} (merge {commit})" + (f": {reason}" if reason else "")
-                + ("" if reopen else "; left closed"))
+                + ("" if reopened else f"; left {original.status}"))
         # The merges undone are no longer the task's: a later revert undoes only what landed since.
         store.relabel(original_id, add=[done], remove=[merged_label(m) for m in merges], note=note)
-        ledger.event("reverted", original_id, revert_task=task.id, commit=commit, merges=merges, reopened=reopen)
-        ledger.say(f"{original_id}: reverted on main by {task.id}" + ("; reopened" if reopen else ""))
+        ledger.event("reverted", original_id, revert_task=task.id, commit=commit, merges=merges, reopened=reopened)
+        ledger.say(f"{original_id}: reverted on main by {task.id}" + ("; reopened" if reopened else ""))
 
 
 def _has_markers(path: Path) -> bool:
