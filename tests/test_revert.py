@@ -252,3 +252,26 @@ def test_a_reverted_task_that_is_blocked_is_said_to_be_left_so_not_reopened(json
     assert store.get(task.id).status == "blocked"
     assert [e["reopened"] for e in events(repo, "reverted")] == [False]
     assert "; reopened" not in proc.stdout and "left blocked" in store.get(task.id).notes
+
+
+def test_a_reverter_whose_commit_with_markers_a_hook_refuses_leaves_none_of_its_reverts(repo):
+    commit_file(repo, "c.txt", "base\n")
+    merges = []
+    for name, text in (("c.txt", "changed\n"), ("b.txt", "b\n")):
+        git(repo, "checkout", "-q", "-b", f"work-{name}")
+        commit_file(repo, name, text)
+        git(repo, "checkout", "-q", "main")
+        git(repo, "merge", "-q", "--no-ff", "-m", f"merge {name}", f"work-{name}")
+        merges.insert(0, git(repo, "rev-parse", "HEAD"))  # newest first
+        if name == "c.txt":
+            commit_file(repo, "c.txt", "changed again since\n")
+    hook = repo / ".git" / "hooks" / "pre-commit"  # as pre-commit's check-merge-conflict does
+    hook.parent.mkdir(exist_ok=True)
+    hook.write_text("#!/bin/sh\n! git diff --cached | grep -q '^+<<<<<<< '\n", encoding="utf-8")
+    hook.chmod(0o755)
+    git(repo, "checkout", "-q", "-b", "revert-branch")
+    start = git(repo, "rev-parse", "HEAD")
+    done = subprocess.run([sys.executable, "-m", revert.REVERTER_MODULE, *merges], cwd=repo, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stdout + done.stderr
+    assert git(repo, "rev-parse", "HEAD") == start and git(repo, "status", "--porcelain") == ""

@@ -175,8 +175,12 @@ def main(argv: Sequence[str]) -> int:
                   "deleted or renamed on one side): a person must revert it", flush=True)
             return 1
         print(f"reverting {commit} conflicts in {', '.join(conflicted)}: committed with its markers", flush=True)
-        subprocess.run(["git", "add", "-A", "--", *conflicted], check=True)
-        subprocess.run(["git", "commit", "--no-edit", "-q"], check=True)
+        if (subprocess.run(["git", "add", "-A", "--", *conflicted]).returncode
+                or subprocess.run(["git", "commit", "--no-edit", "-q"]).returncode):  # a hook refusing markers
+            subprocess.run(["git", "revert", "--abort"], capture_output=True)
+            print(f"reverting {commit}: its commit with conflict markers was refused: a person must revert it",
+                  flush=True)
+            return _give_up(start, 1)
     return 0
 
 
