@@ -197,22 +197,28 @@ def test_a_branch_merged_by_hand_without_a_merge_commit_records_no_other_task_s_
     assert refused.returncode == 1 and "has no merge on main recorded" in refused.stderr
 
 
+def merged(repo, name: str, text: str) -> str:
+    """A branch writing `name`, merged into main (checked out) with a merge commit: that commit."""
+    git(repo, "checkout", "-q", "-b", f"work-{name}")
+    commit_file(repo, name, text)
+    git(repo, "checkout", "-q", "main")
+    git(repo, "merge", "-q", "--no-ff", "-m", f"merge {name}", f"work-{name}")
+    return git(repo, "rev-parse", "HEAD")
+
+
+def reverter(repo, merges: list[str]) -> subprocess.CompletedProcess:
+    """The reverter, run in `repo`'s checked-out branch as the dispatcher runs it in a worktree."""
+    return subprocess.run([sys.executable, "-m", revert.REVERTER_MODULE, *merges], cwd=repo, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
 def test_a_retried_reverter_goes_on_past_the_merges_its_branch_reverted_already(repo):
-    merges = []
-    for name in ("a.txt", "b.txt"):
-        git(repo, "checkout", "-q", "-b", f"work-{name}")
-        commit_file(repo, name, f"{name}\n")
-        git(repo, "checkout", "-q", "main")
-        git(repo, "merge", "-q", "--no-ff", "-m", f"merge {name}", f"work-{name}")
-        merges.insert(0, git(repo, "rev-parse", "HEAD"))  # newest first
+    merges = [merged(repo, "a.txt", "a.txt\n")]
+    merges.insert(0, merged(repo, "b.txt", "b.txt\n"))  # newest first
     git(repo, "checkout", "-q", "-b", "revert-branch")
     git(repo, "revert", "--no-edit", "-m", "1", merges[0])  # an earlier attempt's work, ended after one revert
 
-    def reverter(*commits):
-        return subprocess.run([sys.executable, "-m", revert.REVERTER_MODULE, *commits], cwd=repo, capture_output=True,
-                              text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
-
-    done = reverter(*merges)
+    done = reverter(repo, merges)
     assert done.returncode == 0, done.stdout + done.stderr
     assert not (repo / "a.txt").exists() and not (repo / "b.txt").exists()
     assert git(repo, "rev-list", "--count", "main..HEAD") == "2" and git(repo, "status", "--porcelain") == ""
@@ -221,20 +227,13 @@ def test_a_retried_reverter_goes_on_past_the_merges_its_branch_reverted_already(
 
 def test_a_reverter_that_gives_up_leaves_none_of_its_reverts_to_land_as_the_whole(repo):
     commit_file(repo, "c.txt", "base\n")
-    merges = []
-    for name, text in (("c.txt", "changed\n"), ("b.txt", "b\n")):
-        git(repo, "checkout", "-q", "-b", f"work-{name}")
-        commit_file(repo, name, text)
-        git(repo, "checkout", "-q", "main")
-        git(repo, "merge", "-q", "--no-ff", "-m", f"merge {name}", f"work-{name}")
-        merges.insert(0, git(repo, "rev-parse", "HEAD"))  # newest first
-        if name == "c.txt":
-            git(repo, "rm", "-q", "c.txt")
-            git(repo, "commit", "-q", "-m", "c.txt deleted since")
+    merges = [merged(repo, "c.txt", "changed\n")]
+    git(repo, "rm", "-q", "c.txt")
+    git(repo, "commit", "-q", "-m", "c.txt deleted since")
+    merges.insert(0, merged(repo, "b.txt", "b\n"))  # newest first
     git(repo, "checkout", "-q", "-b", "revert-branch")
     start = git(repo, "rev-parse", "HEAD")
-    done = subprocess.run([sys.executable, "-m", revert.REVERTER_MODULE, *merges], cwd=repo, capture_output=True,
-                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    done = reverter(repo, merges)
     # The newest merge's revert alone, committed, would land as the task's whole revert.
     assert done.returncode == 1 and "a person must revert it" in done.stdout
     assert git(repo, "rev-parse", "HEAD") == start and git(repo, "status", "--porcelain") == ""
@@ -256,22 +255,15 @@ def test_a_reverted_task_that_is_blocked_is_said_to_be_left_so_not_reopened(json
 
 def test_a_reverter_whose_commit_with_markers_a_hook_refuses_leaves_none_of_its_reverts(repo):
     commit_file(repo, "c.txt", "base\n")
-    merges = []
-    for name, text in (("c.txt", "changed\n"), ("b.txt", "b\n")):
-        git(repo, "checkout", "-q", "-b", f"work-{name}")
-        commit_file(repo, name, text)
-        git(repo, "checkout", "-q", "main")
-        git(repo, "merge", "-q", "--no-ff", "-m", f"merge {name}", f"work-{name}")
-        merges.insert(0, git(repo, "rev-parse", "HEAD"))  # newest first
-        if name == "c.txt":
-            commit_file(repo, "c.txt", "changed again since\n")
+    merges = [merged(repo, "c.txt", "changed\n")]
+    commit_file(repo, "c.txt", "changed again since\n")
+    merges.insert(0, merged(repo, "b.txt", "b\n"))  # newest first
     hook = repo / ".git" / "hooks" / "pre-commit"  # as pre-commit's check-merge-conflict does
     hook.parent.mkdir(exist_ok=True)
     hook.write_text("#!/bin/sh\n! git diff --cached | grep -q '^+<<<<<<< '\n", encoding="utf-8")
     hook.chmod(0o755)
     git(repo, "checkout", "-q", "-b", "revert-branch")
     start = git(repo, "rev-parse", "HEAD")
-    done = subprocess.run([sys.executable, "-m", revert.REVERTER_MODULE, *merges], cwd=repo, capture_output=True,
-                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    done = reverter(repo, merges)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stdout + done.stderr
     assert git(repo, "rev-parse", "HEAD") == start and git(repo, "status", "--porcelain") == ""
