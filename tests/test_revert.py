@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -267,3 +268,29 @@ def test_a_reverter_whose_commit_with_markers_a_hook_refuses_leaves_none_of_its_
     done = reverter(repo, merges)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stdout + done.stderr
     assert git(repo, "rev-parse", "HEAD") == start and git(repo, "status", "--porcelain") == ""
+
+
+def test_a_reverter_killed_after_some_of_its_reverts_lands_none_of_them_and_blocks_its_task(json_agent_setup, repo):
+    cfg, config, store = json_agent_setup()
+    merges = [merged(repo, "a.txt", "a\n")]
+    merges.insert(0, merged(repo, "b.txt", "b\n"))  # newest first
+    task = add_task(store, "Add a and b", "append a.txt a")
+    store.relabel(task.id, add=[revert.merged_label(commit) for commit in merges])
+    store.close(task.id, "merged in two steps")
+    assert tasks_cli(cfg, "revert", task.id, "-r", "wrong approach").returncode == 0
+    undo = next(t for t in store.list(None) if revert.reverted_task(t.labels) == task.id)
+    # Its first revert committed, the reverter is killed (as by the OOM killer): git's parent.
+    hook = repo / ".git" / "hooks" / "post-commit"
+    hook.parent.mkdir(exist_ok=True)
+    hook.write_text(f'#!/bin/sh\nexec "{Path(sys.executable).as_posix()}" - <<"PY"\nimport os, pathlib, psutil\n'
+                    f'mark = pathlib.Path("{(repo / "killed").as_posix()}")\nif not mark.exists():\n'
+                    "    mark.touch()\n    psutil.Process(os.getppid()).parent().kill()\nPY\n", encoding="utf-8")
+    hook.chmod(0o755)
+    proc = dispatch(cfg)
+    assert [e["code"] for e in events(repo, "worker_exited")][:1] != [0], proc.stdout + proc.stderr
+    # The newer merge's revert alone would pass for the whole revert: nothing of it lands.
+    assert events(repo, "merged") == [] and events(repo, "reverted") == []
+    assert main_file(repo, "a.txt") == "a\n" and main_file(repo, "b.txt") == "b\n"
+    assert store.get(undo.id).status == "blocked" and store.get(task.id).status == "closed"
+    assert "the reverter exited" in store.get(undo.id).notes
+    assert git(repo, "rev-list", "--count", f"main..work/{undo.id}") == "1"  # kept: a retry goes on past it

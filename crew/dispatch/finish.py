@@ -14,6 +14,7 @@ from crew import suggestions as suggested_tasks
 from crew.dispatch import attempt_log
 from crew.dispatch import conflicts
 from crew.dispatch import records
+from crew.dispatch import revert
 from crew.dispatch import scheduler
 from crew.dispatch import worktrees
 from crew.dispatch.ledger import Ledger
@@ -53,6 +54,9 @@ class Finisher:
                     return
         tip = git.rev_parse(self.root, f"refs/heads/{worker.branch}")
         commits = int(git.git_out(self.root, "rev-list", "--count", f"{worker.base}..{tip}")) if tip else 0
+        proc = self.pool.procs.get(worker.slot)
+        exit_code = proc.returncode if proc is not None else None
+        reverter_failed = proc is not None and revert.reverter_failed(proc.args, exit_code)
         self.pool.forget(worker)
         counted = not worker.stopped_by_user  # toward max_attempts and the breaker
         if worker.ended in (records.TASK_BLOCKED, records.CLAIM_LOST):
@@ -62,6 +66,8 @@ class Finisher:
         elif worker.kind == "conflict":  # its branch belongs to the task it resolves: release it only
             self.ledger.attempt_failed(task_id, f"attempt {worker.attempt} {why}; log {worker.log} ends: "
                                                 f"{self.log_tail(worker)}{refused}", worker.actor, counted=counted)
+        elif reverter_failed and not worker.ended:
+            self.block_failed_revert(worker, exit_code)
         elif commits and not worker.ended and not refused:
             self.ledger.event("commits_found", task_id, commits=commits, log=worker.log)
             self.breaker.attempt_ended(made_commits=True)
@@ -80,6 +86,16 @@ class Finisher:
                                                 f"{self.no_edit_hint(worker)}log {worker.log} ends: "
                                                 f"{self.log_tail(worker)}{refused}", worker.actor, counted=counted)
         self.ledger.save_state()
+
+    def block_failed_revert(self, worker: records.Worker, exit_code: int) -> None:
+        """The reverter gave up or was killed: its branch is never merged (it may hold some of the
+        reverts only), and the revert task waits for a person, told why. What it reverted is kept
+        on the branch: the next attempt goes on past it."""
+        self.breaker.attempt_ended(made_commits=False)
+        worktrees.discard_attempt(self.config, worker)
+        self.ledger.block(worker.task_id, f"attempt {worker.attempt}: the reverter exited {exit_code}; its branch "
+                                          f"{worker.branch} is not merged; log {worker.log} ends: "
+                                          f"{self.log_tail(worker)}", worker.actor)
 
     def leave_unmerged(self, worker: records.Worker) -> None:
         """The user blocked the task while it ran, or its claim was taken back (its lease lapsed

@@ -101,6 +101,14 @@ def reverter_command(task: task_model.Task, root: Path) -> list[str] | None:
     return [sys.executable, "-m", REVERTER_MODULE, *newest_first(root, merges)]
 
 
+def reverter_failed(argv: Sequence[str], exit_code: int | None) -> bool:
+    """Whether an ended worker was the reverter and failed (gave up, or was killed midway). Unlike
+    an agent's (Aider exits 0 whatever it did, so agents are judged from git), its exit code is its
+    verdict: its branch may hold some reverts only (an earlier attempt's, or its own before it was
+    killed), which merged would pass for the task's whole revert. None: not known (adopted)."""
+    return bool(exit_code) and list(argv[1:3]) == ["-m", REVERTER_MODULE]
+
+
 def after_landing(store: task_model.TaskStore, ledger, task: task_model.Task, commit: str) -> None:
     """A revert task's branch has landed: its original task is reopened with the reason as a note
     (unless --close). Crash-safe: a restart that lands it again reopens nothing twice."""
