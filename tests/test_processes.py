@@ -76,6 +76,7 @@ def test_reaping_orphans_never_takes_the_exit_status_of_a_command_of_ours():
     def reap_until_stopped() -> None:
         while not stop.is_set():
             orphans.reap_orphans()
+            time.sleep(0)  # let the commands' thread take the lock: Python's locks are not fair
 
     reaper = threading.Thread(target=reap_until_stopped)
     reaper.start()
