@@ -110,8 +110,8 @@ def init_real_bd(repo: Path) -> None:
                    capture_output=True, text=True)
 
 
-BACKENDS = ["json", "fake-bd", pytest.param("real-bd", marks=pytest.mark.skipif(
-    not REAL_BD, reason="real bd not built (scripts/install_bd.sh builds it; needs Go)"))]
+BACKENDS = ["json", "fake-bd", pytest.param("real-bd", marks=[pytest.mark.real_tool, pytest.mark.skipif(
+    not REAL_BD, reason="real bd not built (scripts/install_bd.sh builds it; needs Go)")])]
 
 
 @pytest.fixture(params=BACKENDS)

@@ -15,6 +15,7 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "scripts"))
 import chaos  # noqa: E402
 
+pytestmark = pytest.mark.slow
 SEED = int(os.environ.get("CHAOS_SEED", "1"))
 RUNS = int(os.environ.get("CHAOS_RUNS", "1"))
 

@@ -24,6 +24,7 @@ from conftest import commit_file, git, require_real_tool
 from dispatch_helpers import dispatch, events, main_file
 from fake_llm import FakeLLM
 
+pytestmark = pytest.mark.real_tool
 REAL_AIDER = os.environ.get("DISPATCH_REAL_AIDER", "")
 MODEL = "qwen2.5-coder:7b"
 BROWSERS = ("www-browser", "x-www-browser", "xdg-open", "sensible-browser")

@@ -31,7 +31,8 @@ from dispatch_helpers import events, wait_until
 sys.path.insert(0, str(ROOT / "scripts"))
 import bench_model  # noqa: E402
 
-pytestmark = pytest.mark.skipif(os.name == "nt", reason="scripts/install_ollama.sh is POSIX")
+pytestmark = [pytest.mark.real_tool, pytest.mark.slow,
+              pytest.mark.skipif(os.name == "nt", reason="scripts/install_ollama.sh is POSIX")]
 
 REAL_OLLAMA = os.environ.get("DISPATCH_REAL_OLLAMA", "")
 REAL_AIDER = os.environ.get("DISPATCH_REAL_AIDER", "")

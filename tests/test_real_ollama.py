@@ -31,7 +31,8 @@ from crew.dispatch import preflight as dispatch_preflight
 from conftest import ROOT, commit_file, git, require_real_tool
 from dispatch_helpers import dispatch, events
 
-pytestmark = pytest.mark.skipif(os.name == "nt", reason="scripts/install_ollama.sh and the stand-in agent are POSIX")
+pytestmark = [pytest.mark.real_tool,
+              pytest.mark.skipif(os.name == "nt", reason="scripts/install_ollama.sh and the stand-in agent are POSIX")]
 
 REAL_OLLAMA = os.environ.get("DISPATCH_REAL_OLLAMA", "")
 REAL_AIDER = os.environ.get("DISPATCH_REAL_AIDER", "")

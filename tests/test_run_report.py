@@ -412,6 +412,7 @@ def screenshot(browser: str, page: Path, png: Path, tmp_path: Path, height: int 
     assert proc.returncode == 0 and png.is_file(), proc.stderr[-2000:]
 
 
+@pytest.mark.real_tool
 def test_a_real_browser_shows_the_report(json_agent_setup, repo, tmp_path):
     browser = chromium()
     require_real_tool(browser is not None, "Chromium is not installed (scripts/install_chromium.sh installs it)")
