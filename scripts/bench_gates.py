@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark the speculative parallel gates (issue 13); prints figures (it asserts no times).
+"""Benchmark the speculative parallel gates; prints figures (it asserts no times).
 
 A gate that sleeps 3 s (no CPU), 8 finished branches on distinct files, timed from the first
 branch entering the merge queue to the last one landing on main, in gate-times (elapsed / 3 s):

@@ -118,7 +118,7 @@ def test_a_followups_file_main_already_tracks_is_left_as_it_is(json_agent_setup,
 
 def test_a_followups_file_the_branch_adds_in_a_subfolder_is_harvested(json_agent_setup, repo):
     cfg, config, store = json_agent_setup()
-    # Aider rooted in a subfolder writes the file there (issue #11), and commits it.
+    # Aider rooted in a subfolder writes the file there, and commits it.
     task = add_task(store, "Has an idea", "append x.txt x",
                     "append docs/followups.txt Document the docs -- AGENT: append docs.txt d",
                     "uncommitted src/followups.txt Test the source -- AGENT: append tests.txt t")

@@ -1,4 +1,4 @@
-"""Adversarial review of the watched gate and the parallel gates (issue 13): what an ordinary
+"""The watched gate and the parallel gates against an ordinary user: what an ordinary
 user does to them (a gate command that is not in the gate worktree, a .gate folder deleted
 mid-run) ends the run with one line, or the gate goes on, never with a traceback."""
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """State and task files edited by hand: one line naming the file and the problem, or a documented
-normal form; never a traceback, never an overwrite (issue 10, items 16 and 18)."""
+normal form; never a traceback, never an overwrite."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""The merge queue against a user who works in the repository meanwhile (issue #10): main is moved
+"""The merge queue against a user who works in the repository meanwhile: main is moved
 only when it is really free, and only main is moved."""
 from __future__ import annotations
 

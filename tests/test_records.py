@@ -1,6 +1,6 @@
 """The dispatcher's state files: the ones earlier releases wrote load (tests/data/legacy_state
-holds files written by real runs of each, see make_legacy_state.py there), and what loads saves
-and loads again unchanged."""
+holds files written by real runs of releases that wrote each form, see make_legacy_state.py
+there), and what loads saves and loads again unchanged."""
 from __future__ import annotations
 
 import json
@@ -17,9 +17,10 @@ from dispatch_helpers import add_task, dispatch, merges_of
 
 LEGACY = Path(__file__).parent / "data" / "legacy_state"
 STATE, PENDING = ".dispatch_state.json", ".dispatch_pending_merge_retries.json"
-# The first release; the first with titles on pending merges; the last before the hardening;
-# the last before the crew/ package.
-RELEASES = ["1cfa6f1", "d284fad", "7bedd66", "4a44a78"]
+# The forms of state version 1 (no "version" key): pending merges without titles; with titles;
+# a worker's timeout as a `timed_out` flag; records that carry their claim's actor, the task's
+# creation time, a per-attempt log and why a worker was ended.
+RELEASES = ["v1-untitled", "v1-titled", "v1-timed-out-flag", "v1-claims"]
 
 
 def read(release: str) -> tuple[dict, dict]:
@@ -63,8 +64,8 @@ def test_state_files_of_every_release_load_with_each_record_whole(release, tmp_p
         name: owner["task_id"] for name, owner in state_json.get("branches", {}).items()}
 
 
-def test_the_first_release_s_pending_merge_lacks_a_title_and_is_read_with_the_task_id():
-    assert "title" not in read("1cfa6f1")[1]["proj-5"]  # what the loader must cope with
+def test_a_version_1_pending_merge_may_lack_a_title_and_is_read_with_the_task_id():
+    assert "title" not in read("v1-untitled")[1]["proj-5"]  # what the loader must cope with
 
 
 @pytest.mark.parametrize("release", RELEASES)
@@ -81,7 +82,7 @@ def test_what_loads_saves_as_version_5_and_loads_again_unchanged(release, tmp_pa
 
 def test_a_version_3_file_is_read_with_no_main_seen_and_saved_as_version_5_with_what_it_held(tmp_path):
     """Version 3 remembered no main: the first run records the main it finds."""
-    state_json, pending_json = read("4a44a78")
+    state_json, pending_json = read("v1-claims")
     version_3 = {**load(state_json, pending_json, tmp_path).state_json(), "version": 3}
     del version_3["main_seen"], version_3["left_main"]
     state = load(version_3, pending_json, tmp_path)
@@ -97,7 +98,7 @@ def test_a_version_3_file_is_read_with_no_main_seen_and_saved_as_version_5_with_
 
 def test_a_version_4_queue_entry_is_read_as_asking_no_review_and_saved_as_version_5(tmp_path):
     """Version 4 had no review: its merge requests are in the queue, none awaiting a person."""
-    state_json, pending_json = read("4a44a78")
+    state_json, pending_json = read("v1-claims")
     version_4 = {**load(state_json, pending_json, tmp_path).state_json(), "version": 4}
     version_4["merge_queue"] = [{"task_id": "t-1", "title": "T", "branch": "work/t-1", "worktree": "w",
                                  "outcome": "close", "note": "", "retries": 0}]
@@ -110,8 +111,8 @@ def test_a_version_4_queue_entry_is_read_as_asking_no_review_and_saved_as_versio
     assert load(json.loads(json.dumps(state.state_json())), pending_json, tmp_path) == state
 
 
-def test_a_worker_timed_out_before_the_hardening_is_read_as_ended_by_its_timeout(tmp_path):
-    state_json, pending_json = read("7bedd66")
+def test_a_version_1_worker_s_timed_out_flag_is_read_as_ended_by_its_timeout(tmp_path):
+    state_json, pending_json = read("v1-timed-out-flag")
     state_json["workers"][0]["timed_out"] = True
     worker = next(iter(load(state_json, pending_json, tmp_path).workers.values()))
     assert worker.ended == records.TIMED_OUT and not worker.stopped_by_user
@@ -119,7 +120,7 @@ def test_a_worker_timed_out_before_the_hardening_is_read_as_ended_by_its_timeout
 
 
 def test_a_worker_from_before_per_attempt_logs_keeps_the_log_it_wrote(tmp_path):
-    state_json, pending_json = read("7bedd66")
+    state_json, pending_json = read("v1-timed-out-flag")
     logs = tmp_path / ".dispatch_logs"
     logs.mkdir()
     (logs / "proj-4.log").write_text("aider output\n", encoding="utf-8")
@@ -178,9 +179,9 @@ def test_a_file_that_cannot_be_read_is_one_error_naming_it_and_the_problem(tmp_p
     assert message.endswith("; fix or move it (it was left untouched)")
 
 
-def test_a_merge_queued_and_a_merge_pending_from_the_first_releases_each_merge_once(json_agent_setup, repo, tmp_path):
-    """A dispatcher stopped under 7bedd66 (a queued merge) and 1cfa6f1 (a pending merge, with no
-    title: refused before version 2) is carried on by this release: each branch merges once."""
+def test_a_merge_queued_and_a_merge_pending_in_version_1_files_each_merge_once(json_agent_setup, repo, tmp_path):
+    """A dispatcher stopped with a queued merge (version 1, timeout flag form) and a pending merge
+    (version 1, untitled form) is carried on by this release: each branch merges once."""
     cfg, config, store = json_agent_setup()
     queued, pending = add_task(store, "Queued before"), add_task(store, "Pending before")
     followup = add_task(store, "Resolve merge conflict: work/" + pending.id)
@@ -192,11 +193,11 @@ def test_a_merge_queued_and_a_merge_pending_from_the_first_releases_each_merge_o
         commit_file(worktree, f"{task.id}.txt", f"work of {task.id}\n")
         branches[task.id] = str(worktree)
     store.close(followup.id, "resolved by hand")
-    state_json, pending_json = read("7bedd66")
+    state_json, pending_json = read("v1-timed-out-flag")
     request = {**state_json["merge_queue"][0], "task_id": queued.id, "title": queued.title,
                "branch": f"work/{queued.id}", "worktree": branches[queued.id]}
     state_json = {"dispatcher": None, "workers": [], "merge_queue": [request], "attempts": {}}
-    old_pending = {**read("1cfa6f1")[1]["proj-5"], "task_id": pending.id, "branch": f"work/{pending.id}",
+    old_pending = {**read("v1-untitled")[1]["proj-5"], "task_id": pending.id, "branch": f"work/{pending.id}",
                    "worktree": branches[pending.id], "files": []}
     (repo / STATE).write_text(json.dumps(state_json), encoding="utf-8")
     (repo / PENDING).write_text(json.dumps({followup.id: old_pending}), encoding="utf-8")

@@ -1,5 +1,4 @@
-"""A task is its id and its creation time, and a claim belongs to the actor that made it
-(issue 10, items 5, 11 and 14)."""
+"""A task is its id and its creation time, and a claim belongs to the actor that made it."""
 from __future__ import annotations
 
 import json
@@ -18,7 +17,7 @@ def delete_task(repo: Path, task_id: str) -> None:
     path.write_text(json.dumps(data), encoding="utf-8")
 
 
-# ---- item 5: a reused id inherits nothing ------------------------------------------------------
+# ---- a reused id inherits nothing ----------------------------------------------------------------
 
 def test_a_deleted_tasks_id_is_never_given_again(json_agent_setup, repo):
     cfg, config, store = json_agent_setup()
@@ -70,7 +69,7 @@ def test_a_new_task_with_a_deleted_conflict_tasks_id_is_not_its_resolver(json_ag
     assert store.get(conflict_id).status == "closed" and merges_of(repo, conflict_id) == 1
 
 
-# ---- item 11: a task deleted while a record refers to it --------------------------------------
+# ---- a task deleted while a record refers to it --------------------------------------------------
 
 def test_a_task_deleted_while_queued_to_merge_is_dropped_with_a_warning(json_agent_setup, repo):
     cfg, config, store = json_agent_setup(max_workers=1)
@@ -105,7 +104,7 @@ def test_a_conflict_task_deleted_while_its_merge_waits_releases_the_original(jso
     assert json.loads((repo / ".dispatch_pending_merge_retries.json").read_text(encoding="utf-8")) == {}
 
 
-# ---- item 14: the actor changed across a restart ----------------------------------------------
+# ---- the actor changed across a restart ----------------------------------------------------------
 
 def test_a_claim_made_under_an_earlier_actor_is_finished_under_it(agent_setup, repo):
     cfg, config, store = agent_setup(actor="dispatch@old-host")

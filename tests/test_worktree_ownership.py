@@ -1,4 +1,4 @@
-"""The dispatcher deletes only worktrees it made and can prove it made (issue 10, item 1)."""
+"""The dispatcher deletes only worktrees it made and can prove it made."""
 from __future__ import annotations
 
 import json

@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
 """How the state files beside this script were made (kept so they can be made again).
 
-For each release commit it runs that commit's own dispatch_workers.py, with the scripted
+For each form of the state (a folder here) it runs the dispatch_workers.py of a release that
+wrote that form (FORMS: the release's commit in this repository), with the scripted
 agent, on a scratch repository: three tasks (two of them append to the same file, so the
 second conflicts), one task that hangs, and a merge gate that sleeps, so that one instant has
 a running worker, a merge-queue entry, a pending merge and attempts. The dispatcher is killed
 (SIGKILL, as a crash) at that instant and its two state files are copied to
-<commit>/state.json (.dispatch_state.json) and <commit>/pending.json
+<form>/state.json (.dispatch_state.json) and <form>/pending.json
 (.dispatch_pending_merge_retries.json): the names git is told to ignore are not used here.
 
-    python tests/data/legacy_state/make_legacy_state.py 1cfa6f1 d284fad 7bedd66 4a44a78
+    python tests/data/legacy_state/make_legacy_state.py v1-untitled v1-titled v1-timed-out-flag v1-claims
 
 POSIX only (it kills process groups); it reads the commits from the repository it is in.
 """
@@ -29,6 +30,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
 FILES = (".dispatch_state.json", ".dispatch_pending_merge_retries.json")
 COPIES = ("state.json", "pending.json")
+# Each form of state version 1, and the release commit whose dispatcher writes it: pending merges
+# without titles; with titles; a worker's timeout as a flag; records carrying claims' actors.
+FORMS = {"v1-untitled": "1cfa6f1", "v1-titled": "d284fad", "v1-timed-out-flag": "7bedd66", "v1-claims": "4a44a78"}
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -42,7 +46,8 @@ def read(path: Path) -> dict:
         return {}
 
 
-def make(commit: str, scratch: Path) -> None:
+def make(form: str, scratch: Path) -> None:
+    commit = FORMS[form]
     old = scratch / "code"
     git(ROOT, "worktree", "add", "-q", "--detach", str(old), commit)
     try:
@@ -75,12 +80,12 @@ def make(commit: str, scratch: Path) -> None:
             if pending and state.get("merge_queue") and state.get("workers"):
                 break
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"{commit}: the run never reached a worker, a queued merge and a pending merge "
-                                 f"together (see {scratch / 'dispatch.log'})")
+                raise SystemExit(f"{form} ({commit}): the run never reached a worker, a queued merge and a "
+                                 f"pending merge together (see {scratch / 'dispatch.log'})")
             time.sleep(0.02)
         os.kill(proc.pid, signal.SIGKILL)  # a crash: the dispatcher alone; its workers run on
         proc.wait()
-        out = HERE / commit
+        out = HERE / form
         out.mkdir(exist_ok=True)
         for name, copy in zip(FILES, COPIES):
             shutil.copyfile(repo / name, out / copy)
