@@ -44,6 +44,7 @@ class Config:
     prompt_max_files: int = 300
     # Dispatcher
     max_workers: int = 2
+    max_waiting_merges: int | None = None  # None: twice the workers; 0: no bound
     poll_interval_secs: float = 2
     actor: str | None = None
     avoid_file_overlap: bool = True

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from crew.dispatch.loop import Dispatcher
+from crew.dispatch import status as run_status
 from crew.dispatch.merge_queue import MergeQueue
 from conftest import commit_file, git
 from dispatch_helpers import (add_task, assert_clean_finish, dispatch, events, main_file,
@@ -58,6 +59,37 @@ def test_ten_branches_merge_in_queue_order(json_agent_setup, repo):
     queued = [e["task_id"] for e in events(repo, "merge_queued")]
     assert queued == [t.id for t in tasks]
     assert [s.rsplit("(", 1)[1].rstrip(")") for s in merge_subjects(repo)] == queued
+
+
+def queue_depths(repo: Path) -> list[int]:
+    """The number of branches in the merge queue after each event that changes it."""
+    depth, depths = 0, []
+    for event in events(repo):
+        if event["event"] in ("merge_queued", "merged"):
+            depth += 1 if event["event"] == "merge_queued" else -1
+            depths.append(depth)
+    return depths
+
+
+def test_new_work_waits_while_a_branch_waits_to_merge_and_starts_once_it_lands(json_agent_setup, repo):
+    """Agents faster than merges (a slow gate): with max_waiting_merges 1, the next task starts
+    only once the branch ahead has landed, and the run still finishes every task."""
+    gate = [sys.executable, "-c", "import time; time.sleep(2)"]
+    cfg, config, store = json_agent_setup(max_workers=1, max_waiting_merges=1, merge_gate_command=gate)
+    tasks = [add_task(store, f"Step {i}", f"append step{i}.txt {i}") for i in range(4)]
+    seen = []  # what --status and --dry-run say as the run says it holds new work
+
+    def look(message: str) -> None:
+        if message.startswith("new workers wait:"):
+            seen.append((run_status.status(config, store)["starts_held"],
+                         [item["reason"] for item in run_status.dry_run(config, store, 1)]))
+
+    summary = run_in_process(config, store, look, max_workers=1)
+    assert sorted(summary["merged"]) == sorted(t.id for t in tasks)
+    assert max(queue_depths(repo)) == 1
+    held = "the merge queue is full (1 waiting, max_waiting_merges 1): new work starts as its branches land"
+    assert [m for m in summary["said"] if m.startswith("new workers wait:")] == [f"new workers wait: {held}"]
+    assert seen == [(held, [held, held, held])]
 
 
 def test_merge_keeps_the_users_uncommitted_changes(json_agent_setup, repo):

@@ -112,6 +112,34 @@ def test_plan_starts_fills_the_free_slots_in_order_and_never_two_tasks_on_one_fi
         "all worker slots are busy"]
 
 
+def test_new_work_waits_while_many_branches_wait_to_merge_but_not_a_task_that_drains_the_queue():
+    limit = scheduler.waiting_limit(None, max_workers=2)
+    assert limit == 4 and scheduler.waiting_limit(0, 2) == 0 and scheduler.waiting_limit(7, 2) == 7
+    queue = [request(f"proj-{n}") for n in range(10, 14)]
+    full = holdings(queue=queue, pending_merges={"proj-9": pending("proj-1")})
+    held = scheduler.why_starts_held(full, limit, now=100.0)
+    assert held == ("the merge queue is full (4 waiting, max_waiting_merges 4): "
+                    "new work starts as its branches land")
+    conflict = task("proj-9", labels=[scheduler.CONFLICT_LABEL])
+    plan = scheduler.plan_starts([task("proj-4"), conflict], full, free=2, avoid_overlap=True, starts_held=held)
+    assert [(d.task.id, d.start, d.reason) for d in plan] == [("proj-4", False, held), ("proj-9", True, None)]
+    # One fewer, or no bound: new work starts.
+    assert scheduler.why_starts_held(holdings(queue=queue[:3]), limit, now=100.0) is None
+    assert scheduler.why_starts_held(full, 0, now=100.0) is None
+
+
+def test_branches_that_cannot_merge_now_hold_no_new_work():
+    """A queue that cannot drain (main held, a person's decision or review awaited) must not
+    hold starts for as long as it stands."""
+    pausing, for_a_person, in_review = request("proj-10"), request("proj-11"), request("proj-12")
+    pausing.retry_at, for_a_person.held, in_review.review = 160.0, "left main", "awaiting"
+    queue = [request("proj-13"), pausing, for_a_person, in_review]
+    assert scheduler.merging(queue, now=100.0) == 1
+    assert scheduler.why_starts_held(holdings(queue=queue), 2, now=100.0) is None
+    assert scheduler.merging(queue, now=160.0) == 2
+    assert scheduler.why_starts_held(holdings(queue=queue), 2, now=160.0) is not None
+
+
 def test_a_waiting_merge_pauses_twice_as_long_each_time_up_to_the_cap():
     pauses = [scheduler.next_try(waits, 2, now=100.0) - 100.0 for waits in range(1, 7)]
     assert pauses == [2, 4, 8, 16, scheduler.MERGE_WAIT_MAX_SECS, scheduler.MERGE_WAIT_MAX_SECS]

@@ -113,6 +113,8 @@ def print_status(result: dict) -> None:
             continue
         cli_base.show(f"  merge queue: {e['task_id']} ({e['branch']})" + (f": {e['waiting']}" if e["waiting"] else "")
                       + (" (approved in review)" if e["review"] == "approved" else ""))
+    if result["starts_held"]:
+        cli_base.show(f"  new workers wait: {result['starts_held']}")
     for p in result["pending_merges"]:
         cli_base.show(f"  pending: {p['task_id']} waits for {p['followup_task']} ({p['kind']})")
     for r in result["reverts"]:

@@ -27,6 +27,7 @@ from crew.dispatch.recovery import Recovery
 from crew.dispatch.workers import WorkerPool
 from crew.tasks import model as task_model
 
+STARTS_HELD = "starts held while branches wait to merge"  # told once a run
 START_WAIT_SECS = 0.2  # how long a refill may hold a merge back while its claim and worktree are under way
 SIGNAL_CHECK_SECS = 0.5  # Windows: a wait on a lock is not broken by Ctrl-C, so the loop looks this often
 STOP_RELEASE_SECS = 10.0  # how long a stop waits for the store to release its workers' tasks (bd: ~0.5 s a call)
@@ -45,6 +46,7 @@ class Dispatcher:
         # by their results; every other call still reads as a plain (blocking) call.
         store = self.serial = store_thread.SerialStore(store, self.wakeup)
         self.config, self.store, self.max_workers, self.watch = config, store, max_workers, watch
+        self.waiting_limit = scheduler.waiting_limit(config.max_waiting_merges, max_workers)
         self.ledger = Ledger(config, store, out)
         # Workers recorded by an earlier run are ours until reconcile() has looked at them.
         self.pool = WorkerPool(config, self.ledger, max_workers, self.stop_now_reason, self.wakeup)
@@ -107,7 +109,11 @@ class Dispatcher:
         if not free or self.claiming is not None or self.stopping or self.breaker_tripped():
             return
         holdings = self.holdings()
-        plan = scheduler.plan_starts(self.ready, holdings, len(free), self.config.avoid_file_overlap)
+        starts_held = scheduler.why_starts_held(holdings, self.waiting_limit, time.time())
+        if starts_held and self.ready and STARTS_HELD not in self.ledger.told_waiting:
+            self.ledger.told_waiting.add(STARTS_HELD)  # once a run: the queue may fill and drain all run long
+            self.say(f"new workers wait: {starts_held}")
+        plan = scheduler.plan_starts(self.ready, holdings, len(free), self.config.avoid_file_overlap, starts_held)
         first = next((i for i, decision in enumerate(plan) if decision.start), len(plan) - 1)
         for decision in plan[:first + 1]:
             task = decision.task

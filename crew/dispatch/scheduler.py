@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from crew.dispatch import records
+from crew.dispatch import review
 from crew.dispatch.records import MergeRequest, PendingMerge, Worker
 
 if TYPE_CHECKING:
@@ -95,12 +96,41 @@ def why_waiting(holdings: Holdings, task: Task, avoid_overlap: bool) -> str | No
     return None
 
 
-def plan_starts(ready: Iterable[Task], holdings: Holdings, free: int, avoid_overlap: bool) -> list[Decision]:
+def waiting_limit(configured: int | None, max_workers: int) -> int:
+    """How many branches may wait to merge before new work is held (0: no bound): by default
+    twice the workers, enough to keep merges busy while every worker finishes at once."""
+    return 2 * max_workers if configured is None else configured
+
+
+def merging(queue: Iterable[MergeRequest], now: float) -> int:
+    """The branches the merge queue is working through: not those held for a person, awaiting
+    review or pausing while main is held, which no start can make wait longer, and which would
+    otherwise hold new work for as long as they stand."""
+    return sum(1 for request in queue
+               if not request.held and request.review != review.State.AWAITING and request.retry_at <= now)
+
+
+def why_starts_held(holdings: Holdings, limit: int, now: float) -> str | None:
+    """Why new work waits, if it does: `limit` branches or more wait to merge. Agents faster than
+    merges would otherwise grow the queue without bound, each branch made from a main further
+    behind (more conflicts), each keeping a worktree, and each step of the dispatcher costing more."""
+    if limit and (count := merging(holdings.queue, now)) >= limit:
+        return (f"the merge queue is full ({count} waiting, max_waiting_merges {limit}): "
+                "new work starts as its branches land")
+    return None
+
+
+def plan_starts(ready: Iterable[Task], holdings: Holdings, free: int, avoid_overlap: bool,
+                starts_held: str | None = None) -> list[Decision]:
     """Each ready task in order, and whether it starts now: it may (why_waiting), it shares no
-    file with a task this plan starts before it, and a worker slot is left for it."""
+    file with a task this plan starts before it, and a worker slot is left for it. starts_held
+    (why_starts_held) holds every task but those that settle a waiting merge (conflict and fix
+    tasks), which drain the queue."""
     plan, starting = [], {}  # starting: file -> the task this plan starts on it
     for task in ready:
         reason = why_waiting(holdings, task, avoid_overlap)
+        if reason is None and starts_held and pending_for(holdings, task) is None:
+            reason = starts_held
         files = held_files(holdings, task.id, task.files)
         if reason is None and avoid_overlap and (shared := [f for f in files if f in starting]):
             reason = f"{shared[0]} will be changed by {starting[shared[0]]}"

@@ -45,6 +45,9 @@ def status(config: configuration.Config, store: task_model.TaskStore) -> dict:
         "reverts": [{"task_id": task.id, "reverts": revert.reverted_task(task.labels), "status": task.status,
                      "merges": revert.merges_to_revert(task.labels)}
                     for task in every if task.status != "closed" and revert.reverted_task(task.labels)],
+        "starts_held": scheduler.why_starts_held(
+            scheduler.Holdings(list(state.workers.values()), state.merge_queue, state.pending, lambda _: []),
+            scheduler.waiting_limit(config.max_waiting_merges, config.max_workers), time.time()),
         "counts": counts,
     }
 
@@ -98,6 +101,8 @@ def dry_run(config: configuration.Config, store: task_model.TaskStore, max_worke
         return known[task_id]
 
     holdings = scheduler.Holdings(list(state.workers.values()), state.merge_queue, state.pending, files_of)
+    starts_held = scheduler.why_starts_held(holdings, scheduler.waiting_limit(config.max_waiting_merges, max_workers),
+                                            time.time())
     plan = scheduler.plan_starts(store.ready(limit=max(50, 4 * max_workers)), holdings,
-                                 max_workers - len(state.workers), config.avoid_file_overlap)
+                                 max_workers - len(state.workers), config.avoid_file_overlap, starts_held)
     return [{"id": d.task.id, "title": d.task.title, "start": d.start, "reason": d.reason} for d in plan]
