@@ -5,7 +5,7 @@ import dataclasses
 import functools
 import os
 import re
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from crew import errors
 from crew import failpoints
@@ -195,57 +195,24 @@ def read_admin_file(path: Path) -> str | None:
         return None
 
 
-@dataclasses.dataclass(frozen=True)
-class CheckoutMove:
-    """What fast_forward_checkout did. Nothing is done when the checkout is not on the branch at
-    the expected commit (`elsewhere`: main moved, or was switched away from, meanwhile) or when
-    untracked or ignored files are where the move writes (`in_the_way`); otherwise `result` is
-    git merge's own, which may still refuse (uncommitted changes, a lock)."""
-
-    result: processes.Completed | None = None
-    elsewhere: bool = False
-    in_the_way: tuple[str, ...] = ()
-
-
-def fast_forward_checkout(checkout: Path, branch: str, old: str, new: str, timeout: float) -> CheckoutMove:
+def fast_forward_checkout(checkout: Path, branch: str, old: str, new: str,
+                          timeout: float) -> processes.Completed | None:
     """Move `branch`, checked out in `checkout`, from exactly `old` to `new`, as git moves it: `git
     merge --ff-only`, which keeps the user's uncommitted changes (refusing to overwrite any), keeps
     the index and the files consistent with HEAD whenever it is cut short, and runs their
-    post-merge hook. A fast-forward goes ahead from any ancestor of `new`: a commit the user reset
-    away would come back, so the checkout must be at `old` itself. Git overwrites ignored files
-    without a word; an untracked or ignored file where the move writes holds it instead."""
-    def at_old() -> bool:  # the option applies to the arguments after it: the commit, then the branch
-        head = git("rev-parse", "HEAD", "--symbolic-full-name", "HEAD", cwd=checkout, check=False).stdout.split()
-        return head == [old, f"refs/heads/{branch}"]
-
-    if not at_old():
-        return CheckoutMove(elsewhere=True)
-    if in_the_way := untracked_in_the_way(checkout, old, new):
-        return CheckoutMove(in_the_way=tuple(in_the_way))
-    if not at_old():  # again right before git reads HEAD itself: a move of the user's meanwhile would be undone
-        return CheckoutMove(elsewhere=True)
-    # --no-overwrite-ignore: an ignored file made since the look above still holds the move.
-    return CheckoutMove(git("merge", "--ff-only", "--no-overwrite-ignore", "--no-edit", "-q", new, cwd=checkout,
-                            check=False, timeout=timeout))
-
-
-def untracked_in_the_way(checkout: Path, old: str, new: str) -> list[str]:
-    """Untracked or ignored files in the checkout that moving it from `old` to `new` would write
-    over: at a path the move adds or changes, under it (a folder the move makes a file), or at a
-    folder above it (a file the move makes a folder)."""
-    changed = git("diff", "--name-only", "-z", "--no-renames", "--diff-filter=d", old, new, cwd=checkout).stdout
-    paths = [path for path in changed.split("\0") if path]
-    if not paths:
-        return []
-    # A folder above a path is in the way only as a file or a link: never list a whole folder's contents.
-    folders = {str(parent) for path in paths for parent in PurePosixPath(path).parents if str(parent) != "."}
-    folders = {folder for folder in folders if os.path.lexists(checkout / folder) and not (checkout / folder).is_dir()}
-    # --others without --exclude-standard: the ignored files are listed too
-    listed = git("ls-files", "-z", "--others", "--", *(f":(literal){p}" for p in [*paths, *sorted(folders)]),
-                 cwd=checkout).stdout
-    wanted = set(paths)
-    return [found for found in dict.fromkeys(filter(None, listed.split("\0")))
-            if found in wanted or found in folders or any(found.startswith(path + "/") for path in wanted)]
+    post-merge hook. None, and nothing done, when the checkout is not on the branch at `old`: a
+    fast-forward goes ahead from any ancestor of `new`, so a commit the user reset away would come
+    back. Git's result otherwise, which may be a refusal (uncommitted changes, a lock, files in the
+    way). Git refuses to write over an untracked file, or to remove a folder holding one, before it
+    writes anything; --no-overwrite-ignore makes it refuse for an ignored file too, which it would
+    otherwise overwrite without a word. Its own look is the only one: a look of ours beforehand
+    would walk the work tree for nothing, and a file made after it would hold the move anyway."""
+    # The option applies to the arguments after it: the commit, then the branch.
+    head = git("rev-parse", "HEAD", "--symbolic-full-name", "HEAD", cwd=checkout, check=False).stdout.split()
+    if head != [old, f"refs/heads/{branch}"]:
+        return None
+    return git("merge", "--ff-only", "--no-overwrite-ignore", "--no-edit", "-q", new, cwd=checkout,
+               check=False, timeout=timeout)
 
 
 def stale_lock_reason(lock: Path) -> str:

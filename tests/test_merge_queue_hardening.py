@@ -3,6 +3,7 @@ only when it is really free, and only main is moved."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 
 import pytest
@@ -188,41 +189,37 @@ def test_a_reset_of_main_just_before_the_merge_lands_is_not_undone(json_agent_se
     assert git(repo, "status", "--porcelain", "--untracked-files=no") == ""
 
 
-def test_an_ignored_file_made_right_after_the_look_for_files_in_the_way_still_holds_the_merge(
-        json_agent_setup, repo, monkeypatch):
+def test_an_ignored_file_made_right_before_main_moves_still_holds_the_merge(json_agent_setup, repo, monkeypatch):
+    # No look of the dispatcher's precedes git's: git's own refusal (--no-overwrite-ignore) is the check.
     commit_file(repo, ".gitignore", "settings.local.json\n")
     cfg, config, store = json_agent_setup()
     task = add_task(store, "Share the settings", "replace .gitignore settings.local.json other.log",
                     "append settings.local.json {}")
-    real_look = gitcmd.untracked_in_the_way
 
-    def the_user_makes_it_right_after_the_look(checkout, old, new):
-        found = real_look(checkout, old, new)
+    def the_user_makes_it_right_before_the_move():
         (repo / "settings.local.json").write_text('{"token": "mine"}\n', encoding="utf-8")
-        return found
 
-    monkeypatch.setattr(gitcmd, "untracked_in_the_way", the_user_makes_it_right_after_the_look)
+    monkeypatch.setitem(failpoints._armed, "during_merge", the_user_makes_it_right_before_the_move)
     summary = run_in_process(config, store)
     assert summary["merged"] == [] and store.get(task.id).status == "in_progress"
     [waiting] = summary["waiting"]
     assert waiting["reason"].startswith(f"settings.local.json in {repo} would be overwritten"), waiting["reason"]
     assert (repo / "settings.local.json").read_text(encoding="utf-8") == '{"token": "mine"}\n'
+    assert git(repo, "status", "--porcelain", "--untracked-files=no") == ""
 
 
-def test_a_reset_of_main_during_the_look_for_files_in_the_way_is_not_undone(json_agent_setup, repo, monkeypatch):
+def test_an_ignored_folder_where_the_merge_makes_a_file_holds_the_merge_and_survives(json_agent_setup, repo):
+    commit_file(repo, ".gitignore", "build/\n")
+    (repo / "build").mkdir()
+    (repo / "build" / "cache.bin").write_text("mine\n", encoding="utf-8")
     cfg, config, store = json_agent_setup()
-    task = add_task(store, "Add a file", "append feature.txt new")
-    real_look, dropped = gitcmd.untracked_in_the_way, []
-
-    def the_user_resets_during_the_look(checkout, old, new):
-        if not dropped:
-            dropped.append(git(repo, "rev-parse", "HEAD"))
-            git(repo, "reset", "-q", "--hard", "HEAD~1")
-        return real_look(checkout, old, new)
-
-    monkeypatch.setitem(failpoints._armed, "after_worker_exit", lambda: commit_file(repo, "mine.txt", "a secret\n"))
-    monkeypatch.setattr(gitcmd, "untracked_in_the_way", the_user_resets_during_the_look)
-    summary = run_in_process(config, store)
-    assert dropped and summary["merged"] == [task.id]
-    assert subprocess.run(["git", "merge-base", "--is-ancestor", dropped[0], "main"], cwd=repo).returncode == 1
-    assert main_file(repo, "feature.txt") == "new\n"
+    task = add_task(store, "Add a build script", "append build echo build")
+    proc = dispatch(cfg, "--json")
+    assert proc.returncode == 1, proc.stderr
+    [waiting] = json.loads(proc.stdout)["waiting"]
+    assert waiting["id"] == task.id and waiting["reason"].startswith(f"build in {repo} would be overwritten"), \
+        waiting["reason"]
+    assert (repo / "build" / "cache.bin").read_text(encoding="utf-8") == "mine\n"
+    shutil.rmtree(repo / "build")
+    assert dispatch(cfg).returncode == 0 and merges_of(repo, task.id) == 1
+    assert main_file(repo, "build") == "echo build\n"

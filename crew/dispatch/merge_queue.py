@@ -36,6 +36,9 @@ from crew.tasks import model as task_model
 MERGE_SLOT_HELD = "the merge slot is held by another process"
 FILES_NAMED = 10  # files in the way a waiting merge names; the rest are counted
 MAIN_FAILS = "{main} fails its checks at {commit}: merges wait until it passes"
+# What git says when the user's untracked or ignored files are where a fast-forward writes: a
+# file at a path it writes or where it makes a folder, or a folder where it makes a file.
+UNTRACKED_IN_THE_WAY = ("untracked working tree files would be", "would lose untracked files")
 
 
 def files_in_the_way(checkout: Path, files: Sequence[str]) -> str:
@@ -398,12 +401,9 @@ class MergeQueue:
                 result = git.git("update-ref", f"refs/heads/{main}", new, old, cwd=self.root, check=False,
                                  timeout=timeout)
             else:
-                move = git.fast_forward_checkout(checkout, main, old, new, timeout)
-                if move.in_the_way:
-                    return files_in_the_way(checkout, move.in_the_way)
-                if move.result is None:
+                result = git.fast_forward_checkout(checkout, main, old, new, timeout)
+                if result is None:
                     return "moved"  # the folder is not on main at `old` any more: recompute on what is there
-                result = move.result
         except errors.GitError as exc:
             if exc.returncode is not None:
                 raise
@@ -430,7 +430,7 @@ class MergeQueue:
         if index_lock.exists():
             return git.stale_lock_reason(index_lock)
         files_named = [line.strip() for line in output.splitlines() if line.startswith("\t")]
-        if "untracked working tree files would be" in output:  # made since fast_forward_checkout looked
+        if any(said in output for said in UNTRACKED_IN_THE_WAY):
             return files_in_the_way(checkout, files_named)
         if files_named or "would be overwritten" in output:
             return (f"your uncommitted changes in {checkout} to {', '.join(files_named) or 'some files'} would be "
