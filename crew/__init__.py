@@ -44,7 +44,8 @@ Layout, one concern a module (each module imports only the ones it needs, as mod
   dispatch/wakeup.py       what wakes the loop: results from its threads, exits of its processes, signals
   dispatch/conflicts.py    conflict and fix tasks, and the pending merges that wait for them
   dispatch/review.py       review before merge as pure decisions: which branch waits for a person, what they decided
-  dispatch/reviews.py      branches awaiting review: out of the merge queue, a person's decisions recorded and carried out
+  dispatch/reviews.py      branches awaiting review: out of the merge queue, a person's decisions recorded and
+                           carried out
   dispatch/rewritten_main.py  commits that left main kept out: branches rebased without them, or held
   dispatch/recovery.py     after a crash or restart: adopt, end, release, prune
   dispatch/loop.py         the Dispatcher's loop and its stops (Ctrl-C, signals)

@@ -195,7 +195,7 @@ def default_llm_url() -> str:
         host = "http://" + host
     scheme, rest = host.split("://", 1)
     hostport = rest.split("/", 1)[0]
-    if hostport.startswith("0.0.0.0") or hostport.startswith("[::]"):
+    if hostport.startswith(("0.0.0.0", "[::]")):
         hostport = "127.0.0.1" + hostport[len("0.0.0.0") if hostport.startswith("0.0.0.0") else 4:]
     if ":" not in hostport.rsplit("]", 1)[-1]:
         hostport += ":11434"
@@ -228,7 +228,8 @@ def resolve_config(config: Config, cwd: Path) -> Config:
     base = Path(config.source).parent if config.source != "defaults" else cwd
     start = (base / config.repo_path) if config.repo_path else cwd
     config.root = find_main_root(start.resolve())
-    config.task_prefix = config.task_prefix or re.sub(r"[^A-Za-z0-9]+", "-", config.root.name).strip("-").lower() or "task"
+    config.task_prefix = (config.task_prefix or re.sub(r"[^A-Za-z0-9]+", "-", config.root.name).strip("-").lower()
+                          or "task")
     config.llm_url = (config.llm_url or default_llm_url()).rstrip("/")
     config.actor = config.actor or f"dispatch@{socket.gethostname()}"
     config.worker_model = config.worker_model or config.llm_model

@@ -83,7 +83,10 @@ def commit(worktree: Path, message: str, *options: str, check: bool = True,
         return git("commit", "-q", *options, "-F", "-", cwd=worktree, input=names.clean_text(message), check=check,
                    timeout=timeout)
     except errors.GitError as failed:
-        raise signing_failure(worktree, failed, timeout) or failed
+        unsigned = signing_failure(worktree, failed, timeout)
+        if unsigned is None:
+            raise
+        raise unsigned from failed
 
 
 def commit_tree(root: Path, tree: str, parents: list[str], message: str) -> str:
@@ -97,7 +100,10 @@ def commit_tree(root: Path, tree: str, parents: list[str], message: str) -> str:
         made = git("commit-tree", tree, *parent_args, *["-S"] * sign, "-F", "-", cwd=root,
                    input=names.clean_text(message), timeout=timeout)
     except errors.GitError as failed:
-        raise signing_failure(root, failed, timeout) or failed
+        unsigned = signing_failure(root, failed, timeout)
+        if unsigned is None:
+            raise
+        raise unsigned from failed
     return made.stdout.strip()
 
 

@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+
 BLOCK_BYTES = 1 << 20  # what a stream reads at a time
 UTF8_MAX_BYTES = 4  # the most bytes one character takes
 

@@ -16,6 +16,7 @@ import weakref
 
 import psutil
 
+
 MARK_VARIABLE = "DISPATCH_PROCESS_MARK"  # names the worker or gate a process was started for
 PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 
@@ -79,10 +80,8 @@ def marked(mark: str, everywhere: bool = False) -> list[psutil.Process]:
 
 def signal_all(procs: list[psutil.Process], signum: int) -> None:
     for proc in procs:
-        try:
+        with contextlib.suppress(psutil.Error):  # gone meanwhile
             proc.send_signal(signum)
-        except psutil.Error:
-            pass  # gone meanwhile
 
 
 def reap_orphans() -> None:

@@ -112,7 +112,8 @@ def validate_plan(data, min_count: int, max_count: int) -> tuple[list[Subtask], 
                     errors.append(f"{where}: {exc}")
         clean_files = list(dict.fromkeys(clean_files))
         depends_on = item.get("depends_on") or []
-        if not isinstance(depends_on, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in depends_on):
+        if not isinstance(depends_on, list) or not all(isinstance(d, int) and not isinstance(d, bool)
+                                                        for d in depends_on):
             errors.append(f"{where}: depends_on must be a list of subtask indices")
             depends_on = []
         elif bad := [d for d in depends_on if not 0 <= d < index]:
@@ -188,7 +189,8 @@ def ask_for_plan(client: llm.LLMClient, messages: list[dict], retries: int, min_
             return (*validate_plan(data, min_count, max_count), tokens)
         except (ValueError, PlanError) as exc:
             problem = str(exc)
-            messages = messages + [
+            messages = [
+                *messages,
                 {"role": "assistant", "content": reply.content},
                 {"role": "user", "content": REASK.format(problem=problem, min=min_count, max=max_count,
                                                          answer=ANSWER_FORM)}]
@@ -214,8 +216,8 @@ def create_tasks(store: model.TaskStore, goal: str, parent_task: model.Task | No
             description = (f"{subtask.description}\n\nFiles: {', '.join(subtask.files)}\n\n"
                            f"Part of: {parent_task.title} ({parent_task.id})")
             deps = [("discovered-from", parent_task.id)] + [("blocked-by", ids[d]) for d in subtask.depends_on]
-            task = store.create(subtask.title, description, labels=[model.FILE_LABEL + f for f in subtask.files] + list(labels),
-                                deps=deps)
+            task = store.create(subtask.title, description,
+                                labels=[*(model.FILE_LABEL + f for f in subtask.files), *labels], deps=deps)
             created.append(task)
             ids.append(task.id)
             waits.append([ids[d] for d in subtask.depends_on])

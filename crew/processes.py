@@ -137,7 +137,8 @@ def start_process(argv: list[str], cwd: Path, env: dict, log_path: Path, mark: s
     mark: the worker or gate it is for (orphans.MARK_VARIABLE), which every descendant inherits."""
     try:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(log_path, "ab")
+        # Opened apart from its `with` below, so that only the open's OSError reads as a full disk.
+        log = open(log_path, "ab")  # noqa: SIM115
     except OSError as exc:  # a full disk: one line, not a failed attempt of every task in turn
         raise files.write_error(log_path, exc) from None
     with log:
@@ -200,10 +201,8 @@ KILL_STEP_SECS = 0.05  # how often kill_tree looks whether a tree has ended
 
 
 def signal_group(pgid: int, signum: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone, or no longer ours
         os.killpg(pgid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass  # already gone, or no longer ours
 
 
 @dataclasses.dataclass
@@ -227,7 +226,7 @@ class TreeKill:
         kill = cls(pid, proc, grace, time.monotonic() + grace, mark=mark, everywhere=everywhere)
         if IS_WINDOWS and pid is not None:
             orphans.end_windows_job(pid)
-            subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True)
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True, check=False)
         kill.signal(signal.SIGTERM)  # on Windows, psutil's SIGTERM is TerminateProcess
         return kill
 

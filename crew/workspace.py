@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from crew import files
 from crew import git
 
+
 if TYPE_CHECKING:
     from crew import config as configuration
 
@@ -30,8 +31,8 @@ def exclude_toolkit_files(config: configuration.Config) -> None:
         exclude.parent.mkdir(parents=True, exist_ok=True)
         with files.locked(exclude.with_name("exclude.dispatch.lock"), "git exclude file"):
             existing = exclude.read_text(encoding="utf-8").splitlines() if exclude.exists() else []
-            lines = existing + ["# dispatch toolkit files"] * (not existing or existing[-1] != "# dispatch toolkit files") + \
-                [p for p in patterns if p not in existing]
+            heading = ["# dispatch toolkit files"] * (not existing or existing[-1] != "# dispatch toolkit files")
+            lines = existing + heading + [p for p in patterns if p not in existing]
             files.atomic_write_text(exclude, "\n".join(lines) + "\n")
 
 

@@ -17,6 +17,7 @@ from crew.dispatch import status as run_status
 from crew.report import events
 from crew.report import page
 
+
 EPILOG = """\
 How it works:
   Each ready task is claimed, gets a branch (work/<id>) and a worktree beside the repository,

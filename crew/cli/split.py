@@ -88,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     client = llm.LLMClient(config, args.model)
     progress(f"asking {client.model} at {config.llm_url} for {args.min}-{args.max} subtasks...")
-    messages = planning.build_messages(goal, git.tracked_files(config.root), config.prompt_max_files, args.min, args.max)
+    messages = planning.build_messages(goal, git.tracked_files(config.root), config.prompt_max_files,
+                                       args.min, args.max)
     subtasks, merges, tokens = planning.ask_for_plan(client, messages, config.llm_retries, args.min, args.max, progress)
     notes = merges + planning.link_shared_files(subtasks)
 
@@ -120,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "notes": notes, "skipped": skipped, "tokens": tokens})
         return 0
     print(f"parent: {created['parent']}" + ("" if parent_task else " (new epic)"))
-    for task, waits in zip(created["tasks"], created["waits"]):
+    for task, waits in zip(created["tasks"], created["waits"], strict=True):
         base.show(f"  {task.id}  {task.title}")
         base.show(f"      files: {', '.join(task.files)}")
         if waits:

@@ -160,7 +160,8 @@ def held(config: configuration.Config, task_id: str | None, decision: rewritten_
         raise errors.UsageError(f"{task_id}: say what becomes of {request.branch}: --merge or --discard")
     rewritten_main.record_decision(config, request, decision)
     outcome = "merged as it is" if decision == rewritten_main.HeldDecision.MERGE else "discarded, the task released"
-    base.show(f"{task_id}: {request.branch} will be {outcome} (by the dispatcher: now if it runs, else at its next run)")
+    base.show(f"{task_id}: {request.branch} will be {outcome} "
+              "(by the dispatcher: now if it runs, else at its next run)")
     return 0
 
 

@@ -44,7 +44,7 @@ def parse_time(text: str) -> float | None:
     """An ISO 8601 time (UTC unless it says otherwise) in seconds since the epoch; None if it is none."""
     try:
         stamp = dt.datetime.fromisoformat(text)
-        return (stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.timezone.utc)).timestamp()
+        return (stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)).timestamp()
     except (ValueError, OverflowError):
         return None
 

@@ -40,7 +40,7 @@ class Tokens:
     sent: int = 0
     received: int = 0
 
-    def __add__(self, other: "Tokens") -> "Tokens":
+    def __add__(self, other: Tokens) -> Tokens:
         return Tokens(self.sent + other.sent, self.received + other.received)
 
 
@@ -97,7 +97,8 @@ class Mark:
     """Something that happened at one moment: a merge, a conflict filed, a gate run, a breaker trip."""
 
     at: float
-    kind: str  # merged, reverted, conflict, gate_passed, gate_failed, main_passed, main_failed, breaker, and REVIEW_MARKS
+    # merged, reverted, conflict, gate_passed, gate_failed, main_passed, main_failed, breaker, and REVIEW_MARKS
+    kind: str
     task_id: str | None
     text: str
 
@@ -159,7 +160,7 @@ class Report:
     def count(self, outcome: str) -> int:
         return sum(1 for t in self.tasks.values() if t.kind == "task" and t.outcome == outcome)
 
-    def window(self, runs: int, attempts: int) -> "Report":
+    def window(self, runs: int, attempts: int) -> Report:
         """What a page of a long history draws: the latest `runs` runs, and of those no more than
         the latest `attempts` attempts' time; the tasks seen in it. Itself when that is all of it.
         Totals (refills, latencies, counts) stay those of the whole history."""

@@ -82,13 +82,13 @@ class TimeScale:
     scale: float  # SVG units per second
 
     @classmethod
-    def of(cls, report: model.Report, end: float) -> "TimeScale":
+    def of(cls, report: model.Report, end: float) -> TimeScale:
         span = end - report.start
         # The latest end of the attempts started before each start (attempts are in start order):
         # a pause is busy if an attempt started before it ends after its beginning.
         starts = [a.start for a in report.attempts]
         latest_end = list(itertools.accumulate((a.end or end for a in report.attempts), max))
-        cuts = [(before.end, after.start) for before, after in zip(report.runs, report.runs[1:])
+        cuts = [(before.end, after.start) for before, after in itertools.pairwise(report.runs)
                 if after.start - before.end > max(CUT_MIN_SECS, span * CUT_MIN_SHARE)
                 and not ((n := bisect.bisect_left(starts, after.start)) and latest_end[n - 1] > before.end)]
         shown = span - sum(stop - start for start, stop in cuts)
@@ -123,7 +123,7 @@ class TimeScale:
 
     def cuts(self) -> list[tuple[float, float, float]]:
         """(x, from, to) of each pause that was cut."""
-        return [(x - CUT_W, before[1], start) for before, (start, _, x) in zip(self.pieces, self.pieces[1:])]
+        return [(x - CUT_W, before[1], start) for before, (start, _, x) in itertools.pairwise(self.pieces)]
 
 
 def render_axis(scale: TimeScale, bottom: float) -> list[str]:
@@ -350,7 +350,8 @@ table.tasks { border-collapse: collapse; width: 100%; font-size: 13px; }
 .tasks .num { text-align: right; white-space: nowrap; } .tasks .id { white-space: nowrap; font-family: monospace; }
 .kind { font-size: 11px; background: #e7eef7; border-radius: 3px; padding: 0 4px; white-space: nowrap; }
 .detail { color: #59636e; font-size: 12px; max-width: 420px; } .ins { color: #2f9e5b; } .del { color: #d64541; }
-.o-merged, .o-resolved { color: #2f9e5b; } .o-reverted { color: #9a6700; } .o-blocked { color: #d64541; } .o-waiting { color: #9a6700; }
+.o-merged, .o-resolved { color: #2f9e5b; } .o-reverted { color: #9a6700; } .o-blocked { color: #d64541; }
+.o-waiting { color: #9a6700; }
 """
 
 

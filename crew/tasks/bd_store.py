@@ -140,8 +140,8 @@ class BdTaskStore:
                            actor=actor)[0]
 
     def close(self, task_id: str, reason: str = "", force: bool = False, actor: str | None = None) -> model.Task:
-        return self._tasks("close", task_id, *(["-r", names.clean_text(reason)] if reason else []), *(["--force"] if force else []),
-                           actor=actor)[0]
+        return self._tasks("close", task_id, *(["-r", names.clean_text(reason)] if reason else []),
+                           *(["--force"] if force else []), actor=actor)[0]
 
     def reopen(self, task_id: str) -> model.Task:
         return self._tasks("reopen", task_id)[0]
@@ -181,5 +181,5 @@ def _bd_error_message(result: processes.Completed) -> str:
             if isinstance(data, dict) and data.get("error"):
                 # Batch commands (update, close) put each id's own reason under "failed".
                 details = [f"{f.get('id')}: {f.get('error')}" for f in data.get("failed") or [] if isinstance(f, dict)]
-                return "; ".join([str(data["error"])] + details)
+                return "; ".join([str(data["error"]), *details])
     return (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1]

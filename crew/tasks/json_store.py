@@ -46,9 +46,9 @@ def _normalize_entry(entry: dict) -> str | None:
     deps = entry.get("dependencies", [])
     if not isinstance(deps, list):
         return f"\"dependencies\" must be a list, got {json.dumps(deps)}"
-    for i, dep in enumerate(deps):
-        if isinstance(dep, str):
-            deps[i] = dep = {"depends_on_id": dep, "type": "blocks"}
+    for i, given in enumerate(deps):
+        dep = {"depends_on_id": given, "type": "blocks"} if isinstance(given, str) else given
+        deps[i] = dep
         if not (isinstance(dep, dict) and isinstance(dep.get("depends_on_id"), str)
                 and isinstance(dep.get("type", "blocks"), str)):
             return f"dependency {json.dumps(dep)} must be a task id or {{\"depends_on_id\": ID, \"type\": TYPE}}"
@@ -71,7 +71,7 @@ def _dependency_cycle(entries: list[dict]) -> list[str] | None:
                 on_path_or_done[path.pop()] = False
                 next_deps.pop()
             elif on_path_or_done.get(dep):
-                return path[path.index(dep):] + [dep]
+                return [*path[path.index(dep):], dep]
             elif dep not in on_path_or_done:
                 on_path_or_done[dep] = True
                 path.append(dep)
@@ -123,12 +123,14 @@ class JsonTaskStore:
                                    "fix or move it (it was left untouched)")
         seen = set()
         for i, entry in enumerate(data["tasks"]):
-            if not isinstance(entry, dict) or not isinstance(entry.get("id"), str) or not isinstance(entry.get("title"), str):
+            if not (isinstance(entry, dict) and isinstance(entry.get("id"), str)
+                    and isinstance(entry.get("title"), str)):
                 raise errors.UserError(f"{self.path} is corrupt: task #{i + 1} needs a string \"id\" and \"title\"; "
                                        "fix or move it (it was left untouched)")
             problem = "two tasks have this id" if entry["id"] in seen else _normalize_entry(entry)
             if problem:
-                raise errors.UserError(f"{self.path}: task {entry['id']}: {problem}; fix it (the file was left untouched)")
+                raise errors.UserError(f"{self.path}: task {entry['id']}: {problem}; "
+                                       "fix it (the file was left untouched)")
             seen.add(entry["id"])
         if cycle := _dependency_cycle(data["tasks"]):
             raise errors.UserError(f"{self.path}: task {cycle[0]} waits for itself through the dependency cycle "
@@ -224,7 +226,8 @@ class JsonTaskStore:
         return model.Task.from_dict(self._find(self._entries(), task_id))
 
     def list(self, statuses: Sequence[str] | None = None) -> list[model.Task]:
-        return [model.Task.from_dict(e) for e in self._entries() if statuses is None or e.get("status", "open") in statuses]
+        return [model.Task.from_dict(e) for e in self._entries()
+                if statuses is None or e.get("status", "open") in statuses]
 
     def ready(self, limit: int | None = None) -> list[model.Task]:
         entries = self._entries()

@@ -33,7 +33,7 @@ class Task:
     notes: str = ""
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Task":
+    def from_dict(cls, data: dict) -> Task:
         """From a task_queue.json entry or any bd output shape (list edges or show's linked issues)."""
         if not isinstance(data, dict) or not isinstance(data.get("id"), str) or not isinstance(data.get("title"), str):
             raise ValueError("a task needs a string 'id' and 'title'")
