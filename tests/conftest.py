@@ -3,33 +3,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parent
-ROOT = TESTS.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's root, for crew
 
 from crew import config as configuration  # noqa: E402
 from crew import tasks  # noqa: E402
-from crew import testing  # noqa: E402
 from crew import workspace  # noqa: E402
-
-REAL_BD = os.environ.get("DISPATCH_REAL_BD") or shutil.which("bd-real") or ""
-
-
-def require_real_tool(available: bool, reason: str) -> None:
-    """Skip a test that needs a real tool (Aider, Ollama, Chromium) on a machine without it; in CI
-    (CI=true) fail instead, so a broken install can never pass as a quiet skip."""
-    if available:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI must run this test, but {reason}")
-    pytest.skip(reason)
+from support import repos  # noqa: E402
+from support.dispatching import AGENT_COMMAND  # noqa: E402
+from support.tools import BACKENDS, REAL_BD, init_real_bd, install_fake_bd  # noqa: E402
 
 
 # No test may hang the suite: one that has not finished by then fails with its stack printed.
@@ -67,26 +54,13 @@ def isolated_environment(tmp_path_factory):
     os.environ.update(saved)
 
 
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
-
-
-def commit_file(repo: Path, name: str, text: str, message: str | None = None) -> str:
-    path = repo / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    git(repo, "add", name)
-    git(repo, "commit", "-q", "-m", message or f"edit {name}")
-    return git(repo, "rev-parse", "HEAD")
-
-
 @pytest.fixture
 def repo(tmp_path) -> Path:
     """A real repository with one commit on main."""
     path = tmp_path / "proj"
     path.mkdir()
-    git(path, "init", "-q", "-b", "main")
-    commit_file(path, "README.md", "# proj\n", "initial commit")
+    repos.git(path, "init", "-q", "-b", "main")
+    repos.commit_file(path, "README.md", "# proj\n", "initial commit")
     return path
 
 
@@ -98,20 +72,6 @@ def make_config(tmp_path, repo):
         path.write_text(json.dumps({"repo_path": str(repo), **settings}), encoding="utf-8")
         return path
     return make
-
-
-def install_fake_bd(bin_dir: Path) -> Path:
-    """Put the stand-in on PATH as `bd`, run by this interpreter."""
-    return testing.write_bd_stand_in(bin_dir)
-
-
-def init_real_bd(repo: Path) -> None:
-    subprocess.run([REAL_BD, "init", "--prefix", "proj", "--quiet", "--skip-hooks", "--skip-agents", "--non-interactive"], cwd=repo, check=True,
-                   capture_output=True, text=True)
-
-
-BACKENDS = ["json", "fake-bd", pytest.param("real-bd", marks=[pytest.mark.real_tool, pytest.mark.skipif(
-    not REAL_BD, reason="real bd not built (scripts/install_bd.sh builds it; needs Go)")])]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -143,12 +103,9 @@ def store(config):
 @pytest.fixture
 def fake_llm():
     """A loopback server speaking the real Ollama and OpenAI chat APIs, with scripted replies."""
-    from fake_llm import FakeLLM
+    from support.fake_llm import FakeLLM
     with FakeLLM() as server:
         yield server
-
-
-AGENT_COMMAND = testing.SCRIPTED_AGENT
 
 
 def _agent_setup(make_config, base: dict):

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from support.repos import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import chaos  # noqa: E402

@@ -12,7 +12,8 @@ from crew import errors
 from crew import names
 from crew import workspace
 from crew import tasks
-from conftest import AGENT_COMMAND, ROOT, git
+from support.dispatching import AGENT_COMMAND
+from support.repos import ROOT, git
 
 
 @pytest.mark.parametrize("text, message", [

@@ -13,8 +13,9 @@ from crew import config as configuration
 from crew import errors
 from crew import files
 from crew import tasks
-from conftest import AGENT_COMMAND, commit_file, git
-from dispatch_helpers import add_task, dispatch, has_commit, main_file, merges_of, start_dispatcher, wait_until
+from support.dispatching import (AGENT_COMMAND, add_task, dispatch, has_commit, main_file, merges_of,
+                                 start_dispatcher, wait_until)
+from support.repos import commit_file, git
 
 linux_only = pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
 

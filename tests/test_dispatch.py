@@ -24,10 +24,10 @@ from crew.dispatch import preflight as dispatch_preflight
 from crew.dispatch import status as dispatch_status
 from crew.dispatch.loop import Dispatcher
 from crew.tasks import model
-from conftest import commit_file, git
-from conftest import AGENT_COMMAND
-from dispatch_helpers import (DISPATCH, add_task, assert_clean_finish, dispatch, events, has_commit, main_file, merges_of,
-                              start_dispatcher, start_dispatcher_with_a_worker, wait_until)
+from support.dispatching import (AGENT_COMMAND, DISPATCH, add_task, assert_clean_finish, dispatch, events,
+                                 has_commit, main_file, merges_of, start_dispatcher, start_dispatcher_with_a_worker,
+                                 wait_until)
+from support.repos import commit_file, git
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="uses POSIX signals and sh")
 

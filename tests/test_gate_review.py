@@ -15,7 +15,8 @@ import psutil
 import pytest
 
 from crew import processes
-from dispatch_helpers import DISPATCH, add_task, dispatch, events, merge_subjects, merges_of, start_dispatcher, wait_until
+from support.dispatching import (DISPATCH, add_task, dispatch, events, merge_subjects, merges_of, start_dispatcher, wait_for,
+                                 wait_until)
 
 
 @pytest.mark.parametrize("parallelism", [1, 2])
@@ -66,15 +67,6 @@ if pathlib.Path.cwd().name.startswith(".gate") == (where == "gate") and flag.exi
     pid_file.write_text(str(os.getpid()), encoding="utf-8")
     time.sleep(120)
 """
-
-
-def wait_for(predicate, what: str, limit: float = 60):
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if found := predicate():
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"gave up waiting for {what}")
 
 
 @pytest.mark.skipif(os.name == "nt", reason="kill -9 of the dispatcher alone needs POSIX signals")

@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from conftest import commit_file
+from support.dispatching import DISPATCH, add_task, dispatch, events, merge_subjects, wait_until
+from support.repos import commit_file
 from crew.dispatch import records
 from crew.dispatch import status as run_status
-from dispatch_helpers import DISPATCH, add_task, dispatch, events, merge_subjects, wait_until
 
 # The gate: records its pid, then, while the flag file exists, runs on and ignores SIGTERM (a test
 # runner finishing its teardown); once the flag is gone it passes.

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from crew import git as gitcmd
-from conftest import commit_file, git
-from dispatch_helpers import add_task, dispatch, main_file, merges_of
+from support.dispatching import add_task, dispatch, main_file, merges_of
+from support.repos import commit_file, git
 
 
 def test_git_calls_ignore_repository_variables_from_the_caller(repo, tmp_path, monkeypatch):

@@ -11,10 +11,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import commit_file, git
+from support.dispatching import DISPATCH, add_task, main_file
+from support.repos import commit_file, git
 from crew import errors
 from crew import git as gitcmd
-from dispatch_helpers import DISPATCH, add_task, main_file
 
 # Each fake gpg is configured as gpg.program in the test repository only.
 HANGS = """

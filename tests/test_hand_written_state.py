@@ -8,7 +8,7 @@ import pytest
 
 from crew import errors
 
-from dispatch_helpers import add_task, dispatch
+from support.dispatching import add_task, dispatch
 
 STATE = ".dispatch_state.json"
 PENDING = ".dispatch_pending_merge_retries.json"

@@ -12,7 +12,7 @@ import pytest
 
 from crew import suggestions
 from crew.tasks import json_store
-from conftest import ROOT
+from support.repos import ROOT
 
 
 def run_ingest(cfg, *args, env=None):

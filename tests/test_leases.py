@@ -11,10 +11,11 @@ import subprocess
 
 import pytest
 
-from conftest import BACKENDS, git
+from support.dispatching import add_task, dispatch, events, has_commit, main_file, start_dispatcher, wait_until
+from support.repos import git
+from support.tools import BACKENDS
 from crew.dispatch import records
 from crew.dispatch.leases import Leases
-from dispatch_helpers import add_task, dispatch, events, has_commit, main_file, start_dispatcher, wait_until
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="stops the dispatcher with SIGSTOP")
 BD_BACKENDS = [b for b in BACKENDS if b != "json"]

@@ -11,7 +11,7 @@ from crew import logs
 from crew.dispatch.loop import Dispatcher
 from crew.report import model
 from crew.report import page as report_page
-from dispatch_helpers import add_task, events
+from support.dispatching import add_task, events
 
 LARGE_MB = 64  # as large as it takes for a whole read to stand out from the bound
 FLAT_BYTES = 12 * 1024 * 1024  # the peak a read may take, whatever the log's size

@@ -3,13 +3,12 @@ stop the loop from watching its workers."""
 from __future__ import annotations
 
 import threading
-import time
 
 from crew.dispatch import records
 from crew.dispatch.conflicts import Conflicts
 from crew.dispatch.ledger import Ledger
 from crew.dispatch.loop import Dispatcher
-from dispatch_helpers import add_task, events
+from support.dispatching import add_task, events, wait_for
 
 
 class HangingReads:
@@ -28,13 +27,6 @@ class HangingReads:
 
     def __getattr__(self, name):
         return getattr(self.store, name)
-
-
-def wait_for(condition, what: str, limit: float = 30) -> None:
-    deadline = time.monotonic() + limit
-    while not condition():
-        assert time.monotonic() < deadline, f"never saw {what} within {limit} s"
-        time.sleep(0.02)
 
 
 def test_a_worker_past_its_deadline_is_ended_while_the_store_hangs_on_a_read(json_agent_setup, repo):

@@ -12,8 +12,8 @@ from crew.dispatch import main_checks
 from crew.report import events as event_log
 from crew.report import model as report_model
 from crew.dispatch.records import MainCheck
-from conftest import commit_file, git
-from dispatch_helpers import add_task, dispatch, events, main_file, merges_of, start_dispatcher, wait_until
+from support.dispatching import add_task, dispatch, events, main_file, merges_of, start_dispatcher, wait_until
+from support.repos import commit_file, git
 
 Blame, Merges = main_checks.Blame, main_checks.Merges
 MAIN, MOVED = "a" * 40, "b" * 40

@@ -17,8 +17,8 @@ from crew.dispatch.conflicts import Conflicts
 from crew.dispatch.ledger import Ledger
 from crew.dispatch.merge_queue import MergeQueue
 from crew.dispatch.wakeup import Wakeup
-from conftest import commit_file, git
-from dispatch_helpers import events, main_file
+from support.dispatching import events, main_file
+from support.repos import commit_file, git
 
 
 @pytest.fixture

@@ -8,48 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from crew.dispatch.loop import Dispatcher
 from crew.dispatch import status as run_status
 from crew.dispatch.merge_queue import MergeQueue
-from conftest import commit_file, git
-from dispatch_helpers import (add_task, assert_clean_finish, dispatch, events, main_file,
-                              merge_subjects, merges_of)
-
-
-def run_in_process(config, store, on_message=None, max_workers=2) -> dict:
-    """Run the dispatcher in this process, seeing each progress line as it is said."""
-    said = []
-
-    def out(message: str) -> None:
-        said.append(message)
-        if on_message:
-            on_message(message)
-
-    summary = Dispatcher(config, store, max_workers, out=out).run()
-    summary["said"] = said
-    return summary
-
-
-def run_with_a_person_on_followups(config, store) -> tuple[str, dict]:
-    """Run until a conflict or fix task is filed; a person claims it at once, so the dispatcher
-    leaves it to them. Returns that task's id and the run's summary."""
-    filed = []
-
-    def person_claims(message: str) -> None:
-        if "; filed " in message:
-            filed.append(message.rsplit(" ", 1)[1])
-            store.claim(filed[-1], "a-human")
-
-    summary = run_in_process(config, store, person_claims)
-    [followup_id] = filed
-    return followup_id, summary
-
-
-def conflicting_pair(store):
-    """Two tasks that change the same line differently (no file labels, so they run together)."""
-    red = add_task(store, "Make it red", "sleep 0.5", "replace settings.ini color=blue color=red", priority=1)
-    green = add_task(store, "Make it green", "sleep 0.5", "replace settings.ini color=blue color=green", priority=1)
-    return red, green
+from support.dispatching import (add_task, assert_clean_finish, conflicting_pair, dispatch, events, main_file, merge_subjects,
+                                 merges_of, run_in_process, run_with_a_person_on_followups)
+from support.repos import commit_file, git
 
 
 def test_ten_branches_merge_in_queue_order(json_agent_setup, repo):

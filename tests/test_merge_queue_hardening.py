@@ -10,9 +10,8 @@ import pytest
 
 from crew import failpoints
 from crew import git as gitcmd
-from conftest import commit_file, git
-from dispatch_helpers import add_task, dispatch, main_file, merges_of
-from test_merge_queue import run_in_process
+from support.dispatching import add_task, dispatch, main_file, merges_of, run_in_process
+from support.repos import commit_file, git
 
 
 def test_a_checkout_switched_away_from_main_during_the_merge_moves_main_not_the_other_branch(

@@ -13,7 +13,7 @@ import pytest
 from crew import config as configuration
 from crew import errors
 from crew.dispatch import notify
-from dispatch_helpers import add_task, dispatch, events, merges_of
+from support.dispatching import add_task, dispatch, events, merges_of
 
 # The notifier: appends {"argv": its arguments, "event": what came on stdin} as one line to argv[2].
 RECORDER = """

@@ -8,14 +8,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from crew import processes
-from conftest import commit_file, git
-from dispatch_helpers import DISPATCH, add_task, assert_clean_finish, dispatch, events, merge_subjects, merges_of
+from support.dispatching import (DISPATCH, add_task, assert_clean_finish, dispatch, events, merge_subjects, merges_of,
+                                 wait_for)
+from support.repos import commit_file, git
 
 # The gate: records what it saw (its commit, the merges on its first-parent chain, the g*.txt
 # files), waits, and fails when the file named by its second argument is in the tree.
@@ -148,15 +148,6 @@ def test_main_moving_during_the_gates_rebuilds_their_stacks(json_agent_setup, re
     assert first.index("someone else") < first.index(merge_subjects(repo)[0])
     assert_each_landing_passed_its_gate_as_it_is(repo, seen_by_gates(record))
     assert events(repo, "gate_cancelled")  # the gates running on the old main were ended
-
-
-def wait_for(predicate, what: str, limit: float = 60):
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if found := predicate():
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"gave up waiting for {what}")
 
 
 @pytest.mark.skipif(os.name == "nt", reason="kill -9 of the dispatcher alone needs POSIX signals")

@@ -20,9 +20,10 @@ from crew import config
 from crew import tasks
 from crew.report import events as event_log
 from crew.report import model as report_model
-from conftest import commit_file, git, require_real_tool
-from dispatch_helpers import dispatch, events, main_file
-from fake_llm import FakeLLM
+from support.dispatching import dispatch, events, main_file
+from support.fake_llm import FakeLLM
+from support.repos import commit_file, git
+from support.tools import require_real_tool
 
 pytestmark = pytest.mark.real_tool
 REAL_AIDER = os.environ.get("DISPATCH_REAL_AIDER", "")

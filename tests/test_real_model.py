@@ -25,8 +25,9 @@ import pytest
 from crew import config as configuration
 from crew import tasks
 from crew import testing
-from conftest import ROOT, git, require_real_tool
-from dispatch_helpers import events, wait_until
+from support.dispatching import events, wait_until
+from support.repos import ROOT, git
+from support.tools import require_real_tool
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import bench_model  # noqa: E402

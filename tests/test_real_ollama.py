@@ -28,8 +28,9 @@ from crew import planning
 from crew import tasks
 from crew import testing
 from crew.dispatch import preflight as dispatch_preflight
-from conftest import ROOT, commit_file, git, require_real_tool
-from dispatch_helpers import dispatch, events
+from support.dispatching import dispatch, events
+from support.repos import ROOT, commit_file, git
+from support.tools import require_real_tool
 
 pytestmark = [pytest.mark.real_tool,
               pytest.mark.skipif(os.name == "nt", reason="scripts/install_ollama.sh and the stand-in agent are POSIX")]

@@ -12,8 +12,8 @@ from crew import errors
 from crew.dispatch import records
 from crew.dispatch.records import MergeRequest, PendingMerge
 
-from conftest import commit_file, git
-from dispatch_helpers import add_task, dispatch, merges_of
+from support.dispatching import add_task, dispatch, merges_of
+from support.repos import commit_file, git
 
 LEGACY = Path(__file__).parent / "data" / "legacy_state"
 STATE, PENDING = ".dispatch_state.json", ".dispatch_pending_merge_retries.json"

@@ -13,9 +13,8 @@ import pytest
 
 from crew import processes
 from crew import testing
-from conftest import git
-from dispatch_helpers import DISPATCH, add_task, events
-from test_merge_queue import run_with_a_person_on_followups
+from support.dispatching import DISPATCH, add_task, events, run_with_a_person_on_followups
+from support.repos import git
 
 GATE_SECS = 60  # testing.SLOW_GATE: everything below must happen well before it ends
 

@@ -8,8 +8,8 @@ from crew import config as configuration
 from crew import names
 from crew.dispatch import agent
 from crew.tasks import model
-from conftest import commit_file, git
-from dispatch_helpers import add_task, dispatch, main_file
+from support.dispatching import add_task, dispatch, main_file
+from support.repos import commit_file, git
 
 
 def history_in(message: str) -> list[str]:

@@ -15,8 +15,8 @@ from crew.report import events as event_log
 from crew.report import model as report_model
 from crew.report import page
 from crew.tasks import model
-from conftest import ROOT, commit_file, git
-from dispatch_helpers import add_task, dispatch, events, main_file
+from support.dispatching import add_task, dispatch, events, main_file
+from support.repos import ROOT, commit_file, git
 
 A, B = "a" * 40, "b" * 40
 

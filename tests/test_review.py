@@ -12,8 +12,8 @@ import pytest
 from crew.cli import tasks as tasks_cli
 from crew.dispatch import review
 from crew.tasks import model
-from conftest import ROOT, commit_file, git
-from dispatch_helpers import add_task, dispatch, events, main_file, merges_of, start_dispatcher, wait_until
+from support.dispatching import add_task, dispatch, events, main_file, merges_of, start_dispatcher, wait_until
+from support.repos import ROOT, commit_file, git
 
 TIP, OTHER = "a" * 40, "b" * 40
 

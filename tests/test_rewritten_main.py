@@ -9,9 +9,8 @@ import sys
 import pytest
 
 from crew import failpoints
-from conftest import ROOT, commit_file, git
-from dispatch_helpers import add_task, dispatch, events, main_file, merges_of
-from test_merge_queue import run_in_process
+from support.dispatching import add_task, dispatch, events, main_file, merges_of, run_in_process
+from support.repos import ROOT, commit_file, git
 
 
 def on_main(repo, commit: str) -> bool:

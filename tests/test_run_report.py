@@ -18,8 +18,9 @@ from crew.report import events as event_log
 from crew.report import model
 from crew.report import page as report_page
 from crew.dispatch.loop import Dispatcher
-from conftest import ROOT, commit_file, require_real_tool
-from dispatch_helpers import add_task, dispatch, events
+from support.dispatching import add_task, dispatch, events
+from support.repos import ROOT, commit_file
+from support.tools import require_real_tool
 
 HOSTILE = "<script>alert(1)</script>"
 EPOCH = dt.datetime(2026, 11, 28, tzinfo=dt.timezone.utc).timestamp()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from crew import processes
-from dispatch_helpers import add_task, dispatch, events, merges_of, start_dispatcher, wait_until
+from support.dispatching import add_task, dispatch, events, merges_of, start_dispatcher, wait_until
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="hooks written as sh scripts; POSIX signals")
 

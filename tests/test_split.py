@@ -13,8 +13,8 @@ from crew import llm as llm_client
 from crew import planning
 from crew.cli import split as split_cli
 from crew.tasks import model
-from conftest import ROOT, commit_file
-from fake_llm import FakeLLM, Reply
+from support.fake_llm import FakeLLM, Reply
+from support.repos import ROOT, commit_file
 
 
 def plan(*subtasks) -> str:

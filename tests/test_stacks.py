@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import commit_file, git
+from support.repos import commit_file, git
 
 from crew.dispatch import stacks
 

@@ -14,9 +14,9 @@ import pytest
 
 from crew import processes
 from crew.dispatch import records
-from conftest import ROOT, git
-from dispatch_helpers import (DISPATCH, add_task, dispatch, events, has_commit, main_file, merges_of, start_dispatcher,
-                              start_dispatcher_with_a_worker, wait_until)
+from support.dispatching import (DISPATCH, add_task, dispatch, events, has_commit, main_file, merges_of,
+                                 start_dispatcher, start_dispatcher_with_a_worker, wait_until)
+from support.repos import ROOT, git
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="uses POSIX signals and sh")
 windows_only = pytest.mark.skipif(os.name != "nt", reason="Windows console events")

@@ -15,7 +15,8 @@ from crew import processes
 from crew import tasks
 from crew.tasks import bd_store
 from crew.tasks import json_store as json_backend
-from conftest import ROOT, install_fake_bd
+from support.repos import ROOT
+from support.tools import install_fake_bd
 
 HOSTILE_TITLES = [
     'Fix "quoted" and \'single\' titles',

@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import commit_file, git
-from dispatch_helpers import add_task, dispatch, events, main_file, merges_of
-from test_merge_queue import conflicting_pair, run_in_process, run_with_a_person_on_followups
+from support.dispatching import (add_task, conflicting_pair, dispatch, events, main_file, merges_of, run_in_process,
+                                 run_with_a_person_on_followups)
+from support.repos import commit_file, git
 
 
 def delete_task(repo: Path, task_id: str) -> None:

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from crew.cli import tasks as tasks_cli
-from conftest import ROOT
+from support.repos import ROOT
 
 
 def test_full_cycle_through_the_cli(make_config, backend, capsys):

@@ -15,8 +15,8 @@ from crew import files
 from crew import names
 from crew.dispatch import conflicts
 from crew.tasks import json_store
-from conftest import ROOT
-from dispatch_helpers import add_task, dispatch, main_file, merge_subjects
+from support.dispatching import add_task, dispatch, main_file, merge_subjects
+from support.repos import ROOT
 
 
 # An agent whose output carries a NUL byte, and which makes no commit: its log's tail becomes the

@@ -9,8 +9,8 @@ import sys
 import subprocess
 from pathlib import Path
 
-from conftest import ROOT, commit_file, git
-from dispatch_helpers import add_task, assert_clean_finish, dispatch, events, main_file, merges_of
+from support.dispatching import add_task, assert_clean_finish, dispatch, events, main_file, merges_of
+from support.repos import ROOT, commit_file, git
 
 # A secret scanner, as a pre-commit hook: it refuses any commit whose staged changes hold the marker.
 SECRET = "SECRET-MARKER-7f3a"

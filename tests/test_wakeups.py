@@ -12,7 +12,7 @@ from crew.dispatch import store_thread
 from crew.dispatch import wakeup as wakeups
 from crew.dispatch.loop import Dispatcher
 from crew.tasks import json_store
-from dispatch_helpers import add_task, events
+from support.dispatching import add_task, events
 
 HOUR = 3600  # the poll interval: nothing in these tests may wait for it
 LIMIT = 120  # a bound on a loaded machine, never reached when the wake-ups work

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, git
-from dispatch_helpers import add_task, dispatch, events, merges_of
+from support.dispatching import add_task, dispatch, events, merges_of
+from support.repos import ROOT, git
 
 
 def test_stray_pruning_removes_only_the_dispatchers_own_worktrees(json_agent_setup, repo):

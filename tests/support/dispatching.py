@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, git
+from crew import testing
+from crew.dispatch.loop import Dispatcher
+from support.repos import ROOT, git
 
 DISPATCH = ROOT / "dispatch_workers.py"  # the command, as users run it
+AGENT_COMMAND = testing.SCRIPTED_AGENT  # the scripted agent, as a worker_command
 
 
 def dispatch(cfg: Path, *args: str, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -41,6 +44,15 @@ def wait_until(condition, proc: subprocess.Popen | None, what: str, timeout: flo
                 why += f" (exit {proc.returncode})\n{out}\n{err}"
             pytest.fail(f"never saw {what}: {why}")
         time.sleep(0.05)
+
+
+def wait_for(condition, what: str, limit: float = 60):
+    """Poll until condition() gives something true, and return it; fail naming `what` if it never does."""
+    deadline = time.monotonic() + limit
+    while not (found := condition()):
+        assert time.monotonic() < deadline, f"never saw {what} within {limit} s"
+        time.sleep(0.05)
+    return found
 
 
 def start_dispatcher_with_a_worker(cfg: Path, repo: Path) -> subprocess.Popen:
@@ -92,3 +104,39 @@ def assert_clean_finish(repo: Path, worktree_root: Path) -> None:
     pending = repo / ".dispatch_pending_merge_retries.json"
     assert not pending.exists() or json.loads(pending.read_text(encoding="utf-8")) == {}
     assert not worktree_root.exists() or [p for p in worktree_root.iterdir() if p.name != ".gate"] == []
+
+
+def run_in_process(config, store, on_message=None, max_workers=2) -> dict:
+    """Run the dispatcher in this process, seeing each progress line as it is said."""
+    said = []
+
+    def out(message: str) -> None:
+        said.append(message)
+        if on_message:
+            on_message(message)
+
+    summary = Dispatcher(config, store, max_workers, out=out).run()
+    summary["said"] = said
+    return summary
+
+
+def run_with_a_person_on_followups(config, store) -> tuple[str, dict]:
+    """Run until a conflict or fix task is filed; a person claims it at once, so the dispatcher
+    leaves it to them. Returns that task's id and the run's summary."""
+    filed = []
+
+    def person_claims(message: str) -> None:
+        if "; filed " in message:
+            filed.append(message.rsplit(" ", 1)[1])
+            store.claim(filed[-1], "a-human")
+
+    summary = run_in_process(config, store, person_claims)
+    [followup_id] = filed
+    return followup_id, summary
+
+
+def conflicting_pair(store):
+    """Two tasks that change the same line differently (no file labels, so they run together)."""
+    red = add_task(store, "Make it red", "sleep 0.5", "replace settings.ini color=blue color=red", priority=1)
+    green = add_task(store, "Make it green", "sleep 0.5", "replace settings.ini color=blue color=green", priority=1)
+    return red, green
