@@ -1,7 +1,7 @@
-"""Test and demo scaffolding: the scripted agent, scratch repositories, failpoints, a long
-events history, a private `ollama serve` for the real-model tests and benchmark.
+"""Test and demo scaffolding: the scripted agent, scratch repositories, a long events history, a
+private `ollama serve` for the real-model tests and benchmark.
 
-Production code reaches this module only through crew.failpoints and the demo."""
+Production code reaches this module only through the demo."""
 from __future__ import annotations
 
 import datetime as dt
@@ -11,7 +11,7 @@ import pstats
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import requests
@@ -106,21 +106,6 @@ class OllamaServe:
 
     def log_text(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
-
-
-def arm_failpoint(spec: str, armed: dict[str, Callable[[], None]]) -> None:
-    """Arm crew.failpoints for DISPATCH_FAILPOINT's value: "step", or "step:N" to exit (77, as if
-    killed) the Nth time this process reaches the step."""
-    name, _, nth = spec.partition(":")
-    wanted, hits = int(nth or 1), 0
-
-    def hit() -> None:
-        nonlocal hits
-        hits += 1
-        if hits == wanted:
-            os._exit(77)
-
-    armed[name] = hit
 
 
 # The loop-responsiveness scenario (scripts/bench_dispatch.py --only responsiveness, and
