@@ -273,14 +273,18 @@ def merge_tree(root: Path, ours: str, theirs: str) -> MergeResult:
     return merged
 
 
-def merge_diffstat(root: Path, merge: str, branch_tip: str | None) -> dict | None:
+def merge_diffstat(root: Path, merge: str, branch_tip: str | None,
+                   parents: tuple[str, str] | None = None) -> dict | None:
     """Files, insertions and deletions a merge brought into main: recorded when it happens, since
-    the branch is deleted after it. None when `merge` is not the merge of that branch tip."""
-    parents = git_out(root, "rev-list", "--parents", "-n", "1", merge).split()
-    if len(parents) != 3 or parents[2] != branch_tip:
+    the branch is deleted after it. None when `merge` is not the merge of that branch tip.
+    parents: `merge`'s two parents when the caller made it (else they are read)."""
+    if parents is None:
+        read = git_out(root, "rev-list", "--parents", "-n", "1", merge).split()
+        parents = (read[1], read[2]) if len(read) == 3 else None
+    if parents is None or parents[1] != branch_tip:
         return None  # main moved on after a merge finished before a restart: unknown now
     stat = {"files": 0, "insertions": 0, "deletions": 0}
-    for line in git_out(root, "diff", "--numstat", parents[1], merge).splitlines():
+    for line in git_out(root, "diff", "--numstat", parents[0], merge).splitlines():
         added, deleted, _ = line.split("\t", 2)
         stat["files"] += 1
         stat["insertions"] += int(added) if added.isdigit() else 0  # "-" for a binary file
@@ -290,8 +294,9 @@ def merge_diffstat(root: Path, merge: str, branch_tip: str | None) -> dict | Non
 
 def new_marker_files(root: Path, main: str, branch: str) -> list[str]:
     """Files in which the branch has more complete conflict-marker blocks than main has."""
-    base = git_out(root, "merge-base", main, branch)
-    changed = git_out(root, "-c", "core.quotePath=false", "diff", "--name-only", "--diff-filter=AM", base, branch)
+    # main...branch: from their merge base, found by the same command.
+    changed = git_out(root, "-c", "core.quotePath=false", "diff", "--name-only", "--diff-filter=AM",
+                      f"{main}...{branch}")
     found = []
     for name in filter(None, changed.splitlines()):
         branch_text = git("show", f"{branch}:{name}", cwd=root, check=False).stdout

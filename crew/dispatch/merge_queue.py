@@ -70,6 +70,8 @@ class Landing:
 
     request: records.MergeRequest
     task: task_model.Task
+    base: str  # main before the move: the merge commit's first parent
+    tip: str  # the branch's tip: its second parent
     commit: str
     slot: contextlib.ExitStack
     moving: concurrent.futures.Future  # advance_main's outcome
@@ -225,7 +227,7 @@ class MergeQueue:
         if held := self.why_main_is_held():  # known before anything is computed or written
             self.merge_waits(request, held)
             return Decision("waits")
-        base = git.rev_parse(root, main)
+        base = main_now  # read once: a main moved since is found by the move's compare-and-swap
         if marked := git.new_marker_files(root, base, tip):
             self.conflicts.file(request, marked, base, "the branch adds conflict markers")
             return Decision("conflict")
@@ -349,7 +351,7 @@ class MergeQueue:
             return False
         failpoints.failpoint("during_merge")
         moving = self.mover.submit(self.advance_main, base, commit)
-        self.landing = Landing(request, task, commit, slot.pop_all(), moving)
+        self.landing = Landing(request, task, base, tip, commit, slot.pop_all(), moving)
         return True
 
     def landed(self) -> bool:
@@ -365,8 +367,9 @@ class MergeQueue:
             failpoints.failpoint("after_main_moved")  # a restart finds the branch merged: bookkeeping only
             if self.config.merge_gate_command:  # main is now a commit that passed the checks exactly as it is
                 self.ledger.state.main_check = records.MainCheck(landing.commit, True, time.time())
-            self.rewritten.observe(landing.commit)  # main moved on from the main last seen: nothing left it
-            self.finish_merge(landing.request, landing.task, landing.commit)
+            # Main moved on from the main last seen: nothing left it.
+            self.rewritten.observe(landing.commit, parent=landing.base)
+            self.finish_merge(landing.request, landing.task, landing.commit, parents=(landing.base, landing.tip))
             return True
 
     def merge_waits(self, request: records.MergeRequest, reason: str) -> bool:
@@ -438,13 +441,17 @@ class MergeQueue:
         return f"git cannot fast-forward {main} in {checkout}: {git.first_line(output)}"
 
     def finish_merge(self, request: records.MergeRequest, task: task_model.Task, commit: str,
-                     merge_commit: bool = True) -> None:
+                     merge_commit: bool = True, parents: tuple[str, str] | None = None) -> None:
         """merge_commit: `commit` merged the branch; else it is only main's tip, which may be any
-        commit (another task's merge): it is not recorded as the task's, so no revert undoes it."""
+        commit (another task's merge): it is not recorded as the task's, so no revert undoes it.
+        parents: `commit`'s own, main's and the branch's tip, when this dispatcher made and landed
+        it (not read again from git)."""
         ledger, task_id, short = self.ledger, request.task_id, commit[:conflict_tasks.MERGE_SHORT]
-        tip = git.rev_parse(self.root, f"refs/heads/{request.branch}")
-        ledger.event("merged", task_id, branch=request.branch, commit=commit,
-                     diffstat=git.merge_diffstat(self.root, commit, tip))
+        if parents is not None:
+            diffstat = git.merge_diffstat(self.root, commit, parents[1], parents)
+        else:
+            diffstat = git.merge_diffstat(self.root, commit, git.rev_parse(self.root, f"refs/heads/{request.branch}"))
+        ledger.event("merged", task_id, branch=request.branch, commit=commit, diffstat=diffstat)
         ledger.say(f"{task_id}: merged {request.branch} into {self.config.main_branch} ({short})")
         if merge_commit and revert.merged_label(commit) not in task.labels:  # what `tasks.py revert` undoes
             self.store.relabel(task_id, add=[revert.merged_label(commit)])

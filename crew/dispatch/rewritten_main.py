@@ -81,14 +81,16 @@ class RewrittenMain:
     def observe_main(self) -> None:
         self.observe(git.rev_parse(self.root, self.main))
 
-    def observe(self, main_now: str | None) -> None:
+    def observe(self, main_now: str | None, parent: str | None = None) -> None:
         """Main is at `main_now`: if it no longer descends from the last main seen, record which
-        of the dispatcher's branches carry the commits that left it. Then remember it."""
+        of the dispatcher's branches carry the commits that left it. Then remember it. parent:
+        `main_now`'s parent, when known (a merge of the dispatcher's): main seen there left nothing."""
         state, seen = self.ledger.state, self.ledger.state.main_seen
         if main_now is None or main_now == seen:
             return
         left = []
-        if seen and git.rev_parse(self.root, seen) and not git.is_ancestor(self.root, seen, main_now):
+        if (seen and seen != parent and git.rev_parse(self.root, seen)
+                and not git.is_ancestor(self.root, seen, main_now)):
             left = git.commits_between(self.root, seen, main_now)
             gone = set(left)
             for branch in self.branches():
