@@ -89,7 +89,8 @@ class Config:
 
     def path(self, name: str) -> Path:
         """A toolkit file: relative names live in the main working tree's root."""
-        return self.root / getattr(self, name)
+        file_name: str = getattr(self, name)
+        return self.root / file_name
 
 
 CHOICES = {
@@ -163,7 +164,7 @@ def parse_config(text: str, source: str) -> Config:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise errors.UsageError(f"{source}: unknown key {key!r}{hint}")
-        annotation = known[key].type
+        annotation = str(known[key].type)  # the annotation's text: annotations are not evaluated here
         if not _type_ok(value, annotation):
             raise errors.UsageError(f"{source}: {key!r} must be {_type_name(annotation)}, got {json.dumps(value)}")
         if key in CHOICES and value is not None and value not in CHOICES[key]:
@@ -239,10 +240,18 @@ def resolve_config(config: Config, cwd: Path) -> Config:
     return config
 
 
+def resolved(value: str | None, key: str) -> str:
+    """A setting resolve_config always fills in (task_prefix, llm_url, actor, worker_model,
+    worktree_root), as the str it is from then on."""
+    if value is None:
+        raise ValueError(f"{key} is read before resolve_config filled it in")
+    return value
+
+
 def check_worktree_root(config: Config) -> None:
     """Worktrees need a folder of their own: inside the repository git would see them as files,
     and the repository (or a folder holding it) is not the dispatcher's to clean up."""
-    folder = Path(config.worktree_root).resolve()
+    folder = Path(resolved(config.worktree_root, "worktree_root")).resolve()
     where = ("the repository itself" if folder == config.root else
              "inside the repository" if config.root in folder.parents else
              "a folder that contains the repository" if folder in config.root.parents else None)

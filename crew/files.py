@@ -10,7 +10,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -137,11 +137,12 @@ def now_iso() -> str:
 class StateFile:
     """A JSON state file, always replaced atomically under its lock."""
 
-    def __init__(self, path: Path, default: dict, problem=lambda data: None):
+    def __init__(self, path: Path, default: dict[str, Any],
+                 problem: Callable[[dict[str, Any]], str | None] = lambda data: None):
         self.path, self.default, self.problem = path, default, problem
         self.lock = path.with_name(path.name + ".lock")
 
-    def read(self) -> dict:
+    def read(self) -> dict[str, Any]:
         """The file's content; one that is not what the dispatcher writes is an error naming what
         is wrong, and is never overwritten (it may hold the only record of running work)."""
         if not self.path.exists():  # no lock file left behind in a repository the toolkit never wrote to
@@ -153,8 +154,9 @@ class StateFile:
         problem = self.problem(data) if isinstance(data, dict) else "it is not a JSON object"
         if problem:
             raise errors.UserError(f"{self.path}: {problem}; fix or move it (it was left untouched)")
-        return data
+        state: dict[str, Any] = data  # a JSON object, as checked
+        return state
 
-    def write(self, data: dict) -> None:
+    def write(self, data: dict[str, Any]) -> None:
         with locked(self.lock, self.path.name):
             atomic_write_text(self.path, json_text(data, indent=2) + "\n")

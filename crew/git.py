@@ -38,7 +38,7 @@ NO_PROMPT = {"GIT_TERMINAL_PROMPT": "0"}
 TERMINAL_VARIABLES = ("GPG_TTY",)
 
 
-def git(*args: str | os.PathLike, cwd: str | os.PathLike, check: bool = True,
+def git(*args: str | os.PathLike[str], cwd: str | os.PathLike[str], check: bool = True,
         env: dict[str, str] | None = None, input: str | None = None,
         timeout: float | None = None) -> processes.Completed:
     """timeout: for a command that runs the user's hooks (a checkout, a merge, a commit); its
@@ -52,13 +52,14 @@ def git(*args: str | os.PathLike, cwd: str | os.PathLike, check: bool = True,
                          timeout=timeout, tree=True)
 
 
-def signs_commits(cwd: str | os.PathLike) -> bool:
+def signs_commits(cwd: str | os.PathLike[str]) -> bool:
     """The user's commit.gpgSign, which the dispatcher keeps: `git commit` reads it itself,
     `git commit-tree` only signs when told."""
     return git("config", "--type=bool", "--get", "commit.gpgSign", cwd=cwd, check=False).stdout.strip() == "true"
 
 
-def signing_failure(cwd: str | os.PathLike, failed: errors.GitError, timeout: float | None) -> errors.UserError | None:
+def signing_failure(cwd: str | os.PathLike[str], failed: errors.GitError,
+                    timeout: float | None) -> errors.UserError | None:
     """A commit that could not be signed, or did not finish while signing is on (gpg waiting
     for a passphrase), as one line that says so; None when signing is off or the failure is another."""
     said = failed.stderr.lower()
@@ -274,7 +275,7 @@ def merge_tree(root: Path, ours: str, theirs: str) -> MergeResult:
 
 
 def merge_diffstat(root: Path, merge: str, branch_tip: str | None,
-                   parents: tuple[str, str] | None = None) -> dict | None:
+                   parents: tuple[str, str] | None = None) -> dict[str, int] | None:
     """Files, insertions and deletions a merge brought into main: recorded when it happens, since
     the branch is deleted after it. None when `merge` is not the merge of that branch tip.
     parents: `merge`'s two parents when the caller made it (else they are read)."""
@@ -362,8 +363,8 @@ def commit_everything(worktree: Path, message: str, timeout: float, leave_out: l
     if any(text in output for text in NOTHING_TO_COMMIT):
         return False  # only what `add -A` does not take (a submodule's own changes)
     if COMMIT_NOT_WRITTEN in output:  # the hooks passed; git could not write it (signing, a full disk)
-        failed = errors.GitError(result.argv, result.returncode, result.stdout, result.stderr)
-        raise signing_failure(worktree, failed, timeout) or failed
+        unwritten = errors.GitError(result.argv, result.returncode, result.stdout, result.stderr)
+        raise signing_failure(worktree, unwritten, timeout) or unwritten
     raise errors.CommitRefused(result.argv, result.returncode, result.stdout, result.stderr)
 
 

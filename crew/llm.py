@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from typing import Any
+from typing import Any, TypedDict
 
 import requests
 
@@ -27,13 +27,18 @@ class LLMReply:
     completion_tokens: int = 0
 
 
+class ChatMessage(TypedDict):
+    role: str  # "system", "user" or "assistant"
+    content: str
+
+
 class LLMClient:
     """One chat request at a time, with the JSON schema the reply must follow."""
 
     def __init__(self, config: configuration.Config, model: str | None = None):
         self.config = config
         self.model = model or config.llm_model
-        self.url = config.llm_url
+        self.url = configuration.resolved(config.llm_url, "llm_url")
         self.session = requests.Session()
         self.session.trust_env = False  # a proxy setting must not capture a loopback server
         self._openai_format = "json_schema"
@@ -47,14 +52,15 @@ class LLMClient:
             raise self._unreachable() from None
         body = self._check(response)
         items = body.get("models") if self.config.llm_api == "ollama" else body.get("data")
-        return [m.get("name") or m.get("id") for m in items or [] if isinstance(m, dict)]
+        return [name for m in items or [] if isinstance(m, dict)
+                if isinstance(name := m.get("name") or m.get("id"), str)]
 
-    def chat(self, messages: list[dict], schema: dict) -> LLMReply:
+    def chat(self, messages: list[ChatMessage], schema: dict[str, Any]) -> LLMReply:
         if self.config.llm_api == "ollama":
             return self._ollama(messages, schema)
         return self._openai(messages, schema)
 
-    def _post(self, path: str, body: dict) -> requests.Response:
+    def _post(self, path: str, body: dict[str, Any]) -> requests.Response:
         url = self.url + path
         try:
             return self.session.post(url, json=body, timeout=self.config.llm_timeout_secs)
@@ -68,7 +74,7 @@ class LLMClient:
         hint = "is `ollama serve` running" if self.config.llm_api == "ollama" else "is the server running"
         return LLMError(f"cannot reach the LLM server at {self.url} ({hint} at that address?)")
 
-    def _check(self, response: requests.Response) -> dict:
+    def _check(self, response: requests.Response) -> dict[str, Any]:
         try:
             body = response.json()
         except ValueError:
@@ -97,7 +103,7 @@ class LLMClient:
             raise LLMError(f"the LLM's reply was cut at llm_max_tokens ({self.config.llm_max_tokens} tokens) "
                            "before it ended; raise llm_max_tokens, or use a model that stops by itself")
 
-    def _ollama(self, messages: list[dict], schema: dict) -> LLMReply:
+    def _ollama(self, messages: list[ChatMessage], schema: dict[str, Any]) -> LLMReply:
         body = self._check(self._post("/api/chat", {
             "model": self.model, "messages": messages, "stream": False, "format": schema,
             "options": {"temperature": self.config.llm_temperature, "num_ctx": self.config.llm_num_ctx,
@@ -109,8 +115,8 @@ class LLMClient:
             raise LLMRetryable("the LLM server's reply has no message content")
         return LLMReply(content, body.get("prompt_eval_count") or 0, body.get("eval_count") or 0)
 
-    def _openai(self, messages: list[dict], schema: dict) -> LLMReply:
-        def request(response_format: dict) -> requests.Response:
+    def _openai(self, messages: list[ChatMessage], schema: dict[str, Any]) -> LLMReply:
+        def request(response_format: dict[str, Any]) -> requests.Response:
             return self._post("/v1/chat/completions", {
                 "model": self.model, "messages": messages, "temperature": self.config.llm_temperature,
                 "response_format": response_format, "max_tokens": self.config.llm_max_tokens, "stream": False})

@@ -3,6 +3,7 @@ terminal, branch and file names, output tails for notes."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import PurePosixPath
 
 from crew import errors
@@ -132,7 +133,7 @@ def store_title(title: str) -> str:
     return title.encode("utf-8")[:room].decode("utf-8", "ignore") + CUT_MARK
 
 
-def store_labels(labels: list[str]) -> list[str]:
+def store_labels(labels: Sequence[str]) -> list[str]:
     """Labels fit for either store: one bd cannot hold (a conflicted file's path, from git, over
     LABEL_LIMIT characters, which bd refuses with the whole task, or with a comma, which would
     split it) is left out."""

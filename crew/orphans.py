@@ -13,6 +13,8 @@ import subprocess
 import sys
 import threading
 import weakref
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import psutil
 
@@ -20,7 +22,7 @@ import psutil
 MARK_VARIABLE = "DISPATCH_PROCESS_MARK"  # names the worker or gate a process was started for
 PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 
-_spawned: weakref.WeakSet[subprocess.Popen] = weakref.WeakSet()
+_spawned: weakref.WeakSet[subprocess.Popen[Any]] = weakref.WeakSet()
 # Held while a process is started and registered, and while orphans are reaped: a child no Popen
 # owns yet must never be reaped, or its Popen would read a failed command as exit 0.
 _spawn_lock = threading.Lock()
@@ -28,7 +30,7 @@ _jobs: dict[int, int] = {}  # Windows: pid -> its job object's handle
 
 
 @contextlib.contextmanager
-def subreaper():
+def subreaper() -> Iterator[None]:
     """Linux, while the block runs (a dispatcher's run): orphans of our descendants are reparented
     to us, not to init. Elsewhere there is no such thing: a daemon is then found by its mark only
     while its parent lives. Set back after, for a process that goes on (a test's, a demo's)."""
@@ -42,10 +44,11 @@ def subreaper():
 
 def set_subreaper(on: bool) -> bool:
     libc = ctypes.CDLL(None, use_errno=True)
-    return libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
+    done: int = libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)
+    return done == 0
 
 
-def spawn(argv: list[str], mark: str | None = None, **popen_args) -> subprocess.Popen:
+def spawn(argv: list[str], mark: str | None = None, **popen_args: Any) -> subprocess.Popen[Any]:
     """subprocess.Popen, registered as ours (see reap_orphans); with a mark, in its environment,
     and on Windows in a job object of its own."""
     if mark is not None:
@@ -61,6 +64,7 @@ def spawn(argv: list[str], mark: str | None = None, **popen_args) -> subprocess.
 def marked(mark: str, everywhere: bool = False) -> list[psutil.Process]:
     """The living processes that carry `mark`: among our descendants (orphans come back to the
     subreaper), or, after a restart (they went to init meanwhile), among all the user's processes."""
+    candidates: Iterable[psutil.Process]
     if everywhere:
         candidates = psutil.process_iter()
     else:
@@ -104,18 +108,20 @@ def reap_orphans() -> None:
                 continue
 
 
-def windows_job_for(proc: subprocess.Popen) -> int:
+def windows_job_for(proc: subprocess.Popen[Any]) -> int:
     """Windows: a job object holding `proc`; every process it starts joins the job too."""
-    kernel32 = ctypes.windll.kernel32
+    # ctypes.windll and Popen._handle exist on Windows only, the one platform that calls this.
+    kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined,unused-ignore]
     kernel32.CreateJobObjectW.restype = ctypes.c_void_p
-    job = kernel32.CreateJobObjectW(None, None)
-    kernel32.AssignProcessToJobObject(ctypes.c_void_p(job), ctypes.c_void_p(int(proc._handle)))
+    job: int = kernel32.CreateJobObjectW(None, None)
+    handle = int(proc._handle)  # type: ignore[attr-defined,unused-ignore]
+    kernel32.AssignProcessToJobObject(ctypes.c_void_p(job), ctypes.c_void_p(handle))
     return job
 
 
 def end_windows_job(pid: int) -> None:
     """Windows: end every process in the job of the process `pid` was started as, if any."""
     if (job := _jobs.pop(pid, None)) is not None:
-        kernel32 = ctypes.windll.kernel32
+        kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined,unused-ignore]  # Windows only, as above
         kernel32.TerminateJobObject(ctypes.c_void_p(job), 1)
         kernel32.CloseHandle(ctypes.c_void_p(job))

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypedDict
 
 from crew import errors as errs
 from crew import llm
@@ -49,7 +50,13 @@ class Subtask:
     depends_on: list[int]
 
 
-def plan_schema(min_count: int, max_count: int) -> dict:
+class CreatedTasks(TypedDict):
+    parent: str  # the parent task's id
+    tasks: list[model.Task]  # the subtasks created, in order
+    waits: list[list[str]]  # for each of them, the ids it waits for
+
+
+def plan_schema(min_count: int, max_count: int) -> dict[str, Any]:
     return {
         "type": "object",
         "properties": {"subtasks": {
@@ -65,26 +72,28 @@ def plan_schema(min_count: int, max_count: int) -> dict:
     }
 
 
-def find_subtask_list(data) -> list:
+def find_subtask_list(data: Any) -> list[Any]:
     """Local models put the list under "subtasks", another key, or bare: take what is there."""
     if isinstance(data, list):
         return data
     if isinstance(data, dict):
-        if isinstance(data.get("subtasks"), list):
-            return data["subtasks"]
+        if isinstance(subtasks := data.get("subtasks"), list):
+            return subtasks
         lists = [v for v in data.values() if isinstance(v, list) and v and all(isinstance(i, dict) for i in v)]
         if len(lists) == 1:
             return lists[0]
     raise PlanError('expected {"subtasks": [...]}, found no list of subtasks')
 
 
-def validate_plan(data, min_count: int, max_count: int) -> tuple[list[Subtask], list[str]]:
+def validate_plan(data: Any, min_count: int, max_count: int) -> tuple[list[Subtask], list[str]]:
     """The plan's subtasks, and notes on what was merged. A subtask repeated with the same title
     and files (small models repeat themselves) is merged into its first copy."""
     items = find_subtask_list(data)
-    errors, notes = [], []
-    subtasks, seen = [], {}  # seen: normalized title -> (index, files)
-    position = {}  # the model's index of a subtask -> its index in the merged plan
+    errors: list[str] = []
+    notes: list[str] = []
+    subtasks: list[Subtask] = []
+    seen: dict[str, tuple[int, list[str]]] = {}  # normalized title -> (index, files)
+    position: dict[int, int] = {}  # the model's index of a subtask -> its index in the merged plan
     for index, item in enumerate(items):
         where = f"subtask {index}"
         if not isinstance(item, dict):
@@ -101,7 +110,7 @@ def validate_plan(data, min_count: int, max_count: int) -> tuple[list[Subtask], 
         errors += [f"{where}: its {what} {problem}" for what, text in (("title", title), ("description", description))
                    if (problem := names.task_text_problem(text, names.TEXT_LIMIT))]
         files = item.get("files")
-        clean_files = []
+        clean_files: list[str] = []
         if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
             errors.append(f"{where} must name at least one file in \"files\" (a list of paths)")
         else:
@@ -146,7 +155,8 @@ def validate_plan(data, min_count: int, max_count: int) -> tuple[list[Subtask], 
 
 def link_shared_files(subtasks: list[Subtask]) -> list[str]:
     """A later subtask naming a file an earlier one names waits for it; returns what was linked."""
-    notes, last_for_file = [], {}
+    notes: list[str] = []
+    last_for_file: dict[str, int] = {}
     for index, subtask in enumerate(subtasks):
         for path in subtask.files:
             earlier = last_for_file.get(path)
@@ -158,7 +168,8 @@ def link_shared_files(subtasks: list[Subtask]) -> list[str]:
     return notes
 
 
-def build_messages(goal: str, files: list[str], max_files: int, min_count: int, max_count: int) -> list[dict]:
+def build_messages(goal: str, files: list[str], max_files: int, min_count: int,
+                   max_count: int) -> list[llm.ChatMessage]:
     listing = "\n".join(files[:max_files]) or "(the repository has no tracked files yet)"
     if len(files) > max_files:
         listing += f"\n... and {len(files) - max_files} more files (list cut at {max_files})"
@@ -167,8 +178,8 @@ def build_messages(goal: str, files: list[str], max_files: int, min_count: int, 
             {"role": "user", "content": f"{rules}\n\nGoal:\n{goal}\n\nFiles tracked in the repository:\n{listing}"}]
 
 
-def ask_for_plan(client: llm.LLMClient, messages: list[dict], retries: int, min_count: int,
-                 max_count: int, progress) -> tuple[list[Subtask], list[str], dict]:
+def ask_for_plan(client: llm.LLMClient, messages: list[llm.ChatMessage], retries: int, min_count: int,
+                 max_count: int, progress: Callable[[str], object]) -> tuple[list[Subtask], list[str], dict[str, int]]:
     """Ask, validate, and ask again with the problems quoted, up to `retries` more times."""
     tokens = {"prompt": 0, "completion": 0}
     schema = plan_schema(min_count, max_count)
@@ -198,7 +209,7 @@ def ask_for_plan(client: llm.LLMClient, messages: list[dict], retries: int, min_
 
 
 def create_tasks(store: model.TaskStore, goal: str, parent_task: model.Task | None, subtasks: list[Subtask],
-                 open_titles: dict, labels: Sequence[str] = ()) -> dict:
+                 open_titles: dict[str, str], labels: Sequence[str] = ()) -> CreatedTasks:
     """The parent (unless splitting an existing task) and every subtask, in order; `labels` go on
     every subtask."""
     created: list[model.Task] = []

@@ -6,11 +6,13 @@ import dataclasses
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import psutil
 
@@ -30,7 +32,7 @@ class Completed:
     stderr: str
 
 
-def run(*argv: str | os.PathLike, cwd: str | os.PathLike | None = None, check: bool = True,
+def run(*argv: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None, check: bool = True,
         timeout: float | None = None, env: dict[str, str] | None = None,
         error: type[errors.CommandError] = errors.CommandError, input: str | None = None,
         tree: bool = False) -> Completed:
@@ -49,7 +51,7 @@ def run(*argv: str | os.PathLike, cwd: str | os.PathLike | None = None, check: b
     return result
 
 
-def run_detached_output(*argv: str, cwd: str | os.PathLike, input: str, timeout: float, output_chars: int,
+def run_detached_output(*argv: str, cwd: str | os.PathLike[str], input: str, timeout: float, output_chars: int,
                         error: type[errors.CommandError] = errors.CommandError) -> Completed:
     """Run a command tree (as run(tree=True)) whose output may be unbounded and whose daemons may
     outlive it (a user's notifier): its stdin and output are temporary files, not pipes, so it is
@@ -66,8 +68,12 @@ def run_detached_output(*argv: str, cwd: str | os.PathLike, input: str, timeout:
     return Completed(args, proc.returncode, said, "")
 
 
+Waited = TypeVar("Waited")
+
+
 def _started_and_waited(args: list[str], tree: bool, timeout: float | None, error: type[errors.CommandError],
-                        wait, **popen_args) -> tuple[subprocess.Popen, object]:
+                        wait: Callable[[subprocess.Popen[Any]], Waited],
+                        **popen_args: Any) -> tuple[subprocess.Popen[Any], Waited]:
     """Start a command (tree: in a process group of its own) and wait(proc) for it; past the
     timeout, or at Ctrl-C, it is ended whole. The process and what wait returned."""
     try:
@@ -86,14 +92,18 @@ def _started_and_waited(args: list[str], tree: bool, timeout: float | None, erro
 
 
 # POSIX: a session of its own; Windows: a process group of its own (what taskkill /T ends).
-NEW_GROUP = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if IS_WINDOWS else {"start_new_session": True}
+NEW_GROUP: dict[str, Any]
+if sys.platform == "win32":  # os.name == "nt", spelt so that mypy knows the platform's names
+    NEW_GROUP = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+else:
+    NEW_GROUP = {"start_new_session": True}
 COMMAND_KILL_GRACE_SECS = 2  # git removes its lock files on SIGTERM at once; a hook gets this long
-_commands: dict[int, tuple[subprocess.Popen, bool]] = {}  # pid -> (the command, being ended)
+_commands: dict[int, tuple[subprocess.Popen[Any], bool]] = {}  # pid -> (the command, being ended)
 _commands_lock = threading.Lock()
 
 
 @contextlib.contextmanager
-def running(proc: subprocess.Popen):
+def running(proc: subprocess.Popen[Any]) -> Iterator[None]:
     """The command is listed while it runs, whichever thread waits for it, so a stop can end it."""
     with _commands_lock:
         _commands[proc.pid] = (proc, False)
@@ -115,7 +125,7 @@ def end_commands(grace: float = COMMAND_KILL_GRACE_SECS) -> list[TreeKill]:
         return [TreeKill.begin(proc.pid, grace) for proc in due]
 
 
-def end_command(proc: subprocess.Popen, tree: bool) -> None:
+def end_command(proc: subprocess.Popen[Any], tree: bool) -> None:
     """A command given up on: its tree (or the process alone) ended, its pipes closed."""
     if tree:
         kill_tree(proc.pid, COMMAND_KILL_GRACE_SECS, proc)
@@ -124,15 +134,17 @@ def end_command(proc: subprocess.Popen, tree: bool) -> None:
     try:
         proc.communicate(timeout=COMMAND_KILL_GRACE_SECS)  # a process outside the tree may hold the pipes
     except subprocess.TimeoutExpired:
-        proc.stdout.close()
-        proc.stderr.close()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:  # None where the output went to a file (run_detached_output)
+                pipe.close()
     proc.wait()
 
 
 WAIT_STEP_SECS = 0.05  # a setup command or gate notices a stop within this
 
 
-def start_process(argv: list[str], cwd: Path, env: dict, log_path: Path, mark: str) -> subprocess.Popen:
+def start_process(argv: list[str], cwd: Path, env: dict[str, str], log_path: Path,
+                  mark: str) -> subprocess.Popen[bytes]:
     """Output goes to a file, not a pipe: it survives us, and no grandchild can hang us on it.
     mark: the worker or gate it is for (orphans.MARK_VARIABLE), which every descendant inherits."""
     try:
@@ -213,7 +225,7 @@ class TreeKill:
     leads and, given a mark, every process carrying it (orphans.py): daemons that left the group."""
 
     pid: int | None  # the group's leader (start_process starts each in its own); None: the marked only
-    proc: subprocess.Popen | None  # our child, to reap, when we started it
+    proc: subprocess.Popen[Any] | None  # our child, to reap, when we started it
     grace: float
     deadline: float  # monotonic: when what is left gets killed
     forced: bool = False
@@ -221,7 +233,7 @@ class TreeKill:
     everywhere: bool = False  # look for marked processes among all, not only our descendants
 
     @classmethod
-    def begin(cls, pid: int | None, grace: float, proc: subprocess.Popen | None = None, mark: str | None = None,
+    def begin(cls, pid: int | None, grace: float, proc: subprocess.Popen[Any] | None = None, mark: str | None = None,
               everywhere: bool = False) -> TreeKill:
         kill = cls(pid, proc, grace, time.monotonic() + grace, mark=mark, everywhere=everywhere)
         if IS_WINDOWS and pid is not None:
@@ -279,14 +291,15 @@ def wait_for_kills(kills: Iterable[TreeKill], give_up_after: float | None = None
     return []
 
 
-def kill_tree(pid: int | None, grace: float, proc: subprocess.Popen | None = None, mark: str | None = None,
+def kill_tree(pid: int | None, grace: float, proc: subprocess.Popen[Any] | None = None, mark: str | None = None,
               everywhere: bool = False) -> None:
     """End a process tree and wait until it has ended (at most about `grace`, then it is killed).
     Only where waiting is right: a thread of its own (a setup command), or the last act of a run."""
     wait_for_kills([TreeKill.begin(pid, grace, proc, mark, everywhere)])
 
 
-def wait_or_end(proc: subprocess.Popen, timeout: float, stop, grace: float, mark: str) -> str | None:
+def wait_or_end(proc: subprocess.Popen[Any], timeout: float, stop: Callable[[], bool], grace: float,
+                mark: str) -> str | None:
     """Wait for a process started by start_process (a setup command, the gate); end its tree past
     `timeout`, or as soon as stop() is true (a second Ctrl-C). None if it exited by itself, else why not."""
     deadline = time.monotonic() + timeout

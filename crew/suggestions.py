@@ -7,6 +7,7 @@ import os
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 from crew import config as configuration
 from crew import errors
@@ -34,10 +35,10 @@ class Suggestion:
 @dataclasses.dataclass
 class IngestResult:
     created: list[str] = dataclasses.field(default_factory=list)
-    skipped: list[dict] = dataclasses.field(default_factory=list)
-    plan: list[dict] = dataclasses.field(default_factory=list)
+    skipped: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    plan: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
-    def to_dict(self, dry_run: bool) -> dict:
+    def to_dict(self, dry_run: bool) -> dict[str, Any]:
         return {"plan" if dry_run else "created": self.plan if dry_run else self.created, "skipped": self.skipped}
 
 

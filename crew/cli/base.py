@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import io
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from crew import config
@@ -14,7 +14,7 @@ from crew import files
 from crew import names
 
 
-def run_main(main_func, argv: Sequence[str] | None = None) -> int:
+def run_main(main_func: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """The one wrapper around each script's main: user errors become one line on stderr."""
     failpoints.arm_from_environment()
     # Output redirected to a file on Windows is in the locale's code page, which lacks most of
@@ -43,9 +43,9 @@ def print_json(data: Any) -> None:
     print(files.json_text(data, indent=2))
 
 
-def add_common_options(parser, subcommand: bool = False) -> None:
+def add_common_options(parser: argparse.ArgumentParser, subcommand: bool = False) -> None:
     """Options every script has; on a subcommand they may also follow its name."""
-    default = {"default": argparse.SUPPRESS} if subcommand else {}
+    default: dict[str, Any] = {"default": argparse.SUPPRESS} if subcommand else {}
     parser.add_argument("--config", metavar="PATH", **default,
                         help=f"settings file (default: {config.CONFIG_FILE_NAME} in the repository's main "
                              "root, else the one beside the scripts)")

@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 import webbrowser
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from crew import config as configuration
 from crew import errors
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def print_summary(summary: dict, as_json: bool) -> None:
+def print_summary(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
         cli_base.print_json(summary)
         return
@@ -92,7 +93,7 @@ def print_summary(summary: dict, as_json: bool) -> None:
         cli_base.show(f"report: {summary['report']}")
 
 
-def print_status(result: dict) -> None:
+def print_status(result: dict[str, Any]) -> None:
     d = result["dispatcher"]
     cli_base.show(f"dispatcher: {'pid ' + str(d['pid']) + ' since ' + d['started_at'] if d else 'not running'}")
     for w in result["workers"]:
@@ -124,7 +125,7 @@ def print_status(result: dict) -> None:
     cli_base.show("  tasks: " + ", ".join(f"{k} {v}" for k, v in sorted(result["counts"].items())))
 
 
-def print_dry_run(plan: list[dict]) -> None:
+def print_dry_run(plan: list[dict[str, Any]]) -> None:
     for item in plan:
         cli_base.show(f"{'start' if item['start'] else 'wait '} {item['id']}  {item['title']}"
                       + (f"  ({item['reason']})" if item["reason"] else ""))
@@ -132,7 +133,7 @@ def print_dry_run(plan: list[dict]) -> None:
         print("nothing is ready")
 
 
-def progress_printer(as_json: bool):
+def progress_printer(as_json: bool) -> Callable[[str], None]:
     """What a run says as it goes: on stdout, or on stderr when stdout is for the JSON summary."""
     def say(msg: str) -> None:
         try:
@@ -142,7 +143,7 @@ def progress_printer(as_json: bool):
     return say
 
 
-def exit_code(summary: dict, interrupted: bool) -> int:
+def exit_code(summary: dict[str, Any], interrupted: bool) -> int:
     if interrupted:
         return 130
     return 1 if summary["blocked"] or summary["waiting"] else 0

@@ -104,9 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "tokens": tokens})
         else:
             for i, s in enumerate(subtasks):
-                waits = f"  (waits for {', '.join(map(str, s.depends_on))})" if s.depends_on else ""
+                waiting = f"  (waits for {', '.join(map(str, s.depends_on))})" if s.depends_on else ""
                 base.show(f"{i}. {s.title}")
-                base.show(f"   files: {', '.join(s.files)}{waits}")
+                base.show(f"   files: {', '.join(s.files)}{waiting}")
             for note in notes:
                 base.show(f"note: {note}")
             for skip in skipped:

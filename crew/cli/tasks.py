@@ -153,14 +153,14 @@ def held(config: configuration.Config, task_id: str | None, decision: rewritten_
         for request in [] if as_json else holds:
             base.show(f"{request.task_id:<14} {request.branch}  {request.held}")
         return 0
-    request = next((r for r in holds if r.task_id == task_id), None)
-    if request is None:
+    held = next((r for r in holds if r.task_id == task_id), None)
+    if held is None:
         raise errors.UserError(f"{task_id}: no branch of it is held")
     if decision is None:
-        raise errors.UsageError(f"{task_id}: say what becomes of {request.branch}: --merge or --discard")
-    rewritten_main.record_decision(config, request, decision)
+        raise errors.UsageError(f"{task_id}: say what becomes of {held.branch}: --merge or --discard")
+    rewritten_main.record_decision(config, held, decision)
     outcome = "merged as it is" if decision == rewritten_main.HeldDecision.MERGE else "discarded, the task released"
-    base.show(f"{task_id}: {request.branch} will be {outcome} "
+    base.show(f"{task_id}: {held.branch} will be {outcome} "
               "(by the dispatcher: now if it runs, else at its next run)")
     return 0
 

@@ -7,8 +7,9 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from crew import errors
 from crew import logs
@@ -24,7 +25,14 @@ class Event:
     at: float  # seconds since the epoch
     name: str
     task_id: str | None
-    fields: dict
+    fields: dict[str, Any]  # the event's own values, as JSON (each checked by FIELD_CHECKS as read)
+
+    @property
+    def task(self) -> str:
+        """The id of the task the event is about, for an event that is about one."""
+        if self.task_id is None:
+            raise ValueError(f"a {self.name} event names no task")
+        return self.task_id
 
     def get_int(self, key: str) -> int | None:
         value = self.fields.get(key)
@@ -83,7 +91,7 @@ WORKER_KINDS = ("task", "conflict", "gate")
 DIFFSTAT_COUNTS = ("files", "insertions", "deletions")
 
 
-def _whole(least: int, most: float = math.inf):
+def _whole(least: int, most: float = math.inf) -> Callable[[object], bool]:
     return lambda value: type(value) is int and least <= value <= most  # type(): a bool is no number
 
 
@@ -96,7 +104,7 @@ def _diffstat(value: object) -> bool:
         type(count) is int and count >= 0 for count in map(value.get, DIFFSTAT_COUNTS, (0, 0, 0))))
 
 
-FIELD_CHECKS = {
+FIELD_CHECKS: dict[str, dict[str, Callable[[Any], bool]]] = {
     "dispatcher_started": {"pid": _whole(1), "max_workers": _whole(1, MOST_WORKERS)},
     "worker_started": {"slot": _whole(1, MOST_WORKERS), "attempt": _whole(1), "pid": _whole(1), "title": _text,
                        "log": _text, "kind": lambda value: value in WORKER_KINDS},

@@ -82,7 +82,7 @@ class TaskRow:
     detail: str = ""  # what it waits for, or why it is blocked
     attempts: list[Attempt] = dataclasses.field(default_factory=list)
     queue_wait: float = 0.0
-    diffstat: dict | None = None
+    diffstat: dict[str, int] | None = None  # files, insertions, deletions
     tokens: Tokens | None = None
     logs: list[tuple[str, Path]] = dataclasses.field(default_factory=list)  # (label, path)
     last_seen: float = 0.0  # its latest event
@@ -272,33 +272,33 @@ class _Builder:
     # ---- workers -----------------------------------------------------------------------
 
     def on_worker_started(self, e: event_log.Event) -> None:
-        if (stale := self.open.pop(e.task_id, None)) is not None:
+        if (stale := self.open.pop(e.task, None)) is not None:
             stale.end, stale.outcome = e.at, "lost"  # its end was never recorded (a crash)
-        row = self.task(e.task_id)
+        row = self.task(e.task)
         row.title = e.get_str("title") or row.title
         kind = e.get_str("kind") or "task"
         row.kind = kind
         slot = e.get_int("slot") or 1
         self.slots = max(self.slots, slot)
-        attempt = Attempt(e.task_id, row.title, e.get_int("attempt") or len(row.attempts) + 1, slot, kind, e.at,
+        attempt = Attempt(e.task, row.title, e.get_int("attempt") or len(row.attempts) + 1, slot, kind, e.at,
                           log_path(self.logs_dir, e))
         self.attempts.append(attempt)
         row.attempts.append(attempt)
-        self.open[e.task_id] = self.last[e.task_id] = attempt
+        self.open[e.task] = self.last[e.task] = attempt
         row.outcome, row.detail = "waiting", "running"
         if self.ends:
             # A gap counts only if the task that ended it was ready all along (a task that became
             # ready later, as the next of a chain does, waited for its dependency, not for a slot).
-            end, ready = self.ends.pop(0), self.ready_since.pop(e.task_id, None)
+            end, ready = self.ends.pop(0), self.ready_since.pop(e.task, None)
             if ready is not None and ready <= end:
                 self.refills.append(e.at - end)
 
     def on_claimed(self, e: event_log.Event) -> None:
         if (ready := e.get_time("ready_since")) is not None:
-            self.ready_since[e.task_id] = ready
+            self.ready_since[e.task] = ready
 
     def end_attempt(self, e: event_log.Event, ended: str = "exited") -> None:
-        attempt = self.open.pop(e.task_id, None)
+        attempt = self.open.pop(e.task, None)
         if attempt is not None:
             attempt.end, attempt.ended = e.at, ended
             self.ends.append(e.at)
@@ -313,7 +313,7 @@ class _Builder:
         self.end_attempt(e, "stopped")  # a second Ctrl-C, SIGTERM or its task blocked by hand ended it
 
     def on_commits_found(self, e: event_log.Event) -> None:
-        if (attempt := self.last.get(e.task_id)) is not None:
+        if (attempt := self.last.get(e.task)) is not None:
             attempt.outcome = "queued"
 
     # ---- the merge queue ---------------------------------------------------------------
@@ -322,91 +322,91 @@ class _Builder:
         self.queue_depth.append((at, len(self.queued)))
 
     def leave_queue(self, e: event_log.Event) -> None:
-        if (since := self.queued.pop(e.task_id, None)) is not None:
-            self.task(e.task_id).queue_wait += e.at - since
+        if (since := self.queued.pop(e.task, None)) is not None:
+            self.task(e.task).queue_wait += e.at - since
             self.depth_changed(e.at)
             if e.name == "merged":
                 self.merge_latencies.append(e.at - since)
 
     def on_merge_queued(self, e: event_log.Event) -> None:
-        if e.task_id not in self.queued:
-            self.queued[e.task_id] = e.at
+        if e.task not in self.queued:
+            self.queued[e.task] = e.at
             self.depth_changed(e.at)
-        self.task(e.task_id).outcome, self.task(e.task_id).detail = "waiting", "in the merge queue"
+        self.task(e.task).outcome, self.task(e.task).detail = "waiting", "in the merge queue"
 
     def on_merged(self, e: event_log.Event) -> None:
         self.leave_queue(e)
-        row = self.task(e.task_id)
+        row = self.task(e.task)
         row.outcome, row.detail = "merged", ""
         diffstat = e.fields.get("diffstat")
         if isinstance(diffstat, dict):
             row.diffstat = diffstat  # a retried merge's last is the one on main
-        if (attempt := self.last.get(e.task_id)) is not None and attempt.outcome in ("queued", "open", "released"):
+        if (attempt := self.last.get(e.task)) is not None and attempt.outcome in ("queued", "open", "released"):
             attempt.outcome, attempt.merged_work = "merged", True
-        for conflict in self.conflicts_on.get(e.task_id, ()):  # its resolvers' work reached main with it
+        for conflict in self.conflicts_on.get(e.task, ()):  # its resolvers' work reached main with it
             if conflict.ended == "resolved":
                 conflict.ended = "resolved and merged"
                 for resolver in self.tasks.get(conflict.conflict_task, TaskRow("", "")).attempts:
                     resolver.merged_work = resolver.outcome == "resolved"
-        self.marks.append(Mark(e.at, "merged", e.task_id, f"merged {e.task_id}: {row.title}"))
+        self.marks.append(Mark(e.at, "merged", e.task, f"merged {e.task}: {row.title}"))
 
     def on_merge_conflict(self, e: event_log.Event) -> None:
         self.leave_queue(e)
 
     def on_gate_failed(self, e: event_log.Event) -> None:
         if e.fields.get("counts") is False:  # a speculative gate: the entry stays queued
-            self.marks.append(Mark(e.at, "gate_failed", e.task_id,
-                                   f"checks failed on {e.task_id} with the entries ahead (not yet counted)"))
+            self.marks.append(Mark(e.at, "gate_failed", e.task,
+                                   f"checks failed on {e.task} with the entries ahead (not yet counted)"))
             return
         self.leave_queue(e)
-        self.marks.append(Mark(e.at, "gate_failed", e.task_id, f"checks failed on {e.task_id}"))
+        self.marks.append(Mark(e.at, "gate_failed", e.task, f"checks failed on {e.task}"))
 
     def on_gate_passed(self, e: event_log.Event) -> None:
-        self.marks.append(Mark(e.at, "gate_passed", e.task_id, f"checks passed on {e.task_id}"))
+        self.marks.append(Mark(e.at, "gate_passed", e.task, f"checks passed on {e.task}"))
 
     def on_review_awaited(self, e: event_log.Event) -> None:
         """Out of the merge queue until a person decides: that wait is theirs, not the queue's."""
         self.leave_queue(e)
-        row = self.task(e.task_id)
+        row = self.task(e.task)
         row.outcome = "waiting"
         row.detail = f"awaiting review since {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(e.at))}"
-        self.marks.append(Mark(e.at, "review_awaited", e.task_id, f"{e.task_id} awaits review"))
+        self.marks.append(Mark(e.at, "review_awaited", e.task, f"{e.task} awaits review"))
 
     def on_review_approved(self, e: event_log.Event) -> None:
         self.on_merge_queued(e)
-        self.task(e.task_id).detail = "approved in review; in the merge queue"
-        self.marks.append(Mark(e.at, "review_approved", e.task_id, f"{e.task_id} approved in review"))
+        self.task(e.task).detail = "approved in review; in the merge queue"
+        self.marks.append(Mark(e.at, "review_approved", e.task, f"{e.task} approved in review"))
 
     def on_review_rejected(self, e: event_log.Event) -> None:
         """Its release follows, with the reason the next attempt reads."""
-        self.task(e.task_id).detail = "rejected in review"
-        self.marks.append(Mark(e.at, "review_rejected", e.task_id, f"{e.task_id} rejected in review"
+        self.task(e.task).detail = "rejected in review"
+        self.marks.append(Mark(e.at, "review_rejected", e.task, f"{e.task} rejected in review"
                                + (f"; the branch is kept as {kept}" if (kept := e.get_str("kept_as")) else "")))
 
     def on_stale_branch(self, e: event_log.Event) -> None:
         self.leave_queue(e)
-        row = self.task(e.task_id)
+        row = self.task(e.task)
         row.outcome, row.detail = "waiting", "not merged: the task changed meanwhile; branch kept"
 
     def on_conflict_filed(self, e: event_log.Event) -> None:
         conflict_task = e.get_str("conflict_task") or "?"
         kind = e.get_str("kind") or "conflict"
         if conflict_task not in self.conflicts:
-            self.conflicts[conflict_task] = Conflict(e.task_id, conflict_task, kind)
-            self.conflicts_on.setdefault(e.task_id, []).append(self.conflicts[conflict_task])
+            self.conflicts[conflict_task] = Conflict(e.task, conflict_task, kind)
+            self.conflicts_on.setdefault(e.task, []).append(self.conflicts[conflict_task])
         self.task(conflict_task).kind = kind
         self.task(conflict_task).title = e.get_str("title") or conflict_task
-        row = self.task(e.task_id)
+        row = self.task(e.task)
         row.outcome, row.detail = "waiting", f"waits for {conflict_task}"
         what = "merge conflict" if kind == "conflict" else "failing checks"
-        self.marks.append(Mark(e.at, "conflict", e.task_id, f"{what} on {e.task_id}: filed {conflict_task}"))
+        self.marks.append(Mark(e.at, "conflict", e.task, f"{what} on {e.task}: filed {conflict_task}"))
 
     # ---- how a task ends ---------------------------------------------------------------
 
     def on_released(self, e: event_log.Event) -> None:
-        row = self.task(e.task_id)
+        row = self.task(e.task)
         row.outcome, row.detail = "waiting", "released for another attempt"
-        attempt = self.last.get(e.task_id)
+        attempt = self.last.get(e.task)
         if attempt is not None and attempt.outcome in ("open", "queued"):
             attempt.outcome = "released"
         elif attempt is not None and attempt.ended != "exited" and attempt.outcome == "merged":
@@ -415,47 +415,47 @@ class _Builder:
 
     def on_blocked(self, e: event_log.Event) -> None:
         self.leave_queue(e)
-        row = self.task(e.task_id)
+        row = self.task(e.task)
         row.outcome, row.detail = "blocked", e.get_str("reason") or ""
-        if (attempt := self.last.get(e.task_id)) is not None and attempt.outcome in ("open", "queued", "released"):
+        if (attempt := self.last.get(e.task)) is not None and attempt.outcome in ("open", "queued", "released"):
             attempt.outcome = "blocked"
-        for conflict in [*self.conflicts_on.get(e.task_id, ()), *filter(None, [self.conflicts.get(e.task_id)])]:
+        for conflict in [*self.conflicts_on.get(e.task, ()), *filter(None, [self.conflicts.get(e.task)])]:
             if conflict.ended in ("open", "resolved"):
                 conflict.ended = "blocked"
 
     def on_record_dropped(self, e: event_log.Event) -> None:
         """The task was deleted from the store: its merge-queue entry or pending merge was dropped."""
         self.leave_queue(e)
-        row = self.task(e.task_id)
+        row = self.task(e.task)
         row.outcome, row.detail = "dropped", f"deleted from the store; dropped its {e.get_str('record') or 'record'}"
-        if (conflict := self.conflicts.get(e.task_id)) is not None and conflict.ended == "open":
+        if (conflict := self.conflicts.get(e.task)) is not None and conflict.ended == "open":
             conflict.ended = "dropped"
 
     on_left_blocked = on_blocked  # blocked by hand while it ran: the event carries the reason
 
     def on_claim_lost(self, e: event_log.Event) -> None:
         """Its claim was taken back while it ran (its lease lapsed): the task is another's now."""
-        row = self.task(e.task_id)
+        row = self.task(e.task)
         row.outcome, row.detail = "waiting", e.get_str("reason") or ""
-        if (attempt := self.last.get(e.task_id)) is not None and attempt.outcome == "open":
+        if (attempt := self.last.get(e.task)) is not None and attempt.outcome == "open":
             attempt.outcome = "released"
 
     def on_closed(self, e: event_log.Event) -> None:
         """A conflict or fix task resolved by its worker (a merged task is closed after `merged`)."""
-        if e.task_id in self.conflicts:
-            self.conflicts[e.task_id].ended = "resolved"
-            row = self.task(e.task_id)
+        if e.task in self.conflicts:
+            self.conflicts[e.task].ended = "resolved"
+            row = self.task(e.task)
             row.outcome, row.detail = "resolved", ""
-            if (attempt := self.last.get(e.task_id)) is not None:
+            if (attempt := self.last.get(e.task)) is not None:
                 attempt.outcome = "resolved"
 
     def on_reverted(self, e: event_log.Event) -> None:
         """Its merges were undone on main by a revert task's branch: reopened, or left closed."""
-        row, undo = self.task(e.task_id), e.get_str("revert_task") or "?"
+        row, undo = self.task(e.task), e.get_str("revert_task") or "?"
         reopened = e.fields.get("reopened") is True
         row.outcome = "waiting" if reopened else "reverted"
         row.detail = f"undone on main by {undo}" + ("; reopened for another attempt" if reopened else "")
-        self.marks.append(Mark(e.at, "reverted", e.task_id, f"{e.task_id} reverted on main by {undo}"))
+        self.marks.append(Mark(e.at, "reverted", e.task, f"{e.task} reverted on main by {undo}"))
 
     def on_main_checked(self, e: event_log.Event) -> None:
         commit = (e.get_str("commit") or "")[:10]
@@ -476,7 +476,7 @@ class _Builder:
             found = [p for p in dict.fromkeys(a.log for a in row.attempts if a.log is not None)
                      if p.is_file() and not p.is_symlink()]  # a link could point anywhere
             if len(found) > 1 and len(found) == len(row.attempts):  # one log per attempt
-                row.logs = [(f"attempt {a.number}", a.log) for a in row.attempts]
+                row.logs = [(f"attempt {a.number}", a.log) for a in row.attempts if a.log is not None]
             else:
                 row.logs = [("log", path) for path in found]
             counts = [t for t in map(tokens_in_log, found) if t is not None]

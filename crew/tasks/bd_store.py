@@ -1,6 +1,7 @@
 """Tasks in beads, through the bd CLI (see docs/bd-contract.md)."""
 from __future__ import annotations
 
+import builtins  # the stores' method `list` hides the type's name in their class bodies
 import contextlib
 import json
 import os
@@ -98,7 +99,7 @@ class BdTaskStore:
         tasks = self._tasks("list", "--limit", "0", "--status", ",".join(statuses) if statuses else "all")
         return [t for t in tasks if statuses is None or t.status in statuses]
 
-    def ready(self, limit: int | None = None) -> list[model.Task]:
+    def ready(self, limit: int | None = None) -> builtins.list[model.Task]:
         # Epics are never work; ask for everything so a limit is not used up by them.
         return [t for t in self._tasks("ready", "--limit", "0") if t.issue_type != "epic"][:limit]
 
@@ -124,7 +125,7 @@ class BdTaskStore:
             raise
         return None
 
-    def reclaim(self) -> list[tuple[str, str]]:
+    def reclaim(self) -> builtins.list[tuple[str, str]]:
         """`bd reclaim`, with bd's own grace: leases that expired more than twice their length ago."""
         out = self._call("reclaim")
         taken = out.get("reclaimed") if isinstance(out, dict) else None

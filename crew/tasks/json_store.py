@@ -1,6 +1,7 @@
 """The embedded store: task_queue.json."""
 from __future__ import annotations
 
+import builtins  # the stores' method `list` hides the type's name in their class bodies
 import contextlib
 import json
 import os
@@ -18,9 +19,12 @@ from crew.tasks import model
 
 
 ID_COUNTER = "id_counter"  # task_queue.json: the highest id number ever given
+# A task of task_queue.json, or the whole file: hand-written files are checked key by key
+# (_normalize_entry), so their values are whatever JSON holds until then.
+JsonObject = dict[str, Any]
 
 
-def _open_blockers(entry: dict, by_id: dict[str, dict]) -> list[str]:
+def _open_blockers(entry: JsonObject, by_id: dict[str, JsonObject]) -> list[str]:
     """The tasks that block this one and are not closed (a dangling reference never blocks:
     it could never be closed)."""
     return [dep["depends_on_id"] for dep in entry.get("dependencies") or ()
@@ -28,7 +32,7 @@ def _open_blockers(entry: dict, by_id: dict[str, dict]) -> list[str]:
             and by_id[dep["depends_on_id"]].get("status", "open") != "closed"]
 
 
-def _normalize_entry(entry: dict) -> str | None:
+def _normalize_entry(entry: JsonObject) -> str | None:
     """Bring a hand-written task to the normal form the store writes (README, "task_queue.json"):
     null means "not given", a priority may be a digit in a string, a dependency may be a bare id.
     Returns what cannot be read that way."""
@@ -55,7 +59,7 @@ def _normalize_entry(entry: dict) -> str | None:
     return None
 
 
-def _dependency_cycle(entries: list[dict]) -> list[str] | None:
+def _dependency_cycle(entries: list[JsonObject]) -> list[str] | None:
     """A chain of blocking dependencies that comes back to where it started, if there is one."""
     waits_for = {e["id"]: [d["depends_on_id"] for d in e.get("dependencies", ()) if d.get("type", "blocks")
                            in model.BLOCKING_DEP_TYPES] for e in entries if e.get("dependencies")}
@@ -79,7 +83,7 @@ def _dependency_cycle(entries: list[dict]) -> list[str] | None:
     return None
 
 
-def _entry_is_ready(entry: dict, by_id: dict[str, dict]) -> bool:
+def _entry_is_ready(entry: JsonObject, by_id: dict[str, JsonObject]) -> bool:
     """bd's notion of ready: open, not an epic, no open blocker, parent not blocked."""
     if entry.get("status", "open") != "open" or entry.get("issue_type") == "epic":
         return False
@@ -88,6 +92,9 @@ def _entry_is_ready(entry: dict, by_id: dict[str, dict]) -> bool:
     return not any(dep.get("type") == "parent-child" and dep.get("depends_on_id") in by_id
                    and by_id[dep["depends_on_id"]].get("status", "open") in ("blocked", "deferred")
                    for dep in entry.get("dependencies") or ())
+
+
+StatKey = tuple[int, int, int]  # a file's mtime (ns), size and inode
 
 
 class JsonTaskStore:
@@ -101,19 +108,19 @@ class JsonTaskStore:
         # The parsed file and the stat it was read at: parsing 10,000 tasks costs more than
         # anything else, and os.replace gives every new version a new inode, so a stat that
         # still matches means nobody has written since.
-        self._cache: tuple[tuple, dict] | None = None
+        self._cache: tuple[StatKey | None, JsonObject] | None = None
         # The cache is shared by the threads of one process (the dispatcher's store thread and
         # its loop); the file lock orders processes.
         self._threads = threading.RLock()
 
-    def _stat_key(self) -> tuple | None:
+    def _stat_key(self) -> StatKey | None:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
-    def _load(self) -> dict:
+    def _load(self) -> JsonObject:
         key = self._stat_key()
         if key is not None and self._cache and self._cache[0] == key:
             return self._cache[1]
@@ -139,7 +146,7 @@ class JsonTaskStore:
         self._cache = (key, data) if key else None
         return data
 
-    def _save(self, data: dict) -> None:
+    def _save(self, data: JsonObject) -> None:
         text = files.json_text(data)
         # One task a line, so the file stays readable and diffable. `}, {"id"` cannot occur
         # inside a JSON string (its quotes would be escaped), so this only splits between tasks.
@@ -148,7 +155,7 @@ class JsonTaskStore:
         self._cache = (self._stat_key(), data)
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[dict]:
+    def _transaction(self) -> Iterator[JsonObject]:
         """The whole file ("tasks", and the id counter), saved when the block ends without error."""
         with self._threads, files.locked(self.lock_path, "task queue"):
             data = self._load()
@@ -159,14 +166,15 @@ class JsonTaskStore:
                 raise
             self._save(data)
 
-    def _entries(self) -> list[dict]:
+    def _entries(self) -> list[JsonObject]:
         if not self.path.exists():  # no lock file left behind in a repository the toolkit never wrote to
             return []
         with self._threads, files.locked(self.lock_path, "task queue"):
-            return self._load()["tasks"]
+            tasks: list[JsonObject] = self._load()["tasks"]  # a list, as _load checks
+            return tasks
 
     @staticmethod
-    def _find(entries: list[dict], task_id: str) -> dict:
+    def _find(entries: list[JsonObject], task_id: str) -> JsonObject:
         for entry in entries:
             if entry["id"] == task_id:
                 return entry
@@ -177,7 +185,7 @@ class JsonTaskStore:
             return self._change(self._find(data["tasks"], task_id), note, **changes)
 
     @staticmethod
-    def _change(entry: dict, note: str = "", **changes: Any) -> model.Task:
+    def _change(entry: JsonObject, note: str = "", **changes: Any) -> model.Task:
         entry.update(changes, updated_at=files.now_iso())
         if note := names.clean_text(note):
             entry["notes"] = f"{entry['notes']}\n{note}" if entry.get("notes") else note
@@ -211,7 +219,7 @@ class JsonTaskStore:
             data[ID_COUNTER] = highest
             return created
 
-    def _highest_id_number(self, data: dict) -> int:
+    def _highest_id_number(self, data: JsonObject) -> int:
         """The highest id number ever given. It never goes down, so a deleted task's id never
         comes back: a new task with it would inherit the old one's branch, records and merges.
         A file without the counter (older, or written by hand) starts past every id in use in
@@ -229,7 +237,7 @@ class JsonTaskStore:
         return [model.Task.from_dict(e) for e in self._entries()
                 if statuses is None or e.get("status", "open") in statuses]
 
-    def ready(self, limit: int | None = None) -> list[model.Task]:
+    def ready(self, limit: int | None = None) -> builtins.list[model.Task]:
         entries = self._entries()
         by_id = {e["id"]: e for e in entries}
         ready = sorted((e for e in entries if _entry_is_ready(e, by_id)),
@@ -249,7 +257,7 @@ class JsonTaskStore:
         """A claim here has no lease (one machine, one dispatcher): nothing to renew, never lost."""
         return None
 
-    def reclaim(self) -> list[tuple[str, str]]:
+    def reclaim(self) -> builtins.list[tuple[str, str]]:
         return []
 
     def release(self, task_id: str, note: str = "", actor: str | None = None) -> model.Task:

@@ -1,6 +1,7 @@
 """The task model both stores share."""
 from __future__ import annotations
 
+import builtins  # the stores' method `list` hides the type's name in their class bodies
 import dataclasses
 import typing
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ class Task:
     issue_type: str = "task"
     labels: list[str] = dataclasses.field(default_factory=list)
     assignee: str = ""
-    dependencies: list[dict] = dataclasses.field(default_factory=list)
+    dependencies: list[dict[str, str]] = dataclasses.field(default_factory=list)  # depends_on_id, type
     created_at: str = ""
     updated_at: str = ""
     closed_at: str = ""
@@ -33,7 +34,7 @@ class Task:
     notes: str = ""
 
     @classmethod
-    def from_dict(cls, data: dict) -> Task:
+    def from_dict(cls, data: dict[str, typing.Any]) -> Task:
         """From a task_queue.json entry or any bd output shape (list edges or show's linked issues)."""
         if not isinstance(data, dict) or not isinstance(data.get("id"), str) or not isinstance(data.get("title"), str):
             raise ValueError("a task needs a string 'id' and 'title'")
@@ -54,7 +55,7 @@ class Task:
             closed_at=data.get("closed_at") or "", close_reason=data.get("close_reason") or "",
             notes=data.get("notes") or "")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, typing.Any]:
         return dataclasses.asdict(self)
 
     @property
@@ -102,7 +103,7 @@ class TaskStore(typing.Protocol):
 
     def list(self, statuses: Sequence[str] | None = None) -> list[Task]: ...
 
-    def ready(self, limit: int | None = None) -> list[Task]: ...
+    def ready(self, limit: int | None = None) -> builtins.list[Task]: ...
 
     def claim(self, task_id: str, actor: str) -> bool: ...
 
@@ -112,7 +113,7 @@ class TaskStore(typing.Protocol):
         lease expired, taken by another actor, closed, deleted)."""
         ...
 
-    def reclaim(self) -> list[tuple[str, str]]:
+    def reclaim(self) -> builtins.list[tuple[str, str]]:
         """Take back the claims whose leases lapsed long ago (their holders stopped): the tasks are
         open again. Each as (task id, its previous holder); a store with no leases takes none."""
         ...
