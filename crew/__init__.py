@@ -12,7 +12,7 @@ Layout, one concern a module (each module imports only the ones it needs, as mod
                        a terminal, branch and file names, output tails
   git.py               every git call (LC_ALL=C, no caller's repository variables), merge-tree
   failpoints.py        the test hook: named steps where a test makes the process exit, armed from the environment
-  testing.py           test and demo scaffolding: scripted agent, scratch repositories
+  demo_kit.py          what the demo is made of (the benches too): the scripted agent, a scratch repository
   llm.py               the LLM client (Ollama or OpenAI-compatible), JSON replies
   planning.py          a goal becomes subtasks (split_task.py's work)
   suggestions.py       suggestion lines become tasks (ingest_suggested_tasks.py's work)

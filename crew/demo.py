@@ -6,14 +6,15 @@ import tempfile
 from pathlib import Path
 
 from crew import config as configuration
+from crew import demo_kit
 from crew import git
 from crew import tasks as task_stores
-from crew import testing
 from crew.cli import dispatch as command
 from crew.dispatch import session
 from crew.report import events
 from crew.report import page
 from crew.tasks import model as task_model
+
 
 MAX_WORKERS = 2
 # (title, the scripted agent's cues, files, priority)
@@ -33,12 +34,12 @@ DEMO_TASKS = [
 
 def run_demo(as_json: bool) -> int:
     folder = Path(tempfile.mkdtemp(prefix="dispatch-demo-"))
-    repo = testing.scratch_repository(folder / "demo-repo", {"README.md": "# Demo project\n",
-                                                             "settings.ini": "[ui]\ncolor=blue\n"})
+    repo = demo_kit.scratch_repository(folder / "demo-repo", {"README.md": "# Demo project\n",
+                                                              "settings.ini": "[ui]\ncolor=blue\n"})
     config_path = folder / "dispatch_config.json"
     config_path.write_text(json.dumps({
         "repo_path": str(repo), "task_backend": "json", "max_workers": MAX_WORKERS, "poll_interval_secs": 0.2,
-        "worker_timeout_secs": 60, "worker_command": testing.SCRIPTED_AGENT,
+        "worker_timeout_secs": 60, "worker_command": demo_kit.SCRIPTED_AGENT,
     }, indent=2), encoding="utf-8")
     config = configuration.load_config(str(config_path))
     store = task_stores.open_task_store(config)

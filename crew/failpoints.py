@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+
 KILLED_EXIT = 77  # what a process stopped at a failpoint exits with: a test tells it from a failure
 
 _armed: dict[str, Callable[[], None]] = {}

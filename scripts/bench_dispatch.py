@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from crew import config as configuration  # noqa: E402
 from crew import tasks as task_stores  # noqa: E402
-from crew import testing  # noqa: E402
+from crew import demo_kit  # noqa: E402
+import benchkit  # noqa: E402
 
 def git(cwd: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
@@ -44,10 +45,10 @@ def git(cwd: Path, *args: str) -> str:
 
 def write_config(repo: Path, workers: int, tasks: list[tuple[str, str]], **settings) -> tuple[Path, dict[str, str]]:
     """dispatch_config.json beside the repository, and the tasks in its store (their ids by title).
-    task_backend "bd" is the stand-in (tests/fake_bd.py), which use_bd_stand_in put on PATH."""
+    task_backend "bd" is the stand-in (scripts/fake_bd.py), which use_bd_stand_in put on PATH."""
     config_path = repo.parent / "dispatch_config.json"
     config_path.write_text(json.dumps({"repo_path": str(repo), "task_backend": "json", "max_workers": workers,
-                                       "poll_interval_secs": 0.2, "worker_command": testing.SCRIPTED_AGENT,
+                                       "poll_interval_secs": 0.2, "worker_command": demo_kit.SCRIPTED_AGENT,
                                        **settings}), encoding="utf-8")
     if settings.get("task_backend") == "bd":
         subprocess.run(["bd", "init", "--prefix", "proj"], cwd=repo, check=True, capture_output=True)
@@ -56,7 +57,7 @@ def write_config(repo: Path, workers: int, tasks: list[tuple[str, str]], **setti
 
 
 def use_bd_stand_in(tmp: Path) -> None:
-    os.environ["PATH"] = str(testing.write_bd_stand_in(tmp / "bin").parent) + os.pathsep + os.environ["PATH"]
+    os.environ["PATH"] = str(benchkit.write_bd_stand_in(tmp / "bin").parent) + os.pathsep + os.environ["PATH"]
 
 
 def read_events(repo: Path) -> list[dict]:
@@ -77,12 +78,12 @@ class Run:
 def run_dispatcher(repo: Path, tasks: list[tuple[str, str]], workers: int, profile: bool = False,
                    **settings) -> Run:
     config = configuration.load_config(str(write_config(repo, workers, tasks, **settings)[0]))
-    store = testing.CountingStore(task_stores.open_task_store(config))
+    store = benchkit.CountingStore(task_stores.open_task_store(config))
     profiler = cProfile.Profile() if profile else None
     start = time.perf_counter()
     if profiler:
         profiler.enable()
-    summary = testing.run_dispatcher(config, store, workers)
+    summary = benchkit.run_dispatcher(config, store, workers)
     if profiler:
         profiler.disable()
     elapsed = time.perf_counter() - start
@@ -123,7 +124,7 @@ def bench_latency(tmp: Path, rounds: int = 3) -> None:
     for label, files in (("small (1 file)", 1), ("large (20,000 files)", 20_000)):
         ours, theirs = [], []
         for r in range(rounds):
-            repo = testing.make_repo(tmp / f"latency-{files}-{r}", files)
+            repo = benchkit.make_repo(tmp / f"latency-{files}-{r}", files)
             tasks = [(f"Edit {i}", f"AGENT: append note{i}.txt line") for i in range(6)]
             ours += merge_latencies(run_dispatcher(repo, tasks, 1).events)
             theirs += raw_git_merges(repo, 6)
@@ -141,7 +142,7 @@ def baseline(repo: Path, count: int) -> float:
         git(repo, "worktree", "add", "-q", "-b", f"b{i}", str(wt), "main")
         message = wt / ".current_task.txt"
         message.write_text(f"Task {i}\n\nAGENT: append f{i}.txt line\n", encoding="utf-8")
-        agent = [a.replace("{message_file}", str(message)) for a in testing.SCRIPTED_AGENT if a != "{files}"]
+        agent = [a.replace("{message_file}", str(message)) for a in demo_kit.SCRIPTED_AGENT if a != "{files}"]
         subprocess.run(agent, cwd=wt, check=True, capture_output=True)
         git(repo, "merge", "-q", "--no-ff", "-m", f"Merge b{i}", f"b{i}")
         git(repo, "worktree", "remove", "--force", str(wt))
@@ -158,7 +159,7 @@ def refills(events: list[dict]) -> list[float]:
 
 def print_profile(run: Run, count: int) -> None:
     print(f"  profile of one run ({run.elapsed:.1f} s, {run.elapsed / count * 1000:.0f} ms per task), per task:")
-    for line in testing.loop_profile(run.profile, run.elapsed, count):
+    for line in benchkit.loop_profile(run.profile, run.elapsed, count):
         print("    " + line)
 
 
@@ -167,9 +168,9 @@ def bench_overhead(tmp: Path, count: int = 40, rounds: int = 3, profile: bool = 
     tasks = [(f"T{i}", f"AGENT: append f{i}.txt line") for i in range(count)]
     ours, theirs, stand_in = [], [], []
     for r in range(rounds):  # interleaved: a load that comes and goes falls on all three alike
-        ours.append(run_dispatcher(testing.make_repo(tmp / f"overhead-d{r}"), tasks, 1))
-        theirs.append(baseline(testing.make_repo(tmp / f"overhead-b{r}"), count))
-        stand_in.append(run_dispatcher(testing.make_repo(tmp / f"overhead-s{r}"), tasks, 1, task_backend="bd"))
+        ours.append(run_dispatcher(benchkit.make_repo(tmp / f"overhead-d{r}"), tasks, 1))
+        theirs.append(baseline(benchkit.make_repo(tmp / f"overhead-b{r}"), count))
+        stand_in.append(run_dispatcher(benchkit.make_repo(tmp / f"overhead-s{r}"), tasks, 1, task_backend="bd"))
     mine, by_hand = statistics.median(run.elapsed for run in ours), statistics.median(theirs)
     print(f"overhead, {count} tasks, 1 worker, JSON store: dispatcher median {mine:.1f} s, by hand median "
           f"{by_hand:.1f} s, ratio {mine / by_hand:.2f}x (rounds: "
@@ -183,12 +184,12 @@ def bench_overhead(tmp: Path, count: int = 40, rounds: int = 3, profile: bool = 
           f"({bd / by_hand:.2f}x raw git, which makes no store calls: no target); store calls per task "
           f"{statistics.median(r.store_calls for r in stand_in) / count:.1f}")
     if profile:
-        print_profile(run_dispatcher(testing.make_repo(tmp / "overhead-profile"), tasks, 1, profile=True), count)
+        print_profile(run_dispatcher(benchkit.make_repo(tmp / "overhead-profile"), tasks, 1, profile=True), count)
 
 
 def bench_idle(tmp: Path, secs: float = 60) -> None:
     """Two workers that run past the measurement: the dispatcher has nothing to do but wait."""
-    repo = testing.make_repo(tmp / "idle")
+    repo = benchkit.make_repo(tmp / "idle")
     tasks = [(f"Long {i}", f"AGENT: sleep {secs + 15:g}\nAGENT: append long{i}.txt x") for i in range(2)]
     poll = configuration.Config.poll_interval_secs
     run = threading.Thread(target=run_dispatcher, args=(repo, tasks, 2), kwargs={"poll_interval_secs": poll})
@@ -207,7 +208,7 @@ def bench_idle(tmp: Path, secs: float = 60) -> None:
 
 
 def bench_parallelism(tmp: Path, count: int = 24, workers: int = 4, sleep: float = 2.0) -> None:
-    repo = testing.make_repo(tmp / "parallel")
+    repo = benchkit.make_repo(tmp / "parallel")
     tasks = [(f"P{i}", f"AGENT: sleep {sleep}\nAGENT: append p{i}.txt line") for i in range(count)]
     run = run_dispatcher(repo, tasks, workers)
     makespan, events = run.elapsed, run.events
@@ -222,9 +223,9 @@ def bench_parallelism(tmp: Path, count: int = 24, workers: int = 4, sleep: float
 
 
 def bench_responsiveness(tmp: Path) -> None:
-    """testing.RESPONSIVENESS_TASKS, the dispatcher as a process (it gets the two SIGINTs)."""
-    repo = testing.make_repo(tmp / "responsiveness")
-    config_path, ids = write_config(repo, 2, testing.RESPONSIVENESS_TASKS, **testing.RESPONSIVENESS_SETTINGS)
+    """benchkit.RESPONSIVENESS_TASKS, the dispatcher as a process (it gets the two SIGINTs)."""
+    repo = benchkit.make_repo(tmp / "responsiveness")
+    config_path, ids = write_config(repo, 2, benchkit.RESPONSIVENESS_TASKS, **benchkit.RESPONSIVENESS_SETTINGS)
     proc = subprocess.Popen([sys.executable, str(ROOT / "dispatch_workers.py"), "--config", str(config_path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -246,7 +247,7 @@ def bench_responsiveness(tmp: Path) -> None:
     exited_after = time.perf_counter() - second
     events = read_events(repo)
     gate = next(e for e in events if e["event"] == "gate_started")
-    hang_deadline = ts(seen("worker_started", ids["Hangs"])) + testing.RESPONSIVENESS_SETTINGS["worker_timeout_secs"]
+    hang_deadline = ts(seen("worker_started", ids["Hangs"])) + benchkit.RESPONSIVENESS_SETTINGS["worker_timeout_secs"]
     refill = min(ts(e) for e in events if e["event"] == "worker_started" and ts(e) >= ts(exited)) - ts(exited)
     stopped = next(e for e in events if e["event"] == "dispatcher_stopped")
     # The deadline counts from just before worker_started is written: a few ms early at most.

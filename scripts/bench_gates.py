@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from crew import config as configuration  # noqa: E402
 from crew import tasks as task_stores  # noqa: E402
-from crew import testing  # noqa: E402
+from crew import demo_kit  # noqa: E402
 from crew.report import events as event_log  # noqa: E402
+import benchkit  # noqa: E402
 
 GATE_SECS = 3.0
 BRANCHES = 8
@@ -35,18 +36,18 @@ def gate_command(failing: bool) -> list[str]:
 
 def run(tmp: Path, parallelism: int, failing: bool) -> dict:
     """One run: its figures, from the events log."""
-    repo = testing.make_repo(tmp / f"gates-{parallelism}-{'fail' if failing else 'pass'}")
+    repo = benchkit.make_repo(tmp / f"gates-{parallelism}-{'fail' if failing else 'pass'}")
     config_path = repo.parent / f"{repo.name}.json"
     config_path.write_text(json.dumps({
         "repo_path": str(repo), "task_backend": "json", "max_workers": BRANCHES, "poll_interval_secs": 0.2,
-        "worker_command": testing.SCRIPTED_AGENT, "merge_gate_command": gate_command(failing),
+        "worker_command": demo_kit.SCRIPTED_AGENT, "merge_gate_command": gate_command(failing),
         "merge_gate_parallelism": parallelism, "max_merge_retries": 1}), encoding="utf-8")
     config = configuration.load_config(str(config_path))
     store = task_stores.open_task_store(config)
     # Staggered agents: the branches enter the queue in task order, so "entry 3" is g2's.
     ids = [store.create(f"G{i}", f"AGENT: sleep {0.3 * i:.1f}\nAGENT: append g{i}.txt line").id
            for i in range(BRANCHES)]
-    testing.run_dispatcher(config, store, BRANCHES)
+    benchkit.run_dispatcher(config, store, BRANCHES)
     events, _ = event_log.read_events(repo / ".dispatch_logs" / "events.jsonl")
     queued = [e.at for e in events if e.name == "merge_queued" and e.task_id in ids]
     merged = [e for e in events if e.name == "merged" and e.task_id in ids]

@@ -32,9 +32,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from crew import testing  # noqa: E402
+from crew import demo_kit  # noqa: E402
 from crew.report import events as event_log  # noqa: E402
 from crew.report import model as report_model  # noqa: E402
+import benchkit  # noqa: E402
 
 GOALS = ROOT / "scripts" / "bench_goals"
 MODEL = "crew-qwen2.5-coder:1.5b"  # what scripts/install_model.sh installs
@@ -85,7 +86,7 @@ def make_goal_repo(name: str, folder: Path) -> Path:
     source = GOALS / name / "repo"
     files = {p.relative_to(source).as_posix(): p.read_text(encoding="utf-8")
              for p in sorted(source.rglob("*")) if p.is_file()}
-    return testing.scratch_repository(folder / name, files)
+    return demo_kit.scratch_repository(folder / name, files)
 
 
 def stop_like_a_person(proc: subprocess.Popen) -> None:
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-model-"))
     server = None
     if args.serve:
-        server = testing.OllamaServe(Path(args.serve).resolve(), work)
+        server = benchkit.OllamaServe(Path(args.serve).resolve(), work)
         server.start()
         llm_url = server.url
     else:

@@ -19,9 +19,10 @@ import tracemalloc
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from crew import testing  # noqa: E402
+
 from crew.report import events as event_log  # noqa: E402
 from crew.report import page  # noqa: E402
+import benchkit  # noqa: E402
 
 
 def peak_resident_mb() -> str:
@@ -63,7 +64,7 @@ def main() -> int:
         log = root / event_log.LOGS_DIR / event_log.EVENTS_FILE
         log.parent.mkdir()
         with open(log, "w", encoding="utf-8") as out:
-            for line in testing.event_history(args.events, args.per_run):
+            for line in benchkit.event_history(args.events, args.per_run):
                 out.write(line + "\n")
         print(f"events log: {args.events:,} events, {log.stat().st_size / 2**20:.0f} MB")
 

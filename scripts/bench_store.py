@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from crew import config as configuration  # noqa: E402
 from crew import suggestions  # noqa: E402
 from crew import tasks  # noqa: E402
-from crew import testing  # noqa: E402
+from crew import demo_kit  # noqa: E402
 from crew.tasks import bd_store  # noqa: E402
 from crew.tasks import model  # noqa: E402
 
@@ -25,7 +25,7 @@ from crew.tasks import model  # noqa: E402
 def bench_bd(bd: str, rounds: int = 5) -> None:
     """bd starts a process (and opens its database) per call: what each call costs."""
     with tempfile.TemporaryDirectory() as tmp:
-        repo = testing.scratch_repository(Path(tmp) / "bdbench", {})
+        repo = demo_kit.scratch_repository(Path(tmp) / "bdbench", {})
         subprocess.run([bd, "init", "--prefix", "b", "--quiet", "--skip-hooks", "--skip-agents", "--non-interactive"],
                        cwd=repo, check=True, capture_output=True)
         store = bd_store.BdTaskStore(bd, repo, "bench")
@@ -58,7 +58,7 @@ def main() -> int:
     if args.bd:
         bench_bd(args.bd)
     with tempfile.TemporaryDirectory() as tmp:
-        repo = testing.scratch_repository(Path(tmp) / "bench", {})
+        repo = demo_kit.scratch_repository(Path(tmp) / "bench", {})
         config = configuration.load_config(None, cwd=repo)
         config.task_backend = "json"
         store = tasks.open_task_store(config)

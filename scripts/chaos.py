@@ -32,7 +32,7 @@ from crew import config as configuration  # noqa: E402
 from crew import errors  # noqa: E402
 from crew import git  # noqa: E402
 from crew import tasks as task_stores  # noqa: E402
-from crew import testing  # noqa: E402
+from crew import demo_kit  # noqa: E402
 
 FAILPOINTS = ["after_claim", "after_worktree", "after_worker_exit", "during_leftover_commit", "during_merge",
               "after_conflict_task", "ingest_after_create"]
@@ -43,7 +43,7 @@ FOLLOWUPS = ["Document the widget", "Benchmark the widget"]
 def build_scenario(folder: Path, gate_parallelism: int | None = None) -> Path:
     """A repository with 12 tasks of every kind; returns the config file's path. gate_parallelism:
     with a merge gate (a short one that passes), run that many gates at once."""
-    repo = testing.scratch_repository(folder / "chaos-repo", {"settings.ini": "[ui]\ncolor=blue\n"})
+    repo = demo_kit.scratch_repository(folder / "chaos-repo", {"settings.ini": "[ui]\ncolor=blue\n"})
     config_path = folder / "dispatch_config.json"
     gate = {"merge_gate_command": [sys.executable, "-c", "import time; time.sleep(0.3)"],
             "merge_gate_parallelism": gate_parallelism} if gate_parallelism else {}
@@ -51,7 +51,7 @@ def build_scenario(folder: Path, gate_parallelism: int | None = None) -> Path:
         "repo_path": str(repo), "task_backend": "json", "task_prefix": "chaos", "max_workers": 3,
         "poll_interval_secs": 0.1, "worker_timeout_secs": 2, "worker_kill_grace_secs": 0.5, "max_attempts": 2,
         "breaker_failures": 1000,  # the failures are on purpose: the breaker must not end the run
-        "worker_command": testing.SCRIPTED_AGENT, **gate}), encoding="utf-8")
+        "worker_command": demo_kit.SCRIPTED_AGENT, **gate}), encoding="utf-8")
     store = task_stores.open_task_store(configuration.load_config(str(config_path)))
     cue = lambda *lines: "\n".join(f"AGENT: {line}" for line in lines)  # noqa: E731
     for color in ("red", "green", "yellow"):

@@ -36,8 +36,9 @@ sys.path.insert(0, str(ROOT))
 from crew import config as configuration  # noqa: E402
 from crew import git  # noqa: E402
 from crew import tasks as task_stores  # noqa: E402
-from crew import testing  # noqa: E402
+from crew import demo_kit  # noqa: E402
 from crew.report import events as event_log  # noqa: E402
+import benchkit  # noqa: E402
 
 BEHAVIOURS = [("hang", 0.1), ("crash", 0.1), ("conflict", 0.1), ("followups", 0.1), ("normal", 0.6)]
 SAMPLE_SECS = 0.25  # how often the dispatcher's memory and store calls are sampled
@@ -60,15 +61,15 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=2, help="worker_timeout_secs for the hanging agents")
     parser.add_argument("--noop", action="store_true", help="every agent makes one normal edit")
-    parser.add_argument("--bd", action="store_true", help="the bd stand-in (tests/fake_bd.py) as the task store")
+    parser.add_argument("--bd", action="store_true", help="the bd stand-in (scripts/fake_bd.py) as the task store")
     parser.add_argument("--profile", action="store_true", help="the share of each of the loop's steps per task")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     behaviours = [("normal", 1.0)] if args.noop else BEHAVIOURS
     with tempfile.TemporaryDirectory() as folder:
-        repo = testing.make_repo(Path(folder))
+        repo = benchkit.make_repo(Path(folder))
         if args.bd:
-            bd = testing.write_bd_stand_in(Path(folder) / "bin")
+            bd = benchkit.write_bd_stand_in(Path(folder) / "bin")
             os.environ["PATH"] = str(bd.parent) + os.pathsep + os.environ["PATH"]
             subprocess.run(["bd", "init", "--prefix", "soak"], cwd=repo, check=True, capture_output=True)
         (repo / "shared.txt").write_text("start\n", encoding="utf-8")
@@ -79,10 +80,10 @@ def main() -> int:
             "repo_path": str(repo), "task_backend": "bd" if args.bd else "json", "task_prefix": "soak", "max_workers": args.workers,
             "poll_interval_secs": 0.2, "worker_timeout_secs": args.timeout, "worker_kill_grace_secs": 0.5,
             # Failures here are on purpose: the breaker, which would stop the run, must not trip.
-            "max_attempts": 2, "breaker_failures": 10**6, "worker_command": testing.SCRIPTED_AGENT}),
+            "max_attempts": 2, "breaker_failures": 10**6, "worker_command": demo_kit.SCRIPTED_AGENT}),
             encoding="utf-8")
         config = configuration.load_config(str(config_path))
-        store = testing.CountingStore(task_stores.open_task_store(config))
+        store = benchkit.CountingStore(task_stores.open_task_store(config))
         picked = {}
         names, weights = zip(*behaviours)
         for i in range(args.tasks):
@@ -109,7 +110,7 @@ def main() -> int:
         start, started_at = time.perf_counter(), time.time()
         if profiler:
             profiler.enable()
-        testing.run_dispatcher(config, store, args.workers)
+        benchkit.run_dispatcher(config, store, args.workers)
         if profiler:
             profiler.disable()
         elapsed = time.perf_counter() - start
@@ -137,7 +138,7 @@ def main() -> int:
         events, _ = event_log.read_events(repo / event_log.LOGS_DIR / event_log.EVENTS_FILE)
         if profiler:
             print("the loop's steps, per task:")
-            for line in testing.loop_profile(pstats.Stats(profiler), elapsed, args.tasks):
+            for line in benchkit.loop_profile(pstats.Stats(profiler), elapsed, args.tasks):
                 print("  " + line)
         print_by_tenth(sorted(e.at for e in events if e.name in ("merged", "blocked")), started_at, samples)
         return 0 if total == args.tasks and not unfinished else 1

@@ -24,10 +24,10 @@ import pytest
 
 from crew import config as configuration
 from crew import tasks
-from crew import testing
 from support.dispatching import events, wait_until
 from support.repos import ROOT, git
 from support.tools import require_real_tool
+from support.scripts import benchkit
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import bench_model  # noqa: E402
@@ -52,7 +52,7 @@ def qwen(tmp_path_factory):
     binary = Path(REAL_OLLAMA) if REAL_OLLAMA else None
     require_real_tool(bool(binary) and binary.is_file(),
                       "DISPATCH_REAL_OLLAMA does not name an ollama binary (scripts/install_ollama.sh builds one)")
-    server = testing.OllamaServe(binary, tmp_path_factory.mktemp("ollama-qwen"))
+    server = benchkit.OllamaServe(binary, tmp_path_factory.mktemp("ollama-qwen"))
     try:
         server.start()
     except RuntimeError as exc:

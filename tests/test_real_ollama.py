@@ -26,11 +26,11 @@ from crew import llm
 from crew import names
 from crew import planning
 from crew import tasks
-from crew import testing
 from crew.dispatch import preflight as dispatch_preflight
 from support.dispatching import dispatch, events
 from support.repos import ROOT, commit_file, git
 from support.tools import require_real_tool
+from support.scripts import benchkit
 
 pytestmark = [pytest.mark.real_tool,
               pytest.mark.skipif(os.name == "nt", reason="scripts/install_ollama.sh and the stand-in agent are POSIX")]
@@ -44,7 +44,7 @@ HTTP = requests.Session()
 HTTP.trust_env = False  # a proxy setting must not capture the loopback server
 
 
-class OllamaServer(testing.OllamaServe):
+class OllamaServer(benchkit.OllamaServe):
     """The server, with the tiny model imported bare (no TEMPLATE) if it is not there yet."""
 
     def start(self) -> None:

@@ -12,17 +12,17 @@ import time
 import pytest
 
 from crew import processes
-from crew import testing
 from support.dispatching import DISPATCH, add_task, events, run_with_a_person_on_followups
 from support.repos import git
+from support.scripts import benchkit
 
-GATE_SECS = 60  # testing.SLOW_GATE: everything below must happen well before it ends
+GATE_SECS = 60  # benchkit.SLOW_GATE: everything below must happen well before it ends
 
 
 @pytest.mark.skipif(os.name == "nt", reason="sends SIGINT")
 def test_a_timeout_a_refill_and_ctrl_c_all_happen_while_the_gate_runs(json_agent_setup, repo):
-    cfg, config, store = json_agent_setup(**testing.RESPONSIVENESS_SETTINGS)
-    ids = {title: store.create(title, cues).id for title, cues in testing.RESPONSIVENESS_TASKS}
+    cfg, config, store = json_agent_setup(**benchkit.RESPONSIVENESS_SETTINGS)
+    ids = {title: store.create(title, cues).id for title, cues in benchkit.RESPONSIVENESS_TASKS}
     proc = subprocess.Popen([sys.executable, str(DISPATCH), "--config", str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

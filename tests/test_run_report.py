@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from crew import testing
 from crew.report import events as event_log
 from crew.report import model
 from crew.report import page as report_page
@@ -21,6 +20,7 @@ from crew.dispatch.loop import Dispatcher
 from support.dispatching import add_task, dispatch, events
 from support.repos import ROOT, commit_file
 from support.tools import require_real_tool
+from support.scripts import benchkit
 
 HOSTILE = "<script>alert(1)</script>"
 EPOCH = dt.datetime(2026, 11, 28, tzinfo=dt.timezone.utc).timestamp()
@@ -243,7 +243,7 @@ def test_values_of_the_wrong_type_and_times_out_of_order_are_skipped(tmp_path):
 
 
 def test_a_long_history_draws_its_latest_runs_and_counts_them_all(tmp_path):
-    logs = write_events(tmp_path / ".dispatch_logs", list(testing.event_history(30_000, per_run=1000)))
+    logs = write_events(tmp_path / ".dispatch_logs", list(benchkit.event_history(30_000, per_run=1000)))
     report = build(logs)
     assert len(report.runs) == 30 and report.count("merged") == len(report.attempts) * 10 // 11
     out = report_page.write_report(tmp_path)
@@ -263,7 +263,7 @@ def test_a_long_history_draws_its_latest_runs_and_counts_them_all(tmp_path):
 def test_the_report_of_a_long_history_is_read_as_a_stream_in_bounded_memory(tmp_path):
     """100,000 events (a 16 MB log) were once read whole (300 MB) and made an 11 MB page; times
     are printed by scripts/bench_report.py, never asserted."""
-    logs = write_events(tmp_path / ".dispatch_logs", list(testing.event_history(100_000)))
+    logs = write_events(tmp_path / ".dispatch_logs", list(benchkit.event_history(100_000)))
     tracemalloc.start()
     try:
         out = report_page.write_report(tmp_path)

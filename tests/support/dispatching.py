@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from crew import testing
+from crew import demo_kit
 from crew.dispatch.loop import Dispatcher
 from support.repos import ROOT, git
 
 DISPATCH = ROOT / "dispatch_workers.py"  # the command, as users run it
-AGENT_COMMAND = testing.SCRIPTED_AGENT  # the scripted agent, as a worker_command
+AGENT_COMMAND = demo_kit.SCRIPTED_AGENT  # the scripted agent, as a worker_command
 
 
 def dispatch(cfg: Path, *args: str, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:

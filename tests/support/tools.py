@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from crew import testing
+from support.scripts import benchkit
 
 REAL_BD = os.environ.get("DISPATCH_REAL_BD") or shutil.which("bd-real") or ""
 
@@ -25,12 +25,13 @@ def require_real_tool(available: bool, reason: str) -> None:
 
 def install_fake_bd(bin_dir: Path) -> Path:
     """Put the stand-in on PATH as `bd`, run by this interpreter."""
-    return testing.write_bd_stand_in(bin_dir)
+    return benchkit.write_bd_stand_in(bin_dir)
 
 
 def init_real_bd(repo: Path) -> None:
-    subprocess.run([REAL_BD, "init", "--prefix", "proj", "--quiet", "--skip-hooks", "--skip-agents", "--non-interactive"], cwd=repo, check=True,
-                   capture_output=True, text=True)
+    subprocess.run([REAL_BD, "init", "--prefix", "proj", "--quiet", "--skip-hooks", "--skip-agents",
+                    "--non-interactive"],
+                   cwd=repo, check=True, capture_output=True, text=True)
 
 
 BACKENDS = ["json", "fake-bd", pytest.param("real-bd", marks=[pytest.mark.real_tool, pytest.mark.skipif(

@@ -1,4 +1,4 @@
-"""A stand-in for the beads `bd` CLI, following docs/bd-contract.md (tests only).
+"""A stand-in for the beads `bd` CLI, following docs/bd-contract.md (the tests and the benches run it).
 
 It keeps its data in .beads/stand_in.json and prints the contract's JSON shapes, errors and exit
 codes. Like Dolt, it admits one writer at a time: a writer that cannot get the database within

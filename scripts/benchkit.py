@@ -1,7 +1,7 @@
-"""Test and demo scaffolding: the scripted agent, scratch repositories, a long events history, a
-private `ollama serve` for the real-model tests and benchmark.
-
-Production code reaches this module only through the demo."""
+"""The benches' own helpers (scripts/bench_*.py, soak.py), not a program: repositories, a quiet
+in-process run, a store that counts its calls, the bd stand-in on PATH, a long events history, the
+loop's profile, a private `ollama serve`. Some tests share them (the responsiveness scenario, the
+events history, `ollama serve`, the bd stand-in): they import this module from scripts/."""
 from __future__ import annotations
 
 import datetime as dt
@@ -16,41 +16,21 @@ from pathlib import Path
 
 import requests
 
-from crew import config as configuration
-from crew import git
-from crew import processes
-from crew import workspace
-from crew.dispatch import loop
-from crew.dispatch import preflight
-from crew.tasks import model as task_model
-
-
-ROOT = Path(__file__).resolve().parent.parent
-
-# The bundled scripted agent (it acts on "AGENT: ..." cues in its task), as a worker_command.
-SCRIPTED_AGENT = [sys.executable, str(ROOT / "scripts" / "demo_agent.py"),
-                  "{message_file}", "{files}"]
-
-
-def scratch_repository(repo: Path, files: dict[str, str]) -> Path:
-    """A new repository with one commit on main: for the demo, and for the scripts that measure
-    and shake the dispatcher."""
-    repo.mkdir(parents=True)
-    for argv in (["init", "-q", "-b", "main"], ["config", "user.name", "Dispatch demo"],
-                 ["config", "user.email", "demo@example.com"]):
-        git.git(*argv, cwd=repo)
-    for name, text in files.items():
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        (repo / name).write_text(text, encoding="utf-8")
-    git.git("add", "-A", cwd=repo)
-    git.git("commit", "-q", "--allow-empty", "-m", "Initial commit", cwd=repo)
-    return repo
+SCRIPTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(SCRIPTS.parent))
+from crew import config as configuration  # noqa: E402
+from crew import demo_kit  # noqa: E402
+from crew import processes  # noqa: E402
+from crew import workspace  # noqa: E402
+from crew.dispatch import loop  # noqa: E402
+from crew.dispatch import preflight  # noqa: E402
+from crew.tasks import model as task_model  # noqa: E402
 
 
 def make_repo(folder: Path, files: int = 1) -> Path:
     """A repository of `files` small files in folders of 1,000, plus a README."""
     contents = {f"d{i // 1000}/f{i}.txt": f"file {i}\n" for i in range(files)}
-    return scratch_repository(folder / "repo", {**contents, "README.md": "bench\n"})
+    return demo_kit.scratch_repository(folder / "repo", {**contents, "README.md": "bench\n"})
 
 
 def run_dispatcher(config: configuration.Config, store: task_model.TaskStore, max_workers: int) -> dict:
@@ -141,9 +121,9 @@ class CountingStore:
 
 
 def write_bd_stand_in(bin_dir: Path) -> Path:
-    """tests/fake_bd.py as `bd` in bin_dir, run by this interpreter; the caller puts bin_dir on PATH."""
+    """scripts/fake_bd.py as `bd` in bin_dir, run by this interpreter; the caller puts bin_dir on PATH."""
     bin_dir.mkdir(parents=True, exist_ok=True)
-    stand_in = ROOT / "tests" / "fake_bd.py"
+    stand_in = SCRIPTS / "fake_bd.py"
     if os.name == "nt":
         exe = bin_dir / "bd.cmd"
         exe.write_text(f'@"{sys.executable}" "{stand_in}" %*\n', encoding="utf-8")
