@@ -10,6 +10,7 @@ Layout, one concern a module (each module imports only the ones it needs, as mod
   workspace.py         the toolkit's own files in a repository, kept out of `git status`
   names.py             untrusted text made safe: repository paths, titles, task text for a store, a commit or
                        a terminal, branch and file names, output tails
+  console.py           the printing boundary: untrusted text made safe for a terminal, JSON output
   git.py               every git call (LC_ALL=C, no caller's repository variables), merge-tree
   failpoints.py        the test hook: named steps where a test makes the process exit, armed from the environment
   demo_kit.py          what the demo is made of (the benches too): the scripted agent, a scratch repository
@@ -23,9 +24,10 @@ Layout, one concern a module (each module imports only the ones it needs, as mod
   report/events.py     the events log's format, and reading it: a line at a time, each value checked for sense
   report/model.py      events become report data
   report/page.py       the run report's HTML page
-  cli/base.py          what every command shares: the main wrapper, common options, JSON output
+  cli/base.py          what every command shares: the main wrapper, common options
   cli/split.py, cli/ingest.py, cli/tasks.py   one command each
   cli/dispatch.py      dispatch_workers.py's command: options, printers (main is one long option switch)
+  run_console.py       what a dispatcher run prints: its progress, its summary, its exit code (command and demo)
   demo.py              --demo: a scratch repository and tasks, run with the scripted agent
   dispatch/records.py      the dispatcher's records (dataclasses), the versioned state, older files migrated
   dispatch/scheduler.py    pure decisions: what may start, why a task waits, the breaker, merge backoff

@@ -8,8 +8,8 @@ from pathlib import Path
 from crew import config as configuration
 from crew import demo_kit
 from crew import git
+from crew import run_console
 from crew import tasks as task_stores
-from crew.cli import dispatch as command
 from crew.dispatch import session
 from crew.report import events
 from crew.report import page
@@ -50,8 +50,8 @@ def run_demo(as_json: bool) -> int:
         print(f"  {task.id}  {task.title}")
     print(f"\nDispatching with {MAX_WORKERS} workers (the scripted agent: scripts/demo_agent.py)...\n")
     summary, interrupted = session.run_session(config, store, config.max_workers, False,
-                                               command.progress_printer(as_json))
-    command.print_summary(summary, as_json)
+                                               run_console.progress_printer(as_json))
+    run_console.print_summary(summary, as_json)
     print("\nTasks now:")
     for task in store.list(None):
         print(f"  {task.id}  {task.status:<8} {task.title}")
@@ -59,4 +59,4 @@ def run_demo(as_json: bool) -> int:
     print(git.git_out(repo, "log", "--graph", "--oneline", config.main_branch))
     print(f"\nThe repository stays in {folder} for you to look at.")
     print(f"The run's report (open it in a browser): {config.root / events.LOGS_DIR / page.REPORT_FILE}")
-    return command.exit_code(summary, interrupted)
+    return run_console.exit_code(summary, interrupted)

@@ -1,17 +1,16 @@
-"""What every command shares: the main wrapper, the common options, JSON output."""
+"""What every command shares: the main wrapper and the common options."""
 from __future__ import annotations
 
 import argparse
 import io
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from typing import Any
 
 from crew import config
+from crew import console
 from crew import errors
 from crew import failpoints
-from crew import files
-from crew import names
 
 
 def run_main(main_func: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
@@ -28,19 +27,8 @@ def run_main(main_func: Callable[[Sequence[str] | None], int], argv: Sequence[st
         print("interrupted", file=sys.stderr)
         return 130
     except errors.UserError as exc:
-        show(f"error: {exc}", file=sys.stderr)
+        console.show(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-
-
-def show(text: str, file: TextIO | None = None, multiline: bool = False, flush: bool = False) -> None:
-    """Print a line that may hold text from agents, tasks or checks: the printing boundary, where
-    what a terminal would act on (escape sequences, NUL, other control characters) is shown as
-    escapes instead. multiline keeps newlines and tabs."""
-    print(names.for_terminal(text, multiline), file=file, flush=flush)
-
-
-def print_json(data: Any) -> None:
-    print(files.json_text(data, indent=2))
 
 
 def add_common_options(parser: argparse.ArgumentParser, subcommand: bool = False) -> None:

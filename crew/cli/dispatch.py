@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import webbrowser
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from crew import config as configuration
+from crew import console
 from crew import errors
+from crew import run_console
 from crew import tasks as task_stores
 from crew import workspace
 from crew.cli import base as cli_base
@@ -77,76 +78,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def print_summary(summary: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        cli_base.print_json(summary)
-        return
-    print()
-    cli_base.show(f"merged: {', '.join(summary['merged']) or 'none'}")
-    if summary["released"]:
-        cli_base.show(f"released for another attempt: {', '.join(summary['released'])}")
-    for item in summary["blocked"]:
-        cli_base.show(f"blocked: {item['id']}: {item['reason']}")
-    for item in summary["waiting"]:
-        cli_base.show(f"waiting: {item['id'] or '-'}: {item['reason']}")
-    if summary.get("report"):
-        cli_base.show(f"report: {summary['report']}")
-
-
 def print_status(result: dict[str, Any]) -> None:
     d = result["dispatcher"]
-    cli_base.show(f"dispatcher: {'pid ' + str(d['pid']) + ' since ' + d['started_at'] if d else 'not running'}")
+    console.show(f"dispatcher: {'pid ' + str(d['pid']) + ' since ' + d['started_at'] if d else 'not running'}")
     for w in result["workers"]:
-        cli_base.show(f"  worker {w['slot']}: {w['task_id']} on {w['branch']} (pid {w['pid']}, until {w['deadline']}, "
-                      f"log {w['log']})")
+        console.show(f"  worker {w['slot']}: {w['task_id']} on {w['branch']} (pid {w['pid']}, until {w['deadline']}, "
+                     f"log {w['log']})")
     if (m := result["main_check"]) and m["holds_merges"]:
-        cli_base.show(f"  {result['main_branch']} fails its checks at {m['commit'][:10]} (checked {m['checked_at']}): "
-                      f"merges wait until it passes; the checks' output ends: {m['output']}")
+        console.show(f"  {result['main_branch']} fails its checks at {m['commit'][:10]} (checked {m['checked_at']}): "
+                     f"merges wait until it passes; the checks' output ends: {m['output']}")
     for g in result["gates"]:
         gated = (f"{g['task_id']} on {' + '.join([result['main_branch'], *g['stack']])}" if g["task_id"]
                  else f"{result['main_branch']} itself")  # main's own check, before a failure is blamed
-        cli_base.show(f"  gate: {gated} ({g['commit'][:10]}), {g['state']}"
-                      + (f" ({g['reason']})" if g["reason"] else "")
-                      + f", started {g['elapsed_secs']:g} s ago (pid {g['pid']}, log {g['log']})")
+        console.show(f"  gate: {gated} ({g['commit'][:10]}), {g['state']}"
+                     + (f" ({g['reason']})" if g["reason"] else "")
+                     + f", started {g['elapsed_secs']:g} s ago (pid {g['pid']}, log {g['log']})")
     for e in result["merge_queue"]:
         if e["awaiting_review_since"]:
-            cli_base.show(f"  awaiting review: {e['task_id']} ({e['branch']} at {e['review_tip'][:10]}) since "
-                          f"{e['awaiting_review_since']}: see `py tasks.py review`")
+            console.show(f"  awaiting review: {e['task_id']} ({e['branch']} at {e['review_tip'][:10]}) since "
+                         f"{e['awaiting_review_since']}: see `py tasks.py review`")
             continue
-        cli_base.show(f"  merge queue: {e['task_id']} ({e['branch']})" + (f": {e['waiting']}" if e["waiting"] else "")
-                      + (" (approved in review)" if e["review"] == "approved" else ""))
+        console.show(f"  merge queue: {e['task_id']} ({e['branch']})" + (f": {e['waiting']}" if e["waiting"] else "")
+                     + (" (approved in review)" if e["review"] == "approved" else ""))
     if result["starts_held"]:
-        cli_base.show(f"  new workers wait: {result['starts_held']}")
+        console.show(f"  new workers wait: {result['starts_held']}")
     for p in result["pending_merges"]:
-        cli_base.show(f"  pending: {p['task_id']} waits for {p['followup_task']} ({p['kind']})")
+        console.show(f"  pending: {p['task_id']} waits for {p['followup_task']} ({p['kind']})")
     for r in result["reverts"]:
-        cli_base.show(f"  revert: {r['task_id']} undoes {r['reverts']} ({len(r['merges'])} merge"
-                      f"{'s' if len(r['merges']) != 1 else ''}), {r['status']}")
-    cli_base.show("  tasks: " + ", ".join(f"{k} {v}" for k, v in sorted(result["counts"].items())))
+        console.show(f"  revert: {r['task_id']} undoes {r['reverts']} ({len(r['merges'])} merge"
+                     f"{'s' if len(r['merges']) != 1 else ''}), {r['status']}")
+    console.show("  tasks: " + ", ".join(f"{k} {v}" for k, v in sorted(result["counts"].items())))
 
 
 def print_dry_run(plan: list[dict[str, Any]]) -> None:
     for item in plan:
-        cli_base.show(f"{'start' if item['start'] else 'wait '} {item['id']}  {item['title']}"
-                      + (f"  ({item['reason']})" if item["reason"] else ""))
+        console.show(f"{'start' if item['start'] else 'wait '} {item['id']}  {item['title']}"
+                     + (f"  ({item['reason']})" if item["reason"] else ""))
     if not plan:
         print("nothing is ready")
-
-
-def progress_printer(as_json: bool) -> Callable[[str], None]:
-    """What a run says as it goes: on stdout, or on stderr when stdout is for the JSON summary."""
-    def say(msg: str) -> None:
-        try:
-            cli_base.show(msg, file=sys.stderr if as_json else sys.stdout, flush=True)
-        except OSError:  # the terminal is gone (SIGHUP): carry on, and stop on time, without it
-            session.detach_output()
-    return say
-
-
-def exit_code(summary: dict[str, Any], interrupted: bool) -> int:
-    if interrupted:
-        return 130
-    return 1 if summary["blocked"] or summary["waiting"] else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -164,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             workspace.exclude_toolkit_files(config)  # the page goes to .dispatch_logs/
         path = page.write_report(config.root, Path(args.out) if args.out else None, all_runs=args.all_runs)
         if args.json:
-            cli_base.print_json({"report": str(path)})
+            console.print_json({"report": str(path)})
         else:
             print(path)
         if args.open:
@@ -175,17 +144,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.status:
         result = run_status.status(config, store)
         if args.json:
-            cli_base.print_json(result)
+            console.print_json(result)
         else:
             print_status(result)
         return 0
     if args.dry_run:
         plan = run_status.dry_run(config, store, max_workers)
         if args.json:
-            cli_base.print_json(plan)
+            console.print_json(plan)
         else:
             print_dry_run(plan)
         return 0
-    summary, interrupted = session.run_session(config, store, max_workers, args.watch, progress_printer(args.json))
-    print_summary(summary, args.json)
-    return exit_code(summary, interrupted)
+    summary, interrupted = session.run_session(config, store, max_workers, args.watch,
+                                               run_console.progress_printer(args.json))
+    run_console.print_summary(summary, args.json)
+    return run_console.exit_code(summary, interrupted)

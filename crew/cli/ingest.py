@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from crew import config as configuration
+from crew import console
 from crew import suggestions
 from crew import tasks
 from crew import workspace
@@ -50,14 +51,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = suggestions.ingest(config, store, path, args.dry_run)
 
     if args.json:
-        base.print_json(result.to_dict(args.dry_run))
+        console.print_json(result.to_dict(args.dry_run))
         return 0
     for item in result.plan:
-        base.show(f"would create: {item['title']}" + (f"  files: {', '.join(item['files'])}" if item["files"] else ""))
+        console.show(f"would create: {item['title']}"
+                     + (f"  files: {', '.join(item['files'])}" if item["files"] else ""))
     for task_id in result.created:
         print(f"created {task_id}")
     for skip in result.skipped:
-        base.show(f"skipped: {skip['line'][:80]!r}: {skip['reason']}", file=sys.stderr)
+        console.show(f"skipped: {skip['line'][:80]!r}: {skip['reason']}", file=sys.stderr)
     count = len(result.plan) if args.dry_run else len(result.created)
     print(f"{'would create' if args.dry_run else 'created'} {count} task(s), skipped {len(result.skipped)}")
     return 0

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from crew import config as configuration
+from crew import console
 from crew import errors
 from crew import git
 from crew import llm
@@ -69,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = tasks.open_task_store(config)
 
     def progress(msg: str) -> None:
-        base.show(msg, file=sys.stderr if args.json else None)
+        console.show(msg, file=sys.stderr if args.json else None)
 
     parent_task = store.get(args.bead) if args.bead else None
     if parent_task:
@@ -100,36 +101,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         plan = [dataclasses.asdict(s) for s in subtasks]
         if args.json:
-            base.print_json({"parent": args.bead, "plan": plan, "notes": notes, "skipped": skipped,
-                             "tokens": tokens})
+            console.print_json({"parent": args.bead, "plan": plan, "notes": notes, "skipped": skipped,
+                                "tokens": tokens})
         else:
             for i, s in enumerate(subtasks):
                 waiting = f"  (waits for {', '.join(map(str, s.depends_on))})" if s.depends_on else ""
-                base.show(f"{i}. {s.title}")
-                base.show(f"   files: {', '.join(s.files)}{waiting}")
+                console.show(f"{i}. {s.title}")
+                console.show(f"   files: {', '.join(s.files)}{waiting}")
             for note in notes:
-                base.show(f"note: {note}")
+                console.show(f"note: {note}")
             for skip in skipped:
-                base.show(f"would skip {skip['title']!r}: {skip['reason']}")
+                console.show(f"would skip {skip['title']!r}: {skip['reason']}")
         return 0
 
     workspace.exclude_toolkit_files(config)
     created = planning.create_tasks(store, goal, parent_task, subtasks, open_titles,
                                      [model.NEEDS_REVIEW_LABEL] if args.review else [])
     if args.json:
-        base.print_json({"parent": created["parent"], "created": [t.id for t in created["tasks"]],
-                         "notes": notes, "skipped": skipped, "tokens": tokens})
+        console.print_json({"parent": created["parent"], "created": [t.id for t in created["tasks"]],
+                            "notes": notes, "skipped": skipped, "tokens": tokens})
         return 0
     print(f"parent: {created['parent']}" + ("" if parent_task else " (new epic)"))
     for task, waits in zip(created["tasks"], created["waits"], strict=True):
-        base.show(f"  {task.id}  {task.title}")
-        base.show(f"      files: {', '.join(task.files)}")
+        console.show(f"  {task.id}  {task.title}")
+        console.show(f"      files: {', '.join(task.files)}")
         if waits:
-            base.show(f"      waits for: {', '.join(waits)}")
+            console.show(f"      waits for: {', '.join(waits)}")
     for note in notes:
-        base.show(f"note: {note}")
+        console.show(f"note: {note}")
     for skip in skipped:
-        base.show(f"skipped {skip['title']!r}: {skip['reason']}")
+        console.show(f"skipped {skip['title']!r}: {skip['reason']}")
     print(f"tokens: {tokens['prompt']} prompt, {tokens['completion']} completion")
     print("next: py dispatch_workers.py   (or python3 dispatch_workers.py)")
     return 0

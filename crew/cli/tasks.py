@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from crew import config as configuration
+from crew import console
 from crew import errors
 from crew import names
 from crew import tasks
@@ -109,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 def review_list(config: configuration.Config, store: model.TaskStore, as_json: bool) -> int:
     waiting = reviews.waiting_list(config, ledger.read_state(config), store)
     if as_json:
-        base.print_json([dataclasses.asdict(w) for w in waiting])
+        console.print_json([dataclasses.asdict(w) for w in waiting])
         return 0
     if not waiting:
         print("no branch awaits review")
@@ -117,11 +118,11 @@ def review_list(config: configuration.Config, store: model.TaskStore, as_json: b
         stat = (f"{w.diffstat['files']} files, +{w.diffstat['insertions']} -{w.diffstat['deletions']}"
                 if w.diffstat else "diffstat unknown")
         gate = f"passed (log {w.gate_log})" if w.gate == "passed" else "none configured"
-        base.show(f"{w.id}  {w.title}")
-        base.show(f"    branch {w.branch} at {w.tip[:10]}, awaiting review since {w.since}")
-        base.show(f"    {stat}; gate: {gate}; attempt log: {w.attempt_log or 'none'}")
-        base.show(f"    diff: {w.diff_command}" + (f"; {w.decision}, not yet carried out by the dispatcher"
-                                                   if w.decision != str(review.Decision.NONE) else ""))
+        console.show(f"{w.id}  {w.title}")
+        console.show(f"    branch {w.branch} at {w.tip[:10]}, awaiting review since {w.since}")
+        console.show(f"    {stat}; gate: {gate}; attempt log: {w.attempt_log or 'none'}")
+        console.show(f"    diff: {w.diff_command}" + (f"; {w.decision}, not yet carried out by the dispatcher"
+                                                      if w.decision != str(review.Decision.NONE) else ""))
     return 0
 
 
@@ -133,8 +134,8 @@ def decide_review(config: configuration.Config, store: model.TaskStore, args: ar
         if problem := names.task_text_problem(args.reason, names.TEXT_LIMIT):
             raise errors.UserError(f"the reason {problem}; nothing was recorded")
     request = reviews.record_decision(config, store, args.id, decision, getattr(args, "reason", ""), args.tip)
-    base.show(f"{args.id}: {request.branch} at {request.review_tip[:10]} {decision} (carried out by the dispatcher: "
-              "now if it runs, else at its next run)")
+    console.show(f"{args.id}: {request.branch} at {request.review_tip[:10]} {decision} (carried out by the dispatcher: "
+                 "now if it runs, else at its next run)")
     return 0
 
 
@@ -147,11 +148,11 @@ def held(config: configuration.Config, task_id: str | None, decision: rewritten_
         if decision is not None:
             raise errors.UsageError("--merge and --discard need the task's id")
         if as_json:
-            base.print_json([{"id": r.task_id, "branch": r.branch, "reason": r.held} for r in holds])
+            console.print_json([{"id": r.task_id, "branch": r.branch, "reason": r.held} for r in holds])
         elif not holds:
             print("no branch is held")
         for request in [] if as_json else holds:
-            base.show(f"{request.task_id:<14} {request.branch}  {request.held}")
+            console.show(f"{request.task_id:<14} {request.branch}  {request.held}")
         return 0
     held = next((r for r in holds if r.task_id == task_id), None)
     if held is None:
@@ -160,8 +161,8 @@ def held(config: configuration.Config, task_id: str | None, decision: rewritten_
         raise errors.UsageError(f"{task_id}: say what becomes of {held.branch}: --merge or --discard")
     rewritten_main.record_decision(config, held, decision)
     outcome = "merged as it is" if decision == rewritten_main.HeldDecision.MERGE else "discarded, the task released"
-    base.show(f"{task_id}: {held.branch} will be {outcome} "
-              "(by the dispatcher: now if it runs, else at its next run)")
+    console.show(f"{task_id}: {held.branch} will be {outcome} "
+                 "(by the dispatcher: now if it runs, else at its next run)")
     return 0
 
 
@@ -217,18 +218,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = [store.add_note(args.id, args.text)]
 
     if args.json:
-        base.print_json([t.to_dict() for t in result])
+        console.print_json([t.to_dict() for t in result])
     elif args.command == "show":
         task = result[0]
         for key, value in task.to_dict().items():
             if value not in ("", [], None):
-                base.show(f"{key + ':':<14} {value}", multiline=True)
+                console.show(f"{key + ':':<14} {value}", multiline=True)
     else:
         for task in result:
-            base.show(format_task(task))
+            console.show(format_task(task))
         if args.command == "revert":
-            base.show(f"its branch is made, gated and landed by the dispatcher (now if it runs, else at its next "
-                      f"run); {args.id} is {'left closed' if args.close else 'reopened'} once it has landed")
+            console.show(f"its branch is made, gated and landed by the dispatcher (now if it runs, else at its next "
+                         f"run); {args.id} is {'left closed' if args.close else 'reopened'} once it has landed")
         if args.command == "list" and not result:
             print("no tasks")
     return 0
