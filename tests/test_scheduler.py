@@ -113,8 +113,9 @@ def test_plan_starts_fills_the_free_slots_in_order_and_never_two_tasks_on_one_fi
 
 
 def test_new_work_waits_while_many_branches_wait_to_merge_but_not_a_task_that_drains_the_queue():
-    limit = scheduler.waiting_limit(None, max_workers=2)
-    assert limit == 4 and scheduler.waiting_limit(0, 2) == 0 and scheduler.waiting_limit(7, 2) == 7
+    limit = scheduler.waiting_limit(None, max_workers=2, gate_parallelism=1)
+    assert limit == 4 and scheduler.waiting_limit(None, 1, gate_parallelism=6) == 6
+    assert scheduler.waiting_limit(0, 2, 1) == 0 and scheduler.waiting_limit(7, 2, 1) == 7
     queue = [request(f"proj-{n}") for n in range(10, 14)]
     full = holdings(queue=queue, pending_merges={"proj-9": pending("proj-1")})
     held = scheduler.why_starts_held(full, limit, now=100.0)

@@ -46,7 +46,8 @@ class Dispatcher:
         # by their results; every other call still reads as a plain (blocking) call.
         store = self.serial = store_thread.SerialStore(store, self.wakeup)
         self.config, self.store, self.max_workers, self.watch = config, store, max_workers, watch
-        self.waiting_limit = scheduler.waiting_limit(config.max_waiting_merges, max_workers)
+        self.waiting_limit = scheduler.waiting_limit(config.max_waiting_merges, max_workers,
+                                                     config.merge_gate_parallelism)
         self.ledger = Ledger(config, store, out)
         # Workers recorded by an earlier run are ours until reconcile() has looked at them.
         self.pool = WorkerPool(config, self.ledger, max_workers, self.stop_now_reason, self.wakeup)

@@ -96,10 +96,11 @@ def why_waiting(holdings: Holdings, task: Task, avoid_overlap: bool) -> str | No
     return None
 
 
-def waiting_limit(configured: int | None, max_workers: int) -> int:
+def waiting_limit(configured: int | None, max_workers: int, gate_parallelism: int) -> int:
     """How many branches may wait to merge before new work is held (0: no bound): by default
-    twice the workers, enough to keep merges busy while every worker finishes at once."""
-    return 2 * max_workers if configured is None else configured
+    twice the workers, enough to keep merges busy while every worker finishes at once, and never
+    fewer than the gates that run at once, which would otherwise wait for branches."""
+    return max(2 * max_workers, gate_parallelism) if configured is None else configured
 
 
 def merging(queue: Iterable[MergeRequest], now: float) -> int:

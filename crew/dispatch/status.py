@@ -47,7 +47,8 @@ def status(config: configuration.Config, store: task_model.TaskStore) -> dict:
                     for task in every if task.status != "closed" and revert.reverted_task(task.labels)],
         "starts_held": scheduler.why_starts_held(
             scheduler.Holdings(list(state.workers.values()), state.merge_queue, state.pending, lambda _: []),
-            scheduler.waiting_limit(config.max_waiting_merges, config.max_workers), time.time()),
+            scheduler.waiting_limit(config.max_waiting_merges, config.max_workers, config.merge_gate_parallelism),
+            time.time()),
         "counts": counts,
     }
 
@@ -101,8 +102,8 @@ def dry_run(config: configuration.Config, store: task_model.TaskStore, max_worke
         return known[task_id]
 
     holdings = scheduler.Holdings(list(state.workers.values()), state.merge_queue, state.pending, files_of)
-    starts_held = scheduler.why_starts_held(holdings, scheduler.waiting_limit(config.max_waiting_merges, max_workers),
-                                            time.time())
+    limit = scheduler.waiting_limit(config.max_waiting_merges, max_workers, config.merge_gate_parallelism)
+    starts_held = scheduler.why_starts_held(holdings, limit, time.time())
     plan = scheduler.plan_starts(store.ready(limit=max(50, 4 * max_workers)), holdings,
                                  max_workers - len(state.workers), config.avoid_file_overlap, starts_held)
     return [{"id": d.task.id, "title": d.task.title, "start": d.start, "reason": d.reason} for d in plan]
