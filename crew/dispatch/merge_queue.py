@@ -367,9 +367,11 @@ class MergeQueue:
             failpoints.failpoint("after_main_moved")  # a restart finds the branch merged: bookkeeping only
             if self.config.merge_gate_command:  # main is now a commit that passed the checks exactly as it is
                 self.ledger.state.main_check = records.MainCheck(landing.commit, True, time.time())
-            # Main moved on from the main last seen: nothing left it.
-            self.rewritten.observe(landing.commit, parent=landing.base)
             self.finish_merge(landing.request, landing.task, landing.commit, parents=(landing.base, landing.tip))
+            # Main moved on from the main last seen: nothing left it. Remembered after the merge is
+            # told (one synced write less before it): a crash between leaves main seen at the
+            # merge's parent, from which main descends, and that is all a restart would find.
+            self.rewritten.observe(landing.commit, parent=landing.base)
             return True
 
     def merge_waits(self, request: records.MergeRequest, reason: str) -> bool:
