@@ -82,6 +82,9 @@ def print_status(result: dict[str, Any]) -> None:
     d = result["dispatcher"]
     console.show(f"dispatcher: {'pid ' + str(d['pid']) + ' since ' + d['started_at'] if d else 'not running'}")
     for w in result["workers"]:
+        if w["on_deck"]:
+            console.show(f"  on deck: {w['task_id']} on {w['branch']} (claimed; starts when a worker's slot frees)")
+            continue
         console.show(f"  worker {w['slot']}: {w['task_id']} on {w['branch']} (pid {w['pid']}, until {w['deadline']}, "
                      f"log {w['log']})")
     if (m := result["main_check"]) and m["holds_merges"]:

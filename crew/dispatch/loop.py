@@ -18,6 +18,8 @@ from crew.dispatch import records
 from crew.dispatch import scheduler
 from crew.dispatch import store_thread
 from crew.dispatch import wakeup as wakeups
+from crew.dispatch import workers
+from crew.dispatch import worktrees
 from crew.dispatch.conflicts import Conflicts
 from crew.dispatch.finish import Finisher
 from crew.dispatch.leases import Leases
@@ -57,6 +59,7 @@ class Dispatcher:
         self.queue = MergeQueue(config, self.ledger, store, self.gates, self.conflicts, self.stop_now_reason,
                                 self.wakeup)
         self.breaker = scheduler.Breaker(config.breaker_failures, config.breaker_pause_secs, watch)
+        self.pool.starts_held = self.deck_waits
         self.finisher = Finisher(config, self.ledger, store, self.pool, self.queue, self.breaker)
         self.recovery = Recovery(config, self.ledger, store, self.pool)
         self.leases = Leases(self.serial, config.lease_heartbeat_secs, self.say)
@@ -78,6 +81,11 @@ class Dispatcher:
         self.seen_ready: dict[str, float] = {}
         # One claim at a time: the store's answer, the task, and when a ready list first held it.
         self.claiming: tuple[concurrent.futures.Future, task_model.Task, float] | None = None
+        # The releases of tasks taken off the deck (the run stops, starts are held, the task was
+        # edited): the store's answer and the task's id.
+        self.releasing: list[tuple[concurrent.futures.Future, str]] = []
+        # The task on deck as the store has it now (read at each poll), and the task as claimed.
+        self.deck_read: tuple[task_model.Task, concurrent.futures.Future] | None = None
         self.refill_began = 0.0  # when the last claim was handed over: merges wait a moment for its start
         self.blocked_read: concurrent.futures.Future | None = None
         self.settle_read: tuple[int, concurrent.futures.Future] | None = None  # the pending merges' tasks
@@ -103,18 +111,40 @@ class Dispatcher:
         return scheduler.Holdings(list(state.workers.values()), list(state.merge_queue), dict(state.pending),
                                   self.files_of)
 
+    def starts_held(self) -> bool:
+        """Whether no worker may start now: the run is stopping, or the breaker holds starts."""
+        return self.stopping or self.breaker_tripped()
+
+    def deck_waits(self) -> bool:
+        """Whether the task on deck may not start now: starts are held (a stop, the breaker), or
+        new work waits while branches wait to merge (it waits on deck until they land)."""
+        return self.starts_held() or scheduler.why_starts_held(self.holdings(), self.waiting_limit,
+                                                               time.time()) is not None
+
+    def open_slots(self) -> list[int]:
+        """The free slots a claim may be made for (less the one the task on deck will take), or
+        while every slot is busy, the deck's: the next task is claimed and its worktree made
+        ahead, so that a worker's exit starts the next agent at once."""
+        free = self.pool.free_slots()[self.pool.on_deck() is not None:]
+        return free or ([workers.ON_DECK] if self.pool.deck_free() else [])
+
     def fill_slots(self) -> None:
         """Plan from the newest ready list and hand the first start's claim to the store thread;
         claimed() starts its worker. One claim at a time, so each plan sees the last start."""
-        free = self.pool.free_slots()
-        if not free or self.claiming is not None or self.stopping or self.breaker_tripped():
+        if self.claiming is not None or self.starts_held() or not (slots := self.open_slots()):
             return
         holdings = self.holdings()
         starts_held = scheduler.why_starts_held(holdings, self.waiting_limit, time.time())
         if starts_held and self.ready and STARTS_HELD not in self.ledger.told_waiting:
             self.ledger.told_waiting.add(STARTS_HELD)  # once a run: the queue may fill and drain all run long
             self.say(f"new workers wait: {starts_held}")
-        plan = scheduler.plan_starts(self.ready, holdings, len(free), self.config.avoid_file_overlap, starts_held)
+        ready = self.ready
+        if slots == [workers.ON_DECK]:
+            # A conflict or fix task works in its branch's worktree, prepared with main merged in:
+            # made ahead, main would move under it, and taken off, the branch would keep that merge.
+            # The others wait while starts are held, so nothing goes on deck then.
+            ready = [task for task in ready if scheduler.pending_for(holdings, task) is None]
+        plan = scheduler.plan_starts(ready, holdings, len(slots), self.config.avoid_file_overlap, starts_held)
         first = next((i for i, decision in enumerate(plan) if decision.start), len(plan) - 1)
         for decision in plan[:first + 1]:
             task = decision.task
@@ -123,9 +153,10 @@ class Dispatcher:
                 self.ledger.told_waiting.add(message)
                 self.say(message)
         if plan and plan[first].start:
-            task, self.ready = plan[first].task, self.ready[first + 1:]
+            task = plan[first].task
+            self.ready = self.ready[self.ready.index(task) + 1:]
             self.claiming = (self.serial.later("claim", task.id, self.config.actor), task,
-                             self.seen_ready.get(task.id, time.time()))
+                             self.seen_ready.get(task.id, time.time()), slots == [workers.ON_DECK])
             self.refill_began = time.time()
             if self.ready_read is not None:
                 self.claimed_during_read.add(task.id)
@@ -135,15 +166,46 @@ class Dispatcher:
         planned). True if it came back."""
         if self.claiming is None or not self.claiming[0].done():
             return False
-        future, task, ready_since = self.claiming
+        future, task, ready_since, _ = self.claiming
         self.claiming = None
         if future.result():
-            self.ledger.event("claimed", task.id, ready_since=files.iso_time(ready_since))
+            slot = self.open_slots()[0]
+            self.ledger.event("claimed", task.id, ready_since=files.iso_time(ready_since),
+                              **({"on_deck": True} if slot == workers.ON_DECK else {}))
             failpoints.failpoint("after_claim")
             self.known[task.id] = task
             self.queue.rewritten.observe_main()  # the main its branch is made on is a main seen
-            self.pool.start(self.pool.free_slots()[0], task, scheduler.pending_for(self.holdings(), task))
+            self.pool.start(slot, task, scheduler.pending_for(self.holdings(), task))
+            if slot == workers.ON_DECK:
+                self.say(f"{task.id}: on deck (claimed, its worktree made now): its worker starts when a slot frees")
         return True
+
+    def clear_deck(self, why: str, release: bool = True) -> bool:
+        """Take the task on deck off it, once its worktree is made (a start under way is waited
+        for), when it may not start: its record and worktree go, its claim is handed back (not
+        that of a task the user blocked: releasing would reopen it). A crash before the release
+        leaves a claim no record names, which the next run releases. True if it was taken off."""
+        deck = self.pool.on_deck()
+        if deck is None or not (starting := self.pool.starting.get(workers.ON_DECK)) or not starting.done():
+            return False
+        self.pool.forget(deck)
+        self.ledger.save_state()
+        worktrees.discard_attempt(self.config, deck)
+        self.say(f"{deck.task_id}: taken off deck ({why})" + (", and released" if release else ""))
+        if release:
+            self.releasing.append((self.serial.later("release", deck.task_id, f"released from deck: {why}",
+                                                 actor=deck.actor), deck.task_id))
+        return True
+
+    def released(self) -> None:
+        """The releases of tasks taken off the deck that have come back."""
+        for future, task_id in [entry for entry in self.releasing if entry[0].done()]:
+            self.releasing.remove((future, task_id))
+            if (failed := future.exception()) is None:
+                self.ledger.event("released", task_id, reason="taken off deck")
+            elif not isinstance(failed, errors.TaskNotFound):
+                self.say(f"{task_id}: not released from deck ({safe_names.one_line_tail(str(failed))}); "
+                         "the next run releases it")
 
     def read_store(self, poll_due: bool) -> bool:
         """Hand the loop's reads to the store thread (the ready list when it is older than the
@@ -158,6 +220,11 @@ class Dispatcher:
             self.ready_read, self.claimed_during_read, came_back = None, set(), True
         if self.ready_read is None and (poll_due or self.ready_as_of < self.changes):
             self.ready_read = (self.changes, self.serial.later("ready", limit=max(50, 4 * self.max_workers)))
+        if self.deck_read is not None and self.deck_read[1].done():
+            self.recheck_deck(*self.deck_read)
+            self.deck_read = None
+        if poll_due and self.deck_read is None and (deck := self.pool.deck_ready()) is not None:
+            self.deck_read = (self.known[deck.task_id], self.serial.later("get", deck.task_id))
         if self.blocked_read is not None and self.blocked_read.done():
             self.stop_blocked_workers(self.blocked_read.result())
             self.blocked_read = None
@@ -209,6 +276,28 @@ class Dispatcher:
     def running(self) -> dict[str, records.Worker]:
         return {w.task_id: w for w in self.ledger.state.workers.values() if w.pid is not None and not w.ended}
 
+    def recheck_deck(self, claimed: task_model.Task, future: concurrent.futures.Future) -> None:
+        """The task on deck as the store has it now. No longer this dispatcher's claim (blocked,
+        closed, reopened, taken by another, deleted), it is taken off and left as it is; edited
+        since its claim (its worktree and message were made from the text as claimed), it is
+        taken off and released, to be claimed again as it is now."""
+        deck = self.pool.on_deck()
+        if deck is None or deck.task_id != claimed.id:
+            return
+        try:
+            now = future.result()
+        except errors.TaskNotFound:
+            self.clear_deck("its task was deleted", release=False)
+            return
+        except errors.UserError:
+            return  # the store is unreachable: looked at again at the next poll
+        if now.status != "in_progress":
+            self.clear_deck(f"its task is {now.status}", release=False)
+        elif now.assignee != deck.actor:
+            self.clear_deck(f"its task is held by {now.assignee or 'no one'}", release=False)
+        elif (now.title, now.description, now.labels) != (claimed.title, claimed.description, claimed.labels):
+            self.clear_deck("its task was edited since its claim", release=True)
+
     def stop_blocked_workers(self, blocked: list[task_model.Task]) -> None:
         """A task the user blocked while its worker runs: end the worker, keep its branch, merge nothing."""
         running = self.running()
@@ -218,14 +307,20 @@ class Dispatcher:
                 self.pool.end(worker, records.TASK_BLOCKED)  # finished once its tree is gone
 
     def renew_leases(self) -> bool:
-        """Renew the claims this dispatcher holds: its running workers', and those of the branches
-        that wait to merge. A worker whose claim is gone is ended, its branch kept and not merged
-        (the task is someone else's now). True if one was ended."""
+        """Renew the claims this dispatcher holds: its running workers', the task's on deck, and
+        those of the branches that wait to merge. A worker whose claim is gone is ended, its
+        branch kept and not merged (the task is someone else's now); a task on deck is taken off.
+        True if one was ended."""
         state, running = self.ledger.state, self.running()
+        if (deck := self.pool.on_deck()) is not None:
+            running[deck.task_id] = deck
         claims = {held.task_id: held.actor or self.config.actor
                   for held in [*state.merge_queue, *state.pending.values(), *running.values()]}
         lost = self.leases.step(claims, running, time.time())
         for worker, why in lost:
+            if worker is deck:
+                self.clear_deck(f"its claim was taken back: {why}", release=False)
+                continue
             self.say(f"{worker.task_id}: its claim was taken back ({why}); ending its worker (its branch is kept)")
             self.pool.end(worker, records.CLAIM_LOST)  # finished once its tree is gone
         return bool(lost)
@@ -253,13 +348,17 @@ class Dispatcher:
     # ---- the loop --------------------------------------------------------------------------
 
     def merges_held_until(self) -> float:
-        """While a refill's claim or worktree is under way, merges wait for it, so a quick start
-        goes first and its agent works while the merge runs; but no merge waits more than
+        """While a refill's claim or worktree is under way (the deck's too, which then starts the
+        moment a worker exits), merges wait for it, so a quick start goes first and its agent
+        works while the merge runs; but no merge waits more than
         START_WAIT_SECS from its refill or its own queueing (with many workers a refill is
         nearly always under way: merges must not starve). Where the last worktree took longer
         than that (a large checkout), merges wait for no start. 0: merges are not held."""
-        if (self.claiming is None and not self.pool.starting) or self.pool.last_prepare_secs >= START_WAIT_SECS:
+        preparing = any(not start.done() for start in self.pool.starting.values())
+        if (self.claiming is None and not preparing) or self.pool.last_prepare_secs >= START_WAIT_SECS:
             return 0.0
+        if self.pool.on_deck() is not None or (self.claiming is not None and self.claiming[3]):
+            return self.refill_began + START_WAIT_SECS
         oldest = min((request.queued_at for request in self.ledger.state.merge_queue), default=self.refill_began)
         return min(self.refill_began, oldest) + START_WAIT_SECS
 
@@ -309,6 +408,9 @@ class Dispatcher:
             changed |= self.claimed()  # lost to someone else: the ready list is read again too
             changed |= self.renew_leases()
             changed |= self.reclaim_lapsed()
+            self.released()
+            if self.stopping or self.breaker_tripped():
+                changed |= self.clear_deck("the run is stopping" if self.stopping else "the breaker holds starts")
             if changed:
                 self.fill_slots()  # a freed slot is refilled before anything else
             now = time.time()
@@ -330,7 +432,7 @@ class Dispatcher:
             # Done once nothing runs or waits, and the ready list and pending merges, read since the
             # last change, started nothing.
             idle = not ledger.state.workers and not gates.any_busy(self.gates) and not self.queue.due(time.time()) \
-                and self.claiming is None and self.reclaiming is None
+                and self.claiming is None and self.reclaiming is None and not self.releasing
             current = self.ready_as_of == self.settled_as_of == self.reviewed_as_of == self.changes
             if idle and (self.stopping or (not changed and not self.watch and current)):
                 break
@@ -396,6 +498,7 @@ class Dispatcher:
         left = processes.wait_for_kills([*pool.kills.values(), *self.end_threads_commands(under_way)],
                                         give_up_after=STOP_KILLED_SECS)
         gates.wait_until_ended(self.gates)
+        self.clear_deck(why)
         gone = []
         for worker in ended:
             if any(kill is pool.kills.get(worker.slot) for kill in left):
@@ -417,7 +520,9 @@ class Dispatcher:
         asked = [(worker, self.serial.later("release", worker.task_id,
                                             f"attempt {worker.attempt} {why}; its branch {worker.branch} is kept "
                                             "for the next run", actor=worker.actor)) for worker in workers]
-        concurrent.futures.wait([future for _, future in asked], timeout=STOP_RELEASE_SECS)
+        concurrent.futures.wait([future for _, future in asked] + [future for future, _ in self.releasing],
+                                timeout=STOP_RELEASE_SECS)
+        self.released()
         for worker, future in asked:
             if not future.done():
                 future.cancel()

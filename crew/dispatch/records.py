@@ -27,6 +27,11 @@ STATE_VERSION = 5
 TIMED_OUT = "timed out"
 TASK_BLOCKED = "stopped: its task was blocked"  # by the user, while the worker ran
 CLAIM_LOST = "stopped: its claim was taken back"  # its lease lapsed and another took the task (bd)
+# The slot of the task on deck: claimed, recorded and its worktree made while every slot was
+# busy, its agent started the moment a worker exits (it takes that worker's slot, and the worker
+# leaving takes this one until its tree is gone and it is judged). Never a free slot. A release
+# that reads it finds a worker recorded and never started, and releases its task.
+ON_DECK = 0
 
 
 def same_creation(recorded: str, created_at: str) -> bool:

@@ -31,7 +31,8 @@ def status(config: configuration.Config, store: task_model.TaskStore) -> dict:
         "dispatcher": {"pid": dispatcher.pid, "started_at": dispatcher.started_at} if dispatcher else None,
         "workers": [{"slot": w.slot, "task_id": w.task_id, "title": w.title, "branch": w.branch,
                      "worktree": w.worktree, "pid": w.pid, "started_at": iso(w.started_at),
-                     "deadline": iso(w.deadline), "log": w.log} for w in state.workers.values()],
+                     "deadline": iso(w.deadline), "log": w.log, "on_deck": w.slot == records.ON_DECK and w.pid is None}
+                    for w in state.workers.values()],
         "merge_queue": [{"task_id": r.task_id, "branch": r.branch, "outcome": r.outcome, "waiting": r.waiting,
                          "held": r.held is not None, **review_state(r)}
                         for r in state.merge_queue],

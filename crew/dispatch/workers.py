@@ -20,6 +20,7 @@ from crew.dispatch.ledger import Ledger
 from crew.tasks import model as task_model
 
 LEFTOVER_GRACE_SECS = 0.2  # what an exited agent left running gets this long to end by itself
+ON_DECK = records.ON_DECK
 
 
 class WorkerPool:
@@ -38,6 +39,7 @@ class WorkerPool:
         self.kills: dict[int, processes.TreeKill] = {}
         self.committing: dict[int, concurrent.futures.Future] = {}  # its leftover commit, once its tree is gone
         self.starter = wakeups.PostingExecutor(wakeup, max_workers, "start")
+        self.starts_held = lambda: False  # the dispatcher's: whether the task on deck must wait
         self.last_prepare_secs = 0.0  # how long the last start's worktree took (a large checkout: seconds)
 
     @property
@@ -46,6 +48,46 @@ class WorkerPool:
 
     def free_slots(self) -> list[int]:
         return [slot for slot in range(1, self.max_workers + 1) if slot not in self.workers]
+
+    def on_deck(self) -> records.Worker | None:
+        """The task on deck (its process not started), if there is one."""
+        worker = self.workers.get(ON_DECK)
+        return worker if worker is not None and worker.pid is None else None
+
+    def deck_free(self) -> bool:
+        """Whether a task may be put on deck: the slot holds neither one nor a worker leaving."""
+        return ON_DECK not in self.workers
+
+    def deck_ready(self) -> records.Worker | None:
+        """The task on deck once its worktree is made, ready to start."""
+        deck = self.on_deck()
+        starting = self.starting.get(ON_DECK)
+        return deck if starting is not None and starting.done() and starting.exception() is None else None
+
+    def place_for_deck(self) -> tuple[int, records.Worker | None] | None:
+        """Where the task on deck may start: a free slot, or that of a worker whose agent exited
+        by itself (its tree being ended, or what it left committed, before it is judged)."""
+        if free := self.free_slots():
+            return free[0], None
+        return next(((slot, worker) for slot, worker in self.workers.items() if slot != ON_DECK and worker.ended is None
+                     and worker.pid is not None and (slot in self.kills or slot in self.committing)), None)
+
+    def start_deck(self, slot: int, leaving: records.Worker | None = None) -> None:
+        """Start the task on deck in `slot`: a free one, or that of `leaving`, whose agent has
+        exited, and which moves to a slot past every worker slot until its tree is gone and it
+        is judged (judging is independent of the next start, and takes longer; the deck is free
+        for the next task meanwhile). One state write, with the new pid (started())."""
+        deck = self.workers.pop(ON_DECK)
+        if leaving is not None:
+            aside = max(self.max_workers, *self.workers) + 1
+            self.workers[aside] = self.workers.pop(slot)
+            leaving.slot = aside
+            for runtime in (self.procs, self.kills, self.committing):
+                if slot in runtime:
+                    runtime[aside] = runtime.pop(slot)
+        self.workers[slot], deck.slot = deck, slot
+        self.starting[slot] = self.starting.pop(ON_DECK)
+        self.started(deck)
 
     def forget(self, worker: records.Worker) -> None:
         """The worker is finished: its slot is free (the caller saves the state)."""
@@ -165,7 +207,8 @@ class WorkerPool:
     def poll(self, finish) -> bool:
         """Start the workers whose worktree is ready; end the trees of workers that exited or
         outlived their deadline (ended first), without waiting; hand each worker whose tree is
-        gone to finish(worker). True if any worker started or ended."""
+        gone to finish(worker). A worker that exited hands its slot to the task on deck at once,
+        when starts_held() says nothing holds starts. True if any worker started or ended."""
         changed = False
         for worker in list(self.workers.values()):
             if (committing := self.committing.get(worker.slot)) is not None:
@@ -174,8 +217,12 @@ class WorkerPool:
                     changed = True
                 continue
             if (starting := self.starting.get(worker.slot)) is not None:
-                if starting.done():
+                # The task on deck starts when a slot frees; a failed start is counted at once.
+                if starting.done() and (worker.slot != ON_DECK or starting.exception() is not None):
                     self.started(worker)
+                    changed = True
+                elif starting.done() and not self.starts_held() and (place := self.place_for_deck()):
+                    self.start_deck(*place)
                     changed = True
                 continue
             if worker.slot not in self.kills:
@@ -184,6 +231,8 @@ class WorkerPool:
                     self.ledger.event("worker_exited", worker.task_id, code=proc.returncode if proc else None,
                                       log=worker.log)
                     changed = True
+                    if worker.slot != ON_DECK and self.deck_ready() and not self.starts_held():
+                        self.start_deck(worker.slot, leaving=worker)  # the next agent first
                     self.kill(worker, LEFTOVER_GRACE_SECS)  # what it left running would hold the worktree
                 elif worker.deadline and time.time() > worker.deadline:
                     self.ledger.say(f"{worker.task_id}: worker outlived worker_timeout_secs; ending its process tree")

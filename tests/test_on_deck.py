@@ -1,0 +1,147 @@
+"""The task on deck: claimed and its worktree made while every slot is busy, started the moment
+a worker exits; taken off (and released) when it may not start; never lost or run twice."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from crew.dispatch import records
+from conftest import ROOT
+from dispatch_helpers import (DISPATCH, add_task, dispatch, events, merges_of, start_dispatcher, wait_until)
+
+posix_only = pytest.mark.skipif(os.name == "nt", reason="uses POSIX signals")
+
+
+def state(repo: Path) -> dict:
+    path = repo / ".dispatch_state.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"workers": []}
+
+
+def on_deck(repo: Path, task_id: str) -> bool:
+    """The task is on deck with its worktree made (its message is written last but one)."""
+    return any(w["slot"] == records.ON_DECK and w["task_id"] == task_id and w["pid"] is None
+               and (Path(w["worktree"]) / ".current_task.txt").exists() for w in state(repo)["workers"])
+
+
+def two_tasks(json_agent_setup, first_cue: str):
+    """One slot; a first task whose agent runs `first_cue`, and a second, ready behind it."""
+    cfg, config, store = json_agent_setup(max_workers=1)
+    first = add_task(store, "First", first_cue, "append first.txt one")
+    second = add_task(store, "Second", "append second.txt two")
+    return cfg, store, first, second
+
+
+def test_the_next_task_waits_on_deck_and_starts_at_a_workers_exit_before_that_worker_is_judged(json_agent_setup, repo):
+    cfg, store, first, second = two_tasks(json_agent_setup, "sleep 2")
+    result = dispatch(cfg)
+    assert result.returncode == 0, result.stderr
+    order = [(e["event"], e["task_id"], e) for e in events(repo)]
+    names = [(name, task_id) for name, task_id, _ in order]
+    claimed_second = names.index(("claimed", second.id))
+    assert order[claimed_second][2].get("on_deck") is True
+    exited_first = names.index(("worker_exited", first.id))
+    assert claimed_second < exited_first  # claimed while the first ran
+    started_second = names.index(("worker_started", second.id))
+    assert exited_first < started_second < names.index(("commits_found", first.id))
+    assert order[started_second][2]["slot"] == 1
+    assert merges_of(repo, first.id) == merges_of(repo, second.id) == 1
+    assert state(repo)["workers"] == []
+
+
+def test_status_shows_the_task_on_deck(json_agent_setup, repo):
+    cfg, store, first, second = two_tasks(json_agent_setup, "sleep 4")
+    proc = start_dispatcher(cfg)
+    try:
+        wait_until(lambda: on_deck(repo, second.id), proc, "the second task on deck")
+        shown = subprocess.run([sys.executable, str(DISPATCH), "--config", str(cfg), "--status", "--json"],
+                               capture_output=True, text=True, timeout=60)
+        listed = subprocess.run([sys.executable, str(DISPATCH), "--config", str(cfg), "--status"],
+                                capture_output=True, text=True, timeout=60)
+        assert f"on deck: {second.id}" in listed.stdout
+        assert shown.returncode == 0, shown.stderr
+        workers = {w["task_id"]: w for w in json.loads(shown.stdout)["workers"]}
+        assert workers[second.id]["on_deck"] is True and workers[first.id]["on_deck"] is False
+        assert proc.wait(timeout=120) == 0
+    finally:
+        proc.kill()
+    assert merges_of(repo, second.id) == 1
+
+
+@pytest.mark.parametrize("crash", ["after_claim:2", "after_worktree:2", "kill"])
+def test_a_crash_with_a_task_on_deck_loses_nothing_and_runs_nothing_twice(json_agent_setup, repo, crash):
+    """after_claim:2: the deck's claim made, no record of it yet; after_worktree:2: its worktree
+    made; kill: killed while it waits on deck. The next run releases it or runs it, once."""
+    cfg, store, first, second = two_tasks(json_agent_setup, "sleep 3")
+    if crash == "kill":
+        proc = start_dispatcher(cfg)
+        wait_until(lambda: on_deck(repo, second.id), proc, "the second task on deck")
+        proc.kill()
+        proc.communicate()
+    else:
+        crashed = dispatch(cfg, env={"DISPATCH_FAILPOINT": crash})
+        assert crashed.returncode == 77, crashed.stderr
+        assert store.get(second.id).status == "in_progress"
+    result = dispatch(cfg)
+    assert result.returncode == 0, result.stderr
+    assert merges_of(repo, first.id) == merges_of(repo, second.id) == 1
+    assert store.get(first.id).status == store.get(second.id).status == "closed"
+    assert state(repo)["workers"] == []
+
+
+@posix_only
+def test_ctrl_c_takes_the_task_on_deck_off_and_releases_it(json_agent_setup, repo):
+    cfg, store, first, second = two_tasks(json_agent_setup, "sleep 3")
+    proc = start_dispatcher(cfg)
+    try:
+        wait_until(lambda: on_deck(repo, second.id), proc, "the second task on deck")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert "taken off deck" in out + err
+    assert merges_of(repo, first.id) == 1  # the running worker finished and merged
+    assert store.get(second.id).status == "open" and not store.get(second.id).assignee
+    assert not events(repo, "worker_started")[1:]
+    assert [e["reason"] for e in events(repo, "released") if e["task_id"] == second.id] == ["taken off deck"]
+    assert state(repo)["workers"] == []
+    assert not any(p.name.startswith(second.id) for p in (repo.parent / "worktrees").glob("*")) if (
+        repo.parent / "worktrees").exists() else True
+
+
+def test_a_task_blocked_while_on_deck_is_taken_off_and_left_blocked(json_agent_setup, repo):
+    cfg, store, first, second = two_tasks(json_agent_setup, "sleep 4")
+    proc = start_dispatcher(cfg)
+    try:
+        wait_until(lambda: on_deck(repo, second.id), proc, "the second task on deck")
+        subprocess.run([sys.executable, str(ROOT / "tasks.py"), "--config", str(cfg), "block", second.id,
+                        "-r", "not now"], check=True, capture_output=True)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    finally:
+        proc.kill()
+    assert "taken off deck (its task is blocked)" in out + err
+    assert store.get(second.id).status == "blocked"
+    assert [e["task_id"] for e in events(repo, "worker_started")] == [first.id]
+    assert merges_of(repo, first.id) == 1 and merges_of(repo, second.id) == 0
+
+
+def test_a_task_edited_while_on_deck_is_made_again_from_its_new_text(json_agent_setup, repo):
+    cfg, store, first, second = two_tasks(json_agent_setup, "sleep 4")
+    proc = start_dispatcher(cfg)
+    try:
+        wait_until(lambda: on_deck(repo, second.id), proc, "the second task on deck")
+        store.relabel(second.id, add=["file:second.txt"])  # its scope: what the agent is told
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    finally:
+        proc.kill()
+    assert "taken off deck (its task was edited since its claim), and released" in out + err
+    assert merges_of(repo, second.id) == 1
+    assert [e["task_id"] for e in events(repo, "worker_started")] == [first.id, second.id]
+    assert [e.get("on_deck") for e in events(repo, "claimed") if e["task_id"] == second.id] == [True, True]
