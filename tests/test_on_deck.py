@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from crew.dispatch import records
-from conftest import ROOT
-from dispatch_helpers import (DISPATCH, add_task, dispatch, events, merges_of, start_dispatcher, wait_until)
+from support.dispatching import DISPATCH, add_task, dispatch, events, merges_of, start_dispatcher, wait_until
+from support.repos import ROOT
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="uses POSIX signals")
 

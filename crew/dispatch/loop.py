@@ -59,7 +59,7 @@ class Dispatcher:
         self.queue = MergeQueue(config, self.ledger, store, self.gates, self.conflicts, self.stop_now_reason,
                                 self.wakeup)
         self.breaker = scheduler.Breaker(config.breaker_failures, config.breaker_pause_secs, watch)
-        self.pool.starts_held = self.deck_waits
+        self.pool.deck_waits = self.deck_waits
         self.finisher = Finisher(config, self.ledger, store, self.pool, self.queue, self.breaker)
         self.recovery = Recovery(config, self.ledger, store, self.pool)
         self.leases = Leases(self.serial, config.lease_heartbeat_secs, self.say)
@@ -115,11 +115,13 @@ class Dispatcher:
         """Whether no worker may start now: the run is stopping, or the breaker holds starts."""
         return self.stopping or self.breaker_tripped()
 
-    def deck_waits(self) -> bool:
+    def deck_waits(self, leaving: int) -> bool:
         """Whether the task on deck may not start now: starts are held (a stop, the breaker), or
-        new work waits while branches wait to merge (it waits on deck until they land)."""
-        return self.starts_held() or scheduler.why_starts_held(self.holdings(), self.waiting_limit,
-                                                               time.time()) is not None
+        new work waits while branches wait to merge (it waits on deck until they land), counting
+        the `leaving` workers, exited and not yet judged, as branches that wait to merge."""
+        limit = self.waiting_limit
+        return self.starts_held() or bool(limit) and scheduler.merging(
+            self.ledger.state.merge_queue, time.time()) + leaving >= limit
 
     def open_slots(self) -> list[int]:
         """The free slots a claim may be made for (less the one the task on deck will take), or
@@ -131,13 +133,15 @@ class Dispatcher:
     def fill_slots(self) -> None:
         """Plan from the newest ready list and hand the first start's claim to the store thread;
         claimed() starts its worker. One claim at a time, so each plan sees the last start."""
-        if self.claiming is not None or self.starts_held() or not (slots := self.open_slots()):
+        if self.claiming is not None or self.starts_held():
             return
         holdings = self.holdings()
         starts_held = scheduler.why_starts_held(holdings, self.waiting_limit, time.time())
-        if starts_held and self.ready and STARTS_HELD not in self.ledger.told_waiting:
+        if starts_held and (self.ready or self.pool.on_deck()) and STARTS_HELD not in self.ledger.told_waiting:
             self.ledger.told_waiting.add(STARTS_HELD)  # once a run: the queue may fill and drain all run long
             self.say(f"new workers wait: {starts_held}")
+        if not (slots := self.open_slots()):
+            return
         ready = self.ready
         if slots == [workers.ON_DECK]:
             # A conflict or fix task works in its branch's worktree, prepared with main merged in:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import concurrent.futures
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from crew import config as configuration
@@ -39,7 +40,9 @@ class WorkerPool:
         self.kills: dict[int, processes.TreeKill] = {}
         self.committing: dict[int, concurrent.futures.Future] = {}  # its leftover commit, once its tree is gone
         self.starter = wakeups.PostingExecutor(wakeup, max_workers, "start")
-        self.starts_held = lambda: False  # the dispatcher's: whether the task on deck must wait
+        # The dispatcher's: whether the task on deck must wait, given how many workers have
+        # exited and are not yet judged (each may add a branch to the merge queue).
+        self.deck_waits: Callable[[int], bool] = lambda leaving: False
         self.last_prepare_secs = 0.0  # how long the last start's worktree took (a large checkout: seconds)
 
     @property
@@ -71,6 +74,10 @@ class WorkerPool:
             return free[0], None
         return next(((slot, worker) for slot, worker in self.workers.items() if slot != ON_DECK and worker.ended is None
                      and worker.pid is not None and (slot in self.kills or slot in self.committing)), None)
+
+    def leaving(self) -> int:
+        """How many workers have exited and are not yet judged."""
+        return sum(1 for slot in self.workers if slot in self.kills or slot in self.committing)
 
     def start_deck(self, slot: int, leaving: records.Worker | None = None) -> None:
         """Start the task on deck in `slot`: a free one, or that of `leaving`, whose agent has
@@ -208,7 +215,7 @@ class WorkerPool:
         """Start the workers whose worktree is ready; end the trees of workers that exited or
         outlived their deadline (ended first), without waiting; hand each worker whose tree is
         gone to finish(worker). A worker that exited hands its slot to the task on deck at once,
-        when starts_held() says nothing holds starts. True if any worker started or ended."""
+        unless deck_waits(). True if any worker started or ended."""
         changed = False
         for worker in list(self.workers.values()):
             if (committing := self.committing.get(worker.slot)) is not None:
@@ -221,7 +228,7 @@ class WorkerPool:
                 if starting.done() and (worker.slot != ON_DECK or starting.exception() is not None):
                     self.started(worker)
                     changed = True
-                elif starting.done() and not self.starts_held() and (place := self.place_for_deck()):
+                elif starting.done() and (place := self.place_for_deck()) and not self.deck_waits(self.leaving()):
                     self.start_deck(*place)
                     changed = True
                 continue
@@ -231,7 +238,7 @@ class WorkerPool:
                     self.ledger.event("worker_exited", worker.task_id, code=proc.returncode if proc else None,
                                       log=worker.log)
                     changed = True
-                    if worker.slot != ON_DECK and self.deck_ready() and not self.starts_held():
+                    if worker.slot != ON_DECK and self.deck_ready() and not self.deck_waits(self.leaving() + 1):
                         self.start_deck(worker.slot, leaving=worker)  # the next agent first
                     self.kill(worker, LEFTOVER_GRACE_SECS)  # what it left running would hold the worktree
                 elif worker.deadline and time.time() > worker.deadline:
