@@ -10,10 +10,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.dispatching import DISPATCH
+from support.dispatching import add_task
+from support.dispatching import dispatch
+from support.dispatching import events
+from support.dispatching import merges_of
+from support.dispatching import start_dispatcher
+from support.dispatching import wait_until
+from support.repos import ROOT
 
 from crew.dispatch import records
-from support.dispatching import DISPATCH, add_task, dispatch, events, merges_of, start_dispatcher, wait_until
-from support.repos import ROOT
+
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="uses POSIX signals")
 
@@ -31,14 +38,14 @@ def on_deck(repo: Path, task_id: str) -> bool:
 
 def two_tasks(json_agent_setup, first_cue: str):
     """One slot; a first task whose agent runs `first_cue`, and a second, ready behind it."""
-    cfg, config, store = json_agent_setup(max_workers=1)
+    cfg, _, store = json_agent_setup(max_workers=1)
     first = add_task(store, "First", first_cue, "append first.txt one")
     second = add_task(store, "Second", "append second.txt two")
     return cfg, store, first, second
 
 
 def test_the_next_task_waits_on_deck_and_starts_at_a_workers_exit_before_that_worker_is_judged(json_agent_setup, repo):
-    cfg, store, first, second = two_tasks(json_agent_setup, "sleep 2")
+    cfg, _, first, second = two_tasks(json_agent_setup, "sleep 2")
     result = dispatch(cfg)
     assert result.returncode == 0, result.stderr
     order = [(e["event"], e["task_id"], e) for e in events(repo)]
@@ -55,14 +62,14 @@ def test_the_next_task_waits_on_deck_and_starts_at_a_workers_exit_before_that_wo
 
 
 def test_status_shows_the_task_on_deck(json_agent_setup, repo):
-    cfg, store, first, second = two_tasks(json_agent_setup, "sleep 4")
+    cfg, _, first, second = two_tasks(json_agent_setup, "sleep 4")
     proc = start_dispatcher(cfg)
     try:
         wait_until(lambda: on_deck(repo, second.id), proc, "the second task on deck")
         shown = subprocess.run([sys.executable, str(DISPATCH), "--config", str(cfg), "--status", "--json"],
-                               capture_output=True, text=True, timeout=60)
+                               check=False, capture_output=True, text=True, timeout=60)
         listed = subprocess.run([sys.executable, str(DISPATCH), "--config", str(cfg), "--status"],
-                                capture_output=True, text=True, timeout=60)
+                                check=False, capture_output=True, text=True, timeout=60)
         assert f"on deck: {second.id}" in listed.stdout
         assert shown.returncode == 0, shown.stderr
         workers = {w["task_id"]: w for w in json.loads(shown.stdout)["workers"]}

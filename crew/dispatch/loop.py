@@ -120,8 +120,8 @@ class Dispatcher:
         new work waits while branches wait to merge (it waits on deck until they land), counting
         the `leaving` workers, exited and not yet judged, as branches that wait to merge."""
         limit = self.waiting_limit
-        return self.starts_held() or bool(limit) and scheduler.merging(
-            self.ledger.state.merge_queue, time.time()) + leaving >= limit
+        return self.starts_held() or (bool(limit) and scheduler.merging(
+            self.ledger.state.merge_queue, time.time()) + leaving >= limit)
 
     def open_slots(self) -> list[int]:
         """The free slots a claim may be made for (less the one the task on deck will take), or
@@ -160,7 +160,7 @@ class Dispatcher:
             task = plan[first].task
             self.ready = self.ready[self.ready.index(task) + 1:]
             self.claiming = (self.serial.later("claim", task.id, self.config.actor), task,
-                             self.seen_ready.get(task.id, time.time()), slots == [workers.ON_DECK])
+                             self.seen_ready.get(task.id, time.time()))
             self.refill_began = time.time()
             if self.ready_read is not None:
                 self.claimed_during_read.add(task.id)
@@ -170,7 +170,7 @@ class Dispatcher:
         planned). True if it came back."""
         if self.claiming is None or not self.claiming[0].done():
             return False
-        future, task, ready_since, _ = self.claiming
+        future, task, ready_since = self.claiming
         self.claiming = None
         if future.result():
             slot = self.open_slots()[0]
@@ -361,8 +361,6 @@ class Dispatcher:
         preparing = any(not start.done() for start in self.pool.starting.values())
         if (self.claiming is None and not preparing) or self.pool.last_prepare_secs >= START_WAIT_SECS:
             return 0.0
-        if self.pool.on_deck() is not None or (self.claiming is not None and self.claiming[3]):
-            return self.refill_began + START_WAIT_SECS
         oldest = min((request.queued_at for request in self.ledger.state.merge_queue), default=self.refill_began)
         return min(self.refill_began, oldest) + START_WAIT_SECS
 
