@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from crew import errors
+from crew import errors, files
 from crew.dispatch import records
 from crew.dispatch.records import MergeRequest, PendingMerge
 
@@ -209,3 +209,19 @@ def test_a_merge_queued_and_a_merge_pending_in_version_1_files_each_merge_once(j
     saved = json.loads((repo / STATE).read_text(encoding="utf-8"))
     assert saved["version"] == records.STATE_VERSION and saved["merge_queue"] == []
     assert json.loads((repo / PENDING).read_text(encoding="utf-8")) == {}
+
+
+def test_a_version_5_file_with_every_kind_of_record_reads_and_writes_back_byte_for_byte(tmp_path):
+    """tests/data/state_v5 holds files this release writes, with every record kind and every
+    value a state takes (a conflict worker, a release, a gate's pending merge, a review awaited
+    and approved, a worker on deck): what reads them writes them back unchanged, so typing the
+    states in memory leaves the files as they are."""
+    written = {name: (Path(__file__).parent / "data" / "state_v5" / name).read_bytes()
+               for name in ("state.json", "pending.json")}
+    for name, content in written.items():
+        (tmp_path / name).write_bytes(content)
+    state_file, pending_file = (files.StateFile(tmp_path / name, None) for name in written)
+    state = load(state_file.read(), pending_file.read(), tmp_path)
+    state_file.write(state.state_json())
+    pending_file.write(state.pending_json())
+    assert {name: (tmp_path / name).read_bytes() for name in written} == written
