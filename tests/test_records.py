@@ -225,3 +225,34 @@ def test_a_version_5_file_with_every_kind_of_record_reads_and_writes_back_byte_f
     state_file.write(state.state_json())
     pending_file.write(state.pending_json())
     assert {name: (tmp_path / name).read_bytes() for name in written} == written
+
+
+def every_state() -> tuple[dict, dict]:
+    return tuple(json.loads((Path(__file__).parent / "data" / "state_v5" / name).read_text(encoding="utf-8"))
+                 for name in ("state.json", "pending.json"))
+
+
+def test_a_record_s_states_are_read_as_their_kinds():
+    state = load(*every_state(), Path("."))
+    assert [worker.kind for worker in state.workers.values()] == [
+        records.WorkerKind.TASK, records.WorkerKind.CONFLICT, records.WorkerKind.TASK]
+    assert [request.outcome for request in state.merge_queue] == [
+        records.Outcome.CLOSE, records.Outcome.RELEASE, records.Outcome.CLOSE, records.Outcome.CLOSE]
+    assert [(pending.kind, pending.outcome) for pending in state.pending.values()] == [
+        (records.PendingKind.CONFLICT, records.Outcome.CLOSE), (records.PendingKind.GATE, records.Outcome.RELEASE)]
+
+
+@pytest.mark.parametrize(("where", "key", "value", "problem"), [
+    ("workers", "kind", "fix", 'worker record #1: "kind" must be one of task, conflict, not "fix"'),
+    ("merge_queue", "outcome", "closed", 'merge-queue entry #1: "outcome" must be one of close, release, not "closed"'),
+    ("pending", "kind", None, 'pending merge proj-7: "kind" must be one of conflict, gate, not null'),
+    ("pending", "outcome", "keep", 'pending merge proj-7: "outcome" must be one of close, release, not "keep"'),
+])
+def test_a_state_no_release_writes_is_one_error_naming_the_record_and_the_states_it_may_take(tmp_path, where, key,
+                                                                                            value, problem):
+    state_json, pending_json = every_state()
+    (pending_json["proj-7"] if where == "pending" else state_json[where][0])[key] = value
+    with pytest.raises(errors.UserError) as raised:
+        load(state_json, pending_json, tmp_path)
+    assert str(raised.value) == (f"{tmp_path / (PENDING if where == 'pending' else STATE)}: {problem}; "
+                                 "fix or move it (it was left untouched)")

@@ -108,16 +108,16 @@ class Conflicts:
         self.root = config.root
 
     def file(self, request: records.MergeRequest, files: list[str], main_commit: str, detail: str,
-             kind: str = "conflict", merged: git.MergeResult | None = None, commit: str | None = None) -> bool:
+             kind: records.PendingKind = records.PendingKind.CONFLICT, merged: git.MergeResult | None = None, commit: str | None = None) -> bool:
         """The branch cannot merge as it is: rebase it, or hand it back as a task. commit: the
         merge commit whose gate failed (kind "gate")."""
         ledger = self.ledger
         task_id, branch = request.task_id, request.branch
-        if kind == "conflict":
+        if kind == records.PendingKind.CONFLICT:
             ledger.event("merge_conflict", task_id, files=files)
         else:
             ledger.event("gate_failed", task_id, files=files, commit=commit, counts=True)
-        if kind == "conflict" and self.config.on_conflict == "auto_rebase" and not request.rebased:
+        if kind == records.PendingKind.CONFLICT and self.config.on_conflict == "auto_rebase" and not request.rebased:
             request.rebased = True
             ledger.save_state()
             worktree = Path(request.worktree)
@@ -133,7 +133,7 @@ class Conflicts:
             ledger.drop_request(request)
             worktrees.remove_worktree(self.root, Path(request.worktree))
             # The last failure, in the task's notes: the attempt a person may start later learns from it.
-            last = (f"the checks' output ends: {safe_names.one_line_tail(detail)}" if kind == "gate"
+            last = (f"the checks' output ends: {safe_names.one_line_tail(detail)}" if kind == records.PendingKind.GATE
                     else f"the last conflict was in {', '.join(files)}")
             ledger.block(task_id, f"{branch} still does not merge after {self.config.max_merge_retries} "
                                   f"conflict or check tasks; branch kept; {last}", request.actor)
@@ -150,23 +150,23 @@ class Conflicts:
             task_created_at=request.task_created_at, followup_created_at=followup.created_at)
         ledger.save_pending()
         ledger.drop_request(request)
-        ledger.say(f"{task_id}: {'merge conflict' if kind == 'conflict' else 'checks failed'} on {branch}"
+        ledger.say(f"{task_id}: {'merge conflict' if kind == records.PendingKind.CONFLICT else 'checks failed'} on {branch}"
                    + (f" in {', '.join(files)}" if files else "") + f"; filed {followup.id}")
         return True
 
-    def file_task(self, request: records.MergeRequest, kind: str, files: list[str], main_commit: str, detail: str,
+    def file_task(self, request: records.MergeRequest, kind: records.PendingKind, files: list[str], main_commit: str, detail: str,
                   merged: git.MergeResult | None = None) -> task_model.Task:
         """One open task per branch and kind: a crash between filing and recording never makes two."""
         branch, main = request.branch, self.config.main_branch
-        title = (CONFLICT_TITLE if kind == "conflict" else GATE_TITLE).format(branch=branch)
+        title = (CONFLICT_TITLE if kind == records.PendingKind.CONFLICT else GATE_TITLE).format(branch=branch)
         for task in self.store.list(["open", "in_progress", "blocked"]):
             if task.title == title:
                 return task
         original = self.store.get(request.task_id)
-        for_person = kind == "conflict" and merged is not None and bool(merged.markerless)
+        for_person = kind == records.PendingKind.CONFLICT and merged is not None and bool(merged.markerless)
         if for_person:
             what = person_conflict_text(self.config, request, original, main_commit, detail, merged)
-        elif kind == "conflict":
+        elif kind == records.PendingKind.CONFLICT:
             what = (f"Branch {branch} (task {original.id}: {original.title}) does not merge into "
                     f"{main} at {main_commit[:MERGE_SHORT]}.\n\nConflicted files: "
                     f"{', '.join(files)}\n{detail}\n\nThe dispatcher has merged {main} into the "
@@ -178,7 +178,7 @@ class Conflicts:
                     f"{main} at {main_commit[:MERGE_SHORT]} fails the checks.\n\n{GATE_OUTPUT_HEADING}\n"
                     f"{safe_names.fenced(detail)}\n\n"
                     "Make the checks pass on this branch, commit, then stop.")
-        labels = ([scheduler.CONFLICT_LABEL if kind == "conflict" else scheduler.GATE_LABEL]
+        labels = ([scheduler.CONFLICT_LABEL if kind == records.PendingKind.CONFLICT else scheduler.GATE_LABEL]
                   + [scheduler.PERSON_LABEL] * for_person
                   + [task_model.FILE_LABEL + f for f in files])
         task = self.store.create(title, what, priority=original.priority, labels=labels,
@@ -221,7 +221,7 @@ class Conflicts:
                                               f"branch {pending.branch} kept")
                 changed = True
             elif followup.status == "closed" and self.config.auto_retry_merge_on_conflict_close:
-                if pending.kind == "conflict" and not committed_since(self.root, pending):
+                if pending.kind == records.PendingKind.CONFLICT and not committed_since(self.root, pending):
                     del state.pending[followup_id]
                     ledger.save_pending()
                     worktrees.remove_worktree(self.root, Path(pending.worktree))

@@ -61,9 +61,9 @@ class Finisher:
         counted = not worker.stopped_by_user  # toward max_attempts and the breaker
         if worker.ended in (records.TASK_BLOCKED, records.CLAIM_LOST):
             self.leave_unmerged(worker)
-        elif worker.kind == "conflict" and not worker.ended:
+        elif worker.kind == records.WorkerKind.CONFLICT and not worker.ended:
             self.finish_conflict_worker(worker, commits, refused)
-        elif worker.kind == "conflict":  # its branch belongs to the task it resolves: release it only
+        elif worker.kind == records.WorkerKind.CONFLICT:  # its branch belongs to the task it resolves: release it only
             self.ledger.attempt_failed(task_id, f"attempt {worker.attempt} {why}; log {worker.log} ends: "
                                                 f"{self.log_tail(worker)}{refused}", worker.actor, counted=counted)
         elif reverter_failed and not worker.ended:
@@ -71,11 +71,11 @@ class Finisher:
         elif commits and not worker.ended and not refused:
             self.ledger.event("commits_found", task_id, commits=commits, log=worker.log)
             self.breaker.attempt_ended(made_commits=True)
-            self.queue.add(worker, "close", f"log {worker.log}")
+            self.queue.add(worker, records.Outcome.CLOSE, f"log {worker.log}")
         elif commits:
             self.ledger.event("commits_found", task_id, commits=commits, log=worker.log)
             # The merge queue adds the merge commit: the next attempt starts from main with this work in it.
-            self.queue.add(worker, "release", f"attempt {worker.attempt} {why}; log {worker.log}; its work is "
+            self.queue.add(worker, records.Outcome.RELEASE, f"attempt {worker.attempt} {why}; log {worker.log}; its work is "
                                               f"partial and already on {self.config.main_branch}{refused}",
                            counted=counted)
         else:
@@ -101,7 +101,7 @@ class Finisher:
         """The user blocked the task while it ran, or its claim was taken back (its lease lapsed
         and another took the task): the task is not this dispatcher's to settle, and its work
         waits on the branch."""
-        if worker.kind == "task":  # a conflict task's worktree belongs to the branch it resolves
+        if worker.kind == records.WorkerKind.TASK:  # a conflict task's worktree belongs to the branch it resolves
             worktrees.remove_worktree(self.root, Path(worker.worktree))
         kept = f"the worker was ended, its branch {worker.branch} kept and not merged"
         if worker.ended == records.TASK_BLOCKED:
@@ -123,7 +123,7 @@ class Finisher:
             message = f"dispatch: uncommitted work of {worker.task_id} (found after a restart)"
             self.judge_leftovers(worker, lambda: worktrees.commit_leftovers(worktree, message,
                                                                             self.config.git_hook_timeout_secs))
-        if worker.kind == "task":  # a conflict task's worktree belongs to the branch it resolves
+        if worker.kind == records.WorkerKind.TASK:  # a conflict task's worktree belongs to the branch it resolves
             worktrees.discard_attempt(self.config, worker)
         try:
             self.store.release(worker.task_id, "released: the dispatcher stopped before its worker started",

@@ -104,7 +104,7 @@ class MergeQueue:
         """The requests that are tried: all but those held for a person's decision or review."""
         return [request for request in self.requests if not request.held and request.review != review.State.AWAITING]
 
-    def add(self, worker: records.Worker, outcome: str, note: str, counted: bool = True) -> None:
+    def add(self, worker: records.Worker, outcome: records.Outcome, note: str, counted: bool = True) -> None:
         self.requests.append(records.MergeRequest(
             task_id=worker.task_id, title=worker.title, branch=worker.branch, worktree=worker.worktree,
             outcome=outcome, note=note, retries=0, counted=counted, queued_at=time.time(), actor=worker.actor,
@@ -272,7 +272,7 @@ class MergeQueue:
         record = failed.record
         blame = main_checks.blame(self.ledger.state.main_check, record.base)
         if blame is main_checks.Blame.BRANCH:
-            self.conflicts.file(request, [], record.base, failed.output, kind="gate", commit=record.commit)
+            self.conflicts.file(request, [], record.base, failed.output, kind=records.PendingKind.GATE, commit=record.commit)
         elif blame is main_checks.Blame.MAIN:
             gates.say_failure_not_counted(self.ledger, record, gates.MAIN_FAILS_REASON)
             self.merge_waits(request, self.main_fails())
@@ -457,7 +457,7 @@ class MergeQueue:
         ledger.say(f"{task_id}: merged {request.branch} into {self.config.main_branch} ({short})")
         if merge_commit and revert.merged_label(commit) not in task.labels:  # what `tasks.py revert` undoes
             self.store.relabel(task_id, add=[revert.merged_label(commit)])
-        if request.outcome == "close":
+        if request.outcome == records.Outcome.CLOSE:
             if task.status != "closed":
                 self.store.close(task_id, f"merged into {self.config.main_branch} as {short}"
                                  + (f"; {request.note}" if request.note else ""), actor=request.actor)

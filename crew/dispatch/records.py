@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import enum
 import json
+import typing
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Self
@@ -32,6 +34,28 @@ CLAIM_LOST = "stopped: its claim was taken back"  # its lease lapsed and another
 # leaving takes this one until its tree is gone and it is judged). Never a free slot. A release
 # that reads it finds a worker recorded and never started, and releases its task.
 ON_DECK = 0
+
+
+class WorkerKind(enum.StrEnum):
+    """What a worker works on. A str, as the state file and the events write it."""
+
+    TASK = "task"  # its own task, on its own branch
+    CONFLICT = "conflict"  # a conflict or fix task, on the branch of the task it settles
+
+
+class Outcome(enum.StrEnum):
+    """What becomes of a merged branch's task: closed, or released (the work of an ended worker
+    may be partial)."""
+
+    CLOSE = "close"
+    RELEASE = "release"
+
+
+class PendingKind(enum.StrEnum):
+    """Why a merge waits for a follow-up task: its branch conflicts with main, or its gate failed."""
+
+    CONFLICT = "conflict"
+    GATE = "gate"
 
 
 def same_creation(recorded: str, created_at: str) -> bool:
@@ -51,12 +75,36 @@ class Record:
     from the field's own default."""
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        return dataclasses.asdict(self)  # a StrEnum's value is written as the str it is
 
     @classmethod
     def from_json(cls, data: dict, defaults: dict | None = None) -> Self:
         known = {field.name for field in dataclasses.fields(cls)}
-        return cls(**{**(defaults or {}), **{key: value for key, value in data.items() if key in known}})
+        fields = {**(defaults or {}), **{key: value for key, value in data.items() if key in known}}
+        return cls(**{key: kinds[key](value) if key in (kinds := enum_fields(cls)) else value
+                      for key, value in fields.items()})
+
+
+def enum_fields(cls: type) -> dict[str, type[enum.StrEnum]]:
+    """The fields of a record whose values are one of a StrEnum's, by name (read once a kind)."""
+    if cls not in ENUM_FIELDS:
+        hints = typing.get_type_hints(cls)
+        ENUM_FIELDS[cls] = {name: kind for name, kind in hints.items()
+                            if isinstance(kind, type) and issubclass(kind, enum.StrEnum)}
+    return ENUM_FIELDS[cls]
+
+
+ENUM_FIELDS: dict[type, dict[str, type[enum.StrEnum]]] = {}
+
+
+def wrong_values(records: Iterable[tuple[str, object]], cls: type, what: str) -> str | None:
+    """The first record (an object) with a value its record kind does not know, described."""
+    for name, record in records:
+        for key, kind in enum_fields(cls).items():
+            if isinstance(record, dict) and key in record and record[key] not in set(kind):
+                return (f"{what} {name}: {json.dumps(key)} must be one of {', '.join(kind)}, "
+                        f"not {json.dumps(record[key])}")
+    return None
 
 
 def required(cls: type[Record]) -> list[str]:
@@ -79,7 +127,7 @@ class Worker(Record):
     attempt: int
     started_at: float
     deadline: float | None
-    kind: str = "task"  # or "conflict": a conflict or fix task working on another task's branch
+    kind: WorkerKind = WorkerKind.TASK
     pid: int | None = None
     pid_start_time: float | None = None
     # The claim's owner and the task's identity: an id alone may name another task one day, and
@@ -111,7 +159,7 @@ class MergeRequest(Record):
     title: str
     branch: str
     worktree: str
-    outcome: str
+    outcome: Outcome
     note: str
     retries: int
     counted: bool = True
@@ -145,13 +193,13 @@ class PendingMerge(Record):
     that task's id. branch_tip: the branch as the dispatcher left it, so a conflict counts as
     resolved only once someone commits on top of it."""
 
-    kind: str
+    kind: PendingKind
     task_id: str
     title: str
     branch: str
     worktree: str
     files: list[str]
-    outcome: str
+    outcome: Outcome
     note: str
     retries: int
     main_commit: str = ""
@@ -321,7 +369,10 @@ def state_problem(data: object) -> str | None:
     dispatcher = data.get("dispatcher")
     return ((missing_keys([("record", dispatcher)], DISPATCHER_KEYS, "dispatcher") if dispatcher is not None else None)
             or missing_keys(((f"#{i + 1}", w) for i, w in enumerate(data["workers"])), WORKER_KEYS, "worker record")
+            or wrong_values(((f"#{i + 1}", w) for i, w in enumerate(data["workers"])), Worker, "worker record")
             or missing_keys(((f"#{i + 1}", e) for i, e in enumerate(data["merge_queue"])), QUEUE_ENTRY_KEYS,
+                            "merge-queue entry")
+            or wrong_values(((f"#{i + 1}", e) for i, e in enumerate(data["merge_queue"])), MergeRequest,
                             "merge-queue entry")
             or missing_keys(data.get("branches", {}).items(), BRANCH_KEYS, "branch record")
             or missing_keys(((f"#{i + 1}", g) for i, g in enumerate(data.get("gates", []))), GATE_KEYS,
@@ -333,7 +384,8 @@ def pending_problem(data: object) -> str | None:
     """What keeps .dispatch_pending_merge_retries.json from being read, if anything."""
     if not isinstance(data, dict):
         return "it is not a JSON object"
-    return missing_keys(data.items(), PENDING_KEYS, "pending merge")
+    return (missing_keys(data.items(), PENDING_KEYS, "pending merge")
+            or wrong_values(data.items(), PendingMerge, "pending merge"))
 
 
 def load_state(state_json: object, pending_json: object, *, state_path: Path, pending_path: Path,

@@ -68,7 +68,7 @@ def held_files(holdings: Holdings, task_id: str, files: Sequence[str] | None = N
     files: the files it carries for its agent (the branch's changes, those the checks named)
     hold nothing more."""
     pending = holdings.pending.get(task_id)
-    if pending is not None and pending.kind == "gate":
+    if pending is not None and pending.kind == records.PendingKind.GATE:
         return ()
     return holdings.files_of(task_id) if files is None else files
 

@@ -122,7 +122,7 @@ class WorkerPool:
             attempts = 0
         worker = records.Worker(slot=slot, task_id=task.id, title=safe_names.clean_title(task.title), branch=branch, worktree=str(worktree),
                                 base="", attempt=attempts + 1, started_at=time.time(), deadline=None,
-                                kind="conflict" if conflict else "task", log=self.new_log(task.id, attempts + 1),
+                                kind=records.WorkerKind.CONFLICT if conflict else records.WorkerKind.TASK, log=self.new_log(task.id, attempts + 1),
                                 actor=self.config.actor, task_created_at=task.created_at)
         self.workers[slot] = worker
         self.ledger.save_state()  # recorded before anything runs: a crash never leaves an unknown agent
@@ -188,7 +188,7 @@ class WorkerPool:
             return
         self.wakeup.watch_exit(proc)
         pending = ledger.state.pending.get(worker.task_id)
-        conflict = pending if worker.kind == "conflict" else None
+        conflict = pending if worker.kind == records.WorkerKind.CONFLICT else None
         if conflict and git.git_out(root, "log", "-1", "--format=%s", worker.base) == worktrees.PREPARED_SUBJECT.format(
                 main=self.config.main_branch, branch=worker.branch, task_id=worker.task_id):
             conflict.branch_tip = worker.base  # the dispatcher's own merge of main resolves nothing
