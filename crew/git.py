@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 
 from crew import errors
-from crew import failpoints
 from crew import names
 from crew import processes
 
@@ -341,17 +340,21 @@ COMMIT_NOT_WRITTEN = "failed to write commit object"
 NOTHING_TO_COMMIT = ("nothing to commit", "nothing added to commit", "no changes added to commit")
 
 
-def commit_everything(worktree: Path, message: str, timeout: float, leave_out: list[str] | None = None) -> bool:
-    """Commit all changes in the worktree (ignored files and the paths in `leave_out` stay out);
-    False when there were none. It carries the agent's work, so the user's hooks run on it, as on
-    the agent's own commits: CommitRefused when they refuse it, or do not finish within `timeout`
-    (what they refused stays staged)."""
+def stage_everything(worktree: Path, leave_out: list[str] | None = None) -> bool:
+    """Stage all changes in the worktree (ignored files and the paths in `leave_out` stay out);
+    False when there were none."""
     if not git_out(worktree, "status", "--porcelain"):
         return False
     git("add", "-A", cwd=worktree)
     if leave_out:
         git("reset", "-q", "--", *(f":(literal){path}" for path in leave_out), cwd=worktree)
-    failpoints.failpoint("during_leftover_commit")
+    return True
+
+
+def commit_staged(worktree: Path, message: str, timeout: float) -> bool:
+    """Commit what is staged; False when nothing was. It carries an agent's work, so the user's
+    hooks run on it, as on the agent's own commits: CommitRefused when they refuse it, or do not
+    finish within `timeout` (what they refused stays staged)."""
     try:
         result = commit(worktree, message, check=False, timeout=timeout)
     except errors.GitError as failed:  # ended past the timeout (with signing off): a hook that never passed

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from crew import config as configuration
 from crew import errors
+from crew import failpoints
 from crew import git
 from crew import names as safe_names
 from crew import processes
@@ -187,8 +188,13 @@ def record_setup_changes(worktree: Path) -> None:
 
 
 def commit_leftovers(worktree: Path, message: str, timeout: float) -> bool:
-    """git.commit_everything of what an agent left, less the worktree's environment (setup_changes)."""
-    return git.commit_everything(worktree, message, timeout, setup_changes(worktree))
+    """Commit all an agent left, less the worktree's environment (setup_changes); False when it
+    left nothing. A crash between staging and committing is a failpoint: a restart finds the work
+    staged and not committed."""
+    if not git.stage_everything(worktree, setup_changes(worktree)):
+        return False
+    failpoints.failpoint("during_leftover_commit")
+    return git.commit_staged(worktree, message, timeout)
 
 
 def setup_changes(worktree: Path) -> list[str]:
