@@ -39,6 +39,7 @@ Layout, one concern a module (each module imports only the ones it needs, as mod
   dispatch/attempt_log.py  an attempt's log, head and tail only: its last lines, why no edit was applied
   dispatch/gate.py         merge_gate_command on a merge commit, in the gate worktree
   dispatch/merge_queue.py  the merge queue: one branch at a time behind the merge slot
+  dispatch/merge_results.py  what its steps conclude: decide()'s verdict, what moving main did
   dispatch/speculation.py  parallel gates as pure decisions: what gates on what, lands, fails, is void
   dispatch/stacks.py       speculative commits: a branch merged onto main and the entries ahead of it
   dispatch/parallel_gates.py  the merge queue with merge_gate_parallelism above 1 (speculative gates)

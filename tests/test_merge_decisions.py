@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from crew.dispatch import records
-from crew.dispatch import stacks
+from crew.dispatch import merge_results
 from crew.dispatch.conflicts import Conflicts
 from crew.dispatch.ledger import Ledger
 from crew.dispatch.merge_queue import MergeQueue
+from crew.dispatch.merge_results import MainMove, Verdict
 from crew.dispatch.wakeup import Wakeup
 from support.dispatching import events, main_file
 from support.repos import commit_file, git
@@ -50,7 +51,7 @@ def test_a_clean_branch_becomes_a_merge_commit_on_main_and_main_stays_put(queue,
     request = queued(queue, "feature.txt", "new\n")
     main = git(repo, "rev-parse", "main")
     decision = queue.decide(request)
-    assert decision.verdict == "clean" and decision.base == main and decision.task.id == request.task_id
+    assert decision.verdict is Verdict.CLEAN and decision.base == main and decision.task.id == request.task_id
     assert git(repo, "rev-parse", f"{decision.commit}^1", f"{decision.commit}^2").split() == [
         main, git(repo, "rev-parse", request.branch)]
     assert git(repo, "show", f"{decision.commit}:feature.txt") == "new"
@@ -61,7 +62,7 @@ def test_a_conflict_becomes_a_task_and_a_pending_merge(queue, repo):
     commit_file(repo, "settings.ini", "color=blue\n")
     request = queued(queue, "settings.ini", "color=red\n")
     main = commit_file(repo, "settings.ini", "color=green\n")
-    assert queue.decide(request).verdict == "conflict"
+    assert queue.decide(request).verdict is Verdict.CONFLICT
     [(followup_id, pending)] = queue.ledger.state.pending.items()
     assert queue.store.get(followup_id).title == f"Resolve merge conflict: {request.branch}"
     assert pending.files == ["settings.ini"] and pending.main_commit == main and pending.task_id == request.task_id
@@ -74,18 +75,18 @@ def test_stacked_on_the_entry_ahead_a_branch_that_conflicts_only_with_it_waits_a
     behind = queued(queue, "settings.ini", "color=green\n")
     speculative = queue.decide(ahead).commit
     decision = queue.decide(behind, onto=speculative)
-    assert decision.verdict == stacks.STACK_CONFLICT and decision.commit is None
+    assert decision.verdict is Verdict.STACK_CONFLICT and decision.commit is None
     assert queue.ledger.state.pending == {} and queue.requests == [ahead, behind]
     # One that merges onto the stack is made on the speculative commit it was given.
     other = queued(queue, "other.txt", "x\n")
     stacked = queue.decide(other, onto=speculative)
-    assert stacked.verdict == "clean" and stacked.base == speculative
+    assert stacked.verdict is Verdict.CLEAN and stacked.base == speculative
     assert git(repo, "rev-parse", f"{stacked.commit}^1") == speculative
 
 
 def test_a_branch_that_commits_conflict_markers_is_handed_back(queue, repo):
     request = queued(queue, "notes.txt", "<<<<<<< HEAD\nmine\n=======\ntheirs\n>>>>>>> main\n")
-    assert queue.decide(request).verdict == "conflict"  # git would merge it cleanly
+    assert queue.decide(request).verdict is Verdict.CONFLICT  # git would merge it cleanly
     [followup_id] = queue.ledger.state.pending
     assert "the branch adds conflict markers" in queue.store.get(followup_id).description
     assert [e["files"] for e in events(repo, "merge_conflict")] == [["notes.txt"]]
@@ -120,7 +121,7 @@ def test_a_merge_waits_while_main_is_held_twice_as_long_each_time(queue, repo):
     poll = queue.config.poll_interval_secs
     for waits in (1, 2):
         before = time.time()
-        assert queue.decide(request).verdict == "waits"
+        assert queue.decide(request).verdict is Verdict.WAITS
         pause = poll * 2 ** (waits - 1)
         assert request.waits == waits and before + pause <= request.retry_at <= time.time() + pause
     assert request.waiting.startswith("a rebase of main is in progress")
@@ -133,7 +134,7 @@ def test_a_task_that_changed_meanwhile_is_not_merged_and_its_branch_is_kept(queu
     queue.store.release(request.task_id, actor=queue.config.actor)
     if change == "held by another":
         assert queue.store.claim(request.task_id, "someone@else")
-    assert queue.decide(request).verdict == "dropped"
+    assert queue.decide(request).verdict is Verdict.DROPPED
     assert queue.requests == [] and [e["branch"] for e in events(repo, "stale_branch")] == [request.branch]
     assert git(repo, "branch", "--list", request.branch) and not Path(request.worktree).exists()
     assert main_file(repo, "feature.txt") is None
@@ -147,28 +148,28 @@ def merge_commit(queue: MergeQueue, name: str, text: str) -> tuple[str, str]:
 
 def test_advance_main_fast_forwards_the_users_checkout(queue, repo):
     old, new = merge_commit(queue, "feature.txt", "new\n")
-    assert queue.advance_main(old, new) == "ok"
+    assert queue.advance_main(old, new) == merge_results.DONE
     assert git(repo, "rev-parse", "main") == new and (repo / "feature.txt").read_text(encoding="utf-8") == "new\n"
 
 
 def test_advance_main_moves_the_ref_when_main_is_checked_out_nowhere(queue, repo):
     old, new = merge_commit(queue, "feature.txt", "new\n")
     git(repo, "switch", "-q", "-c", "elsewhere")
-    assert queue.advance_main(old, new) == "ok"
+    assert queue.advance_main(old, new) == merge_results.DONE
     assert git(repo, "rev-parse", "main") == new and git(repo, "rev-parse", "HEAD") == old
 
 
 def test_advance_main_says_moved_when_someone_else_moved_main_first(queue, repo):
     old, new = merge_commit(queue, "feature.txt", "new\n")
     theirs = commit_file(repo, "theirs.txt", "theirs\n")
-    assert queue.advance_main(old, new) == "moved"
+    assert queue.advance_main(old, new) == merge_results.RACED
     assert git(repo, "rev-parse", "main") == theirs
 
 
 def test_advance_main_names_the_uncommitted_changes_it_would_overwrite(queue, repo):
     old, new = merge_commit(queue, "README.md", "# the branch's\n")
     (repo / "README.md").write_text("# the user's own edit\n", encoding="utf-8")
-    assert queue.advance_main(old, new) == (
+    assert queue.advance_main(old, new) == MainMove.stays(
         f"your uncommitted changes in {repo} to README.md would be overwritten; commit or stash them "
         "and the merge will go ahead")
     assert git(repo, "rev-parse", "main") == old

@@ -18,6 +18,8 @@ from crew import git
 from crew import names as safe_names
 from crew import processes
 from crew.dispatch import main_checks
+from crew.dispatch import merge_results
+from crew.dispatch.merge_results import Decision, MainMove, Verdict
 from crew.dispatch import parallel_gates
 from crew.dispatch import records
 from crew.dispatch import revert
@@ -50,19 +52,6 @@ def files_in_the_way(checkout: Path, files: Sequence[str]) -> str:
 
 
 @dataclasses.dataclass
-class Decision:
-    """What decide() made of a request: "clean" (its merge commit on `base`, to gate or land),
-    "conflict" (handed back as a task, or rebased), stacks.STACK_CONFLICT (it merges onto main but not
-    onto the speculative commit it was to be stacked on), "waits" (main is held), "merged" (before
-    a crash: only the bookkeeping was left) or "dropped" (its task or branch is gone, or the task changed)."""
-
-    verdict: str
-    task: task_model.Task | None = None
-    base: str | None = None
-    commit: str | None = None
-
-
-@dataclasses.dataclass
 class Landing:
     """Main being moved to a merge commit, on a thread of its own: the user's hooks run in the
     move (a post-merge hook in their checkout), and the loop must not wait for them. The merge
@@ -74,7 +63,7 @@ class Landing:
     tip: str  # the branch's tip: its second parent
     commit: str
     slot: contextlib.ExitStack
-    moving: concurrent.futures.Future  # advance_main's outcome
+    moving: concurrent.futures.Future[MainMove]  # advance_main's outcome
 
 
 class MergeQueue:
@@ -182,7 +171,7 @@ class MergeQueue:
         with slot:
             decision = self.decide(request)
             if decision.commit is None:
-                return decision.verdict != "waits"
+                return decision.verdict is not Verdict.WAITS
             if request.review == review.State.APPROVED and review.gate_stands(
                     decision.base, git.rev_parse(self.root, f"{decision.commit}^2") or "", request.review_base,
                     request.review_tip) and git.rev_parse(self.root, request.review_commit):
@@ -196,26 +185,26 @@ class MergeQueue:
 
     def decide(self, request: records.MergeRequest, onto: str | None = None) -> Decision:
         """What becomes of a request now, with the merge slot held: its merge commit on main, or
-        on `onto` (the speculative commit of the entry ahead of it) when given (verdict "clean"),
+        on `onto` (the speculative commit of the entry ahead of it) when given (verdict CLEAN),
         or what was done instead. Git and the store only, no process of ours."""
         root, main, ledger = self.root, self.config.main_branch, self.ledger
         if (main_now := git.rev_parse(root, main)) and self.rewritten.holds_back(request, main_now):
-            return Decision("waits")  # rebased without the commits that left main first, off the loop
+            return Decision(Verdict.WAITS)  # rebased without the commits that left main first, off the loop
         task = ledger.current_task(request.task_id, request.task_created_at)
         if task is None:
             self.drop(request)
             worktrees.remove_worktree(root, Path(request.worktree))
             ledger.drop_record_of_gone_task(request.task_id, f"merge of {request.branch} (the branch is kept)")
-            return Decision("dropped")
+            return Decision(Verdict.DROPPED)
         tip = git.rev_parse(root, f"refs/heads/{request.branch}")
         if tip is None:
             self.drop(request)
             ledger.block(request.task_id, f"its branch {request.branch} is gone", request.actor)
-            return Decision("dropped")
+            return Decision(Verdict.DROPPED)
         if git.is_ancestor(root, tip, main):  # merged before a crash: only the bookkeeping is left
             merge = git.merge_of(root, tip, main)  # None: landed by hand without a merge commit
             self.finish_merge(request, task, merge or git.rev_parse(root, main), merge_commit=merge is not None)
-            return Decision("merged")
+            return Decision(Verdict.MERGED)
         if task.status != "in_progress" or task.assignee != request.actor:
             self.drop(request)
             ledger.summary["waiting"].append({"id": task.id, "reason": f"not merged: the task is now {task.status}"
@@ -223,22 +212,22 @@ class MergeQueue:
             ledger.event("stale_branch", task.id, branch=request.branch)
             ledger.say(f"{task.id}: not merged: the task changed meanwhile ({task.status}); branch kept")
             worktrees.remove_worktree(root, Path(request.worktree))
-            return Decision("dropped")
+            return Decision(Verdict.DROPPED)
         if held := self.why_main_is_held():  # known before anything is computed or written
             self.merge_waits(request, held)
-            return Decision("waits")
+            return Decision(Verdict.WAITS)
         base = main_now  # read once: a main moved since is found by the move's compare-and-swap
         if marked := git.new_marker_files(root, base, tip):
             self.conflicts.file(request, marked, base, "the branch adds conflict markers")
-            return Decision("conflict")
+            return Decision(Verdict.CONFLICT)
         merged = stacks.merge_onto(root, onto or base, base, tip,
                                    f"Merge {request.branch}: {request.title} ({request.task_id})")
         if merged.with_main:
             self.conflicts.file(request, merged.conflict.files, base, merged.conflict.messages, merged=merged.conflict)
-            return Decision("conflict")
+            return Decision(Verdict.CONFLICT)
         if merged.commit is None:
-            return Decision(stacks.STACK_CONFLICT, task)
-        return Decision("clean", task, onto or base, merged.commit)
+            return Decision(Verdict.STACK_CONFLICT, task)
+        return Decision(Verdict.CLEAN, task, onto or base, merged.commit)
 
     def after_gate(self, outcome: gates.GateOutcome) -> bool:
         """Act on the gate's verdict under the merge slot. Whatever changed while it ran (main,
@@ -359,11 +348,11 @@ class MergeQueue:
         decided again on the next step. True unless it waits."""
         landing, self.landing = self.landing, None
         with landing.slot:
-            outcome = landing.moving.result()
-            if outcome == "moved":
+            moved: MainMove = landing.moving.result()
+            if moved.move is merge_results.Move.RACED:
                 return True
-            if outcome != "ok":
-                return self.merge_waits(landing.request, outcome)
+            if moved.move is merge_results.Move.STAYS:
+                return self.merge_waits(landing.request, moved.reason)
             failpoints.failpoint("after_main_moved")  # a restart finds the branch merged: bookkeeping only
             if self.config.merge_gate_command:  # main is now a commit that passed the checks exactly as it is
                 self.ledger.state.main_check = records.MainCheck(landing.commit, True, time.time())
@@ -395,11 +384,11 @@ class MergeQueue:
         ref_lock = self.root / ".git" / "refs" / "heads" / f"{main}.lock"
         return git.stale_lock_reason(ref_lock) if ref_lock.exists() else None
 
-    def advance_main(self, old: str, new: str) -> str:
-        """Move main from `old` to `new` only: "ok", "moved" (someone else moved it) or why it waits."""
+    def advance_main(self, old: str, new: str) -> MainMove:
+        """Move main from `old` to `new` only: done, raced (someone else moved it) or why it stays."""
         main = self.config.main_branch
         if held := self.why_main_is_held():  # it may have begun while the merge was computed
-            return held
+            return MainMove.stays(held)
         checkout, timeout = git.checkout_of_branch(self.root, main), self.config.git_hook_timeout_secs
         try:
             if checkout is None:
@@ -408,7 +397,7 @@ class MergeQueue:
             else:
                 result = git.fast_forward_checkout(checkout, main, old, new, timeout)
                 if result is None:
-                    return "moved"  # the folder is not on main at `old` any more: recompute on what is there
+                    return merge_results.RACED  # the folder is not on main at `old` any more: recompute
         except errors.GitError as exc:
             if exc.returncode is not None:
                 raise
@@ -418,10 +407,10 @@ class MergeQueue:
         # another branch a moment ago, and then the fast-forward moved that branch instead.
         now = git.rev_parse(self.root, main)
         if now == new:
-            return "ok"
+            return merge_results.DONE
         if now != old or result.returncode == 0:
-            return "moved"  # recompute on the main that is there now, and try again
-        return self.why_main_stays(checkout, result)
+            return merge_results.RACED  # recompute on the main that is there now, and try again
+        return MainMove.stays(self.why_main_stays(checkout, result))
 
     def why_main_stays(self, checkout: Path | None, result: processes.Completed) -> str:
         """What keeps git from moving main, when nobody else moved it: said as what it is."""

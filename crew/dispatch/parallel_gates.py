@@ -14,7 +14,7 @@ from crew.dispatch import gate as gates
 from crew.dispatch import main_checks
 from crew.dispatch import records
 from crew.dispatch import speculation
-from crew.dispatch import stacks
+from crew.dispatch.merge_results import Verdict
 
 if TYPE_CHECKING:  # the merge queue makes its parallel gates
     from crew.dispatch.merge_queue import MergeQueue
@@ -199,11 +199,11 @@ class ParallelGates:
                 break
             with slot:
                 decision = self.queue.decide(request, onto)
-            if decision.verdict == stacks.STACK_CONFLICT:
+            if decision.verdict is Verdict.STACK_CONFLICT:
                 self.stack_conflicts.add(start.task_id)
                 return True
             if decision.commit is None:
-                return decision.verdict != "waits"
+                return decision.verdict is not Verdict.WAITS
             free.pop(0).start(request, decision.base, decision.commit, stack=list(start.stack))
             made[start.task_id] = decision.commit
             self.forget_main()

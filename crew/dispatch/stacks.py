@@ -11,9 +11,6 @@ from pathlib import Path
 
 from crew import git
 
-STACK_CONFLICT = "stack conflict"  # a branch that merges onto main but not onto the entries ahead of it
-
-
 @dataclasses.dataclass(frozen=True)
 class Speculative:
     """A branch merged onto a speculative stack: its commit, or the conflict. with_main: the
