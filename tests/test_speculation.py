@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 
 from crew.dispatch import speculation
-from crew.dispatch.speculation import FAILED, GATING, PASSED, Entry, GateStart, GateState
+from crew.dispatch.speculation import Entry, GateResult, GateStart, GateState
 
 
-def gated(task_id: str, parent: str, result: str = GATING) -> Entry:
+def gated(task_id: str, parent: str, result: GateResult = GateResult.GATING) -> Entry:
     return Entry(task_id, GateState(parent, f"{parent}+{task_id}", result))
 
 
@@ -40,29 +40,29 @@ def test_gates_still_running_on_stacks_that_hold_are_kept_and_use_up_the_gates()
 
 
 def test_a_passed_gate_holds_no_gate_while_it_waits_to_land():
-    entries = [gated("a", "m"), gated("b", "m+a", PASSED), Entry("c")]
+    entries = [gated("a", "m"), gated("b", "m+a", GateResult.PASSED), Entry("c")]
     decided = speculation.plan(entries, "m", 2)
     assert decided.land is None  # a is still gating: b lands only after it
     assert decided.start == [GateStart("c", "b", ("a", "b"))]
 
 
 def test_only_the_first_entry_lands_once_its_gate_passed_on_main_as_it_is():
-    entries = [gated("a", "m", PASSED), gated("b", "m+a", PASSED)]
+    entries = [gated("a", "m", GateResult.PASSED), gated("b", "m+a", GateResult.PASSED)]
     assert speculation.plan(entries, "m", 2).land == "a"
     # a landed: main is a's speculative commit, and b's stack still holds.
     assert speculation.plan(entries[1:], "m+a", 2) == speculation.Plan(land="b")
 
 
 def test_a_failure_counts_only_once_every_entry_ahead_has_landed():
-    entries = [gated("a", "m"), gated("b", "m+a", FAILED)]
+    entries = [gated("a", "m"), gated("b", "m+a", GateResult.FAILED)]
     decided = speculation.plan(entries, "m", 2)
     assert decided.fail is None and decided.waiting == {"b": speculation.WAITS_FOR_AHEAD}
     assert speculation.plan(entries[1:], "m+a", 2) == speculation.Plan(fail="b")
 
 
 def test_a_failure_in_the_middle_regates_only_the_entries_behind_it_without_it():
-    entries = [gated("a", "m"), gated("b", "m+a", FAILED), gated("c", "m+a+b"), gated("d", "m+a+b+c", PASSED),
-               Entry("e")]
+    entries = [gated("a", "m"), gated("b", "m+a", GateResult.FAILED), gated("c", "m+a+b"),
+               gated("d", "m+a+b+c", GateResult.PASSED), Entry("e")]
     decided = speculation.plan(entries, "m", 4)
     assert decided.cancel == ["c"] and decided.void == ["d"]  # a is unaffected
     assert decided.start == [GateStart("c", "a", ("a",)), GateStart("d", "c", ("a", "c")),
@@ -71,13 +71,13 @@ def test_a_failure_in_the_middle_regates_only_the_entries_behind_it_without_it()
 
 
 def test_entries_behind_that_were_already_regated_without_the_failure_are_kept():
-    entries = [gated("a", "m"), gated("b", "m+a", FAILED), gated("c", "m+a"), gated("d", "m+a+c")]
+    entries = [gated("a", "m"), gated("b", "m+a", GateResult.FAILED), gated("c", "m+a"), gated("d", "m+a+c")]
     decided = speculation.plan(entries, "m", 3)
     assert (decided.start, decided.cancel, decided.void) == ([], [], [])
 
 
 def test_when_the_first_entry_fails_the_entries_behind_are_regated_on_main():
-    entries = [gated("a", "m", FAILED), gated("b", "m+a"), gated("c", "m+a+b")]
+    entries = [gated("a", "m", GateResult.FAILED), gated("b", "m+a"), gated("c", "m+a+b")]
     decided = speculation.plan(entries, "m", 2)
     assert decided.fail == "a"
     assert decided.cancel == ["b", "c"]
@@ -87,14 +87,14 @@ def test_when_the_first_entry_fails_the_entries_behind_are_regated_on_main():
 def test_a_failure_on_a_stack_whose_entry_ahead_failed_is_void_and_gated_again_without_it():
     # b failed with a in its stack; then a's failure counts and a leaves: b may have failed
     # because of a, so it is gated again on main.
-    entries = [gated("b", "m+a", FAILED), gated("c", "m+a")]
+    entries = [gated("b", "m+a", GateResult.FAILED), gated("c", "m+a")]
     decided = speculation.plan(entries, "m", 2)
     assert decided.fail is None and decided.void == ["b"] and decided.cancel == ["c"]
     assert decided.start == [GateStart("b", None, ()), GateStart("c", "b", ("b",))]
 
 
 def test_main_moving_for_another_reason_rebuilds_every_stack():
-    entries = [gated("a", "m", PASSED), gated("b", "m+a"), gated("c", "m+a+b")]
+    entries = [gated("a", "m", GateResult.PASSED), gated("b", "m+a"), gated("c", "m+a+b")]
     decided = speculation.plan(entries, "m2", 3)
     assert decided.land is None  # a passed on a main that is no longer there
     assert decided.void == ["a"] and decided.cancel == ["b", "c"]
@@ -107,7 +107,7 @@ def test_with_one_gate_a_gate_on_a_main_that_moved_is_cancelled_and_gated_again(
 
 
 def test_cancelled_gates_free_their_gates_for_the_new_stacks_and_the_rest_wait():
-    entries = [gated("a", "m", FAILED), gated("b", "m+a"), gated("c", "m+a+b"), Entry("d")]
+    entries = [gated("a", "m", GateResult.FAILED), gated("b", "m+a"), gated("c", "m+a+b"), Entry("d")]
     decided = speculation.plan(entries, "m", 2)
     assert decided.start == [GateStart("b", None, ()), GateStart("c", "b", ("b",))]
     assert decided.waiting == {"d": speculation.WAITS_FOR_GATE}
@@ -172,10 +172,10 @@ def run_queue(task_ids, parallelism, fails, finish_order=None):
         queue = [by_id[e.task_id] for e in queue]
         if not queue:
             return history, seen, counted
-        running = [entry for entry in queue if entry.gate and entry.gate.result == GATING]
+        running = [entry for entry in queue if entry.gate and entry.gate.result is GateResult.GATING]
         assert 0 < len(running) <= parallelism
         ending = (finish_order or (lambda gates: gates[0]))(running)
-        result = FAILED if fails(ending.task_id, ending.gate.commit) else PASSED
+        result = GateResult.FAILED if fails(ending.task_id, ending.gate.commit) else GateResult.PASSED
         queue = [Entry(e.task_id, GateState(e.gate.parent, e.gate.commit, result)) if e is ending else e
                  for e in queue]
     raise AssertionError("the queue never emptied")

@@ -104,7 +104,7 @@ class ParallelGates:
         if gate := self.running(task_id):
             return speculation.GateState(gate.record.base, gate.record.commit)
         if verdict := self.verdicts.get(task_id):
-            result = speculation.PASSED if verdict.passed else speculation.FAILED
+            result = speculation.GateResult.PASSED if verdict.passed else speculation.GateResult.FAILED
             return speculation.GateState(verdict.record.base, verdict.record.commit, result)
         return None
 

@@ -23,9 +23,15 @@ so main holds only commits that passed the gate exactly as they are.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Sequence
 
-GATING, PASSED, FAILED = "gating", "passed", "failed"
+
+class GateResult(enum.Enum):
+    GATING = "gating"
+    PASSED = "passed"
+    FAILED = "failed"
+
 
 WAITS_FOR_GATE = "waits for a free gate"
 WAITS_FOR_AHEAD = "failed; its failure counts once every entry ahead of it has landed"
@@ -39,7 +45,7 @@ class GateState:
 
     parent: str
     commit: str
-    result: str = GATING  # GATING, PASSED or FAILED
+    result: GateResult = GateResult.GATING
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,19 +100,19 @@ def plan(entries: Sequence[Entry], main: str, parallelism: int) -> Plan:
             continue
         gate = entry.gate
         if gate is not None and commit is not None and gate.parent == commit:
-            if gate.result == FAILED:
+            if gate.result is GateResult.FAILED:
                 if first:
                     decided.fail = entry.task_id
                 else:
                     decided.waiting[entry.task_id] = WAITS_FOR_AHEAD
                 continue  # out of the stacks behind it
-            if gate.result == PASSED and first:
+            if gate.result is GateResult.PASSED and first:
                 decided.land = entry.task_id
-            running += gate.result == GATING
+            running += gate.result is GateResult.GATING
             commit = gate.commit
         else:
             if gate is not None:
-                (decided.cancel if gate.result == GATING else decided.void).append(entry.task_id)
+                (decided.cancel if gate.result is GateResult.GATING else decided.void).append(entry.task_id)
             needs_gate.append(GateStart(entry.task_id, onto, tuple(stack)))
             commit = None  # its new speculative commit is made when it starts
         onto = entry.task_id
