@@ -10,12 +10,17 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from crew import config as configuration
 from crew import errors
 from crew import git
 from crew import names
 from crew.tasks import model as task_model
+
+
+if TYPE_CHECKING:  # the merge queue hands its ledger in; the reverter, run alone, needs none of it
+    from crew.dispatch.ledger import Ledger
 
 MERGED_PREFIX = "merged:"  # a merge of the task's branch on main, by its full commit id
 REVERT_OF_PREFIX = "revert-of:"  # on a revert task: the task it undoes
@@ -109,10 +114,12 @@ def reverter_failed(argv: Sequence[str], exit_code: int | None) -> bool:
     return bool(exit_code) and list(argv[1:3]) == ["-m", REVERTER_MODULE]
 
 
-def after_landing(store: task_model.TaskStore, ledger, task: task_model.Task, commit: str) -> None:
+def after_landing(store: task_model.TaskStore, ledger: Ledger, task: task_model.Task, commit: str) -> None:
     """A revert task's branch has landed: its original task is reopened with the reason as a note
     (unless --close). Crash-safe: a restart that lands it again reopens nothing twice."""
     original_id = reverted_task(task.labels)
+    if original_id is None:  # not a revert task: there is nothing to reopen
+        return
     reopen = KEEP_CLOSED_LABEL not in task.labels
     try:
         original = store.get(original_id)
@@ -145,16 +152,17 @@ def _has_markers(path: Path) -> bool:
 def _undone_already(commit: str) -> bool:
     """Whether reverting the merge would change nothing: an earlier attempt on this branch, ended
     after some of its reverts, reverted it already (git refuses an empty revert)."""
-    trial = subprocess.run(["git", "revert", "--no-commit", "-m", "1", commit], capture_output=True)
-    empty = trial.returncode == 0 and subprocess.run(["git", "diff", "--cached", "--quiet", "HEAD"]).returncode == 0
-    subprocess.run(["git", "revert", "--abort"], capture_output=True)
+    trial = subprocess.run(["git", "revert", "--no-commit", "-m", "1", commit], check=False, capture_output=True)
+    empty = trial.returncode == 0 and subprocess.run(["git", "diff", "--cached", "--quiet", "HEAD"],
+                                                     check=False).returncode == 0
+    subprocess.run(["git", "revert", "--abort"], check=False, capture_output=True)
     return empty
 
 
 def _give_up(start: str, code: int) -> int:
     """The reverts this run committed are taken back: landed alone, the branch would pass for the
     task's whole revert (its commits are merged as a finished attempt's)."""
-    subprocess.run(["git", "reset", "-q", "--hard", start], capture_output=True)
+    subprocess.run(["git", "reset", "-q", "--hard", start], check=False, capture_output=True)
     return code
 
 
@@ -167,25 +175,27 @@ def main(argv: Sequence[str]) -> int:
         if _undone_already(commit):
             print(f"{commit} is undone on this branch already (an earlier attempt's work): skipped", flush=True)
             continue
-        run = subprocess.run(["git", "revert", "--no-edit", "-m", "1", commit], capture_output=True, text=True)
+        run = subprocess.run(["git", "revert", "--no-edit", "-m", "1", commit], check=False, capture_output=True,
+                             text=True)
         print(run.stdout + run.stderr, end="", flush=True)
         if run.returncode == 0:
             continue
-        conflicted = subprocess.run(["git", "diff", "--name-only", "--diff-filter=U"], capture_output=True,
+        conflicted = subprocess.run(["git", "diff", "--name-only", "--diff-filter=U"], check=False, capture_output=True,
                                     text=True).stdout.split()
         if not conflicted:
             return _give_up(start, run.returncode)
         if markerless := [path for path in conflicted if not _has_markers(Path(path))]:
             # A file deleted on one side, say: committed as it stands, the revert would be silently wrong.
-            subprocess.run(["git", "revert", "--abort"], capture_output=True)
+            subprocess.run(["git", "revert", "--abort"], check=False, capture_output=True)
             _give_up(start, 1)
             print(f"reverting {commit} conflicts without conflict markers in {', '.join(markerless)} (a file "
                   "deleted or renamed on one side): a person must revert it", flush=True)
             return 1
         print(f"reverting {commit} conflicts in {', '.join(conflicted)}: committed with its markers", flush=True)
-        if (subprocess.run(["git", "add", "-A", "--", *conflicted]).returncode
-                or subprocess.run(["git", "commit", "--no-edit", "-q"]).returncode):  # a hook refusing markers
-            subprocess.run(["git", "revert", "--abort"], capture_output=True)
+        if (subprocess.run(["git", "add", "-A", "--", *conflicted], check=False).returncode
+                or subprocess.run(["git", "commit", "--no-edit", "-q"],
+                                  check=False).returncode):  # a hook refusing markers
+            subprocess.run(["git", "revert", "--abort"], check=False, capture_output=True)
             print(f"reverting {commit}: its commit with conflict markers was refused: a person must revert it",
                   flush=True)
             return _give_up(start, 1)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from crew.tasks import model as task_model
 
+
 AWAITING_LABEL = "awaiting-review"  # the task's branch waits for a person (`tasks.py review`)
 # A person's decision names the full tip it was made on: a branch that changed since is reviewed again.
 APPROVED_PREFIX = "review-approved:"

@@ -17,8 +17,11 @@ from crew import git
 from crew.dispatch import records
 from crew.dispatch import review
 from crew.dispatch import worktrees
-from crew.dispatch.ledger import Ledger, current_task, read_state
+from crew.dispatch.ledger import Ledger
+from crew.dispatch.ledger import current_task
+from crew.dispatch.ledger import read_state
 from crew.tasks import model as task_model
+
 
 SHORT = 10
 AWAITING_REASON = "awaiting review since {since}: see `py tasks.py review`"
@@ -33,7 +36,7 @@ class Waiting:
     branch: str
     tip: str
     since: str
-    diffstat: dict | None
+    diffstat: dict[str, int] | None
     gate: str  # "passed" on review_commit, or "none" (no merge_gate_command)
     gate_log: str
     attempt_log: str
@@ -79,7 +82,8 @@ def record_decision(config: configuration.Config, store: task_model.TaskStore, t
     if decision is review.Decision.APPROVED:
         note = f"Review approved: {request.branch} at {tip}"
     else:
-        next_attempt = (f"the next attempt continues on {request.branch}" if decision is review.Decision.CHANGES_REQUESTED
+        next_attempt = (f"the next attempt continues on {request.branch}"
+                        if decision is review.Decision.CHANGES_REQUESTED
                         else f"the next attempt starts afresh from {config.main_branch}")
         note = f"Review rejected ({request.branch} at {tip[:SHORT]}; {next_attempt}): {reason}"
     others = [review.decision_label(other, tip) for other in review.DECISION_PREFIXES if other is not decision]
@@ -121,7 +125,8 @@ class Reviews:
     def lookups(self) -> Callable[[task_model.TaskStore], dict[str, task_model.Task | None]]:
         """What carry_out needs from the store, as work for the store thread (SerialStore.batch)."""
         wanted = {request.task_id: request.task_created_at for request in self.awaiting()}
-        return lambda store: {task_id: current_task(store, task_id, created_at) for task_id, created_at in wanted.items()}
+        return lambda store: {task_id: current_task(store, task_id, created_at)
+                              for task_id, created_at in wanted.items()}
 
     def carry_out(self, tasks: dict[str, task_model.Task | None]) -> bool:
         """Act on what the store says of each branch awaiting review; True if any left the wait.
@@ -159,7 +164,8 @@ class Reviews:
         self.ledger.save_state()
         self.ledger.event("review_approved", task.id, branch=request.branch, tip=request.review_tip,
                           awaited_secs=round(time.time() - request.review_since, 1))
-        self.ledger.say(f"{task.id}: {request.branch} approved at {request.review_tip[:SHORT]}; back in the merge queue")
+        self.ledger.say(f"{task.id}: {request.branch} approved at {request.review_tip[:SHORT]}; "
+                        "back in the merge queue")
 
     def rejected(self, request: records.MergeRequest, task: task_model.Task, decision: review.Decision) -> None:
         """Sent back: the task is released (a person's decision: no attempt counted). By default
@@ -191,4 +197,5 @@ class Reviews:
             failpoints.failpoint("review_set_aside")
             return name
         aside = review.REJECTED_BRANCH.format(branch=request.branch)
-        return next((name for name, tip in heads.items() if name.startswith(aside) and tip == request.review_tip), aside)
+        return next((name for name, tip in heads.items()
+                     if name.startswith(aside) and tip == request.review_tip), aside)
