@@ -22,7 +22,8 @@ CONFIG_FILE_NAME = "dispatch_config.json"
 
 @dataclasses.dataclass
 class Config:
-    """Every key of dispatch_config.json. None means "computed" (see resolve_config)."""
+    """Every key of dispatch_config.json, as the file has it. None means "computed": resolve_config
+    fills it in, in the Settings a command runs with."""
 
     repo_path: str | None = None
     main_branch: str = "main"
@@ -83,9 +84,22 @@ class Config:
     notify_command: list[str] | None = None
     notify_timeout_secs: float = 10
 
-    # Filled in by resolve_config, never read from the file.
-    root: Path = dataclasses.field(default=Path("."), repr=False)
+    # Where the file was read from, never read from the file.
     source: str = dataclasses.field(default="defaults", repr=False)
+
+
+@dataclasses.dataclass
+class Settings(Config):
+    """The configuration a command runs with: the file as read, every computed default filled in
+    by resolve_config, so none of these is None, and the main working tree's root."""
+
+    task_prefix: str = ""
+    llm_url: str = ""
+    actor: str = ""
+    worker_model: str = ""
+    # The file's text, resolved to the folder it names: a Settings is never handed on as the file.
+    worktree_root: Path = Path()  # type: ignore[assignment]
+    root: Path = dataclasses.field(default=Path(), repr=False)
 
     def path(self, name: str) -> Path:
         """A toolkit file: relative names live in the main working tree's root."""
@@ -101,7 +115,7 @@ CHOICES = {
     # Aider 0.86's edit formats: how the model's reply must carry its edits.
     "worker_edit_format": ("whole", "diff", "diff-fenced", "udiff", "udiff-simple", "patch"),
 }
-_INTERNAL_FIELDS = {"root", "source"}
+_INTERNAL_FIELDS = {"source"}
 CONFIG_KEYS = [f for f in dataclasses.fields(Config) if f.name not in _INTERNAL_FIELDS]
 
 
@@ -203,7 +217,7 @@ def default_llm_url() -> str:
     return f"{scheme}://{hostport}"
 
 
-def load_config(config_path: str | None, cwd: Path | None = None) -> Config:
+def load_config(config_path: str | None, cwd: Path | None = None) -> Settings:
     """Find, parse and complete the configuration (see README, "Configuration")."""
     cwd = Path(cwd or Path.cwd())
     if config_path:
@@ -223,35 +237,29 @@ def load_config(config_path: str | None, cwd: Path | None = None) -> Config:
     return resolve_config(Config(), cwd)
 
 
-def resolve_config(config: Config, cwd: Path) -> Config:
-    """Fill in the computed defaults. Nothing is written: each command that writes keeps the
-    toolkit's files out of `git status` itself (workspace.exclude_toolkit_files)."""
+def resolve_config(config: Config, cwd: Path) -> Settings:
+    """The settings: the computed defaults filled in. Nothing is written: each command that writes
+    keeps the toolkit's files out of `git status` itself (workspace.exclude_toolkit_files)."""
     base = Path(config.source).parent if config.source != "defaults" else cwd
     start = (base / config.repo_path) if config.repo_path else cwd
-    config.root = find_main_root(start.resolve())
-    config.task_prefix = (config.task_prefix or re.sub(r"[^A-Za-z0-9]+", "-", config.root.name).strip("-").lower()
-                          or "task")
-    config.llm_url = (config.llm_url or default_llm_url()).rstrip("/")
-    config.actor = config.actor or f"dispatch@{socket.gethostname()}"
-    config.worker_model = config.worker_model or config.llm_model
-    config.worktree_root = str((config.root / config.worktree_root) if config.worktree_root
-                               else config.root.parent / f"{config.root.name}.worktrees")
-    check_worktree_root(config)
-    return config
+    root = find_main_root(start.resolve())
+    as_read = {field.name: getattr(config, field.name) for field in dataclasses.fields(Config)}
+    settings = Settings(**{
+        **as_read, "root": root,
+        "task_prefix": config.task_prefix or re.sub(r"[^A-Za-z0-9]+", "-", root.name).strip("-").lower() or "task",
+        "llm_url": (config.llm_url or default_llm_url()).rstrip("/"),
+        "actor": config.actor or f"dispatch@{socket.gethostname()}",
+        "worker_model": config.worker_model or config.llm_model,
+        "worktree_root": (root / config.worktree_root if config.worktree_root
+                          else root.parent / f"{root.name}.worktrees")})
+    check_worktree_root(settings)
+    return settings
 
 
-def resolved(value: str | None, key: str) -> str:
-    """A setting resolve_config always fills in (task_prefix, llm_url, actor, worker_model,
-    worktree_root), as the str it is from then on."""
-    if value is None:
-        raise ValueError(f"{key} is read before resolve_config filled it in")
-    return value
-
-
-def check_worktree_root(config: Config) -> None:
+def check_worktree_root(config: Settings) -> None:
     """Worktrees need a folder of their own: inside the repository git would see them as files,
     and the repository (or a folder holding it) is not the dispatcher's to clean up."""
-    folder = Path(resolved(config.worktree_root, "worktree_root")).resolve()
+    folder = config.worktree_root.resolve()
     where = ("the repository itself" if folder == config.root else
              "inside the repository" if config.root in folder.parents else
              "a folder that contains the repository" if folder in config.root.parents else None)

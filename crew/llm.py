@@ -35,10 +35,10 @@ class ChatMessage(TypedDict):
 class LLMClient:
     """One chat request at a time, with the JSON schema the reply must follow."""
 
-    def __init__(self, config: configuration.Config, model: str | None = None):
+    def __init__(self, config: configuration.Settings, model: str | None = None):
         self.config = config
         self.model = model or config.llm_model
-        self.url = configuration.resolved(config.llm_url, "llm_url")
+        self.url = config.llm_url
         self.session = requests.Session()
         self.session.trust_env = False  # a proxy setting must not capture a loopback server
         self._openai_format = "json_schema"

@@ -190,7 +190,7 @@ def _append_rejected(path: Path, lines: list[bytes]) -> None:
             fh.write(b"".join(line + b"\n" for line in new))
 
 
-def ingest(config: configuration.Config, store: model.TaskStore, path: Path | None = None,
+def ingest(config: configuration.Settings, store: model.TaskStore, path: Path | None = None,
            dry_run: bool = False) -> IngestResult:
     """Ingest the suggestions file (and any leftover of a killed run) into the store."""
     path = path or config.path("suggested_tasks_file")

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 DISPATCH_STATE_FILES = (".dispatch_state.json", ".dispatch_pending_merge_retries.json")
 
 
-def exclude_toolkit_files(config: configuration.Config) -> None:
+def exclude_toolkit_files(config: configuration.Settings) -> None:
     """Keep the toolkit's files out of `git status` for every worktree (never edits .gitignore)."""
     names = [config.task_queue_file, config.task_queue_file + ".lock", config.suggested_tasks_file,
              config.suggested_tasks_file + ".ingesting", rejected_suggestions_name(config.suggested_tasks_file),

@@ -33,7 +33,7 @@ def make_repo(folder: Path, files: int = 1) -> Path:
     return demo_kit.scratch_repository(folder / "repo", {**contents, "README.md": "bench\n"})
 
 
-def run_dispatcher(config: configuration.Config, store: task_model.TaskStore, max_workers: int) -> dict:
+def run_dispatcher(config: configuration.Settings, store: task_model.TaskStore, max_workers: int) -> dict:
     """A quiet run in this process for the scripts that measure and shake the dispatcher: what
     session.run_session does before its loop (the toolkit's files kept out of the agents' commits,
     the preflight checks), without its lock, signals and report. Returns the run's summary."""

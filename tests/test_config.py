@@ -58,7 +58,7 @@ def test_files_live_in_the_main_root_even_from_a_worktree(repo, tmp_path):
     assert config.root == repo
     assert config.path("task_queue_file") == repo / "task_queue.json"
     assert config.task_prefix == "proj"
-    assert config.worktree_root == str(repo.parent / "proj.worktrees")
+    assert config.worktree_root == repo.parent / "proj.worktrees"
 
 
 def test_toolkit_files_are_excluded_without_touching_gitignore(repo):

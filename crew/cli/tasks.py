@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def review_list(config: configuration.Config, store: model.TaskStore, as_json: bool) -> int:
+def review_list(config: configuration.Settings, store: model.TaskStore, as_json: bool) -> int:
     waiting = reviews.waiting_list(config, ledger.read_state(config), store)
     if as_json:
         console.print_json([dataclasses.asdict(w) for w in waiting])
@@ -126,7 +126,7 @@ def review_list(config: configuration.Config, store: model.TaskStore, as_json: b
     return 0
 
 
-def decide_review(config: configuration.Config, store: model.TaskStore, args: argparse.Namespace) -> int:
+def decide_review(config: configuration.Settings, store: model.TaskStore, args: argparse.Namespace) -> int:
     if args.command == "approve":
         decision = review.Decision.APPROVED
     else:
@@ -139,7 +139,7 @@ def decide_review(config: configuration.Config, store: model.TaskStore, args: ar
     return 0
 
 
-def held(config: configuration.Config, task_id: str | None, decision: rewritten_main.HeldDecision | None,
+def held(config: configuration.Settings, task_id: str | None, decision: rewritten_main.HeldDecision | None,
          as_json: bool) -> int:
     """List the held branches, or record a person's decision on one (the dispatcher carries it out
     now if it runs, else at its next run)."""

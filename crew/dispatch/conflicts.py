@@ -77,7 +77,7 @@ def committed_since(root: Path, pending: records.PendingMerge) -> bool:
     return tip is None or pending.branch_tip is None or tip != pending.branch_tip
 
 
-def person_conflict_text(config: configuration.Config, request: records.MergeRequest, original: task_model.Task,
+def person_conflict_text(config: configuration.Settings, request: records.MergeRequest, original: task_model.Task,
                          main_commit: str, detail: str, merged: git.MergeResult) -> str:
     """A conflict that git cannot show as text markers: both sides' blobs and how to settle it."""
     main, branch, worktree = config.main_branch, request.branch, request.worktree
@@ -103,7 +103,7 @@ def person_conflict_text(config: configuration.Config, request: records.MergeReq
 
 
 class Conflicts:
-    def __init__(self, config: configuration.Config, ledger: Ledger, store: task_model.TaskStore):
+    def __init__(self, config: configuration.Settings, ledger: Ledger, store: task_model.TaskStore):
         self.config, self.ledger, self.store = config, ledger, store
         self.root = config.root
 
@@ -190,7 +190,7 @@ class Conflicts:
         """The files a fix task hands its agent: the branch's changes and the files the checks'
         output names that the branch has."""
         tip = f"refs/heads/{branch}"
-        folder = Path(self.config.worktree_root)
+        folder = self.config.worktree_root
         named = paths_named(output, [str(folder), str(folder.resolve())])
         in_branch = git.files_in(self.root, tip, named)
         return fix_task_files(git.changed_files(self.root, main_commit, tip), [n for n in named if n in in_branch])

@@ -24,7 +24,7 @@ from crew.tasks import model as task_model
 
 
 class Finisher:
-    def __init__(self, config: configuration.Config, ledger: Ledger, store: task_model.TaskStore,
+    def __init__(self, config: configuration.Settings, ledger: Ledger, store: task_model.TaskStore,
                  pool: WorkerPool, queue: MergeQueue, breaker: scheduler.Breaker):
         self.config, self.ledger, self.store, self.pool, self.queue = config, ledger, store, pool, queue
         self.breaker = breaker

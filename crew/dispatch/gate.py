@@ -43,11 +43,11 @@ class Gate:
     written before anything runs and holds the pid from the moment the process exists, so a
     restarted dispatcher can end a gate a killed one left running."""
 
-    def __init__(self, config: configuration.Config, ledger: Ledger, starter: concurrent.futures.Executor,
+    def __init__(self, config: configuration.Settings, ledger: Ledger, starter: concurrent.futures.Executor,
                  stop_now_reason, wakeup: wakeups.Wakeup, worktree: Path | None = None):
         self.config, self.ledger, self.starter, self.stop_now_reason = config, ledger, starter, stop_now_reason
         self.wakeup = wakeup
-        self.worktree = worktree or Path(config.worktree_root) / ".gate"
+        self.worktree = worktree or config.worktree_root / ".gate"
         self.preparing: concurrent.futures.Future | None = None  # checkout and setup, in a starter thread
         self.hook_failed: str | None = None  # what the preparing said of the user's post-checkout hook
         self.proc: subprocess.Popen | None = None

@@ -14,13 +14,13 @@ from crew.report import events
 from crew.tasks import model as task_model
 
 
-def state_files(config: configuration.Config) -> tuple[files.StateFile, files.StateFile]:
+def state_files(config: configuration.Settings) -> tuple[files.StateFile, files.StateFile]:
     """The two state files; each reads as None when it does not exist (records.load_state checks them)."""
     state, pending = workspace.DISPATCH_STATE_FILES
     return files.StateFile(config.root / state, None), files.StateFile(config.root / pending, None)
 
 
-def read_state(config: configuration.Config) -> records.DispatchState:
+def read_state(config: configuration.Settings) -> records.DispatchState:
     """The recorded state, migrated if an earlier release wrote it; reading never writes."""
     state_file, pending_file = state_files(config)
     return records.load_state(state_file.read(), pending_file.read(), state_path=state_file.path,
@@ -41,7 +41,7 @@ def current_task(store: task_model.TaskStore, task_id: str, created_at: str) -> 
 class Ledger:
     """The state of one dispatcher (`state`), saved as it changes, and this run's summary."""
 
-    def __init__(self, config: configuration.Config, store: task_model.TaskStore, say):
+    def __init__(self, config: configuration.Settings, store: task_model.TaskStore, say):
         self.config, self.store, self.say = config, store, say
         self.logs = config.root / events.LOGS_DIR
         self.state_file, self.pending_file = state_files(config)

@@ -39,7 +39,7 @@ STOP_KILLED_SECS = 10.0  # how long a stop waits, past the grace, for the trees 
 class Dispatcher:
     """Owns the workers, the merge queue and the pending merges of one repository."""
 
-    def __init__(self, config: configuration.Config, store: task_model.TaskStore, max_workers: int,
+    def __init__(self, config: configuration.Settings, store: task_model.TaskStore, max_workers: int,
                  watch: bool = False, out=print):
         # The loop sleeps until something happens: a result from the store thread or a starter
         # thread, a process of ours exiting, a signal (each posts here), or its next deadline.

@@ -67,7 +67,7 @@ class Landing:
 
 
 class MergeQueue:
-    def __init__(self, config: configuration.Config, ledger: Ledger, store: task_model.TaskStore,
+    def __init__(self, config: configuration.Settings, ledger: Ledger, store: task_model.TaskStore,
                  all_gates: list[gates.Gate], conflicts: conflict_tasks.Conflicts, stop_now_reason,
                  wakeup: wakeups.Wakeup):
         """all_gates: one gate, or with merge_gate_parallelism above 1 that many, run speculatively."""

@@ -75,7 +75,7 @@ class Notifier:
     """Runs notify_command for the events a person is told of. failed(event, reason) is called,
     from the notifier's thread, once for each notice that could not be given."""
 
-    def __init__(self, config: configuration.Config, failed: Callable[[dict, str], None]):
+    def __init__(self, config: configuration.Settings, failed: Callable[[dict, str], None]):
         self.command, self.timeout = config.notify_command, config.notify_timeout_secs
         self.root, self.failed = config.root, failed
         self.lock = threading.Lock()

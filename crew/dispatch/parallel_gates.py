@@ -210,9 +210,9 @@ class ParallelGates:
         return False
 
 
-def gate_worktrees(config: configuration.Config) -> list[Path]:
+def gate_worktrees(config: configuration.Settings) -> list[Path]:
     """One gate worktree a gate: .gate as ever, or with parallel gates .gate-1 ... .gate-N."""
-    root, parallelism = Path(config.worktree_root), config.merge_gate_parallelism
+    root, parallelism = config.worktree_root, config.merge_gate_parallelism
     if parallelism == 1 or not config.merge_gate_command:
         return [root / ".gate"]
     return [root / f".gate-{n}" for n in range(1, parallelism + 1)]

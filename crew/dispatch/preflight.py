@@ -14,7 +14,7 @@ from crew import names as safe_names
 from crew.dispatch import agent
 
 
-def preflight(config: configuration.Config) -> None:
+def preflight(config: configuration.Settings) -> None:
     """Everything a worker needs, checked before any starts; each failure is one line."""
     if git.rev_parse(config.root, f"refs/heads/{config.main_branch}") is None:
         raise errors.UserError(f"the repository has no branch {config.main_branch!r} (set main_branch)")

@@ -15,7 +15,7 @@ from crew.tasks import model as task_model
 
 
 class Recovery:
-    def __init__(self, config: configuration.Config, ledger: Ledger, store: task_model.TaskStore, pool: WorkerPool):
+    def __init__(self, config: configuration.Settings, ledger: Ledger, store: task_model.TaskStore, pool: WorkerPool):
         self.config, self.ledger, self.store, self.pool = config, ledger, store, pool
         self.root = config.root
 
@@ -97,7 +97,7 @@ class Recovery:
         state = self.ledger.state
         known = {Path(r.worktree).resolve() for r in [*state.workers.values(), *state.merge_queue,
                                                        *state.pending.values()]}
-        root = Path(self.config.worktree_root).resolve()
+        root = self.config.worktree_root.resolve()
         owned = worktrees.dispatcher_worktrees(self.root)
         for path in sorted(owned - known):
             if root in path.parents:

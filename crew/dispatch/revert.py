@@ -79,7 +79,7 @@ def newest_first(root: Path, commits: Sequence[str]) -> list[str]:
     return sorted(commits, key=lambda commit: int(git.git_out(root, "rev-list", "--count", commit)), reverse=True)
 
 
-def request(config: configuration.Config, store: task_model.TaskStore, task_id: str, reason: str,
+def request(config: configuration.Settings, store: task_model.TaskStore, task_id: str, reason: str,
             keep_closed: bool) -> task_model.Task:
     """File the revert task for a merged task (tasks.py revert); the task itself is left as it is
     until the revert has landed."""

@@ -48,7 +48,7 @@ def awaiting(state: records.DispatchState) -> list[records.MergeRequest]:
     return [request for request in state.merge_queue if request.review == review.State.AWAITING]
 
 
-def waiting_list(config: configuration.Config, state: records.DispatchState,
+def waiting_list(config: configuration.Settings, state: records.DispatchState,
                  store: task_model.TaskStore) -> list[Waiting]:
     """What waits for a person, read from the dispatcher's records, git and the store."""
     shown = []
@@ -65,7 +65,7 @@ def waiting_list(config: configuration.Config, state: records.DispatchState,
     return shown
 
 
-def record_decision(config: configuration.Config, store: task_model.TaskStore, task_id: str,
+def record_decision(config: configuration.Settings, store: task_model.TaskStore, task_id: str,
                     decision: review.Decision, reason: str = "", tip_shown: str | None = None) -> records.MergeRequest:
     """A person's decision on the branch tip awaiting review, written to the task store (a label
     naming the tip, and a note the next attempt reads): the dispatcher carries it out."""
@@ -95,7 +95,7 @@ class Reviews:
     """The dispatcher's side: a branch steps out of the queue to await review, and the decisions
     read from the store (off the loop, see lookups) are carried out."""
 
-    def __init__(self, config: configuration.Config, ledger: Ledger, store: task_model.TaskStore):
+    def __init__(self, config: configuration.Settings, ledger: Ledger, store: task_model.TaskStore):
         self.config, self.ledger, self.store, self.root = config, ledger, store, config.root
 
     def awaiting(self) -> list[records.MergeRequest]:

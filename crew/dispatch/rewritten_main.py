@@ -48,11 +48,11 @@ def held_reason(task_id: str, branch: str, main: str, commits: Sequence[str], wh
             f"included) or `--discard` (the branch is deleted, the task released)")
 
 
-def decisions_file(config: configuration.Config) -> files.StateFile:
+def decisions_file(config: configuration.Settings) -> files.StateFile:
     return files.StateFile(config.root / DECISIONS_FILE, {})
 
 
-def record_decision(config: configuration.Config, request: records.MergeRequest, decision: HeldDecision) -> None:
+def record_decision(config: configuration.Settings, request: records.MergeRequest, decision: HeldDecision) -> None:
     """A person's decision on a held branch, for the dispatcher to carry out (now if it runs,
     else at its next run). It names the branch and its tip: it applies to that hold only."""
     decisions = decisions_file(config)
@@ -72,7 +72,7 @@ class RewrittenMain:
     """The last main seen, the branches that carry commits that left it (in the ledger's state),
     and their rebases under way (here: this process's threads)."""
 
-    def __init__(self, config: configuration.Config, ledger: Ledger, executor: concurrent.futures.Executor):
+    def __init__(self, config: configuration.Settings, ledger: Ledger, executor: concurrent.futures.Executor):
         self.config, self.ledger, self.executor = config, ledger, executor
         self.root, self.main = config.root, config.main_branch
         self.rebasing: dict[str, concurrent.futures.Future] = {}  # by branch

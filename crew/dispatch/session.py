@@ -28,7 +28,7 @@ from crew.tasks import model as task_model
 CONSOLE_CLOSE_HOLD_SECS = 4.5  # Windows ends a process about 5 s after its console is closed
 
 
-def run_session(config: configuration.Config, store: task_model.TaskStore, max_workers: int, watch: bool,
+def run_session(config: configuration.Settings, store: task_model.TaskStore, max_workers: int, watch: bool,
                 say) -> tuple[dict, bool]:
     """(the run's summary, with its report; whether it was interrupted). A stop by a second
     Ctrl-C or a signal leaves as KeyboardInterrupt or SystemExit(128 + the signal)."""
@@ -104,7 +104,7 @@ def detach_output() -> None:
     os.close(devnull)
 
 
-def write_report_after_run(config: configuration.Config, say) -> str | None:
+def write_report_after_run(config: configuration.Settings, say) -> str | None:
     """The run's report; a report that cannot be written never fails the run it describes."""
     try:
         return str(page.write_report(config.root))

@@ -20,7 +20,7 @@ def iso(epoch: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)) if epoch else None
 
 
-def status(config: configuration.Config, store: task_model.TaskStore) -> dict:
+def status(config: configuration.Settings, store: task_model.TaskStore) -> dict:
     state = ledger.read_state(config)
     dispatcher = state.dispatcher
     if dispatcher and not processes.is_same_process_alive(dispatcher.pid, dispatcher.pid_start_time):
@@ -62,7 +62,7 @@ def review_state(request: records.MergeRequest) -> dict:
             "awaiting_review_since": iso(request.review_since) if awaiting else None}
 
 
-def main_check(config: configuration.Config, check: records.MainCheck | None) -> dict | None:
+def main_check(config: configuration.Settings, check: records.MainCheck | None) -> dict | None:
     """merge_gate_command's last verdict on main itself; "holds_merges" while main is still
     the commit that failed."""
     if check is None:
@@ -89,7 +89,7 @@ def gate_state(gate: records.GateRecord, dispatcher_running: bool, process_alive
     return {"state": "gating" if gate.pid else "preparing", "reason": None}
 
 
-def dry_run(config: configuration.Config, store: task_model.TaskStore, max_workers: int) -> list[dict]:
+def dry_run(config: configuration.Settings, store: task_model.TaskStore, max_workers: int) -> list[dict]:
     """What a run would start now, and why each other ready task waits."""
     state = ledger.read_state(config)
     known: dict[str, list[str]] = {}

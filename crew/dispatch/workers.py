@@ -30,7 +30,7 @@ class WorkerPool:
     of its process tree still under way (a worker keeps its slot, and its worktree, until its
     tree is gone). A start made ready and a process of ours exiting both post to `wakeup`."""
 
-    def __init__(self, config: configuration.Config, ledger: Ledger, max_workers: int, stop_now_reason,
+    def __init__(self, config: configuration.Settings, ledger: Ledger, max_workers: int, stop_now_reason,
                  wakeup: wakeups.Wakeup):
         self.config, self.ledger, self.max_workers = config, ledger, max_workers
         self.stop_now_reason = stop_now_reason  # a setup command in a starter thread ends at a stop-now

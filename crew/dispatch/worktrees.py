@@ -95,9 +95,9 @@ def remove_worktree(root: Path, worktree: Path) -> None:
         git.git("worktree", "remove", "--force", "--force", str(worktree), cwd=root, check=False)
 
 
-def free_worktree_path(config: configuration.Config, name: str) -> Path:
+def free_worktree_path(config: configuration.Settings, name: str) -> Path:
     """A folder for a new worktree: one of ours may be replaced, anyone else's is avoided."""
-    root = Path(config.worktree_root)
+    root = config.worktree_root
     path, n = root / name, 1
     owned = dispatcher_worktrees(config.root) if path.exists() else set()  # one git call, not one a name
     while path.exists() and path.resolve() not in owned:
@@ -106,7 +106,7 @@ def free_worktree_path(config: configuration.Config, name: str) -> Path:
     return path
 
 
-def branch_for(config: configuration.Config, branches: dict[str, records.BranchOwner], task: task_model.Task) -> str:
+def branch_for(config: configuration.Settings, branches: dict[str, records.BranchOwner], task: task_model.Task) -> str:
     """The task's branch: the one recorded for it, or a name no branch has yet. A branch that
     exists but was not made for this very task (a deleted task's kept work, a user's branch)
     is never continued. The name is recorded in `branches`."""
@@ -120,7 +120,7 @@ def branch_for(config: configuration.Config, branches: dict[str, records.BranchO
     return name
 
 
-def add_task_worktree(config: configuration.Config, branch: str, worktree: Path) -> None:
+def add_task_worktree(config: configuration.Settings, branch: str, worktree: Path) -> None:
     root = config.root
     if worktree.resolve() in dispatcher_worktrees(root):
         remove_worktree(root, worktree)
@@ -134,7 +134,7 @@ def add_task_worktree(config: configuration.Config, branch: str, worktree: Path)
     add_dispatcher_worktree(root, worktree, "-b", branch, str(worktree), main, timeout=config.git_hook_timeout_secs)
 
 
-def prepare_conflict_worktree(config: configuration.Config, task: task_model.Task,
+def prepare_conflict_worktree(config: configuration.Settings, task: task_model.Task,
                               conflict: records.PendingMerge) -> None:
     """Merge main into the branch and commit the conflicts, so the agent starts clean."""
     root, main = config.root, config.main_branch
@@ -160,7 +160,7 @@ def prepare_conflict_worktree(config: configuration.Config, task: task_model.Tas
     git.git("merge", "--quit", cwd=worktree)  # the merge is committed: forget it, keep index and files
 
 
-def run_setup_command(config: configuration.Config, worktree: Path, log: Path, stop, mark: str) -> str | None:
+def run_setup_command(config: configuration.Settings, worktree: Path, log: Path, stop, mark: str) -> str | None:
     """worktree_setup_command in a new worktree (a worker's or the gate's), as a process tree
     ended past worktree_setup_timeout_secs or when stop() gives a reason. None on success, else why not."""
     proc = processes.start_process(list(config.worktree_setup_command), worktree, git.child_environment(), log, mark)
@@ -214,7 +214,7 @@ def discard_changes(root: Path, worktree: Path) -> None:
         git.git("clean", "-q", "-f", "-d", cwd=worktree)
 
 
-def discard_attempt(config: configuration.Config, worker: records.Worker) -> None:
+def discard_attempt(config: configuration.Settings, worker: records.Worker) -> None:
     """Remove an attempt's worktree; its branch too, unless it holds work main lacks."""
     remove_worktree(config.root, Path(worker.worktree))
     if git.rev_parse(config.root, f"refs/heads/{worker.branch}") and git.is_ancestor(

@@ -9,13 +9,11 @@ from crew.tasks import json_store
 from crew.tasks import model
 
 
-def open_task_store(config: configuration.Config) -> model.TaskStore:
+def open_task_store(config: configuration.Settings) -> model.TaskStore:
     """The configured backend; "auto" means bd when bd is installed and the repo has .beads/."""
     backend = config.task_backend
     if backend == "auto":
         backend = "bd" if shutil.which(config.bd_command) and (config.root / ".beads").is_dir() else "json"
-    actor = configuration.resolved(config.actor, "actor")
     if backend == "bd":
-        return bd_store.BdTaskStore(config.bd_command, config.root, actor)
-    prefix = configuration.resolved(config.task_prefix, "task_prefix")
-    return json_store.JsonTaskStore(config.path("task_queue_file"), prefix, actor, config.root)
+        return bd_store.BdTaskStore(config.bd_command, config.root, config.actor)
+    return json_store.JsonTaskStore(config.path("task_queue_file"), config.task_prefix, config.actor, config.root)
