@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from crew import config as configuration
 from crew import errors
@@ -13,6 +14,7 @@ from crew import files
 from crew import names
 from crew import processes
 from crew.report import events
+
 
 # The review step's event for a branch that waits for a person: notified once it is written.
 AWAITING_REVIEW_EVENT = "review_awaited"
@@ -23,10 +25,10 @@ AT_ONCE = 4  # notifiers running at once; a notice past that is not sent (and sa
 PLACEHOLDER = "{summary}"
 OUTPUT_READ = 2000  # characters: the end of a failed notifier's output, for the reason given
 # cmd.exe reads these in the arguments of a .bat or .cmd notifier: the summary never holds them.
-_CMD_SAFE = str.maketrans({'"': "'", **{c: " " for c in "&|<>^%"}})
+_CMD_SAFE = str.maketrans({'"': "'", **dict.fromkeys("&|<>^%", " ")})
 
 
-def wanted(event: dict) -> bool:
+def wanted(event: dict[str, Any]) -> bool:
     """Whether an event is one a person is told of: something waits for them, or the run ended."""
     name = event.get("event")
     if name == "main_checked":
@@ -36,7 +38,7 @@ def wanted(event: dict) -> bool:
     return name in ("blocked", "breaker_tripped", AWAITING_REVIEW_EVENT, RUN_ENDED)
 
 
-def _what(event: dict) -> str:
+def _what(event: dict[str, Any]) -> str:
     task, name = event.get("task_id"), event.get("event")
     if name == "blocked":
         return f"{task} blocked: {event.get('reason', '')}"
@@ -55,7 +57,7 @@ def _what(event: dict) -> str:
     return f"{task or ''} {name}".strip()
 
 
-def summary(event: dict, repository: str) -> str:
+def summary(event: dict[str, Any], repository: str) -> str:
     """One line, fit for a command line: control bytes escaped, cmd.exe's special characters
     replaced, at most SUMMARY_LIMIT characters; it starts with "[" so no program reads it as an option."""
     text = names.for_terminal(f"[{repository}] {_what(event)}").translate(_CMD_SAFE)
@@ -66,7 +68,7 @@ def command_line(command: list[str], line: str) -> list[str]:
     return [arg.replace(PLACEHOLDER, line) for arg in command]
 
 
-def run_ended(summary_of_run: dict, report: str | None, interrupted: bool) -> dict:
+def run_ended(summary_of_run: dict[str, Any], report: str | None, interrupted: bool) -> dict[str, Any]:
     return {"v": events.EVENTS_FORMAT, "ts": files.now_iso(), "event": RUN_ENDED, "task_id": None,
             "summary": summary_of_run, "report": report, "interrupted": interrupted}
 
@@ -75,13 +77,15 @@ class Notifier:
     """Runs notify_command for the events a person is told of. failed(event, reason) is called,
     from the notifier's thread, once for each notice that could not be given."""
 
-    def __init__(self, config: configuration.Settings, failed: Callable[[dict, str], None]):
-        self.command, self.timeout = config.notify_command, config.notify_timeout_secs
+    def __init__(self, config: configuration.Settings, failed: Callable[[dict[str, Any], str], None]):
+        # Empty: no notify_command, nothing is told.
+        self.command: list[str] = config.notify_command or []
+        self.timeout = config.notify_timeout_secs
         self.root, self.failed = config.root, failed
         self.lock = threading.Lock()
         self.threads: list[threading.Thread] = []
 
-    def consider(self, event: dict) -> None:
+    def consider(self, event: dict[str, Any]) -> None:
         """Tell of the event if it is one to tell of; never waits for the notifier."""
         if not self.command or not wanted(event):
             return
@@ -97,7 +101,7 @@ class Notifier:
         if busy:
             self.failed(event, f"not sent: {AT_ONCE} notifiers were still running")
 
-    def give(self, event: dict) -> None:
+    def give(self, event: dict[str, Any]) -> None:
         """Run the notifier for one event and wait for it (on a thread of its own, or at the run's end)."""
         line = summary(event, self.root.name)
         payload = files.json_text({**event, "notice": line})
@@ -111,7 +115,7 @@ class Notifier:
             said = names.one_line_tail(result.stdout, lines=3, limit=300)
             self.failed(event, f"exited with {result.returncode}" + (f": {said}" if said else ""))
 
-    def close(self, last: dict | None = None) -> None:
+    def close(self, last: dict[str, Any] | None = None) -> None:
         """At the run's end: wait for the notifiers still running (each is bounded by the timeout,
         after which its tree is ended), so `last` is told after them; then tell it here (the loop is over)."""
         with self.lock:

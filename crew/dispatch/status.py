@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import time
+from typing import Any
 
 from crew import config as configuration
 from crew import errors
@@ -20,7 +21,7 @@ def iso(epoch: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)) if epoch else None
 
 
-def status(config: configuration.Settings, store: task_model.TaskStore) -> dict:
+def status(config: configuration.Settings, store: task_model.TaskStore) -> dict[str, Any]:
     state = ledger.read_state(config)
     dispatcher = state.dispatcher
     if dispatcher and not processes.is_same_process_alive(dispatcher.pid, dispatcher.pid_start_time):
@@ -54,7 +55,7 @@ def status(config: configuration.Settings, store: task_model.TaskStore) -> dict:
     }
 
 
-def review_state(request: records.MergeRequest) -> dict:
+def review_state(request: records.MergeRequest) -> dict[str, Any]:
     """Its review: "review" (null: none asked, "awaiting" out of the queue until a person decides,
     "approved" back in it), the tip shown and since when it awaits."""
     awaiting = request.review == review.State.AWAITING
@@ -62,7 +63,7 @@ def review_state(request: records.MergeRequest) -> dict:
             "awaiting_review_since": iso(request.review_since) if awaiting else None}
 
 
-def main_check(config: configuration.Settings, check: records.MainCheck | None) -> dict | None:
+def main_check(config: configuration.Settings, check: records.MainCheck | None) -> dict[str, Any] | None:
     """merge_gate_command's last verdict on main itself; "holds_merges" while main is still
     the commit that failed."""
     if check is None:
@@ -76,7 +77,7 @@ def alive(gate: records.GateRecord) -> bool:
     return processes.is_same_process_alive(gate.pid, gate.pid_start_time)
 
 
-def gate_state(gate: records.GateRecord, dispatcher_running: bool, process_alive: bool) -> dict:
+def gate_state(gate: records.GateRecord, dispatcher_running: bool, process_alive: bool) -> dict[str, Any]:
     """What a recorded gate is doing, as far as the records and the process table tell: its
     "state" (preparing, gating, ending, not running) and, when that needs saying, "reason"."""
     if not dispatcher_running:
@@ -89,7 +90,7 @@ def gate_state(gate: records.GateRecord, dispatcher_running: bool, process_alive
     return {"state": "gating" if gate.pid else "preparing", "reason": None}
 
 
-def dry_run(config: configuration.Settings, store: task_model.TaskStore, max_workers: int) -> list[dict]:
+def dry_run(config: configuration.Settings, store: task_model.TaskStore, max_workers: int) -> list[dict[str, Any]]:
     """What a run would start now, and why each other ready task waits."""
     state = ledger.read_state(config)
     known: dict[str, list[str]] = {}
