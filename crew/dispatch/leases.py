@@ -7,7 +7,7 @@ A store with no leases (task_queue.json) renews nothing and never loses a claim.
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from crew import errors
 from crew.dispatch import records
@@ -15,10 +15,10 @@ from crew.dispatch.store_thread import SerialStore
 
 
 class Leases:
-    def __init__(self, serial: SerialStore, interval_secs: float, say):
+    def __init__(self, serial: SerialStore, interval_secs: float, say: Callable[[str], None]):
         self.serial, self.interval, self.say = serial, interval_secs, say
         self.renewed: dict[str, float] = {}  # task id: when its last renewal was handed over
-        self.renewing: dict[str, concurrent.futures.Future] = {}
+        self.renewing: dict[str, concurrent.futures.Future[str | None]] = {}
         self.told_gone: set[str] = set()  # waiting branches whose lost claim was said
         self.failing: str | None = None  # the store's last error, said once until a renewal works
 

@@ -20,6 +20,7 @@ from crew.dispatch import records
 from crew.dispatch import worktrees
 from crew.dispatch.ledger import Ledger
 
+
 DECISIONS_FILE = ".dispatch_held_decisions.json"  # task id -> a person's decision on its held branch
 COMMITS_NAMED = 10  # commits a one-line reason names; the rest are counted
 SHORT = 10
@@ -75,7 +76,7 @@ class RewrittenMain:
     def __init__(self, config: configuration.Settings, ledger: Ledger, executor: concurrent.futures.Executor):
         self.config, self.ledger, self.executor = config, ledger, executor
         self.root, self.main = config.root, config.main_branch
-        self.rebasing: dict[str, concurrent.futures.Future] = {}  # by branch
+        self.rebasing: dict[str, concurrent.futures.Future[str | None]] = {}  # by branch
         self.told: set[str] = set()
 
     def observe_main(self) -> None:

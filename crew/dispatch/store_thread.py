@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from crew.dispatch import wakeup as wakeups
 from crew.tasks import model
 
+
 Result = TypeVar("Result")
 
 
@@ -24,7 +25,7 @@ class SerialStore:
         self.name = store.name
         self._thread = wakeups.PostingExecutor(wakeup, 1, "task-store")
 
-    def later(self, method: str, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+    def later(self, method: str, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
         return self._thread.submit(getattr(self.store, method), *args, **kwargs)
 
     def batch(self, work: Callable[[model.TaskStore], Result]) -> concurrent.futures.Future[Result]:

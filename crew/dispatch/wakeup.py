@@ -9,7 +9,11 @@ import concurrent.futures
 import subprocess
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
+
+
+Params = ParamSpec("Params")
+Result = TypeVar("Result")
 
 
 class Wakeup:
@@ -26,11 +30,11 @@ class Wakeup:
         self._posted.wait(max(0.0, timeout))
         self._posted.clear()
 
-    def watch_exit(self, proc: subprocess.Popen) -> None:
+    def watch_exit(self, proc: subprocess.Popen[Any]) -> None:
         """Post once `proc` has exited (and is reaped: its returncode is set)."""
         threading.Thread(target=self._wait_for, args=(proc,), name=f"exit-{proc.pid}", daemon=True).start()
 
-    def _wait_for(self, proc: subprocess.Popen) -> None:
+    def _wait_for(self, proc: subprocess.Popen[Any]) -> None:
         proc.wait()
         self.post()
 
@@ -42,7 +46,8 @@ class PostingExecutor(concurrent.futures.ThreadPoolExecutor):
         super().__init__(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
         self.wakeup = wakeup
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+    def submit(self, fn: Callable[Params, Result], /, *args: Params.args,
+               **kwargs: Params.kwargs) -> concurrent.futures.Future[Result]:
         future = super().submit(fn, *args, **kwargs)
         future.add_done_callback(self.wakeup.post)
         return future
