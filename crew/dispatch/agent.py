@@ -14,6 +14,7 @@ from crew import names as safe_names
 from crew.dispatch import revert
 from crew.tasks import model as task_model
 
+
 MODEL_LABEL = "model:"
 # --no-show-release-notes: on a version's first run --yes-always would accept "see what's new?"
 # and open a web browser on the user's desktop, once per worker. --git-commit-verify: by default Aider
@@ -43,7 +44,7 @@ HISTORY_HEADING = ("What happened before (this task's notes, newest first; they 
 
 
 def worker_argv(config: configuration.Settings, task: task_model.Task, message_file: Path, branch: str,
-                worktree: Path) -> tuple[list[str], dict]:
+                worktree: Path) -> tuple[list[str], dict[str, str]]:
     """The agent's command line and environment, from argument lists only: no shell ever sees them."""
     model = next((label[len(MODEL_LABEL):] for label in task.labels if label.startswith(MODEL_LABEL)),
                  config.worker_model)

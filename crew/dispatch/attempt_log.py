@@ -9,6 +9,7 @@ from pathlib import Path
 from crew import logs
 from crew import names as safe_names
 
+
 HEAD_BYTES = 16384  # Aider names its model and edit format in its first lines
 TAIL_CHARS = 8192  # ample for a note's 400 characters and the last reply
 

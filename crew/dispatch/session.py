@@ -8,6 +8,8 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import filelock
 
@@ -25,11 +27,12 @@ from crew.dispatch.loop import Dispatcher
 from crew.report import page
 from crew.tasks import model as task_model
 
+
 CONSOLE_CLOSE_HOLD_SECS = 4.5  # Windows ends a process about 5 s after its console is closed
 
 
 def run_session(config: configuration.Settings, store: task_model.TaskStore, max_workers: int, watch: bool,
-                say) -> tuple[dict, bool]:
+                say: Callable[[str], None]) -> tuple[dict[str, Any], bool]:
     """(the run's summary, with its report; whether it was interrupted). A stop by a second
     Ctrl-C or a signal leaves as KeyboardInterrupt or SystemExit(128 + the signal)."""
     workspace.exclude_toolkit_files(config)  # the toolkit's files stay out of `git status`
@@ -67,7 +70,7 @@ def run_session(config: configuration.Settings, store: task_model.TaskStore, max
             interrupted = dispatcher.interrupts > 0 or dispatcher.stop_signal is not None
             dispatcher.ledger.event("dispatcher_stopped", interrupted=interrupted)
             state_saved.set()
-            if console_handler is not None:
+            if console_handler is not None and sys.platform == "win32":  # the platform test: for the type checker
                 ctypes.windll.kernel32.SetConsoleCtrlHandler(console_handler, False)
             report = write_report_after_run(config, say)
             dispatcher.ledger.notifier.close(notify.run_ended(dispatcher.ledger.summary, report, interrupted))
@@ -77,11 +80,13 @@ def run_session(config: configuration.Settings, store: task_model.TaskStore, max
     return summary, dispatcher.interrupts > 0
 
 
-def hold_console_close(dispatcher: Dispatcher, state_saved: threading.Event):
+def hold_console_close(dispatcher: Dispatcher, state_saved: threading.Event) -> object:
     """Windows: a closed console (or Ctrl-Break) ends the process the moment a console control
     handler returns, before Python's own SIGBREAK handler could run. This handler asks for a stop
     now (SIGBREAK), then holds the process until the workers are ended and the state is saved.
     Returns the handler, which must stay referenced while it is installed."""
+    if sys.platform != "win32":  # called on Windows only; the test tells the type checker so
+        raise NotImplementedError("a console control handler is Windows's")
     def on_console_event(event: int) -> bool:
         if event == 0:  # CTRL_C_EVENT: Python's own SIGINT handler takes it
             return False
@@ -104,7 +109,7 @@ def detach_output() -> None:
     os.close(devnull)
 
 
-def write_report_after_run(config: configuration.Settings, say) -> str | None:
+def write_report_after_run(config: configuration.Settings, say: Callable[[str], None]) -> str | None:
     """The run's report; a report that cannot be written never fails the run it describes."""
     try:
         return str(page.write_report(config.root))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from crew import git
 
+
 @dataclasses.dataclass(frozen=True)
 class Speculative:
     """A branch merged onto a speculative stack: its commit, or the conflict. with_main: the
