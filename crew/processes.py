@@ -298,7 +298,7 @@ def kill_tree(pid: int | None, grace: float, proc: subprocess.Popen[Any] | None 
     wait_for_kills([TreeKill.begin(pid, grace, proc, mark, everywhere)])
 
 
-def wait_or_end(proc: subprocess.Popen[Any], timeout: float, stop: Callable[[], bool], grace: float,
+def wait_or_end(proc: subprocess.Popen[Any], timeout: float, stop: Callable[[], object], grace: float,
                 mark: str) -> str | None:
     """Wait for a process started by start_process (a setup command, the gate); end its tree past
     `timeout`, or as soon as stop() is true (a second Ctrl-C). None if it exited by itself, else why not."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from crew import config as configuration
@@ -13,6 +14,7 @@ from crew import names as safe_names
 from crew import processes
 from crew.dispatch import records
 from crew.tasks import model as task_model
+
 
 OWNED_MARKER = "dispatch-owned"  # in a worktree's git admin dir: the dispatcher made this worktree
 # Also there: the paths the user's post-checkout hook and then worktree_setup_command left changed
@@ -156,14 +158,18 @@ def prepare_conflict_worktree(config: configuration.Settings, task: task_model.T
     # Committed by plumbing, so no hook runs: the markers are committed on purpose, for the
     # resolver, and a check-merge-conflict hook would refuse them. The resolver's own commits
     # (and any leftover commit of its work) go through the hooks.
-    git.commit_on_head(worktree, git.git_out(worktree, "write-tree"), message, git.git_out(worktree, "rev-parse", "MERGE_HEAD"))
+    git.commit_on_head(worktree, git.git_out(worktree, "write-tree"), message,
+                       git.git_out(worktree, "rev-parse", "MERGE_HEAD"))
     git.git("merge", "--quit", cwd=worktree)  # the merge is committed: forget it, keep index and files
 
 
-def run_setup_command(config: configuration.Settings, worktree: Path, log: Path, stop, mark: str) -> str | None:
+def run_setup_command(config: configuration.Settings, worktree: Path, log: Path, stop: Callable[[], str | None],
+                      mark: str) -> str | None:
     """worktree_setup_command in a new worktree (a worker's or the gate's), as a process tree
     ended past worktree_setup_timeout_secs or when stop() gives a reason. None on success, else why not."""
-    proc = processes.start_process(list(config.worktree_setup_command), worktree, git.child_environment(), log, mark)
+    if not (command := config.worktree_setup_command):
+        return None  # none is set: nothing to run
+    proc = processes.start_process(list(command), worktree, git.child_environment(), log, mark)
     ended = processes.wait_or_end(proc, config.worktree_setup_timeout_secs, stop, config.worker_kill_grace_secs,
                                   mark)
     if failed := ended or (f"exited {proc.returncode}" if proc.returncode else None):
