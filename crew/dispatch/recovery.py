@@ -14,6 +14,14 @@ from crew.dispatch.workers import WorkerPool
 from crew.tasks import model as task_model
 
 
+InFlight = records.Worker | records.MergeRequest | records.PendingMerge
+
+
+def branches_in_flight(state: records.DispatchState) -> list[InFlight]:
+    """The records of the tasks this dispatcher works on: each holds a claim and a worktree."""
+    return [*state.workers.values(), *state.merge_queue, *state.pending.values()]
+
+
 class Recovery:
     def __init__(self, config: configuration.Settings, ledger: Ledger, store: task_model.TaskStore, pool: WorkerPool):
         self.config, self.ledger, self.store, self.pool = config, ledger, store, pool
@@ -49,8 +57,7 @@ class Recovery:
                 left_running.append(processes.TreeKill.begin(None, grace, mark=mark, everywhere=True))
         processes.wait_for_kills(left_running)  # their worktrees are removed or used again below
         # A conflict task's own claim is not accounted for by its pending merge: only the original is.
-        claims = [(r.task_id, r.task_created_at, r.actor)
-                  for r in [*state.workers.values(), *state.merge_queue, *state.pending.values()]]
+        claims = [(r.task_id, r.task_created_at, r.actor) for r in branches_in_flight(state)]
         for task_id, earlier in sorted({(task_id, claimer) for task_id, _, claimer in claims if claimer != actor}):
             ledger.event("earlier_actor", task_id, actor=earlier)
             ledger.say(f"{task_id}: claimed as {earlier} by an earlier run (the actor is {actor} now); "
@@ -95,8 +102,7 @@ class Recovery:
         """Remove the worktrees an earlier run made and no record names (a worker's work is
         recorded before it starts, so nothing of value is in them); anything else is not ours."""
         state = self.ledger.state
-        known = {Path(r.worktree).resolve() for r in [*state.workers.values(), *state.merge_queue,
-                                                       *state.pending.values()]}
+        known = {Path(r.worktree).resolve() for r in branches_in_flight(state)}
         root = self.config.worktree_root.resolve()
         owned = worktrees.dispatcher_worktrees(self.root)
         for path in sorted(owned - known):
