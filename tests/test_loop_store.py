@@ -54,8 +54,9 @@ def test_settle_acts_only_on_what_the_store_thread_looked_up(json_agent_setup, r
     original, followup = store.create("Original"), store.create("Fix failing checks: work/proj-1")
     ledger = Ledger(config, store, say=lambda message: None)
     ledger.state.pending[followup.id] = records.PendingMerge(
-        kind="gate", task_id=original.id, title="Original", branch="work/proj-1", worktree=str(repo / "gone"),
-        files=[], outcome="close", note="", retries=1, followup_created_at=followup.created_at)
+        kind="gate", flight=records.BranchInFlight(task_id=original.id, title="Original", branch="work/proj-1",
+                                                   worktree=str(repo / "gone"), outcome="close", note="", retries=1),
+        files=[], followup_created_at=followup.created_at)
     conflicts = Conflicts(config, ledger, store)
     lookups = conflicts.lookups(busy=set())  # which tasks, read on the loop; the store is asked when it runs
     store.set_status(followup.id, "blocked", "cannot be fixed")

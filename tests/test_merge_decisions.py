@@ -40,9 +40,9 @@ def queued(queue: MergeQueue, name: str, text: str) -> records.MergeRequest:
     branch, worktree = f"work/{task.id}", Path(config.worktree_root) / task.id
     git(config.root, "worktree", "add", "-q", "-b", branch, str(worktree), "main")
     commit_file(worktree, name, text)
-    request = records.MergeRequest(task_id=task.id, title=task.title, branch=branch, worktree=str(worktree),
-                                   outcome="close", note="", retries=0, actor=config.actor,
-                                   task_created_at=task.created_at)
+    request = records.MergeRequest(records.BranchInFlight(
+        task_id=task.id, title=task.title, branch=branch, worktree=str(worktree), outcome="close", note="",
+        retries=0, actor=config.actor, task_created_at=task.created_at))
     queue.requests.append(request)
     return request
 

@@ -3,6 +3,7 @@ holds files written by real runs of releases that wrote each form, see make_lega
 there), and what loads saves and loads again unchanged."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -256,3 +257,22 @@ def test_a_state_no_release_writes_is_one_error_naming_the_record_and_the_states
         load(state_json, pending_json, tmp_path)
     assert str(raised.value) == (f"{tmp_path / (PENDING if where == 'pending' else STATE)}: {problem}; "
                                  "fix or move it (it was left untouched)")
+
+
+def test_a_branch_in_flight_is_written_flat_and_read_back_whole_by_the_queue_and_pending_merges():
+    flight = records.BranchInFlight(task_id="t-1", title="T", branch="work/t-1", worktree="/wt/t-1",
+                                    outcome=records.Outcome.RELEASE, note="partial", retries=2, counted=False,
+                                    actor="dispatch@vm", task_created_at="2026-12-05T21:58:00Z",
+                                    attempt_log="logs/t-1.1.log")
+    request = MergeRequest(flight, queued_at=1.5, review="approved")
+    pending = PendingMerge(kind=records.PendingKind.GATE, flight=flight, files=["a.txt"], branch_tip="2" * 40)
+    for record in (request, pending):
+        written = record.to_json()
+        assert "flight" not in written and {key: written[key] for key in ("task_id", "retries", "attempt_log")} \
+            == {"task_id": "t-1", "retries": 2, "attempt_log": "logs/t-1.1.log"}
+        again = type(record).from_json(json.loads(json.dumps(written)))
+        assert again == record and again.flight == flight and again.outcome is records.Outcome.RELEASE
+    # Every field of each record, its own and its branch's, has its place in the file.
+    for kind in (MergeRequest, PendingMerge):
+        fields = {field.name for field in dataclasses.fields(kind)} - {"flight"}
+        assert sorted(kind.FILE_KEYS) == sorted(fields | {field.name for field in dataclasses.fields(records.BranchInFlight)})

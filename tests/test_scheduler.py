@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from crew.dispatch import scheduler
-from crew.dispatch.records import MergeRequest, PendingMerge, Worker
+from crew.dispatch.records import BranchInFlight, MergeRequest, PendingMerge, Worker
 from crew.tasks.model import Task
 
 FILES = {"proj-1": ["a.py"], "proj-2": ["b.py"], "proj-3": ["c.py", "d.py"]}
@@ -21,14 +21,17 @@ def worker(task_id: str, slot: int = 1, branch: str | None = None) -> Worker:
 
 
 def request(task_id: str) -> MergeRequest:
-    return MergeRequest(task_id=task_id, title="", branch=f"work/{task_id}", worktree=f"/wt/{task_id}",
-                        outcome="close", note="", retries=0)
+    return MergeRequest(flight(task_id, retries=0))
 
 
 def pending(task_id: str, followup_created_at: str = "", kind: str = "conflict") -> PendingMerge:
-    return PendingMerge(kind=kind, task_id=task_id, title="", branch=f"work/{task_id}",
-                        worktree=f"/wt/{task_id}", files=[], outcome="close", note="", retries=1,
+    return PendingMerge(kind=kind, flight=flight(task_id, retries=1), files=[],
                         followup_created_at=followup_created_at)
+
+
+def flight(task_id: str, retries: int) -> BranchInFlight:
+    return BranchInFlight(task_id=task_id, title="", branch=f"work/{task_id}", worktree=f"/wt/{task_id}",
+                          outcome="close", note="", retries=retries)
 
 
 def holdings(workers=(), queue=(), pending_merges=None) -> scheduler.Holdings:

@@ -2,6 +2,7 @@
 waits as a pending merge until that task is closed (retried) or blocked (given up)."""
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Sequence
@@ -143,11 +144,10 @@ class Conflicts:
                      title=followup.title, for_person=scheduler.PERSON_LABEL in followup.labels)
         # branch_tip: the conflict counts as resolved only once someone commits on top of it.
         ledger.state.pending[followup.id] = records.PendingMerge(
-            kind=kind, task_id=task_id, title=request.title, branch=branch, worktree=request.worktree, files=files,
-            outcome=request.outcome, note=request.note, retries=retries, main_commit=main_commit,
-            created_at=statefiles.now_iso(), branch_tip=git.rev_parse(self.root, f"refs/heads/{branch}"),
-            for_person=scheduler.PERSON_LABEL in followup.labels, counted=request.counted, actor=request.actor,
-            task_created_at=request.task_created_at, followup_created_at=followup.created_at)
+            kind=kind, flight=dataclasses.replace(request.flight, retries=retries), files=files,
+            main_commit=main_commit, created_at=statefiles.now_iso(),
+            branch_tip=git.rev_parse(self.root, f"refs/heads/{branch}"),
+            for_person=scheduler.PERSON_LABEL in followup.labels, followup_created_at=followup.created_at)
         ledger.save_pending()
         ledger.drop_request(request)
         ledger.say(f"{task_id}: {'merge conflict' if kind == records.PendingKind.CONFLICT else 'checks failed'} on {branch}"
@@ -231,10 +231,7 @@ class Conflicts:
                     changed = True
                     continue
                 if not any(request.branch == pending.branch for request in state.merge_queue):
-                    state.merge_queue.insert(0, records.MergeRequest(
-                        task_id=pending.task_id, title=pending.title, branch=pending.branch, worktree=pending.worktree,
-                        outcome=pending.outcome, note=pending.note, retries=pending.retries, counted=pending.counted,
-                        queued_at=time.time(), actor=pending.actor, task_created_at=pending.task_created_at))
+                    state.merge_queue.insert(0, records.MergeRequest(pending.flight, queued_at=time.time()))
                     ledger.save_state()
                 del state.pending[followup_id]
                 ledger.save_pending()

@@ -94,10 +94,8 @@ class MergeQueue:
         return [request for request in self.requests if not request.held and request.review != review.State.AWAITING]
 
     def add(self, worker: records.Worker, outcome: records.Outcome, note: str, counted: bool = True) -> None:
-        self.requests.append(records.MergeRequest(
-            task_id=worker.task_id, title=worker.title, branch=worker.branch, worktree=worker.worktree,
-            outcome=outcome, note=note, retries=0, counted=counted, queued_at=time.time(), actor=worker.actor,
-            task_created_at=worker.task_created_at, attempt_log=worker.log))
+        self.requests.append(records.MergeRequest(records.BranchInFlight.left_by(worker, outcome, note, counted),
+                                                  queued_at=time.time()))
         self.ledger.save_state()
         self.ledger.event("merge_queued", worker.task_id, branch=worker.branch)
 

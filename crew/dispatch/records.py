@@ -78,6 +78,11 @@ class Record:
         return dataclasses.asdict(self)  # a StrEnum's value is written as the str it is
 
     @classmethod
+    def file_fields(cls) -> list[dataclasses.Field[typing.Any]]:
+        """The fields its file holds, in the file's order."""
+        return list(dataclasses.fields(cls))  # type: ignore[arg-type]
+
+    @classmethod
     def from_json(cls, data: dict, defaults: dict | None = None) -> Self:
         known = {field.name for field in dataclasses.fields(cls)}
         fields = {**(defaults or {}), **{key: value for key, value in data.items() if key in known}}
@@ -86,11 +91,15 @@ class Record:
 
 
 def enum_fields(cls: type) -> dict[str, type[enum.StrEnum]]:
-    """The fields of a record whose values are one of a StrEnum's, by name (read once a kind)."""
+    """The fields of a record whose values are one of a StrEnum's, by name (read once a kind); a
+    record it holds (a BranchInFlight) gives its own, as its file holds them flat."""
     if cls not in ENUM_FIELDS:
         hints = typing.get_type_hints(cls)
         ENUM_FIELDS[cls] = {name: kind for name, kind in hints.items()
                             if isinstance(kind, type) and issubclass(kind, enum.StrEnum)}
+        for kind in hints.values():
+            if isinstance(kind, type) and issubclass(kind, Record):
+                ENUM_FIELDS[cls].update(enum_fields(kind))
     return ENUM_FIELDS[cls]
 
 
@@ -109,7 +118,7 @@ def wrong_values(records: Iterable[tuple[str, object]], cls: type, what: str) ->
 
 def required(cls: type[Record]) -> list[str]:
     """The keys a record of this kind cannot be read without."""
-    return [field.name for field in dataclasses.fields(cls)
+    return [field.name for field in cls.file_fields()
             if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING]
 
 
@@ -150,10 +159,12 @@ class Worker(Record):
 
 
 @dataclasses.dataclass
-class MergeRequest(Record):
-    """A finished branch in the merge queue. outcome: "close" the task once merged, or
-    "release" it (the work of an ended worker may be partial); counted: whether that release
-    counts as a failed attempt; actor: whose claim the task is under."""
+class BranchInFlight(Record):
+    """A finished branch on its way to main, as it passes from the merge queue to a pending merge
+    and back: the task it was made for, what becomes of that task once it merges, and its tries.
+    outcome: close the task once merged, or release it (the work of an ended worker may be
+    partial); counted: whether that release counts as a failed attempt; actor: whose claim the
+    task is under; retries: the conflict and fix tasks filed for it so far."""
 
     task_id: str
     title: str
@@ -163,9 +174,99 @@ class MergeRequest(Record):
     note: str
     retries: int
     counted: bool = True
-    queued_at: float = 0.0
     actor: str = ""
     task_created_at: str = ""
+    attempt_log: str = ""  # the log of the attempt that made the branch, relative to the repository root
+
+    @classmethod
+    def left_by(cls, worker: Worker, outcome: Outcome, note: str, counted: bool) -> BranchInFlight:
+        """The branch a worker left, before any merge was tried."""
+        return cls(task_id=worker.task_id, title=worker.title, branch=worker.branch, worktree=worker.worktree,
+                   outcome=outcome, note=note, retries=0, counted=counted, actor=worker.actor,
+                   task_created_at=worker.task_created_at, attempt_log=worker.log)
+
+
+class CarriesBranch(Record):
+    """A record that holds one BranchInFlight, handed on whole from record to record. Its file
+    keeps it flat, among the record's own keys, in the order FILE_KEYS gives (the order earlier
+    releases wrote); a key in SET_ONLY is written only when it is set, so the files of releases
+    that did not have it read and write back unchanged. The branch's facts read as the record's
+    own (request.branch)."""
+
+    flight: BranchInFlight
+    FILE_KEYS: typing.ClassVar[tuple[str, ...]]
+    SET_ONLY: typing.ClassVar[tuple[str, ...]] = ()
+
+    def to_json(self) -> dict[str, typing.Any]:
+        flat = dataclasses.asdict(self)  # type: ignore[call-overload]  # every subclass is a dataclass
+        flat.update(flat.pop("flight"))
+        return {key: flat[key] for key in self.FILE_KEYS if key not in self.SET_ONLY or flat[key]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, typing.Any], defaults: dict[str, typing.Any] | None = None) -> Self:
+        given = {**(defaults or {}), **data}
+        shared = {field.name for field in dataclasses.fields(BranchInFlight)}
+        flight = BranchInFlight.from_json({key: value for key, value in given.items() if key in shared})
+        return super().from_json({**{key: value for key, value in given.items() if key not in shared},
+                                  "flight": flight})
+
+    @classmethod
+    def file_fields(cls) -> list[dataclasses.Field[typing.Any]]:
+        own = dataclasses.fields(cls)  # type: ignore[arg-type]  # every subclass is a dataclass
+        fields = {field.name: field for field in (*own, *dataclasses.fields(BranchInFlight))}
+        return [fields[key] for key in cls.FILE_KEYS]
+
+    @property
+    def task_id(self) -> str:
+        return self.flight.task_id
+
+    @property
+    def title(self) -> str:
+        return self.flight.title
+
+    @property
+    def branch(self) -> str:
+        return self.flight.branch
+
+    @property
+    def worktree(self) -> str:
+        return self.flight.worktree
+
+    @property
+    def outcome(self) -> Outcome:
+        return self.flight.outcome
+
+    @property
+    def note(self) -> str:
+        return self.flight.note
+
+    @property
+    def retries(self) -> int:
+        return self.flight.retries
+
+    @property
+    def counted(self) -> bool:
+        return self.flight.counted
+
+    @property
+    def actor(self) -> str:
+        return self.flight.actor
+
+    @property
+    def task_created_at(self) -> str:
+        return self.flight.task_created_at
+
+    @property
+    def attempt_log(self) -> str:
+        return self.flight.attempt_log
+
+
+@dataclasses.dataclass
+class MergeRequest(CarriesBranch):
+    """A finished branch in the merge queue."""
+
+    flight: BranchInFlight
+    queued_at: float = 0.0
     retry_at: float = 0.0  # a merge that waits (main is held) is not tried before this
     waits: int = 0  # how often it has waited in a row: the pause grows with it
     waiting: str | None = None  # why it waits, for --status and the summary
@@ -173,7 +274,6 @@ class MergeRequest(Record):
     # Why it is held for a person's decision (it carries commits that left main, and does not
     # rebase without them); never tried while held.
     held: str | None = None
-    attempt_log: str = ""  # the log of the attempt that made the branch, relative to the repository root
     # Review before merge (crew.dispatch.review): "" none asked, "awaiting" (out of the queue until a
     # person decides; the decision is read from the task store) or "approved". review_tip: the
     # branch tip shown to the person; review_base and review_commit: the main and the merge commit
@@ -186,30 +286,30 @@ class MergeRequest(Record):
     review_commit: str = ""
     review_gate_log: str = ""
 
+    FILE_KEYS = ("task_id", "title", "branch", "worktree", "outcome", "note", "retries", "counted", "queued_at",
+                 "actor", "task_created_at", "retry_at", "waits", "waiting", "rebased", "held", "attempt_log",
+                 "review", "review_tip", "review_since", "review_base", "review_commit", "review_gate_log")
+
 
 @dataclasses.dataclass
-class PendingMerge(Record):
+class PendingMerge(CarriesBranch):
     """A merge that waits for its conflict or fix task (kind "conflict" or "gate"); kept under
     that task's id. branch_tip: the branch as the dispatcher left it, so a conflict counts as
     resolved only once someone commits on top of it."""
 
     kind: PendingKind
-    task_id: str
-    title: str
-    branch: str
-    worktree: str
+    flight: BranchInFlight
     files: list[str]
-    outcome: Outcome
-    note: str
-    retries: int
     main_commit: str = ""
     created_at: str = ""
     branch_tip: str | None = None
     for_person: bool = False
-    counted: bool = True
-    actor: str = ""
-    task_created_at: str = ""
     followup_created_at: str = ""
+
+    FILE_KEYS = ("kind", "task_id", "title", "branch", "worktree", "files", "outcome", "note", "retries",
+                 "main_commit", "created_at", "branch_tip", "for_person", "counted", "actor", "task_created_at",
+                 "followup_created_at", "attempt_log")
+    SET_ONLY = ("attempt_log",)
 
 
 @dataclasses.dataclass
