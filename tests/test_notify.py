@@ -13,6 +13,7 @@ import pytest
 from crew import config as configuration
 from crew import errors
 from crew.dispatch import notify
+from crew.report.events import EventName
 from support.dispatching import add_task, dispatch, events, merges_of
 
 # The notifier: appends {"argv": its arguments, "event": what came on stdin} as one line to argv[2].
@@ -56,10 +57,10 @@ def received(path: Path) -> list[dict]:
     ({"event": "main_checked", "passed": True, "commit": "a" * 40}, False),
     ({"event": "conflict_filed", "for_person": True, "conflict_task": "p-2"}, True),
     ({"event": "conflict_filed", "for_person": False, "conflict_task": "p-2"}, False),
-    ({"event": notify.AWAITING_REVIEW_EVENT, "task_id": "p-1", "branch": "work/p-1"}, True),
+    ({"event": EventName.REVIEW_AWAITED, "task_id": "p-1", "branch": "work/p-1"}, True),
     ({"event": notify.RUN_ENDED, "summary": {}, "report": None}, True),
     ({"event": "merged", "task_id": "p-1"}, False),
-    ({"event": notify.FAILED, "task_id": "p-1"}, False),  # a failure to tell never tells again
+    ({"event": EventName.NOTIFY_FAILED, "task_id": "p-1"}, False),  # a failure to tell never tells again
 ])
 def test_a_person_is_told_only_of_what_needs_one(event, told):
     assert notify.wanted(event) is told
@@ -104,7 +105,7 @@ def test_the_notifier_is_told_of_a_blocked_task_and_the_run_s_end(agent_setup, r
     assert ended["summary"]["merged"] == [fine.id]
     assert [item["id"] for item in ended["summary"]["blocked"]] == [stuck.id]
     assert ended["report"] and Path(ended["report"]).is_file() and ended["interrupted"] is False
-    assert events(repo, notify.FAILED) == []
+    assert events(repo, EventName.NOTIFY_FAILED) == []
 
 
 def test_a_failing_notifier_is_reported_once_for_each_notice_and_the_run_goes_on(json_agent_setup, repo, tmp_path):
@@ -113,7 +114,7 @@ def test_a_failing_notifier_is_reported_once_for_each_notice_and_the_run_goes_on
     fine = add_task(store, "Fine", "append fine.txt fine")
     proc = dispatch(cfg)
     assert proc.returncode == 1 and merges_of(repo, fine.id) == 1
-    failed = events(repo, notify.FAILED)
+    failed = events(repo, EventName.NOTIFY_FAILED)
     assert [(e["notice"], e["task_id"]) for e in failed] == [("blocked", stuck.id), (notify.RUN_ENDED, None)]
     assert all(e["reason"] == "exited with 1: the phone service said no" for e in failed)
     assert "notify_command failed for blocked: exited with 1: the phone service said no" in proc.stdout
@@ -130,11 +131,11 @@ def test_a_hanging_notifier_is_ended_as_a_tree_after_its_timeout_while_the_run_g
     fine = add_task(store, "Fine", "append fine.txt fine", priority=2)
     proc = dispatch(cfg)
     assert proc.returncode == 1 and merges_of(repo, fine.id) == 1
-    order = [(e["event"], e["task_id"]) for e in events(repo) if e["event"] in ("blocked", "merged", notify.FAILED)]
+    order = [(e["event"], e["task_id"]) for e in events(repo) if e["event"] in ("blocked", "merged", EventName.NOTIFY_FAILED)]
     # The notifier hung from the block until after the merge: the loop went on without it.
-    assert order == [("blocked", stuck.id), ("merged", fine.id), (notify.FAILED, stuck.id)]
-    assert events(repo, notify.FAILED)[0]["reason"].endswith("failed (exit None): timed out after 15 s")
-    assert len(events(repo, notify.FAILED)) == 1  # the run's end was told
+    assert order == [("blocked", stuck.id), ("merged", fine.id), (EventName.NOTIFY_FAILED, stuck.id)]
+    assert events(repo, EventName.NOTIFY_FAILED)[0]["reason"].endswith("failed (exit None): timed out after 15 s")
+    assert len(events(repo, EventName.NOTIFY_FAILED)) == 1  # the run's end was told
     assert not psutil.pid_exists(int(grandchild.read_text(encoding="utf-8"))) or \
         psutil.Process(int(grandchild.read_text(encoding="utf-8"))).status() == psutil.STATUS_ZOMBIE
 

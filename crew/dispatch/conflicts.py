@@ -19,6 +19,7 @@ from crew.dispatch import scheduler
 from crew.dispatch import ledger as task_ledger
 from crew.dispatch import worktrees
 from crew.dispatch.ledger import Ledger
+from crew.report.events import EventName
 from crew.tasks import model as task_model
 
 CONFLICT_TITLE = "Resolve merge conflict: {branch}"
@@ -115,9 +116,9 @@ class Conflicts:
         ledger = self.ledger
         task_id, branch = request.task_id, request.branch
         if kind == records.PendingKind.CONFLICT:
-            ledger.event("merge_conflict", task_id, files=files)
+            ledger.event(EventName.MERGE_CONFLICT, task_id, files=files)
         else:
-            ledger.event("gate_failed", task_id, files=files, commit=commit, counts=True)
+            ledger.event(EventName.GATE_FAILED, task_id, files=files, commit=commit, counts=True)
         if kind == records.PendingKind.CONFLICT and self.config.on_conflict == "auto_rebase" and not request.rebased:
             request.rebased = True
             ledger.save_state()
@@ -140,7 +141,7 @@ class Conflicts:
                                   f"conflict or check tasks; branch kept; {last}", request.actor)
             return True
         followup = self.file_task(request, kind, files, main_commit, detail, merged)
-        ledger.event("conflict_filed", task_id, conflict_task=followup.id, kind=kind, branch=branch,
+        ledger.event(EventName.CONFLICT_FILED, task_id, conflict_task=followup.id, kind=kind, branch=branch,
                      title=followup.title, for_person=scheduler.PERSON_LABEL in followup.labels)
         # branch_tip: the conflict counts as resolved only once someone commits on top of it.
         ledger.state.pending[followup.id] = records.PendingMerge(
@@ -235,7 +236,7 @@ class Conflicts:
                     ledger.save_state()
                 del state.pending[followup_id]
                 ledger.save_pending()
-                ledger.event("merge_queued", pending.task_id, branch=pending.branch, after=followup_id)
+                ledger.event(EventName.MERGE_QUEUED, pending.task_id, branch=pending.branch, after=followup_id)
                 changed = True
             elif followup.status == "blocked":
                 del state.pending[followup_id]

@@ -20,6 +20,7 @@ from crew.dispatch import worktrees
 from crew.dispatch.ledger import Ledger
 from crew.dispatch.merge_queue import MergeQueue
 from crew.dispatch.workers import WorkerPool
+from crew.report.events import EventName
 from crew.tasks import model as task_model
 
 
@@ -69,17 +70,17 @@ class Finisher:
         elif reverter_failed and not worker.ended:
             self.block_failed_revert(worker, exit_code)
         elif commits and not worker.ended and not refused:
-            self.ledger.event("commits_found", task_id, commits=commits, log=worker.log)
+            self.ledger.event(EventName.COMMITS_FOUND, task_id, commits=commits, log=worker.log)
             self.breaker.attempt_ended(made_commits=True)
             self.queue.add(worker, records.Outcome.CLOSE, f"log {worker.log}")
         elif commits:
-            self.ledger.event("commits_found", task_id, commits=commits, log=worker.log)
+            self.ledger.event(EventName.COMMITS_FOUND, task_id, commits=commits, log=worker.log)
             # The merge queue adds the merge commit: the next attempt starts from main with this work in it.
             self.queue.add(worker, records.Outcome.RELEASE, f"attempt {worker.attempt} {why}; log {worker.log}; its work is "
                                               f"partial and already on {self.config.main_branch}{refused}",
                            counted=counted)
         else:
-            self.ledger.event("no_commits", task_id, log=worker.log)
+            self.ledger.event(EventName.NO_COMMITS, task_id, log=worker.log)
             self.breaker.attempt_ended(made_commits=False, counted=counted)
             worktrees.discard_attempt(self.config, worker)
             self.ledger.attempt_failed(task_id, f"attempt {worker.attempt} {why} with no commits; "
@@ -107,11 +108,11 @@ class Finisher:
         if worker.ended == records.TASK_BLOCKED:
             reason = f"blocked while its worker ran; {kept}"
             self.ledger.summary["blocked"].append({"id": worker.task_id, "reason": reason})
-            self.ledger.event("left_blocked", worker.task_id, branch=worker.branch, reason=reason)
+            self.ledger.event(EventName.LEFT_BLOCKED, worker.task_id, branch=worker.branch, reason=reason)
         else:
             reason = f"its claim was taken back while its worker ran; {kept}"
             self.ledger.summary["waiting"].append({"id": worker.task_id, "reason": reason})
-            self.ledger.event("claim_lost", worker.task_id, branch=worker.branch, reason=reason)
+            self.ledger.event(EventName.CLAIM_LOST, worker.task_id, branch=worker.branch, reason=reason)
 
     def never_started(self, worker: records.Worker) -> None:
         """A worker recorded by a dispatcher that stopped before starting it: no attempt was made.
@@ -128,7 +129,7 @@ class Finisher:
         try:
             self.store.release(worker.task_id, "released: the dispatcher stopped before its worker started",
                                actor=worker.actor)
-            self.ledger.event("released", worker.task_id, reason="worker never started")
+            self.ledger.event(EventName.RELEASED, worker.task_id, reason="worker never started")
         except errors.TaskNotFound:
             self.ledger.drop_record_of_gone_task(worker.task_id, "worker record")
         self.ledger.save_state()
@@ -140,12 +141,12 @@ class Finisher:
         output, for the attempt's note (so the next attempt is told why), or ""."""
         try:
             if committed():
-                self.ledger.event("leftover_committed", worker.task_id)
+                self.ledger.event(EventName.LEFTOVER_COMMITTED, worker.task_id)
             return ""
         except errors.CommitRefused as refused:
             said = safe_names.one_line_tail(refused.stderr + "\n" + refused.stdout) or "(no output)"
             worktrees.discard_changes(self.root, Path(worker.worktree))
-            self.ledger.event("leftover_refused", worker.task_id, output=said)
+            self.ledger.event(EventName.LEFTOVER_REFUSED, worker.task_id, output=said)
             self.ledger.say(f"{worker.task_id}: the repository's git hooks refused its uncommitted changes; "
                             f"discarded: {said[:120]}")
             return (f"; the changes it left uncommitted were refused by the repository's git hooks and "
@@ -160,10 +161,11 @@ class Finisher:
             and not git.new_marker_files(self.root, main, worker.branch)
         if clean:
             self.store.close(worker.task_id, f"{worker.branch} now merges cleanly", actor=worker.actor)
-            self.ledger.event("closed", worker.task_id)
+            self.ledger.event(EventName.CLOSED, worker.task_id)
             self.ledger.say(f"{worker.task_id}: resolved; {worker.branch} merges cleanly now")
         else:
-            self.ledger.event("no_commits" if not commits else "merge_conflict", worker.task_id, log=worker.log)
+            self.ledger.event(EventName.NO_COMMITS if not commits else EventName.MERGE_CONFLICT, worker.task_id,
+                              log=worker.log)
             problem = "still does not merge cleanly" if commits else "has no commit after the dispatcher's merge"
             self.ledger.attempt_failed(worker.task_id, f"attempt {worker.attempt}: {worker.branch} {problem}; "
                                                        f"{'' if commits else self.no_edit_hint(worker)}"
@@ -192,7 +194,7 @@ class Finisher:
         if lines:
             suggestions = self.config.path("suggested_tasks_file")
             files.append_text(suggestions, "".join(f"[from:{worker.task_id}] {line}\n" for line in lines))
-            self.ledger.event("followups_collected", worker.task_id, count=len(lines), files=found)
+            self.ledger.event(EventName.FOLLOWUPS_COLLECTED, worker.task_id, count=len(lines), files=found)
         tracked = [f for f in git.git("ls-files", "-z", "--", *found, cwd=worktree).stdout.split("\0") if f] \
             if found else []
         if tracked:
@@ -217,5 +219,5 @@ class Finisher:
             children = [t for t in tasks if epic.id in t.deps_of("discovered-from")]
             if children and all(t.status == "closed" for t in children):
                 self.store.close(epic.id, "all its subtasks are closed")
-                self.ledger.event("closed", epic.id)
+                self.ledger.event(EventName.CLOSED, epic.id)
                 self.ledger.say(f"{epic.id}: epic closed (all {len(children)} subtasks closed)")

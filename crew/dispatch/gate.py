@@ -20,6 +20,7 @@ from crew.dispatch import records
 from crew.dispatch import wakeup as wakeups
 from crew.dispatch import worktrees
 from crew.dispatch.ledger import Ledger
+from crew.report.events import EventName
 
 MAIN_MOVED = "main moved: gated again on the main there is now"
 MAIN_CHECK = ""  # a gate record's task id when it checks main itself, for no task
@@ -149,7 +150,7 @@ class Gate:
             return
         self.main_looked_at, record = now, self.record
         if git.rev_parse(self.config.root, self.config.main_branch) != record.base:
-            self.ledger.event("gate_cancelled", record.task_id or None, commit=record.commit, reason=MAIN_MOVED)
+            self.ledger.event(EventName.GATE_CANCELLED, record.task_id or None, commit=record.commit, reason=MAIN_MOVED)
             self.cancel(MAIN_MOVED)
 
     def poll(self, now: float) -> GateOutcome | None:
@@ -216,9 +217,9 @@ class Gate:
         record.deadline = record.started_at + self.config.merge_gate_timeout_secs
         self.ledger.save_state()
         if is_main_check(record):
-            self.ledger.event("main_check_started", None, commit=record.commit, pid=record.pid, log=record.log)
+            self.ledger.event(EventName.MAIN_CHECK_STARTED, None, commit=record.commit, pid=record.pid, log=record.log)
         else:
-            self.ledger.event("gate_started", record.task_id, commit=record.commit, stack=record.stack,
+            self.ledger.event(EventName.GATE_STARTED, record.task_id, commit=record.commit, stack=record.stack,
                               pid=record.pid, log=record.log)
 
     def conclude(self, record: records.GateRecord, passed: bool | None, output: str) -> GateOutcome:
@@ -243,7 +244,7 @@ def say_failure_not_counted(ledger: Ledger, record: records.GateRecord, reason: 
     main itself fails the checks: said at once, for a script reading the events. Its
     gate_failed with counts true comes (from conflicts.file, with the fix task) if and when the
     failure counts."""
-    ledger.event("gate_failed", record.task_id, files=[], commit=record.commit, counts=False,
+    ledger.event(EventName.GATE_FAILED, record.task_id, files=[], commit=record.commit, counts=False,
                  **({"reason": reason} if reason else {}))
 
 

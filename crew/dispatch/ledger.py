@@ -11,6 +11,7 @@ from crew import workspace
 from crew.dispatch import notify
 from crew.dispatch import records
 from crew.report import events
+from crew.report.events import EventName
 from crew.tasks import model as task_model
 
 
@@ -53,7 +54,7 @@ class Ledger:
         self.notifier = notify.Notifier(config, self.notify_failed)
         self.event_lock = threading.Lock()  # notifiers report their failures from their own threads
 
-    def event(self, name: str, task_id: str | None = None, **fields) -> None:
+    def event(self, name: EventName, task_id: str | None = None, **fields) -> None:
         """One line of .dispatch_logs/events.jsonl; README lists every event and its fields. A person
         is told of those that need one (notify_command)."""
         event = {"v": events.EVENTS_FORMAT, "ts": files.now_iso(), "event": name, "task_id": task_id, **fields}
@@ -67,7 +68,7 @@ class Ledger:
         self.notifier.consider(event)
 
     def notify_failed(self, event: dict, reason: str) -> None:
-        self.event(notify.FAILED, event.get("task_id"), notice=event.get("event"), reason=reason)
+        self.event(EventName.NOTIFY_FAILED, event.get("task_id"), notice=event.get("event"), reason=reason)
         self.say(f"notify_command failed for {event.get('event')}: {reason[:200]}")
 
     def save_state(self) -> None:
@@ -88,7 +89,7 @@ class Ledger:
     def block(self, task_id: str, reason: str, actor: str | None = None) -> None:
         self.store.set_status(task_id, "blocked", reason, actor=actor)
         self.summary["blocked"].append({"id": task_id, "reason": reason})
-        self.event("blocked", task_id, reason=reason)
+        self.event(EventName.BLOCKED, task_id, reason=reason)
         self.say(f"{task_id}: blocked: {reason}")
 
     def attempt_failed(self, task_id: str, note: str, actor: str | None = None, counted: bool = True) -> None:
@@ -102,7 +103,7 @@ class Ledger:
             else:
                 self.store.release(task_id, note, actor=actor)
                 self.summary["released"].append(task_id)
-                self.event("released", task_id, reason=note)
+                self.event(EventName.RELEASED, task_id, reason=note)
                 self.say(f"{task_id}: released for another attempt: {note[:120]}")
         except errors.TaskNotFound:
             self.state.attempts.pop(task_id)
@@ -114,7 +115,7 @@ class Ledger:
 
     def drop_record_of_gone_task(self, task_id: str, what: str) -> None:
         """A record refers to a task the store no longer has: drop it (the caller does) and carry on."""
-        self.event("record_dropped", task_id, record=what)
+        self.event(EventName.RECORD_DROPPED, task_id, record=what)
         self.say(f"{task_id}: warning: the task is no longer in the store; dropped its {what}")
 
     def release_claim(self, record: records.MergeRequest | records.PendingMerge, note: str) -> None:
@@ -122,5 +123,5 @@ class Ledger:
         task = self.current_task(record.task_id, record.task_created_at)
         if task is not None and task.status == "in_progress" and task.assignee == record.actor:
             self.store.release(task.id, note, actor=record.actor)
-            self.event("released", task.id, reason=note)
+            self.event(EventName.RELEASED, task.id, reason=note)
             self.say(f"{task.id}: {note}")

@@ -27,6 +27,7 @@ from crew.dispatch.ledger import Ledger
 from crew.dispatch.merge_queue import MergeQueue
 from crew.dispatch.recovery import Recovery
 from crew.dispatch.workers import WorkerPool
+from crew.report.events import EventName
 from crew.tasks import model as task_model
 
 STARTS_HELD = "starts held while branches wait to merge"  # told once a run
@@ -174,7 +175,7 @@ class Dispatcher:
         self.claiming = None
         if future.result():
             slot = self.open_slots()[0]
-            self.ledger.event("claimed", task.id, ready_since=files.iso_time(ready_since),
+            self.ledger.event(EventName.CLAIMED, task.id, ready_since=files.iso_time(ready_since),
                               **({"on_deck": True} if slot == workers.ON_DECK else {}))
             failpoints.failpoint("after_claim")
             self.known[task.id] = task
@@ -206,7 +207,7 @@ class Dispatcher:
         for future, task_id in [entry for entry in self.releasing if entry[0].done()]:
             self.releasing.remove((future, task_id))
             if (failed := future.exception()) is None:
-                self.ledger.event("released", task_id, reason="taken off deck")
+                self.ledger.event(EventName.RELEASED, task_id, reason="taken off deck")
             elif not isinstance(failed, errors.TaskNotFound):
                 self.say(f"{task_id}: not released from deck ({safe_names.one_line_tail(str(failed))}); "
                          "the next run releases it")
@@ -271,7 +272,7 @@ class Dispatcher:
     def breaker_tripped(self) -> bool:
         held, tripped_now = self.breaker.check(time.time())
         if tripped_now:
-            self.ledger.event("breaker_tripped", failures=self.breaker.failures_in_a_row)
+            self.ledger.event(EventName.BREAKER_TRIPPED, failures=self.breaker.failures_in_a_row)
             self.say(f"stopped starting workers: {self.breaker.failures_in_a_row} attempts in a row ended with no "
                      "commits (the agent or its model is likely down; see .dispatch_logs/)"
                      + (f"; trying again in {self.config.breaker_pause_secs:g} s" if self.watch else ""))
@@ -341,7 +342,7 @@ class Dispatcher:
                 self.say(f"bd reclaim failed (tried again in {self.config.reclaim_interval_secs:g} s): {exc}")
                 return False
             for task_id, owner in taken:
-                self.ledger.event("reclaimed", task_id, previous_owner=owner)
+                self.ledger.event(EventName.RECLAIMED, task_id, previous_owner=owner)
                 self.say(f"{task_id}: taken back from {owner or 'no one'}, whose lease on it lapsed")
             return bool(taken)
         if self.config.reclaim_interval_secs and self.reclaiming is None and time.time() >= self.next_reclaim:
@@ -534,7 +535,7 @@ class Dispatcher:
                 self.say(f"{worker.task_id}: not released at the stop ({safe_names.one_line_tail(str(failed))}); "
                          "the next run releases it")
             else:
-                self.ledger.event("released", worker.task_id, reason=f"attempt {worker.attempt} {why}")
+                self.ledger.event(EventName.RELEASED, worker.task_id, reason=f"attempt {worker.attempt} {why}")
 
     def end_gates(self, why: str) -> None:
         gates.cancel_all(self.gates, why)

@@ -33,6 +33,7 @@ from crew.dispatch import conflicts as conflict_tasks
 from crew.dispatch import gate as gates
 from crew.dispatch import wakeup as wakeups
 from crew.dispatch.ledger import Ledger
+from crew.report.events import EventName
 from crew.tasks import model as task_model
 
 MERGE_SLOT_HELD = "the merge slot is held by another process"
@@ -97,7 +98,7 @@ class MergeQueue:
         self.requests.append(records.MergeRequest(records.BranchInFlight.left_by(worker, outcome, note, counted),
                                                   queued_at=time.time()))
         self.ledger.save_state()
-        self.ledger.event("merge_queued", worker.task_id, branch=worker.branch)
+        self.ledger.event(EventName.MERGE_QUEUED, worker.task_id, branch=worker.branch)
 
     def due(self, now: float) -> list[records.MergeRequest]:
         """The requests that may be tried now (a waiting one pauses until its retry_at)."""
@@ -207,7 +208,7 @@ class MergeQueue:
             self.drop(request)
             ledger.summary["waiting"].append({"id": task.id, "reason": f"not merged: the task is now {task.status}"
                                               f" ({task.assignee or 'unassigned'}); branch {request.branch} kept"})
-            ledger.event("stale_branch", task.id, branch=request.branch)
+            ledger.event(EventName.STALE_BRANCH, task.id, branch=request.branch)
             ledger.say(f"{task.id}: not merged: the task changed meanwhile ({task.status}); branch kept")
             worktrees.remove_worktree(root, Path(request.worktree))
             return Decision(Verdict.DROPPED)
@@ -235,7 +236,7 @@ class MergeQueue:
         if request is None or outcome.passed is None:
             return False  # ended by a stop: the request stays queued and is gated again
         if outcome.passed:
-            self.ledger.event("gate_passed", request.task_id, commit=gated.commit)
+            self.ledger.event(EventName.GATE_PASSED, request.task_id, commit=gated.commit)
         if (slot := self.merge_slot_or_wait(request)) is None:
             return False
         with slot:
@@ -279,7 +280,7 @@ class MergeQueue:
             tail = safe_names.for_terminal(safe_names.one_line_tail(outcome.output))
             self.ledger.state.main_check = records.MainCheck(record.commit, outcome.passed, time.time(), tail)
             self.ledger.save_state()
-            self.ledger.event("main_checked", None, commit=record.commit, passed=outcome.passed, log=record.log)
+            self.ledger.event(EventName.MAIN_CHECKED, None, commit=record.commit, passed=outcome.passed, log=record.log)
             told = ("main fails", record.commit)
             if not outcome.passed and told not in self.ledger.told_waiting:
                 self.ledger.told_waiting.add(told)
@@ -440,7 +441,7 @@ class MergeQueue:
             diffstat = git.merge_diffstat(self.root, commit, parents[1], parents)
         else:
             diffstat = git.merge_diffstat(self.root, commit, git.rev_parse(self.root, f"refs/heads/{request.branch}"))
-        ledger.event("merged", task_id, branch=request.branch, commit=commit, diffstat=diffstat)
+        ledger.event(EventName.MERGED, task_id, branch=request.branch, commit=commit, diffstat=diffstat)
         ledger.say(f"{task_id}: merged {request.branch} into {self.config.main_branch} ({short})")
         if merge_commit and revert.merged_label(commit) not in task.labels:  # what `tasks.py revert` undoes
             self.store.relabel(task_id, add=[revert.merged_label(commit)])
@@ -448,7 +449,7 @@ class MergeQueue:
             if task.status != "closed":
                 self.store.close(task_id, f"merged into {self.config.main_branch} as {short}"
                                  + (f"; {request.note}" if request.note else ""), actor=request.actor)
-                ledger.event("closed", task_id)
+                ledger.event(EventName.CLOSED, task_id)
                 ledger.epic_check_due |= bool(task.deps_of("discovered-from"))
             if revert.reverted_task(task.labels):
                 revert.after_landing(self.store, ledger, task, commit)

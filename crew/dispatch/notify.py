@@ -14,12 +14,10 @@ from crew import files
 from crew import names
 from crew import processes
 from crew.report import events
+from crew.report.events import EventName
 
 
-# The review step's event for a branch that waits for a person: notified once it is written.
-AWAITING_REVIEW_EVENT = "review_awaited"
 RUN_ENDED = "run_ended"  # not in the events log: the notice of a run's end, with its summary and report
-FAILED = "notify_failed"
 SUMMARY_LIMIT = 200  # characters: a desktop popup or a phone's lock screen shows about this much
 AT_ONCE = 4  # notifiers running at once; a notice past that is not sent (and said so)
 PLACEHOLDER = "{summary}"
@@ -31,24 +29,24 @@ _CMD_SAFE = str.maketrans({'"': "'", **dict.fromkeys("&|<>^%", " ")})
 def wanted(event: dict[str, Any]) -> bool:
     """Whether an event is one a person is told of: something waits for them, or the run ended."""
     name = event.get("event")
-    if name == "main_checked":
+    if name == EventName.MAIN_CHECKED:
         return event.get("passed") is False
-    if name == "conflict_filed":
+    if name == EventName.CONFLICT_FILED:
         return event.get("for_person") is True
-    return name in ("blocked", "breaker_tripped", AWAITING_REVIEW_EVENT, RUN_ENDED)
+    return name in (EventName.BLOCKED, EventName.BREAKER_TRIPPED, EventName.REVIEW_AWAITED, RUN_ENDED)
 
 
 def _what(event: dict[str, Any]) -> str:
     task, name = event.get("task_id"), event.get("event")
-    if name == "blocked":
+    if name == EventName.BLOCKED:
         return f"{task} blocked: {event.get('reason', '')}"
-    if name == "breaker_tripped":
+    if name == EventName.BREAKER_TRIPPED:
         return f"new workers stopped: {event.get('failures')} attempts in a row made no commits"
-    if name == "main_checked":
+    if name == EventName.MAIN_CHECKED:
         return f"main fails its checks at {str(event.get('commit', ''))[:10]}; merges are held"
-    if name == "conflict_filed":
+    if name == EventName.CONFLICT_FILED:
         return f"{task}: {event.get('conflict_task')} needs a person: {event.get('title', '')}"
-    if name == AWAITING_REVIEW_EVENT:
+    if name == EventName.REVIEW_AWAITED:
         return f"{task} waits for review: {event.get('branch', '')} (tasks.py review)"
     if name == RUN_ENDED:
         counts = ", ".join(f"{len(event.get('summary', {}).get(key, []))} {key}"

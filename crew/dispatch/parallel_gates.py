@@ -15,6 +15,7 @@ from crew.dispatch import main_checks
 from crew.dispatch import records
 from crew.dispatch import speculation
 from crew.dispatch.merge_results import Verdict
+from crew.report.events import EventName
 
 if TYPE_CHECKING:  # the merge queue makes its parallel gates
     from crew.dispatch.merge_queue import MergeQueue
@@ -89,7 +90,7 @@ class ParallelGates:
             if outcome.passed is None:
                 continue
             if outcome.passed:
-                self.ledger.event("gate_passed", outcome.record.task_id, commit=outcome.record.commit)
+                self.ledger.event(EventName.GATE_PASSED, outcome.record.task_id, commit=outcome.record.commit)
             else:
                 self.failures_unsaid.add(outcome.record.task_id)
             self.verdicts[outcome.record.task_id] = outcome
@@ -122,7 +123,7 @@ class ParallelGates:
         """True when the queue changed (an entry landed or left): plan again."""
         for task_id in plan.cancel:
             gate = self.running(task_id)
-            self.ledger.event("gate_cancelled", task_id, commit=gate.record.commit, reason=STACK_CHANGED)
+            self.ledger.event(EventName.GATE_CANCELLED, task_id, commit=gate.record.commit, reason=STACK_CHANGED)
             gate.cancel(STACK_CHANGED)
         for task_id in self.failures_unsaid - {plan.fail}:
             if (verdict := self.verdicts.get(task_id)) is not None:

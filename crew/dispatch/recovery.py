@@ -11,6 +11,7 @@ from crew.dispatch import records
 from crew.dispatch import worktrees
 from crew.dispatch.ledger import Ledger
 from crew.dispatch.workers import WorkerPool
+from crew.report.events import EventName
 from crew.tasks import model as task_model
 
 
@@ -49,7 +50,7 @@ class Recovery:
                 # as ended once its tree is gone
                 self.pool.kill(worker, grace)
             elif processes.is_same_process_alive(worker.pid, worker.pid_start_time):
-                ledger.event("adopted", worker.task_id, pid=worker.pid)
+                ledger.event(EventName.ADOPTED, worker.task_id, pid=worker.pid)
                 ledger.say(f"{worker.task_id}: adopted running worker (pid {worker.pid})")
             elif orphans.marked(mark := records.process_mark(self.root, worker), everywhere=True):
                 # Its setup command (the worker had not started), or what its agent left running.
@@ -59,7 +60,7 @@ class Recovery:
         # A conflict task's own claim is not accounted for by its pending merge: only the original is.
         claims = [(r.task_id, r.task_created_at, r.actor) for r in branches_in_flight(state)]
         for task_id, earlier in sorted({(task_id, claimer) for task_id, _, claimer in claims if claimer != actor}):
-            ledger.event("earlier_actor", task_id, actor=earlier)
+            ledger.event(EventName.EARLIER_ACTOR, task_id, actor=earlier)
             ledger.say(f"{task_id}: claimed as {earlier} by an earlier run (the actor is {actor} now); "
                        f"finishing it as {earlier}")
         # Every name this dispatcher has claimed under: a claim made just before a crash has no
@@ -75,7 +76,7 @@ class Recovery:
             if task.assignee in ours and not recorded:
                 self.store.release(task.id, "released: the dispatcher restarted with no worker or merge for it",
                                    actor=task.assignee)
-                ledger.event("released", task.id, reason="no record after restart")
+                ledger.event(EventName.RELEASED, task.id, reason="no record after restart")
                 ledger.say(f"{task.id}: released (no worker or merge recorded for it)"
                            + (f", as {task.assignee}" if task.assignee != actor else ""))
         branches = git.git_out(self.root, "for-each-ref", "--format=%(refname)", "refs/heads").splitlines()
@@ -96,7 +97,7 @@ class Recovery:
             task = self.ledger.current_task(worker.task_id, worker.task_created_at)
             if task is not None and task.status == "open" and not task.assignee \
                     and self.store.claim(task.id, worker.actor):
-                self.ledger.event("claimed", task.id, reason="to merge the work of the worker a stop ended")
+                self.ledger.event(EventName.CLAIMED, task.id, reason="to merge the work of the worker a stop ended")
 
     def prune_stray_worktrees(self) -> None:
         """Remove the worktrees an earlier run made and no record names (a worker's work is
@@ -110,5 +111,5 @@ class Recovery:
                 worktrees.remove_worktree(self.root, path)
         for path in sorted(root.iterdir()) if root.is_dir() else ():
             if path.resolve() not in owned | known:
-                self.ledger.event("left_alone", path=str(path))
+                self.ledger.event(EventName.LEFT_ALONE, path=str(path))
                 self.ledger.say(f"left alone: {path} is in worktree_root but the dispatcher did not make it")

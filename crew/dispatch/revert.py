@@ -16,6 +16,7 @@ from crew import config as configuration
 from crew import errors
 from crew import git
 from crew import names
+from crew.report.events import EventName
 from crew.tasks import model as task_model
 
 
@@ -137,7 +138,8 @@ def after_landing(store: task_model.TaskStore, ledger: Ledger, task: task_model.
                 + ("" if reopened else f"; left {original.status}"))
         # The merges undone are no longer the task's: a later revert undoes only what landed since.
         store.relabel(original_id, add=[done], remove=[merged_label(m) for m in merges], note=note)
-        ledger.event("reverted", original_id, revert_task=task.id, commit=commit, merges=merges, reopened=reopened)
+        ledger.event(EventName.REVERTED, original_id, revert_task=task.id, commit=commit, merges=merges,
+                     reopened=reopened)
         ledger.say(f"{original_id}: reverted on main by {task.id}" + ("; reopened" if reopened else ""))
 
 

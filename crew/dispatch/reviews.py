@@ -20,6 +20,7 @@ from crew.dispatch import worktrees
 from crew.dispatch.ledger import Ledger
 from crew.dispatch.ledger import current_task
 from crew.dispatch.ledger import read_state
+from crew.report.events import EventName
 from crew.tasks import model as task_model
 
 
@@ -117,7 +118,7 @@ class Reviews:
         request.waiting, request.retry_at, request.waits = AWAITING_REASON.format(
             since=files.iso_time(request.review_since)), 0.0, 0
         self.ledger.save_state()
-        self.ledger.event("review_awaited", task.id, branch=request.branch, tip=tip, commit=commit,
+        self.ledger.event(EventName.REVIEW_AWAITED, task.id, branch=request.branch, tip=tip, commit=commit,
                           log=gate_log or None)
         self.ledger.say(f"{task.id}: {request.branch} awaits review (`py tasks.py review`; approve with "
                         f"`py tasks.py approve {task.id}`)")
@@ -162,7 +163,7 @@ class Reviews:
         failpoints.failpoint("review_approving")
         request.review, request.waiting, request.retry_at = review.State.APPROVED, None, 0.0
         self.ledger.save_state()
-        self.ledger.event("review_approved", task.id, branch=request.branch, tip=request.review_tip,
+        self.ledger.event(EventName.REVIEW_APPROVED, task.id, branch=request.branch, tip=request.review_tip,
                           awaited_secs=round(time.time() - request.review_since, 1))
         self.ledger.say(f"{task.id}: {request.branch} approved at {request.review_tip[:SHORT]}; "
                         "back in the merge queue")
@@ -180,8 +181,8 @@ class Reviews:
         if fresh:
             self.ledger.state.branches.pop(request.branch, None)  # the next attempt makes a new branch
         self.ledger.drop_request(request)  # saves the state
-        self.ledger.event("review_rejected", task.id, branch=request.branch, tip=request.review_tip, kept_as=kept_as,
-                          fresh=fresh)
+        self.ledger.event(EventName.REVIEW_REJECTED, task.id, branch=request.branch, tip=request.review_tip,
+                          kept_as=kept_as, fresh=fresh)
         next_attempt = (f"starts afresh from {self.config.main_branch} (the rejected branch is kept as {kept_as}, "
                         "never merged)" if fresh else f"continues on {request.branch}")
         self.ledger.release_claim(request, f"released: its branch was rejected in review; the next attempt "

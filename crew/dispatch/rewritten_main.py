@@ -19,6 +19,7 @@ from crew import git
 from crew.dispatch import records
 from crew.dispatch import worktrees
 from crew.dispatch.ledger import Ledger
+from crew.report.events import EventName
 
 
 DECISIONS_FILE = ".dispatch_held_decisions.json"  # task id -> a person's decision on its held branch
@@ -104,7 +105,8 @@ class RewrittenMain:
         state.main_seen = main_now
         self.ledger.save_state()  # the branches that carry them with the main that left them out: both or neither
         if left:
-            self.ledger.event("main_rewritten", old=seen, new=main_now, count=len(left), commits=left[:COMMITS_NAMED])
+            self.ledger.event(EventName.MAIN_REWRITTEN, old=seen, new=main_now, count=len(left),
+                              commits=left[:COMMITS_NAMED])
             self.ledger.say(f"{self.main} was rewritten: {len(left)} commit(s) left it ({commit_list(left)}); "
                             "the dispatcher's branches that carry them are rebased without them before they merge")
 
@@ -145,7 +147,7 @@ class RewrittenMain:
         if failure is None:
             del self.ledger.state.left_main[request.branch]
             self.ledger.save_state()
-            self.ledger.event("branch_rebased", request.task_id, branch=request.branch, commits=left.commits)
+            self.ledger.event(EventName.BRANCH_REBASED, request.task_id, branch=request.branch, commits=left.commits)
             self.ledger.say(f"{request.task_id}: rebased {request.branch} onto {self.main} without them; merging it")
             return False
         self.hold(request, left, failure)
@@ -175,7 +177,8 @@ class RewrittenMain:
         self.ledger.store.add_note(request.task_id, reason)
         request.held = request.waiting = reason
         self.ledger.save_state()
-        self.ledger.event("branch_held", request.task_id, branch=request.branch, commits=left.commits, reason=reason)
+        self.ledger.event(EventName.BRANCH_HELD, request.task_id, branch=request.branch, commits=left.commits,
+                          reason=reason)
         self.ledger.say(f"{request.task_id}: {reason}")
 
     def carry_out_decisions(self) -> bool:
@@ -213,7 +216,8 @@ class RewrittenMain:
         self.ledger.state.left_main.pop(request.branch, None)
         request.held = request.waiting = None
         self.ledger.save_state()
-        self.ledger.event("held_decided", request.task_id, branch=request.branch, decision=str(HeldDecision.MERGE))
+        self.ledger.event(EventName.HELD_DECIDED, request.task_id, branch=request.branch,
+                          decision=str(HeldDecision.MERGE))
         self.ledger.say(f"{request.task_id}: {request.branch} is merged as it is, as a person decided")
 
     def discard(self, request: records.MergeRequest, tip: str) -> None:
@@ -224,8 +228,8 @@ class RewrittenMain:
         state.left_main.pop(request.branch, None)
         state.branches.pop(request.branch, None)
         self.ledger.drop_request(request)  # saves the state
-        self.ledger.event("held_decided", request.task_id, branch=request.branch, decision=str(HeldDecision.DISCARD),
-                          tip=tip)
+        self.ledger.event(EventName.HELD_DECIDED, request.task_id, branch=request.branch,
+                          decision=str(HeldDecision.DISCARD), tip=tip)
         self.ledger.release_claim(request, f"released: its branch {request.branch} (at {tip[:SHORT]}) was discarded, "
                                            "as a person decided: it carried commits that left "
                                            f"{self.main}; the next attempt starts on {self.main}")

@@ -25,6 +25,7 @@ from crew.dispatch import preflight
 from crew.dispatch import records
 from crew.dispatch.loop import Dispatcher
 from crew.report import page
+from crew.report.events import EventName
 from crew.tasks import model as task_model
 
 
@@ -50,7 +51,7 @@ def run_session(config: configuration.Settings, store: task_model.TaskStore, max
         dispatcher.ledger.state.dispatcher = records.DispatcherRecord(
             pid=os.getpid(), started_at=files.now_iso(), pid_start_time=processes.process_start_time(os.getpid()))
         dispatcher.ledger.save_state()
-        dispatcher.ledger.event("dispatcher_started", pid=os.getpid(), max_workers=max_workers, watch=watch)
+        dispatcher.ledger.event(EventName.DISPATCHER_STARTED, pid=os.getpid(), max_workers=max_workers, watch=watch)
         handlers = {signal.SIGINT: dispatcher.interrupt, signal.SIGTERM: dispatcher.stop_signalled}
         if hasattr(signal, "SIGHUP"):  # POSIX only
             handlers[signal.SIGHUP] = dispatcher.stop_signalled
@@ -68,7 +69,7 @@ def run_session(config: configuration.Settings, store: task_model.TaskStore, max
             dispatcher.ledger.state.dispatcher = None
             dispatcher.ledger.save_state()
             interrupted = dispatcher.interrupts > 0 or dispatcher.stop_signal is not None
-            dispatcher.ledger.event("dispatcher_stopped", interrupted=interrupted)
+            dispatcher.ledger.event(EventName.DISPATCHER_STOPPED, interrupted=interrupted)
             state_saved.set()
             if console_handler is not None and sys.platform == "win32":  # the platform test: for the type checker
                 ctypes.windll.kernel32.SetConsoleCtrlHandler(console_handler, False)

@@ -18,6 +18,7 @@ from crew.dispatch import records
 from crew.dispatch import wakeup as wakeups
 from crew.dispatch import worktrees
 from crew.dispatch.ledger import Ledger
+from crew.report.events import EventName
 from crew.tasks import model as task_model
 
 LEFTOVER_GRACE_SECS = 0.2  # what an exited agent left running gets this long to end by itself
@@ -117,7 +118,7 @@ class WorkerPool:
         if attempts >= self.config.max_attempts:
             # The dispatcher blocked it at max_attempts, and a person has reopened it since:
             # that person wants it tried again, with a fresh set of attempts.
-            self.ledger.event("attempts_reset", task.id, after=attempts)
+            self.ledger.event(EventName.ATTEMPTS_RESET, task.id, after=attempts)
             state.attempts.pop(task.id)
             attempts = 0
         worker = records.Worker(slot=slot, task_id=task.id, title=safe_names.clean_title(task.title), branch=branch, worktree=str(worktree),
@@ -198,7 +199,7 @@ class WorkerPool:
         worker.deadline = worker.started_at + timeout if timeout else None
         worker.pid, worker.pid_start_time = proc.pid, processes.process_start_time(proc.pid)
         ledger.save_state()
-        ledger.event("worker_started", worker.task_id, slot=worker.slot, pid=worker.pid, branch=worker.branch,
+        ledger.event(EventName.WORKER_STARTED, worker.task_id, slot=worker.slot, pid=worker.pid, branch=worker.branch,
                      attempt=worker.attempt, log=worker.log, title=worker.title,
                      kind=pending.kind if pending else worker.kind)
         ledger.say(f"{worker.task_id}: started worker {worker.slot} on {worker.branch} (attempt {worker.attempt}): "
@@ -235,7 +236,7 @@ class WorkerPool:
             if worker.slot not in self.kills:
                 if self.has_exited(worker):
                     proc = self.procs.get(worker.slot)
-                    self.ledger.event("worker_exited", worker.task_id, code=proc.returncode if proc else None,
+                    self.ledger.event(EventName.WORKER_EXITED, worker.task_id, code=proc.returncode if proc else None,
                                       log=worker.log)
                     changed = True
                     if worker.slot != ON_DECK and self.deck_ready() and not self.deck_waits(self.leaving() + 1):
@@ -257,8 +258,8 @@ class WorkerPool:
         finishes the worker once its tree is gone."""
         worker.ended = why
         self.ledger.save_state()
-        self.ledger.event("worker_timed_out" if why == records.TIMED_OUT else "worker_stopped", worker.task_id,
-                          reason=why, log=worker.log)
+        self.ledger.event(EventName.WORKER_TIMED_OUT if why == records.TIMED_OUT else EventName.WORKER_STOPPED,
+                          worker.task_id, reason=why, log=worker.log)
         proc = self.procs.get(worker.slot)
         if proc is not None or processes.is_same_process_alive(worker.pid, worker.pid_start_time):
             self.kill(worker, self.config.worker_kill_grace_secs)

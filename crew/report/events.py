@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import enum
 import json
 import math
 import os
@@ -18,6 +19,55 @@ from crew import logs
 EVENTS_FORMAT = 1  # the "v" field of every event; raise it when a field changes meaning
 LOGS_DIR = ".dispatch_logs"
 EVENTS_FILE = "events.jsonl"
+
+
+class EventName(enum.StrEnum):
+    """Every event the dispatcher writes, in README's order (its events table lists exactly these)."""
+
+    DISPATCHER_STARTED = "dispatcher_started"
+    DISPATCHER_STOPPED = "dispatcher_stopped"
+    CLAIMED = "claimed"
+    WORKER_STARTED = "worker_started"
+    ADOPTED = "adopted"
+    WORKER_EXITED = "worker_exited"
+    WORKER_TIMED_OUT = "worker_timed_out"
+    WORKER_STOPPED = "worker_stopped"
+    LEFT_BLOCKED = "left_blocked"
+    CLAIM_LOST = "claim_lost"
+    RECLAIMED = "reclaimed"
+    LEFTOVER_COMMITTED = "leftover_committed"
+    LEFTOVER_REFUSED = "leftover_refused"
+    FOLLOWUPS_COLLECTED = "followups_collected"
+    COMMITS_FOUND = "commits_found"
+    NO_COMMITS = "no_commits"
+    MERGE_QUEUED = "merge_queued"
+    MERGE_CONFLICT = "merge_conflict"
+    GATE_STARTED = "gate_started"
+    GATE_PASSED = "gate_passed"
+    GATE_FAILED = "gate_failed"
+    MAIN_CHECK_STARTED = "main_check_started"
+    MAIN_CHECKED = "main_checked"
+    GATE_CANCELLED = "gate_cancelled"
+    CONFLICT_FILED = "conflict_filed"
+    MERGED = "merged"
+    STALE_BRANCH = "stale_branch"
+    CLOSED = "closed"
+    ATTEMPTS_RESET = "attempts_reset"
+    RELEASED = "released"
+    BLOCKED = "blocked"
+    BREAKER_TRIPPED = "breaker_tripped"
+    RECORD_DROPPED = "record_dropped"
+    EARLIER_ACTOR = "earlier_actor"
+    LEFT_ALONE = "left_alone"
+    MAIN_REWRITTEN = "main_rewritten"
+    BRANCH_REBASED = "branch_rebased"
+    BRANCH_HELD = "branch_held"
+    HELD_DECIDED = "held_decided"
+    REVERTED = "reverted"
+    NOTIFY_FAILED = "notify_failed"
+    REVIEW_AWAITED = "review_awaited"
+    REVIEW_APPROVED = "review_approved"
+    REVIEW_REJECTED = "review_rejected"
 
 
 @dataclasses.dataclass
@@ -105,20 +155,21 @@ def _diffstat(value: object) -> bool:
 
 
 FIELD_CHECKS: dict[str, dict[str, Callable[[Any], bool]]] = {
-    "dispatcher_started": {"pid": _whole(1), "max_workers": _whole(1, MOST_WORKERS)},
-    "worker_started": {"slot": _whole(1, MOST_WORKERS), "attempt": _whole(1), "pid": _whole(1), "title": _text,
-                       "log": _text, "kind": lambda value: value in WORKER_KINDS},
-    "claimed": {"ready_since": lambda value: type(value) is str and parse_time(value) is not None},
-    "merged": {"diffstat": _diffstat},
-    "gate_failed": {"counts": lambda value: type(value) is bool},
-    "conflict_filed": {"conflict_task": _text, "title": _text, "kind": lambda value: value in WORKER_KINDS},
-    "blocked": {"reason": _text},
-    "left_blocked": {"reason": _text},
-    "claim_lost": {"reason": _text},
-    "reclaimed": {"previous_owner": lambda value: type(value) is str},
-    "record_dropped": {"record": _text},
-    "breaker_tripped": {"failures": _whole(0)},
-    "reverted": {"revert_task": _text, "reopened": lambda value: type(value) is bool},
+    EventName.DISPATCHER_STARTED: {"pid": _whole(1), "max_workers": _whole(1, MOST_WORKERS)},
+    EventName.WORKER_STARTED: {"slot": _whole(1, MOST_WORKERS), "attempt": _whole(1), "pid": _whole(1),
+                               "title": _text, "log": _text, "kind": lambda value: value in WORKER_KINDS},
+    EventName.CLAIMED: {"ready_since": lambda value: type(value) is str and parse_time(value) is not None},
+    EventName.MERGED: {"diffstat": _diffstat},
+    EventName.GATE_FAILED: {"counts": lambda value: type(value) is bool},
+    EventName.CONFLICT_FILED: {"conflict_task": _text, "title": _text,
+                               "kind": lambda value: value in WORKER_KINDS},
+    EventName.BLOCKED: {"reason": _text},
+    EventName.LEFT_BLOCKED: {"reason": _text},
+    EventName.CLAIM_LOST: {"reason": _text},
+    EventName.RECLAIMED: {"previous_owner": lambda value: type(value) is str},
+    EventName.RECORD_DROPPED: {"record": _text},
+    EventName.BREAKER_TRIPPED: {"failures": _whole(0)},
+    EventName.REVERTED: {"revert_task": _text, "reopened": lambda value: type(value) is bool},
 }
 
 
@@ -167,7 +218,7 @@ class EventReader:
         if slot is not None and slot > (self.most_workers or SLOTS_UNSAID):
             return False
         event.at = self.latest = max(event.at, self.latest)
-        if event.name == "dispatcher_started":
+        if event.name == EventName.DISPATCHER_STARTED:
             self.most_workers = max(self.most_workers, event.get_int("max_workers") or 0)
         return True
 

@@ -6,11 +6,12 @@ import dataclasses
 import gc
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from crew import logs
 from crew.report import events as event_log
+from crew.report.events import EventName
 
 
 # Aider prints e.g. "Tokens: 2.1k sent, 345 received." (cache counts may sit between the two),
@@ -32,7 +33,8 @@ CATEGORIES = {
 }
 
 
-REVIEW_MARKS = ("review_awaited", "review_approved", "review_rejected")  # a person's review, on the main line
+# A person's review, on the main line.
+REVIEW_MARKS: tuple[str, ...] = (EventName.REVIEW_AWAITED, EventName.REVIEW_APPROVED, EventName.REVIEW_REJECTED)
 
 
 @dataclasses.dataclass
@@ -220,7 +222,7 @@ def tokens_in_log(path: Path) -> Tokens | None:
 class _Builder:
     """Walks the events once, in the order they were written."""
 
-    TASKLESS = ("breaker_tripped", "main_checked")  # every other handler is about one task
+    TASKLESS = (EventName.BREAKER_TRIPPED, EventName.MAIN_CHECKED)  # every other handler is about one task
 
     def __init__(self, logs_dir: Path):
         self.logs_dir = logs_dir
@@ -240,6 +242,37 @@ class _Builder:
         self.merge_latencies: list[float] = []
         self.slots = 0
         self.at = 0.0  # the time of the event being read
+        self.handle = self.handlers()
+
+    def handlers(self) -> dict[str, Callable[[event_log.Event], None]]:
+        """What each event the report reads does to it; the others are only counted in their run."""
+        return {
+            EventName.WORKER_STARTED: self.on_worker_started,
+            EventName.CLAIMED: self.on_claimed,
+            EventName.WORKER_EXITED: self.on_worker_exited,
+            EventName.WORKER_TIMED_OUT: self.on_worker_timed_out,
+            EventName.WORKER_STOPPED: self.on_worker_stopped,
+            EventName.COMMITS_FOUND: self.on_commits_found,
+            EventName.MERGE_QUEUED: self.on_merge_queued,
+            EventName.MERGED: self.on_merged,
+            EventName.MERGE_CONFLICT: self.on_merge_conflict,
+            EventName.GATE_FAILED: self.on_gate_failed,
+            EventName.GATE_PASSED: self.on_gate_passed,
+            EventName.REVIEW_AWAITED: self.on_review_awaited,
+            EventName.REVIEW_APPROVED: self.on_review_approved,
+            EventName.REVIEW_REJECTED: self.on_review_rejected,
+            EventName.STALE_BRANCH: self.on_stale_branch,
+            EventName.CONFLICT_FILED: self.on_conflict_filed,
+            EventName.RELEASED: self.on_released,
+            EventName.BLOCKED: self.on_blocked,
+            EventName.LEFT_BLOCKED: self.on_blocked,  # blocked by hand while it ran: the event carries the reason
+            EventName.RECORD_DROPPED: self.on_record_dropped,
+            EventName.CLAIM_LOST: self.on_claim_lost,
+            EventName.CLOSED: self.on_closed,
+            EventName.REVERTED: self.on_reverted,
+            EventName.MAIN_CHECKED: self.on_main_checked,
+            EventName.BREAKER_TRIPPED: self.on_breaker_tripped,
+        }
 
     def task(self, task_id: str) -> TaskRow:
         if task_id not in self.tasks:
@@ -249,21 +282,21 @@ class _Builder:
         return row
 
     def run_of(self, event: event_log.Event) -> Run:
-        if not self.runs or (self.runs[-1].stopped and event.name != "dispatcher_stopped"):
+        if not self.runs or (self.runs[-1].stopped and event.name != EventName.DISPATCHER_STOPPED):
             self.runs.append(Run(event.at, event.at))  # events from before runs were marked
         return self.runs[-1]
 
     def add(self, e: event_log.Event) -> None:
         self.at = e.at
-        if e.name == "dispatcher_started":
+        if e.name == EventName.DISPATCHER_STARTED:
             self.runs.append(Run(e.at, e.at, e.get_int("pid"), e.get_int("max_workers")))
             self.slots = max(self.slots, e.get_int("max_workers") or 0)
             self.ends.clear()  # a refill is measured within one run
         run = self.run_of(e)
         run.end = max(run.end, e.at)
-        if e.name == "dispatcher_stopped":
+        if e.name == EventName.DISPATCHER_STOPPED:
             run.stopped = True
-        handler = getattr(self, "on_" + e.name, None)
+        handler = self.handle.get(e.name)
         if handler is not None and (e.task_id is not None or e.name in self.TASKLESS):
             handler(e)
         if e.task_id in self.tasks:
@@ -325,7 +358,7 @@ class _Builder:
         if (since := self.queued.pop(e.task, None)) is not None:
             self.task(e.task).queue_wait += e.at - since
             self.depth_changed(e.at)
-            if e.name == "merged":
+            if e.name == EventName.MERGED:
                 self.merge_latencies.append(e.at - since)
 
     def on_merge_queued(self, e: event_log.Event) -> None:
@@ -370,17 +403,17 @@ class _Builder:
         row = self.task(e.task)
         row.outcome = "waiting"
         row.detail = f"awaiting review since {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(e.at))}"
-        self.marks.append(Mark(e.at, "review_awaited", e.task, f"{e.task} awaits review"))
+        self.marks.append(Mark(e.at, EventName.REVIEW_AWAITED, e.task, f"{e.task} awaits review"))
 
     def on_review_approved(self, e: event_log.Event) -> None:
         self.on_merge_queued(e)
         self.task(e.task).detail = "approved in review; in the merge queue"
-        self.marks.append(Mark(e.at, "review_approved", e.task, f"{e.task} approved in review"))
+        self.marks.append(Mark(e.at, EventName.REVIEW_APPROVED, e.task, f"{e.task} approved in review"))
 
     def on_review_rejected(self, e: event_log.Event) -> None:
         """Its release follows, with the reason the next attempt reads."""
         self.task(e.task).detail = "rejected in review"
-        self.marks.append(Mark(e.at, "review_rejected", e.task, f"{e.task} rejected in review"
+        self.marks.append(Mark(e.at, EventName.REVIEW_REJECTED, e.task, f"{e.task} rejected in review"
                                + (f"; the branch is kept as {kept}" if (kept := e.get_str("kept_as")) else "")))
 
     def on_stale_branch(self, e: event_log.Event) -> None:
@@ -430,8 +463,6 @@ class _Builder:
         row.outcome, row.detail = "dropped", f"deleted from the store; dropped its {e.get_str('record') or 'record'}"
         if (conflict := self.conflicts.get(e.task)) is not None and conflict.ended == "open":
             conflict.ended = "dropped"
-
-    on_left_blocked = on_blocked  # blocked by hand while it ran: the event carries the reason
 
     def on_claim_lost(self, e: event_log.Event) -> None:
         """Its claim was taken back while it ran (its lease lapsed): the task is another's now."""
