@@ -32,6 +32,7 @@ Layout, one concern a module (each module imports only the ones it needs, as mod
   dispatch/records.py      the dispatcher's records (dataclasses), the versioned state, older files migrated
   dispatch/scheduler.py    pure decisions: what may start, why a task waits, the breaker, merge backoff
   dispatch/ledger.py       the state files, the events log, the summary, a task's fate after an attempt
+  dispatch/say_once.py     what a run says once on the terminal (a wait that lasts, a failing hook)
   dispatch/agent.py        the agent's command line, environment and task message
   dispatch/worktrees.py    the dispatcher's worktrees and branches (only its own are ever deleted)
   dispatch/workers.py      the worker pool: start, watch, end
@@ -40,6 +41,7 @@ Layout, one concern a module (each module imports only the ones it needs, as mod
   dispatch/gate.py         merge_gate_command on a merge commit, in the gate worktree
   dispatch/merge_queue.py  the merge queue: one branch at a time behind the merge slot
   dispatch/merge_results.py  what its steps conclude: decide()'s verdict, what moving main did
+  dispatch/epics.py        an epic closed once its subtasks are: looked for after a merge closed one
   dispatch/speculation.py  parallel gates as pure decisions: what gates on what, lands, fails, is void
   dispatch/stacks.py       speculative commits: a branch merged onto main and the entries ahead of it
   dispatch/parallel_gates.py  the merge queue with merge_gate_parallelism above 1 (speculative gates)

@@ -208,16 +208,3 @@ class Finisher:
             result = suggested_tasks.ingest(self.config, self.store)
             if result.created:
                 self.ledger.say(f"{worker.task_id}: follow-ups became {', '.join(result.created)}")
-
-    def close_finished_epics(self) -> None:
-        """Only after a task with a parent was closed: listing every task is slow with bd."""
-        if not self.ledger.epic_check_due:
-            return
-        self.ledger.epic_check_due = False
-        tasks = self.store.list(None)
-        for epic in (t for t in tasks if t.issue_type == "epic" and t.status != "closed"):
-            children = [t for t in tasks if epic.id in t.deps_of("discovered-from")]
-            if children and all(t.status == "closed" for t in children):
-                self.store.close(epic.id, "all its subtasks are closed")
-                self.ledger.event(EventName.CLOSED, epic.id)
-                self.ledger.say(f"{epic.id}: epic closed (all {len(children)} subtasks closed)")

@@ -20,12 +20,12 @@ from crew.dispatch import records
 from crew.dispatch import wakeup as wakeups
 from crew.dispatch import worktrees
 from crew.dispatch.ledger import Ledger
+from crew.dispatch.say_once import Told
 from crew.report.events import EventName
 
 MAIN_MOVED = "main moved: gated again on the main there is now"
 MAIN_CHECK = ""  # a gate record's task id when it checks main itself, for no task
 MAIN_FAILS_REASON = "main fails its checks"  # why a failure counted against no branch
-HOOK_FAILED_TOLD = ("post-checkout failed",)  # in ledger.told_waiting: the user was told, once a run
 OUTPUT_TAIL = 2000  # characters of the gate's log a verdict carries (a fix task quotes them)
 
 
@@ -169,9 +169,8 @@ class Gate:
                     raise
                 prepared = False  # its git command was ended by the stop
             self.preparing = None
-            if self.hook_failed and HOOK_FAILED_TOLD not in self.ledger.told_waiting:
-                self.ledger.told_waiting.add(HOOK_FAILED_TOLD)
-                self.ledger.say(self.hook_failed)
+            if self.hook_failed:
+                self.ledger.say_once(Told.GATE_HOOK_FAILED, self.hook_failed)
             self.hook_failed = None
             if not prepared or self.stopped():
                 return self.conclude(record, None, self.stopped() or "")

@@ -10,6 +10,7 @@ from crew import files
 from crew import workspace
 from crew.dispatch import notify
 from crew.dispatch import records
+from crew.dispatch import say_once
 from crew.report import events
 from crew.report.events import EventName
 from crew.tasks import model as task_model
@@ -49,8 +50,7 @@ class Ledger:
         self.state = read_state(config)
         self.saved_state: dict | None = None  # as last written by this run: an unchanged state is not written again
         self.summary = {"merged": [], "released": [], "blocked": [], "waiting": []}
-        self.told_waiting: set = set()  # what this run has said already, and says once (a wait, a failing hook)
-        self.epic_check_due = True  # a task with a parent was closed: its epic may be finished
+        self.say_once = say_once.SayOnce(say)
         self.notifier = notify.Notifier(config, self.notify_failed)
         self.event_lock = threading.Lock()  # notifiers report their failures from their own threads
 

@@ -26,11 +26,11 @@ from crew.dispatch.leases import Leases
 from crew.dispatch.ledger import Ledger
 from crew.dispatch.merge_queue import MergeQueue
 from crew.dispatch.recovery import Recovery
+from crew.dispatch.say_once import Told
 from crew.dispatch.workers import WorkerPool
 from crew.report.events import EventName
 from crew.tasks import model as task_model
 
-STARTS_HELD = "starts held while branches wait to merge"  # told once a run
 START_WAIT_SECS = 0.2  # how long a refill may hold a merge back while its claim and worktree are under way
 SIGNAL_CHECK_SECS = 0.5  # Windows: a wait on a lock is not broken by Ctrl-C, so the loop looks this often
 STOP_RELEASE_SECS = 10.0  # how long a stop waits for the store to release its workers' tasks (bd: ~0.5 s a call)
@@ -138,9 +138,8 @@ class Dispatcher:
             return
         holdings = self.holdings()
         starts_held = scheduler.why_starts_held(holdings, self.waiting_limit, time.time())
-        if starts_held and (self.ready or self.pool.on_deck()) and STARTS_HELD not in self.ledger.told_waiting:
-            self.ledger.told_waiting.add(STARTS_HELD)  # once a run: the queue may fill and drain all run long
-            self.say(f"new workers wait: {starts_held}")
+        if starts_held and (self.ready or self.pool.on_deck()):
+            self.ledger.say_once(Told.STARTS_HELD, f"new workers wait: {starts_held}")
         if not (slots := self.open_slots()):
             return
         ready = self.ready
@@ -153,10 +152,9 @@ class Dispatcher:
         first = next((i for i, decision in enumerate(plan) if decision.start), len(plan) - 1)
         for decision in plan[:first + 1]:
             task = decision.task
-            if (held := scheduler.why_held(holdings, task.id)) and (
-                    message := f"{task.id}: not started again: {held}") not in self.ledger.told_waiting:
-                self.ledger.told_waiting.add(message)
-                self.say(message)
+            if held := scheduler.why_held(holdings, task.id):
+                self.ledger.say_once(Told.NOT_STARTED_AGAIN, f"{task.id}: not started again: {held}",
+                                     f"{task.id}: {held}")
         if plan and plan[first].start:
             task = plan[first].task
             self.ready = self.ready[self.ready.index(task) + 1:]
@@ -403,7 +401,7 @@ class Dispatcher:
     def work(self) -> dict:
         ledger = self.ledger
         self.recovery.reconcile()
-        self.finisher.close_finished_epics()
+        self.queue.epics.close_finished()
         while True:
             changed = self.pool.poll(self.finisher.finish)
             if why := self.stop_now_reason():
@@ -425,7 +423,7 @@ class Dispatcher:
             merged |= self.settle_pending(changed or merged or poll_due)
             changed |= self.read_reviews(poll_due)
             if merged:
-                self.finisher.close_finished_epics()
+                self.queue.epics.close_finished()
             changed |= merged
             self.changes += changed
             if self.read_store(poll_due) or merged:

@@ -17,6 +17,7 @@ from crew import failpoints
 from crew import git
 from crew import names as safe_names
 from crew import processes
+from crew.dispatch import epics
 from crew.dispatch import main_checks
 from crew.dispatch import merge_results
 from crew.dispatch.merge_results import Decision, MainMove, Verdict
@@ -33,6 +34,7 @@ from crew.dispatch import conflicts as conflict_tasks
 from crew.dispatch import gate as gates
 from crew.dispatch import wakeup as wakeups
 from crew.dispatch.ledger import Ledger
+from crew.dispatch.say_once import Told
 from crew.report.events import EventName
 from crew.tasks import model as task_model
 
@@ -84,6 +86,7 @@ class MergeQueue:
         # Rebases run on the starter threads, as worktree set-ups and gate preparations do.
         self.rewritten = rewritten_main.RewrittenMain(config, ledger, self.gate.starter)
         self.reviews = awaiting_review.Reviews(config, ledger, store)
+        self.epics = epics.Epics(ledger, store)  # closed after a merge closed their last subtask
 
     @property
     def requests(self) -> list[records.MergeRequest]:
@@ -281,13 +284,11 @@ class MergeQueue:
             self.ledger.state.main_check = records.MainCheck(record.commit, outcome.passed, time.time(), tail)
             self.ledger.save_state()
             self.ledger.event(EventName.MAIN_CHECKED, None, commit=record.commit, passed=outcome.passed, log=record.log)
-            told = ("main fails", record.commit)
-            if not outcome.passed and told not in self.ledger.told_waiting:
-                self.ledger.told_waiting.add(told)
-                self.ledger.say(f"{self.main_fails()}; no fix task is filed meanwhile (checked again when {main} "
-                                f"moves, and every {self.config.main_recheck_secs:g} s); the checks' output ends: "
-                                f"{tail}")
-            elif outcome.passed and any(told[0] == "main fails" for told in self.ledger.told_waiting):
+            if not outcome.passed:
+                self.ledger.say_once(Told.MAIN_FAILS, f"{self.main_fails()}; no fix task is filed meanwhile (checked "
+                                     f"again when {main} moves, and every {self.config.main_recheck_secs:g} s); the "
+                                     f"checks' output ends: {tail}", record.commit)
+            elif self.ledger.say_once.told_any(Told.MAIN_FAILS):
                 self.ledger.say(f"{main} passes its checks at {record.commit[:conflict_tasks.MERGE_SHORT]}: "
                                 "merges go on")
         waiting, self.failure_waiting = self.failure_waiting, None
@@ -367,9 +368,8 @@ class MergeQueue:
         lock, the user's rebase) may stand for hours. Each reason is said once."""
         request.waits += 1
         request.retry_at = scheduler.next_try(request.waits, self.config.poll_interval_secs, time.time())
-        if (request.task_id, reason) not in self.ledger.told_waiting:
-            self.ledger.told_waiting.add((request.task_id, reason))
-            self.ledger.say(f"{request.task_id}: merge waits: {reason}")
+        self.ledger.say_once(Told.MERGE_WAITS, f"{request.task_id}: merge waits: {reason}",
+                             f"{request.task_id}: {reason}")
         request.waiting = reason
         self.ledger.save_state()
         return False
@@ -450,7 +450,7 @@ class MergeQueue:
                 self.store.close(task_id, f"merged into {self.config.main_branch} as {short}"
                                  + (f"; {request.note}" if request.note else ""), actor=request.actor)
                 ledger.event(EventName.CLOSED, task_id)
-                ledger.epic_check_due |= bool(task.deps_of("discovered-from"))
+                self.epics.task_closed(task)
             if revert.reverted_task(task.labels):
                 revert.after_landing(self.store, ledger, task, commit)
             ledger.summary["merged"].append(task_id)
