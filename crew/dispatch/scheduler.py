@@ -11,7 +11,10 @@ from typing import TYPE_CHECKING
 
 from crew.dispatch import records
 from crew.dispatch import review
-from crew.dispatch.records import MergeRequest, PendingMerge, Worker
+from crew.dispatch.records import MergeRequest
+from crew.dispatch.records import PendingMerge
+from crew.dispatch.records import Worker
+
 
 if TYPE_CHECKING:
     from crew.tasks.model import Task
@@ -127,7 +130,8 @@ def plan_starts(ready: Iterable[Task], holdings: Holdings, free: int, avoid_over
     file with a task this plan starts before it, and a worker slot is left for it. starts_held
     (why_starts_held) holds every task but those that settle a waiting merge (conflict and fix
     tasks), which drain the queue."""
-    plan, starting = [], {}  # starting: file -> the task this plan starts on it
+    plan: list[Decision] = []
+    starting: dict[str, str] = {}  # file -> the task this plan starts on it
     for task in ready:
         reason = why_waiting(holdings, task, avoid_overlap)
         if reason is None and starts_held and pending_for(holdings, task) is None:
@@ -140,7 +144,7 @@ def plan_starts(ready: Iterable[Task], holdings: Holdings, free: int, avoid_over
         plan.append(Decision(task, reason is None, reason))
         if reason is None:
             free -= 1
-            starting.update({name: task.id for name in files})
+            starting.update(dict.fromkeys(files, task.id))
     return plan
 
 
@@ -148,7 +152,8 @@ def next_try(waits: int, poll_secs: float, now: float) -> float:
     """When a merge that has waited `waits` times in a row is tried again: the pause doubles from
     the poll interval up to MERGE_WAIT_MAX_SECS, since what keeps main still (a stale lock, the
     user's rebase) may stand for hours."""
-    return now + min(poll_secs * 2 ** (waits - 1), MERGE_WAIT_MAX_SECS)
+    pause: float = poll_secs * 2 ** (waits - 1)
+    return now + min(pause, MERGE_WAIT_MAX_SECS)
 
 
 @dataclasses.dataclass
@@ -176,7 +181,7 @@ class Breaker:
         if self.failures_in_a_row < self.limit:
             return False, False
         tripped_now = self.until is None
-        if tripped_now:
+        if self.until is None:
             self.until = now + self.pause_secs
         if self.watch and now >= self.until:
             self.failures_in_a_row, self.until = 0, None
