@@ -2,10 +2,11 @@
 waits as a pending merge until that task is closed (retried) or blocked (given up)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from crew import config as configuration
@@ -14,13 +15,14 @@ from crew import failpoints
 from crew import files as statefiles
 from crew import git
 from crew import names as safe_names
+from crew.dispatch import ledger as task_ledger
 from crew.dispatch import records
 from crew.dispatch import scheduler
-from crew.dispatch import ledger as task_ledger
 from crew.dispatch import worktrees
 from crew.dispatch.ledger import Ledger
 from crew.report.events import EventName
 from crew.tasks import model as task_model
+
 
 CONFLICT_TITLE = "Resolve merge conflict: {branch}"
 GATE_TITLE = "Fix failing checks: {branch}"
@@ -44,16 +46,14 @@ def paths_named(output: str, worktree_roots: Sequence[str]) -> list[str]:
     they exist is the caller's to check)."""
     roots = [root.replace("\\", "/").rstrip("/") + "/" for root in worktree_roots]
     found = []
-    for word in OUTPUT_WORD.findall(output):
-        word = LINE_SUFFIX.sub("", word.split("::")[0].replace("\\", "/")).rstrip(".:")
+    for raw in OUTPUT_WORD.findall(output):
+        word = LINE_SUFFIX.sub("", raw.split("::")[0].replace("\\", "/")).rstrip(".:")
         if root := next((r for r in roots if word.startswith(r)), None):  # <root>/<a gate worktree>/path
             word = word[len(root):].partition("/")[2]
         if "/" not in word and "." not in word.strip("."):
             continue  # a plain word, not a file's name
-        try:
+        with contextlib.suppress(errors.UserError):  # not a name a task's files may hold
             found.append(safe_names.check_repo_path(word))
-        except errors.UserError:
-            pass
     return list(dict.fromkeys(found))
 
 
@@ -63,10 +63,8 @@ def fix_task_files(changed: Sequence[str], named: Sequence[str], limit: int = FI
     test the branch broke); `named` must hold only files the branch has. At most `limit`."""
     changed_here = []
     for name in changed:
-        try:
+        with contextlib.suppress(errors.UserError):  # a name no agent's command line may carry
             changed_here.append(safe_names.check_repo_path(name))
-        except errors.UserError:
-            pass  # a name no agent's command line may carry
     both = [name for name in changed_here if name in named]
     return list(dict.fromkeys(both + changed_here + list(named)))[:limit]
 
@@ -110,7 +108,8 @@ class Conflicts:
         self.root = config.root
 
     def file(self, request: records.MergeRequest, files: list[str], main_commit: str, detail: str,
-             kind: records.PendingKind = records.PendingKind.CONFLICT, merged: git.MergeResult | None = None, commit: str | None = None) -> bool:
+             kind: records.PendingKind = records.PendingKind.CONFLICT, merged: git.MergeResult | None = None,
+             commit: str | None = None) -> bool:
         """The branch cannot merge as it is: rebase it, or hand it back as a task. commit: the
         merge commit whose gate failed (kind "gate")."""
         ledger = self.ledger
@@ -151,12 +150,13 @@ class Conflicts:
             for_person=scheduler.PERSON_LABEL in followup.labels, followup_created_at=followup.created_at)
         ledger.save_pending()
         ledger.drop_request(request)
-        ledger.say(f"{task_id}: {'merge conflict' if kind == records.PendingKind.CONFLICT else 'checks failed'} on {branch}"
+        what_failed = "merge conflict" if kind == records.PendingKind.CONFLICT else "checks failed"
+        ledger.say(f"{task_id}: {what_failed} on {branch}"
                    + (f" in {', '.join(files)}" if files else "") + f"; filed {followup.id}")
         return True
 
-    def file_task(self, request: records.MergeRequest, kind: records.PendingKind, files: list[str], main_commit: str, detail: str,
-                  merged: git.MergeResult | None = None) -> task_model.Task:
+    def file_task(self, request: records.MergeRequest, kind: records.PendingKind, files: list[str], main_commit: str,
+                  detail: str, merged: git.MergeResult | None = None) -> task_model.Task:
         """One open task per branch and kind: a crash between filing and recording never makes two."""
         branch, main = request.branch, self.config.main_branch
         title = (CONFLICT_TITLE if kind == records.PendingKind.CONFLICT else GATE_TITLE).format(branch=branch)
@@ -165,7 +165,7 @@ class Conflicts:
                 return task
         original = self.store.get(request.task_id)
         for_person = kind == records.PendingKind.CONFLICT and merged is not None and bool(merged.markerless)
-        if for_person:
+        if for_person and merged is not None:  # for_person says so; the test is for the type checker
             what = person_conflict_text(self.config, request, original, main_commit, detail, merged)
         elif kind == records.PendingKind.CONFLICT:
             what = (f"Branch {branch} (task {original.id}: {original.title}) does not merge into "
@@ -196,7 +196,7 @@ class Conflicts:
         in_branch = git.files_in(self.root, tip, named)
         return fix_task_files(git.changed_files(self.root, main_commit, tip), [n for n in named if n in in_branch])
 
-    def lookups(self, busy: set[str]):
+    def lookups(self, busy: set[str]) -> Callable[[task_model.TaskStore], dict[str, task_model.Task | None]]:
         """What settle needs from the store, as work for the store thread (SerialStore.batch): the
         pending merges are read here, on the loop; only the store is asked there."""
         wanted = {followup_id: pending.followup_created_at for followup_id, pending in self.ledger.state.pending.items()
