@@ -2,7 +2,9 @@
 is released for another attempt, or blocked."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import cast
 
 from crew import config as configuration
 from crew import errors
@@ -57,7 +59,8 @@ class Finisher:
         commits = int(git.git_out(self.root, "rev-list", "--count", f"{worker.base}..{tip}")) if tip else 0
         proc = self.pool.procs.get(worker.slot)
         exit_code = proc.returncode if proc is not None else None
-        reverter_failed = proc is not None and revert.reverter_failed(proc.args, exit_code)
+        reverter_failed = proc is not None and revert.reverter_failed(
+            cast("list[str]", proc.args), exit_code)  # the pool starts every worker from an argument list
         self.pool.forget(worker)
         counted = not worker.stopped_by_user  # toward max_attempts and the breaker
         if worker.ended in (records.TASK_BLOCKED, records.CLAIM_LOST):
@@ -76,9 +79,9 @@ class Finisher:
         elif commits:
             self.ledger.event(EventName.COMMITS_FOUND, task_id, commits=commits, log=worker.log)
             # The merge queue adds the merge commit: the next attempt starts from main with this work in it.
-            self.queue.add(worker, records.Outcome.RELEASE, f"attempt {worker.attempt} {why}; log {worker.log}; its work is "
-                                              f"partial and already on {self.config.main_branch}{refused}",
-                           counted=counted)
+            self.queue.add(worker, records.Outcome.RELEASE,
+                           f"attempt {worker.attempt} {why}; log {worker.log}; its work is "
+                           f"partial and already on {self.config.main_branch}{refused}", counted=counted)
         else:
             self.ledger.event(EventName.NO_COMMITS, task_id, log=worker.log)
             self.breaker.attempt_ended(made_commits=False, counted=counted)
@@ -88,7 +91,7 @@ class Finisher:
                                                 f"{self.log_tail(worker)}{refused}", worker.actor, counted=counted)
         self.ledger.save_state()
 
-    def block_failed_revert(self, worker: records.Worker, exit_code: int) -> None:
+    def block_failed_revert(self, worker: records.Worker, exit_code: int | None) -> None:
         """The reverter gave up or was killed: its branch is never merged (it may hold some of the
         reverts only), and the revert task waits for a person, told why. What it reverted is kept
         on the branch: the next attempt goes on past it."""
@@ -134,7 +137,7 @@ class Finisher:
             self.ledger.drop_record_of_gone_task(worker.task_id, "worker record")
         self.ledger.save_state()
 
-    def judge_leftovers(self, worker: records.Worker, committed) -> str:
+    def judge_leftovers(self, worker: records.Worker, committed: Callable[[], bool]) -> str:
         """What became of the commit of what the agent left uncommitted (committed(): whether there
         was any, or CommitRefused), made through the user's hooks. What they refuse is discarded
         from the dispatcher's worktree, never committed around them; returned is the end of their
@@ -156,7 +159,7 @@ class Finisher:
         """A resolve/fix task's worker: close it when the branch now merges cleanly."""
         conflict = self.ledger.state.pending.get(worker.task_id)
         main = self.config.main_branch
-        clean = bool(conflict) and conflicts.committed_since(self.root, conflict) \
+        clean = conflict is not None and conflicts.committed_since(self.root, conflict) \
             and git.merge_tree(self.root, main, worker.branch).tree is not None \
             and not git.new_marker_files(self.root, main, worker.branch)
         if clean:
