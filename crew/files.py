@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import filelock
 
@@ -134,15 +134,20 @@ def now_iso() -> str:
     return iso_time(time.time())
 
 
-class StateFile:
+# What a state file reads as when it does not exist: an empty object, or None for a caller that
+# tells a missing file from an empty one.
+Default = TypeVar("Default", bound=dict[str, Any] | None)
+
+
+class StateFile(Generic[Default]):
     """A JSON state file, always replaced atomically under its lock."""
 
-    def __init__(self, path: Path, default: dict[str, Any],
+    def __init__(self, path: Path, default: Default,
                  problem: Callable[[dict[str, Any]], str | None] = lambda data: None):
         self.path, self.default, self.problem = path, default, problem
         self.lock = path.with_name(path.name + ".lock")
 
-    def read(self) -> dict[str, Any]:
+    def read(self) -> dict[str, Any] | Default:
         """The file's content; one that is not what the dispatcher writes is an error naming what
         is wrong, and is never overwritten (it may hold the only record of running work)."""
         if not self.path.exists():  # no lock file left behind in a repository the toolkit never wrote to

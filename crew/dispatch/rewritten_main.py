@@ -11,6 +11,7 @@ import enum
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from crew import config as configuration
 from crew import errors
@@ -50,7 +51,7 @@ def held_reason(task_id: str, branch: str, main: str, commits: Sequence[str], wh
             f"included) or `--discard` (the branch is deleted, the task released)")
 
 
-def decisions_file(config: configuration.Settings) -> files.StateFile:
+def decisions_file(config: configuration.Settings) -> files.StateFile[dict[str, Any]]:
     return files.StateFile(config.root / DECISIONS_FILE, {})
 
 
