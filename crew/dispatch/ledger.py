@@ -3,6 +3,8 @@ task's fate after an attempt. Only the ledger writes state files or events."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from crew import config as configuration
 from crew import errors
@@ -16,7 +18,7 @@ from crew.report.events import EventName
 from crew.tasks import model as task_model
 
 
-def state_files(config: configuration.Settings) -> tuple[files.StateFile, files.StateFile]:
+def state_files(config: configuration.Settings) -> tuple[files.StateFile[None], files.StateFile[None]]:
     """The two state files; each reads as None when it does not exist (records.load_state checks them)."""
     state, pending = workspace.DISPATCH_STATE_FILES
     return files.StateFile(config.root / state, None), files.StateFile(config.root / pending, None)
@@ -43,18 +45,20 @@ def current_task(store: task_model.TaskStore, task_id: str, created_at: str) -> 
 class Ledger:
     """The state of one dispatcher (`state`), saved as it changes, and this run's summary."""
 
-    def __init__(self, config: configuration.Settings, store: task_model.TaskStore, say):
+    def __init__(self, config: configuration.Settings, store: task_model.TaskStore, say: Callable[[str], None]):
         self.config, self.store, self.say = config, store, say
         self.logs = config.root / events.LOGS_DIR
         self.state_file, self.pending_file = state_files(config)
         self.state = read_state(config)
-        self.saved_state: dict | None = None  # as last written by this run: an unchanged state is not written again
-        self.summary = {"merged": [], "released": [], "blocked": [], "waiting": []}
+        # As last written by this run: an unchanged state is not written again.
+        self.saved_state: dict[str, Any] | None = None
+        # Task ids merged and released; {"id", "reason"} of those blocked, and of those waiting.
+        self.summary: dict[str, list[Any]] = {"merged": [], "released": [], "blocked": [], "waiting": []}
         self.say_once = say_once.SayOnce(say)
         self.notifier = notify.Notifier(config, self.notify_failed)
         self.event_lock = threading.Lock()  # notifiers report their failures from their own threads
 
-    def event(self, name: EventName, task_id: str | None = None, **fields) -> None:
+    def event(self, name: EventName, task_id: str | None = None, **fields: Any) -> None:
         """One line of .dispatch_logs/events.jsonl; README lists every event and its fields. A person
         is told of those that need one (notify_command)."""
         event = {"v": events.EVENTS_FORMAT, "ts": files.now_iso(), "event": name, "task_id": task_id, **fields}
@@ -67,7 +71,7 @@ class Ledger:
             files.append_text(path, line + "\n")
         self.notifier.consider(event)
 
-    def notify_failed(self, event: dict, reason: str) -> None:
+    def notify_failed(self, event: dict[str, Any], reason: str) -> None:
         self.event(EventName.NOTIFY_FAILED, event.get("task_id"), notice=event.get("event"), reason=reason)
         self.say(f"notify_command failed for {event.get('event')}: {reason[:200]}")
 
