@@ -41,11 +41,9 @@ def rejected_suggestions_name(suggested: str) -> str:
     return str(path.with_name(f"{path.stem}.rejected{path.suffix or '.txt'}"))
 
 
-def ids_outside_the_store(root: Path | None) -> list[str]:
+def ids_outside_the_store(root: Path) -> list[str]:
     """Text that may name tasks the store no longer has: the dispatcher's state files and the
     repository's branch names (read whole; a caller picks the ids out)."""
-    if root is None:
-        return []
     texts = [git.git("for-each-ref", "--format=%(refname)", "refs/heads", cwd=root, check=False).stdout]
     for name in DISPATCH_STATE_FILES:
         with contextlib.suppress(OSError):

@@ -169,6 +169,16 @@ def test_the_product_imports_neither_tests_nor_scripts():
     assert {module: targets for module, targets in found.items() if targets} == {}
 
 
+
+def test_the_task_stores_know_nothing_of_the_dispatcher():
+    """A store keeps tasks; what the dispatcher records of them (its state files, its branches)
+    reaches a store only as text its opener passes in."""
+    graph = import_graph()
+    stores = [module for module in graph if module.startswith("crew.tasks.")]
+    assert {module: sorted(target for target in graph[module]
+                           if target == "crew.workspace" or target.startswith("crew.dispatch"))
+            for module in stores} == {module: [] for module in stores}
+
 if __name__ == "__main__":
     whole = import_graph()
     if not circles(whole):

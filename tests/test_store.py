@@ -145,6 +145,20 @@ def test_hand_written_minimal_file_is_valid(tmp_path):
     assert json.loads((tmp_path / "task_queue.json").read_text(encoding="utf-8"))["tasks"][1]["status"] == "review"
 
 
+
+def test_a_file_without_its_counter_seeds_ids_past_the_names_it_is_given_and_reads_them_only_then(tmp_path):
+    asked = []
+
+    def names_elsewhere() -> list[str]:
+        asked.append(1)
+        return ["refs/heads/work/proj-9\n", '{"proj-12": {"task_id": "proj-4"}}', "other-40"]
+
+    (tmp_path / "task_queue.json").write_text(json.dumps({"tasks": [{"id": "proj-1", "title": "one"}]}),
+                                              encoding="utf-8")
+    store = json_backend.JsonTaskStore(tmp_path / "task_queue.json", "proj", "me", names_elsewhere)
+    assert store.create("next").id == "proj-13"
+    assert store.create("after").id == "proj-14" and len(asked) == 1  # the counter is written: never read again
+
 @pytest.mark.parametrize("content, problem", [
     ("{not json", "corrupt (line 1"),
     ('{"tasks": {}}', 'expected an object with a "tasks" list'),

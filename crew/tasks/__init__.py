@@ -1,9 +1,11 @@
 """The task stores: choosing the configured one (the model is in crew.tasks.model)."""
 from __future__ import annotations
 
+import functools
 import shutil
 
 from crew import config as configuration
+from crew import workspace
 from crew.tasks import bd_store
 from crew.tasks import json_store
 from crew.tasks import model
@@ -16,4 +18,6 @@ def open_task_store(config: configuration.Settings) -> model.TaskStore:
         backend = "bd" if shutil.which(config.bd_command) and (config.root / ".beads").is_dir() else "json"
     if backend == "bd":
         return bd_store.BdTaskStore(config.bd_command, config.root, config.actor)
-    return json_store.JsonTaskStore(config.path("task_queue_file"), config.task_prefix, config.actor, config.root)
+    # A new id never names a task the dispatcher's records or branches still name.
+    return json_store.JsonTaskStore(config.path("task_queue_file"), config.task_prefix, config.actor,
+                                    functools.partial(workspace.ids_outside_the_store, config.root))

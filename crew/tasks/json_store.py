@@ -7,14 +7,13 @@ import json
 import os
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from crew import errors
 from crew import files
 from crew import names
-from crew import workspace
 from crew.tasks import model
 
 
@@ -102,8 +101,13 @@ class JsonTaskStore:
 
     name = "json"
 
-    def __init__(self, path: Path, prefix: str, actor: str, root: Path | None = None):
-        self.path, self.prefix, self.actor, self.root = path, prefix, actor, root
+    def __init__(self, path: Path, prefix: str, actor: str,
+                 names_elsewhere: Callable[[], builtins.list[str]] | None = None):
+        """names_elsewhere: text that may name tasks this store no longer has (the records others
+        keep of its tasks, read whole: the ids are picked out here), read only to seed the ids of a
+        file without its counter."""
+        self.path, self.prefix, self.actor = path, prefix, actor
+        self.names_elsewhere = names_elsewhere or builtins.list
         self.lock_path = path.with_name(path.name + ".lock")
         # The parsed file and the stat it was read at: parsing 10,000 tasks costs more than
         # anything else, and os.replace gives every new version a new inode, so a stat that
@@ -223,11 +227,11 @@ class JsonTaskStore:
         """The highest id number ever given. It never goes down, so a deleted task's id never
         comes back: a new task with it would inherit the old one's branch, records and merges.
         A file without the counter (older, or written by hand) starts past every id in use in
-        the store, the dispatcher's state files and the branches."""
+        the store and in names_elsewhere."""
         pattern = re.compile(re.escape(self.prefix) + r"-(\d+)(?!\d)")
         texts, counter = [e["id"] for e in data["tasks"]], data.get(ID_COUNTER)
         if type(counter) is not int:
-            texts, counter = texts + workspace.ids_outside_the_store(self.root), 0
+            texts, counter = texts + self.names_elsewhere(), 0
         return max([int(n) for text in texts for n in pattern.findall(text)] + [counter])
 
     def get(self, task_id: str) -> model.Task:
