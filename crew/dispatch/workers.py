@@ -6,6 +6,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from crew import config as configuration
 from crew import errors
@@ -21,6 +22,9 @@ from crew.dispatch.ledger import Ledger
 from crew.report.events import EventName
 from crew.tasks import model as task_model
 
+
+Held = TypeVar("Held")
+
 LEFTOVER_GRACE_SECS = 0.2  # what an exited agent left running gets this long to end by itself
 ON_DECK = records.ON_DECK
 
@@ -31,15 +35,15 @@ class WorkerPool:
     of its process tree still under way (a worker keeps its slot, and its worktree, until its
     tree is gone). A start made ready and a process of ours exiting both post to `wakeup`."""
 
-    def __init__(self, config: configuration.Settings, ledger: Ledger, max_workers: int, stop_now_reason,
-                 wakeup: wakeups.Wakeup):
+    def __init__(self, config: configuration.Settings, ledger: Ledger, max_workers: int,
+                 stop_now_reason: Callable[[], str | None], wakeup: wakeups.Wakeup):
         self.config, self.ledger, self.max_workers = config, ledger, max_workers
         self.stop_now_reason = stop_now_reason  # a setup command in a starter thread ends at a stop-now
         self.wakeup = wakeup
-        self.procs: dict[int, subprocess.Popen] = {}
-        self.starting: dict[int, concurrent.futures.Future] = {}
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.starting: dict[int, concurrent.futures.Future[tuple[list[str], dict[str, str]]]] = {}  # argv, env
         self.kills: dict[int, processes.TreeKill] = {}
-        self.committing: dict[int, concurrent.futures.Future] = {}  # its leftover commit, once its tree is gone
+        self.committing: dict[int, concurrent.futures.Future[bool]] = {}  # its leftover commit, once its tree is gone
         self.starter = wakeups.PostingExecutor(wakeup, max_workers, "start")
         # The dispatcher's: whether the task on deck must wait, given how many workers have
         # exited and are not yet judged (each may add a branch to the merge queue).
@@ -90,9 +94,9 @@ class WorkerPool:
             aside = max(self.max_workers, *self.workers) + 1
             self.workers[aside] = self.workers.pop(slot)
             leaving.slot = aside
-            for runtime in (self.procs, self.kills, self.committing):
-                if slot in runtime:
-                    runtime[aside] = runtime.pop(slot)
+            move_slot(self.procs, slot, aside)
+            move_slot(self.kills, slot, aside)
+            move_slot(self.committing, slot, aside)
         self.workers[slot], deck.slot = deck, slot
         self.starting[slot] = self.starting.pop(ON_DECK)
         self.started(deck)
@@ -121,9 +125,10 @@ class WorkerPool:
             self.ledger.event(EventName.ATTEMPTS_RESET, task.id, after=attempts)
             state.attempts.pop(task.id)
             attempts = 0
-        worker = records.Worker(slot=slot, task_id=task.id, title=safe_names.clean_title(task.title), branch=branch, worktree=str(worktree),
-                                base="", attempt=attempts + 1, started_at=time.time(), deadline=None,
-                                kind=records.WorkerKind.CONFLICT if conflict else records.WorkerKind.TASK, log=self.new_log(task.id, attempts + 1),
+        kind = records.WorkerKind.CONFLICT if conflict else records.WorkerKind.TASK
+        worker = records.Worker(slot=slot, task_id=task.id, title=safe_names.clean_title(task.title), branch=branch,
+                                worktree=str(worktree), base="", attempt=attempts + 1, started_at=time.time(),
+                                deadline=None, kind=kind, log=self.new_log(task.id, attempts + 1),
                                 actor=self.config.actor, task_created_at=task.created_at)
         self.workers[slot] = worker
         self.ledger.save_state()  # recorded before anything runs: a crash never leaves an unknown agent
@@ -139,7 +144,7 @@ class WorkerPool:
         return f"{logs.name}/{safe_names.file_name(task_id)}.{number}.log"
 
     def _prepare(self, worker: records.Worker, task: task_model.Task,
-                 conflict: records.PendingMerge | None) -> tuple[list, dict]:
+                 conflict: records.PendingMerge | None) -> tuple[list[str], dict[str, str]]:
         """In a starter thread: git and the worker's own worktree only, never the store or the state.
         The loop starts the process itself, so its pid is recorded the moment it exists."""
         began = time.monotonic()
@@ -149,7 +154,7 @@ class WorkerPool:
             self.last_prepare_secs = time.monotonic() - began
 
     def _prepare_worktree(self, worker: records.Worker, task: task_model.Task,
-                          conflict: records.PendingMerge | None) -> tuple[list, dict]:
+                          conflict: records.PendingMerge | None) -> tuple[list[str], dict[str, str]]:
         worktree = Path(worker.worktree)
         if conflict:
             worktrees.prepare_conflict_worktree(self.config, task, conflict)
@@ -212,7 +217,7 @@ class WorkerPool:
             return proc.poll() is not None
         return not processes.is_same_process_alive(worker.pid, worker.pid_start_time)
 
-    def poll(self, finish) -> bool:
+    def poll(self, finish: Callable[[records.Worker], None]) -> bool:
         """Start the workers whose worktree is ready; end the trees of workers that exited or
         outlived their deadline (ended first), without waiting; hand each worker whose tree is
         gone to finish(worker). A worker that exited hands its slot to the task on deck at once,
@@ -276,3 +281,9 @@ class WorkerPool:
 
     def mark(self, worker: records.Worker) -> str:
         return records.process_mark(self.config.root, worker)
+
+
+def move_slot(runtime: dict[int, Held], slot: int, to: int) -> None:
+    """What this process holds for a worker follows it to its new slot."""
+    if slot in runtime:
+        runtime[to] = runtime.pop(slot)
