@@ -7,7 +7,7 @@ import concurrent.futures
 import dataclasses
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from crew import config as configuration
@@ -22,6 +22,7 @@ from crew.dispatch import worktrees
 from crew.dispatch.ledger import Ledger
 from crew.dispatch.say_once import Told
 from crew.report.events import EventName
+
 
 MAIN_MOVED = "main moved: gated again on the main there is now"
 MAIN_CHECK = ""  # a gate record's task id when it checks main itself, for no task
@@ -45,13 +46,13 @@ class Gate:
     restarted dispatcher can end a gate a killed one left running."""
 
     def __init__(self, config: configuration.Settings, ledger: Ledger, starter: concurrent.futures.Executor,
-                 stop_now_reason, wakeup: wakeups.Wakeup, worktree: Path | None = None):
+                 stop_now_reason: Callable[[], str | None], wakeup: wakeups.Wakeup, worktree: Path | None = None):
         self.config, self.ledger, self.starter, self.stop_now_reason = config, ledger, starter, stop_now_reason
         self.wakeup = wakeup
         self.worktree = worktree or config.worktree_root / ".gate"
-        self.preparing: concurrent.futures.Future | None = None  # checkout and setup, in a starter thread
+        self.preparing: concurrent.futures.Future[bool] | None = None  # checkout and setup, in a starter thread
         self.hook_failed: str | None = None  # what the preparing said of the user's post-checkout hook
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.kill: processes.TreeKill | None = None
         self.ended: str | None = None  # why its tree was ended before it exited by itself
         self.cancelled: str | None = None
@@ -116,7 +117,7 @@ class Gate:
             git.git("clean", "-q", "-fd", cwd=gate)
         return True
 
-    def check_out(self, commit: str, checkout) -> None:
+    def check_out(self, commit: str, checkout: Callable[[], object]) -> None:
         """checkout(), which puts `commit` in the gate worktree. The user's post-checkout hook
         failing after git did so stops no gate: poll() tells the user, once a run."""
         try:
@@ -133,7 +134,7 @@ class Gate:
             self.cancelled = why
             self.record_ending(why)
             if self.proc is not None and self.kill is None:
-                self.end_tree(self.config.worker_kill_grace_secs)
+                self.end_tree(self.proc, self.config.worker_kill_grace_secs)
 
     def record_ending(self, why: str) -> None:
         """Written before the kill, so --status never shows a dying gate as gating."""
@@ -146,9 +147,10 @@ class Gate:
         """One gate at a time: a gate whose main moved is void (its merge is computed again), so
         it is ended as soon as that is seen, as a parallel gate is. Main is read once a poll
         interval (a git call; the loop wakes for it), so within one interval of the move."""
-        if not self.busy or self.cancelled or now < self.main_looked_at + self.config.poll_interval_secs:
+        record = self.record  # busy: there is one
+        if record is None or self.cancelled or now < self.main_looked_at + self.config.poll_interval_secs:
             return
-        self.main_looked_at, record = now, self.record
+        self.main_looked_at = now
         if git.rev_parse(self.config.root, self.config.main_branch) != record.base:
             self.ledger.event(EventName.GATE_CANCELLED, record.task_id or None, commit=record.commit, reason=MAIN_MOVED)
             self.cancel(MAIN_MOVED)
@@ -180,35 +182,38 @@ class Gate:
                 return self.conclude(record, False, f"merge_gate_command could not start in the gate worktree, a "
                                                     f"checkout of the merge commit (is it committed?): {exc}")
             return None
-        if self.kill is None and self.proc.poll() is None:
+        if (proc := self.proc) is None:
+            raise RuntimeError("a gate past its preparing has its process (begin)")
+        if self.kill is None and proc.poll() is None:
             if why := self.stopped():
                 self.cancel(why)
-            elif now > record.deadline:
+            elif record.deadline is not None and now > record.deadline:  # set by begin()
                 self.ended = f"timed out after {self.config.merge_gate_timeout_secs:g} s"
                 self.record_ending(self.ended)
-                self.end_tree(self.config.worker_kill_grace_secs)
+                self.end_tree(proc, self.config.worker_kill_grace_secs)
             return None  # looked at again on the next pass
         if self.kill is None:
             # What it left running (in its group, its job) would hold the worktree the next gate checks out.
-            self.end_tree(0.2)
+            self.end_tree(proc, 0.2)
         if self.kill is not None and not self.kill.poll():
             return None
         if why := self.stopped():
             return self.conclude(record, None, why)
         failpoints.failpoint("during_gate")
         output = logs.read_tail(self.config.root / record.log, OUTPUT_TAIL)
-        if not self.ended and self.proc.returncode == 0:
+        if not self.ended and proc.returncode == 0:
             return self.conclude(record, True, output)
-        return self.conclude(record, False, f"merge_gate_command {self.ended or f'exited {self.proc.returncode}'}; "
+        return self.conclude(record, False, f"merge_gate_command {self.ended or f'exited {proc.returncode}'}; "
                                             f"output tail:\n{output}")
 
-    def end_tree(self, grace: float) -> None:
+    def end_tree(self, proc: subprocess.Popen[bytes], grace: float) -> None:
         """Begin ending the gate's process tree, and any daemon it left (a test server)."""
-        self.kill = processes.TreeKill.begin(self.proc.pid, grace, self.proc, self.mark)
+        self.kill = processes.TreeKill.begin(proc.pid, grace, proc, self.mark)
 
     def begin(self, record: records.GateRecord) -> None:
         """Start the gate's process and record its pid before anything else."""
-        self.proc = processes.start_process(list(self.config.merge_gate_command), self.worktree,
+        # A gate is recorded only when merge_gate_command is set.
+        self.proc = processes.start_process(list(self.config.merge_gate_command or ()), self.worktree,
                                             git.child_environment(), self.config.root / record.log, self.mark)
         self.wakeup.watch_exit(self.proc)
         record.pid, record.pid_start_time = self.proc.pid, processes.process_start_time(self.proc.pid)
