@@ -78,7 +78,7 @@ class MergeQueue:
         self.gate, self.all_gates = all_gates[0], all_gates
         # A branch's failure on main as it is, waiting for main's own check (one gate at a time).
         self.failure_waiting: gates.GateOutcome | None = None
-        self.speculative = parallel_gates.ParallelGates(self, all_gates) if len(all_gates) > 1 else None
+        self.speculative = parallel_gates.ParallelGates(self, config, ledger, all_gates) if len(all_gates) > 1 else None
         self.stop_now_reason = stop_now_reason
         self.root = config.root
         self.landing: Landing | None = None

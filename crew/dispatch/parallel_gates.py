@@ -4,9 +4,10 @@ main with the entries ahead of it merged. speculation.plan decides, stacks makes
 main still moves only by compare-and-swap to a commit whose gate passed exactly as it is."""
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from crew import config as configuration
 from crew import git
@@ -14,14 +15,44 @@ from crew.dispatch import gate as gates
 from crew.dispatch import main_checks
 from crew.dispatch import records
 from crew.dispatch import speculation
+from crew.dispatch.ledger import Ledger
+from crew.dispatch.merge_results import Decision
 from crew.dispatch.merge_results import Verdict
 from crew.report.events import EventName
+from crew.tasks import model as task_model
 
-if TYPE_CHECKING:  # the merge queue makes its parallel gates
-    from crew.dispatch.merge_queue import MergeQueue
 
 STACK_CHANGED = "its stack changed: gated again on the one there is now"
 PASSED_WAITS = "passed its gate: lands once every entry ahead of it has landed"
+
+
+class GatedQueue(Protocol):
+    """What the parallel gates ask of the merge queue that runs them: its entries, whether merges
+    are held or stopping, and its steps on one entry (the merge slot, decide, land, blame a
+    failure, main's own check). Its store, its conflict tasks and its gates stay its own."""
+
+    @property
+    def requests(self) -> list[records.MergeRequest]: ...
+
+    @property
+    def active(self) -> list[records.MergeRequest]: ...
+
+    def merges_held(self) -> bool: ...
+
+    def stop_now_reason(self) -> str | None: ...
+
+    def main_checked(self, outcome: gates.GateOutcome) -> bool: ...
+
+    def merge_slot_or_wait(self, request: records.MergeRequest) -> contextlib.ExitStack | None: ...
+
+    def unchanged_task(self, request: records.MergeRequest, commit: str) -> task_model.Task | None: ...
+
+    def land(self, request: records.MergeRequest, task: task_model.Task, base: str, commit: str,
+             slot: contextlib.ExitStack, gate_log: str = "") -> bool: ...
+
+    def blame(self, request: records.MergeRequest, failed: gates.GateOutcome) -> main_checks.Blame: ...
+
+    def decide(self, request: records.MergeRequest, onto: str | None = None) -> Decision: ...
 
 
 class ParallelGates:
@@ -29,8 +60,9 @@ class ParallelGates:
     ledger.state.gates (a restart ends them and gates their entries again); a gate's verdict is
     kept here, in memory, until its entry lands, its failure counts, or its stack is void."""
 
-    def __init__(self, queue: MergeQueue, gate_worktrees: list[gates.Gate]):
-        self.queue, self.gates, self.ledger = queue, gate_worktrees, queue.ledger
+    def __init__(self, queue: GatedQueue, config: configuration.Settings, ledger: Ledger,
+                 gate_worktrees: list[gates.Gate]):
+        self.queue, self.config, self.ledger, self.gates = queue, config, ledger, gate_worktrees
         self.verdicts: dict[str, gates.GateOutcome] = {}  # by task id: finished gates, passed or failed
         self.failures_unsaid: set[str] = set()  # task ids whose gate failed this step: is it counted now?
         self.stack_conflicts: set[str] = set()  # task ids whose branch conflicts with the stack ahead, not main
@@ -74,8 +106,8 @@ class ParallelGates:
 
     def main_now(self) -> str | None:
         now = time.time()
-        if self.main is None or now >= self.main_read_at + self.queue.config.poll_interval_secs:
-            self.main, self.main_read_at = git.rev_parse(self.queue.root, self.queue.config.main_branch), now
+        if self.main is None or now >= self.main_read_at + self.config.poll_interval_secs:
+            self.main, self.main_read_at = git.rev_parse(self.config.root, self.config.main_branch), now
         return self.main
 
     def poll(self) -> bool:
@@ -117,7 +149,7 @@ class ParallelGates:
             self.stack_conflicts &= queued - {requests[0].task_id}  # the first is judged against main
         entries = [speculation.Entry(request.task_id, self.state_of(request.task_id),
                                      request.task_id in self.stack_conflicts) for request in requests]
-        return speculation.plan(entries, self.main_now(), self.queue.config.merge_gate_parallelism)
+        return speculation.plan(entries, self.main_now(), self.config.merge_gate_parallelism)
 
     def carry_out(self, plan: speculation.Plan) -> bool:
         """True when the queue changed (an entry landed or left): plan again."""
@@ -176,7 +208,7 @@ class ParallelGates:
             return False
         verdict = self.verdicts[request.task_id]
         with slot:
-            if git.rev_parse(self.queue.root, self.queue.config.main_branch) != verdict.record.base:
+            if git.rev_parse(self.config.root, self.config.main_branch) != verdict.record.base:
                 del self.verdicts[request.task_id]
                 gates.say_failure_not_counted(self.ledger, verdict.record)
                 return True  # main moved meanwhile: gated again
