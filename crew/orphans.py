@@ -82,6 +82,22 @@ def marked(mark: str, everywhere: bool = False) -> list[psutil.Process]:
     return found
 
 
+def eldest_with(procs: list[psutil.Process], variable: str, value: str) -> tuple[int, float] | None:
+    """Of `procs`, the one started first whose environment sets `variable` to `value`, as (pid,
+    start time): among what one command and its descendants left, that command while it runs."""
+    found = []
+    for proc in procs:
+        try:
+            if proc.environ().get(variable) == value:
+                found.append((proc.create_time(), proc.pid))
+        except psutil.Error:
+            continue  # gone meanwhile
+    if not found:
+        return None
+    started, pid = min(found)
+    return pid, started
+
+
 def signal_all(procs: list[psutil.Process], signum: int) -> None:
     for proc in procs:
         with contextlib.suppress(psutil.Error):  # gone meanwhile

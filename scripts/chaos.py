@@ -34,8 +34,8 @@ from crew import git  # noqa: E402
 from crew import tasks as task_stores  # noqa: E402
 from crew import demo_kit  # noqa: E402
 
-FAILPOINTS = ["after_claim", "after_worktree", "after_worker_exit", "during_leftover_commit", "during_merge",
-              "after_conflict_task", "ingest_after_create"]
+FAILPOINTS = ["after_claim", "after_worktree", "after_agent_start", "after_worker_exit", "during_leftover_commit",
+              "during_merge", "after_conflict_task", "ingest_after_create"]
 GATE_FAILPOINTS = [*FAILPOINTS, "during_gate"]  # with a merge gate
 FOLLOWUPS = ["Document the widget", "Benchmark the widget"]
 

@@ -15,12 +15,14 @@ import pytest
 from crew import config as configuration
 from crew import errors
 from crew import names
+from crew import orphans
 from crew import processes
 from crew import tasks as task_stores
 from crew.cli import dispatch as dispatch_cli
 from crew.cli import tasks as tasks_cli
 from crew.dispatch import agent
 from crew.dispatch import preflight as dispatch_preflight
+from crew.dispatch import records
 from crew.dispatch import status as dispatch_status
 from crew.dispatch.loop import Dispatcher
 from crew.tasks import model
@@ -244,6 +246,32 @@ def test_killed_at_each_step_then_restarted_finishes_every_task_once(json_agent_
         assert merges_of(repo, task.id) == 1
         assert main_file(repo, f"f{i}.txt") == f"line {i}\n"
         assert main_file(repo, f"u{i}.txt") == f"left {i}\n"
+    assert_clean_finish(repo, Path(config.worktree_root))
+
+
+@pytest.mark.parametrize("agent_ended", [True, False], ids=["agent_ended", "agent_still_running"])
+def test_killed_between_the_agents_start_and_its_record_the_attempt_is_judged_once(json_agent_setup, repo,
+                                                                                   agent_ended):
+    """The kill lands after the agent's process exists and before its pid is recorded: the restart
+    adopts the agent if it still runs, else judges what it did; never another run on top of it."""
+    cfg, config, store = json_agent_setup()
+    cues = [] if agent_ended else ["sleep 3"]
+    task = add_task(store, "Task", *cues, "append f.txt line", "uncommitted u.txt left", files=["f.txt"])
+    killed = dispatch(cfg, env={"DISPATCH_FAILPOINT": "after_agent_start"})
+    assert killed.returncode == 77, killed.stderr
+    [worker] = [records.Worker.from_json(w)
+                for w in json.loads((repo / ".dispatch_state.json").read_text(encoding="utf-8"))["workers"]]
+    assert worker.pid is None  # the kill came before its record
+    if agent_ended:
+        wait_until(lambda: not orphans.marked(records.process_mark(config.root, worker), everywhere=True), None,
+                   "the unrecorded agent ends", timeout=30)
+    again = dispatch(cfg)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert events(repo, "worker_started") == []  # the agent the killed run started is the only one
+    assert [e["task_id"] for e in events(repo, "adopted")] == ([] if agent_ended else [task.id])
+    assert store.get(task.id).status == "closed" and merges_of(repo, task.id) == 1
+    assert main_file(repo, "f.txt") == "line\n"
+    assert main_file(repo, "u.txt") == "left\n"
     assert_clean_finish(repo, Path(config.worktree_root))
 
 

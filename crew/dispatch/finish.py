@@ -37,7 +37,7 @@ class Finisher:
         """Judge an ended worker from git and send its branch on: merge queue, retry or block.
         What it left uncommitted is committed through the user's hooks, which may be slow: in a
         starter thread (pool.committing), and WorkerPool.poll calls finish again once it is done."""
-        if worker.pid is None:
+        if worker.pid is None and not self.agent_ran_unrecorded(worker):
             self.never_started(worker)
             return
         worktree, task_id = Path(worker.worktree), worker.task_id
@@ -116,6 +116,17 @@ class Finisher:
             reason = f"its claim was taken back while its worker ran; {kept}"
             self.ledger.summary["waiting"].append({"id": worker.task_id, "reason": reason})
             self.ledger.event(EventName.CLAIM_LOST, worker.task_id, branch=worker.branch, reason=reason)
+
+    def agent_ran_unrecorded(self, worker: records.Worker) -> bool:
+        """Whether a worker with no pid recorded had its agent run after all: a crash came between
+        the agent's start and the record of its pid (its base is recorded before that start), and
+        its branch moved past its base or its worktree holds changes. It is judged as a worker
+        that exited, so its work is merged once, never worked on again by another attempt."""
+        if not worker.base:
+            return False
+        tip = git.rev_parse(self.root, f"refs/heads/{worker.branch}")
+        worktree = Path(worker.worktree)
+        return bool(tip and tip != worker.base) or (worktree.exists() and worktrees.has_leftovers(worktree))
 
     def never_started(self, worker: records.Worker) -> None:
         """A worker recorded by a dispatcher that stopped before starting it: no attempt was made.

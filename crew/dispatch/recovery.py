@@ -7,6 +7,7 @@ from crew import config as configuration
 from crew import git
 from crew import orphans
 from crew import processes
+from crew.dispatch import agent
 from crew.dispatch import records
 from crew.dispatch import worktrees
 from crew.dispatch.ledger import Ledger
@@ -52,7 +53,9 @@ class Recovery:
             elif processes.is_same_process_alive(worker.pid, worker.pid_start_time):
                 ledger.event(EventName.ADOPTED, worker.task_id, pid=worker.pid)
                 ledger.say(f"{worker.task_id}: adopted running worker (pid {worker.pid})")
-            elif orphans.marked(mark := records.process_mark(self.root, worker), everywhere=True):
+            elif left := orphans.marked(mark := records.process_mark(self.root, worker), everywhere=True):
+                if self.adopt_unrecorded_agent(worker, left):
+                    continue
                 # Its setup command (the worker had not started), or what its agent left running.
                 ledger.say(f"{worker.task_id}: ending what its worker's attempt {worker.attempt} left running")
                 left_running.append(processes.TreeKill.begin(None, grace, mark=mark, everywhere=True))
@@ -85,6 +88,23 @@ class Recovery:
         if state.gates:
             state.gates = []
             ledger.save_state()
+
+    def adopt_unrecorded_agent(self, worker: records.Worker, left: list) -> bool:
+        """A worker whose agent a crash left running before its pid was recorded (its base is
+        recorded just before the start): the agent, the first started of the marked processes
+        that carry its task, is adopted as a recorded one would be, never ended and run again."""
+        if worker.pid is not None or not worker.base:
+            return False
+        if (found := orphans.eldest_with(left, agent.TASK_VARIABLE, worker.task_id)) is None:
+            return False
+        worker.pid, worker.pid_start_time = found
+        timeout = self.config.worker_timeout_secs
+        worker.deadline = worker.started_at + timeout if timeout else None
+        self.ledger.save_state()
+        self.ledger.event("adopted", worker.task_id, pid=worker.pid)
+        self.ledger.say(f"{worker.task_id}: adopted running worker (pid {worker.pid}, started just before the "
+                        "earlier run stopped)")
+        return True
 
     def claim_again_what_the_stop_released(self) -> None:
         """A stop gives back its workers' claims, so that nothing is left in progress, and keeps

@@ -184,6 +184,7 @@ class WorkerPool:
             self.forget(worker)
             ledger.attempt_failed(worker.task_id, f"could not prepare the worktree: {exc}", worker.actor)
             return
+        ledger.save_state()  # its base: a crash before its pid is recorded leaves an agent that may have run
         try:
             self.procs[worker.slot] = proc = processes.start_process(argv, Path(worker.worktree), env,
                                                                      root / worker.log, self.mark(worker))
@@ -192,6 +193,7 @@ class WorkerPool:
             worktrees.discard_attempt(self.config, worker)
             ledger.attempt_failed(worker.task_id, f"could not start the agent: {exc}", worker.actor)
             return
+        failpoints.failpoint("after_agent_start")  # its pid not yet recorded
         self.wakeup.watch_exit(proc)
         pending = ledger.state.pending.get(worker.task_id)
         conflict = pending if worker.kind == records.WorkerKind.CONFLICT else None

@@ -182,6 +182,12 @@ def record_setup_changes(worktree: Path) -> None:
     """Note what the post-checkout hook, and then the setup command, changed or made in the
     worktree (an untracked folder as one path), so that the commit of what the agent leaves
     uncommitted leaves it out."""
+    admin = Path(git.git_out(worktree, "rev-parse", "--absolute-git-dir"))
+    (admin / SETUP_CHANGES).write_text("\0".join(changed_paths(worktree)), encoding="utf-8")
+
+
+def changed_paths(worktree: Path) -> list[str]:
+    """The paths `git status` shows changed or untracked (an untracked folder as one path)."""
     entries = git.git("status", "--porcelain", "-z", cwd=worktree).stdout.split("\0")
     paths, i = [], 0
     while i < len(entries):
@@ -189,8 +195,7 @@ def record_setup_changes(worktree: Path) -> None:
         if entry:
             paths.append(entry[3:])
             i += entry[0] in "RC"  # a rename's or copy's old path follows it
-    admin = Path(git.git_out(worktree, "rev-parse", "--absolute-git-dir"))
-    (admin / SETUP_CHANGES).write_text("\0".join(paths), encoding="utf-8")
+    return paths
 
 
 def commit_leftovers(worktree: Path, message: str, timeout: float) -> bool:
@@ -201,6 +206,11 @@ def commit_leftovers(worktree: Path, message: str, timeout: float) -> bool:
         return False
     failpoints.failpoint("during_leftover_commit")
     return git.commit_staged(worktree, message, timeout)
+
+
+def has_leftovers(worktree: Path) -> bool:
+    """Whether the worktree holds changes besides its environment: what commit_leftovers commits."""
+    return bool(set(changed_paths(worktree)) - set(setup_changes(worktree)))
 
 
 def setup_changes(worktree: Path) -> list[str]:
