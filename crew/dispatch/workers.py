@@ -88,7 +88,8 @@ class WorkerPool:
         """Start the task on deck in `slot`: a free one, or that of `leaving`, whose agent has
         exited, and which moves to a slot past every worker slot until its tree is gone and it
         is judged (judging is independent of the next start, and takes longer; the deck is free
-        for the next task meanwhile). One state write, with the new pid (started())."""
+        for the next task meanwhile). State written twice (started()): its base before its agent
+        starts, its pid after."""
         deck = self.workers.pop(ON_DECK)
         if leaving is not None:
             aside = max(self.max_workers, *self.workers) + 1
