@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from crew import config as configuration
 from crew import git
@@ -15,6 +16,9 @@ from crew.dispatch.workers import WorkerPool
 from crew.report.events import EventName
 from crew.tasks import model as task_model
 
+
+if TYPE_CHECKING:  # what orphans.marked finds
+    import psutil
 
 InFlight = records.Worker | records.MergeRequest | records.PendingMerge
 
@@ -89,7 +93,7 @@ class Recovery:
             state.gates = []
             ledger.save_state()
 
-    def adopt_unrecorded_agent(self, worker: records.Worker, left: list) -> bool:
+    def adopt_unrecorded_agent(self, worker: records.Worker, left: list[psutil.Process]) -> bool:
         """A worker whose agent a crash left running before its pid was recorded (its base is
         recorded just before the start): the agent, the first started of the marked processes
         that carry its task, is adopted as a recorded one would be, never ended and run again."""
@@ -101,7 +105,7 @@ class Recovery:
         timeout = self.config.worker_timeout_secs
         worker.deadline = worker.started_at + timeout if timeout else None
         self.ledger.save_state()
-        self.ledger.event("adopted", worker.task_id, pid=worker.pid)
+        self.ledger.event(EventName.ADOPTED, worker.task_id, pid=worker.pid)
         self.ledger.say(f"{worker.task_id}: adopted running worker (pid {worker.pid}, started just before the "
                         "earlier run stopped)")
         return True
