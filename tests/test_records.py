@@ -11,6 +11,8 @@ import pytest
 
 from crew import errors, files
 from crew.dispatch import records
+from crew.dispatch.conflicts import Conflicts
+from crew.dispatch.ledger import Ledger
 from crew.dispatch.records import MergeRequest, PendingMerge
 
 from support.dispatching import add_task, dispatch, merges_of
@@ -274,5 +276,24 @@ def test_a_branch_in_flight_is_written_flat_and_read_back_whole_by_the_queue_and
         assert again == record and again.flight == flight and again.outcome is records.Outcome.RELEASE
     # Every field of each record, its own and its branch's, has its place in the file.
     for kind in (MergeRequest, PendingMerge):
-        fields = {field.name for field in dataclasses.fields(kind)} - {"flight"}
-        assert sorted(kind.FILE_KEYS) == sorted(fields | {field.name for field in dataclasses.fields(records.BranchInFlight)})
+        fields = {field.name for field in (*dataclasses.fields(kind), *dataclasses.fields(records.BranchInFlight))}
+        assert sorted(kind.FILE_KEYS) == sorted(fields - {"flight"})
+
+
+def test_a_branch_queued_again_after_its_fix_task_is_the_branch_that_waited_attempt_log_and_all(json_agent_setup,
+                                                                                                   repo):
+    _, config, store = json_agent_setup()
+    original, followup = store.create("Original"), store.create("Fix failing checks: work/proj-1")
+    ledger = Ledger(config, store, say=lambda message: None)
+    flight = records.BranchInFlight(task_id=original.id, title="Original", branch="work/proj-1",
+                                    worktree=str(repo / "wt"), outcome=records.Outcome.RELEASE, note="partial",
+                                    retries=1, counted=False, actor=config.actor, task_created_at=original.created_at,
+                                    attempt_log=".dispatch_logs/proj-1.1.log")
+    ledger.state.pending[followup.id] = PendingMerge(kind=records.PendingKind.GATE, flight=flight, files=[],
+                                                     followup_created_at=followup.created_at)
+    store.close(followup.id, "fixed", actor=config.actor)
+    conflicts = Conflicts(config, ledger, store)
+    assert conflicts.settle(set(), conflicts.lookups(busy=set())(store)) is True
+    assert ledger.state.pending == {} and [request.flight for request in ledger.state.merge_queue] == [flight]
+    saved = json.loads((repo / STATE).read_text(encoding="utf-8"))["merge_queue"]
+    assert saved[0]["attempt_log"] == ".dispatch_logs/proj-1.1.log" and saved[0]["retries"] == 1
