@@ -129,13 +129,16 @@ class ParallelGates:
             came_in = True
         return came_in
 
-    def running(self, task_id: str) -> gates.Gate | None:
-        return next((gate for gate in self.gates if gate.busy and not gate.cancelled
-                     and gate.record.task_id == task_id), None)
+    def running(self, task_id: str) -> tuple[gates.Gate, records.GateRecord] | None:
+        """The gate running for an entry (not cancelled), with its record."""
+        for gate in self.gates:
+            if (record := gate.record) is not None and not gate.cancelled and record.task_id == task_id:
+                return gate, record
+        return None
 
     def state_of(self, task_id: str) -> speculation.GateState | None:
-        if gate := self.running(task_id):
-            return speculation.GateState(gate.record.base, gate.record.commit)
+        if running := self.running(task_id):
+            return speculation.GateState(running[1].base, running[1].commit)
         if verdict := self.verdicts.get(task_id):
             result = speculation.GateResult.PASSED if verdict.passed else speculation.GateResult.FAILED
             return speculation.GateState(verdict.record.base, verdict.record.commit, result)
@@ -154,8 +157,10 @@ class ParallelGates:
     def carry_out(self, plan: speculation.Plan) -> bool:
         """True when the queue changed (an entry landed or left): plan again."""
         for task_id in plan.cancel:
-            gate = self.running(task_id)
-            self.ledger.event(EventName.GATE_CANCELLED, task_id, commit=gate.record.commit, reason=STACK_CHANGED)
+            if (running := self.running(task_id)) is None:
+                raise LookupError(f"no gate runs for {task_id}, which the plan cancels")  # planned from state_of
+            gate, record = running
+            self.ledger.event(EventName.GATE_CANCELLED, task_id, commit=record.commit, reason=STACK_CHANGED)
             gate.cancel(STACK_CHANGED)
         for task_id in self.failures_unsaid - {plan.fail}:
             if (verdict := self.verdicts.get(task_id)) is not None:
@@ -217,6 +222,12 @@ class ParallelGates:
         del self.verdicts[request.task_id]
         return True
 
+    def gated_commit(self, task_id: str) -> str | None:
+        """The speculative commit of an entry gated, or being gated, which the plan stacks onto."""
+        if (state := self.state_of(task_id)) is None:
+            raise LookupError(f"{task_id} has no gate, yet the plan stacks onto it")  # planned from state_of
+        return state.commit
+
     def start(self, starts: list[speculation.GateStart]) -> bool:
         """Start the planned gates in order, while a gate worktree is free: each on the speculative
         commit of the entry ahead (made now, or by its gate still running). True if the queue
@@ -227,7 +238,7 @@ class ParallelGates:
             request = self.request(start.task_id)
             if not free or request.retry_at > time.time():
                 break  # no entry behind starts: its stack holds this one
-            onto = None if start.onto is None else made.get(start.onto) or self.state_of(start.onto).commit
+            onto = None if start.onto is None else made.get(start.onto) or self.gated_commit(start.onto)
             if (slot := self.queue.merge_slot_or_wait(request)) is None:
                 break
             with slot:
@@ -235,7 +246,7 @@ class ParallelGates:
             if decision.verdict is Verdict.STACK_CONFLICT:
                 self.stack_conflicts.add(start.task_id)
                 return True
-            if decision.commit is None:
+            if decision.commit is None or decision.base is None:  # a CLEAN decision carries both
                 return decision.verdict is not Verdict.WAITS
             free.pop(0).start(request, decision.base, decision.commit, stack=list(start.stack))
             made[start.task_id] = decision.commit

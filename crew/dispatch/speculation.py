@@ -84,9 +84,10 @@ class Plan:
     waiting: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
-def plan(entries: Sequence[Entry], main: str, parallelism: int) -> Plan:
+def plan(entries: Sequence[Entry], main: str | None, parallelism: int) -> Plan:
     """The plan for the entries (queue order; only those taking part: a merge that waits until
-    later is not among them) on `main` (its commit now), with at most `parallelism` gates."""
+    later is not among them) on `main` (its commit now; None: it cannot be read), with at most
+    `parallelism` gates."""
     decided = Plan()
     onto: str | None = None  # the entry the next stack member merges onto; None: main
     commit: str | None = main  # that entry's speculative commit; None: not known (gated again now)
