@@ -5,6 +5,8 @@ from __future__ import annotations
 import concurrent.futures
 import signal
 import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from crew import config as configuration
 from crew import errors
@@ -31,17 +33,20 @@ from crew.dispatch.workers import WorkerPool
 from crew.report.events import EventName
 from crew.tasks import model as task_model
 
+
 START_WAIT_SECS = 0.2  # how long a refill may hold a merge back while its claim and worktree are under way
 SIGNAL_CHECK_SECS = 0.5  # Windows: a wait on a lock is not broken by Ctrl-C, so the loop looks this often
 STOP_RELEASE_SECS = 10.0  # how long a stop waits for the store to release its workers' tasks (bd: ~0.5 s a call)
 STOP_KILLED_SECS = 10.0  # how long a stop waits, past the grace, for the trees it killed to be gone
+# The store's answer to a batch of look-ups: each task by id, None for one it no longer has as recorded.
+TasksRead = concurrent.futures.Future[dict[str, task_model.Task | None]]
 
 
 class Dispatcher:
     """Owns the workers, the merge queue and the pending merges of one repository."""
 
     def __init__(self, config: configuration.Settings, store: task_model.TaskStore, max_workers: int,
-                 watch: bool = False, out=print):
+                 watch: bool = False, out: Callable[[str], None] = print):
         # The loop sleeps until something happens: a result from the store thread or a starter
         # thread, a process of ours exiting, a signal (each posts here), or its next deadline.
         self.wakeup = wakeups.Wakeup()
@@ -64,7 +69,7 @@ class Dispatcher:
         self.finisher = Finisher(config, self.ledger, store, self.pool, self.queue, self.breaker)
         self.recovery = Recovery(config, self.ledger, store, self.pool)
         self.leases = Leases(self.serial, config.lease_heartbeat_secs, self.say)
-        self.reclaiming: concurrent.futures.Future | None = None
+        self.reclaiming: concurrent.futures.Future[list[tuple[str, str]]] | None = None
         self.next_reclaim = 0.0  # at the start, then every reclaim_interval_secs
         self.stopping = False
         self.interrupts = 0
@@ -75,23 +80,23 @@ class Dispatcher:
         # changed something; a read taken at change N is current while nothing changed since.
         self.ready: list[task_model.Task] = []
         self.changes, self.ready_as_of = 1, 0
-        self.ready_read: tuple[int, concurrent.futures.Future] | None = None
+        self.ready_read: tuple[int, concurrent.futures.Future[list[task_model.Task]]] | None = None
         self.claimed_during_read: set[str] = set()  # the read under way was asked before these claims
         # When a ready list first held each task it holds (the report counts a refill only while
         # a task was ready): a task that leaves the list and comes back is seen anew.
         self.seen_ready: dict[str, float] = {}
         # One claim at a time: the store's answer, the task, and when a ready list first held it.
-        self.claiming: tuple[concurrent.futures.Future, task_model.Task, float] | None = None
+        self.claiming: tuple[concurrent.futures.Future[bool], task_model.Task, float] | None = None
         # The releases of tasks taken off the deck (the run stops, starts are held, the task was
         # edited): the store's answer and the task's id.
-        self.releasing: list[tuple[concurrent.futures.Future, str]] = []
+        self.releasing: list[tuple[concurrent.futures.Future[task_model.Task], str]] = []
         # The task on deck as the store has it now (read at each poll), and the task as claimed.
-        self.deck_read: tuple[task_model.Task, concurrent.futures.Future] | None = None
+        self.deck_read: tuple[task_model.Task, concurrent.futures.Future[task_model.Task]] | None = None
         self.refill_began = 0.0  # when the last claim was handed over: merges wait a moment for its start
-        self.blocked_read: concurrent.futures.Future | None = None
-        self.settle_read: tuple[int, concurrent.futures.Future] | None = None  # the pending merges' tasks
+        self.blocked_read: concurrent.futures.Future[list[task_model.Task]] | None = None
+        self.settle_read: tuple[int, TasksRead] | None = None  # the pending merges' tasks
         self.settled_as_of = 0
-        self.review_read: tuple[int, concurrent.futures.Future] | None = None  # the tasks awaiting review
+        self.review_read: tuple[int, TasksRead] | None = None  # the tasks awaiting review
         self.reviewed_as_of = 0
 
     def say(self, message: str) -> None:
@@ -279,7 +284,7 @@ class Dispatcher:
     def running(self) -> dict[str, records.Worker]:
         return {w.task_id: w for w in self.ledger.state.workers.values() if w.pid is not None and not w.ended}
 
-    def recheck_deck(self, claimed: task_model.Task, future: concurrent.futures.Future) -> None:
+    def recheck_deck(self, claimed: task_model.Task, future: concurrent.futures.Future[task_model.Task]) -> None:
         """The task on deck as the store has it now. No longer this dispatcher's claim (blocked,
         closed, reopened, taken by another, deleted), it is taken off and left as it is; edited
         since its claim (its worktree and message were made from the text as claimed), it is
@@ -317,8 +322,9 @@ class Dispatcher:
         state, running = self.ledger.state, self.running()
         if (deck := self.pool.on_deck()) is not None:
             running[deck.task_id] = deck
-        claims = {held.task_id: held.actor or self.config.actor
-                  for held in [*state.merge_queue, *state.pending.values(), *running.values()]}
+        holders: list[records.MergeRequest | records.PendingMerge | records.Worker] = [
+            *state.merge_queue, *state.pending.values(), *running.values()]
+        claims = {held.task_id: held.actor or self.config.actor for held in holders}
         lost = self.leases.step(claims, running, time.time())
         for worker, why in lost:
             if worker is deck:
@@ -388,7 +394,7 @@ class Dispatcher:
         # a refill): looking again at once would be a busy loop.
         return min((moment for moment in due if moment > now), default=now + self.config.poll_interval_secs)
 
-    def run(self) -> dict:
+    def run(self) -> dict[str, Any]:
         """The run, until it is done; its summary. An error out of it (a gate worktree that cannot
         be made, say) ends the gates first: a gate is never adopted by a later run, which gates its
         request again. Workers are left running, for the next run to adopt."""
@@ -398,7 +404,7 @@ class Dispatcher:
             self.end_gates("the run stopped")
             raise
 
-    def work(self) -> dict:
+    def work(self) -> dict[str, Any]:
         ledger = self.ledger
         self.recovery.reconcile()
         self.queue.epics.close_finished()
@@ -459,14 +465,14 @@ class Dispatcher:
 
     # ---- stopping --------------------------------------------------------------------------
 
-    def interrupt(self, *_):
+    def interrupt(self, *_: object) -> None:
         self.interrupts += 1
         if self.interrupts == 1:
             self.stopping = True
             self.say("Ctrl-C: starting nothing new; running workers will finish and merge. Ctrl-C again to stop now.")
         self.wakeup.post()
 
-    def stop_signalled(self, signum: int, _frame) -> None:
+    def stop_signalled(self, signum: int, _frame: object) -> None:
         """SIGTERM (a service manager), SIGHUP (a closed terminal), SIGBREAK (a closed Windows
         console or Ctrl-Break, see session.hold_console_close): stop now, as at a second Ctrl-C."""
         self.stopping, self.stop_signal = True, signum
@@ -489,10 +495,11 @@ class Dispatcher:
         for worker in list(self.ledger.state.workers.values()):
             # Recorded but never started: the next run releases its task. Being ended already: its kill is waited
             # for. Ended by itself, its leftover commit under way: the next run finishes it as it ended.
-            if worker.slot not in pool.starting and worker.slot not in pool.kills and worker.slot not in pool.committing:
+            if (worker.slot not in pool.starting and worker.slot not in pool.kills
+                    and worker.slot not in pool.committing):
                 pool.end(worker, why)
                 ended.append(worker)
-        under_way = [*pool.starting.values(), *pool.committing.values(),
+        under_way: list[concurrent.futures.Future[Any]] = [*pool.starting.values(), *pool.committing.values(),
                      *(gate.preparing for gate in self.gates if gate.preparing)]
         if self.queue.landing is not None:
             under_way.append(self.queue.landing.moving)
@@ -541,7 +548,7 @@ class Dispatcher:
         gates.wait_until_ended(self.gates)
 
     @staticmethod
-    def end_threads_commands(under_way: list[concurrent.futures.Future]) -> list[processes.TreeKill]:
+    def end_threads_commands(under_way: Sequence[concurrent.futures.Future[Any]]) -> list[processes.TreeKill]:
         """At a stop: the threads at work for the loop (worktrees made, main moved) wait for git,
         which runs the user's hooks, which may never end. Each git command's tree is ended, and
         any a thread starts meanwhile, until the work `under_way` is done (setup commands end at
