@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 import filelock
@@ -52,7 +53,8 @@ def run_session(config: configuration.Settings, store: task_model.TaskStore, max
             pid=os.getpid(), started_at=files.now_iso(), pid_start_time=processes.process_start_time(os.getpid()))
         dispatcher.ledger.save_state()
         dispatcher.ledger.event(EventName.DISPATCHER_STARTED, pid=os.getpid(), max_workers=max_workers, watch=watch)
-        handlers = {signal.SIGINT: dispatcher.interrupt, signal.SIGTERM: dispatcher.stop_signalled}
+        handlers: dict[signal.Signals, Callable[[int, FrameType | None], None]] = {
+            signal.SIGINT: dispatcher.interrupt, signal.SIGTERM: dispatcher.stop_signalled}
         if hasattr(signal, "SIGHUP"):  # POSIX only
             handlers[signal.SIGHUP] = dispatcher.stop_signalled
         previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
