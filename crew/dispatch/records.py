@@ -70,9 +70,9 @@ def same_creation(recorded: str, created_at: str) -> bool:
 
 
 class Record:
-    """A flat dataclass written as one JSON object. Reading drops keys it does not know (one an
-    earlier release wrote, or a later one added) and fills absent ones from `defaults`, then
-    from the field's own default."""
+    """A dataclass written as one flat JSON object (a CarriesBranch with the record it holds
+    flattened in). Reading drops keys it does not know (one an earlier release wrote, or a later
+    one added) and fills absent ones from `defaults`, then from the field's own default."""
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)  # a StrEnum's value is written as the str it is
