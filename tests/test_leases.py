@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -153,7 +154,7 @@ class AnsweringStore:
 def test_every_claim_held_is_renewed_and_only_a_running_workers_loss_ends_it():
     store, said = AnsweringStore({"w": "already claimed by host-b", "q": "already claimed by host-b"}), []
     leases = Leases(store, 60, said.append)
-    worker = records.Worker(slot=1, task_id="w", title="", branch="work/w", worktree="", base="", attempt=1,
+    worker = records.Worker(slot=1, task_id="w", title="", branch="work/w", worktree=Path(), base="", attempt=1,
                             started_at=0, deadline=None, actor="me")
     claims = {"w": "me", "q": "me", "r": "me"}  # a running worker, and two branches waiting to merge
     assert leases.step(claims, {"w": worker}, now=1000) == []  # handed over, not yet seen

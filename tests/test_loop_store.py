@@ -55,7 +55,7 @@ def test_settle_acts_only_on_what_the_store_thread_looked_up(json_agent_setup, r
     ledger = Ledger(config, store, say=lambda message: None)
     ledger.state.pending[followup.id] = records.PendingMerge(
         kind="gate", flight=records.BranchInFlight(task_id=original.id, title="Original", branch="work/proj-1",
-                                                   worktree=str(repo / "gone"), outcome="close", note="", retries=1),
+                                                   worktree=repo / "gone", outcome="close", note="", retries=1),
         files=[], followup_created_at=followup.created_at)
     conflicts = Conflicts(config, ledger, store)
     lookups = conflicts.lookups(busy=set())  # which tasks, read on the loop; the store is asked when it runs

@@ -41,7 +41,7 @@ def queued(queue: MergeQueue, name: str, text: str) -> records.MergeRequest:
     git(config.root, "worktree", "add", "-q", "-b", branch, str(worktree), "main")
     commit_file(worktree, name, text)
     request = records.MergeRequest(records.BranchInFlight(
-        task_id=task.id, title=task.title, branch=branch, worktree=str(worktree), outcome="close", note="",
+        task_id=task.id, title=task.title, branch=branch, worktree=worktree, outcome="close", note="",
         retries=0, actor=config.actor, task_created_at=task.created_at))
     queue.requests.append(request)
     return request

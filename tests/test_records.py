@@ -44,7 +44,7 @@ def test_state_files_of_every_release_load_with_each_record_whole(release, tmp_p
     assert state.dispatcher is not None and state.dispatcher.pid == state_json["dispatcher"]["pid"]
     assert [w.slot for w in state.workers.values()] == [w["slot"] for w in state_json["workers"]]
     for worker, written in zip(state.workers.values(), state_json["workers"]):
-        assert (worker.task_id, worker.branch, worker.worktree, worker.base, worker.attempt, worker.pid) == (
+        assert (worker.task_id, worker.branch, str(worker.worktree), worker.base, worker.attempt, worker.pid) == (
             written["task_id"], written["branch"], written["worktree"], written["base"], written["attempt"],
             written["pid"])
         assert worker.actor == written.get("actor", "me@here") and worker.ended is None
@@ -243,6 +243,9 @@ def test_a_record_s_states_are_read_as_their_kinds():
         records.Outcome.CLOSE, records.Outcome.RELEASE, records.Outcome.CLOSE, records.Outcome.CLOSE]
     assert [(pending.kind, pending.outcome) for pending in state.pending.values()] == [
         (records.PendingKind.CONFLICT, records.Outcome.CLOSE), (records.PendingKind.GATE, records.Outcome.RELEASE)]
+    assert [worker.worktree for worker in state.workers.values()] == [
+        Path("/tmp/wt/proj-1"), Path("/tmp/wt/proj-3"), Path("/tmp/wt/proj-9")]
+    assert [gate.worktree for gate in state.gates] == [Path("/tmp/wt/gate-1")]
 
 
 @pytest.mark.parametrize(("where", "key", "value", "problem"), [
@@ -250,8 +253,11 @@ def test_a_record_s_states_are_read_as_their_kinds():
     ("merge_queue", "outcome", "closed", 'merge-queue entry #1: "outcome" must be one of close, release, not "closed"'),
     ("pending", "kind", None, 'pending merge proj-7: "kind" must be one of conflict, gate, not null'),
     ("pending", "outcome", "keep", 'pending merge proj-7: "outcome" must be one of close, release, not "keep"'),
+    ("workers", "worktree", "", 'worker record #1: "worktree" must be a folder\'s path, not ""'),
+    ("gates", "worktree", 7, 'gate record #1: "worktree" must be a folder\'s path, not 7'),
+    ("pending", "worktree", None, 'pending merge proj-7: "worktree" must be a folder\'s path, not null'),
 ])
-def test_a_state_no_release_writes_is_one_error_naming_the_record_and_the_states_it_may_take(tmp_path, where, key,
+def test_a_state_or_path_no_release_writes_is_one_error_naming_the_record_and_what_it_may_be(tmp_path, where, key,
                                                                                             value, problem):
     state_json, pending_json = every_state()
     (pending_json["proj-7"] if where == "pending" else state_json[where][0])[key] = value
@@ -262,7 +268,7 @@ def test_a_state_no_release_writes_is_one_error_naming_the_record_and_the_states
 
 
 def test_a_branch_in_flight_is_written_flat_and_read_back_whole_by_the_queue_and_pending_merges():
-    flight = records.BranchInFlight(task_id="t-1", title="T", branch="work/t-1", worktree="/wt/t-1",
+    flight = records.BranchInFlight(task_id="t-1", title="T", branch="work/t-1", worktree=Path("/wt/t-1"),
                                     outcome=records.Outcome.RELEASE, note="partial", retries=2, counted=False,
                                     actor="dispatch@vm", task_created_at="2026-12-05T21:58:00Z",
                                     attempt_log="logs/t-1.1.log")

@@ -1,6 +1,8 @@
 """The dispatcher's decisions as pure functions: no git, no store, no processes, no clock."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from crew.dispatch import scheduler
@@ -17,7 +19,7 @@ def task(task_id: str, *files: str, labels=(), created_at: str = "2026-01-01T00:
 
 def worker(task_id: str, slot: int = 1, branch: str | None = None) -> Worker:
     return Worker(slot=slot, task_id=task_id, title="", branch=branch or f"work/{task_id}",
-                  worktree=f"/wt/{task_id}", base="0" * 40, attempt=1, started_at=0.0, deadline=None)
+                  worktree=Path(f"/wt/{task_id}"), base="0" * 40, attempt=1, started_at=0.0, deadline=None)
 
 
 def request(task_id: str) -> MergeRequest:
@@ -30,7 +32,7 @@ def pending(task_id: str, followup_created_at: str = "", kind: str = "conflict")
 
 
 def flight(task_id: str, retries: int) -> BranchInFlight:
-    return BranchInFlight(task_id=task_id, title="", branch=f"work/{task_id}", worktree=f"/wt/{task_id}",
+    return BranchInFlight(task_id=task_id, title="", branch=f"work/{task_id}", worktree=Path(f"/wt/{task_id}"),
                           outcome="close", note="", retries=retries)
 
 

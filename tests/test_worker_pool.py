@@ -30,7 +30,7 @@ def pool(json_agent_setup):
 
 def add_worker(pool: workers.WorkerPool, tmp_path: Path, script: str) -> records.Worker:
     """A running worker whose process is `sh -c script`, in its own process group."""
-    worker = records.Worker(slot=1, task_id="proj-1", title="t", branch="work/proj-1", worktree=str(tmp_path),
+    worker = records.Worker(slot=1, task_id="proj-1", title="t", branch="work/proj-1", worktree=tmp_path,
                             base="", attempt=1, started_at=time.time(), deadline=None, log="worker.log")
     proc = processes.start_process(["sh", "-c", script], tmp_path, None, tmp_path / "worker.log", pool.mark(worker))
     worker.pid, worker.pid_start_time = proc.pid, processes.process_start_time(proc.pid)

@@ -121,7 +121,7 @@ class Conflicts:
         if kind == records.PendingKind.CONFLICT and self.config.on_conflict == "auto_rebase" and not request.rebased:
             request.rebased = True
             ledger.save_state()
-            worktree = Path(request.worktree)
+            worktree = request.worktree
             result = git.git("rebase", "-q", self.config.main_branch, cwd=worktree, check=False,
                              timeout=self.config.git_hook_timeout_secs)
             if result.returncode == 0:
@@ -132,7 +132,7 @@ class Conflicts:
         retries = request.retries + 1
         if retries > self.config.max_merge_retries:
             ledger.drop_request(request)
-            worktrees.remove_worktree(self.root, Path(request.worktree))
+            worktrees.remove_worktree(self.root, request.worktree)
             # The last failure, in the task's notes: the attempt a person may start later learns from it.
             last = (f"the checks' output ends: {safe_names.one_line_tail(detail)}" if kind == records.PendingKind.GATE
                     else f"the last conflict was in {', '.join(files)}")
@@ -225,7 +225,7 @@ class Conflicts:
                 if pending.kind == records.PendingKind.CONFLICT and not committed_since(self.root, pending):
                     del state.pending[followup_id]
                     ledger.save_pending()
-                    worktrees.remove_worktree(self.root, Path(pending.worktree))
+                    worktrees.remove_worktree(self.root, pending.worktree)
                     ledger.block(pending.task_id, f"{followup_id} ({followup.title}) was closed with no commit on "
                                                   f"{pending.branch} after the dispatcher's, so the conflict "
                                                   f"stands; branch {pending.branch} kept", pending.actor)
@@ -241,7 +241,7 @@ class Conflicts:
             elif followup.status == "blocked":
                 del state.pending[followup_id]
                 ledger.save_pending()
-                worktrees.remove_worktree(self.root, Path(pending.worktree))
+                worktrees.remove_worktree(self.root, pending.worktree)
                 ledger.block(pending.task_id, f"{followup_id} ({followup.title}) is blocked: "
                                               f"{followup.notes.splitlines()[-1] if followup.notes else ''}",
                              pending.actor)

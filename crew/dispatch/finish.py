@@ -3,7 +3,7 @@ is released for another attempt, or blocked."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import cast
 
 from crew import config as configuration
@@ -40,7 +40,7 @@ class Finisher:
         if worker.pid is None and not self.agent_ran_unrecorded(worker):
             self.never_started(worker)
             return
-        worktree, task_id = Path(worker.worktree), worker.task_id
+        worktree, task_id = worker.worktree, worker.task_id
         why = worker.ended or "exited"
         refused = ""  # why the hooks refused what it left uncommitted, for the task's note
         if (committing := self.pool.committing.pop(worker.slot, None)) is not None:
@@ -106,7 +106,7 @@ class Finisher:
         and another took the task): the task is not this dispatcher's to settle, and its work
         waits on the branch."""
         if worker.kind == records.WorkerKind.TASK:  # a conflict task's worktree belongs to the branch it resolves
-            worktrees.remove_worktree(self.root, Path(worker.worktree))
+            worktrees.remove_worktree(self.root, worker.worktree)
         kept = f"the worker was ended, its branch {worker.branch} kept and not merged"
         if worker.ended == records.TASK_BLOCKED:
             reason = f"blocked while its worker ran; {kept}"
@@ -132,7 +132,7 @@ class Finisher:
         """A worker recorded by a dispatcher that stopped before starting it: no attempt was made.
         Should anything have run after all (a crash between start and record), its work is kept."""
         self.pool.forget(worker)
-        worktree = Path(worker.worktree)
+        worktree = worker.worktree
         if worktree.exists():
             git.clear_interrupted_git_state(worktree)
             message = f"dispatch: uncommitted work of {worker.task_id} (found after a restart)"
@@ -159,7 +159,7 @@ class Finisher:
             return ""
         except errors.CommitRefused as refused:
             said = safe_names.one_line_tail(refused.stderr + "\n" + refused.stdout) or "(no output)"
-            worktrees.discard_changes(self.root, Path(worker.worktree))
+            worktrees.discard_changes(self.root, worker.worktree)
             self.ledger.event(EventName.LEFTOVER_REFUSED, worker.task_id, output=said)
             self.ledger.say(f"{worker.task_id}: the repository's git hooks refused its uncommitted changes; "
                             f"discarded: {said[:120]}")
@@ -198,7 +198,7 @@ class Finisher:
     def collect_followups(self, worker: records.Worker) -> None:
         """The agent's follow-up ideas go to suggested_tasks.txt, never to main."""
         name = PurePosixPath(safe_names.check_repo_path(self.config.worker_followups_file)).name
-        worktree = Path(worker.worktree)
+        worktree = worker.worktree
         found = git.added_files_named(worktree, self.config.main_branch, name)
         lines = []
         for path in (worktree / f for f in found):

@@ -61,7 +61,7 @@ class Gate:
 
     @property
     def record(self) -> records.GateRecord | None:
-        return next((gate for gate in self.ledger.state.gates if gate.worktree == str(self.worktree)), None)
+        return next((gate for gate in self.ledger.state.gates if gate.worktree == self.worktree), None)
 
     @property
     def busy(self) -> bool:
@@ -81,7 +81,7 @@ class Gate:
         log = self.ledger.logs / f"{self.worktree.name.lstrip('.')}.log"
         log.unlink(missing_ok=True)
         record = records.GateRecord(
-            task_id=task_id, branch=branch, base=base, commit=commit, worktree=str(self.worktree),
+            task_id=task_id, branch=branch, base=base, commit=commit, worktree=self.worktree,
             log=f"{log.parent.name}/{log.name}", pid=None, pid_start_time=None, started_at=time.time(),
             deadline=None, stack=list(stack))
         self.ledger.state.gates.append(record)

@@ -195,7 +195,7 @@ class MergeQueue:
         task = ledger.current_task(request.task_id, request.task_created_at)
         if task is None:
             self.drop(request)
-            worktrees.remove_worktree(root, Path(request.worktree))
+            worktrees.remove_worktree(root, request.worktree)
             ledger.drop_record_of_gone_task(request.task_id, f"merge of {request.branch} (the branch is kept)")
             return Decision(Verdict.DROPPED)
         tip = git.rev_parse(root, f"refs/heads/{request.branch}")
@@ -213,7 +213,7 @@ class MergeQueue:
                                               f" ({task.assignee or 'unassigned'}); branch {request.branch} kept"})
             ledger.event(EventName.STALE_BRANCH, task.id, branch=request.branch)
             ledger.say(f"{task.id}: not merged: the task changed meanwhile ({task.status}); branch kept")
-            worktrees.remove_worktree(root, Path(request.worktree))
+            worktrees.remove_worktree(root, request.worktree)
             return Decision(Verdict.DROPPED)
         if held := self.why_main_is_held():  # known before anything is computed or written
             self.merge_waits(request, held)
@@ -459,7 +459,7 @@ class MergeQueue:
             ledger.state.attempts.pop(task_id, None)
         elif task.status == "in_progress":
             ledger.attempt_failed(task_id, f"{request.note} (merge {short})", request.actor, counted=request.counted)
-        worktrees.remove_worktree(self.root, Path(request.worktree))
+        worktrees.remove_worktree(self.root, request.worktree)
         if self.config.delete_merged_branches:
             git.git("branch", "-D", request.branch, cwd=self.root, check=False)
         self.drop(request)

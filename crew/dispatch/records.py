@@ -75,7 +75,7 @@ class Record:
     one added) and fills absent ones from `defaults`, then from the field's own default."""
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)  # a StrEnum's value is written as the str it is
+        return {key: file_value(value) for key, value in dataclasses.asdict(self).items()}
 
     @classmethod
     def file_fields(cls) -> list[dataclasses.Field[typing.Any]]:
@@ -86,33 +86,44 @@ class Record:
     def from_json(cls, data: dict, defaults: dict | None = None) -> Self:
         known = {field.name for field in dataclasses.fields(cls)}
         fields = {**(defaults or {}), **{key: value for key, value in data.items() if key in known}}
-        return cls(**{key: kinds[key](value) if key in (kinds := enum_fields(cls)) else value
+        return cls(**{key: kinds[key](value) if key in (kinds := typed_fields(cls)) else value
                       for key, value in fields.items()})
 
 
-def enum_fields(cls: type) -> dict[str, type[enum.StrEnum]]:
-    """The fields of a record whose values are one of a StrEnum's, by name (read once a kind); a
-    record it holds (a BranchInFlight) gives its own, as its file holds them flat."""
-    if cls not in ENUM_FIELDS:
+def file_value(value: object) -> object:
+    """A record's value as its file holds it: a StrEnum's value is written as the str it is, a
+    path as its text."""
+    return str(value) if isinstance(value, Path) else value
+
+
+def typed_fields(cls: type) -> dict[str, type]:
+    """The fields of a record held in memory as what its file writes as a string (one of a
+    StrEnum's values, or a path), by name (read once a kind); a record it holds (a
+    BranchInFlight) gives its own, as its file holds them flat."""
+    if cls not in TYPED_FIELDS:
         hints = typing.get_type_hints(cls)
-        ENUM_FIELDS[cls] = {name: kind for name, kind in hints.items()
-                            if isinstance(kind, type) and issubclass(kind, enum.StrEnum)}
+        TYPED_FIELDS[cls] = {name: kind for name, kind in hints.items()
+                             if isinstance(kind, type) and issubclass(kind, (enum.StrEnum, Path))}
         for kind in hints.values():
             if isinstance(kind, type) and issubclass(kind, Record):
-                ENUM_FIELDS[cls].update(enum_fields(kind))
-    return ENUM_FIELDS[cls]
+                TYPED_FIELDS[cls].update(typed_fields(kind))
+    return TYPED_FIELDS[cls]
 
 
-ENUM_FIELDS: dict[type, dict[str, type[enum.StrEnum]]] = {}
+TYPED_FIELDS: dict[type, dict[str, type]] = {}
 
 
 def wrong_values(records: Iterable[tuple[str, object]], cls: type, what: str) -> str | None:
     """The first record (an object) with a value its record kind does not know, described."""
     for name, record in records:
-        for key, kind in enum_fields(cls).items():
-            if isinstance(record, dict) and key in record and record[key] not in set(kind):
+        for key, kind in typed_fields(cls).items():
+            if not isinstance(record, dict) or key not in record:
+                continue
+            if issubclass(kind, enum.StrEnum) and record[key] not in set(kind):
                 return (f"{what} {name}: {json.dumps(key)} must be one of {', '.join(kind)}, "
                         f"not {json.dumps(record[key])}")
+            if issubclass(kind, Path) and not (isinstance(record[key], str) and record[key]):
+                return f"{what} {name}: {json.dumps(key)} must be a folder's path, not {json.dumps(record[key])}"
     return None
 
 
@@ -131,7 +142,7 @@ class Worker(Record):
     task_id: str
     title: str
     branch: str
-    worktree: str
+    worktree: Path
     base: str
     attempt: int
     started_at: float
@@ -169,7 +180,7 @@ class BranchInFlight(Record):
     task_id: str
     title: str
     branch: str
-    worktree: str
+    worktree: Path
     outcome: Outcome
     note: str
     retries: int
@@ -200,7 +211,7 @@ class CarriesBranch(Record):
     def to_json(self) -> dict[str, typing.Any]:
         flat = dataclasses.asdict(self)  # type: ignore[call-overload]  # every subclass is a dataclass
         flat.update(flat.pop("flight"))
-        return {key: flat[key] for key in self.FILE_KEYS if key not in self.SET_ONLY or flat[key]}
+        return {key: file_value(flat[key]) for key in self.FILE_KEYS if key not in self.SET_ONLY or flat[key]}
 
     @classmethod
     def from_json(cls, data: dict[str, typing.Any], defaults: dict[str, typing.Any] | None = None) -> Self:
@@ -229,7 +240,7 @@ class CarriesBranch(Record):
         return self.flight.branch
 
     @property
-    def worktree(self) -> str:
+    def worktree(self) -> Path:
         return self.flight.worktree
 
     @property
@@ -349,7 +360,7 @@ class GateRecord(Record):
     branch: str
     base: str
     commit: str
-    worktree: str
+    worktree: Path
     log: str
     pid: int | None
     pid_start_time: float | None
@@ -365,7 +376,7 @@ def process_mark(root: Path, record: Worker | GateRecord) -> str:
     """What every process started for this worker or gate carries in its environment (see
     crew/orphans.py): one attempt's (its log is its own), or one gate's of one commit, in this
     repository. Made from the record, so a restart finds what an earlier run left running."""
-    return f"{root}|{record.log if isinstance(record, Worker) else record.worktree + '@' + record.commit}"
+    return f"{root}|{record.log if isinstance(record, Worker) else f'{record.worktree}@{record.commit}'}"
 
 
 @dataclasses.dataclass
@@ -476,6 +487,8 @@ def state_problem(data: object) -> str | None:
                             "merge-queue entry")
             or missing_keys(data.get("branches", {}).items(), BRANCH_KEYS, "branch record")
             or missing_keys(((f"#{i + 1}", g) for i, g in enumerate(data.get("gates", []))), GATE_KEYS,
+                            "gate record")
+            or wrong_values(((f"#{i + 1}", g) for i, g in enumerate(data.get("gates", []))), GateRecord,
                             "gate record")
             or missing_keys(data.get("left_main", {}).items(), LEFT_MAIN_KEYS, "left-main record"))
 

@@ -1,7 +1,6 @@
 """After a crash or a restart: the records an earlier run left are looked at before anything starts."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from crew import config as configuration
@@ -127,7 +126,7 @@ class Recovery:
         """Remove the worktrees an earlier run made and no record names (a worker's work is
         recorded before it starts, so nothing of value is in them); anything else is not ours."""
         state = self.ledger.state
-        known = {Path(r.worktree).resolve() for r in branches_in_flight(state)}
+        known = {r.worktree.resolve() for r in branches_in_flight(state)}
         root = self.config.worktree_root.resolve()
         owned = worktrees.dispatcher_worktrees(self.root)
         for path in sorted(owned - known):

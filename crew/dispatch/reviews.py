@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from crew import config as configuration
 from crew import errors
@@ -175,7 +174,7 @@ class Reviews:
         step may be repeated after a crash: the request is dropped only once the branch is aside."""
         self.store.relabel(task.id, remove=[review.AWAITING_LABEL])
         failpoints.failpoint("review_rejecting")
-        worktrees.remove_worktree(self.root, Path(request.worktree))
+        worktrees.remove_worktree(self.root, request.worktree)
         fresh = decision is review.Decision.REJECTED
         kept_as = self.set_aside(request) if fresh else request.branch
         if fresh:

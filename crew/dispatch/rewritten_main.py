@@ -10,7 +10,6 @@ import concurrent.futures
 import enum
 import json
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 from crew import config as configuration
@@ -157,7 +156,7 @@ class RewrittenMain:
     def rebase(self, request: records.MergeRequest, left: records.LeftMain, onto: str) -> str | None:
         """In a starter thread: git and the branch's own worktree only. None once the branch
         carries none of the commits (already so after a crash mid-way); else why it cannot."""
-        worktree = Path(request.worktree)
+        worktree = request.worktree
         if not worktree.exists():
             worktrees.remove_worktree(self.root, worktree)  # git may still list it
             worktrees.add_dispatcher_worktree(self.root, worktree, str(worktree), request.branch,
@@ -223,7 +222,7 @@ class RewrittenMain:
 
     def discard(self, request: records.MergeRequest, tip: str) -> None:
         """Delete the branch (and its worktree), then its records; the task is released."""
-        worktrees.remove_worktree(self.root, Path(request.worktree))
+        worktrees.remove_worktree(self.root, request.worktree)
         git.git("branch", "-D", request.branch, cwd=self.root, check=False)
         state = self.ledger.state
         state.left_main.pop(request.branch, None)

@@ -31,7 +31,7 @@ def status(config: configuration.Settings, store: task_model.TaskStore) -> dict[
     return {
         "dispatcher": {"pid": dispatcher.pid, "started_at": dispatcher.started_at} if dispatcher else None,
         "workers": [{"slot": w.slot, "task_id": w.task_id, "title": w.title, "branch": w.branch,
-                     "worktree": w.worktree, "pid": w.pid, "started_at": iso(w.started_at),
+                     "worktree": str(w.worktree), "pid": w.pid, "started_at": iso(w.started_at),
                      "deadline": iso(w.deadline), "log": w.log, "on_deck": w.slot == records.ON_DECK and w.pid is None}
                     for w in state.workers.values()],
         "merge_queue": [{"task_id": r.task_id, "branch": r.branch, "outcome": r.outcome, "waiting": r.waiting,
@@ -39,7 +39,7 @@ def status(config: configuration.Settings, store: task_model.TaskStore) -> dict[
                         for r in state.merge_queue],
         "main_branch": config.main_branch,
         "gates": [{"task_id": g.task_id, "branch": g.branch, "stack": g.stack, "commit": g.commit,
-                   "worktree": g.worktree, **gate_state(g, dispatcher is not None, alive(g)), "pid": g.pid,
+                   "worktree": str(g.worktree), **gate_state(g, dispatcher is not None, alive(g)), "pid": g.pid,
                    "elapsed_secs": round(time.time() - g.started_at, 1), "log": g.log} for g in state.gates],
         "pending_merges": [{"followup_task": followup, **pending.to_json()}
                            for followup, pending in state.pending.items()],

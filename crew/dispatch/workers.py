@@ -5,7 +5,6 @@ import concurrent.futures
 import subprocess
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TypeVar
 
 from crew import config as configuration
@@ -115,7 +114,7 @@ class WorkerPool:
         large repository takes seconds, and merges and other workers must not wait for that."""
         state = self.ledger.state
         if conflict:
-            branch, worktree = conflict.branch, Path(conflict.worktree)
+            branch, worktree = conflict.branch, conflict.worktree
         else:
             branch = worktrees.branch_for(self.config, state.branches, task)
             worktree = worktrees.free_worktree_path(self.config, safe_names.file_name(task.id))
@@ -128,7 +127,7 @@ class WorkerPool:
             attempts = 0
         kind = records.WorkerKind.CONFLICT if conflict else records.WorkerKind.TASK
         worker = records.Worker(slot=slot, task_id=task.id, title=safe_names.clean_title(task.title), branch=branch,
-                                worktree=str(worktree), base="", attempt=attempts + 1, started_at=time.time(),
+                                worktree=worktree, base="", attempt=attempts + 1, started_at=time.time(),
                                 deadline=None, kind=kind, log=self.new_log(task.id, attempts + 1),
                                 actor=self.config.actor, task_created_at=task.created_at)
         self.workers[slot] = worker
@@ -156,7 +155,7 @@ class WorkerPool:
 
     def _prepare_worktree(self, worker: records.Worker, task: task_model.Task,
                           conflict: records.PendingMerge | None) -> tuple[list[str], dict[str, str]]:
-        worktree = Path(worker.worktree)
+        worktree = worker.worktree
         if conflict:
             worktrees.prepare_conflict_worktree(self.config, task, conflict)
         else:
@@ -187,7 +186,7 @@ class WorkerPool:
             return
         ledger.save_state()  # its base: a crash before its pid is recorded leaves an agent that may have run
         try:
-            self.procs[worker.slot] = proc = processes.start_process(argv, Path(worker.worktree), env,
+            self.procs[worker.slot] = proc = processes.start_process(argv, worker.worktree, env,
                                                                      root / worker.log, self.mark(worker))
         except OSError as exc:  # e.g. the agent was uninstalled after preflight
             self.forget(worker)

@@ -140,7 +140,7 @@ def prepare_conflict_worktree(config: configuration.Settings, task: task_model.T
                               conflict: records.PendingMerge) -> None:
     """Merge main into the branch and commit the conflicts, so the agent starts clean."""
     root, main = config.root, config.main_branch
-    worktree, branch = Path(conflict.worktree), conflict.branch
+    worktree, branch = conflict.worktree, conflict.branch
     if not worktree.exists():
         remove_worktree(root, worktree)  # git may still list it, if only its folder was deleted
         add_dispatcher_worktree(root, worktree, str(worktree), branch, timeout=config.git_hook_timeout_secs)
@@ -232,7 +232,7 @@ def discard_changes(root: Path, worktree: Path) -> None:
 
 def discard_attempt(config: configuration.Settings, worker: records.Worker) -> None:
     """Remove an attempt's worktree; its branch too, unless it holds work main lacks."""
-    remove_worktree(config.root, Path(worker.worktree))
+    remove_worktree(config.root, worker.worktree)
     if git.rev_parse(config.root, f"refs/heads/{worker.branch}") and git.is_ancestor(
             config.root, worker.branch, config.main_branch):
         git.git("branch", "-D", worker.branch, cwd=config.root, check=False)
