@@ -6,7 +6,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import filelock
@@ -17,10 +17,11 @@ from crew import failpoints
 from crew import git
 from crew import names as safe_names
 from crew import processes
+from crew.dispatch import conflicts as conflict_tasks
 from crew.dispatch import epics
+from crew.dispatch import gate as gates
 from crew.dispatch import main_checks
 from crew.dispatch import merge_results
-from crew.dispatch.merge_results import Decision, MainMove, Verdict
 from crew.dispatch import parallel_gates
 from crew.dispatch import records
 from crew.dispatch import revert
@@ -29,14 +30,16 @@ from crew.dispatch import reviews as awaiting_review
 from crew.dispatch import rewritten_main
 from crew.dispatch import scheduler
 from crew.dispatch import stacks
-from crew.dispatch import worktrees
-from crew.dispatch import conflicts as conflict_tasks
-from crew.dispatch import gate as gates
 from crew.dispatch import wakeup as wakeups
+from crew.dispatch import worktrees
 from crew.dispatch.ledger import Ledger
+from crew.dispatch.merge_results import Decision
+from crew.dispatch.merge_results import MainMove
+from crew.dispatch.merge_results import Verdict
 from crew.dispatch.say_once import Told
 from crew.report.events import EventName
 from crew.tasks import model as task_model
+
 
 MERGE_SLOT_HELD = "the merge slot is held by another process"
 FILES_NAMED = 10  # files in the way a waiting merge names; the rest are counted
@@ -71,8 +74,8 @@ class Landing:
 
 class MergeQueue:
     def __init__(self, config: configuration.Settings, ledger: Ledger, store: task_model.TaskStore,
-                 all_gates: list[gates.Gate], conflicts: conflict_tasks.Conflicts, stop_now_reason,
-                 wakeup: wakeups.Wakeup):
+                 all_gates: list[gates.Gate], conflicts: conflict_tasks.Conflicts,
+                 stop_now_reason: Callable[[], str | None], wakeup: wakeups.Wakeup):
         """all_gates: one gate, or with merge_gate_parallelism above 1 that many, run speculatively."""
         self.config, self.ledger, self.store, self.conflicts = config, ledger, store, conflicts
         self.gate, self.all_gates = all_gates[0], all_gates
@@ -110,11 +113,11 @@ class MergeQueue:
     def step(self) -> bool:
         """Merge queued branches in order; True if main moved or the queue changed. Never waits
         for the gate: while it runs it is looked at, and nothing behind its request merges."""
-        if self.landing is not None:  # nothing merges while main moves: each merge is computed on main
-            if self.landing.moving.done():
+        if (landing := self.landing) is not None:  # nothing merges while main moves: each merge is computed on main
+            if landing.moving.done():
                 if self.speculative:
                     self.speculative.forget_main()  # it moved, or someone else's move stopped ours
-                return self.landed()
+                return self.landed(landing)
             return self.speculative.poll() if self.speculative else False
         if self.speculative:
             return self.speculative.step()
@@ -146,7 +149,7 @@ class MergeQueue:
             return self.gate.main_looked_at + self.config.poll_interval_secs
         return None
 
-    def merge_slot(self):
+    def merge_slot(self) -> contextlib.AbstractContextManager[object] | None:
         """The merge slot, taken without waiting (a process holding it must not stall the loop):
         a context that holds it, or None when another process has it."""
         if not self.config.merge_slot:
@@ -172,18 +175,18 @@ class MergeQueue:
             return False
         with slot:
             decision = self.decide(request)
-            if decision.commit is None:
+            task, base, commit = decision.task, decision.base, decision.commit
+            if commit is None or task is None or base is None:  # a CLEAN decision carries all three
                 return decision.verdict is not Verdict.WAITS
             if request.review == review.State.APPROVED and review.gate_stands(
-                    decision.base, git.rev_parse(self.root, f"{decision.commit}^2") or "", request.review_base,
+                    base, git.rev_parse(self.root, f"{commit}^2") or "", request.review_base,
                     request.review_tip) and git.rev_parse(self.root, request.review_commit):
                 # Approved as gated, and neither main nor the branch moved since: that very commit lands.
-                return not self.land(request, decision.task, decision.base, request.review_commit, slot,
-                                     request.review_gate_log)
+                return not self.land(request, task, base, request.review_commit, slot, request.review_gate_log)
             if self.config.merge_gate_command:
-                self.gate.start(request, decision.base, decision.commit)
+                self.gate.start(request, base, commit)
                 return False
-            return not self.land(request, decision.task, decision.base, decision.commit, slot)
+            return not self.land(request, task, base, commit, slot)
 
     def decide(self, request: records.MergeRequest, onto: str | None = None) -> Decision:
         """What becomes of a request now, with the merge slot held: its merge commit on main, or
@@ -205,7 +208,9 @@ class MergeQueue:
             return Decision(Verdict.DROPPED)
         if git.is_ancestor(root, tip, main):  # merged before a crash: only the bookkeeping is left
             merge = git.merge_of(root, tip, main)  # None: landed by hand without a merge commit
-            self.finish_merge(request, task, merge or git.rev_parse(root, main), merge_commit=merge is not None)
+            # Main holds the branch's tip, so it exists: read as a commit that must be there.
+            self.finish_merge(request, task, merge or git.git_out(root, "rev-parse", "--verify", main + "^{commit}"),
+                              merge_commit=merge is not None)
             return Decision(Verdict.MERGED)
         if task.status != "in_progress" or task.assignee != request.actor:
             self.drop(request)
@@ -219,13 +224,15 @@ class MergeQueue:
             self.merge_waits(request, held)
             return Decision(Verdict.WAITS)
         base = main_now  # read once: a main moved since is found by the move's compare-and-swap
+        if base is None:
+            raise errors.UserError(f"the branch {main} is gone: no merge can be made onto it")
         if marked := git.new_marker_files(root, base, tip):
             self.conflicts.file(request, marked, base, "the branch adds conflict markers")
             return Decision(Verdict.CONFLICT)
         merged = stacks.merge_onto(root, onto or base, base, tip,
                                    f"Merge {request.branch}: {request.title} ({request.task_id})")
-        if merged.with_main:
-            self.conflicts.file(request, merged.conflict.files, base, merged.conflict.messages, merged=merged.conflict)
+        if merged.with_main and (conflict := merged.conflict) is not None:  # with_main: its conflict is there
+            self.conflicts.file(request, conflict.files, base, conflict.messages, merged=conflict)
             return Decision(Verdict.CONFLICT)
         if merged.commit is None:
             return Decision(Verdict.STACK_CONFLICT, task)
@@ -263,15 +270,16 @@ class MergeQueue:
         record = failed.record
         blame = main_checks.blame(self.ledger.state.main_check, record.base)
         if blame is main_checks.Blame.BRANCH:
-            self.conflicts.file(request, [], record.base, failed.output, kind=records.PendingKind.GATE, commit=record.commit)
+            self.conflicts.file(request, [], record.base, failed.output, kind=records.PendingKind.GATE,
+                                commit=record.commit)
         elif blame is main_checks.Blame.MAIN:
             gates.say_failure_not_counted(self.ledger, record, gates.MAIN_FAILS_REASON)
             self.merge_waits(request, self.main_fails())
-        elif not any(gate.busy and gates.is_main_check(gate.record) for gate in self.all_gates):
-            if free := next((gate for gate in self.all_gates if not gate.busy), None):
-                self.ledger.say(f"{request.task_id}: checks failed on {request.branch}; checking "
-                                f"{self.config.main_branch} itself before blaming the branch")
-                free.check_main(record.base)
+        elif (not any(gate.record is not None and gates.is_main_check(gate.record) for gate in self.all_gates)
+              and (free := next((gate for gate in self.all_gates if not gate.busy), None))):
+            self.ledger.say(f"{request.task_id}: checks failed on {request.branch}; checking "
+                            f"{self.config.main_branch} itself before blaming the branch")
+            free.check_main(record.base)
         return blame
 
     def main_checked(self, outcome: gates.GateOutcome) -> bool:
@@ -343,10 +351,10 @@ class MergeQueue:
         self.landing = Landing(request, task, base, tip, commit, slot.pop_all(), moving)
         return True
 
-    def landed(self) -> bool:
-        """The move is over: the request is merged, or waits, or (main moved meanwhile) is
-        decided again on the next step. True unless it waits."""
-        landing, self.landing = self.landing, None
+    def landed(self, landing: Landing) -> bool:
+        """The move is over (`landing` was this queue's): the request is merged, or waits, or (main
+        moved meanwhile) is decided again on the next step. True unless it waits."""
+        self.landing = None
         with landing.slot:
             moved: MainMove = landing.moving.result()
             if moved.move is merge_results.Move.RACED:
@@ -363,7 +371,7 @@ class MergeQueue:
             self.rewritten.observe(landing.commit, parent=landing.base)
             return True
 
-    def merge_waits(self, request: records.MergeRequest, reason: str) -> bool:
+    def merge_waits(self, request: records.MergeRequest, reason: str | None) -> bool:
         """Try the merge again later, after a pause that grows: what keeps main still (a stale
         lock, the user's rebase) may stand for hours. Each reason is said once."""
         request.waits += 1
@@ -389,6 +397,7 @@ class MergeQueue:
         if held := self.why_main_is_held():  # it may have begun while the merge was computed
             return MainMove.stays(held)
         checkout, timeout = git.checkout_of_branch(self.root, main), self.config.git_hook_timeout_secs
+        result: processes.Completed | None
         try:
             if checkout is None:
                 result = git.git("update-ref", f"refs/heads/{main}", new, old, cwd=self.root, check=False,
