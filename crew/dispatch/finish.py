@@ -125,7 +125,7 @@ class Finisher:
         if not worker.base:
             return False
         tip = git.rev_parse(self.root, f"refs/heads/{worker.branch}")
-        worktree = Path(worker.worktree)
+        worktree = worker.worktree
         return bool(tip and tip != worker.base) or (worktree.exists() and worktrees.has_leftovers(worktree))
 
     def never_started(self, worker: records.Worker) -> None:
