@@ -23,7 +23,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Self
 
-from crew import errors, names
+from crew import errors
+from crew import names
+
 
 STATE_VERSION = 5
 TIMED_OUT = "timed out"
@@ -74,16 +76,19 @@ class Record:
     flattened in). Reading drops keys it does not know (one an earlier release wrote, or a later
     one added) and fills absent ones from `defaults`, then from the field's own default."""
 
-    def to_json(self) -> dict:
+    # Every record is a dataclass: said here so that the type checker lets dataclasses read one.
+    __dataclass_fields__: typing.ClassVar[dict[str, dataclasses.Field[typing.Any]]]
+
+    def to_json(self) -> dict[str, typing.Any]:
         return {key: file_value(value) for key, value in dataclasses.asdict(self).items()}
 
     @classmethod
     def file_fields(cls) -> list[dataclasses.Field[typing.Any]]:
         """The fields its file holds, in the file's order."""
-        return list(dataclasses.fields(cls))  # type: ignore[arg-type]
+        return list(dataclasses.fields(cls))
 
     @classmethod
-    def from_json(cls, data: dict, defaults: dict | None = None) -> Self:
+    def from_json(cls, data: dict[str, typing.Any], defaults: dict[str, typing.Any] | None = None) -> Self:
         known = {field.name for field in dataclasses.fields(cls)}
         fields = {**(defaults or {}), **{key: value for key, value in data.items() if key in known}}
         return cls(**{key: kinds[key](value) if key in (kinds := typed_fields(cls)) else value
@@ -209,7 +214,7 @@ class CarriesBranch(Record):
     SET_ONLY: typing.ClassVar[tuple[str, ...]] = ()
 
     def to_json(self) -> dict[str, typing.Any]:
-        flat = dataclasses.asdict(self)  # type: ignore[call-overload]  # every subclass is a dataclass
+        flat = dataclasses.asdict(self)
         flat.update(flat.pop("flight"))
         return {key: file_value(flat[key]) for key in self.FILE_KEYS if key not in self.SET_ONLY or flat[key]}
 
@@ -223,7 +228,7 @@ class CarriesBranch(Record):
 
     @classmethod
     def file_fields(cls) -> list[dataclasses.Field[typing.Any]]:
-        own = dataclasses.fields(cls)  # type: ignore[arg-type]  # every subclass is a dataclass
+        own = dataclasses.fields(cls)
         fields = {field.name: field for field in (*own, *dataclasses.fields(BranchInFlight))}
         return [fields[key] for key in cls.FILE_KEYS]
 
@@ -408,7 +413,7 @@ class DispatchState:
     main_seen: str = ""
     left_main: dict[str, LeftMain] = dataclasses.field(default_factory=dict)  # by branch
 
-    def state_json(self) -> dict:
+    def state_json(self) -> dict[str, typing.Any]:
         """The content of .dispatch_state.json."""
         return {"version": STATE_VERSION, "dispatcher": self.dispatcher.to_json() if self.dispatcher else None,
                 "workers": [worker.to_json() for worker in self.workers.values()],
@@ -420,7 +425,7 @@ class DispatchState:
                 "main_seen": self.main_seen,
                 "left_main": {branch: left.to_json() for branch, left in self.left_main.items()}}
 
-    def pending_json(self) -> dict:
+    def pending_json(self) -> dict[str, typing.Any]:
         """The content of .dispatch_pending_merge_retries.json."""
         return {followup: pending.to_json() for followup, pending in self.pending.items()}
 
@@ -447,7 +452,7 @@ def missing_keys(records: Iterable[tuple[str, object]], keys: Sequence[str], wha
     return None
 
 
-def state_version(data: dict) -> int | str:
+def state_version(data: dict[str, typing.Any]) -> int | str:
     """The file's version (1 when it has none), or what is wrong with it."""
     version = data.get("version", 1)
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
@@ -510,10 +515,11 @@ def load_state(state_json: object, pending_json: object, *, state_path: Path, pe
     default_actor: whose claims the records written before claims carried their actor are.
     logs: the events and worker logs folder (a worker written before each attempt had its own
     log used <task>.log there)."""
-    for path, data, problem in ((state_path, state_json, state_problem), (pending_path, pending_json, pending_problem)):
-        if data is not None and (why := problem(data)):
+    for path, content, problem in ((state_path, state_json, state_problem),
+                                   (pending_path, pending_json, pending_problem)):
+        if content is not None and (why := problem(content)):
             raise errors.UserError(f"{path}: {why}; fix or move it (it was left untouched)")
-    data = state_json or {}
+    data: dict[str, typing.Any] = state_json if isinstance(state_json, dict) else {}  # checked just above
     state = DispatchState(
         dispatcher=DispatcherRecord.from_json(data["dispatcher"]) if data.get("dispatcher") else None,
         attempts=dict(data.get("attempts", {})),
@@ -532,11 +538,11 @@ def load_state(state_json: object, pending_json: object, *, state_path: Path, pe
     state.merge_queue = [MergeRequest.from_json(entry, {"actor": default_actor})
                          for entry in data.get("merge_queue", [])]
     state.pending = {followup: PendingMerge.from_json(pending, {"title": pending["task_id"], "actor": default_actor})
-                     for followup, pending in (pending_json or {}).items()}
+                     for followup, pending in (pending_json if isinstance(pending_json, dict) else {}).items()}
     return state
 
 
-def migrated_worker(data: dict, default_actor: str, logs: Path) -> Worker:
+def migrated_worker(data: dict[str, typing.Any], default_actor: str, logs: Path) -> Worker:
     defaults = {}
     if "log" not in data:
         legacy = logs / f"{names.file_name(str(data['task_id']))}.log"
