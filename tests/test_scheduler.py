@@ -163,6 +163,16 @@ def test_the_breaker_trips_once_after_the_limit_and_stays_tripped_without_watch(
     assert breaker.check(now=10_000) == (True, False)
 
 
+def test_attempts_not_yet_judged_that_would_trip_the_breaker_are_counted_as_failures():
+    breaker = scheduler.Breaker(limit=2, pause_secs=60, watch=False)
+    assert not breaker.could_trip(unjudged=1)
+    breaker.attempt_ended(made_commits=False)
+    assert not breaker.could_trip(unjudged=0)
+    assert breaker.could_trip(unjudged=1)  # the next start waits to know whether it trips
+    breaker.attempt_ended(made_commits=True)
+    assert not breaker.could_trip(unjudged=1)
+
+
 def test_the_breaker_resets_after_its_pause_with_watch_and_on_any_commit():
     breaker = scheduler.Breaker(limit=1, pause_secs=60, watch=True)
     breaker.attempt_ended(made_commits=False)

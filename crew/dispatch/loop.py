@@ -123,11 +123,12 @@ class Dispatcher:
 
     def deck_waits(self, leaving: int) -> bool:
         """Whether the task on deck may not start now: starts are held (a stop, the breaker), or
-        new work waits while branches wait to merge (it waits on deck until they land), counting
-        the `leaving` workers, exited and not yet judged, as branches that wait to merge."""
+        the `leaving` workers, exited and not yet judged, would trip the breaker were they all
+        without commits (it waits for their judging), or new work waits while branches wait to
+        merge (it waits on deck until they land), counting the leaving as branches that wait to merge."""
         limit = self.waiting_limit
-        return self.starts_held() or (bool(limit) and scheduler.merging(
-            self.ledger.state.merge_queue, time.time()) + leaving >= limit)
+        return self.starts_held() or self.breaker.could_trip(leaving) or (
+            bool(limit) and scheduler.merging(self.ledger.state.merge_queue, time.time()) + leaving >= limit)
 
     def open_slots(self) -> list[int]:
         """The free slots a claim may be made for (less the one the task on deck will take), or

@@ -175,6 +175,11 @@ class Breaker:
         else:
             self.failures_in_a_row += counted
 
+    def could_trip(self, unjudged: int) -> bool:
+        """Whether the attempts that ended and are not yet judged would trip it, were none of them
+        to have made commits: a start meanwhile would be one more than the breaker allows."""
+        return self.failures_in_a_row + unjudged >= self.limit
+
     def check(self, now: float) -> tuple[bool, bool]:
         """(whether new workers are held back now, whether the breaker tripped just now: the
         moment to tell the user, once)."""
