@@ -143,11 +143,17 @@ def commits_between(root: Path, tip: str, excluded: str) -> list[str]:
     return git_out(root, "rev-list", tip, f"^{excluded}", "--").split()
 
 
+# A user's rebase.autoStash would stash and re-apply whatever is uncommitted, and their
+# rebase.updateRefs would move any other branch of theirs that points into the rebased commits.
+REBASE_AS_ASKED = ("--no-autostash", "--no-update-refs")
+
+
 def rebase_onto(worktree: Path, onto: str, upstream: str, branch: str, timeout: float) -> str | None:
     """`git rebase --onto ONTO UPSTREAM BRANCH` in the branch's worktree: the branch's commits that
     `upstream` lacks, replayed on `onto`. None when done; else why not (a conflict, named by git),
     with the rebase aborted and the branch as it was. timeout: for the user's hooks it runs."""
-    result = git("rebase", "-q", "--onto", onto, upstream, branch, cwd=worktree, check=False, timeout=timeout)
+    result = git("rebase", "-q", *REBASE_AS_ASKED, "--onto", onto, upstream, branch, cwd=worktree, check=False,
+                 timeout=timeout)
     if result.returncode == 0:
         return None
     git("rebase", "--abort", cwd=worktree, check=False)
@@ -211,13 +217,16 @@ def fast_forward_checkout(checkout: Path, branch: str, old: str, new: str,
     back. Git's result otherwise, which may be a refusal (uncommitted changes, a lock, files in the
     way). Git refuses to write over an untracked file, or to remove a folder holding one, before it
     writes anything; --no-overwrite-ignore makes it refuse for an ignored file too, which it would
-    otherwise overwrite without a word. Its own look is the only one: a look of ours beforehand
-    would walk the work tree for nothing, and a file made after it would hold the move anyway."""
+    otherwise overwrite without a word. --no-autostash overrides a user's merge.autoStash, which would
+    stash their changes, move main anyway and leave conflict markers in their files (their edit in
+    a stash) or their staged changes unstaged; git then refuses, naming the files. Its own look is
+    the only one: a look of ours beforehand would walk the work tree for nothing, and a file made
+    after it would hold the move anyway."""
     # The option applies to the arguments after it: the commit, then the branch.
     head = git("rev-parse", "HEAD", "--symbolic-full-name", "HEAD", cwd=checkout, check=False).stdout.split()
     if head != [old, f"refs/heads/{branch}"]:
         return None
-    return git("merge", "--ff-only", "--no-overwrite-ignore", "--no-edit", "-q", new, cwd=checkout,
+    return git("merge", "--ff-only", "--no-overwrite-ignore", "--no-autostash", "--no-edit", "-q", new, cwd=checkout,
                check=False, timeout=timeout)
 
 

@@ -222,3 +222,33 @@ def test_an_ignored_folder_where_the_merge_makes_a_file_holds_the_merge_and_surv
     shutil.rmtree(repo / "build")
     assert dispatch(cfg).returncode == 0 and merges_of(repo, task.id) == 1
     assert main_file(repo, "build") == "echo build\n"
+
+
+def test_the_users_merge_autostash_setting_does_not_stash_their_edit_into_a_conflict(json_agent_setup, repo):
+    git(repo, "config", "merge.autoStash", "true")
+    cfg, config, store = json_agent_setup()
+    task = add_task(store, "Extend the readme", "append README.md the branch's line")
+    before = git(repo, "rev-parse", "main")
+    (repo / "README.md").write_text("# the user's own edit\n", encoding="utf-8")
+    proc = dispatch(cfg, "--json")
+    assert proc.returncode == 1, proc.stderr
+    [waiting] = json.loads(proc.stdout)["waiting"]
+    assert waiting["id"] == task.id and waiting["reason"].startswith(
+        f"your uncommitted changes in {repo} to README.md would be overwritten"), waiting["reason"]
+    assert git(repo, "rev-parse", "main") == before
+    assert (repo / "README.md").read_text(encoding="utf-8") == "# the user's own edit\n"
+    assert git(repo, "status", "--porcelain", "--untracked-files=no") == "M README.md"
+    assert git(repo, "stash", "list") == ""
+
+
+def test_the_users_merge_autostash_setting_keeps_their_staged_changes_staged(json_agent_setup, repo):
+    git(repo, "config", "merge.autoStash", "true")
+    commit_file(repo, "notes.txt", "notes\n")
+    cfg, config, store = json_agent_setup()
+    task = add_task(store, "Add a guide", "append guide.md guide")
+    (repo / "notes.txt").write_text("notes, staged\n", encoding="utf-8")
+    git(repo, "add", "notes.txt")
+    assert dispatch(cfg).returncode == 0
+    assert merges_of(repo, task.id) == 1 and main_file(repo, "guide.md") == "guide\n"
+    assert git(repo, "status", "--porcelain", "--untracked-files=no") == "M  notes.txt"
+    assert git(repo, "stash", "list") == ""

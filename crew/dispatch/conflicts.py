@@ -122,7 +122,7 @@ class Conflicts:
             request.rebased = True
             ledger.save_state()
             worktree = request.worktree
-            result = git.git("rebase", "-q", self.config.main_branch, cwd=worktree, check=False,
+            result = git.git("rebase", "-q", *git.REBASE_AS_ASKED, self.config.main_branch, cwd=worktree, check=False,
                              timeout=self.config.git_hook_timeout_secs)
             if result.returncode == 0:
                 ledger.say(f"{task_id}: rebased {branch} onto {self.config.main_branch}; merging again")
