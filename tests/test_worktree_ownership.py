@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from crew import git as crew_git
+from crew.dispatch import worktrees
 from support.dispatching import add_task, dispatch, events, merges_of
 from support.repos import ROOT, git
 
@@ -69,3 +71,31 @@ def test_a_worktree_root_overlapping_the_repository_is_refused(make_config, repo
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.count("\n") == 1 and f"is {where}" in proc.stderr and "worktree_root" in proc.stderr
     assert (repo / "README.md").exists()
+
+
+def test_a_worktree_made_while_another_is_half_made_is_marked_as_the_dispatchers(repo, monkeypatch):
+    """git cannot list the worktrees while another is half made (its commondir not yet written,
+    as another worker's start leaves it for an instant): the worktree just made is still marked
+    as the dispatcher's, so that it may remove it."""
+    other = repo.parent / "other"
+    git(repo, "worktree", "add", "-q", "-b", "other", str(other))
+    commondir = repo / ".git" / "worktrees" / "other" / "commondir"
+    written = commondir.read_text(encoding="utf-8")
+    real_git = crew_git.git
+    half_made = [True]
+
+    def listing_while_the_other_is_half_made(*args, **kwargs):
+        if args[:2] != ("worktree", "list") or not half_made:
+            return real_git(*args, **kwargs)
+        half_made.clear()
+        commondir.write_text("", encoding="utf-8")
+        try:
+            return real_git(*args, **kwargs)  # fails: git cannot read the other's commondir
+        finally:
+            commondir.write_text(written, encoding="utf-8")  # the other's add goes on
+
+    monkeypatch.setattr(crew_git, "git", listing_while_the_other_is_half_made)
+    mine = repo.parent / "mine"
+    worktrees.add_dispatcher_worktree(repo, mine, "-b", "mine", str(mine), "main", timeout=60)
+    assert not half_made  # the listing did meet the half-made worktree
+    assert worktrees.dispatcher_worktrees(repo) == {mine.resolve()}

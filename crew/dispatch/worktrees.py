@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +22,10 @@ OWNED_MARKER = "dispatch-owned"  # in a worktree's git admin dir: the dispatcher
 # or untracked (NUL-separated), which are the worktree's environment (installed packages,
 # generated files), not the agent's work.
 SETUP_CHANGES = "dispatch-setup-changes"
+# How often, and how far apart, a listing of the worktrees is tried while another worktree is
+# half made: git writes a worktree's admin files within milliseconds.
+LISTING_TRIES = 5
+LISTING_RETRY_SECS = 0.05
 # The dispatcher's own merge of main into a branch, conflict markers and all, for a conflict task.
 PREPARED_SUBJECT = "dispatch: merge {main} into {branch}, conflicts left for {task_id}"
 
@@ -64,9 +69,18 @@ def checked_out_despite_hook(root: Path, worktree: Path, commit: str, failed: er
 
 
 def listed_worktrees(root: Path) -> set[Path]:
-    """The folders of the worktrees git lists, resolved."""
+    """The folders of the worktrees git lists, resolved. git cannot list them while another
+    worktree is half made (its admin files not all written yet: another worker's start, or the
+    user's own `git worktree add`), which lasts an instant; so a failed listing is tried again
+    a few times before its error is raised. Were it not, a worktree just made would be left
+    without the dispatcher's marker, and so never removed by it."""
+    for tries_left in reversed(range(LISTING_TRIES)):
+        listing = git.git("worktree", "list", "--porcelain", cwd=root, check=not tries_left)
+        if listing.returncode == 0:
+            break
+        time.sleep(LISTING_RETRY_SECS)
     listed = set()
-    for line in git.git_out(root, "worktree", "list", "--porcelain").splitlines():
+    for line in listing.stdout.splitlines():
         if line.startswith("worktree "):
             listed.add(Path(line[len("worktree "):]).resolve())
     return listed
