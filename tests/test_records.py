@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from crew import errors, files
-from crew.dispatch import records
+from crew.dispatch import records, review
 from crew.dispatch.conflicts import Conflicts
 from crew.dispatch.ledger import Ledger
 from crew.dispatch.records import MergeRequest, PendingMerge
@@ -241,6 +241,8 @@ def test_a_record_s_states_are_read_as_their_kinds():
         records.WorkerKind.TASK, records.WorkerKind.CONFLICT, records.WorkerKind.TASK]
     assert [request.outcome for request in state.merge_queue] == [
         records.Outcome.CLOSE, records.Outcome.RELEASE, records.Outcome.CLOSE, records.Outcome.CLOSE]
+    assert [request.review for request in state.merge_queue] == [
+        review.State.NONE, review.State.NONE, review.State.AWAITING, review.State.APPROVED]
     assert [(pending.kind, pending.outcome) for pending in state.pending.values()] == [
         (records.PendingKind.CONFLICT, records.Outcome.CLOSE), (records.PendingKind.GATE, records.Outcome.RELEASE)]
     assert [worker.worktree for worker in state.workers.values()] == [
@@ -249,10 +251,13 @@ def test_a_record_s_states_are_read_as_their_kinds():
 
 
 @pytest.mark.parametrize(("where", "key", "value", "problem"), [
-    ("workers", "kind", "fix", 'worker record #1: "kind" must be one of task, conflict, not "fix"'),
-    ("merge_queue", "outcome", "closed", 'merge-queue entry #1: "outcome" must be one of close, release, not "closed"'),
-    ("pending", "kind", None, 'pending merge proj-7: "kind" must be one of conflict, gate, not null'),
-    ("pending", "outcome", "keep", 'pending merge proj-7: "outcome" must be one of close, release, not "keep"'),
+    ("workers", "kind", "fix", 'worker record #1: "kind" must be one of "task", "conflict", not "fix"'),
+    ("merge_queue", "outcome", "closed",
+     'merge-queue entry #1: "outcome" must be one of "close", "release", not "closed"'),
+    ("pending", "kind", None, 'pending merge proj-7: "kind" must be one of "conflict", "gate", not null'),
+    ("pending", "outcome", "keep", 'pending merge proj-7: "outcome" must be one of "close", "release", not "keep"'),
+    ("merge_queue", "review", "rejected",
+     'merge-queue entry #1: "review" must be one of "", "awaiting", "approved", not "rejected"'),
     ("workers", "worktree", "", 'worker record #1: "worktree" must be a folder\'s path, not ""'),
     ("gates", "worktree", 7, 'gate record #1: "worktree" must be a folder\'s path, not 7'),
     ("pending", "worktree", None, 'pending merge proj-7: "worktree" must be a folder\'s path, not null'),
@@ -272,7 +277,7 @@ def test_a_branch_in_flight_is_written_flat_and_read_back_whole_by_the_queue_and
                                     outcome=records.Outcome.RELEASE, note="partial", retries=2, counted=False,
                                     actor="dispatch@vm", task_created_at="2026-12-05T21:58:00Z",
                                     attempt_log="logs/t-1.1.log")
-    request = MergeRequest(flight, queued_at=1.5, review="approved")
+    request = MergeRequest(flight, queued_at=1.5, review=review.State.APPROVED)
     pending = PendingMerge(kind=records.PendingKind.GATE, flight=flight, files=["a.txt"], branch_tip="2" * 40)
     for record in (request, pending):
         written = record.to_json()

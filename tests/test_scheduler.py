@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from crew.dispatch import scheduler
+from crew.dispatch import review, scheduler
 from crew.dispatch.records import BranchInFlight, MergeRequest, PendingMerge, Worker
 from crew.tasks.model import Task
 
@@ -138,7 +138,7 @@ def test_branches_that_cannot_merge_now_hold_no_new_work():
     """A queue that cannot drain (main held, a person's decision or review awaited) must not
     hold starts for as long as it stands."""
     pausing, for_a_person, in_review = request("proj-10"), request("proj-11"), request("proj-12")
-    pausing.retry_at, for_a_person.held, in_review.review = 160.0, "left main", "awaiting"
+    pausing.retry_at, for_a_person.held, in_review.review = 160.0, "left main", review.State.AWAITING
     queue = [request("proj-13"), pausing, for_a_person, in_review]
     assert scheduler.merging(queue, now=100.0) == 1
     assert scheduler.why_starts_held(holdings(queue=queue), 2, now=100.0) is None

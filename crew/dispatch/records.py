@@ -25,6 +25,7 @@ from typing import Self
 
 from crew import errors
 from crew import names
+from crew.dispatch import review as review_state
 
 
 STATE_VERSION = 5
@@ -125,7 +126,7 @@ def wrong_values(records: Iterable[tuple[str, object]], cls: type, what: str) ->
             if not isinstance(record, dict) or key not in record:
                 continue
             if issubclass(kind, enum.StrEnum) and record[key] not in set(kind):
-                return (f"{what} {name}: {json.dumps(key)} must be one of {', '.join(kind)}, "
+                return (f"{what} {name}: {json.dumps(key)} must be one of {', '.join(map(json.dumps, kind))}, "
                         f"not {json.dumps(record[key])}")
             if issubclass(kind, Path) and not (isinstance(record[key], str) and record[key]):
                 return f"{what} {name}: {json.dumps(key)} must be a folder's path, not {json.dumps(record[key])}"
@@ -290,12 +291,12 @@ class MergeRequest(CarriesBranch):
     # Why it is held for a person's decision (it carries commits that left main, and does not
     # rebase without them); never tried while held.
     held: str | None = None
-    # Review before merge (crew.dispatch.review): "" none asked, "awaiting" (out of the queue until a
-    # person decides; the decision is read from the task store) or "approved". review_tip: the
+    # Review before merge (crew.dispatch.review): none asked, awaiting (out of the queue until a
+    # person decides; the decision is read from the task store) or approved. review_tip: the
     # branch tip shown to the person; review_base and review_commit: the main and the merge commit
     # the gate passed on before the review (landed as they are if neither main nor the branch
     # moved); review_gate_log: that gate's log ("" with no gate).
-    review: str = ""
+    review: review_state.State = review_state.State.NONE
     review_tip: str = ""
     review_since: float = 0.0
     review_base: str = ""

@@ -25,7 +25,8 @@ class Mode(enum.StrEnum):
 
 
 class State(enum.StrEnum):
-    """A merge request's review, as the dispatcher records it ("" when none was asked)."""
+    """A merge request's review, as the dispatcher records it."""
+    NONE = ""  # none was asked
     AWAITING = "awaiting"  # out of the merge queue until a person decides
     APPROVED = "approved"  # back in the queue; lands only with the tip that was approved
 

@@ -153,7 +153,7 @@ class Reviews:
     def requeue(self, request: records.MergeRequest, task: task_model.Task | None) -> None:
         if task is not None and review.AWAITING_LABEL in task.labels:
             self.store.relabel(task.id, remove=[review.AWAITING_LABEL])
-        request.review, request.waiting = "", None
+        request.review, request.waiting = review.State.NONE, None
         self.ledger.save_state()
 
     def approved(self, request: records.MergeRequest, task: task_model.Task) -> None:
