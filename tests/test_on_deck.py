@@ -18,6 +18,7 @@ from support.dispatching import merges_of
 from support.dispatching import start_dispatcher
 from support.dispatching import wait_until
 from support.repos import ROOT
+from support.repos import git
 
 from crew.dispatch import records
 
@@ -152,3 +153,20 @@ def test_a_task_edited_while_on_deck_is_made_again_from_its_new_text(json_agent_
     assert merges_of(repo, second.id) == 1
     assert [e["task_id"] for e in events(repo, "worker_started")] == [first.id, second.id]
     assert [e.get("on_deck") for e in events(repo, "claimed") if e["task_id"] == second.id] == [True, True]
+
+
+def test_the_task_on_deck_starts_from_the_main_that_landed_while_it_waited(json_agent_setup, repo):
+    cfg, _, store = json_agent_setup(max_workers=2)
+    first = add_task(store, "First", "sleep 1", "append first.txt one")
+    add_task(store, "Long", "sleep 10", "append long.txt two")
+    add_task(store, "Middle", "sleep 4", "append middle.txt three")
+    last = add_task(store, "Last", "append last.txt four")  # on deck while First merges
+    assert dispatch(cfg).returncode == 0
+    names = [(e["event"], e.get("task_id")) for e in events(repo)]
+    merged = {e["task_id"]: e["commit"] for e in events(repo) if e["event"] == "merged"}
+    assert names.index(("claimed", last.id)) < names.index(("merged", first.id))
+    tip = git(repo, "rev-parse", merged[last.id] + "^2")
+    own = git(repo, "rev-list", "--reverse", f"{merged[last.id]}^1..{tip}").splitlines()
+    base = git(repo, "rev-parse", own[0] + "^")
+    if names.index(("merged", first.id)) < names.index(("worker_started", last.id)):
+        assert subprocess.run(["git", "merge-base", "--is-ancestor", merged[first.id], base], cwd=repo).returncode == 0

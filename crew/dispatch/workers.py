@@ -48,6 +48,7 @@ class WorkerPool:
         # exited and are not yet judged (each may add a branch to the merge queue).
         self.deck_waits: Callable[[int], bool] = lambda leaving: False
         self.last_prepare_secs = 0.0  # how long the last start's worktree took (a large checkout: seconds)
+        self.deck_main: str | None = None  # the main the task on deck was last brought up to (or found on)
 
     @property
     def workers(self) -> dict[int, records.Worker]:
@@ -99,7 +100,38 @@ class WorkerPool:
             move_slot(self.committing, slot, aside)
         self.workers[slot], deck.slot = deck, slot
         self.starting[slot] = self.starting.pop(ON_DECK)
+        self.deck_main = None
         self.started(deck)
+
+    def deck_behind(self) -> bool:
+        """Whether main has moved since the task on deck's worktree was made (or last brought up
+        to it): then it is brought up to main first (bring_deck_up), off the loop, so that its
+        agent does not start without the merges that landed while it waited. A ref read only."""
+        deck = self.workers[ON_DECK]
+        main = git.rev_parse(self.config.root, f"refs/heads/{self.config.main_branch}")
+        return main is not None and main not in (deck.base, self.deck_main)
+
+    def bring_deck_up(self) -> None:
+        """Bring the task on deck's worktree and branch up to main in a starter thread, in place
+        of its finished start (deck_ready() is False meanwhile); what that start made is kept."""
+        deck, made = self.workers[ON_DECK], self.starting[ON_DECK]
+        self.deck_main = git.rev_parse(self.config.root, f"refs/heads/{self.config.main_branch}")
+        self.starting[ON_DECK] = self.starter.submit(self._bring_up, deck, made.result(), self.deck_main)
+
+    def _bring_up(self, deck: records.Worker, made: tuple[list[str], dict[str, str]],
+                  main: str | None) -> tuple[list[str], dict[str, str]]:
+        """In a starter thread: fast-forward the deck's branch to `main` in its worktree when the
+        branch has no commits of its own (an earlier attempt's unmerged work is continued as it
+        is); git refuses to overwrite anything there, and then the task starts where it was."""
+        worktree = deck.worktree
+        try:
+            if main is not None and git.is_ancestor(worktree, deck.base, main):
+                git.git("merge", "--ff-only", "--no-autostash", "--no-edit", "-q", main, cwd=worktree, check=False,
+                        timeout=self.config.git_hook_timeout_secs)
+        except errors.GitError:
+            pass  # its post-merge hook ended past the timeout: the task starts on what is checked out
+        deck.base = git.git_out(worktree, "rev-parse", "HEAD")
+        return made
 
     def forget(self, worker: records.Worker) -> None:
         """The worker is finished: its slot is free (the caller saves the state)."""
@@ -131,6 +163,8 @@ class WorkerPool:
                                 deadline=None, kind=kind, log=self.new_log(task.id, attempts + 1),
                                 actor=self.config.actor, task_created_at=task.created_at)
         self.workers[slot] = worker
+        if slot == ON_DECK:
+            self.deck_main = None
         self.ledger.save_state()  # recorded before anything runs: a crash never leaves an unknown agent
         self.starting[slot] = self.starter.submit(self._prepare, worker, task, conflict)
 
@@ -237,7 +271,10 @@ class WorkerPool:
                     self.started(worker)
                     changed = True
                 elif starting.done() and (place := self.place_for_deck()) and not self.deck_waits(self.leaving()):
-                    self.start_deck(*place)
+                    if self.deck_behind():
+                        self.bring_deck_up()
+                    else:
+                        self.start_deck(*place)
                     changed = True
                 continue
             if worker.slot not in self.kills:
@@ -247,7 +284,10 @@ class WorkerPool:
                                       log=worker.log)
                     changed = True
                     if worker.slot != ON_DECK and self.deck_ready() and not self.deck_waits(self.leaving() + 1):
-                        self.start_deck(worker.slot, leaving=worker)  # the next agent first
+                        if self.deck_behind():
+                            self.bring_deck_up()  # it starts in a freed slot once up to date
+                        else:
+                            self.start_deck(worker.slot, leaving=worker)  # the next agent first
                     self.kill(worker, LEFTOVER_GRACE_SECS)  # what it left running would hold the worktree
                 elif worker.deadline and time.time() > worker.deadline:
                     self.ledger.say(f"{worker.task_id}: worker outlived worker_timeout_secs; ending its process tree")
