@@ -14,6 +14,7 @@ import pytest
 
 from crew import processes
 from crew.dispatch import records
+from crew.dispatch.loop import Dispatcher
 from support.dispatching import (DISPATCH, add_task, dispatch, events, has_commit, main_file, merges_of,
                                  start_dispatcher, start_dispatcher_with_a_worker, wait_until)
 from support.repos import ROOT, git
@@ -250,3 +251,21 @@ def test_a_daemon_that_left_the_workers_group_is_ended_with_it_and_a_failing_gat
     assert "Traceback" not in result.stderr, result.stderr
     assert [e["task_id"] for e in events(repo, "gate_failed")][:1] == [task.id]
     assert merges_of(repo, task.id) == 0 and main_file(repo, "served.txt") is None
+
+
+def test_ctrl_c_while_a_claim_is_in_flight_starts_no_worker_and_releases_the_task(json_agent_setup, repo,
+                                                                                   monkeypatch):
+    cfg, config, store = json_agent_setup()
+    task = add_task(store, "Claimed as the user pressed Ctrl-C", "append a.txt one")
+    dispatcher = Dispatcher(config, store, 2, out=lambda message: None)
+    claim = store.claim
+
+    def claim_then_ctrl_c(*args, **kwargs):
+        claimed = claim(*args, **kwargs)
+        dispatcher.interrupt()  # the user's Ctrl-C, while the claim's answer is on its way back
+        return claimed
+
+    monkeypatch.setattr(store, "claim", claim_then_ctrl_c)
+    dispatcher.run()
+    assert [e["event"] for e in events(repo) if e.get("task_id") == task.id] == ["released"]
+    assert store.get(task.id).status == "open" and not state(repo)["workers"]

@@ -88,8 +88,8 @@ class Dispatcher:
         # One claim at a time: the store's answer, the task, and when a ready list first held it.
         self.claiming: tuple[concurrent.futures.Future[bool], task_model.Task, float] | None = None
         # The releases of tasks taken off the deck (the run stops, starts are held, the task was
-        # edited): the store's answer and the task's id.
-        self.releasing: list[tuple[concurrent.futures.Future[task_model.Task], str]] = []
+        # edited), or claimed as starts were held: the store's answer, the task's id, and why.
+        self.releasing: list[tuple[concurrent.futures.Future[task_model.Task], str, str]] = []
         # The task on deck as the store has it now (read at each poll), and the task as claimed.
         self.deck_read: tuple[task_model.Task, concurrent.futures.Future[task_model.Task]] | None = None
         self.refill_began = 0.0  # when the last claim was handed over: merges wait a moment for its start
@@ -116,6 +116,9 @@ class Dispatcher:
         state = self.ledger.state
         return scheduler.Holdings(list(state.workers.values()), list(state.merge_queue), dict(state.pending),
                                   self.files_of)
+
+    def why_starts_held(self) -> str:
+        return "the run is stopping" if self.stopping else "the breaker holds starts"
 
     def starts_held(self) -> bool:
         """Whether no worker may start now: the run is stopping, or the breaker holds starts."""
@@ -177,7 +180,13 @@ class Dispatcher:
             return False
         future, task, ready_since = self.claiming
         self.claiming = None
-        if future.result():
+        if future.result() and self.starts_held():
+            # Ctrl-C or the breaker came while the claim was in flight: nothing new starts.
+            why = self.why_starts_held()
+            self.say(f"{task.id}: claimed as {why}; released")
+            self.releasing.append((self.serial.later("release", task.id, f"released: {why}", actor=self.config.actor),
+                                   task.id, "claimed as starts were held"))
+        elif future.result():
             slot = self.open_slots()[0]
             self.ledger.event(EventName.CLAIMED, task.id, ready_since=files.iso_time(ready_since),
                               **({"on_deck": True} if slot == workers.ON_DECK else {}))
@@ -203,17 +212,17 @@ class Dispatcher:
         self.say(f"{deck.task_id}: taken off deck ({why})" + (", and released" if release else ""))
         if release:
             self.releasing.append((self.serial.later("release", deck.task_id, f"released from deck: {why}",
-                                                 actor=deck.actor), deck.task_id))
+                                                 actor=deck.actor), deck.task_id, "taken off deck"))
         return True
 
     def released(self) -> None:
         """The releases of tasks taken off the deck that have come back."""
-        for future, task_id in [entry for entry in self.releasing if entry[0].done()]:
-            self.releasing.remove((future, task_id))
+        for future, task_id, reason in [entry for entry in self.releasing if entry[0].done()]:
+            self.releasing.remove((future, task_id, reason))
             if (failed := future.exception()) is None:
-                self.ledger.event(EventName.RELEASED, task_id, reason="taken off deck")
+                self.ledger.event(EventName.RELEASED, task_id, reason=reason)
             elif not isinstance(failed, errors.TaskNotFound):
-                self.say(f"{task_id}: not released from deck ({safe_names.one_line_tail(str(failed))}); "
+                self.say(f"{task_id}: not released ({safe_names.one_line_tail(str(failed))}); "
                          "the next run releases it")
 
     def read_store(self, poll_due: bool) -> bool:
@@ -418,7 +427,7 @@ class Dispatcher:
             changed |= self.reclaim_lapsed()
             self.released()
             if self.stopping or self.breaker_tripped():
-                changed |= self.clear_deck("the run is stopping" if self.stopping else "the breaker holds starts")
+                changed |= self.clear_deck(self.why_starts_held())
             if changed:
                 self.fill_slots()  # a freed slot is refilled before anything else
             now = time.time()
@@ -529,7 +538,7 @@ class Dispatcher:
         asked = [(worker, self.serial.later("release", worker.task_id,
                                             f"attempt {worker.attempt} {why}; its branch {worker.branch} is kept "
                                             "for the next run", actor=worker.actor)) for worker in workers]
-        concurrent.futures.wait([future for _, future in asked] + [future for future, _ in self.releasing],
+        concurrent.futures.wait([future for _, future in asked] + [future for future, _, _ in self.releasing],
                                 timeout=STOP_RELEASE_SECS)
         self.released()
         for worker, future in asked:
