@@ -194,7 +194,7 @@ LOOP_STEPS = [
     ("pending merges (settle_pending)", "dispatch/loop.py", "settle_pending"),
     ("asleep until woken (Wakeup.wait)", "dispatch/wakeup.py", "wait"),
     ("in all steps: git calls on the loop (git.git)", "crew/git.py", "git"),
-    ("in all steps: state writes, synced to disk (Ledger.save_state)", "dispatch/ledger.py", "save_state"),
+    ("in all steps: state writes, synced to disk (StateStore.change)", "dispatch/state_store.py", "change"),
     ("in all steps: store calls waited for (SerialStore, plain calls)", "dispatch/store_thread.py", "call"),
 ]
 

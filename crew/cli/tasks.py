@@ -13,11 +13,11 @@ from crew import names
 from crew import tasks
 from crew import workspace
 from crew.cli import base
-from crew.dispatch import ledger
 from crew.dispatch import revert
 from crew.dispatch import review
 from crew.dispatch import reviews
 from crew.dispatch import rewritten_main
+from crew.dispatch import state_store
 from crew.tasks import model
 
 
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def review_list(config: configuration.Settings, store: model.TaskStore, as_json: bool) -> int:
-    waiting = reviews.waiting_list(config, ledger.read_state(config), store)
+    waiting = reviews.waiting_list(config, state_store.read_state(config), store)
     if as_json:
         console.print_json([dataclasses.asdict(w) for w in waiting])
         return 0
@@ -143,7 +143,7 @@ def held(config: configuration.Settings, task_id: str | None, decision: rewritte
          as_json: bool) -> int:
     """List the held branches, or record a person's decision on one (the dispatcher carries it out
     now if it runs, else at its next run)."""
-    holds = rewritten_main.held_requests(ledger.read_state(config))
+    holds = rewritten_main.held_requests(state_store.read_state(config))
     if task_id is None:
         if decision is not None:
             raise errors.UsageError("--merge and --discard need the task's id")

@@ -119,8 +119,8 @@ class Conflicts:
         else:
             ledger.event(EventName.GATE_FAILED, task_id, files=files, commit=commit, counts=True)
         if kind == records.PendingKind.CONFLICT and self.config.on_conflict == "auto_rebase" and not request.rebased:
-            request.rebased = True
-            ledger.save_state()
+            with ledger.change():
+                request.rebased = True
             worktree = request.worktree
             result = git.git("rebase", "-q", *git.REBASE_AS_ASKED, self.config.main_branch, cwd=worktree, check=False,
                              timeout=self.config.git_hook_timeout_secs)
@@ -143,12 +143,12 @@ class Conflicts:
         ledger.event(EventName.CONFLICT_FILED, task_id, conflict_task=followup.id, kind=kind, branch=branch,
                      title=followup.title, for_person=scheduler.PERSON_LABEL in followup.labels)
         # branch_tip: the conflict counts as resolved only once someone commits on top of it.
-        ledger.state.pending[followup.id] = records.PendingMerge(
-            kind=kind, flight=dataclasses.replace(request.flight, retries=retries), files=files,
-            main_commit=main_commit, created_at=statefiles.now_iso(),
-            branch_tip=git.rev_parse(self.root, f"refs/heads/{branch}"),
-            for_person=scheduler.PERSON_LABEL in followup.labels, followup_created_at=followup.created_at)
-        ledger.save_pending()
+        with ledger.change():
+            ledger.state.pending[followup.id] = records.PendingMerge(
+                kind=kind, flight=dataclasses.replace(request.flight, retries=retries), files=files,
+                main_commit=main_commit, created_at=statefiles.now_iso(),
+                branch_tip=git.rev_parse(self.root, f"refs/heads/{branch}"),
+                for_person=scheduler.PERSON_LABEL in followup.labels, followup_created_at=followup.created_at)
         ledger.drop_request(request)
         what_failed = "merge conflict" if kind == records.PendingKind.CONFLICT else "checks failed"
         ledger.say(f"{task_id}: {what_failed} on {branch}"
@@ -215,16 +215,16 @@ class Conflicts:
                 continue  # a pending merge filed since the lookup is looked at next time
             followup = followups[followup_id]
             if followup is None:
-                del state.pending[followup_id]
-                ledger.save_pending()
+                with ledger.change():
+                    del state.pending[followup_id]
                 ledger.drop_record_of_gone_task(followup_id, f"pending merge of {pending.branch} (the branch is kept)")
                 ledger.release_claim(pending, f"released: its {pending.kind} task {followup_id} was deleted; "
                                               f"branch {pending.branch} kept")
                 changed = True
             elif followup.status == "closed" and self.config.auto_retry_merge_on_conflict_close:
                 if pending.kind == records.PendingKind.CONFLICT and not committed_since(self.root, pending):
-                    del state.pending[followup_id]
-                    ledger.save_pending()
+                    with ledger.change():
+                        del state.pending[followup_id]
                     worktrees.remove_worktree(self.root, pending.worktree)
                     ledger.block(pending.task_id, f"{followup_id} ({followup.title}) was closed with no commit on "
                                                   f"{pending.branch} after the dispatcher's, so the conflict "
@@ -232,15 +232,15 @@ class Conflicts:
                     changed = True
                     continue
                 if not any(request.branch == pending.branch for request in state.merge_queue):
-                    state.merge_queue.insert(0, records.MergeRequest(pending.flight, queued_at=time.time()))
-                    ledger.save_state()
-                del state.pending[followup_id]
-                ledger.save_pending()
+                    with ledger.change():
+                        state.merge_queue.insert(0, records.MergeRequest(pending.flight, queued_at=time.time()))
+                with ledger.change():
+                    del state.pending[followup_id]
                 ledger.event(EventName.MERGE_QUEUED, pending.task_id, branch=pending.branch, after=followup_id)
                 changed = True
             elif followup.status == "blocked":
-                del state.pending[followup_id]
-                ledger.save_pending()
+                with ledger.change():
+                    del state.pending[followup_id]
                 worktrees.remove_worktree(self.root, pending.worktree)
                 ledger.block(pending.task_id, f"{followup_id} ({followup.title}) is blocked: "
                                               f"{followup.notes.splitlines()[-1] if followup.notes else ''}",

@@ -61,35 +61,35 @@ class Finisher:
         exit_code = proc.returncode if proc is not None else None
         reverter_failed = proc is not None and revert.reverter_failed(
             cast("list[str]", proc.args), exit_code)  # the pool starts every worker from an argument list
-        self.pool.forget(worker)
-        counted = not worker.stopped_by_user  # toward max_attempts and the breaker
-        if worker.ended in (records.TASK_BLOCKED, records.CLAIM_LOST):
-            self.leave_unmerged(worker)
-        elif worker.kind == records.WorkerKind.CONFLICT and not worker.ended:
-            self.finish_conflict_worker(worker, commits, refused)
-        elif worker.kind == records.WorkerKind.CONFLICT:  # its branch belongs to the task it resolves: release it only
-            self.ledger.attempt_failed(task_id, f"attempt {worker.attempt} {why}; log {worker.log} ends: "
-                                                f"{self.log_tail(worker)}{refused}", worker.actor, counted=counted)
-        elif reverter_failed and not worker.ended:
-            self.block_failed_revert(worker, exit_code)
-        elif commits and not worker.ended and not refused:
-            self.ledger.event(EventName.COMMITS_FOUND, task_id, commits=commits, log=worker.log)
-            self.breaker.attempt_ended(made_commits=True)
-            self.queue.add(worker, records.Outcome.CLOSE, f"log {worker.log}")
-        elif commits:
-            self.ledger.event(EventName.COMMITS_FOUND, task_id, commits=commits, log=worker.log)
-            # The merge queue adds the merge commit: the next attempt starts from main with this work in it.
-            self.queue.add(worker, records.Outcome.RELEASE,
-                           f"attempt {worker.attempt} {why}; log {worker.log}; its work is "
-                           f"partial and already on {self.config.main_branch}{refused}", counted=counted)
-        else:
-            self.ledger.event(EventName.NO_COMMITS, task_id, log=worker.log)
-            self.breaker.attempt_ended(made_commits=False, counted=counted)
-            worktrees.discard_attempt(self.config, worker)
-            self.ledger.attempt_failed(task_id, f"attempt {worker.attempt} {why} with no commits; "
-                                                f"{self.no_edit_hint(worker)}log {worker.log} ends: "
-                                                f"{self.log_tail(worker)}{refused}", worker.actor, counted=counted)
-        self.ledger.save_state()
+        with self.ledger.change():
+            self.pool.forget(worker)
+            counted = not worker.stopped_by_user  # toward max_attempts and the breaker
+            if worker.ended in (records.TASK_BLOCKED, records.CLAIM_LOST):
+                self.leave_unmerged(worker)
+            elif worker.kind == records.WorkerKind.CONFLICT and not worker.ended:
+                self.finish_conflict_worker(worker, commits, refused)
+            elif worker.kind == records.WorkerKind.CONFLICT:  # its branch is the resolved task's: release it only
+                self.ledger.attempt_failed(task_id, f"attempt {worker.attempt} {why}; log {worker.log} ends: "
+                                                    f"{self.log_tail(worker)}{refused}", worker.actor, counted=counted)
+            elif reverter_failed and not worker.ended:
+                self.block_failed_revert(worker, exit_code)
+            elif commits and not worker.ended and not refused:
+                self.ledger.event(EventName.COMMITS_FOUND, task_id, commits=commits, log=worker.log)
+                self.breaker.attempt_ended(made_commits=True)
+                self.queue.add(worker, records.Outcome.CLOSE, f"log {worker.log}")
+            elif commits:
+                self.ledger.event(EventName.COMMITS_FOUND, task_id, commits=commits, log=worker.log)
+                # The merge queue adds the merge commit: the next attempt starts from main with this work in it.
+                self.queue.add(worker, records.Outcome.RELEASE,
+                               f"attempt {worker.attempt} {why}; log {worker.log}; its work is "
+                               f"partial and already on {self.config.main_branch}{refused}", counted=counted)
+            else:
+                self.ledger.event(EventName.NO_COMMITS, task_id, log=worker.log)
+                self.breaker.attempt_ended(made_commits=False, counted=counted)
+                worktrees.discard_attempt(self.config, worker)
+                self.ledger.attempt_failed(task_id, f"attempt {worker.attempt} {why} with no commits; "
+                                                    f"{self.no_edit_hint(worker)}log {worker.log} ends: "
+                                                    f"{self.log_tail(worker)}{refused}", worker.actor, counted=counted)
 
     def block_failed_revert(self, worker: records.Worker, exit_code: int | None) -> None:
         """The reverter gave up or was killed: its branch is never merged (it may hold some of the
@@ -131,22 +131,22 @@ class Finisher:
     def never_started(self, worker: records.Worker) -> None:
         """A worker recorded by a dispatcher that stopped before starting it: no attempt was made.
         Should anything have run after all (a crash between start and record), its work is kept."""
-        self.pool.forget(worker)
-        worktree = worker.worktree
-        if worktree.exists():
-            git.clear_interrupted_git_state(worktree)
-            message = f"dispatch: uncommitted work of {worker.task_id} (found after a restart)"
-            self.judge_leftovers(worker, lambda: worktrees.commit_leftovers(worktree, message,
-                                                                            self.config.git_hook_timeout_secs))
-        if worker.kind == records.WorkerKind.TASK:  # a conflict task's worktree belongs to the branch it resolves
-            worktrees.discard_attempt(self.config, worker)
-        try:
-            self.store.release(worker.task_id, "released: the dispatcher stopped before its worker started",
-                               actor=worker.actor)
-            self.ledger.event(EventName.RELEASED, worker.task_id, reason="worker never started")
-        except errors.TaskNotFound:
-            self.ledger.drop_record_of_gone_task(worker.task_id, "worker record")
-        self.ledger.save_state()
+        with self.ledger.change():
+            self.pool.forget(worker)
+            worktree = worker.worktree
+            if worktree.exists():
+                git.clear_interrupted_git_state(worktree)
+                message = f"dispatch: uncommitted work of {worker.task_id} (found after a restart)"
+                self.judge_leftovers(worker, lambda: worktrees.commit_leftovers(worktree, message,
+                                                                                self.config.git_hook_timeout_secs))
+            if worker.kind == records.WorkerKind.TASK:  # a conflict task's worktree belongs to the branch it resolves
+                worktrees.discard_attempt(self.config, worker)
+            try:
+                self.store.release(worker.task_id, "released: the dispatcher stopped before its worker started",
+                                   actor=worker.actor)
+                self.ledger.event(EventName.RELEASED, worker.task_id, reason="worker never started")
+            except errors.TaskNotFound:
+                self.ledger.drop_record_of_gone_task(worker.task_id, "worker record")
 
     def judge_leftovers(self, worker: records.Worker, committed: Callable[[], bool]) -> str:
         """What became of the commit of what the agent left uncommitted (committed(): whether there

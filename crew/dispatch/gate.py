@@ -84,8 +84,8 @@ class Gate:
             task_id=task_id, branch=branch, base=base, commit=commit, worktree=self.worktree,
             log=f"{log.parent.name}/{log.name}", pid=None, pid_start_time=None, started_at=time.time(),
             deadline=None, stack=list(stack))
-        self.ledger.state.gates.append(record)
-        self.ledger.save_state()
+        with self.ledger.change():
+            self.ledger.state.gates.append(record)
         self.proc = self.kill = self.ended = self.cancelled = None
         self.mark = records.process_mark(self.config.root, record)
         self.preparing = self.starter.submit(self._prepare, commit, log)
@@ -140,8 +140,8 @@ class Gate:
         """Written before the kill, so --status never shows a dying gate as gating."""
         record = self.record
         if record is not None and record.ending is None:
-            record.ending = why
-            self.ledger.save_state()
+            with self.ledger.change():
+                record.ending = why
 
     def cancel_if_main_moved(self, now: float) -> None:
         """One gate at a time: a gate whose main moved is void (its merge is computed again), so
@@ -216,10 +216,10 @@ class Gate:
         self.proc = processes.start_process(list(self.config.merge_gate_command or ()), self.worktree,
                                             git.child_environment(), self.config.root / record.log, self.mark)
         self.wakeup.watch_exit(self.proc)
-        record.pid, record.pid_start_time = self.proc.pid, processes.process_start_time(self.proc.pid)
-        record.started_at = time.time()
-        record.deadline = record.started_at + self.config.merge_gate_timeout_secs
-        self.ledger.save_state()
+        with self.ledger.change():
+            record.pid, record.pid_start_time = self.proc.pid, processes.process_start_time(self.proc.pid)
+            record.started_at = time.time()
+            record.deadline = record.started_at + self.config.merge_gate_timeout_secs
         if is_main_check(record):
             self.ledger.event(EventName.MAIN_CHECK_STARTED, None, commit=record.commit, pid=record.pid, log=record.log)
         else:
@@ -228,8 +228,8 @@ class Gate:
 
     def conclude(self, record: records.GateRecord, passed: bool | None, output: str) -> GateOutcome:
         """The gate is over: its record goes, and its verdict is handed to the merge queue."""
-        self.ledger.state.gates.remove(record)
-        self.ledger.save_state()
+        with self.ledger.change():
+            self.ledger.state.gates.remove(record)
         self.preparing = self.proc = self.kill = None
         return GateOutcome(passed, output, record)
 

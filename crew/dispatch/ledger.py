@@ -1,5 +1,5 @@
-"""What the dispatcher writes down: the state files, the events log, the run's summary, and a
-task's fate after an attempt. Only the ledger writes state files or events."""
+"""What the dispatcher writes down: its state (through the state store), the events log, the
+run's summary, and a task's fate after an attempt. Only the ledger writes events."""
 from __future__ import annotations
 
 import threading
@@ -9,27 +9,13 @@ from typing import Any
 from crew import config as configuration
 from crew import errors
 from crew import files
-from crew import workspace
 from crew.dispatch import notify
 from crew.dispatch import records
 from crew.dispatch import say_once
+from crew.dispatch import state_store
 from crew.report import events
 from crew.report.events import EventName
 from crew.tasks import model as task_model
-
-
-def state_files(config: configuration.Settings) -> tuple[files.StateFile[None], files.StateFile[None]]:
-    """The two state files; each reads as None when it does not exist (records.load_state checks them)."""
-    state, pending = workspace.DISPATCH_STATE_FILES
-    return files.StateFile(config.root / state, None), files.StateFile(config.root / pending, None)
-
-
-def read_state(config: configuration.Settings) -> records.DispatchState:
-    """The recorded state, migrated if an earlier release wrote it; reading never writes."""
-    state_file, pending_file = state_files(config)
-    return records.load_state(state_file.read(), pending_file.read(), state_path=state_file.path,
-                              pending_path=pending_file.path, default_actor=config.actor,
-                              logs=config.root / events.LOGS_DIR)
 
 
 def current_task(store: task_model.TaskStore, task_id: str, created_at: str) -> task_model.Task | None:
@@ -48,10 +34,9 @@ class Ledger:
     def __init__(self, config: configuration.Settings, store: task_model.TaskStore, say: Callable[[str], None]):
         self.config, self.store, self.say = config, store, say
         self.logs = config.root / events.LOGS_DIR
-        self.state_file, self.pending_file = state_files(config)
-        self.state = read_state(config)
-        # As last written by this run: an unchanged state is not written again.
-        self.saved_state: dict[str, Any] | None = None
+        self.states = state_store.StateStore(config)
+        self.state = self.states.state
+        self.change = self.states.change  # the one way to change the state: it saves what changed
         # Task ids merged and released; {"id", "reason"} of those blocked, and of those waiting.
         self.summary: dict[str, list[Any]] = {"merged": [], "released": [], "blocked": [], "waiting": []}
         self.say_once = say_once.SayOnce(say)
@@ -75,20 +60,10 @@ class Ledger:
         self.event(EventName.NOTIFY_FAILED, event.get("task_id"), notice=event.get("event"), reason=reason)
         self.say(f"notify_command failed for {event.get('event')}: {reason[:200]}")
 
-    def save_state(self) -> None:
-        """Written (atomically, and synced to disk: a few ms) only when it changed since this run
-        last wrote it: only this run writes it while it holds the dispatcher's lock."""
-        if (data := self.state.state_json()) != self.saved_state:
-            self.state_file.write(data)
-            self.saved_state = data
-
-    def save_pending(self) -> None:
-        self.pending_file.write(self.state.pending_json())
-
     def drop_request(self, request: records.MergeRequest) -> None:
         """Take a branch's request out of the merge queue."""
-        self.state.merge_queue = [r for r in self.state.merge_queue if r.branch != request.branch]
-        self.save_state()
+        with self.change():
+            self.state.merge_queue = [r for r in self.state.merge_queue if r.branch != request.branch]
 
     def block(self, task_id: str, reason: str, actor: str | None = None) -> None:
         self.store.set_status(task_id, "blocked", reason, actor=actor)
@@ -99,20 +74,20 @@ class Ledger:
     def attempt_failed(self, task_id: str, note: str, actor: str | None = None, counted: bool = True) -> None:
         """Release the task for another attempt, or block it after max_attempts. An attempt the
         user stopped is not counted. actor: whose claim it is."""
-        attempts = self.state.attempts.get(task_id, 0) + counted
-        self.state.attempts[task_id] = attempts
-        try:
-            if counted and attempts >= self.config.max_attempts:
-                self.block(task_id, f"{note} (after {attempts} attempts)", actor)
-            else:
-                self.store.release(task_id, note, actor=actor)
-                self.summary["released"].append(task_id)
-                self.event(EventName.RELEASED, task_id, reason=note)
-                self.say(f"{task_id}: released for another attempt: {note[:120]}")
-        except errors.TaskNotFound:
-            self.state.attempts.pop(task_id)
-            self.drop_record_of_gone_task(task_id, "worker's attempt")
-        self.save_state()
+        with self.change():
+            attempts = self.state.attempts.get(task_id, 0) + counted
+            self.state.attempts[task_id] = attempts
+            try:
+                if counted and attempts >= self.config.max_attempts:
+                    self.block(task_id, f"{note} (after {attempts} attempts)", actor)
+                else:
+                    self.store.release(task_id, note, actor=actor)
+                    self.summary["released"].append(task_id)
+                    self.event(EventName.RELEASED, task_id, reason=note)
+                    self.say(f"{task_id}: released for another attempt: {note[:120]}")
+            except errors.TaskNotFound:
+                self.state.attempts.pop(task_id)
+                self.drop_record_of_gone_task(task_id, "worker's attempt")
 
     def current_task(self, task_id: str, created_at: str) -> task_model.Task | None:
         return current_task(self.store, task_id, created_at)

@@ -206,8 +206,8 @@ class Dispatcher:
         deck = self.pool.on_deck()
         if deck is None or not (starting := self.pool.starting.get(workers.ON_DECK)) or not starting.done():
             return False
-        self.pool.forget(deck)
-        self.ledger.save_state()
+        with self.ledger.change():
+            self.pool.forget(deck)
         worktrees.discard_attempt(self.config, deck)
         self.say(f"{deck.task_id}: taken off deck ({why})" + (", and released" if release else ""))
         if release:

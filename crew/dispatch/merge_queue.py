@@ -101,9 +101,9 @@ class MergeQueue:
         return [request for request in self.requests if not request.held and request.review != review.State.AWAITING]
 
     def add(self, worker: records.Worker, outcome: records.Outcome, note: str, counted: bool = True) -> None:
-        self.requests.append(records.MergeRequest(records.BranchInFlight.left_by(worker, outcome, note, counted),
-                                                  queued_at=time.time()))
-        self.ledger.save_state()
+        with self.ledger.change():
+            self.requests.append(records.MergeRequest(records.BranchInFlight.left_by(worker, outcome, note, counted),
+                                                      queued_at=time.time()))
         self.ledger.event(EventName.MERGE_QUEUED, worker.task_id, branch=worker.branch)
 
     def due(self, now: float) -> list[records.MergeRequest]:
@@ -289,8 +289,8 @@ class MergeQueue:
         if outcome.passed is not None:
             # Kept for --status and said on the terminal: one line, its control bytes made safe.
             tail = safe_names.for_terminal(safe_names.one_line_tail(outcome.output))
-            self.ledger.state.main_check = records.MainCheck(record.commit, outcome.passed, time.time(), tail)
-            self.ledger.save_state()
+            with self.ledger.change():
+                self.ledger.state.main_check = records.MainCheck(record.commit, outcome.passed, time.time(), tail)
             self.ledger.event(EventName.MAIN_CHECKED, None, commit=record.commit, passed=outcome.passed, log=record.log)
             if not outcome.passed:
                 self.ledger.say_once(Told.MAIN_FAILS, f"{self.main_fails()}; no fix task is filed meanwhile (checked "
@@ -374,12 +374,12 @@ class MergeQueue:
     def merge_waits(self, request: records.MergeRequest, reason: str | None) -> bool:
         """Try the merge again later, after a pause that grows: what keeps main still (a stale
         lock, the user's rebase) may stand for hours. Each reason is said once."""
-        request.waits += 1
-        request.retry_at = scheduler.next_try(request.waits, self.config.poll_interval_secs, time.time())
-        self.ledger.say_once(Told.MERGE_WAITS, f"{request.task_id}: merge waits: {reason}",
-                             f"{request.task_id}: {reason}")
-        request.waiting = reason
-        self.ledger.save_state()
+        with self.ledger.change():
+            request.waits += 1
+            request.retry_at = scheduler.next_try(request.waits, self.config.poll_interval_secs, time.time())
+            self.ledger.say_once(Told.MERGE_WAITS, f"{request.task_id}: merge waits: {reason}",
+                                 f"{request.task_id}: {reason}")
+            request.waiting = reason
         return False
 
     def why_main_is_held(self) -> str | None:

@@ -180,16 +180,18 @@ class ParallelGates:
 
     def show_waiting(self, plan: speculation.Plan) -> None:
         """Why each entry waits, for --status (a merge that waits for main keeps its own reason)."""
-        changed, now = False, time.time()
+        now, waiting = time.time(), {}
         for request in self.queue.active:
             reason = plan.waiting.get(request.task_id)
             verdict = self.verdicts.get(request.task_id)
             if reason is None and verdict is not None and verdict.passed and request.task_id != plan.land:
                 reason = PASSED_WAITS
             if request.retry_at <= now and request.waiting != reason:
-                request.waiting, changed = reason, True
-        if changed:
-            self.ledger.save_state()
+                waiting[request.task_id] = reason
+        if waiting:  # the state is not even compared on a pass that changes nothing
+            with self.ledger.change():
+                for request in self.queue.active:
+                    request.waiting = waiting.get(request.task_id, request.waiting)
 
     def land(self, request: records.MergeRequest) -> bool:
         """Main moves to the first entry's speculative commit (its gate passed on main as it is)."""

@@ -73,8 +73,8 @@ class Recovery:
         # record yet, and must not be stranded because the hostname changed meanwhile.
         ours = {actor, *state.actors} | {claimer for _, _, claimer in claims}
         if actor not in state.actors:
-            state.actors.append(actor)
-            ledger.save_state()  # before any claim under it
+            with ledger.change():  # before any claim under it
+                state.actors.append(actor)
         self.claim_again_what_the_stop_released()
         for task in self.store.list(["in_progress"]):
             recorded = any(task_id == task.id and records.same_creation(created_at, task.created_at)
@@ -89,8 +89,8 @@ class Recovery:
         state.branches = {name: owner for name, owner in state.branches.items() if f"refs/heads/{name}" in branches}
         self.prune_stray_worktrees()
         if state.gates:
-            state.gates = []
-            ledger.save_state()
+            with ledger.change():
+                state.gates = []
 
     def adopt_unrecorded_agent(self, worker: records.Worker, left: list[psutil.Process]) -> bool:
         """A worker whose agent a crash left running before its pid was recorded (its base is
@@ -100,10 +100,10 @@ class Recovery:
             return False
         if (found := orphans.eldest_with(left, agent.TASK_VARIABLE, worker.task_id)) is None:
             return False
-        worker.pid, worker.pid_start_time = found
-        timeout = self.config.worker_timeout_secs
-        worker.deadline = worker.started_at + timeout if timeout else None
-        self.ledger.save_state()
+        with self.ledger.change():
+            worker.pid, worker.pid_start_time = found
+            timeout = self.config.worker_timeout_secs
+            worker.deadline = worker.started_at + timeout if timeout else None
         self.ledger.event(EventName.ADOPTED, worker.task_id, pid=worker.pid)
         self.ledger.say(f"{worker.task_id}: adopted running worker (pid {worker.pid}, started just before the "
                         "earlier run stopped)")

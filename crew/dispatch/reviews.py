@@ -18,7 +18,7 @@ from crew.dispatch import review
 from crew.dispatch import worktrees
 from crew.dispatch.ledger import Ledger
 from crew.dispatch.ledger import current_task
-from crew.dispatch.ledger import read_state
+from crew.dispatch.state_store import read_state
 from crew.report.events import EventName
 from crew.tasks import model as task_model
 
@@ -112,11 +112,11 @@ class Reviews:
                            note=f"Awaiting review: {request.branch} at {tip} (it merges cleanly into {main} at "
                                 f"{base[:SHORT]}; {checked})")
         failpoints.failpoint("awaiting_review")
-        request.review, request.review_tip, request.review_since = review.State.AWAITING, tip, time.time()
-        request.review_base, request.review_commit, request.review_gate_log = base, commit, gate_log
-        request.waiting, request.retry_at, request.waits = AWAITING_REASON.format(
-            since=files.iso_time(request.review_since)), 0.0, 0
-        self.ledger.save_state()
+        with self.ledger.change():
+            request.review, request.review_tip, request.review_since = review.State.AWAITING, tip, time.time()
+            request.review_base, request.review_commit, request.review_gate_log = base, commit, gate_log
+            request.waiting, request.retry_at, request.waits = AWAITING_REASON.format(
+                since=files.iso_time(request.review_since)), 0.0, 0
         self.ledger.event(EventName.REVIEW_AWAITED, task.id, branch=request.branch, tip=tip, commit=commit,
                           log=gate_log or None)
         self.ledger.say(f"{task.id}: {request.branch} awaits review (`py tasks.py review`; approve with "
@@ -153,15 +153,15 @@ class Reviews:
     def requeue(self, request: records.MergeRequest, task: task_model.Task | None) -> None:
         if task is not None and review.AWAITING_LABEL in task.labels:
             self.store.relabel(task.id, remove=[review.AWAITING_LABEL])
-        request.review, request.waiting = review.State.NONE, None
-        self.ledger.save_state()
+        with self.ledger.change():
+            request.review, request.waiting = review.State.NONE, None
 
     def approved(self, request: records.MergeRequest, task: task_model.Task) -> None:
         """Back in the queue: it lands as approved, after a fresh merge and gate if main moved."""
         self.store.relabel(task.id, remove=[review.AWAITING_LABEL])
         failpoints.failpoint("review_approving")
-        request.review, request.waiting, request.retry_at = review.State.APPROVED, None, 0.0
-        self.ledger.save_state()
+        with self.ledger.change():
+            request.review, request.waiting, request.retry_at = review.State.APPROVED, None, 0.0
         self.ledger.event(EventName.REVIEW_APPROVED, task.id, branch=request.branch, tip=request.review_tip,
                           awaited_secs=round(time.time() - request.review_since, 1))
         self.ledger.say(f"{task.id}: {request.branch} approved at {request.review_tip[:SHORT]}; "

@@ -90,20 +90,20 @@ class RewrittenMain:
         state, seen = self.ledger.state, self.ledger.state.main_seen
         if main_now is None or main_now == seen:
             return
-        left = []
-        if (seen and seen != parent and git.rev_parse(self.root, seen)
-                and not git.is_ancestor(self.root, seen, main_now)):
-            left = git.commits_between(self.root, seen, main_now)
-            gone = set(left)
-            for branch in self.branches():
-                if found := carried(gone, git.commits_between(self.root, f"refs/heads/{branch}", main_now)):
-                    earlier = state.left_main.get(branch)
-                    # The main it was made on first: its own commits are those after that one.
-                    state.left_main[branch] = records.LeftMain(
-                        old_main=earlier.old_main if earlier else seen,
-                        commits=list(dict.fromkeys([*(earlier.commits if earlier else []), *found])))
-        state.main_seen = main_now
-        self.ledger.save_state()  # the branches that carry them with the main that left them out: both or neither
+        with self.ledger.change():  # the branches that carry them with the main that left them out: both or neither
+            left = []
+            if (seen and seen != parent and git.rev_parse(self.root, seen)
+                    and not git.is_ancestor(self.root, seen, main_now)):
+                left = git.commits_between(self.root, seen, main_now)
+                gone = set(left)
+                for branch in self.branches():
+                    if found := carried(gone, git.commits_between(self.root, f"refs/heads/{branch}", main_now)):
+                        earlier = state.left_main.get(branch)
+                        # The main it was made on first: its own commits are those after that one.
+                        state.left_main[branch] = records.LeftMain(
+                            old_main=earlier.old_main if earlier else seen,
+                            commits=list(dict.fromkeys([*(earlier.commits if earlier else []), *found])))
+            state.main_seen = main_now
         if left:
             self.ledger.event(EventName.MAIN_REWRITTEN, old=seen, new=main_now, count=len(left),
                               commits=left[:COMMITS_NAMED])
@@ -126,8 +126,8 @@ class RewrittenMain:
         if left is None:
             return False
         if not git.rev_parse(self.root, f"refs/heads/{request.branch}"):
-            del self.ledger.state.left_main[request.branch]  # gone: the merge says what becomes of it
-            self.ledger.save_state()
+            with self.ledger.change():
+                del self.ledger.state.left_main[request.branch]  # gone: the merge says what becomes of it
             return False
         future = self.rebasing.get(request.branch)
         if future is None:
@@ -145,8 +145,8 @@ class RewrittenMain:
         except (errors.GitError, OSError) as exc:
             failure = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if failure is None:
-            del self.ledger.state.left_main[request.branch]
-            self.ledger.save_state()
+            with self.ledger.change():
+                del self.ledger.state.left_main[request.branch]
             self.ledger.event(EventName.BRANCH_REBASED, request.task_id, branch=request.branch, commits=left.commits)
             self.ledger.say(f"{request.task_id}: rebased {request.branch} onto {self.main} without them; merging it")
             return False
@@ -175,8 +175,8 @@ class RewrittenMain:
         reason = held_reason(request.task_id, request.branch, self.main, left.commits, why)
         # Noted first: a crash before the save rebases and holds again (a second note), never none.
         self.ledger.store.add_note(request.task_id, reason)
-        request.held = request.waiting = reason
-        self.ledger.save_state()
+        with self.ledger.change():
+            request.held = request.waiting = reason
         self.ledger.event(EventName.BRANCH_HELD, request.task_id, branch=request.branch, commits=left.commits,
                           reason=reason)
         self.ledger.say(f"{request.task_id}: {reason}")
@@ -213,9 +213,9 @@ class RewrittenMain:
         return acted
 
     def merge_as_it_is(self, request: records.MergeRequest) -> None:
-        self.ledger.state.left_main.pop(request.branch, None)
-        request.held = request.waiting = None
-        self.ledger.save_state()
+        with self.ledger.change():
+            self.ledger.state.left_main.pop(request.branch, None)
+            request.held = request.waiting = None
         self.ledger.event(EventName.HELD_DECIDED, request.task_id, branch=request.branch,
                           decision=str(HeldDecision.MERGE))
         self.ledger.say(f"{request.task_id}: {request.branch} is merged as it is, as a person decided")

@@ -20,10 +20,10 @@ from crew import files
 from crew import orphans
 from crew import processes
 from crew import workspace
-from crew.dispatch import ledger
 from crew.dispatch import notify
 from crew.dispatch import preflight
 from crew.dispatch import records
+from crew.dispatch import state_store
 from crew.dispatch.loop import Dispatcher
 from crew.report import page
 from crew.report.events import EventName
@@ -43,15 +43,15 @@ def run_session(config: configuration.Settings, store: task_model.TaskStore, max
     try:
         lock.acquire(timeout=0)
     except filelock.Timeout:
-        other = ledger.read_state(config).dispatcher
+        other = state_store.read_state(config).dispatcher
         raise errors.UserError(f"another dispatcher is running on this repository "
                                f"(pid {other.pid if other else '?'}, started {other.started_at if other else '?'}); "
                                "see --status") from None
     try:
         dispatcher = Dispatcher(config, store, max_workers, watch, say)
-        dispatcher.ledger.state.dispatcher = records.DispatcherRecord(
-            pid=os.getpid(), started_at=files.now_iso(), pid_start_time=processes.process_start_time(os.getpid()))
-        dispatcher.ledger.save_state()
+        with dispatcher.ledger.change():
+            dispatcher.ledger.state.dispatcher = records.DispatcherRecord(
+                pid=os.getpid(), started_at=files.now_iso(), pid_start_time=processes.process_start_time(os.getpid()))
         dispatcher.ledger.event(EventName.DISPATCHER_STARTED, pid=os.getpid(), max_workers=max_workers, watch=watch)
         handlers: dict[signal.Signals, Callable[[int, FrameType | None], None]] = {
             signal.SIGINT: dispatcher.interrupt, signal.SIGTERM: dispatcher.stop_signalled}
@@ -68,8 +68,8 @@ def run_session(config: configuration.Settings, store: task_model.TaskStore, max
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-            dispatcher.ledger.state.dispatcher = None
-            dispatcher.ledger.save_state()
+            with dispatcher.ledger.change():
+                dispatcher.ledger.state.dispatcher = None
             interrupted = dispatcher.interrupts > 0 or dispatcher.stop_signal is not None
             dispatcher.ledger.event(EventName.DISPATCHER_STOPPED, interrupted=interrupted)
             state_saved.set()

@@ -9,11 +9,11 @@ from crew import config as configuration
 from crew import errors
 from crew import git
 from crew import processes
-from crew.dispatch import ledger
 from crew.dispatch import records
 from crew.dispatch import revert
 from crew.dispatch import review
 from crew.dispatch import scheduler
+from crew.dispatch import state_store
 from crew.tasks import model as task_model
 
 
@@ -22,7 +22,7 @@ def iso(epoch: float | None) -> str | None:
 
 
 def status(config: configuration.Settings, store: task_model.TaskStore) -> dict[str, Any]:
-    state = ledger.read_state(config)
+    state = state_store.read_state(config)
     dispatcher = state.dispatcher
     if dispatcher and not processes.is_same_process_alive(dispatcher.pid, dispatcher.pid_start_time):
         dispatcher = None
@@ -92,7 +92,7 @@ def gate_state(gate: records.GateRecord, dispatcher_running: bool, process_alive
 
 def dry_run(config: configuration.Settings, store: task_model.TaskStore, max_workers: int) -> list[dict[str, Any]]:
     """What a run would start now, and why each other ready task waits."""
-    state = ledger.read_state(config)
+    state = state_store.read_state(config)
     known: dict[str, list[str]] = {}
 
     def files_of(task_id: str) -> list[str]:

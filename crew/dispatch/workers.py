@@ -162,10 +162,10 @@ class WorkerPool:
                                 worktree=worktree, base="", attempt=attempts + 1, started_at=time.time(),
                                 deadline=None, kind=kind, log=self.new_log(task.id, attempts + 1),
                                 actor=self.config.actor, task_created_at=task.created_at)
-        self.workers[slot] = worker
-        if slot == ON_DECK:
-            self.deck_main = None
-        self.ledger.save_state()  # recorded before anything runs: a crash never leaves an unknown agent
+        with self.ledger.change():  # recorded before anything runs: a crash never leaves an unknown agent
+            self.workers[slot] = worker
+            if slot == ON_DECK:
+                self.deck_main = None
         self.starting[slot] = self.starter.submit(self._prepare, worker, task, conflict)
 
     def new_log(self, task_id: str, attempt: int) -> str:
@@ -212,13 +212,13 @@ class WorkerPool:
     def started(self, worker: records.Worker) -> None:
         """Back on the loop: start the process and record it, or count the failed start as an attempt."""
         ledger, root = self.ledger, self.config.root
-        try:
-            argv, env = self.starting.pop(worker.slot).result()
-        except (errors.UserError, OSError) as exc:
-            self.forget(worker)
-            ledger.attempt_failed(worker.task_id, f"could not prepare the worktree: {exc}", worker.actor)
-            return
-        ledger.save_state()  # its base: a crash before its pid is recorded leaves an agent that may have run
+        with ledger.change():  # its base: a crash before its pid is recorded leaves an agent that may have run
+            try:
+                argv, env = self.starting.pop(worker.slot).result()
+            except (errors.UserError, OSError) as exc:
+                self.forget(worker)
+                ledger.attempt_failed(worker.task_id, f"could not prepare the worktree: {exc}", worker.actor)
+                return
         try:
             self.procs[worker.slot] = proc = processes.start_process(argv, worker.worktree, env,
                                                                      root / worker.log, self.mark(worker))
@@ -233,13 +233,13 @@ class WorkerPool:
         conflict = pending if worker.kind == records.WorkerKind.CONFLICT else None
         if conflict and git.git_out(root, "log", "-1", "--format=%s", worker.base) == worktrees.PREPARED_SUBJECT.format(
                 main=self.config.main_branch, branch=worker.branch, task_id=worker.task_id):
-            conflict.branch_tip = worker.base  # the dispatcher's own merge of main resolves nothing
-            ledger.save_pending()
-        worker.started_at = time.time()
-        timeout = self.config.worker_timeout_secs
-        worker.deadline = worker.started_at + timeout if timeout else None
-        worker.pid, worker.pid_start_time = proc.pid, processes.process_start_time(proc.pid)
-        ledger.save_state()
+            with ledger.change():
+                conflict.branch_tip = worker.base  # the dispatcher's own merge of main resolves nothing
+        with ledger.change():
+            worker.started_at = time.time()
+            timeout = self.config.worker_timeout_secs
+            worker.deadline = worker.started_at + timeout if timeout else None
+            worker.pid, worker.pid_start_time = proc.pid, processes.process_start_time(proc.pid)
         ledger.event(EventName.WORKER_STARTED, worker.task_id, slot=worker.slot, pid=worker.pid, branch=worker.branch,
                      attempt=worker.attempt, log=worker.log, title=worker.title,
                      kind=pending.kind if pending else worker.kind)
@@ -303,8 +303,8 @@ class WorkerPool:
         """Begin ending a started worker's process tree, having recorded why: a dispatcher killed
         meanwhile must not take the ended worker for one that finished. Returns at once; poll()
         finishes the worker once its tree is gone."""
-        worker.ended = why
-        self.ledger.save_state()
+        with self.ledger.change():
+            worker.ended = why
         self.ledger.event(EventName.WORKER_TIMED_OUT if why == records.TIMED_OUT else EventName.WORKER_STOPPED,
                           worker.task_id, reason=why, log=worker.log)
         proc = self.procs.get(worker.slot)
