@@ -166,3 +166,39 @@ def test_every_claim_held_is_renewed_and_only_a_running_workers_loss_ends_it():
     assert len(store.asked) == 6
     leases.step(claims, {"w": worker}, now=1061)
     assert len(said) == 1  # a waiting branch's loss is said once
+
+
+@pytest.mark.parametrize("backend", ["fake-bd"], indirect=True)
+def test_a_claim_taken_back_while_the_deck_is_being_made_never_starts_it(agent_setup, repo, monkeypatch, tmp_path):
+    go, count = tmp_path / "go", tmp_path / "setups"
+    # The first worktree's setup passes at once; the second (the deck's) waits for `go`.
+    setup = 'n=$(cat "$1" 2>/dev/null || echo 0); echo $((n+1)) > "$1"; [ "$n" = 0 ] || ' \
+            'while [ ! -f "$0" ]; do sleep 0.1; done'
+    monkeypatch.setenv("FAKE_BD_LEASE_SECS", "300")
+    cfg, config, store = agent_setup(lease_heartbeat_secs=0.5, max_workers=1,
+                                     worktree_setup_command=["sh", "-c", setup, str(go), str(count)])
+    tasks = {add_task(store, f"Task {n}", "sleep 3", f"append t{n}.txt {n}").id: n for n in (1, 2)}
+
+    def deck() -> dict | None:
+        path = repo / ".dispatch_state.json"
+        workers = json.loads(path.read_text(encoding="utf-8"))["workers"] if path.exists() else []
+        return next((w for w in workers if w["slot"] == records.ON_DECK), None)
+
+    proc = start_dispatcher(cfg)
+    try:
+        wait_until(lambda: deck() is not None, proc, "a task on deck")
+        on_deck = deck()["task_id"]
+        wait_until(lambda: store.get(on_deck).status == "in_progress", proc, "the deck's claim")
+        lapse_lease(repo, on_deck)
+        bd(config, "reclaim", "--older-than", "0s", "--actor", "host-b")
+        bd(config, "update", on_deck, "--claim", "--actor", "host-b")
+        wait_until(lambda: (deck() or {}).get("ended") == records.CLAIM_LOST, proc, "the deck's lost claim recorded")
+    finally:
+        go.touch()
+    out, err = proc.communicate(timeout=60)
+    [running] = [task_id for task_id in tasks if task_id != on_deck]
+    assert [e["task_id"] for e in events(repo, "worker_started")] == [running], out + err
+    final = store.get(on_deck)
+    assert (final.status, final.assignee) == ("in_progress", "host-b")  # the other host's claim is untouched
+    assert main_file(repo, f"t{tasks[running]}.txt") == f"{tasks[running]}\n"
+    assert not (repo / f"t{tasks[on_deck]}.txt").exists()

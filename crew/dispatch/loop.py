@@ -125,12 +125,14 @@ class Dispatcher:
         return self.stopping or self.breaker_tripped()
 
     def deck_waits(self, leaving: int) -> bool:
-        """Whether the task on deck may not start now: starts are held (a stop, the breaker), or
+        """Whether the task on deck may not start now: its claim was taken back while its worktree
+        was being made (it is taken off once made), starts are held (a stop, the breaker), or
         the `leaving` workers, exited and not yet judged, would trip the breaker were they all
         without commits (it waits for their judging), or new work waits while branches wait to
         merge (it waits on deck until they land), counting the leaving as branches that wait to merge."""
         limit = self.waiting_limit
-        return self.starts_held() or self.breaker.could_trip(leaving) or (
+        lost = (deck := self.pool.on_deck()) is not None and deck.ended == records.CLAIM_LOST
+        return lost or self.starts_held() or self.breaker.could_trip(leaving) or (
             bool(limit) and scheduler.merging(self.ledger.state.merge_queue, time.time()) + leaving >= limit)
 
     def open_slots(self) -> list[int]:
@@ -206,6 +208,7 @@ class Dispatcher:
         deck = self.pool.on_deck()
         if deck is None or not (starting := self.pool.starting.get(workers.ON_DECK)) or not starting.done():
             return False
+        release = release and deck.ended != records.CLAIM_LOST  # another holds it now
         with self.ledger.change():
             self.pool.forget(deck)
         worktrees.discard_attempt(self.config, deck)
@@ -338,7 +341,10 @@ class Dispatcher:
         lost = self.leases.step(claims, running, time.time())
         for worker, why in lost:
             if worker is deck:
-                self.clear_deck(f"its claim was taken back: {why}", release=False)
+                if not self.clear_deck(f"its claim was taken back: {why}", release=False):
+                    # Its worktree is still being made: it never starts, and is taken off once made.
+                    with self.ledger.change():
+                        deck.ended = records.CLAIM_LOST
                 continue
             self.say(f"{worker.task_id}: its claim was taken back ({why}); ending its worker (its branch is kept)")
             self.pool.end(worker, records.CLAIM_LOST)  # finished once its tree is gone
@@ -426,6 +432,8 @@ class Dispatcher:
             changed |= self.renew_leases()
             changed |= self.reclaim_lapsed()
             self.released()
+            if (deck := self.pool.on_deck()) is not None and deck.ended == records.CLAIM_LOST:
+                changed |= self.clear_deck("its claim was taken back", release=False)
             if self.stopping or self.breaker_tripped():
                 changed |= self.clear_deck(self.why_starts_held())
             if changed:
