@@ -170,3 +170,24 @@ def test_the_task_on_deck_starts_from_the_main_that_landed_while_it_waited(json_
     base = git(repo, "rev-parse", own[0] + "^")
     if names.index(("merged", first.id)) < names.index(("worker_started", last.id)):
         assert subprocess.run(["git", "merge-base", "--is-ancestor", merged[first.id], base], cwd=repo).returncode == 0
+
+
+def test_nothing_goes_on_deck_while_the_workers_that_just_exited_would_hold_it(json_agent_setup, repo, monkeypatch):
+    """Two workers exit at once: the first hands its slot to the task on deck, and the second,
+    with the first, fills the bound of branches waiting to merge: the next task is not claimed
+    for the deck until they are judged."""
+    from crew.dispatch.loop import Dispatcher
+    cfg, config, store = json_agent_setup(max_waiting_merges=2)
+    task = add_task(store, "Next", "append next.txt next")
+    dispatcher = Dispatcher(config, store, 1, out=lambda message: None)
+    dispatcher.ledger.state.workers[1] = records.Worker(slot=1, task_id="busy", title="busy", branch="work/busy",
+                                                        worktree=repo, base="", attempt=1, started_at=0.0,
+                                                        deadline=None, pid=os.getpid())
+    dispatcher.ready = [store.get(task.id)]
+    monkeypatch.setattr(dispatcher.pool, "leaving", lambda: 2)
+    dispatcher.fill_slots()
+    assert dispatcher.claiming is None
+    monkeypatch.setattr(dispatcher.pool, "leaving", lambda: 0)
+    dispatcher.fill_slots()
+    assert dispatcher.claiming is not None and dispatcher.claiming[1].id == task.id
+    assert dispatcher.claiming[0].result(timeout=60)  # the claim lands before the test's folder goes

@@ -155,6 +155,8 @@ class Dispatcher:
             return
         ready = self.ready
         if slots == [workers.ON_DECK]:
+            if self.deck_waits(self.pool.leaving()):
+                return  # it would wait on deck (the workers that just exited are not yet judged)
             # A conflict or fix task works in its branch's worktree, prepared with main merged in:
             # made ahead, main would move under it, and taken off, the branch would keep that merge.
             # The others wait while starts are held, so nothing goes on deck then.
