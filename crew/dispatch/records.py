@@ -62,7 +62,7 @@ class PendingKind(enum.StrEnum):
 
 
 def same_creation(recorded: str, created_at: str) -> bool:
-    """Whether a record's creation time is the task's. An empty one (an older state file) matches
+    """Whether a record's creation time is the task's. An empty one (a version 1 file) matches
     any. Real bd answers `create` in nanoseconds and everything after rounded to the second."""
     if recorded in ("", created_at):
         return True
@@ -550,6 +550,6 @@ def migrated_worker(data: dict[str, typing.Any], default_actor: str, logs: Path)
         defaults["log"] = f"{logs.name}/{legacy.name}" if legacy.is_file() else ""
     worker = Worker.from_json(data, defaults)
     worker.actor = worker.actor or default_actor
-    if data.get("timed_out") and worker.ended is None:  # before the hardening: a flag, not the reason
+    if data.get("timed_out") and worker.ended is None:  # state version 1 kept a flag, not the reason
         worker.ended = TIMED_OUT
     return worker
