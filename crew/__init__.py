@@ -32,7 +32,8 @@ Layout, one concern a module (each module imports only the ones it needs, as mod
   dispatch/records.py      the dispatcher's records (dataclasses), the versioned state, older files migrated
   dispatch/scheduler.py    pure decisions: what may start, why a task waits, the breaker, merge backoff
   dispatch/state_store.py  the dispatcher's state and its two files: one way to change it, which saves it
-  dispatch/ledger.py       the events log, the summary, a task's fate after an attempt
+  dispatch/ledger.py       the events log, the summary
+  dispatch/outcomes.py     a task's fate after an attempt or a merge: closed, released (counted or not), blocked
   dispatch/say_once.py     what a run says once on the terminal (a wait that lasts, a failing hook)
   dispatch/agent.py        the agent's command line, environment and task message
   dispatch/worktrees.py    the dispatcher's worktrees and branches (only its own are ever deleted)

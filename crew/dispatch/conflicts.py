@@ -16,6 +16,7 @@ from crew import files as statefiles
 from crew import git
 from crew import names as safe_names
 from crew.dispatch import ledger as task_ledger
+from crew.dispatch import outcomes
 from crew.dispatch import records
 from crew.dispatch import scheduler
 from crew.dispatch import worktrees
@@ -136,8 +137,8 @@ class Conflicts:
             # The last failure, in the task's notes: the attempt a person may start later learns from it.
             last = (f"the checks' output ends: {safe_names.one_line_tail(detail)}" if kind == records.PendingKind.GATE
                     else f"the last conflict was in {', '.join(files)}")
-            ledger.block(task_id, f"{branch} still does not merge after {self.config.max_merge_retries} "
-                                  f"conflict or check tasks; branch kept; {last}", request.actor)
+            outcomes.block(ledger, task_id, f"{branch} still does not merge after {self.config.max_merge_retries} "
+                                            f"conflict or check tasks; branch kept; {last}", request.actor)
             return True
         followup = self.file_task(request, kind, files, main_commit, detail, merged)
         ledger.event(EventName.CONFLICT_FILED, task_id, conflict_task=followup.id, kind=kind, branch=branch,
@@ -218,17 +219,18 @@ class Conflicts:
                 with ledger.change():
                     del state.pending[followup_id]
                 ledger.drop_record_of_gone_task(followup_id, f"pending merge of {pending.branch} (the branch is kept)")
-                ledger.release_claim(pending, f"released: its {pending.kind} task {followup_id} was deleted; "
-                                              f"branch {pending.branch} kept")
+                outcomes.release_claim(ledger, pending, f"released: its {pending.kind} task {followup_id} was deleted; "
+                                                        f"branch {pending.branch} kept")
                 changed = True
             elif followup.status == "closed" and self.config.auto_retry_merge_on_conflict_close:
                 if pending.kind == records.PendingKind.CONFLICT and not committed_since(self.root, pending):
                     with ledger.change():
                         del state.pending[followup_id]
                     worktrees.remove_worktree(self.root, pending.worktree)
-                    ledger.block(pending.task_id, f"{followup_id} ({followup.title}) was closed with no commit on "
-                                                  f"{pending.branch} after the dispatcher's, so the conflict "
-                                                  f"stands; branch {pending.branch} kept", pending.actor)
+                    outcomes.block(
+                        ledger, pending.task_id, f"{followup_id} ({followup.title}) was closed with no commit on "
+                                                 f"{pending.branch} after the dispatcher's, so the conflict "
+                                                 f"stands; branch {pending.branch} kept", pending.actor)
                     changed = True
                     continue
                 if not any(request.branch == pending.branch for request in state.merge_queue):
@@ -242,8 +244,8 @@ class Conflicts:
                 with ledger.change():
                     del state.pending[followup_id]
                 worktrees.remove_worktree(self.root, pending.worktree)
-                ledger.block(pending.task_id, f"{followup_id} ({followup.title}) is blocked: "
-                                              f"{followup.notes.splitlines()[-1] if followup.notes else ''}",
-                             pending.actor)
+                outcomes.block(ledger, pending.task_id, f"{followup_id} ({followup.title}) is blocked: "
+                                                        f"{followup.notes.splitlines()[-1] if followup.notes else ''}",
+                                       pending.actor)
                 changed = True
         return changed

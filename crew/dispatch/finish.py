@@ -15,6 +15,7 @@ from crew import names as safe_names
 from crew import suggestions as suggested_tasks
 from crew.dispatch import attempt_log
 from crew.dispatch import conflicts
+from crew.dispatch import outcomes
 from crew.dispatch import records
 from crew.dispatch import revert
 from crew.dispatch import scheduler
@@ -69,8 +70,9 @@ class Finisher:
             elif worker.kind == records.WorkerKind.CONFLICT and not worker.ended:
                 self.finish_conflict_worker(worker, commits, refused)
             elif worker.kind == records.WorkerKind.CONFLICT:  # its branch is the resolved task's: release it only
-                self.ledger.attempt_failed(task_id, f"attempt {worker.attempt} {why}; log {worker.log} ends: "
-                                                    f"{self.log_tail(worker)}{refused}", worker.actor, counted=counted)
+                outcomes.attempt_failed(self.ledger, task_id, f"attempt {worker.attempt} {why}; log {worker.log} ends: "
+                                                              f"{self.log_tail(worker)}{refused}",
+                                        worker.actor, counted=counted)
             elif reverter_failed and not worker.ended:
                 self.block_failed_revert(worker, exit_code)
             elif commits and not worker.ended and not refused:
@@ -87,9 +89,10 @@ class Finisher:
                 self.ledger.event(EventName.NO_COMMITS, task_id, log=worker.log)
                 self.breaker.attempt_ended(made_commits=False, counted=counted)
                 worktrees.discard_attempt(self.config, worker)
-                self.ledger.attempt_failed(task_id, f"attempt {worker.attempt} {why} with no commits; "
-                                                    f"{self.no_edit_hint(worker)}log {worker.log} ends: "
-                                                    f"{self.log_tail(worker)}{refused}", worker.actor, counted=counted)
+                outcomes.attempt_failed(self.ledger, task_id, f"attempt {worker.attempt} {why} with no commits; "
+                                                              f"{self.no_edit_hint(worker)}log {worker.log} ends: "
+                                                              f"{self.log_tail(worker)}{refused}",
+                                        worker.actor, counted=counted)
 
     def block_failed_revert(self, worker: records.Worker, exit_code: int | None) -> None:
         """The reverter gave up or was killed: its branch is never merged (it may hold some of the
@@ -97,9 +100,10 @@ class Finisher:
         on the branch: the next attempt goes on past it."""
         self.breaker.attempt_ended(made_commits=False)
         worktrees.discard_attempt(self.config, worker)
-        self.ledger.block(worker.task_id, f"attempt {worker.attempt}: the reverter exited {exit_code}; its branch "
-                                          f"{worker.branch} is not merged; log {worker.log} ends: "
-                                          f"{self.log_tail(worker)}", worker.actor)
+        outcomes.block(
+            self.ledger, worker.task_id, f"attempt {worker.attempt}: the reverter exited {exit_code}; its branch "
+                                         f"{worker.branch} is not merged; log {worker.log} ends: "
+                                         f"{self.log_tail(worker)}", worker.actor)
 
     def leave_unmerged(self, worker: records.Worker) -> None:
         """The user blocked the task while it ran, or its claim was taken back (its lease lapsed
@@ -174,17 +178,17 @@ class Finisher:
             and git.merge_tree(self.root, main, worker.branch).tree is not None \
             and not git.new_marker_files(self.root, main, worker.branch)
         if clean:
-            self.store.close(worker.task_id, f"{worker.branch} now merges cleanly", actor=worker.actor)
-            self.ledger.event(EventName.CLOSED, worker.task_id)
+            outcomes.close(self.ledger, worker.task_id, f"{worker.branch} now merges cleanly", actor=worker.actor)
             self.ledger.say(f"{worker.task_id}: resolved; {worker.branch} merges cleanly now")
         else:
             self.ledger.event(EventName.NO_COMMITS if not commits else EventName.MERGE_CONFLICT, worker.task_id,
                               log=worker.log)
             problem = "still does not merge cleanly" if commits else "has no commit after the dispatcher's merge"
-            self.ledger.attempt_failed(worker.task_id, f"attempt {worker.attempt}: {worker.branch} {problem}; "
-                                                       f"{'' if commits else self.no_edit_hint(worker)}"
-                                                       f"log {worker.log} ends: {self.log_tail(worker)}{refused}",
-                                       worker.actor)
+            outcomes.attempt_failed(
+                self.ledger, worker.task_id, f"attempt {worker.attempt}: {worker.branch} {problem}; "
+                                             f"{'' if commits else self.no_edit_hint(worker)}"
+                                             f"log {worker.log} ends: {self.log_tail(worker)}{refused}",
+                             worker.actor)
 
     def log_tail(self, worker: records.Worker) -> str:
         """The end of the attempt's log, for its note (and so the next attempt's message)."""

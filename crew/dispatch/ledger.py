@@ -1,5 +1,5 @@
-"""What the dispatcher writes down: its state (through the state store), the events log, the
-run's summary, and a task's fate after an attempt. Only the ledger writes events."""
+"""What the dispatcher writes down: its state (through the state store), the events log and the
+run's summary (a task's fate after an attempt is outcomes.py's). Only the ledger writes events."""
 from __future__ import annotations
 
 import threading
@@ -65,30 +65,6 @@ class Ledger:
         with self.change():
             self.state.merge_queue = [r for r in self.state.merge_queue if r.branch != request.branch]
 
-    def block(self, task_id: str, reason: str, actor: str | None = None) -> None:
-        self.store.set_status(task_id, "blocked", reason, actor=actor)
-        self.summary["blocked"].append({"id": task_id, "reason": reason})
-        self.event(EventName.BLOCKED, task_id, reason=reason)
-        self.say(f"{task_id}: blocked: {reason}")
-
-    def attempt_failed(self, task_id: str, note: str, actor: str | None = None, counted: bool = True) -> None:
-        """Release the task for another attempt, or block it after max_attempts. An attempt the
-        user stopped is not counted. actor: whose claim it is."""
-        with self.change():
-            attempts = self.state.attempts.get(task_id, 0) + counted
-            self.state.attempts[task_id] = attempts
-            try:
-                if counted and attempts >= self.config.max_attempts:
-                    self.block(task_id, f"{note} (after {attempts} attempts)", actor)
-                else:
-                    self.store.release(task_id, note, actor=actor)
-                    self.summary["released"].append(task_id)
-                    self.event(EventName.RELEASED, task_id, reason=note)
-                    self.say(f"{task_id}: released for another attempt: {note[:120]}")
-            except errors.TaskNotFound:
-                self.state.attempts.pop(task_id)
-                self.drop_record_of_gone_task(task_id, "worker's attempt")
-
     def current_task(self, task_id: str, created_at: str) -> task_model.Task | None:
         return current_task(self.store, task_id, created_at)
 
@@ -96,11 +72,3 @@ class Ledger:
         """A record refers to a task the store no longer has: drop it (the caller does) and carry on."""
         self.event(EventName.RECORD_DROPPED, task_id, record=what)
         self.say(f"{task_id}: warning: the task is no longer in the store; dropped its {what}")
-
-    def release_claim(self, record: records.MergeRequest | records.PendingMerge, note: str) -> None:
-        """Give back the claim a dropped record held, if the task is still held by it."""
-        task = self.current_task(record.task_id, record.task_created_at)
-        if task is not None and task.status == "in_progress" and task.assignee == record.actor:
-            self.store.release(task.id, note, actor=record.actor)
-            self.event(EventName.RELEASED, task.id, reason=note)
-            self.say(f"{task.id}: {note}")

@@ -22,6 +22,7 @@ from crew.dispatch import epics
 from crew.dispatch import gate as gates
 from crew.dispatch import main_checks
 from crew.dispatch import merge_results
+from crew.dispatch import outcomes
 from crew.dispatch import parallel_gates
 from crew.dispatch import records
 from crew.dispatch import revert
@@ -204,7 +205,7 @@ class MergeQueue:
         tip = git.rev_parse(root, f"refs/heads/{request.branch}")
         if tip is None:
             self.drop(request)
-            ledger.block(request.task_id, f"its branch {request.branch} is gone", request.actor)
+            outcomes.block(ledger, request.task_id, f"its branch {request.branch} is gone", request.actor)
             return Decision(Verdict.DROPPED)
         if git.is_ancestor(root, tip, main):  # merged before a crash: only the bookkeeping is left
             merge = git.merge_of(root, tip, main)  # None: landed by hand without a merge commit
@@ -454,20 +455,18 @@ class MergeQueue:
         ledger.say(f"{task_id}: merged {request.branch} into {self.config.main_branch} ({short})")
         if merge_commit and revert.merged_label(commit) not in task.labels:  # what `tasks.py revert` undoes
             self.store.relabel(task_id, add=[revert.merged_label(commit)])
-        if request.outcome == records.Outcome.CLOSE:
-            if task.status != "closed":
-                self.store.close(task_id, f"merged into {self.config.main_branch} as {short}"
-                                 + (f"; {request.note}" if request.note else ""), actor=request.actor)
-                ledger.event(EventName.CLOSED, task_id)
+        fate = outcomes.merged_fate(request.outcome, task.status)
+        if fate in (outcomes.MergedFate.CLOSE, outcomes.MergedFate.SETTLE):
+            if fate == outcomes.MergedFate.CLOSE:
+                outcomes.close(ledger, task_id, f"merged into {self.config.main_branch} as {short}"
+                               + (f"; {request.note}" if request.note else ""), actor=request.actor)
                 self.epics.task_closed(task)
             if revert.reverted_task(task.labels):
                 revert.after_landing(self.store, ledger, task, commit)
-            ledger.summary["merged"].append(task_id)
-            # What this run said about it before (a branch kept when it was reopened) is settled.
-            ledger.summary["waiting"] = [w for w in ledger.summary["waiting"] if w["id"] != task_id]
-            ledger.state.attempts.pop(task_id, None)
-        elif task.status == "in_progress":
-            ledger.attempt_failed(task_id, f"{request.note} (merge {short})", request.actor, counted=request.counted)
+            outcomes.merged(ledger, task_id)
+        elif fate == outcomes.MergedFate.RETRY:
+            outcomes.attempt_failed(ledger, task_id, f"{request.note} (merge {short})", request.actor,
+                                    counted=request.counted)
         worktrees.remove_worktree(self.root, request.worktree)
         if self.config.delete_merged_branches:
             git.git("branch", "-D", request.branch, cwd=self.root, check=False)

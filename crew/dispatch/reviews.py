@@ -13,6 +13,7 @@ from crew import errors
 from crew import failpoints
 from crew import files
 from crew import git
+from crew.dispatch import outcomes
 from crew.dispatch import records
 from crew.dispatch import review
 from crew.dispatch import worktrees
@@ -184,8 +185,8 @@ class Reviews:
                           kept_as=kept_as, fresh=fresh)
         next_attempt = (f"starts afresh from {self.config.main_branch} (the rejected branch is kept as {kept_as}, "
                         "never merged)" if fresh else f"continues on {request.branch}")
-        self.ledger.release_claim(request, f"released: its branch was rejected in review; the next attempt "
-                                           f"{next_attempt}")
+        outcomes.release_claim(self.ledger, request, f"released: its branch was rejected in review; the next attempt "
+                                                     f"{next_attempt}")
 
     def set_aside(self, request: records.MergeRequest) -> str:
         """The rejected branch under a name that says so (found again if a crash came after the move)."""

@@ -16,6 +16,7 @@ from crew import config as configuration
 from crew import errors
 from crew import files
 from crew import git
+from crew.dispatch import outcomes
 from crew.dispatch import records
 from crew.dispatch import worktrees
 from crew.dispatch.ledger import Ledger
@@ -230,6 +231,7 @@ class RewrittenMain:
         self.ledger.drop_request(request)  # saves the state
         self.ledger.event(EventName.HELD_DECIDED, request.task_id, branch=request.branch,
                           decision=str(HeldDecision.DISCARD), tip=tip)
-        self.ledger.release_claim(request, f"released: its branch {request.branch} (at {tip[:SHORT]}) was discarded, "
-                                           "as a person decided: it carried commits that left "
-                                           f"{self.main}; the next attempt starts on {self.main}")
+        outcomes.release_claim(
+            self.ledger, request, f"released: its branch {request.branch} (at {tip[:SHORT]}) was discarded, "
+                                  "as a person decided: it carried commits that left "
+                                  f"{self.main}; the next attempt starts on {self.main}")

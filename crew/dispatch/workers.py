@@ -14,6 +14,7 @@ from crew import git
 from crew import names as safe_names
 from crew import processes
 from crew.dispatch import agent
+from crew.dispatch import outcomes
 from crew.dispatch import records
 from crew.dispatch import wakeup as wakeups
 from crew.dispatch import worktrees
@@ -217,7 +218,7 @@ class WorkerPool:
                 argv, env = self.starting.pop(worker.slot).result()
             except (errors.UserError, OSError) as exc:
                 self.forget(worker)
-                ledger.attempt_failed(worker.task_id, f"could not prepare the worktree: {exc}", worker.actor)
+                outcomes.attempt_failed(ledger, worker.task_id, f"could not prepare the worktree: {exc}", worker.actor)
                 return
         try:
             self.procs[worker.slot] = proc = processes.start_process(argv, worker.worktree, env,
@@ -225,7 +226,7 @@ class WorkerPool:
         except OSError as exc:  # e.g. the agent was uninstalled after preflight
             self.forget(worker)
             worktrees.discard_attempt(self.config, worker)
-            ledger.attempt_failed(worker.task_id, f"could not start the agent: {exc}", worker.actor)
+            outcomes.attempt_failed(ledger, worker.task_id, f"could not start the agent: {exc}", worker.actor)
             return
         failpoints.failpoint("after_agent_start")  # its pid not yet recorded
         self.wakeup.watch_exit(proc)
