@@ -3,7 +3,7 @@ lazy ones inside functions included (only `if TYPE_CHECKING:` blocks are skipped
 run). No import circle; the lowest modules import nothing above them; the product imports neither
 the tests nor the scripts.
 
-Run as a program it prints the import circles left inside crew/dispatch/ (file -> file: names)."""
+Run as a program it prints any import circle (file -> file: names)."""
 from __future__ import annotations
 
 import ast
@@ -18,9 +18,6 @@ PACKAGE = ROOT / "crew"
 # git's calls included, may carry one without pulling in what tests arm them for.
 LOWEST = {"crew.errors", "crew.failpoints", "crew.files", "crew.logs", "crew.names", "crew.orphans",
           "crew.processes", "crew.console", "crew.git"}
-# A circle inside the dispatcher is tolerated while its loop is being reworked (none is there now,
-# `python tests/test_layers.py` lists any); a circle reaching into or out of it is not.
-TOLERATED_CIRCLES = "crew.dispatch."
 
 
 def module_name(path: Path) -> str:
@@ -148,9 +145,8 @@ def test_every_import_statement_is_seen_but_type_checking_ones():
 
 def test_no_import_circle_among_crew_modules():
     graph = import_graph()
-    reaching_out = [circle for circle in circles(graph)
-                    if not all(module.startswith(TOLERATED_CIRCLES) for module in circle)]
-    assert reaching_out == [], "\n".join(line for circle in reaching_out for line in circle_edges(graph, circle))
+    found = circles(graph)
+    assert found == [], "\n".join(line for circle in found for line in circle_edges(graph, circle))
 
 
 def test_the_lowest_modules_import_nothing_above_them():
