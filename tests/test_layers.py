@@ -12,6 +12,7 @@ from pathlib import Path
 
 from support.repos import ROOT
 
+
 PACKAGE = ROOT / "crew"
 # The modules everything else stands on: errors, processes, files, text made safe, git. Each
 # imports only modules of this set; failpoints import nothing of crew at all, so any module,
