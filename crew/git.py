@@ -5,6 +5,7 @@ import dataclasses
 import functools
 import os
 import re
+import typing
 from pathlib import Path
 
 from crew import errors
@@ -415,3 +416,103 @@ def files_in(root: Path, rev: str, paths: list[str]) -> set[str]:
         return set()
     listed = git("--literal-pathspecs", "ls-tree", "-r", "-z", "--name-only", rev, "--", *paths, cwd=root, check=False)
     return set(listed.stdout.split("\0")) & set(paths) if listed.returncode == 0 else set()
+
+
+# A git remote (config `remote`): fetches and compare-and-swap pushes. No other host's work is
+# ever forced over: every push names the tip it expects on the remote, and git refuses it
+# when the remote has another.
+FETCH_TIMEOUT_SECS = 600.0  # a fetch runs no hook; only a network that stops answering could wait
+MISSING_REMOTE_REF = "couldn't find remote ref"
+REMOTE_UNREACHED_EXIT = 128  # git's fatal exit: no connection, no repository, no access
+FAILED_TO_PUSH = "error: failed to push some refs"
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchFailure:
+    """A fetch that did not complete: git's reason, and whether it was because a ref asked for is
+    not on the remote (a branch deleted there) rather than the remote not being reached."""
+
+    reason: str
+    missing: bool
+
+
+def fetch(root: Path, remote: str, refspecs: list[str], *,
+          timeout: float = FETCH_TIMEOUT_SECS) -> FetchFailure | None:
+    """`git fetch REMOTE REFSPEC...`; None when every ref was fetched. Tags, submodules, pruning
+    and FETCH_HEAD are left out: the user's own refs and their FETCH_HEAD stay as they were."""
+    try:
+        result = git("fetch", "-q", "--no-tags", "--no-prune", "--no-recurse-submodules", "--no-write-fetch-head",
+                     remote, *refspecs, cwd=root, check=False, timeout=timeout)
+    except errors.GitError:  # ended past the timeout
+        return FetchFailure(f"git fetch from {remote} did not finish within {timeout:g} s", False)
+    if result.returncode == 0:
+        return None
+    return FetchFailure(f"git fetch from {remote}: {first_line(result.stderr + result.stdout)}",
+                        MISSING_REMOTE_REF in result.stderr)
+
+
+class RefUpdate(typing.NamedTuple):
+    """One ref a push moves: to `source` (a commit; "" deletes it), only from `expected` (the tip
+    the remote must have now; "" means the ref must not exist)."""
+
+    source: str
+    destination: str  # a full ref name: refs/heads/B
+    expected: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RefPushed:
+    """What the remote did with one ref of a push: accepted (or already there), or rejected
+    (its tip is not the one expected, or the remote refused it), with git's summary."""
+
+    destination: str
+    accepted: bool
+    summary: str
+
+
+@dataclasses.dataclass(frozen=True)
+class PushResult:
+    """A push's outcome. refs: per ref, as git reported them. failure: why nothing was sent, when
+    so (the user's pre-push hook refused it, the remote was not reached); unreached: the failure
+    is one a later try may not meet (network, timeout), not a refusal."""
+
+    refs: dict[str, RefPushed]
+    failure: str | None = None
+    unreached: bool = False
+
+    @property
+    def accepted(self) -> bool:
+        return self.failure is None and bool(self.refs) and all(ref.accepted for ref in self.refs.values())
+
+    def rejected(self) -> list[RefPushed]:
+        return [ref for ref in self.refs.values() if not ref.accepted]
+
+
+def push_with_lease(root: Path, remote: str, updates: list[RefUpdate] | list[tuple[str, str, str]],
+                    atomic: bool = False, *, timeout: float) -> PushResult:
+    """`git push --porcelain --force-with-lease=REF:EXPECTED ... REMOTE SOURCE:REF ...`: each ref
+    moves only from the tip expected, never by a plain force. atomic: all refs move or none. The
+    user's pre-push hook runs (timeout: for it, and the network); a refusal, a rejection or a
+    remote not reached is the result, never raised."""
+    moves = [RefUpdate(*update) for update in updates]
+    leases = [f"--force-with-lease={move.destination}:{move.expected}" for move in moves]
+    refspecs = [f"{move.source}:{move.destination}" for move in moves]
+    try:
+        result = git("push", "--porcelain", *["--atomic"] * atomic, *leases, remote, *refspecs, cwd=root,
+                     check=False, timeout=timeout)
+    except errors.GitError:  # ended past the timeout: a hook that did not finish, or the network
+        return PushResult({}, f"git push to {remote} did not finish within {timeout:g} s", unreached=True)
+    refs = {}
+    for line in result.stdout.splitlines():  # "<flag>\t<from>:<to>\t<summary>", flag "!" rejected
+        fields = line.split("\t")
+        if len(fields) == 3 and len(fields[0]) == 1:
+            destination = fields[1].rsplit(":", 1)[-1]
+            refs[destination] = RefPushed(destination, fields[0] != "!", fields[2])
+    if refs or result.returncode == 0:
+        return PushResult(refs)
+    said = [line for line in (result.stderr + result.stdout).splitlines()
+            if line.strip() and not line.startswith((FAILED_TO_PUSH, "To "))]
+    reason = first_line("\n".join(said)) if said else "git push refused it"
+    if result.returncode == REMOTE_UNREACHED_EXIT:
+        return PushResult({}, f"{remote} could not be reached: {reason}", unreached=True)
+    return PushResult({}, f"the push to {remote} was refused (a pre-push hook): {reason}")
