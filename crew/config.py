@@ -27,6 +27,7 @@ class Config:
 
     repo_path: str | None = None
     main_branch: str = "main"
+    remote: str | None = None  # a git remote's name: several dispatchers share main through it
     task_backend: str = "auto"
     bd_command: str = "bd"
     task_queue_file: str = "task_queue.json"
@@ -186,7 +187,21 @@ def parse_config(text: str, source: str) -> Config:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             _check_range(key, value, source)
     data.pop("root", None)
-    return Config(**data, source=source)
+    config = Config(**data, source=source)
+    check_remote(config)
+    return config
+
+
+def check_remote(config: Config) -> None:
+    """Several dispatchers share their tasks through bd (one Dolt server) and main through the
+    remote: a JSON task file is one machine's."""
+    if config.remote is None:
+        return
+    if not config.remote or config.remote.startswith("-") or not config.remote.isprintable():
+        raise errors.UsageError(f"{config.source}: 'remote' must be the name of a git remote, got {config.remote!r}")
+    if config.task_backend == "json":
+        raise errors.UsageError(f"{config.source}: 'remote' needs the bd task store, which several machines share "
+                                "(task_backend is \"json\", one machine's file): set task_backend to \"bd\"")
 
 
 def find_main_root(start: Path) -> Path:

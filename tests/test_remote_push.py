@@ -2,10 +2,16 @@
 user's pre-push hook kept, a refusal or an unreachable remote reported, never raised."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from support import repos
+from support.dispatching import AGENT_COMMAND
+from support.dispatching import DISPATCH
+from support.tools import install_fake_bd
 
 from crew import git
 
@@ -95,3 +101,25 @@ def test_fetch_brings_a_branch_and_says_when_it_is_missing(repo, remote, other_c
     assert git.rev_parse(repo, "work/t2") == theirs
     missing = git.fetch(repo, "origin", ["refs/heads/work/none:refs/heads/work/none"])
     assert missing is not None and missing.missing
+
+
+def run_dispatcher(cfg: Path, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(DISPATCH), "--config", str(cfg)], check=False, cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_a_remote_with_the_json_store_exits_2_with_one_line(repo, remote, make_config):
+    cfg = make_config(task_backend="json", remote="origin", worker_command=AGENT_COMMAND)
+    proc = run_dispatcher(cfg, repo)
+    assert proc.returncode == 2, proc.stderr
+    assert "'remote' needs the bd task store" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_a_remote_git_does_not_list_stops_the_run_with_one_line(repo, remote, make_config, tmp_path, monkeypatch):
+    install_fake_bd(tmp_path / "bin")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin") + os.pathsep + os.environ["PATH"])
+    subprocess.run(["bd", "init", "--prefix", "proj"], cwd=repo, check=True)
+    cfg = make_config(task_backend="bd", remote="upstream", worker_command=AGENT_COMMAND)
+    proc = run_dispatcher(cfg, repo)
+    assert proc.returncode == 1, proc.stderr
+    assert "no git remote 'upstream'" in proc.stderr and proc.stderr.count("\n") == 1

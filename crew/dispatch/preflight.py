@@ -18,6 +18,9 @@ def preflight(config: configuration.Settings) -> None:
     """Everything a worker needs, checked before any starts; each failure is one line."""
     if git.rev_parse(config.root, f"refs/heads/{config.main_branch}") is None:
         raise errors.UserError(f"the repository has no branch {config.main_branch!r} (set main_branch)")
+    if config.remote is not None and config.remote not in git.git_out(config.root, "remote").splitlines():
+        raise errors.UserError(f"the repository has no git remote {config.remote!r} (add it with git remote add, "
+                               "or set remote to one `git remote` lists)")
     version = git.git_out(config.root, "version")
     numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
     if numbers < (2, 38):

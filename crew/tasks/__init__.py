@@ -5,6 +5,7 @@ import functools
 import shutil
 
 from crew import config as configuration
+from crew import errors
 from crew import workspace
 from crew.tasks import bd_store
 from crew.tasks import json_store
@@ -16,6 +17,9 @@ def open_task_store(config: configuration.Settings) -> model.TaskStore:
     backend = config.task_backend
     if backend == "auto":
         backend = "bd" if shutil.which(config.bd_command) and (config.root / ".beads").is_dir() else "json"
+    if backend == "json" and config.remote is not None:
+        raise errors.UsageError(f"{config.source}: 'remote' needs the bd task store, which several machines share, "
+                                f"and task_backend \"auto\" found no bd with a .beads/ folder in {config.root}")
     if backend == "bd":
         return bd_store.BdTaskStore(config.bd_command, config.root, config.actor)
     # A new id never names a task the dispatcher's records or branches still name.
