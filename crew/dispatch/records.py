@@ -8,7 +8,7 @@ read as a task id, and README, tests and users read that file).
 Reading never writes. A file an earlier release wrote (version 1: every release before the
 crew/ package, whose files had no "version"; version 2: before main's check was recorded;
 version 3: before the dispatcher remembered the last main it saw; version 4: before a merge
-request could await a person's review) is checked as that release checked it, then migrated in
+request could await a person's review; version 5: before branches were pushed to a remote) is checked as that release checked it, then migrated in
 memory; the first save writes it as this release does. The version is raised for a field an
 earlier release must not drop: that release would land a branch that awaits review.
 """
@@ -28,7 +28,7 @@ from crew import names
 from crew.dispatch import review as review_state
 
 
-STATE_VERSION = 5
+STATE_VERSION = 6
 TIMED_OUT = "timed out"
 TASK_BLOCKED = "stopped: its task was blocked"  # by the user, while the worker ran
 CLAIM_LOST = "stopped: its claim was taken back"  # its lease lapsed and another took the task (bd)
@@ -413,6 +413,9 @@ class DispatchState:
     # The last main the dispatcher saw: when main no longer descends from it, commits left main.
     main_seen: str = ""
     left_main: dict[str, LeftMain] = dataclasses.field(default_factory=dict)  # by branch
+    # Remote mode: the tip this host last pushed of each branch, by branch: the next push of the
+    # branch expects the remote to have exactly that (never a plain force).
+    pushed: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def state_json(self) -> dict[str, typing.Any]:
         """The content of .dispatch_state.json."""
@@ -424,7 +427,8 @@ class DispatchState:
                 "actors": list(self.actors), "gates": [gate.to_json() for gate in self.gates],
                 "main_check": self.main_check.to_json() if self.main_check else None,
                 "main_seen": self.main_seen,
-                "left_main": {branch: left.to_json() for branch, left in self.left_main.items()}}
+                "left_main": {branch: left.to_json() for branch, left in self.left_main.items()},
+                "pushed": dict(self.pushed)}
 
     def pending_json(self) -> dict[str, typing.Any]:
         """The content of .dispatch_pending_merge_retries.json."""
@@ -473,9 +477,9 @@ def state_problem(data: object) -> str | None:
         if not isinstance(data.get(key), kind):
             return f"{json.dumps(key)} is missing or not a {'list' if kind is list else 'JSON object'}"
     # Written by later releases of version 1 (branches, actors), since version 2 (gates), since version 3
-    # (main_check) or since version 4 (left_main, main_seen): absent is empty. Version 5 added fields
-    # to merge requests only (their review), read with defaults.
-    for key, kind in (("branches", dict), ("actors", list), ("gates", list), ("left_main", dict)):
+    # (main_check), since version 4 (left_main, main_seen) or since version 6 (pushed): absent is empty.
+    # Version 5 added fields to merge requests only (their review), read with defaults.
+    for key, kind in (("branches", dict), ("actors", list), ("gates", list), ("left_main", dict), ("pushed", dict)):
         if key in data and not isinstance(data[key], kind):
             return f"{json.dumps(key)} is not a {'list' if kind is list else 'JSON object'}"
     if data.get("main_check") is not None and (why := missing_keys([("record", data["main_check"])],
@@ -483,6 +487,8 @@ def state_problem(data: object) -> str | None:
         return why
     if not isinstance(data.get("main_seen", ""), str):
         return '"main_seen" is not a string'
+    if not all(isinstance(tip, str) for tip in data.get("pushed", {}).values()):
+        return '"pushed" holds a tip that is not a string'
     dispatcher = data.get("dispatcher")
     return ((missing_keys([("record", dispatcher)], DISPATCHER_KEYS, "dispatcher") if dispatcher is not None else None)
             or missing_keys(((f"#{i + 1}", w) for i, w in enumerate(data["workers"])), WORKER_KEYS, "worker record")
@@ -530,7 +536,9 @@ def load_state(state_json: object, pending_json: object, *, state_path: Path, pe
         main_check=MainCheck.from_json(data["main_check"]) if data.get("main_check") else None,
         # Before version 4 no main was remembered: the first run records the main it finds.
         main_seen=data.get("main_seen", ""),
-        left_main={branch: LeftMain.from_json(left) for branch, left in data.get("left_main", {}).items()})
+        left_main={branch: LeftMain.from_json(left) for branch, left in data.get("left_main", {}).items()},
+        # Before version 6 nothing was pushed: every branch's first push expects none on the remote.
+        pushed=dict(data.get("pushed", {})))
     for record in data.get("workers", []):
         worker = migrated_worker(record, default_actor, logs)
         state.workers[worker.slot] = worker
