@@ -8,9 +8,10 @@ read as a task id, and README, tests and users read that file).
 Reading never writes. A file an earlier release wrote (version 1: every release before the
 crew/ package, whose files had no "version"; version 2: before main's check was recorded;
 version 3: before the dispatcher remembered the last main it saw; version 4: before a merge
-request could await a person's review; version 5: before branches were pushed to a remote) is checked as that release checked it, then migrated in
-memory; the first save writes it as this release does. The version is raised for a field an
-earlier release must not drop: that release would land a branch that awaits review.
+request could await a person's review; version 5: before branches were pushed to a remote) is
+checked as that release checked it, then migrated in memory; the first save writes it as this
+release does. The version is raised for a field an earlier release must not drop: that release
+would land a branch that awaits review.
 """
 from __future__ import annotations
 
