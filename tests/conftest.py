@@ -14,9 +14,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's
 from crew import config as configuration  # noqa: E402
 from crew import tasks  # noqa: E402
 from crew import workspace  # noqa: E402
+from support import hosts  # noqa: E402
 from support import repos  # noqa: E402
 from support.dispatching import AGENT_COMMAND  # noqa: E402
-from support.tools import BACKENDS, REAL_BD, init_real_bd, install_fake_bd  # noqa: E402
+from support.tools import BACKENDS, REAL_BD, init_real_bd, install_fake_bd, require_real_tool  # noqa: E402
 
 
 # No test may hang the suite: one that has not finished by then fails with its stack printed.
@@ -129,3 +130,28 @@ def agent_setup(make_config, backend):
 def json_agent_setup(make_config):
     """The same on the JSON store only, for tests whose subject is not the store."""
     return _agent_setup(make_config, {"task_backend": "json", "task_prefix": "proj"})
+
+
+@pytest.fixture
+def dolt_server(tmp_path):
+    """One real `dolt sql-server` on 127.0.0.1 (with the real bd to talk to it), stopped at the end."""
+    require_real_tool(bool(REAL_BD), "real bd not built (scripts/install_bd.sh builds it; needs Go)")
+    require_real_tool(bool(hosts.REAL_DOLT), "real dolt not built (scripts/install_dolt.sh builds it; needs Go)")
+    with hosts.dolt_server(tmp_path / "dolt") as server:
+        yield server
+
+
+@pytest.fixture
+def real_hosts(tmp_path, dolt_server):
+    """Several hosts sharing the real bd on the one Dolt server: make(**config settings) -> Hosts."""
+    def make(**settings) -> hosts.Hosts:
+        return hosts.make_hosts(tmp_path, REAL_BD, hosts.real_bd_init_args(dolt_server), **settings)
+    return make
+
+
+@pytest.fixture
+def fake_hosts(tmp_path, monkeypatch):
+    """The same layout on the bd stand-in, every clone sharing one stand-in database."""
+    def make(**settings) -> hosts.Hosts:
+        return hosts.fake_hosts(tmp_path, monkeypatch, **settings)
+    return make

@@ -1,0 +1,172 @@
+"""Several machines on one: one Dolt sql-server and one bare git remote on 127.0.0.1, and a clone
+for each host, each with its own dispatch_config.json (its own actor, the remote, bd, the scripted
+agent and a gate that logs what it gated). The same layout runs on the bd stand-in for fast tests:
+every clone's `bd` then reads and writes one shared stand-in database (FAKE_BD_DB), as every
+clone's real bd talks to the one server."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from crew import processes
+from support.dispatching import AGENT_COMMAND
+from support.repos import commit_file
+from support.repos import git
+from support.tools import install_fake_bd
+
+
+REAL_DOLT = os.environ.get("DISPATCH_REAL_DOLT") or shutil.which("dolt") or ""
+HOST_NAMES = ("a", "b", "c")
+PREFIX = "m"
+SERVER_START_SECS = 60  # a cold Dolt on a loaded 2-core machine; it is up in about a second here
+SERVER_STOP_GRACE_SECS = 10
+
+# The gate: records the commit it was run on, with the host that ran it, then passes.
+GATE_SCRIPT = """\
+import subprocess, sys
+commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+with open(sys.argv[1], "a", encoding="utf-8") as log:
+    log.write(f"{sys.argv[2]} {commit}\\n")
+"""
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclasses.dataclass
+class DoltServer:
+    port: int
+    data: Path  # the folder the server keeps its databases in
+    log: Path
+
+
+def _listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def dolt_server(folder: Path, dolt: str = REAL_DOLT) -> Iterator[DoltServer]:
+    """One `dolt sql-server` on 127.0.0.1 and a free port, its data in folder/data, its identity in
+    a HOME of its own; stopped (its whole process tree) at the end."""
+    home, data = folder / "dolt-home", folder / "data"
+    home.mkdir(parents=True)
+    data.mkdir()
+    env = {**os.environ, "HOME": str(home), "USERPROFILE": str(home)}
+    for key, value in (("user.name", "dispatch tests"), ("user.email", "tests@example.com")):
+        subprocess.run([dolt, "config", "--global", "--add", key, value], env=env, check=True, capture_output=True)
+    port = free_port()
+    log = folder / "dolt-server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([dolt, "sql-server", "--host", "127.0.0.1", "--port", str(port)], cwd=data, env=env,
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, **processes.NEW_GROUP)
+    try:
+        deadline = time.monotonic() + SERVER_START_SECS
+        while not _listening(port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                why = f"exited {proc.returncode}" if proc.returncode is not None else f"not up in {SERVER_START_SECS} s"
+                raise RuntimeError(f"dolt sql-server {why}:\n{log.read_text(encoding='utf-8', errors='replace')}")
+            time.sleep(0.1)
+        yield DoltServer(port, data, log)
+    finally:
+        processes.kill_tree(proc.pid, SERVER_STOP_GRACE_SECS, proc)
+
+
+@dataclasses.dataclass
+class Host:
+    name: str  # "a"
+    actor: str  # "host-a": its dispatcher's actor, and the claims it takes
+    root: Path  # its clone
+    config: Path  # its dispatch_config.json (beside the clone, not in it)
+
+    def bd(self, *args: str, bd: str = "bd", check: bool = True) -> subprocess.CompletedProcess:
+        """bd in this clone, as this host's actor."""
+        return subprocess.run([bd, *args, "--actor", self.actor], cwd=self.root, capture_output=True, text=True,
+                              check=check)
+
+
+@dataclasses.dataclass
+class Hosts:
+    """The layout: the remote, the hosts, and what the gate logged (one line per gate: host, commit)."""
+
+    remote: Path
+    hosts: list[Host]
+    gate_log: Path
+    bd: str  # the bd command every clone runs
+    env: dict[str, str]  # what a dispatcher or bd call of any host runs with
+
+    def gated(self) -> list[tuple[str, str]]:
+        if not self.gate_log.exists():
+            return []
+        return [tuple(line.split(" ", 1)) for line in self.gate_log.read_text(encoding="utf-8").splitlines()]
+
+
+def make_hosts(folder: Path, bd: str, init_args: list[str], names=HOST_NAMES, env: dict[str, str] | None = None,
+               **settings) -> Hosts:
+    """A bare remote with main, clone A with bd initialised (`bd init` + init_args) and `.beads/`
+    committed and pushed, the other clones made from the remote; a config for each host."""
+    env = {**os.environ, **(env or {})}
+    remote = folder / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(remote)], check=True, capture_output=True)
+    first = folder / names[0]
+    first.mkdir()
+    git(first, "init", "-q", "-b", "main")
+    commit_file(first, "README.md", "# shared project\n", "initial commit")
+    git(first, "remote", "add", "origin", str(remote))
+    subprocess.run([bd, "init", "--prefix", PREFIX, *init_args], cwd=first, env=env, check=True, capture_output=True)
+    git(first, "add", "--all")
+    if git(first, "status", "--porcelain"):
+        git(first, "commit", "-q", "-m", "bd init")
+    git(first, "push", "-q", "-u", "origin", "main")
+    for name in names[1:]:
+        git(folder, "clone", "-q", "-b", "main", str(remote), name)
+    gate_log = folder / "gated.log"
+    (folder / "gate.py").write_text(GATE_SCRIPT, encoding="utf-8")
+    hosts = []
+    for name in names:
+        host = Host(name, f"host-{name}", folder / name, folder / f"host-{name}.json")
+        host.config.write_text(json.dumps({
+            "repo_path": str(host.root), "actor": host.actor, "task_backend": "bd", "bd_command": bd,
+            "remote": "origin", "worker_command": AGENT_COMMAND, "poll_interval_secs": 0.2,
+            "worker_timeout_secs": 120, "worker_kill_grace_secs": 1, "max_workers": 2,
+            "merge_gate_command": [sys.executable, str(folder / "gate.py"), str(gate_log), host.actor],
+            **settings}), encoding="utf-8")
+        hosts.append(host)
+    return Hosts(remote, hosts, gate_log, bd, env)
+
+
+def real_bd_init_args(server: DoltServer) -> list[str]:
+    """bd in server mode, against the one server (the README's command)."""
+    return ["--server", "--external", "--server-host", "127.0.0.1", "--server-port", str(server.port),
+            "--skip-hooks", "--skip-agents", "--non-interactive", "--quiet"]
+
+
+def fake_hosts(folder: Path, monkeypatch, **settings) -> Hosts:
+    """The layout on the bd stand-in: on PATH as `bd`, every clone sharing one database."""
+    install_fake_bd(folder / "bin")
+    monkeypatch.setenv("PATH", str(folder / "bin") + os.pathsep + os.environ["PATH"])
+    monkeypatch.setenv("FAKE_BD_DB", str(folder / "shared-bd.json"))
+    return make_hosts(folder, "bd", [], **settings)
+
+
+def remote_main(hosts: Hosts) -> str:
+    return git(hosts.remote, "rev-parse", "refs/heads/main")
+
+
+def remote_merges(hosts: Hosts) -> list[str]:
+    """Subjects of the merge commits on the remote's main, oldest first."""
+    return git(hosts.remote, "log", "--merges", "--first-parent", "--reverse", "--format=%s", "main").splitlines()
