@@ -14,7 +14,7 @@ from crew.tasks import json_store
 @pytest.fixture
 def serial(tmp_path):
     serial = store_thread.SerialStore(json_store.JsonTaskStore(tmp_path / "task_queue.json", "proj", "me"),
-                                      wakeup.Wakeup())
+                                      wakeup.Wakeup(), print)
     yield serial
     serial.shutdown()
 

@@ -31,7 +31,8 @@ def woken_by(wakeup: wakeups.Wakeup, cause) -> list[str]:
 
 def test_a_store_result_wakes_the_wait(tmp_path):
     wakeup = wakeups.Wakeup()
-    serial = store_thread.SerialStore(json_store.JsonTaskStore(tmp_path / "task_queue.json", "proj", "me"), wakeup)
+    serial = store_thread.SerialStore(json_store.JsonTaskStore(tmp_path / "task_queue.json", "proj", "me"), wakeup,
+                                      print)
     release = threading.Event()
     slow = serial.batch(lambda store: release.wait(LIMIT))
 

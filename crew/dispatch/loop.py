@@ -51,8 +51,9 @@ class Dispatcher:
         # thread, a process of ours exiting, a signal (each posts here), or its next deadline.
         self.wakeup = wakeups.Wakeup()
         # Only the store thread touches the store: the loop hands its slow reads over and is woken
-        # by their results; every other call still reads as a plain (blocking) call.
-        store = self.serial = store_thread.SerialStore(store, self.wakeup)
+        # by their results; every other call still reads as a plain (blocking) call. While the store
+        # cannot be reached, its calls wait there: the workers go on.
+        store = self.serial = store_thread.SerialStore(store, self.wakeup, out)
         self.config, self.store, self.max_workers, self.watch = config, store, max_workers, watch
         self.waiting_limit = scheduler.waiting_limit(config.max_waiting_merges, max_workers,
                                                      config.merge_gate_parallelism)
@@ -419,6 +420,7 @@ class Dispatcher:
         try:
             return self.work()
         except BaseException:
+            self.serial.give_up()  # a store that cannot be reached holds up no stop
             self.end_gates("the run stopped")
             raise
 
@@ -490,12 +492,15 @@ class Dispatcher:
         if self.interrupts == 1:
             self.stopping = True
             self.say("Ctrl-C: starting nothing new; running workers will finish and merge. Ctrl-C again to stop now.")
+        else:
+            self.serial.give_up()  # a call waiting for the store fails, so that the stop goes ahead
         self.wakeup.post()
 
     def stop_signalled(self, signum: int, _frame: object) -> None:
         """SIGTERM (a service manager), SIGHUP (a closed terminal), SIGBREAK (a closed Windows
         console or Ctrl-Break, see session.hold_console_close): stop now, as at a second Ctrl-C."""
         self.stopping, self.stop_signal = True, signum
+        self.serial.give_up()
         self.wakeup.post()
 
     def stop_now_reason(self) -> str | None:
