@@ -54,6 +54,7 @@ class Config:
     breaker_pause_secs: float = 300
     lease_heartbeat_secs: float = 60
     reclaim_interval_secs: float = 120
+    reclaim_after_secs: float = 600  # bd's own grace: twice its 5-minute lease
     branch_template: str = "work/{task_id}"
     worktree_root: str | None = None
     worktree_setup_command: list[str] | None = None

@@ -1,11 +1,16 @@
 """A stand-in for the beads `bd` CLI, following docs/bd-contract.md (the tests and the benches run it).
 
-It keeps its data in .beads/stand_in.json and prints the contract's JSON shapes, errors and exit
-codes. Like Dolt, it admits one writer at a time: a writer that cannot get the database within
-FAKE_BD_LOCK_WAIT seconds (default 1) fails with "database is locked", which callers must retry.
+It keeps its data in .beads/stand_in.json, or in the file FAKE_BD_DB names: clones given the same
+FAKE_BD_DB share one database, as hosts share one Dolt sql-server (bd in server mode). It prints
+the contract's JSON shapes, errors and exit codes. Like Dolt, it admits one writer at a time: a
+writer that cannot get the database within FAKE_BD_LOCK_WAIT seconds (default 1) fails with
+"database is locked", which callers must retry.
 
 A claim takes a lease, as in bd 1.3.0: FAKE_BD_LEASE_SECS long (default 300, the real bd's fixed
 5 minutes; tests shorten it), renewed by `heartbeat`, taken back by `reclaim` once expired.
+`update` takes metadata (--set-metadata, --unset-metadata) and guards (--if-assignee,
+--if-status: a mismatch writes nothing and exits 13); `list --label` filters; `merge-slot
+create|check|acquire|release` keeps bd's one slot bead (a holder in its metadata, no lease).
 """
 from __future__ import annotations
 
@@ -30,8 +35,15 @@ ISSUE_ORDER = ("id", "title", "description", "notes", "status", "priority", "iss
 # `label` print {"error", "schema_version"} on stdout; `update` prints a line of text, then
 # compact JSON with the reason under "failed", both on stderr; `close` of a blocked issue and
 # `create` print plain text on stderr, but `create` prints a value it refuses (a title over 500
-# bytes) as JSON on stdout. `heartbeat` and `reclaim` print theirs on stdout too.
-STDOUT_ERRORS = ("show", "reopen", "dep", "comment", "label", "heartbeat", "reclaim")
+# bytes) as JSON on stdout. `heartbeat`, `reclaim` and `merge-slot` print theirs on stdout too, and
+# so does `update` for flags it refuses before it reads the issue.
+STDOUT_ERRORS = ("show", "reopen", "dep", "comment", "label", "heartbeat", "reclaim", "merge-slot", "update")
+# `update --if-assignee/--if-status` whose precondition no longer held: nothing written.
+GUARD_MISMATCH_EXIT = 13
+METADATA_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_./]*")
+SLOT_TITLE = "Merge Slot"
+SLOT_DESCRIPTION = "Exclusive access slot for serialized conflict resolution in the merge queue."
+SLOT_LABEL = "gt:slot"
 
 
 class BdFailure(Exception):
@@ -41,9 +53,17 @@ class BdFailure(Exception):
 class BatchFailure(BdFailure):
     """An update's per-id failure, printed the way `bd update` prints it."""
 
-    def __init__(self, issue_id: str, verb: str, message: str):
+    def __init__(self, issue_id: str, verb: str, message: str, guard_mismatch: bool = False):
         super().__init__(message)
-        self.issue_id, self.verb = issue_id, verb
+        self.issue_id, self.verb, self.guard_mismatch = issue_id, verb, guard_mismatch
+
+
+class SlotRefusal(BdFailure):
+    """`merge-slot acquire` refused: its answer is a JSON object on stdout, exit 1."""
+
+    def __init__(self, answer: dict):
+        super().__init__("merge slot held")
+        self.answer = answer
 
 
 class PlainFailure(BdFailure):
@@ -136,10 +156,14 @@ def find_beads_dir(start: Path) -> Path | None:
     return None
 
 
+def database(beads: Path) -> Path:
+    return Path(os.environ["FAKE_BD_DB"]) if os.environ.get("FAKE_BD_DB") else beads / "stand_in.json"
+
+
 class Db:
-    def __init__(self, beads: Path):
-        self.path = beads / "stand_in.json"
-        self.lock = filelock.FileLock(str(beads / "stand_in.lock"))
+    def __init__(self, path: Path):
+        self.path = path
+        self.lock = filelock.FileLock(str(path.with_suffix(".lock")))
 
     def __enter__(self):
         try:
@@ -203,6 +227,8 @@ def plain(issue: dict, as_created: bool = False) -> dict:
     out = {k: issue[k] for k in ISSUE_ORDER if issue.get(k) not in (None, "", []) or k == "priority"}
     if not as_created:
         out.update({k: stored(out[k]) for k in TIMESTAMPS if k in out})
+    if issue.get("metadata"):
+        out["metadata"] = dict(issue["metadata"])
     if issue.get("labels"):
         out["labels"] = sorted(issue["labels"])
     return out
@@ -269,6 +295,7 @@ def parse(argv: list[str]):
     p = sub.add_parser("list", parents=[common])
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--status", default="")
+    p.add_argument("--label", action="append", default=[])
     p = sub.add_parser("show", parents=[common])
     p.add_argument("ids", nargs="+")
     p = sub.add_parser("update", parents=[common])
@@ -279,6 +306,11 @@ def parse(argv: list[str]):
     p.add_argument("--append-notes")
     p.add_argument("--add-label", action="append", default=[])
     p.add_argument("--remove-label", action="append", default=[])
+    p.add_argument("--set-metadata", action="append", default=[])
+    p.add_argument("--unset-metadata", action="append", default=[])
+    p.add_argument("--if-assignee")
+    p.add_argument("--if-status")
+    p.add_argument("--force", action="store_true")
     p = sub.add_parser("close", parents=[common])
     p.add_argument("id")
     p.add_argument("-r", "--reason", default="")
@@ -304,6 +336,8 @@ def parse(argv: list[str]):
     p.add_argument("action", choices=["add"])
     p.add_argument("id")
     p.add_argument("label")
+    p = sub.add_parser("merge-slot", parents=[common])
+    p.add_argument("action", choices=["create", "check", "acquire", "release"])
     return parser.parse_args(argv)
 
 
@@ -346,7 +380,8 @@ def command(args, db: Db) -> None:
     elif args.cmd == "list":
         wanted = [s for s in args.status.split(",") if s]
         items = [i for i in db.data["issues"]
-                 if ("all" in wanted) or (i["status"] in wanted if wanted else i["status"] != "closed")]
+                 if (("all" in wanted) or (i["status"] in wanted if wanted else i["status"] != "closed"))
+                 and all(label in (i.get("labels") or ()) for label in args.label)]
         # As the real bd 1.3.0 lists: by priority, newest first, then by id (stable sorts, last key first).
         items.sort(key=lambda i: i["id"])
         items.sort(key=lambda i: stored(i["created_at"]), reverse=True)
@@ -358,23 +393,51 @@ def command(args, db: Db) -> None:
             raise BdFailure("no issues found matching the provided IDs")
         print_array([details(db, i) for i in found])
     elif args.cmd == "update":
+        if args.claim and (args.if_assignee is not None or args.if_status is not None):
+            raise BdFailure("cannot combine --if-assignee/--if-status with --claim (--claim is already an "
+                            "atomic compare-and-set)")
+        metadata = {}
+        for pair in args.set_metadata:
+            key, equals, value = pair.partition("=")
+            if not equals:
+                raise BdFailure(f'invalid --set-metadata: expected key=value, got "{pair}"')
+            metadata[key] = value
         try:
             issue = db.issue(args.id)
         except BdFailure as exc:
             raise BatchFailure(args.id, "resolving", f"resolving issue: {exc}") from None
         holder = issue.get("assignee")
+        if args.if_assignee is not None and (holder or "") != args.if_assignee:
+            raise BatchFailure(args.id, "updating", f'updating issue: assignee mismatch: {args.id} is held by '
+                               f'"{holder or ""}", expected "{args.if_assignee}"', guard_mismatch=True)
+        if args.if_status is not None and issue["status"] != args.if_status:
+            raise BatchFailure(args.id, "updating", f'updating issue: status mismatch: {args.id} has status '
+                               f'"{issue["status"]}", expected "{args.if_status}"', guard_mismatch=True)
+        for key in [*metadata, *args.unset_metadata]:
+            if not METADATA_KEY.fullmatch(key):
+                raise BatchFailure(args.id, "updating", f'updating issue: validation failed: invalid metadata key '
+                                   f'"{key}": must match ^[a-zA-Z_][a-zA-Z0-9_./]*$')
         if args.claim:
             if holder and holder != who:
-                raise BatchFailure(args.id, "updating", f"updating issue: issue already claimed by {holder}")
+                if issue["status"] == "in_progress":
+                    raise BatchFailure(args.id, "updating", f"updating issue: issue already claimed by {holder}")
+                raise BatchFailure(args.id, "updating", f'updating issue: issue already claimed: already assigned to '
+                                   f'"{holder}" — coordinate with the holder; if their claim is abandoned (crashed '
+                                   'agent), lease expiry will surface it for bd reclaim')
             if issue["status"] != "open" and not (issue["status"] == "in_progress" and holder == who):
-                raise BatchFailure(args.id, "updating", f"updating issue: cannot claim: status is {issue['status']}")
+                raise BatchFailure(args.id, "updating", f"updating issue: issue not claimable: status {issue['status']}")
             issue.update(status="in_progress", assignee=who, started_at=now())
             grant_lease(issue, who)
         elif args.assignee is not None and holder and holder != who and issue["status"] == "in_progress":
             raise BatchFailure(args.id, "updating", f"cannot reassign {args.id}: held by \"{holder}\" (in_progress); "
                                "coordinate with the holder — pass --force only if their claim is abandoned, "
                                "or use bd reclaim")
+        if args.status == "closed" and (blockers := db.open_blockers(issue)) and not args.force:
+            raise BatchFailure(args.id, "updating", f"updating issue: cannot close {args.id}: blocked by open "
+                               f"issues [{' '.join(blockers)}] (use --force to override)")
         if args.status:
+            if args.status == "closed" and issue["status"] != "closed":
+                issue["closed_at"] = now()
             issue["status"] = args.status
             if args.status != "closed":
                 issue.pop("closed_at", None)
@@ -387,6 +450,8 @@ def command(args, db: Db) -> None:
             issue["notes"] = (issue["notes"] + "\n" + args.append_notes) if issue.get("notes") else args.append_notes
         labels = [label for label in issue.get("labels") or [] if label not in args.remove_label]
         issue["labels"] = labels + [label for label in dict.fromkeys(args.add_label) if label not in labels]
+        kept = {k: v for k, v in (issue.get("metadata") or {}).items() if k not in args.unset_metadata}
+        issue["metadata"] = {**kept, **metadata}
         issue["updated_at"] = now()
         db.save()
         print_array([plain(issue)])
@@ -461,6 +526,8 @@ def command(args, db: Db) -> None:
         db.data["comments"].append(comment)
         db.save()
         print_object(comment)
+    elif args.cmd == "merge-slot":
+        merge_slot(db, args.action, who)
     elif args.cmd == "label":
         issue = db.issue(args.id)
         issue.setdefault("labels", [])
@@ -468,6 +535,50 @@ def command(args, db: Db) -> None:
             issue["labels"].append(args.label)
         db.save()
         print_array([{"issue_id": args.id, "label": args.label, "status": "added"}])
+
+
+def merge_slot(db: Db, action: str, who: str) -> None:
+    """bd's merge slot: one bead, its holder in its metadata, held while in_progress. It has no
+    lease, and `release` frees it whoever holds it. A claim of the bead (`update --claim`) holds it
+    too: `check` and `acquire` see it taken, with no holder."""
+    slot_id = f"{db.data['prefix']}-merge-slot"
+    slot = next((i for i in db.data["issues"] if i["id"] == slot_id), None)
+    if action == "create":
+        if slot is None:
+            slot = {"id": slot_id, "title": SLOT_TITLE, "description": SLOT_DESCRIPTION, "status": "open",
+                    "priority": 0, "issue_type": "task", "created_at": now(), "updated_at": now(),
+                    "labels": [SLOT_LABEL]}
+            db.data["issues"].append(slot)
+            db.save()
+        print_array_object({"id": slot_id, "status": slot["status"]})
+        return
+    if slot is None:
+        if action == "check":
+            print_array_object({"available": False, "error": "not found", "id": slot_id})
+            return
+        hint = " (run 'bd merge-slot create' first)" if action == "acquire" else ""
+        raise BdFailure(f"merge slot not found: {slot_id}{hint}")
+    holder = (slot.get("metadata") or {}).get("holder")
+    if action == "check":
+        print_array_object({"available": slot["status"] == "open", "holder": holder, "id": slot_id, "waiters": None})
+    elif action == "acquire":
+        if slot["status"] != "open":
+            raise SlotRefusal({"acquired": False, "holder": holder or "", "id": slot_id})
+        slot.update(status="in_progress", metadata={**(slot.get("metadata") or {}), "holder": who}, updated_at=now())
+        db.save()
+        print_array_object({"acquired": True, "holder": who, "id": slot_id})
+    else:
+        slot["status"] = "open"
+        slot.get("metadata", {}).pop("holder", None)
+        drop_lease(slot)  # the assignee of a claim stays, as on the real bd
+        slot["updated_at"] = now()
+        db.save()
+        print_array_object({"id": slot_id, "released": True})
+
+
+def print_array_object(obj: dict) -> None:
+    """An object as `merge-slot` prints it: no schema_version."""
+    print(json.dumps(obj, indent=2, sort_keys=True))
 
 
 def heartbeat(db: Db, issue_id: str, who: str) -> str:
@@ -502,8 +613,10 @@ def main(argv: list[str]) -> int:
     if args.cmd == "init":
         beads = cwd / ".beads"
         beads.mkdir(exist_ok=True)
-        (beads / "stand_in.json").write_text(json.dumps({"prefix": args.prefix, "issues": [], "deps": [],
-                                                         "comments": []}), encoding="utf-8")
+        # A shared database (FAKE_BD_DB) another clone made is joined, never emptied.
+        if not (db_path := database(beads)).exists() or not os.environ.get("FAKE_BD_DB"):
+            db_path.write_text(json.dumps({"prefix": args.prefix, "issues": [], "deps": [], "comments": []}),
+                               encoding="utf-8")
         # Like the real `bd init`: its data is ignored, and its own files are committed to git.
         (beads / ".gitignore").write_text("stand_in.*\n", encoding="utf-8")
         if subprocess.run(["git", "rev-parse", "--git-dir"], cwd=cwd, capture_output=True).returncode == 0:
@@ -512,18 +625,22 @@ def main(argv: list[str]) -> int:
                            check=True)
         return 0
     beads = find_beads_dir(cwd)
-    if beads is None or not (beads / "stand_in.json").exists():
+    if beads is None or not database(beads).exists():
         print("Error: no beads database found", file=sys.stderr)
         return 1
     try:
-        with Db(beads) as db:
+        with Db(database(beads)) as db:
             command(args, db)
+    except SlotRefusal as exc:
+        print_array_object(exc.answer)
+        return 1
     except BatchFailure as exc:
         print(f"Error {exc.verb} {exc.issue_id}: {str(exc).split(': ', 1)[-1]}", file=sys.stderr)
         if args.json:
-            print(json.dumps({"error": "1 of 1 issues failed to update", "failed": [
-                {"id": exc.issue_id, "error": str(exc)}], "schema_version": 1}, separators=(",", ":")), file=sys.stderr)
-        return 1
+            failed = {"id": exc.issue_id, "error": str(exc), **({"guard_mismatch": True} if exc.guard_mismatch else {})}
+            print(json.dumps({"error": "1 of 1 issues failed to update", "failed": [failed], "schema_version": 1},
+                             separators=(",", ":")), file=sys.stderr)
+        return GUARD_MISMATCH_EXIT if exc.guard_mismatch else 1
     except BdFailure as exc:
         if args.json and not isinstance(exc, PlainFailure) and (args.cmd != "create" or isinstance(exc, ValidationFailure)):
             error = json.dumps({"error": str(exc), "schema_version": 1}, indent=2)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,8 @@ from crew import processes
 from crew import tasks
 from crew.tasks import bd_store
 from crew.tasks import json_store as json_backend
+from crew.tasks import model
+from support.dispatching import wait_until
 from support.repos import ROOT
 from support.tools import install_fake_bd
 
@@ -126,6 +129,152 @@ def test_release_of_a_task_held_by_another_actor(store, config):
     assert store.get(task.id).status == "in_progress"
     store.release(task.id, actor="someone-else")
     assert store.get(task.id).status == "open" and not store.get(task.id).assignee
+
+
+# ---- Several hosts: guarded writes, labels, the merge slot ---------------------------------
+
+READY_LABEL = "crew-merge-ready"
+
+
+def test_a_guarded_update_writes_only_while_the_owner_holds_the_claim(store):
+    task = store.create("pushed")
+    assert store.claim(task.id, "host-a")
+    assert store.update_claimed(task.id, "host-b", metadata={"crew_branch": "work/x"}, add_labels=[READY_LABEL]) is None
+    untouched = store.get(task.id)
+    assert (untouched.metadata, untouched.labels, untouched.assignee) == ({}, [], "host-a")
+    written = store.update_claimed(task.id, "host-a", metadata={"crew_branch": "work/x", "crew_tip": "abc\0d"},
+                                   add_labels=[READY_LABEL])
+    assert written is not None and written.metadata == {"crew_branch": "work/x", "crew_tip": "abcd"}
+    again = store.update_claimed(task.id, "host-a", metadata={"crew_attempts": "2"}, unset=["crew_tip"],
+                                 remove_labels=[READY_LABEL])
+    assert again is not None
+    got = store.get(task.id)
+    assert (got.metadata, got.labels, got.status) == ({"crew_branch": "work/x", "crew_attempts": "2"}, [], "in_progress")
+    with pytest.raises(errors.UserError, match="metadata key 'crew-tip' must be lowercase letters and underscores"):
+        store.update_claimed(task.id, "host-a", metadata={"crew-tip": "x"})
+    store.release(task.id, actor="host-a")
+    assert store.update_claimed(task.id, "host-a", metadata={"crew_tip": "def"}) is None
+    assert store.get(task.id).metadata == {"crew_branch": "work/x", "crew_attempts": "2"}  # kept by the release
+
+
+def test_another_actor_closes_a_claimed_task_only_by_naming_its_owner(store):
+    task = store.create("merged by another host")
+    assert store.claim(task.id, "host-a")
+    assert store.close_claimed(task.id, "host-b", "merged by host-c") is False
+    assert (store.get(task.id).status, store.get(task.id).assignee) == ("in_progress", "host-a")
+    if store.name == "bd":
+        with pytest.raises(errors.BdError, match='assignee is "host-a"'):
+            store.close(task.id, "merged", actor="host-c")
+    assert store.close_claimed(task.id, "host-a", "merged by host-c as abc123") is True
+    closed = store.get(task.id)
+    assert closed.status == "closed" and "merged by host-c as abc123" in closed.notes
+    assert store.heartbeat(task.id, "host-a") in (None, f"not claimable: {task.id} status closed")
+
+
+def test_with_label_lists_the_labelled_tasks_in_progress(store):
+    waiting, open_one, unlabelled, closed = (store.create(title) for title in ("waiting", "open", "plain", "closed"))
+    for task in (waiting, unlabelled, closed):
+        assert store.claim(task.id, "host-a")
+    for task in (waiting, open_one, closed):
+        store.relabel(task.id, add=[READY_LABEL])
+    assert store.close_claimed(closed.id, "host-a", "merged")
+    assert [t.id for t in store.with_label(READY_LABEL)] == [waiting.id]
+    assert {t.id for t in store.with_label(READY_LABEL, ("in_progress", "open"))} == {waiting.id, open_one.id}
+    assert store.with_label("no-such-label") == []
+
+
+def test_the_merge_slot_has_one_holder_and_is_never_work(store):
+    work = store.create("work")
+    assert store.merge_slot_holder() is None
+    assert store.take_merge_slot("host-a") is True
+    assert store.take_merge_slot("host-b") is False
+    assert store.take_merge_slot("host-a") is True  # already its own
+    assert store.merge_slot_holder() == "host-a"
+    assert store.heartbeat(store.merge_slot_id(), "host-a") is None
+    store.give_back_merge_slot("host-b")  # not its to give back
+    assert store.merge_slot_holder() == "host-a"
+    assert [t.id for t in store.ready()] == [work.id] and [t.id for t in store.list()] == [work.id]
+    store.give_back_merge_slot("host-a")
+    assert store.merge_slot_holder() is None
+    assert [t.id for t in store.ready()] == [work.id] and [t.id for t in store.list()] == [work.id]
+    assert store.take_merge_slot("host-b") is True
+    assert store.merge_slot_holder() == "host-b"
+    assert store.reclaim(0) == []  # its lease is live
+
+
+def bd_json(config, *args: str) -> tuple[int, dict]:
+    proc = subprocess.run([str(shutil.which(config.bd_command)), *args, "--json"], cwd=config.root,
+                          capture_output=True, text=True, check=False)
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def test_bds_own_merge_slot_commands_see_the_claimed_slot_as_taken(store, config):
+    if store.name != "bd":
+        pytest.skip("bd only")
+    assert store.take_merge_slot("host-a")
+    assert bd_json(config, "merge-slot", "check") == (0, {"available": False, "holder": None,
+                                                           "id": store.merge_slot_id(), "waiters": None})
+    assert bd_json(config, "merge-slot", "acquire", "--actor", "host-b") == (
+        1, {"acquired": False, "holder": "", "id": store.merge_slot_id()})
+    store.give_back_merge_slot("host-a")
+    assert bd_json(config, "merge-slot", "acquire", "--actor", "host-b")[0] == 0  # a person took it by hand
+    assert store.merge_slot_holder() == "host-b"
+    assert store.take_merge_slot("host-a") is False
+
+
+def test_a_merge_slot_whose_holder_stopped_is_taken_back_by_reclaim(store, backend, monkeypatch):
+    if backend != {"task_backend": "bd"}:
+        pytest.skip("the stand-in only: the real bd's lease lasts 5 minutes")
+    monkeypatch.setenv("FAKE_BD_LEASE_SECS", "0.2")
+    assert store.take_merge_slot("host-a")
+    assert store.take_merge_slot("host-b") is False
+    taken: list[tuple[str, str]] = []
+    wait_until(lambda: taken.extend(store.reclaim(0)) or taken, None, "the lapsed slot taken back", timeout=30)
+    assert taken == [(store.merge_slot_id(), "host-a")]
+    assert store.merge_slot_holder() is None
+    assert store.heartbeat(store.merge_slot_id(), "host-a") == f"not claimable: {store.merge_slot_id()} status open"
+    assert store.take_merge_slot("host-b") is True
+
+
+def test_reclaim_waits_the_grace_it_is_given(store, backend, monkeypatch):
+    if backend != {"task_backend": "bd"}:
+        pytest.skip("the stand-in only: the real bd's lease lasts 5 minutes")
+    monkeypatch.setenv("FAKE_BD_LEASE_SECS", "0.2")
+    task = store.create("leased")
+    assert store.claim(task.id, "host-a")
+    assert store.update_claimed(task.id, "host-a", metadata={"crew_branch": f"work/{task.id}"})
+    wait_until(lambda: store.get(task.id).lease_expires_at is not None and store.reclaim(3600) == []
+               and store.heartbeat(task.id, "host-b") is not None, None, "a look at the lease")
+    assert store.get(task.id).status == "in_progress"  # lapsed, but not an hour ago
+    wait_until(lambda: store.reclaim(0), None, "the lapsed claim taken back", timeout=30)
+    back = store.get(task.id)
+    assert (back.status, back.assignee, back.lease_expires_at) == ("open", "", None)
+    assert back.metadata == {"crew_branch": f"work/{task.id}"}  # what it did is kept for the next host
+
+
+def test_clones_sharing_one_stand_in_database_see_one_set_of_tasks(tmp_path, monkeypatch):
+    install_fake_bd(tmp_path / "bin")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin") + os.pathsep + os.environ["PATH"])
+    monkeypatch.setenv("FAKE_BD_DB", str(tmp_path / "server" / "beads.json"))
+    (tmp_path / "server").mkdir()
+    hosts = [tmp_path / "host-a", tmp_path / "host-b"]
+    for host in hosts:
+        host.mkdir()
+        subprocess.run(["bd", "init", "--prefix", "proj"], cwd=host, check=True)
+    a, b = (bd_store.BdTaskStore("bd", host, host.name) for host in hosts)
+    task = a.create("shared")
+    assert [t.id for t in b.ready()] == [task.id]
+    assert b.claim(task.id, "host-b") and not a.claim(task.id, "host-a")
+    assert a.take_merge_slot("host-a") and not b.take_merge_slot("host-b")
+    assert not (hosts[0] / ".beads" / "stand_in.json").exists()
+
+
+def test_task_metadata_is_read_as_safe_strings():
+    task = model.Task.from_dict({"id": "p-1", "title": "t", "metadata": {"crew_tip": "a\0b", "n": 3, "ok": True},
+                                 "lease_expires_at": "2026-12-06T01:49:06Z"})
+    assert task.metadata == {"crew_tip": "ab", "n": "3", "ok": "true"}
+    assert task.lease_expires_at == "2026-12-06T01:49:06Z"
+    assert model.Task.from_dict({"id": "p-1", "title": "t", "metadata": "junk"}).metadata == {}
 
 
 # ---- JSON store specifics ------------------------------------------------------------------

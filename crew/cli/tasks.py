@@ -222,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "show":
         task = result[0]
         for key, value in task.to_dict().items():
-            if value not in ("", [], None):
+            if value not in ("", [], {}, None):
                 console.show(f"{key + ':':<14} {value}", multiline=True)
     else:
         for task in result:

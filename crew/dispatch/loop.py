@@ -370,7 +370,7 @@ class Dispatcher:
             return bool(taken)
         if self.config.reclaim_interval_secs and self.reclaiming is None and time.time() >= self.next_reclaim:
             self.next_reclaim = time.time() + self.config.reclaim_interval_secs
-            self.reclaiming = self.serial.later("reclaim")
+            self.reclaiming = self.serial.later("reclaim", self.config.reclaim_after_secs)
         return False
 
     # ---- the loop --------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ _BD_RETRIES = 10
 _BD_NOT_FOUND = re.compile(r"no issues? found matching", re.IGNORECASE)
 # A heartbeat's answer once the claim is no longer the caller's: reclaimed, taken by another, closed.
 _BD_CLAIM_GONE = re.compile(r"issue (already claimed by .*|not claimable: .*)", re.IGNORECASE)
+# `update --if-assignee` whose claim is not the one named: nothing written, exit 13.
+_BD_GUARD_MISMATCH = 13
 
 
 class BdTaskStore:
@@ -37,6 +39,7 @@ class BdTaskStore:
             raise errors.UserError(f"task_backend is \"bd\" but the bd command {command!r} was not found on PATH; "
                                    "install beads (see README) or set task_backend to \"json\"")
         self.executable, self.root, self.actor = resolved, root, actor
+        self._merge_slot: str | None = None  # the slot bead's id, once made or found
         # npm installs bd as a .cmd wrapper on Windows: its arguments pass through cmd.exe.
         self.through_cmd = processes.IS_WINDOWS and resolved.lower().endswith((".cmd", ".bat"))
 
@@ -97,17 +100,23 @@ class BdTaskStore:
 
     def list(self, statuses: Sequence[str] | None = None) -> list[model.Task]:
         tasks = self._tasks("list", "--limit", "0", "--status", ",".join(statuses) if statuses else "all")
-        return [t for t in tasks if statuses is None or t.status in statuses]
+        return [t for t in tasks if (statuses is None or t.status in statuses) and not model.is_merge_slot(t)]
 
     def ready(self, limit: int | None = None) -> builtins.list[model.Task]:
-        # Epics are never work; ask for everything so a limit is not used up by them.
-        return [t for t in self._tasks("ready", "--limit", "0") if t.issue_type != "epic"][:limit]
+        # Epics and the merge slot's bead are never work; ask for everything so a limit is not used
+        # up by them.
+        return [t for t in self._tasks("ready", "--limit", "0")
+                if t.issue_type != "epic" and not model.is_merge_slot(t)][:limit]
+
+    def with_label(self, label: str, statuses: Sequence[str] = ("in_progress",)) -> builtins.list[model.Task]:
+        tasks = self._tasks("list", "--limit", "0", "--label", label, "--status", ",".join(statuses))
+        return [t for t in tasks if t.status in statuses and label in t.labels and not model.is_merge_slot(t)]
 
     def claim(self, task_id: str, actor: str) -> bool:
         try:
             claimed = self._tasks("update", task_id, "--claim", actor=actor)
         except errors.BdError as exc:
-            if "already claimed" in str(exc).lower() or "cannot claim" in str(exc).lower():
+            if any(words in str(exc).lower() for words in ("already claimed", "cannot claim", "not claimable")):
                 return False
             raise
         return bool(claimed) and claimed[0].assignee == actor
@@ -125,12 +134,73 @@ class BdTaskStore:
             raise
         return None
 
-    def reclaim(self) -> builtins.list[tuple[str, str]]:
-        """`bd reclaim`, with bd's own grace: leases that expired more than twice their length ago."""
-        out = self._call("reclaim")
+    def reclaim(self, older_than_secs: float | None = None) -> builtins.list[tuple[str, str]]:
+        """`bd reclaim`: leases that expired more than `older_than_secs` ago (None: bd's own grace,
+        twice the lease)."""
+        grace = [] if older_than_secs is None else ["--older-than", f"{max(0, round(older_than_secs))}s"]
+        out = self._call("reclaim", *grace)
         taken = out.get("reclaimed") if isinstance(out, dict) else None
         return [(str(item.get("id")), str(item.get("previous_owner") or "")) for item in taken or []
                 if isinstance(item, dict) and item.get("id")]
+
+    def update_claimed(self, task_id: str, owner: str, *, metadata: Mapping[str, str] | None = None,
+                       unset: Sequence[str] = (), add_labels: Sequence[str] = (),
+                       remove_labels: Sequence[str] = ()) -> model.Task | None:
+        """`bd update ID --set-metadata k=v ... --if-assignee OWNER`, as the store's actor."""
+        changes = [*(arg for key, value in model.checked_metadata(metadata or {}, unset).items()
+                     for arg in ("--set-metadata", f"{key}={value}")),
+                   *(arg for key in unset for arg in ("--unset-metadata", key)),
+                   *(arg for label in names.store_labels(add_labels) for arg in ("--add-label", label)),
+                   *(arg for label in remove_labels for arg in ("--remove-label", label))]
+        tasks = self._guarded(task_id, owner, *changes)
+        return tasks[0] if tasks else None
+
+    def close_claimed(self, task_id: str, owner: str, reason: str) -> bool:
+        """`bd update ID -s closed --append-notes REASON --if-assignee OWNER`: `bd close` has no
+        guard and refuses another actor's claim, and `update` has no close reason, so the reason is
+        a note of the same one write."""
+        return self._guarded(task_id, owner, "-s", "closed", *_append_notes(reason)) is not None
+
+    def _guarded(self, task_id: str, owner: str, *changes: str,
+                 actor: str | None = None) -> builtins.list[model.Task] | None:
+        """An update written only while `owner` holds the claim; None when it does not."""
+        try:
+            return self._tasks("update", task_id, *changes, "--if-assignee", owner, actor=actor)
+        except errors.BdError as exc:
+            if exc.returncode == _BD_GUARD_MISMATCH:
+                return None
+            raise
+
+    def merge_slot_id(self) -> str:
+        """The slot bead, made on first use: `bd merge-slot create` makes it once and then names it."""
+        if self._merge_slot is None:
+            try:
+                out = self._call("merge-slot", "create")
+            except errors.BdError:  # another host made it at the same moment: it exists now
+                out = self._call("merge-slot", "check")
+            if not (isinstance(out, dict) and out.get("id")):
+                raise errors.BdError([self.executable, "merge-slot", "create"], 0, json.dumps(out), "",
+                                     "bd merge-slot named no slot")
+            self._merge_slot = str(out["id"])
+        return self._merge_slot
+
+    def take_merge_slot(self, actor: str) -> bool:
+        """A claim of the slot bead (`update --claim`), which takes a lease as a task's does: bd's
+        own merge slot (`merge-slot acquire`) has none, and a host that died would keep it.
+        `bd merge-slot acquire` and `check` see such a claim as the slot taken."""
+        return self.claim(self.merge_slot_id(), actor)
+
+    def give_back_merge_slot(self, actor: str) -> None:
+        """`bd update SLOT -s open -a "" --if-assignee ACTOR --actor ACTOR` (bd lets only the holder
+        unassign a claim): `bd merge-slot release` would free a slot another actor holds."""
+        self._guarded(self.merge_slot_id(), actor, "-s", "open", "-a", "", actor=actor)
+
+    def merge_slot_holder(self) -> str | None:
+        """Its claim's holder, or who took it with `bd merge-slot acquire` (the bead's metadata)."""
+        slot = self.get(self.merge_slot_id())
+        if slot.status != "in_progress":
+            return None
+        return slot.assignee or slot.metadata.get("holder") or None
 
     def release(self, task_id: str, note: str = "", actor: str | None = None) -> model.Task:
         return self._tasks("update", task_id, "-s", "open", "-a", "", *_append_notes(note),

@@ -7,7 +7,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from crew.tasks import model
 
 
 ID_COUNTER = "id_counter"  # task_queue.json: the highest id number ever given
+MERGE_SLOT = "merge_slot_holder"  # task_queue.json: the actor holding the merge slot, if one does
 # A task of task_queue.json, or the whole file: hand-written files are checked key by key
 # (_normalize_entry), so their values are whatever JSON holds until then.
 JsonObject = dict[str, Any]
@@ -218,7 +219,7 @@ class JsonTaskStore:
                     else:
                         task.dependencies.append({"depends_on_id": target,
                                                   "type": "blocks" if kind == "blocked-by" else kind})
-                entries.append({k: v for k, v in task.to_dict().items() if v not in ("", [], None)})
+                entries.append({k: v for k, v in task.to_dict().items() if v not in ("", [], {}, None)})
                 created.append(task)
             data[ID_COUNTER] = highest
             return created
@@ -261,8 +262,57 @@ class JsonTaskStore:
         """A claim here has no lease (one machine, one dispatcher): nothing to renew, never lost."""
         return None
 
-    def reclaim(self) -> builtins.list[tuple[str, str]]:
+    def reclaim(self, older_than_secs: float | None = None) -> builtins.list[tuple[str, str]]:
         return []
+
+    def update_claimed(self, task_id: str, owner: str, *, metadata: Mapping[str, str] | None = None,
+                       unset: Sequence[str] = (), add_labels: Sequence[str] = (),
+                       remove_labels: Sequence[str] = ()) -> model.Task | None:
+        changes = model.checked_metadata(metadata or {}, unset)
+        with self._transaction() as data:
+            entry = self._find(data["tasks"], task_id)
+            if (entry.get("assignee") or "") != owner:
+                return None
+            kept = {k: v for k, v in (entry.get("metadata") or {}).items() if k not in unset}
+            labels = [label for label in entry.get("labels") or [] if label not in remove_labels]
+            added = [label for label in dict.fromkeys(names.store_labels(add_labels)) if label not in labels]
+            return self._change(entry, metadata={**kept, **changes}, labels=labels + added)
+
+    def close_claimed(self, task_id: str, owner: str, reason: str) -> bool:
+        """As bd's guarded update closes: the reason is a note, the assignee stays."""
+        with self._transaction() as data:
+            entry = self._find(data["tasks"], task_id)
+            if (entry.get("assignee") or "") != owner:
+                return False
+            self._change(entry, reason, status="closed", closed_at=files.now_iso())
+            return True
+
+    def with_label(self, label: str, statuses: Sequence[str] = ("in_progress",)) -> builtins.list[model.Task]:
+        return [model.Task.from_dict(e) for e in self._entries()
+                if e.get("status", "open") in statuses and label in (e.get("labels") or ())]
+
+    def merge_slot_id(self) -> str:
+        """No task holds it here: the file records its holder (MERGE_SLOT), and no lease lapses."""
+        return f"{self.prefix}-merge-slot"
+
+    def take_merge_slot(self, actor: str) -> bool:
+        with self._transaction() as data:
+            if data.get(MERGE_SLOT) not in (None, actor):
+                return False
+            data[MERGE_SLOT] = actor
+            return True
+
+    def give_back_merge_slot(self, actor: str) -> None:
+        with self._transaction() as data:
+            if data.get(MERGE_SLOT) == actor:
+                del data[MERGE_SLOT]
+
+    def merge_slot_holder(self) -> str | None:
+        if not self.path.exists():
+            return None
+        with self._threads, files.locked(self.lock_path, "task queue"):
+            holder = self._load().get(MERGE_SLOT)
+            return holder if isinstance(holder, str) and holder else None
 
     def release(self, task_id: str, note: str = "", actor: str | None = None) -> model.Task:
         """Refused, as bd refuses it, while another actor holds the task: only its holder (`actor`,

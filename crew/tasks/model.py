@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import builtins  # the stores' method `list` hides the type's name in their class bodies
 import dataclasses
+import json
+import re
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from crew import errors
+from crew import names
 
 
 BLOCKING_DEP_TYPES = ("blocks", "conditional-blocks", "waits-for")
@@ -14,6 +17,11 @@ FILE_LABEL = "file:"
 SUGGESTION_LABEL = "suggestion:"
 # A person reviews the task's branch before it lands (with the config key review = "labelled").
 NEEDS_REVIEW_LABEL = "needs-review"
+# What a store keeps in a task's metadata: names of lowercase letters and underscores (a name is
+# one argument `--set-metadata key=value`, and never an option or a shell word).
+METADATA_KEY = re.compile(r"[a-z_]+")
+# The label bd gives its merge slot bead: a record of the merge slot, never work.
+SLOT_LABEL = "gt:slot"
 
 
 @dataclasses.dataclass
@@ -32,6 +40,9 @@ class Task:
     closed_at: str = ""
     close_reason: str = ""
     notes: str = ""
+    # What a dispatcher records on its claim for every host to see (branch, tip, attempts).
+    metadata: dict[str, str] = dataclasses.field(default_factory=dict)
+    lease_expires_at: str | None = None  # bd: when the claim's lease lapses, as bd prints it
 
     @classmethod
     def from_dict(cls, data: dict[str, typing.Any]) -> Task:
@@ -53,7 +64,8 @@ class Task:
             assignee=data.get("assignee") or "", dependencies=deps,
             created_at=data.get("created_at") or "", updated_at=data.get("updated_at") or "",
             closed_at=data.get("closed_at") or "", close_reason=data.get("close_reason") or "",
-            notes=data.get("notes") or "")
+            notes=data.get("notes") or "", metadata=_metadata(data.get("metadata")),
+            lease_expires_at=data.get("lease_expires_at") or None)
 
     def to_dict(self) -> dict[str, typing.Any]:
         return dataclasses.asdict(self)
@@ -64,6 +76,27 @@ class Task:
 
     def deps_of(self, *types: str) -> list[str]:
         return [d["depends_on_id"] for d in self.dependencies if d["type"] in types]
+
+
+def _metadata(raw: object) -> dict[str, str]:
+    """A task's metadata as strings made safe: bd keeps any JSON a person set with `--metadata`."""
+    if not isinstance(raw, dict):
+        return {}
+    return {names.clean_text(str(key)): names.clean_text(value if isinstance(value, str) else json.dumps(value))
+            for key, value in raw.items()}
+
+
+def checked_metadata(metadata: Mapping[str, str], unset: Sequence[str] = ()) -> dict[str, str]:
+    """The metadata a store is asked to write, its values made safe; a key that is not a name of
+    lowercase letters and underscores is refused in one line."""
+    for key in [*metadata, *unset]:
+        if not METADATA_KEY.fullmatch(key):
+            raise errors.UserError(f"metadata key {key[:40]!r} must be lowercase letters and underscores")
+    return {key: names.clean_text(value) for key, value in metadata.items()}
+
+
+def is_merge_slot(task: Task) -> bool:
+    return SLOT_LABEL in task.labels
 
 
 @dataclasses.dataclass
@@ -113,10 +146,44 @@ class TaskStore(typing.Protocol):
         lease expired, taken by another actor, closed, deleted)."""
         ...
 
-    def reclaim(self) -> builtins.list[tuple[str, str]]:
-        """Take back the claims whose leases lapsed long ago (their holders stopped): the tasks are
-        open again. Each as (task id, its previous holder); a store with no leases takes none."""
+    def reclaim(self, older_than_secs: float | None = None) -> builtins.list[tuple[str, str]]:
+        """Take back the claims whose leases lapsed more than `older_than_secs` ago (None: the
+        store's own grace, twice the lease): their holders stopped, the tasks are open again (their
+        metadata kept). Each as (task id, its previous holder); a store with no leases takes none.
+        The merge slot's claim is one of them (merge_slot_id())."""
         ...
+
+    def update_claimed(self, task_id: str, owner: str, *, metadata: Mapping[str, str] | None = None,
+                       unset: Sequence[str] = (), add_labels: Sequence[str] = (),
+                       remove_labels: Sequence[str] = ()) -> Task | None:
+        """Set and unset metadata and labels in one write, only while `owner` holds the claim
+        (any actor may ask: a compare-and-swap on the assignee). The task as written, or None
+        when the claim is not owner's, and nothing was written."""
+        ...
+
+    def close_claimed(self, task_id: str, owner: str, reason: str) -> bool:
+        """Close the task, the reason appended to its notes, only while `owner` holds the claim
+        (any actor may ask). False when the claim is not owner's, and nothing was written."""
+        ...
+
+    def with_label(self, label: str, statuses: Sequence[str] = ("in_progress",)) -> builtins.list[Task]: ...
+
+    def merge_slot_id(self) -> str:
+        """The id under which the merge slot's claim is held: its holder renews it with
+        heartbeat(merge_slot_id(), actor), and reclaim takes it back once its lease lapses."""
+        ...
+
+    def take_merge_slot(self, actor: str) -> bool:
+        """Take the one merge slot all hosts share, without waiting: True when `actor` holds it
+        now (also when it already did), False when another actor does."""
+        ...
+
+    def give_back_merge_slot(self, actor: str) -> None:
+        """Give the merge slot back if `actor` holds it; a slot taken back or held by another is
+        left as it is."""
+        ...
+
+    def merge_slot_holder(self) -> str | None: ...
 
     def release(self, task_id: str, note: str = "", actor: str | None = None) -> Task: ...
 
