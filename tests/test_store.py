@@ -6,17 +6,22 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from crew import config as configuration
 from crew import errors
+from crew import files
 from crew import processes
 from crew import tasks
 from crew.tasks import bd_store
 from crew.tasks import json_store as json_backend
 from crew.tasks import model
+from support.dispatching import add_task
+from support.dispatching import dispatch
+from support.dispatching import events
 from support.dispatching import wait_until
 from support.repos import ROOT
 from support.tools import install_fake_bd
@@ -267,6 +272,32 @@ def test_clones_sharing_one_stand_in_database_see_one_set_of_tasks(tmp_path, mon
     assert b.claim(task.id, "host-b") and not a.claim(task.id, "host-a")
     assert a.take_merge_slot("host-a") and not b.take_merge_slot("host-b")
     assert not (hosts[0] / ".beads" / "stand_in.json").exists()
+
+
+def test_a_claim_of_a_task_that_is_not_open_is_refused_not_an_error(store):
+    """A task blocked or closed between `ready` and the claim (by a person, or another host)."""
+    blocked, closed = store.create("blocked"), store.create("closed")
+    store.set_status(blocked.id, "blocked", "needs a decision")
+    store.close(closed.id, "done")
+    assert store.claim(blocked.id, "host-a") is False
+    assert store.claim(closed.id, "host-a") is False
+    assert (store.get(blocked.id).status, store.get(closed.id).status) == ("blocked", "closed")
+
+
+def test_the_dispatcher_takes_back_a_lapsed_claim_after_its_configured_grace(agent_setup, backend, repo):
+    if backend != {"task_backend": "bd"}:
+        pytest.skip("the stand-in only: the real bd's lease lasts 5 minutes")
+    cfg, config, store = agent_setup(reclaim_after_secs=0)
+    task = add_task(store, "Orphaned", "append orphan.txt done")
+    assert store.claim(task.id, "host-gone")
+    db = repo / ".beads" / "stand_in.json"  # the lease lapsed a minute ago: inside bd's own 10-minute grace
+    data = json.loads(db.read_text(encoding="utf-8"))
+    next(i for i in data["issues"] if i["id"] == task.id)["lease_expires_at"] = files.iso_time(time.time() - 60)
+    db.write_text(json.dumps(data), encoding="utf-8")
+    result = dispatch(cfg, "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [(e["task_id"], e["previous_owner"]) for e in events(repo, "reclaimed")] == [(task.id, "host-gone")]
+    assert store.get(task.id).status == "closed"
 
 
 def test_task_metadata_is_read_as_safe_strings():

@@ -273,7 +273,7 @@ class JsonTaskStore:
             entry = self._find(data["tasks"], task_id)
             if (entry.get("assignee") or "") != owner:
                 return None
-            kept = {k: v for k, v in (entry.get("metadata") or {}).items() if k not in unset}
+            kept = {k: v for k, v in model.Task.from_dict(entry).metadata.items() if k not in unset}
             labels = [label for label in entry.get("labels") or [] if label not in remove_labels]
             added = [label for label in dict.fromkeys(names.store_labels(add_labels)) if label not in labels]
             return self._change(entry, metadata={**kept, **changes}, labels=labels + added)
