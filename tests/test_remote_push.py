@@ -2,7 +2,10 @@
 user's pre-push hook kept, a refusal or an unreachable remote reported, never raised."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +14,18 @@ import pytest
 from support import repos
 from support.dispatching import AGENT_COMMAND
 from support.dispatching import DISPATCH
+from support.dispatching import add_task
+from support.dispatching import dispatch
+from support.dispatching import events
+from support.dispatching import has_commit
+from support.dispatching import main_file
+from support.dispatching import start_dispatcher
+from support.dispatching import wait_until
 from support.tools import install_fake_bd
 
 from crew import git
+from crew.dispatch import branch_push
+from crew.tasks.model import Task
 
 
 @pytest.fixture
@@ -123,3 +135,183 @@ def test_a_remote_git_does_not_list_stops_the_run_with_one_line(repo, remote, ma
     proc = run_dispatcher(cfg, repo)
     assert proc.returncode == 1, proc.stderr
     assert "no git remote 'upstream'" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+# ---- the decisions, without git ---------------------------------------------------------------
+
+def test_a_push_s_verdict():
+    tip, other = "a" * 40, "b" * 40
+    accepted = git.PushResult({"refs/heads/b": git.RefPushed("refs/heads/b", True, "[new branch]")})
+    rejected = git.PushResult({"refs/heads/b": git.RefPushed("refs/heads/b", False, "[rejected] (stale info)")})
+    assert branch_push.verdict(accepted, None, tip) == branch_push.Verdict.PUSHED
+    assert branch_push.verdict(rejected, other, tip) == branch_push.Verdict.TAKEN
+    assert branch_push.verdict(rejected, None, tip) == branch_push.Verdict.TAKEN
+    # Pushed before a crash kept its record: the remote has this very tip.
+    assert branch_push.verdict(rejected, tip, tip) == branch_push.Verdict.PUSHED
+    assert branch_push.verdict(git.PushResult({}, "hook said no"), None, tip) == branch_push.Verdict.REFUSED
+    assert branch_push.verdict(git.PushResult({}, "no route", unreached=True), None, tip) == \
+        branch_push.Verdict.UNREACHED
+
+
+def test_retries_pause_longer_each_time_up_to_a_bound():
+    pauses = [branch_push.retry_after(n) for n in range(1, 12)]
+    assert pauses[0] == branch_push.RETRY_FIRST_SECS and pauses == sorted(pauses)
+    assert pauses[-1] == branch_push.RETRY_MOST_SECS
+
+
+@pytest.mark.parametrize("metadata, named", [
+    ({"crew_branch": "work/proj-1", "crew_tip": "a" * 40}, ("work/proj-1", "a" * 40)),
+    ({"crew_branch": "work/proj-1"}, None),
+    ({"crew_tip": "a" * 40}, None),
+    ({"crew_branch": "work/proj-1", "crew_tip": "A" * 40}, None),
+    ({"crew_branch": "work/proj-1", "crew_tip": "a" * 39}, None),
+    ({"crew_branch": "-f", "crew_tip": "a" * 40}, None),
+    ({"crew_branch": "work/../x y", "crew_tip": "a" * 40}, None),
+])
+def test_a_task_names_a_branch_to_continue_only_when_its_metadata_is_sound(metadata, named):
+    task = Task(id="proj-1", title="T", metadata=metadata)
+    assert branch_push.continued_branch(task) == named
+
+
+def test_the_attempts_other_hosts_made_are_read_from_the_metadata():
+    assert branch_push.attempts_of(Task(id="proj-1", title="T", metadata={"crew_attempts": "2"})) == 2
+    assert branch_push.attempts_of(Task(id="proj-1", title="T", metadata={"crew_attempts": "x"})) == 0
+    assert branch_push.attempts_of(Task(id="proj-1", title="T")) == 0
+
+
+# ---- the dispatcher, with a remote, on the bd stand-in ------------------------------------------
+
+def remote_setup(agent_setup, remote: Path, **settings):
+    """A dispatcher run with the scripted agent and the remote, its merges awaiting a person's
+    review (so a judged branch stays in the queue, judged, as the run ends: exit 1, it waits)."""
+    return agent_setup(remote="origin", **{"review": "all", **settings})
+
+
+def waits(run: subprocess.CompletedProcess) -> list[str]:
+    """The tasks a run (--json) ended with waiting: it exits 1 then."""
+    assert run.returncode == 1, run.stdout + run.stderr
+    return [entry["id"] for entry in json.loads(run.stdout)["waiting"]]
+
+
+def bd_json(config, *args: str):
+    result = subprocess.run([shutil.which(config.bd_command), *args, "--json"], cwd=config.root, check=True,
+                            capture_output=True, text=True)
+    return json.loads(result.stdout)
+
+
+def shown(config, task_id: str) -> dict:
+    found = bd_json(config, "show", task_id)
+    return found[0] if isinstance(found, list) else found
+
+
+@pytest.mark.parametrize("backend", ["fake-bd"], indirect=True)
+def test_a_judged_branch_is_pushed_at_its_tip_then_marked_ready_in_bd(agent_setup, repo, remote):
+    cfg, config, store = remote_setup(agent_setup, remote)
+    task = add_task(store, "Pushed", "append pushed.txt done")
+    run = dispatch(cfg, "--json")
+    assert waits(run) == [task.id]
+    branch = f"work/{task.id}"
+    [pushed] = events(repo, "branch_pushed")
+    tip = git.rev_parse(repo, branch)
+    assert (pushed["branch"], pushed["tip"], pushed["remote"], pushed["ready"]) == (branch, tip, "origin", True)
+    assert remote_tip(remote, f"refs/heads/{branch}") == tip
+    held = shown(config, task.id)
+    assert held["status"] == "in_progress" and held["assignee"] == config.actor
+    assert held["metadata"] == {**held["metadata"], "crew_branch": branch, "crew_tip": tip, "crew_attempts": "1"}
+    assert "crew-merge-ready" in held["labels"]
+    saved = json.loads((repo / ".dispatch_state.json").read_text(encoding="utf-8"))
+    assert saved["pushed"] == {branch: tip}
+
+
+@pytest.mark.parametrize("backend", ["fake-bd"], indirect=True)
+def test_a_branch_another_clone_pushed_first_is_never_forced_over(agent_setup, repo, remote, other_clone):
+    cfg, config, store = remote_setup(agent_setup, remote)
+    task = add_task(store, "Raced", "append raced.txt mine")
+    theirs = repos.commit_file(other_clone, "theirs.txt", "theirs\n")
+    repos.git(other_clone, "push", "-q", "origin", f"HEAD:refs/heads/work/{task.id}")
+    run = dispatch(cfg, "--json")
+    assert waits(run) == [task.id]
+    assert remote_tip(remote, f"refs/heads/work/{task.id}") == theirs
+    [refused] = events(repo, "push_refused")
+    assert "never forced" in refused["reason"] and events(repo, "branch_pushed") == []
+    assert "crew-merge-ready" not in shown(config, task.id).get("labels", [])
+    saved = json.loads((repo / ".dispatch_state.json").read_text(encoding="utf-8"))
+    assert [request["held"] for request in saved["merge_queue"]] == [
+        f"work/{task.id} was not pushed to origin: {refused['reason']}"]
+
+
+@pytest.mark.parametrize("backend", ["fake-bd"], indirect=True)
+def test_the_users_failing_pre_push_hook_holds_the_push_with_its_reason(agent_setup, repo, remote):
+    hook = repo / ".git" / "hooks" / "pre-push"
+    hook.parent.mkdir(exist_ok=True)
+    hook.write_text("#!/bin/sh\necho 'pushes wait for the release' >&2\nexit 1\n", encoding="utf-8")
+    hook.chmod(0o755)
+    cfg, config, store = remote_setup(agent_setup, remote)
+    task = add_task(store, "Hooked", "append hooked.txt done")
+    run = dispatch(cfg, "--json")
+    assert waits(run) == [task.id]
+    [refused] = events(repo, "push_refused")
+    assert "pushes wait for the release" in refused["reason"]
+    assert remote_tip(remote, f"refs/heads/work/{task.id}") is None
+    assert "pushes wait for the release" in run.stdout + run.stderr
+    assert "crew-merge-ready" not in shown(config, task.id).get("labels", [])
+
+
+@pytest.mark.skipif(os.name == "nt", reason="stops the dispatcher with SIGSTOP")
+@pytest.mark.parametrize("backend", ["fake-bd"], indirect=True)
+def test_a_claim_lost_mid_run_pushes_the_branch_and_never_marks_it_ready(agent_setup, repo, remote, monkeypatch):
+    monkeypatch.setenv("FAKE_BD_LEASE_SECS", "2")
+    cfg, config, store = remote_setup(agent_setup, remote, lease_heartbeat_secs=0.5)
+    task = add_task(store, "Stalled", "append stalled.txt stalled", "hang")
+    proc = start_dispatcher(cfg, "--json")
+    wait_until(lambda: has_commit(repo, f"work/{task.id}"), proc, "the agent's commit")
+    os.kill(proc.pid, signal.SIGSTOP)  # the host stalls: its lease lapses and another host takes the task
+    try:
+        wait_until(lambda: bd_json(config, "reclaim", "--older-than", "0s", "--actor", "host-b")["count"], None,
+                   "the lapsed lease taken back")
+        bd_json(config, "update", task.id, "--claim", "--actor", "host-b")
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out + err
+    branch = f"work/{task.id}"
+    assert remote_tip(remote, f"refs/heads/{branch}") == git.rev_parse(repo, branch)
+    assert [(e["branch"], e["ready"]) for e in events(repo, "branch_pushed")] == [(branch, False)]
+    held = shown(config, task.id)
+    assert (held["status"], held["assignee"]) == ("in_progress", "host-b")
+    assert "crew_branch" not in (held.get("metadata") or {}) and "crew-merge-ready" not in held.get("labels", [])
+    assert events(repo, "merged") == []
+
+
+@pytest.mark.parametrize("backend", ["fake-bd"], indirect=True)
+def test_a_reclaimed_task_with_a_pushed_branch_is_continued_by_another_clone_without_its_agent(
+        agent_setup, repo, remote, other_clone, tmp_path, monkeypatch):
+    cfg, config, store = remote_setup(agent_setup, remote)
+    task = add_task(store, "Handed on", "append handed.txt done")
+    first = dispatch(cfg, "--json")
+    assert waits(first) == [task.id]
+    tip = git.rev_parse(repo, f"work/{task.id}")
+    bd_json(config, "unclaim", task.id, "--force", "--actor", "host-b")  # as `bd reclaim` does once the host died
+    # The other clone's dispatcher, on the same task store, merging as it goes.
+    monkeypatch.setenv("BEADS_DIR", str(repo / ".beads"))
+    other_cfg = tmp_path / "other_config.json"
+    other_cfg.write_text(json.dumps({"repo_path": str(other_clone), "task_backend": "bd", "remote": "origin",
+                                     "actor": "host-b", "worker_command": AGENT_COMMAND, "poll_interval_secs": 0.1,
+                                     "worktree_root": str(tmp_path / "other.worktrees")}), encoding="utf-8")
+    second = dispatch(other_cfg, "--json")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert events(other_clone, "worker_started") == []
+    assert [(e["branch"], e["tip"]) for e in events(other_clone, "branch_continued")] == [(f"work/{task.id}", tip)]
+    assert json.loads(second.stdout)["merged"] == [task.id]
+    assert main_file(other_clone, "handed.txt") == "done\n"
+
+
+@pytest.mark.parametrize("backend", ["fake-bd"], indirect=True)
+def test_the_attempts_another_host_made_count_toward_max_attempts(agent_setup, repo, remote):
+    cfg, config, store = remote_setup(agent_setup, remote, max_attempts=2)
+    task = add_task(store, "Tried elsewhere", "crash")
+    bd_json(config, "update", task.id, "--set-metadata", "crew_attempts=1")  # another host's failed attempt
+    run = dispatch(cfg, "--json")
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert [entry["id"] for entry in json.loads(run.stdout)["blocked"]] == [task.id]
+    assert [e["attempt"] for e in events(repo, "worker_started")] == [2]

@@ -2,6 +2,7 @@
 is released for another attempt, or blocked."""
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import PurePosixPath
 from typing import cast
@@ -20,6 +21,7 @@ from crew.dispatch import records
 from crew.dispatch import revert
 from crew.dispatch import scheduler
 from crew.dispatch import worktrees
+from crew.dispatch.branch_push import BranchPusher
 from crew.dispatch.ledger import Ledger
 from crew.dispatch.merge_queue import MergeQueue
 from crew.dispatch.workers import WorkerPool
@@ -33,6 +35,7 @@ class Finisher:
         self.config, self.ledger, self.store, self.pool, self.queue = config, ledger, store, pool, queue
         self.breaker = breaker
         self.root = config.root
+        self.pusher: BranchPusher | None = None  # remote mode: branches are pushed
 
     def finish(self, worker: records.Worker) -> None:
         """Judge an ended worker from git and send its branch on: merge queue, retry or block.
@@ -120,6 +123,27 @@ class Finisher:
             reason = f"its claim was taken back while its worker ran; {kept}"
             self.ledger.summary["waiting"].append({"id": worker.task_id, "reason": reason})
             self.ledger.event(EventName.CLAIM_LOST, worker.task_id, branch=worker.branch, reason=reason)
+            if self.pusher is not None and worker.kind == records.WorkerKind.TASK:  # its commits are not lost
+                self.pusher.want(worker.task_id, worker.branch, worker.actor, worker.attempt, ready=False)
+
+    def continue_judged(self, task: task_model.Task, branch: str, tip: str) -> None:
+        """A task claimed with the judged branch another host pushed (that host's claim was taken
+        back), now here at its tip: it joins the merge queue as judged, as this task's branch, with
+        no agent run; the pusher marks it ready again under this host's claim."""
+        worktree = worktrees.free_worktree_path(self.config, safe_names.file_name(task.id))
+        flight = records.BranchInFlight(task_id=task.id, title=safe_names.clean_title(task.title), branch=branch,
+                                        worktree=worktree, outcome=records.Outcome.CLOSE,
+                                        note=f"continued from {branch}, pushed by the host that held it before",
+                                        retries=0, actor=self.config.actor, task_created_at=task.created_at)
+        state = self.ledger.state
+        with self.ledger.change():
+            state.branches[branch] = records.BranchOwner(task_id=task.id, task_created_at=task.created_at)
+            state.pushed[branch] = tip
+            state.merge_queue.append(records.MergeRequest(flight, queued_at=time.time()))
+        self.ledger.event(EventName.BRANCH_CONTINUED, task.id, branch=branch, tip=tip)
+        self.ledger.event(EventName.MERGE_QUEUED, task.id, branch=branch)
+        self.ledger.say(f"{task.id}: continued from {branch} at {tip[:12]}, pushed by the host that held it before "
+                        "(no agent run): in the merge queue")
 
     def agent_ran_unrecorded(self, worker: records.Worker) -> bool:
         """Whether a worker with no pid recorded had its agent run after all: a crash came between

@@ -14,6 +14,7 @@ from crew import failpoints
 from crew import files
 from crew import names as safe_names
 from crew import processes
+from crew.dispatch import branch_push
 from crew.dispatch import gate as gates
 from crew.dispatch import parallel_gates
 from crew.dispatch import records
@@ -69,6 +70,8 @@ class Dispatcher:
         self.pool.deck_waits = self.deck_waits
         self.finisher = Finisher(config, self.ledger, store, self.pool, self.queue, self.breaker)
         self.recovery = Recovery(config, self.ledger, store, self.pool)
+        self.pusher = branch_push.BranchPusher(config, self.ledger, self.serial, self.wakeup) if config.remote else None
+        self.finisher.pusher = self.pusher
         self.leases = Leases(self.serial, config.lease_heartbeat_secs, self.say)
         self.reclaiming: concurrent.futures.Future[list[tuple[str, str]]] | None = None
         self.next_reclaim = 0.0  # at the start, then every reclaim_interval_secs
@@ -191,6 +194,10 @@ class Dispatcher:
             self.say(f"{task.id}: claimed as {why}; released")
             self.releasing.append((self.serial.later("release", task.id, f"released: {why}", actor=self.config.actor),
                                    task.id, "claimed as starts were held"))
+        elif future.result() and self.pusher is not None and self.pusher.claimed(task):
+            # Its task names a branch another host pushed: looked at on the remote, no worker starts now.
+            self.ledger.event(EventName.CLAIMED, task.id, ready_since=files.iso_time(ready_since))
+            self.known[task.id] = task
         elif future.result():
             slot = self.open_slots()[0]
             self.ledger.event(EventName.CLAIMED, task.id, ready_since=files.iso_time(ready_since),
@@ -353,6 +360,20 @@ class Dispatcher:
             self.pool.end(worker, records.CLAIM_LOST)  # finished once its tree is gone
         return bool(lost)
 
+    def push_branches(self) -> bool:
+        """With a remote: the judged branches pushed and marked ready, the lost claims' branches
+        pushed, the claimed tasks' pushed branches continued (branch_push). True if one ended."""
+        if self.pusher is None:
+            return False
+        came_back = self.pusher.continued()
+        for task, branch, tip, why in came_back:
+            if why:
+                self.pusher.start_afresh(task, why)
+            else:
+                self.finisher.continue_judged(task, branch, tip)
+        self.pusher.judged(self.ledger.state.merge_queue, self.ledger.state.attempts)
+        return self.pusher.step(time.time()) or bool(came_back)
+
     def reclaim_lapsed(self) -> bool:
         """At the start and every reclaim_interval_secs, through the store thread: take back the
         tasks whose claims' leases lapsed long ago (a host that stopped), so they run again.
@@ -406,6 +427,8 @@ class Dispatcher:
             due.append(renewal)
         if self.config.reclaim_interval_secs:
             due.append(self.next_reclaim)
+        if self.pusher is not None and (push := self.pusher.next_due()) is not None:
+            due.append(push)
         due.append(self.merges_held_until())
         if self.pool.kills or any(gate.kill is not None for gate in self.gates):
             due.append(now + processes.KILL_STEP_SECS)
@@ -434,6 +457,7 @@ class Dispatcher:
                 self.stop_now(why)
             changed |= self.claimed()  # lost to someone else: the ready list is read again too
             changed |= self.renew_leases()
+            changed |= self.push_branches()
             changed |= self.reclaim_lapsed()
             self.released()
             if (deck := self.pool.on_deck()) is not None and deck.ended == records.CLAIM_LOST:
@@ -461,7 +485,8 @@ class Dispatcher:
             # Done once nothing runs or waits, and the ready list and pending merges, read since the
             # last change, started nothing.
             idle = not ledger.state.workers and not gates.any_busy(self.gates) and not self.queue.due(time.time()) \
-                and self.claiming is None and self.reclaiming is None and not self.releasing
+                and self.claiming is None and self.reclaiming is None and not self.releasing \
+                and not (self.pusher is not None and self.pusher.busy())
             current = self.ready_as_of == self.settled_as_of == self.reviewed_as_of == self.changes
             if idle and (self.stopping or (not changed and not self.watch and current)):
                 break
@@ -471,6 +496,8 @@ class Dispatcher:
             self.wakeup.wait(min(timeout, SIGNAL_CHECK_SECS) if processes.IS_WINDOWS else timeout)
         self.pool.starter.shutdown(wait=True)
         self.queue.mover.shutdown(wait=True)
+        if self.pusher is not None:
+            self.pusher.shutdown()
         self.serial.shutdown()
         gates.remove_worktrees(self.gates)
         summary = ledger.summary
@@ -528,6 +555,8 @@ class Dispatcher:
                      *(gate.preparing for gate in self.gates if gate.preparing)]
         if self.queue.landing is not None:
             under_way.append(self.queue.landing.moving)
+        if self.pusher is not None:
+            under_way += self.pusher.under_way()
         left = processes.wait_for_kills([*pool.kills.values(), *self.end_threads_commands(under_way)],
                                         give_up_after=STOP_KILLED_SECS)
         gates.wait_until_ended(self.gates)

@@ -14,6 +14,7 @@ class Told(enum.Enum):
     MAIN_FAILS = "main fails"  # main fails its checks: by main's commit
     MERGE_WAITS = "merge waits"  # by task and reason
     GATE_HOOK_FAILED = "gate hook failed"  # once a run: the gate worktree's post-checkout hook failed
+    PUSH_WAITS = "push waits"  # a branch not pushed or marked ready yet: by branch and reason
 
 
 class SayOnce:

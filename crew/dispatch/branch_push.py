@@ -1,0 +1,314 @@
+"""Remote mode (config `remote`): branches pushed to the remote, by compare-and-swap.
+
+A judged branch (in the merge queue to close its task, not held) is pushed, then marked ready in
+the task store (crew_branch, crew_tip, crew_attempts and the crew-merge-ready label, under this
+host's claim): any host may merge it then. A branch whose claim was taken back while its worker
+ran is pushed too, so its commits are not lost, and never marked ready. A task claimed whose
+store metadata names a branch the remote has at the tip named (a dead host's judged branch) is
+continued from it: fetched, and queued as judged, with no agent run.
+
+Every push expects the remote's branch at the tip this host pushed last (none the first time):
+another host's tip there is never forced over. Pushes run the user's pre-push hook, on a thread
+of their own (the loop never waits on one), bounded by git_hook_timeout_secs; a remote not
+reached is tried again with a growing pause, the branch kept locally meanwhile."""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import enum
+import re
+import typing
+
+from crew import config as configuration
+from crew import errors
+from crew import git
+from crew import names as safe_names
+from crew.dispatch import records
+from crew.dispatch import wakeup as wakeups
+from crew.dispatch.ledger import Ledger
+from crew.dispatch.say_once import Told
+from crew.dispatch.store_thread import SerialStore
+from crew.report.events import EventName
+from crew.tasks import model as task_model
+
+
+READY_LABEL = "crew-merge-ready"
+BRANCH_KEY, TIP_KEY, ATTEMPTS_KEY = "crew_branch", "crew_tip", "crew_attempts"
+RETRY_FIRST_SECS = 5.0  # the pause after a push or a store call that did not get through, doubled each time
+RETRY_MOST_SECS = 300.0
+COMMIT_ID = re.compile(r"[0-9a-f]{40}")
+FETCHED_REFS = "refs/crew/fetched/"  # where a branch of the remote is fetched to be looked at; the toolkit's own
+
+
+class Verdict(enum.Enum):
+    PUSHED = "pushed"  # the remote has the tip now
+    TAKEN = "taken"  # the remote's branch is at a tip this host did not push last: never forced
+    REFUSED = "refused"  # the user's pre-push hook refused it
+    UNREACHED = "unreached"  # the remote was not reached, or did not answer in time: tried again
+
+
+def verdict(result: git.PushResult, remote_tip: str | None, tip: str) -> Verdict:
+    """What a push came to. remote_tip: the remote's branch as read after a rejection (None when
+    it has none, or was not read): a rejected push of a tip the remote has already (pushed by
+    this host before a crash kept its record) is a push done."""
+    if result.accepted or (not result.failure and remote_tip == tip):
+        return Verdict.PUSHED
+    if result.failure is None:
+        return Verdict.TAKEN
+    return Verdict.UNREACHED if result.unreached else Verdict.REFUSED
+
+
+def retry_after(tries: int) -> float:
+    """The pause before try number `tries` + 1 of something that did not get through."""
+    return min(RETRY_FIRST_SECS * 2.0 ** max(tries - 1, 0), RETRY_MOST_SECS)
+
+
+def continued_branch(task: task_model.Task) -> tuple[str, str] | None:
+    """The branch and tip a task's metadata names (pushed by the host that claimed it before), if
+    it names both and they are sound: a branch name git accepts under the toolkit's rules, a
+    full commit id."""
+    branch, tip = task.metadata.get(BRANCH_KEY, ""), task.metadata.get(TIP_KEY, "")
+    if not branch or safe_names.branch_name("{task_id}", branch) != branch or not COMMIT_ID.fullmatch(tip):
+        return None
+    return branch, tip
+
+
+def attempts_of(task: task_model.Task) -> int:
+    """The attempts other hosts made at the task, as its metadata counts them (0 when none)."""
+    count = task.metadata.get(ATTEMPTS_KEY, "")
+    return int(count) if count.isdigit() else 0
+
+
+@dataclasses.dataclass
+class Push:
+    """One branch to push, and what became of it so far (runtime: derived again after a restart
+    from the merge queue, or, for a lost claim's branch, from nothing: its branch stays local)."""
+
+    task_id: str
+    branch: str
+    tip: str
+    owner: str  # whose claim the task is under
+    attempts: int
+    ready: bool  # marked merge-ready once pushed; False: pushed only to keep its commits
+    tries: int = 0
+    next_try: float = 0.0
+    pushing: concurrent.futures.Future[tuple[Verdict, str]] | None = None
+    marking: concurrent.futures.Future[task_model.Task | None] | None = None
+    done: bool = False
+
+
+class BranchPusher:
+    """The pushes of one dispatcher, stepped by its loop (off the loop: the git push on a thread
+    of its own, the store's marking on the store thread)."""
+
+    def __init__(self, config: configuration.Settings, ledger: Ledger, serial: SerialStore,
+                 wakeup: wakeups.Wakeup):
+        assert config.remote is not None
+        self.config, self.ledger, self.serial = config, ledger, serial
+        self.remote: str = config.remote
+        self.thread = wakeups.PostingExecutor(wakeup, 1, "branch-push")
+        self.pushes: dict[str, Push] = {}  # by branch
+        self.marked: dict[str, str] = {}  # branch: the tip marked ready in the store this run
+        # Tasks claimed with a branch another host pushed: the task, the branch, its tip, and the
+        # look at the remote under way ("" when the branch is here now at that tip, else why not).
+        self.continuing: list[tuple[task_model.Task, str, str, concurrent.futures.Future[str]]] = []
+
+    def claimed(self, task: task_model.Task) -> bool:
+        """A task this host has just claimed: the attempts other hosts made count here, and when
+        its metadata names a pushed branch, it is looked at on the remote before any worker starts
+        (True: no worker starts now; continued() tells what became of it)."""
+        state, named = self.ledger.state, continued_branch(task)
+        # The attempts before this one: all those counted, or, going on from the judged branch of
+        # the last, those before it (it is marked ready again as that attempt).
+        if (before := attempts_of(task) - (named is not None)) > state.attempts.get(task.id, 0):
+            with self.ledger.change():
+                state.attempts[task.id] = before
+        if named is None:
+            return False
+        branch, tip = named
+        ours = state.branches.get(branch) == records.BranchOwner(task_id=task.id, task_created_at=task.created_at)
+        self.continuing.append((task, branch, tip, self.thread.submit(self.fetch_branch, branch, tip, ours)))
+        return True
+
+    def fetch_branch(self, branch: str, tip: str, ours: bool) -> str:
+        """On the push thread: the remote's `branch` made the local branch of that name when the
+        remote has it at `tip` (a local branch of that name moves only if it was made for this task
+        and the tip holds all of it); "" when done, else why not."""
+        root, private = self.config.root, FETCHED_REFS + branch
+        if (failed := git.fetch(root, self.remote, [f"+refs/heads/{branch}:{private}"])) is not None:
+            return f"{branch} is no longer on {self.remote}" if failed.missing else failed.reason
+        try:
+            fetched = git.rev_parse(root, private)
+            if fetched != tip:
+                there = (fetched or "no commit")[:12]
+                return f"{self.remote} has {branch} at {there}, not at {tip[:12]} as its task says"
+            local = git.rev_parse(root, f"refs/heads/{branch}")
+            if local is not None and local != tip and not (ours and git.is_ancestor(root, local, tip)):
+                return (f"a branch {branch} is here already, not made for this task or holding commits the pushed "
+                        "one lacks")
+            git.git("update-ref", f"refs/heads/{branch}", tip, local or "0" * 40, cwd=root)
+            return ""
+        finally:
+            git.git("update-ref", "-d", private, cwd=root, check=False)
+
+    def continued(self) -> list[tuple[task_model.Task, str, str, str]]:
+        """The looks at the remote that came back: each task, its branch and tip, and "" when the
+        branch is here at that tip (the task goes on from it), else why not."""
+        done = [entry for entry in self.continuing if entry[3].done()]
+        self.continuing = [entry for entry in self.continuing if not entry[3].done()]
+        came_back = []
+        for task, branch, tip, future in done:
+            try:
+                why = future.result()
+            except errors.GitError as exc:
+                why = safe_names.one_line_tail(str(exc))
+            came_back.append((task, branch, tip, why))
+        return came_back
+
+    def start_afresh(self, task: task_model.Task, why: str) -> None:
+        """A task whose pushed branch cannot be continued: the branch it names is forgotten (never
+        deleted: it may be someone else's now) and the task released, for a fresh attempt."""
+        self.ledger.say(f"{task.id}: not continued from the branch its task names ({why}); released for a fresh "
+                        "attempt")
+        self.serial.later("update_claimed", task.id, self.config.actor, unset=[BRANCH_KEY, TIP_KEY],
+                          remove_labels=[READY_LABEL])
+        self.serial.later("release", task.id, f"released: its pushed branch was not continued ({why})",
+                          actor=self.config.actor)
+
+    def want(self, task_id: str, branch: str, owner: str, attempts: int, ready: bool) -> None:
+        """Push `branch` as it is now (and mark it ready once pushed, if `ready`)."""
+        tip = git.rev_parse(self.config.root, f"refs/heads/{branch}")
+        current = self.pushes.get(branch)
+        if tip is None or (current is not None and current.tip == tip and current.ready == ready):
+            return
+        if current is not None and current.pushing is not None:
+            return  # the push under way ends first; the queue asks again with the new tip
+        self.pushes[branch] = Push(task_id, branch, tip, owner, attempts, ready)
+
+    def judged(self, queue: list[records.MergeRequest], attempts: dict[str, int]) -> None:
+        """Every branch in the merge queue that is to close its task, and holds no commit that left
+        main, is pushed and marked ready at its tip (again after a restart: a push the remote has
+        already is a push done; marking again is harmless)."""
+        state, queued = self.ledger.state, {request.branch for request in queue}
+        for push in self.pushes.values():  # merged meanwhile (or dropped): no longer pushed or marked
+            if push.ready and push.branch not in queued and push.pushing is None and push.marking is None:
+                push.done = True
+        for request in queue:
+            if (request.outcome != records.Outcome.CLOSE or request.held or request.branch in state.left_main
+                    or request.branch in self.pushes or self.marked.get(request.branch)):
+                continue
+            self.want(request.task_id, request.branch, request.actor or self.config.actor,
+                      attempts.get(request.task_id, 0) + 1, ready=True)
+
+    def busy(self) -> bool:
+        """Whether a push or a marking is under way or due (the run does not end before)."""
+        return bool(self.continuing) or any(not push.done for push in self.pushes.values())
+
+    def next_due(self) -> float | None:
+        return min((push.next_try for push in self.pushes.values()
+                    if not push.done and push.pushing is None and push.marking is None), default=None)
+
+    def step(self, now: float) -> bool:
+        """Take the pushes and markings that came back, hand over those due. True if one ended."""
+        ended = False
+        for push in list(self.pushes.values()):
+            if push.pushing is not None and push.pushing.done():
+                ended |= self.pushed(push, *push.pushing.result(), now)
+            elif push.marking is not None and push.marking.done():
+                ended |= self.marked_ready(push, push.marking, now)
+            elif not push.done and push.pushing is None and push.marking is None and now >= push.next_try:
+                expected = self.ledger.state.pushed.get(push.branch, "")
+                push.pushing = self.thread.submit(self.push_now, push.branch, push.tip, expected)
+        self.pushes = {branch: push for branch, push in self.pushes.items() if not push.done}
+        return ended
+
+    def push_now(self, branch: str, tip: str, expected: str) -> tuple[Verdict, str]:
+        """On the push thread: the push, and why it did not get through, if it did not."""
+        root, ref = self.config.root, f"refs/heads/{branch}"
+        result = git.push_with_lease(root, self.remote, [git.RefUpdate(tip, ref, expected)],
+                                     timeout=self.config.git_hook_timeout_secs)
+        there = None
+        if not result.accepted and result.failure is None:  # rejected: whose tip is there?
+            listed = git.git("ls-remote", self.remote, ref, cwd=root, check=False,
+                             timeout=git.FETCH_TIMEOUT_SECS).stdout.split()
+            there = listed[0] if listed else None
+        reason = result.failure or (f"{self.remote} has {branch} at {there[:12] if there else 'no commit'}, not at "
+                                    f"the tip this host pushed last ({expected[:12] or 'none'}); it is never forced")
+        return verdict(result, there, tip), reason
+
+    def pushed(self, push: Push, outcome: Verdict, reason: str, now: float) -> bool:
+        push.pushing = None
+        if outcome == Verdict.UNREACHED:
+            push.tries += 1
+            push.next_try = now + retry_after(push.tries)
+            self.ledger.say_once(Told.PUSH_WAITS, f"{push.task_id}: {push.branch} not pushed yet (tried again in "
+                                            f"{retry_after(push.tries):g} s; the branch is kept here): {reason}",
+                                 f"{push.branch} {reason}")
+            return False
+        if outcome != Verdict.PUSHED:
+            push.done = True
+            self.ledger.event(EventName.PUSH_REFUSED, push.task_id, branch=push.branch, reason=reason)
+            if push.ready:
+                self.hold(push, f"{push.branch} was not pushed to {self.remote}: {reason}")
+            else:
+                self.ledger.say(f"{push.task_id}: {push.branch} was not pushed to {self.remote} (it is kept here): "
+                                f"{reason}")
+            return True
+        with self.ledger.change():
+            self.ledger.state.pushed[push.branch] = push.tip
+        self.ledger.event(EventName.BRANCH_PUSHED, push.task_id, branch=push.branch, tip=push.tip,
+                          remote=self.remote, ready=push.ready)
+        if not push.ready:
+            push.done = True
+            self.ledger.say(f"{push.task_id}: {push.branch} pushed to {self.remote} (its claim was taken back; "
+                            "it is not merged by this host)")
+            return True
+        push.tries = 0
+        push.marking = self.mark(push)
+        return False
+
+    def hold(self, push: Push, reason: str) -> None:
+        """A judged branch that cannot be pushed waits in the merge queue for a person's decision
+        (`tasks.py held`), as one that carries commits that left main does; the task is told why."""
+        request = next((r for r in self.ledger.state.merge_queue if r.branch == push.branch), None)
+        self.ledger.say(f"{push.task_id}: {reason}" + ("; held for a person's decision" if request else ""))
+        if request is None:
+            return
+        self.serial.later("add_note", push.task_id, reason)
+        with self.ledger.change():
+            request.held = request.waiting = reason
+
+    def mark(self, push: Push) -> concurrent.futures.Future[task_model.Task | None]:
+        metadata = {BRANCH_KEY: push.branch, TIP_KEY: push.tip, ATTEMPTS_KEY: str(push.attempts)}
+        return self.serial.later("update_claimed", push.task_id, push.owner, metadata=metadata,
+                                 add_labels=[READY_LABEL])
+
+    def marked_ready(self, push: Push, marking: concurrent.futures.Future[task_model.Task | None],
+                     now: float) -> bool:
+        push.marking = None
+        try:
+            task = marking.result()
+        except errors.TaskNotFound:
+            push.done = True
+            return True
+        except errors.UserError as exc:  # the store is unreachable: marked at the next try
+            push.tries += 1
+            push.next_try = now + retry_after(push.tries)
+            self.ledger.say_once(Told.PUSH_WAITS, f"{push.task_id}: not marked ready to merge yet (tried again in "
+                                            f"{retry_after(push.tries):g} s): {exc}", f"{push.branch} store")
+            return False
+        push.done = True
+        if task is None:
+            self.ledger.say(f"{push.task_id}: {push.branch} is pushed but not marked ready to merge: its claim is "
+                            f"no longer {push.owner}'s")
+        else:
+            self.marked[push.branch] = push.tip
+        return True
+
+    def under_way(self) -> list[concurrent.futures.Future[typing.Any]]:
+        """The pushes and looks at the remote running now (a stop ends their git commands)."""
+        return [*(push.pushing for push in self.pushes.values() if push.pushing is not None),
+                *(future for *_, future in self.continuing)]
+
+    def shutdown(self) -> None:
+        self.thread.shutdown(wait=True)
