@@ -5,14 +5,12 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import shutil
-import signal
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from support.dispatching import add_task, dispatch, events, has_commit, main_file, start_dispatcher, wait_until
+from support.dispatching import (add_task, bd, claim_taken_while_stalled, dispatch, events, main_file, start_dispatcher,
+                                 wait_until)
 from support.repos import git
 from support.tools import BACKENDS
 from crew.dispatch import records
@@ -20,13 +18,6 @@ from crew.dispatch.leases import Leases
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="stops the dispatcher with SIGSTOP")
 BD_BACKENDS = [b for b in BACKENDS if b != "json"]
-
-
-def bd(config, *args: str) -> dict | list:
-    """The bd command the store runs (the stand-in or the real bd), as another host runs it."""
-    result = subprocess.run([shutil.which(config.bd_command), *args, "--json"], cwd=config.root, check=True,
-                            capture_output=True, text=True)
-    return json.loads(result.stdout)
 
 
 def leased_run(agent_setup, monkeypatch, lease_secs: float, cues: list[str], *options: str):
@@ -83,15 +74,7 @@ def test_a_running_workers_claim_is_renewed_so_it_outlives_its_lease(agent_setup
 def test_a_claim_taken_back_while_its_worker_runs_ends_the_worker_and_keeps_its_branch(agent_setup, repo, monkeypatch):
     config, store, task, proc = leased_run(agent_setup, monkeypatch, 2, ["append stalled.txt stalled", "hang"],
                                            "--json")
-    wait_until(lambda: has_commit(repo, f"work/{task.id}"), proc, "the agent's commit")
-    os.kill(proc.pid, signal.SIGSTOP)  # the host stalls (a suspended laptop): its lease lapses
-    try:
-        wait_until(lambda: bd(config, "reclaim", "--older-than", "0s", "--actor", "host-b")["count"], None,
-                   "the lapsed lease taken back")
-        bd(config, "update", task.id, "--claim", "--actor", "host-b")
-    finally:
-        os.kill(proc.pid, signal.SIGCONT)
-    out, err = proc.communicate(timeout=60)
+    out, err = claim_taken_while_stalled(config, repo, task.id, proc)
     assert proc.returncode == 1, out + err
     assert [e["reason"] for e in events(repo, "worker_stopped")] == [records.CLAIM_LOST]
     assert events(repo, "merged") == [] and events(repo, "worker_timed_out") == []

@@ -4,25 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from support import repos
-from support.dispatching import AGENT_COMMAND
-from support.dispatching import DISPATCH
-from support.dispatching import add_task
-from support.dispatching import dispatch
-from support.dispatching import events
-from support.dispatching import has_commit
-from support.dispatching import main_file
-from support.dispatching import start_dispatcher
-from support.dispatching import wait_until
-from support.tools import install_fake_bd
 
+from support import repos
+from support.dispatching import (AGENT_COMMAND, DISPATCH, add_task, bd, claim_taken_while_stalled, dispatch, events,
+                                 main_file, start_dispatcher)
+from support.tools import install_fake_bd
 from crew import git
 from crew.dispatch import branch_push
 from crew.tasks.model import Task
@@ -193,14 +184,8 @@ def waits(run: subprocess.CompletedProcess) -> list[str]:
     return [entry["id"] for entry in json.loads(run.stdout)["waiting"]]
 
 
-def bd_json(config, *args: str):
-    result = subprocess.run([shutil.which(config.bd_command), *args, "--json"], cwd=config.root, check=True,
-                            capture_output=True, text=True)
-    return json.loads(result.stdout)
-
-
 def shown(config, task_id: str) -> dict:
-    found = bd_json(config, "show", task_id)
+    found = bd(config, "show", task_id)
     return found[0] if isinstance(found, list) else found
 
 
@@ -264,15 +249,7 @@ def test_a_claim_lost_mid_run_pushes_the_branch_and_never_marks_it_ready(agent_s
     cfg, config, store = remote_setup(agent_setup, remote, lease_heartbeat_secs=0.5)
     task = add_task(store, "Stalled", "append stalled.txt stalled", "hang")
     proc = start_dispatcher(cfg, "--json")
-    wait_until(lambda: has_commit(repo, f"work/{task.id}"), proc, "the agent's commit")
-    os.kill(proc.pid, signal.SIGSTOP)  # the host stalls: its lease lapses and another host takes the task
-    try:
-        wait_until(lambda: bd_json(config, "reclaim", "--older-than", "0s", "--actor", "host-b")["count"], None,
-                   "the lapsed lease taken back")
-        bd_json(config, "update", task.id, "--claim", "--actor", "host-b")
-    finally:
-        os.kill(proc.pid, signal.SIGCONT)
-    out, err = proc.communicate(timeout=120)
+    out, err = claim_taken_while_stalled(config, repo, task.id, proc)  # its lease lapses; host-b takes the task
     assert proc.returncode == 1, out + err
     branch = f"work/{task.id}"
     assert remote_tip(remote, f"refs/heads/{branch}") == git.rev_parse(repo, branch)
@@ -291,7 +268,7 @@ def test_a_reclaimed_task_with_a_pushed_branch_is_continued_by_another_clone_wit
     first = dispatch(cfg, "--json")
     assert waits(first) == [task.id]
     tip = git.rev_parse(repo, f"work/{task.id}")
-    bd_json(config, "unclaim", task.id, "--force", "--actor", "host-b")  # as `bd reclaim` does once the host died
+    bd(config, "unclaim", task.id, "--force", "--actor", "host-b")  # as `bd reclaim` does once the host died
     # The other clone's dispatcher, on the same task store, merging as it goes.
     monkeypatch.setenv("BEADS_DIR", str(repo / ".beads"))
     other_cfg = tmp_path / "other_config.json"
@@ -310,7 +287,7 @@ def test_a_reclaimed_task_with_a_pushed_branch_is_continued_by_another_clone_wit
 def test_the_attempts_another_host_made_count_toward_max_attempts(agent_setup, repo, remote):
     cfg, config, store = remote_setup(agent_setup, remote, max_attempts=2)
     task = add_task(store, "Tried elsewhere", "crash")
-    bd_json(config, "update", task.id, "--set-metadata", "crew_attempts=1")  # another host's failed attempt
+    bd(config, "update", task.id, "--set-metadata", "crew_attempts=1")  # another host's failed attempt
     run = dispatch(cfg, "--json")
     assert run.returncode == 1, run.stdout + run.stderr
     assert [entry["id"] for entry in json.loads(run.stdout)["blocked"]] == [task.id]

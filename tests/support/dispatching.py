@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -140,3 +142,25 @@ def conflicting_pair(store):
     red = add_task(store, "Make it red", "sleep 0.5", "replace settings.ini color=blue color=red", priority=1)
     green = add_task(store, "Make it green", "sleep 0.5", "replace settings.ini color=blue color=green", priority=1)
     return red, green
+
+
+def bd(config, *args: str) -> dict | list:
+    """The bd command the store runs (the stand-in or the real bd), as another host runs it."""
+    result = subprocess.run([shutil.which(config.bd_command), *args, "--json"], cwd=config.root, check=True,
+                            capture_output=True, text=True)
+    return json.loads(result.stdout)
+
+
+def claim_taken_while_stalled(config, repo: Path, task_id: str, proc: subprocess.Popen) -> tuple[str, str]:
+    """Once the agent has committed on the task's branch, the dispatcher `proc` stalls (SIGSTOP: a
+    suspended laptop) until its lapsed lease is taken back and host-b claims the task; its output
+    once it has gone on and exited."""
+    wait_until(lambda: has_commit(repo, f"work/{task_id}"), proc, "the agent's commit")
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: bd(config, "reclaim", "--older-than", "0s", "--actor", "host-b")["count"], None,
+                   "the lapsed lease taken back")
+        bd(config, "update", task_id, "--claim", "--actor", "host-b")
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    return proc.communicate(timeout=120)
