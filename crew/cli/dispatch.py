@@ -110,7 +110,26 @@ def print_status(result: dict[str, Any]) -> None:
     for r in result["reverts"]:
         console.show(f"  revert: {r['task_id']} undoes {r['reverts']} ({len(r['merges'])} merge"
                      f"{'s' if len(r['merges']) != 1 else ''}), {r['status']}")
+    if result["store_unreachable"]:
+        console.show(f"  task store: not read ({result['store_unreachable']}); the above is this host's records only")
+        return
     console.show("  tasks: " + ", ".join(f"{k} {v}" for k, v in sorted(result["counts"].items())))
+    for c in result["claims"]:
+        console.show(f"  in progress: {c['task_id']} held by {c['holder'] or 'no one'}"
+                     + (" (this host)" if c["this_host"] else "") + claim_state(c) + f": {c['title']}")
+
+
+def claim_state(claim: dict[str, Any]) -> str:
+    """A claim's lease, last heartbeat and waiting branch, as said after its holder."""
+    said = ""
+    if claim["lease_expires_at"]:
+        said += (f", its lease lapsed at {claim['lease_expires_at']}" if claim["lease_lapsed"]
+                 else f", lease until {claim['lease_expires_at']}")
+    if claim["heartbeat_at"]:
+        said += f", last heartbeat {claim['heartbeat_at']}"
+    if claim["merge_ready"]:
+        said += f", its branch {claim['branch']} ({(claim['tip'] or '')[:10]}) waits to merge"
+    return said
 
 
 def print_dry_run(plan: list[dict[str, Any]]) -> None:

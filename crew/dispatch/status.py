@@ -1,9 +1,18 @@
-"""--status and --dry-run: read the records (also while a dispatcher runs), never write them."""
+"""--status and --dry-run: read the records (also while a dispatcher runs), never write them.
+--status also lists every host's claims as the task store has them (with bd on a shared server,
+each host's running tasks and leases), read within a bound: a store that does not answer is one
+line, and this host's own records are shown all the same."""
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+import dataclasses
+import datetime
+import re
+import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from crew import config as configuration
 from crew import errors
@@ -14,21 +23,90 @@ from crew.dispatch import revert
 from crew.dispatch import review
 from crew.dispatch import scheduler
 from crew.dispatch import state_store
+from crew.dispatch import store_thread
 from crew.tasks import model as task_model
+
+
+STORE_READ_SECS = 30.0  # --status's bound on reading the task store (bd retries a busy database for a while)
+# What a branch that waits to merge carries in the shared store (remote mode): any host may merge it.
+READY_LABEL = "crew-merge-ready"
+BRANCH_KEY, TIP_KEY = "crew_branch", "crew_tip"
+_FRACTION = re.compile(r"(\.\d{1,6})\d*")  # bd's stand-in writes nanoseconds; Python reads microseconds
+
+Read = TypeVar("Read")
+
+
+@dataclasses.dataclass
+class Claim:
+    """A task in progress as the store has it: who holds it, its lease, and its branch if it waits to merge."""
+
+    task_id: str
+    title: str
+    holder: str
+    this_host: bool
+    lease_expires_at: str | None
+    lease_lapsed: bool
+    heartbeat_at: str | None
+    merge_ready: bool
+    branch: str | None
+    tip: str | None
 
 
 def iso(epoch: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)) if epoch else None
 
 
-def status(config: configuration.Settings, store: task_model.TaskStore) -> dict[str, Any]:
+def epoch(stamp: str) -> float | None:
+    """A store's timestamp ("2026-01-02T03:04:05Z", with or without a fraction) as seconds, None if unreadable."""
+    try:
+        moment = datetime.datetime.fromisoformat(_FRACTION.sub(r"\1", stamp.strip()).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)).timestamp()
+
+
+def claim(task: task_model.Task, actor: str, now: float) -> Claim:
+    expires = task.lease_expires_at
+    lapsed = expires is not None and (when := epoch(expires)) is not None and when <= now
+    ready = READY_LABEL in task.labels
+    return Claim(task.id, task.title, task.assignee, task.assignee == actor, expires, lapsed, task.heartbeat_at,
+                 ready, task.metadata.get(BRANCH_KEY) if ready else None, task.metadata.get(TIP_KEY) if ready else None)
+
+
+def bounded(read: Callable[[], Read], limit: float) -> Read | str:
+    """read()'s result within `limit` seconds, or why not, in one line: it failed, or did not
+    answer in time (its thread is left to end by itself: --status ends soon after)."""
+    answer: concurrent.futures.Future[Read] = concurrent.futures.Future()
+
+    def reading() -> None:
+        try:
+            answer.set_result(read())
+        except Exception as exc:  # handed to the caller: why the store was not read
+            answer.set_exception(exc)
+
+    threading.Thread(target=reading, name="status-store", daemon=True).start()
+    try:
+        return answer.result(timeout=limit)
+    except concurrent.futures.TimeoutError:
+        return f"it did not answer within {limit:g} s"
+    except errors.UserError as exc:
+        return store_thread.unreachable(exc) or str(exc)
+
+
+def status(config: configuration.Settings, store: task_model.TaskStore,
+           store_limit: float = STORE_READ_SECS) -> dict[str, Any]:
     state = state_store.read_state(config)
     dispatcher = state.dispatcher
     if dispatcher and not processes.is_same_process_alive(dispatcher.pid, dispatcher.pid_start_time):
         dispatcher = None
-    every = store.list(None)
+    read = bounded(lambda: store.list(None), store_limit)
+    every = read if isinstance(read, list) else []
     counts = dict(collections.Counter(task.status for task in every))
+    now = time.time()
     return {
+        "store_unreachable": None if isinstance(read, list) else read,
+        "claims": [dataclasses.asdict(claim(task, config.actor, now)) for task in every
+                   if task.status == "in_progress"],
         "dispatcher": {"pid": dispatcher.pid, "started_at": dispatcher.started_at} if dispatcher else None,
         "workers": [{"slot": w.slot, "task_id": w.task_id, "title": w.title, "branch": w.branch,
                      "worktree": str(w.worktree), "pid": w.pid, "started_at": iso(w.started_at),

@@ -43,6 +43,7 @@ class Task:
     # What a dispatcher records on its claim for every host to see (branch, tip, attempts).
     metadata: dict[str, str] = dataclasses.field(default_factory=dict)
     lease_expires_at: str | None = None  # bd: when the claim's lease lapses, as bd prints it
+    heartbeat_at: str | None = None  # bd: when its holder last renewed that lease (--status shows it)
 
     @classmethod
     def from_dict(cls, data: dict[str, typing.Any]) -> Task:
@@ -65,7 +66,7 @@ class Task:
             created_at=data.get("created_at") or "", updated_at=data.get("updated_at") or "",
             closed_at=data.get("closed_at") or "", close_reason=data.get("close_reason") or "",
             notes=data.get("notes") or "", metadata=_metadata(data.get("metadata")),
-            lease_expires_at=data.get("lease_expires_at") or None)
+            lease_expires_at=data.get("lease_expires_at") or None, heartbeat_at=data.get("heartbeat_at") or None)
 
     def to_dict(self) -> dict[str, typing.Any]:
         return dataclasses.asdict(self)
