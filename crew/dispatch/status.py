@@ -18,6 +18,7 @@ from crew import config as configuration
 from crew import errors
 from crew import git
 from crew import processes
+from crew.dispatch import branch_push
 from crew.dispatch import records
 from crew.dispatch import revert
 from crew.dispatch import review
@@ -28,9 +29,6 @@ from crew.tasks import model as task_model
 
 
 STORE_READ_SECS = 30.0  # --status's bound on reading the task store (bd retries a busy database for a while)
-# What a branch that waits to merge carries in the shared store (remote mode): any host may merge it.
-READY_LABEL = "crew-merge-ready"
-BRANCH_KEY, TIP_KEY = "crew_branch", "crew_tip"
 _FRACTION = re.compile(r"(\.\d{1,6})\d*")  # bd's stand-in writes nanoseconds; Python reads microseconds
 
 Read = TypeVar("Read")
@@ -68,9 +66,11 @@ def epoch(stamp: str) -> float | None:
 def claim(task: task_model.Task, actor: str, now: float) -> Claim:
     expires = task.lease_expires_at
     lapsed = expires is not None and (when := epoch(expires)) is not None and when <= now
-    ready = READY_LABEL in task.labels
+    ready = branch_push.READY_LABEL in task.labels
+    branch, tip = (task.metadata.get(branch_push.BRANCH_KEY), task.metadata.get(branch_push.TIP_KEY)) if ready \
+        else (None, None)
     return Claim(task.id, task.title, task.assignee, task.assignee == actor, expires, lapsed, task.heartbeat_at,
-                 ready, task.metadata.get(BRANCH_KEY) if ready else None, task.metadata.get(TIP_KEY) if ready else None)
+                 ready, branch, tip)
 
 
 def bounded(read: Callable[[], Read], limit: float) -> Read | str:
