@@ -102,3 +102,29 @@ def test_a_store_that_cannot_be_reached_is_one_line_beside_the_local_records(mak
     as_json = json.loads(dispatch(cfg, "--status", "--json").stdout)
     assert as_json["store_unreachable"].startswith("failed to open database: Dolt server unreachable")
     assert (as_json["claims"], as_json["workers"]) == ([], [])
+
+
+@pytest.fixture(params=["fake-bd", pytest.param("real-bd", marks=pytest.mark.real_tool)])
+def any_hosts(request):
+    """Clones sharing one store: the stand-in's shared database, or the real bd on one Dolt server."""
+    return request.getfixturevalue("fake_hosts" if request.param == "fake-bd" else "real_hosts")
+
+
+def test_status_on_one_host_lists_the_claims_other_hosts_took_in_their_clones(any_hosts):
+    layout = any_hosts()
+    a, b, c = layout.hosts
+    filed = [json.loads(a.bd("create", f"task {n}", "--json", bd=layout.bd).stdout)["id"] for n in range(3)]
+    b.bd("update", filed[0], "--claim", "--json", bd=layout.bd)
+    c.bd("update", filed[1], "--claim", "--json", bd=layout.bd)
+    c.bd("update", filed[1], "--set-metadata", f"crew_branch=work/{filed[1]}", "--set-metadata", "crew_tip=" + "e" * 40,
+         "--add-label", "crew-merge-ready", "--if-assignee", c.actor, "--json", bd=layout.bd)
+    shown = json.loads(dispatch(a.config, "--status", "--json", env=layout.env).stdout)
+    claims = {claim["task_id"]: claim for claim in shown["claims"]}
+    assert set(claims) == set(filed[:2]) and shown["counts"] == {"open": 1, "in_progress": 2}
+    assert (claims[filed[0]]["holder"], claims[filed[1]]["holder"]) == (b.actor, c.actor)
+    assert not any(claim["this_host"] or claim["lease_lapsed"] for claim in claims.values())
+    assert all(claim["lease_expires_at"] and claim["heartbeat_at"] for claim in claims.values())
+    assert (claims[filed[1]]["merge_ready"], claims[filed[1]]["tip"]) == (True, "e" * 40)
+    text = dispatch(a.config, "--status", env=layout.env).stdout
+    assert f"  in progress: {filed[0]} held by {b.actor}, lease until " in text
+    assert f"its branch work/{filed[1]} ({'e' * 10}) waits to merge: task 1" in text
