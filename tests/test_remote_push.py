@@ -292,3 +292,26 @@ def test_the_attempts_another_host_made_count_toward_max_attempts(agent_setup, r
     assert run.returncode == 1, run.stdout + run.stderr
     assert [entry["id"] for entry in json.loads(run.stdout)["blocked"]] == [task.id]
     assert [e["attempt"] for e in events(repo, "worker_started")] == [2]
+    assert shown(config, task.id)["metadata"]["crew_attempts"] == "2"  # for the next host, were it reopened
+
+
+@pytest.mark.parametrize("backend", ["fake-bd"], indirect=True)
+def test_a_push_the_remote_is_not_reached_for_is_tried_again_the_branch_kept(agent_setup, repo, remote, tmp_path):
+    later = tmp_path / "later.git"  # not there yet: the remote cannot be reached
+    repos.git(repo, "remote", "set-url", "origin", str(later))
+    cfg, config, store = remote_setup(agent_setup, remote)
+    task = add_task(store, "Offline", "append offline.txt done")
+    proc = start_dispatcher(cfg, "--json")
+    said = []
+    for line in proc.stderr:  # until the failed push is said (the test's own timeout bounds it)
+        said.append(line)
+        if "not pushed yet" in line:
+            break
+    assert "the branch is kept here" in said[-1], "".join(said)
+    repos.git(tmp_path, "clone", "-q", "--bare", str(remote), str(later))  # the remote is back
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out + err
+    branch = f"work/{task.id}"
+    assert [e["branch"] for e in events(repo, "branch_pushed")] == [branch]
+    assert remote_tip(later, f"refs/heads/{branch}") == git.rev_parse(repo, branch)
+    assert "crew-merge-ready" in shown(config, task.id)["labels"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 
 from crew import errors
+from crew.dispatch import branch_push
 from crew.dispatch import records
 from crew.dispatch.ledger import Ledger
 from crew.report.events import EventName
@@ -53,6 +54,9 @@ def attempt_failed(ledger: Ledger, task_id: str, note: str, actor: str | None = 
         attempts = ledger.state.attempts.get(task_id, 0) + counted
         ledger.state.attempts[task_id] = attempts
         try:
+            if counted and ledger.config.remote is not None:  # the next host to claim it counts them too
+                ledger.store.update_claimed(task_id, actor or ledger.config.actor,
+                                            metadata={branch_push.ATTEMPTS_KEY: str(attempts)})
             if counted and attempts >= ledger.config.max_attempts:
                 block(ledger, task_id, f"{note} (after {attempts} attempts)", actor)
             else:
