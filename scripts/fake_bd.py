@@ -433,8 +433,8 @@ def command(args, db: Db) -> None:
                                "coordinate with the holder — pass --force only if their claim is abandoned, "
                                "or use bd reclaim")
         if args.status == "closed" and (blockers := db.open_blockers(issue)) and not args.force:
-            raise BatchFailure(args.id, "updating", f"updating issue: cannot close {args.id}: blocked by open "
-                               f"issues [{' '.join(blockers)}] (use --force to override)")
+            raise BatchFailure(args.id, "updating", f"updating issue: cannot close blocked issue: {args.id} is "
+                               f"blocked by [{' '.join(blockers)}]")
         if args.status:
             if args.status == "closed" and issue["status"] != "closed":
                 issue["closed_at"] = now()

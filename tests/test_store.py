@@ -176,6 +176,16 @@ def test_another_actor_closes_a_claimed_task_only_by_naming_its_owner(store):
     assert store.heartbeat(task.id, "host-a") in (None, f"not claimable: {task.id} status closed")
 
 
+def test_a_guarded_close_of_a_task_with_an_open_blocker_is_refused(store):
+    blocker = store.create("blocker")
+    task = store.create("claimed, then a blocker came")
+    assert store.claim(task.id, "host-a")
+    store.add_dependency(task.id, blocker.id)
+    with pytest.raises(errors.UserError, match=f"blocked by .*{blocker.id}"):
+        store.close_claimed(task.id, "host-a", "merged")
+    assert store.get(task.id).status == "in_progress"
+
+
 def test_with_label_lists_the_labelled_tasks_in_progress(store):
     waiting, open_one, unlabelled, closed = (store.create(title) for title in ("waiting", "open", "plain", "closed"))
     for task in (waiting, unlabelled, closed):

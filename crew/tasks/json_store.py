@@ -281,9 +281,11 @@ class JsonTaskStore:
     def close_claimed(self, task_id: str, owner: str, reason: str) -> bool:
         """As bd's guarded update closes: the reason is a note, the assignee stays."""
         with self._transaction() as data:
-            entry = self._find(data["tasks"], task_id)
+            entries = data["tasks"]
+            entry = self._find(entries, task_id)
             if (entry.get("assignee") or "") != owner:
                 return False
+            self._refuse_open_blockers(entry, entries)
             self._change(entry, reason, status="closed", closed_at=files.now_iso())
             return True
 
@@ -331,13 +333,17 @@ class JsonTaskStore:
         with self._transaction() as data:
             entries = data["tasks"]
             entry = self._find(entries, task_id)
-            blockers = _open_blockers(entry, {e["id"]: e for e in entries})
-            if blockers and not force:
-                raise errors.UserError(f"cannot close {task_id}: it is blocked by open tasks {', '.join(blockers)} "
-                                       "(use --force to close it anyway)")
+            if not force:
+                self._refuse_open_blockers(entry, entries)
             entry.update(status="closed", closed_at=files.now_iso(), close_reason=names.clean_text(reason),
                          updated_at=files.now_iso())
             return model.Task.from_dict(entry)
+
+    @staticmethod
+    def _refuse_open_blockers(entry: JsonObject, entries: builtins.list[JsonObject]) -> None:
+        if blockers := _open_blockers(entry, {e["id"]: e for e in entries}):
+            raise errors.UserError(f"cannot close {entry['id']}: it is blocked by open tasks {', '.join(blockers)} "
+                                   "(use --force to close it anyway)")
 
     def reopen(self, task_id: str) -> model.Task:
         return self._update(task_id, status="open", closed_at="", close_reason="", assignee="")
