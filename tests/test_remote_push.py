@@ -2,10 +2,12 @@
 user's pre-push hook kept, a refusal or an unreachable remote reported, never raised."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,10 @@ from support.dispatching import (AGENT_COMMAND, DISPATCH, add_task, bd, claim_ta
 from support.tools import install_fake_bd
 from crew import git
 from crew.dispatch import branch_push
+from crew.dispatch import records
+from crew.dispatch import store_thread
+from crew.dispatch import wakeup as wakeups
+from crew.dispatch.ledger import Ledger
 from crew.tasks.model import Task
 
 
@@ -315,3 +321,51 @@ def test_a_push_the_remote_is_not_reached_for_is_tried_again_the_branch_kept(age
     assert [e["branch"] for e in events(repo, "branch_pushed")] == [branch]
     assert remote_tip(later, f"refs/heads/{branch}") == git.rev_parse(repo, branch)
     assert "crew-merge-ready" in shown(config, task.id)["labels"]
+
+
+def settle(pusher: branch_push.BranchPusher, ledger, wakeup) -> None:
+    """The pusher stepped, as the loop steps it, until nothing it does is under way or due."""
+    deadline = time.monotonic() + 60
+    while True:
+        pusher.judged(ledger.state.merge_queue, ledger.state.attempts)
+        pusher.step(time.time())
+        if not pusher.busy():
+            return
+        assert time.monotonic() < deadline, "the pushes never settled"
+        wakeup.wait(0.1)
+
+
+@pytest.mark.parametrize("backend", ["fake-bd"], indirect=True)
+def test_a_queued_branch_that_moved_is_pushed_again_from_the_tip_pushed_last_and_marked_anew(
+        config, store, repo, remote, tmp_path):
+    config = dataclasses.replace(config, remote="origin")
+    task = store.create("Moved")
+    assert store.claim(task.id, config.actor)
+    repos.git(repo, "checkout", "-q", "-b", "work/moved")
+    first = repos.commit_file(repo, "moved.txt", "first\n")
+    repos.git(repo, "checkout", "-q", "main")
+    wakeup = wakeups.Wakeup()
+    serial = store_thread.SerialStore(store, wakeup, lambda message: None)
+    ledger = Ledger(config, serial, lambda message: None)
+    pusher = branch_push.BranchPusher(config, ledger, serial, wakeup)
+
+    def queued() -> None:  # as a finished worker, or a conflict task's close, queues it
+        flight = records.BranchInFlight(task_id=task.id, title="Moved", branch="work/moved", worktree=tmp_path / "w",
+                                        outcome=records.Outcome.CLOSE, note="", retries=0, actor=config.actor)
+        ledger.state.merge_queue[:] = [records.MergeRequest(flight)]
+    try:
+        queued()
+        settle(pusher, ledger, wakeup)
+        assert remote_tip(remote, "refs/heads/work/moved") == first
+        repos.git(repo, "checkout", "-q", "work/moved")
+        second = repos.commit_file(repo, "moved.txt", "second\n")  # a conflict resolved on the branch
+        repos.git(repo, "checkout", "-q", "main")
+        settle(pusher, ledger, wakeup)
+        assert remote_tip(remote, "refs/heads/work/moved") == first  # the same request: not looked at again
+        queued()
+        settle(pusher, ledger, wakeup)
+        assert remote_tip(remote, "refs/heads/work/moved") == second
+        assert store.get(task.id).metadata["crew_tip"] == second and ledger.state.pushed == {"work/moved": second}
+    finally:
+        pusher.shutdown()
+        serial.shutdown()

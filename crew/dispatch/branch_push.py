@@ -109,6 +109,9 @@ class BranchPusher:
         self.thread = wakeups.PostingExecutor(wakeup, 1, "branch-push")
         self.pushes: dict[str, Push] = {}  # by branch
         self.marked: dict[str, str] = {}  # branch: the tip marked ready in the store this run
+        # branch: the merge request last looked at, and whether it was rebased then. A request
+        # queued again (a conflict resolved) or rebased may carry a new tip: it is looked at anew.
+        self.looked_at: dict[str, tuple[records.MergeRequest, bool]] = {}
         # Tasks claimed with a branch another host pushed: the task, the branch, its tip, and the
         # look at the remote under way ("" when the branch is here now at that tip, else why not).
         self.continuing: list[tuple[task_model.Task, str, str, concurrent.futures.Future[str]]] = []
@@ -179,7 +182,8 @@ class BranchPusher:
         """Push `branch` as it is now (and mark it ready once pushed, if `ready`)."""
         tip = git.rev_parse(self.config.root, f"refs/heads/{branch}")
         current = self.pushes.get(branch)
-        if tip is None or (current is not None and current.tip == tip and current.ready == ready):
+        if tip is None or (current is not None and current.tip == tip and current.ready == ready) or (
+                ready and self.marked.get(branch) == tip):
             return
         if current is not None and current.pushing is not None:
             return  # the push under way ends first; the queue asks again with the new tip
@@ -193,10 +197,16 @@ class BranchPusher:
         for push in self.pushes.values():  # merged meanwhile (or dropped): no longer pushed or marked
             if push.ready and push.branch not in queued and push.pushing is None and push.marking is None:
                 push.done = True
+        waiting = queued | {pending.branch for pending in state.pending.values()}  # what may come back to the queue
+        self.marked = {branch: tip for branch, tip in self.marked.items() if branch in waiting}
+        self.looked_at = {branch: seen for branch, seen in self.looked_at.items() if branch in queued}
         for request in queue:
+            looked = self.looked_at.get(request.branch)
             if (request.outcome != records.Outcome.CLOSE or request.held or request.branch in state.left_main
-                    or request.branch in self.pushes or self.marked.get(request.branch)):
+                    or request.branch in self.pushes
+                    or (looked is not None and looked[0] is request and looked[1] == request.rebased)):
                 continue
+            self.looked_at[request.branch] = (request, request.rebased)
             self.want(request.task_id, request.branch, request.actor or self.config.actor,
                       attempts.get(request.task_id, 0) + 1, ready=True)
 
