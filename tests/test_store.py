@@ -198,9 +198,12 @@ def test_with_label_lists_the_labelled_tasks_in_progress(store):
     assert store.with_label("no-such-label") == []
 
 
-def test_the_merge_slot_has_one_holder_and_is_never_work(store):
+def test_the_merge_slot_has_one_holder_and_is_never_work(store, config):
     work = store.create("work")
     assert store.merge_slot_holder() is None
+    assert [t.id for t in store.list()] == [work.id]
+    if store.name == "bd":  # asking made no slot bead
+        assert [t["id"] for t in bd_json(config, "list")[1]] == [work.id]
     assert store.take_merge_slot("host-a") is True
     assert store.take_merge_slot("host-b") is False
     assert store.take_merge_slot("host-a") is True  # already its own

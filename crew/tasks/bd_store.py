@@ -196,8 +196,14 @@ class BdTaskStore:
         self._guarded(self.merge_slot_id(), actor, "-s", "open", "-a", "", actor=actor)
 
     def merge_slot_holder(self) -> str | None:
-        """Its claim's holder, or who took it with `bd merge-slot acquire` (the bead's metadata)."""
-        slot = self.get(self.merge_slot_id())
+        """Its claim's holder, or who took it with `bd merge-slot acquire` (the bead's metadata).
+        Asking makes nothing: a slot never made has no holder (`merge-slot check` names it anyway)."""
+        if self._merge_slot is None:
+            found = self._call("merge-slot", "check")
+            if not isinstance(found, dict) or found.get("error") or not found.get("id"):
+                return None
+            self._merge_slot = str(found["id"])
+        slot = self.get(self._merge_slot)
         if slot.status != "in_progress":
             return None
         return slot.assignee or slot.metadata.get("holder") or None
