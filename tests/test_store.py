@@ -226,6 +226,23 @@ def bd_json(config, *args: str) -> tuple[int, dict]:
     return proc.returncode, json.loads(proc.stdout)
 
 
+def test_a_guard_mismatch_is_exit_13_with_bds_words(store, config):
+    """What the store reads, as the real bd 1.3.0 prints it (and so the stand-in)."""
+    if store.name != "bd":
+        pytest.skip("bd only")
+    task = store.create("held")
+    assert store.claim(task.id, "host-a")
+    proc = subprocess.run([str(shutil.which(config.bd_command)), "update", task.id, "--set-metadata", "k=v",
+                           "--if-assignee", "host-b", "--actor", "host-c", "--json"], cwd=config.root,
+                          capture_output=True, text=True, check=False)
+    first, answer = proc.stderr.splitlines()[:2]
+    assert (proc.returncode, proc.stdout) == (13, "")
+    assert first == f'Error updating {task.id}: assignee mismatch: {task.id} is held by "host-a", expected "host-b"'
+    assert json.loads(answer)["failed"] == [{"id": task.id, "guard_mismatch": True, "error": (
+        f'updating issue: assignee mismatch: {task.id} is held by "host-a", expected "host-b"')}]
+    assert store.get(task.id).metadata == {}
+
+
 def test_bds_own_merge_slot_commands_see_the_claimed_slot_as_taken(store, config):
     if store.name != "bd":
         pytest.skip("bd only")
