@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from crew import failpoints
+from crew.dispatch import records
 from support.dispatching import add_task, dispatch, events, main_file, merges_of, run_in_process
 from support.repos import ROOT, commit_file, git
 
@@ -71,7 +72,7 @@ def test_the_last_main_seen_outlasts_a_restart(json_agent_setup, repo):
     killed = dispatch(cfg, env={"DISPATCH_FAILPOINT": "after_worker_exit"})
     assert killed.returncode == 77, killed.stderr
     state = json.loads((repo / ".dispatch_state.json").read_text(encoding="utf-8"))
-    assert state["version"] == 5 and state["main_seen"] == secret
+    assert state["version"] == records.STATE_VERSION and state["main_seen"] == secret
     git(repo, "reset", "-q", "--hard", "HEAD~1")  # while no dispatcher runs
     assert dispatch(cfg).returncode == 0
     assert merges_of(repo, task.id) == 1 and not on_main(repo, secret)
