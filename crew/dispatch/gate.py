@@ -17,6 +17,7 @@ from crew import git
 from crew import logs
 from crew import processes
 from crew.dispatch import records
+from crew.dispatch import remote_main
 from crew.dispatch import wakeup as wakeups
 from crew.dispatch import worktrees
 from crew.dispatch.ledger import Ledger
@@ -151,7 +152,7 @@ class Gate:
         if record is None or self.cancelled or now < self.main_looked_at + self.config.poll_interval_secs:
             return
         self.main_looked_at = now
-        if git.rev_parse(self.config.root, self.config.main_branch) != record.base:
+        if git.rev_parse(self.config.root, remote_main.main_ref(self.config)) != record.base:
             self.ledger.event(EventName.GATE_CANCELLED, record.task_id or None, commit=record.commit, reason=MAIN_MOVED)
             self.cancel(MAIN_MOVED)
 

@@ -19,6 +19,7 @@ from crew.dispatch import gate as gates
 from crew.dispatch import parallel_gates
 from crew.dispatch import records
 from crew.dispatch import scheduler
+from crew.dispatch import shared_queue
 from crew.dispatch import store_thread
 from crew.dispatch import wakeup as wakeups
 from crew.dispatch import workers
@@ -66,6 +67,10 @@ class Dispatcher:
                       for worktree in parallel_gates.gate_worktrees(config)]
         self.queue = MergeQueue(config, self.ledger, store, self.gates, self.conflicts, self.stop_now_reason,
                                 self.wakeup)
+        # Remote mode: every host's entries join the queue from the task store, and bd's merge slot.
+        self.shared = shared_queue.SharedQueue(config, self.ledger, self.serial) if config.remote else None
+        if config.remote and config.merge_slot:
+            self.queue.shared_slot = shared_queue.SharedSlot(self.serial, config.actor)
         self.breaker = scheduler.Breaker(config.breaker_failures, config.breaker_pause_secs, watch)
         self.pool.deck_waits = self.deck_waits
         self.finisher = Finisher(config, self.ledger, store, self.pool, self.queue, self.breaker)
@@ -346,8 +351,11 @@ class Dispatcher:
         if (deck := self.pool.on_deck()) is not None:
             running[deck.task_id] = deck
         holders: list[records.MergeRequest | records.PendingMerge | records.Worker] = [
-            *state.merge_queue, *state.pending.values(), *running.values()]
+            *(request for request in state.merge_queue if not shared_queue.is_elsewhere(request)),
+            *state.pending.values(), *running.values()]  # another host's entry is kept alive by that host
         claims = {held.task_id: held.actor or self.config.actor for held in holders}
+        if (slot := self.queue.shared_slot) is not None and slot.held:
+            claims[slot.slot_id] = self.config.actor  # bd's merge slot, a claim with a lease too
         lost = self.leases.step(claims, running, time.time())
         for worker, why in lost:
             if worker is deck:
@@ -429,6 +437,8 @@ class Dispatcher:
             due.append(self.next_reclaim)
         if self.pusher is not None and (push := self.pusher.next_due()) is not None:
             due.append(push)
+        if self.shared is not None and (listing := self.shared.next_due()) is not None:
+            due.append(listing)
         due.append(self.merges_held_until())
         if self.pool.kills or any(gate.kill is not None for gate in self.gates):
             due.append(now + processes.KILL_STEP_SECS)
@@ -445,6 +455,8 @@ class Dispatcher:
         except BaseException:
             self.serial.give_up()  # a store that cannot be reached holds up no stop
             self.end_gates("the run stopped")
+            if self.queue.shared_slot is not None:
+                self.queue.shared_slot.give_back_now()  # held by no run once this one stops
             raise
 
     def work(self) -> dict[str, Any]:
@@ -471,6 +483,10 @@ class Dispatcher:
             if poll_due:  # main rewritten meanwhile is noticed while the branches that carry it run
                 self.queue.rewritten.observe_main()
                 changed |= self.queue.rewritten.carry_out_decisions()
+            if self.shared is not None:
+                state = self.ledger.state
+                in_hand = {worker.task_id for worker in state.workers.values()} | set(state.pending)
+                changed |= self.shared.step(in_hand | {pending.task_id for pending in state.pending.values()})
             merged = False if now < self.merges_held_until() else self.queue.step()
             merged |= self.settle_pending(changed or merged or poll_due)
             changed |= self.read_reviews(poll_due)
@@ -498,6 +514,8 @@ class Dispatcher:
         self.queue.mover.shutdown(wait=True)
         if self.pusher is not None:
             self.pusher.shutdown()
+        if self.queue.shared_slot is not None:
+            self.queue.shared_slot.give_back_now()
         self.serial.shutdown()
         gates.remove_worktrees(self.gates)
         summary = ledger.summary

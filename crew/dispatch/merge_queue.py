@@ -25,11 +25,13 @@ from crew.dispatch import merge_results
 from crew.dispatch import outcomes
 from crew.dispatch import parallel_gates
 from crew.dispatch import records
+from crew.dispatch import remote_main
 from crew.dispatch import revert
 from crew.dispatch import review
 from crew.dispatch import reviews as awaiting_review
 from crew.dispatch import rewritten_main
 from crew.dispatch import scheduler
+from crew.dispatch import shared_queue
 from crew.dispatch import stacks
 from crew.dispatch import wakeup as wakeups
 from crew.dispatch import worktrees
@@ -70,7 +72,8 @@ class Landing:
     tip: str  # the branch's tip: its second parent
     commit: str
     slot: contextlib.ExitStack
-    moving: concurrent.futures.Future[MainMove]  # advance_main's outcome
+    moving: concurrent.futures.Future[MainMove]  # advance_main's outcome (remote mode: advance_remote's)
+    gate_started: float = 0.0  # when the gate that passed on `commit` started (0: no gate)
 
 
 class MergeQueue:
@@ -91,6 +94,14 @@ class MergeQueue:
         self.rewritten = rewritten_main.RewrittenMain(config, ledger, self.gate.starter)
         self.reviews = awaiting_review.Reviews(config, ledger, store)
         self.epics = epics.Epics(ledger, store)  # closed after a merge closed their last subtask
+        # Where main is read: the local branch, or in remote mode the remote's main as last fetched.
+        self.main = remote_main.main_ref(config)
+        self.shared_slot: shared_queue.SharedSlot | None = None  # remote mode with merge_slot: bd's slot
+        self.fetching: concurrent.futures.Future[git.FetchFailure | None] | None = None
+        self.fetched_at = 0.0
+        self.fetch_now = True  # the remote's main is not known, or a push found it moved
+        self.fetched: set[str] = set()  # the branches the last fetch asked for
+        self.fetch_failed: str | None = None
 
     @property
     def requests(self) -> list[records.MergeRequest]:
@@ -113,12 +124,55 @@ class MergeQueue:
 
     def step(self) -> bool:
         """Merge queued branches in order; True if main moved or the queue changed. Never waits
-        for the gate: while it runs it is looked at, and nothing behind its request merges."""
+        for the gate: while it runs it is looked at, and nothing behind its request merges.
+        Remote mode: bd's merge slot (with merge_slot) is given back once nothing is in flight."""
+        progressed = self.merge_step()
+        if self.shared_slot is not None and self.landing is None and self.fetching is None \
+                and not gates.any_busy(self.all_gates):
+            self.shared_slot.give_back()
+        return progressed
+
+    def remote_busy(self) -> bool:
+        """Remote mode: whether the merges wait now, for bd's merge slot (merge_slot true) or for
+        the remote to be fetched (when entries are due and the last fetch is older than
+        FETCH_EVERY_SECS, asks for branches not fetched yet, or a push found main moved)."""
+        if not self.due(time.time()) and not gates.any_busy(self.all_gates):
+            return False
+        if self.shared_slot is not None:
+            if not self.shared_slot.want():
+                return True
+            self.fetch_now |= self.shared_slot.taken_anew  # the last holder may have moved main
+            self.shared_slot.taken_anew = False
+        if self.fetching is not None:
+            if not self.fetching.done():
+                return True
+            future, self.fetching = self.fetching, None
+            failure = future.result()
+            self.fetched_at, self.fetch_failed = time.time(), failure.reason if failure is not None else None
+            if self.fetch_failed:
+                self.ledger.say_once(Told.MERGE_WAITS, f"merges wait: {self.fetch_failed}", self.fetch_failed)
+            else:
+                self.fetch_now = False
+            return bool(self.fetch_failed)
+        branches = [request.branch for request in self.active]
+        if (self.fetch_now or not self.fetched.issuperset(branches)
+                or time.time() >= self.fetched_at + remote_main.FETCH_EVERY_SECS):
+            if self.fetch_failed and time.time() < self.fetched_at + remote_main.FETCH_EVERY_SECS:
+                return True
+            self.fetched = set(branches)
+            self.fetching = self.mover.submit(remote_main.fetch, self.root, self.config.remote or "",
+                                              self.config.main_branch, branches)
+            return True
+        return False
+
+    def merge_step(self) -> bool:
         if (landing := self.landing) is not None:  # nothing merges while main moves: each merge is computed on main
             if landing.moving.done():
                 if self.speculative:
                     self.speculative.forget_main()  # it moved, or someone else's move stopped ours
                 return self.landed(landing)
+            return self.speculative.poll() if self.speculative else False
+        if self.config.remote is not None and self.remote_busy():
             return self.speculative.poll() if self.speculative else False
         if self.speculative:
             return self.speculative.step()
@@ -142,7 +196,16 @@ class MergeQueue:
         return progressed
 
     def next_look_at_main(self) -> float | None:
-        """While a gate runs, when main is read next (a gate whose main moved is ended then)."""
+        """While a gate runs, when main is read next (a gate whose main moved is ended then); in
+        remote mode also, while entries wait, when the remote is fetched or bd's merge slot asked for next."""
+        if self.config.remote is not None and self.active:
+            slot = self.shared_slot.next_due() if self.shared_slot is not None else None
+            fetch = self.fetched_at + remote_main.FETCH_EVERY_SECS if self.fetching is None else None
+            if (remote := min((due for due in (slot, fetch) if due is not None), default=None)) is not None:
+                return min(remote, self.local_look_at_main() or remote)
+        return self.local_look_at_main()
+
+    def local_look_at_main(self) -> float | None:
         if self.speculative:
             return self.speculative.main_read_at + self.config.poll_interval_secs \
                 if gates.any_busy(self.speculative.gates) else None
@@ -152,8 +215,9 @@ class MergeQueue:
 
     def merge_slot(self) -> contextlib.AbstractContextManager[object] | None:
         """The merge slot, taken without waiting (a process holding it must not stall the loop):
-        a context that holds it, or None when another process has it."""
-        if not self.config.merge_slot:
+        a context that holds it, or None when another process has it. In remote mode bd's slot,
+        if any, is held by step() before anything merges: the compare-and-swap push is the guard."""
+        if not self.config.merge_slot or self.config.remote is not None:
             return contextlib.nullcontext()
         try:
             return filelock.FileLock(str(self.root / ".dispatch_merge.lock")).acquire(timeout=0)
@@ -193,8 +257,9 @@ class MergeQueue:
         """What becomes of a request now, with the merge slot held: its merge commit on main, or
         on `onto` (the speculative commit of the entry ahead of it) when given (verdict CLEAN),
         or what was done instead. Git and the store only, no process of ours."""
-        root, main, ledger = self.root, self.config.main_branch, self.ledger
-        if (main_now := git.rev_parse(root, main)) and self.rewritten.holds_back(request, main_now):
+        root, main, ledger = self.root, self.main, self.ledger
+        main_now = git.rev_parse(root, main)
+        if self.config.remote is None and main_now and self.rewritten.holds_back(request, main_now):
             return Decision(Verdict.WAITS)  # rebased without the commits that left main first, off the loop
         task = ledger.current_task(request.task_id, request.task_created_at)
         if task is None:
@@ -202,11 +267,16 @@ class MergeQueue:
             worktrees.remove_worktree(root, request.worktree)
             ledger.drop_record_of_gone_task(request.task_id, f"merge of {request.branch} (the branch is kept)")
             return Decision(Verdict.DROPPED)
-        tip = git.rev_parse(root, f"refs/heads/{request.branch}")
-        if tip is None:
+        tip = git.rev_parse(root, self.tip_ref(request))
+        if self.config.remote is not None:
+            if (fate := self.remote_fate(request, task, tip, main_now)) is not None:
+                return fate
+        elif tip is None:
             self.drop(request)
             outcomes.block(ledger, request.task_id, f"its branch {request.branch} is gone", request.actor)
             return Decision(Verdict.DROPPED)
+        if tip is None:
+            raise LookupError(f"{request.branch}: no tip, yet merged")  # remote_fate settled a branch gone
         if git.is_ancestor(root, tip, main):  # merged before a crash: only the bookkeeping is left
             merge = git.merge_of(root, tip, main)  # None: landed by hand without a merge commit
             # Main holds the branch's tip, so it exists: read as a commit that must be there.
@@ -214,30 +284,85 @@ class MergeQueue:
                               merge_commit=merge is not None)
             return Decision(Verdict.MERGED)
         if task.status != "in_progress" or task.assignee != request.actor:
-            self.drop(request)
-            ledger.summary["waiting"].append({"id": task.id, "reason": f"not merged: the task is now {task.status}"
-                                              f" ({task.assignee or 'unassigned'}); branch {request.branch} kept"})
-            ledger.event(EventName.STALE_BRANCH, task.id, branch=request.branch)
-            ledger.say(f"{task.id}: not merged: the task changed meanwhile ({task.status}); branch kept")
-            worktrees.remove_worktree(root, request.worktree)
-            return Decision(Verdict.DROPPED)
-        if held := self.why_main_is_held():  # known before anything is computed or written
+            return self.stale(request, task)
+        if self.config.remote is None and (held := self.why_main_is_held()):  # known before anything is computed
             self.merge_waits(request, held)
             return Decision(Verdict.WAITS)
         base = main_now  # read once: a main moved since is found by the move's compare-and-swap
         if base is None:
             raise errors.UserError(f"the branch {main} is gone: no merge can be made onto it")
         if marked := git.new_marker_files(root, base, tip):
+            if shared_queue.is_elsewhere(request):
+                return self.leave_to_owner(request, "it adds conflict markers")
             self.conflicts.file(request, marked, base, "the branch adds conflict markers")
             return Decision(Verdict.CONFLICT)
         merged = stacks.merge_onto(root, onto or base, base, tip,
                                    f"Merge {request.branch}: {request.title} ({request.task_id})")
         if merged.with_main and (conflict := merged.conflict) is not None:  # with_main: its conflict is there
+            if shared_queue.is_elsewhere(request):
+                return self.leave_to_owner(request, f"it conflicts with {self.config.main_branch}")
             self.conflicts.file(request, conflict.files, base, conflict.messages, merged=conflict)
             return Decision(Verdict.CONFLICT)
         if merged.commit is None:
             return Decision(Verdict.STACK_CONFLICT, task)
         return Decision(Verdict.CLEAN, task, onto or base, merged.commit)
+
+    def stale(self, request: records.MergeRequest, task: task_model.Task) -> Decision:
+        """Not merged: the task is no longer in progress under the claim its branch was made (or
+        marked ready) under. The branch is kept."""
+        ledger = self.ledger
+        self.drop(request)
+        ledger.summary["waiting"].append({"id": task.id, "reason": f"not merged: the task is now {task.status}"
+                                          f" ({task.assignee or 'unassigned'}); branch {request.branch} kept"})
+        ledger.event(EventName.STALE_BRANCH, task.id, branch=request.branch)
+        ledger.say(f"{task.id}: not merged: the task changed meanwhile ({task.status}); branch kept")
+        worktrees.remove_worktree(self.root, request.worktree)
+        return Decision(Verdict.DROPPED)
+
+    def tip_ref(self, request: records.MergeRequest) -> str:
+        """Where the branch is read: the local branch, or in remote mode the remote's as fetched."""
+        return f"refs/heads/{request.branch}" if self.config.remote is None else remote_main.fetched_ref(request.branch)
+
+    def remote_fate(self, request: records.MergeRequest, task: task_model.Task, tip: str | None,
+                    main_now: str | None) -> Decision | None:
+        """Remote mode: what becomes of an entry on the remote as fetched; None: merge it (`tip`)."""
+        own = not shared_queue.is_elsewhere(request)
+        expected = (git.rev_parse(self.root, f"refs/heads/{request.branch}") if own
+                    else task.metadata.get(shared_queue.TIP_KEY)) or ""
+        in_main = main_now is not None and any(git.is_ancestor(self.root, known, main_now)
+                                               for known in dict.fromkeys((tip, expected)) if known)
+        fate = remote_main.entry_fate(tip, expected, in_main, own)
+        if fate is remote_main.EntryFate.MERGE:
+            return None
+        if fate is remote_main.EntryFate.NOT_YET:
+            if task.status != "in_progress" or task.assignee != request.actor:
+                return self.stale(request, task)
+            self.merge_waits(request, f"its branch is not on {self.config.remote} at the tip judged mergeable yet")
+            return Decision(Verdict.WAITS)
+        if fate is remote_main.EntryFate.MERGED and own and task.status == "in_progress" \
+                and task.assignee == request.actor and main_now is not None:
+            # This host pushed it and stopped before the bookkeeping: only that is left.
+            merge = git.merge_of(self.root, tip or expected, main_now)
+            self.finish_merge(request, task, merge or main_now, merge_commit=merge is not None)
+            return Decision(Verdict.MERGED)
+        if fate is remote_main.EntryFate.MERGED:
+            self.ledger.event(EventName.MERGED_ELSEWHERE, request.task_id, branch=request.branch)
+            self.ledger.say(f"{request.task_id}: {request.branch} is on {self.config.remote}'s "
+                            f"{self.config.main_branch} already; not merged again")
+        else:
+            self.ledger.say(f"{request.task_id}: {request.branch} is gone from {self.config.remote}; "
+                            "left to its owner")
+        self.drop(request)
+        if own:
+            worktrees.remove_worktree(self.root, request.worktree)
+        return Decision(Verdict.DROPPED)
+
+    def leave_to_owner(self, request: records.MergeRequest, why: str) -> Decision:
+        """Another host's entry that cannot merge as it is: its owner settles it (a conflict or fix
+        task of its own); it leaves this host's queue."""
+        self.ledger.say(f"{request.task_id}: not merged here: {why}; left to {request.actor}, whose branch it is")
+        self.drop(request)
+        return Decision(Verdict.DROPPED)
 
     def after_gate(self, outcome: gates.GateOutcome) -> bool:
         """Act on the gate's verdict under the merge slot. Whatever changed while it ran (main,
@@ -251,7 +376,7 @@ class MergeQueue:
         if (slot := self.merge_slot_or_wait(request)) is None:
             return False
         with slot:
-            if git.rev_parse(self.root, self.config.main_branch) != gated.base:
+            if git.rev_parse(self.root, self.main) != gated.base:
                 if not outcome.passed:
                     gates.say_failure_not_counted(self.ledger, gated)
                 return False  # main moved while the gate ran: recompute and gate again
@@ -261,7 +386,7 @@ class MergeQueue:
                 return blame is main_checks.Blame.BRANCH  # a fix task filed: the request left the queue
             if (task := self.unchanged_task(request, gated.commit)) is None:
                 return False  # decide() says what becomes of it now
-            return not self.land(request, task, gated.base, gated.commit, slot, gated.log)
+            return not self.land(request, task, gated.base, gated.commit, slot, gated.log, gated.started_at)
 
     def blame(self, request: records.MergeRequest, failed: gates.GateOutcome) -> main_checks.Blame:
         """A gate failed on main as it is (the merge slot held): blamed on the branch (its fix
@@ -270,7 +395,9 @@ class MergeQueue:
         fails too holds the merges, and no fix task is filed."""
         record = failed.record
         blame = main_checks.blame(self.ledger.state.main_check, record.base)
-        if blame is main_checks.Blame.BRANCH:
+        if blame is main_checks.Blame.BRANCH and shared_queue.is_elsewhere(request):
+            self.leave_to_owner(request, "its gate failed")
+        elif blame is main_checks.Blame.BRANCH:
             self.conflicts.file(request, [], record.base, failed.output, kind=records.PendingKind.GATE,
                                 commit=record.commit)
         elif blame is main_checks.Blame.MAIN:
@@ -306,7 +433,7 @@ class MergeQueue:
     def main_fails(self) -> str | None:
         """Why the merges are held, when main's last check failed and main is still that commit."""
         check = self.ledger.state.main_check
-        if check is None or check.passed or git.rev_parse(self.root, self.config.main_branch) != check.commit:
+        if check is None or check.passed or git.rev_parse(self.root, self.main) != check.commit:
             return None
         return MAIN_FAILS.format(main=self.config.main_branch, commit=check.commit[:conflict_tasks.MERGE_SHORT])
 
@@ -317,7 +444,7 @@ class MergeQueue:
         check = self.ledger.state.main_check
         if check is None or check.passed:
             return False  # known before any git call
-        main = git.rev_parse(self.root, self.config.main_branch)
+        main = git.rev_parse(self.root, self.main)
         held = main_checks.merges(check, main, time.time(), self.config.main_recheck_secs)
         if held is main_checks.Merges.GO:
             return False
@@ -332,24 +459,28 @@ class MergeQueue:
         merge) was made; None: decide() says what becomes of it now."""
         task = self.ledger.current_task(request.task_id, request.task_created_at)
         if (task is None or task.status != "in_progress" or task.assignee != request.actor
-                or git.rev_parse(self.root, f"refs/heads/{request.branch}") != git.rev_parse(self.root, f"{commit}^2")):
+                or git.rev_parse(self.root, self.tip_ref(request)) != git.rev_parse(self.root, f"{commit}^2")):
             return None
         return task
 
     def land(self, request: records.MergeRequest, task: task_model.Task, base: str, commit: str,
-             slot: contextlib.ExitStack, gate_log: str = "") -> bool:
+             slot: contextlib.ExitStack, gate_log: str = "", gate_started: float = 0.0) -> bool:
         """Begin moving main from `base` to the merge commit, off the loop; `slot` (the merge slot,
         held) is the landing's from now on. landed() finishes the request once main has moved.
         Every landing passes here: a branch that waits for a person's review (its task's labels,
         read just now, approve no other tip) steps out of the queue instead, and False is returned.
-        gate_log: the log of the gate that passed on `commit` ("" with no gate)."""
+        gate_log: the log of the gate that passed on `commit` ("" with no gate); gate_started: when it started.
+        Remote mode: main moves on the remote (advance_remote)."""
         tip = git.rev_parse(self.root, f"{commit}^2") or ""
         if review.waits_for_review(self.config.review, task.labels, tip):
             self.reviews.await_review(request, task, base, commit, tip, gate_log)
             return False
         failpoints.failpoint("during_merge")
-        moving = self.mover.submit(self.advance_main, base, commit)
-        self.landing = Landing(request, task, base, tip, commit, slot.pop_all(), moving)
+        if self.config.remote is None:
+            moving = self.mover.submit(self.advance_main, base, commit)
+        else:
+            moving = self.mover.submit(self.advance_remote, request, base, tip, commit)
+        self.landing = Landing(request, task, base, tip, commit, slot.pop_all(), moving, gate_started)
         return True
 
     def landed(self, landing: Landing) -> bool:
@@ -358,7 +489,10 @@ class MergeQueue:
         self.landing = None
         with landing.slot:
             moved: MainMove = landing.moving.result()
+            if moved.move is merge_results.Move.REJECTED:
+                return self.moved_under(landing)
             if moved.move is merge_results.Move.RACED:
+                self.fetch_now = True
                 return True
             if moved.move is merge_results.Move.STAYS:
                 return self.merge_waits(landing.request, moved.reason)
@@ -366,11 +500,67 @@ class MergeQueue:
             if self.config.merge_gate_command:  # main is now a commit that passed the checks exactly as it is
                 self.ledger.state.main_check = records.MainCheck(landing.commit, True, time.time())
             self.finish_merge(landing.request, landing.task, landing.commit, parents=(landing.base, landing.tip))
+            if moved.local_kept:
+                self.local_main_kept(moved.local_kept)
+            if self.config.remote is not None:
+                return True  # the local main seen is the user's own, followed by the checkout's fast-forward
             # Main moved on from the main last seen: nothing left it. Remembered after the merge is
             # told (one synced write less before it): a crash between leaves main seen at the
             # merge's parent, from which main descends, and that is all a restart would find.
             self.rewritten.observe(landing.commit, parent=landing.base)
             return True
+
+    def moved_under(self, landing: Landing) -> bool:
+        """Remote mode: the push found the remote's main (or the branch) moved since the fetch the
+        merge was made on; its gate's work is wasted. Fetched again, and decided again."""
+        self.fetch_now = True
+        gate_secs = round(time.time() - landing.gate_started, 3) if landing.gate_started else 0.0
+        self.ledger.event(EventName.MAIN_MOVED_UNDER, landing.request.task_id, branch=landing.request.branch,
+                          base=landing.base, gate_secs=gate_secs)
+        self.ledger.say(f"{landing.request.task_id}: {self.config.remote}'s {self.config.main_branch} moved while "
+                        "its merge was gated; merged and gated again on it")
+        return True
+
+    def local_main_kept(self, why: str) -> None:
+        """The user's local main was not fast-forwarded to the remote's: said once a run, as an event too."""
+        if not self.ledger.say_once.told_any(Told.LOCAL_MAIN_KEPT):
+            self.ledger.event(EventName.LOCAL_MAIN_KEPT, None, reason=why)
+        self.ledger.say_once(Told.LOCAL_MAIN_KEPT, why)
+
+    def advance_remote(self, request: records.MergeRequest, base: str, tip: str, commit: str) -> MainMove:
+        """Remote mode, off the loop: if the task is still in progress and held by the owner seen
+        (read through the store thread), move the remote's main from `base` to `commit` and delete
+        the branch in one compare-and-swap push; then follow with the user's local main where that
+        loses nothing. A task that changed is RACED: decide() says what becomes of it."""
+        try:
+            task = self.store.get(request.task_id)
+        except errors.TaskNotFound:
+            return merge_results.RACED
+        if task.status != "in_progress" or task.assignee != request.actor:
+            return merge_results.RACED
+        moved = remote_main.push_merge(self.root, self.config.remote or "", self.config.main_branch, request.branch,
+                                       base, tip, commit, self.config.git_hook_timeout_secs)
+        if moved.move is not merge_results.Move.DONE:
+            return moved
+        return MainMove(merge_results.Move.DONE, local_kept=self.follow_remote(commit))
+
+    def follow_remote(self, commit: str) -> str:
+        """Fast-forward the user's local main to the remote's new main only where that loses
+        nothing (local main an ancestor; the checkout's fast-forward, with its compare-and-swap
+        and its refusals): "" when it followed, or why it was left as it is."""
+        main = self.config.main_branch
+        local = git.rev_parse(self.root, f"refs/heads/{main}")
+        if local is None or local == commit:
+            return ""
+        if not git.is_ancestor(self.root, local, commit):
+            return remote_main.local_main_kept(self.config, local)
+        try:
+            moved = self.advance_main(local, commit)
+        except errors.GitError as exc:
+            return f"your {main} was not fast-forwarded to {self.config.remote}'s: {git.first_line(str(exc))}"
+        if moved.move is merge_results.Move.STAYS:
+            return f"your {main} was not fast-forwarded to {self.config.remote}'s: {moved.reason}"
+        return ""
 
     def merge_waits(self, request: records.MergeRequest, reason: str | None) -> bool:
         """Try the merge again later, after a pause that grows: what keeps main still (a stale
@@ -450,7 +640,8 @@ class MergeQueue:
         if parents is not None:
             diffstat = git.merge_diffstat(self.root, commit, parents[1], parents)
         else:
-            diffstat = git.merge_diffstat(self.root, commit, git.rev_parse(self.root, f"refs/heads/{request.branch}"))
+            diffstat = git.merge_diffstat(self.root, commit, git.rev_parse(self.root, self.tip_ref(request))
+                                          or git.rev_parse(self.root, f"refs/heads/{request.branch}"))
         ledger.event(EventName.MERGED, task_id, branch=request.branch, commit=commit, diffstat=diffstat)
         ledger.say(f"{task_id}: merged {request.branch} into {self.config.main_branch} ({short})")
         if merge_commit and revert.merged_label(commit) not in task.labels:  # what `tasks.py revert` undoes
@@ -458,8 +649,12 @@ class MergeQueue:
         fate = outcomes.merged_fate(request.outcome, task.status)
         if fate in (outcomes.MergedFate.CLOSE, outcomes.MergedFate.SETTLE):
             if fate == outcomes.MergedFate.CLOSE:
-                outcomes.close(ledger, task_id, f"merged into {self.config.main_branch} as {short}"
-                               + (f"; {request.note}" if request.note else ""), actor=request.actor)
+                reason = f"merged into {self.config.main_branch} as {short}" + (
+                    f"; {request.note}" if request.note else "")
+                if self.config.remote is None:
+                    outcomes.close(ledger, task_id, reason, actor=request.actor)
+                elif self.store.close_claimed(task_id, request.actor, reason):  # another host's claim too, guarded
+                    ledger.event(EventName.CLOSED, task_id)
                 self.epics.task_closed(task)
             if revert.reverted_task(task.labels):
                 revert.after_landing(self.store, ledger, task, commit)
@@ -467,10 +662,13 @@ class MergeQueue:
         elif fate == outcomes.MergedFate.RETRY:
             outcomes.attempt_failed(ledger, task_id, f"{request.note} (merge {short})", request.actor,
                                     counted=request.counted)
-        worktrees.remove_worktree(self.root, request.worktree)
-        if self.config.delete_merged_branches:
-            git.git("branch", "-D", request.branch, cwd=self.root, check=False)
+        if not shared_queue.is_elsewhere(request):  # another host's has neither worktree nor branch here
+            worktrees.remove_worktree(self.root, request.worktree)
+            if self.config.delete_merged_branches:
+                git.git("branch", "-D", request.branch, cwd=self.root, check=False)
         self.drop(request)
 
     def drop(self, request: records.MergeRequest) -> None:
         self.ledger.drop_request(request)
+        if self.config.remote is not None:
+            remote_main.forget(self.root, request.branch)

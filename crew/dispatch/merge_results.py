@@ -33,6 +33,7 @@ class Move(enum.Enum):
     DONE = "ok"  # main is at the new commit
     RACED = "moved"  # someone else moved main first: recompute on the main that is there
     STAYS = "stays"  # main did not move: `reason` says why, and the merge waits
+    REJECTED = "rejected"  # remote mode: the push found the remote's main (or the branch) moved: fetch, recompute
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,10 +42,11 @@ class MainMove:
 
     move: Move
     reason: str = ""
+    local_kept: str = ""  # remote mode: why the user's local main was not fast-forwarded, said once
 
     @classmethod
     def stays(cls, reason: str) -> MainMove:
         return cls(Move.STAYS, reason)
 
 
-DONE, RACED = MainMove(Move.DONE), MainMove(Move.RACED)
+DONE, RACED, REJECTED = MainMove(Move.DONE), MainMove(Move.RACED), MainMove(Move.REJECTED)

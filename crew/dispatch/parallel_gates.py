@@ -14,6 +14,7 @@ from crew import git
 from crew.dispatch import gate as gates
 from crew.dispatch import main_checks
 from crew.dispatch import records
+from crew.dispatch import remote_main
 from crew.dispatch import speculation
 from crew.dispatch.ledger import Ledger
 from crew.dispatch.merge_results import Decision
@@ -48,7 +49,7 @@ class GatedQueue(Protocol):
     def unchanged_task(self, request: records.MergeRequest, commit: str) -> task_model.Task | None: ...
 
     def land(self, request: records.MergeRequest, task: task_model.Task, base: str, commit: str,
-             slot: contextlib.ExitStack, gate_log: str = "") -> bool: ...
+             slot: contextlib.ExitStack, gate_log: str = "", gate_started: float = 0.0) -> bool: ...
 
     def blame(self, request: records.MergeRequest, failed: gates.GateOutcome) -> main_checks.Blame: ...
 
@@ -107,7 +108,7 @@ class ParallelGates:
     def main_now(self) -> str | None:
         now = time.time()
         if self.main is None or now >= self.main_read_at + self.config.poll_interval_secs:
-            self.main, self.main_read_at = git.rev_parse(self.config.root, self.config.main_branch), now
+            self.main, self.main_read_at = git.rev_parse(self.config.root, remote_main.main_ref(self.config)), now
         return self.main
 
     def poll(self) -> bool:
@@ -206,7 +207,7 @@ class ParallelGates:
                 del self.verdicts[request.task_id]  # decide() says what becomes of it
                 return True
             # The queue changes once main has moved, or at once when the entry awaits review.
-            return not self.queue.land(request, task, gated.base, gated.commit, slot, gated.log)
+            return not self.queue.land(request, task, gated.base, gated.commit, slot, gated.log, gated.started_at)
 
     def count_failure(self, request: records.MergeRequest) -> bool:
         """The first entry failed on main as it is: it leaves the queue with its fix task, once
@@ -215,7 +216,7 @@ class ParallelGates:
             return False
         verdict = self.verdicts[request.task_id]
         with slot:
-            if git.rev_parse(self.config.root, self.config.main_branch) != verdict.record.base:
+            if git.rev_parse(self.config.root, remote_main.main_ref(self.config)) != verdict.record.base:
                 del self.verdicts[request.task_id]
                 gates.say_failure_not_counted(self.ledger, verdict.record)
                 return True  # main moved meanwhile: gated again

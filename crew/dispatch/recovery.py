@@ -9,6 +9,7 @@ from crew import orphans
 from crew import processes
 from crew.dispatch import agent
 from crew.dispatch import records
+from crew.dispatch import shared_queue
 from crew.dispatch import worktrees
 from crew.dispatch.ledger import Ledger
 from crew.dispatch.workers import WorkerPool
@@ -64,7 +65,9 @@ class Recovery:
                 left_running.append(processes.TreeKill.begin(None, grace, mark=mark, everywhere=True))
         processes.wait_for_kills(left_running)  # their worktrees are removed or used again below
         # A conflict task's own claim is not accounted for by its pending merge: only the original is.
-        claims = [(r.task_id, r.task_created_at, r.actor) for r in branches_in_flight(state)]
+        # Another host's merge-queue entry (remote mode) is under that host's claim, never this one's.
+        claims = [(r.task_id, r.task_created_at, r.actor) for r in branches_in_flight(state)
+                  if not shared_queue.is_elsewhere(r)]
         for task_id, earlier in sorted({(task_id, claimer) for task_id, _, claimer in claims if claimer != actor}):
             ledger.event(EventName.EARLIER_ACTOR, task_id, actor=earlier)
             ledger.say(f"{task_id}: claimed as {earlier} by an earlier run (the actor is {actor} now); "

@@ -15,6 +15,7 @@ class Told(enum.Enum):
     MERGE_WAITS = "merge waits"  # by task and reason
     GATE_HOOK_FAILED = "gate hook failed"  # once a run: the gate worktree's post-checkout hook failed
     PUSH_WAITS = "push waits"  # a branch not pushed or marked ready yet: by branch and reason
+    LOCAL_MAIN_KEPT = "local main kept"  # once a run: the user's main has commits the remote's lacks
 
 
 class SayOnce:

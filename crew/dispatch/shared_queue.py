@@ -1,0 +1,162 @@
+"""The merge queue's entries as bd holds them (remote mode): every host's branches judged mergeable
+and pushed carry the label crew-merge-ready and their branch and tip in the task's metadata, so any
+host can merge them. Listed through the store thread, at most every few seconds and only while
+the queue has room; another host's entry joins this host's queue under its owner (the task's
+assignee). Also bd's merge slot (config merge_slot in remote mode), taken and given back through
+the store thread, never waited for."""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import time
+from collections.abc import Iterable
+
+from crew import config as configuration
+from crew import names as safe_names
+from crew.dispatch import records
+from crew.dispatch import remote_main
+from crew.dispatch import store_thread
+from crew.dispatch.ledger import Ledger
+from crew.report.events import EventName
+from crew.tasks import model as task_model
+
+
+READY_LABEL = "crew-merge-ready"
+BRANCH_KEY, TIP_KEY = "crew_branch", "crew_tip"
+LIST_EVERY_SECS = 3.0  # how often the ready entries are listed while the queue has room
+SLOT_TRY_EVERY_SECS = 1.0  # how often a merge slot held by another host is asked for again
+SLOT_GIVE_BACK_SECS = 10.0  # how long a stop waits for the store to give the slot back
+# Another host's entry has no worktree here: its record names a folder under this one, never made.
+ELSEWHERE = ".remote-entries"
+
+
+@dataclasses.dataclass(frozen=True)
+class Shared:
+    """Another host's entry as bd holds it: its task, owner (assignee), branch and tip."""
+
+    task: task_model.Task
+    owner: str
+    branch: str
+    tip: str
+
+
+def entries_to_add(tasks: Iterable[task_model.Task], known: set[str], me: str, room: int) -> list[Shared]:
+    """The entries of other hosts to add, in the store's order, at most `room`: in progress, held
+    by someone else, marked with a safe branch name, and not already known here (queued, pending
+    or worked on by this host)."""
+    found: list[Shared] = []
+    for task in tasks:
+        branch, tip = task.metadata.get(BRANCH_KEY, ""), task.metadata.get(TIP_KEY, "")
+        if (len(found) >= room or task.id in known or task.status != "in_progress" or not task.assignee
+                or task.assignee == me or not remote_main.safe_branch(branch)):
+            continue
+        found.append(Shared(task, task.assignee, branch, tip))
+    return found[:room]
+
+
+def is_elsewhere(record: records.Worker | records.MergeRequest | records.PendingMerge) -> bool:
+    """Whether the record is another host's merge-queue entry (added from bd; no worktree here)."""
+    return isinstance(record, records.MergeRequest) and record.worktree.parent.name == ELSEWHERE
+
+
+def request_for(config: configuration.Settings, shared: Shared) -> records.MergeRequest:
+    flight = records.BranchInFlight(
+        task_id=shared.task.id, title=safe_names.clean_title(shared.task.title), branch=shared.branch,
+        worktree=config.worktree_root / ELSEWHERE / shared.task.id, outcome=records.Outcome.CLOSE, note="",
+        retries=0, counted=False, actor=shared.owner, task_created_at=shared.task.created_at)
+    return records.MergeRequest(flight, queued_at=time.time())
+
+
+class SharedQueue:
+    """Adds other hosts' ready entries to this host's merge queue."""
+
+    def __init__(self, config: configuration.Settings, ledger: Ledger, serial: store_thread.SerialStore):
+        self.config, self.ledger, self.serial = config, ledger, serial
+        self.listing: concurrent.futures.Future[list[task_model.Task]] | None = None
+        self.next_list = 0.0
+
+    @property
+    def requests(self) -> list[records.MergeRequest]:
+        return self.ledger.state.merge_queue
+
+    def room(self) -> int:
+        """How many entries may join: the queue holds at most as many as its gates try at once, and one more."""
+        return self.config.merge_gate_parallelism + 1 - len(self.requests)
+
+    def step(self, busy: set[str]) -> bool:
+        """Apply a listing that came back, and ask for the next when due. busy: the tasks this host
+        has in hand otherwise (workers, pending merges). True if an entry joined the queue."""
+        added = False
+        if self.listing is not None and self.listing.done():
+            future, self.listing = self.listing, None
+            if future.exception() is None:
+                added = self.add(future.result(), busy)
+        if self.listing is None and time.time() >= self.next_list and self.room() > 0:
+            self.next_list = time.time() + LIST_EVERY_SECS
+            self.listing = self.serial.later("with_label", READY_LABEL)
+        return added
+
+    def add(self, tasks: list[task_model.Task], busy: set[str]) -> bool:
+        known = busy | {request.task_id for request in self.requests}
+        found = entries_to_add(tasks, known, self.config.actor, self.room())
+        if not found:
+            return False
+        with self.ledger.change():
+            for shared in found:
+                self.ledger.state.merge_queue.append(request_for(self.config, shared))
+        for shared in found:
+            self.ledger.event(EventName.MERGE_QUEUED, shared.task.id, branch=shared.branch, owner=shared.owner)
+        return True
+
+    def next_due(self) -> float | None:
+        return self.next_list if self.listing is None else None
+
+
+class SharedSlot:
+    """bd's merge slot (remote mode with merge_slot): held while this host merges (from its decision
+    to its push), asked for through the store thread without waiting, and given back once nothing
+    is in flight, at a stop, or when the run ends. It is a claim with a lease (see the stores'
+    take_merge_slot): its lease is renewed with this host's other claims while it is held
+    (`slot_id`), so a host that dies holding it loses it to `reclaim`."""
+
+    def __init__(self, serial: store_thread.SerialStore, actor: str):
+        self.serial, self.actor = serial, actor
+        self.held = False
+        self.taken_anew = False  # just taken: another host may have moved main meanwhile, so fetch first
+        self.taking: concurrent.futures.Future[tuple[bool, str]] | None = None
+        self.slot_id = ""  # the slot's claim, once taken: renewed as a task's claim is
+        self.giving: concurrent.futures.Future[None] | None = None
+        self.next_try = 0.0
+
+    def want(self) -> bool:
+        """Whether the slot is held now; if not, it is asked for (again once SLOT_TRY_EVERY_SECS passed)."""
+        if self.taking is not None and self.taking.done():
+            future, self.taking = self.taking, None
+            if future.exception() is None:
+                self.held, self.slot_id = future.result()
+                self.taken_anew = self.held
+        if self.held:
+            return True
+        if self.taking is None and (self.giving is None or self.giving.done()) and time.time() >= self.next_try:
+            self.next_try = time.time() + SLOT_TRY_EVERY_SECS
+            self.taking = self.serial.batch(lambda store: (store.take_merge_slot(self.actor), store.merge_slot_id()))
+        return False
+
+    def give_back(self) -> None:
+        """Nothing in flight needs it: given back, through the store thread."""
+        if self.held:
+            self.held = False
+            self.giving = self.serial.later("give_back_merge_slot", self.actor)
+
+    def give_back_now(self) -> None:
+        """The run ends: the slot is given back (a take still under way too), waited for a bounded time."""
+        if self.taking is not None:
+            concurrent.futures.wait([self.taking], timeout=SLOT_GIVE_BACK_SECS)
+            self.held |= self.taking.done() and self.taking.exception() is None and self.taking.result()[0]
+            self.taking = None
+        self.give_back()
+        if self.giving is not None:
+            concurrent.futures.wait([self.giving], timeout=SLOT_GIVE_BACK_SECS)
+
+    def next_due(self) -> float | None:
+        return None if self.held or self.taking is not None else self.next_try

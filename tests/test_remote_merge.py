@@ -1,0 +1,261 @@
+"""Remote mode's merge queue: main moves on the remote only, by one atomic compare-and-swap push;
+every host's ready entries merge from any host; the user's local main follows only where that
+loses nothing. Hosts are clones of one bare remote on disk, sharing one bd stand-in database."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support.dispatching import events
+from support.dispatching import start_dispatcher
+from support.dispatching import wait_until
+from support.hosts import fake_hosts
+from support.repos import commit_file
+from support.repos import git
+
+from crew import config as configuration
+from crew import tasks
+from crew import workspace
+from crew.dispatch import remote_main
+from crew.dispatch import shared_queue
+from crew.dispatch.merge_results import Move
+from crew.dispatch.remote_main import EntryFate
+from crew.tasks.model import Task
+
+
+# ---- decisions, without git ----------------------------------------------------------------
+
+@pytest.mark.parametrize("fetched, expected, in_main, own, fate", [
+    ("t1", "t1", False, False, EntryFate.MERGE),
+    ("t1", "", False, False, EntryFate.MERGE),  # no tip marked: the remote's is merged
+    ("t2", "t1", False, True, EntryFate.NOT_YET),  # its owner is pushing another tip
+    (None, "t1", False, True, EntryFate.NOT_YET),  # this host's push is under way
+    (None, "t1", False, False, EntryFate.GONE),  # another host's, gone: its owner settles it
+    (None, "t1", True, False, EntryFate.MERGED),  # merged by another host, the branch deleted with it
+    ("t1", "t1", True, True, EntryFate.MERGED),
+])
+def test_an_entry_is_merged_only_at_the_tip_marked_ready_and_never_when_main_has_it(fetched, expected, in_main,
+                                                                                     own, fate):
+    assert remote_main.entry_fate(fetched, expected, in_main, own) is fate
+
+
+@pytest.mark.parametrize("name, safe", [
+    ("crew/proj-1-a1", True), ("feature.x", True), ("-upload-pack=x", False), ("a..b", False),
+    ("a//b", False), ("x.lock", False), ("a/.hidden", False), ("", False), ("a b", False), ("a\nb", False),
+])
+def test_a_branch_name_read_from_the_store_names_a_ref_only_when_plain(name, safe):
+    assert remote_main.safe_branch(name) is safe
+
+
+def ready(task_id: str, assignee: str, branch: str = "", tip: str = "t", status: str = "in_progress") -> Task:
+    return Task(task_id, task_id, status=status, assignee=assignee, labels=[shared_queue.READY_LABEL],
+                metadata={shared_queue.BRANCH_KEY: branch or f"crew/{task_id}", shared_queue.TIP_KEY: tip})
+
+
+def test_the_entries_of_other_hosts_join_under_their_owner_and_only_while_there_is_room():
+    listed = [ready("p-1", "host-a"), ready("p-2", "host-b"), ready("p-3", "host-b", branch="-x"),
+              ready("p-4", "host-b", status="open"), ready("p-5", ""), ready("p-6", "host-c"), ready("p-7", "host-c")]
+    found = shared_queue.entries_to_add(listed, known={"p-6"}, me="host-a", room=5)
+    assert [(s.task.id, s.owner, s.branch) for s in found] == [("p-2", "host-b", "crew/p-2"),
+                                                               ("p-7", "host-c", "crew/p-7")]
+    assert [s.task.id for s in shared_queue.entries_to_add(listed, set(), "host-a", room=1)] == ["p-2"]
+
+
+# ---- the git steps, on a bare remote --------------------------------------------------------
+
+@pytest.fixture
+def bare(tmp_path) -> Path:
+    """A bare remote whose main has one commit."""
+    bare = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+    seed = tmp_path / "seed"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(seed)], check=True)
+    commit_file(seed, "README.md", "# proj\n", "initial commit")
+    git(seed, "push", "-q", str(bare), "main")
+    return bare
+
+
+def clone(remote: Path, path: Path) -> Path:
+    subprocess.run(["git", "clone", "-q", str(remote), str(path)], check=True)
+    git(path, "config", "user.email", "t@example.com")
+    git(path, "config", "user.name", "T")
+    return path
+
+
+def branch_with(repo: Path, branch: str, name: str) -> str:
+    git(repo, "checkout", "-q", "-b", branch, "origin/main")
+    tip = commit_file(repo, name, f"{name}\n")
+    git(repo, "checkout", "-q", "main")
+    git(repo, "push", "-q", "origin", branch)
+    return tip
+
+
+def merge_commit(repo: Path, base: str, tip: str) -> str:
+    tree = git(repo, "merge-tree", "--write-tree", base, tip).split()[0]
+    return git(repo, "commit-tree", tree, "-p", base, "-p", tip, "-m", "merge").strip()
+
+
+def test_a_push_moves_the_remotes_main_and_deletes_the_branch_at_once_or_is_rejected_when_main_moved(bare, tmp_path):
+    remote = bare
+    host_a, host_b = clone(remote, tmp_path / "a"), clone(remote, tmp_path / "b")
+    tip_a, tip_b = branch_with(host_a, "crew/a", "a.txt"), branch_with(host_b, "crew/b", "b.txt")
+    for host in (host_a, host_b):
+        assert remote_main.fetch(host, "origin", "main", ["crew/a", "crew/b"]) is None
+    base = git(host_a, "rev-parse", remote_main.fetched_ref("main")).strip()
+    merged_a, merged_b = merge_commit(host_a, base, tip_a), merge_commit(host_b, base, tip_b)
+    assert remote_main.push_merge(host_a, "origin", "main", "crew/a", base, tip_a, merged_a, 60).move is Move.DONE
+    assert git(remote, "rev-parse", "main").strip() == merged_a
+    assert not git(remote, "branch", "--list", "crew/a").strip()  # merged, so gone: nobody merges it twice
+    # Host B merged onto the main it fetched: its push is rejected as a whole, its branch kept.
+    assert remote_main.push_merge(host_b, "origin", "main", "crew/b", base, tip_b, merged_b, 60).move is Move.REJECTED
+    assert git(remote, "rev-parse", "main").strip() == merged_a
+    assert git(remote, "rev-parse", "crew/b").strip() == tip_b
+    # Fetched again: the branch gone from the remote leaves no ref of ours; the other is read.
+    assert remote_main.fetch(host_b, "origin", "main", ["crew/a", "crew/b"]) is None
+    assert git(host_b, "rev-parse", remote_main.fetched_ref("main")).strip() == merged_a
+    assert subprocess.run(["git", "rev-parse", "-q", "--verify", remote_main.fetched_ref("crew/a")], check=False,
+                          cwd=host_b, capture_output=True).returncode != 0
+    assert git(host_b, "rev-parse", remote_main.fetched_ref("crew/b")).strip() == tip_b
+    assert git(host_b, "rev-parse", "refs/heads/main").strip() == base  # the user's own main is not touched
+
+
+def test_a_fetch_from_a_remote_not_reached_says_so(tmp_path, bare):
+    host = clone(bare, tmp_path / "a")
+    failure = remote_main.fetch(host, str(tmp_path / "nowhere.git"), "main", [])
+    assert failure is not None and not failure.missing
+
+
+# ---- hosts: clones of one remote, dispatchers sharing one task database ----------------------
+
+GATE = [sys.executable, "-c", "import time; time.sleep(0.3)"]
+# A gate that moves the remote's main while it runs, once (while its flag file exists): another
+# host landing first. It pushes a commit from a clone of its own.
+MOVING_GATE = r"""
+import pathlib, subprocess, sys, time
+flag, other = pathlib.Path(sys.argv[1]), sys.argv[2]
+if flag.exists():
+    flag.unlink()
+    subprocess.run(["git", "pull", "-q", "--ff-only", "origin", "main"], cwd=other, check=True)
+    pathlib.Path(other, "elsewhere.txt").write_text("landed elsewhere\n")
+    subprocess.run(["git", "add", "elsewhere.txt"], cwd=other, check=True)
+    subprocess.run(["git", "commit", "-q", "-m", "landed by another host"], cwd=other, check=True)
+    subprocess.run(["git", "push", "-q", "origin", "main"], cwd=other, check=True)
+time.sleep(0.3)
+"""
+# A gate that, while it runs, hands the task to another host (its claim reclaimed and taken).
+RECLAIMING_GATE = r"""
+import subprocess, sys, time
+task_id, repo = sys.argv[1:3]
+subprocess.run(["bd", "unclaim", task_id, "--force", "--actor", "host-c"], cwd=repo, check=True, capture_output=True)
+subprocess.run(["bd", "update", task_id, "--claim", "--actor", "host-c"], cwd=repo, check=True, capture_output=True)
+time.sleep(0.3)
+"""
+# A gate that records when each host's gate starts and ends, in one file all hosts share.
+SPAN_GATE = r"""
+import pathlib, sys, time
+record, host = pathlib.Path(sys.argv[1]), sys.argv[2]
+with record.open("a") as out:
+    out.write(f"start {host}\n")
+time.sleep(0.5)
+with record.open("a") as out:
+    out.write(f"end {host}\n")
+"""
+
+
+@pytest.fixture
+def hosts(tmp_path, monkeypatch):
+    """Clones of one bare remote sharing one bd stand-in database (support/hosts.py); each host's
+    config is given its own settings (merge_slot false unless asked: a test names what it measures)."""
+    layout = fake_hosts(tmp_path, monkeypatch, names=("a", "b"), poll_interval_secs=0.1, merge_slot=False)
+
+    def configure(name: str, **settings) -> tuple[Path, configuration.Settings, Path]:
+        host = next(host for host in layout.hosts if host.name == name)
+        written = json.loads(host.config.read_text(encoding="utf-8"))
+        host.config.write_text(json.dumps({**written, **settings}), encoding="utf-8")
+        config = configuration.load_config(str(host.config))
+        workspace.exclude_toolkit_files(config)
+        return host.config, config, host.root
+    configure.remote = layout.remote
+    return configure
+
+
+def remote_merges(remote: Path) -> list[str]:
+    """The task ids of the merges on the remote's main, oldest first."""
+    subjects = git(remote, "log", "--first-parent", "--merges", "--reverse", "--format=%s", "main").splitlines()
+    return [subject.rsplit("(", 1)[1].rstrip(")") for subject in subjects]
+
+
+def finished(proc: subprocess.Popen, timeout: float = 240) -> str:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"{out}\n{err}"
+    return out
+
+
+def pushed_by_host_a(store, repo: Path, title: str, name: str):
+    """Another host's finished work, as it leaves it: its branch pushed, the task claimed by it and
+    marked ready in the task store."""
+    task = store.create(title)
+    branch = f"crew/{task.id}-host-a"
+    tip = branch_with(repo, branch, name)
+    assert store.claim(task.id, "host-a")
+    assert store.update_claimed(task.id, "host-a", metadata={shared_queue.BRANCH_KEY: branch,
+                                                             shared_queue.TIP_KEY: tip},
+                                add_labels=[shared_queue.READY_LABEL]) is not None
+    return task, branch, tip
+
+
+def test_another_hosts_ready_branch_is_merged_here_under_its_owners_claim_and_local_commits_stay(hosts,
+                                                                                                tmp_path):
+    remote = hosts.remote
+    cfg, config, repo = hosts("b", merge_gate_command=GATE)
+    store = tasks.open_task_store(config)
+    host_a = clone(remote, tmp_path / "host-a-clone")
+    task, branch, _ = pushed_by_host_a(store, host_a, "From A", "from-a.txt")
+    local = commit_file(repo, "mine.txt", "mine\n", "my own commit, not pushed")
+    proc = start_dispatcher(cfg, "--watch")
+    wait_until(lambda: remote_merges(remote) == [task.id], proc, "A's branch on the remote's main", timeout=120)
+    wait_until(lambda: events(repo, "local_main_kept"), proc, "the local main reported kept", timeout=60)
+    proc.terminate()
+    proc.communicate(timeout=60)
+    assert git(repo, "rev-parse", "main").strip() == local  # the user's commit is left alone
+    assert "mine.txt" not in git(remote, "ls-tree", "--name-only", "main")
+    assert len(events(repo, "local_main_kept")) == 1
+    assert not git(remote, "branch", "--list", branch).strip()
+    closed = store.get(task.id)
+    assert closed.status == "closed" and closed.assignee == "host-a"
+
+
+def test_a_branch_another_host_already_merged_is_not_merged_twice(hosts, tmp_path):
+    remote = hosts.remote
+    cfg, config, repo = hosts("b", merge_gate_command=GATE)
+    store = tasks.open_task_store(config)
+    host_a = clone(remote, tmp_path / "host-a-clone")
+    task, branch, tip = pushed_by_host_a(store, host_a, "From A", "from-a.txt")
+    # Host A merged it meanwhile, and has not yet closed the task; its branch is still there.
+    git(host_a, "merge", "-q", "--no-ff", "-m", f"Merge {branch}: From A ({task.id})", tip)
+    git(host_a, "push", "-q", "origin", "main")
+    proc = start_dispatcher(cfg, "--watch")
+    wait_until(lambda: events(repo, "merged_elsewhere"), proc, "the branch found merged elsewhere", timeout=120)
+    proc.terminate()
+    proc.communicate(timeout=60)
+    assert remote_merges(remote) == [task.id]
+    assert not events(repo, "merged")
+
+
+def test_a_task_reclaimed_by_someone_else_while_its_branch_is_gated_is_never_merged(hosts, tmp_path):
+    remote = hosts.remote
+    _, config, repo = hosts("b")
+    store = tasks.open_task_store(config)
+    host_a = clone(remote, tmp_path / "host-a-clone")
+    task, branch, tip = pushed_by_host_a(store, host_a, "From A", "from-a.txt")
+    cfg, _, _ = hosts("b", merge_gate_command=[sys.executable, "-c", RECLAIMING_GATE, task.id, str(repo)])
+    proc = start_dispatcher(cfg, "--watch")
+    wait_until(lambda: events(repo, "stale_branch"), proc, "the branch found stale", timeout=120)
+    proc.terminate()
+    proc.communicate(timeout=60)
+    assert remote_merges(remote) == []
+    assert git(remote, "rev-parse", branch).strip() == tip  # the branch is kept on the remote
+    assert store.get(task.id).assignee == "host-c"
