@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.dispatching import add_task
 from support.dispatching import events
 from support.dispatching import start_dispatcher
 from support.dispatching import wait_until
@@ -19,6 +20,7 @@ from support.repos import git
 from crew import config as configuration
 from crew import tasks
 from crew import workspace
+from crew.dispatch import branch_push
 from crew.dispatch import remote_main
 from crew.dispatch import shared_queue
 from crew.dispatch.merge_results import Move
@@ -51,8 +53,8 @@ def test_a_branch_name_read_from_the_store_names_a_ref_only_when_plain(name, saf
 
 
 def ready(task_id: str, assignee: str, branch: str = "", tip: str = "t", status: str = "in_progress") -> Task:
-    return Task(task_id, task_id, status=status, assignee=assignee, labels=[shared_queue.READY_LABEL],
-                metadata={shared_queue.BRANCH_KEY: branch or f"crew/{task_id}", shared_queue.TIP_KEY: tip})
+    return Task(task_id, task_id, status=status, assignee=assignee, labels=[branch_push.READY_LABEL],
+                metadata={branch_push.BRANCH_KEY: branch or f"crew/{task_id}", branch_push.TIP_KEY: tip})
 
 
 def test_the_entries_of_other_hosts_join_under_their_owner_and_only_while_there_is_room():
@@ -131,19 +133,20 @@ def test_a_fetch_from_a_remote_not_reached_says_so(tmp_path, bare):
 # ---- hosts: clones of one remote, dispatchers sharing one task database ----------------------
 
 GATE = [sys.executable, "-c", "import time; time.sleep(0.3)"]
-# A gate that moves the remote's main while it runs, once (while its flag file exists): another
-# host landing first. It pushes a commit from a clone of its own.
-MOVING_GATE = r"""
-import pathlib, subprocess, sys, time
-flag, other = pathlib.Path(sys.argv[1]), sys.argv[2]
-if flag.exists():
+# The user's pre-push hook, which once (while its flag file exists), as the dispatcher pushes main,
+# lets another host land first: it pushes a commit to the remote's main from a clone of its own.
+MOVING_HOOK = r"""#!/usr/bin/env python3
+import pathlib, subprocess, sys
+flag, other = pathlib.Path(sys.argv[0]).with_name("move-once"), pathlib.Path(sys.argv[0]).with_name("other")
+pushing_main = any(line.split()[2] == "refs/heads/main" for line in sys.stdin if len(line.split()) == 4)
+if pushing_main and flag.exists():
     flag.unlink()
-    subprocess.run(["git", "pull", "-q", "--ff-only", "origin", "main"], cwd=other, check=True)
-    pathlib.Path(other, "elsewhere.txt").write_text("landed elsewhere\n")
-    subprocess.run(["git", "add", "elsewhere.txt"], cwd=other, check=True)
-    subprocess.run(["git", "commit", "-q", "-m", "landed by another host"], cwd=other, check=True)
-    subprocess.run(["git", "push", "-q", "origin", "main"], cwd=other, check=True)
-time.sleep(0.3)
+    clone = other.read_text().strip()
+    subprocess.run(["git", "pull", "-q", "--ff-only", "origin", "main"], cwd=clone, check=True)
+    pathlib.Path(clone, "elsewhere.txt").write_text("landed elsewhere\n")
+    subprocess.run(["git", "add", "elsewhere.txt"], cwd=clone, check=True)
+    subprocess.run(["git", "commit", "-q", "-m", "landed by another host"], cwd=clone, check=True)
+    subprocess.run(["git", "push", "-q", "origin", "main"], cwd=clone, check=True)
 """
 # A gate that, while it runs, hands the task to another host (its claim reclaimed and taken).
 RECLAIMING_GATE = r"""
@@ -201,9 +204,9 @@ def pushed_by_host_a(store, repo: Path, title: str, name: str):
     branch = f"crew/{task.id}-host-a"
     tip = branch_with(repo, branch, name)
     assert store.claim(task.id, "host-a")
-    assert store.update_claimed(task.id, "host-a", metadata={shared_queue.BRANCH_KEY: branch,
-                                                             shared_queue.TIP_KEY: tip},
-                                add_labels=[shared_queue.READY_LABEL]) is not None
+    assert store.update_claimed(task.id, "host-a", metadata={branch_push.BRANCH_KEY: branch,
+                                                             branch_push.TIP_KEY: tip},
+                                add_labels=[branch_push.READY_LABEL]) is not None
     return task, branch, tip
 
 
@@ -259,3 +262,82 @@ def test_a_task_reclaimed_by_someone_else_while_its_branch_is_gated_is_never_mer
     assert remote_merges(remote) == []
     assert git(remote, "rev-parse", branch).strip() == tip  # the branch is kept on the remote
     assert store.get(task.id).assignee == "host-c"
+
+
+def test_two_hosts_land_each_branch_on_the_remotes_main_exactly_once(hosts):
+    remote = hosts.remote
+    cfg_a, config_a, _ = hosts("a", merge_gate_command=GATE)
+    cfg_b, _, _ = hosts("b", merge_gate_command=GATE)
+    store = tasks.open_task_store(config_a)
+    made = [add_task(store, f"T{i}", f"append t{i}.txt line {i}", files=[f"t{i}.txt"]) for i in range(4)]
+    procs = [start_dispatcher(cfg_a), start_dispatcher(cfg_b)]
+    for proc in procs:
+        finished(proc)
+    assert sorted(remote_merges(remote)) == sorted(task.id for task in made)
+    assert {task.status for task in store.list()} == {"closed"}
+    assert subprocess.run(["git", "fsck", "--strict"], cwd=remote, capture_output=True, check=False).returncode == 0
+
+
+def test_a_push_rejected_because_another_host_moved_main_is_merged_and_gated_again_and_lands(hosts, tmp_path):
+    remote = hosts.remote
+    other = clone(remote, tmp_path / "other")
+    cfg, config, repo = hosts("a", merge_gate_command=GATE)
+    hooks = repo / ".git" / "hooks"
+    hooks.mkdir(exist_ok=True)
+    (hooks / "pre-push").write_text(MOVING_HOOK.replace("#!/usr/bin/env python3", f"#!{sys.executable}"))
+    (hooks / "pre-push").chmod(0o755)
+    (hooks / "other").write_text(str(other))
+    (hooks / "move-once").write_text("")
+    store = tasks.open_task_store(config)
+    task = add_task(store, "One", "append one.txt line", files=["one.txt"])
+    finished(start_dispatcher(cfg))
+    under = events(repo, "main_moved_under")
+    assert len(under) == 1 and under[0]["task_id"] == task.id and under[0]["gate_secs"] > 0
+    assert remote_merges(remote) == [task.id]
+    assert "landed by another host" in git(remote, "log", "--format=%s", "main")
+    # Gated again on the main the other host made: the merge landed on it, and the user's main followed.
+    assert git(remote, "rev-parse", "main^1").strip() == git(other, "rev-parse", "HEAD").strip()
+    assert git(repo, "rev-parse", "main").strip() == git(remote, "rev-parse", "main").strip()
+    assert store.get(task.id).status == "closed"
+
+
+def test_the_merge_slot_serializes_the_merges_of_every_host(hosts, tmp_path):
+    remote = hosts.remote
+    record = tmp_path / "spans.txt"
+    cfg_a, config_a, repo_a = hosts("a", merge_gate_command=[sys.executable, "-c", SPAN_GATE, str(record), "a"],
+                                    merge_slot=True)
+    cfg_b, _, repo_b = hosts("b", merge_gate_command=[sys.executable, "-c", SPAN_GATE, str(record), "b"],
+                             merge_slot=True)
+    store = tasks.open_task_store(config_a)
+    subprocess.run(["bd", "merge-slot", "create"], cwd=config_a.root, check=True, capture_output=True)
+    made = [add_task(store, f"T{i}", f"append t{i}.txt line {i}", files=[f"t{i}.txt"]) for i in range(4)]
+    procs = [start_dispatcher(cfg_a), start_dispatcher(cfg_b)]
+    for proc in procs:
+        finished(proc)
+    assert sorted(remote_merges(remote)) == sorted(task.id for task in made)
+    spans = record.read_text(encoding="utf-8").split("\n")[:-1]
+    assert {line.split()[1] for line in spans} == {"a", "b"}  # both hosts gated
+    for n in range(0, len(spans), 2):  # never two gates at once: each start is followed by its own end
+        assert spans[n].split()[0] == "start" and spans[n + 1] == spans[n].replace("start", "end")
+    assert not events(repo_a, "main_moved_under") and not events(repo_b, "main_moved_under")
+    assert store.merge_slot_holder() is None
+
+
+def test_speculative_gates_land_each_entry_on_the_remotes_main_as_gated(hosts, tmp_path):
+    remote = hosts.remote
+    record = tmp_path / "gates.jsonl"
+    from test_parallel_gates import recording_gate
+    from test_parallel_gates import seen_by_gates
+    cfg, config, repo = hosts("a", max_workers=3, merge_gate_command=recording_gate(record, wait=1.0),
+                              merge_gate_parallelism=2)
+    store = tasks.open_task_store(config)
+    made = [add_task(store, f"G{i}", f"sleep {0.2 * i:.1f}", f"append g{i}.txt line {i}", files=[f"g{i}.txt"])
+            for i in range(3)]
+    finished(start_dispatcher(cfg))
+    assert sorted(remote_merges(remote)) == sorted(task.id for task in made)
+    heads = {seen["head"]: seen for seen in seen_by_gates(record)}
+    landed = git(remote, "log", "--first-parent", "--merges", "--reverse", "--format=%H", "main").split()
+    for n, commit in enumerate(landed):
+        assert commit in heads, f"merge {n + 1} on the remote's main was never gated as it is"
+        assert heads[commit]["merges"] == remote_merges(remote)[:n + 1]
+    assert any(len(events(repo, "gate_started")) > 0 and event["stack"] for event in events(repo, "gate_started"))

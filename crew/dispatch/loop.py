@@ -379,7 +379,8 @@ class Dispatcher:
                 self.pusher.start_afresh(task, why)
             else:
                 self.finisher.continue_judged(task, branch, tip)
-        self.pusher.judged(self.ledger.state.merge_queue, self.ledger.state.attempts)
+        own = [request for request in self.ledger.state.merge_queue if not shared_queue.is_elsewhere(request)]
+        self.pusher.judged(own, self.ledger.state.attempts)  # another host's entry is that host's to push
         return self.pusher.step(time.time()) or bool(came_back)
 
     def reclaim_lapsed(self) -> bool:

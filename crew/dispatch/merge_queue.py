@@ -17,6 +17,7 @@ from crew import failpoints
 from crew import git
 from crew import names as safe_names
 from crew import processes
+from crew.dispatch import branch_push
 from crew.dispatch import conflicts as conflict_tasks
 from crew.dispatch import epics
 from crew.dispatch import gate as gates
@@ -328,7 +329,7 @@ class MergeQueue:
         """Remote mode: what becomes of an entry on the remote as fetched; None: merge it (`tip`)."""
         own = not shared_queue.is_elsewhere(request)
         expected = (git.rev_parse(self.root, f"refs/heads/{request.branch}") if own
-                    else task.metadata.get(shared_queue.TIP_KEY)) or ""
+                    else task.metadata.get(branch_push.TIP_KEY)) or ""
         in_main = main_now is not None and any(git.is_ancestor(self.root, known, main_now)
                                                for known in dict.fromkeys((tip, expected)) if known)
         fate = remote_main.entry_fate(tip, expected, in_main, own)
@@ -379,6 +380,8 @@ class MergeQueue:
             if git.rev_parse(self.root, self.main) != gated.base:
                 if not outcome.passed:
                     gates.say_failure_not_counted(self.ledger, gated)
+                elif self.config.remote is not None:  # another host landed first, found by a fetch
+                    self.moved_under(request, gated.base, gated.started_at)
                 return False  # main moved while the gate ran: recompute and gate again
             if not outcome.passed:
                 blame = self.blame(request, outcome)
@@ -490,7 +493,7 @@ class MergeQueue:
         with landing.slot:
             moved: MainMove = landing.moving.result()
             if moved.move is merge_results.Move.REJECTED:
-                return self.moved_under(landing)
+                return self.moved_under(landing.request, landing.base, landing.gate_started)
             if moved.move is merge_results.Move.RACED:
                 self.fetch_now = True
                 return True
@@ -510,14 +513,15 @@ class MergeQueue:
             self.rewritten.observe(landing.commit, parent=landing.base)
             return True
 
-    def moved_under(self, landing: Landing) -> bool:
-        """Remote mode: the push found the remote's main (or the branch) moved since the fetch the
-        merge was made on; its gate's work is wasted. Fetched again, and decided again."""
+    def moved_under(self, request: records.MergeRequest, base: str, gate_started: float) -> bool:
+        """Remote mode: the remote's main (or the branch) moved since the fetch the merge was made on
+        (the push was rejected, or a fetch found it after the gate passed); the gate's work is
+        wasted. Fetched again, and decided again."""
         self.fetch_now = True
-        gate_secs = round(time.time() - landing.gate_started, 3) if landing.gate_started else 0.0
-        self.ledger.event(EventName.MAIN_MOVED_UNDER, landing.request.task_id, branch=landing.request.branch,
-                          base=landing.base, gate_secs=gate_secs)
-        self.ledger.say(f"{landing.request.task_id}: {self.config.remote}'s {self.config.main_branch} moved while "
+        gate_secs = round(time.time() - gate_started, 3) if gate_started else 0.0
+        self.ledger.event(EventName.MAIN_MOVED_UNDER, request.task_id, branch=request.branch, base=base,
+                          gate_secs=gate_secs)
+        self.ledger.say(f"{request.task_id}: {self.config.remote}'s {self.config.main_branch} moved while "
                         "its merge was gated; merged and gated again on it")
         return True
 

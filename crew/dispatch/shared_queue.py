@@ -16,13 +16,14 @@ from crew import names as safe_names
 from crew.dispatch import records
 from crew.dispatch import remote_main
 from crew.dispatch import store_thread
+from crew.dispatch.branch_push import BRANCH_KEY
+from crew.dispatch.branch_push import READY_LABEL
+from crew.dispatch.branch_push import TIP_KEY
 from crew.dispatch.ledger import Ledger
 from crew.report.events import EventName
 from crew.tasks import model as task_model
 
 
-READY_LABEL = "crew-merge-ready"
-BRANCH_KEY, TIP_KEY = "crew_branch", "crew_tip"
 LIST_EVERY_SECS = 3.0  # how often the ready entries are listed while the queue has room
 SLOT_TRY_EVERY_SECS = 1.0  # how often a merge slot held by another host is asked for again
 SLOT_GIVE_BACK_SECS = 10.0  # how long a stop waits for the store to give the slot back
