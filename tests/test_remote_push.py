@@ -15,7 +15,7 @@ import pytest
 from support import repos
 from support.dispatching import (AGENT_COMMAND, DISPATCH, add_task, bd, claim_taken_while_stalled, dispatch, events,
                                  main_file, start_dispatcher)
-from support.tools import install_fake_bd
+from support.tools import BACKENDS, install_fake_bd
 from crew import git
 from crew.dispatch import branch_push
 from crew.dispatch import records
@@ -23,6 +23,9 @@ from crew.dispatch import store_thread
 from crew.dispatch import wakeup as wakeups
 from crew.dispatch.ledger import Ledger
 from crew.tasks.model import Task
+
+
+BD_BACKENDS = [b for b in BACKENDS if b != "json"]  # remote mode needs bd
 
 
 @pytest.fixture
@@ -195,7 +198,7 @@ def shown(config, task_id: str) -> dict:
     return found[0] if isinstance(found, list) else found
 
 
-@pytest.mark.parametrize("backend", ["fake-bd"], indirect=True)
+@pytest.mark.parametrize("backend", BD_BACKENDS, indirect=True)
 def test_a_judged_branch_is_pushed_at_its_tip_then_marked_ready_in_bd(agent_setup, repo, remote):
     cfg, config, store = remote_setup(agent_setup, remote)
     task = add_task(store, "Pushed", "append pushed.txt done")
@@ -206,10 +209,10 @@ def test_a_judged_branch_is_pushed_at_its_tip_then_marked_ready_in_bd(agent_setu
     tip = git.rev_parse(repo, branch)
     assert (pushed["branch"], pushed["tip"], pushed["remote"], pushed["ready"]) == (branch, tip, "origin", True)
     assert remote_tip(remote, f"refs/heads/{branch}") == tip
-    held = shown(config, task.id)
-    assert held["status"] == "in_progress" and held["assignee"] == config.actor
-    assert held["metadata"] == {**held["metadata"], "crew_branch": branch, "crew_tip": tip, "crew_attempts": "1"}
-    assert "crew-merge-ready" in held["labels"]
+    held = store.get(task.id)  # bd itself keeps "1" as the number 1: the store reads every value as text
+    assert held.status == "in_progress" and held.assignee == config.actor
+    assert held.metadata == {**held.metadata, "crew_branch": branch, "crew_tip": tip, "crew_attempts": "1"}
+    assert "crew-merge-ready" in held.labels
     saved = json.loads((repo / ".dispatch_state.json").read_text(encoding="utf-8"))
     assert saved["pushed"] == {branch: tip}
 
@@ -266,7 +269,7 @@ def test_a_claim_lost_mid_run_pushes_the_branch_and_never_marks_it_ready(agent_s
     assert events(repo, "merged") == []
 
 
-@pytest.mark.parametrize("backend", ["fake-bd"], indirect=True)
+@pytest.mark.parametrize("backend", BD_BACKENDS, indirect=True)
 def test_a_reclaimed_task_with_a_pushed_branch_is_continued_by_another_clone_without_its_agent(
         agent_setup, repo, remote, other_clone, tmp_path, monkeypatch):
     cfg, config, store = remote_setup(agent_setup, remote)
@@ -279,6 +282,7 @@ def test_a_reclaimed_task_with_a_pushed_branch_is_continued_by_another_clone_wit
     monkeypatch.setenv("BEADS_DIR", str(repo / ".beads"))
     other_cfg = tmp_path / "other_config.json"
     other_cfg.write_text(json.dumps({"repo_path": str(other_clone), "task_backend": "bd", "remote": "origin",
+                                     "bd_command": config.bd_command,
                                      "actor": "host-b", "worker_command": AGENT_COMMAND, "poll_interval_secs": 0.1,
                                      "worktree_root": str(tmp_path / "other.worktrees")}), encoding="utf-8")
     second = dispatch(other_cfg, "--json")
