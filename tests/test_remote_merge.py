@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -341,3 +342,37 @@ def test_speculative_gates_land_each_entry_on_the_remotes_main_as_gated(hosts, t
         assert commit in heads, f"merge {n + 1} on the remote's main was never gated as it is"
         assert heads[commit]["merges"] == remote_merges(remote)[:n + 1]
     assert any(len(events(repo, "gate_started")) > 0 and event["stack"] for event in events(repo, "gate_started"))
+
+
+def test_a_restarted_host_leaves_alone_the_claims_of_the_host_whose_branch_it_had_queued(hosts, tmp_path):
+    remote = hosts.remote
+    cfg, config, repo = hosts("b", merge_gate_command=[sys.executable, "-c", "import time; time.sleep(60)"])
+    store = tasks.open_task_store(config)
+    queued, _, _ = pushed_by_host_a(store, clone(remote, tmp_path / "host-a-clone"), "From A", "from-a.txt")
+    running = store.create("Running on host A")
+    assert store.claim(running.id, "host-a")
+    for run in (1, 2):  # the second run reconciles the state the first left, with A's entry in its queue
+        proc = start_dispatcher(cfg, "--watch")
+        wait_until(lambda run=run: len(events(repo, "gate_started")) == run, proc, f"gate {run} on A's branch")
+        proc.terminate()
+        proc.communicate(timeout=60)
+    assert not events(repo, "earlier_actor")
+    for task in (queued, running):
+        held = store.get(task.id)
+        assert (held.status, held.assignee) == ("in_progress", "host-a")
+    assert remote_merges(remote) == []
+
+
+def test_another_hosts_claim_is_never_renewed_here_while_its_branch_waits_in_this_queue(hosts, tmp_path):
+    remote = hosts.remote
+    cfg, config, repo = hosts("b", lease_heartbeat_secs=0.2, merge_gate_command=[
+        sys.executable, "-c", "import time; time.sleep(60)"])
+    store = tasks.open_task_store(config)
+    task, _, _ = pushed_by_host_a(store, clone(remote, tmp_path / "host-a-clone"), "From A", "from-a.txt")
+    renewed_by_a = store.get(task.id).heartbeat_at
+    proc = start_dispatcher(cfg, "--watch")
+    wait_until(lambda: events(repo, "gate_started"), proc, "the gate on A's branch")
+    time.sleep(1.5)  # renewals are due every 0.2 s: a renewal of A's claim would have come by now
+    proc.terminate()
+    proc.communicate(timeout=60)
+    assert store.get(task.id).heartbeat_at == renewed_by_a
