@@ -136,9 +136,9 @@ def test_a_fetch_from_a_remote_not_reached_says_so(tmp_path, bare):
 GATE = [sys.executable, "-c", "import time; time.sleep(0.3)"]
 # The user's pre-push hook, which once (while its flag file exists), as the dispatcher pushes main,
 # lets another host land first: it pushes a commit to the remote's main from a clone of its own.
-MOVING_HOOK = r"""#!/usr/bin/env python3
+MOVING_HOOK = r"""
 import pathlib, subprocess, sys
-flag, other = pathlib.Path(sys.argv[0]).with_name("move-once"), pathlib.Path(sys.argv[0]).with_name("other")
+flag, other = pathlib.Path(__file__).with_name("move-once"), pathlib.Path(__file__).with_name("other")
 pushing_main = any(line.split()[2] == "refs/heads/main" for line in sys.stdin if len(line.split()) == 4)
 if pushing_main and flag.exists():
     flag.unlink()
@@ -285,7 +285,9 @@ def test_a_push_rejected_because_another_host_moved_main_is_merged_and_gated_aga
     cfg, config, repo = hosts("a", merge_gate_command=GATE)
     hooks = repo / ".git" / "hooks"
     hooks.mkdir(exist_ok=True)
-    (hooks / "pre-push").write_text(MOVING_HOOK.replace("#!/usr/bin/env python3", f"#!{sys.executable}"))
+    (hooks / "move_main.py").write_text(MOVING_HOOK, encoding="utf-8")
+    python = Path(sys.executable).as_posix()
+    (hooks / "pre-push").write_text(f'#!/bin/sh\nexec "{python}" "$(dirname "$0")/move_main.py"\n', encoding="utf-8")
     (hooks / "pre-push").chmod(0o755)
     (hooks / "other").write_text(str(other))
     (hooks / "move-once").write_text("")
