@@ -321,7 +321,7 @@ def test_one_gate_at_a_time_on_a_main_that_moved_is_ended_at_once_and_gated_agai
     first, again = events(repo, "gate_started")
     (cancelled,) = events(repo, "gate_cancelled")
     assert (cancelled["task_id"], cancelled["commit"]) == (task.id, first["commit"]) and again["commit"] != first["commit"]
-    assert "main moved" in cancelled["reason"]
+    assert "main moved" in cancelled["reason"] and cancelled["gate_secs"] > 0  # the work it wasted
 
 
 def test_a_stale_branch_is_never_merged(json_agent_setup, repo):

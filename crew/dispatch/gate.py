@@ -153,7 +153,8 @@ class Gate:
             return
         self.main_looked_at = now
         if git.rev_parse(self.config.root, remote_main.main_ref(self.config)) != record.base:
-            self.ledger.event(EventName.GATE_CANCELLED, record.task_id or None, commit=record.commit, reason=MAIN_MOVED)
+            self.ledger.event(EventName.GATE_CANCELLED, record.task_id or None, commit=record.commit, reason=MAIN_MOVED,
+                              gate_secs=round(now - record.started_at, 3))  # its work wasted: main moved
             self.cancel(MAIN_MOVED)
 
     def poll(self, now: float) -> GateOutcome | None:

@@ -161,7 +161,8 @@ class ParallelGates:
             if (running := self.running(task_id)) is None:
                 raise LookupError(f"no gate runs for {task_id}, which the plan cancels")  # planned from state_of
             gate, record = running
-            self.ledger.event(EventName.GATE_CANCELLED, task_id, commit=record.commit, reason=STACK_CHANGED)
+            self.ledger.event(EventName.GATE_CANCELLED, task_id, commit=record.commit, reason=STACK_CHANGED,
+                              gate_secs=round(time.time() - record.started_at, 3))
             gate.cancel(STACK_CHANGED)
         for task_id in self.failures_unsaid - {plan.fail}:
             if (verdict := self.verdicts.get(task_id)) is not None:
