@@ -61,10 +61,13 @@ def is_elsewhere(record: records.Worker | records.MergeRequest | records.Pending
 
 
 def request_for(config: configuration.Settings, shared: Shared) -> records.MergeRequest:
+    """The entry's record: its worktree a folder never made, named safely (the task id is the
+    store's: a record's worktree may be removed, and must never lead out of worktree_root)."""
     flight = records.BranchInFlight(
         task_id=shared.task.id, title=safe_names.clean_title(shared.task.title), branch=shared.branch,
-        worktree=config.worktree_root / ELSEWHERE / shared.task.id, outcome=records.Outcome.CLOSE, note="",
-        retries=0, counted=False, actor=shared.owner, task_created_at=shared.task.created_at)
+        worktree=config.worktree_root / ELSEWHERE / safe_names.file_name(shared.task.id),
+        outcome=records.Outcome.CLOSE, note="", retries=0, counted=False, actor=shared.owner,
+        task_created_at=shared.task.created_at)
     return records.MergeRequest(flight, queued_at=time.time())
 
 
