@@ -3,14 +3,18 @@ workers go on, their branches are kept, store calls wait and are tried again, th
 what is wrong once and once when the store is back, and every task ends merged."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
-from support.dispatching import add_task, events, has_commit, merges_of, start_dispatcher, wait_until
+from support import hosts
+from support.dispatching import DISPATCH, add_task, events, has_commit, merges_of, start_dispatcher, wait_until
 from crew.dispatch import store_thread
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="the bd wrapper is a script run through its #! line")
@@ -108,3 +112,49 @@ def test_the_server_down_mid_run_loses_nothing_and_is_said_once(agent_setup, rep
     for task in tasks:
         assert store.get(task.id).status == "closed"
         assert merges_of(repo, task.id) == 1
+
+
+@pytest.mark.real_tool
+def test_the_real_bd_losing_its_dolt_server_mid_run_loses_nothing(real_hosts):
+    """The real bd in server mode, pointed at a port where no server listens while the workers run
+    (the port file bd reads first: the same 'Dolt server unreachable' as a server that went down)."""
+    layout = real_hosts(remote=None, lease_heartbeat_secs=1)
+    host = layout.hosts[0]
+    filed = [json.loads(host.bd("create", f"Task {n}", "-d", f"AGENT: sleep 2\nAGENT: append t{n}.txt line {n}",
+                                "--json", bd=layout.bd).stdout)["id"] for n in range(3)]
+    port_file = host.root / ".beads" / "dolt-server.port"
+    serving = port_file.read_text(encoding="utf-8")
+    proc = subprocess.Popen([sys.executable, str(DISPATCH), "--config", str(host.config)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**layout.env, "PYTHONUNBUFFERED": "1"})
+    said: list[str] = []  # its output as it comes
+    reader = threading.Thread(target=lambda: said.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: len(events(host.root, "worker_started")) >= 2, proc, "two workers started", timeout=120)
+        dead = str(hosts.free_port())
+        started = [e["task_id"] for e in events(host.root, "worker_started")]
+
+        def down_until_said() -> bool:
+            # bd may write the port it opened back into the file after a call begun before this
+            # one: the file is set again until the outage was said.
+            port_file.write_text(dead, encoding="utf-8")
+            return any("the task store cannot be reached" in line for line in said)
+        wait_until(lambda: down_until_said() and all(has_commit(host.root, f"work/{t}") for t in started), proc,
+                   "the outage said, and the workers' commits on their branches", timeout=120)
+        port_file.write_text(serving, encoding="utf-8")
+        proc.wait(timeout=300)  # its output is read by `reader` (its errors are few: the pipe holds them)
+        reader.join(timeout=60)
+        out, err = "".join(said), proc.stderr.read()
+    finally:
+        port_file.write_text(serving, encoding="utf-8")
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out + err
+    # bd writing its port back may end the outage early, and the test begins it again: each outage
+    # is said once, and its end once.
+    downs = out.count("the task store cannot be reached (failed to open database: Dolt server unreachable")
+    assert downs == out.count("the task store is reachable again") >= 1, out
+    for task_id in filed:
+        assert json.loads(host.bd("show", task_id, "--json", bd=layout.bd).stdout)[0]["status"] == "closed"
+        assert merges_of(host.root, task_id) == 1
