@@ -33,8 +33,8 @@ def test_a_claim_says_its_holder_lease_and_waiting_branch():
     assert live.heartbeat_at == "2027-01-15T07:59:00Z"
     lapsed = run_status.claim(task(lease_expires_at="2027-01-15T07:59:59.123456789Z"), "host-b", NOW)
     assert lapsed.this_host and lapsed.lease_lapsed
-    ready = run_status.claim(task(labels=["crew-merge-ready"], metadata={"crew_branch": "work/m-1", "crew_tip": "c" * 40}),
-                             "host-a", NOW)
+    waiting = {"crew_branch": "work/m-1", "crew_tip": "c" * 40}
+    ready = run_status.claim(task(labels=["crew-merge-ready"], metadata=waiting), "host-a", NOW)
     assert (ready.merge_ready, ready.branch, ready.tip, ready.lease_lapsed) == (True, "work/m-1", "c" * 40, False)
     unleased = run_status.claim(task(metadata={"crew_branch": "work/m-1"}), "host-a", NOW)  # not labelled ready
     assert (unleased.lease_expires_at, unleased.merge_ready, unleased.branch) == (None, False, None)
