@@ -168,6 +168,10 @@ class BranchPusher:
             came_back.append((task, branch, tip, why))
         return came_back
 
+    def continuing_tasks(self) -> list[str]:
+        """The tasks claimed here whose pushed branch is being looked at: their claims are renewed."""
+        return [task.id for task, *_ in self.continuing]
+
     def start_afresh(self, task: task_model.Task, why: str) -> None:
         """A task whose pushed branch cannot be continued: the branch it names is forgotten (never
         deleted: it may be someone else's now) and the task released, for a fresh attempt."""

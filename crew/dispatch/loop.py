@@ -356,6 +356,8 @@ class Dispatcher:
         claims = {held.task_id: held.actor or self.config.actor for held in holders}
         if (slot := self.queue.shared_slot) is not None and slot.held:
             claims[slot.slot_id] = self.config.actor  # bd's merge slot, a claim with a lease too
+        if self.pusher is not None:  # claimed tasks whose pushed branch is being looked at on the remote
+            claims.update(dict.fromkeys(self.pusher.continuing_tasks(), self.config.actor))
         lost = self.leases.step(claims, running, time.time())
         for worker, why in lost:
             if worker is deck:
