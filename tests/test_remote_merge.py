@@ -386,3 +386,18 @@ def test_another_hosts_entry_names_no_folder_outside_the_worktree_root(tmp_path)
     request = shared_queue.request_for(config, shared)
     assert request.worktree.parent == config.worktree_root / shared_queue.ELSEWHERE
     assert shared_queue.is_elsewhere(request) and request.actor == "host-b"
+
+
+def test_a_branch_whose_push_is_slow_waits_for_it_and_lands_before_the_run_ends(hosts):
+    remote = hosts.remote
+    cfg, config, repo = hosts("a", merge_gate_command=GATE)
+    hooks = repo / ".git" / "hooks"
+    hooks.mkdir(exist_ok=True)
+    # The user's pre-push hook takes a while for a branch: the queue looks at the remote before it is there.
+    (hooks / "pre-push").write_text('#!/bin/sh\ngrep -q " refs/heads/main " || sleep 2\n', encoding="utf-8")
+    (hooks / "pre-push").chmod(0o755)
+    store = tasks.open_task_store(config)
+    task = add_task(store, "One", "append one.txt line", files=["one.txt"])
+    finished(start_dispatcher(cfg))
+    assert remote_merges(remote) == [task.id]
+    assert store.get(task.id).status == "closed"

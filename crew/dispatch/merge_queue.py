@@ -338,7 +338,13 @@ class MergeQueue:
         if fate is remote_main.EntryFate.NOT_YET:
             if task.status != "in_progress" or task.assignee != request.actor:
                 return self.stale(request, task)
-            self.merge_waits(request, f"its branch is not on {self.config.remote} at the tip judged mergeable yet")
+            # Its push (and marking ready) is under way: it stays due, decided again at each fetch,
+            # and the run does not end before it lands (no pause that grows, as a held main's).
+            reason = f"its branch is not on {self.config.remote} at the tip judged mergeable yet"
+            with self.ledger.change():
+                request.waiting = reason
+            self.ledger.say_once(Told.MERGE_WAITS, f"{request.task_id}: merge waits: {reason}",
+                                 f"{request.task_id}: {reason}")
             return Decision(Verdict.WAITS)
         if fate is remote_main.EntryFate.MERGED and own and task.status == "in_progress" \
                 and task.assignee == request.actor and main_now is not None:
