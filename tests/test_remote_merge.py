@@ -382,7 +382,7 @@ def test_another_hosts_claim_is_never_renewed_here_while_its_branch_waits_in_thi
 
 def test_another_hosts_entry_names_no_folder_outside_the_worktree_root(tmp_path):
     config = configuration.Settings(root=tmp_path / "proj", worktree_root=tmp_path / "proj.worktrees")
-    shared = shared_queue.Shared(ready("../../../home", "host-b"), "host-b", "crew/x", "t")
+    shared = shared_queue.Shared(ready("../../../home", "host-b"), "host-b", "crew/x")
     request = shared_queue.request_for(config, shared)
     assert request.worktree.parent == config.worktree_root / shared_queue.ELSEWHERE
     assert shared_queue.is_elsewhere(request) and request.actor == "host-b"

@@ -18,7 +18,6 @@ from crew.dispatch import remote_main
 from crew.dispatch import store_thread
 from crew.dispatch.branch_push import BRANCH_KEY
 from crew.dispatch.branch_push import READY_LABEL
-from crew.dispatch.branch_push import TIP_KEY
 from crew.dispatch.ledger import Ledger
 from crew.report.events import EventName
 from crew.tasks import model as task_model
@@ -33,12 +32,12 @@ ELSEWHERE = ".remote-entries"
 
 @dataclasses.dataclass(frozen=True)
 class Shared:
-    """Another host's entry as bd holds it: its task, owner (assignee), branch and tip."""
+    """Another host's entry as bd holds it: its task, owner (assignee) and branch (its tip marked
+    ready is read from the task again as it is decided)."""
 
     task: task_model.Task
     owner: str
     branch: str
-    tip: str
 
 
 def entries_to_add(tasks: Iterable[task_model.Task], known: set[str], me: str, room: int) -> list[Shared]:
@@ -47,11 +46,11 @@ def entries_to_add(tasks: Iterable[task_model.Task], known: set[str], me: str, r
     or worked on by this host)."""
     found: list[Shared] = []
     for task in tasks:
-        branch, tip = task.metadata.get(BRANCH_KEY, ""), task.metadata.get(TIP_KEY, "")
+        branch = task.metadata.get(BRANCH_KEY, "")
         if (len(found) >= room or task.id in known or task.status != "in_progress" or not task.assignee
                 or task.assignee == me or not remote_main.safe_branch(branch)):
             continue
-        found.append(Shared(task, task.assignee, branch, tip))
+        found.append(Shared(task, task.assignee, branch))
     return found[:room]
 
 
