@@ -180,3 +180,13 @@ def test_a_lease_renewed_less_often_than_a_third_of_bds_lease_is_refused(make_co
     with pytest.raises(errors.UsageError, match=r"'lease_heartbeat_secs' must be at most 100 \(a third of bd's "
                                                 r"5-minute lease on a claim\), got 101"):
         configuration.load_config(str(make_config(lease_heartbeat_secs=101)))
+
+
+@pytest.mark.parametrize(("settings", "slot"), [
+    ({}, True),
+    ({"task_backend": "bd", "remote": "origin"}, False),
+    ({"task_backend": "bd", "remote": "origin", "merge_slot": True}, True),
+    ({"merge_slot": False}, False),
+])
+def test_the_merge_slot_is_on_for_one_machine_and_off_with_a_remote_unless_set(make_config, settings, slot):
+    assert configuration.load_config(str(make_config(**settings))).merge_slot is slot
