@@ -4,9 +4,22 @@ stand-in (every clone sharing one stand-in database) where a test's subject allo
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
+import time
 
 import pytest
+from support.dispatching import events
+from support.dispatching import wait_for
+from support.hosts import kill_host
+from support.hosts import output
+from support.hosts import remote_merges
+from support.hosts import slot_holder
+from support.hosts import start_host
+from support.hosts import stop_host
+from support.hosts import tasks
+from support.repos import commit_file
+from support.repos import git
 
 
 @pytest.fixture(params=["fake-bd", pytest.param("real-bd", marks=pytest.mark.real_tool)])
@@ -42,3 +55,92 @@ def test_hosts_racing_for_the_same_tasks_claim_each_exactly_once(any_hosts):
     owners = {task["id"]: task["assignee"] for task in json.loads(first.bd("list", "--json", bd=layout.bd).stdout)}
     assert owners == {task_id: actor for actor, ids in won.items() for task_id in ids}
 
+
+TASKS = 24
+LEASE_SECS = 300  # bd 1.3.0's claim lease, which bd offers no setting to shorten: the test waits it out
+SHARED_FILE = "settings.ini"
+
+
+def file_tasks(layout) -> list[str]:
+    """24 tasks: 22 that each write their own file, and two that change the same line of
+    settings.ini differently: whichever merges second conflicts, and a conflict task is filed."""
+    first = layout.hosts[0]
+
+    def create(title: str, *cues: str, priority: int = 2) -> str:
+        description = "\n".join(f"AGENT: {cue}" for cue in cues)
+        made = first.bd("create", title, "-d", description, "-p", str(priority), "--json", bd=layout.bd)
+        return str(json.loads(made.stdout)["id"])
+
+    pair = (create("Make it red", "sleep 1", f"replace {SHARED_FILE} color=blue color=red", priority=0),
+            create("Make it green", "sleep 1", f"replace {SHARED_FILE} color=blue color=green", priority=0))
+    others = [create(f"Note {n}", "sleep 2", f"append notes/note{n}.txt note {n}") for n in range(TASKS - 2)]
+    return [*pair, *others]
+
+
+def seed(layout) -> None:
+    """The line the pair fights over, on the remote's main, in every clone."""
+    first = layout.hosts[0]
+    commit_file(first.root, SHARED_FILE, "color=blue\n", "settings")
+    git(first.root, "push", "-q", "origin", "main")
+    for host in layout.hosts[1:]:
+        git(host.root, "pull", "-q", "--ff-only", "origin", "main")
+
+
+def conflict_filer(layout) -> tuple[object, dict] | None:
+    for host in layout.hosts:
+        if filed := events(host.root, "conflict_filed"):
+            return host, filed[0]
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.real_tool
+@pytest.mark.timeout(1200)
+def test_three_hosts_share_24_tasks_and_one_dying_loses_and_duplicates_nothing(real_hosts):
+    started = time.monotonic()
+    layout = real_hosts(reclaim_after_secs=0, reclaim_interval_secs=5, lease_heartbeat_secs=30)
+    seed(layout)
+    filed = file_tasks(layout)
+    running = {host.name: start_host(host, "--watch") for host in layout.hosts}
+    try:
+        # A host dies midway: the one that filed the conflict task, as soon as it has.
+        victim, conflict = wait_for(lambda: conflict_filer(layout), "a conflict task filed", limit=300)
+        conflict_task = conflict["conflict_task"]
+        kill_host(running.pop(victim.name))
+        survivors = [host for host in layout.hosts if host is not victim]
+        died_at = time.monotonic()
+
+        def all_done() -> bool:
+            statuses = {task["id"]: task["status"] for task in tasks(layout)}
+            return all(statuses.get(task_id) == "closed" for task_id in [*filed, conflict_task])
+
+        # The survivors take the dead host's claims back once its leases lapse, and finish everything.
+        wait_for(all_done, "every task closed by the two hosts left", limit=LEASE_SECS + 300)
+        finished_secs = time.monotonic() - died_at
+    finally:
+        for proc in running.values():
+            stop_host(proc)
+    for host in survivors:
+        assert "Traceback" not in output(host), output(host)
+
+    merges = remote_merges(layout)
+    for task_id in filed:  # each branch merged exactly once, on the remote's main
+        assert sum(subject.endswith(f"({task_id})") for subject in merges) == 1, (task_id, merges)
+    everything = tasks(layout)
+    assert [task["id"] for task in everything if task["status"] == "in_progress"] == [], slot_holder(layout)
+    assert [task["id"] for task in everything if task.get("lease_expires_at")] == []
+    assert slot_holder(layout) is None
+    subprocess.run(["git", "fsck", "--no-progress"], cwd=layout.remote, check=True, capture_output=True)
+    gated = {commit for _host, commit in layout.gated()}
+    moved_to = git(layout.remote, "rev-list", "--first-parent", "--merges", "main").splitlines()
+    assert moved_to and set(moved_to) <= gated, set(moved_to) - gated
+
+    # The conflict: filed by the host that died, resolved and merged by another.
+    resolved_by = [host for host in survivors
+                   if any(e["task_id"] == conflict_task for e in events(host.root, "worker_started"))]
+    merged_by = [host for host in survivors
+                 if any(e["task_id"] == conflict["task_id"] for e in events(host.root, "merged"))]
+    assert resolved_by and merged_by, (conflict, [output(host) for host in survivors])
+
+    print(f"\nthree hosts, {TASKS} tasks, one killed: finished {finished_secs:.0f} s after the kill "
+          f"(bd's lease: {LEASE_SECS} s); the whole test took {time.monotonic() - started:.0f} s")

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -17,8 +18,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
+
 from crew import processes
 from support.dispatching import AGENT_COMMAND
+from support.dispatching import DISPATCH
 from support.repos import commit_file
 from support.repos import git
 from support.tools import install_fake_bd
@@ -163,10 +167,63 @@ def fake_hosts(folder: Path, monkeypatch, **settings) -> Hosts:
     return make_hosts(folder, "bd", [], **settings)
 
 
-def remote_main(hosts: Hosts) -> str:
-    return git(hosts.remote, "rev-parse", "refs/heads/main")
-
-
 def remote_merges(hosts: Hosts) -> list[str]:
     """Subjects of the merge commits on the remote's main, oldest first."""
     return git(hosts.remote, "log", "--merges", "--first-parent", "--reverse", "--format=%s", "main").splitlines()
+
+
+def tasks(hosts: Hosts) -> list[dict]:
+    """Every task in the shared store, closed ones too, as bd lists them."""
+    listed = hosts.hosts[0].bd("list", "--all", "--limit", "0", "--json", bd=hosts.bd)
+    return list(json.loads(listed.stdout))
+
+
+def start_host(host: Host, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """The host's dispatcher, a process group of its own (as a machine's is), its output to a file
+    beside the clone (a long run must not fill a pipe)."""
+    out = open(host.root.parent / f"host-{host.name}.out", "ab")  # noqa: SIM115 (the child keeps it)
+    with out:
+        return subprocess.Popen([sys.executable, str(DISPATCH), "--config", str(host.config), *args],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})}, **processes.NEW_GROUP)
+
+
+def output(host: Host) -> str:
+    path = host.root.parent / f"host-{host.name}.out"
+    return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+
+
+def kill_host(proc: subprocess.Popen) -> None:
+    """A machine dying: its dispatcher and every process under it (its workers and gates run in
+    groups of their own) killed at once, nothing told first."""
+    try:
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    for member in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    psutil.wait_procs(tree, timeout=30)
+    proc.wait(timeout=30)
+
+
+STOP_SECS = 120  # a dispatcher told to stop lets its running workers and merges finish first
+
+
+def stop_host(proc: subprocess.Popen) -> None:
+    """Ctrl-C, as a person ends a dispatcher started with --watch; its tree killed if it has not
+    ended in STOP_SECS (or at once on Windows, where no Ctrl-C reaches a process group of its own)."""
+    if os.name != "nt" and proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=STOP_SECS)
+    if proc.poll() is None:
+        processes.kill_tree(proc.pid, SERVER_STOP_GRACE_SECS, proc)
+
+
+def slot_holder(hosts: Hosts) -> str | None:
+    """Who holds bd's merge slot (None: nobody, or no slot made)."""
+    checked = hosts.hosts[0].bd("merge-slot", "check", "--json", bd=hosts.bd, check=False)
+    with contextlib.suppress(ValueError):
+        return json.loads(checked.stdout).get("holder") or None
+    return None
