@@ -24,6 +24,7 @@ from crew import workspace
 from crew.dispatch import branch_push
 from crew.dispatch import remote_main
 from crew.dispatch import shared_queue
+from crew.dispatch import worktrees
 from crew.dispatch.merge_results import Move
 from crew.dispatch.remote_main import EntryFate
 from crew.tasks.model import Task
@@ -55,16 +56,39 @@ def test_a_branch_name_read_from_the_store_names_a_ref_only_when_plain(name, saf
 
 def ready(task_id: str, assignee: str, branch: str = "", tip: str = "t", status: str = "in_progress") -> Task:
     return Task(task_id, task_id, status=status, assignee=assignee, labels=[branch_push.READY_LABEL],
-                metadata={branch_push.BRANCH_KEY: branch or f"crew/{task_id}", branch_push.TIP_KEY: tip})
+                metadata={branch_push.BRANCH_KEY: branch or f"work/{task_id}", branch_push.TIP_KEY: tip})
 
 
 def test_the_entries_of_other_hosts_join_under_their_owner_and_only_while_there_is_room():
+    here = configuration.Settings(root=Path("proj"), actor="host-a")
     listed = [ready("p-1", "host-a"), ready("p-2", "host-b"), ready("p-3", "host-b", branch="-x"),
               ready("p-4", "host-b", status="open"), ready("p-5", ""), ready("p-6", "host-c"), ready("p-7", "host-c")]
-    found = shared_queue.entries_to_add(listed, known={"p-6"}, me="host-a", room=5)
-    assert [(s.task.id, s.owner, s.branch) for s in found] == [("p-2", "host-b", "crew/p-2"),
-                                                               ("p-7", "host-c", "crew/p-7")]
-    assert [s.task.id for s in shared_queue.entries_to_add(listed, set(), "host-a", room=1)] == ["p-2"]
+    found = shared_queue.entries_to_add(listed, known={"p-6"}, config=here, room=5)
+    assert [(s.task.id, s.owner, s.branch) for s in found] == [("p-2", "host-b", "work/p-2"),
+                                                               ("p-7", "host-c", "work/p-7")]
+    assert [s.task.id for s in shared_queue.entries_to_add(listed, set(), here, room=1)] == ["p-2"]
+
+
+@pytest.mark.parametrize("branch", ["main", "wip-colleague", "work/p-9", "work/p-1-2", "crew/p-1", "work/p-1/x"])
+def test_another_hosts_entry_naming_a_branch_not_its_tasks_own_never_joins(branch):
+    here = configuration.Settings(root=Path("proj"), actor="host-a")
+    assert shared_queue.entries_to_add([ready("p-1", "host-b", branch=branch)], set(), here, room=5) == []
+    assert [s.branch for s in shared_queue.entries_to_add([ready("p-1", "host-b")], set(), here, room=5)] == \
+        ["work/p-1"]
+
+
+@pytest.mark.parametrize("template, task_id, name, own", [
+    ("work/{task_id}", "p-1", "work/p-1", True),
+    ("work/{task_id}", "p-1", "work/p-2", False),  # another task's
+    ("work/{task_id}", "p-1", "wip", False),  # a user's
+    ("work/{task_id}", "p-1", "main", False),
+    ("{task_id}", "main", "main", False),  # main is never a task's branch, whatever the template makes
+    ("crew/{task_id}-x", "a b", "crew/a-b-x", True),  # the name made safe, as branch_for makes it
+])
+def test_a_branch_named_in_the_store_is_the_tasks_own_only_when_its_template_makes_exactly_it(template, task_id,
+                                                                                             name, own):
+    config = configuration.Settings(root=Path("proj"), branch_template=template)
+    assert worktrees.is_tasks_branch(config, task_id, name) is own
 
 
 # ---- the git steps, on a bare remote --------------------------------------------------------
@@ -202,7 +226,7 @@ def pushed_by_host_a(store, repo: Path, title: str, name: str):
     """Another host's finished work, as it leaves it: its branch pushed, the task claimed by it and
     marked ready in the task store."""
     task = store.create(title)
-    branch = f"crew/{task.id}-host-a"
+    branch = f"work/{task.id}"
     tip = branch_with(repo, branch, name)
     assert store.claim(task.id, "host-a")
     assert store.update_claimed(task.id, "host-a", metadata={branch_push.BRANCH_KEY: branch,

@@ -16,6 +16,7 @@ from support import repos
 from support.dispatching import (AGENT_COMMAND, DISPATCH, add_task, bd, claim_taken_while_stalled, dispatch, events,
                                  main_file, start_dispatcher)
 from support.tools import BACKENDS, install_fake_bd
+from crew import config as configuration
 from crew import git
 from crew.dispatch import branch_push
 from crew.dispatch import records
@@ -167,10 +168,13 @@ def test_retries_pause_longer_each_time_up_to_a_bound():
     ({"crew_branch": "work/proj-1", "crew_tip": "a" * 39}, None),
     ({"crew_branch": "-f", "crew_tip": "a" * 40}, None),
     ({"crew_branch": "work/../x y", "crew_tip": "a" * 40}, None),
+    ({"crew_branch": "main", "crew_tip": "a" * 40}, None),  # never a task's branch
+    ({"crew_branch": "wip-colleague", "crew_tip": "a" * 40}, None),  # a user's: not the task's own
+    ({"crew_branch": "work/proj-2", "crew_tip": "a" * 40}, None),  # another task's
 ])
-def test_a_task_names_a_branch_to_continue_only_when_its_metadata_is_sound(metadata, named):
+def test_a_task_names_a_branch_to_continue_only_when_its_metadata_is_sound(metadata, named, tmp_path):
     task = Task(id="proj-1", title="T", metadata=metadata)
-    assert branch_push.continued_branch(task) == named
+    assert branch_push.continued_branch(configuration.Settings(root=tmp_path), task) == named
 
 
 def test_the_attempts_other_hosts_made_are_read_from_the_metadata():
@@ -291,6 +295,41 @@ def test_a_reclaimed_task_with_a_pushed_branch_is_continued_by_another_clone_wit
     assert [(e["branch"], e["tip"]) for e in events(other_clone, "branch_continued")] == [(f"work/{task.id}", tip)]
     assert json.loads(second.stdout)["merged"] == [task.id]
     assert main_file(other_clone, "handed.txt") == "done\n"
+
+
+@pytest.mark.parametrize("backend", ["fake-bd"], indirect=True)
+def test_a_task_whose_metadata_names_main_is_worked_on_afresh_never_closed_as_merged(agent_setup, repo, remote):
+    cfg, config, store = agent_setup(remote="origin")
+    task = add_task(store, "Real work", "append work.txt done")
+    main_tip = git.rev_parse(repo, "main")
+    bd(config, "update", task.id, "--set-metadata", "crew_branch=main", "--set-metadata", f"crew_tip={main_tip}")
+    run = dispatch(cfg, "--json")
+    assert run.returncode == 0 and json.loads(run.stdout)["merged"] == [task.id], run.stdout + run.stderr
+    assert events(repo, "branch_continued") == [] and len(events(repo, "worker_started")) == 1
+    assert f"{task.id}: its task names main as its pushed branch" in run.stdout + run.stderr
+    assert main_file(repo, "work.txt") == "done\n" and remote_tip(remote, "refs/heads/main") is not None
+
+
+@pytest.mark.parametrize("backend", ["fake-bd"], indirect=True)
+def test_a_users_branch_named_in_a_tasks_metadata_is_never_merged_nor_deleted(agent_setup, repo, remote):
+    cfg, config, store = agent_setup(remote="origin")
+    repos.git(repo, "checkout", "-q", "-b", "wip-colleague")  # someone's own branch on the remote, not to land yet
+    wip = repos.commit_file(repo, "wip.txt", "half done\n")
+    repos.git(repo, "push", "-q", "origin", "wip-colleague")
+    repos.git(repo, "checkout", "-q", "main")
+    repos.git(repo, "branch", "-q", "-D", "wip-colleague")
+    mine, theirs = add_task(store, "Real work", "append work.txt done"), add_task(store, "Another host's")
+    bd(config, "update", mine.id, "--set-metadata", "crew_branch=wip-colleague", "--set-metadata", f"crew_tip={wip}")
+    # Another host's entry naming it, marked ready under that host's claim: never joins this host's queue.
+    bd(config, "update", theirs.id, "--claim", "--actor", "host-b")
+    bd(config, "update", theirs.id, "--set-metadata", "crew_branch=wip-colleague", "--set-metadata",
+       f"crew_tip={wip}", "--add-label", "crew-merge-ready", "--actor", "host-b")
+    run = dispatch(cfg, "--json")
+    assert json.loads(run.stdout)["merged"] == [mine.id], run.stdout + run.stderr
+    assert remote_tip(remote, "refs/heads/wip-colleague") == wip
+    assert not git.is_ancestor(remote, wip, "refs/heads/main")
+    assert [e["task_id"] for e in events(repo, "merge_queued")] == [mine.id]
+    assert shown(config, theirs.id)["status"] == "in_progress"
 
 
 @pytest.mark.parametrize("backend", ["fake-bd"], indirect=True)

@@ -25,6 +25,7 @@ from crew import git
 from crew import names as safe_names
 from crew.dispatch import records
 from crew.dispatch import wakeup as wakeups
+from crew.dispatch import worktrees
 from crew.dispatch.ledger import Ledger
 from crew.dispatch.say_once import Told
 from crew.dispatch.store_thread import SerialStore
@@ -63,12 +64,12 @@ def retry_after(tries: int) -> float:
     return min(RETRY_FIRST_SECS * 2.0 ** max(tries - 1, 0), RETRY_MOST_SECS)
 
 
-def continued_branch(task: task_model.Task) -> tuple[str, str] | None:
+def continued_branch(config: configuration.Settings, task: task_model.Task) -> tuple[str, str] | None:
     """The branch and tip a task's metadata names (pushed by the host that claimed it before), if
-    it names both and they are sound: a branch name git accepts under the toolkit's rules, a
-    full commit id."""
+    it names both and they are sound: the task's own branch (worktrees.is_tasks_branch), a full
+    commit id."""
     branch, tip = task.metadata.get(BRANCH_KEY, ""), task.metadata.get(TIP_KEY, "")
-    if not branch or safe_names.branch_name("{task_id}", branch) != branch or not COMMIT_ID.fullmatch(tip):
+    if not worktrees.is_tasks_branch(config, task.id, branch) or not COMMIT_ID.fullmatch(tip):
         return None
     return branch, tip
 
@@ -120,7 +121,11 @@ class BranchPusher:
         """A task this host has just claimed: the attempts other hosts made count here, and when
         its metadata names a pushed branch, it is looked at on the remote before any worker starts
         (True: no worker starts now; continued() tells what became of it)."""
-        state, named = self.ledger.state, continued_branch(task)
+        state, named = self.ledger.state, continued_branch(self.config, task)
+        if named is None and (branch := task.metadata.get(BRANCH_KEY)):
+            own = safe_names.branch_name(self.config.branch_template, task.id)
+            self.ledger.say(f"{task.id}: its task names {safe_names.for_terminal(branch[:200])} as its pushed branch, "
+                            f"not {own} at a full commit id: not continued from it; it starts afresh")
         # The attempts before this one: all those counted, or, going on from the judged branch of
         # the last, those before it (it is marked ready again as that attempt).
         if (before := attempts_of(task) - (named is not None)) > state.attempts.get(task.id, 0):

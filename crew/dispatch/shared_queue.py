@@ -16,6 +16,7 @@ from crew import names as safe_names
 from crew.dispatch import records
 from crew.dispatch import remote_main
 from crew.dispatch import store_thread
+from crew.dispatch import worktrees
 from crew.dispatch.branch_push import BRANCH_KEY
 from crew.dispatch.branch_push import READY_LABEL
 from crew.dispatch.ledger import Ledger
@@ -40,15 +41,18 @@ class Shared:
     branch: str
 
 
-def entries_to_add(tasks: Iterable[task_model.Task], known: set[str], me: str, room: int) -> list[Shared]:
+def entries_to_add(tasks: Iterable[task_model.Task], known: set[str], config: configuration.Settings,
+                   room: int) -> list[Shared]:
     """The entries of other hosts to add, in the store's order, at most `room`: in progress, held
-    by someone else, marked with a safe branch name, and not already known here (queued, pending
-    or worked on by this host)."""
+    by someone else than this host (config.actor), marked with the task's own branch (a name
+    another branch has, a user's or main, is never merged and deleted as the task's), and not
+    already known here (queued, pending or worked on by this host)."""
     found: list[Shared] = []
     for task in tasks:
         branch = task.metadata.get(BRANCH_KEY, "")
         if (len(found) >= room or task.id in known or task.status != "in_progress" or not task.assignee
-                or task.assignee == me or not remote_main.safe_branch(branch)):
+                or task.assignee == config.actor or not remote_main.safe_branch(branch)
+                or not worktrees.is_tasks_branch(config, task.id, branch)):
             continue
         found.append(Shared(task, task.assignee, branch))
     return found[:room]
@@ -101,7 +105,7 @@ class SharedQueue:
 
     def add(self, tasks: list[task_model.Task], busy: set[str]) -> bool:
         known = busy | {request.task_id for request in self.requests}
-        found = entries_to_add(tasks, known, self.config.actor, self.room())
+        found = entries_to_add(tasks, known, self.config, self.room())
         if not found:
             return False
         with self.ledger.change():

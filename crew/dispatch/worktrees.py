@@ -122,6 +122,14 @@ def free_worktree_path(config: configuration.Settings, name: str) -> Path:
     return path
 
 
+def is_tasks_branch(config: configuration.Settings, task_id: str, name: str) -> bool:
+    """Whether a branch named in the task store (another host's metadata, or anyone's who edits
+    the store) is that task's own: exactly the name branch_template makes for its id, and never
+    main. Only such a branch is continued, merged and deleted as the task's work: any other name
+    may be a user's branch, another task's, or main itself."""
+    return name == safe_names.branch_name(config.branch_template, task_id) and name != config.main_branch
+
+
 def branch_for(config: configuration.Settings, branches: dict[str, records.BranchOwner], task: task_model.Task) -> str:
     """The task's branch: the one recorded for it, or a name no branch has yet. A branch that
     exists but was not made for this very task (a deleted task's kept work, a user's branch)
