@@ -177,6 +177,14 @@ def test_a_task_names_a_branch_to_continue_only_when_its_metadata_is_sound(metad
     assert branch_push.continued_branch(configuration.Settings(root=tmp_path), task) == named
 
 
+@pytest.mark.parametrize("actor, kept", [
+    ("host-a", "kept/host-a/work/p-1"), ("dispatch@vm", "kept/dispatch-vm/work/p-1"),
+    ("a b..c", "kept/a-b-c/work/p-1"), ("-x", "kept/x/work/p-1"),
+])
+def test_a_lost_claims_branch_is_kept_under_a_name_saying_whose_attempt_it_is(actor, kept):
+    assert branch_push.kept_branch(actor, "work/p-1") == kept
+
+
 def test_the_attempts_other_hosts_made_are_read_from_the_metadata():
     assert branch_push.attempts_of(Task(id="proj-1", title="T", metadata={"crew_attempts": "2"})) == 2
     assert branch_push.attempts_of(Task(id="proj-1", title="T", metadata={"crew_attempts": "x"})) == 0
@@ -265,12 +273,42 @@ def test_a_claim_lost_mid_run_pushes_the_branch_and_never_marks_it_ready(agent_s
     out, err = claim_taken_while_stalled(config, repo, task.id, proc)  # its lease lapses; host-b takes the task
     assert proc.returncode == 1, out + err
     branch = f"work/{task.id}"
-    assert remote_tip(remote, f"refs/heads/{branch}") == git.rev_parse(repo, branch)
-    assert [(e["branch"], e["ready"]) for e in events(repo, "branch_pushed")] == [(branch, False)]
+    kept = branch_push.kept_branch(config.actor, branch)  # whose attempt it is: the task's own name is left to the next claimer
+    assert remote_tip(remote, f"refs/heads/{kept}") == git.rev_parse(repo, branch)
+    assert remote_tip(remote, f"refs/heads/{branch}") is None
+    assert [(e["branch"], e["ready"], e["kept_as"]) for e in events(repo, "branch_pushed")] == [(branch, False, kept)]
+    assert f"{branch} kept on origin as {kept}" in out + err
     held = shown(config, task.id)
     assert (held["status"], held["assignee"]) == ("in_progress", "host-b")
     assert "crew_branch" not in (held.get("metadata") or {}) and "crew-merge-ready" not in held.get("labels", [])
     assert events(repo, "merged") == []
+
+
+@pytest.mark.skipif(os.name == "nt", reason="stops the dispatcher with SIGSTOP")
+@pytest.mark.parametrize("backend", ["fake-bd"], indirect=True)
+def test_a_task_whose_lost_claims_branch_was_kept_runs_afresh_on_another_host_and_lands(
+        agent_setup, repo, remote, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_BD_LEASE_SECS", "2")
+    cfg, config, store = agent_setup(remote="origin", lease_heartbeat_secs=0.5)
+    task = add_task(store, "Stalled", "append stalled.txt stalled", "hang")
+    proc = start_dispatcher(cfg, "--json")
+    claim_taken_while_stalled(config, repo, task.id, proc)  # this host came back: its branch kept on the remote
+    kept = branch_push.kept_branch(config.actor, f"work/{task.id}")
+    assert remote_tip(remote, f"refs/heads/{kept}") is not None
+    bd(config, "update", task.id, "-s", "open", "-a", "", "--actor", "host-b")  # host-b died before doing anything
+    clone = tmp_path / "c"
+    repos.git(tmp_path, "clone", "-q", str(remote), str(clone))
+    monkeypatch.setenv("BEADS_DIR", str(repo / ".beads"))
+    other_cfg = tmp_path / "c_config.json"
+    commit = ["sh", "-c", "echo c > c.txt && git add c.txt && git commit -qm c"]
+    other_cfg.write_text(json.dumps({"repo_path": str(clone), "task_backend": "bd", "remote": "origin",
+                                     "bd_command": config.bd_command, "actor": "host-c", "worker_command": commit,
+                                     "poll_interval_secs": 0.1, "worktree_root": str(tmp_path / "c.worktrees")}),
+                         encoding="utf-8")
+    run = dispatch(other_cfg, "--json")
+    assert run.returncode == 0 and json.loads(run.stdout)["merged"] == [task.id], run.stdout + run.stderr
+    assert events(clone, "push_refused") == []
+    assert remote_tip(remote, f"refs/heads/{kept}") is not None  # the first host's commits are still there
 
 
 @pytest.mark.parametrize("backend", BD_BACKENDS, indirect=True)

@@ -3,7 +3,8 @@
 A judged branch (in the merge queue to close its task, not held) is pushed, then marked ready in
 the task store (crew_branch, crew_tip, crew_attempts and the crew-merge-ready label, under this
 host's claim): any host may merge it then. A branch whose claim was taken back while its worker
-ran is pushed too, so its commits are not lost, and never marked ready. A task claimed whose
+ran is pushed too, so its commits are not lost, and never marked ready: under a name saying whose
+attempt it is (kept_branch), so the task's own name stays free for the host that claims it next. A task claimed whose
 store metadata names a branch the remote has at the tip named (a dead host's judged branch) is
 continued from it: fetched, and queued as judged, with no agent run.
 
@@ -39,6 +40,7 @@ RETRY_FIRST_SECS = 5.0  # the pause after a push or a store call that did not ge
 RETRY_MOST_SECS = 300.0
 COMMIT_ID = re.compile(r"[0-9a-f]{40}")
 FETCHED_REFS = "refs/crew/fetched/"  # where a branch of the remote is fetched to be looked at; the toolkit's own
+KEPT = "kept/"  # where a lost claim's branch is pushed, under the actor whose attempt it was
 
 
 class Verdict(enum.Enum):
@@ -74,6 +76,12 @@ def continued_branch(config: configuration.Settings, task: task_model.Task) -> t
     return branch, tip
 
 
+def kept_branch(actor: str, branch: str) -> str:
+    """The name a lost claim's branch is pushed under: kept/<actor>/<branch>, the actor made safe
+    for a ref. Only this host writes it, and the task's own name is left to the next claimer."""
+    return f"{KEPT}{safe_names.branch_name('{task_id}', actor)}/{branch}"
+
+
 def attempts_of(task: task_model.Task) -> int:
     """The attempts other hosts made at the task, as its metadata counts them (0 when none)."""
     count = task.metadata.get(ATTEMPTS_KEY, "")
@@ -86,11 +94,12 @@ class Push:
     from the merge queue, or, for a lost claim's branch, from nothing: its branch stays local)."""
 
     task_id: str
-    branch: str
+    branch: str  # the local branch
     tip: str
     owner: str  # whose claim the task is under
     attempts: int
     ready: bool  # marked merge-ready once pushed; False: pushed only to keep its commits
+    pushed_as: str  # the branch on the remote: `branch`, or for a lost claim its kept_branch
     tries: int = 0
     next_try: float = 0.0
     pushing: concurrent.futures.Future[tuple[Verdict, str]] | None = None
@@ -108,7 +117,7 @@ class BranchPusher:
         self.config, self.ledger, self.serial = config, ledger, serial
         self.remote: str = config.remote
         self.thread = wakeups.PostingExecutor(wakeup, 1, "branch-push")
-        self.pushes: dict[str, Push] = {}  # by branch
+        self.pushes: dict[str, Push] = {}  # by the branch on the remote
         self.marked: dict[str, str] = {}  # branch: the tip marked ready in the store this run
         # branch: the merge request last looked at, and whether it was rebased then. A request
         # queued again (a conflict resolved) or rebased may carry a new tip: it is looked at anew.
@@ -188,15 +197,16 @@ class BranchPusher:
                           actor=self.config.actor)
 
     def want(self, task_id: str, branch: str, owner: str, attempts: int, ready: bool) -> None:
-        """Push `branch` as it is now (and mark it ready once pushed, if `ready`)."""
+        """Push `branch` as it is now, and mark it ready once pushed, if `ready`; if not (its claim
+        was lost), under its kept_branch name."""
         tip = git.rev_parse(self.config.root, f"refs/heads/{branch}")
-        current = self.pushes.get(branch)
-        if tip is None or (current is not None and current.tip == tip and current.ready == ready) or (
-                ready and self.marked.get(branch) == tip):
+        pushed_as = branch if ready else kept_branch(owner, branch)
+        current = self.pushes.get(pushed_as)
+        if tip is None or (current is not None and current.tip == tip) or (ready and self.marked.get(branch) == tip):
             return
         if current is not None and current.pushing is not None:
             return  # the push under way ends first; the queue asks again with the new tip
-        self.pushes[branch] = Push(task_id, branch, tip, owner, attempts, ready)
+        self.pushes[pushed_as] = Push(task_id, branch, tip, owner, attempts, ready, pushed_as)
 
     def judged(self, queue: list[records.MergeRequest], attempts: dict[str, int]) -> None:
         """Every branch in the merge queue that is to close its task, and holds no commit that left
@@ -236,8 +246,8 @@ class BranchPusher:
             elif push.marking is not None and push.marking.done():
                 ended |= self.marked_ready(push, push.marking, now)
             elif not push.done and push.pushing is None and push.marking is None and now >= push.next_try:
-                expected = self.ledger.state.pushed.get(push.branch, "")
-                push.pushing = self.thread.submit(self.push_now, push.branch, push.tip, expected)
+                expected = self.ledger.state.pushed.get(push.pushed_as, "")
+                push.pushing = self.thread.submit(self.push_now, push.pushed_as, push.tip, expected)
         self.pushes = {branch: push for branch, push in self.pushes.items() if not push.done}
         return ended
 
@@ -270,17 +280,19 @@ class BranchPusher:
             if push.ready:
                 self.hold(push, f"{push.branch} was not pushed to {self.remote}: {reason}")
             else:
-                self.ledger.say(f"{push.task_id}: {push.branch} was not pushed to {self.remote} (it is kept here): "
-                                f"{reason}")
+                self.ledger.say(f"{push.task_id}: {push.branch} was not pushed to {self.remote} as {push.pushed_as} "
+                                f"(it is kept here): {reason}")
             return True
         with self.ledger.change():
-            self.ledger.state.pushed[push.branch] = push.tip
+            self.ledger.state.pushed[push.pushed_as] = push.tip
+        kept = {} if push.ready else {"kept_as": push.pushed_as}
         self.ledger.event(EventName.BRANCH_PUSHED, push.task_id, branch=push.branch, tip=push.tip,
-                          remote=self.remote, ready=push.ready)
+                          remote=self.remote, ready=push.ready, **kept)
         if not push.ready:
             push.done = True
-            self.ledger.say(f"{push.task_id}: {push.branch} pushed to {self.remote} (its claim was taken back; "
-                            "it is not merged by this host)")
+            self.ledger.say(f"{push.task_id}: {push.branch} kept on {self.remote} as {push.pushed_as} (its claim was "
+                            "taken back: the task's own name is left to the host that claims it next; never merged "
+                            "by this host)")
             return True
         push.tries = 0
         push.marking = self.mark(push)
