@@ -239,11 +239,25 @@ def test_a_branch_another_clone_pushed_first_is_never_forced_over(agent_setup, r
     assert waits(run) == [task.id]
     assert remote_tip(remote, f"refs/heads/work/{task.id}") == theirs
     [refused] = events(repo, "push_refused")
-    assert "never forced" in refused["reason"] and events(repo, "branch_pushed") == []
+    assert "never forced; a person decides between the two" in refused["reason"]
+    assert events(repo, "branch_pushed") == []
     assert "crew-merge-ready" not in shown(config, task.id).get("labels", [])
     saved = json.loads((repo / ".dispatch_state.json").read_text(encoding="utf-8"))
     assert [request["held"] for request in saved["merge_queue"]] == [
         f"work/{task.id} was not pushed to origin: {refused['reason']}"]
+
+
+@pytest.mark.parametrize("backend", ["fake-bd"], indirect=True)
+def test_a_branch_left_on_the_remote_that_this_attempt_holds_all_of_is_moved_forward_not_held(agent_setup, repo,
+                                                                                                remote):
+    cfg, config, store = agent_setup(remote="origin")
+    task = add_task(store, "Afresh", "append afresh.txt done")
+    left = git.rev_parse(repo, "main")  # an attempt no task names, left on the remote under the task's name
+    repos.git(repo, "push", "-q", "origin", f"{left}:refs/heads/work/{task.id}")
+    run = dispatch(cfg, "--json")
+    assert run.returncode == 0 and json.loads(run.stdout)["merged"] == [task.id], run.stdout + run.stderr
+    assert events(repo, "push_refused") == []
+    assert git.is_ancestor(remote, left, "refs/heads/main") and main_file(remote, "afresh.txt") == "done\n"
 
 
 @pytest.mark.parametrize("backend", ["fake-bd"], indirect=True)

@@ -260,9 +260,15 @@ class BranchPusher:
         if not result.accepted and result.failure is None:  # rejected: whose tip is there?
             listed = git.git("ls-remote", self.remote, ref, cwd=root, check=False,
                              timeout=git.FETCH_TIMEOUT_SECS).stdout.split()
-            there = listed[0] if listed else None
+            there = listed[0] if listed and COMMIT_ID.fullmatch(listed[0]) else None
+            if there is not None and there != tip and git.is_ancestor(root, there, tip):
+                # A tip this host did not push (an attempt left there, no task names it) that this
+                # branch holds all of: moved forward from it, by compare-and-swap, nothing lost.
+                result = git.push_with_lease(root, self.remote, [git.RefUpdate(tip, ref, there)],
+                                             timeout=self.config.git_hook_timeout_secs)
         reason = result.failure or (f"{self.remote} has {branch} at {there[:12] if there else 'no commit'}, not at "
-                                    f"the tip this host pushed last ({expected[:12] or 'none'}); it is never forced")
+                                    f"the tip this host pushed last ({expected[:12] or 'none'}), nor one this "
+                                    "branch holds: it is never forced; a person decides between the two")
         return verdict(result, there, tip), reason
 
     def pushed(self, push: Push, outcome: Verdict, reason: str, now: float) -> bool:

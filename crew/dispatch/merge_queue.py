@@ -330,8 +330,10 @@ class MergeQueue:
         own = not shared_queue.is_elsewhere(request)
         expected = (git.rev_parse(self.root, f"refs/heads/{request.branch}") if own
                     else task.metadata.get(branch_push.TIP_KEY)) or ""
-        in_main = main_now is not None and any(git.is_ancestor(self.root, known, main_now)
-                                               for known in dict.fromkeys((tip, expected)) if known)
+        # The tip judged mergeable decides, when known: a branch left on the remote under that name
+        # at a tip main has (an earlier attempt's) is not this entry merged.
+        judged = expected or tip
+        in_main = main_now is not None and judged is not None and git.is_ancestor(self.root, judged, main_now)
         fate = remote_main.entry_fate(tip, expected, in_main, own)
         if fate is remote_main.EntryFate.MERGE:
             return None
