@@ -479,6 +479,8 @@ class PushResult:
     refs: dict[str, RefPushed]
     failure: str | None = None
     unreached: bool = False
+    refused: str | None = None  # the remote itself refused a ref (branch protection, its hook): its words
+
 
     @property
     def accepted(self) -> bool:
@@ -486,6 +488,27 @@ class PushResult:
 
     def rejected(self) -> list[RefPushed]:
         return [ref for ref in self.refs.values() if not ref.accepted]
+
+
+# How git's porcelain summary names a ref the remote itself refused (its pre-receive or update
+# hook, a forge's branch protection), as opposed to a ref whose tip was not the one expected
+# ("[rejected] (stale info)", "(fetch first)", "(non-fast-forward)"): trying again will not help.
+REMOTE_REJECTED = "[remote rejected]"
+REMOTE_SAID = "remote: "
+# A remote rejection that is a race, not a refusal: the ref moved on the remote between the lease
+# check and its update (an atomic push then fails as a whole, "atomic transaction failed").
+REMOTE_RACES = ("atomic transaction failed", "cannot lock ref", "failed to update ref", "failed to lock")
+
+
+def refusal(refs: dict[str, RefPushed], stderr: str) -> str | None:
+    """The remote's words when it refused a ref of a push (git's summary and what its hook said),
+    else None: a rejection for a tip not the one expected is not a refusal."""
+    summaries = [ref.summary for ref in refs.values() if not ref.accepted and REMOTE_REJECTED in ref.summary
+                 and not any(race in ref.summary for race in REMOTE_RACES)]
+    if not summaries:
+        return None
+    said = [line[len(REMOTE_SAID):].strip() for line in stderr.splitlines() if line.startswith(REMOTE_SAID)]
+    return first_line("; ".join([summaries[0], *[line for line in said if line]]))
 
 
 def push_with_lease(root: Path, remote: str, updates: list[RefUpdate] | list[tuple[str, str, str]],
@@ -509,7 +532,7 @@ def push_with_lease(root: Path, remote: str, updates: list[RefUpdate] | list[tup
             destination = fields[1].rsplit(":", 1)[-1]
             refs[destination] = RefPushed(destination, fields[0] != "!", fields[2])
     if refs or result.returncode == 0:
-        return PushResult(refs)
+        return PushResult(refs, refused=refusal(refs, result.stderr))
     said = [line for line in (result.stderr + result.stdout).splitlines()
             if line.strip() and not line.startswith((FAILED_TO_PUSH, "To "))]
     reason = first_line("\n".join(said)) if said else "git push refused it"

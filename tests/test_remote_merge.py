@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support.dispatching import DISPATCH
 from support.dispatching import add_task
 from support.dispatching import events
 from support.dispatching import start_dispatcher
@@ -19,6 +20,7 @@ from support.repos import commit_file
 from support.repos import git
 
 from crew import config as configuration
+from crew import git as crew_git
 from crew import tasks
 from crew import workspace
 from crew.dispatch import branch_push
@@ -34,7 +36,8 @@ from crew.tasks.model import Task
 
 @pytest.mark.parametrize("fetched, expected, in_main, own, fate", [
     ("t1", "t1", False, False, EntryFate.MERGE),
-    ("t1", "", False, False, EntryFate.MERGE),  # no tip marked: the remote's is merged
+    ("t1", "", False, False, EntryFate.UNMARKED),  # another host's with no tip marked: never merged as it is
+    ("t1", "", False, True, EntryFate.MERGE),
     ("t2", "t1", False, True, EntryFate.NOT_YET),  # its owner is pushing another tip
     (None, "t1", False, True, EntryFate.NOT_YET),  # this host's push is under way
     (None, "t1", False, False, EntryFate.GONE),  # another host's, gone: its owner settles it
@@ -89,6 +92,13 @@ def test_a_branch_named_in_the_store_is_the_tasks_own_only_when_its_template_mak
                                                                                              name, own):
     config = configuration.Settings(root=Path("proj"), branch_template=template)
     assert worktrees.is_tasks_branch(config, task_id, name) is own
+
+
+def test_an_entry_left_to_its_owner_is_not_added_again_until_its_tip_changes():
+    listed = [ready("p-1", "host-b", tip="t1"), ready("p-2", "host-b", tip="t2")]
+    left = {"p-1": "t1", "p-2": "t1"}  # p-2 was pushed again at a new tip since it was left
+    here = configuration.Settings(root=Path("proj"), actor="host-a")
+    assert [s.task.id for s in shared_queue.entries_to_add(listed, set(), here, 5, left)] == ["p-2"]
 
 
 # ---- the git steps, on a bare remote --------------------------------------------------------
@@ -425,3 +435,99 @@ def test_a_branch_whose_push_is_slow_waits_for_it_and_lands_before_the_run_ends(
     finished(start_dispatcher(cfg))
     assert remote_merges(remote) == [task.id]
     assert store.get(task.id).status == "closed"
+
+
+def clashing_entry_of_host_a(store, remote: Path, tmp_path: Path, name: str):
+    """Host A's ready entry whose branch conflicts with the remote's main as it is now."""
+    host_a = clone(remote, tmp_path / name)
+    task, branch, tip = pushed_by_host_a(store, host_a, "Clashes", "clash.txt")
+    git(host_a, "checkout", "-q", "main")
+    commit_file(host_a, "clash.txt", "main's own\n", "main's clash.txt")
+    git(host_a, "push", "-q", "origin", "main")
+    return task, branch, tip
+
+
+def test_another_hosts_entry_that_conflicts_here_is_left_to_its_owner_once_at_its_tip(hosts, tmp_path):
+    remote = hosts.remote
+    cfg, config, repo = hosts("b")
+    store = tasks.open_task_store(config)
+    clash, _, _ = clashing_entry_of_host_a(store, remote, tmp_path, "host-a-clone")
+    proc = start_dispatcher(cfg, "--watch")
+    wait_until(lambda: [e for e in events(repo, "merge_queued") if e["task_id"] == clash.id], proc,
+               "host A's entry queued here")
+    # A later entry of host A's merges here: the ready entries were listed again meanwhile.
+    later, _, _ = pushed_by_host_a(store, clone(remote, tmp_path / "host-a-later"), "Later", "later.txt")
+    wait_until(lambda: later.id in remote_merges(remote), proc, "host A's later entry merged", timeout=120)
+    proc.terminate()
+    proc.communicate(timeout=60)
+    assert len([e for e in events(repo, "merge_queued") if e["task_id"] == clash.id]) == 1
+    assert store.get(clash.id).status == "in_progress"  # its owner's to settle
+
+
+def test_another_hosts_entry_with_no_tip_marked_ready_is_never_merged(hosts, tmp_path):
+    remote = hosts.remote
+    cfg, config, _ = hosts("b")
+    store = tasks.open_task_store(config)
+    task, branch, _ = pushed_by_host_a(store, clone(remote, tmp_path / "host-a-clone"), "Unmarked", "u.txt")
+    assert store.update_claimed(task.id, "host-a", unset=[branch_push.TIP_KEY]) is not None
+    finished(start_dispatcher(cfg))
+    assert remote_merges(remote) == [] and git(remote, "branch", "--list", branch).strip()
+
+
+def test_a_remote_that_refuses_main_to_move_holds_the_merge_said_in_its_words_and_gated_once(hosts, tmp_path):
+    remote = hosts.remote
+    (remote / "hooks").mkdir(exist_ok=True)
+    hook = remote / "hooks" / "pre-receive"  # the server protects main, as a forge's branch protection does
+    hook.write_text("#!/bin/sh\nwhile read old new ref; do [ \"$ref\" = refs/heads/main ] && "
+                    "{ echo 'main is protected' >&2; exit 1; }; done\nexit 0\n", encoding="utf-8")
+    hook.chmod(0o755)
+    gated = tmp_path / "gated.txt"
+    cfg, config, repo = hosts("a", merge_gate_command=[sys.executable, "-c",
+                                                       f"open({str(gated)!r}, 'a').write('x')"])
+    store = tasks.open_task_store(config)
+    task = add_task(store, "Work", "append work.txt done", files=["work.txt"])
+    run = subprocess.run([sys.executable, str(DISPATCH), "--config", str(cfg), "--json"], capture_output=True,
+                         text=True, timeout=120, check=False)  # before: it merged and gated again, without end
+    assert run.returncode == 1, run.stderr  # the run ends: its branch waits, held
+    assert gated.read_text() == "x"
+    [refused] = [e for e in events(repo, "push_refused") if e["task_id"] == task.id]
+    assert "main is protected" in refused["reason"] and "remote rejected" in refused["reason"]
+    assert run.stderr.count("main is protected") + run.stdout.count("main is protected") >= 1
+    assert [w["id"] for w in json.loads(run.stdout)["waiting"]] == [task.id]
+    held = store.get(task.id)
+    assert branch_push.READY_LABEL not in held.labels and not events(repo, "main_moved_under")
+
+
+def test_a_failed_give_back_of_the_merge_slot_is_tried_again_and_the_slot_is_free_after_the_run(hosts, tmp_path):
+    marker = tmp_path / "failed-once"
+    wrapper = tmp_path / "flaky_bd"
+    # The store's server drops one call: the slot's give-back (update <prefix>-merge-slot -s open ...).
+    wrapper.write_text(f"""#!/bin/sh
+case "$*" in *merge-slot\\ -s\\ open*)
+  if [ ! -e {marker} ]; then
+    touch {marker}; echo 'Error: dial tcp 127.0.0.1:3307: connect: connection refused' >&2; exit 1
+  fi;;
+esac
+exec bd "$@"
+""", encoding="utf-8")
+    wrapper.chmod(0o755)
+    cfg, config, _ = hosts("a", merge_slot=True, bd_command=str(wrapper))
+    store = tasks.open_task_store(config)
+    task = add_task(store, "First", "append first.txt done", files=["first.txt"])
+    finished(start_dispatcher(cfg))
+    assert marker.exists(), "the give-back was never asked for"
+    assert store.merge_slot_holder() is None
+    assert store.get(task.id).status == "closed"
+
+
+@pytest.mark.parametrize("summary, stderr, refused", [
+    ("[remote rejected] (pre-receive hook declined)", "remote: main is protected\n",
+     "[remote rejected] (pre-receive hook declined); main is protected"),
+    ("[rejected] (stale info)", "", None),
+    ("[rejected] (fetch first)", "", None),
+    ("[remote rejected] (atomic transaction failed)", "error: cannot lock ref 'refs/heads/main': is at a but "
+     "expected b\n", None),  # main moved on the remote meanwhile: a race, not a refusal
+])
+def test_a_ref_the_remote_refuses_is_told_from_one_whose_tip_moved(summary, stderr, refused):
+    refs = {"refs/heads/main": crew_git.RefPushed("refs/heads/main", False, summary)}
+    assert crew_git.refusal(refs, stderr) == refused

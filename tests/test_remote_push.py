@@ -224,7 +224,8 @@ def test_a_judged_branch_is_pushed_at_its_tip_then_marked_ready_in_bd(agent_setu
     held = store.get(task.id)  # bd itself keeps "1" as the number 1: the store reads every value as text
     assert held.status == "in_progress" and held.assignee == config.actor
     assert held.metadata == {**held.metadata, "crew_branch": branch, "crew_tip": tip, "crew_attempts": "1"}
-    assert "crew-merge-ready" in held.labels
+    # Marked ready (the metadata and the label are one write), then awaiting review: no host tries it meanwhile.
+    assert "crew-merge-ready" not in held.labels and "awaiting-review" in held.labels
     saved = json.loads((repo / ".dispatch_state.json").read_text(encoding="utf-8"))
     assert saved["pushed"] == {branch: tip}
 
@@ -415,7 +416,8 @@ def test_a_push_the_remote_is_not_reached_for_is_tried_again_the_branch_kept(age
     branch = f"work/{task.id}"
     assert [e["branch"] for e in events(repo, "branch_pushed")] == [branch]
     assert remote_tip(later, f"refs/heads/{branch}") == git.rev_parse(repo, branch)
-    assert "crew-merge-ready" in shown(config, task.id)["labels"]
+    # Marked ready at its tip (one write with the label), which awaiting review then took off.
+    assert shown(config, task.id)["metadata"]["crew_tip"] == git.rev_parse(repo, branch)
 
 
 def settle(pusher: branch_push.BranchPusher, ledger, wakeup) -> None:

@@ -266,9 +266,10 @@ class BranchPusher:
                 # branch holds all of: moved forward from it, by compare-and-swap, nothing lost.
                 result = git.push_with_lease(root, self.remote, [git.RefUpdate(tip, ref, there)],
                                              timeout=self.config.git_hook_timeout_secs)
-        reason = result.failure or (f"{self.remote} has {branch} at {there[:12] if there else 'no commit'}, not at "
-                                    f"the tip this host pushed last ({expected[:12] or 'none'}), nor one this "
-                                    "branch holds: it is never forced; a person decides between the two")
+        reason = result.failure or result.refused or (
+            f"{self.remote} has {branch} at {there[:12] if there else 'no commit'}, not at "
+            f"the tip this host pushed last ({expected[:12] or 'none'}), nor one this "
+            "branch holds: it is never forced; a person decides between the two")
         return verdict(result, there, tip), reason
 
     def pushed(self, push: Push, outcome: Verdict, reason: str, now: float) -> bool:

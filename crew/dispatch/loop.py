@@ -68,9 +68,10 @@ class Dispatcher:
         self.queue = MergeQueue(config, self.ledger, store, self.gates, self.conflicts, self.stop_now_reason,
                                 self.wakeup)
         # Remote mode: every host's entries join the queue from the task store, and bd's merge slot.
-        self.shared = shared_queue.SharedQueue(config, self.ledger, self.serial) if config.remote else None
+        self.shared = shared_queue.SharedQueue(config, self.ledger, self.serial,
+                                                 self.queue.left_to_owner) if config.remote else None
         if config.remote and config.merge_slot:
-            self.queue.shared_slot = shared_queue.SharedSlot(self.serial, config.actor)
+            self.queue.shared_slot = shared_queue.SharedSlot(self.serial, config.actor, self.say)
         self.breaker = scheduler.Breaker(config.breaker_failures, config.breaker_pause_secs, watch)
         self.pool.deck_waits = self.deck_waits
         self.finisher = Finisher(config, self.ledger, store, self.pool, self.queue, self.breaker)

@@ -103,6 +103,9 @@ class MergeQueue:
         self.fetch_now = True  # the remote's main is not known, or a push found it moved
         self.fetched: set[str] = set()  # the branches the last fetch asked for
         self.fetch_failed: str | None = None
+        # Other hosts' entries this host left to their owner (it cannot merge them here), by task
+        # id, with the tip they were left at: not added to the queue again until that tip changes.
+        self.left_to_owner: dict[str, str] = {}
 
     @property
     def requests(self) -> list[records.MergeRequest]:
@@ -141,6 +144,10 @@ class MergeQueue:
             return False
         if self.shared_slot is not None:
             if not self.shared_slot.want():
+                if (holder := self.shared_slot.holder) and holder != self.config.actor:
+                    self.ledger.say_once(Told.MERGE_WAITS, f"merges wait: bd's merge slot is held by {holder} "
+                                         "(taken when it is given back, or once its lease lapses and it is "
+                                         "taken back)", f"slot {holder}")
                 return True
             self.fetch_now |= self.shared_slot.taken_anew  # the last holder may have moved main
             self.shared_slot.taken_anew = False
@@ -199,9 +206,10 @@ class MergeQueue:
     def next_look_at_main(self) -> float | None:
         """While a gate runs, when main is read next (a gate whose main moved is ended then); in
         remote mode also, while entries wait, when the remote is fetched or bd's merge slot asked for next."""
-        if self.config.remote is not None and self.active:
-            slot = self.shared_slot.next_due() if self.shared_slot is not None else None
-            fetch = self.fetched_at + remote_main.FETCH_EVERY_SECS if self.fetching is None else None
+        slot = self.shared_slot.next_due() if self.shared_slot is not None else None
+        if self.config.remote is not None and (self.active or (slot is not None and self.shared_slot is not None
+                                                               and self.shared_slot.returning)):
+            fetch = self.fetched_at + remote_main.FETCH_EVERY_SECS if self.fetching is None and self.active else None
             if (remote := min((due for due in (slot, fetch) if due is not None), default=None)) is not None:
                 return min(remote, self.local_look_at_main() or remote)
         return self.local_look_at_main()
@@ -294,14 +302,16 @@ class MergeQueue:
             raise errors.UserError(f"the branch {main} is gone: no merge can be made onto it")
         if marked := git.new_marker_files(root, base, tip):
             if shared_queue.is_elsewhere(request):
-                return self.leave_to_owner(request, "it adds conflict markers")
+                return self.leave_to_owner(request, "it adds conflict markers", tip)
+            self.unready(request)
             self.conflicts.file(request, marked, base, "the branch adds conflict markers")
             return Decision(Verdict.CONFLICT)
         merged = stacks.merge_onto(root, onto or base, base, tip,
                                    f"Merge {request.branch}: {request.title} ({request.task_id})")
         if merged.with_main and (conflict := merged.conflict) is not None:  # with_main: its conflict is there
             if shared_queue.is_elsewhere(request):
-                return self.leave_to_owner(request, f"it conflicts with {self.config.main_branch}")
+                return self.leave_to_owner(request, f"it conflicts with {self.config.main_branch}", tip)
+            self.unready(request)
             self.conflicts.file(request, conflict.files, base, conflict.messages, merged=conflict)
             return Decision(Verdict.CONFLICT)
         if merged.commit is None:
@@ -358,6 +368,9 @@ class MergeQueue:
             self.ledger.event(EventName.MERGED_ELSEWHERE, request.task_id, branch=request.branch)
             self.ledger.say(f"{request.task_id}: {request.branch} is on {self.config.remote}'s "
                             f"{self.config.main_branch} already; not merged again")
+        elif fate is remote_main.EntryFate.UNMARKED:
+            return self.leave_to_owner(request, "no tip is marked ready to merge (crew_tip), and whatever "
+                                       f"{self.config.remote} has is not what its owner judged mergeable", "")
         else:
             self.ledger.say(f"{request.task_id}: {request.branch} is gone from {self.config.remote}; "
                             "left to its owner")
@@ -366,12 +379,47 @@ class MergeQueue:
             worktrees.remove_worktree(self.root, request.worktree)
         return Decision(Verdict.DROPPED)
 
-    def leave_to_owner(self, request: records.MergeRequest, why: str) -> Decision:
+    def leave_to_owner(self, request: records.MergeRequest, why: str, tip: str) -> Decision:
         """Another host's entry that cannot merge as it is: its owner settles it (a conflict or fix
-        task of its own); it leaves this host's queue."""
+        task of its own); it leaves this host's queue, and is not added again at this `tip`."""
         self.ledger.say(f"{request.task_id}: not merged here: {why}; left to {request.actor}, whose branch it is")
+        self.left_to_owner[request.task_id] = tip
         self.drop(request)
         return Decision(Verdict.DROPPED)
+
+    def unready(self, request: records.MergeRequest) -> None:
+        """Remote mode: this host's entry goes to a conflict or fix task, to review, or is held: it
+        is no longer ready for any host to merge (its label removed, guarded by its claim), so
+        other hosts stop trying it. It is marked again once pushed at a new tip."""
+        if self.config.remote is None or shared_queue.is_elsewhere(request):
+            return
+        try:
+            self.store.update_claimed(request.task_id, request.actor or self.config.actor,
+                                      remove_labels=[branch_push.READY_LABEL])
+        except errors.UserError as exc:
+            self.ledger.say(f"{request.task_id}: could not mark it no longer ready to merge ({exc}); other hosts "
+                            "leave it to this one")
+
+    def refused(self, request: records.MergeRequest, tip: str, reason: str) -> bool:
+        """Remote mode: the remote itself refuses its main to move (branch protection, its
+        pre-receive hook): trying again would gate again and be refused again. This host's entry
+        is held for a person's decision (`tasks.py held`), said once with the remote's words;
+        another host's is left to its owner."""
+        remote, main = self.config.remote, self.config.main_branch
+        words = safe_names.for_terminal(reason)
+        self.ledger.event(EventName.PUSH_REFUSED, request.task_id, branch=main, reason=words)
+        why = f"{remote} refused to move its {main}: {words}"
+        if shared_queue.is_elsewhere(request):
+            self.leave_to_owner(request, why, tip)
+            return False
+        self.unready(request)
+        self.ledger.say_once(Told.MERGE_WAITS, f"{request.task_id}: {request.branch} not merged: {why}; held for a "
+                             "person's decision (`tasks.py held`)", f"{request.task_id}: {why}")
+        with contextlib.suppress(errors.UserError):  # the hold stands, and is said, without the note
+            self.store.add_note(request.task_id, why)
+        with self.ledger.change():
+            request.held = request.waiting = why
+        return False
 
     def after_gate(self, outcome: gates.GateOutcome) -> bool:
         """Act on the gate's verdict under the merge slot. Whatever changed while it ran (main,
@@ -407,8 +455,9 @@ class MergeQueue:
         record = failed.record
         blame = main_checks.blame(self.ledger.state.main_check, record.base)
         if blame is main_checks.Blame.BRANCH and shared_queue.is_elsewhere(request):
-            self.leave_to_owner(request, "its gate failed")
+            self.leave_to_owner(request, "its gate failed", git.rev_parse(self.root, f"{record.commit}^2") or "")
         elif blame is main_checks.Blame.BRANCH:
+            self.unready(request)
             self.conflicts.file(request, [], record.base, failed.output, kind=records.PendingKind.GATE,
                                 commit=record.commit)
         elif blame is main_checks.Blame.MAIN:
@@ -484,6 +533,7 @@ class MergeQueue:
         Remote mode: main moves on the remote (advance_remote)."""
         tip = git.rev_parse(self.root, f"{commit}^2") or ""
         if review.waits_for_review(self.config.review, task.labels, tip):
+            self.unready(request)
             self.reviews.await_review(request, task, base, commit, tip, gate_log)
             return False
         failpoints.failpoint("during_merge")
@@ -507,6 +557,8 @@ class MergeQueue:
                 return True
             if moved.move is merge_results.Move.STAYS:
                 return self.merge_waits(landing.request, moved.reason)
+            if moved.move is merge_results.Move.REFUSED:
+                return self.refused(landing.request, landing.tip, moved.reason)
             failpoints.failpoint("after_main_moved")  # a restart finds the branch merged: bookkeeping only
             if self.config.merge_gate_command:  # main is now a commit that passed the checks exactly as it is
                 self.ledger.state.main_check = records.MainCheck(landing.commit, True, time.time())

@@ -34,6 +34,7 @@ class Move(enum.Enum):
     RACED = "moved"  # someone else moved main first: recompute on the main that is there
     STAYS = "stays"  # main did not move: `reason` says why, and the merge waits
     REJECTED = "rejected"  # remote mode: the push found the remote's main (or the branch) moved: fetch, recompute
+    REFUSED = "refused"  # remote mode: the remote itself refuses main to move (branch protection, its hook): `reason`
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,6 +30,7 @@ class EntryFate(enum.Enum):
     MERGED = "merged"  # its tip is in the remote's main already: nothing is merged again
     NOT_YET = "not yet"  # not on the remote at the tip expected (its owner is pushing it): waits
     GONE = "gone"  # another host's, neither on the remote nor in its main: not this host's to settle
+    UNMARKED = "unmarked"  # another host's with no tip marked ready: what the remote has was never judged
 
 
 def main_ref(config: configuration.Settings) -> str:
@@ -57,6 +58,8 @@ def entry_fate(fetched_tip: str | None, expected_tip: str, in_main: bool, own: b
         return EntryFate.MERGED
     if fetched_tip is None:
         return EntryFate.NOT_YET if own else EntryFate.GONE
+    if not expected_tip and not own:
+        return EntryFate.UNMARKED
     if expected_tip and fetched_tip != expected_tip:
         return EntryFate.NOT_YET
     return EntryFate.MERGE
@@ -89,7 +92,8 @@ def push_merge(root: Path, remote: str, main: str, branch: str, base: str, tip: 
                timeout: float) -> MainMove:
     """Move the remote's main from `base` to `commit` and delete the branch (at `tip`) in one atomic
     push, each ref only from the tip expected: DONE, REJECTED (main or the branch moved: fetch and
-    recompute), or why it stays (the user's pre-push hook refused it, the remote was not reached)."""
+    recompute), REFUSED (the remote itself refuses it, in its words), or why it stays (the user's
+    pre-push hook refused it, the remote was not reached)."""
     pushed = git.push_with_lease(root, remote, [(commit, f"refs/heads/{main}", base),
                                                 ("", f"refs/heads/{branch}", tip)], atomic=True, timeout=timeout)
     if pushed.accepted:
@@ -98,6 +102,8 @@ def push_merge(root: Path, remote: str, main: str, branch: str, base: str, tip: 
         return merge_results.DONE
     if pushed.failure is not None:
         return MainMove.stays(pushed.failure)
+    if pushed.refused is not None:
+        return MainMove(merge_results.Move.REFUSED, pushed.refused)
     return merge_results.REJECTED
 
 
