@@ -516,3 +516,11 @@ def test_bd_through_a_cmd_wrapper_refuses_text_cmd_exe_would_interpret(tmp_path,
     assert store.through_cmd
     with pytest.raises(errors.UserError, match="cmd.exe wrapper .* set bd_command to the real bd.exe"):
         store.create('Fix "quotes" & pipes', "x")
+
+
+def test_bds_error_line_is_named_not_the_advice_after_it():
+    down = ("Error: failed to open database: Dolt server unreachable at 127.0.0.1:3307: dial tcp 127.0.0.1:3307: "
+            "connect: connection refused\n\nThe Dolt server may not be running. Try:\n  bd dolt start\n")
+    assert bd_store._bd_error_message(processes.Completed(["bd"], 1, "", down)) == down.splitlines()[0]
+    assert bd_store._bd_error_message(processes.Completed(["bd"], 1, "", "warning: x\nno issue found\n")) == \
+        "no issue found"

@@ -259,4 +259,6 @@ def _bd_error_message(result: processes.Completed) -> str:
                 # Batch commands (update, close) put each id's own reason under "failed".
                 details = [f"{f.get('id')}: {f.get('error')}" for f in data.get("failed") or [] if isinstance(f, dict)]
                 return "; ".join([str(data["error"]), *details])
-    return (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1]
+    # bd follows some errors with advice ("Try:\n  bd dolt start"): its own "Error:" line says more.
+    lines = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()
+    return next((line for line in lines if line.startswith("Error: ")), lines[-1])
