@@ -267,8 +267,8 @@ def resolve_config(config: Config, cwd: Path) -> Settings:
         "llm_url": (config.llm_url or default_llm_url()).rstrip("/"),
         "actor": config.actor or f"dispatch@{socket.gethostname()}",
         "worker_model": config.worker_model or config.llm_model,
-        # Measured on three hosts (scripts/bench_hosts.py): bd's slot wastes no gate but lands a
-        # third as many branches a minute as racing compare-and-swap pushes.
+        # Measured on three hosts (scripts/bench_hosts.py, README's Performance): bd's slot wastes
+        # no gate, but racing compare-and-swap pushes landed more branches a minute.
         "merge_slot": config.merge_slot if config.merge_slot is not None else config.remote is None,
         "worktree_root": (root / config.worktree_root if config.worktree_root
                           else root.parent / f"{root.name}.worktrees")})
