@@ -295,6 +295,7 @@ def parse(argv: list[str]):
     p = sub.add_parser("list", parents=[common])
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--status", default="")
+    p.add_argument("--all", action="store_true")  # closed ones too, as --status all
     p.add_argument("--label", action="append", default=[])
     p = sub.add_parser("show", parents=[common])
     p.add_argument("ids", nargs="+")
@@ -380,7 +381,7 @@ def command(args, db: Db) -> None:
     elif args.cmd == "list":
         wanted = [s for s in args.status.split(",") if s]
         items = [i for i in db.data["issues"]
-                 if (("all" in wanted) or (i["status"] in wanted if wanted else i["status"] != "closed"))
+                 if (("all" in wanted or args.all) or (i["status"] in wanted if wanted else i["status"] != "closed"))
                  and all(label in (i.get("labels") or ()) for label in args.label)]
         # As the real bd 1.3.0 lists: by priority, newest first, then by id (stable sorts, last key first).
         items.sort(key=lambda i: i["id"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import threading
 import time
 
@@ -54,6 +55,57 @@ def test_hosts_racing_for_the_same_tasks_claim_each_exactly_once(any_hosts):
     assert sorted(claimed) == sorted(filed), won  # 11 claims, none twice
     owners = {task["id"]: task["assignee"] for task in json.loads(first.bd("list", "--json", bd=layout.bd).stdout)}
     assert owners == {task_id: actor for actor, ids in won.items() for task_id in ids}
+
+
+def set_config(host, **settings) -> None:
+    written = json.loads(host.config.read_text(encoding="utf-8"))
+    host.config.write_text(json.dumps({**written, **settings}), encoding="utf-8")
+
+
+def test_a_killed_host_restarted_after_others_finished_its_claims_joins_and_duplicates_nothing(fake_hosts,
+                                                                                               monkeypatch):
+    """Host A dies with a worker running and a branch in its merge queue; B takes both back once
+    their leases lapse and lands them. A, restarted on its clone, finds its records settled by
+    another: it reopens nothing, merges nothing again, holds nothing for a person, and exits 0."""
+    monkeypatch.setenv("FAKE_BD_LEASE_SECS", "3")
+    layout = fake_hosts(names=("a", "b"), poll_interval_secs=0.1, merge_slot=False, lease_heartbeat_secs=0.5,
+                        reclaim_after_secs=0, reclaim_interval_secs=1)
+    host_a, host_b = layout.hosts
+    # A's gate never ends while A lives: its first branch waits in A's merge queue when A dies.
+    set_config(host_a, merge_gate_command=[sys.executable, "-c", "import time; time.sleep(120)"])
+
+    def create(title: str, *cues: str) -> str:
+        description = "\n".join(f"AGENT: {cue}" for cue in cues)
+        return str(json.loads(host_a.bd("create", title, "-d", description, "--json").stdout)["id"])
+
+    queued = create("Queued on A", "append queued.txt queued")
+    running = create("Running on A", "sleep 4", "append running.txt running")
+    proc = start_host(host_a, "--watch")
+    try:
+        wait_for(lambda: events(host_a.root, "gate_started") and any(
+            e["task_id"] == running for e in events(host_a.root, "worker_started")), "A gating one, running the other")
+    finally:
+        kill_host(proc)
+
+    def all_closed() -> bool:
+        return {task["id"]: task["status"] for task in tasks(layout)} == {queued: "closed", running: "closed"}
+
+    other = start_host(host_b, "--watch")
+    try:
+        wait_for(all_closed, "B finishing A's two tasks", limit=180)
+    finally:
+        stop_host(other)
+    landed = remote_merges(layout)
+    assert sorted(subject.rsplit("(", 1)[1].rstrip(")") for subject in landed) == sorted([queued, running])
+
+    set_config(host_a, merge_gate_command=[sys.executable, "-c", "pass"])
+    restarted = start_host(host_a)
+    assert restarted.wait(timeout=180) == 0, output(host_a)
+    assert remote_merges(layout) == landed  # nothing merged twice
+    assert all_closed()  # nothing reopened
+    assert not events(host_a.root, "push_refused") and "held for a person" not in output(host_a)
+    for task_id in (queued, running):
+        assert any(e["task_id"] == task_id for e in events(host_a.root, "record_dropped")), output(host_a)
 
 
 TASKS = 24

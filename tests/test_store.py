@@ -176,6 +176,21 @@ def test_another_actor_closes_a_claimed_task_only_by_naming_its_owner(store):
     assert store.heartbeat(task.id, "host-a") in (None, f"not claimable: {task.id} status closed")
 
 
+def test_a_claim_is_given_up_only_while_it_is_in_progress_under_its_owner(store):
+    released, blocked, closed = (store.create(title) for title in ("released", "blocked", "closed elsewhere"))
+    for task in (released, blocked, closed):
+        assert store.claim(task.id, "host-a")
+    assert store.give_up_claimed(released.id, "host-b", "open", "not host-b's") is False
+    assert store.give_up_claimed(released.id, "host-a", "open", "for another attempt") is True
+    assert store.give_up_claimed(blocked.id, "host-a", "blocked", "after 3 attempts") is True
+    assert store.close_claimed(closed.id, "host-a", "merged by host-b")  # closed, the assignee kept
+    assert store.give_up_claimed(closed.id, "host-a", "open", "a restarted host-a") is False
+    got = {task.id: (task.status, task.assignee) for task in map(store.get, (released.id, blocked.id, closed.id))}
+    assert got == {released.id: ("open", ""), blocked.id: ("blocked", "host-a"), closed.id: ("closed", "host-a")}
+    assert "for another attempt" in store.get(released.id).notes
+    assert "a restarted host-a" not in store.get(closed.id).notes
+
+
 def test_a_guarded_close_of_a_task_with_an_open_blocker_is_refused(store):
     blocker = store.create("blocker")
     task = store.create("claimed, then a blocker came")

@@ -170,9 +170,9 @@ class Finisher:
             if worker.kind == records.WorkerKind.TASK:  # a conflict task's worktree belongs to the branch it resolves
                 worktrees.discard_attempt(self.config, worker)
             try:
-                self.store.release(worker.task_id, "released: the dispatcher stopped before its worker started",
-                                   actor=worker.actor)
-                self.ledger.event(EventName.RELEASED, worker.task_id, reason="worker never started")
+                if outcomes.given_up(self.ledger, worker.task_id, "open",
+                                     "released: the dispatcher stopped before its worker started", worker.actor):
+                    self.ledger.event(EventName.RELEASED, worker.task_id, reason="worker never started")
             except errors.TaskNotFound:
                 self.ledger.drop_record_of_gone_task(worker.task_id, "worker record")
 

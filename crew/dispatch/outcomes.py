@@ -40,8 +40,34 @@ def merged(ledger: Ledger, task_id: str) -> None:
     ledger.state.attempts.pop(task_id, None)
 
 
+def no_longer_ours(ledger: Ledger, task_id: str, what: str) -> None:
+    """Remote mode: the task is not in progress under this host's claim any more (closed, taken
+    back, another host's): the record is dropped, nothing written to the store for it, and its
+    local branch kept."""
+    ledger.event(EventName.RECORD_DROPPED, task_id, record=what, reason="no longer this host's")
+    ledger.say(f"{task_id}: no longer in progress under this host's claim (another host or a person settled it); "
+               f"dropped its {what}, nothing written to the store")
+
+
+def given_up(ledger: Ledger, task_id: str, status: str, note: str, actor: str | None) -> bool:
+    """Release (status "open") or block the task; in remote mode only while it is in progress under
+    the claim (a compare-and-swap: another host may have closed or taken it meanwhile). False, and
+    said, when it was not, and nothing was written."""
+    if ledger.config.remote is None:
+        if status == "open":
+            ledger.store.release(task_id, note, actor=actor)
+        else:
+            ledger.store.set_status(task_id, status, note, actor=actor)
+        return True
+    if ledger.store.give_up_claimed(task_id, actor or ledger.config.actor, status, note):
+        return True
+    no_longer_ours(ledger, task_id, "attempt's outcome")
+    return False
+
+
 def block(ledger: Ledger, task_id: str, reason: str, actor: str | None = None) -> None:
-    ledger.store.set_status(task_id, "blocked", reason, actor=actor)
+    if not given_up(ledger, task_id, "blocked", reason, actor):
+        return
     ledger.summary["blocked"].append({"id": task_id, "reason": reason})
     ledger.event(EventName.BLOCKED, task_id, reason=reason)
     ledger.say(f"{task_id}: blocked: {reason}")
@@ -60,7 +86,8 @@ def attempt_failed(ledger: Ledger, task_id: str, note: str, actor: str | None = 
             if counted and attempts >= ledger.config.max_attempts:
                 block(ledger, task_id, f"{note} (after {attempts} attempts)", actor)
             else:
-                ledger.store.release(task_id, note, actor=actor)
+                if not given_up(ledger, task_id, "open", note, actor):
+                    return
                 ledger.summary["released"].append(task_id)
                 ledger.event(EventName.RELEASED, task_id, reason=note)
                 ledger.say(f"{task_id}: released for another attempt: {note[:120]}")
@@ -72,7 +99,7 @@ def attempt_failed(ledger: Ledger, task_id: str, note: str, actor: str | None = 
 def release_claim(ledger: Ledger, record: records.MergeRequest | records.PendingMerge, note: str) -> None:
     """Give back the claim a dropped record held, if the task is still held by it."""
     task = ledger.current_task(record.task_id, record.task_created_at)
-    if task is not None and task.status == "in_progress" and task.assignee == record.actor:
-        ledger.store.release(task.id, note, actor=record.actor)
+    if task is not None and task.status == "in_progress" and task.assignee == record.actor \
+            and given_up(ledger, task.id, "open", note, record.actor):
         ledger.event(EventName.RELEASED, task.id, reason=note)
         ledger.say(f"{task.id}: {note}")

@@ -4,10 +4,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from crew import config as configuration
+from crew import errors
 from crew import git
+from crew import names as safe_names
 from crew import orphans
 from crew import processes
 from crew.dispatch import agent
+from crew.dispatch import outcomes
 from crew.dispatch import records
 from crew.dispatch import shared_queue
 from crew.dispatch import worktrees
@@ -64,6 +67,8 @@ class Recovery:
                 ledger.say(f"{worker.task_id}: ending what its worker's attempt {worker.attempt} left running")
                 left_running.append(processes.TreeKill.begin(None, grace, mark=mark, everywhere=True))
         processes.wait_for_kills(left_running)  # their worktrees are removed or used again below
+        if self.config.remote is not None:
+            self.drop_what_others_settled()
         # A conflict task's own claim is not accounted for by its pending merge: only the original is.
         # Another host's merge-queue entry (remote mode) is under that host's claim, never this one's.
         claims = [(r.task_id, r.task_created_at, r.actor) for r in branches_in_flight(state)
@@ -83,8 +88,10 @@ class Recovery:
             recorded = any(task_id == task.id and records.same_creation(created_at, task.created_at)
                            for task_id, created_at, _ in claims)
             if task.assignee in ours and not recorded:
-                self.store.release(task.id, "released: the dispatcher restarted with no worker or merge for it",
-                                   actor=task.assignee)
+                if not outcomes.given_up(ledger, task.id, "open",
+                                         "released: the dispatcher restarted with no worker or merge for it",
+                                         task.assignee):
+                    continue
                 ledger.event(EventName.RELEASED, task.id, reason="no record after restart")
                 ledger.say(f"{task.id}: released (no worker or merge recorded for it)"
                            + (f", as {task.assignee}" if task.assignee != actor else ""))
@@ -94,6 +101,54 @@ class Recovery:
         if state.gates:
             with ledger.change():
                 state.gates = []
+
+    def drop_what_others_settled(self) -> None:
+        """Remote mode: while this host was away, other hosts may have taken back its claims and
+        finished them (merged, closed, resolved their conflicts). A record whose task is no longer
+        in progress under the claim it was made under is not this host's any more: dropped, with
+        nothing written to the store and nothing pushed for it; its local branch is kept (a dead
+        worker's uncommitted work committed to it first). A worker still running is left to its
+        lease's renewal, which finds the claim gone and ends it."""
+        ledger, state = self.ledger, self.ledger.state
+        held = {task.id: task for task in self.store.list(["in_progress"])}
+
+        def ours(record: InFlight) -> bool:
+            task = held.get(record.task_id)
+            return task is not None and records.same_creation(record.task_created_at, task.created_at) \
+                and task.assignee == record.actor
+        for worker in [w for w in state.workers.values() if not ours(w)]:
+            if processes.is_same_process_alive(worker.pid, worker.pid_start_time):
+                continue
+            self.keep_leftovers(worker)
+            with ledger.change():
+                self.pool.forget(worker)
+            outcomes.no_longer_ours(ledger, worker.task_id, f"worker record (branch {worker.branch} kept)")
+        for request in [r for r in state.merge_queue if not shared_queue.is_elsewhere(r) and not ours(r)]:
+            with ledger.change():
+                state.merge_queue.remove(request)
+                state.pushed.pop(request.branch, None)  # the remote's branch is the new holder's now
+            outcomes.no_longer_ours(ledger, request.task_id, f"merge-queue entry (branch {request.branch} kept)")
+        for followup_id, pending in [(f, p) for f, p in state.pending.items() if not ours(p)]:
+            with ledger.change():
+                del state.pending[followup_id]
+                state.pushed.pop(pending.branch, None)
+            outcomes.no_longer_ours(ledger, pending.task_id, f"pending merge after {followup_id} "
+                                                             f"(branch {pending.branch} kept)")
+
+    def keep_leftovers(self, worker: records.Worker) -> None:
+        """What a dead worker left uncommitted, committed to its branch through the user's hooks
+        (as a finished worker's is), so that dropping its record loses nothing."""
+        worktree = worker.worktree
+        if worker.kind != records.WorkerKind.TASK or not worktree.exists() or not worktrees.has_leftovers(worktree):
+            return
+        git.clear_interrupted_git_state(worktree)
+        try:
+            worktrees.commit_leftovers(worktree, f"dispatch: uncommitted work of {worker.task_id} (found after a "
+                                                 "restart)", self.config.git_hook_timeout_secs)
+        except errors.CommitRefused as refused:
+            said = safe_names.one_line_tail(refused.stderr + "\n" + refused.stdout) or "(no output)"
+            self.ledger.say(f"{worker.task_id}: the repository's git hooks refused its uncommitted changes; "
+                            f"discarded: {said[:120]}")
 
     def adopt_unrecorded_agent(self, worker: records.Worker, left: list[psutil.Process]) -> bool:
         """A worker whose agent a crash left running before its pid was recorded (its base is

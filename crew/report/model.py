@@ -457,10 +457,12 @@ class _Builder:
                 conflict.ended = "blocked"
 
     def on_record_dropped(self, e: event_log.Event) -> None:
-        """The task was deleted from the store: its merge-queue entry or pending merge was dropped."""
+        """The task was deleted from the store, or (remote mode) is no longer this host's: its record
+        was dropped."""
         self.leave_queue(e)
         row = self.task(e.task)
-        row.outcome, row.detail = "dropped", f"deleted from the store; dropped its {e.get_str('record') or 'record'}"
+        why = e.get_str("reason") or "deleted from the store"
+        row.outcome, row.detail = "dropped", f"{why}; dropped its {e.get_str('record') or 'record'}"
         if (conflict := self.conflicts.get(e.task)) is not None and conflict.ended == "open":
             conflict.ended = "dropped"
 

@@ -161,6 +161,13 @@ class BdTaskStore:
         a note of the same one write."""
         return self._guarded(task_id, owner, "-s", "closed", *_append_notes(reason)) is not None
 
+    def give_up_claimed(self, task_id: str, owner: str, status: str, note: str = "") -> bool:
+        """`bd update ID -s open -a "" (or -s blocked) --append-notes NOTE --if-status in_progress
+        --if-assignee OWNER --actor OWNER` (bd lets only the holder unassign a claim)."""
+        unassign = ["-a", ""] if status == "open" else []
+        return self._guarded(task_id, owner, "-s", status, *unassign, *_append_notes(note), "--if-status",
+                             "in_progress", actor=owner) is not None
+
     def _guarded(self, task_id: str, owner: str, *changes: str,
                  actor: str | None = None) -> builtins.list[model.Task] | None:
         """An update written only while `owner` holds the claim; None when it does not."""

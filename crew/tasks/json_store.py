@@ -289,6 +289,14 @@ class JsonTaskStore:
             self._change(entry, reason, status="closed", closed_at=files.now_iso())
             return True
 
+    def give_up_claimed(self, task_id: str, owner: str, status: str, note: str = "") -> bool:
+        with self._transaction() as data:
+            entry = self._find(data["tasks"], task_id)
+            if entry.get("status", "open") != "in_progress" or (entry.get("assignee") or "") != owner:
+                return False
+            self._change(entry, note, status=status, **({"assignee": ""} if status == "open" else {}))
+            return True
+
     def with_label(self, label: str, statuses: Sequence[str] = ("in_progress",)) -> builtins.list[model.Task]:
         return [model.Task.from_dict(e) for e in self._entries()
                 if e.get("status", "open") in statuses and label in (e.get("labels") or ())]

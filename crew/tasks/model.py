@@ -167,6 +167,13 @@ class TaskStore(typing.Protocol):
         (any actor may ask). False when the claim is not owner's, and nothing was written."""
         ...
 
+    def give_up_claimed(self, task_id: str, owner: str, status: str, note: str = "") -> bool:
+        """Release the task (status "open": unassigned, for another attempt) or block it (status
+        "blocked"), the note appended, only while it is in progress under `owner`'s claim: a
+        compare-and-swap on the status and the assignee, as `owner`. False when it is not (closed,
+        taken back, another's now), and nothing was written."""
+        ...
+
     def with_label(self, label: str, statuses: Sequence[str] = ("in_progress",)) -> builtins.list[Task]: ...
 
     def merge_slot_id(self) -> str:
