@@ -175,8 +175,18 @@ def test_three_hosts_share_24_tasks_and_one_dying_loses_and_duplicates_nothing(r
     for host in survivors:
         assert "Traceback" not in output(host), output(host)
 
+    # The killed host started again on its clone: it joins, finds its claims settled, and duplicates nothing.
+    main_before = git(layout.remote, "rev-parse", "main")
+    restarted = start_host(victim)
+    try:
+        assert restarted.wait(timeout=300) == 0, output(victim)
+    finally:
+        stop_host(restarted)
+    assert "Traceback" not in output(victim), output(victim)
+    assert git(layout.remote, "rev-parse", "main") == main_before
+
     merges = remote_merges(layout)
-    for task_id in filed:  # each branch merged exactly once, on the remote's main
+    for task_id in filed:  # each branch merged exactly once, on the remote's main, the restart's included
         assert sum(subject.endswith(f"({task_id})") for subject in merges) == 1, (task_id, merges)
     everything = tasks(layout)
     assert [task["id"] for task in everything if task["status"] == "in_progress"] == [], slot_holder(layout)
