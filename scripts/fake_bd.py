@@ -397,6 +397,10 @@ def command(args, db: Db) -> None:
         if args.claim and (args.if_assignee is not None or args.if_status is not None):
             raise BdFailure("cannot combine --if-assignee/--if-status with --claim (--claim is already an "
                             "atomic compare-and-set)")
+        fields = (args.status, args.assignee, args.append_notes, args.set_metadata or None, args.unset_metadata or None)
+        if (args.if_assignee is not None or args.if_status is not None) and all(f is None for f in fields):
+            raise BdFailure("--if-assignee/--if-status require at least one field update (e.g. -a, -s); label and "
+                            "parent edits are not covered by the guard")
         metadata = {}
         for pair in args.set_metadata:
             key, equals, value = pair.partition("=")
@@ -429,7 +433,8 @@ def command(args, db: Db) -> None:
                 raise BatchFailure(args.id, "updating", f"updating issue: issue not claimable: status {issue['status']}")
             issue.update(status="in_progress", assignee=who, started_at=now())
             grant_lease(issue, who)
-        elif args.assignee is not None and holder and holder != who and issue["status"] == "in_progress":
+        elif (args.assignee is not None and args.assignee != holder and holder and holder != who
+              and issue["status"] == "in_progress"):  # the holder set to itself is no reassignment
             raise BatchFailure(args.id, "updating", f"cannot reassign {args.id}: held by \"{holder}\" (in_progress); "
                                "coordinate with the holder — pass --force only if their claim is abandoned, "
                                "or use bd reclaim")

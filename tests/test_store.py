@@ -162,6 +162,20 @@ def test_a_guarded_update_writes_only_while_the_owner_holds_the_claim(store):
     assert store.get(task.id).metadata == {"crew_branch": "work/x", "crew_attempts": "2"}  # kept by the release
 
 
+def test_a_guarded_label_edit_alone_writes_only_while_the_owner_holds_the_claim(store):
+    """bd's guard covers field updates, not a label edit alone (which it refuses with a guard)."""
+    task = store.create("waits to merge")
+    assert store.claim(task.id, "host-a")
+    assert store.update_claimed(task.id, "host-a", add_labels=[READY_LABEL]) is not None
+    assert store.update_claimed(task.id, "host-b", remove_labels=[READY_LABEL]) is None
+    assert store.get(task.id).labels == [READY_LABEL]
+    taken_off = store.update_claimed(task.id, "host-a", remove_labels=[READY_LABEL])
+    assert taken_off is not None and taken_off.labels == []
+    got = store.get(task.id)
+    assert (got.labels, got.assignee, got.status) == ([], "host-a", "in_progress")
+    assert store.heartbeat(task.id, "host-a") is None  # the claim's lease is kept
+
+
 def test_another_actor_closes_a_claimed_task_only_by_naming_its_owner(store):
     task = store.create("merged by another host")
     assert store.claim(task.id, "host-a")

@@ -25,6 +25,7 @@ from crew import errors
 from crew import git
 from crew import names as safe_names
 from crew.dispatch import records
+from crew.dispatch import review as review_state
 from crew.dispatch import wakeup as wakeups
 from crew.dispatch import worktrees
 from crew.dispatch.ledger import Ledger
@@ -316,10 +317,16 @@ class BranchPusher:
         with self.ledger.change():
             request.held = request.waiting = reason
 
+    def still_ready(self, push: Push) -> bool:
+        """Whether the pushed branch is still for any host to merge: in the merge queue, not held,
+        not awaiting review (the merge queue takes the label off as an entry stops being ready)."""
+        request = next((r for r in self.ledger.state.merge_queue if r.branch == push.branch), None)
+        return request is not None and not request.held and request.review != review_state.State.AWAITING
+
     def mark(self, push: Push) -> concurrent.futures.Future[task_model.Task | None]:
         metadata = {BRANCH_KEY: push.branch, TIP_KEY: push.tip, ATTEMPTS_KEY: str(push.attempts)}
         return self.serial.later("update_claimed", push.task_id, push.owner, metadata=metadata,
-                                 add_labels=[READY_LABEL])
+                                 add_labels=[READY_LABEL] if self.still_ready(push) else [])
 
     def marked_ready(self, push: Push, marking: concurrent.futures.Future[task_model.Task | None],
                      now: float) -> bool:
@@ -341,6 +348,10 @@ class BranchPusher:
                             f"no longer {push.owner}'s")
         else:
             self.marked[push.branch] = push.tip
+            if READY_LABEL in task.labels and not self.still_ready(push):
+                # It stopped being ready while the marking was written (a conflict, a review, a
+                # hold took the label off first): taken off again, after the marking.
+                self.serial.later("update_claimed", push.task_id, push.owner, remove_labels=[READY_LABEL])
         return True
 
     def under_way(self) -> list[concurrent.futures.Future[typing.Any]]:

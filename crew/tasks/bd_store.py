@@ -152,6 +152,10 @@ class BdTaskStore:
                    *(arg for key in unset for arg in ("--unset-metadata", key)),
                    *(arg for label in names.store_labels(add_labels) for arg in ("--add-label", label)),
                    *(arg for label in remove_labels for arg in ("--remove-label", label))]
+        if not metadata and not unset:
+            # bd's guard covers field updates only, never a label edit alone: the claim's holder,
+            # set to itself, is the field that puts the label edit under the guard.
+            changes += ["-a", owner]
         tasks = self._guarded(task_id, owner, *changes)
         return tasks[0] if tasks else None
 
