@@ -323,6 +323,12 @@ class MergeQueue:
         marked ready) under. The branch is kept."""
         ledger = self.ledger
         self.drop(request)
+        if shared_queue.is_elsewhere(request):
+            # Another host's entry, settled meanwhile (merged by a host whose view of the remote's
+            # main is newer than this one's, or taken back): its owner's to report, nothing waits here.
+            ledger.event(EventName.STALE_BRANCH, task.id, branch=request.branch)
+            ledger.say(f"{task.id}: not merged here: the task is now {task.status} ({task.assignee or 'unassigned'})")
+            return Decision(Verdict.DROPPED)
         ledger.summary["waiting"].append({"id": task.id, "reason": f"not merged: the task is now {task.status}"
                                           f" ({task.assignee or 'unassigned'}); branch {request.branch} kept"})
         ledger.event(EventName.STALE_BRANCH, task.id, branch=request.branch)
