@@ -232,16 +232,26 @@ def finished(proc: subprocess.Popen, timeout: float = 240) -> str:
     return out
 
 
-def pushed_by_host_a(store, repo: Path, title: str, name: str):
-    """Another host's finished work, as it leaves it: its branch pushed, the task claimed by it and
-    marked ready in the task store."""
+def claimed_by_host_a(store, repo: Path, title: str, name: str):
+    """Another host's work before it is ready: the task claimed by it (at once, so that no dispatcher
+    running meanwhile claims it first) and its branch pushed."""
     task = store.create(title)
-    branch = f"work/{task.id}"
-    tip = branch_with(repo, branch, name)
     assert store.claim(task.id, "host-a")
+    branch = f"work/{task.id}"
+    return task, branch, branch_with(repo, branch, name)
+
+
+def marked_ready_by_host_a(store, task, branch: str, tip: str) -> None:
     assert store.update_claimed(task.id, "host-a", metadata={branch_push.BRANCH_KEY: branch,
                                                              branch_push.TIP_KEY: tip},
                                 add_labels=[branch_push.READY_LABEL]) is not None
+
+
+def pushed_by_host_a(store, repo: Path, title: str, name: str):
+    """Another host's finished work, as it leaves it: its branch pushed, the task claimed by it and
+    marked ready in the task store."""
+    task, branch, tip = claimed_by_host_a(store, repo, title, name)
+    marked_ready_by_host_a(store, task, branch, tip)
     return task, branch, tip
 
 
@@ -452,11 +462,13 @@ def test_another_hosts_entry_that_conflicts_here_is_left_to_its_owner_once_at_it
     cfg, config, repo = hosts("b")
     store = tasks.open_task_store(config)
     clash, _, _ = clashing_entry_of_host_a(store, remote, tmp_path, "host-a-clone")
+    later, later_branch, later_tip = claimed_by_host_a(store, clone(remote, tmp_path / "host-a-later"),
+                                                       "Later", "later.txt")
     proc = start_dispatcher(cfg, "--watch")
     wait_until(lambda: [e for e in events(repo, "merge_queued") if e["task_id"] == clash.id], proc,
                "host A's entry queued here")
     # A later entry of host A's merges here: the ready entries were listed again meanwhile.
-    later, _, _ = pushed_by_host_a(store, clone(remote, tmp_path / "host-a-later"), "Later", "later.txt")
+    marked_ready_by_host_a(store, later, later_branch, later_tip)
     wait_until(lambda: later.id in remote_merges(remote), proc, "host A's later entry merged", timeout=120)
     proc.terminate()
     proc.communicate(timeout=60)
