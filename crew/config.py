@@ -30,6 +30,7 @@ class Config:
     remote: str | None = None  # a git remote's name: several dispatchers share main through it
     task_backend: str = "auto"
     bd_command: str = "bd"
+    bd_timeout_secs: float = 120
     task_queue_file: str = "task_queue.json"
     task_prefix: str | None = None
     suggested_tasks_file: str = "suggested_tasks.txt"
@@ -150,7 +151,7 @@ POSITIVE_KEYS = {"max_workers", "poll_interval_secs", "llm_timeout_secs", "llm_n
                  "prompt_max_files",
                  "breaker_failures", "max_attempts", "merge_gate_timeout_secs", "merge_gate_parallelism",
                  "worktree_setup_timeout_secs", "git_hook_timeout_secs", "main_recheck_secs", "notify_timeout_secs",
-                 "lease_heartbeat_secs"}
+                 "lease_heartbeat_secs", "bd_timeout_secs"}
 # Upper bounds: bd 1.3.0's lease on a claim lasts 5 minutes, and no setting changes it; a claim is
 # renewed at least three times a lease, so one renewal lost to a slow store does not lose it.
 AT_MOST = {"lease_heartbeat_secs": (100, "a third of bd's 5-minute lease on a claim")}

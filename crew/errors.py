@@ -27,7 +27,7 @@ class CommandError(UserError):
             lines = (stderr.strip() or stdout.strip()).splitlines()
             message = lines[-1] if lines else "no output"
         super().__init__(f"`{' '.join(self.argv[:4])}{' ...' if len(self.argv) > 4 else ''}` "
-                         f"failed (exit {returncode}): {message}")
+                         f"failed{'' if returncode is None else f' (exit {returncode})'}: {message}")
 
 
 class GitError(CommandError):

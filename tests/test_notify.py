@@ -134,7 +134,7 @@ def test_a_hanging_notifier_is_ended_as_a_tree_after_its_timeout_while_the_run_g
     order = [(e["event"], e["task_id"]) for e in events(repo) if e["event"] in ("blocked", "merged", EventName.NOTIFY_FAILED)]
     # The notifier hung from the block until after the merge: the loop went on without it.
     assert order == [("blocked", stuck.id), ("merged", fine.id), (EventName.NOTIFY_FAILED, stuck.id)]
-    assert events(repo, EventName.NOTIFY_FAILED)[0]["reason"].endswith("failed (exit None): timed out after 15 s")
+    assert events(repo, EventName.NOTIFY_FAILED)[0]["reason"].endswith("failed: timed out after 15 s")
     assert len(events(repo, EventName.NOTIFY_FAILED)) == 1  # the run's end was told
     assert not psutil.pid_exists(int(grandchild.read_text(encoding="utf-8"))) or \
         psutil.Process(int(grandchild.read_text(encoding="utf-8"))).status() == psutil.STATUS_ZOMBIE

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from crew import config as configuration
@@ -553,3 +554,42 @@ def test_bds_error_line_is_named_not_the_advice_after_it():
     assert bd_store._bd_error_message(processes.Completed(["bd"], 1, "", down)) == down.splitlines()[0]
     assert bd_store._bd_error_message(processes.Completed(["bd"], 1, "", "warning: x\nno issue found\n")) == \
         "no issue found"
+
+
+def hanging_bd(folder: Path, hangs_on: str | None = None) -> tuple[Path, Path]:
+    """A bd that takes a call and never answers (as a Dolt server that accepted the connection
+    and hangs): every call, or only the subcommand `hangs_on`, the stand-in answering the others.
+    The script, and the file where each hanging call writes its process id."""
+    pids = folder / "hanging.pids"
+    script = folder / "bd-hangs"
+    script.write_text(f"#!{sys.executable}\nimport os, subprocess, sys, time\n"
+                      f"if {hangs_on!r} is not None and sys.argv[1:2] != [{hangs_on!r}]:\n"
+                      f"    sys.exit(subprocess.call([{sys.executable!r}, {str(ROOT / 'scripts' / 'fake_bd.py')!r},"
+                      " *sys.argv[1:]]))\n"
+                      f"open({str(pids)!r}, 'a').write(f'{{os.getpid()}}\\n')\ntime.sleep(600)\n", encoding="utf-8")
+    script.chmod(0o755)
+    return script, pids
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the hanging bd is a POSIX script")
+def test_a_bd_call_that_never_answers_is_ended_at_its_bound_and_fails_naming_it(tmp_path):
+    script, pids = hanging_bd(tmp_path)
+    store = bd_store.BdTaskStore(str(script), tmp_path, "me", timeout=1)
+    with pytest.raises(errors.BdError, match="timed out after 1 s"):
+        store.list(None)
+    [pid] = pids.read_text().split()
+    assert not psutil.pid_exists(int(pid)) or psutil.Process(int(pid)).status() == psutil.STATUS_ZOMBIE, \
+        "the hung bd was left running"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the hanging bd is a POSIX script")
+@pytest.mark.parametrize("backend", ["fake-bd"], indirect=True)
+def test_a_run_whose_bd_never_answers_ends_saying_so_in_one_line(agent_setup, tmp_path):
+    script, pids = hanging_bd(tmp_path, hangs_on="ready")
+    cfg, _, store = agent_setup(bd_command=str(script), bd_timeout_secs=1)
+    add_task(store, "Waits", "append waits.txt done")
+    run = dispatch(cfg, timeout=120)
+    assert run.returncode == 1 and "ready --limit 0 ...` failed: timed out after 1 s" in run.stderr, run.stderr
+    assert len([line for line in run.stderr.splitlines() if "timed out" in line]) == 1, run.stderr
+    for pid in pids.read_text().split():
+        assert not psutil.pid_exists(int(pid)) or psutil.Process(int(pid)).status() == psutil.STATUS_ZOMBIE

@@ -21,7 +21,7 @@ def open_task_store(config: configuration.Settings) -> model.TaskStore:
         raise errors.UsageError(f"{config.source}: 'remote' needs the bd task store, which several machines share, "
                                 f"and task_backend \"auto\" found no bd with a .beads/ folder in {config.root}")
     if backend == "bd":
-        return bd_store.BdTaskStore(config.bd_command, config.root, config.actor)
+        return bd_store.BdTaskStore(config.bd_command, config.root, config.actor, config.bd_timeout_secs)
     # A new id never names a task the dispatcher's records or branches still name.
     return json_store.JsonTaskStore(config.path("task_queue_file"), config.task_prefix, config.actor,
                                     functools.partial(workspace.ids_outside_the_store, config.root))

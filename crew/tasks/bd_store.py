@@ -33,12 +33,15 @@ class BdTaskStore:
 
     name = "bd"
 
-    def __init__(self, command: str, root: Path, actor: str):
+    def __init__(self, command: str, root: Path, actor: str, timeout: float = 120):
         resolved = shutil.which(command)
         if not resolved:
             raise errors.UserError(f"task_backend is \"bd\" but the bd command {command!r} was not found on PATH; "
                                    "install beads (see README) or set task_backend to \"json\"")
         self.executable, self.root, self.actor = resolved, root, actor
+        # A bd that never answers (a Dolt server that takes the connection and then hangs) is ended:
+        # every wait has a bound. Its write may have happened, so the call fails, never repeated.
+        self.timeout = timeout
         self._merge_slot: str | None = None  # the slot bead's id, once made or found
         # npm installs bd as a .cmd wrapper on Windows: its arguments pass through cmd.exe.
         self.through_cmd = processes.IS_WINDOWS and resolved.lower().endswith((".cmd", ".bat"))
@@ -53,7 +56,8 @@ class BdTaskStore:
         env = {k: v for k, v in os.environ.items() if k != "BD_JSON_ENVELOPE"}
         delay = 0.5
         for attempt in range(_BD_RETRIES + 1):
-            result = processes.run(*argv, cwd=self.root, check=False, env=env, error=errors.BdError)
+            result = processes.run(*argv, cwd=self.root, check=False, env=env, error=errors.BdError,
+                                   timeout=self.timeout)
             if result.returncode == 0:
                 return _unwrap_bd_json(result.stdout, argv)
             message = _bd_error_message(result)
