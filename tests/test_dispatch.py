@@ -483,8 +483,10 @@ def test_status_while_running_and_after(json_agent_setup, repo):
 def test_branch_names_are_valid_refs():
     assert names.branch_name("work/{task_id}", "proj-1") == "work/proj-1"
     assert names.branch_name("work/{task_id}", "a b..c~^:?*[\\x.lock") == "work/a-b-c-x-lock"
-    for name in ("work/proj-1", names.branch_name("w/{task_id}", "..@{x}//y.lock")):
-        assert subprocess.run(["git", "check-ref-format", "--branch", name], capture_output=True).returncode == 0
+    assert names.branch_name("work/{task_id}", "x.lock/.hidden/y") == "work/x-lock/-hidden/y"
+    for task_id in ("proj-1", "..@{x}//y.lock", "a/.b", "a.lock/b", "-upload-pack=x", "/.", "a\nb", "main/../x"):
+        name = names.branch_name("w/{task_id}", task_id)
+        assert subprocess.run(["git", "check-ref-format", "--branch", name], capture_output=True).returncode == 0, name
 
 
 def test_demo_runs_end_to_end(capsys, monkeypatch, tmp_path):

@@ -49,14 +49,6 @@ def test_an_entry_is_merged_only_at_the_tip_marked_ready_and_never_when_main_has
     assert remote_main.entry_fate(fetched, expected, in_main, own) is fate
 
 
-@pytest.mark.parametrize("name, safe", [
-    ("crew/proj-1-a1", True), ("feature.x", True), ("-upload-pack=x", False), ("a..b", False),
-    ("a//b", False), ("x.lock", False), ("a/.hidden", False), ("", False), ("a b", False), ("a\nb", False),
-])
-def test_a_branch_name_read_from_the_store_names_a_ref_only_when_plain(name, safe):
-    assert remote_main.safe_branch(name) is safe
-
-
 def ready(task_id: str, assignee: str, branch: str = "", tip: str = "t", status: str = "in_progress") -> Task:
     return Task(task_id, task_id, status=status, assignee=assignee, labels=[branch_push.READY_LABEL],
                 metadata={branch_push.BRANCH_KEY: branch or f"work/{task_id}", branch_push.TIP_KEY: tip})
@@ -87,6 +79,8 @@ def test_another_hosts_entry_naming_a_branch_not_its_tasks_own_never_joins(branc
     ("work/{task_id}", "p-1", "main", False),
     ("{task_id}", "main", "main", False),  # main is never a task's branch, whatever the template makes
     ("crew/{task_id}-x", "a b", "crew/a-b-x", True),  # the name made safe, as branch_for makes it
+    ("work/{task_id}", "a/.b", "work/a/.b", False),  # not a ref name: the template makes work/a/-b
+    ("work/{task_id}", "x..y", "work/x..y", False),
 ])
 def test_a_branch_named_in_the_store_is_the_tasks_own_only_when_its_template_makes_exactly_it(template, task_id,
                                                                                              name, own):

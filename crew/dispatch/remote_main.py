@@ -6,7 +6,6 @@ merge queue's main-moving thread."""
 from __future__ import annotations
 
 import enum
-import re
 from pathlib import Path
 
 from crew import config as configuration
@@ -19,8 +18,6 @@ from crew.dispatch.merge_results import MainMove
 # remote-tracking refs are never written; these are made by the fetch and deleted by the queue.
 FETCHED = "refs/crew/remote/heads/"
 FETCH_EVERY_SECS = 1.0  # while entries wait, the remote is fetched at most this often (and after a rejected push)
-# A branch name read from the task store (another host's metadata) that may name a ref here.
-BRANCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")
 
 
 class EntryFate(enum.Enum):
@@ -40,13 +37,6 @@ def main_ref(config: configuration.Settings) -> str:
 
 def fetched_ref(branch: str) -> str:
     return FETCHED + branch
-
-
-def safe_branch(name: str) -> bool:
-    """Whether a branch name from the task store may be fetched into a ref of ours: a plain name,
-    no option, no `..`, no ref-format trick."""
-    return (BRANCH_NAME.fullmatch(name) is not None and ".." not in name and "//" not in name
-            and not name.endswith((".lock", "/", ".")) and "/." not in name)
 
 
 def entry_fate(fetched_tip: str | None, expected_tip: str, in_main: bool, own: bool) -> EntryFate:

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable, Mapping
 from crew import config as configuration
 from crew import names as safe_names
 from crew.dispatch import records
-from crew.dispatch import remote_main
 from crew.dispatch import store_thread
 from crew.dispatch import worktrees
 from crew.dispatch.branch_push import BRANCH_KEY
@@ -55,8 +54,7 @@ def entries_to_add(tasks: Iterable[task_model.Task], known: set[str], config: co
         if left and task.id in left and left[task.id] == task.metadata.get(TIP_KEY, ""):
             continue  # this host cannot merge it at that tip: its owner settles it
         if (len(found) >= room or task.id in known or task.status != "in_progress" or not task.assignee
-                or task.assignee == config.actor or not remote_main.safe_branch(branch)
-                or not worktrees.is_tasks_branch(config, task.id, branch)):
+                or task.assignee == config.actor or not worktrees.is_tasks_branch(config, task.id, branch)):
             continue
         found.append(Shared(task, task.assignee, branch))
     return found[:room]
