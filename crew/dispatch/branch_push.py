@@ -40,7 +40,10 @@ BRANCH_KEY, TIP_KEY, ATTEMPTS_KEY = "crew_branch", "crew_tip", "crew_attempts"
 RETRY_FIRST_SECS = 5.0  # the pause after a push or a store call that did not get through, doubled each time
 RETRY_MOST_SECS = 300.0
 COMMIT_ID = re.compile(r"[0-9a-f]{40}")
-FETCHED_REFS = "refs/crew/fetched/"  # where a branch of the remote is fetched to be looked at; the toolkit's own
+# Where a branch of the remote is fetched to be continued, and deleted once looked at: the toolkit's
+# own, and apart from the merge queue's view of the remote (remote_main.FETCHED), which that look
+# must never move or delete under a merge being computed on it.
+FETCHED_REFS = "refs/crew/fetched/"
 KEPT = "kept/"  # where a lost claim's branch is pushed, under the actor whose attempt it was
 
 
