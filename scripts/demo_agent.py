@@ -17,6 +17,8 @@ Cues are lines of the message, each `AGENT: <action> [arguments]`:
   AGENT: argv PATH               write this process's arguments, as JSON, to PATH and commit
   AGENT: resolve-conflicts       remove conflict markers, keeping both sides, and commit
   AGENT: sleep SECONDS           wait (a slow agent)
+  AGENT: wait-for PATH           wait until PATH exists (a test lets the agent finish once it has seen
+                                 what it waits for), at most WAIT_FOR_SECS
   AGENT: hang                    never finish (until the dispatcher ends it)
   AGENT: grandchild              run `sh -c 'sleep 60 & wait'` (a grandchild that holds on)
   AGENT: daemon PATH             leave a helper running that left the process group (setsid) and
@@ -35,6 +37,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+
+WAIT_FOR_SECS = 600  # a bound, should the test that was to make the file have failed first
+
+
+def wait_for(path: Path) -> None:
+    deadline = time.monotonic() + WAIT_FOR_SECS
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def git(*args: str) -> subprocess.CompletedProcess:
@@ -119,6 +130,8 @@ def main(argv: list[str]) -> int:
             resolve_conflicts()
         elif action == "sleep":
             time.sleep(float(rest))
+        elif action == "wait-for":
+            wait_for(Path(rest))
         elif action == "hang":
             while True:
                 time.sleep(1)

@@ -39,16 +39,36 @@ def on_deck(repo: Path, task_id: str) -> bool:
 
 def two_tasks(json_agent_setup, first_cue: str):
     """One slot; a first task whose agent runs `first_cue`, and a second, ready behind it."""
-    cfg, _, store = json_agent_setup(max_workers=1)
+    cfg, _, store = json_agent_setup(max_workers=1, worker_timeout_secs=600)
     first = add_task(store, "First", first_cue, "append first.txt one")
     second = add_task(store, "Second", "append second.txt two")
     return cfg, store, first, second
 
 
+def held_first(json_agent_setup, repo: Path):
+    """two_tasks whose first agent finishes only once the test lets it (`let_go`): what the test
+    does while the second waits on deck is then done before the slot frees, however slow the
+    machine. Returns (cfg, store, first, second, let_go)."""
+    go = repo.parent / "first-may-finish"
+    cfg, store, first, second = two_tasks(json_agent_setup, f"wait-for {go}")
+    return cfg, store, first, second, lambda: go.write_text("go", encoding="utf-8")
+
+
+def off_deck(repo: Path, task_id: str) -> bool:
+    """The dispatcher has taken the task off deck (its record gone)."""
+    return not any(w["task_id"] == task_id for w in state(repo)["workers"])
+
+
 def test_the_next_task_waits_on_deck_and_starts_at_a_workers_exit_before_that_worker_is_judged(json_agent_setup, repo):
-    cfg, _, first, second = two_tasks(json_agent_setup, "sleep 2")
-    result = dispatch(cfg)
-    assert result.returncode == 0, result.stderr
+    cfg, _, first, second, let_go = held_first(json_agent_setup, repo)
+    proc = start_dispatcher(cfg)
+    try:
+        wait_until(lambda: on_deck(repo, second.id), proc, "the second task on deck")
+        let_go()
+        out, err = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out + err
     order = [(e["event"], e["task_id"], e) for e in events(repo)]
     names = [(name, task_id) for name, task_id, _ in order]
     claimed_second = names.index(("claimed", second.id))
@@ -63,19 +83,20 @@ def test_the_next_task_waits_on_deck_and_starts_at_a_workers_exit_before_that_wo
 
 
 def test_status_shows_the_task_on_deck(json_agent_setup, repo):
-    cfg, _, first, second = two_tasks(json_agent_setup, "sleep 4")
+    cfg, _, first, second, let_go = held_first(json_agent_setup, repo)
     proc = start_dispatcher(cfg)
     try:
         wait_until(lambda: on_deck(repo, second.id), proc, "the second task on deck")
         shown = subprocess.run([sys.executable, str(DISPATCH), "--config", str(cfg), "--status", "--json"],
-                               check=False, capture_output=True, text=True, timeout=60)
+                               check=False, capture_output=True, text=True, timeout=120)
         listed = subprocess.run([sys.executable, str(DISPATCH), "--config", str(cfg), "--status"],
-                                check=False, capture_output=True, text=True, timeout=60)
+                                check=False, capture_output=True, text=True, timeout=120)
+        let_go()
         assert f"on deck: {second.id}" in listed.stdout
         assert shown.returncode == 0, shown.stderr
         workers = {w["task_id"]: w for w in json.loads(shown.stdout)["workers"]}
         assert workers[second.id]["on_deck"] is True and workers[first.id]["on_deck"] is False
-        assert proc.wait(timeout=120) == 0
+        assert proc.wait(timeout=240) == 0
     finally:
         proc.kill()
     assert merges_of(repo, second.id) == 1
@@ -104,12 +125,14 @@ def test_a_crash_with_a_task_on_deck_loses_nothing_and_runs_nothing_twice(json_a
 
 @posix_only
 def test_ctrl_c_takes_the_task_on_deck_off_and_releases_it(json_agent_setup, repo):
-    cfg, store, first, second = two_tasks(json_agent_setup, "sleep 3")
+    cfg, store, first, second, let_go = held_first(json_agent_setup, repo)
     proc = start_dispatcher(cfg)
     try:
         wait_until(lambda: on_deck(repo, second.id), proc, "the second task on deck")
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
+        wait_until(lambda: off_deck(repo, second.id), proc, "the second task taken off deck", timeout=180)
+        let_go()
+        out, err = proc.communicate(timeout=240)
     finally:
         proc.kill()
     assert "taken off deck" in out + err
@@ -123,13 +146,15 @@ def test_ctrl_c_takes_the_task_on_deck_off_and_releases_it(json_agent_setup, rep
 
 
 def test_a_task_blocked_while_on_deck_is_taken_off_and_left_blocked(json_agent_setup, repo):
-    cfg, store, first, second = two_tasks(json_agent_setup, "sleep 4")
+    cfg, store, first, second, let_go = held_first(json_agent_setup, repo)
     proc = start_dispatcher(cfg)
     try:
         wait_until(lambda: on_deck(repo, second.id), proc, "the second task on deck")
         subprocess.run([sys.executable, str(ROOT / "tasks.py"), "--config", str(cfg), "block", second.id,
                         "-r", "not now"], check=True, capture_output=True)
-        out, err = proc.communicate(timeout=120)
+        wait_until(lambda: off_deck(repo, second.id), proc, "the second task taken off deck", timeout=180)
+        let_go()
+        out, err = proc.communicate(timeout=240)
         assert proc.returncode == 0, err
     finally:
         proc.kill()
@@ -140,12 +165,15 @@ def test_a_task_blocked_while_on_deck_is_taken_off_and_left_blocked(json_agent_s
 
 
 def test_a_task_edited_while_on_deck_is_made_again_from_its_new_text(json_agent_setup, repo):
-    cfg, store, first, second = two_tasks(json_agent_setup, "sleep 4")
+    cfg, store, first, second, let_go = held_first(json_agent_setup, repo)
     proc = start_dispatcher(cfg)
     try:
         wait_until(lambda: on_deck(repo, second.id), proc, "the second task on deck")
         store.relabel(second.id, add=["file:second.txt"])  # its scope: what the agent is told
-        out, err = proc.communicate(timeout=120)
+        wait_until(lambda: len([e for e in events(repo, "claimed") if e["task_id"] == second.id]) == 2
+                   and on_deck(repo, second.id), proc, "the second task on deck again, as edited", timeout=180)
+        let_go()
+        out, err = proc.communicate(timeout=240)
         assert proc.returncode == 0, err
     finally:
         proc.kill()
