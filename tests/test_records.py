@@ -72,10 +72,10 @@ def test_a_version_1_pending_merge_may_lack_a_title_and_is_read_with_the_task_id
 
 
 @pytest.mark.parametrize("release", RELEASES)
-def test_what_loads_saves_as_version_6_and_loads_again_unchanged(release, tmp_path):
+def test_what_loads_saves_as_version_7_and_loads_again_unchanged(release, tmp_path):
     state = load(*read(release), tmp_path)
     saved_state, saved_pending = state.state_json(), state.pending_json()
-    assert saved_state["version"] == records.STATE_VERSION == 6
+    assert saved_state["version"] == records.STATE_VERSION == 7
     assert "version" not in saved_pending  # a bare map: a "version" key would read as a task id
     again = load(json.loads(json.dumps(saved_state)), json.loads(json.dumps(saved_pending)), tmp_path,
                  actor="someone-else")
@@ -83,23 +83,24 @@ def test_what_loads_saves_as_version_6_and_loads_again_unchanged(release, tmp_pa
     assert again.state_json() == saved_state and again.pending_json() == saved_pending
 
 
-def test_a_version_3_file_is_read_with_no_main_seen_and_saved_as_version_6_with_what_it_held(tmp_path):
+def test_a_version_3_file_is_read_with_no_main_seen_and_saved_as_version_7_with_what_it_held(tmp_path):
     """Version 3 remembered no main: the first run records the main it finds."""
     state_json, pending_json = read("v1-claims")
     version_3 = {**load(state_json, pending_json, tmp_path).state_json(), "version": 3}
-    del version_3["main_seen"], version_3["left_main"], version_3["pushed"]
+    del version_3["main_seen"], version_3["left_main"], version_3["pushed"], version_3["keeping"]
     state = load(version_3, pending_json, tmp_path)
     assert state.main_seen == "" and state.left_main == {}
     saved = state.state_json()
-    assert saved["version"] == 6 and saved["main_seen"] == "" and saved["left_main"] == {}
-    assert {key: value for key, value in saved.items() if key not in ("main_seen", "left_main", "pushed", "version")} == {
+    assert saved["version"] == 7 and saved["main_seen"] == "" and saved["left_main"] == {}
+    assert {key: value for key, value in saved.items()
+            if key not in ("main_seen", "left_main", "pushed", "keeping", "version")} == {
         key: value for key, value in version_3.items() if key != "version"}
     state.main_seen = "a" * 40
     state.left_main["work/proj-1"] = records.LeftMain(old_main="b" * 40, commits=["c" * 40])
     assert load(json.loads(json.dumps(state.state_json())), pending_json, tmp_path) == state
 
 
-def test_a_version_4_queue_entry_is_read_as_asking_no_review_and_saved_as_version_6(tmp_path):
+def test_a_version_4_queue_entry_is_read_as_asking_no_review_and_saved_as_version_7(tmp_path):
     """Version 4 had no review: its merge requests are in the queue, none awaiting a person."""
     state_json, pending_json = read("v1-claims")
     version_4 = {**load(state_json, pending_json, tmp_path).state_json(), "version": 4}
@@ -109,24 +110,39 @@ def test_a_version_4_queue_entry_is_read_as_asking_no_review_and_saved_as_versio
     [request] = state.merge_queue
     assert request.review == "" and request.review_tip == "" and request.attempt_log == ""
     saved = state.state_json()
-    assert saved["version"] == 6 and saved["merge_queue"][0]["review"] == ""
+    assert saved["version"] == 7 and saved["merge_queue"][0]["review"] == ""
     request.review, request.review_tip = "awaiting", "a" * 40
     assert load(json.loads(json.dumps(state.state_json())), pending_json, tmp_path) == state
 
 
-def test_a_version_5_file_is_read_as_having_pushed_nothing_and_saved_as_version_6(tmp_path):
+def test_a_version_5_file_is_read_as_having_pushed_nothing_and_saved_as_version_7(tmp_path):
     """Version 5 pushed no branch: each branch's first push expects none on the remote."""
     state_json, pending_json = read("v1-claims")
     version_5 = {**load(state_json, pending_json, tmp_path).state_json(), "version": 5}
-    del version_5["pushed"]
+    del version_5["pushed"], version_5["keeping"]
     state = load(version_5, pending_json, tmp_path)
     assert state.pushed == {}
     saved = state.state_json()
-    assert saved["version"] == 6 and saved["pushed"] == {}
+    assert saved["version"] == 7 and saved["pushed"] == {}
     state.pushed["work/proj-1"] = "a" * 40
     assert load(json.loads(json.dumps(state.state_json())), pending_json, tmp_path) == state
     with pytest.raises(errors.UserError, match='"pushed" holds a tip that is not a string'):
         load({**saved, "pushed": {"work/proj-1": 1}}, pending_json, tmp_path)
+
+
+def test_a_version_6_file_is_read_as_keeping_nothing_to_push_and_saved_as_version_7(tmp_path):
+    """Version 6 pushed a lost claim's branch from memory only: nothing is remembered to push."""
+    state_json, pending_json = read("v1-claims")
+    version_6 = {**load(state_json, pending_json, tmp_path).state_json(), "version": 6}
+    del version_6["keeping"]
+    state = load(version_6, pending_json, tmp_path)
+    assert state.keeping == {}
+    saved = state.state_json()
+    assert saved["version"] == 7 and saved["keeping"] == {}
+    state.keeping["work/proj-1"] = records.KeptBranch(task_id="proj-1", actor="host-a")
+    assert load(json.loads(json.dumps(state.state_json())), pending_json, tmp_path) == state
+    with pytest.raises(errors.UserError, match='kept branch work/proj-1 lacks "actor"'):
+        load({**saved, "keeping": {"work/proj-1": {"task_id": "proj-1"}}}, pending_json, tmp_path)
 
 
 def test_a_version_1_worker_s_timed_out_flag_is_read_as_ended_by_its_timeout(tmp_path):
@@ -149,9 +165,9 @@ def test_a_worker_from_before_per_attempt_logs_keeps_the_log_it_wrote(tmp_path):
 def test_records_carry_unknown_keys_away_and_absent_files_are_an_empty_state(tmp_path):
     state = load(None, None, tmp_path)
     assert state == records.DispatchState()
-    assert state.state_json() == {"version": 6, "dispatcher": None, "workers": [], "merge_queue": [], "attempts": {},
+    assert state.state_json() == {"version": 7, "dispatcher": None, "workers": [], "merge_queue": [], "attempts": {},
                                   "branches": {}, "actors": [], "gates": [], "main_check": None,
-                                  "main_seen": "", "left_main": {}, "pushed": {}}
+                                  "main_seen": "", "left_main": {}, "pushed": {}, "keeping": {}}
     request = MergeRequest.from_json({"task_id": "t-1", "title": "T", "branch": "b", "worktree": "w",
                                       "outcome": "close", "note": "", "retries": 0, "from_the_future": 1})
     assert "from_the_future" not in request.to_json() and request.queued_at == 0.0
@@ -173,8 +189,8 @@ def test_a_version_2_file_has_no_main_check_and_a_main_check_saves_and_loads_aga
 @pytest.mark.parametrize("state_json, pending_json, where, problem", [
     ([], None, STATE, "it is not a JSON object"),
     ({**WHOLE, "version": "2"}, None, STATE, '"version" must be a whole number'),
-    ({**WHOLE, "version": 7}, None, STATE,
-     "written by a newer release (state version 7); run that release or move the file"),
+    ({**WHOLE, "version": 8}, None, STATE,
+     "written by a newer release (state version 8); run that release or move the file"),
     ({"version": 2}, None, STATE, '"workers" is missing or not a list'),
     ({**WHOLE, "workers": [{}]}, None, STATE, 'worker record #1 lacks "slot", "task_id"'),
     ({**WHOLE, "merge_queue": [{"task_id": "proj-1"}]}, None, STATE, 'merge-queue entry #1 lacks "title"'),
@@ -229,12 +245,12 @@ def test_a_merge_queued_and_a_merge_pending_in_version_1_files_each_merge_once(j
     assert json.loads((repo / PENDING).read_text(encoding="utf-8")) == {}
 
 
-def test_a_version_6_file_with_every_kind_of_record_reads_and_writes_back_byte_for_byte(tmp_path):
-    """tests/data/state_v6 holds files this release writes, with every record kind and every
-    value a state takes (a branch pushed, a conflict worker, a release, a gate's pending merge, a review awaited
+def test_a_version_7_file_with_every_kind_of_record_reads_and_writes_back_byte_for_byte(tmp_path):
+    """tests/data/state_v7 holds files this release writes, with every record kind and every
+    value a state takes (a branch pushed, a lost claim's branch to push, a conflict worker, a release, a gate's pending merge, a review awaited
     and approved, a worker on deck): what reads them writes them back unchanged, so typing the
     states in memory leaves the files as they are."""
-    written = {name: (Path(__file__).parent / "data" / "state_v6" / name).read_bytes()
+    written = {name: (Path(__file__).parent / "data" / "state_v7" / name).read_bytes()
                for name in ("state.json", "pending.json")}
     for name, content in written.items():
         (tmp_path / name).write_bytes(content)
@@ -246,7 +262,7 @@ def test_a_version_6_file_with_every_kind_of_record_reads_and_writes_back_byte_f
 
 
 def every_state() -> tuple[dict, dict]:
-    return tuple(json.loads((Path(__file__).parent / "data" / "state_v6" / name).read_text(encoding="utf-8"))
+    return tuple(json.loads((Path(__file__).parent / "data" / "state_v7" / name).read_text(encoding="utf-8"))
                  for name in ("state.json", "pending.json"))
 
 

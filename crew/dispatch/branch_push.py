@@ -95,7 +95,7 @@ def attempts_of(task: task_model.Task) -> int:
 @dataclasses.dataclass
 class Push:
     """One branch to push, and what became of it so far (runtime: derived again after a restart
-    from the merge queue, or, for a lost claim's branch, from nothing: its branch stays local)."""
+    from the merge queue, or, for a lost claim's branch, from the state's `keeping`)."""
 
     task_id: str
     branch: str  # the local branch
@@ -200,12 +200,33 @@ class BranchPusher:
         self.serial.later("release", task.id, f"released: its pushed branch was not continued ({why})",
                           actor=self.config.actor)
 
+    def keep(self, task_id: str, branch: str, owner: str) -> None:
+        """A branch whose claim was lost: remembered in the state (a crash before its push does not
+        leave its commits only here), then pushed under its kept_branch name."""
+        if branch not in self.ledger.state.keeping:
+            with self.ledger.change():
+                self.ledger.state.keeping[branch] = records.KeptBranch(task_id=task_id, actor=owner)
+        self.want(task_id, branch, owner, 0, ready=False)
+
+    def keep_what_was_kept(self) -> None:
+        """After a restart: the lost claims' branches an earlier run (or its recovery) left to push."""
+        for branch, kept in list(self.ledger.state.keeping.items()):
+            self.want(kept.task_id, branch, kept.actor, 0, ready=False)
+
+    def kept(self, branch: str) -> None:
+        """A lost claim's branch is pushed, or will never be (refused, or gone here): forgotten."""
+        if branch in self.ledger.state.keeping:
+            with self.ledger.change():
+                del self.ledger.state.keeping[branch]
+
     def want(self, task_id: str, branch: str, owner: str, attempts: int, ready: bool) -> None:
         """Push `branch` as it is now, and mark it ready once pushed, if `ready`; if not (its claim
         was lost), under its kept_branch name."""
         tip = git.rev_parse(self.config.root, f"refs/heads/{branch}")
         pushed_as = branch if ready else kept_branch(owner, branch)
         current = self.pushes.get(pushed_as)
+        if tip is None and not ready:  # deleted here meanwhile (by a person): nothing is left to push
+            self.kept(branch)
         if tip is None or (current is not None and current.tip == tip) or (ready and self.marked.get(branch) == tip):
             return
         if current is not None and current.pushing is not None:
@@ -291,6 +312,7 @@ class BranchPusher:
             if push.ready:
                 self.hold(push, f"{push.branch} was not pushed to {self.remote}: {reason}")
             else:
+                self.kept(push.branch)
                 self.ledger.say(f"{push.task_id}: {push.branch} was not pushed to {self.remote} as {push.pushed_as} "
                                 f"(it is kept here): {reason}")
             return True
@@ -301,6 +323,7 @@ class BranchPusher:
                           remote=self.remote, ready=push.ready, **kept)
         if not push.ready:
             push.done = True
+            self.kept(push.branch)
             self.ledger.say(f"{push.task_id}: {push.branch} kept on {self.remote} as {push.pushed_as} (its claim was "
                             "taken back: the task's own name is left to the host that claims it next; never merged "
                             "by this host)")

@@ -124,7 +124,7 @@ class Finisher:
             self.ledger.summary["waiting"].append({"id": worker.task_id, "reason": reason})
             self.ledger.event(EventName.CLAIM_LOST, worker.task_id, branch=worker.branch, reason=reason)
             if self.pusher is not None and worker.kind == records.WorkerKind.TASK:  # its commits are not lost
-                self.pusher.want(worker.task_id, worker.branch, worker.actor, worker.attempt, ready=False)
+                self.pusher.keep(worker.task_id, worker.branch, worker.actor)
 
     def continue_judged(self, task: task_model.Task, branch: str, tip: str) -> None:
         """A task claimed with the judged branch another host pushed (that host's claim was taken

@@ -466,6 +466,8 @@ class Dispatcher:
     def work(self) -> dict[str, Any]:
         ledger = self.ledger
         self.recovery.reconcile()
+        if self.pusher is not None:
+            self.pusher.keep_what_was_kept()
         self.queue.epics.close_finished()
         while True:
             changed = self.pool.poll(self.finisher.finish)

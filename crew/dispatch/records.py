@@ -8,7 +8,8 @@ read as a task id, and README, tests and users read that file).
 Reading never writes. A file an earlier release wrote (version 1: every release before the
 crew/ package, whose files had no "version"; version 2: before main's check was recorded;
 version 3: before the dispatcher remembered the last main it saw; version 4: before a merge
-request could await a person's review; version 5: before branches were pushed to a remote) is
+request could await a person's review; version 5: before branches were pushed to a remote;
+version 6: before a lost claim's branch was remembered until it was pushed) is
 checked as that release checked it, then migrated in memory; the first save writes it as this
 release does. The version is raised for a field an earlier release must not drop: that release
 would land a branch that awaits review.
@@ -29,7 +30,7 @@ from crew import names
 from crew.dispatch import review as review_state
 
 
-STATE_VERSION = 6
+STATE_VERSION = 7
 TIMED_OUT = "timed out"
 TASK_BLOCKED = "stopped: its task was blocked"  # by the user, while the worker ran
 CLAIM_LOST = "stopped: its claim was taken back"  # its lease lapsed and another took the task (bd)
@@ -349,6 +350,16 @@ class BranchOwner(Record):
 
 
 @dataclasses.dataclass
+class KeptBranch(Record):
+    """Remote mode: a branch whose task's claim was lost (another host took the task back), to be
+    pushed under a name saying whose attempt it was, so that its commits are not only here;
+    remembered until that push is done or refused, so that a crash before it loses no push."""
+
+    task_id: str
+    actor: str  # whose attempt it was: the name it is pushed under says so
+
+
+@dataclasses.dataclass
 class DispatcherRecord(Record):
     """The running dispatcher, for --status and for the refusal of a second one."""
 
@@ -417,6 +428,7 @@ class DispatchState:
     # Remote mode: the tip this host last pushed of each branch, by branch: the next push of the
     # branch expects the remote to have exactly that (never a plain force).
     pushed: dict[str, str] = dataclasses.field(default_factory=dict)
+    keeping: dict[str, KeptBranch] = dataclasses.field(default_factory=dict)  # by local branch
 
     def state_json(self) -> dict[str, typing.Any]:
         """The content of .dispatch_state.json."""
@@ -429,7 +441,8 @@ class DispatchState:
                 "main_check": self.main_check.to_json() if self.main_check else None,
                 "main_seen": self.main_seen,
                 "left_main": {branch: left.to_json() for branch, left in self.left_main.items()},
-                "pushed": dict(self.pushed)}
+                "pushed": dict(self.pushed),
+                "keeping": {branch: kept.to_json() for branch, kept in self.keeping.items()}}
 
     def pending_json(self) -> dict[str, typing.Any]:
         """The content of .dispatch_pending_merge_retries.json."""
@@ -446,6 +459,7 @@ DISPATCHER_KEYS = required(DispatcherRecord)
 GATE_KEYS = required(GateRecord)
 MAIN_CHECK_KEYS = required(MainCheck)
 LEFT_MAIN_KEYS = required(LeftMain)
+KEPT_KEYS = required(KeptBranch)
 
 
 def missing_keys(records: Iterable[tuple[str, object]], keys: Sequence[str], what: str) -> str | None:
@@ -478,9 +492,11 @@ def state_problem(data: object) -> str | None:
         if not isinstance(data.get(key), kind):
             return f"{json.dumps(key)} is missing or not a {'list' if kind is list else 'JSON object'}"
     # Written by later releases of version 1 (branches, actors), since version 2 (gates), since version 3
-    # (main_check), since version 4 (left_main, main_seen) or since version 6 (pushed): absent is empty.
+    # (main_check), since version 4 (left_main, main_seen), since version 6 (pushed) or since version 7
+    # (keeping): absent is empty.
     # Version 5 added fields to merge requests only (their review), read with defaults.
-    for key, kind in (("branches", dict), ("actors", list), ("gates", list), ("left_main", dict), ("pushed", dict)):
+    for key, kind in (("branches", dict), ("actors", list), ("gates", list), ("left_main", dict), ("pushed", dict),
+                      ("keeping", dict)):
         if key in data and not isinstance(data[key], kind):
             return f"{json.dumps(key)} is not a {'list' if kind is list else 'JSON object'}"
     if data.get("main_check") is not None and (why := missing_keys([("record", data["main_check"])],
@@ -503,7 +519,8 @@ def state_problem(data: object) -> str | None:
                             "gate record")
             or wrong_values(((f"#{i + 1}", g) for i, g in enumerate(data.get("gates", []))), GateRecord,
                             "gate record")
-            or missing_keys(data.get("left_main", {}).items(), LEFT_MAIN_KEYS, "left-main record"))
+            or missing_keys(data.get("left_main", {}).items(), LEFT_MAIN_KEYS, "left-main record")
+            or missing_keys(data.get("keeping", {}).items(), KEPT_KEYS, "kept branch"))
 
 
 def pending_problem(data: object) -> str | None:
@@ -539,7 +556,9 @@ def load_state(state_json: object, pending_json: object, *, state_path: Path, pe
         main_seen=data.get("main_seen", ""),
         left_main={branch: LeftMain.from_json(left) for branch, left in data.get("left_main", {}).items()},
         # Before version 6 nothing was pushed: every branch's first push expects none on the remote.
-        pushed=dict(data.get("pushed", {})))
+        pushed=dict(data.get("pushed", {})),
+        # Before version 7 a lost claim's branch was pushed from memory only.
+        keeping={branch: KeptBranch.from_json(kept) for branch, kept in data.get("keeping", {}).items()})
     for record in data.get("workers", []):
         worker = migrated_worker(record, default_actor, logs)
         state.workers[worker.slot] = worker

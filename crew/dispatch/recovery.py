@@ -106,11 +106,20 @@ class Recovery:
         """Remote mode: while this host was away, other hosts may have taken back its claims and
         finished them (merged, closed, resolved their conflicts). A record whose task is no longer
         in progress under the claim it was made under is not this host's any more: dropped, with
-        nothing written to the store and nothing pushed for it; its local branch is kept (a dead
-        worker's uncommitted work committed to it first). A worker still running is left to its
-        lease's renewal, which finds the claim gone and ends it."""
+        nothing written to the store; its local branch is kept (a dead worker's uncommitted work
+        committed to it first) and, if it holds commits the remote was not given, pushed under a
+        name saying whose attempt it was, as a lost claim's branch is (the pusher's `keeping`). A
+        worker still running is left to its lease's renewal, which finds the claim gone and ends it."""
         ledger, state = self.ledger, self.ledger.state
         held = {task.id: task for task in self.store.list(["in_progress"])}
+
+        def keep(record: InFlight, given: str | None) -> None:
+            """Remember the record's branch to push, unless it is at the tip given to the remote
+            (`given`), or holds nothing its worker made (at its base)."""
+            tip = git.rev_parse(self.root, f"refs/heads/{record.branch}")
+            base = record.base if isinstance(record, records.Worker) else None
+            if tip is not None and tip not in (given, base):
+                state.keeping[record.branch] = records.KeptBranch(task_id=record.task_id, actor=record.actor)
 
         def ours(record: InFlight) -> bool:
             task = held.get(record.task_id)
@@ -121,15 +130,19 @@ class Recovery:
                 continue
             self.keep_leftovers(worker)
             with ledger.change():
+                if worker.kind == records.WorkerKind.TASK:  # a conflict task's branch is the one it settles
+                    keep(worker, None)
                 self.pool.forget(worker)
             outcomes.no_longer_ours(ledger, worker.task_id, f"worker record (branch {worker.branch} kept)")
         for request in [r for r in state.merge_queue if not shared_queue.is_elsewhere(r) and not ours(r)]:
             with ledger.change():
+                keep(request, state.pushed.get(request.branch))
                 state.merge_queue.remove(request)
                 state.pushed.pop(request.branch, None)  # the remote's branch is the new holder's now
             outcomes.no_longer_ours(ledger, request.task_id, f"merge-queue entry (branch {request.branch} kept)")
         for followup_id, pending in [(f, p) for f, p in state.pending.items() if not ours(p)]:
             with ledger.change():
+                keep(pending, state.pushed.get(pending.branch))
                 del state.pending[followup_id]
                 state.pushed.pop(pending.branch, None)
             outcomes.no_longer_ours(ledger, pending.task_id, f"pending merge after {followup_id} "
