@@ -351,8 +351,15 @@ def test_the_merge_slot_serializes_the_merges_of_every_host(hosts, tmp_path):
                              merge_slot=True)
     store = tasks.open_task_store(config_a)
     subprocess.run(["bd", "merge-slot", "create"], cwd=config_a.root, check=True, capture_output=True)
-    made = [add_task(store, f"T{i}", f"append t{i}.txt line {i}", files=[f"t{i}.txt"]) for i in range(4)]
+    # Each task's agent finishes once both hosts have started one: a host holds at most three (two
+    # workers and one on deck), so neither takes all four, however much later the other starts.
+    go = tmp_path / "both-hosts-working"
+    made = [add_task(store, f"T{i}", f"wait-for {go}", f"append t{i}.txt line {i}", files=[f"t{i}.txt"])
+            for i in range(4)]
     procs = [start_dispatcher(cfg_a), start_dispatcher(cfg_b)]
+    wait_until(lambda: events(repo_a, "worker_started") and events(repo_b, "worker_started"), None,
+               "a worker started on each host", timeout=180)
+    go.write_text("go", encoding="utf-8")
     for proc in procs:
         finished(proc)
     assert sorted(remote_merges(remote)) == sorted(task.id for task in made)
