@@ -258,10 +258,10 @@ def test_another_hosts_ready_branch_is_merged_here_under_its_owners_claim_and_lo
     task, branch, _ = pushed_by_host_a(store, host_a, "From A", "from-a.txt")
     local = commit_file(repo, "mine.txt", "mine\n", "my own commit, not pushed")
     proc = start_dispatcher(cfg, "--watch")
-    wait_until(lambda: remote_merges(remote) == [task.id], proc, "A's branch on the remote's main", timeout=120)
-    wait_until(lambda: events(repo, "local_main_kept"), proc, "the local main reported kept", timeout=60)
+    wait_until(lambda: remote_merges(remote) == [task.id], proc, "A's branch on the remote's main")
+    wait_until(lambda: events(repo, "local_main_kept"), proc, "the local main reported kept")
     proc.terminate()
-    proc.communicate(timeout=60)
+    proc.communicate(timeout=120)
     assert git(repo, "rev-parse", "main").strip() == local  # the user's commit is left alone
     assert "mine.txt" not in git(remote, "ls-tree", "--name-only", "main")
     assert len(events(repo, "local_main_kept")) == 1
@@ -280,9 +280,9 @@ def test_a_branch_another_host_already_merged_is_not_merged_twice(hosts, tmp_pat
     git(host_a, "merge", "-q", "--no-ff", "-m", f"Merge {branch}: From A ({task.id})", tip)
     git(host_a, "push", "-q", "origin", "main")
     proc = start_dispatcher(cfg, "--watch")
-    wait_until(lambda: events(repo, "merged_elsewhere"), proc, "the branch found merged elsewhere", timeout=120)
+    wait_until(lambda: events(repo, "merged_elsewhere"), proc, "the branch found merged elsewhere")
     proc.terminate()
-    proc.communicate(timeout=60)
+    proc.communicate(timeout=120)
     assert remote_merges(remote) == [task.id]
     assert not events(repo, "merged")
 
@@ -295,9 +295,9 @@ def test_a_task_reclaimed_by_someone_else_while_its_branch_is_gated_is_never_mer
     task, branch, tip = pushed_by_host_a(store, host_a, "From A", "from-a.txt")
     cfg, _, _ = hosts("b", merge_gate_command=[sys.executable, "-c", RECLAIMING_GATE, task.id, str(repo)])
     proc = start_dispatcher(cfg, "--watch")
-    wait_until(lambda: events(repo, "stale_branch"), proc, "the branch found stale", timeout=120)
+    wait_until(lambda: events(repo, "stale_branch"), proc, "the branch found stale")
     proc.terminate()
-    proc.communicate(timeout=60)
+    proc.communicate(timeout=120)
     assert remote_merges(remote) == []
     assert git(remote, "rev-parse", branch).strip() == tip  # the branch is kept on the remote
     assert store.get(task.id).assignee == "host-c"
@@ -402,7 +402,7 @@ def test_a_restarted_host_leaves_alone_the_claims_of_the_host_whose_branch_it_ha
         proc = start_dispatcher(cfg, "--watch")
         wait_until(lambda run=run: len(events(repo, "gate_started")) == run, proc, f"gate {run} on A's branch")
         proc.terminate()
-        proc.communicate(timeout=60)
+        proc.communicate(timeout=120)
     assert not events(repo, "earlier_actor")
     for task in (queued, running):
         held = store.get(task.id)
@@ -421,7 +421,7 @@ def test_another_hosts_claim_is_never_renewed_here_while_its_branch_waits_in_thi
     wait_until(lambda: events(repo, "gate_started"), proc, "the gate on A's branch")
     time.sleep(1.5)  # renewals are due every 0.2 s: a renewal of A's claim would have come by now
     proc.terminate()
-    proc.communicate(timeout=60)
+    proc.communicate(timeout=120)
     assert store.get(task.id).heartbeat_at == renewed_by_a
 
 
@@ -470,9 +470,9 @@ def test_another_hosts_entry_that_conflicts_here_is_left_to_its_owner_once_at_it
                "host A's entry queued here")
     # A later entry of host A's merges here: the ready entries were listed again meanwhile.
     marked_ready_by_host_a(store, later, later_branch, later_tip)
-    wait_until(lambda: later.id in remote_merges(remote), proc, "host A's later entry merged", timeout=120)
+    wait_until(lambda: later.id in remote_merges(remote), proc, "host A's later entry merged")
     proc.terminate()
-    proc.communicate(timeout=60)
+    proc.communicate(timeout=120)
     assert len([e for e in events(repo, "merge_queued") if e["task_id"] == clash.id]) == 1
     assert store.get(clash.id).status == "in_progress"  # its owner's to settle
 
@@ -500,7 +500,7 @@ def test_a_remote_that_refuses_main_to_move_holds_the_merge_said_in_its_words_an
     store = tasks.open_task_store(config)
     task = add_task(store, "Work", "append work.txt done", files=["work.txt"])
     run = subprocess.run([sys.executable, str(DISPATCH), "--config", str(cfg), "--json"], capture_output=True,
-                         text=True, timeout=120, check=False)  # before: it merged and gated again, without end
+                         text=True, timeout=240, check=False)  # before: it merged and gated again, without end
     assert run.returncode == 1, run.stderr  # the run ends: its branch waits, held
     assert gated.read_text() == "x"
     [refused] = [e for e in events(repo, "push_refused") if e["task_id"] == task.id]

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from support import repos
-from support.dispatching import (AGENT_COMMAND, DISPATCH, add_task, bd, claim_taken_while_stalled, dispatch, events,
-                                 main_file, start_dispatcher)
+from support.dispatching import (AGENT_COMMAND, DISPATCH, WAIT_SECS, add_task, bd, claim_taken_while_stalled, dispatch,
+                                 events, main_file, start_dispatcher)
 from support.tools import BACKENDS, install_fake_bd
 from crew import config as configuration
 from crew import git
@@ -411,7 +411,7 @@ def test_a_push_the_remote_is_not_reached_for_is_tried_again_the_branch_kept(age
             break
     assert "the branch is kept here" in said[-1], "".join(said)
     repos.git(tmp_path, "clone", "-q", "--bare", str(remote), str(later))  # the remote is back
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=240)
     assert proc.returncode == 1, out + err
     branch = f"work/{task.id}"
     assert [e["branch"] for e in events(repo, "branch_pushed")] == [branch]
@@ -422,7 +422,7 @@ def test_a_push_the_remote_is_not_reached_for_is_tried_again_the_branch_kept(age
 
 def settle(pusher: branch_push.BranchPusher, ledger, wakeup) -> None:
     """The pusher stepped, as the loop steps it, until nothing it does is under way or due."""
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + WAIT_SECS
     while True:
         pusher.judged(ledger.state.merge_queue, ledger.state.attempts)
         pusher.step(time.time())

@@ -18,6 +18,9 @@ from support.repos import ROOT, git
 
 DISPATCH = ROOT / "dispatch_workers.py"  # the command, as users run it
 AGENT_COMMAND = demo_kit.SCRIPTED_AGENT  # the scripted agent, as a worker_command
+# How long a wait for something the dispatcher does may take: a bound for a test that went wrong,
+# never a measure; a loaded 2-core machine (CI) takes many times what an idle one does.
+WAIT_SECS = 180
 
 
 def dispatch(cfg: Path, *args: str, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -32,7 +35,7 @@ def start_dispatcher(cfg: Path, *args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_until(condition, proc: subprocess.Popen | None, what: str, timeout: float = 60) -> None:
+def wait_until(condition, proc: subprocess.Popen | None, what: str, timeout: float = WAIT_SECS) -> None:
     """Poll until condition() holds; fail naming `what` if it never does, or if `proc` (the
     dispatcher) exits first, which is then killed if need be and its output shown."""
     deadline = time.monotonic() + timeout
@@ -48,7 +51,7 @@ def wait_until(condition, proc: subprocess.Popen | None, what: str, timeout: flo
         time.sleep(0.05)
 
 
-def wait_for(condition, what: str, limit: float = 60):
+def wait_for(condition, what: str, limit: float = WAIT_SECS):
     """Poll until condition() gives something true, and return it; fail naming `what` if it never does."""
     deadline = time.monotonic() + limit
     while not (found := condition()):
@@ -163,4 +166,4 @@ def claim_taken_while_stalled(config, repo: Path, task_id: str, proc: subprocess
         bd(config, "update", task_id, "--claim", "--actor", "host-b")
     finally:
         os.kill(proc.pid, signal.SIGCONT)
-    return proc.communicate(timeout=120)
+    return proc.communicate(timeout=240)
