@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -417,9 +416,17 @@ def test_another_hosts_claim_is_never_renewed_here_while_its_branch_waits_in_thi
     store = tasks.open_task_store(config)
     task, _, _ = pushed_by_host_a(store, clone(remote, tmp_path / "host-a-clone"), "From A", "from-a.txt")
     renewed_by_a = store.get(task.id).heartbeat_at
+    own = add_task(store, "B's own", f"wait-for {tmp_path / 'never'}")  # a claim of B's, which B renews
     proc = start_dispatcher(cfg, "--watch")
     wait_until(lambda: events(repo, "gate_started"), proc, "the gate on A's branch")
-    time.sleep(1.5)  # renewals are due every 0.2 s: a renewal of A's claim would have come by now
+    # B's renewals of its own claim seen since: A's would have come with them. bd shows times to the
+    # second, so more than three kinds span seconds past A's own renewal.
+    renewals = set()
+
+    def renewed_three_times() -> bool:
+        renewals.add(store.get(own.id).heartbeat_at)
+        return len(renewals - {None}) > 3
+    wait_until(renewed_three_times, proc, "B renewing its own claim while A's branch is gated")
     proc.terminate()
     proc.communicate(timeout=120)
     assert store.get(task.id).heartbeat_at == renewed_by_a
