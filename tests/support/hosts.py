@@ -63,6 +63,35 @@ def _listening(port: int) -> bool:
     return False
 
 
+PORT_TRIES = 5
+SERVER_READY = "Server ready. Accepting connections."  # said once it listens; a port in use ends it at once
+
+
+def _serve(dolt: str, data: Path, env: dict[str, str], log: Path) -> tuple[subprocess.Popen, int]:
+    """`dolt sql-server` on a free port, once it says it accepts connections. Another process (the
+    server of a test run beside this one) may take the port free_port found before the server binds
+    it: a server that found its port in use is started again on another. Up, it is known to be this
+    server that listens there, not the other process."""
+    for _ in range(PORT_TRIES):
+        port = free_port()
+        with open(log, "wb") as out:
+            proc = subprocess.Popen([dolt, "sql-server", "--host", "127.0.0.1", "--port", str(port)], cwd=data,
+                                    env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    **processes.NEW_GROUP)
+        deadline = time.monotonic() + SERVER_START_SECS
+        while proc.poll() is None and time.monotonic() < deadline:
+            if SERVER_READY in log.read_text(encoding="utf-8", errors="replace") and _listening(port):
+                return proc, port
+            time.sleep(0.1)
+        said = log.read_text(encoding="utf-8", errors="replace")
+        if proc.poll() is not None and f"Port {port} already in use" in said:
+            continue
+        processes.kill_tree(proc.pid, SERVER_STOP_GRACE_SECS, proc)
+        why = f"exited {proc.returncode}" if proc.returncode is not None else f"not up in {SERVER_START_SECS} s"
+        raise RuntimeError(f"dolt sql-server {why}:\n{said}")
+    raise RuntimeError(f"dolt sql-server found the port it was given in use {PORT_TRIES} times")
+
+
 @contextlib.contextmanager
 def dolt_server(folder: Path, dolt: str = REAL_DOLT) -> Iterator[DoltServer]:
     """One `dolt sql-server` on 127.0.0.1 and a free port, its data in folder/data, its identity in
@@ -73,18 +102,9 @@ def dolt_server(folder: Path, dolt: str = REAL_DOLT) -> Iterator[DoltServer]:
     env = {**os.environ, "HOME": str(home), "USERPROFILE": str(home)}
     for key, value in (("user.name", "dispatch tests"), ("user.email", "tests@example.com")):
         subprocess.run([dolt, "config", "--global", "--add", key, value], env=env, check=True, capture_output=True)
-    port = free_port()
     log = folder / "dolt-server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([dolt, "sql-server", "--host", "127.0.0.1", "--port", str(port)], cwd=data, env=env,
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, **processes.NEW_GROUP)
+    proc, port = _serve(dolt, data, env, log)
     try:
-        deadline = time.monotonic() + SERVER_START_SECS
-        while not _listening(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                why = f"exited {proc.returncode}" if proc.returncode is not None else f"not up in {SERVER_START_SECS} s"
-                raise RuntimeError(f"dolt sql-server {why}:\n{log.read_text(encoding='utf-8', errors='replace')}")
-            time.sleep(0.1)
         yield DoltServer(port, data, log)
     finally:
         processes.kill_tree(proc.pid, SERVER_STOP_GRACE_SECS, proc)
