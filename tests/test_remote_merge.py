@@ -184,6 +184,20 @@ subprocess.run(["bd", "unclaim", task_id, "--force", "--actor", "host-c"], cwd=r
 subprocess.run(["bd", "update", task_id, "--claim", "--actor", "host-c"], cwd=repo, check=True, capture_output=True)
 time.sleep(0.3)
 """
+# A gate that first waits until `count` branches have joined the merge queue (or 240 s), then runs
+# the gate given after it: the first gate still runs when the others join, however far apart the
+# workers of a slow machine finish, so theirs are gated stacked on it.
+GATE_ONCE_QUEUED = r"""
+import json, pathlib, subprocess, sys, time
+events, count, gate = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+def queued():
+    lines = events.read_text(encoding="utf-8").splitlines() if events.exists() else []
+    return sum(1 for line in lines if line and json.loads(line)["event"] == "merge_queued")
+deadline = time.monotonic() + 240
+while queued() < count and time.monotonic() < deadline:
+    time.sleep(0.05)
+sys.exit(subprocess.run(gate, check=False).returncode)
+"""
 # A gate that records when each host's gate starts and ends, in one file all hosts share.
 SPAN_GATE = r"""
 import pathlib, sys, time
@@ -375,8 +389,10 @@ def test_speculative_gates_land_each_entry_on_the_remotes_main_as_gated(hosts, t
     record = tmp_path / "gates.jsonl"
     from test_parallel_gates import recording_gate
     from test_parallel_gates import seen_by_gates
-    cfg, config, repo = hosts("a", max_workers=3, merge_gate_command=recording_gate(record, wait=1.0),
-                              merge_gate_parallelism=2)
+    _, _, repo = hosts("a")
+    cfg, config, _ = hosts("a", max_workers=3, merge_gate_parallelism=2, merge_gate_command=[
+        sys.executable, "-c", GATE_ONCE_QUEUED, str(repo / ".dispatch_logs" / "events.jsonl"), "3",
+        *recording_gate(record, wait=1.0)])
     store = tasks.open_task_store(config)
     made = [add_task(store, f"G{i}", f"sleep {0.2 * i:.1f}", f"append g{i}.txt line {i}", files=[f"g{i}.txt"])
             for i in range(3)]
