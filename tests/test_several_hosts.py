@@ -67,7 +67,10 @@ def test_a_killed_host_restarted_after_others_finished_its_claims_joins_and_dupl
     """Host A dies with a worker running and a branch in its merge queue; B takes both back once
     their leases lapse and lands them. A, restarted on its clone, finds its records settled by
     another: it reopens nothing, merges nothing again, holds nothing for a person, and exits 0."""
-    monkeypatch.setenv("FAKE_BD_LEASE_SECS", "3")
+    # A lease many renewals long: on a loaded machine a bd call can take a second, and a host whose
+    # renewals fall behind a short lease takes its own claims back while it lives (reclaim_after_secs
+    # 0), which is not what this test is about. B waits it out once A is killed.
+    monkeypatch.setenv("FAKE_BD_LEASE_SECS", "20")
     layout = fake_hosts(names=("a", "b"), poll_interval_secs=0.1, merge_slot=False, lease_heartbeat_secs=0.5,
                         reclaim_after_secs=0, reclaim_interval_secs=1)
     host_a, host_b = layout.hosts
@@ -92,7 +95,7 @@ def test_a_killed_host_restarted_after_others_finished_its_claims_joins_and_dupl
 
     other = start_host(host_b, "--watch")
     try:
-        wait_for(all_closed, "B finishing A's two tasks", limit=180)
+        wait_for(all_closed, "B finishing A's two tasks", limit=240)
     finally:
         stop_host(other)
     landed = remote_merges(layout)
