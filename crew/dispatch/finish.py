@@ -66,23 +66,26 @@ class Finisher:
         reverter_failed = proc is not None and revert.reverter_failed(
             cast("list[str]", proc.args), exit_code)  # the pool starts every worker from an argument list
         with self.ledger.change():
-            self.pool.forget(worker)
             counted = not worker.stopped_by_user  # toward max_attempts and the breaker
             if worker.ended in (records.TASK_BLOCKED, records.CLAIM_LOST):
+                self.pool.forget(worker)
                 self.leave_unmerged(worker)
             elif worker.kind == records.WorkerKind.CONFLICT and not worker.ended:
+                self.pool.forget(worker)
                 self.finish_conflict_worker(worker, commits, refused)
             elif worker.kind == records.WorkerKind.CONFLICT:  # its branch is the resolved task's: release it only
                 outcomes.attempt_failed(self.ledger, task_id, f"attempt {worker.attempt} {why}; log {worker.log} ends: "
                                                               f"{self.log_tail(worker)}{refused}",
-                                        worker.actor, counted=counted)
+                                        worker.actor, counted=counted, then=self.outcome_written(worker))
             elif reverter_failed and not worker.ended:
                 self.block_failed_revert(worker, exit_code)
             elif commits and not worker.ended and not refused:
+                self.pool.forget(worker)
                 self.ledger.event(EventName.COMMITS_FOUND, task_id, commits=commits, log=worker.log)
                 self.breaker.attempt_ended(made_commits=True)
                 self.queue.add(worker, records.Outcome.CLOSE, f"log {worker.log}")
             elif commits:
+                self.pool.forget(worker)
                 self.ledger.event(EventName.COMMITS_FOUND, task_id, commits=commits, log=worker.log)
                 # The merge queue adds the merge commit: the next attempt starts from main with this work in it.
                 self.queue.add(worker, records.Outcome.RELEASE,
@@ -95,7 +98,18 @@ class Finisher:
                 outcomes.attempt_failed(self.ledger, task_id, f"attempt {worker.attempt} {why} with no commits; "
                                                               f"{self.no_edit_hint(worker)}log {worker.log} ends: "
                                                               f"{self.log_tail(worker)}{refused}",
-                                        worker.actor, counted=counted)
+                                        worker.actor, counted=counted, then=self.outcome_written(worker))
+
+    def outcome_written(self, worker: records.Worker) -> Callable[[], None]:
+        """The worker's attempt is judged, its outcome handed to the store thread: it keeps its slot
+        and its record (which the pool leaves alone) until that is written; then the record goes,
+        in the change that counts the attempt. A restart before then judges the attempt again."""
+        self.pool.settling.add(worker.slot)
+
+        def written() -> None:
+            self.pool.settling.discard(worker.slot)
+            self.pool.forget(worker)
+        return written
 
     def block_failed_revert(self, worker: records.Worker, exit_code: int | None) -> None:
         """The reverter gave up or was killed: its branch is never merged (it may hold some of the
@@ -106,7 +120,7 @@ class Finisher:
         outcomes.block(
             self.ledger, worker.task_id, f"attempt {worker.attempt}: the reverter exited {exit_code}; its branch "
                                          f"{worker.branch} is not merged; log {worker.log} ends: "
-                                         f"{self.log_tail(worker)}", worker.actor)
+                                         f"{self.log_tail(worker)}", worker.actor, then=self.outcome_written(worker))
 
     def leave_unmerged(self, worker: records.Worker) -> None:
         """The user blocked the task while it ran, or its claim was taken back (its lease lapsed

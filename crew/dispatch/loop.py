@@ -472,7 +472,9 @@ class Dispatcher:
         while True:
             changed = self.pool.poll(self.finisher.finish)
             if why := self.stop_now_reason():
-                self.stop_now(why)
+                self.stop_now(why)  # the store writes not done are made again by the next run
+            written = ledger.writes_done()  # an outcome's or a merge's store writes, done: followed here
+            changed |= written
             changed |= self.claimed()  # lost to someone else: the ready list is read again too
             changed |= self.renew_leases()
             changed |= self.push_branches()
@@ -496,7 +498,7 @@ class Dispatcher:
             merged = False if now < self.merges_held_until() else self.queue.step()
             merged |= self.settle_pending(changed or merged or poll_due)
             changed |= self.read_reviews(poll_due)
-            if merged:
+            if merged or written:  # a merge's task closed: its epic may be finished
                 self.queue.epics.close_finished()
             changed |= merged
             self.changes += changed
@@ -507,7 +509,7 @@ class Dispatcher:
             # Done once nothing runs or waits, and the ready list and pending merges, read since the
             # last change, started nothing.
             idle = not ledger.state.workers and not gates.any_busy(self.gates) and not self.queue.due(time.time()) \
-                and self.claiming is None and self.reclaiming is None and not self.releasing \
+                and not ledger.writes and self.claiming is None and self.reclaiming is None and not self.releasing \
                 and not (self.pusher is not None and self.pusher.busy())
             current = self.ready_as_of == self.settled_as_of == self.reviewed_as_of == self.changes
             if idle and (self.stopping or (not changed and not self.watch and current)):
@@ -570,9 +572,10 @@ class Dispatcher:
         ended = []
         for worker in list(self.ledger.state.workers.values()):
             # Recorded but never started: the next run releases its task. Being ended already: its kill is waited
-            # for. Ended by itself, its leftover commit under way: the next run finishes it as it ended.
+            # for. Ended by itself, its leftover commit (or its outcome's store write) under way: the next run
+            # finishes it as it ended.
             if (worker.slot not in pool.starting and worker.slot not in pool.kills
-                    and worker.slot not in pool.committing):
+                    and worker.slot not in pool.committing and worker.slot not in pool.settling):
                 pool.end(worker, why)
                 ended.append(worker)
         under_way: list[concurrent.futures.Future[Any]] = [*pool.starting.values(), *pool.committing.values(),

@@ -8,6 +8,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import filelock
 
@@ -21,6 +22,7 @@ from crew.dispatch import branch_push
 from crew.dispatch import conflicts as conflict_tasks
 from crew.dispatch import epics
 from crew.dispatch import gate as gates
+from crew.dispatch import ledger as ledger_writes
 from crew.dispatch import main_checks
 from crew.dispatch import merge_results
 from crew.dispatch import outcomes
@@ -37,6 +39,7 @@ from crew.dispatch import stacks
 from crew.dispatch import wakeup as wakeups
 from crew.dispatch import worktrees
 from crew.dispatch.ledger import Ledger
+from crew.dispatch.ledger import StoreStep
 from crew.dispatch.merge_results import Decision
 from crew.dispatch.merge_results import MainMove
 from crew.dispatch.merge_results import Verdict
@@ -106,6 +109,7 @@ class MergeQueue:
         # Other hosts' entries this host left to their owner (it cannot merge them here), by task
         # id, with the tip they were left at: not added to the queue again until that tip changes.
         self.left_to_owner: dict[str, str] = {}
+        self.bookkeeping: set[str] = set()  # the branches merged whose store writes are under way
 
     @property
     def requests(self) -> list[records.MergeRequest]:
@@ -113,8 +117,10 @@ class MergeQueue:
 
     @property
     def active(self) -> list[records.MergeRequest]:
-        """The requests that are tried: all but those held for a person's decision or review."""
-        return [request for request in self.requests if not request.held and request.review != review.State.AWAITING]
+        """The requests that are tried: all but those held for a person's decision or review, and
+        those merged whose store writes are under way."""
+        return [request for request in self.requests if not request.held and request.review != review.State.AWAITING
+                and request.branch not in self.bookkeeping]
 
     def add(self, worker: records.Worker, outcome: records.Outcome, note: str, counted: bool = True) -> None:
         with self.ledger.change():
@@ -714,24 +720,43 @@ class MergeQueue:
                                           or git.rev_parse(self.root, f"refs/heads/{request.branch}"))
         ledger.event(EventName.MERGED, task_id, branch=request.branch, commit=commit, diffstat=diffstat)
         ledger.say(f"{task_id}: merged {request.branch} into {self.config.main_branch} ({short})")
+        # Its store writes go through the store thread, the request kept queued (and out of the
+        # merges tried) until they are done: a restart finds it merged and makes them again.
+        self.bookkeeping.add(request.branch)
+        steps: list[StoreStep] = []
         if merge_commit and revert.merged_label(commit) not in task.labels:  # what `tasks.py revert` undoes
-            self.store.relabel(task_id, add=[revert.merged_label(commit)])
+            steps.append(lambda store: store.relabel(task_id, add=[revert.merged_label(commit)]))
         fate = outcomes.merged_fate(request.outcome, task.status)
-        if fate in (outcomes.MergedFate.CLOSE, outcomes.MergedFate.SETTLE):
+        if fate == outcomes.MergedFate.RETRY:
+            ledger.store_later(steps, ledger_writes.raise_failed)
+            outcomes.attempt_failed(ledger, task_id, f"{request.note} (merge {short})", request.actor,
+                                    counted=request.counted, then=lambda: self.merge_settled(request))
+            return
+        closing = len(steps)  # the close's step: whether it closed the task
+        if fate == outcomes.MergedFate.CLOSE:
+            reason = f"merged into {self.config.main_branch} as {short}" + (f"; {request.note}" if request.note else "")
+            if self.config.remote is None:
+                steps.append(lambda store: store.close(task_id, reason, actor=request.actor) or True)
+            else:  # another host's claim too, guarded
+                steps.append(lambda store: store.close_claimed(task_id, request.actor, reason))
+        landed_for_good = fate in (outcomes.MergedFate.CLOSE, outcomes.MergedFate.SETTLE)
+        if landed_for_good and revert.reverted_task(task.labels):
+            steps.append(lambda store: revert.after_landing(store, ledger, task, commit))
+
+        def written(futures: list[concurrent.futures.Future[Any]]) -> None:
+            results = [future.result() for future in futures]  # an error is raised, as a call's would be
             if fate == outcomes.MergedFate.CLOSE:
-                reason = f"merged into {self.config.main_branch} as {short}" + (
-                    f"; {request.note}" if request.note else "")
-                if self.config.remote is None:
-                    outcomes.close(ledger, task_id, reason, actor=request.actor)
-                elif self.store.close_claimed(task_id, request.actor, reason):  # another host's claim too, guarded
+                if results[closing]:
                     ledger.event(EventName.CLOSED, task_id)
                 self.epics.task_closed(task)
-            if revert.reverted_task(task.labels):
-                revert.after_landing(self.store, ledger, task, commit)
-            outcomes.merged(ledger, task_id)
-        elif fate == outcomes.MergedFate.RETRY:
-            outcomes.attempt_failed(ledger, task_id, f"{request.note} (merge {short})", request.actor,
-                                    counted=request.counted)
+            if landed_for_good:
+                outcomes.merged(ledger, task_id)
+            self.merge_settled(request)
+        ledger.store_later(steps, written)
+
+    def merge_settled(self, request: records.MergeRequest) -> None:
+        """A merged request's store writes are done: its worktree and branch go, and it leaves the queue."""
+        self.bookkeeping.discard(request.branch)
         if not shared_queue.is_elsewhere(request):  # another host's has neither worktree nor branch here
             worktrees.remove_worktree(self.root, request.worktree)
             if self.config.delete_merged_branches:

@@ -59,6 +59,19 @@ class Outage:
         return None if since is None else f"the task store is reachable again (after {now - since:.0f} s); carrying on"
 
 
+def hand_over(store: model.TaskStore, work: Callable[[model.TaskStore], Result]) -> concurrent.futures.Future[Result]:
+    """`work` handed to the store thread when `store` is a SerialStore's; on a plain store (a
+    caller with no loop, no thread) done now: its future is done when returned."""
+    if isinstance(store, SerialStore):
+        return store.batch(work)
+    done: concurrent.futures.Future[Result] = concurrent.futures.Future()
+    try:
+        done.set_result(work(store))
+    except Exception as exc:  # the caller reads it from the future, as from the thread's
+        done.set_exception(exc)
+    return done
+
+
 class SerialStore:
     """Every call reaches the store on one thread, in the order it was made. The loop hands calls
     over (`later`, `batch`) and is woken by their results (posted to `wakeup`); any other store method

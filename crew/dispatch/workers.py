@@ -44,6 +44,7 @@ class WorkerPool:
         self.starting: dict[int, concurrent.futures.Future[tuple[list[str], dict[str, str]]]] = {}  # argv, env
         self.kills: dict[int, processes.TreeKill] = {}
         self.committing: dict[int, concurrent.futures.Future[bool]] = {}  # its leftover commit, once its tree is gone
+        self.settling: set[int] = set()  # judged, its outcome written in the store meanwhile (Finisher.outcome_written)
         self.starter = wakeups.PostingExecutor(wakeup, max_workers, "start")
         # The dispatcher's: whether the task on deck must wait, given how many workers have
         # exited and are not yet judged (each may add a branch to the merge queue).
@@ -261,6 +262,8 @@ class WorkerPool:
         unless deck_waits(). True if any worker started or ended."""
         changed = False
         for worker in list(self.workers.values()):
+            if worker.slot in self.settling:
+                continue
             if (committing := self.committing.get(worker.slot)) is not None:
                 if committing.done():
                     finish(worker)
