@@ -3,7 +3,12 @@ out of the ready ones) go through the store thread: while the store cannot be re
 goes on (workers past their timeout are ended), and once it is back every write is made, once."""
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
 import os
+import threading
+import time
+import types
 from pathlib import Path
 
 import pytest
@@ -15,7 +20,14 @@ from support.dispatching import wait_until
 from test_slow_hooks import install_hook
 from test_store_down import bd_down_while
 
+from crew.dispatch import branch_push
+from crew.dispatch import records
 from crew.dispatch import revert
+from crew.dispatch import store_thread
+from crew.dispatch import wakeup as wakeups
+from crew.dispatch.conflicts import Conflicts
+from crew.dispatch.ledger import Ledger
+from crew.dispatch.merge_queue import MergeQueue
 
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="the bd wrapper and the hook are scripts run through #!")
@@ -71,3 +83,39 @@ def test_workers_past_their_timeout_are_ended_while_the_store_is_down_at_a_merge
     assert names.count(("closed", merges.id)) == 1
     assert names.count(("blocked", hangs.id)) == names.count(("blocked", later.id)) == 1
 
+
+@pytest.mark.parametrize("backend", ["fake-bd"], indirect=True)
+def test_an_entry_taken_out_of_the_ready_ones_never_waits_for_the_store_and_follows_its_marking(
+        config, store, repo, tmp_path):
+    """Remote mode: the ready label is taken off through the store thread, after the marking handed
+    over before it (the pusher's), so the label is off once both are written, however they were
+    timed; the loop does not wait for either."""
+    config = dataclasses.replace(config, remote="origin")
+    task = store.create("Conflicts")
+    assert store.claim(task.id, config.actor)
+    wakeup = wakeups.Wakeup()
+    serial = store_thread.SerialStore(store, wakeup, lambda message: None)
+    ledger = Ledger(config, serial, lambda message: None)
+    no_gate = types.SimpleNamespace(starter=concurrent.futures.ThreadPoolExecutor(1))
+    queue = MergeQueue(config, ledger, serial, all_gates=[no_gate], conflicts=Conflicts(config, ledger, serial),
+                       stop_now_reason=lambda: None, wakeup=wakeup)
+    request = records.MergeRequest(records.BranchInFlight(
+        task_id=task.id, title=task.title, branch=f"work/{task.id}", worktree=tmp_path / "w",
+        outcome=records.Outcome.CLOSE, note="", retries=0, actor=config.actor, task_created_at=task.created_at))
+    hold = threading.Event()
+    try:
+        held = serial.batch(lambda _: hold.wait(60))  # a slow store call (or one waiting out an outage)
+        serial.later("update_claimed", task.id, config.actor, add_labels=[branch_push.READY_LABEL])  # the marking
+        queue.unready(request)
+        assert not held.done()  # it returned while the store thread was still busy
+        hold.set()
+        deadline = time.monotonic() + 60
+        while ledger.writes:
+            ledger.writes_done()
+            assert time.monotonic() < deadline, "the label's removal was never written"
+            wakeup.wait(0.1)
+        assert branch_push.READY_LABEL not in store.get(task.id).labels
+    finally:
+        hold.set()
+        serial.shutdown()
+        no_gate.starter.shutdown()

@@ -373,11 +373,9 @@ class BranchPusher:
             self.ledger.say(f"{push.task_id}: {push.branch} is pushed but not marked ready to merge: its claim is "
                             f"no longer {push.owner}'s")
         else:
+            # One that stopped being ready while the marking was written has the label off all the
+            # same: the merge queue takes it off through the store thread, after the marking.
             self.marked[push.branch] = push.tip
-            if READY_LABEL in task.labels and not self.still_ready(push):
-                # It stopped being ready while the marking was written (a conflict, a review, a
-                # hold took the label off first): taken off again, after the marking.
-                self.serial.later("update_claimed", push.task_id, push.owner, remove_labels=[READY_LABEL])
         return True
 
     def under_way(self) -> list[concurrent.futures.Future[typing.Any]]:

@@ -405,12 +405,19 @@ class MergeQueue:
         other hosts stop trying it. It is marked again once pushed at a new tip."""
         if self.config.remote is None or shared_queue.is_elsewhere(request):
             return
-        try:
-            self.store.update_claimed(request.task_id, request.actor or self.config.actor,
-                                      remove_labels=[branch_push.READY_LABEL])
-        except errors.UserError as exc:
-            self.ledger.say(f"{request.task_id}: could not mark it no longer ready to merge ({exc}); other hosts "
-                            "leave it to this one")
+        owner = request.actor or self.config.actor
+
+        def written(futures: list[concurrent.futures.Future[Any]]) -> None:
+            if (exc := futures[0].exception()) is not None:
+                if not isinstance(exc, errors.UserError):
+                    raise exc
+                self.ledger.say(f"{request.task_id}: could not mark it no longer ready to merge ({exc}); other "
+                                "hosts leave it to this one")
+        # Through the store thread, after any marking of it handed over before: the loop goes on
+        # meanwhile, and the label is off once both are done.
+        self.ledger.store_later([lambda store: store.update_claimed(request.task_id, owner,
+                                                                    remove_labels=[branch_push.READY_LABEL])],
+                                written)
 
     def refused(self, request: records.MergeRequest, tip: str, reason: str) -> bool:
         """Remote mode: the remote itself refuses its main to move (branch protection, its
