@@ -25,9 +25,11 @@ from crew.dispatch import records
 from crew.dispatch import revert
 from crew.dispatch import store_thread
 from crew.dispatch import wakeup as wakeups
+from crew.dispatch import workers
 from crew.dispatch.conflicts import Conflicts
 from crew.dispatch.ledger import Ledger
 from crew.dispatch.merge_queue import MergeQueue
+from crew.dispatch.recovery import Recovery
 
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="the bd wrapper and the hook are scripts run through #!")
@@ -119,3 +121,33 @@ def test_an_entry_taken_out_of_the_ready_ones_never_waits_for_the_store_and_foll
         hold.set()
         serial.shutdown()
         no_gate.starter.shutdown()
+
+
+@pytest.mark.parametrize("backend", ["fake-bd"], indirect=True)
+def test_a_restart_takes_off_the_ready_label_a_crash_left_on_an_entry_that_stopped_being_ready(
+        config, store, repo, tmp_path):
+    """Remote mode: the label's removal is written after the entry's record changed (here: its
+    conflict task was filed); a dispatcher killed between leaves it on, and its restart takes it off."""
+    config = dataclasses.replace(config, remote="origin")
+    waits, merges = store.create("Conflicts"), store.create("Still ready")
+    for task in (waits, merges):
+        assert store.claim(task.id, config.actor)
+        store.update_claimed(task.id, config.actor, add_labels=[branch_push.READY_LABEL])
+    ledger = Ledger(config, store, lambda message: None)
+
+    def flight(task) -> records.BranchInFlight:
+        return records.BranchInFlight(task_id=task.id, title=task.title, branch=f"work/{task.id}",
+                                      worktree=tmp_path / task.id, outcome=records.Outcome.CLOSE, note="", retries=0,
+                                      actor=config.actor, task_created_at=task.created_at)
+    with ledger.change():
+        ledger.state.pending["proj-conflict"] = records.PendingMerge(kind=records.PendingKind.CONFLICT,
+                                                                     flight=flight(waits), files=["a.txt"])
+        ledger.state.merge_queue.append(records.MergeRequest(flight(merges)))
+    pool = workers.WorkerPool(config, ledger, 1, lambda: None, wakeups.Wakeup())
+    try:
+        Recovery(config, ledger, store, pool).reconcile()
+    finally:
+        pool.starter.shutdown()
+    assert branch_push.READY_LABEL not in store.get(waits.id).labels
+    assert branch_push.READY_LABEL in store.get(merges.id).labels  # still for any host to merge
+    assert store.get(waits.id).status == "in_progress" and list(ledger.state.pending) == ["proj-conflict"]

@@ -10,8 +10,10 @@ from crew import names as safe_names
 from crew import orphans
 from crew import processes
 from crew.dispatch import agent
+from crew.dispatch import branch_push
 from crew.dispatch import outcomes
 from crew.dispatch import records
+from crew.dispatch import review
 from crew.dispatch import shared_queue
 from crew.dispatch import worktrees
 from crew.dispatch.ledger import Ledger
@@ -68,7 +70,9 @@ class Recovery:
                 left_running.append(processes.TreeKill.begin(None, grace, mark=mark, everywhere=True))
         processes.wait_for_kills(left_running)  # their worktrees are removed or used again below
         if self.config.remote is not None:
-            self.drop_what_others_settled()
+            held = {task.id: task for task in self.store.list(["in_progress"])}
+            self.drop_what_others_settled(held)
+            self.take_ready_labels_off(held)
         # A conflict task's own claim is not accounted for by its pending merge: only the original is.
         # Another host's merge-queue entry (remote mode) is under that host's claim, never this one's.
         claims = [(r.task_id, r.task_created_at, r.actor) for r in branches_in_flight(state)
@@ -102,16 +106,16 @@ class Recovery:
             with ledger.change():
                 state.gates = []
 
-    def drop_what_others_settled(self) -> None:
+    def drop_what_others_settled(self, held: dict[str, task_model.Task]) -> None:
         """Remote mode: while this host was away, other hosts may have taken back its claims and
         finished them (merged, closed, resolved their conflicts). A record whose task is no longer
         in progress under the claim it was made under is not this host's any more: dropped, with
         nothing written to the store; its local branch is kept (a dead worker's uncommitted work
         committed to it first) and, if it holds commits the remote was not given, pushed under a
         name saying whose attempt it was, as a lost claim's branch is (the pusher's `keeping`). A
-        worker still running is left to its lease's renewal, which finds the claim gone and ends it."""
+        worker still running is left to its lease's renewal, which finds the claim gone and ends it.
+        held: the tasks in progress, by id."""
         ledger, state = self.ledger, self.ledger.state
-        held = {task.id: task for task in self.store.list(["in_progress"])}
 
         def keep(record: InFlight, given: str | None) -> None:
             """Remember the record's branch to push, unless it is at the tip given to the remote
@@ -147,6 +151,20 @@ class Recovery:
                 state.pushed.pop(pending.branch, None)
             outcomes.no_longer_ours(ledger, pending.task_id, f"pending merge after {followup_id} "
                                                              f"(branch {pending.branch} kept)")
+
+    def take_ready_labels_off(self, held: dict[str, task_model.Task]) -> None:
+        """Remote mode: an entry of this host's that stopped being ready (its conflict or fix task
+        waits, it is held, or it awaits review) has its ready label taken off by the loop through
+        the store thread, after its record changed: a crash may have come between. Taken off here,
+        under the claim, where the label is still on."""
+        state = self.ledger.state
+        not_ready = [*state.pending.values(), *(request for request in state.merge_queue if (
+            request.held or request.review == review.State.AWAITING) and not shared_queue.is_elsewhere(request))]
+        for record in not_ready:
+            task = held.get(record.task_id)
+            if task is not None and branch_push.READY_LABEL in task.labels and task.assignee == record.actor \
+                    and records.same_creation(record.task_created_at, task.created_at):
+                self.store.update_claimed(task.id, record.actor, remove_labels=[branch_push.READY_LABEL])
 
     def keep_leftovers(self, worker: records.Worker) -> None:
         """What a dead worker left uncommitted, committed to its branch through the user's hooks
