@@ -567,3 +567,21 @@ exec bd "$@"
 def test_a_ref_the_remote_refuses_is_told_from_one_whose_tip_moved(summary, stderr, refused):
     refs = {"refs/heads/main": crew_git.RefPushed("refs/heads/main", False, summary)}
     assert crew_git.refusal(refs, stderr) == refused
+
+
+def test_a_reopened_task_whose_branch_is_on_the_remotes_main_already_is_closed_not_run_again(hosts, tmp_path):
+    """A host merged another's entry and its close had not landed when the entry's lapsed lease was
+    taken back (the owner had died): the task is open again, naming a branch that main holds and
+    that the merge deleted. It is closed as merged; it never runs again to merge a second time."""
+    remote = hosts.remote
+    cfg, config, _ = hosts("b", merge_gate_command=GATE)
+    store = tasks.open_task_store(config)
+    host_a = clone(remote, tmp_path / "host-a-clone")
+    task, branch, tip = pushed_by_host_a(store, host_a, "From A", "from-a.txt")
+    git(host_a, "merge", "-q", "--no-ff", "-m", f"Merge {branch}: From A ({task.id})", tip)
+    git(host_a, "push", "-q", "--atomic", "origin", "main", f":{branch}")  # as a merge on the remote does
+    subprocess.run(["bd", "unclaim", task.id, "--force", "--actor", "host-b"], cwd=config.root, check=True,
+                   capture_output=True)  # as `bd reclaim` does once the lease lapsed
+    finished(start_dispatcher(cfg))
+    assert remote_merges(remote) == [task.id]
+    assert store.get(task.id).status == "closed"
