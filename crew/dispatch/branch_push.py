@@ -47,6 +47,14 @@ FETCHED_REFS = "refs/crew/fetched/"
 KEPT = "kept/"  # where a lost claim's branch is pushed, under the actor whose attempt it was
 
 
+class Continuation(enum.Enum):
+    """What a claimed task's pushed branch, looked at on the remote, comes to."""
+
+    HERE = "here"  # fetched at the tip its task names: the task goes on from it, with no agent run
+    MERGED = "merged"  # gone from the remote, its tip in the remote's main: the task is closed, not run again
+    AFRESH = "afresh"  # not there at that tip (or not continued): the task runs afresh
+
+
 class Verdict(enum.Enum):
     PUSHED = "pushed"  # the remote has the tip now
     TAKEN = "taken"  # the remote's branch is at a tip this host did not push last: never forced
@@ -127,8 +135,9 @@ class BranchPusher:
         # queued again (a conflict resolved) or rebased may carry a new tip: it is looked at anew.
         self.looked_at: dict[str, tuple[records.MergeRequest, bool]] = {}
         # Tasks claimed with a branch another host pushed: the task, the branch, its tip, and the
-        # look at the remote under way ("" when the branch is here now at that tip, else why not).
-        self.continuing: list[tuple[task_model.Task, str, str, concurrent.futures.Future[str]]] = []
+        # look at the remote under way (what it comes to, and why).
+        self.continuing: list[tuple[task_model.Task, str, str,
+                                    concurrent.futures.Future[tuple[Continuation, str]]]] = []
 
     def claimed(self, task: task_model.Task) -> bool:
         """A task this host has just claimed: the attempts other hosts made count here, and when
@@ -151,39 +160,55 @@ class BranchPusher:
         self.continuing.append((task, branch, tip, self.thread.submit(self.fetch_branch, branch, tip, ours)))
         return True
 
-    def fetch_branch(self, branch: str, tip: str, ours: bool) -> str:
+    def fetch_branch(self, branch: str, tip: str, ours: bool) -> tuple[Continuation, str]:
         """On the push thread: the remote's `branch` made the local branch of that name when the
         remote has it at `tip` (a local branch of that name moves only if it was made for this task
-        and the tip holds all of it); "" when done, else why not."""
+        and the tip holds all of it); MERGED when it is gone and its tip is in the remote's main (a
+        host merged it, and the task was taken back before that host closed it); else why not."""
         root, private = self.config.root, FETCHED_REFS + branch
         if (failed := git.fetch(root, self.remote, [f"+refs/heads/{branch}:{private}"])) is not None:
-            return f"{branch} is no longer on {self.remote}" if failed.missing else failed.reason
+            if not failed.missing:
+                return Continuation.AFRESH, failed.reason
+            main = self.config.main_branch
+            if self.tip_in_main(tip):
+                return Continuation.MERGED, f"{branch} is in {self.remote}'s {main} already, at {tip[:12]}"
+            return Continuation.AFRESH, f"{branch} is no longer on {self.remote}"
         try:
             fetched = git.rev_parse(root, private)
             if fetched != tip:
                 there = (fetched or "no commit")[:12]
-                return f"{self.remote} has {branch} at {there}, not at {tip[:12]} as its task says"
+                return Continuation.AFRESH, f"{self.remote} has {branch} at {there}, not at {tip[:12]} as its task says"
             local = git.rev_parse(root, f"refs/heads/{branch}")
             if local is not None and local != tip and not (ours and git.is_ancestor(root, local, tip)):
-                return (f"a branch {branch} is here already, not made for this task or holding commits the pushed "
-                        "one lacks")
+                return Continuation.AFRESH, (f"a branch {branch} is here already, not made for this task or holding "
+                                             "commits the pushed one lacks")
             git.git("update-ref", f"refs/heads/{branch}", tip, local or "0" * 40, cwd=root)
-            return ""
+            return Continuation.HERE, ""
         finally:
             git.git("update-ref", "-d", private, cwd=root, check=False)
 
-    def continued(self) -> list[tuple[task_model.Task, str, str, str]]:
-        """The looks at the remote that came back: each task, its branch and tip, and "" when the
-        branch is here at that tip (the task goes on from it), else why not."""
+    def tip_in_main(self, tip: str) -> bool:
+        """On the push thread: whether the remote's main, fetched now, holds `tip`."""
+        root, main = self.config.root, self.config.main_branch
+        private = FETCHED_REFS + main  # never a task's branch: that is never named main
+        try:
+            return git.fetch(root, self.remote, [f"+refs/heads/{main}:{private}"]) is None \
+                and git.is_ancestor(root, tip, private)
+        finally:
+            git.git("update-ref", "-d", private, cwd=root, check=False)
+
+    def continued(self) -> list[tuple[task_model.Task, str, str, Continuation, str]]:
+        """The looks at the remote that came back: each task, its branch and tip, what the look
+        came to, and why (when not HERE)."""
         done = [entry for entry in self.continuing if entry[3].done()]
         self.continuing = [entry for entry in self.continuing if not entry[3].done()]
         came_back = []
         for task, branch, tip, future in done:
             try:
-                why = future.result()
+                continuation, why = future.result()
             except errors.GitError as exc:
-                why = safe_names.one_line_tail(str(exc))
-            came_back.append((task, branch, tip, why))
+                continuation, why = Continuation.AFRESH, safe_names.one_line_tail(str(exc))
+            came_back.append((task, branch, tip, continuation, why))
         return came_back
 
     def continuing_tasks(self) -> list[str]:
@@ -199,6 +224,14 @@ class BranchPusher:
                           remove_labels=[READY_LABEL])
         self.serial.later("release", task.id, f"released: its pushed branch was not continued ({why})",
                           actor=self.config.actor)
+
+    def close_merged(self, task: task_model.Task, branch: str, why: str) -> None:
+        """A task claimed whose pushed branch is in the remote's main already (the host that merged
+        it had its claim taken back before it closed the task): closed under this host's claim,
+        never run and merged again."""
+        self.ledger.event(EventName.MERGED_ELSEWHERE, task.id, branch=branch)
+        self.ledger.say(f"{task.id}: {why}; closed, not run again")
+        self.serial.later("close_claimed", task.id, self.config.actor, f"merged: {why}")
 
     def keep(self, task_id: str, branch: str, owner: str) -> None:
         """A branch whose claim was lost: remembered in the state (a crash before its push does not

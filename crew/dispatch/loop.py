@@ -377,11 +377,13 @@ class Dispatcher:
         if self.pusher is None:
             return False
         came_back = self.pusher.continued()
-        for task, branch, tip, why in came_back:
-            if why:
-                self.pusher.start_afresh(task, why)
-            else:
+        for task, branch, tip, continuation, why in came_back:
+            if continuation is branch_push.Continuation.HERE:
                 self.finisher.continue_judged(task, branch, tip)
+            elif continuation is branch_push.Continuation.MERGED:
+                self.pusher.close_merged(task, branch, why)
+            else:
+                self.pusher.start_afresh(task, why)
         own = [request for request in self.ledger.state.merge_queue if not shared_queue.is_elsewhere(request)]
         self.pusher.judged(own, self.ledger.state.attempts)  # another host's entry is that host's to push
         return self.pusher.step(time.time()) or bool(came_back)
