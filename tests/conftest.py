@@ -155,3 +155,13 @@ def fake_hosts(tmp_path, monkeypatch):
     def make(**settings) -> hosts.Hosts:
         return hosts.fake_hosts(tmp_path, monkeypatch, **settings)
     return make
+
+
+@pytest.fixture
+def remote(tmp_path, repo) -> Path:
+    """A bare remote on disk holding `repo`'s main, added to `repo` as "origin"."""
+    bare = tmp_path / "remote.git"
+    repos.git(tmp_path, "init", "-q", "--bare", str(bare))
+    repos.git(repo, "remote", "add", "origin", str(bare))
+    repos.git(repo, "push", "-q", "origin", "main")
+    return bare

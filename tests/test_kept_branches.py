@@ -21,15 +21,6 @@ pytestmark = [pytest.mark.skipif(os.name == "nt", reason="kills process groups w
               pytest.mark.parametrize("backend", ["fake-bd"], indirect=True)]
 
 
-@pytest.fixture
-def remote(tmp_path, repo) -> Path:
-    bare = tmp_path / "remote.git"
-    repos.git(tmp_path, "init", "-q", "--bare", str(bare))
-    repos.git(repo, "remote", "add", "origin", str(bare))
-    repos.git(repo, "push", "-q", "origin", "main")
-    return bare
-
-
 def state(repo: Path) -> dict:
     return json.loads((repo / ".dispatch_state.json").read_text(encoding="utf-8"))
 

@@ -30,16 +30,6 @@ BD_BACKENDS = [b for b in BACKENDS if b != "json"]  # remote mode needs bd
 
 
 @pytest.fixture
-def remote(tmp_path, repo) -> Path:
-    """A bare remote on disk holding `repo`'s main, added to `repo` as "origin"."""
-    bare = tmp_path / "remote.git"
-    repos.git(tmp_path, "init", "-q", "--bare", str(bare))
-    repos.git(repo, "remote", "add", "origin", str(bare))
-    repos.git(repo, "push", "-q", "origin", "main")
-    return bare
-
-
-@pytest.fixture
 def other_clone(tmp_path, remote) -> Path:
     clone = tmp_path / "other"
     repos.git(tmp_path, "clone", "-q", str(remote), str(clone))
