@@ -283,15 +283,21 @@ def test_another_hosts_ready_branch_is_merged_here_under_its_owners_claim_and_lo
     assert closed.status == "closed" and closed.assignee == "host-a"
 
 
+def merged_by_host_a(store, remote: Path, tmp_path: Path, branch_deleted: bool = False) -> Task:
+    """Host A's entry, merged by host A onto the remote's main, its task not closed yet; its branch
+    deleted in the same push, as a merge on the remote does, or not yet."""
+    host_a = clone(remote, tmp_path / "host-a-clone")
+    task, branch, tip = pushed_by_host_a(store, host_a, "From A", "from-a.txt")
+    git(host_a, "merge", "-q", "--no-ff", "-m", f"Merge {branch}: From A ({task.id})", tip)
+    git(host_a, "push", "-q", "--atomic", "origin", "main", *([f":{branch}"] if branch_deleted else []))
+    return task
+
+
 def test_a_branch_another_host_already_merged_is_not_merged_twice(hosts, tmp_path):
     remote = hosts.remote
     cfg, config, repo = hosts("b", merge_gate_command=GATE)
     store = tasks.open_task_store(config)
-    host_a = clone(remote, tmp_path / "host-a-clone")
-    task, branch, tip = pushed_by_host_a(store, host_a, "From A", "from-a.txt")
-    # Host A merged it meanwhile, and has not yet closed the task; its branch is still there.
-    git(host_a, "merge", "-q", "--no-ff", "-m", f"Merge {branch}: From A ({task.id})", tip)
-    git(host_a, "push", "-q", "origin", "main")
+    task = merged_by_host_a(store, remote, tmp_path)  # its branch is still there
     proc = start_dispatcher(cfg, "--watch")
     wait_until(lambda: events(repo, "merged_elsewhere"), proc, "the branch found merged elsewhere")
     proc.terminate()
@@ -576,10 +582,7 @@ def test_a_reopened_task_whose_branch_is_on_the_remotes_main_already_is_closed_n
     remote = hosts.remote
     cfg, config, _ = hosts("b", merge_gate_command=GATE)
     store = tasks.open_task_store(config)
-    host_a = clone(remote, tmp_path / "host-a-clone")
-    task, branch, tip = pushed_by_host_a(store, host_a, "From A", "from-a.txt")
-    git(host_a, "merge", "-q", "--no-ff", "-m", f"Merge {branch}: From A ({task.id})", tip)
-    git(host_a, "push", "-q", "--atomic", "origin", "main", f":{branch}")  # as a merge on the remote does
+    task = merged_by_host_a(store, remote, tmp_path, branch_deleted=True)
     subprocess.run(["bd", "unclaim", task.id, "--force", "--actor", "host-b"], cwd=config.root, check=True,
                    capture_output=True)  # as `bd reclaim` does once the lease lapsed
     finished(start_dispatcher(cfg))
