@@ -17,16 +17,20 @@ from support.dispatching import events
 from support.dispatching import merges_of
 from support.dispatching import start_dispatcher
 from support.dispatching import wait_until
+from support.repos import commit_file
+from support.repos import git
 from test_slow_hooks import install_hook
 from test_store_down import bd_down_while
 
 from crew.dispatch import branch_push
 from crew.dispatch import records
 from crew.dispatch import revert
+from crew.dispatch import scheduler
 from crew.dispatch import store_thread
 from crew.dispatch import wakeup as wakeups
 from crew.dispatch import workers
 from crew.dispatch.conflicts import Conflicts
+from crew.dispatch.finish import Finisher
 from crew.dispatch.ledger import Ledger
 from crew.dispatch.merge_queue import MergeQueue
 from crew.dispatch.recovery import Recovery
@@ -87,11 +91,13 @@ def test_workers_past_their_timeout_are_ended_while_the_store_is_down_at_a_merge
 
 
 @pytest.mark.parametrize("backend", ["fake-bd"], indirect=True)
+@pytest.mark.parametrize("why", ["a conflict", "the remote refused it"])
 def test_an_entry_taken_out_of_the_ready_ones_never_waits_for_the_store_and_follows_its_marking(
-        config, store, repo, tmp_path):
+        config, store, repo, tmp_path, why):
     """Remote mode: the ready label is taken off through the store thread, after the marking handed
     over before it (the pusher's), so the label is off once both are written, however they were
-    timed; the loop does not wait for either."""
+    timed; the loop does not wait for either (nor, when the remote refused the push of its merge,
+    for the note that says so)."""
     config = dataclasses.replace(config, remote="origin")
     task = store.create("Conflicts")
     assert store.claim(task.id, config.actor)
@@ -108,7 +114,11 @@ def test_an_entry_taken_out_of_the_ready_ones_never_waits_for_the_store_and_foll
     try:
         held = serial.batch(lambda _: hold.wait(60))  # a slow store call (or one waiting out an outage)
         serial.later("update_claimed", task.id, config.actor, add_labels=[branch_push.READY_LABEL])  # the marking
-        queue.unready(request)
+        if why == "a conflict":
+            queue.unready(request)
+        else:
+            queue.refused(request, "", "protected branch")
+            assert request.held
         assert not held.done()  # it returned while the store thread was still busy
         hold.set()
         deadline = time.monotonic() + 60
@@ -117,6 +127,7 @@ def test_an_entry_taken_out_of_the_ready_ones_never_waits_for_the_store_and_foll
             assert time.monotonic() < deadline, "the label's removal was never written"
             wakeup.wait(0.1)
         assert branch_push.READY_LABEL not in store.get(task.id).labels
+        assert ("protected branch" in store.get(task.id).notes) is (why != "a conflict")
     finally:
         hold.set()
         serial.shutdown()
@@ -151,3 +162,52 @@ def test_a_restart_takes_off_the_ready_label_a_crash_left_on_an_entry_that_stopp
     assert branch_push.READY_LABEL not in store.get(waits.id).labels
     assert branch_push.READY_LABEL in store.get(merges.id).labels  # still for any host to merge
     assert store.get(waits.id).status == "in_progress" and list(ledger.state.pending) == ["proj-conflict"]
+
+
+@pytest.mark.parametrize("backend", ["json"], indirect=True)
+def test_a_resolved_conflict_tasks_close_never_waits_for_the_store_and_its_worker_keeps_its_record_until_written(
+        config, store, repo, tmp_path):
+    original, resolver = store.create("Conflicted"), store.create("Resolve merge conflict")
+    for task in (original, resolver):
+        assert store.claim(task.id, config.actor)
+    base = git(repo, "rev-parse", "main")
+    git(repo, "checkout", "-q", "-b", "work/conflicted")
+    commit_file(repo, "resolved.txt", "resolved\n")
+    git(repo, "checkout", "-q", "main")
+    wakeup = wakeups.Wakeup()
+    serial = store_thread.SerialStore(store, wakeup, lambda message: None)
+    ledger = Ledger(config, serial, lambda message: None)
+    no_gate = types.SimpleNamespace(starter=concurrent.futures.ThreadPoolExecutor(1))
+    queue = MergeQueue(config, ledger, serial, all_gates=[no_gate], conflicts=Conflicts(config, ledger, serial),
+                       stop_now_reason=lambda: None, wakeup=wakeup)
+    pool = workers.WorkerPool(config, ledger, 1, lambda: None, wakeup)
+    finisher = Finisher(config, ledger, serial, pool, queue, scheduler.Breaker(3, 60, False))
+    worker = records.Worker(slot=1, task_id=resolver.id, title=resolver.title, branch="work/conflicted",
+                            worktree=tmp_path / "w", base=base, attempt=1, started_at=time.time(), deadline=None,
+                            kind=records.WorkerKind.CONFLICT, actor=config.actor, task_created_at=resolver.created_at)
+    with ledger.change():
+        ledger.state.workers[1] = worker
+        ledger.state.pending[resolver.id] = records.PendingMerge(kind=records.PendingKind.CONFLICT, files=["a.txt"],
+                                                                 flight=records.BranchInFlight(
+            task_id=original.id, title=original.title, branch="work/conflicted", worktree=tmp_path / "w",
+            outcome=records.Outcome.CLOSE, note="", retries=0, actor=config.actor,
+            task_created_at=original.created_at))
+    hold = threading.Event()
+    try:
+        held = serial.batch(lambda _: hold.wait(60))  # a slow store call (or one waiting out an outage)
+        finisher.finish_conflict_worker(worker, commits=1)
+        assert not held.done()  # it returned while the store thread was still busy
+        assert ledger.state.workers == {1: worker}  # kept until its task's close is written
+        hold.set()
+        deadline = time.monotonic() + 60
+        while ledger.writes:
+            ledger.writes_done()
+            assert time.monotonic() < deadline, "the close was never written"
+            wakeup.wait(0.1)
+        assert store.get(resolver.id).status == "closed" and ledger.state.workers == {}
+        assert [e["task_id"] for e in events(repo, "closed")] == [resolver.id]
+    finally:
+        hold.set()
+        serial.shutdown()
+        no_gate.starter.shutdown()
+        pool.starter.shutdown()

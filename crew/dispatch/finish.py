@@ -71,7 +71,6 @@ class Finisher:
                 self.pool.forget(worker)
                 self.leave_unmerged(worker)
             elif worker.kind == records.WorkerKind.CONFLICT and not worker.ended:
-                self.pool.forget(worker)
                 self.finish_conflict_worker(worker, commits, refused)
             elif worker.kind == records.WorkerKind.CONFLICT:  # its branch is the resolved task's: release it only
                 outcomes.attempt_failed(self.ledger, task_id, f"attempt {worker.attempt} {why}; log {worker.log} ends: "
@@ -215,9 +214,13 @@ class Finisher:
         clean = conflict is not None and conflicts.committed_since(self.root, conflict) \
             and git.merge_tree(self.root, main, worker.branch).tree is not None \
             and not git.new_marker_files(self.root, main, worker.branch)
+        written = self.outcome_written(worker)
         if clean:
-            outcomes.close(self.ledger, worker.task_id, f"{worker.branch} now merges cleanly", actor=worker.actor)
-            self.ledger.say(f"{worker.task_id}: resolved; {worker.branch} merges cleanly now")
+            def resolved() -> None:
+                self.ledger.say(f"{worker.task_id}: resolved; {worker.branch} merges cleanly now")
+                written()
+            outcomes.close(self.ledger, worker.task_id, f"{worker.branch} now merges cleanly", actor=worker.actor,
+                           then=resolved)
         else:
             self.ledger.event(EventName.NO_COMMITS if not commits else EventName.MERGE_CONFLICT, worker.task_id,
                               log=worker.log)
@@ -226,7 +229,7 @@ class Finisher:
                 self.ledger, worker.task_id, f"attempt {worker.attempt}: {worker.branch} {problem}; "
                                              f"{'' if commits else self.no_edit_hint(worker)}"
                                              f"log {worker.log} ends: {self.log_tail(worker)}{refused}",
-                             worker.actor)
+                             worker.actor, then=written)
 
     def log_tail(self, worker: records.Worker) -> str:
         """The end of the attempt's log, for its note (and so the next attempt's message)."""

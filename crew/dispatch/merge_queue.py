@@ -434,8 +434,10 @@ class MergeQueue:
         self.unready(request)
         self.ledger.say_once(Told.MERGE_WAITS, f"{request.task_id}: {request.branch} not merged: {why}; held for a "
                              "person's decision (`tasks.py held`)", f"{request.task_id}: {why}")
-        with contextlib.suppress(errors.UserError):  # the hold stands, and is said, without the note
-            self.store.add_note(request.task_id, why)
+        def noted(futures: list[concurrent.futures.Future[Any]]) -> None:
+            with contextlib.suppress(errors.UserError):  # the hold stands, and is said, without the note
+                ledger_writes.raise_failed(futures)
+        self.ledger.store_later([lambda store: store.add_note(request.task_id, why)], noted)
         with self.ledger.change():
             request.held = request.waiting = why
         return False

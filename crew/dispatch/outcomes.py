@@ -14,6 +14,7 @@ from crew.dispatch import records
 from crew.dispatch import store_thread
 from crew.dispatch.ledger import Ledger
 from crew.dispatch.ledger import StoreStep
+from crew.dispatch.ledger import raise_failed
 from crew.report.events import EventName
 from crew.tasks import model as task_model
 
@@ -34,9 +35,21 @@ def merged_fate(outcome: records.Outcome, status: str) -> MergedFate:
     return MergedFate.RETRY if status == "in_progress" else MergedFate.KEEP
 
 
-def close(ledger: Ledger, task_id: str, reason: str, actor: str | None = None) -> None:
-    ledger.store.close(task_id, reason, actor=actor)
-    ledger.event(EventName.CLOSED, task_id)
+def close(ledger: Ledger, task_id: str, reason: str, actor: str | None = None,
+          then: Callable[[], None] | None = None) -> None:
+    """Close the task. With `then`, as attempt_failed's: the close goes through the store thread,
+    and is told, and then() run, on the loop once it is written."""
+    def closed(futures: list[concurrent.futures.Future[Any]]) -> None:
+        raise_failed(futures)
+        ledger.event(EventName.CLOSED, task_id)
+        if then is not None:
+            then()
+    def step(store: task_model.TaskStore) -> task_model.Task:
+        return store.close(task_id, reason, actor=actor)
+    if then is None:
+        closed([store_thread.hand_over(ledger.store, step)])
+    else:
+        ledger.store_later([step], closed)
 
 
 def merged(ledger: Ledger, task_id: str) -> None:
