@@ -764,13 +764,16 @@ class MergeQueue:
         ledger.store_later(steps, written)
 
     def merge_settled(self, request: records.MergeRequest) -> None:
-        """A merged request's store writes are done: its worktree and branch go, and it leaves the queue."""
+        """A merged request's store writes are done: it leaves the queue, then its worktree and
+        branch go. In that order: another merge may be landing meanwhile, and a run killed as it
+        lands must not find this request with its branch gone (a worktree left is pruned at the
+        restart)."""
         self.bookkeeping.discard(request.branch)
+        self.drop(request)
         if not shared_queue.is_elsewhere(request):  # another host's has neither worktree nor branch here
             worktrees.remove_worktree(self.root, request.worktree)
             if self.config.delete_merged_branches:
                 git.git("branch", "-D", request.branch, cwd=self.root, check=False)
-        self.drop(request)
 
     def drop(self, request: records.MergeRequest) -> None:
         self.ledger.drop_request(request)
