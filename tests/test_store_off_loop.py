@@ -4,6 +4,7 @@ goes on (workers past their timeout are ended), and once it is back every write 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import os
 import threading
@@ -37,6 +38,36 @@ from crew.dispatch.recovery import Recovery
 
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="the bd wrapper and the hook are scripts run through #!")
+
+
+@contextlib.contextmanager
+def queue_on_a_busy_store_thread(config, store):
+    """A merge queue whose store calls go through a store thread, as the dispatcher's do, that
+    thread busy (a slow call, or one waiting out an outage) until `hold` is set."""
+    wakeup = wakeups.Wakeup()
+    serial = store_thread.SerialStore(store, wakeup, lambda message: None)
+    ledger = Ledger(config, serial, lambda message: None)
+    no_gate = types.SimpleNamespace(starter=concurrent.futures.ThreadPoolExecutor(1))
+    queue = MergeQueue(config, ledger, serial, all_gates=[no_gate], conflicts=Conflicts(config, ledger, serial),
+                       stop_now_reason=lambda: None, wakeup=wakeup)
+    hold = threading.Event()
+    try:
+        busy = serial.batch(lambda _: hold.wait(60))
+        yield types.SimpleNamespace(serial=serial, ledger=ledger, queue=queue, wakeup=wakeup, hold=hold, busy=busy)
+    finally:
+        hold.set()
+        serial.shutdown()
+        no_gate.starter.shutdown()
+
+
+def writes_followed(on, what: str) -> None:
+    """The store thread let go, and the loop's part of each write handed over done."""
+    on.hold.set()
+    deadline = time.monotonic() + 60
+    while on.ledger.writes:
+        on.ledger.writes_done()
+        assert time.monotonic() < deadline, f"{what} never written"
+        on.wakeup.wait(0.1)
 
 
 def timed_out(repo: Path, task_id: str) -> bool:
@@ -101,37 +132,20 @@ def test_an_entry_taken_out_of_the_ready_ones_never_waits_for_the_store_and_foll
     config = dataclasses.replace(config, remote="origin")
     task = store.create("Conflicts")
     assert store.claim(task.id, config.actor)
-    wakeup = wakeups.Wakeup()
-    serial = store_thread.SerialStore(store, wakeup, lambda message: None)
-    ledger = Ledger(config, serial, lambda message: None)
-    no_gate = types.SimpleNamespace(starter=concurrent.futures.ThreadPoolExecutor(1))
-    queue = MergeQueue(config, ledger, serial, all_gates=[no_gate], conflicts=Conflicts(config, ledger, serial),
-                       stop_now_reason=lambda: None, wakeup=wakeup)
     request = records.MergeRequest(records.BranchInFlight(
         task_id=task.id, title=task.title, branch=f"work/{task.id}", worktree=tmp_path / "w",
         outcome=records.Outcome.CLOSE, note="", retries=0, actor=config.actor, task_created_at=task.created_at))
-    hold = threading.Event()
-    try:
-        held = serial.batch(lambda _: hold.wait(60))  # a slow store call (or one waiting out an outage)
-        serial.later("update_claimed", task.id, config.actor, add_labels=[branch_push.READY_LABEL])  # the marking
+    with queue_on_a_busy_store_thread(config, store) as on:
+        on.serial.later("update_claimed", task.id, config.actor, add_labels=[branch_push.READY_LABEL])  # the marking
         if why == "a conflict":
-            queue.unready(request)
+            on.queue.unready(request)
         else:
-            queue.refused(request, "", "protected branch")
+            on.queue.refused(request, "", "protected branch")
             assert request.held
-        assert not held.done()  # it returned while the store thread was still busy
-        hold.set()
-        deadline = time.monotonic() + 60
-        while ledger.writes:
-            ledger.writes_done()
-            assert time.monotonic() < deadline, "the label's removal was never written"
-            wakeup.wait(0.1)
+        assert not on.busy.done()  # it returned while the store thread was still busy
+        writes_followed(on, "the label's removal")
         assert branch_push.READY_LABEL not in store.get(task.id).labels
         assert ("protected branch" in store.get(task.id).notes) is (why != "a conflict")
-    finally:
-        hold.set()
-        serial.shutdown()
-        no_gate.starter.shutdown()
 
 
 @pytest.mark.parametrize("backend", ["fake-bd"], indirect=True)
@@ -174,40 +188,26 @@ def test_a_resolved_conflict_tasks_close_never_waits_for_the_store_and_its_worke
     git(repo, "checkout", "-q", "-b", "work/conflicted")
     commit_file(repo, "resolved.txt", "resolved\n")
     git(repo, "checkout", "-q", "main")
-    wakeup = wakeups.Wakeup()
-    serial = store_thread.SerialStore(store, wakeup, lambda message: None)
-    ledger = Ledger(config, serial, lambda message: None)
-    no_gate = types.SimpleNamespace(starter=concurrent.futures.ThreadPoolExecutor(1))
-    queue = MergeQueue(config, ledger, serial, all_gates=[no_gate], conflicts=Conflicts(config, ledger, serial),
-                       stop_now_reason=lambda: None, wakeup=wakeup)
-    pool = workers.WorkerPool(config, ledger, 1, lambda: None, wakeup)
-    finisher = Finisher(config, ledger, serial, pool, queue, scheduler.Breaker(3, 60, False))
     worker = records.Worker(slot=1, task_id=resolver.id, title=resolver.title, branch="work/conflicted",
                             worktree=tmp_path / "w", base=base, attempt=1, started_at=time.time(), deadline=None,
                             kind=records.WorkerKind.CONFLICT, actor=config.actor, task_created_at=resolver.created_at)
-    with ledger.change():
-        ledger.state.workers[1] = worker
-        ledger.state.pending[resolver.id] = records.PendingMerge(kind=records.PendingKind.CONFLICT, files=["a.txt"],
-                                                                 flight=records.BranchInFlight(
-            task_id=original.id, title=original.title, branch="work/conflicted", worktree=tmp_path / "w",
-            outcome=records.Outcome.CLOSE, note="", retries=0, actor=config.actor,
-            task_created_at=original.created_at))
-    hold = threading.Event()
-    try:
-        held = serial.batch(lambda _: hold.wait(60))  # a slow store call (or one waiting out an outage)
-        finisher.finish_conflict_worker(worker, commits=1)
-        assert not held.done()  # it returned while the store thread was still busy
-        assert ledger.state.workers == {1: worker}  # kept until its task's close is written
-        hold.set()
-        deadline = time.monotonic() + 60
-        while ledger.writes:
-            ledger.writes_done()
-            assert time.monotonic() < deadline, "the close was never written"
-            wakeup.wait(0.1)
+    with queue_on_a_busy_store_thread(config, store) as on:
+        ledger = on.ledger
+        pool = workers.WorkerPool(config, ledger, 1, lambda: None, on.wakeup)
+        finisher = Finisher(config, ledger, on.serial, pool, on.queue, scheduler.Breaker(3, 60, False))
+        with ledger.change():
+            ledger.state.workers[1] = worker
+            ledger.state.pending[resolver.id] = records.PendingMerge(
+                kind=records.PendingKind.CONFLICT, files=["a.txt"], flight=records.BranchInFlight(
+                    task_id=original.id, title=original.title, branch="work/conflicted", worktree=tmp_path / "w",
+                    outcome=records.Outcome.CLOSE, note="", retries=0, actor=config.actor,
+                    task_created_at=original.created_at))
+        try:
+            finisher.finish_conflict_worker(worker, commits=1)
+            assert not on.busy.done()  # it returned while the store thread was still busy
+            assert ledger.state.workers == {1: worker}  # kept until its task's close is written
+            writes_followed(on, "the close")
+        finally:
+            pool.starter.shutdown()
         assert store.get(resolver.id).status == "closed" and ledger.state.workers == {}
         assert [e["task_id"] for e in events(repo, "closed")] == [resolver.id]
-    finally:
-        hold.set()
-        serial.shutdown()
-        no_gate.starter.shutdown()
-        pool.starter.shutdown()
