@@ -4,6 +4,7 @@ repository and the JSON store is asked what becomes of one request (decide), wha
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import subprocess
 import time
 import types
@@ -13,6 +14,7 @@ import pytest
 
 from crew.dispatch import records
 from crew.dispatch import merge_results
+from crew.dispatch import remote_main
 from crew.dispatch.conflicts import Conflicts
 from crew.dispatch.ledger import Ledger
 from crew.dispatch.merge_queue import MergeQueue
@@ -22,14 +24,18 @@ from support.dispatching import events, main_file
 from support.repos import commit_file, git
 
 
-@pytest.fixture
-def queue(json_agent_setup) -> MergeQueue:
+def queue_of(config, store) -> MergeQueue:
     """No gate (decide never starts one) and nothing stopping."""
-    _, config, store = json_agent_setup()
     ledger = Ledger(config, store, say=lambda message: None)
-    no_gate = types.SimpleNamespace(starter=concurrent.futures.ThreadPoolExecutor(1))  # its threads rebase
+    no_gate = types.SimpleNamespace(starter=concurrent.futures.ThreadPoolExecutor(1), busy=False)  # its threads rebase
     return MergeQueue(config, ledger, store, all_gates=[no_gate], conflicts=Conflicts(config, ledger, store),
                       stop_now_reason=lambda: None, wakeup=Wakeup())
+
+
+@pytest.fixture
+def queue(json_agent_setup) -> MergeQueue:
+    _, config, store = json_agent_setup()
+    return queue_of(config, store)
 
 
 def queued(queue: MergeQueue, name: str, text: str) -> records.MergeRequest:
@@ -174,3 +180,48 @@ def test_advance_main_names_the_uncommitted_changes_it_would_overwrite(queue, re
         "and the merge will go ahead")
     assert git(repo, "rev-parse", "main") == old
     assert (repo / "README.md").read_text(encoding="utf-8") == "# the user's own edit\n"
+
+
+def test_an_own_entry_whose_task_another_host_closed_is_decided_on_a_fetch_begun_after_the_close_was_seen(
+        json_agent_setup, repo, tmp_path):
+    """Remote mode: another host merged this host's entry (moved the remote's main, then closed the
+    task) after this host's last fetch. Seen closed on that older view, the entry is not given up
+    as changed: it waits for a fresh fetch, which shows it merged there."""
+    _, config, store = json_agent_setup()
+    remote = tmp_path / "remote.git"
+    git(tmp_path, "init", "-q", "--bare", str(remote))
+    git(repo, "remote", "add", "origin", str(remote))
+    git(repo, "push", "-q", "origin", "main")
+    queue = queue_of(dataclasses.replace(config, remote="origin"), store)
+    config, ledger = queue.config, queue.ledger
+    request = queued(queue, "feature.txt", "new\n")
+    git(repo, "push", "-q", "origin", request.branch)
+    fetched = time.time()
+    assert remote_main.fetch(repo, "origin", "main", [request.branch]) is None  # this host's view
+    queue.fetch_began = fetched
+    other = tmp_path / "host-b"  # the other host merges it on the remote, and closes its task
+    git(tmp_path, "clone", "-q", str(remote), str(other))
+    git(other, "merge", "-q", "--no-ff", "-m", "Merge it", f"origin/{request.branch}")
+    git(other, "push", "-q", "--atomic", "origin", "main", f":{request.branch}")
+    assert store.close_claimed(request.task_id, config.actor, "merged by host-b")
+    assert queue.decide(request).verdict is Verdict.WAITS and queue.fetch_now
+    assert ledger.summary["waiting"] == []
+    queue.fetch_began = time.time()
+    assert remote_main.fetch(repo, "origin", "main", [request.branch]) is None
+    assert queue.decide(request).verdict is Verdict.DROPPED
+    assert ledger.summary["waiting"] == [] and [e["task_id"] for e in events(repo, "merged_elsewhere")] == [
+        request.task_id]
+
+
+def test_a_fetch_asked_for_while_one_runs_is_made_after_it(json_agent_setup, repo):
+    """Remote mode: a push found main moved while a fetch was under way: that fetch may have read the
+    remote before the move, so another follows it."""
+    _, config, store = json_agent_setup()
+    queue = queue_of(dataclasses.replace(config, remote="origin"), store)
+    queued(queue, "feature.txt", "new\n")
+    under_way: concurrent.futures.Future = concurrent.futures.Future()
+    queue.fetching = under_way
+    queue.fetch_now = True  # asked for meanwhile
+    under_way.set_result(None)  # it ends, and is taken:
+    queue.remote_busy()
+    assert queue.fetching is None and queue.fetch_now

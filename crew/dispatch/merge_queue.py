@@ -103,6 +103,10 @@ class MergeQueue:
         self.shared_slot: shared_queue.SharedSlot | None = None  # remote mode with merge_slot: bd's slot
         self.fetching: concurrent.futures.Future[git.FetchFailure | None] | None = None
         self.fetched_at = 0.0
+        self.fetch_started = 0.0  # when the fetch under way began
+        self.fetch_began = 0.0  # when the fetch the remote's main is read from now began
+        # This host's entries whose task was found closed by another host, and when it was seen.
+        self.closed_seen: dict[str, float] = {}
         self.fetch_now = True  # the remote's main is not known, or a push found it moved
         self.fetched: set[str] = set()  # the branches the last fetch asked for
         self.fetch_failed: str | None = None
@@ -164,16 +168,19 @@ class MergeQueue:
             failure = future.result()
             self.fetched_at, self.fetch_failed = time.time(), failure.reason if failure is not None else None
             if self.fetch_failed:
+                self.fetch_now = True
                 self.ledger.say_once(Told.MERGE_WAITS, f"merges wait: {self.fetch_failed}", self.fetch_failed)
             else:
-                self.fetch_now = False
+                self.fetch_began = self.fetch_started
             return bool(self.fetch_failed)
         branches = [request.branch for request in self.active]
         if (self.fetch_now or not self.fetched.issuperset(branches)
                 or time.time() >= self.fetched_at + remote_main.FETCH_EVERY_SECS):
             if self.fetch_failed and time.time() < self.fetched_at + remote_main.FETCH_EVERY_SECS:
                 return True
-            self.fetched = set(branches)
+            # An ask for a fetch made while this one runs (main found moved meanwhile) is not
+            # answered by it: this one may have read the remote before that move.
+            self.fetched, self.fetch_started, self.fetch_now = set(branches), time.time(), False
             self.fetching = self.mover.submit(remote_main.fetch, self.root, self.config.remote or "",
                                               self.config.main_branch, branches)
             return True
@@ -298,6 +305,8 @@ class MergeQueue:
             self.finish_merge(request, task, merge or git.git_out(root, "rev-parse", "--verify", main + "^{commit}"),
                               merge_commit=merge is not None)
             return Decision(Verdict.MERGED)
+        if self.closed_before_the_fetch(request, task):
+            return Decision(Verdict.WAITS)
         if task.status != "in_progress" or task.assignee != request.actor:
             return self.stale(request, task)
         if self.config.remote is None and (held := self.why_main_is_held()):  # known before anything is computed
@@ -323,6 +332,19 @@ class MergeQueue:
         if merged.commit is None:
             return Decision(Verdict.STACK_CONFLICT, task)
         return Decision(Verdict.CLEAN, task, onto or base, merged.commit)
+
+    def closed_before_the_fetch(self, request: records.MergeRequest, task: task_model.Task) -> bool:
+        """Remote mode: this host's entry whose task another host closed, seen so before the remote
+        was fetched again: that host may have merged it (it moves the remote's main, then closes
+        the task), so the entry waits for a fetch begun after the close was seen, and is decided
+        on what that fetch brings (merged there, or not merged: the task changed)."""
+        if self.config.remote is None or shared_queue.is_elsewhere(request) or task.status != "closed":
+            return False
+        seen = self.closed_seen.setdefault(request.task_id, time.time())
+        if self.fetch_began > seen:
+            return False
+        self.fetch_now = True
+        return True
 
     def stale(self, request: records.MergeRequest, task: task_model.Task) -> Decision:
         """Not merged: the task is no longer in progress under the claim its branch was made (or
@@ -776,6 +798,7 @@ class MergeQueue:
                 git.git("branch", "-D", request.branch, cwd=self.root, check=False)
 
     def drop(self, request: records.MergeRequest) -> None:
+        self.closed_seen.pop(request.task_id, None)
         self.ledger.drop_request(request)
         if self.config.remote is not None:
             remote_main.forget(self.root, request.branch)
