@@ -85,7 +85,7 @@ def branch_name(template: str, task_id: str) -> str:
     """The template with the task id, made a valid ref name whatever the id contains."""
     name = template.replace("{task_id}", task_id)
     name = re.sub(r"[^A-Za-z0-9._/-]+", "-", name)
-    name = re.sub(r"\.{2,}|/{2,}|@\{", "-", name)
+    name = re.sub(r"\.{2,}|/{2,}", "-", name)
     name = re.sub(r"(?<=/)\.", "-", name).strip("/.-")  # no part of a ref name starts with a dot
     return re.sub(r"\.lock(?=/|$)", "-lock", name) or "work"
 

@@ -588,3 +588,21 @@ def test_a_reopened_task_whose_branch_is_on_the_remotes_main_already_is_closed_n
     finished(start_dispatcher(cfg))
     assert remote_merges(remote) == [task.id]
     assert store.get(task.id).status == "closed"
+
+
+def test_a_merged_task_reopened_by_a_person_runs_afresh_never_closed_again_as_merged(hosts, tmp_path):
+    """A task closed as merged no longer names its branch: reopened (by a revert, or a person who
+    wants it done again), it is worked on afresh, never closed again for the branch main holds."""
+    remote = hosts.remote
+    cfg, config, repo = hosts("b", merge_gate_command=GATE)
+    store = tasks.open_task_store(config)
+    task, _, _ = pushed_by_host_a(store, clone(remote, tmp_path / "host-a-clone"), "From A", "from-a.txt")
+    finished(start_dispatcher(cfg))
+    assert remote_merges(remote) == [task.id] and store.get(task.id).status == "closed"
+    store.release(task.id, "wanted again", actor="host-a")  # reopened, unassigned
+    proc = start_dispatcher(cfg, "--watch")
+    wait_until(lambda: events(repo, "worker_started"), proc, "the task worked on afresh")
+    proc.terminate()
+    proc.communicate(timeout=120)
+    assert [e["task_id"] for e in events(repo, "worker_started")] == [task.id]
+    assert not events(repo, "merged_elsewhere")

@@ -456,3 +456,15 @@ def test_a_queued_branch_that_moved_is_pushed_again_from_the_tip_pushed_last_and
     finally:
         pusher.shutdown()
         serial.shutdown()
+
+
+@pytest.mark.parametrize("backend", ["fake-bd"], indirect=True)
+def test_a_pushed_branch_the_remote_cannot_be_read_for_is_looked_at_again_never_run_afresh_on_a_guess(
+        config, store, repo, tmp_path):
+    config = dataclasses.replace(config, remote="origin")
+    repos.git(repo, "remote", "add", "origin", str(tmp_path / "not-there.git"))
+    wakeup = wakeups.Wakeup()
+    serial = store_thread.SerialStore(store, wakeup, lambda message: None)
+    pusher = branch_push.BranchPusher(config, Ledger(config, serial, lambda message: None), serial, wakeup)
+    continuation, why = pusher.fetch_branch("work/p-1", "a" * 40, ours=False)
+    assert continuation is branch_push.Continuation.UNREACHED and "not-there.git" in why

@@ -185,9 +185,11 @@ def test_another_actor_closes_a_claimed_task_only_by_naming_its_owner(store):
     if store.name == "bd":
         with pytest.raises(errors.BdError, match='assignee is "host-a"'):
             store.close(task.id, "merged", actor="host-c")
-    assert store.close_claimed(task.id, "host-a", "merged by host-c as abc123") is True
+    assert store.update_claimed(task.id, "host-a", metadata={"crew_branch": "work/x", "crew_attempts": "1"})
+    assert store.close_claimed(task.id, "host-a", "merged by host-c as abc123", unset=["crew_branch"]) is True
     closed = store.get(task.id)
     assert closed.status == "closed" and "merged by host-c as abc123" in closed.notes
+    assert closed.metadata == {"crew_attempts": "1"}  # the keys unset in the same write
     assert store.heartbeat(task.id, "host-a") in (None, f"not claimable: {task.id} status closed")
 
 

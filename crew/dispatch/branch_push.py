@@ -44,6 +44,9 @@ COMMIT_ID = re.compile(r"[0-9a-f]{40}")
 # own, and apart from the merge queue's view of the remote (remote_main.FETCHED), which that look
 # must never move or delete under a merge being computed on it.
 FETCHED_REFS = "refs/crew/fetched/"
+# What a task closed as merged no longer names: reopened (by a revert, or a person), it is worked
+# on afresh, never found "merged" again by the branch it named.
+MERGED_KEYS = (BRANCH_KEY, TIP_KEY)
 KEPT = "kept/"  # where a lost claim's branch is pushed, under the actor whose attempt it was
 
 
@@ -53,6 +56,7 @@ class Continuation(enum.Enum):
     HERE = "here"  # fetched at the tip its task names: the task goes on from it, with no agent run
     MERGED = "merged"  # gone from the remote, its tip in the remote's main: the task is closed, not run again
     AFRESH = "afresh"  # not there at that tip (or not continued): the task runs afresh
+    UNREACHED = "unreached"  # the remote could not be read: released, still naming the branch, looked at again
 
 
 class Verdict(enum.Enum):
@@ -86,6 +90,13 @@ def continued_branch(config: configuration.Settings, task: task_model.Task) -> t
     if not worktrees.is_tasks_branch(config, task.id, branch) or not COMMIT_ID.fullmatch(tip):
         return None
     return branch, tip
+
+
+def worth_keeping(config: configuration.Settings, branch: str, made_on: str | None, given: str | None) -> bool:
+    """Whether a lost claim's `branch` holds work the remote was not given: not at `made_on` (its
+    worker's base: nothing committed) nor at `given` (the tip this host pushed of it last)."""
+    tip = git.rev_parse(config.root, f"refs/heads/{branch}")
+    return tip is not None and tip not in (made_on, given)
 
 
 def kept_branch(actor: str, branch: str) -> str:
@@ -168,9 +179,11 @@ class BranchPusher:
         root, private = self.config.root, FETCHED_REFS + branch
         if (failed := git.fetch(root, self.remote, [f"+refs/heads/{branch}:{private}"])) is not None:
             if not failed.missing:
-                return Continuation.AFRESH, failed.reason
+                return Continuation.UNREACHED, failed.reason
             main = self.config.main_branch
-            if self.tip_in_main(tip):
+            if (merged := self.tip_in_main(tip)) is None:
+                return Continuation.UNREACHED, f"{branch} is gone from {self.remote}, whose {main} could not be read"
+            if merged:
                 return Continuation.MERGED, f"{branch} is in {self.remote}'s {main} already, at {tip[:12]}"
             return Continuation.AFRESH, f"{branch} is no longer on {self.remote}"
         try:
@@ -187,13 +200,15 @@ class BranchPusher:
         finally:
             git.git("update-ref", "-d", private, cwd=root, check=False)
 
-    def tip_in_main(self, tip: str) -> bool:
-        """On the push thread: whether the remote's main, fetched now, holds `tip`."""
+    def tip_in_main(self, tip: str) -> bool | None:
+        """On the push thread: whether the remote's main, fetched now, holds `tip`; None when it
+        could not be fetched."""
         root, main = self.config.root, self.config.main_branch
         private = FETCHED_REFS + main  # never a task's branch: that is never named main
         try:
-            return git.fetch(root, self.remote, [f"+refs/heads/{main}:{private}"]) is None \
-                and git.is_ancestor(root, tip, private)
+            if git.fetch(root, self.remote, [f"+refs/heads/{main}:{private}"]) is not None:
+                return None
+            return git.is_ancestor(root, tip, private)
         finally:
             git.git("update-ref", "-d", private, cwd=root, check=False)
 
@@ -225,13 +240,21 @@ class BranchPusher:
         self.serial.later("release", task.id, f"released: its pushed branch was not continued ({why})",
                           actor=self.config.actor)
 
+    def look_again(self, task: task_model.Task, why: str) -> None:
+        """A task whose pushed branch could not be looked at (the remote not read): released still
+        naming it, so that its next claim looks again; never run afresh on a guess."""
+        self.ledger.say(f"{task.id}: its pushed branch could not be looked at ({why}); released, to be looked at "
+                        "again")
+        self.serial.later("release", task.id, f"released: its pushed branch could not be looked at ({why})",
+                          actor=self.config.actor)
+
     def close_merged(self, task: task_model.Task, branch: str, why: str) -> None:
         """A task claimed whose pushed branch is in the remote's main already (the host that merged
         it had its claim taken back before it closed the task): closed under this host's claim,
         never run and merged again."""
         self.ledger.event(EventName.MERGED_ELSEWHERE, task.id, branch=branch)
         self.ledger.say(f"{task.id}: {why}; closed, not run again")
-        self.serial.later("close_claimed", task.id, self.config.actor, f"merged: {why}")
+        self.serial.later("close_claimed", task.id, self.config.actor, f"merged: {why}", unset=MERGED_KEYS)
 
     def keep(self, task_id: str, branch: str, owner: str) -> None:
         """A branch whose claim was lost: remembered in the state (a crash before its push does not
@@ -349,14 +372,15 @@ class BranchPusher:
                 self.ledger.say(f"{push.task_id}: {push.branch} was not pushed to {self.remote} as {push.pushed_as} "
                                 f"(it is kept here): {reason}")
             return True
-        with self.ledger.change():
+        with self.ledger.change():  # one save: a crash after it neither pushes nor says it again
             self.ledger.state.pushed[push.pushed_as] = push.tip
+            if not push.ready:
+                self.ledger.state.keeping.pop(push.branch, None)
         kept = {} if push.ready else {"kept_as": push.pushed_as}
         self.ledger.event(EventName.BRANCH_PUSHED, push.task_id, branch=push.branch, tip=push.tip,
                           remote=self.remote, ready=push.ready, **kept)
         if not push.ready:
             push.done = True
-            self.kept(push.branch)
             self.ledger.say(f"{push.task_id}: {push.branch} kept on {self.remote} as {push.pushed_as} (its claim was "
                             "taken back: the task's own name is left to the host that claims it next; never merged "
                             "by this host)")

@@ -15,13 +15,13 @@ from crew import git
 from crew import names as safe_names
 from crew import suggestions as suggested_tasks
 from crew.dispatch import attempt_log
+from crew.dispatch import branch_push
 from crew.dispatch import conflicts
 from crew.dispatch import outcomes
 from crew.dispatch import records
 from crew.dispatch import revert
 from crew.dispatch import scheduler
 from crew.dispatch import worktrees
-from crew.dispatch.branch_push import BranchPusher
 from crew.dispatch.ledger import Ledger
 from crew.dispatch.merge_queue import MergeQueue
 from crew.dispatch.workers import WorkerPool
@@ -35,7 +35,7 @@ class Finisher:
         self.config, self.ledger, self.store, self.pool, self.queue = config, ledger, store, pool, queue
         self.breaker = breaker
         self.root = config.root
-        self.pusher: BranchPusher | None = None  # remote mode: branches are pushed
+        self.pusher: branch_push.BranchPusher | None = None  # remote mode: branches are pushed
 
     def finish(self, worker: records.Worker) -> None:
         """Judge an ended worker from git and send its branch on: merge queue, retry or block.
@@ -136,8 +136,9 @@ class Finisher:
             reason = f"its claim was taken back while its worker ran; {kept}"
             self.ledger.summary["waiting"].append({"id": worker.task_id, "reason": reason})
             self.ledger.event(EventName.CLAIM_LOST, worker.task_id, branch=worker.branch, reason=reason)
-            if self.pusher is not None and worker.kind == records.WorkerKind.TASK:  # its commits are not lost
-                self.pusher.keep(worker.task_id, worker.branch, worker.actor)
+            if self.pusher is not None and worker.kind == records.WorkerKind.TASK and branch_push.worth_keeping(
+                    self.config, worker.branch, worker.base, self.ledger.state.pushed.get(worker.branch)):
+                self.pusher.keep(worker.task_id, worker.branch, worker.actor)  # its commits are not lost
 
     def continue_judged(self, task: task_model.Task, branch: str, tip: str) -> None:
         """A task claimed with the judged branch another host pushed (that host's claim was taken

@@ -382,6 +382,9 @@ class Dispatcher:
                 self.finisher.continue_judged(task, branch, tip)
             elif continuation is branch_push.Continuation.MERGED:
                 self.pusher.close_merged(task, branch, why)
+                self.queue.epics.task_closed(task)
+            elif continuation is branch_push.Continuation.UNREACHED:
+                self.pusher.look_again(task, why)
             else:
                 self.pusher.start_afresh(task, why)
         own = [request for request in self.ledger.state.merge_queue if not shared_queue.is_elsewhere(request)]

@@ -768,8 +768,9 @@ class MergeQueue:
             reason = f"merged into {self.config.main_branch} as {short}" + (f"; {request.note}" if request.note else "")
             if self.config.remote is None:
                 steps.append(lambda store: store.close(task_id, reason, actor=request.actor) or True)
-            else:  # another host's claim too, guarded
-                steps.append(lambda store: store.close_claimed(task_id, request.actor, reason))
+            else:  # another host's claim too, guarded; the branch it names is merged: never continued
+                steps.append(lambda store: store.close_claimed(task_id, request.actor, reason,
+                                                               unset=branch_push.MERGED_KEYS))
         landed_for_good = fate in (outcomes.MergedFate.CLOSE, outcomes.MergedFate.SETTLE)
         if landed_for_good and revert.reverted_task(task.labels):
             steps.append(lambda store: revert.after_landing(store, ledger, task, commit))

@@ -120,9 +120,8 @@ class Recovery:
         def keep(record: InFlight, given: str | None) -> None:
             """Remember the record's branch to push, unless it is at the tip given to the remote
             (`given`), or holds nothing its worker made (at its base)."""
-            tip = git.rev_parse(self.root, f"refs/heads/{record.branch}")
             base = record.base if isinstance(record, records.Worker) else None
-            if tip is not None and tip not in (given, base):
+            if branch_push.worth_keeping(self.config, record.branch, base, given):
                 state.keeping[record.branch] = records.KeptBranch(task_id=record.task_id, actor=record.actor)
 
         def ours(record: InFlight) -> bool:

@@ -56,8 +56,9 @@ class BdTaskStore:
         env = {k: v for k, v in os.environ.items() if k != "BD_JSON_ENVELOPE"}
         delay = 0.5
         for attempt in range(_BD_RETRIES + 1):
+            # Through cmd.exe, bd is a child of the wrapper: a timeout ends both.
             result = processes.run(*argv, cwd=self.root, check=False, env=env, error=errors.BdError,
-                                   timeout=self.timeout)
+                                   timeout=self.timeout, tree=self.through_cmd)
             if result.returncode == 0:
                 return _unwrap_bd_json(result.stdout, argv)
             message = _bd_error_message(result)
@@ -163,11 +164,12 @@ class BdTaskStore:
         tasks = self._guarded(task_id, owner, *changes)
         return tasks[0] if tasks else None
 
-    def close_claimed(self, task_id: str, owner: str, reason: str) -> bool:
-        """`bd update ID -s closed --append-notes REASON --if-assignee OWNER`: `bd close` has no
-        guard and refuses another actor's claim, and `update` has no close reason, so the reason is
-        a note of the same one write."""
-        return self._guarded(task_id, owner, "-s", "closed", *_append_notes(reason)) is not None
+    def close_claimed(self, task_id: str, owner: str, reason: str, unset: Sequence[str] = ()) -> bool:
+        """`bd update ID -s closed --append-notes REASON [--unset-metadata KEY ...] --if-assignee
+        OWNER`: `bd close` has no guard and refuses another actor's claim, and `update` has no close
+        reason, so the reason is a note of the same one write."""
+        removed = [arg for key in unset for arg in ("--unset-metadata", key)]
+        return self._guarded(task_id, owner, "-s", "closed", *_append_notes(reason), *removed) is not None
 
     def give_up_claimed(self, task_id: str, owner: str, status: str, note: str = "") -> bool:
         """`bd update ID -s open -a "" (or -s blocked) --append-notes NOTE --if-status in_progress

@@ -278,7 +278,7 @@ class JsonTaskStore:
             added = [label for label in dict.fromkeys(names.store_labels(add_labels)) if label not in labels]
             return self._change(entry, metadata={**kept, **changes}, labels=labels + added)
 
-    def close_claimed(self, task_id: str, owner: str, reason: str) -> bool:
+    def close_claimed(self, task_id: str, owner: str, reason: str, unset: Sequence[str] = ()) -> bool:
         """As bd's guarded update closes: the reason is a note, the assignee stays."""
         with self._transaction() as data:
             entries = data["tasks"]
@@ -286,7 +286,8 @@ class JsonTaskStore:
             if (entry.get("assignee") or "") != owner:
                 return False
             self._refuse_open_blockers(entry, entries)
-            self._change(entry, reason, status="closed", closed_at=files.now_iso())
+            kept = {k: v for k, v in model.Task.from_dict(entry).metadata.items() if k not in unset}
+            self._change(entry, reason, status="closed", closed_at=files.now_iso(), metadata=kept)
             return True
 
     def give_up_claimed(self, task_id: str, owner: str, status: str, note: str = "") -> bool:

@@ -162,9 +162,10 @@ class TaskStore(typing.Protocol):
         when the claim is not owner's, and nothing was written."""
         ...
 
-    def close_claimed(self, task_id: str, owner: str, reason: str) -> bool:
-        """Close the task, the reason appended to its notes, only while `owner` holds the claim
-        (any actor may ask). False when the claim is not owner's, and nothing was written."""
+    def close_claimed(self, task_id: str, owner: str, reason: str, unset: Sequence[str] = ()) -> bool:
+        """Close the task, the reason appended to its notes and the metadata keys `unset` removed,
+        in one write, only while `owner` holds the claim (any actor may ask). False when the claim
+        is not owner's, and nothing was written."""
         ...
 
     def give_up_claimed(self, task_id: str, owner: str, status: str, note: str = "") -> bool:
