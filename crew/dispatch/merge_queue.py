@@ -22,7 +22,6 @@ from crew.dispatch import branch_push
 from crew.dispatch import conflicts as conflict_tasks
 from crew.dispatch import epics
 from crew.dispatch import gate as gates
-from crew.dispatch import ledger as ledger_writes
 from crew.dispatch import main_checks
 from crew.dispatch import merge_results
 from crew.dispatch import outcomes
@@ -40,6 +39,7 @@ from crew.dispatch import wakeup as wakeups
 from crew.dispatch import worktrees
 from crew.dispatch.ledger import Ledger
 from crew.dispatch.ledger import StoreStep
+from crew.dispatch.ledger import raise_failed
 from crew.dispatch.merge_results import Decision
 from crew.dispatch.merge_results import MainMove
 from crew.dispatch.merge_results import Verdict
@@ -458,7 +458,7 @@ class MergeQueue:
                              "person's decision (`tasks.py held`)", f"{request.task_id}: {why}")
         def noted(futures: list[concurrent.futures.Future[Any]]) -> None:
             with contextlib.suppress(errors.UserError):  # the hold stands, and is said, without the note
-                ledger_writes.raise_failed(futures)
+                raise_failed(futures)
         self.ledger.store_later([lambda store: store.add_note(request.task_id, why)], noted)
         with self.ledger.change():
             request.held = request.waiting = why
@@ -759,7 +759,7 @@ class MergeQueue:
             steps.append(lambda store: store.relabel(task_id, add=[revert.merged_label(commit)]))
         fate = outcomes.merged_fate(request.outcome, task.status)
         if fate == outcomes.MergedFate.RETRY:
-            ledger.store_later(steps, ledger_writes.raise_failed)
+            ledger.store_later(steps, raise_failed)
             outcomes.attempt_failed(ledger, task_id, f"{request.note} (merge {short})", request.actor,
                                     counted=request.counted, then=lambda: self.merge_settled(request))
             return
